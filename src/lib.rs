@@ -1,0 +1,2 @@
+//! faspex-gate: a policy-enforcing authentication gateway for IBM Aspera Faspex.
+#![forbid(unsafe_code)]
