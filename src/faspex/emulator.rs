@@ -1,0 +1,337 @@
+//! A Faspex 4 emulator: an upstream that answers the way the cited documents say Faspex 4.4 does.
+//!
+//! It owns the public face of the emulator: its configuration ([`EmulatorConfig`]), the cheap-to-clone
+//! handle ([`Emulator`]) over the shared state (users, sessions, bearer tokens, the event log), and
+//! the accept loop ([`Emulator::serve`]). The submodules own the rest:
+//!
+//! | module | owns |
+//! |---|---|
+//! | `http` | the response body type, response builders, request parsing, body draining, random tokens |
+//! | `catalog` | the seeded packages, external deliveries, invitation and dropbox passcodes, `faspe://` links |
+//! | `pages` | the HTML pages, Atom feeds and entries, JSON documents and static assets |
+//! | `routes` | the Faspex application under `/aspera/faspex`: login, logout, protected and public pages |
+//! //!
+//! What it knows of Faspex comes from `docs/faspex-http.md` (facts marked [V]/[D]) and the seed
+//! tutorial on API downloads; where that is silent the behaviour is a plausible Rails default and
+//! says so where it is implemented. Every response carries `X-IBM-Aspera: F4.4.1`.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use faspex_gate::faspex::emulator::{Emulator, EmulatorConfig};
+//! let emulator = Emulator::new(EmulatorConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let stop = async { let _ = tokio::signal::ctrl_c().await; };
+//! emulator.serve(listener, stop).await
+//! # }
+//! ```
+
+mod catalog;
+mod http;
+mod pages;
+mod routes;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use catalog::{
+    BIG_PACKAGE_ID, DROPBOX_PASSCODE, EXTERNAL_DELIVERY_ID, EXTERNAL_DELIVERY_PASSCODE,
+    INVITATION_PASSCODE, PACKAGE_IDS,
+};
+pub use http::EmulatorBody;
+
+/// The version the emulator claims, sent as `X-IBM-Aspera` on every response.
+pub const FASPEX_VERSION: &str = "F4.4.1";
+
+/// The name of the Rails session cookie the emulator sets on a successful form login ([I] in the facts).
+pub const SESSION_COOKIE: &str = "_faspex_session";
+
+/// The text Faspex shows when a form login fails ([I] in the facts).
+pub const LOGIN_FAILED_TEXT: &str = "Your login was not successful";
+
+/// How many events [`Emulator::events`] keeps; the oldest are dropped beyond this, so that a demo
+/// left running for days does not grow without bound. Tests never come near it.
+const MAX_EVENTS: usize = 100_000;
+
+/// How long [`Emulator::serve`] waits for open connections to finish after the shutdown signal,
+/// before it aborts them (a 4 GiB download would otherwise hold the stop for minutes).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What Faspex answers to a form login with wrong credentials; the facts allow both ([I]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginFailureStyle {
+    /// `200`: the login form rendered again with "Your login was not successful".
+    Rerender,
+    /// `302` back to `/aspera/faspex/login`.
+    RedirectToLogin,
+}
+
+/// How to build an [`Emulator`].
+#[derive(Clone, Debug)]
+pub struct EmulatorConfig {
+    /// The accounts Faspex knows: (username, password). Usernames match case-insensitively,
+    /// passwords exactly.
+    pub users: Vec<(String, String)>,
+    /// What a failed form login gets.
+    pub login_failure: LoginFailureStyle,
+    /// The size of the large package ([`BIG_PACKAGE_ID`]), streamed by the HTTP Gateway.
+    pub big_package_bytes: u64,
+}
+
+impl Default for EmulatorConfig {
+    /// Five demo users (`ann`/`apple`, `bob`/`banana`, `cat`/`cherry`, `dan`/`damson`,
+    /// `eve`/`elderberry`), failed logins re-rendered, and a 4 GiB large package.
+    fn default() -> Self {
+        let users = [
+            ("ann", "apple"),
+            ("bob", "banana"),
+            ("cat", "cherry"),
+            ("dan", "damson"),
+            ("eve", "elderberry"),
+        ];
+        Self {
+            users: users
+                .iter()
+                .map(|(u, p)| ((*u).to_owned(), (*p).to_owned()))
+                .collect(),
+            login_failure: LoginFailureStyle::Rerender,
+            big_package_bytes: 4 << 30,
+        }
+    }
+}
+
+/// Something the emulator saw, in order, for tests to assert on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EmulatorEvent {
+    /// A form login succeeded; `user` is the account name as configured.
+    Login { user: String },
+    /// A form login was refused (wrong credentials, or [`Emulator::refuse_logins`]); `user` as submitted.
+    LoginRefused { user: String },
+    /// `/aspera/faspex/logout`; `user` is known when the request carried a live session cookie.
+    Logout { user: Option<String> },
+    /// One check of HTTP Basic credentials (every Basic request is in effect a login).
+    BasicAuth { user: String, ok: bool },
+    /// Any request, recorded before it is answered.
+    Request {
+        method: String,
+        path_and_query: String,
+    },
+}
+
+/// A running Faspex 4 emulator: a cheap-to-clone handle over shared state.
+#[derive(Clone)]
+pub struct Emulator {
+    shared: Arc<Shared>,
+}
+
+/// The state every clone of an [`Emulator`] sees.
+struct Shared {
+    /// Users, failure style, big package size.
+    config: EmulatorConfig,
+    /// The seeded packages and public links.
+    catalog: catalog::Catalog,
+    /// Set by [`Emulator::refuse_logins`]: refuse even correct credentials.
+    refuse_logins: AtomicBool,
+    /// Sessions, tokens and events, behind one short-lived lock (never held across `.await`).
+    state: Mutex<State>,
+}
+
+/// The mutable part of [`Shared`].
+#[derive(Default)]
+struct State {
+    /// `_faspex_session` cookie value -> account name.
+    sessions: HashMap<String, String>,
+    /// OAuth2 access token -> account name.
+    bearer_tokens: HashMap<String, String>,
+    /// Everything recorded so far, oldest first, at most [`MAX_EVENTS`].
+    events: VecDeque<EmulatorEvent>,
+    /// How many packages `POST /send` has accepted; new ones are numbered from 5001.
+    packages_sent: u64,
+}
+
+impl Emulator {
+    /// Build an emulator with the seeded packages; nothing listens until [`Emulator::serve`].
+    pub fn new(config: EmulatorConfig) -> Self {
+        let catalog = catalog::Catalog::seeded(config.big_package_bytes);
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                catalog,
+                refuse_logins: AtomicBool::new(false),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// Everything recorded so far, oldest first.
+    pub fn events(&self) -> Vec<EmulatorEvent> {
+        self.state().events.iter().cloned().collect()
+    }
+
+    /// When `on`, every password check fails, even with correct credentials: form logins, HTTP
+    /// Basic requests and OAuth2 token grants. Live sessions and bearer tokens keep working. This
+    /// is "Faspex refuses a login the directory accepted".
+    pub fn refuse_logins(&self, on: bool) {
+        self.shared.refuse_logins.store(on, Ordering::SeqCst);
+    }
+
+    /// A hyper service answering as this emulator, for callers that run their own connections.
+    pub fn service(&self) -> EmulatorService {
+        EmulatorService {
+            emulator: self.clone(),
+        }
+    }
+
+    /// Accept HTTP/1.1 connections (with upgrades) on `listener`, one task per connection, until
+    /// `shutdown` completes. Then stop accepting, ask open connections to finish their current
+    /// exchange, and return once they are done (or after a short grace period, aborting what is
+    /// left).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let service = self.service();
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        connections.spawn(serve_connection(stream, service.clone(), stop_rx.clone()));
+                    }
+                    Err(error) => {
+                        // Usually a connection reset before accept, or too many open files: wait a
+                        // moment rather than spin, and carry on.
+                        tracing::warn!(%error, "emulator: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        drop(listener);
+        // Nobody may be listening any more (every service clone could be gone): that is fine.
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::debug!("emulator: aborting connections still open after the grace period");
+            connections.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// Record an event, dropping the oldest beyond [`MAX_EVENTS`].
+    fn record(&self, event: EmulatorEvent) {
+        let mut state = self.state();
+        if state.events.len() >= MAX_EVENTS {
+            state.events.pop_front();
+        }
+        state.events.push_back(event);
+    }
+
+    /// The mutable state. A panic elsewhere cannot leave it half-updated in a way that matters to
+    /// an emulator, so a poisoned lock is simply taken over.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn config(&self) -> &EmulatorConfig {
+        &self.shared.config
+    }
+
+    fn catalog(&self) -> &catalog::Catalog {
+        &self.shared.catalog
+    }
+
+    /// Check a password: the configured account name on success. Fails for everyone while
+    /// [`Emulator::refuse_logins`] is on.
+    fn check_password(&self, user: &str, password: &str) -> Option<String> {
+        if self.shared.refuse_logins.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.config()
+            .users
+            .iter()
+            .find(|(name, pass)| name.eq_ignore_ascii_case(user) && pass == password)
+            .map(|(name, _)| name.clone())
+    }
+}
+
+/// Serve one TCP connection until it closes, or until the stop signal asks it to finish.
+async fn serve_connection(
+    stream: TcpStream,
+    service: EmulatorService,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let connection = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "emulator: connection ended with an error");
+            }
+            return;
+        }
+        () = stopped(&mut stop) => connection.as_mut().graceful_shutdown(),
+    }
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "emulator: connection ended with an error during shutdown");
+    }
+}
+
+/// Resolve once the stop signal is raised; never, if its sender is gone without raising it.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The hyper service of an [`Emulator`]: every request goes through `routes::handle`, which never
+/// fails (errors become 4xx responses).
+#[derive(Clone)]
+pub struct EmulatorService {
+    emulator: Emulator,
+}
+
+impl hyper::service::Service<Request<Incoming>> for EmulatorService {
+    type Response = Response<EmulatorBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let emulator = self.emulator.clone();
+        Box::pin(async move { Ok(routes::handle(&emulator, request).await) })
+    }
+}

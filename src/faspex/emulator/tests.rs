@@ -1,0 +1,850 @@
+//! Tests of the emulator over real sockets: each starts it on `127.0.0.1:0` and talks to it with
+//! hyper's HTTP/1 client (or tokio-tungstenite for the WebSocket), as the gateway will.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::*;
+
+type ClientBody = BoxBody<Bytes, Infallible>;
+
+/// An emulator serving on a loopback port.
+struct Running {
+    emulator: Emulator,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// A complete answer.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    /// The body as text (lossily), for assertions on pages and documents.
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+async fn start(config: EmulatorConfig) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let emulator = Emulator::new(config);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(emulator.clone().serve(listener, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        emulator,
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn start_default() -> Running {
+    start(EmulatorConfig::default()).await
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+}
+
+fn empty_body() -> ClientBody {
+    Empty::new().boxed()
+}
+
+fn body(bytes: impl Into<Bytes>) -> ClientBody {
+    Full::new(bytes.into()).boxed()
+}
+
+impl Running {
+    /// Send one request on a fresh connection.
+    async fn send(&self, mut request: Request<ClientBody>) -> Response<Incoming> {
+        let host = self.addr.to_string();
+        request
+            .headers_mut()
+            .entry("host")
+            .or_insert(host.parse().unwrap());
+        let stream = TcpStream::connect(self.addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        sender.send_request(request).await.unwrap()
+    }
+
+    /// Send a request and read the whole answer.
+    async fn fetch(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        request_body: ClientBody,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let response = self.send(builder.body(request_body).unwrap()).await;
+        let (parts, incoming) = response.into_parts();
+        let bytes = incoming.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.fetch(Method::GET, path, headers, empty_body()).await
+    }
+
+    async fn login(&self, user: &str, password: &str) -> Reply {
+        let form = format!("utf8=%E2%9C%93&authenticity_token=abc%3D&user%5Bname%5D={user}&user%5Bpassword%5D={password}&commit=Login");
+        self.fetch(
+            Method::POST,
+            "/aspera/faspex/login",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body(form),
+        )
+        .await
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(std::time::Duration::from_secs(10), self.task)
+            .await
+            .expect("the emulator stops after its shutdown signal");
+        result.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn login_page_has_the_rails_form() {
+    let emu = start_default().await;
+    for path in [
+        "/aspera/faspex/login",
+        "/aspera/faspex/login/new",
+        "/aspera/faspex/login?local=true",
+    ] {
+        let reply = emu.get(path, &[("accept", "text/html")]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert_eq!(reply.header("x-ibm-aspera"), "F4.4.1");
+        assert!(reply.header("content-type").starts_with("text/html"));
+        for needle in [
+            "action=\"/aspera/faspex/login\"",
+            "method=\"post\"",
+            "name=\"user[name]\"",
+            "name=\"user[password]\"",
+            "name=\"authenticity_token\"",
+        ] {
+            assert!(reply.body.contains(needle), "{needle} missing on {path}");
+        }
+    }
+    // The root sends a visitor without a session to the login page.
+    let reply = emu.get("/aspera/faspex/", &[("accept", "text/html")]).await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert_eq!(
+        reply.header("location"),
+        format!("http://{}/aspera/faspex/login", emu.addr)
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn login_success_sets_the_cookie_and_redirects_to_the_inbox() {
+    let emu = start_default().await;
+    let reply = emu.login("ann", "apple").await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert_eq!(
+        reply.header("location"),
+        format!("http://{}/aspera/faspex/inbox", emu.addr)
+    );
+    let set_cookie = reply.header("set-cookie");
+    assert!(set_cookie.starts_with("_faspex_session="), "{set_cookie}");
+    assert!(set_cookie.ends_with("; path=/; HttpOnly"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+
+    // The cookie opens the inbox, and the root now leads there.
+    let inbox = emu
+        .get(
+            "/aspera/faspex/inbox",
+            &[("cookie", &cookie), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(inbox.status, StatusCode::OK);
+    assert!(inbox.body.contains("/aspera/faspex/received/4044"));
+    assert!(inbox.body.contains("Logout"));
+    let root = emu.get("/aspera/faspex", &[("cookie", &cookie)]).await;
+    assert_eq!(root.status, StatusCode::FOUND);
+    assert!(root.header("location").ends_with("/aspera/faspex/inbox"));
+
+    assert!(emu
+        .emulator
+        .events()
+        .contains(&EmulatorEvent::Login { user: "ann".into() }));
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn absolute_redirects_follow_the_forwarded_host_and_proto() {
+    let emu = start_default().await;
+    let form = "user%5Bname%5D=ANN&user%5Bpassword%5D=apple";
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/login",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "faspex.example.org"),
+            ],
+            body(form),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert_eq!(
+        reply.header("location"),
+        "https://faspex.example.org/aspera/faspex/inbox"
+    );
+    // Usernames match whatever their case; the event names the account as configured.
+    assert!(emu
+        .emulator
+        .events()
+        .contains(&EmulatorEvent::Login { user: "ann".into() }));
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_login_rerenders_the_form() {
+    let emu = start_default().await;
+    let reply = emu.login("ann", "wrong").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.contains(LOGIN_FAILED_TEXT));
+    assert!(reply.body.contains("name=\"user[password]\""));
+    assert!(reply.headers.get("set-cookie").is_none());
+    assert!(emu
+        .emulator
+        .events()
+        .contains(&EmulatorEvent::LoginRefused { user: "ann".into() }));
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_login_can_redirect_back_to_the_login_page() {
+    let emu = start(EmulatorConfig {
+        login_failure: LoginFailureStyle::RedirectToLogin,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let reply = emu.login("nobody", "apple").await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert_eq!(
+        reply.header("location"),
+        format!("http://{}/aspera/faspex/login", emu.addr)
+    );
+    assert!(reply.headers.get("set-cookie").is_none());
+    assert!(emu
+        .emulator
+        .events()
+        .contains(&EmulatorEvent::LoginRefused {
+            user: "nobody".into()
+        }));
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_logins_fail_even_with_the_right_password() {
+    let emu = start_default().await;
+    emu.emulator.refuse_logins(true);
+    let reply = emu.login("bob", "banana").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.contains(LOGIN_FAILED_TEXT));
+    let api = emu
+        .get(
+            "/aspera/faspex/me",
+            &[("authorization", &basic("bob", "banana"))],
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+
+    emu.emulator.refuse_logins(false);
+    assert_eq!(emu.login("bob", "banana").await.status, StatusCode::FOUND);
+    let events = emu.emulator.events();
+    assert!(events.contains(&EmulatorEvent::LoginRefused { user: "bob".into() }));
+    assert!(events.contains(&EmulatorEvent::BasicAuth {
+        user: "bob".into(),
+        ok: false
+    }));
+    assert!(events.contains(&EmulatorEvent::Login { user: "bob".into() }));
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn logout_ends_the_session() {
+    let emu = start_default().await;
+    let login = emu.login("cat", "cherry").await;
+    let cookie = login
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let reply = emu
+        .get("/aspera/faspex/logout", &[("cookie", &cookie)])
+        .await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert!(reply.header("location").ends_with("/aspera/faspex/login"));
+    assert!(reply.header("set-cookie").starts_with("_faspex_session=;"));
+
+    // The old cookie no longer opens anything: a browser goes back to the login page.
+    let after = emu
+        .get(
+            "/aspera/faspex/inbox",
+            &[("cookie", &cookie), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(after.status, StatusCode::FOUND);
+    assert!(after.header("location").ends_with("/aspera/faspex/login"));
+
+    // A second logout knows nobody.
+    emu.get("/aspera/faspex/logout", &[("cookie", &cookie)])
+        .await;
+    let logouts: Vec<_> = emu
+        .emulator
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, EmulatorEvent::Logout { .. }))
+        .collect();
+    assert_eq!(
+        logouts,
+        [
+            EmulatorEvent::Logout {
+                user: Some("cat".into())
+            },
+            EmulatorEvent::Logout { user: None }
+        ]
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_without_credentials_get_401_or_the_login_page() {
+    let emu = start_default().await;
+    // An API client: 401 with the Basic challenge.
+    let reply = emu
+        .get(
+            "/aspera/faspex/received/4044",
+            &[("accept", "application/xml")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.header("www-authenticate"), "Basic realm=\"Faspex\"");
+    assert_eq!(reply.header("x-ibm-aspera"), "F4.4.1");
+    // Wrong credentials too, and the check is recorded.
+    let reply = emu
+        .get(
+            "/aspera/faspex/me",
+            &[("authorization", &basic("ann", "pear"))],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert!(emu.emulator.events().contains(&EmulatorEvent::BasicAuth {
+        user: "ann".into(),
+        ok: false
+    }));
+    // A browser is sent to the login page instead, never challenged.
+    let reply = emu
+        .get(
+            "/aspera/faspex/inbox",
+            &[("accept", "text/html,application/xhtml+xml")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert!(reply.headers.get("www-authenticate").is_none());
+    // Malformed Basic credentials are a 400.
+    let reply = emu
+        .get("/aspera/faspex/me", &[("authorization", "Basic %%%")])
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn basic_xml_received_entry_carries_the_faspe_link() {
+    let emu = start_default().await;
+    let auth = basic("ann", "apple");
+    let reply = emu
+        .get(
+            "/aspera/faspex/received/4045",
+            &[("authorization", &auth), ("accept", "application/xml")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.header("content-type").starts_with("application/xml"));
+    assert!(reply.body.starts_with("<?xml"));
+    assert!(reply
+        .body
+        .contains("<entry xmlns=\"http://www.w3.org/2005/Atom\">"));
+    let link = reply
+        .body
+        .split("<link rel=\"package\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a package link");
+    assert!(
+        link.starts_with("faspe://127.0.0.1/Microscopy%20run%2017%20-%20002de384-"),
+        "{link}"
+    );
+    for part in [
+        "?cookie=aspera.faspex20:d:176cc5df-2df8-4c09-ae93-2b39f3e0ed7b:YW5u:",
+        "&amp;port=33001&amp;",
+        "&amp;httpport=443&amp;",
+        "&amp;v=2",
+    ] {
+        assert!(link.contains(part), "{part} missing from {link}");
+    }
+    assert!(reply
+        .body
+        .contains("<recipient_delivery_id>4045</recipient_delivery_id>"));
+    assert!(emu.emulator.events().contains(&EmulatorEvent::BasicAuth {
+        user: "ann".into(),
+        ok: true
+    }));
+
+    // The same URL is HTML for a browser, the sent view works too, and unknown ids are 404s.
+    let page = emu
+        .get("/aspera/faspex/received/4045", &[("authorization", &auth)])
+        .await;
+    assert!(page.header("content-type").starts_with("text/html"));
+    assert!(page
+        .body
+        .contains("/aspera/http-gwy/v1/download/4045?token=ATM2_AC"));
+    let sent = emu
+        .get(
+            "/aspera/faspex/sent/4044",
+            &[("authorization", &auth), ("accept", "application/xml")],
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::OK);
+    for path in [
+        "/aspera/faspex/received/9999",
+        "/aspera/faspex/received/abc",
+    ] {
+        let missing = emu
+            .get(
+                path,
+                &[("authorization", &auth), ("accept", "application/xml")],
+            )
+            .await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn atom_feeds_page_through_the_mailbox() {
+    let emu = start_default().await;
+    let auth = basic("bob", "banana");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("accept", "application/xml"),
+    ];
+    let all = emu.get("/aspera/faspex/inbox.atom", &headers).await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert!(all
+        .header("content-type")
+        .starts_with("application/atom+xml"));
+    assert_eq!(all.body.matches("<entry>").count(), 3);
+    assert!(all
+        .body
+        .contains("<opensearch:totalResults>3</opensearch:totalResults>"));
+    assert!(!all.body.contains("rel=\"next\""));
+
+    let first = emu.get("/aspera/faspex/inbox.atom?count=2", &headers).await;
+    assert_eq!(first.body.matches("<entry>").count(), 2);
+    assert!(first.body.contains("inbox.atom?page=2&amp;count=2\""));
+    // Newest first: the big package leads.
+    assert!(
+        first.body.find("<delivery_id>4046").unwrap()
+            < first.body.find("<delivery_id>4045").unwrap()
+    );
+    let second = emu
+        .get("/aspera/faspex/inbox.atom?count=2&page=2", &headers)
+        .await;
+    assert_eq!(second.body.matches("<entry>").count(), 1);
+    assert!(second.body.contains("<delivery_id>4044</delivery_id>"));
+    let indexed = emu
+        .get("/aspera/faspex/sent.atom?startIndex=1&count=1", &headers)
+        .await;
+    assert!(indexed.body.contains("<delivery_id>4045</delivery_id>"));
+    assert!(indexed
+        .body
+        .contains("sent.atom?startIndex=2&amp;count=1\""));
+    assert_eq!(
+        emu.get("/aspera/faspex/archive.atom", &headers)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        emu.get("/aspera/faspex/inbox.atom?count=x", &headers)
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn json_documents_answer_basic_clients() {
+    let emu = start_default().await;
+    let auth = basic("dan", "damson");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("accept", "application/json"),
+    ];
+    let me = emu.get("/aspera/faspex/me", &headers).await;
+    let me: serde_json::Value = serde_json::from_str(&me.body).unwrap();
+    assert_eq!(me["name"], "dan");
+    let dropboxes = emu.get("/aspera/faspex/dropboxes", &headers).await;
+    let dropboxes: serde_json::Value = serde_json::from_str(&dropboxes.body).unwrap();
+    assert!(dropboxes["items"]
+        .as_array()
+        .is_some_and(|items| !items.is_empty()));
+    let book = emu
+        .get("/aspera/faspex/address-book?format=json", &headers)
+        .await;
+    let book: serde_json::Value = serde_json::from_str(&book.body).unwrap();
+    assert_eq!(book["totalResults"], 5);
+    assert_eq!(book["entry"][0]["emails"][0]["primary"], "true");
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn issue_token_returns_a_plain_text_transfer_token() {
+    let emu = start_default().await;
+    let auth = basic("ann", "apple");
+    let payload = r#"<?xml version="1.0" encoding="UTF-8"?><url-list xmlns="http://schemas.asperasoft.com/xml/url-list"><url href="faspe://127.0.0.1/x?cookie=a&amp;port=33001"/></url-list>"#;
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/issue-token?direction=down",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/vnd.aspera.url-list+xml"),
+                ("accept", "text/plain"),
+            ],
+            body(payload),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.header("content-type").starts_with("text/plain"));
+    assert!(reply.body.starts_with("ATM2_AC"), "{}", reply.body);
+    assert!(reply.body.len() > 60);
+
+    let wrong_type = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/issue-token?direction=down",
+            &[("authorization", &auth), ("content-type", "text/plain")],
+            body(payload),
+        )
+        .await;
+    assert_eq!(wrong_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let no_direction = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/issue-token",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/vnd.aspera.url-list+xml"),
+            ],
+            body(payload),
+        )
+        .await;
+    assert_eq!(no_direction.status, StatusCode::BAD_REQUEST);
+    let anonymous = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/issue-token?direction=down",
+            &[("content-type", "application/vnd.aspera.url-list+xml")],
+            body(payload),
+        )
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn send_returns_a_transfer_spec_or_a_200_error() {
+    let emu = start_default().await;
+    let auth = basic("eve", "elderberry");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+    ];
+    let good =
+        r#"{"delivery":{"title":"Results","recipients":["ann"],"sources":[{"paths":["a.txt"]}]}}"#;
+    let reply = emu
+        .fetch(Method::POST, "/aspera/faspex/send", &headers, body(good))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let spec: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(spec["xfer_sessions"][0]["direction"], "send");
+    assert!(spec["xfer_sessions"][0]["token"]
+        .as_str()
+        .unwrap()
+        .starts_with("ATM2_AC"));
+
+    for bad in [
+        "not json",
+        r#"{"nothing":1}"#,
+        r#"{"delivery":{"title":"x","recipients":[]}}"#,
+    ] {
+        let reply = emu
+            .fetch(Method::POST, "/aspera/faspex/send", &headers, body(bad))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{bad}");
+        let error: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert!(
+            error["error"]["user_message"].is_string(),
+            "{bad}: {}",
+            reply.body
+        );
+    }
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_tokens_open_the_api() {
+    let emu = start_default().await;
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/auth/oauth2/token",
+            &[
+                ("authorization", &basic("ann", "apple")),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            body("grant_type=password&scope=admin"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let token: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(token["token_type"], "bearer");
+    assert!(token["expires_in"].as_u64().is_some());
+    let access = token["access_token"].as_str().unwrap();
+
+    let me = emu
+        .get(
+            "/aspera/faspex/api/v1/me",
+            &[("authorization", &format!("Bearer {access}"))],
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::OK);
+    let me: serde_json::Value = serde_json::from_str(&me.body).unwrap();
+    assert_eq!(me["name"], "ann");
+
+    let unknown = emu
+        .get(
+            "/aspera/faspex/api/v1/me",
+            &[("authorization", "Bearer nope")],
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    let wrong_password = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/auth/oauth2/token",
+            &[
+                ("authorization", &basic("ann", "pear")),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            body("grant_type=password"),
+        )
+        .await;
+    assert_eq!(wrong_password.status, StatusCode::UNAUTHORIZED);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn external_delivery_needs_the_right_passcode() {
+    let emu = start_default().await;
+    let good = format!(
+        "/aspera/faspex/external_deliveries/{EXTERNAL_DELIVERY_ID}?passcode={EXTERNAL_DELIVERY_PASSCODE}"
+    );
+    let xml = emu.get(&good, &[("accept", "application/xml")]).await;
+    assert_eq!(xml.status, StatusCode::OK);
+    assert!(xml.body.contains("<link rel=\"package\" href=\"faspe://"));
+    // Outside recipients find their token in the link.
+    assert!(xml.body.contains("&amp;token=ATM2_AC"));
+    let page = emu
+        .get(
+            &format!("{good}&expiration=2030-01-01"),
+            &[("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Microscopy run 17"));
+
+    let wrong = format!(
+        "/aspera/faspex/external_deliveries/{EXTERNAL_DELIVERY_ID}?passcode={}",
+        "0".repeat(40)
+    );
+    assert_eq!(emu.get(&wrong, &[]).await.status, StatusCode::FORBIDDEN);
+    let missing = format!("/aspera/faspex/external_deliveries/{EXTERNAL_DELIVERY_ID}");
+    assert_eq!(emu.get(&missing, &[]).await.status, StatusCode::FORBIDDEN);
+    let unknown =
+        format!("/aspera/faspex/external_deliveries/1?passcode={EXTERNAL_DELIVERY_PASSCODE}");
+    assert_eq!(emu.get(&unknown, &[]).await.status, StatusCode::NOT_FOUND);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn invitations_and_dropboxes_take_uploads_of_any_size() {
+    let emu = start_default().await;
+    for (form, post, passcode) in [
+        (
+            "/aspera/faspex/external/submissions/new",
+            "/aspera/faspex/external/submissions",
+            INVITATION_PASSCODE,
+        ),
+        (
+            "/aspera/faspex/external/dropbox_submissions/new",
+            "/aspera/faspex/external/dropbox_submissions",
+            DROPBOX_PASSCODE,
+        ),
+    ] {
+        for key in ["passcode", "token"] {
+            let reply = emu.get(&format!("{form}?{key}={passcode}"), &[]).await;
+            assert_eq!(reply.status, StatusCode::OK, "{form} {key}");
+            assert!(reply.body.contains(&format!("action=\"{post}\"")));
+        }
+        let wrong = emu
+            .get(&format!("{form}?passcode={}", "1".repeat(40)), &[])
+            .await;
+        assert_eq!(wrong.status, StatusCode::NOT_FOUND);
+
+        let size = 3 * 1024 * 1024 + 17;
+        let reply = emu
+            .fetch(
+                Method::POST,
+                post,
+                &[("content-type", "multipart/form-data; boundary=x")],
+                body(vec![b'x'; size]),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(
+            reply.body.contains(&format!(">{size}</span> bytes")),
+            "{}",
+            reply.body
+        );
+    }
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn assets_unknown_paths_and_events() {
+    let emu = start_default().await;
+    let css = emu
+        .get("/aspera/faspex/stylesheets/application.css", &[])
+        .await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert!(css.header("content-type").starts_with("text/css"));
+    let js = emu
+        .get("/aspera/faspex/javascripts/application.js", &[])
+        .await;
+    assert!(js
+        .header("content-type")
+        .starts_with("application/javascript"));
+    let logo = emu.get("/aspera/faspex/images/aspera_logo.svg", &[]).await;
+    assert_eq!(logo.status, StatusCode::OK);
+    for path in [
+        "/aspera/faspex/images/missing.png",
+        "/aspera/faspex/nowhere",
+        "/aspera/faspexnot",
+        "/elsewhere",
+        "/aspera/http-gwy/v9/x",
+    ] {
+        let reply = emu
+            .get(path, &[("authorization", &basic("ann", "apple"))])
+            .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(reply.header("x-ibm-aspera"), "F4.4.1", "{path}");
+    }
+    let relay = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/package_relay/relay_package",
+            &[],
+            body("x"),
+        )
+        .await;
+    assert_eq!(relay.status, StatusCode::NOT_FOUND);
+    let events = emu.emulator.events();
+    assert_eq!(
+        events.first(),
+        Some(&EmulatorEvent::Request {
+            method: "GET".into(),
+            path_and_query: "/aspera/faspex/stylesheets/application.css".into()
+        })
+    );
+    assert!(events.contains(&EmulatorEvent::Request {
+        method: "POST".into(),
+        path_and_query: "/aspera/faspex/package_relay/relay_package".into()
+    }));
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_service_answers_without_serve() {
+    let emulator = Emulator::new(EmulatorConfig::default());
+    let service = emulator.service();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("/aspera/faspex/login")
+        .header("host", addr.to_string())
+        .body(empty_body())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(emulator.events().len(), 1);
+}
