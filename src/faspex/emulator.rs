@@ -10,7 +10,8 @@
 //! | `catalog` | the seeded packages, external deliveries, invitation and dropbox passcodes, `faspe://` links |
 //! | `pages` | the HTML pages, Atom feeds and entries, JSON documents and static assets |
 //! | `routes` | the Faspex application under `/aspera/faspex`: login, logout, protected and public pages |
-//! //!
+//! | `gateway` | the HTTP Gateway under `/aspera/http-gwy`: streamed downloads (the byte pattern), uploads, WebSocket echo |
+//!
 //! What it knows of Faspex comes from `docs/faspex-http.md` (facts marked [V]/[D]) and the seed
 //! tutorial on API downloads; where that is silent the behaviour is a plausible Rails default and
 //! says so where it is implemented. Every response carries `X-IBM-Aspera: F4.4.1`.
@@ -26,6 +27,7 @@
 //! ```
 
 mod catalog;
+mod gateway;
 mod http;
 mod pages;
 mod routes;
@@ -53,6 +55,7 @@ pub use catalog::{
     BIG_PACKAGE_ID, DROPBOX_PASSCODE, EXTERNAL_DELIVERY_ID, EXTERNAL_DELIVERY_PASSCODE,
     INVITATION_PASSCODE, PACKAGE_IDS,
 };
+pub use gateway::pattern_byte;
 pub use http::EmulatorBody;
 
 /// The version the emulator claims, sent as `X-IBM-Aspera` on every response.
@@ -147,6 +150,8 @@ struct Shared {
     catalog: catalog::Catalog,
     /// Set by [`Emulator::refuse_logins`]: refuse even correct credentials.
     refuse_logins: AtomicBool,
+    /// 64 KiB (+ one pattern period) of the download pattern, sliced by every download body.
+    pattern: bytes::Bytes,
     /// Sessions, tokens and events, behind one short-lived lock (never held across `.await`).
     state: Mutex<State>,
 }
@@ -173,6 +178,7 @@ impl Emulator {
                 config,
                 catalog,
                 refuse_logins: AtomicBool::new(false),
+                pattern: gateway::pattern_block(),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -191,23 +197,30 @@ impl Emulator {
     }
 
     /// A hyper service answering as this emulator, for callers that run their own connections.
+    /// WebSocket echo sessions it starts run until their client leaves.
     pub fn service(&self) -> EmulatorService {
+        // A receiver whose sender is gone never reports a stop.
+        let (_, stop) = watch::channel(false);
         EmulatorService {
             emulator: self.clone(),
+            stop,
         }
     }
 
     /// Accept HTTP/1.1 connections (with upgrades) on `listener`, one task per connection, until
     /// `shutdown` completes. Then stop accepting, ask open connections to finish their current
-    /// exchange, and return once they are done (or after a short grace period, aborting what is
-    /// left).
+    /// exchange, close WebSocket sessions with 1001 "going away", and return once they are done
+    /// (or after a short grace period, aborting what is left).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let service = self.service();
+        let service = EmulatorService {
+            emulator: self,
+            stop: stop_rx.clone(),
+        };
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -323,6 +336,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 #[derive(Clone)]
 pub struct EmulatorService {
     emulator: Emulator,
+    /// Raised when [`Emulator::serve`] stops, so that WebSocket sessions can close.
+    stop: watch::Receiver<bool>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for EmulatorService {
@@ -332,6 +347,7 @@ impl hyper::service::Service<Request<Incoming>> for EmulatorService {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let emulator = self.emulator.clone();
-        Box::pin(async move { Ok(routes::handle(&emulator, request).await) })
+        let stop = self.stop.clone();
+        Box::pin(async move { Ok(routes::handle(&emulator, stop, request).await) })
     }
 }

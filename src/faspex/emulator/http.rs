@@ -6,7 +6,7 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode, Uri};
@@ -60,6 +60,13 @@ pub fn respond(status: StatusCode, content_type: &'static str, body: EmulatorBod
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// An empty response.
+pub fn empty(status: StatusCode) -> Resp {
+    let mut response = Response::new(Empty::new().boxed());
+    *response.status_mut() = status;
     response
 }
 

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 use super::catalog::{self, Package};
 use super::http::{
@@ -25,7 +26,8 @@ use super::http::{
 };
 use super::pages::{self, EntryContext, Mailbox, Page, Submission};
 use super::{
-    Emulator, EmulatorEvent, LoginFailureStyle, FASPEX_VERSION, LOGIN_FAILED_TEXT, SESSION_COOKIE,
+    gateway, Emulator, EmulatorEvent, LoginFailureStyle, FASPEX_VERSION, LOGIN_FAILED_TEXT,
+    SESSION_COOKIE,
 };
 
 /// Where the login page lives; failed logins and unauthenticated browsers are sent here.
@@ -44,7 +46,11 @@ const BASIC_CHALLENGE: &str = "Basic realm=\"Faspex\"";
 const TOKEN_LIFETIME_SECONDS: u64 = 3600;
 
 /// Answer one request. Never fails: faults become 4xx responses.
-pub(super) async fn handle(emulator: &Emulator, request: Request<Incoming>) -> Resp {
+pub(super) async fn handle(
+    emulator: &Emulator,
+    stop: watch::Receiver<bool>,
+    request: Request<Incoming>,
+) -> Resp {
     let path_and_query = request.uri().path_and_query().map_or_else(
         || request.uri().path().to_owned(),
         |pq| pq.as_str().to_owned(),
@@ -53,7 +59,7 @@ pub(super) async fn handle(emulator: &Emulator, request: Request<Incoming>) -> R
         method: request.method().to_string(),
         path_and_query,
     });
-    let mut response = match route(emulator, request).await {
+    let mut response = match route(emulator, stop, request).await {
         Ok(response) => response,
         Err(fault) => fault.into_response(),
     };
@@ -89,8 +95,15 @@ enum Protected<'a> {
     Api(&'a [&'a str]),
 }
 
-async fn route(emulator: &Emulator, request: Request<Incoming>) -> Result<Resp, Fault> {
+async fn route(
+    emulator: &Emulator,
+    stop: watch::Receiver<bool>,
+    request: Request<Incoming>,
+) -> Result<Resp, Fault> {
     let path = request.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/aspera/http-gwy/") {
+        return gateway::route(emulator, stop, request, &segments(rest)).await;
+    }
     let rest = match path.strip_prefix("/aspera/faspex") {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
         _ => return Ok(not_found(request.headers())),
@@ -327,7 +340,7 @@ fn unauthenticated(headers: &HeaderMap) -> Result<Resp, Fault> {
 }
 
 /// The `404` of an unknown path or record: XML for XML clients, a Rails-like page otherwise.
-fn not_found(headers: &HeaderMap) -> Resp {
+pub(super) fn not_found(headers: &HeaderMap) -> Resp {
     if wants_xml(headers) {
         return http::xml(StatusCode::NOT_FOUND, pages::xml_error("Not found"));
     }

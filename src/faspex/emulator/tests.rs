@@ -7,15 +7,18 @@ use std::net::SocketAddr;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::*;
 
@@ -35,6 +38,8 @@ struct Reply {
     headers: HeaderMap,
     /// The body as text (lossily), for assertions on pages and documents.
     body: String,
+    /// The body's length in bytes.
+    len: usize,
 }
 
 impl Reply {
@@ -113,6 +118,7 @@ impl Running {
             status: parts.status,
             headers: parts.headers,
             body: String::from_utf8_lossy(&bytes).into_owned(),
+            len: bytes.len(),
         }
     }
 
@@ -768,6 +774,146 @@ async fn invitations_and_dropboxes_take_uploads_of_any_size() {
         );
     }
     emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_100_mib_download_streams_the_pattern_with_its_length() {
+    let emu = start_default().await;
+    let len: u64 = 100 << 20;
+    let request = Request::get(format!(
+        "/aspera/http-gwy/v1/download/{BIG_PACKAGE_ID}?bytes={len}&token=ATM2_ACtest"
+    ))
+    .body(empty_body())
+    .unwrap();
+    let response = emu.send(request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-length"],
+        len.to_string().as_str()
+    );
+    assert_eq!(response.headers()["x-ibm-aspera"], "F4.4.1");
+    let mut incoming = response.into_body();
+    let mut offset = 0u64;
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.unwrap();
+        if let Some(data) = frame.data_ref() {
+            for (i, byte) in data.iter().enumerate() {
+                assert_eq!(
+                    *byte,
+                    pattern_byte(offset + i as u64),
+                    "at offset {}",
+                    offset + i as u64
+                );
+            }
+            offset += data.len() as u64;
+        }
+    }
+    assert_eq!(offset, len);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn downloads_default_to_the_package_size_and_need_a_token() {
+    let emu = start(EmulatorConfig {
+        big_package_bytes: 3 * 1024 * 1024 + 5,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let path = format!("/aspera/http-gwy/v1/download/{BIG_PACKAGE_ID}");
+    let reply = emu
+        .get(&path, &[("authorization", "Bearer ATM2_ACtest")])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.header("content-length"),
+        (3 * 1024 * 1024 + 5).to_string()
+    );
+    assert_eq!(reply.len, 3 * 1024 * 1024 + 5);
+    assert_eq!(emu.get(&path, &[]).await.status, StatusCode::UNAUTHORIZED);
+    let unknown = emu.get("/aspera/http-gwy/v1/download/1?token=t", &[]).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let bad = emu.get(&format!("{path}?token=t&bytes=lots"), &[]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let empty = emu.get(&format!("{path}?token=t&bytes=0"), &[]).await;
+    assert_eq!((empty.status, empty.len), (StatusCode::OK, 0));
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_streamed_upload_is_counted() {
+    let emu = start_default().await;
+    let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+    let chunks = 160; // 10 MiB, sent chunked: no Content-Length
+    let stream = futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
+    );
+    let request = Request::post("/aspera/http-gwy/v1/upload?token=ATM2_ACtest")
+        .header("content-type", "application/octet-stream")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap();
+    let response = emu.send(request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let reply = response.into_body().collect().await.unwrap().to_bytes();
+    let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(reply["bytes"], 160 * 64 * 1024);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_websocket_echoes_and_closes() {
+    let emu = start_default().await;
+    let url = format!(
+        "ws://{}/aspera/http-gwy/v2/upload?token=ATM2_ACtest",
+        emu.addr
+    );
+    let stream = TcpStream::connect(emu.addr).await.unwrap();
+    let (mut socket, response) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(response.headers()["x-ibm-aspera"], "F4.4.1");
+
+    socket
+        .send(Message::Text("hello faspex".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::Text("hello faspex".into())
+    );
+    let binary: Vec<u8> = (0..=255u8).cycle().take(200_000).collect();
+    socket.send(Message::Binary(binary.clone())).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::Binary(binary)
+    );
+
+    socket.close(None).await.unwrap();
+    // The server answers the close (or simply ends the stream); it sends nothing else.
+    match socket.next().await {
+        Some(Ok(Message::Close(_)) | Err(_)) | None => {}
+        Some(Ok(other)) => panic!("unexpected {other:?} after close"),
+    }
+
+    // Without a token the handshake is refused.
+    let stream = TcpStream::connect(emu.addr).await.unwrap();
+    let url = format!("ws://{}/aspera/http-gwy/v2/upload", emu.addr);
+    assert!(tokio_tungstenite::client_async(url, stream).await.is_err());
+    // A plain GET is not an upgrade.
+    let plain = emu.get("/aspera/http-gwy/v2/upload?token=t", &[]).await;
+    assert_eq!(plain.status, StatusCode::BAD_REQUEST);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_open_websockets_as_going_away() {
+    let emu = start_default().await;
+    let url = format!("ws://{}/aspera/http-gwy/v2/upload?token=t", emu.addr);
+    let stream = TcpStream::connect(emu.addr).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    emu.shutdown().await;
+    match socket.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
 }
 
 #[tokio::test]
