@@ -12,10 +12,10 @@
 //! - `secret.rs`: [`Secret`] and the checks on secret files;
 //! - `redact.rs`: [`Config::redacted`], the effective configuration without secrets.
 
-#[allow(dead_code)] // read by the loader, which comes next
+mod env;
 mod raw;
-#[allow(dead_code)] // read by the loader, which comes next
 mod secret;
+mod validate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +72,24 @@ pub struct Config {
     pub pages: PagesConfig,
     pub audit: AuditConfig,
     pub store: StoreConfig,
+}
+
+impl Config {
+    /// Load `path` and apply the process environment's `FASPEX_GATE__…` overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let env = env::process_env().map_err(|reason| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            reason,
+        })?;
+        Self::load_with_env(path, &env)
+    }
+
+    /// Load `path` and apply the overrides of an explicit environment (name, value pairs);
+    /// variables without the `FASPEX_GATE__` prefix are ignored.
+    pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        validate::load(path, env)
+    }
 }
 
 /// `[server]`: the client-facing listeners.
