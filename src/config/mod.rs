@@ -14,6 +14,7 @@
 
 mod env;
 mod raw;
+mod redact;
 mod secret;
 mod validate;
 
@@ -89,6 +90,12 @@ impl Config {
     /// variables without the `FASPEX_GATE__` prefix are ignored.
     pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
         validate::load(path, env)
+    }
+
+    /// The effective configuration as TOML, for `check-config`. Secret files are shown by path
+    /// only, and a password in a URL is replaced by `redacted`.
+    pub fn redacted(&self) -> String {
+        redact::render(self)
     }
 }
 
