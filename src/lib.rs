@@ -1,4 +1,5 @@
 //! faspex-gate: a policy-enforcing authentication gateway for IBM Aspera Faspex.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod faspex;

@@ -1,0 +1,301 @@
+//! faspex-gate's configuration: loading the TOML file and the `FASPEX_GATE__…` environment,
+//! validating every value, and the typed [`Config`] the rest of the gateway reads.
+//!
+//! The keys and defaults are the contract in `docs/interface.md` (`## Configuration`), plus
+//! `server.shutdown_timeout`; `config/faspex-gate.example.toml` documents each of them.
+//!
+//! Layers:
+//! - `raw.rs`: serde structs that mirror the file, with the defaults; unknown keys are errors;
+//! - `env.rs`: the environment overrides, merged over the file by the `config` crate;
+//! - `validate.rs`: raw values to typed ones ([`Config`]); every bad value is an error naming its
+//!   key, never a silent default;
+//! - `secret.rs`: [`Secret`] and the checks on secret files;
+//! - `redact.rs`: [`Config::redacted`], the effective configuration without secrets.
+
+mod env;
+mod raw;
+mod redact;
+mod secret;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use secret::Secret;
+
+/// The environment variable that names the configuration file.
+pub const CONFIG_ENV: &str = "FASPEX_GATE_CONFIG";
+/// The configuration file when [`CONFIG_ENV`] is not set.
+pub const DEFAULT_PATH: &str = "/etc/faspex-gate/faspex-gate.toml";
+
+/// The configuration file to use: `$FASPEX_GATE_CONFIG`, else
+/// `/etc/faspex-gate/faspex-gate.toml`.
+pub fn default_path() -> PathBuf {
+    match std::env::var_os(CONFIG_ENV) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(DEFAULT_PATH),
+    }
+}
+
+/// A configuration error: the file, the dotted key (empty when the error is about the whole
+/// file), and a reason a person can act on. When an environment variable set the key, the reason
+/// says so.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render(.file, .key, .reason))]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+fn render(file: &Path, key: &str, reason: &str) -> String {
+    if key.is_empty() {
+        format!("{}: {reason}", file.display())
+    } else {
+        format!("{}: key `{key}`: {reason}", file.display())
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub upstream: UpstreamConfig,
+    pub admin: AdminConfig,
+    pub policy: PolicyConfig,
+    pub session: SessionConfig,
+    pub auth: AuthConfig,
+    pub faspex: FaspexConfig,
+    pub pages: PagesConfig,
+    pub audit: AuditConfig,
+    pub store: StoreConfig,
+}
+
+impl Config {
+    /// Load `path` and apply the process environment's `FASPEX_GATE__…` overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let env = env::process_env().map_err(|reason| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            reason,
+        })?;
+        Self::load_with_env(path, &env)
+    }
+
+    /// Load `path` and apply the overrides of an explicit environment (name, value pairs);
+    /// variables without the `FASPEX_GATE__` prefix are ignored.
+    pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        validate::load(path, env)
+    }
+
+    /// The effective configuration as TOML, for `check-config`. Secret files are shown by path
+    /// only, and a password in a URL is replaced by `redacted`.
+    pub fn redacted(&self) -> String {
+        redact::render(self)
+    }
+}
+
+/// `[server]`: the client-facing listeners.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The HTTPS listener; `None` when off.
+    pub listen: Option<SocketAddr>,
+    /// The plain-HTTP listener (behind a TLS-terminating balancer); `None` when off.
+    pub http_listen: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub tls_handshake_timeout: Duration,
+    /// Also bounds an idle keep-alive connection.
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    /// How long a graceful shutdown waits for requests in flight.
+    pub shutdown_timeout: Duration,
+}
+
+/// `[tls]`: the certificate of the HTTPS listener. Checked only when `server.listen` is on.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[upstream]`: the Faspex server.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// Scheme and authority only (`http` or `https`, a host, no path beyond `/`).
+    pub url: url::Url,
+    /// An extra trust anchor for an `https` upstream.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Time to the upstream's response headers.
+    pub response_timeout: Duration,
+    /// Forward the client's `Host`.
+    pub preserve_host: bool,
+}
+
+/// `[admin]`: the admin listener and its bearer token.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// `None` when off.
+    pub listen: Option<SocketAddr>,
+    pub token_file: Option<PathBuf>,
+    /// The token, loaded when the listener is on.
+    pub token: Option<Secret>,
+}
+
+/// `policy.one_client_per_account`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OneClient {
+    /// `"reject"`: refuse a second client.
+    Reject,
+    /// `"replace"`: end the older session.
+    Replace,
+}
+
+/// `policy.lockout_key`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockoutKey {
+    /// `"account"`
+    Account,
+    /// `"account+ip"`
+    AccountIp,
+}
+
+/// `[policy]`: seats, timeouts, lockouts and rates.
+#[derive(Clone, Debug)]
+pub struct PolicyConfig {
+    pub max_sessions: u32,
+    pub one_client_per_account: OneClient,
+    pub idle_timeout: Duration,
+    pub api_idle_timeout: Duration,
+    /// `None` (`"0s"` in the file) = never.
+    pub absolute_timeout: Option<Duration>,
+    pub activity_exempt_paths: Vec<String>,
+    pub lockout_threshold: u32,
+    pub lockout_window: Duration,
+    pub lockout_duration: Duration,
+    pub lockout_key: LockoutKey,
+    pub username_domains: Vec<String>,
+    pub login_attempts_per_ip_per_minute: u32,
+    pub public_requests_per_ip_per_minute: u32,
+    pub max_tracked_usernames: usize,
+}
+
+/// `[session]`: the gateway's session cookie.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub cookie_name: String,
+    pub secret_file: PathBuf,
+    /// At least 32 bytes (base64 in the file is decoded).
+    pub secret: Secret,
+}
+
+/// `auth.backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthBackend {
+    Ldap,
+    File,
+}
+
+/// `[auth]`: credential checks.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub backend: AuthBackend,
+    pub cache_ttl: Duration,
+    pub max_checks_per_second: u32,
+    pub max_concurrent_hashes: usize,
+    /// Fully checked only when `backend` is [`AuthBackend::Ldap`].
+    pub ldap: LdapConfig,
+    /// Fully checked only when `backend` is [`AuthBackend::File`].
+    pub file: FileAuthConfig,
+}
+
+/// `[auth.ldap]`. Empty strings in the file are `None` here.
+#[derive(Clone, Debug)]
+pub struct LdapConfig {
+    pub urls: Vec<url::Url>,
+    pub starttls: bool,
+    pub ca_file: Option<PathBuf>,
+    /// Direct bind: contains `{username}`.
+    pub user_dn_template: Option<String>,
+    /// Search-then-bind: the service account.
+    pub bind_dn: Option<String>,
+    pub bind_password_file: Option<PathBuf>,
+    /// Loaded when the backend is LDAP and `bind_password_file` is set.
+    pub bind_password: Option<Secret>,
+    pub base_dn: Option<String>,
+    pub user_filter: String,
+    pub require_group: Option<String>,
+    pub nested_groups: bool,
+    pub pool_size: usize,
+    pub timeout: Duration,
+}
+
+/// `[auth.file]`
+#[derive(Clone, Debug)]
+pub struct FileAuthConfig {
+    pub path: Option<PathBuf>,
+}
+
+/// One `faspex.deny` entry: `"METHOD PATH-PREFIX"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DenyRule {
+    /// `None` = `"*"`, every method.
+    pub method: Option<http::Method>,
+    pub prefix: String,
+}
+
+/// `[faspex]`: how Faspex's pages and paths look.
+#[derive(Clone, Debug)]
+pub struct FaspexConfig {
+    pub login_path: String,
+    pub username_field: String,
+    pub password_field: String,
+    pub logout_path: String,
+    pub public_paths: Vec<String>,
+    pub deny: Vec<DenyRule>,
+}
+
+/// `[pages]`: the gateway's own pages.
+#[derive(Clone, Debug)]
+pub struct PagesConfig {
+    pub helpdesk: String,
+    /// `None` = the host's local time. Not checked here.
+    pub timezone: Option<String>,
+}
+
+/// `audit.path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditSink {
+    /// `"-"`
+    Stderr,
+    File(PathBuf),
+}
+
+/// `[audit]`
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    pub sink: AuditSink,
+}
+
+/// `store.kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `"embedded"`: durable, on this host.
+    Embedded,
+}
+
+/// `[store]`: where sessions and lockouts are kept.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub path: PathBuf,
+}
