@@ -1,5 +1,32 @@
 //! faspex-gate: a policy-enforcing authentication gateway for IBM Aspera Faspex.
+//!
+//! # Layout
+//!
+//! A request flows through the modules in this order:
+//!
+//! ```text
+//!  accept ──► TLS ──► HTTP/1.1 or HTTP/2 ──► classify ──► credentials / session ──► policy ──► forward ──► log
+//!  server     server::tls   server            proxy::classify   auth (later)        policy (later)  proxy::forward  proxy (access log)
+//! ```
+//!
+//! - [`server`]: listeners, the connection cap, TLS with a handshake timeout, header limits and
+//!   timeouts, SIGHUP certificate reload and graceful shutdown.
+//! - [`proxy`]: the request handler. [`proxy::classify`] decides the route on the normalised path
+//!   (public, login, logout, protected, denied, the gateway's own); [`proxy::forward`] streams the
+//!   request to Faspex and the response back; [`proxy::error`] is the one place that turns a
+//!   refusal into a response; [`proxy::pages`] renders what people see.
+//! - [`auth`]: credentials (argon2id hashes for the `file` backend so far).
+//! - [`config`]: raw configuration structs, validated into typed ones.
+//! - [`faspex`]: Faspex knowledge, and the built-in Faspex 4 emulator used by the demo and tests.
+//! - [`demo`], [`app`], [`cli`]: the commands a person runs.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod faspex;
+pub mod proxy;
+pub mod server;
+pub mod util;

@@ -1,2 +1,8 @@
+//! The `faspex-gate` binary: parse the command line and hand over to the library.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    faspex_gate::cli::run(faspex_gate::cli::Cli::parse())
+}

@@ -1,0 +1,4 @@
+//! Credentials: password hashes for the `file` backend (LDAP, the verification cache and session
+//! tokens join here in later work).
+
+pub mod password;

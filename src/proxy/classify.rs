@@ -1,0 +1,404 @@
+//! Route classification: which kind of request this is, decided on the normalised path.
+//!
+//! The upstream (Faspex behind Apache/Passenger) decodes and normalises a path before routing
+//! it, so the gateway must decide on the same normalised form, or an encoded variant of a denied
+//! path (`/aspera/faspex/%70ackage_relay/...`, `//aspera/...`, `/x/../aspera/...`) would slip
+//! through. The rules, all case-sensitive as Faspex's routes are:
+//!
+//! - percent-decoding, `%2F` included, then `//` collapsed and `.`/`..` segments resolved;
+//! - invalid percent-encoding, NUL, control characters and backslashes are refused (400): no
+//!   Faspex URL carries them, and servers disagree on what they mean;
+//! - the deny list wins over everything, and is checked on the once-decoded and on the
+//!   fully-decoded path (a double-encoded variant is denied too);
+//! - a path is public only when both decodings say it is public;
+//! - the path is forwarded as the client sent it: this module only decides.
+
+use http::Method;
+
+/// The gateway's own prefix: pages and assets that are never forwarded.
+pub const GATEWAY_PREFIX: &str = "/_faspex-gate/";
+
+/// What kind of request this is, which decides what the gateway does with it.
+/// Also the `route` label of the request metrics, so the set is small and fixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// No login needed: external deliveries, invitations, transfer paths, assets, the login page.
+    Public,
+    /// The login form's POST.
+    Login,
+    /// The logout path.
+    Logout,
+    /// Everything else: needs a live session.
+    Protected,
+    /// Matched `faspex.deny`: answered 403, never forwarded.
+    Denied,
+    /// Under `/_faspex-gate/`: served by the gateway itself.
+    Gateway,
+}
+
+impl Route {
+    /// The metric label and access-log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Public => "public",
+            Route::Login => "login",
+            Route::Logout => "logout",
+            Route::Protected => "protected",
+            Route::Denied => "denied",
+            Route::Gateway => "gateway",
+        }
+    }
+}
+
+/// Why a path could not be classified. Answered 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the request path must start with '/'")]
+    NotAbsolute,
+    #[error("the request path has invalid percent-encoding")]
+    BadPercentEncoding,
+    #[error("the request path contains a NUL, control character or backslash")]
+    ForbiddenCharacter,
+}
+
+/// One `faspex.deny` rule: `METHOD PATH-PREFIX`, where a `None` method means any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyPrefix {
+    pub method: Option<Method>,
+    pub prefix: String,
+}
+
+/// The Faspex route profile: which paths are public, which is the login form, which are denied.
+#[derive(Debug, Clone)]
+pub struct RouteProfile {
+    pub login_path: String,
+    pub logout_path: String,
+    pub public_prefixes: Vec<String>,
+    pub deny: Vec<DenyPrefix>,
+}
+
+/// The outcome of classification: the route, and the normalised path it was decided on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub route: Route,
+    /// The once-decoded, normalised path (lossy UTF-8 where the client sent other bytes).
+    pub path: String,
+}
+
+impl RouteProfile {
+    /// Classify a request by method and raw path (the path part of the request target, without
+    /// the query).
+    pub fn classify(&self, method: &Method, raw_path: &str) -> Result<Classified, PathError> {
+        let once = normalize(&decode_once(raw_path.as_bytes())?)?;
+        let full = normalize(&decode_fully(raw_path.as_bytes())?)?;
+        let path = String::from_utf8_lossy(&once).into_owned();
+
+        let denied = |p: &[u8]| {
+            self.deny.iter().any(|rule| {
+                rule.method.as_ref().is_none_or(|m| m == method)
+                    && deny_matches(p, rule.prefix.as_bytes())
+            })
+        };
+        if denied(&once) || denied(&full) {
+            return Ok(Classified {
+                route: Route::Denied,
+                path,
+            });
+        }
+        if under(&once, GATEWAY_PREFIX.as_bytes()) || under(&full, GATEWAY_PREFIX.as_bytes()) {
+            return Ok(Classified {
+                route: Route::Gateway,
+                path,
+            });
+        }
+
+        let login = self.login_path.as_bytes();
+        let route = if once == login && *method == Method::POST {
+            Route::Login
+        } else if once == self.logout_path.as_bytes() {
+            Route::Logout
+        } else if self.is_public(method, &once) && self.is_public(method, &full) {
+            Route::Public
+        } else {
+            Route::Protected
+        };
+        Ok(Classified { route, path })
+    }
+
+    fn is_public(&self, method: &Method, path: &[u8]) -> bool {
+        let login = self.login_path.as_bytes();
+        let login_page = (*method == Method::GET || *method == Method::HEAD) && under(path, login);
+        login_page
+            || self
+                .public_prefixes
+                .iter()
+                .any(|prefix| under(path, prefix.as_bytes()))
+    }
+}
+
+/// Segment-aware prefix test: `/a/b/` covers `/a/b`, `/a/b/` and `/a/b/c`, never `/a/bc`.
+fn under(path: &[u8], prefix: &[u8]) -> bool {
+    let bare = prefix.strip_suffix(b"/").unwrap_or(prefix);
+    if bare.is_empty() {
+        return true;
+    }
+    path == bare || (path.starts_with(bare) && path.get(bare.len()) == Some(&b'/'))
+}
+
+/// Deny matching is deliberately wider than [`under`]: a plain byte prefix, and a prefix with a
+/// trailing slash also covers the path without it.
+fn deny_matches(path: &[u8], prefix: &[u8]) -> bool {
+    path.starts_with(prefix) || under(path, prefix)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decode once. `%` must be followed by two hex digits.
+fn decode_once(raw: &[u8]) -> Result<Vec<u8>, PathError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hi = raw.get(i + 1).copied().and_then(hex);
+            let lo = raw.get(i + 2).copied().and_then(hex);
+            match (hi, lo) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                }
+                _ => return Err(PathError::BadPercentEncoding),
+            }
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Decode until nothing changes (at most a few rounds): the most suspicious reading of the path.
+/// A `%` that does not start a valid escape after the first round is left as it is.
+fn decode_fully(raw: &[u8]) -> Result<Vec<u8>, PathError> {
+    let mut cur = decode_once(raw)?;
+    for _ in 0..4 {
+        match decode_once(&cur) {
+            Ok(next) if next != cur => cur = next,
+            _ => break,
+        }
+    }
+    Ok(cur)
+}
+
+/// Collapse empty and `.` segments, resolve `..` (never above the root), keep a trailing slash.
+fn normalize(decoded: &[u8]) -> Result<Vec<u8>, PathError> {
+    if decoded.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if decoded.iter().any(|&b| b < 0x20 || b == 0x7f || b == b'\\') {
+        return Err(PathError::ForbiddenCharacter);
+    }
+    let mut segments: Vec<&[u8]> = Vec::new();
+    let mut trailing_slash = false;
+    for seg in decoded[1..].split(|&b| b == b'/') {
+        trailing_slash = false;
+        match seg {
+            b"" | b"." => trailing_slash = true,
+            b".." => {
+                segments.pop();
+                trailing_slash = true;
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = Vec::with_capacity(decoded.len());
+    for seg in &segments {
+        out.push(b'/');
+        out.extend_from_slice(seg);
+    }
+    if segments.is_empty() || trailing_slash {
+        out.push(b'/');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile() -> RouteProfile {
+        RouteProfile {
+            login_path: "/aspera/faspex/login".into(),
+            logout_path: "/aspera/faspex/logout".into(),
+            public_prefixes: vec![
+                "/aspera/faspex/external_deliveries/".into(),
+                "/aspera/faspex/external/".into(),
+                "/aspera/http-gwy/".into(),
+                "/aspera/faspex/javascripts/".into(),
+            ],
+            deny: vec![DenyPrefix {
+                method: None,
+                prefix: "/aspera/faspex/package_relay/".into(),
+            }],
+        }
+    }
+
+    fn route(method: Method, path: &str) -> Route {
+        profile().classify(&method, path).unwrap().route
+    }
+
+    #[test]
+    fn normalises_segments() {
+        let n = |p: &str| {
+            String::from_utf8(normalize(&decode_once(p.as_bytes()).unwrap()).unwrap()).unwrap()
+        };
+        assert_eq!(n("/"), "/");
+        assert_eq!(n("//a///b"), "/a/b");
+        assert_eq!(n("/a/./b/../c"), "/a/c");
+        assert_eq!(n("/a/b/"), "/a/b/");
+        assert_eq!(n("/a/b/."), "/a/b/");
+        assert_eq!(n("/../../etc"), "/etc");
+        assert_eq!(n("/a%2Fb"), "/a/b");
+        assert_eq!(n("/a/%2e%2e/b"), "/b");
+    }
+
+    #[test]
+    fn deny_list_holds_against_every_encoding() {
+        for p in [
+            "/aspera/faspex/package_relay/relay_package",
+            "/aspera/faspex/package_relay",
+            "//aspera/faspex/package_relay/relay_package",
+            "/aspera//faspex///package_relay/relay_package",
+            "/aspera/faspex/./package_relay/relay_package",
+            "/aspera/faspex/x/../package_relay/relay_package",
+            "/aspera/faspex/external/../package_relay/relay_package",
+            "/aspera/faspex/%70ackage_relay/relay_package",
+            "/aspera/faspex/package%5Frelay/relay_package",
+            "/aspera%2Ffaspex%2Fpackage_relay%2Frelay_package",
+            "/aspera/faspex/%2570ackage_relay/relay_package",
+            "/aspera/faspex/%252e%252e/faspex/package_relay/x",
+            "/aspera/faspex/%2e/package_relay/relay_package",
+        ] {
+            assert_eq!(route(Method::POST, p), Route::Denied, "{p}");
+            assert_eq!(route(Method::GET, p), Route::Denied, "{p}");
+        }
+    }
+
+    #[test]
+    fn deny_rule_with_method_only_denies_that_method() {
+        let mut p = profile();
+        p.deny = vec![DenyPrefix {
+            method: Some(Method::POST),
+            prefix: "/aspera/faspex/package_relay/".into(),
+        }];
+        let r = |m: Method| {
+            p.classify(&m, "/aspera/faspex/package_relay/relay_package")
+                .unwrap()
+                .route
+        };
+        assert_eq!(r(Method::POST), Route::Denied);
+        assert_eq!(r(Method::GET), Route::Protected);
+    }
+
+    #[test]
+    fn matching_is_case_sensitive() {
+        assert_eq!(
+            route(Method::GET, "/aspera/faspex/External/x"),
+            Route::Protected
+        );
+        assert_eq!(
+            route(Method::GET, "/aspera/faspex/external/x"),
+            Route::Public
+        );
+    }
+
+    #[test]
+    fn public_paths_need_every_reading_to_agree() {
+        assert_eq!(
+            route(Method::GET, "/aspera/faspex/external_deliveries/4822"),
+            Route::Public
+        );
+        assert_eq!(
+            route(Method::GET, "/aspera/http-gwy/v1/download/1"),
+            Route::Public
+        );
+        // Escaping the public prefix with dot segments lands on a protected path.
+        assert_eq!(
+            route(Method::GET, "/aspera/faspex/external/../received/4044"),
+            Route::Protected
+        );
+        assert_eq!(
+            route(Method::GET, "/aspera/faspex/external/%2e%2e/received/4044"),
+            Route::Protected
+        );
+        // Double-encoded dot segments: public once decoded, protected fully decoded.
+        assert_eq!(
+            route(
+                Method::GET,
+                "/aspera/faspex/external/%252e%252e/received/4044"
+            ),
+            Route::Protected
+        );
+        // A prefix is a whole segment.
+        assert_eq!(
+            route(Method::GET, "/aspera/faspex/externalx"),
+            Route::Protected
+        );
+        assert_eq!(
+            route(Method::GET, "/aspera/faspex/received/4044"),
+            Route::Protected
+        );
+    }
+
+    #[test]
+    fn login_and_logout() {
+        assert_eq!(route(Method::POST, "/aspera/faspex/login"), Route::Login);
+        assert_eq!(route(Method::POST, "//aspera/faspex/login"), Route::Login);
+        assert_eq!(route(Method::GET, "/aspera/faspex/login"), Route::Public);
+        assert_eq!(
+            route(Method::GET, "/aspera/faspex/login/new"),
+            Route::Public
+        );
+        assert_eq!(
+            route(Method::POST, "/aspera/faspex/login/new"),
+            Route::Protected
+        );
+        assert_eq!(route(Method::GET, "/aspera/faspex/logout"), Route::Logout);
+        assert_eq!(
+            route(Method::GET, "/aspera/faspex/loginx"),
+            Route::Protected
+        );
+    }
+
+    #[test]
+    fn gateway_paths_are_never_forwarded() {
+        assert_eq!(route(Method::GET, "/_faspex-gate/expired"), Route::Gateway);
+        assert_eq!(route(Method::GET, "/_faspex-gate"), Route::Gateway);
+        assert_eq!(route(Method::GET, "/%5Ffaspex-gate/x"), Route::Gateway);
+        assert_eq!(
+            route(Method::GET, "/aspera/../_faspex-gate/x"),
+            Route::Gateway
+        );
+    }
+
+    #[test]
+    fn bad_paths_are_refused() {
+        let c = |p: &str| profile().classify(&Method::GET, p);
+        assert_eq!(c("/a%zz"), Err(PathError::BadPercentEncoding));
+        assert_eq!(c("/a%2"), Err(PathError::BadPercentEncoding));
+        assert_eq!(c("/a%"), Err(PathError::BadPercentEncoding));
+        assert_eq!(c("/a%00b"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(c("/a%0d%0aX: y"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(c("/a%5c..%5creceived"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(c("*"), Err(PathError::NotAbsolute));
+        assert_eq!(c(""), Err(PathError::NotAbsolute));
+        // Non-UTF-8 bytes are not an error, just never public by accident.
+        assert_eq!(c("/aspera/%ff%fe").unwrap().route, Route::Protected);
+    }
+}

@@ -1,0 +1,464 @@
+//! Forwarding to the Faspex upstream: the pooled keep-alive client, header rewriting (hop-by-hop
+//! removal, `X-Forwarded-*`, `Host`), redirect rewriting, and the response-header timeout.
+//!
+//! Bodies are never buffered here: the client's body is handed to the upstream connection as a
+//! stream, and the upstream's body is handed back the same way, so a 10 GiB transfer costs the
+//! same memory as a 1 KiB one. Only the wait for the upstream's response *headers* is bounded
+//! (`upstream.response_timeout`); a body may stream for hours.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamConfig;
+
+/// Errors from any body the gateway streams.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every request the gateway forwards and every response it returns.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why the upstream did not give us response headers. Mapped to 502/504 by the error module.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect to the upstream: {0}")]
+    Connect(#[source] BoxError),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the upstream broke the protocol or the connection: {0}")]
+    Protocol(#[source] BoxError),
+}
+
+impl UpstreamError {
+    /// The `kind` label of `faspex_gate_upstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// What the forwarder needs to know about the client side of one request.
+#[derive(Debug, Clone)]
+pub struct ClientSide {
+    /// The address of the end client: the socket peer, or from `X-Forwarded-For` when the peer
+    /// is a trusted proxy.
+    pub client_ip: IpAddr,
+    /// The socket peer's address.
+    pub peer_ip: IpAddr,
+    /// Whether the socket peer is a configured trusted proxy (its `X-Forwarded-*` are kept).
+    pub peer_trusted: bool,
+    /// The scheme the client used to reach the gateway.
+    pub scheme: &'static str,
+    /// The authority the client asked for (`Host`, or `:authority` in HTTP/2).
+    pub host: Option<HeaderValue>,
+}
+
+/// The upstream Faspex server: a cheap-to-clone handle over a pooled client.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<UpstreamInner>,
+}
+
+struct UpstreamInner {
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    scheme: Scheme,
+    authority: Authority,
+    /// `scheme://authority` as the upstream writes it in `Location` headers.
+    origins: Vec<String>,
+    response_timeout: Duration,
+    preserve_host: bool,
+}
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
+/// proxy-authorisation pair, which is meant for us and not for Faspex.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Client-address headers that an untrusted client could use to lie to Faspex about who it is.
+const CLIENT_ADDRESS_HEADERS: [&str; 6] = [
+    "forwarded",
+    "x-real-ip",
+    "client-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-forwarded-port",
+];
+
+impl Upstream {
+    /// Build the pooled client. An `https` upstream is verified against the system roots plus
+    /// `upstream.ca_file`.
+    pub fn new(cfg: &UpstreamConfig) -> anyhow::Result<Self> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            // A broken system certificate must not stop the gateway; it just is not trusted.
+            let _ = roots.add(cert);
+        }
+        if let Some(ca) = &cfg.ca_file {
+            for cert in crate::server::tls::load_certs(ca)? {
+                roots.add(cert).map_err(|e| {
+                    anyhow::anyhow!("{}: not a usable CA certificate: {e}", ca.display())
+                })?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+
+        let scheme = match cfg.url.scheme() {
+            "https" => Scheme::HTTPS,
+            _ => Scheme::HTTP,
+        };
+        let host = cfg
+            .url
+            .host_str()
+            .ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
+        let port = cfg.url.port_or_known_default().unwrap_or(80);
+        let authority: Authority = match cfg.url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        }
+        .parse()?;
+        let mut origins = vec![format!("{}://{}", scheme, authority)];
+        if cfg.url.port().is_none() {
+            origins.push(format!("{scheme}://{host}:{port}"));
+        }
+        Ok(Upstream {
+            inner: Arc::new(UpstreamInner {
+                client,
+                scheme,
+                authority,
+                origins,
+                response_timeout: cfg.response_timeout,
+                preserve_host: cfg.preserve_host,
+            }),
+        })
+    }
+
+    /// Forward one request and wait (bounded) for the response headers. The request's URI path
+    /// and query go upstream exactly as the client sent them.
+    pub async fn forward(
+        &self,
+        mut req: Request<ProxyBody>,
+        side: &ClientSide,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let inner = &self.inner;
+        let upgrade = upgrade_protocol(req.headers());
+
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(inner.scheme.clone())
+            .authority(inner.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| UpstreamError::Protocol(e.into()))?;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        if let Some(proto) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
+        set_forwarded(headers, side);
+        let host = match (&side.host, inner.preserve_host) {
+            (Some(h), true) => h.clone(),
+            _ => HeaderValue::from_str(inner.authority.as_str())
+                .map_err(|e| UpstreamError::Protocol(e.into()))?,
+        };
+        headers.insert(header::HOST, host);
+
+        let fut = inner.client.request(req);
+        let mut resp = match tokio::time::timeout(inner.response_timeout, fut).await {
+            Err(_) => return Err(UpstreamError::Timeout(inner.response_timeout)),
+            Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(e.into())),
+            Ok(Err(e)) => return Err(UpstreamError::Protocol(e.into())),
+            Ok(Ok(resp)) => resp,
+        };
+
+        let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let resp_upgrade = upgrade_protocol(resp.headers());
+        let headers = resp.headers_mut();
+        strip_hop_by_hop(headers);
+        headers.remove(header::PROXY_AUTHENTICATE);
+        if switching {
+            if let Some(proto) = resp_upgrade {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, proto);
+            }
+        }
+        self.rewrite_location(headers, side);
+        Ok(resp)
+    }
+
+    /// A `Location` that names the upstream's own origin is rewritten to the public origin, so
+    /// that a browser never learns (or tries to reach) the internal address.
+    fn rewrite_location(&self, headers: &mut HeaderMap, side: &ClientSide) {
+        let Some(host) = side.host.as_ref().and_then(|h| h.to_str().ok()) else {
+            return;
+        };
+        let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        for origin in &self.inner.origins {
+            if let Some(rest) = loc.strip_prefix(origin.as_str()) {
+                if rest.is_empty() || rest.starts_with(['/', '?', '#']) {
+                    let new = format!("{}://{}{}", side.scheme, host, rest);
+                    if let Ok(v) = HeaderValue::from_str(&new) {
+                        headers.insert(header::LOCATION, v);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The protocol a request or response asks to upgrade to, when `Connection` lists `upgrade`.
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Remove hop-by-hop headers, including every header that `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Set `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP`. A trusted proxy's own values are
+/// kept (and the chain extended); an untrusted client's are replaced, along with every other
+/// header it could use to claim another address.
+fn set_forwarded(headers: &mut HeaderMap, side: &ClientSide) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let xfp = HeaderName::from_static("x-forwarded-proto");
+    let xfh = HeaderName::from_static("x-forwarded-host");
+    let real = HeaderName::from_static("x-real-ip");
+    if let Some(peer) = side.peer_trusted.then_some(side.peer_ip) {
+        // Extend the chain with the proxy we got the request from, as nginx's
+        // `$proxy_add_x_forwarded_for` does.
+        let mut chain: Vec<String> = headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        chain.push(peer.to_string());
+        let value = chain.join(", ");
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(&xff, v);
+        }
+        if !headers.contains_key(&xfp) {
+            headers.insert(&xfp, HeaderValue::from_static(side.scheme));
+        }
+        if !headers.contains_key(&xfh) {
+            if let Some(h) = &side.host {
+                headers.insert(&xfh, h.clone());
+            }
+        }
+    } else {
+        for name in CLIENT_ADDRESS_HEADERS {
+            headers.remove(name);
+        }
+        headers.insert(&xff, ip_value(side.client_ip));
+        headers.insert(&xfp, HeaderValue::from_static(side.scheme));
+        match &side.host {
+            Some(h) => {
+                headers.insert(&xfh, h.clone());
+            }
+            None => {
+                headers.remove(&xfh);
+            }
+        }
+    }
+    headers.insert(real, ip_value(side.client_ip));
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    // An IP address always renders as a valid header value.
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// The end client's address. The socket peer, unless the peer is a trusted proxy: then the
+/// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> (IpAddr, bool) {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return (peer, false);
+    }
+    let mut entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    while let Some(entry) = entries.pop() {
+        match parse_xff_entry(entry) {
+            Some(ip) if is_trusted(&ip) => continue,
+            Some(ip) => return (ip, true),
+            None => break,
+        }
+    }
+    (peer, true)
+}
+
+/// An `X-Forwarded-For` entry: an IP, possibly with a port or in brackets.
+fn parse_xff_entry(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse() {
+        return Some(ip);
+    }
+    if let Ok(sa) = entry.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    entry
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .and_then(|s| s.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<ipnet::IpNet> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        let peer: IpAddr = "127.0.0.9".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &nets(&["10.0.0.0/8"])), (peer, false));
+    }
+
+    #[test]
+    fn trusted_peer_walks_the_chain_from_the_right() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let (ip, trusted) = client_ip(peer, &h, &nets(&["10.0.0.0/8"]));
+        assert!(trusted);
+        assert_eq!(ip, "1.2.3.4".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn garbage_in_the_chain_stops_the_walk() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, nonsense"),
+        );
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &nets(&["10.0.0.0/8"])).0, peer);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_including_connection_named_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        let side = ClientSide {
+            client_ip: "127.0.0.7".parse().unwrap(),
+            peer_ip: "127.0.0.7".parse().unwrap(),
+            peer_trusted: false,
+            scheme: "https",
+            host: Some(HeaderValue::from_static("gate.example")),
+        };
+        set_forwarded(&mut h, &side);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.7");
+        assert_eq!(h["x-real-ip"], "127.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "gate.example");
+        assert!(!h.contains_key("forwarded"));
+    }
+}

@@ -1,0 +1,451 @@
+//! Listeners and connections: accept, the connection cap, TLS (with a handshake timeout), HTTP/1.1
+//! or HTTP/2 by ALPN, the header-read timeout that also bounds idle keep-alive connections, the
+//! header-size limit, SIGHUP certificate reload and graceful shutdown.
+//!
+//! Every connection holds one permit of a semaphore sized `server.max_connections`; the accept
+//! loop takes a permit *before* accepting, so past the cap new clients wait in the kernel's
+//! backlog instead of costing memory. Shutdown stops the accept loops, asks every connection to
+//! finish its in-flight requests, and waits for all permits to come back, up to
+//! `server.shutdown_timeout`.
+
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::proxy::{ConnInfo, Gateway};
+use tls::CertStore;
+
+/// What every connection needs, shared.
+struct Shared {
+    gateway: Gateway,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    tls_handshake_timeout: Duration,
+    /// How long an HTTP/2 connection may sit with no open stream (`server.header_read_timeout`,
+    /// which bounds idle HTTP/1.1 keep-alive connections the same way).
+    idle_limit: Duration,
+    /// One permit per open connection.
+    connections: Arc<Semaphore>,
+}
+
+/// A bound, not yet running, gateway server.
+pub struct Server {
+    shared: Arc<Shared>,
+    https: Option<(TcpListener, TlsAcceptor)>,
+    http: Option<TcpListener>,
+    certs: Option<Arc<CertStore>>,
+    max_connections: u32,
+    shutdown_timeout: Duration,
+}
+
+/// What a running server can be told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// SIGHUP: reload the certificate.
+    Reload,
+    /// SIGTERM/SIGINT: stop accepting, finish in-flight requests, exit.
+    Shutdown,
+}
+
+impl Server {
+    /// Bind the listeners and load the certificate. Errors here are start-up errors.
+    pub async fn bind(cfg: &Config, gateway: Gateway) -> anyhow::Result<Server> {
+        let s = &cfg.server;
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(s.header_read_timeout)
+            .max_header_size(s.max_header_bytes)
+            .max_buf_size(s.max_header_bytes.max(256 * 1024))
+            .keep_alive(true);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20);
+
+        let max_connections = u32::try_from(s.max_connections)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
+        let shared = Arc::new(Shared {
+            gateway,
+            http1,
+            http2,
+            tls_handshake_timeout: s.tls_handshake_timeout,
+            idle_limit: s.header_read_timeout,
+            connections: Arc::new(Semaphore::new(max_connections as usize)),
+        });
+
+        let (https, certs) = match s.listen {
+            Some(addr) => {
+                let (cert, key) = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
+                    (Some(c), Some(k)) => (c, k),
+                    _ => anyhow::bail!(
+                        "tls.cert_file and tls.key_file are required for server.listen"
+                    ),
+                };
+                let certs = CertStore::load(cert, key)?;
+                let acceptor = TlsAcceptor::from(tls::server_config(certs.clone())?);
+                let listener = bind(addr, "server.listen").await?;
+                (Some((listener, acceptor)), Some(certs))
+            }
+            None => (None, None),
+        };
+        let http = match s.http_listen {
+            Some(addr) => Some(bind(addr, "server.http_listen").await?),
+            None => None,
+        };
+        Ok(Server {
+            shared,
+            https,
+            http,
+            certs,
+            max_connections,
+            shutdown_timeout: s.shutdown_timeout,
+        })
+    }
+
+    /// The address of the HTTPS listener, if on.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The address of the plain-HTTP listener, if on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serve until told to shut down, then drain.
+    pub async fn run(
+        self,
+        mut control: tokio::sync::mpsc::Receiver<Control>,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut loops = Vec::new();
+        if let Some((listener, acceptor)) = self.https {
+            tracing::info!(addr = %listener.local_addr()?, "HTTPS listener ready");
+            loops.push(tokio::spawn(accept_loop(
+                listener,
+                Some(acceptor),
+                self.shared.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        if let Some(listener) = self.http {
+            tracing::info!(addr = %listener.local_addr()?, "plain-HTTP listener ready");
+            loops.push(tokio::spawn(accept_loop(
+                listener,
+                None,
+                self.shared.clone(),
+                stop_rx.clone(),
+            )));
+        }
+
+        while let Some(cmd) = control.recv().await {
+            match cmd {
+                Control::Reload => match &self.certs {
+                    Some(certs) => match certs.reload() {
+                        Ok(()) => tracing::info!("certificate reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "certificate reload failed; keeping the old one")
+                        }
+                    },
+                    None => tracing::info!("reload: no TLS listener, nothing to reload"),
+                },
+                Control::Shutdown => break,
+            }
+        }
+
+        tracing::info!(deadline = ?self.shutdown_timeout, "shutting down: no new connections, finishing in-flight requests");
+        let _ = stop_tx.send(true);
+        for l in loops {
+            let _ = l.await;
+        }
+        let drained = tokio::time::timeout(
+            self.shutdown_timeout,
+            self.shared.connections.acquire_many(self.max_connections),
+        )
+        .await;
+        match drained {
+            Ok(_) => tracing::info!("all connections finished"),
+            Err(_) => tracing::warn!(
+                open = self.max_connections as usize - self.shared.connections.available_permits(),
+                "shutdown deadline reached; closing the remaining connections"
+            ),
+        }
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {addr}"))
+}
+
+/// Turn SIGHUP, SIGTERM and SIGINT into [`Control`] messages.
+pub fn signal_control() -> anyhow::Result<tokio::sync::mpsc::Receiver<Control>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let cmd = tokio::select! {
+                _ = hup.recv() => Control::Reload,
+                _ = term.recv() => Control::Shutdown,
+                _ = int.recv() => Control::Shutdown,
+            };
+            if tx.send(cmd).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = shared.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, tls, &shared, stop).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: &Shared,
+    stop: watch::Receiver<bool>,
+) {
+    match tls {
+        None => {
+            let info = ConnInfo {
+                peer,
+                scheme: "http",
+            };
+            serve_http1(TokioIo::new(stream), info, shared, stop).await;
+        }
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream)).await;
+            let stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let info = ConnInfo {
+                peer,
+                scheme: "https",
+            };
+            if h2 {
+                serve_http2(TokioIo::new(stream), info, shared, stop).await;
+            } else {
+                serve_http1(TokioIo::new(stream), info, shared, stop).await;
+            }
+        }
+    }
+}
+
+macro_rules! gateway_service {
+    ($shared:expr, $info:expr) => {{
+        let gateway = $shared.gateway.clone();
+        let info = $info;
+        service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(req, info).await) }
+        })
+    }};
+}
+
+async fn serve_http1<I>(io: I, info: ConnInfo, shared: &Shared, mut stop: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = shared
+        .http1
+        .serve_connection(io, gateway_service!(shared, info))
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %info.peer, error = %e, "HTTP/1 connection ended with an error");
+    }
+}
+
+async fn serve_http2<I>(io: I, info: ConnInfo, shared: &Shared, mut stop: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    // hyper has no header-read timer for HTTP/2, so an idle connection would stay open forever:
+    // close it gracefully once it has had no open stream for `header_read_timeout`.
+    let idle_limit = shared.idle_limit;
+    let activity = Arc::new(StreamActivity::new());
+    let service = {
+        let gateway = shared.gateway.clone();
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let gateway = gateway.clone();
+            let guard = activity.begin();
+            async move {
+                let resp = gateway.handle(req, info).await;
+                Ok::<_, Infallible>(resp.map(|body| GuardedBody {
+                    inner: body,
+                    _guard: guard,
+                }))
+            }
+        })
+    };
+    let conn = shared.http2.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(idle_limit / 4), if !closing => {
+                if activity.idle_for() >= idle_limit {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %info.peer, error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// Open streams on one HTTP/2 connection, and since when it has had none.
+struct StreamActivity {
+    started: std::time::Instant,
+    open: std::sync::atomic::AtomicUsize,
+    /// Milliseconds after `started` at which the last stream ended.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl StreamActivity {
+    fn new() -> Self {
+        StreamActivity {
+            started: std::time::Instant::now(),
+            open: std::sync::atomic::AtomicUsize::new(0),
+            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> StreamGuard {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        StreamGuard(self.clone())
+    }
+
+    /// How long the connection has had no open stream (zero while one is open).
+    fn idle_for(&self) -> Duration {
+        use std::sync::atomic::Ordering;
+        if self.open.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        self.started.elapsed().saturating_sub(since)
+    }
+}
+
+/// Held by a stream's response body; the stream counts as open until the body is done.
+struct StreamGuard(Arc<StreamActivity>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let now = self.0.started.elapsed().as_millis() as u64;
+        self.0.idle_since_ms.store(now, Ordering::Release);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is dropped.
+struct GuardedBody {
+    inner: crate::proxy::forward::ProxyBody,
+    _guard: StreamGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = crate::proxy::forward::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,35 @@
+//! Small helpers shared by several modules: private files and random secrets.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Write `bytes` to a new file only its owner can read (mode 0600), replacing any old file.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// `n` bytes from the operating system's secure random source.
+pub fn random_bytes(n: usize) -> anyhow::Result<Vec<u8>> {
+    use ring::rand::SecureRandom;
+    let mut buf = vec![0u8; n];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+    Ok(buf)
+}
+
+/// `n` random bytes as lower-case hex.
+pub fn random_hex(n: usize) -> anyhow::Result<String> {
+    Ok(random_bytes(n)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
