@@ -1,1 +1,8 @@
-//! The one integration-test binary: every module below runs against real sockets.
+//! The one integration-test binary: every module below runs the real `faspex-gate` binary against
+//! real sockets, real TLS and real peers.
+
+mod util;
+
+mod cli;
+mod demo;
+mod proxy;

@@ -1,0 +1,160 @@
+//! `faspex-gate demo` works with no setup: it starts, prints where to go, and serves the Faspex
+//! emulator through the gateway over TLS.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use http::Request;
+
+use crate::util::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
+    let mut child = Command::new(bin())
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut banner = Vec::new();
+    let mut base = None;
+    while base.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the demo printed its banner");
+        if let Some(url) = line.trim().strip_prefix("Open") {
+            base = url
+                .trim()
+                .strip_suffix("/aspera/faspex/")
+                .map(str::to_owned);
+        }
+        banner.push(line);
+    }
+    let base = base.unwrap();
+    // Read the rest of the banner (it names the users and the things to try).
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+        banner.push(line);
+    }
+    let banner = banner.join("\n");
+    assert!(banner.contains("ann / demo-ann"), "{banner}");
+    assert!(banner.contains("received/4044"), "{banner}");
+
+    // The demo's certificate is self-signed; this client accepts it as curl -k would.
+    let c = insecure_client();
+    let (st, _, body) = send(
+        &c,
+        Request::get(format!("{base}/aspera/faspex/login"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert!(String::from_utf8_lossy(&body).contains("user[password]"));
+
+    // Seed 001: the package's XML over Basic.
+    let req = Request::get(format!("{base}/aspera/faspex/received/4044"))
+        .header("authorization", "Basic YW5uOmRlbW8tYW5u")
+        .header("accept", "application/xml")
+        .body(empty())
+        .unwrap();
+    let (st, _, body) = send(&c, req).await;
+    assert_eq!(st, 200);
+    assert!(String::from_utf8_lossy(&body).contains("faspe://"));
+
+    let req = Request::post(format!("{base}/aspera/faspex/package_relay/relay_package"))
+        .body(empty())
+        .unwrap();
+    let (st, _, _) = send(&c, req).await;
+    assert_eq!(st, 403);
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut exited = false;
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !exited {
+        let _ = child.kill();
+    }
+    assert!(exited, "the demo did not stop on SIGTERM");
+}
+
+/// A client that skips certificate verification, like `curl -k`, for the demo's fresh certificate.
+fn insecure_client() -> HttpsClient {
+    #[derive(Debug)]
+    struct AcceptAny(std::sync::Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &[rustls_pki_types::CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls_pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls_pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}

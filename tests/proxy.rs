@@ -1,0 +1,774 @@
+//! The reverse proxy over real sockets and real TLS: forwarding, headers, streaming, upgrades,
+//! HTTP/2, limits and timeouts, the deny list, reload and shutdown, and hostile input.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::util::*;
+
+/// Start an upstream and a gateway in front of it; `tweak` adjusts the configuration.
+async fn setup(tweak: impl FnOnce(&mut ConfigBuilder)) -> (TestUpstream, GatewayProcess) {
+    let upstream = TestUpstream::start().await;
+    let files = TestFiles::new();
+    let mut cfg = ConfigBuilder::new(&files, &upstream.url());
+    tweak(&mut cfg);
+    let gw = tokio::task::block_in_place(|| GatewayProcess::start(files, &cfg));
+    (upstream, gw)
+}
+
+fn client(gw: &GatewayProcess) -> HttpsClient {
+    https_client(&gw.files.cert_pem, false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwards_methods_paths_queries_headers_bodies_and_statuses() {
+    let (_up, gw) = setup(|_| {}).await;
+    let c = client(&gw);
+    for (method, status) in [
+        (Method::GET, 200u16),
+        (Method::POST, 201),
+        (Method::PUT, 202),
+        (Method::DELETE, 404),
+        (Method::PATCH, 500),
+        (Method::OPTIONS, 200),
+    ] {
+        let url = format!("{}/echo/a%20b;c?x=1&y=%2F&z&status={status}", gw.base());
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .header("x-custom", "value 1")
+            .header("accept", "application/xml")
+            .body(full("hello"))
+            .unwrap();
+        let (st, headers, body) = send(&c, req).await;
+        assert_eq!(st.as_u16(), status, "{method}");
+        assert_eq!(headers["x-upstream-header"], "from-upstream");
+        let j = json(&body);
+        assert_eq!(j["method"], method.as_str());
+        assert_eq!(
+            j["path_and_query"],
+            format!("/echo/a%20b;c?x=1&y=%2F&z&status={status}")
+        );
+        assert_eq!(j["headers"]["x-custom"][0], "value 1");
+        assert_eq!(j["headers"]["accept"][0], "application/xml");
+        assert_eq!(j["bytes"], 5);
+    }
+    // A HEAD gets the headers and no body.
+    let req = Request::head(format!("{}/stream?bytes=1000", gw.base()))
+        .body(empty())
+        .unwrap();
+    let (st, headers, body) = send(&c, req).await;
+    assert_eq!(st, 200);
+    assert_eq!(headers["content-length"], "1000");
+    assert!(body.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let (_up, gw) = setup(|_| {}).await;
+    let raw = raw_exchange(
+        gw.https.unwrap(),
+        &gw.files.cert_pem,
+        b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close, x-drop\r\nX-Drop: 1\r\n\
+          Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+          Upgrade: h2c\r\nX-Keep: 1\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
+    let j: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    let h = j["headers"].as_object().unwrap();
+    for gone in [
+        "x-drop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+    ] {
+        assert!(!h.contains_key(gone), "{gone} reached the upstream: {h:?}");
+    }
+    assert_eq!(h["x-keep"][0], "1");
+
+    let (st, headers, _) = get(&client(&gw), &format!("{}/hop", gw.base())).await;
+    assert_eq!(st, 200);
+    assert!(headers.get("x-internal").is_none());
+    assert!(headers.get("keep-alive").is_none());
+    assert!(headers.get("proxy-authenticate").is_none());
+    assert_eq!(headers["x-end-to-end"], "kept");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_headers_are_set_and_spoofing_is_ignored() {
+    let (up, gw) = setup(|_| {}).await;
+    let c = client(&gw);
+    let req = Request::get(format!("{}/echo", gw.base()))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-forwarded-proto", "gopher")
+        .body(empty())
+        .unwrap();
+    let (_, _, body) = send(&c, req).await;
+    let j = json(&body);
+    let h = &j["headers"];
+    assert_eq!(h["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(h["x-real-ip"][0], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"][0], "https");
+    let authority = format!("localhost:{}", gw.https.unwrap().port());
+    assert_eq!(h["x-forwarded-host"][0], authority);
+    assert_eq!(
+        h["host"][0], authority,
+        "upstream.preserve_host defaults to true"
+    );
+    assert!(h.get("forwarded").is_none());
+    drop(gw);
+
+    // From a trusted proxy, the chain is believed and extended.
+    let files = TestFiles::new();
+    let mut cfg = ConfigBuilder::new(&files, &up.url());
+    cfg.set("server", "trusted_proxies", "[\"127.0.0.0/8\"]");
+    cfg.set("upstream", "preserve_host", "false");
+    let gw = tokio::task::block_in_place(|| GatewayProcess::start(files, &cfg));
+    let req = Request::get(format!("{}/echo", gw.base()))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .body(empty())
+        .unwrap();
+    let (_, _, body) = send(&client(&gw), req).await;
+    let j = json(&body);
+    let h = &j["headers"];
+    assert_eq!(h["x-forwarded-for"][0], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-real-ip"][0], "203.0.113.7");
+    assert_eq!(h["host"][0], up.addr.to_string(), "preserve_host = false");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_to_the_upstream_origin_are_rewritten() {
+    let (_up, gw) = setup(|c| {
+        c.set("upstream", "preserve_host", "false");
+    })
+    .await;
+    let (st, headers, _) = get(&client(&gw), &format!("{}/redirect", gw.base())).await;
+    assert_eq!(st, StatusCode::FOUND);
+    assert_eq!(
+        headers["location"],
+        format!("{}/aspera/faspex/inbox?x=1", gw.base())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gibibyte_streams_both_ways_with_flat_memory() {
+    const GIB: u64 = 1 << 30;
+    let (_up, gw) = setup(|_| {}).await;
+    let c = client(&gw);
+
+    // Download.
+    let resp = c
+        .request(
+            Request::get(format!("{}/stream?bytes={}", gw.base(), GIB + 12345))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut n: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        if let Some(d) = frame.unwrap().data_ref() {
+            n += d.len() as u64;
+        }
+    }
+    assert_eq!(n, GIB + 12345);
+
+    // Upload, chunked (no Content-Length).
+    let req = Request::post(format!("{}/sink", gw.base()))
+        .body(generated_body(GIB + 777))
+        .unwrap();
+    let (st, _, body) = send(&c, req).await;
+    assert_eq!(st, 200);
+    assert_eq!(json(&body)["bytes"], GIB + 777);
+
+    let peak = gw.peak_rss_kib();
+    assert!(peak > 0, "could not read the gateway's peak RSS");
+    assert!(
+        peak < 64 * 1024,
+        "gateway peak RSS {peak} KiB after streaming 2 GiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_echo_passes_through() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (_up, gw) = setup(|_| {}).await;
+    let stream = raw_tls(gw.https.unwrap(), &gw.files.cert_pem).await;
+    let url = format!("wss://localhost:{}/ws", gw.https.unwrap().port());
+    let (mut ws, resp) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("hello through the gateway"))
+        .await
+        .unwrap();
+    let got = ws.next().await.unwrap().unwrap();
+    assert_eq!(
+        got.into_text().unwrap().as_str(),
+        "hello through the gateway"
+    );
+    let big = vec![7u8; 300_000];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let got = ws.next().await.unwrap().unwrap();
+    assert_eq!(got.into_data(), big);
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_and_http11_both_work() {
+    let (_up, gw) = setup(|_| {}).await;
+    for h2 in [false, true] {
+        let c = https_client(&gw.files.cert_pem, h2);
+        let resp = c
+            .request(
+                Request::post(format!("{}/echo?v=1", gw.base()))
+                    .header("x-h", "1")
+                    .body(generated_body(3 * 1024 * 1024))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.version(),
+            if h2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            }
+        );
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let j = json(&body);
+        assert_eq!(j["bytes"], 3 * 1024 * 1024);
+        assert_eq!(j["path_and_query"], "/echo?v=1");
+        assert_eq!(j["headers"]["x-h"][0], "1");
+        // The upstream always gets HTTP/1.1 with a Host header, whatever the client spoke.
+        assert_eq!(
+            j["headers"]["host"][0],
+            format!("localhost:{}", gw.https.unwrap().port())
+        );
+    }
+}
+
+async fn peer_cert(addr: std::net::SocketAddr, trust: &[&str]) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for pem in trust {
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let (_up, gw) = setup(|_| {}).await;
+    let addr = gw.https.unwrap();
+    let old_pem = gw.files.cert_pem.clone();
+    let before = peer_cert(addr, &[&old_pem]).await;
+
+    // A keep-alive connection opened before the reload.
+    let mut live = raw_tls(addr, &old_pem).await;
+    let req = b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    live.write_all(req).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = live.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&gw.files.cert, ck.cert.pem()).unwrap();
+    write_private(&gw.files.key, ck.key_pair.serialize_pem().as_bytes());
+    gw.signal("HUP");
+    assert!(
+        gw.wait_log("certificate reloaded", Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+
+    let after = peer_cert(addr, &[&old_pem, &ck.cert.pem()]).await;
+    assert_ne!(before, after, "new connections get the new certificate");
+    assert_eq!(after, ck.cert.der().to_vec());
+
+    // The old connection still works.
+    live.write_all(req).await.unwrap();
+    let n = live.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // A broken certificate file on reload keeps the old one in service.
+    std::fs::write(&gw.files.cert, "not a certificate").unwrap();
+    gw.signal("HUP");
+    assert!(gw.wait_log("certificate reload failed", Duration::from_secs(10)));
+    assert_eq!(peer_cert(addr, &[&ck.cert.pem()]).await, after);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let (_up, mut gw) = setup(|c| {
+        c.set("server", "shutdown_timeout", "\"10s\"");
+    })
+    .await;
+    let c = client(&gw);
+    let url = format!("{}/slow?ms=1500", gw.base());
+    let in_flight = tokio::spawn(async move { get(&c, &url).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    gw.signal("TERM");
+    let (st, _, body) = in_flight.await.unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(&body[..], b"slow done");
+    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(10)));
+    assert!(status.expect("the gateway exited").success());
+    assert!(tokio::net::TcpStream::connect(gw.https.unwrap())
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_deadline_bounds_a_stuck_request() {
+    let (_up, mut gw) = setup(|c| {
+        c.set("server", "shutdown_timeout", "\"1s\"");
+    })
+    .await;
+    let c = client(&gw);
+    let url = format!("{}/never", gw.base());
+    let _stuck =
+        tokio::spawn(async move { c.request(Request::get(url).body(empty()).unwrap()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    gw.signal("TERM");
+    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(10)));
+    assert!(status.is_some(), "the gateway did not exit");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_is_dropped_while_others_are_served() {
+    let (_up, gw) = setup(|c| {
+        c.set("server", "header_read_timeout", "\"1s\"");
+    })
+    .await;
+    let addr = gw.https.unwrap();
+    let pem = gw.files.cert_pem.clone();
+    let slow = tokio::spawn(async move {
+        let mut s = raw_tls(addr, &pem).await;
+        let started = Instant::now();
+        let head = b"GET /echo HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        for b in head.iter() {
+            if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
+                return (started.elapsed(), true);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Has the server closed on us?
+            let mut buf = [0u8; 64];
+            if let Ok(r) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+                match r {
+                    Ok(0) | Err(_) => return (started.elapsed(), true),
+                    Ok(_) => return (started.elapsed(), false),
+                }
+            }
+        }
+        (started.elapsed(), false)
+    });
+    // Meanwhile, normal clients are served.
+    let c = client(&gw);
+    for _ in 0..5 {
+        let (st, _, _) = get(&c, &format!("{}/echo", gw.base())).await;
+        assert_eq!(st, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (elapsed, dropped) = slow.await.unwrap();
+    assert!(dropped, "the slow client was never dropped");
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "dropped only after {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_connections_are_closed() {
+    let (_up, gw) = setup(|c| {
+        c.set("server", "header_read_timeout", "\"1s\"");
+    })
+    .await;
+    let mut s = raw_tls(gw.https.unwrap(), &gw.files.cert_pem).await;
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let t = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "connection still open: {r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_cap_holds_new_clients_back() {
+    let (_up, gw) = setup(|c| {
+        c.set("server", "max_connections", "2");
+    })
+    .await;
+    let addr = gw.https.unwrap();
+    let a = raw_tls(addr, &gw.files.cert_pem).await;
+    let _b = raw_tls(addr, &gw.files.cert_pem).await;
+    let pem = gw.files.cert_pem.clone();
+    let third = tokio::spawn(async move { raw_tls(addr, &pem).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection got past a cap of 2"
+    );
+    drop(a);
+    let s = tokio::time::timeout(Duration::from_secs(5), third).await;
+    assert!(
+        s.is_ok(),
+        "the third connection was not let in after one closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn downed_upstream_gives_502_and_silent_upstream_504() {
+    // An address where nothing listens.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let files = TestFiles::new();
+    let cfg = ConfigBuilder::new(&files, &format!("http://{dead}"));
+    let gw = tokio::task::block_in_place(|| GatewayProcess::start(files, &cfg));
+    let c = client(&gw);
+    let t = Instant::now();
+    let (st, headers, body) = get(&c, &format!("{}/aspera/faspex/inbox", gw.base())).await;
+    assert_eq!(st, StatusCode::BAD_GATEWAY);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(!body.is_empty());
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // A browser gets a page.
+    let req = Request::get(format!("{}/aspera/faspex/inbox", gw.base()))
+        .header("accept", "text/html")
+        .body(empty())
+        .unwrap();
+    let (st, headers, body) = send(&c, req).await;
+    assert_eq!(st, StatusCode::BAD_GATEWAY);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&body).contains("cannot be reached"));
+    assert!(
+        gw.wait_log("kind=connect", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+    drop(gw);
+
+    let (_up, gw) = setup(|c| {
+        c.set("upstream", "response_timeout", "\"1s\"");
+    })
+    .await;
+    let t = Instant::now();
+    let (st, _, _) = get(&client(&gw), &format!("{}/never", gw.base())).await;
+    assert_eq!(st, StatusCode::GATEWAY_TIMEOUT);
+    assert!(t.elapsed() >= Duration::from_millis(900) && t.elapsed() < Duration::from_secs(5));
+    // A slow body is not a timeout: only the headers are bounded.
+    let (st, _, body) = get(
+        &client(&gw),
+        &format!("{}/stream?bytes={}", gw.base(), 50 * 1024 * 1024),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(body.len(), 50 * 1024 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deny_list_holds_against_encoded_doubled_and_dot_variants() {
+    let (_up, gw) = setup(|_| {}).await;
+    let c = client(&gw);
+    for path in [
+        "/aspera/faspex/package_relay/relay_package",
+        "/aspera/faspex/package_relay",
+        "//aspera/faspex/package_relay/relay_package",
+        "/aspera//faspex//package_relay/relay_package",
+        "/aspera/faspex/./package_relay/relay_package",
+        "/aspera/faspex/inbox/../package_relay/relay_package",
+        "/aspera/faspex/%70ackage_relay/relay_package",
+        "/aspera/faspex/package%5frelay/relay_package",
+        "/aspera%2Ffaspex%2Fpackage_relay%2Frelay_package",
+        "/aspera/faspex/%2570ackage_relay/relay_package",
+        "/aspera/faspex/%2e/package_relay/relay_package",
+    ] {
+        for method in [Method::POST, Method::GET] {
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(format!("{}{}", gw.base(), path))
+                .body(full("payload"))
+                .unwrap();
+            let (st, _, body) = send(&c, req).await;
+            assert_eq!(st, StatusCode::FORBIDDEN, "{method} {path}");
+            assert!(
+                !String::from_utf8_lossy(&body).contains("path_and_query"),
+                "{path} was forwarded"
+            );
+        }
+    }
+    // The gateway's own paths are never forwarded either.
+    let (st, _, body) = get(&c, &format!("{}/_faspex-gate/nothing", gw.base())).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(!String::from_utf8_lossy(&body).contains("path_and_query"));
+    // And the rest still is.
+    let (st, _, _) = get(&c, &format!("{}/echo/package_relay", gw.base())).await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_requests_get_clear_answers_and_hurt_nobody() {
+    let (_up, gw) = setup(|c| {
+        c.set("server", "max_header_bytes", "16384");
+    })
+    .await;
+    let addr = gw.https.unwrap();
+    let pem = gw.files.cert_pem.clone();
+    let t = Duration::from_secs(5);
+
+    let r = raw_exchange(addr, &pem, b"GARBAGE\r\n\r\n", t).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+
+    let r = raw_exchange(
+        addr,
+        &pem,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        t,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+
+    let big = format!(
+        "GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let r = raw_exchange(addr, &pem, big.as_bytes(), t).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+
+    // Content-Length and Transfer-Encoding together: the chunked framing wins, and the
+    // connection closes, so nothing can be smuggled behind the body.
+    let smuggle = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /echo?smuggled=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let r = raw_exchange(addr, &pem, smuggle, t).await;
+    assert_eq!(r.matches("HTTP/1.1 ").count(), 1, "{r}");
+    assert!(!r.contains("smuggled"), "{r}");
+
+    let r = raw_exchange(
+        addr,
+        &pem,
+        b"GET /aspera/%zz HTTP/1.1\r\nHost: x\r\n\r\n",
+        t,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = raw_exchange(
+        addr,
+        &pem,
+        b"GET /aspera/a%00b HTTP/1.1\r\nHost: x\r\n\r\n",
+        t,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+
+    // A TLS ClientHello of garbage just closes that connection.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5, 0xff, 0xfe])
+        .await
+        .unwrap();
+    tcp.write_all(&vec![0xAB; 4096]).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(t, tcp.read_to_end(&mut buf))
+        .await
+        .expect("closed");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let _ = tokio::time::timeout(t, tcp.read_to_end(&mut buf))
+        .await
+        .expect("closed");
+
+    // An upstream that resets mid-body: the client's response breaks off, nothing else does.
+    let c = client(&gw);
+    let resp = c
+        .request(
+            Request::get(format!("{}/reset?bytes=1048576", gw.base()))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await;
+    assert!(
+        collected.is_err(),
+        "a truncated body must not look complete"
+    );
+
+    // Everyone else is still served.
+    let (st, _, _) = get(&client(&gw), &format!("{}/echo", gw.base())).await;
+    assert_eq!(st, 200);
+    assert!(gw.child_alive());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_has_one_line_per_request_and_no_secrets() {
+    let (_up, gw) = setup(|_| {}).await;
+    let c = client(&gw);
+    let req = Request::get(format!(
+        "{}/echo/logged?passcode=SECRETPASSCODE123",
+        gw.base()
+    ))
+    .header("authorization", "Basic YW5uOlNFQ1JFVFBBU1M=")
+    .header(
+        "cookie",
+        "_faspex_session=SECRETCOOKIE; __Host-faspex-gate=SECRETTOKEN",
+    )
+    .body(empty())
+    .unwrap();
+    let (st, _, _) = send(&c, req).await;
+    assert_eq!(st, 200);
+    let (st, _, _) = get(&c, &format!("{}/aspera/faspex/package_relay/x", gw.base())).await;
+    assert_eq!(st, 403);
+    assert!(gw.wait_log(
+        "path=/aspera/faspex/package_relay/x",
+        Duration::from_secs(5)
+    ));
+    let logs = gw.logs();
+    for secret in [
+        "SECRETPASSCODE123",
+        "YW5uOlNFQ1JFVFBBU1M",
+        "SECRETCOOKIE",
+        "SECRETTOKEN",
+        "SECRETPASS",
+    ] {
+        assert!(!logs.contains(secret), "{secret} leaked into the log");
+    }
+    let line = logs
+        .lines()
+        .find(|l| l.contains("faspex_gate::access") && l.contains("path=/echo/logged"))
+        .expect("an access-log line");
+    for field in [
+        "method=GET",
+        "route=protected",
+        "status=200",
+        "bytes=",
+        "duration_ms=",
+        "client_ip=127.0.0.1",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+    let denied = logs
+        .lines()
+        .find(|l| l.contains("faspex_gate::access") && l.contains("package_relay"))
+        .unwrap();
+    assert!(
+        denied.contains("route=denied") && denied.contains("status=403"),
+        "{denied}"
+    );
+    assert_eq!(
+        logs.lines()
+            .filter(|l| l.contains("faspex_gate::access") && l.contains("path=/echo/logged"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_listener_serves_too() {
+    let (_up, gw) = setup(|c| {
+        c.set("server", "listen", "\"\"");
+        c.set("server", "http_listen", "\"127.0.0.1:0\"");
+    })
+    .await;
+    let addr = gw.http.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: gate.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"x-forwarded-proto\":[\"http\"]"), "{out}");
+    let _ = Bytes::new();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
+    let (_up, gw) = setup(|c| {
+        c.set("server", "header_read_timeout", "\"1s\"");
+    })
+    .await;
+    let cfg = tls_client_config(&gw.files.cert_pem, &[b"h2"]);
+    let tcp = tokio::net::TcpStream::connect(gw.https.unwrap())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // A request that outlives the idle limit keeps the connection open...
+    let resp = sender
+        .send_request(
+            Request::get(format!("{}/slow?ms=2000", gw.base()))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"slow done");
+    // ...and once idle, it is closed.
+    let t = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(
+        closed.is_ok(),
+        "the idle HTTP/2 connection was never closed"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(700));
+}
