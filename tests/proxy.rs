@@ -262,28 +262,7 @@ async fn http2_and_http11_both_work() {
 }
 
 async fn peer_cert(addr: std::net::SocketAddr, trust: &[&str]) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
-    for pem in trust {
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(
-            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = tls_connect(addr, tls_client_config_for(trust, &[], &[])).await;
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -733,17 +712,11 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
         c.set("server", "header_read_timeout", "\"1s\"");
     })
     .await;
-    let cfg = tls_client_config(&gw.files.cert_pem, &[b"h2"]);
-    let tcp = tokio::net::TcpStream::connect(gw.https.unwrap())
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(
-            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = tls_connect(
+        gw.https.unwrap(),
+        tls_client_config(&gw.files.cert_pem, &[b"h2"]),
+    )
+    .await;
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tls),
@@ -771,4 +744,45 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
         "the idle HTTP/2 connection was never closed"
     );
     assert!(t.elapsed() >= Duration::from_millis(700));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_upstream_is_verified_against_ca_file() {
+    let files = TestFiles::new();
+    let (up, ca_file) = TestUpstream::start_tls(files.dir.path()).await;
+    let url = format!("https://localhost:{}", up.addr.port());
+    let mut cfg = ConfigBuilder::new(&files, &url);
+    cfg.set(
+        "upstream",
+        "ca_file",
+        &format!("{:?}", ca_file.display().to_string()),
+    );
+    let gw = tokio::task::block_in_place(|| GatewayProcess::start(files, &cfg));
+    let (st, _, body) = get(&client(&gw), &format!("{}/echo?tls=1", gw.base())).await;
+    assert_eq!(st, 200);
+    assert_eq!(json(&body)["path_and_query"], "/echo?tls=1");
+    drop(gw);
+
+    // Without the CA, the upstream's certificate is not trusted: 502, never a silent downgrade.
+    let files = TestFiles::new();
+    let cfg = ConfigBuilder::new(&files, &url);
+    let gw = tokio::task::block_in_place(|| GatewayProcess::start(files, &cfg));
+    let (st, _, _) = get(&client(&gw), &format!("{}/echo", gw.base())).await;
+    assert_eq!(st, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_12_and_13_are_both_offered() {
+    let (_up, gw) = setup(|_| {}).await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let cfg = tls_client_config_for(&[&gw.files.cert_pem], &[version], &[]);
+        let mut tls = tls_connect(gw.https.unwrap(), cfg).await;
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+        tls.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tls.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
 }

@@ -96,6 +96,45 @@ impl TestUpstream {
         TestUpstream { addr, task }
     }
 
+    /// The same upstream behind TLS, with its own certificate for `localhost` (the caller trusts it
+    /// through `upstream.ca_file`).
+    pub async fn start_tls(ca_dir: &Path) -> (TestUpstream, PathBuf) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let ca_file = ca_dir.join("upstream-ca.pem");
+        std::fs::write(&ca_file, ck.cert.pem()).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req| upstream_handle(req, addr));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        (TestUpstream { addr, task }, ca_file)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -523,22 +562,52 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 // Clients
 // ---------------------------------------------------------------------------------------------
 
-/// A rustls client configuration that trusts exactly the test certificate.
-pub fn tls_client_config(cert_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
+/// A rustls client configuration that trusts exactly the certificates in `pems`, speaks
+/// `versions` (all safe ones when empty) and offers `alpn`.
+pub fn tls_client_config_for(
+    pems: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
+    for pem in pems {
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    ));
+    let builder = if versions.is_empty() {
+        builder.with_safe_default_protocol_versions()
+    } else {
+        builder.with_protocol_versions(versions)
+    };
+    let mut cfg = builder
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     cfg
+}
+
+/// A rustls client configuration that trusts exactly the test certificate.
+pub fn tls_client_config(cert_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    tls_client_config_for(&[cert_pem], &[], alpn)
+}
+
+/// A TLS connection to `addr` as `localhost`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    cfg: rustls::ClientConfig,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
 }
 
 pub type HttpsClient = hyper_util::client::legacy::Client<
@@ -590,11 +659,7 @@ pub async fn raw_tls(
     addr: SocketAddr,
     cert_pem: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let cfg = tls_client_config(cert_pem, &[b"http/1.1"]);
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    connector.connect(name, tcp).await.unwrap()
+    tls_connect(addr, tls_client_config(cert_pem, &[b"http/1.1"])).await
 }
 
 /// Write `request` on a fresh TLS connection and read until the server closes or `within` passes.

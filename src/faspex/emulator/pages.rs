@@ -5,22 +5,8 @@
 use serde_json::{json, Value};
 
 use super::catalog::{faspe_link, Package};
-
-/// Escape text for HTML and XML content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// HTML and XML escaping: the same rules as the gateway's own pages.
+pub use crate::proxy::pages::escape;
 
 /// The body Rails sends with a redirect.
 pub fn redirect_body(location: &str) -> String {
