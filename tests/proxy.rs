@@ -786,3 +786,33 @@ async fn tls_12_and_13_are_both_offered() {
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_tunnel_keeps_its_connection_slot() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (_up, gw) = setup(|c| {
+        c.set("server", "max_connections", "1");
+    })
+    .await;
+    let addr = gw.https.unwrap();
+    let stream = raw_tls(addr, &gw.files.cert_pem).await;
+    let url = format!("wss://localhost:{}/ws", addr.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    ws.send(Message::text("ping")).await.unwrap();
+    assert!(ws.next().await.unwrap().unwrap().is_text());
+
+    // The tunnel is the one connection allowed: a second client waits...
+    let pem = gw.files.cert_pem.clone();
+    let second = tokio::spawn(async move { raw_tls(addr, &pem).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !second.is_finished(),
+        "a tunnel did not count against the cap"
+    );
+    // ...until the tunnel closes.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let s = tokio::time::timeout(Duration::from_secs(5), second).await;
+    assert!(s.is_ok(), "the slot was not freed when the tunnel closed");
+}

@@ -36,6 +36,12 @@ pub struct ConnInfo {
     pub scheme: &'static str,
 }
 
+/// A connection's place under `server.max_connections`, shared by the connection task and any
+/// tunnel it upgrades into. The server puts it in each HTTP/1.1 request's extensions; the slot is
+/// freed when the last holder is gone.
+#[derive(Clone)]
+pub struct ConnPermit(pub Arc<tokio::sync::OwnedSemaphorePermit>);
+
 /// The gateway's request handler: a cheap-to-clone handle shared by every connection.
 #[derive(Clone)]
 pub struct Gateway {
@@ -166,6 +172,7 @@ impl Gateway {
             None
         };
 
+        let conn_permit = req.extensions_mut().remove::<ConnPermit>();
         let req = req.map(|body| body.map_err(forward::BoxError::from).boxed_unsync());
         let mut resp = self.inner.upstream.forward(req, &side).await?;
 
@@ -177,7 +184,9 @@ impl Gateway {
                 )));
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let permit = conn_permit;
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);

@@ -23,7 +23,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::proxy::{ConnInfo, Gateway};
+use crate::proxy::{ConnInfo, ConnPermit, Gateway};
 use tls::CertStore;
 
 /// What every connection needs, shared.
@@ -251,9 +251,11 @@ async fn accept_loop(
         let shared = shared.clone();
         let tls = tls.clone();
         let stop = stop.clone();
+        // Shared so that an upgraded (WebSocket) tunnel, which outlives the HTTP connection
+        // task, keeps counting against the cap and is waited for on shutdown.
+        let permit = ConnPermit(Arc::new(permit));
         tokio::spawn(async move {
-            serve_connection(stream, peer, tls, &shared, stop).await;
-            drop(permit);
+            serve_connection(stream, peer, tls, &shared, stop, permit).await;
         });
     }
 }
@@ -264,6 +266,7 @@ async fn serve_connection(
     tls: Option<TlsAcceptor>,
     shared: &Shared,
     stop: watch::Receiver<bool>,
+    permit: ConnPermit,
 ) {
     match tls {
         None => {
@@ -271,7 +274,7 @@ async fn serve_connection(
                 peer,
                 scheme: "http",
             };
-            serve_http1(TokioIo::new(stream), info, shared, stop).await;
+            serve_http1(TokioIo::new(stream), info, shared, stop, permit).await;
         }
         Some(acceptor) => {
             let handshake =
@@ -295,31 +298,30 @@ async fn serve_connection(
             if h2 {
                 serve_http2(TokioIo::new(stream), info, shared, stop).await;
             } else {
-                serve_http1(TokioIo::new(stream), info, shared, stop).await;
+                serve_http1(TokioIo::new(stream), info, shared, stop, permit).await;
             }
         }
     }
 }
 
-macro_rules! gateway_service {
-    ($shared:expr, $info:expr) => {{
-        let gateway = $shared.gateway.clone();
-        let info = $info;
-        service_fn(move |req| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(req, info).await) }
-        })
-    }};
-}
-
-async fn serve_http1<I>(io: I, info: ConnInfo, shared: &Shared, mut stop: watch::Receiver<bool>)
-where
+async fn serve_http1<I>(
+    io: I,
+    info: ConnInfo,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+    permit: ConnPermit,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let conn = shared
-        .http1
-        .serve_connection(io, gateway_service!(shared, info))
-        .with_upgrades();
+    let service = {
+        let gateway = shared.gateway.clone();
+        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let gateway = gateway.clone();
+            req.extensions_mut().insert(permit.clone());
+            async move { Ok::<_, Infallible>(gateway.handle(req, info).await) }
+        })
+    };
+    let conn = shared.http1.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
