@@ -159,12 +159,12 @@ Try it:
   Log in in the browser with one of the users above, then open the inbox.
   The Faspex API through the gateway, as Faspex's download tutorial shows it:
     curl -k --basic -u ann:demo-ann -H "Accept: application/xml" {base}/aspera/faspex/received/4044
+  and a transfer token for it (the tutorial's step 2):
+    curl -k --basic -u ann:demo-ann -H "Content-Type: application/vnd.aspera.url-list+xml" -H "Accept: text/plain" -d '<url-list><url href="faspe://demo/4044"/></url-list>' "{base}/aspera/faspex/issue-token?direction=down"
   An external collaborator's download link needs no login:
     curl -k -H "Accept: application/xml" "{base}/aspera/faspex/external_deliveries/{ext_id}?passcode={ext_pass}"
   The deny list: Faspex's package relay (CVE-2022-47986) is never forwarded:
     curl -k -i -X POST {base}/aspera/faspex/package_relay/relay_package
-  A transfer token for it (seed 001, step 2):
-    curl -k --basic -u ann:demo-ann -H "Content-Type: application/vnd.aspera.url-list+xml" -H "Accept: text/plain" -d '<url-list/>' "{base}/aspera/faspex/issue-token?direction=down"
   A streamed 4 GiB download through the HTTP Gateway path, memory flat:
     curl -k -o /dev/null "{base}/aspera/http-gwy/v1/download/{big}?token=demo"
 
