@@ -77,23 +77,7 @@ impl Drop for TestUpstream {
 
 impl TestUpstream {
     pub async fn start() -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| upstream_handle(req, addr));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
-        TestUpstream { addr, task }
+        Self::serve(None).await
     }
 
     /// The same upstream behind TLS, with its own certificate for `localhost` (the caller trusts it
@@ -112,6 +96,10 @@ impl TestUpstream {
         .with_single_cert(vec![ck.cert.der().clone()], key)
         .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        (Self::serve(Some(acceptor)).await, ca_file)
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -119,20 +107,31 @@ impl TestUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let acceptor = acceptor.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
                     let svc = hyper::service::service_fn(move |req| upstream_handle(req, addr));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .with_upgrades()
-                        .await;
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await
+                        }
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            builder
+                                .serve_connection(TokioIo::new(tls), svc)
+                                .with_upgrades()
+                                .await
+                        }
+                    };
                 });
             }
         });
-        (TestUpstream { addr, task }, ca_file)
+        TestUpstream { addr, task }
     }
 
     pub fn url(&self) -> String {
