@@ -2,7 +2,7 @@
 //! validating every value, and the typed [`Config`] the rest of the gateway reads.
 //!
 //! The keys and defaults are the contract in `docs/interface.md` (`## Configuration`), plus
-//! `server.shutdown_timeout`; `config/faspex-gate.example.toml` documents each of them.
+//! `server.shutdown_timeout` and `server.body_idle_timeout`; `config/faspex-gate.example.toml` documents each of them.
 //!
 //! Layers:
 //! - `raw.rs`: serde structs that mirror the file, with the defaults; unknown keys are errors;
@@ -118,6 +118,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
+    /// How long a request or response body, or an upgraded tunnel, may move no bytes before the
+    /// transfer is aborted (a stalled client or upstream must not hold a slot forever).
+    pub body_idle_timeout: Duration,
 }
 
 /// `[tls]`: the certificate of the HTTPS listener. Checked only when `server.listen` is on.

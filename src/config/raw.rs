@@ -45,6 +45,8 @@ pub(crate) struct RawServer {
     pub max_connections: u64,
     #[serde(deserialize_with = "strict::string")]
     pub shutdown_timeout: String,
+    #[serde(deserialize_with = "strict::string")]
+    pub body_idle_timeout: String,
 }
 
 impl Default for RawServer {
@@ -58,6 +60,7 @@ impl Default for RawServer {
             max_header_bytes: 65536,
             max_connections: 10000,
             shutdown_timeout: "30s".into(),
+            body_idle_timeout: "5m".into(),
         }
     }
 }

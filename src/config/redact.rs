@@ -47,6 +47,7 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
             max_header_bytes: c.server.max_header_bytes as u64,
             max_connections: c.server.max_connections as u64,
             shutdown_timeout: duration(c.server.shutdown_timeout),
+            body_idle_timeout: duration(c.server.body_idle_timeout),
         },
         tls: RawTls {
             cert_file: opt_path(c.tls.cert_file.as_deref()),

@@ -192,6 +192,7 @@ fn base_config_gets_the_contract_defaults() {
     assert_eq!(c.server.max_header_bytes, 65536);
     assert_eq!(c.server.max_connections, 10000);
     assert_eq!(c.server.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.body_idle_timeout, Duration::from_secs(300));
 
     assert_eq!(c.tls.cert_file, Some(f.path("cert.pem")));
     assert_eq!(c.tls.key_file, Some(f.path("key.pem")));
@@ -459,6 +460,7 @@ fn durations_parse_with_units_and_must_be_positive() {
         "server.tls_handshake_timeout",
         "server.header_read_timeout",
         "server.shutdown_timeout",
+        "server.body_idle_timeout",
         "upstream.connect_timeout",
         "upstream.response_timeout",
         "policy.idle_timeout",

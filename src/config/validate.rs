@@ -178,6 +178,7 @@ impl Ctx<'_> {
             )?,
             max_connections: self.at_least_one("server.max_connections", raw.max_connections)?,
             shutdown_timeout: self.duration("server.shutdown_timeout", &raw.shutdown_timeout)?,
+            body_idle_timeout: self.duration("server.body_idle_timeout", &raw.body_idle_timeout)?,
         })
     }
 

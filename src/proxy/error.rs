@@ -8,7 +8,7 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::classify::PathError;
-use super::forward::{ProxyBody, UpstreamError};
+use super::forward::{ForwardError, ProxyBody, UpstreamError};
 use super::pages;
 
 /// Everything that stops a request before (or instead of) a normal upstream response.
@@ -24,12 +24,29 @@ pub enum GatewayError {
     NotFound,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error("the request body stood still for {0:?}")]
+    ClientStalled(std::time::Duration),
+    #[error("the request body broke off")]
+    ClientAborted,
+}
+
+impl From<ForwardError> for GatewayError {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::Upstream(u) => GatewayError::Upstream(u),
+            ForwardError::ClientStalled(d) => GatewayError::ClientStalled(d),
+            ForwardError::ClientAborted(_) => GatewayError::ClientAborted,
+        }
+    }
 }
 
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadPath(_) | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadPath(_)
+            | GatewayError::BadRequest(_)
+            | GatewayError::ClientAborted => StatusCode::BAD_REQUEST,
+            GatewayError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Denied => StatusCode::FORBIDDEN,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -44,6 +61,14 @@ impl GatewayError {
             GatewayError::BadRequest(why) => ("Bad request", format!("The request is not valid: {why}.")),
             GatewayError::Denied => ("Not allowed", "This address is not available through this gateway.".into()),
             GatewayError::NotFound => ("Not found", "There is no such page.".into()),
+            GatewayError::ClientStalled(_) => (
+                "Upload stopped",
+                "Nothing arrived from your side for too long, so the transfer was stopped. Please try again.".into(),
+            ),
+            GatewayError::ClientAborted => (
+                "Upload broke off",
+                "The request did not arrive in full. Please try again.".into(),
+            ),
             GatewayError::Upstream(UpstreamError::Timeout(_)) => (
                 "Faspex is not answering",
                 "The file-transfer server took too long to answer. Please try again in a few minutes.".into(),

@@ -3,8 +3,9 @@
 //!
 //! Bodies are never buffered here: the client's body is handed to the upstream connection as a
 //! stream, and the upstream's body is handed back the same way, so a 10 GiB transfer costs the
-//! same memory as a 1 KiB one. Only the wait for the upstream's response *headers* is bounded
-//! (`upstream.response_timeout`); a body may stream for hours.
+//! same memory as a 1 KiB one. Only the wait for the upstream's response *headers*, counted from
+//! the moment the request body has been sent in full, is bounded (`upstream.response_timeout`);
+//! a body may stream for hours as long as it keeps moving (`server.body_idle_timeout`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,12 +16,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::transfer::TransferBody;
 use crate::config::UpstreamConfig;
 
 /// Errors from any body the gateway streams.
@@ -37,6 +39,45 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("the upstream broke the protocol or the connection: {0}")]
     Protocol(#[source] BoxError),
+}
+
+/// Why a forwarded request failed: the upstream's fault, or the client's own body.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The client's request body stood still for the idle timeout.
+    #[error("the client sent nothing for {0:?}")]
+    ClientStalled(Duration),
+    /// The client's request body broke off (the client went away, or sent a bad chunk).
+    #[error("the client's request body broke off: {0}")]
+    ClientAborted(#[source] BoxError),
+}
+
+/// Marks an error as coming from the client's side of the request body.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ClientBodyError(BoxError);
+
+impl ForwardError {
+    /// Sort a failed `client.request`: a cause in the client's own body is the client's fault.
+    fn classify(e: hyper_util::client::legacy::Error) -> ForwardError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            if let Some(idle) = c.downcast_ref::<super::transfer::BodyIdle>() {
+                return ForwardError::ClientStalled(idle.0);
+            }
+            if let Some(ClientBodyError(inner)) = c.downcast_ref::<ClientBodyError>() {
+                return ForwardError::ClientAborted(inner.to_string().into());
+            }
+            cause = c.source();
+        }
+        if e.is_connect() {
+            UpstreamError::Connect(e.into()).into()
+        } else {
+            UpstreamError::Protocol(e.into()).into()
+        }
+    }
 }
 
 impl UpstreamError {
@@ -60,10 +101,14 @@ pub struct ClientSide {
     pub peer_ip: IpAddr,
     /// Whether the socket peer is a configured trusted proxy (its `X-Forwarded-*` are kept).
     pub peer_trusted: bool,
-    /// The scheme the client used to reach the gateway.
+    /// The scheme the client used to reach the gateway: the listener's, or a trusted proxy's
+    /// `X-Forwarded-Proto`.
     pub scheme: &'static str,
     /// The authority the client asked for (`Host`, or `:authority` in HTTP/2).
     pub host: Option<HeaderValue>,
+    /// The public host name for rewritten redirects: `host`, or a trusted proxy's
+    /// `X-Forwarded-Host`.
+    pub public_host: Option<HeaderValue>,
 }
 
 /// The upstream Faspex server: a cheap-to-clone handle over a pooled client.
@@ -79,6 +124,8 @@ struct UpstreamInner {
     /// `scheme://authority` as the upstream writes it in `Location` headers.
     origins: Vec<String>,
     response_timeout: Duration,
+    /// How long a body may stand still before the transfer is aborted.
+    body_idle_timeout: Duration,
     preserve_host: bool,
 }
 
@@ -96,19 +143,18 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Client-address headers that an untrusted client could use to lie to Faspex about who it is.
-const CLIENT_ADDRESS_HEADERS: [&str; 6] = [
-    "forwarded",
-    "x-real-ip",
-    "client-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "x-forwarded-port",
-];
+/// The gateway only vouches for `X-Forwarded-For` and `X-Real-IP`, so these go whoever sent them.
+const CLIENT_ADDRESS_HEADERS: [&str; 4] =
+    ["forwarded", "client-ip", "x-client-ip", "true-client-ip"];
+
+/// What a trusted balancer may tell Faspex about the original request, and an untrusted client
+/// may not (Rack reads `X-Forwarded-Scheme` and `X-Forwarded-Ssl` as well as `-Proto`).
+const PROXY_ONLY_HEADERS: [&str; 3] = ["x-forwarded-port", "x-forwarded-scheme", "x-forwarded-ssl"];
 
 impl Upstream {
     /// Build the pooled client. An `https` upstream is verified against the system roots plus
     /// `upstream.ca_file`.
-    pub fn new(cfg: &UpstreamConfig) -> anyhow::Result<Self> {
+    pub fn new(cfg: &UpstreamConfig, body_idle_timeout: Duration) -> anyhow::Result<Self> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -172,18 +218,28 @@ impl Upstream {
                 authority,
                 origins,
                 response_timeout: cfg.response_timeout,
+                body_idle_timeout,
                 preserve_host: cfg.preserve_host,
             }),
         })
     }
 
     /// Forward one request and wait (bounded) for the response headers. The request's URI path
-    /// and query go upstream exactly as the client sent them.
+    /// and query go upstream exactly as the client sent them; both bodies stream, each under the
+    /// idle timeout.
     pub async fn forward(
         &self,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
         side: &ClientSide,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<ProxyBody>, ForwardError> {
+        let idle = self.inner.body_idle_timeout;
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        let mut req = req.map(|body| {
+            let body = body
+                .map_err(|e| BoxError::from(ClientBodyError(e)))
+                .boxed_unsync();
+            TransferBody::new(body, idle, Some(sent_tx)).boxed_unsync()
+        });
         let inner = &self.inner;
         let upgrade = upgrade_protocol(req.headers());
 
@@ -215,11 +271,18 @@ impl Upstream {
         };
         headers.insert(header::HOST, host);
 
+        // Faspex answers an upload after its last byte: the response clock starts once the
+        // request body has been sent (or has failed), not before.
         let fut = inner.client.request(req);
-        let mut resp = match tokio::time::timeout(inner.response_timeout, fut).await {
-            Err(_) => return Err(UpstreamError::Timeout(inner.response_timeout)),
-            Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(e.into())),
-            Ok(Err(e)) => return Err(UpstreamError::Protocol(e.into())),
+        tokio::pin!(fut);
+        let result = tokio::select! {
+            biased;
+            r = &mut fut => Ok(r),
+            _ = sent_rx => tokio::time::timeout(inner.response_timeout, &mut fut).await,
+        };
+        let mut resp = match result {
+            Err(_) => return Err(UpstreamError::Timeout(inner.response_timeout).into()),
+            Ok(Err(e)) => return Err(ForwardError::classify(e)),
             Ok(Ok(resp)) => resp,
         };
 
@@ -235,13 +298,16 @@ impl Upstream {
             }
         }
         self.rewrite_location(headers, side);
-        Ok(resp)
+        Ok(resp.map(|body| {
+            TransferBody::new(body.map_err(BoxError::from).boxed_unsync(), idle, None)
+                .boxed_unsync()
+        }))
     }
 
     /// A `Location` that names the upstream's own origin is rewritten to the public origin, so
     /// that a browser never learns (or tries to reach) the internal address.
     fn rewrite_location(&self, headers: &mut HeaderMap, side: &ClientSide) {
-        let Some(host) = side.host.as_ref().and_then(|h| h.to_str().ok()) else {
+        let Some(host) = side.public_host.as_ref().and_then(|h| h.to_str().ok()) else {
             return;
         };
         let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
@@ -301,6 +367,9 @@ fn set_forwarded(headers: &mut HeaderMap, side: &ClientSide) {
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
     let real = HeaderName::from_static("x-real-ip");
+    for name in CLIENT_ADDRESS_HEADERS {
+        headers.remove(name);
+    }
     if let Some(peer) = side.peer_trusted.then_some(side.peer_ip) {
         // Extend the chain with the proxy we got the request from, as nginx's
         // `$proxy_add_x_forwarded_for` does.
@@ -324,7 +393,7 @@ fn set_forwarded(headers: &mut HeaderMap, side: &ClientSide) {
             }
         }
     } else {
-        for name in CLIENT_ADDRESS_HEADERS {
+        for name in PROXY_ONLY_HEADERS {
             headers.remove(name);
         }
         headers.insert(&xff, ip_value(side.client_ip));
@@ -453,6 +522,7 @@ mod tests {
             peer_trusted: false,
             scheme: "https",
             host: Some(HeaderValue::from_static("gate.example")),
+            public_host: Some(HeaderValue::from_static("gate.example")),
         };
         set_forwarded(&mut h, &side);
         assert_eq!(h["x-forwarded-for"], "127.0.0.7");
@@ -460,5 +530,40 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "gate.example");
         assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn spoofable_headers_go_even_through_a_trusted_proxy() {
+        let mut h = HeaderMap::new();
+        h.insert("client-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert("true-client-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        h.insert("x-forwarded-ssl", HeaderValue::from_static("on"));
+        let side = ClientSide {
+            client_ip: "203.0.113.9".parse().unwrap(),
+            peer_ip: "10.0.0.1".parse().unwrap(),
+            peer_trusted: true,
+            scheme: "https",
+            host: None,
+            public_host: None,
+        };
+        let mut trusted = h.clone();
+        set_forwarded(&mut trusted, &side);
+        for gone in ["client-ip", "true-client-ip", "forwarded"] {
+            assert!(!trusted.contains_key(gone), "{gone}");
+        }
+        assert_eq!(
+            trusted["x-forwarded-ssl"], "on",
+            "the balancer's own word is kept"
+        );
+        let mut untrusted = h;
+        set_forwarded(
+            &mut untrusted,
+            &ClientSide {
+                peer_trusted: false,
+                ..side
+            },
+        );
+        assert!(!untrusted.contains_key("x-forwarded-ssl"));
     }
 }

@@ -9,12 +9,13 @@ pub mod classify;
 pub mod error;
 pub mod forward;
 pub mod pages;
+pub mod transfer;
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -57,6 +58,8 @@ struct Inner {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// The gateway's session cookie name, which also marks a request as a browser's.
     cookie_name: String,
+    /// How long an upgraded tunnel may be silent before it is closed.
+    body_idle_timeout: Duration,
 }
 
 impl Gateway {
@@ -78,7 +81,8 @@ impl Gateway {
         Ok(Gateway {
             inner: Arc::new(Inner {
                 profile,
-                upstream: Upstream::new(&cfg.upstream)?,
+                upstream: Upstream::new(&cfg.upstream, cfg.server.body_idle_timeout)?,
+                body_idle_timeout: cfg.server.body_idle_timeout,
                 trusted_proxies: cfg.server.trusted_proxies.clone(),
                 cookie_name: cfg.session.cookie_name.clone(),
             }),
@@ -149,17 +153,15 @@ impl Gateway {
             Route::Public | Route::Login | Route::Logout | Route::Protected => {}
         }
 
-        let host = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| req.headers().get(header::HOST).cloned());
+        let host = request_host(&req)?;
+        let (scheme, public_host) = public_origin(req.headers(), peer_trusted, conn.scheme, &host);
         let side = ClientSide {
             client_ip,
             peer_ip: conn.peer.ip(),
             peer_trusted,
-            scheme: conn.scheme,
+            scheme,
             host,
+            public_host,
         };
 
         // A WebSocket (or other) upgrade: keep hold of the client's side of the connection so
@@ -185,15 +187,14 @@ impl Gateway {
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let permit = conn_permit;
+            let idle = self.inner.body_idle_timeout;
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        if let Err(e) =
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                        {
+                        let client = TokioIo::new(client);
+                        let upstream = TokioIo::new(upstream);
+                        if let Err(e) = transfer::tunnel(client, upstream, idle).await {
                             tracing::debug!(error = %e, "upgraded connection ended with an error");
                         }
                     }
@@ -204,8 +205,71 @@ impl Gateway {
             return Ok(Response::from_parts(parts, error::full(Bytes::new())));
         }
 
-        Ok(resp.map(|body| body.map_err(forward::BoxError::from).boxed_unsync()))
+        Ok(resp)
     }
+}
+
+/// The authority the client asked for: the request target's (absolute form, HTTP/2) or the `Host`
+/// header's. An HTTP/1.1 request must carry exactly one `Host` (RFC 9112 §3.2), and it must be a
+/// plain authority, since it is forwarded and written into redirects.
+fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, GatewayError> {
+    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
+    if hosts.len() > 1 {
+        return Err(GatewayError::BadRequest("more than one Host header"));
+    }
+    if req.version() == http::Version::HTTP_11 && hosts.is_empty() {
+        return Err(GatewayError::BadRequest(
+            "an HTTP/1.1 request needs a Host header",
+        ));
+    }
+    if let Some(h) = hosts.first() {
+        if !is_authority(h.as_bytes()) {
+            return Err(GatewayError::BadRequest(
+                "the Host header is not a host name",
+            ));
+        }
+    }
+    Ok(match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => hosts.first().map(|h| (*h).clone()),
+    })
+}
+
+/// `host[:port]` with no user information, path or other decoration.
+fn is_authority(v: &[u8]) -> bool {
+    !v.is_empty()
+        && !v.contains(&b'@')
+        && http::uri::Authority::try_from(v).is_ok_and(|a| a.as_str().len() == v.len())
+}
+
+/// The scheme and host the public sees: the listener's, unless a trusted proxy says otherwise in
+/// `X-Forwarded-Proto` / `X-Forwarded-Host` (a balancer that terminates TLS in front of us).
+fn public_origin(
+    headers: &http::HeaderMap,
+    peer_trusted: bool,
+    scheme: &'static str,
+    host: &Option<HeaderValue>,
+) -> (&'static str, Option<HeaderValue>) {
+    if !peer_trusted {
+        return (scheme, host.clone());
+    }
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+    };
+    let scheme = match first("x-forwarded-proto") {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        Some(p) if p.eq_ignore_ascii_case("http") => "http",
+        _ => scheme,
+    };
+    let host = first("x-forwarded-host")
+        .filter(|h| is_authority(h.as_bytes()))
+        .and_then(|h| HeaderValue::from_str(h).ok())
+        .or_else(|| host.clone());
+    (scheme, host)
 }
 
 /// What the access-log line says about one request. Never credentials, cookies, tokens or the

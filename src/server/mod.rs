@@ -8,6 +8,7 @@
 //! finish its in-flight requests, and waits for all permits to come back, up to
 //! `server.shutdown_timeout`.
 
+pub mod io;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -35,6 +36,8 @@ struct Shared {
     /// How long an HTTP/2 connection may sit with no open stream (`server.header_read_timeout`,
     /// which bounds idle HTTP/1.1 keep-alive connections the same way).
     idle_limit: Duration,
+    /// How long a client may leave the gateway's writes unread (`server.body_idle_timeout`).
+    write_stall_limit: Duration,
     /// One permit per open connection.
     connections: Arc<Semaphore>,
 }
@@ -88,6 +91,7 @@ impl Server {
             http2,
             tls_handshake_timeout: s.tls_handshake_timeout,
             idle_limit: s.header_read_timeout,
+            write_stall_limit: s.body_idle_timeout,
             connections: Arc::new(Semaphore::new(max_connections as usize)),
         });
 
@@ -268,6 +272,7 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
     permit: ConnPermit,
 ) {
+    let stream = io::WriteStallGuard::new(stream, shared.write_stall_limit);
     match tls {
         None => {
             let info = ConnInfo {
