@@ -9,7 +9,11 @@
 //! - invalid percent-encoding, NUL, control characters and backslashes are refused (400): no
 //!   Faspex URL carries them, and servers disagree on what they mean;
 //! - the deny list wins over everything, and is checked on the once-decoded and on the
-//!   fully-decoded path (a double-encoded variant is denied too);
+//!   fully-decoded path (a double-encoded variant is denied too). A rule for `GET` also covers
+//!   `HEAD` (Rails runs the GET action), and a rule for `PUT`, `PATCH` or `DELETE` also covers
+//!   `POST`, which Rails turns into those with `_method=` or `X-HTTP-Method-Override`;
+//! - the login and logout actions are recognised in every form Rails routes to them: with a
+//!   trailing slash, or with a format suffix (`/login.json`);
 //! - a path is public only when both decodings say it is public;
 //! - the path is forwarded as the client sent it: this module only decides.
 
@@ -95,7 +99,9 @@ impl RouteProfile {
 
         let denied = |p: &[u8]| {
             self.deny.iter().any(|rule| {
-                rule.method.as_ref().is_none_or(|m| m == method)
+                rule.method
+                    .as_ref()
+                    .is_none_or(|m| method_may_reach(method, m))
                     && deny_matches(p, rule.prefix.as_bytes())
             })
         };
@@ -112,10 +118,9 @@ impl RouteProfile {
             });
         }
 
-        let login = self.login_path.as_bytes();
-        let route = if once == login && *method == Method::POST {
+        let route = if is_action(&once, self.login_path.as_bytes()) && *method == Method::POST {
             Route::Login
-        } else if once == self.logout_path.as_bytes() {
+        } else if is_action(&once, self.logout_path.as_bytes()) {
             Route::Logout
         } else if self.is_public(method, &once) && self.is_public(method, &full) {
             Route::Public
@@ -133,6 +138,30 @@ impl RouteProfile {
                 .public_prefixes
                 .iter()
                 .any(|prefix| under(path, prefix.as_bytes()))
+    }
+}
+
+/// Whether a request with `method` can end up in the upstream action routed for `rule`: Rails
+/// answers HEAD with the GET action, and turns a POST into PUT, PATCH or DELETE on request.
+fn method_may_reach(method: &Method, rule: &Method) -> bool {
+    method == rule
+        || (*method == Method::HEAD && *rule == Method::GET)
+        || (*method == Method::POST
+            && (*rule == Method::PUT || *rule == Method::PATCH || *rule == Method::DELETE))
+}
+
+/// The forms in which Rails routes to the action at `base`: itself, with a trailing slash, or with
+/// a format suffix such as `.json` or `.html`.
+fn is_action(path: &[u8], base: &[u8]) -> bool {
+    let Some(rest) = path.strip_prefix(base) else {
+        return false;
+    };
+    match rest {
+        b"" | b"/" => true,
+        [b'.', format @ ..] => {
+            !format.is_empty() && format.iter().all(|b| b.is_ascii_alphanumeric())
+        }
+        _ => false,
     }
 }
 
@@ -184,16 +213,38 @@ fn decode_once(raw: &[u8]) -> Result<Vec<u8>, PathError> {
 }
 
 /// Decode until nothing changes (at most a few rounds): the most suspicious reading of the path.
-/// A `%` that does not start a valid escape after the first round is left as it is.
+/// After the first (strict) round, a `%` that does not start a valid escape is kept as it is and
+/// the valid escapes around it are still decoded, so one stray `%` cannot hide the rest.
 fn decode_fully(raw: &[u8]) -> Result<Vec<u8>, PathError> {
     let mut cur = decode_once(raw)?;
     for _ in 0..4 {
-        match decode_once(&cur) {
-            Ok(next) if next != cur => cur = next,
-            _ => break,
+        let next = decode_lenient(&cur);
+        if next == cur {
+            break;
         }
+        cur = next;
     }
     Ok(cur)
+}
+
+/// Percent-decode the valid escapes, keeping any other `%` as it is.
+fn decode_lenient(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hi = raw.get(i + 1).copied().and_then(hex);
+            let lo = raw.get(i + 2).copied().and_then(hex);
+            if let (Some(hi), Some(lo)) = (hi, lo) {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Collapse empty and `.` segments, resolve `..` (never above the root), keep a trailing slash.
@@ -284,6 +335,9 @@ mod tests {
             "/aspera/faspex/%2570ackage_relay/relay_package",
             "/aspera/faspex/%252e%252e/faspex/package_relay/x",
             "/aspera/faspex/%2e/package_relay/relay_package",
+            // A stray `%` must not switch the second decoding off.
+            "/aspera/faspex/%2570ackage_relay/relay_package%25",
+            "/aspera/faspex/%2570ackage_relay/relay_package%2525zz",
         ] {
             assert_eq!(route(Method::POST, p), Route::Denied, "{p}");
             assert_eq!(route(Method::GET, p), Route::Denied, "{p}");
@@ -304,6 +358,29 @@ mod tests {
         };
         assert_eq!(r(Method::POST), Route::Denied);
         assert_eq!(r(Method::GET), Route::Protected);
+    }
+
+    #[test]
+    fn deny_rules_cover_the_methods_rails_maps_onto_them() {
+        let rule = |m: Method| RouteProfile {
+            deny: vec![DenyPrefix {
+                method: Some(m),
+                prefix: "/aspera/faspex/secret/".into(),
+            }],
+            ..profile()
+        };
+        let r =
+            |p: &RouteProfile, m: Method| p.classify(&m, "/aspera/faspex/secret/x").unwrap().route;
+        let get = rule(Method::GET);
+        assert_eq!(r(&get, Method::GET), Route::Denied);
+        assert_eq!(r(&get, Method::HEAD), Route::Denied);
+        assert_eq!(r(&get, Method::POST), Route::Protected);
+        for m in [Method::PUT, Method::PATCH, Method::DELETE] {
+            let p = rule(m.clone());
+            assert_eq!(r(&p, m.clone()), Route::Denied);
+            assert_eq!(r(&p, Method::POST), Route::Denied, "POST can become {m}");
+            assert_eq!(r(&p, Method::GET), Route::Protected);
+        }
     }
 
     #[test]
@@ -345,6 +422,13 @@ mod tests {
             ),
             Route::Protected
         );
+        assert_eq!(
+            route(
+                Method::GET,
+                "/aspera/faspex/external/%252e%252e/received/4044%25"
+            ),
+            Route::Protected
+        );
         // A prefix is a whole segment.
         assert_eq!(
             route(Method::GET, "/aspera/faspex/externalx"),
@@ -372,6 +456,29 @@ mod tests {
         assert_eq!(route(Method::GET, "/aspera/faspex/logout"), Route::Logout);
         assert_eq!(
             route(Method::GET, "/aspera/faspex/loginx"),
+            Route::Protected
+        );
+        // Every form Rails routes to the same actions.
+        for p in [
+            "/aspera/faspex/login/",
+            "/aspera/faspex/login.json",
+            "/aspera/faspex/login.html",
+        ] {
+            assert_eq!(route(Method::POST, p), Route::Login, "{p}");
+        }
+        for p in ["/aspera/faspex/logout/", "/aspera/faspex/logout.json"] {
+            assert_eq!(route(Method::GET, p), Route::Logout, "{p}");
+        }
+        assert_eq!(
+            route(Method::POST, "/aspera/faspex/login.js%6fn"),
+            Route::Login
+        );
+        assert_eq!(
+            route(Method::POST, "/aspera/faspex/login."),
+            Route::Protected
+        );
+        assert_eq!(
+            route(Method::POST, "/aspera/faspex/login.x/y"),
             Route::Protected
         );
     }
