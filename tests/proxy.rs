@@ -816,3 +816,158 @@ async fn a_websocket_tunnel_keeps_its_connection_slot() {
     let s = tokio::time::timeout(Duration::from_secs(5), second).await;
     assert!(s.is_ok(), "the slot was not freed when the tunnel closed");
 }
+
+/// A body that sends `chunks` pieces of `size` bytes, sleeping `gap` before each.
+fn trickle(chunks: usize, size: usize, gap: Duration) -> TestBody {
+    let stream = futures_util::stream::unfold(0usize, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        tokio::time::sleep(gap).await;
+        Some((
+            Ok::<_, BoxError>(hyper::body::Frame::data(Bytes::from(vec![b'u'; size]))),
+            i + 1,
+        ))
+    });
+    BodyExt::boxed(http_body_util::StreamBody::new(stream))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_longer_than_the_response_timeout_is_not_cut_off() {
+    let (_up, gw) = setup(|c| {
+        c.set("upstream", "response_timeout", "\"1s\"");
+    })
+    .await;
+    let req = Request::post(format!("{}/sink", gw.base()))
+        .body(trickle(6, 100_000, Duration::from_millis(400)))
+        .unwrap();
+    let (st, _, body) = send(&client(&gw), req).await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["bytes"], 600_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_upload_is_answered_408_and_not_blamed_on_faspex() {
+    let (_up, gw) = setup(|c| {
+        c.set("server", "body_idle_timeout", "\"1s\"");
+    })
+    .await;
+    let stream = futures_util::stream::iter(vec![Ok::<_, BoxError>(hyper::body::Frame::data(
+        Bytes::from_static(b"first bytes"),
+    ))])
+    .chain(futures_util::stream::pending());
+    use futures_util::StreamExt;
+    let req = Request::post(format!("{}/sink", gw.base()))
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+        .unwrap();
+    let t = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client(&gw).request(req))
+        .await
+        .expect("the stalled upload was never answered")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    assert!(
+        !gw.logs().contains("upstream request failed"),
+        "{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let (_up, gw) = setup(|c| {
+        c.set("server", "body_idle_timeout", "\"1s\"");
+    })
+    .await;
+    let mut s = raw_tls(gw.https.unwrap(), &gw.files.cert_pem).await;
+    s.write_all(b"GET /stream?bytes=1073741824 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // Read the first bytes, then stop reading.
+    let mut buf = vec![0u8; 4096];
+    let first = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..first]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // By now the gateway has given up on us: draining ends well short of the gibibyte.
+    let mut total = first as u64;
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection was never closed");
+    assert!(total < 64 * 1024 * 1024, "{total} bytes arrived");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_headers_are_checked() {
+    let (_up, gw) = setup(|_| {}).await;
+    let addr = gw.https.unwrap();
+    let pem = gw.files.cert_pem.clone();
+    let t = Duration::from_secs(5);
+    for (what, req) in [
+        (
+            "two Host headers",
+            &b"GET /echo HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n"[..],
+        ),
+        ("no Host header", &b"GET /echo HTTP/1.1\r\n\r\n"[..]),
+        (
+            "a Host with a path",
+            &b"GET /redirect HTTP/1.1\r\nHost: evil.example/x?\r\n\r\n"[..],
+        ),
+        (
+            "a Host with user info",
+            &b"GET /echo HTTP/1.1\r\nHost: user@evil.example\r\n\r\n"[..],
+        ),
+    ] {
+        let r = raw_exchange(addr, &pem, req, t).await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{what}: {r}");
+        assert!(!r.contains("path_and_query"), "{what} was forwarded");
+    }
+    // HTTP/1.0 needs no Host.
+    let r = raw_exchange(addr, &pem, b"GET /echo HTTP/1.0\r\n\r\n", t).await;
+    assert!(
+        r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_behind_a_trusted_tls_balancer_stay_https() {
+    let (_up, gw) = setup(|c| {
+        c.set("server", "listen", "\"\"");
+        c.set("server", "http_listen", "\"127.0.0.1:0\"");
+        c.set("server", "trusted_proxies", "[\"127.0.0.1/32\"]");
+        c.set("upstream", "preserve_host", "false");
+    })
+    .await;
+    let ask = |extra: &'static str| {
+        let addr = gw.http.unwrap();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = format!(
+                "GET /redirect HTTP/1.1\r\nHost: gateway.internal:8080\r\n{extra}Connection: close\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out.lines()
+                .find_map(|l| l.strip_prefix("location: "))
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    assert_eq!(
+        ask("X-Forwarded-Proto: https\r\nX-Forwarded-Host: faspex.example.org\r\n").await,
+        "https://faspex.example.org/aspera/faspex/inbox?x=1"
+    );
+    assert_eq!(
+        ask("").await,
+        "http://gateway.internal:8080/aspera/faspex/inbox?x=1"
+    );
+}
