@@ -194,6 +194,7 @@ async fn a_gibibyte_streams_both_ways_with_flat_memory() {
     assert_eq!(json(&body)["bytes"], GIB + 777);
 
     let peak = gw.peak_rss_kib();
+    eprintln!("gateway peak RSS after 2 GiB streamed: {peak} KiB");
     assert!(peak > 0, "could not read the gateway's peak RSS");
     assert!(
         peak < 64 * 1024,
