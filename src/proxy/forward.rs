@@ -17,6 +17,7 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -58,6 +59,12 @@ pub enum ForwardError {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct ClientBodyError(BoxError);
+
+/// A client's request body as the gateway forwards it: its errors marked as the client's.
+pub fn client_body(body: Incoming) -> ProxyBody {
+    body.map_err(|e| BoxError::from(ClientBodyError(e.into())))
+        .boxed_unsync()
+}
 
 impl ForwardError {
     /// Sort a failed `client.request`: a cause in the client's own body is the client's fault.
@@ -118,7 +125,7 @@ pub struct Upstream {
 }
 
 struct UpstreamInner {
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    client: Client<HttpsConnector<HttpConnector>, TransferBody<ProxyBody>>,
     scheme: Scheme,
     authority: Authority,
     /// `scheme://authority` as the upstream writes it in `Location` headers.
@@ -234,12 +241,7 @@ impl Upstream {
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let idle = self.inner.body_idle_timeout;
         let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
-        let mut req = req.map(|body| {
-            let body = body
-                .map_err(|e| BoxError::from(ClientBodyError(e)))
-                .boxed_unsync();
-            TransferBody::new(body, idle, Some(sent_tx)).boxed_unsync()
-        });
+        let mut req = req.map(|body| TransferBody::new(body, idle, Some(sent_tx)));
         let inner = &self.inner;
         let upgrade = upgrade_protocol(req.headers());
 
@@ -298,10 +300,7 @@ impl Upstream {
             }
         }
         self.rewrite_location(headers, side);
-        Ok(resp.map(|body| {
-            TransferBody::new(body.map_err(BoxError::from).boxed_unsync(), idle, None)
-                .boxed_unsync()
-        }))
+        Ok(resp.map(|body| TransferBody::new(body, idle, None).boxed_unsync()))
     }
 
     /// A `Location` that names the upstream's own origin is rewritten to the public origin, so

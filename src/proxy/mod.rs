@@ -175,7 +175,7 @@ impl Gateway {
         };
 
         let conn_permit = req.extensions_mut().remove::<ConnPermit>();
-        let req = req.map(|body| body.map_err(forward::BoxError::from).boxed_unsync());
+        let req = req.map(forward::client_body);
         let mut resp = self.inner.upstream.forward(req, &side).await?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use super::forward::{BoxError, ProxyBody};
+use super::forward::BoxError;
 
 /// The error a stalled body ends with.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +31,8 @@ use super::forward::{BoxError, ProxyBody};
 pub struct BodyIdle(pub Duration);
 
 /// A body with an idle timer and an optional "fully sent" signal.
-pub struct TransferBody {
-    inner: ProxyBody,
+pub struct TransferBody<B> {
+    inner: B,
     idle: Duration,
     /// When the last frame came through.
     last_progress: Instant,
@@ -43,8 +43,8 @@ pub struct TransferBody {
     done: Option<oneshot::Sender<()>>,
 }
 
-impl TransferBody {
-    pub fn new(inner: ProxyBody, idle: Duration, done: Option<oneshot::Sender<()>>) -> Self {
+impl<B: Body> TransferBody<B> {
+    pub fn new(inner: B, idle: Duration, done: Option<oneshot::Sender<()>>) -> Self {
         let now = Instant::now();
         let mut body = TransferBody {
             inner,
@@ -67,7 +67,11 @@ impl TransferBody {
     }
 }
 
-impl Body for TransferBody {
+impl<B> Body for TransferBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -84,9 +88,13 @@ impl Body for TransferBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => {
+            Poll::Ready(Some(Err(e))) => {
                 this.finish();
-                Poll::Ready(other)
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
             }
             Poll::Pending => {
                 if this.timer_for != this.last_progress {
@@ -206,7 +214,7 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
 
-    fn pending_after(first: &'static [u8]) -> ProxyBody {
+    fn pending_after(first: &'static [u8]) -> crate::proxy::forward::ProxyBody {
         let stream = futures_util::stream::iter(vec![Ok::<_, BoxError>(Frame::data(
             Bytes::from_static(first),
         ))])
@@ -260,7 +268,7 @@ mod tests {
     async fn an_empty_body_is_done_at_once() {
         let (tx, rx) = oneshot::channel();
         let _body = TransferBody::new(
-            http_body_util::Empty::new()
+            http_body_util::Empty::<Bytes>::new()
                 .map_err(|e| match e {})
                 .boxed_unsync(),
             Duration::from_secs(1),

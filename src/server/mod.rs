@@ -129,11 +129,6 @@ impl Server {
         self.https.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
-    /// The address of the plain-HTTP listener, if on.
-    pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|l| l.local_addr().ok())
-    }
-
     /// Serve until told to shut down, then drain.
     pub async fn run(
         self,
