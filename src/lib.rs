@@ -24,9 +24,12 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod faspex;
+pub mod policy;
 pub mod proxy;
 pub mod server;
+pub mod store;
 pub mod util;

@@ -1,0 +1,898 @@
+//! The policy engine: the site's four Faspex policies, independent of HTTP and LDAP.
+//!
+//! - **Licence seats**: at most `policy.max_sessions` accounts hold a session at once; admission
+//!   is one atomic store step ([`PolicyStore::admit`]).
+//! - **One client per account**: a second client is refused (`reject`) or replaces the first
+//!   (`replace`); [`LoginRequest::takeover`] is the 409 page's "sign the other client out".
+//! - **Idle and absolute timeouts**: every request on a session checks its deadline; the
+//!   [`Policy::spawn_sweeper`] task ends sessions within [`SWEEP_EVERY`] of their deadline with no
+//!   traffic at all, so seats and gauges are always right.
+//! - **Lockout**: `lockout_threshold` wrong-credential attempts in the sliding `lockout_window`
+//!   lock the account for `lockout_duration`. Before a credential check runs it reserves a place
+//!   ([`PolicyStore::begin_attempt`]); failures plus checks in flight never exceed the threshold,
+//!   so however many guesses arrive at once, at most `lockout_threshold` reach the directory per
+//!   window. A locked account's guesses never reach it.
+//!
+//! A login runs: validate the name → single-flight on (lock key, password) → per-address throttle
+//! → lockout reservation → credential check → record the result → admission. Everything takes
+//! `now` from the injected [`Clock`]. Events go to an [`Observer`] (logs now; metrics and the
+//! audit log attach there).
+
+pub mod account;
+pub mod singleflight;
+pub mod throttle;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+use crate::auth::{Directory, Verdict};
+use crate::clock::{Clock, Timestamp};
+use crate::config::{LockoutKey, PolicyConfig};
+use crate::store::{
+    Admission, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, AttemptTicket, ClientId,
+    ClientKind, Counts, EndReason, Lock, LockKey, LockoutRules, PolicyStore, SeatRules, Session,
+    SessionKey, SessionState, SessionToken, StoreError, Swept, Timeouts, Unlocked,
+};
+
+pub use account::{normalize, InvalidUsername};
+use singleflight::SingleFlight;
+use throttle::Throttle;
+
+/// How often the sweeper runs: sessions end, and locks lift, at most this long after their
+/// deadline even when no request comes.
+pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a credential check holds its lockout reservation before it is presumed dead.
+const TICKET_TTL: Duration = Duration::from_secs(120);
+
+/// How long a login waits behind checks in flight for the same account before giving up.
+const BUSY_WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// The outcome of a login, as `faspex_gate_logins_total{result}` and the audit log name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LoginResult {
+    Success,
+    BadCredentials,
+    Locked,
+    LicenseFull,
+    OtherClient,
+    Throttled,
+    DirectoryError,
+    UpstreamRefused,
+    Invalid,
+    /// The state store could not record the session (the login is refused: fail closed).
+    StoreError,
+}
+
+impl LoginResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginResult::Success => "success",
+            LoginResult::BadCredentials => "bad_credentials",
+            LoginResult::Locked => "locked",
+            LoginResult::LicenseFull => "license_full",
+            LoginResult::OtherClient => "other_client",
+            LoginResult::Throttled => "throttled",
+            LoginResult::DirectoryError => "directory_error",
+            LoginResult::UpstreamRefused => "upstream_refused",
+            LoginResult::Invalid => "invalid",
+            LoginResult::StoreError => "store_error",
+        }
+    }
+}
+
+/// Why a login was refused. Each maps to one row of the contract's status table.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginRefused {
+    #[error("{0}")]
+    InvalidUsername(InvalidUsername),
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("the account is locked until {until}")]
+    AccountLocked {
+        until: Timestamp,
+        retry_after: Duration,
+    },
+    #[error("all licence seats are in use")]
+    LicenseFull { retry_after: Duration },
+    #[error("the account is active on another client since {since}")]
+    OtherClientActive {
+        since: Timestamp,
+        ip: IpAddr,
+        kind: ClientKind,
+    },
+    #[error("too many attempts from this address")]
+    Throttled { retry_after: Duration },
+    #[error("the directory is unavailable")]
+    DirectoryUnavailable,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl LoginRefused {
+    pub fn result(&self) -> LoginResult {
+        match self {
+            LoginRefused::InvalidUsername(_) => LoginResult::Invalid,
+            LoginRefused::BadCredentials => LoginResult::BadCredentials,
+            LoginRefused::AccountLocked { .. } => LoginResult::Locked,
+            LoginRefused::LicenseFull { .. } => LoginResult::LicenseFull,
+            LoginRefused::OtherClientActive { .. } => LoginResult::OtherClient,
+            LoginRefused::Throttled { .. } => LoginResult::Throttled,
+            LoginRefused::DirectoryUnavailable => LoginResult::DirectoryError,
+            LoginRefused::Store(_) => LoginResult::StoreError,
+        }
+    }
+}
+
+/// A login attempt: credentials plus who is asking.
+#[derive(Clone, Debug)]
+pub struct LoginRequest<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+    /// The source address: the socket's, or `X-Forwarded-For`'s from a trusted proxy.
+    pub ip: IpAddr,
+    pub agent: &'a str,
+    pub client: ClientId,
+    pub kind: ClientKind,
+    /// Replace the account's session on another client (after this fresh check), whatever
+    /// `one_client_per_account` says.
+    pub takeover: bool,
+}
+
+impl LoginRequest<'_> {
+    /// The client id of an HTTP Basic caller: its source address and User-Agent.
+    pub fn basic_client(ip: IpAddr, agent: &str) -> ClientId {
+        let d = ring::digest::digest(&ring::digest::SHA256, agent.as_bytes());
+        let short: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        ClientId(format!("basic:{ip}:{short}"))
+    }
+}
+
+/// A successful login: the new session and the token that names it.
+#[derive(Debug)]
+pub struct Admitted {
+    pub token: SessionToken,
+    pub session: Session,
+    /// The same client had a live session; it was renewed under this new token.
+    pub renewed: bool,
+}
+
+/// Why a request's session is not live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionGone {
+    /// It passed its deadline (this request ended it, or the sweeper had).
+    #[error("the session ended ({})", .0.as_str())]
+    Expired(EndReason),
+    /// No such session.
+    #[error("no such session")]
+    Unknown,
+}
+
+/// Gauges and limits, for `admin status` and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub seats_used: usize,
+    pub seats_limit: u32,
+    pub sessions: usize,
+    pub accounts_locked: usize,
+    pub tracked_windows: usize,
+}
+
+/// What the engine tells its observers.
+#[derive(Debug)]
+pub enum PolicyEvent<'a> {
+    /// A login finished (one per [`Policy::login`] call).
+    Login {
+        /// `None` when the name was not a valid account name.
+        account: Option<&'a str>,
+        ip: IpAddr,
+        kind: ClientKind,
+        result: LoginResult,
+    },
+    /// Failures reached the threshold.
+    LockedOut(&'a Lock),
+    /// A lock passed its end.
+    LockExpired(&'a Lock),
+    /// An administrator lifted locks (possibly none).
+    Unlocked {
+        account: &'a str,
+        lifted: &'a [Lock],
+    },
+    /// An administrator locked an account.
+    AdminLocked(&'a Lock),
+    /// A session began. `renewed` when it continues the same client's earlier session, whose
+    /// token it replaces (no end is reported for that one).
+    SessionStarted {
+        session: &'a Session,
+        renewed: bool,
+    },
+    SessionEnded(&'a Session, EndReason),
+}
+
+/// Receives [`PolicyEvent`]s, synchronously: keep it quick, spawn anything slow.
+pub trait Observer: Send + Sync + 'static {
+    fn event(&self, e: &PolicyEvent<'_>);
+}
+
+/// The default observer: structured log lines, with no secrets in them.
+pub struct LogObserver;
+
+impl Observer for LogObserver {
+    fn event(&self, e: &PolicyEvent<'_>) {
+        match e {
+            PolicyEvent::Login {
+                account,
+                ip,
+                kind,
+                result,
+            } => tracing::info!(
+                target: "faspex_gate::policy",
+                account = account.unwrap_or("<invalid>"),
+                client_ip = %ip,
+                kind = kind.as_str(),
+                result = result.as_str(),
+                "login"
+            ),
+            PolicyEvent::LockedOut(l) => tracing::warn!(
+                target: "faspex_gate::policy",
+                account = %l.key.account,
+                ip = ?l.key.ip,
+                until = %l.until,
+                failures = l.failures,
+                "account locked"
+            ),
+            PolicyEvent::LockExpired(l) => tracing::info!(
+                target: "faspex_gate::policy",
+                account = %l.key.account,
+                "lock expired"
+            ),
+            PolicyEvent::Unlocked { account, lifted } => tracing::info!(
+                target: "faspex_gate::policy",
+                account,
+                was_locked = !lifted.is_empty(),
+                "account unlocked"
+            ),
+            PolicyEvent::AdminLocked(l) => tracing::warn!(
+                target: "faspex_gate::policy",
+                account = %l.key.account,
+                until = %l.until,
+                "account locked by an administrator"
+            ),
+            PolicyEvent::SessionStarted {
+                session: s,
+                renewed,
+            } => tracing::info!(
+                target: "faspex_gate::policy",
+                account = %s.account,
+                session = %s.key,
+                kind = s.kind.as_str(),
+                client_ip = %s.ip,
+                renewed,
+                "session started"
+            ),
+            PolicyEvent::SessionEnded(s, why) => tracing::info!(
+                target: "faspex_gate::policy",
+                account = %s.account,
+                session = %s.key,
+                reason = why.as_str(),
+                "session ended"
+            ),
+        }
+    }
+}
+
+/// What one credential check (possibly shared) came to.
+#[derive(Clone, Debug)]
+enum Check {
+    Verified,
+    BadCredentials,
+    Locked(Lock, bool),
+    Throttled(Duration),
+    DirectoryUnavailable,
+    Store(StoreError),
+}
+
+/// The engine. Cheap to clone; every clone is the same engine.
+#[derive(Clone)]
+pub struct Policy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn PolicyStore>,
+    clock: Arc<dyn Clock>,
+    cfg: ArcSwap<PolicyConfig>,
+    throttle: ArcSwap<Throttle>,
+    flights: SingleFlight<Check>,
+    /// Per-process key for single-flight keys: a password is never held, even hashed plainly.
+    flight_key: ring::hmac::Key,
+    /// Woken whenever a credential check finishes, for logins waiting behind one.
+    attempt_finished: Notify,
+    observer: Arc<dyn Observer>,
+}
+
+impl Policy {
+    pub fn new(
+        cfg: PolicyConfig,
+        store: Arc<dyn PolicyStore>,
+        clock: Arc<dyn Clock>,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        let throttle = Throttle::new(
+            cfg.login_attempts_per_ip_per_minute,
+            cfg.public_requests_per_ip_per_minute,
+            Arc::clone(&clock),
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let flight_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .unwrap_or_else(|_| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"unavailable"));
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                cfg: ArcSwap::from_pointee(cfg),
+                throttle: ArcSwap::from_pointee(throttle),
+                flights: SingleFlight::default(),
+                flight_key,
+                attempt_finished: Notify::new(),
+                observer,
+            }),
+        }
+    }
+
+    /// Take new settings. Live sessions are kept whatever the new numbers; a lower cap only stops
+    /// admissions until the count is below it. Changed rates start with fresh budgets.
+    pub fn reload(&self, cfg: PolicyConfig) {
+        let old = self.inner.cfg.load();
+        if old.login_attempts_per_ip_per_minute != cfg.login_attempts_per_ip_per_minute
+            || old.public_requests_per_ip_per_minute != cfg.public_requests_per_ip_per_minute
+        {
+            self.inner.throttle.store(Arc::new(Throttle::new(
+                cfg.login_attempts_per_ip_per_minute,
+                cfg.public_requests_per_ip_per_minute,
+                Arc::clone(&self.inner.clock),
+            )));
+        }
+        self.inner.cfg.store(Arc::new(cfg));
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    fn cfg(&self) -> arc_swap::Guard<Arc<PolicyConfig>> {
+        self.inner.cfg.load()
+    }
+
+    fn timeouts(cfg: &PolicyConfig) -> Timeouts {
+        Timeouts {
+            idle: cfg.idle_timeout,
+            api_idle: cfg.api_idle_timeout,
+            absolute: cfg.absolute_timeout,
+        }
+    }
+
+    fn lockout_rules(cfg: &PolicyConfig) -> LockoutRules {
+        LockoutRules {
+            threshold: cfg.lockout_threshold,
+            window: cfg.lockout_window,
+            duration: cfg.lockout_duration,
+            max_tracked: cfg.max_tracked_usernames,
+            ticket_ttl: TICKET_TTL,
+        }
+    }
+
+    fn emit(&self, e: PolicyEvent<'_>) {
+        self.inner.observer.event(&e);
+    }
+
+    fn emit_ended(&self, ended: &[(Session, EndReason)]) {
+        for (s, why) in ended {
+            self.emit(PolicyEvent::SessionEnded(s, *why));
+        }
+    }
+
+    /// The account name `username` counts as.
+    pub fn account(&self, username: &str) -> Result<String, InvalidUsername> {
+        normalize(username, &self.cfg().username_domains)
+    }
+
+    /// The key failures of `account` from `ip` count under.
+    pub fn lock_key(&self, account: &str, ip: IpAddr) -> LockKey {
+        match self.cfg().lockout_key {
+            LockoutKey::Account => LockKey::account(account),
+            LockoutKey::AccountIp => LockKey {
+                account: account.to_owned(),
+                ip: Some(throttle::source_key(ip)),
+            },
+        }
+    }
+
+    /// Whether a request to `path` counts as activity on its session.
+    pub fn counts_as_activity(&self, path: &str) -> bool {
+        !self
+            .cfg()
+            .activity_exempt_paths
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
+    }
+
+    /// One request to a public path from `ip`: within `public_requests_per_ip_per_minute`?
+    pub fn throttle_public(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.inner.throttle.load().public(ip)
+    }
+
+    // ----- logins -----
+
+    /// A full login: credential check under throttle and lockout, then seat and one-client
+    /// admission. `directory` runs the check.
+    pub async fn login(
+        &self,
+        req: LoginRequest<'_>,
+        directory: &dyn Directory,
+    ) -> Result<Admitted, LoginRefused> {
+        let account = self.account(req.username);
+        let result = match &account {
+            Ok(account) => self.login_account(account, &req, directory).await,
+            Err(e) => Err(LoginRefused::InvalidUsername(*e)),
+        };
+        self.emit(PolicyEvent::Login {
+            account: account.as_deref().ok(),
+            ip: req.ip,
+            kind: req.kind,
+            result: match &result {
+                Ok(_) => LoginResult::Success,
+                Err(e) => e.result(),
+            },
+        });
+        result
+    }
+
+    async fn login_account(
+        &self,
+        account: &str,
+        req: &LoginRequest<'_>,
+        directory: &dyn Directory,
+    ) -> Result<Admitted, LoginRefused> {
+        match self.check(account, req.password, req.ip, directory).await {
+            Check::Verified => {}
+            Check::BadCredentials => return Err(LoginRefused::BadCredentials),
+            Check::Locked(lock, _) => {
+                return Err(LoginRefused::AccountLocked {
+                    until: lock.until,
+                    retry_after: retry_after(lock.until.since(self.now())),
+                })
+            }
+            Check::Throttled(wait) => {
+                return Err(LoginRefused::Throttled {
+                    retry_after: retry_after(wait),
+                })
+            }
+            Check::DirectoryUnavailable => return Err(LoginRefused::DirectoryUnavailable),
+            Check::Store(e) => return Err(LoginRefused::Store(e)),
+        }
+        self.admit(account, req).await
+    }
+
+    /// A credential check, shared by parallel callers with the same lock key and password.
+    async fn check(
+        &self,
+        account: &str,
+        password: &str,
+        ip: IpAddr,
+        directory: &dyn Directory,
+    ) -> Check {
+        let key = self.lock_key(account, ip);
+        let mut ctx = ring::hmac::Context::with_key(&self.inner.flight_key);
+        ctx.update(key.encode().as_bytes());
+        ctx.update(&[0]);
+        ctx.update(password.as_bytes());
+        let mut flight = [0u8; 32];
+        flight.copy_from_slice(ctx.sign().as_ref());
+        let (check, ran) = self
+            .inner
+            .flights
+            .run(flight, || {
+                self.check_alone(&key, account, password, ip, directory)
+            })
+            .await;
+        if let (Check::Locked(lock, true), true) = (&check, ran) {
+            self.emit(PolicyEvent::LockedOut(lock));
+        }
+        check
+    }
+
+    async fn check_alone(
+        &self,
+        key: &LockKey,
+        account: &str,
+        password: &str,
+        ip: IpAddr,
+        directory: &dyn Directory,
+    ) -> Check {
+        if let Err(wait) = self.inner.throttle.load().login(ip) {
+            return Check::Throttled(wait);
+        }
+        let ticket = match self.reserve(key).await {
+            Ok(t) => t,
+            Err(c) => return c,
+        };
+        let mut guard = TicketGuard {
+            policy: self.clone(),
+            ticket: Some(ticket),
+        };
+        // An empty simple bind is an unauthenticated bind: never ask; it is a wrong password.
+        let verdict = if password.is_empty() {
+            Ok(Verdict::Rejected)
+        } else {
+            directory.verify(account, password).await
+        };
+        let result = match &verdict {
+            Ok(Verdict::Accepted) => AttemptResult::Accepted,
+            Ok(Verdict::Rejected) => AttemptResult::Rejected,
+            Err(e) => {
+                tracing::warn!(target: "faspex_gate::policy", error = %e, "credential check failed");
+                AttemptResult::Aborted
+            }
+        };
+        let Some(ticket) = guard.ticket.take() else {
+            return Check::DirectoryUnavailable;
+        };
+        let rules = Self::lockout_rules(&self.cfg());
+        let end = self
+            .inner
+            .store
+            .finish_attempt(ticket, result, self.now(), rules)
+            .await;
+        self.inner.attempt_finished.notify_waiters();
+        match (end, verdict) {
+            (Err(e), _) => Check::Store(e),
+            (Ok(AttemptEnd::Locked(lock)), _) => Check::Locked(lock, true),
+            (Ok(_), Ok(Verdict::Accepted)) => Check::Verified,
+            (Ok(_), Ok(Verdict::Rejected)) => Check::BadCredentials,
+            (Ok(_), Err(_)) => Check::DirectoryUnavailable,
+        }
+    }
+
+    /// Wait for a place to run a credential check under `key`.
+    async fn reserve(&self, key: &LockKey) -> Result<AttemptTicket, Check> {
+        let give_up = tokio::time::Instant::now() + BUSY_WAIT_LIMIT;
+        loop {
+            let notified = self.inner.attempt_finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let rules = Self::lockout_rules(&self.cfg());
+            match self.inner.store.begin_attempt(key, self.now(), rules).await {
+                Ok(AttemptStart::Proceed(t)) => return Ok(t),
+                Ok(AttemptStart::Locked(lock)) => return Err(Check::Locked(lock, false)),
+                Ok(AttemptStart::Busy) => {}
+                Err(e) => return Err(Check::Store(e)),
+            }
+            // Checks in flight could reach the threshold: wait for one to finish. A shared store
+            // has no wake-up across processes, so poll as well.
+            if tokio::time::Instant::now() >= give_up {
+                return Err(Check::DirectoryUnavailable);
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+
+    async fn admit(&self, account: &str, req: &LoginRequest<'_>) -> Result<Admitted, LoginRefused> {
+        let cfg = self.cfg();
+        let token = SessionToken::generate()?;
+        let now = self.now();
+        let admit = self
+            .inner
+            .store
+            .admit(
+                Admission {
+                    key: token.key(),
+                    account: account.to_owned(),
+                    client: req.client.clone(),
+                    kind: req.kind,
+                    ip: req.ip,
+                    agent: truncate(req.agent, 256).to_owned(),
+                    takeover: req.takeover,
+                    now,
+                },
+                SeatRules {
+                    max_sessions: cfg.max_sessions,
+                    one_client: cfg.one_client_per_account,
+                    timeouts: Self::timeouts(&cfg),
+                },
+            )
+            .await?;
+        self.emit_ended(&admit.ended);
+        match admit.outcome {
+            AdmitOutcome::Admitted {
+                session,
+                renewed_from,
+            } => {
+                self.emit(PolicyEvent::SessionStarted {
+                    session: &session,
+                    renewed: renewed_from.is_some(),
+                });
+                Ok(Admitted {
+                    token,
+                    session,
+                    renewed: renewed_from.is_some(),
+                })
+            }
+            AdmitOutcome::LicenseFull { soonest_end } => Err(LoginRefused::LicenseFull {
+                retry_after: soonest_end
+                    .map(|t| {
+                        t.since(now)
+                            .clamp(Duration::from_secs(5), Duration::from_secs(900))
+                    })
+                    .unwrap_or(Duration::from_secs(60)),
+            }),
+            AdmitOutcome::OtherClient { active } => Err(LoginRefused::OtherClientActive {
+                since: active.started,
+                ip: active.ip,
+                kind: active.kind,
+            }),
+        }
+    }
+
+    // ----- sessions -----
+
+    fn state(&self, state: SessionState) -> Result<Session, SessionGone> {
+        match state {
+            SessionState::Live(s) => Ok(s),
+            SessionState::Ended(s, why) => {
+                self.emit(PolicyEvent::SessionEnded(&s, why));
+                Err(SessionGone::Expired(why))
+            }
+            SessionState::Unknown => Err(SessionGone::Unknown),
+        }
+    }
+
+    /// The live session behind `token`, for a request to `path` (which counts as activity unless
+    /// it is under `activity_exempt_paths`). A session past its deadline ends here.
+    pub async fn session(
+        &self,
+        token: &SessionToken,
+        path: &str,
+    ) -> Result<Result<Session, SessionGone>, StoreError> {
+        let activity = self.counts_as_activity(path);
+        let t = Self::timeouts(&self.cfg());
+        let state = self
+            .inner
+            .store
+            .session(&token.key(), self.now(), activity, t)
+            .await?;
+        Ok(self.state(state))
+    }
+
+    /// The live session of `account` on `client` (an HTTP Basic caller's), as [`Policy::session`].
+    pub async fn client_session(
+        &self,
+        account: &str,
+        client: &ClientId,
+        path: &str,
+    ) -> Result<Result<Session, SessionGone>, StoreError> {
+        let activity = self.counts_as_activity(path);
+        let t = Self::timeouts(&self.cfg());
+        let state = self
+            .inner
+            .store
+            .client_session(account, client, self.now(), activity, t)
+            .await?;
+        Ok(self.state(state))
+    }
+
+    /// Keep Faspex's session cookie with the session, to log Faspex out when it ends.
+    pub async fn set_upstream_cookie(
+        &self,
+        key: &SessionKey,
+        cookie: Option<String>,
+    ) -> Result<bool, StoreError> {
+        self.inner.store.set_upstream_cookie(key, cookie).await
+    }
+
+    /// End a session: the user logged out (`Logout`), or Faspex refused the login after admission
+    /// (`Rollback`). Its seat is free when this returns.
+    pub async fn end(
+        &self,
+        key: &SessionKey,
+        reason: EndReason,
+    ) -> Result<Option<Session>, StoreError> {
+        let s = self.inner.store.end_session(key, reason).await?;
+        if let Some(s) = &s {
+            self.emit(PolicyEvent::SessionEnded(s, reason));
+        }
+        Ok(s)
+    }
+
+    /// End expired sessions, lift expired locks and drop empty failure windows, now.
+    pub async fn sweep(&self) -> Result<Swept, StoreError> {
+        let cfg = self.cfg();
+        let swept = self
+            .inner
+            .store
+            .sweep(self.now(), Self::timeouts(&cfg), cfg.lockout_window)
+            .await?;
+        self.emit_ended(&swept.ended);
+        for l in &swept.lifted {
+            self.emit(PolicyEvent::LockExpired(l));
+        }
+        Ok(swept)
+    }
+
+    /// Sweep every [`SWEEP_EVERY`] until the task is dropped or aborted.
+    pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let policy = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u64 = 0;
+            loop {
+                tick.tick().await;
+                if let Err(e) = policy.sweep().await {
+                    tracing::error!(error = %e, "sweep failed");
+                }
+                n += 1;
+                if n % 240 == 0 {
+                    policy.inner.throttle.load().forget_idle();
+                }
+            }
+        })
+    }
+
+    /// Write everything written behind (at shutdown).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.store.flush().await
+    }
+
+    // ----- administration -----
+
+    /// Gauges and the limit.
+    pub async fn status(&self) -> Result<Status, StoreError> {
+        let Counts {
+            seats,
+            sessions,
+            accounts_locked,
+            tracked_windows,
+            ..
+        } = self.inner.store.counts(self.now()).await?;
+        Ok(Status {
+            seats_used: seats,
+            seats_limit: self.cfg().max_sessions,
+            sessions,
+            accounts_locked,
+            tracked_windows,
+        })
+    }
+
+    /// Live sessions, oldest first.
+    pub async fn sessions(&self) -> Result<Vec<Session>, StoreError> {
+        let now = self.now();
+        let t = Self::timeouts(&self.cfg());
+        let mut v: Vec<Session> = self
+            .inner
+            .store
+            .sessions()
+            .await?
+            .into_iter()
+            .filter(|s| s.expired(now, &t).is_none())
+            .collect();
+        v.sort_by(|a, b| (a.started, &a.account).cmp(&(b.started, &b.account)));
+        Ok(v)
+    }
+
+    /// End every session of `user` now, freeing its seat. An unknown user is a no-op.
+    pub async fn kick(&self, user: &str) -> Result<Vec<Session>, AdminError> {
+        let account = self.account(user)?;
+        let ended = self
+            .inner
+            .store
+            .end_account(&account, EndReason::Admin)
+            .await?;
+        for s in &ended {
+            self.emit(PolicyEvent::SessionEnded(s, EndReason::Admin));
+        }
+        Ok(ended)
+    }
+
+    /// Locks in force.
+    pub async fn lockouts(&self) -> Result<Vec<Lock>, StoreError> {
+        self.inner.store.lockouts(self.now()).await
+    }
+
+    /// Lift `user`'s locks (every address under `account+ip`) and clear its failure windows.
+    pub async fn unlock(&self, user: &str) -> Result<Unlocked, AdminError> {
+        let account = self.account(user)?;
+        let now = self.now();
+        let mut u = self.inner.store.unlock_account(&account).await?;
+        u.lifted.retain(|l| l.until > now);
+        self.emit(PolicyEvent::Unlocked {
+            account: &account,
+            lifted: &u.lifted,
+        });
+        Ok(u)
+    }
+
+    /// Lock `user` now, for `duration` (default `policy.lockout_duration`). Live sessions are
+    /// not ended: kick them as well to end access now.
+    pub async fn lock(&self, user: &str, duration: Option<Duration>) -> Result<Lock, AdminError> {
+        let account = self.account(user)?;
+        let now = self.now();
+        let d = duration.unwrap_or(self.cfg().lockout_duration);
+        let lock = self
+            .inner
+            .store
+            .lock_account(&account, now, now + d)
+            .await?;
+        self.emit(PolicyEvent::AdminLocked(&lock));
+        Ok(lock)
+    }
+
+    /// The lock in force on `user` (from `ip`, under `account+ip`), if any.
+    pub async fn lock_state(&self, user: &str, ip: IpAddr) -> Result<Option<Lock>, AdminError> {
+        let account = self.account(user)?;
+        Ok(self
+            .inner
+            .store
+            .lock_state(&self.lock_key(&account, ip), self.now())
+            .await?)
+    }
+}
+
+/// An administrative call's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    InvalidUsername(#[from] InvalidUsername),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Releases a credential check's reservation if the check never reports (it was cancelled).
+struct TicketGuard {
+    policy: Policy,
+    ticket: Option<AttemptTicket>,
+}
+
+impl Drop for TicketGuard {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let policy = self.policy.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let rules = Policy::lockout_rules(&policy.cfg());
+                let _ = policy
+                    .inner
+                    .store
+                    .finish_attempt(ticket, AttemptResult::Aborted, policy.now(), rules)
+                    .await;
+                policy.inner.attempt_finished.notify_waiters();
+            });
+        }
+    }
+}
+
+/// A `Retry-After` worth sending: whole seconds, at least one.
+fn retry_after(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(Duration::from_secs(1))
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,1365 @@
+//! The policies against a fake clock, over the real embedded store in a temporary folder.
+//!
+//! The directory here is [`TestDirectory`]: a table of passwords that counts the checks it is
+//! asked to run. That is the seam the engine is built around (LDAP is tested against slapd with
+//! the credential-check work); here it lets a test count exactly how many guesses got through.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::auth::{Directory, DirectoryError, Verdict};
+use crate::clock::ManualClock;
+use crate::config::{LockoutKey, OneClient, PolicyConfig};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{ClientId, ClientKind, EndReason};
+
+const MIN: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const MS: Duration = Duration::from_millis(1);
+
+/// The contract's defaults.
+fn contract_defaults() -> PolicyConfig {
+    PolicyConfig {
+        max_sessions: 10,
+        one_client_per_account: OneClient::Reject,
+        idle_timeout: HOUR,
+        api_idle_timeout: HOUR,
+        absolute_timeout: Some(12 * HOUR),
+        activity_exempt_paths: vec![],
+        lockout_threshold: 5,
+        lockout_window: MIN,
+        lockout_duration: HOUR,
+        lockout_key: LockoutKey::Account,
+        username_domains: vec!["HUTCH".into(), "fhcrc.org".into()],
+        login_attempts_per_ip_per_minute: 30,
+        public_requests_per_ip_per_minute: 600,
+        max_tracked_usernames: 100_000,
+    }
+}
+
+/// Passwords by account; counts every check it runs.
+#[derive(Default)]
+struct TestDirectory {
+    users: Mutex<HashMap<String, String>>,
+    checks: AtomicUsize,
+    down: AtomicBool,
+    delay: Mutex<Duration>,
+}
+
+impl TestDirectory {
+    fn with_users(n: usize) -> Arc<Self> {
+        let d = Self::default();
+        {
+            let mut u = d.users.lock().unwrap();
+            for name in ["ann", "bob", "cat", "dan"] {
+                u.insert(name.into(), format!("pw-{name}"));
+            }
+            for i in 0..n {
+                u.insert(format!("user{i}"), format!("pw-user{i}"));
+            }
+        }
+        Arc::new(d)
+    }
+
+    fn checks(&self) -> usize {
+        self.checks.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Directory for TestDirectory {
+    async fn verify(&self, account: &str, password: &str) -> Result<Verdict, DirectoryError> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return Err(DirectoryError("connection refused".into()));
+        }
+        let ok = self.users.lock().unwrap().get(account).map(String::as_str) == Some(password);
+        Ok(if ok {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        })
+    }
+}
+
+/// Keeps a line per event.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Recorder {
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    fn count(&self, prefix: &str) -> usize {
+        self.lines()
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .count()
+    }
+}
+
+impl Observer for Recorder {
+    fn event(&self, e: &PolicyEvent<'_>) {
+        let line = match e {
+            PolicyEvent::Login {
+                account, result, ..
+            } => {
+                format!("login {} {}", account.unwrap_or("-"), result.as_str())
+            }
+            PolicyEvent::LockedOut(l) => format!("lockout {}", l.key),
+            PolicyEvent::LockExpired(l) => format!("lock-expired {}", l.key),
+            PolicyEvent::Unlocked { account, lifted } => {
+                format!("unlock {account} {}", lifted.len())
+            }
+            PolicyEvent::AdminLocked(l) => format!("admin-lock {}", l.key),
+            PolicyEvent::SessionStarted { session, renewed } => {
+                format!(
+                    "start {}{}",
+                    session.account,
+                    if *renewed { " renewed" } else { "" }
+                )
+            }
+            PolicyEvent::SessionEnded(s, why) => format!("end {} {}", s.account, why.as_str()),
+        };
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+struct Harness {
+    policy: Policy,
+    clock: ManualClock,
+    dir: Arc<TestDirectory>,
+    events: Arc<Recorder>,
+    store: Arc<EmbeddedStore>,
+    tmp: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new(cfg: PolicyConfig) -> Self {
+        Self::with_users(cfg, 0)
+    }
+
+    fn with_users(cfg: PolicyConfig, n: usize) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(tmp.path()).unwrap());
+        let clock = ManualClock::at_2026();
+        let events = Arc::new(Recorder::default());
+        let policy = Policy::new(cfg, store.clone(), Arc::new(clock.clone()), events.clone());
+        Self {
+            policy,
+            clock,
+            dir: TestDirectory::with_users(n),
+            events,
+            store,
+            tmp,
+        }
+    }
+
+    /// The same store folder, opened again by a new engine (as after a restart).
+    async fn restart(self) -> Harness {
+        let Harness {
+            policy,
+            clock,
+            dir,
+            store,
+            tmp,
+            ..
+        } = self;
+        let cfg = (**policy.cfg()).clone();
+        drop(policy);
+        store.close().await.unwrap();
+        drop(store);
+        let store = Arc::new(EmbeddedStore::open(tmp.path()).unwrap());
+        let events = Arc::new(Recorder::default());
+        let policy = Policy::new(cfg, store.clone(), Arc::new(clock.clone()), events.clone());
+        Harness {
+            policy,
+            clock,
+            dir,
+            events,
+            store,
+            tmp,
+        }
+    }
+
+    fn advance(&self, d: Duration) {
+        self.clock.advance(d);
+    }
+
+    async fn login_as(
+        &self,
+        user: &str,
+        password: &str,
+        ip: &str,
+        client: &str,
+        kind: ClientKind,
+        takeover: bool,
+    ) -> Result<Admitted, LoginRefused> {
+        self.policy
+            .login(
+                LoginRequest {
+                    username: user,
+                    password,
+                    ip: ip.parse().unwrap(),
+                    agent: "test-agent/1.0",
+                    client: ClientId(client.into()),
+                    kind,
+                    takeover,
+                },
+                &*self.dir,
+            )
+            .await
+    }
+
+    /// A browser login of `user` with its right password from client `client`.
+    async fn browser(&self, user: &str, client: &str) -> Result<Admitted, LoginRefused> {
+        let pw = format!("pw-{user}");
+        self.login_as(user, &pw, "192.0.2.1", client, ClientKind::Browser, false)
+            .await
+    }
+
+    async fn wrong(&self, user: &str) -> Result<Admitted, LoginRefused> {
+        self.login_as(
+            user,
+            "wrong",
+            "192.0.2.1",
+            "c-attacker",
+            ClientKind::Browser,
+            false,
+        )
+        .await
+    }
+
+    async fn seats(&self) -> usize {
+        self.policy.status().await.unwrap().seats_used
+    }
+
+    async fn live(&self, a: &Admitted, path: &str) -> Result<Session, SessionGone> {
+        self.policy.session(&a.token, path).await.unwrap()
+    }
+
+    async fn locked(&self, user: &str) -> Option<Lock> {
+        self.policy
+            .lock_state(user, "192.0.2.1".parse().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+fn is_locked(r: &Result<Admitted, LoginRefused>) -> bool {
+    matches!(r, Err(LoginRefused::AccountLocked { .. }))
+}
+
+fn is_bad(r: &Result<Admitted, LoginRefused>) -> bool {
+    matches!(r, Err(LoginRefused::BadCredentials))
+}
+
+// ----- lockout: rules and boundaries -----
+
+#[tokio::test]
+async fn the_fifth_failure_at_59_9_seconds_locks_and_is_answered_locked() {
+    let h = Harness::new(contract_defaults());
+    for i in 0..4 {
+        assert!(is_bad(&h.wrong("ann").await), "failure {i}");
+        h.advance(Duration::from_millis(14_975)); // 4 × 14.975 s = 59.9 s
+    }
+    let fifth = h.wrong("ann").await;
+    match &fifth {
+        Err(LoginRefused::AccountLocked { until, retry_after }) => {
+            assert_eq!(*until, h.policy.now() + HOUR);
+            assert_eq!(*retry_after, HOUR);
+        }
+        other => panic!("the fifth failure must answer locked: {other:?}"),
+    }
+    assert_eq!(
+        h.dir.checks(),
+        5,
+        "the fifth guess was checked, then locked"
+    );
+    assert_eq!(h.events.count("lockout ann"), 1);
+    // Every attempt while locked is answered locked, and none reaches the directory, right
+    // password included.
+    assert!(is_locked(&h.browser("ann", "c1").await));
+    assert!(is_locked(&h.wrong("ann").await));
+    assert_eq!(h.dir.checks(), 5);
+}
+
+#[tokio::test]
+async fn five_failures_spread_over_61_seconds_do_not_lock() {
+    let h = Harness::new(contract_defaults());
+    for t in [0u64, 15, 30, 45] {
+        h.clock
+            .set(Timestamp::from_millis(1_767_225_600_000 + t * 1000));
+        assert!(is_bad(&h.wrong("ann").await));
+    }
+    h.clock
+        .set(Timestamp::from_millis(1_767_225_600_000 + 61_000));
+    assert!(is_bad(&h.wrong("ann").await), "the first failure slid out");
+    assert!(h.locked("ann").await.is_none());
+    // The window slides: the 0 s failure has gone, four remain, one more locks.
+    assert!(is_locked(&h.wrong("ann").await));
+}
+
+#[tokio::test]
+async fn exactly_sixty_seconds_apart_is_outside_the_window() {
+    let h = Harness::new(contract_defaults());
+    assert!(is_bad(&h.wrong("ann").await));
+    h.advance(Duration::from_secs(15));
+    for _ in 0..3 {
+        assert!(is_bad(&h.wrong("ann").await));
+    }
+    h.advance(Duration::from_secs(45)); // the first is now exactly 60 s old
+    assert!(is_bad(&h.wrong("ann").await));
+    h.advance(MS);
+    assert!(is_locked(&h.wrong("ann").await));
+}
+
+#[tokio::test]
+async fn the_lock_lifts_at_exactly_one_hour_by_itself() {
+    let h = Harness::new(contract_defaults());
+    for _ in 0..5 {
+        h.wrong("ann").await.ok();
+    }
+    let lock = h.locked("ann").await.expect("locked");
+    assert_eq!(lock.until, lock.since + HOUR);
+    assert_eq!(lock.failures, 5);
+    h.advance(HOUR - MS);
+    assert!(
+        is_locked(&h.browser("ann", "c1").await),
+        "still locked 1 ms before"
+    );
+    h.advance(MS);
+    assert!(h.locked("ann").await.is_none());
+    assert_eq!(h.policy.status().await.unwrap().accounts_locked, 0);
+    let checks = h.dir.checks();
+    assert!(
+        h.browser("ann", "c1").await.is_ok(),
+        "unlocked at exactly 1 h"
+    );
+    assert_eq!(h.dir.checks(), checks + 1);
+    // The sweeper removes the record and says so.
+    h.policy.sweep().await.unwrap();
+    assert_eq!(h.events.count("lock-expired ann"), 1);
+}
+
+#[tokio::test]
+async fn after_a_lock_lifts_the_count_starts_afresh() {
+    let h = Harness::new(contract_defaults());
+    for _ in 0..5 {
+        h.wrong("ann").await.ok();
+    }
+    h.advance(HOUR);
+    for _ in 0..4 {
+        assert!(is_bad(&h.wrong("ann").await));
+    }
+    assert!(is_locked(&h.wrong("ann").await));
+}
+
+#[tokio::test]
+async fn a_right_password_clears_the_count_as_active_directory_does() {
+    let h = Harness::new(contract_defaults());
+    for _ in 0..4 {
+        h.wrong("ann").await.ok();
+    }
+    let s = h.browser("ann", "c1").await.unwrap();
+    h.policy
+        .end(&s.session.key, EndReason::Logout)
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        assert!(is_bad(&h.wrong("ann").await));
+    }
+    assert!(h.locked("ann").await.is_none());
+}
+
+#[tokio::test]
+async fn spellings_of_one_account_share_one_budget_and_unknown_users_count_too() {
+    let h = Harness::new(contract_defaults());
+    for u in ["ann", "ANN", "HUTCH\\ann", "ann@fhcrc.org"] {
+        assert!(is_bad(&h.wrong(u).await), "{u}");
+    }
+    assert!(
+        is_locked(&h.wrong("ａｎｎ").await),
+        "the full-width spelling is the fifth"
+    );
+    // An account the directory has never heard of is counted and locked the same way.
+    for _ in 0..4 {
+        assert!(is_bad(&h.wrong("nobody").await));
+    }
+    assert!(is_locked(&h.wrong("nobody").await));
+    assert_eq!(h.dir.checks(), 10);
+}
+
+#[tokio::test]
+async fn an_empty_password_is_a_failure_that_asks_nobody() {
+    let h = Harness::new(contract_defaults());
+    for _ in 0..4 {
+        let r = h
+            .login_as("ann", "", "192.0.2.1", "c1", ClientKind::Browser, false)
+            .await;
+        assert!(is_bad(&r));
+    }
+    assert_eq!(h.dir.checks(), 0, "no bind for an empty password");
+    assert!(is_locked(&h.wrong("ann").await));
+}
+
+#[tokio::test]
+async fn bad_usernames_get_a_clear_answer_and_count_nothing() {
+    let h = Harness::new(contract_defaults());
+    let long = "a".repeat(10 * 1024);
+    for (name, want) in [
+        ("", InvalidUsername::Empty),
+        ("   ", InvalidUsername::Empty),
+        (long.as_str(), InvalidUsername::TooLong),
+        ("an\0n", InvalidUsername::Control),
+        ("ann\u{1b}[31m", InvalidUsername::Control),
+        ("a\u{200B}nn", InvalidUsername::Invisible),
+    ] {
+        match h.wrong(name).await {
+            Err(LoginRefused::InvalidUsername(got)) => assert_eq!(got, want, "{name:?}"),
+            other => panic!("{name:?}: {other:?}"),
+        }
+    }
+    assert_eq!(h.dir.checks(), 0);
+    assert_eq!(h.policy.status().await.unwrap().tracked_windows, 0);
+    assert_eq!(h.events.count("login - invalid"), 6);
+    // Admin calls refuse them too, clearly.
+    assert!(matches!(
+        h.policy.unlock("an\0n").await,
+        Err(AdminError::InvalidUsername(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_directory_outage_counts_nothing_and_locks_nobody() {
+    let h = Harness::new(contract_defaults());
+    h.dir.down.store(true, Ordering::SeqCst);
+    for _ in 0..20 {
+        assert!(matches!(
+            h.browser("ann", "c1").await,
+            Err(LoginRefused::DirectoryUnavailable)
+        ));
+    }
+    assert!(h.locked("ann").await.is_none());
+    assert_eq!(h.policy.status().await.unwrap().tracked_windows, 0);
+    h.dir.down.store(false, Ordering::SeqCst);
+    assert!(h.browser("ann", "c1").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_lockout_does_not_end_live_sessions() {
+    let h = Harness::new(contract_defaults());
+    let s = h.browser("ann", "c1").await.unwrap();
+    for _ in 0..5 {
+        h.wrong("ann").await.ok();
+    }
+    assert!(h.locked("ann").await.is_some());
+    assert!(h.live(&s, "/aspera/faspex/inbox").await.is_ok());
+    assert_eq!(h.seats().await, 1);
+}
+
+#[tokio::test]
+async fn account_plus_ip_keeps_other_addresses_out_of_the_lock() {
+    let mut cfg = contract_defaults();
+    cfg.lockout_key = LockoutKey::AccountIp;
+    let h = Harness::new(cfg);
+    for _ in 0..5 {
+        h.login_as("ann", "x", "203.0.113.9", "c-a", ClientKind::Browser, false)
+            .await
+            .ok();
+    }
+    for _ in 0..5 {
+        h.login_as(
+            "ann",
+            "x",
+            "203.0.113.10",
+            "c-a",
+            ClientKind::Browser,
+            false,
+        )
+        .await
+        .ok();
+    }
+    let r = h
+        .login_as(
+            "ann",
+            "pw-ann",
+            "203.0.113.9",
+            "c-b",
+            ClientKind::Browser,
+            false,
+        )
+        .await;
+    assert!(is_locked(&r), "the attacker's address is locked out");
+    let r = h
+        .login_as(
+            "ann",
+            "pw-ann",
+            "192.0.2.1",
+            "c-ann",
+            ClientKind::Browser,
+            false,
+        )
+        .await;
+    assert!(r.is_ok(), "ann from her own address is not: {r:?}");
+    assert_eq!(h.policy.lockouts().await.unwrap().len(), 2);
+    assert_eq!(
+        h.policy.status().await.unwrap().accounts_locked,
+        1,
+        "distinct accounts"
+    );
+    // Unlock lifts every key of the account.
+    let u = h.policy.unlock("ann").await.unwrap();
+    assert_eq!(u.lifted.len(), 2);
+    assert!(h.policy.lockouts().await.unwrap().is_empty());
+    // An admin lock is account-wide, whatever the address.
+    h.policy.lock("ann", None).await.unwrap();
+    let r = h
+        .login_as(
+            "ann",
+            "pw-ann",
+            "198.51.100.1",
+            "c-x",
+            ClientKind::Browser,
+            false,
+        )
+        .await;
+    assert!(is_locked(&r));
+}
+
+// ----- helpdesk operations -----
+
+#[tokio::test]
+async fn unlock_clears_the_lock_and_the_failure_windows() {
+    let h = Harness::new(contract_defaults());
+    for _ in 0..5 {
+        h.wrong("ann").await.ok();
+    }
+    for _ in 0..3 {
+        h.wrong("bob").await.ok();
+    }
+    let u = h.policy.unlock("ANN").await.unwrap();
+    assert_eq!(u.lifted.len(), 1);
+    assert_eq!(h.events.count("unlock ann 1"), 1);
+    assert!(h.browser("ann", "c1").await.is_ok(), "logs in at once");
+    let u = h.policy.unlock("bob").await.unwrap();
+    assert!(u.lifted.is_empty(), "bob was not locked");
+    assert_eq!(u.windows_cleared, 1);
+    for _ in 0..4 {
+        assert!(
+            is_bad(&h.wrong("bob").await),
+            "bob's three failures are gone"
+        );
+    }
+    let u = h.policy.unlock("nobody-at-all").await.unwrap();
+    assert_eq!(u, crate::store::Unlocked::default(), "a clear no-op");
+}
+
+#[tokio::test]
+async fn an_admin_lock_holds_for_its_time_and_blocks_the_right_password() {
+    let h = Harness::new(contract_defaults());
+    let lock = h
+        .policy
+        .lock("ann", Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    assert!(lock.by_admin);
+    assert_eq!(lock.until, h.policy.now() + Duration::from_secs(600));
+    assert!(is_locked(&h.browser("ann", "c1").await));
+    assert_eq!(h.dir.checks(), 0, "no check for a locked account");
+    h.advance(Duration::from_secs(599));
+    assert!(is_locked(&h.browser("ann", "c1").await));
+    h.advance(Duration::from_secs(1));
+    assert!(h.browser("ann", "c1").await.is_ok());
+    // The default is policy.lockout_duration.
+    let lock = h.policy.lock("bob", None).await.unwrap();
+    assert_eq!(lock.until, h.policy.now() + HOUR);
+}
+
+#[tokio::test]
+async fn kick_ends_the_sessions_and_frees_the_seat() {
+    let mut cfg = contract_defaults();
+    cfg.max_sessions = 1;
+    let h = Harness::new(cfg);
+    let s = h.browser("ann", "c1").await.unwrap();
+    assert!(matches!(
+        h.browser("bob", "c2").await,
+        Err(LoginRefused::LicenseFull { .. })
+    ));
+    let ended = h.policy.kick("Ann").await.unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(h.events.count("end ann admin"), 1);
+    assert_eq!(h.live(&s, "/").await, Err(SessionGone::Unknown));
+    assert!(h.browser("bob", "c2").await.is_ok());
+    assert!(
+        h.policy.kick("nobody").await.unwrap().is_empty(),
+        "a clear no-op"
+    );
+}
+
+// ----- sessions: timeouts -----
+
+#[tokio::test]
+async fn idle_expiry_happens_exactly_on_time_and_activity_moves_it() {
+    let h = Harness::new(contract_defaults());
+    let s = h.browser("ann", "c1").await.unwrap();
+    h.advance(HOUR - MS);
+    assert!(h.live(&s, "/aspera/faspex/inbox").await.is_ok());
+    h.advance(HOUR - MS);
+    assert!(
+        h.live(&s, "/aspera/faspex/inbox").await.is_ok(),
+        "activity moved it"
+    );
+    h.advance(HOUR);
+    assert_eq!(
+        h.live(&s, "/aspera/faspex/inbox").await,
+        Err(SessionGone::Expired(EndReason::Idle))
+    );
+    assert_eq!(h.seats().await, 0, "the seat is free at once");
+    assert_eq!(h.events.count("end ann idle"), 1);
+    assert_eq!(h.live(&s, "/").await, Err(SessionGone::Unknown));
+}
+
+#[tokio::test]
+async fn the_sweeper_ends_an_idle_session_at_its_deadline_with_no_traffic() {
+    let h = Harness::new(contract_defaults());
+    h.browser("ann", "c1").await.unwrap();
+    h.advance(HOUR - MS);
+    h.policy.sweep().await.unwrap();
+    assert_eq!(h.seats().await, 1);
+    h.advance(MS);
+    h.policy.sweep().await.unwrap();
+    assert_eq!(h.seats().await, 0);
+    assert_eq!(h.events.count("end ann idle"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_task_runs_on_its_own_within_a_second() {
+    let h = Harness::new(contract_defaults());
+    let sweeper = h.policy.spawn_sweeper();
+    h.browser("ann", "c1").await.unwrap();
+    for _ in 0..5 {
+        h.wrong("bob").await.ok();
+    }
+    assert_eq!(h.policy.status().await.unwrap().accounts_locked, 1);
+    h.advance(HOUR);
+    let started = std::time::Instant::now();
+    while h.events.count("end ann idle") == 0 || h.events.count("lock-expired bob") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the sweeper must act within 1 s: {:?}",
+            h.events.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = h.policy.status().await.unwrap();
+    assert_eq!((st.seats_used, st.accounts_locked), (0, 0));
+    sweeper.abort();
+}
+
+#[tokio::test]
+async fn api_sessions_use_the_api_idle_timeout() {
+    let mut cfg = contract_defaults();
+    cfg.idle_timeout = HOUR;
+    cfg.api_idle_timeout = Duration::from_secs(300);
+    let h = Harness::new(cfg);
+    let api = h
+        .login_as(
+            "bob",
+            "pw-bob",
+            "192.0.2.5",
+            "basic-1",
+            ClientKind::Basic,
+            false,
+        )
+        .await
+        .unwrap();
+    let web = h.browser("ann", "c1").await.unwrap();
+    h.advance(Duration::from_secs(300));
+    assert_eq!(
+        h.live(&api, "/aspera/faspex/inbox.atom").await,
+        Err(SessionGone::Expired(EndReason::Idle))
+    );
+    assert!(h.live(&web, "/aspera/faspex/inbox").await.is_ok());
+}
+
+#[tokio::test]
+async fn the_absolute_timeout_ends_even_a_busy_session_exactly_on_time() {
+    let mut cfg = contract_defaults();
+    cfg.absolute_timeout = Some(2 * HOUR);
+    let h = Harness::new(cfg);
+    let s = h.browser("ann", "c1").await.unwrap();
+    for _ in 0..(2 * 60 - 1) {
+        h.advance(MIN);
+        assert!(h.live(&s, "/").await.is_ok());
+    }
+    h.advance(MIN - MS);
+    assert!(h.live(&s, "/").await.is_ok());
+    h.advance(MS);
+    assert_eq!(
+        h.live(&s, "/").await,
+        Err(SessionGone::Expired(EndReason::Absolute))
+    );
+    // "0s" turns it off.
+    let mut cfg = contract_defaults();
+    cfg.absolute_timeout = None;
+    h.policy.reload(cfg);
+    let s = h.browser("ann", "c1").await.unwrap();
+    for _ in 0..48 {
+        h.advance(HOUR - MS);
+        assert!(h.live(&s, "/").await.is_ok());
+    }
+}
+
+#[tokio::test]
+async fn requests_to_exempt_paths_do_not_count_as_activity() {
+    let mut cfg = contract_defaults();
+    cfg.activity_exempt_paths = vec!["/aspera/faspex/transfer_status".into()];
+    let h = Harness::new(cfg);
+    let s = h.browser("ann", "c1").await.unwrap();
+    for _ in 0..59 {
+        h.advance(MIN);
+        assert!(h
+            .live(&s, "/aspera/faspex/transfer_status/77")
+            .await
+            .is_ok());
+    }
+    h.advance(MIN);
+    assert_eq!(
+        h.live(&s, "/aspera/faspex/transfer_status/77").await,
+        Err(SessionGone::Expired(EndReason::Idle)),
+        "polling kept nothing alive"
+    );
+}
+
+// ----- seats and one client per account -----
+
+#[tokio::test]
+async fn reject_refuses_a_second_client_without_counting_a_failure() {
+    let h = Harness::new(contract_defaults());
+    let first = h.browser("ann", "laptop").await.unwrap();
+    for _ in 0..10 {
+        match h.browser("ann", "phone").await {
+            Err(LoginRefused::OtherClientActive { since, kind, .. }) => {
+                assert_eq!(since, first.session.started);
+                assert_eq!(kind, ClientKind::Browser);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(h.locked("ann").await.is_none(), "Keycloak #44474");
+    assert_eq!(h.events.count("login ann other_client"), 10);
+    assert!(h.live(&first, "/").await.is_ok());
+    assert_eq!(h.seats().await, 1);
+}
+
+#[tokio::test]
+async fn the_same_client_logging_in_again_is_not_a_second_client() {
+    let mut cfg = contract_defaults();
+    cfg.max_sessions = 1;
+    let h = Harness::new(cfg);
+    let a = h.browser("ann", "laptop").await.unwrap();
+    let b = h.browser("ann", "laptop").await.unwrap();
+    assert!(b.renewed);
+    assert_eq!(
+        h.live(&a, "/").await,
+        Err(SessionGone::Unknown),
+        "the old token is gone"
+    );
+    assert!(h.live(&b, "/").await.is_ok());
+    assert_eq!(h.seats().await, 1);
+    assert_eq!(h.policy.sessions().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn take_over_replaces_the_other_client_after_a_fresh_check() {
+    let h = Harness::new(contract_defaults());
+    let laptop = h.browser("ann", "laptop").await.unwrap();
+    assert!(matches!(
+        h.browser("ann", "phone").await,
+        Err(LoginRefused::OtherClientActive { .. })
+    ));
+    // Take-over with a wrong password does nothing but count a failure.
+    let r = h
+        .login_as(
+            "ann",
+            "wrong",
+            "192.0.2.1",
+            "phone",
+            ClientKind::Browser,
+            true,
+        )
+        .await;
+    assert!(is_bad(&r));
+    assert!(h.live(&laptop, "/").await.is_ok());
+    let checks = h.dir.checks();
+    let phone = h
+        .login_as(
+            "ann",
+            "pw-ann",
+            "192.0.2.1",
+            "phone",
+            ClientKind::Browser,
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.dir.checks(), checks + 1, "a fresh credential check");
+    assert_eq!(h.live(&laptop, "/").await, Err(SessionGone::Unknown));
+    assert!(h.live(&phone, "/").await.is_ok());
+    assert_eq!(h.events.count("end ann replaced"), 1);
+    assert_eq!(h.seats().await, 1);
+}
+
+#[tokio::test]
+async fn replace_ends_the_older_session_and_needs_no_new_seat_at_a_full_cap() {
+    let mut cfg = contract_defaults();
+    cfg.one_client_per_account = OneClient::Replace;
+    cfg.max_sessions = 2;
+    let h = Harness::new(cfg);
+    let old = h.browser("ann", "laptop").await.unwrap();
+    h.browser("bob", "desk").await.unwrap();
+    assert!(matches!(
+        h.browser("cat", "c").await,
+        Err(LoginRefused::LicenseFull { .. })
+    ));
+    let new = h.browser("ann", "phone").await.unwrap();
+    assert!(!new.renewed);
+    assert_eq!(h.live(&old, "/").await, Err(SessionGone::Unknown));
+    assert!(h.live(&new, "/").await.is_ok());
+    assert_eq!(h.seats().await, 2);
+    assert_eq!(h.events.count("end ann replaced"), 1);
+}
+
+#[tokio::test]
+async fn a_full_cap_answers_with_when_a_seat_may_free_up() {
+    let mut cfg = contract_defaults();
+    cfg.max_sessions = 2;
+    cfg.idle_timeout = Duration::from_secs(120);
+    let h = Harness::new(cfg);
+    h.browser("ann", "a").await.unwrap();
+    h.advance(Duration::from_secs(30));
+    h.browser("bob", "b").await.unwrap();
+    match h.browser("cat", "c").await {
+        Err(LoginRefused::LicenseFull { retry_after }) => {
+            assert_eq!(retry_after, Duration::from_secs(90))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        h.locked("cat").await.is_none(),
+        "a full cap is not a failure"
+    );
+    // An expired session frees its seat for the next login even before the sweeper runs.
+    h.advance(Duration::from_secs(90));
+    assert!(h.browser("cat", "c").await.is_ok());
+    assert_eq!(h.events.count("end ann idle"), 1);
+}
+
+#[tokio::test]
+async fn logout_and_rollback_free_the_seat_at_once() {
+    let mut cfg = contract_defaults();
+    cfg.max_sessions = 1;
+    let h = Harness::new(cfg);
+    let a = h.browser("ann", "a").await.unwrap();
+    h.policy
+        .end(&a.session.key, EndReason::Logout)
+        .await
+        .unwrap();
+    let b = h.browser("bob", "b").await.unwrap();
+    h.policy
+        .end(&b.session.key, EndReason::Rollback)
+        .await
+        .unwrap();
+    assert!(h.browser("cat", "c").await.is_ok());
+    assert_eq!(h.events.count("end ann logout"), 1);
+    assert_eq!(h.events.count("end bob rollback"), 1);
+    assert!(
+        h.policy
+            .end(&a.session.key, EndReason::Logout)
+            .await
+            .unwrap()
+            .is_none(),
+        "ending twice is a no-op"
+    );
+}
+
+#[tokio::test]
+async fn lowering_the_cap_cuts_nobody_and_admits_nobody_until_below_it() {
+    let h = Harness::new(contract_defaults());
+    let mut live = Vec::new();
+    for u in ["ann", "bob", "cat", "dan"] {
+        live.push(h.browser(u, u).await.unwrap());
+    }
+    let mut cfg = contract_defaults();
+    cfg.max_sessions = 2;
+    h.policy.reload(cfg);
+    for s in &live {
+        assert!(h.live(s, "/").await.is_ok(), "no live session is cut");
+    }
+    let mut users = TestDirectory::with_users(0).users.lock().unwrap().clone();
+    users.insert("eve".into(), "pw-eve".into());
+    *h.dir.users.lock().unwrap() = users;
+    assert!(matches!(
+        h.browser("eve", "e").await,
+        Err(LoginRefused::LicenseFull { .. })
+    ));
+    for s in &live[..2] {
+        h.policy
+            .end(&s.session.key, EndReason::Logout)
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                h.browser("eve", "e").await,
+                Err(LoginRefused::LicenseFull { .. })
+            ),
+            "still at or above the cap"
+        );
+    }
+    h.policy
+        .end(&live[2].session.key, EndReason::Logout)
+        .await
+        .unwrap();
+    assert!(h.browser("eve", "e").await.is_ok(), "one below the cap");
+    assert_eq!(h.seats().await, 2);
+}
+
+// ----- throttling -----
+
+#[tokio::test]
+async fn the_address_throttle_counts_checks_not_cookie_requests() {
+    let h = Harness::new(contract_defaults());
+    let s = h.browser("ann", "c1").await.unwrap(); // check 1
+    for _ in 0..500 {
+        assert!(h.live(&s, "/").await.is_ok()); // cookie requests: no check
+    }
+    for i in 0..29 {
+        let r = h
+            .login_as(
+                &format!("x{i}"),
+                "guess",
+                "192.0.2.1",
+                "c9",
+                ClientKind::Browser,
+                false,
+            )
+            .await;
+        assert!(is_bad(&r), "check {}", i + 2);
+    }
+    let r = h
+        .login_as("y", "guess", "192.0.2.1", "c9", ClientKind::Browser, false)
+        .await;
+    match r {
+        Err(LoginRefused::Throttled { retry_after }) => {
+            assert_eq!(retry_after, Duration::from_secs(2))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.dir.checks(), 30);
+    assert!(
+        h.locked("y").await.is_none(),
+        "a throttled attempt is not a failure"
+    );
+    // Another address is not affected; public requests have their own budget.
+    let r = h
+        .login_as(
+            "bob",
+            "pw-bob",
+            "192.0.2.99",
+            "c8",
+            ClientKind::Browser,
+            false,
+        )
+        .await;
+    assert!(r.is_ok());
+    assert!(h
+        .policy
+        .throttle_public("192.0.2.1".parse().unwrap())
+        .is_ok());
+    h.advance(Duration::from_secs(2));
+    let r = h
+        .login_as("y", "guess", "192.0.2.1", "c9", ClientKind::Browser, false)
+        .await;
+    assert!(is_bad(&r));
+}
+
+#[tokio::test]
+async fn public_requests_have_their_own_budget() {
+    let mut cfg = contract_defaults();
+    cfg.public_requests_per_ip_per_minute = 600;
+    let h = Harness::new(cfg);
+    let ip: IpAddr = "198.51.100.3".parse().unwrap();
+    for _ in 0..600 {
+        assert!(h.policy.throttle_public(ip).is_ok());
+    }
+    assert_eq!(h.policy.throttle_public(ip), Err(Duration::from_secs(1)));
+    assert!(
+        h.browser("ann", "c").await.is_ok(),
+        "logins are counted apart"
+    );
+}
+
+// ----- concurrency -----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_parallel_logins_against_a_cap_of_ten_admit_exactly_ten() {
+    for round in 0..5 {
+        let h = Arc::new(Harness::with_users(contract_defaults(), 200));
+        *h.dir.delay.lock().unwrap() = Duration::from_millis(1);
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move {
+                let ip = format!("10.0.{}.{}", i / 250, i % 250 + 1);
+                h.login_as(
+                    &format!("user{i}"),
+                    &format!("pw-user{i}"),
+                    &ip,
+                    &format!("client{i}"),
+                    ClientKind::Browser,
+                    false,
+                )
+                .await
+            }));
+        }
+        let (mut ok, mut full) = (0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(LoginRefused::LicenseFull { .. }) => full += 1,
+                Err(e) => panic!("round {round}: {e:?}"),
+            }
+        }
+        assert_eq!((ok, full), (10, 190), "round {round}");
+        assert_eq!(h.seats().await, 10);
+        assert_eq!(h.policy.sessions().await.unwrap().len(), 10);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_parallel_wrong_guesses_reach_the_directory_at_most_five_times() {
+    for round in 0..5 {
+        let mut cfg = contract_defaults();
+        cfg.login_attempts_per_ip_per_minute = 1000;
+        let h = Arc::new(Harness::new(cfg));
+        *h.dir.delay.lock().unwrap() = Duration::from_millis(5);
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move {
+                let pw = format!("guess-{i}");
+                h.login_as("ann", &pw, "203.0.113.5", "c", ClientKind::Browser, false)
+                    .await
+            }));
+        }
+        let (mut bad, mut locked) = (0, 0);
+        for t in tasks {
+            let r = t.await.unwrap();
+            if is_bad(&r) {
+                bad += 1;
+            } else if is_locked(&r) {
+                locked += 1;
+            } else {
+                panic!("round {round}: {r:?}");
+            }
+        }
+        assert_eq!(
+            h.dir.checks(),
+            5,
+            "round {round}: credential checks that ran"
+        );
+        assert_eq!((bad, locked), (4, 96), "round {round}");
+        assert_eq!(h.events.count("lockout ann"), 1);
+        // And nothing more gets through later in the window.
+        h.advance(Duration::from_secs(30));
+        assert!(is_locked(&h.browser("ann", "c").await));
+        assert_eq!(h.dir.checks(), 5);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_parallel_identical_logins_all_succeed_with_one_check() {
+    let h = Arc::new(Harness::new(contract_defaults()));
+    *h.dir.delay.lock().unwrap() = Duration::from_millis(20);
+    let client = LoginRequest::basic_client("192.0.2.44".parse().unwrap(), "curl/8.5");
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (h, client) = (h.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            h.login_as(
+                "ann",
+                "pw-ann",
+                "192.0.2.44",
+                &client.0,
+                ClientKind::Basic,
+                false,
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_ok());
+    }
+    assert_eq!(h.dir.checks(), 1);
+    assert_eq!(h.seats().await, 1);
+    assert_eq!(h.policy.sessions().await.unwrap().len(), 1);
+    // The session is found by client, as a Basic caller's next request would.
+    let s = h
+        .policy
+        .client_session("ann", &client, "/aspera/faspex/inbox.atom")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.kind, ClientKind::Basic);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn churn_of_logins_logouts_and_expiries_leaves_seats_equal_to_live_sessions() {
+    let mut cfg = contract_defaults();
+    cfg.max_sessions = 10;
+    cfg.idle_timeout = Duration::from_secs(120);
+    cfg.login_attempts_per_ip_per_minute = 100_000;
+    let h = Arc::new(Harness::with_users(cfg, 40));
+    let sweeper = h.policy.spawn_sweeper();
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            for step in 0..60u64 {
+                let i = (w * 7 + step * 13) % 40;
+                let client = if step % 3 == 0 { "x" } else { "y" };
+                let r = h
+                    .login_as(
+                        &format!("user{i}"),
+                        &format!("pw-user{i}"),
+                        "10.1.1.1",
+                        &format!("{client}{i}"),
+                        ClientKind::Browser,
+                        step % 5 == 0,
+                    )
+                    .await;
+                if let Ok(a) = r {
+                    match step % 4 {
+                        0 => {
+                            h.policy
+                                .end(&a.session.key, EndReason::Logout)
+                                .await
+                                .unwrap();
+                        }
+                        1 => {
+                            h.policy.kick(&format!("user{i}")).await.unwrap();
+                        }
+                        _ => {}
+                    }
+                }
+                if w == 0 && step % 10 == 0 {
+                    h.advance(Duration::from_secs(61));
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    sweeper.abort();
+    let sessions = h.policy.sessions().await.unwrap();
+    let st = h.policy.status().await.unwrap();
+    let accounts: std::collections::HashSet<_> = sessions.iter().map(|s| &s.account).collect();
+    assert_eq!(st.seats_used, accounts.len());
+    assert_eq!(
+        st.sessions,
+        sessions.len(),
+        "no expired session lingers unswept"
+    );
+    assert_eq!(sessions.len(), accounts.len(), "one session per account");
+    assert!(st.seats_used <= 10);
+    // Let everything expire: the seats come back to zero.
+    h.advance(Duration::from_secs(121));
+    h.policy.sweep().await.unwrap();
+    assert_eq!(h.policy.status().await.unwrap().seats_used, 0);
+    let started = h.events.count("start ");
+    let renewed = h
+        .events
+        .lines()
+        .iter()
+        .filter(|l| l.ends_with(" renewed"))
+        .count();
+    let ended = h.events.count("end ");
+    assert_eq!(
+        started,
+        ended + renewed,
+        "every session that started has ended (or was renewed), and been told"
+    );
+}
+
+// ----- durability and bounds -----
+
+#[tokio::test]
+async fn locks_sessions_and_windows_survive_a_restart() {
+    let h = Harness::new(contract_defaults());
+    for _ in 0..5 {
+        h.wrong("ann").await.ok();
+    }
+    for _ in 0..3 {
+        h.wrong("bob").await.ok();
+    }
+    let lock = h.locked("ann").await.unwrap();
+    let s = h.browser("cat", "c1").await.unwrap();
+    h.advance(Duration::from_secs(10));
+    h.live(&s, "/").await.unwrap();
+    let h = h.restart().await;
+    assert_eq!(h.locked("ann").await, Some(lock), "same unlock time");
+    let live = h.live(&s, "/").await.expect("the session is still valid");
+    assert_eq!(
+        live.last_activity,
+        s.session.started + Duration::from_secs(10)
+    );
+    assert_eq!(h.seats().await, 1);
+    // bob's three failures came back too: two more lock him.
+    assert!(is_bad(&h.wrong("bob").await));
+    assert!(is_locked(&h.wrong("bob").await));
+}
+
+#[tokio::test]
+async fn sessions_that_expired_while_down_end_on_the_first_sweep() {
+    let h = Harness::new(contract_defaults());
+    h.browser("ann", "c1").await.unwrap();
+    h.advance(2 * HOUR);
+    let h = h.restart().await;
+    assert_eq!(h.seats().await, 1, "held until swept");
+    h.policy.sweep().await.unwrap();
+    assert_eq!(h.seats().await, 0);
+    assert_eq!(
+        h.events.count("end ann idle"),
+        1,
+        "so Faspex can be logged out too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_sprayed_usernames_stay_under_the_bound_and_a_victims_lock_stays() {
+    let mut cfg = contract_defaults();
+    cfg.max_tracked_usernames = 100_000;
+    let h = Harness::new(cfg.clone());
+    for _ in 0..5 {
+        h.wrong("victim").await.ok();
+    }
+    let lock = h.locked("victim").await.unwrap();
+    // The spray goes straight at the store's lockout steps: the engine's throttles would stop a
+    // real spray long before a million.
+    let rules = Policy::lockout_rules(&cfg);
+    let store: Arc<dyn PolicyStore> = h.store.clone();
+    for i in 0..1_000_000u32 {
+        let key = LockKey::account(format!("spray{i}"));
+        let now = h.clock.now();
+        match store.begin_attempt(&key, now, rules).await.unwrap() {
+            AttemptStart::Proceed(t) => {
+                store
+                    .finish_attempt(t, AttemptResult::Rejected, now, rules)
+                    .await
+                    .unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        if i % 1000 == 0 {
+            h.clock.advance(MS);
+        }
+        if i % 100_000 == 0 {
+            let n = h.policy.status().await.unwrap().tracked_windows;
+            assert!(n <= 100_000, "{n} windows at {i}");
+        }
+    }
+    let st = h.policy.status().await.unwrap();
+    assert!(st.tracked_windows <= 100_000, "{}", st.tracked_windows);
+    assert_eq!(st.accounts_locked, 1);
+    assert_eq!(h.locked("victim").await, Some(lock.clone()));
+    // And on disk: after a restart the same bound holds and the lock is still there.
+    let h = h.restart().await;
+    let st = h.policy.status().await.unwrap();
+    assert!(st.tracked_windows <= 100_000, "{}", st.tracked_windows);
+    assert_eq!(h.locked("victim").await, Some(lock));
+}
+
+#[tokio::test]
+async fn a_bad_store_file_is_refused_by_name() {
+    // Corrupt.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join(crate::store::embedded::FILE_NAME);
+    std::fs::write(&file, vec![0x5a; 64 * 1024]).unwrap();
+    let err = EmbeddedStore::open(tmp.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.contains("corrupt") || err.contains("cannot"), "{err}");
+
+    // From a future schema.
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let db = redb::Database::create(tmp.path().join("state.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn
+                .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+                .unwrap();
+            meta.insert("schema_version", 99).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = EmbeddedStore::open(tmp.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("newer faspex-gate (schema 99"), "{err}");
+
+    // A record that does not parse.
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let s = EmbeddedStore::open(tmp.path()).unwrap();
+        s.close().await.unwrap();
+        let db = redb::Database::create(tmp.path().join("state.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("locks"))
+                .unwrap();
+            t.insert("ann", b"{not json".as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = EmbeddedStore::open(tmp.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("is corrupt: lock \"ann\""), "{err}");
+
+    // Unwritable: the folder cannot be made (its parent is a file).
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("file"), b"x").unwrap();
+    let err = EmbeddedStore::open(&tmp.path().join("file/store"))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("state.redb"), "{err}");
+
+    // In use by another process (or another store in this one).
+    let tmp = tempfile::tempdir().unwrap();
+    let _first = EmbeddedStore::open(tmp.path()).unwrap();
+    let err = EmbeddedStore::open(tmp.path())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("in use"), "{err}");
+}

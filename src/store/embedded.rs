@@ -1,0 +1,515 @@
+//! The default store: [`Tables`] in memory, persisted to `state.redb` in `store.path`.
+//!
+//! One writer thread owns the redb file. Every change marks its key dirty; the writer commits the
+//! current value of every dirty key in one transaction (group commit). A write-through call
+//! (session creation and end, a lockout, an unlock, an admin lock) asks the writer for a commit
+//! and waits for it; write-behind changes (failure windows, last activity) ride along, or are
+//! committed on the writer's own tick, at most [`WRITE_BEHIND`] late. Because the writer always
+//! commits current values, the order in which callers ask cannot put stale state on disk.
+//!
+//! The file carries a schema version. A file that is corrupt, unreadable, locked by another
+//! process or from a newer schema is refused with a message naming it: the gateway must not start
+//! having forgotten every lock.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::tables::{decode_lock_key, Dirty, Tables};
+use super::{
+    Admission, Admit, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, AttemptTicket,
+    ClientId, Counts, EndReason, Lock, LockKey, LockoutRules, PolicyStore, SeatRules, Session,
+    SessionKey, SessionState, StoreError, Swept, Timeouts, Unlocked, SCHEMA_VERSION, WRITE_BEHIND,
+};
+use crate::clock::Timestamp;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
+const WINDOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("failure_windows");
+
+/// The file name inside `store.path`.
+pub const FILE_NAME: &str = "state.redb";
+
+enum Request {
+    /// Commit everything dirty, then answer.
+    Commit(oneshot::Sender<Result<(), String>>),
+    /// Commit everything dirty, answer, and stop.
+    Stop(oneshot::Sender<Result<(), String>>),
+}
+
+/// The embedded, durable store. Cheap to share behind an `Arc`.
+pub struct EmbeddedStore {
+    tables: Arc<Mutex<Tables>>,
+    file: PathBuf,
+    requests: mpsc::Sender<Request>,
+}
+
+impl EmbeddedStore {
+    /// Open (or create) the store in directory `dir`, load it, and start its writer.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let file = dir.join(FILE_NAME);
+        let fail = |reason: String| StoreError::Open {
+            file: file.clone(),
+            reason,
+        };
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| fail(format!("cannot be created: its folder: {e}")))?;
+        } else if !dir.is_dir() {
+            return Err(fail("cannot be created: store.path is not a folder".into()));
+        }
+        let db = Database::create(&file).map_err(|e| fail(describe_open_error(e)))?;
+        if let Ok(meta) = std::fs::metadata(&file) {
+            let mut p = meta.permissions();
+            if p.mode() & 0o077 != 0 {
+                p.set_mode(0o600);
+                let _ = std::fs::set_permissions(&file, p);
+            }
+        }
+        let tables = load(&db).map_err(fail)?;
+        let tables = Arc::new(Mutex::new(tables));
+        let (requests, rx) = mpsc::channel();
+        let writer_tables = Arc::clone(&tables);
+        let writer_file = file.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer(db, writer_tables, rx, writer_file))
+            .map_err(|e| fail(format!("cannot start its writer: {e}")))?;
+        Ok(Self {
+            tables,
+            file,
+            requests,
+        })
+    }
+
+    /// The store's file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        // A panic while holding the lock cannot leave a half-made change: every step builds its
+        // result before it mutates. Carry on with the data.
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait until everything changed so far is on disk.
+    async fn commit(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Commit(tx))
+            .map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::Write {
+                file: self.file.clone(),
+                reason,
+            }),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Commit, and when that fails, keep going on what memory holds (the writer retries): for
+    /// changes where refusing would be worse than a late write, such as a lockout.
+    async fn commit_or_log(&self, what: &str) {
+        if let Err(e) = self.commit().await {
+            tracing::error!(error = %e, "{what} is in force but not yet saved; retrying");
+        }
+    }
+
+    /// Stop the writer after a last commit.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Stop(tx)).is_err() {
+            return Ok(());
+        }
+        match rx.await {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::Write {
+                file: self.file.clone(),
+                reason,
+            }),
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // The writer commits what is dirty when the channel closes.
+        let (tx, _rx) = oneshot::channel();
+        let _ = self.requests.send(Request::Stop(tx));
+    }
+}
+
+fn describe_open_error(e: redb::DatabaseError) -> String {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => {
+            "is in use by another process (is another faspex-gate running on it?)".into()
+        }
+        redb::DatabaseError::UpgradeRequired(v) => {
+            format!("is in a redb file format ({v}) this build cannot read")
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(m)) => {
+            format!("is corrupt ({m}); move it aside only if losing every session and lockout is acceptable")
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(e)) => {
+            format!("cannot be opened for writing: {e}")
+        }
+        other => format!("cannot be opened: {other}"),
+    }
+}
+
+/// Check the schema and read every record.
+fn load(db: &Database) -> Result<Tables, String> {
+    let txn = db
+        .begin_write()
+        .map_err(|e| format!("cannot be written: {e}"))?;
+    let (sessions, locks, windows) = {
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| format!("is unreadable: {e}"))?;
+        let version = meta
+            .get("schema_version")
+            .map_err(|e| format!("is unreadable: {e}"))?
+            .map(|v| v.value());
+        let sessions_t = txn
+            .open_table(SESSIONS)
+            .map_err(|e| format!("is unreadable: {e}"))?;
+        let locks_t = txn
+            .open_table(LOCKS)
+            .map_err(|e| format!("is unreadable: {e}"))?;
+        let windows_t = txn
+            .open_table(WINDOWS)
+            .map_err(|e| format!("is unreadable: {e}"))?;
+        match version {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(format!(
+                    "was written by a newer faspex-gate (schema {v}; this build understands up to {SCHEMA_VERSION}); upgrade faspex-gate, do not delete the file"
+                ))
+            }
+            Some(_) => {}
+            None => {
+                let empty = sessions_t.is_empty().unwrap_or(false)
+                    && locks_t.is_empty().unwrap_or(false)
+                    && windows_t.is_empty().unwrap_or(false);
+                if !empty {
+                    return Err("is corrupt: it holds records but no schema version".into());
+                }
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(|e| format!("cannot be written: {e}"))?;
+            }
+        }
+        let sessions: Vec<Session> = read_all(&sessions_t, "session")?;
+        let locks: Vec<Lock> = read_all(&locks_t, "lock")?;
+        let mut windows = Vec::new();
+        for entry in windows_t
+            .iter()
+            .map_err(|e| format!("is unreadable: {e}"))?
+        {
+            let (k, v) = entry.map_err(|e| format!("is unreadable: {e}"))?;
+            let failures: Vec<Timestamp> = serde_json::from_slice(v.value())
+                .map_err(|e| format!("is corrupt: failure window {:?}: {e}", k.value()))?;
+            windows.push((decode_lock_key(k.value()), failures));
+        }
+        (sessions, locks, windows)
+    };
+    // Committing here proves the file is writable before the gateway takes its first request.
+    txn.commit()
+        .map_err(|e| format!("cannot be written: {e}"))?;
+    Ok(Tables::load(sessions, locks, windows))
+}
+
+fn read_all<T: serde::de::DeserializeOwned>(
+    table: &redb::Table<&str, &[u8]>,
+    what: &str,
+) -> Result<Vec<T>, String> {
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(|e| format!("is unreadable: {e}"))? {
+        let (k, v) = entry.map_err(|e| format!("is unreadable: {e}"))?;
+        out.push(
+            serde_json::from_slice(v.value())
+                .map_err(|e| format!("is corrupt: {what} {:?}: {e}", k.value()))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Commit `d` in one durable transaction.
+fn write(db: &Database, d: &Dirty) -> Result<(), String> {
+    let fail = |e: &dyn std::fmt::Display| e.to_string();
+    let txn = db.begin_write().map_err(|e| fail(&e))?;
+    {
+        let mut sessions = txn.open_table(SESSIONS).map_err(|e| fail(&e))?;
+        for (k, v) in &d.sessions {
+            match v {
+                Some(s) => {
+                    let bytes = serde_json::to_vec(s).map_err(|e| fail(&e))?;
+                    sessions
+                        .insert(k.0.as_str(), bytes.as_slice())
+                        .map_err(|e| fail(&e))?;
+                }
+                None => {
+                    sessions.remove(k.0.as_str()).map_err(|e| fail(&e))?;
+                }
+            }
+        }
+        let mut locks = txn.open_table(LOCKS).map_err(|e| fail(&e))?;
+        for (k, v) in &d.locks {
+            match v {
+                Some(l) => {
+                    let bytes = serde_json::to_vec(l).map_err(|e| fail(&e))?;
+                    locks
+                        .insert(k.as_str(), bytes.as_slice())
+                        .map_err(|e| fail(&e))?;
+                }
+                None => {
+                    locks.remove(k.as_str()).map_err(|e| fail(&e))?;
+                }
+            }
+        }
+        let mut windows = txn.open_table(WINDOWS).map_err(|e| fail(&e))?;
+        for (k, v) in &d.windows {
+            match v {
+                Some(f) => {
+                    let bytes = serde_json::to_vec(f).map_err(|e| fail(&e))?;
+                    windows
+                        .insert(k.as_str(), bytes.as_slice())
+                        .map_err(|e| fail(&e))?;
+                }
+                None => {
+                    windows.remove(k.as_str()).map_err(|e| fail(&e))?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(|e| fail(&e))
+}
+
+/// The writer thread: commit on request, and on its own tick for write-behind state.
+fn writer(db: Database, tables: Arc<Mutex<Tables>>, rx: mpsc::Receiver<Request>, file: PathBuf) {
+    let mut waiting = Vec::new();
+    let mut stop = false;
+    loop {
+        match rx.recv_timeout(WRITE_BEHIND) {
+            Ok(Request::Commit(ack)) => waiting.push(ack),
+            Ok(Request::Stop(ack)) => {
+                waiting.push(ack);
+                stop = true;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
+        }
+        // Everyone who asked before this point changed memory before asking: one commit of the
+        // current state covers them all.
+        while let Ok(r) = rx.try_recv() {
+            match r {
+                Request::Commit(ack) => waiting.push(ack),
+                Request::Stop(ack) => {
+                    waiting.push(ack);
+                    stop = true;
+                }
+            }
+        }
+        let dirty = tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_dirty();
+        let result = if dirty.is_empty() {
+            Ok(())
+        } else {
+            write(&db, &dirty)
+        };
+        if let Err(reason) = &result {
+            tracing::error!(file = %file.display(), %reason, "the state store could not be written");
+            tables
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .redirty(&dirty);
+            if !stop {
+                // Don't spin on a full disk.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if stop {
+            // Release the file (and its lock) before anyone hears the store is closed.
+            drop(db);
+            for ack in waiting.drain(..) {
+                let _ = ack.send(result.clone());
+            }
+            return;
+        }
+        for ack in waiting.drain(..) {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
+
+#[async_trait]
+impl PolicyStore for EmbeddedStore {
+    async fn admit(&self, a: Admission, rules: SeatRules) -> Result<Admit, StoreError> {
+        let admit = self.tables().admit(a, rules);
+        let changed =
+            !admit.ended.is_empty() || matches!(admit.outcome, AdmitOutcome::Admitted { .. });
+        if changed {
+            if let Err(e) = self.commit().await {
+                // Fail closed: a session that might not survive a restart is not handed out.
+                if let AdmitOutcome::Admitted { session, .. } = &admit.outcome {
+                    self.tables().end_session(&session.key);
+                }
+                return Err(e);
+            }
+        }
+        Ok(admit)
+    }
+
+    async fn session(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+    ) -> Result<SessionState, StoreError> {
+        let state = self.tables().session(key, now, activity, &t);
+        if matches!(state, SessionState::Ended(..)) {
+            self.commit_or_log("a session end").await;
+        }
+        Ok(state)
+    }
+
+    async fn client_session(
+        &self,
+        account: &str,
+        client: &ClientId,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+    ) -> Result<SessionState, StoreError> {
+        let state = self
+            .tables()
+            .client_session(account, client, now, activity, &t);
+        if matches!(state, SessionState::Ended(..)) {
+            self.commit_or_log("a session end").await;
+        }
+        Ok(state)
+    }
+
+    async fn set_upstream_cookie(
+        &self,
+        key: &SessionKey,
+        cookie: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let found = self.tables().set_upstream_cookie(key, cookie);
+        if found {
+            self.commit().await?;
+        }
+        Ok(found)
+    }
+
+    async fn end_session(
+        &self,
+        key: &SessionKey,
+        _reason: EndReason,
+    ) -> Result<Option<Session>, StoreError> {
+        let s = self.tables().end_session(key);
+        if s.is_some() {
+            self.commit_or_log("a session end").await;
+        }
+        Ok(s)
+    }
+
+    async fn end_account(
+        &self,
+        account: &str,
+        _reason: EndReason,
+    ) -> Result<Vec<Session>, StoreError> {
+        let v = self.tables().end_account(account);
+        if !v.is_empty() {
+            self.commit_or_log("a session end").await;
+        }
+        Ok(v)
+    }
+
+    async fn sessions(&self) -> Result<Vec<Session>, StoreError> {
+        Ok(self.tables().sessions())
+    }
+
+    async fn sweep(
+        &self,
+        now: Timestamp,
+        t: Timeouts,
+        window: Duration,
+    ) -> Result<Swept, StoreError> {
+        let swept = self.tables().sweep(now, t, window);
+        if !swept.ended.is_empty() || !swept.lifted.is_empty() {
+            self.commit_or_log("a session end or lock expiry").await;
+        }
+        Ok(swept)
+    }
+
+    async fn begin_attempt(
+        &self,
+        key: &LockKey,
+        now: Timestamp,
+        rules: LockoutRules,
+    ) -> Result<AttemptStart, StoreError> {
+        Ok(self.tables().begin_attempt(key, now, rules))
+    }
+
+    async fn finish_attempt(
+        &self,
+        ticket: AttemptTicket,
+        result: AttemptResult,
+        now: Timestamp,
+        rules: LockoutRules,
+    ) -> Result<AttemptEnd, StoreError> {
+        let end = self.tables().finish_attempt(ticket, result, now, rules);
+        if matches!(end, AttemptEnd::Locked(_)) {
+            // In force in memory already; the writer keeps retrying until it is on disk.
+            self.commit_or_log("a lockout").await;
+        }
+        Ok(end)
+    }
+
+    async fn lock_state(&self, key: &LockKey, now: Timestamp) -> Result<Option<Lock>, StoreError> {
+        Ok(self.tables().lock_in_force(key, now))
+    }
+
+    async fn lock_account(
+        &self,
+        account: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Lock, StoreError> {
+        let lock = self.tables().lock_account(account, now, until);
+        self.commit_or_log("an admin lock").await;
+        Ok(lock)
+    }
+
+    async fn unlock_account(&self, account: &str) -> Result<Unlocked, StoreError> {
+        let u = self.tables().unlock_account(account);
+        self.commit().await?;
+        Ok(u)
+    }
+
+    async fn lockouts(&self, now: Timestamp) -> Result<Vec<Lock>, StoreError> {
+        Ok(self.tables().lockouts(now))
+    }
+
+    async fn counts(&self, now: Timestamp) -> Result<Counts, StoreError> {
+        Ok(self.tables().counts(now))
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.commit().await
+    }
+}

@@ -1,0 +1,628 @@
+//! The policy state as plain in-memory tables, and every atomic step over them.
+//!
+//! [`Tables`] has no I/O and no clock: each step takes `now` and the rules, runs to completion
+//! under its owner's lock, and marks what it changed as dirty for the persister to pick up.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+
+use super::{
+    Admission, Admit, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, AttemptTicket,
+    ClientId, Counts, EndReason, Lock, LockKey, LockoutRules, OneClient, SeatRules, Session,
+    SessionKey, SessionState, Swept, Timeouts, Unlocked,
+};
+
+/// The failures counted under one [`LockKey`], and the checks running for it.
+#[derive(Debug, Default)]
+struct Window {
+    /// Failure times inside the sliding window, oldest first; at most `threshold` of them.
+    failures: VecDeque<Timestamp>,
+    /// Checks in flight: ticket id and when the reservation is presumed dead.
+    in_flight: Vec<(u64, Timestamp)>,
+}
+
+impl Window {
+    /// Forget failures that have slid out of the window and reservations that have expired.
+    fn prune(&mut self, now: Timestamp, window: Duration) {
+        while let Some(&t) = self.failures.front() {
+            if now.since(t) >= window {
+                self.failures.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.in_flight.retain(|&(_, expires)| expires > now);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.failures.is_empty() && self.in_flight.is_empty()
+    }
+
+    fn last_failure(&self) -> Timestamp {
+        self.failures.back().copied().unwrap_or(Timestamp::ZERO)
+    }
+}
+
+/// Changes not yet persisted: for each key, the current value (or `None`: deleted).
+#[derive(Debug, Default)]
+pub struct Dirty {
+    pub sessions: Vec<(SessionKey, Option<Session>)>,
+    pub locks: Vec<(String, Option<Lock>)>,
+    pub windows: Vec<(String, Option<Vec<Timestamp>>)>,
+}
+
+impl Dirty {
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.locks.is_empty() && self.windows.is_empty()
+    }
+}
+
+/// Everything, in memory.
+#[derive(Debug, Default)]
+pub struct Tables {
+    sessions: HashMap<SessionKey, Session>,
+    /// Account → its sessions' keys. An entry exists only while the account has a session, so
+    /// `by_account.len()` is the number of seats in use.
+    by_account: HashMap<String, Vec<SessionKey>>,
+    windows: HashMap<LockKey, Window>,
+    locks: HashMap<LockKey, Lock>,
+    next_ticket: u64,
+    dirty_sessions: HashSet<SessionKey>,
+    dirty_locks: HashSet<LockKey>,
+    dirty_windows: HashSet<LockKey>,
+}
+
+impl Tables {
+    /// Tables holding what a store file held.
+    pub fn load(
+        sessions: Vec<Session>,
+        locks: Vec<Lock>,
+        windows: Vec<(LockKey, Vec<Timestamp>)>,
+    ) -> Self {
+        let mut t = Tables::default();
+        for s in sessions {
+            t.insert_session(s);
+        }
+        t.dirty_sessions.clear();
+        for l in locks {
+            t.locks.insert(l.key.clone(), l);
+        }
+        for (k, mut f) in windows {
+            f.sort();
+            t.windows.insert(
+                k,
+                Window {
+                    failures: f.into(),
+                    in_flight: Vec::new(),
+                },
+            );
+        }
+        t
+    }
+
+    // ----- sessions -----
+
+    fn insert_session(&mut self, s: Session) {
+        self.by_account
+            .entry(s.account.clone())
+            .or_default()
+            .push(s.key.clone());
+        self.dirty_sessions.insert(s.key.clone());
+        self.sessions.insert(s.key.clone(), s);
+    }
+
+    fn remove_session(&mut self, key: &SessionKey) -> Option<Session> {
+        let s = self.sessions.remove(key)?;
+        if let Some(keys) = self.by_account.get_mut(&s.account) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.by_account.remove(&s.account);
+            }
+        }
+        self.dirty_sessions.insert(key.clone());
+        Some(s)
+    }
+
+    /// End `account`'s sessions that are past their deadline.
+    fn expire_account(
+        &mut self,
+        account: &str,
+        now: Timestamp,
+        t: &Timeouts,
+        ended: &mut Vec<(Session, EndReason)>,
+    ) {
+        let keys = self.by_account.get(account).cloned().unwrap_or_default();
+        for k in keys {
+            if let Some(why) = self.sessions.get(&k).and_then(|s| s.expired(now, t)) {
+                if let Some(s) = self.remove_session(&k) {
+                    ended.push((s, why));
+                }
+            }
+        }
+    }
+
+    fn expire_all(&mut self, now: Timestamp, t: &Timeouts) -> Vec<(Session, EndReason)> {
+        let due: Vec<(SessionKey, EndReason)> = self
+            .sessions
+            .values()
+            .filter_map(|s| s.expired(now, t).map(|why| (s.key.clone(), why)))
+            .collect();
+        due.into_iter()
+            .filter_map(|(k, why)| self.remove_session(&k).map(|s| (s, why)))
+            .collect()
+    }
+
+    /// Admission, in one step. Returns the decision and every session it ended on the way.
+    pub fn admit(&mut self, a: Admission, rules: SeatRules) -> Admit {
+        let now = a.now;
+        let t = rules.timeouts;
+        let mut ended = Vec::new();
+        self.expire_account(&a.account, now, &t, &mut ended);
+
+        let keys = self.by_account.get(&a.account).cloned().unwrap_or_default();
+        let (same, others): (Vec<SessionKey>, Vec<SessionKey>) = keys
+            .into_iter()
+            .partition(|k| self.sessions.get(k).is_some_and(|s| s.client == a.client));
+
+        if !others.is_empty() && rules.one_client == OneClient::Reject && !a.takeover {
+            let active = self.sessions[&others[0]].clone();
+            return Admit {
+                outcome: AdmitOutcome::OtherClient { active },
+                ended,
+            };
+        }
+
+        let holds_seat = self.by_account.contains_key(&a.account);
+        if !holds_seat && self.by_account.len() >= rules.max_sessions as usize {
+            // Sessions past their deadline still hold seats until swept: sweep now.
+            ended.extend(self.expire_all(now, &t));
+            if self.by_account.len() >= rules.max_sessions as usize {
+                let soonest_end = self.sessions.values().map(|s| s.deadline(&t).0).min();
+                return Admit {
+                    outcome: AdmitOutcome::LicenseFull { soonest_end },
+                    ended,
+                };
+            }
+        }
+
+        for k in &others {
+            if let Some(s) = self.remove_session(k) {
+                ended.push((s, EndReason::Replaced));
+            }
+        }
+        let mut renewed_from = None;
+        for k in same {
+            self.remove_session(&k);
+            renewed_from = Some(k);
+        }
+        let session = Session {
+            key: a.key,
+            account: a.account,
+            client: a.client,
+            kind: a.kind,
+            ip: a.ip,
+            agent: a.agent,
+            started: now,
+            last_activity: now,
+            upstream_cookie: None,
+        };
+        self.insert_session(session.clone());
+        Admit {
+            outcome: AdmitOutcome::Admitted {
+                session,
+                renewed_from,
+            },
+            ended,
+        }
+    }
+
+    fn state_of(
+        &mut self,
+        key: &SessionKey,
+        now: Timestamp,
+        activity: bool,
+        t: &Timeouts,
+    ) -> SessionState {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return SessionState::Unknown;
+        };
+        if let Some(why) = s.expired(now, t) {
+            return match self.remove_session(key) {
+                Some(s) => SessionState::Ended(s, why),
+                None => SessionState::Unknown,
+            };
+        }
+        if activity && now > s.last_activity {
+            s.last_activity = now;
+            let s = s.clone();
+            self.dirty_sessions.insert(key.clone());
+            return SessionState::Live(s);
+        }
+        SessionState::Live(s.clone())
+    }
+
+    pub fn session(
+        &mut self,
+        key: &SessionKey,
+        now: Timestamp,
+        activity: bool,
+        t: &Timeouts,
+    ) -> SessionState {
+        self.state_of(key, now, activity, t)
+    }
+
+    pub fn client_session(
+        &mut self,
+        account: &str,
+        client: &ClientId,
+        now: Timestamp,
+        activity: bool,
+        t: &Timeouts,
+    ) -> SessionState {
+        let key = self.by_account.get(account).and_then(|keys| {
+            keys.iter()
+                .find(|k| self.sessions.get(*k).is_some_and(|s| &s.client == client))
+                .cloned()
+        });
+        match key {
+            Some(k) => self.state_of(&k, now, activity, t),
+            None => SessionState::Unknown,
+        }
+    }
+
+    pub fn set_upstream_cookie(&mut self, key: &SessionKey, cookie: Option<String>) -> bool {
+        match self.sessions.get_mut(key) {
+            Some(s) => {
+                s.upstream_cookie = cookie;
+                self.dirty_sessions.insert(key.clone());
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn end_session(&mut self, key: &SessionKey) -> Option<Session> {
+        self.remove_session(key)
+    }
+
+    pub fn end_account(&mut self, account: &str) -> Vec<Session> {
+        let keys = self.by_account.get(account).cloned().unwrap_or_default();
+        keys.iter().filter_map(|k| self.remove_session(k)).collect()
+    }
+
+    pub fn sessions(&self) -> Vec<Session> {
+        self.sessions.values().cloned().collect()
+    }
+
+    // ----- failures and locks -----
+
+    /// The lock in force on `key`: its own, or the account-wide one, whichever lasts longer.
+    pub fn lock_in_force(&self, key: &LockKey, now: Timestamp) -> Option<Lock> {
+        let own = self.locks.get(key).filter(|l| l.until > now);
+        let wide = match key.ip {
+            Some(_) => self
+                .locks
+                .get(&LockKey::account(key.account.clone()))
+                .filter(|l| l.until > now),
+            None => None,
+        };
+        match (own, wide) {
+            (Some(a), Some(b)) => Some(if a.until >= b.until { a } else { b }.clone()),
+            (a, b) => a.or(b).cloned(),
+        }
+    }
+
+    /// Keep the number of windows under the bound before adding one: windows that slid empty go
+    /// first, then the ones whose last failure is oldest. Windows with a check in flight stay
+    /// (so a ticket always finds its window), and locks are a separate table, never evicted.
+    fn make_room(&mut self, now: Timestamp, rules: &LockoutRules) {
+        let max = rules.max_tracked.max(1);
+        if self.windows.len() < max {
+            return;
+        }
+        let mut gone = Vec::new();
+        for (k, w) in self.windows.iter_mut() {
+            w.prune(now, rules.window);
+            if w.is_empty() {
+                gone.push(k.clone());
+            }
+        }
+        for k in gone {
+            self.windows.remove(&k);
+            self.dirty_windows.insert(k);
+        }
+        if self.windows.len() < max {
+            return;
+        }
+        // Still full of live windows: evict the oldest eighth, so this scan is amortised.
+        let mut idle: Vec<(Timestamp, LockKey)> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| w.in_flight.is_empty())
+            .map(|(k, w)| (w.last_failure(), k.clone()))
+            .collect();
+        let n = (max / 8).max(self.windows.len() + 1 - max).min(idle.len());
+        if n == 0 {
+            return;
+        }
+        idle.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+        for (_, k) in idle.into_iter().take(n) {
+            self.windows.remove(&k);
+            self.dirty_windows.insert(k);
+        }
+    }
+
+    pub fn begin_attempt(
+        &mut self,
+        key: &LockKey,
+        now: Timestamp,
+        rules: LockoutRules,
+    ) -> AttemptStart {
+        if let Some(lock) = self.lock_in_force(key, now) {
+            return AttemptStart::Locked(lock);
+        }
+        if !self.windows.contains_key(key) {
+            self.make_room(now, &rules);
+        }
+        let w = self.windows.entry(key.clone()).or_default();
+        let before = w.failures.len();
+        w.prune(now, rules.window);
+        if w.failures.len() != before {
+            self.dirty_windows.insert(key.clone());
+        }
+        let w = self.windows.get_mut(key).expect("inserted above");
+        if w.failures.len() + w.in_flight.len() >= rules.threshold as usize {
+            return AttemptStart::Busy;
+        }
+        self.next_ticket += 1;
+        let id = self.next_ticket;
+        w.in_flight.push((id, now + rules.ticket_ttl));
+        AttemptStart::Proceed(AttemptTicket {
+            key: key.clone(),
+            id,
+        })
+    }
+
+    pub fn finish_attempt(
+        &mut self,
+        ticket: AttemptTicket,
+        result: AttemptResult,
+        now: Timestamp,
+        rules: LockoutRules,
+    ) -> AttemptEnd {
+        let key = ticket.key;
+        if result == AttemptResult::Rejected && !self.windows.contains_key(&key) {
+            // Its window was cleared (an unlock) while the check ran: count it afresh.
+            self.make_room(now, &rules);
+        }
+        let Some(w) = self.windows.get_mut(&key) else {
+            return AttemptEnd::Done;
+        };
+        w.in_flight.retain(|&(id, _)| id != ticket.id);
+        let end = match result {
+            AttemptResult::Aborted => AttemptEnd::Done,
+            AttemptResult::Accepted => {
+                // As Active Directory resets badPwdCount: a right password clears the count.
+                if !w.failures.is_empty() {
+                    w.failures.clear();
+                    self.dirty_windows.insert(key.clone());
+                }
+                AttemptEnd::Done
+            }
+            AttemptResult::Rejected => {
+                w.prune(now, rules.window);
+                w.failures.push_back(now);
+                while w.failures.len() > rules.threshold as usize {
+                    w.failures.pop_front();
+                }
+                self.dirty_windows.insert(key.clone());
+                let failures = w.failures.len() as u32;
+                if failures >= rules.threshold {
+                    // The lock carries the count; the window starts afresh when it lifts.
+                    w.failures.clear();
+                    let lock = Lock {
+                        key: key.clone(),
+                        since: now,
+                        until: now + rules.duration,
+                        failures,
+                        by_admin: false,
+                    };
+                    self.locks.insert(key.clone(), lock.clone());
+                    self.dirty_locks.insert(key.clone());
+                    AttemptEnd::Locked(lock)
+                } else {
+                    AttemptEnd::Counted { failures }
+                }
+            }
+        };
+        if self.windows.get(&key).is_some_and(Window::is_empty) {
+            self.windows.remove(&key);
+            self.dirty_windows.insert(key);
+        }
+        end
+    }
+
+    pub fn lock_account(&mut self, account: &str, now: Timestamp, until: Timestamp) -> Lock {
+        let key = LockKey::account(account);
+        let failures = self
+            .windows
+            .get(&key)
+            .map_or(0, |w| w.failures.len() as u32);
+        let lock = Lock {
+            key: key.clone(),
+            since: now,
+            until,
+            failures,
+            by_admin: true,
+        };
+        self.locks.insert(key.clone(), lock.clone());
+        self.dirty_locks.insert(key);
+        lock
+    }
+
+    pub fn unlock_account(&mut self, account: &str) -> Unlocked {
+        let lock_keys: Vec<LockKey> = self
+            .locks
+            .keys()
+            .filter(|k| k.account == account)
+            .cloned()
+            .collect();
+        let mut lifted = Vec::new();
+        for k in lock_keys {
+            if let Some(l) = self.locks.remove(&k) {
+                lifted.push(l);
+            }
+            self.dirty_locks.insert(k);
+        }
+        let window_keys: Vec<LockKey> = self
+            .windows
+            .keys()
+            .filter(|k| k.account == account)
+            .cloned()
+            .collect();
+        let mut windows_cleared = 0;
+        for k in window_keys {
+            if let Some(w) = self.windows.get_mut(&k) {
+                if !w.failures.is_empty() {
+                    windows_cleared += 1;
+                }
+                // Keep reservations so their tickets still find the window.
+                w.failures.clear();
+                if w.is_empty() {
+                    self.windows.remove(&k);
+                }
+            }
+            self.dirty_windows.insert(k);
+        }
+        lifted.sort_by(|a, b| a.key.cmp(&b.key));
+        Unlocked {
+            lifted,
+            windows_cleared,
+        }
+    }
+
+    pub fn lockouts(&self, now: Timestamp) -> Vec<Lock> {
+        let mut v: Vec<Lock> = self
+            .locks
+            .values()
+            .filter(|l| l.until > now)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    pub fn sweep(&mut self, now: Timestamp, t: Timeouts, window: Duration) -> Swept {
+        let ended = self.expire_all(now, &t);
+        let lifted_keys: Vec<LockKey> = self
+            .locks
+            .values()
+            .filter(|l| l.until <= now)
+            .map(|l| l.key.clone())
+            .collect();
+        let mut lifted = Vec::new();
+        for k in lifted_keys {
+            if let Some(l) = self.locks.remove(&k) {
+                lifted.push(l);
+            }
+            self.dirty_locks.insert(k);
+        }
+        let mut dropped = Vec::new();
+        for (k, w) in self.windows.iter_mut() {
+            let before = w.failures.len();
+            w.prune(now, window);
+            if w.is_empty() {
+                dropped.push(k.clone());
+            } else if w.failures.len() != before {
+                self.dirty_windows.insert(k.clone());
+            }
+        }
+        for k in &dropped {
+            self.windows.remove(k);
+            self.dirty_windows.insert(k.clone());
+        }
+        Swept {
+            ended,
+            lifted,
+            windows_dropped: dropped.len(),
+        }
+    }
+
+    pub fn counts(&self, now: Timestamp) -> Counts {
+        let locked: HashSet<&str> = self
+            .locks
+            .values()
+            .filter(|l| l.until > now)
+            .map(|l| l.key.account.as_str())
+            .collect();
+        Counts {
+            seats: self.by_account.len(),
+            sessions: self.sessions.len(),
+            accounts_locked: locked.len(),
+            locks: self.locks.values().filter(|l| l.until > now).count(),
+            tracked_windows: self.windows.len(),
+        }
+    }
+
+    // ----- persistence -----
+
+    /// Take what changed since the last call, as current values.
+    pub fn take_dirty(&mut self) -> Dirty {
+        let sessions = self
+            .dirty_sessions
+            .drain()
+            .map(|k| {
+                let v = self.sessions.get(&k).cloned();
+                (k, v)
+            })
+            .collect();
+        let locks = self
+            .dirty_locks
+            .drain()
+            .map(|k| (k.encode(), self.locks.get(&k).cloned()))
+            .collect();
+        let windows = self
+            .dirty_windows
+            .drain()
+            .map(|k| {
+                let v = self
+                    .windows
+                    .get(&k)
+                    .filter(|w| !w.failures.is_empty())
+                    .map(|w| w.failures.iter().copied().collect());
+                (k.encode(), v)
+            })
+            .collect();
+        Dirty {
+            sessions,
+            locks,
+            windows,
+        }
+    }
+
+    /// A write failed: mark what it carried dirty again, so the next write retries it.
+    pub fn redirty(&mut self, d: &Dirty) {
+        for (k, _) in &d.sessions {
+            self.dirty_sessions.insert(k.clone());
+        }
+        for (k, _) in &d.locks {
+            self.dirty_locks.insert(decode_lock_key(k));
+        }
+        for (k, _) in &d.windows {
+            self.dirty_windows.insert(decode_lock_key(k));
+        }
+    }
+}
+
+/// The inverse of [`LockKey::encode`].
+pub fn decode_lock_key(s: &str) -> LockKey {
+    match s.split_once('\u{0}') {
+        Some((account, ip)) => LockKey {
+            account: account.to_owned(),
+            ip: ip.parse().ok(),
+        },
+        None => LockKey::account(s),
+    }
+}
