@@ -128,11 +128,13 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result
     let config_path = write_demo_files(dir.path(), listen, admin_listen, emu_addr)?;
     let cfg = Config::load_with_env(&config_path, &[])?;
     let control = signal_control()?;
+    let state = crate::app::PolicyState::open(&cfg).await?;
     let server = Server::bind(&cfg, Gateway::new(&cfg)?).await?;
     let addr = server.https_addr().unwrap_or(listen);
     print_banner(addr, emu_addr, dir.path(), &config_path);
 
     let result = server.run(control).await;
+    state.close().await;
     let _ = emu_stop.send(());
     let _ = emu_task.await;
     result
@@ -169,8 +171,9 @@ Try it:
     curl -k -o /dev/null "{base}/aspera/http-gwy/v1/download/{big}?token=demo"
 
 The policies (3 seats, one client per account, 2 min idle, 5 failures in 1 min lock 5 min) are
-configured here; this release forwards every request, and enforcement arrives with the policy
-engine.
+configured, and the policy engine runs over its store in the folder above; this release does not
+yet put web and API logins through it (that arrives with the Faspex login flows), so every
+request that is not denied is forwarded.
 "#,
         users = users.join(", "),
         dir = dir.display(),

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  accept ──► TLS ──► HTTP/1.1 or HTTP/2 ──► classify ──► credentials / session ──► policy ──► forward ──► log
-//!  server     server::tls   server            proxy::classify   auth (later)        policy (later)  proxy::forward  proxy (access log)
+//!  server     server::tls   server            proxy::classify   auth (Directory)      policy      proxy::forward  proxy (access log)
 //! ```
 //!
 //! - [`server`]: listeners, the connection cap, TLS with a handshake timeout, header limits and
@@ -15,7 +15,12 @@
 //!   (public, login, logout, protected, denied, the gateway's own); [`proxy::forward`] streams the
 //!   request to Faspex and the response back; [`proxy::error`] is the one place that turns a
 //!   refusal into a response; [`proxy::pages`] renders what people see.
-//! - [`auth`]: credentials (argon2id hashes for the `file` backend so far).
+//! - [`auth`]: the [`auth::Directory`] seam where one credential check runs; argon2id hashes.
+//! - [`policy`]: the four policies (seats, one client per account, idle/absolute timeouts,
+//!   lockout) and per-address throttles, independent of HTTP and LDAP, over a [`store`].
+//! - [`store`]: the [`store::PolicyStore`] trait (one atomic step per operation) and the durable
+//!   embedded backend.
+//! - [`clock`]: the injected clock every policy decision takes `now` from.
 //! - [`config`]: raw configuration structs, validated into typed ones.
 //! - [`faspex`]: Faspex knowledge, and the built-in Faspex 4 emulator used by the demo and tests.
 //! - [`demo`], [`app`], [`cli`]: the commands a person runs.

@@ -34,6 +34,9 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
 const WINDOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("failure_windows");
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The file name inside `store.path`.
 pub const FILE_NAME: &str = "state.redb";
 
@@ -68,7 +71,12 @@ impl EmbeddedStore {
         } else if !dir.is_dir() {
             return Err(fail("cannot be created: store.path is not a folder".into()));
         }
-        let db = Database::create(&file).map_err(|e| fail(describe_open_error(e)))?;
+        // redb caches up to 1 GiB by default; the state is read once at start and then only
+        // written, so a small cache is plenty.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&file)
+            .map_err(|e| fail(describe_open_error(e)))?;
         if let Ok(meta) = std::fs::metadata(&file) {
             let mut p = meta.permissions();
             if p.mode() & 0o077 != 0 {

@@ -14,6 +14,9 @@ use super::{
     SessionKey, SessionState, Swept, Timeouts, Unlocked,
 };
 
+/// How often a sweep scans the failure windows to drop the ones that slid empty.
+const WINDOW_SCAN_EVERY: Duration = Duration::from_secs(5);
+
 /// The failures counted under one [`LockKey`], and the checks running for it.
 #[derive(Debug, Default)]
 struct Window {
@@ -34,6 +37,10 @@ impl Window {
             }
         }
         self.in_flight.retain(|&(_, expires)| expires > now);
+        if self.in_flight.is_empty() {
+            // Most windows never have a check in flight again: give the buffer back.
+            self.in_flight = Vec::new();
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -69,6 +76,9 @@ pub struct Tables {
     windows: HashMap<LockKey, Window>,
     locks: HashMap<LockKey, Lock>,
     next_ticket: u64,
+    /// When the sweep next scans every failure window (a scan of up to `max_tracked_usernames`
+    /// entries is not worth doing four times a second).
+    next_window_scan: Timestamp,
     dirty_sessions: HashSet<SessionKey>,
     dirty_locks: HashSet<LockKey>,
     dirty_windows: HashSet<LockKey>,
@@ -336,22 +346,31 @@ impl Tables {
         if self.windows.len() < max {
             return;
         }
-        // Still full of live windows: evict the oldest eighth, so this scan is amortised.
-        let mut idle: Vec<(Timestamp, LockKey)> = self
+        // Still full of live windows: evict the oldest eighth, so this scan is amortised. Find the
+        // cut-off time from the timestamps alone, then remove (cloning only the evicted keys).
+        let mut times: Vec<Timestamp> = self
             .windows
-            .iter()
-            .filter(|(_, w)| w.in_flight.is_empty())
-            .map(|(k, w)| (w.last_failure(), k.clone()))
+            .values()
+            .filter(|w| w.in_flight.is_empty())
+            .map(Window::last_failure)
             .collect();
-        let n = (max / 8).max(self.windows.len() + 1 - max).min(idle.len());
+        let n = (max / 8).max(self.windows.len() + 1 - max).min(times.len());
         if n == 0 {
             return;
         }
-        idle.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
-        for (_, k) in idle.into_iter().take(n) {
-            self.windows.remove(&k);
-            self.dirty_windows.insert(k);
-        }
+        let (_, cutoff, _) = times.select_nth_unstable(n - 1);
+        let cutoff = *cutoff;
+        drop(times);
+        let mut left = n;
+        let dirty = &mut self.dirty_windows;
+        self.windows.retain(|k, w| {
+            let evict = left > 0 && w.in_flight.is_empty() && w.last_failure() <= cutoff;
+            if evict {
+                left -= 1;
+                dirty.insert(k.clone());
+            }
+            !evict
+        });
     }
 
     pub fn begin_attempt(
@@ -401,6 +420,9 @@ impl Tables {
             return AttemptEnd::Done;
         };
         w.in_flight.retain(|&(id, _)| id != ticket.id);
+        if w.in_flight.is_empty() {
+            w.in_flight = Vec::new();
+        }
         let end = match result {
             AttemptResult::Aborted => AttemptEnd::Done,
             AttemptResult::Accepted => {
@@ -530,6 +552,14 @@ impl Tables {
             self.dirty_locks.insert(k);
         }
         let mut dropped = Vec::new();
+        if now < self.next_window_scan {
+            return Swept {
+                ended,
+                lifted,
+                windows_dropped: 0,
+            };
+        }
+        self.next_window_scan = now + WINDOW_SCAN_EVERY;
         for (k, w) in self.windows.iter_mut() {
             let before = w.failures.len();
             w.prune(now, window);

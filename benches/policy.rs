@@ -1,0 +1,322 @@
+//! How many admissions, session checks and lockout decisions per second the policy engine makes,
+//! over the real embedded store (redb, durable commits) in a temporary folder.
+//!
+//! `cargo bench --bench policy`. This is a measurement, not a test: it asserts only that the work
+//! it timed really happened. The directory is an in-memory table, so the figures are the
+//! engine's and the store's, not LDAP's.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use faspex_gate::auth::{Directory, DirectoryError, Verdict};
+use faspex_gate::clock::SystemClock;
+use faspex_gate::config::{LockoutKey, OneClient, PolicyConfig};
+use faspex_gate::policy::{LoginRefused, LoginRequest, Observer, Policy, PolicyEvent};
+use faspex_gate::store::embedded::EmbeddedStore;
+use faspex_gate::store::{ClientId, ClientKind, EndReason};
+
+/// Accepts `pw-<account>`; counts checks.
+struct Table(AtomicUsize);
+
+#[async_trait]
+impl Directory for Table {
+    async fn verify(&self, account: &str, password: &str) -> Result<Verdict, DirectoryError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        let ok = password.strip_prefix("pw-") == Some(account);
+        Ok(if ok {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        })
+    }
+}
+
+struct Quiet;
+impl Observer for Quiet {
+    fn event(&self, _: &PolicyEvent<'_>) {}
+}
+
+fn config(max_sessions: u32) -> PolicyConfig {
+    PolicyConfig {
+        max_sessions,
+        one_client_per_account: OneClient::Reject,
+        idle_timeout: Duration::from_secs(3600),
+        api_idle_timeout: Duration::from_secs(3600),
+        absolute_timeout: Some(Duration::from_secs(12 * 3600)),
+        activity_exempt_paths: vec![],
+        lockout_threshold: 5,
+        lockout_window: Duration::from_secs(60),
+        lockout_duration: Duration::from_secs(3600),
+        lockout_key: LockoutKey::Account,
+        username_domains: vec!["HUTCH".into()],
+        login_attempts_per_ip_per_minute: u32::MAX / 2,
+        public_requests_per_ip_per_minute: u32::MAX / 2,
+        max_tracked_usernames: 100_000,
+    }
+}
+
+fn engine(max_sessions: u32) -> (Policy, Arc<EmbeddedStore>, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(tmp.path()).unwrap());
+    let policy = Policy::new(
+        config(max_sessions),
+        store.clone(),
+        Arc::new(SystemClock),
+        Arc::new(Quiet),
+    );
+    (policy, store, tmp)
+}
+
+fn req<'a>(user: &'a str, password: &'a str, client: String) -> LoginRequest<'a> {
+    LoginRequest {
+        username: user,
+        password,
+        ip: "10.0.0.1".parse().unwrap(),
+        agent: "bench",
+        client: ClientId(client),
+        kind: ClientKind::Browser,
+        takeover: false,
+    }
+}
+
+/// Run `total` operations on `workers` tasks; `op(i)` is the i-th.
+async fn run<F, Fut>(workers: usize, total: usize, op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (op, next) = (op.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                op(i).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn row(what: &str, workers: usize, per_sec: f64) {
+    println!("| {what:<58} | {workers:>7} | {per_sec:>12.0} |");
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    println!("policy engine over the embedded store (redb, durable group commits)");
+    println!(
+        "| operation                                                  | workers |   per second |"
+    );
+    println!(
+        "|------------------------------------------------------------|---------|--------------|"
+    );
+
+    // Admissions: check + seat admission, each made durable before it returns, then a logout
+    // (also durable) so the seat frees again.
+    for workers in [1, 16, 64] {
+        let (policy, store, _tmp) = engine(1_000_000);
+        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let total = if workers == 1 { 500 } else { 5_000 };
+        let p = policy.clone();
+        let d = dir.clone();
+        let rate = run(workers, total, move |i| {
+            let (p, d) = (p.clone(), d.clone());
+            async move {
+                let user = format!("user{i}");
+                let pw = format!("pw-user{i}");
+                let a = p
+                    .login(req(&user, &pw, format!("c{i}")), &*d)
+                    .await
+                    .unwrap();
+                p.end(&a.session.key, EndReason::Logout).await.unwrap();
+            }
+        })
+        .await;
+        assert_eq!(dir.0.load(Ordering::Relaxed), total);
+        row(
+            "login + logout (admission and end, both durable)",
+            workers,
+            rate,
+        );
+        store.close().await.unwrap();
+    }
+
+    // The hot path: a request carrying a session cookie (lookup, deadline check, activity).
+    {
+        let (policy, store, _tmp) = engine(10);
+        let dir = Table(AtomicUsize::new(0));
+        let mut tokens = Vec::new();
+        for u in 0..10 {
+            let user = format!("user{u}");
+            let pw = format!("pw-{user}");
+            tokens.push(Arc::new(
+                policy
+                    .login(req(&user, &pw, format!("c{u}")), &dir)
+                    .await
+                    .unwrap()
+                    .token,
+            ));
+        }
+        let tokens = Arc::new(tokens);
+        for workers in [1, 16] {
+            let (p, t) = (policy.clone(), tokens.clone());
+            let rate = run(workers, 1_000_000, move |i| {
+                let (p, t) = (p.clone(), t.clone());
+                async move {
+                    let s = p.session(&t[i % 10], "/aspera/faspex/inbox").await.unwrap();
+                    assert!(s.is_ok());
+                }
+            })
+            .await;
+            row(
+                "session check on a request (cookie, counts as activity)",
+                workers,
+                rate,
+            );
+        }
+        store.close().await.unwrap();
+    }
+
+    // Lockout decisions that run a check: wrong guesses spread over many accounts (reserve,
+    // check, count; written behind).
+    for workers in [1, 16] {
+        let (policy, store, _tmp) = engine(10);
+        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let p = policy.clone();
+        let d = dir.clone();
+        let total = 200_000;
+        let rate = run(workers, total, move |i| {
+            let (p, d) = (p.clone(), d.clone());
+            async move {
+                // Four guesses per account: counted, never locking.
+                let user = format!("acct{}", i / 4);
+                let pw = format!("guess{i}");
+                let r = p.login(req(&user, &pw, "c".into()), &*d).await;
+                assert!(matches!(r, Err(LoginRefused::BadCredentials)));
+            }
+        })
+        .await;
+        assert_eq!(dir.0.load(Ordering::Relaxed), total);
+        row(
+            "wrong guess: reserve, check, count a failure",
+            workers,
+            rate,
+        );
+        store.close().await.unwrap();
+    }
+
+    // Lockout decisions that refuse without a check: attempts on locked accounts.
+    {
+        let (policy, store, _tmp) = engine(10);
+        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        for a in 0..100 {
+            policy.lock(&format!("locked{a}"), None).await.unwrap();
+        }
+        for workers in [1, 16] {
+            let (p, d) = (policy.clone(), dir.clone());
+            let rate = run(workers, 500_000, move |i| {
+                let (p, d) = (p.clone(), d.clone());
+                async move {
+                    let user = format!("locked{}", i % 100);
+                    let r = p.login(req(&user, "guess", "c".into()), &*d).await;
+                    assert!(matches!(r, Err(LoginRefused::AccountLocked { .. })));
+                }
+            })
+            .await;
+            row(
+                "attempt on a locked account (refused, no check)",
+                workers,
+                rate,
+            );
+        }
+        assert_eq!(dir.0.load(Ordering::Relaxed), 0);
+        store.close().await.unwrap();
+    }
+
+    // Memory: fill every failure window with the longest names, and see what it costs.
+    {
+        let (policy, store, _tmp) = engine(10);
+        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let before = rss_kib();
+        let (p, d) = (policy.clone(), dir.clone());
+        let rate = run(16, 300_000, move |i| {
+            let (p, d) = (p.clone(), d.clone());
+            async move {
+                // 256-byte names: the longest accepted.
+                let user = format!("{i:0>256}");
+                let r = p.login(req(&user, "guess", "c".into()), &*d).await;
+                assert!(matches!(r, Err(LoginRefused::BadCredentials)));
+            }
+        })
+        .await;
+        policy.flush().await.unwrap();
+        let st = policy.status().await.unwrap();
+        let grown = rss_kib().saturating_sub(before);
+        row(
+            "spray of 300,000 distinct 256-byte names (wrong guesses)",
+            16,
+            rate,
+        );
+        println!(
+            "\nspray: {} windows tracked (bound 100000); process RSS grew {} MiB",
+            st.tracked_windows,
+            grown / 1024
+        );
+        store.close().await.unwrap();
+    }
+
+    // Refusals at a full cap (a check, then admission says no).
+    {
+        let (policy, store, _tmp) = engine(10);
+        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        for u in 0..10 {
+            let user = format!("user{u}");
+            let pw = format!("pw-{user}");
+            policy
+                .login(req(&user, &pw, format!("c{u}")), &*dir)
+                .await
+                .unwrap();
+        }
+        let (p, d) = (policy.clone(), dir.clone());
+        let rate = run(16, 200_000, move |i| {
+            let (p, d) = (p.clone(), d.clone());
+            async move {
+                let user = format!("other{i}");
+                let pw = format!("pw-{user}");
+                let r = p.login(req(&user, &pw, "c".into()), &*d).await;
+                assert!(matches!(r, Err(LoginRefused::LicenseFull { .. })));
+            }
+        })
+        .await;
+        row(
+            "admission refused at a full cap (check, then no seat)",
+            16,
+            rate,
+        );
+        store.close().await.unwrap();
+    }
+}
