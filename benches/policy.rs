@@ -140,18 +140,16 @@ async fn main() {
     for workers in [1, 16, 64] {
         let (policy, store, _tmp) = engine(1_000_000);
         let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let directory: Arc<dyn Directory> = dir.clone();
         let total = if workers == 1 { 500 } else { 5_000 };
         let p = policy.clone();
-        let d = dir.clone();
+        let d = directory.clone();
         let rate = run(workers, total, move |i| {
             let (p, d) = (p.clone(), d.clone());
             async move {
                 let user = format!("user{i}");
                 let pw = format!("pw-user{i}");
-                let a = p
-                    .login(req(&user, &pw, format!("c{i}")), &*d)
-                    .await
-                    .unwrap();
+                let a = p.login(req(&user, &pw, format!("c{i}")), &d).await.unwrap();
                 p.end(&a.session.key, EndReason::Logout).await.unwrap();
             }
         })
@@ -168,14 +166,15 @@ async fn main() {
     // The hot path: a request carrying a session cookie (lookup, deadline check, activity).
     {
         let (policy, store, _tmp) = engine(10);
-        let dir = Table(AtomicUsize::new(0));
+        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let directory: Arc<dyn Directory> = dir.clone();
         let mut tokens = Vec::new();
         for u in 0..10 {
             let user = format!("user{u}");
             let pw = format!("pw-{user}");
             tokens.push(Arc::new(
                 policy
-                    .login(req(&user, &pw, format!("c{u}")), &dir)
+                    .login(req(&user, &pw, format!("c{u}")), &directory)
                     .await
                     .unwrap()
                     .token,
@@ -206,8 +205,9 @@ async fn main() {
     for workers in [1, 16] {
         let (policy, store, _tmp) = engine(10);
         let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let directory: Arc<dyn Directory> = dir.clone();
         let p = policy.clone();
-        let d = dir.clone();
+        let d = directory.clone();
         let total = 200_000;
         let rate = run(workers, total, move |i| {
             let (p, d) = (p.clone(), d.clone());
@@ -215,7 +215,7 @@ async fn main() {
                 // Four guesses per account: counted, never locking.
                 let user = format!("acct{}", i / 4);
                 let pw = format!("guess{i}");
-                let r = p.login(req(&user, &pw, "c".into()), &*d).await;
+                let r = p.login(req(&user, &pw, "c".into()), &d).await;
                 assert!(matches!(r, Err(LoginRefused::BadCredentials)));
             }
         })
@@ -233,16 +233,17 @@ async fn main() {
     {
         let (policy, store, _tmp) = engine(10);
         let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let directory: Arc<dyn Directory> = dir.clone();
         for a in 0..100 {
             policy.lock(&format!("locked{a}"), None).await.unwrap();
         }
         for workers in [1, 16] {
-            let (p, d) = (policy.clone(), dir.clone());
+            let (p, d) = (policy.clone(), directory.clone());
             let rate = run(workers, 500_000, move |i| {
                 let (p, d) = (p.clone(), d.clone());
                 async move {
                     let user = format!("locked{}", i % 100);
-                    let r = p.login(req(&user, "guess", "c".into()), &*d).await;
+                    let r = p.login(req(&user, "guess", "c".into()), &d).await;
                     assert!(matches!(r, Err(LoginRefused::AccountLocked { .. })));
                 }
             })
@@ -261,14 +262,15 @@ async fn main() {
     {
         let (policy, store, _tmp) = engine(10);
         let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let directory: Arc<dyn Directory> = dir.clone();
         let before = rss_kib();
-        let (p, d) = (policy.clone(), dir.clone());
+        let (p, d) = (policy.clone(), directory.clone());
         let rate = run(16, 300_000, move |i| {
             let (p, d) = (p.clone(), d.clone());
             async move {
                 // 256-byte names: the longest accepted.
                 let user = format!("{i:0>256}");
-                let r = p.login(req(&user, "guess", "c".into()), &*d).await;
+                let r = p.login(req(&user, "guess", "c".into()), &d).await;
                 assert!(matches!(r, Err(LoginRefused::BadCredentials)));
             }
         })
@@ -293,21 +295,22 @@ async fn main() {
     {
         let (policy, store, _tmp) = engine(10);
         let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let directory: Arc<dyn Directory> = dir.clone();
         for u in 0..10 {
             let user = format!("user{u}");
             let pw = format!("pw-{user}");
             policy
-                .login(req(&user, &pw, format!("c{u}")), &*dir)
+                .login(req(&user, &pw, format!("c{u}")), &directory)
                 .await
                 .unwrap();
         }
-        let (p, d) = (policy.clone(), dir.clone());
+        let (p, d) = (policy.clone(), directory.clone());
         let rate = run(16, 200_000, move |i| {
             let (p, d) = (p.clone(), d.clone());
             async move {
                 let user = format!("other{i}");
                 let pw = format!("pw-{user}");
-                let r = p.login(req(&user, &pw, "c".into()), &*d).await;
+                let r = p.login(req(&user, &pw, "c".into()), &d).await;
                 assert!(matches!(r, Err(LoginRefused::LicenseFull { .. })));
             }
         })

@@ -71,6 +71,10 @@ fn open(dir: &std::path::Path) -> (Policy, Arc<EmbeddedStore>) {
     (policy, store)
 }
 
+fn users() -> Arc<dyn Directory> {
+    Arc::new(Users)
+}
+
 fn request<'a>(user: &'a str, password: &'a str) -> LoginRequest<'a> {
     LoginRequest {
         username: user,
@@ -95,13 +99,13 @@ async fn child_process() {
         "write" => {
             for i in 0..5 {
                 let r = policy
-                    .login(request("ann", &format!("guess{i}")), &Users)
+                    .login(request("ann", &format!("guess{i}")), &users())
                     .await;
                 assert!(r.is_err());
             }
             let locked = policy.lockouts().await.unwrap();
             let bob = policy
-                .login(request("bob", "pw-bob"), &Users)
+                .login(request("bob", "pw-bob"), &users())
                 .await
                 .unwrap();
             // The answers are out: from here on, anything may kill us.
@@ -201,7 +205,7 @@ async fn a_lock_and_a_session_survive_kill_9_and_activity_is_at_most_a_second_la
         assert_eq!(locks.len(), 1, "the lockout was not lost");
         assert_eq!(locks[0].key.account, "ann");
         assert_eq!(locks[0].until, until, "the same unlock time");
-        match policy.login(request("ann", "pw-ann"), &Users).await {
+        match policy.login(request("ann", "pw-ann"), &users()).await {
             Err(LoginRefused::AccountLocked { until: u, .. }) => assert_eq!(u, until),
             other => panic!("still locked: {other:?}"),
         }

@@ -79,14 +79,15 @@ pub fn normalize(raw: &str, domains: &[String]) -> Result<String, InvalidUsernam
 /// `DOMAIN\user` or `user@domain` → `user` when the domain is listed (case-insensitive).
 fn strip_domain<'a>(name: &'a str, domains: &[String]) -> &'a str {
     let listed = |d: &str| domains.iter().any(|x| x.trim().to_lowercase() == d);
+    let mut name = name;
     if let Some((domain, user)) = name.split_once('\\') {
         if listed(domain) {
-            return user;
+            name = user;
         }
     }
     if let Some((user, domain)) = name.rsplit_once('@') {
         if listed(domain) {
-            return user;
+            name = user;
         }
     }
     name
@@ -110,6 +111,7 @@ mod tests {
             "hutch\\ANN",
             "ann@fhcrc.org",
             "ANN@FHCRC.ORG",
+            "HUTCH\\ann@fhcrc.org",
             " ann ",
             "ａｎｎ",      // full-width
             "\u{3000}ann", // ideographic space

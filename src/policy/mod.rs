@@ -49,11 +49,17 @@ use throttle::Throttle;
 /// deadline even when no request comes.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
-/// How long a credential check holds its lockout reservation before it is presumed dead.
-const TICKET_TTL: Duration = Duration::from_secs(120);
+/// The longest one credential check may take; past it, the directory counts as unavailable (the
+/// backends have their own, shorter timeouts: this is the engine's safety net).
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long a login waits behind checks in flight for the same account before giving up.
-const BUSY_WAIT_LIMIT: Duration = Duration::from_secs(60);
+/// How long a credential check holds its lockout reservation before it is presumed dead: well
+/// past [`CHECK_TIMEOUT`], so a live check never loses its place.
+const TICKET_TTL: Duration = Duration::from_secs(180);
+
+/// How long a login waits behind checks in flight for the same account before giving up (they
+/// all end within [`CHECK_TIMEOUT`]).
+const BUSY_WAIT_LIMIT: Duration = Duration::from_secs(65);
 
 /// The outcome of a login, as `faspex_gate_logins_total{result}` and the audit log name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,8 +137,8 @@ impl LoginRefused {
     }
 }
 
-/// A login attempt: credentials plus who is asking.
-#[derive(Clone, Debug)]
+/// A login attempt: credentials plus who is asking. `Debug` leaves the password out.
+#[derive(Clone)]
 pub struct LoginRequest<'a> {
     pub username: &'a str,
     pub password: &'a str,
@@ -144,6 +150,20 @@ pub struct LoginRequest<'a> {
     /// Replace the account's session on another client (after this fresh check), whatever
     /// `one_client_per_account` says.
     pub takeover: bool,
+}
+
+impl std::fmt::Debug for LoginRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("ip", &self.ip)
+            .field("agent", &self.agent)
+            .field("client", &self.client)
+            .field("kind", &self.kind)
+            .field("takeover", &self.takeover)
+            .finish()
+    }
 }
 
 impl LoginRequest<'_> {
@@ -293,7 +313,7 @@ impl Observer for LogObserver {
 enum Check {
     Verified,
     BadCredentials,
-    Locked(Lock, bool),
+    Locked(Lock),
     Throttled(Duration),
     DirectoryUnavailable,
     Store(StoreError),
@@ -436,7 +456,7 @@ impl Policy {
     pub async fn login(
         &self,
         req: LoginRequest<'_>,
-        directory: &dyn Directory,
+        directory: &Arc<dyn Directory>,
     ) -> Result<Admitted, LoginRefused> {
         let account = self.account(req.username);
         let result = match &account {
@@ -459,12 +479,12 @@ impl Policy {
         &self,
         account: &str,
         req: &LoginRequest<'_>,
-        directory: &dyn Directory,
+        directory: &Arc<dyn Directory>,
     ) -> Result<Admitted, LoginRefused> {
         match self.check(account, req.password, req.ip, directory).await {
             Check::Verified => {}
             Check::BadCredentials => return Err(LoginRefused::BadCredentials),
-            Check::Locked(lock, _) => {
+            Check::Locked(lock) => {
                 return Err(LoginRefused::AccountLocked {
                     until: lock.until,
                     retry_after: retry_after(lock.until.since(self.now())),
@@ -481,13 +501,15 @@ impl Policy {
         self.admit(account, req).await
     }
 
-    /// A credential check, shared by parallel callers with the same lock key and password.
+    /// A credential check, shared by parallel callers with the same lock key and password. It
+    /// runs on its own task, so a caller that goes away cannot cancel it half-way: a guess that
+    /// reached the directory is always counted.
     async fn check(
         &self,
         account: &str,
         password: &str,
         ip: IpAddr,
-        directory: &dyn Directory,
+        directory: &Arc<dyn Directory>,
     ) -> Check {
         let key = self.lock_key(account, ip);
         let mut ctx = ring::hmac::Context::with_key(&self.inner.flight_key);
@@ -496,31 +518,29 @@ impl Policy {
         ctx.update(password.as_bytes());
         let mut flight = [0u8; 32];
         flight.copy_from_slice(ctx.sign().as_ref());
-        let (check, ran) = self
-            .inner
-            .flights
-            .run(flight, || {
-                self.check_alone(&key, account, password, ip, directory)
-            })
-            .await;
-        if let (Check::Locked(lock, true), true) = (&check, ran) {
-            self.emit(PolicyEvent::LockedOut(lock));
-        }
-        check
+        let work = self.clone().check_alone(
+            key,
+            account.to_owned(),
+            password.to_owned(),
+            ip,
+            Arc::clone(directory),
+        );
+        let (check, _) = self.inner.flights.run(flight, work).await;
+        check.unwrap_or(Check::DirectoryUnavailable)
     }
 
     async fn check_alone(
-        &self,
-        key: &LockKey,
-        account: &str,
-        password: &str,
+        self,
+        key: LockKey,
+        account: String,
+        password: String,
         ip: IpAddr,
-        directory: &dyn Directory,
+        directory: Arc<dyn Directory>,
     ) -> Check {
         if let Err(wait) = self.inner.throttle.load().login(ip) {
             return Check::Throttled(wait);
         }
-        let ticket = match self.reserve(key).await {
+        let ticket = match self.reserve(&key).await {
             Ok(t) => t,
             Err(c) => return c,
         };
@@ -532,8 +552,15 @@ impl Policy {
         let verdict = if password.is_empty() {
             Ok(Verdict::Rejected)
         } else {
-            directory.verify(account, password).await
+            match tokio::time::timeout(CHECK_TIMEOUT, directory.verify(&account, &password)).await {
+                Ok(v) => v,
+                Err(_) => Err(crate::auth::DirectoryError(format!(
+                    "no answer within {}s",
+                    CHECK_TIMEOUT.as_secs()
+                ))),
+            }
         };
+        drop(password);
         let result = match &verdict {
             Ok(Verdict::Accepted) => AttemptResult::Accepted,
             Ok(Verdict::Rejected) => AttemptResult::Rejected,
@@ -554,7 +581,11 @@ impl Policy {
         self.inner.attempt_finished.notify_waiters();
         match (end, verdict) {
             (Err(e), _) => Check::Store(e),
-            (Ok(AttemptEnd::Locked(lock)), _) => Check::Locked(lock, true),
+            (Ok(AttemptEnd::Locked(lock)), _) => {
+                self.emit(PolicyEvent::LockedOut(&lock));
+                Check::Locked(lock)
+            }
+            (Ok(AttemptEnd::AlreadyLocked(lock)), _) => Check::Locked(lock),
             (Ok(_), Ok(Verdict::Accepted)) => Check::Verified,
             (Ok(_), Ok(Verdict::Rejected)) => Check::BadCredentials,
             (Ok(_), Err(_)) => Check::DirectoryUnavailable,
@@ -571,7 +602,7 @@ impl Policy {
             let rules = Self::lockout_rules(&self.cfg());
             match self.inner.store.begin_attempt(key, self.now(), rules).await {
                 Ok(AttemptStart::Proceed(t)) => return Ok(t),
-                Ok(AttemptStart::Locked(lock)) => return Err(Check::Locked(lock, false)),
+                Ok(AttemptStart::Locked(lock)) => return Err(Check::Locked(lock)),
                 Ok(AttemptStart::Busy) => {}
                 Err(e) => return Err(Check::Store(e)),
             }
@@ -588,6 +619,11 @@ impl Policy {
         let cfg = self.cfg();
         let token = SessionToken::generate()?;
         let now = self.now();
+        // Should this caller go away before it has the token, the session must not keep a seat.
+        let mut rollback = RollbackGuard {
+            policy: self.clone(),
+            key: Some(token.key()),
+        };
         let admit = self
             .inner
             .store
@@ -610,7 +646,9 @@ impl Policy {
             )
             .await?;
         self.emit_ended(&admit.ended);
+        rollback.key = None;
         match admit.outcome {
+            AdmitOutcome::Unsaved { error } => Err(LoginRefused::Store(error)),
             AdmitOutcome::Admitted {
                 session,
                 renewed_from,
@@ -875,6 +913,26 @@ impl Drop for TicketGuard {
                     .finish_attempt(ticket, AttemptResult::Aborted, policy.now(), rules)
                     .await;
                 policy.inner.attempt_finished.notify_waiters();
+            });
+        }
+    }
+}
+
+/// Ends a just-admitted session if the login is abandoned before its token is handed over.
+struct RollbackGuard {
+    policy: Policy,
+    key: Option<SessionKey>,
+}
+
+impl Drop for RollbackGuard {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else {
+            return;
+        };
+        let policy = self.policy.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = policy.end(&key, EndReason::Rollback).await;
             });
         }
     }

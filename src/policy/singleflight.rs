@@ -3,52 +3,81 @@
 //! A client that opens 32 connections at once with the same credentials gets one credential check,
 //! not 32 (and is not throttled or locked out by its own parallelism). The key is a keyed hash,
 //! so no password is ever held here.
+//!
+//! The work runs in its own task: a caller that goes away (a closed connection, an HTTP/2 stream
+//! reset) cannot cancel a credential check half-way, so its result is always recorded, and the
+//! flight's entry is always removed when the work ends.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::OnceCell;
+use tokio::sync::watch;
+
+type Flights<V> = Mutex<HashMap<[u8; 32], watch::Receiver<Option<V>>>>;
 
 /// The flights in progress.
 pub struct SingleFlight<V> {
-    flights: Mutex<HashMap<[u8; 32], Arc<OnceCell<V>>>>,
+    flights: Arc<Flights<V>>,
 }
 
-impl<V: Clone> Default for SingleFlight<V> {
+impl<V> Default for SingleFlight<V> {
     fn default() -> Self {
         Self {
-            flights: Mutex::new(HashMap::new()),
+            flights: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 }
 
-impl<V: Clone> SingleFlight<V> {
-    /// Run `work` unless a flight under `key` is already running; either way, return its value
-    /// and whether this caller ran it. If the runner is cancelled, a waiter runs it instead.
-    pub async fn run<F, Fut>(&self, key: [u8; 32], work: F) -> (V, bool)
+/// Removes a flight's entry when its task ends, however it ends.
+struct Landing<V> {
+    flights: Arc<Flights<V>>,
+    key: [u8; 32],
+}
+
+impl<V> Drop for Landing<V> {
+    fn drop(&mut self) {
+        self.flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> SingleFlight<V> {
+    /// Start `work` on its own task unless a flight under `key` is already running; either way,
+    /// wait for its value. Returns the value (`None` if the work panicked) and whether this caller
+    /// started it. `work` runs to the end even if every caller goes away.
+    pub async fn run<F>(&self, key: [u8; 32], work: F) -> (Option<V>, bool)
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = V>,
+        F: Future<Output = V> + Send + 'static,
     {
-        let cell = {
+        let (mut rx, started) = {
             let mut map = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(map.entry(key).or_insert_with(|| Arc::new(OnceCell::new())))
+            match map.get(&key) {
+                Some(rx) => (rx.clone(), false),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    map.insert(key, rx.clone());
+                    let landing = Landing {
+                        flights: Arc::clone(&self.flights),
+                        key,
+                    };
+                    tokio::spawn(async move {
+                        let v = work.await;
+                        // Later callers must start a fresh flight, not reuse this answer.
+                        drop(landing);
+                        let _ = tx.send(Some(v));
+                    });
+                    (rx, true)
+                }
+            }
         };
-        let mut ran = false;
-        let value = cell
-            .get_or_init(|| {
-                ran = true;
-                work()
-            })
-            .await
-            .clone();
-        // Later callers must start a fresh flight, not reuse this answer.
-        let mut map = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            map.remove(&key);
-        }
-        (value, ran)
+        let value = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone(),
+            Err(_) => None,
+        };
+        (value, started)
     }
 
     /// Flights in progress.
@@ -71,7 +100,7 @@ mod tests {
         for _ in 0..32 {
             let (sf, runs) = (sf.clone(), runs.clone());
             tasks.push(tokio::spawn(async move {
-                sf.run([7; 32], || async {
+                sf.run([7; 32], async move {
                     runs.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     42
@@ -79,16 +108,47 @@ mod tests {
                 .await
             }));
         }
-        let mut ran = 0;
+        let mut started = 0;
         for t in tasks {
-            let (v, r) = t.await.unwrap();
-            assert_eq!(v, 42);
-            ran += r as usize;
+            let (v, s) = t.await.unwrap();
+            assert_eq!(v, Some(42));
+            started += s as usize;
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
-        assert_eq!(ran, 1);
+        assert_eq!(started, 1);
         assert_eq!(sf.in_flight(), 0);
-        let (v, r) = sf.run([7; 32], || async { 43 }).await;
-        assert_eq!((v, r), (43, true), "a finished flight is not reused");
+        let (v, s) = sf.run([7; 32], async { 43 }).await;
+        assert_eq!((v, s), (Some(43), true), "a finished flight is not reused");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_does_not_cancel_the_work_or_leak_its_entry() {
+        let sf = Arc::new(SingleFlight::<u32>::default());
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        let caller = {
+            let sf = sf.clone();
+            tokio::spawn(async move {
+                sf.run([1; 32], async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    d.fetch_add(1, Ordering::SeqCst);
+                    1
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        caller.abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(done.load(Ordering::SeqCst), 1, "the work ran to its end");
+        assert_eq!(sf.in_flight(), 0, "and its entry is gone");
+    }
+
+    #[tokio::test]
+    async fn work_that_panics_answers_none_and_leaves_no_entry() {
+        let sf = SingleFlight::<u32>::default();
+        let (v, _) = sf.run([2; 32], async { panic!("boom") }).await;
+        assert_eq!(v, None);
+        assert_eq!(sf.in_flight(), 0);
     }
 }

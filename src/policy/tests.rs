@@ -139,6 +139,8 @@ struct Harness {
     policy: Policy,
     clock: ManualClock,
     dir: Arc<TestDirectory>,
+    /// The same directory, as the engine takes it.
+    directory: Arc<dyn Directory>,
     events: Arc<Recorder>,
     store: Arc<EmbeddedStore>,
     tmp: tempfile::TempDir,
@@ -155,10 +157,12 @@ impl Harness {
         let clock = ManualClock::at_2026();
         let events = Arc::new(Recorder::default());
         let policy = Policy::new(cfg, store.clone(), Arc::new(clock.clone()), events.clone());
+        let dir = TestDirectory::with_users(n);
         Self {
             policy,
             clock,
-            dir: TestDirectory::with_users(n),
+            directory: dir.clone(),
+            dir,
             events,
             store,
             tmp,
@@ -171,6 +175,7 @@ impl Harness {
             policy,
             clock,
             dir,
+            directory,
             store,
             tmp,
             ..
@@ -186,6 +191,7 @@ impl Harness {
             policy,
             clock,
             dir,
+            directory,
             events,
             store,
             tmp,
@@ -216,7 +222,7 @@ impl Harness {
                     kind,
                     takeover,
                 },
-                &*self.dir,
+                &self.directory,
             )
             .await
     }
@@ -366,7 +372,9 @@ async fn after_a_lock_lifts_the_count_starts_afresh() {
 }
 
 #[tokio::test]
-async fn a_right_password_clears_the_count_as_active_directory_does() {
+async fn a_right_password_does_not_reset_the_window() {
+    // Every wrong attempt inside the window counts: an attacker gains no guesses from the
+    // owner's logins in between.
     let h = Harness::new(contract_defaults());
     for _ in 0..4 {
         h.wrong("ann").await.ok();
@@ -376,10 +384,79 @@ async fn a_right_password_clears_the_count_as_active_directory_does() {
         .end(&s.session.key, EndReason::Logout)
         .await
         .unwrap();
-    for _ in 0..4 {
-        assert!(is_bad(&h.wrong("ann").await));
+    assert!(is_locked(&h.wrong("ann").await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guess_whose_caller_goes_away_mid_check_is_still_counted() {
+    // An HTTP/2 stream reset (or a closed connection) must not un-count a guess that already
+    // reached the directory.
+    let mut cfg = contract_defaults();
+    cfg.login_attempts_per_ip_per_minute = 1000;
+    let h = Arc::new(Harness::new(cfg));
+    *h.dir.delay.lock().unwrap() = Duration::from_millis(100);
+    for i in 0..5 {
+        let h2 = h.clone();
+        let t = tokio::spawn(async move {
+            h2.login_as(
+                "ann",
+                &format!("guess{i}"),
+                "203.0.113.1",
+                "c",
+                ClientKind::Browser,
+                false,
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        t.abort();
+        let _ = t.await;
     }
-    assert!(h.locked("ann").await.is_none());
+    // Let the five checks finish on their own.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.dir.checks(), 5);
+    assert!(
+        h.locked("ann").await.is_some(),
+        "the five abandoned guesses locked the account"
+    );
+    assert!(is_locked(&h.browser("ann", "c1").await));
+    assert_eq!(h.dir.checks(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_lock_placed_during_a_check_wins_over_its_right_password() {
+    let h = Arc::new(Harness::new(contract_defaults()));
+    *h.dir.delay.lock().unwrap() = Duration::from_millis(100);
+    let h2 = h.clone();
+    let login = tokio::spawn(async move { h2.browser("ann", "c1").await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let lock = h.policy.lock("ann", Some(7 * 24 * HOUR)).await.unwrap();
+    let r = login.await.unwrap();
+    match r {
+        Err(LoginRefused::AccountLocked { until, .. }) => assert_eq!(until, lock.until),
+        other => panic!("the lock must win: {other:?}"),
+    }
+    assert_eq!(h.seats().await, 0);
+}
+
+#[tokio::test]
+async fn a_failure_lock_never_shortens_an_admin_lock() {
+    let h = Harness::new(contract_defaults());
+    for _ in 0..5 {
+        h.wrong("ann").await.ok();
+    }
+    let failure_lock = h.locked("ann").await.unwrap();
+    let admin = h
+        .policy
+        .lock("ann", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.until, failure_lock.until,
+        "a shorter admin lock keeps the longer one"
+    );
+    let admin = h.policy.lock("ann", Some(7 * 24 * HOUR)).await.unwrap();
+    assert_eq!(admin.until, h.policy.now() + 7 * 24 * HOUR);
 }
 
 #[tokio::test]

@@ -70,6 +70,15 @@ impl EmbeddedStore {
                 .map_err(|e| fail(format!("cannot be created: its folder: {e}")))?;
         } else if !dir.is_dir() {
             return Err(fail("cannot be created: store.path is not a folder".into()));
+        } else if let Ok(meta) = std::fs::metadata(dir) {
+            // The file holds Faspex session cookies: say so if others can look into the folder.
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    folder = %dir.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the state store's folder is open to group or others; 0700 is recommended"
+                );
+            }
         }
         // redb caches up to 1 GiB by default; the state is read once at start and then only
         // written, so a small cache is plenty.
@@ -369,12 +378,15 @@ impl PolicyStore for EmbeddedStore {
         let changed =
             !admit.ended.is_empty() || matches!(admit.outcome, AdmitOutcome::Admitted { .. });
         if changed {
-            if let Err(e) = self.commit().await {
+            if let Err(error) = self.commit().await {
                 // Fail closed: a session that might not survive a restart is not handed out.
                 if let AdmitOutcome::Admitted { session, .. } = &admit.outcome {
                     self.tables().end_session(&session.key);
+                    return Ok(Admit {
+                        outcome: AdmitOutcome::Unsaved { error },
+                        ended: admit.ended,
+                    });
                 }
-                return Err(e);
             }
         }
         Ok(admit)
@@ -442,7 +454,8 @@ impl PolicyStore for EmbeddedStore {
     ) -> Result<Vec<Session>, StoreError> {
         let v = self.tables().end_account(account);
         if !v.is_empty() {
-            self.commit_or_log("a session end").await;
+            // An administrator's kick: ended in memory either way, but say if it is not saved.
+            self.commit().await?;
         }
         Ok(v)
     }
@@ -498,8 +511,9 @@ impl PolicyStore for EmbeddedStore {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Lock, StoreError> {
+        // In force at once; an error says it is not yet saved (the writer keeps retrying).
         let lock = self.tables().lock_account(account, now, until);
-        self.commit_or_log("an admin lock").await;
+        self.commit().await?;
         Ok(lock)
     }
 

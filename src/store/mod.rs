@@ -125,8 +125,9 @@ impl ClientKind {
 #[serde(transparent)]
 pub struct ClientId(pub String);
 
-/// One logged-in session. An account with a live session holds one licence seat.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One logged-in session. An account with a live session holds one licence seat. `Debug` leaves
+/// Faspex's cookie out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub key: SessionKey,
     /// The normalised account name.
@@ -141,6 +142,25 @@ pub struct Session {
     /// Faspex's own session cookie, kept to log Faspex out when the gateway ends the session.
     #[serde(default)]
     pub upstream_cookie: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("key", &self.key)
+            .field("account", &self.account)
+            .field("client", &self.client)
+            .field("kind", &self.kind)
+            .field("ip", &self.ip)
+            .field("agent", &self.agent)
+            .field("started", &self.started)
+            .field("last_activity", &self.last_activity)
+            .field(
+                "upstream_cookie",
+                &self.upstream_cookie.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl Session {
@@ -238,6 +258,9 @@ pub enum AdmitOutcome {
     },
     /// The account is live on another client and `one_client` is `reject`.
     OtherClient { active: Session },
+    /// The admission could not be made durable, so it was undone: nobody was admitted (the
+    /// sessions in [`Admit::ended`] did end).
+    Unsaved { error: StoreError },
 }
 
 /// An admission's decision, and every session it ended on the way: the other client's
@@ -355,6 +378,9 @@ pub enum AttemptEnd {
     Counted { failures: u32 },
     /// The failure reached the threshold: the key is now locked.
     Locked(Lock),
+    /// A lock was placed while the check ran (an administrator's): whatever the result, the
+    /// answer is this lock.
+    AlreadyLocked(Lock),
 }
 
 /// What an unlock did.

@@ -412,35 +412,35 @@ impl Tables {
         rules: LockoutRules,
     ) -> AttemptEnd {
         let key = ticket.key;
-        if result == AttemptResult::Rejected && !self.windows.contains_key(&key) {
-            // Its window was cleared (an unlock) while the check ran: count it afresh.
-            self.make_room(now, &rules);
+        if let Some(w) = self.windows.get_mut(&key) {
+            w.in_flight.retain(|&(id, _)| id != ticket.id);
+            if w.in_flight.is_empty() {
+                w.in_flight = Vec::new();
+            }
         }
-        let Some(w) = self.windows.get_mut(&key) else {
-            return AttemptEnd::Done;
-        };
-        w.in_flight.retain(|&(id, _)| id != ticket.id);
-        if w.in_flight.is_empty() {
-            w.in_flight = Vec::new();
+        // An administrator locked the account while the check ran: that lock is the answer.
+        if let Some(lock) = self.lock_in_force(&key, now) {
+            self.drop_if_empty(&key);
+            return AttemptEnd::AlreadyLocked(lock);
         }
         let end = match result {
-            AttemptResult::Aborted => AttemptEnd::Done,
-            AttemptResult::Accepted => {
-                // As Active Directory resets badPwdCount: a right password clears the count.
-                if !w.failures.is_empty() {
-                    w.failures.clear();
-                    self.dirty_windows.insert(key.clone());
-                }
-                AttemptEnd::Done
-            }
+            // A right password does not clear the window: the threshold counts every wrong
+            // attempt inside it, so an attacker gains nothing from the owner's logins.
+            AttemptResult::Aborted | AttemptResult::Accepted => AttemptEnd::Done,
             AttemptResult::Rejected => {
+                if !self.windows.contains_key(&key) {
+                    // Its window went (an unlock, or it was evicted) while the check ran: count
+                    // the failure in a new one.
+                    self.make_room(now, &rules);
+                }
+                let w = self.windows.entry(key.clone()).or_default();
                 w.prune(now, rules.window);
                 w.failures.push_back(now);
                 while w.failures.len() > rules.threshold as usize {
                     w.failures.pop_front();
                 }
-                self.dirty_windows.insert(key.clone());
                 let failures = w.failures.len() as u32;
+                self.dirty_windows.insert(key.clone());
                 if failures >= rules.threshold {
                     // The lock carries the count; the window starts afresh when it lifts.
                     w.failures.clear();
@@ -459,11 +459,15 @@ impl Tables {
                 }
             }
         };
-        if self.windows.get(&key).is_some_and(Window::is_empty) {
-            self.windows.remove(&key);
-            self.dirty_windows.insert(key);
-        }
+        self.drop_if_empty(&key);
         end
+    }
+
+    fn drop_if_empty(&mut self, key: &LockKey) {
+        if self.windows.get(key).is_some_and(Window::is_empty) {
+            self.windows.remove(key);
+            self.dirty_windows.insert(key.clone());
+        }
     }
 
     pub fn lock_account(&mut self, account: &str, now: Timestamp, until: Timestamp) -> Lock {
@@ -472,6 +476,11 @@ impl Tables {
             .windows
             .get(&key)
             .map_or(0, |w| w.failures.len() as u32);
+        // A lock in force that lasts longer stays as long.
+        let until = match self.locks.get(&key) {
+            Some(l) if l.until > now => until.max(l.until),
+            _ => until,
+        };
         let lock = Lock {
             key: key.clone(),
             since: now,
