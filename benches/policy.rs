@@ -7,12 +7,12 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use faspex_gate::auth::{Directory, DirectoryError, Verdict};
 use faspex_gate::clock::SystemClock;
-use faspex_gate::config::{LockoutKey, OneClient, PolicyConfig};
+use faspex_gate::config::PolicyConfig;
 use faspex_gate::policy::{LoginRefused, LoginRequest, Observer, Policy, PolicyEvent};
 use faspex_gate::store::embedded::EmbeddedStore;
 use faspex_gate::store::{ClientId, ClientKind, EndReason};
@@ -41,19 +41,10 @@ impl Observer for Quiet {
 fn config(max_sessions: u32) -> PolicyConfig {
     PolicyConfig {
         max_sessions,
-        one_client_per_account: OneClient::Reject,
-        idle_timeout: Duration::from_secs(3600),
-        api_idle_timeout: Duration::from_secs(3600),
-        absolute_timeout: Some(Duration::from_secs(12 * 3600)),
-        activity_exempt_paths: vec![],
-        lockout_threshold: 5,
-        lockout_window: Duration::from_secs(60),
-        lockout_duration: Duration::from_secs(3600),
-        lockout_key: LockoutKey::Account,
         username_domains: vec!["HUTCH".into()],
         login_attempts_per_ip_per_minute: u32::MAX / 2,
         public_requests_per_ip_per_minute: u32::MAX / 2,
-        max_tracked_usernames: 100_000,
+        ..PolicyConfig::default()
     }
 }
 

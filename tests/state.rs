@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use faspex_gate::auth::{Directory, DirectoryError, Verdict};
 use faspex_gate::clock::{SystemClock, Timestamp};
-use faspex_gate::config::{LockoutKey, OneClient, PolicyConfig};
+use faspex_gate::config::PolicyConfig;
 use faspex_gate::policy::{LoginRefused, LoginRequest, Observer, Policy, PolicyEvent};
 use faspex_gate::store::embedded::EmbeddedStore;
 use faspex_gate::store::{ClientId, ClientKind, SessionToken};
@@ -42,22 +42,7 @@ impl Observer for Quiet {
 }
 
 fn policy_config() -> PolicyConfig {
-    PolicyConfig {
-        max_sessions: 10,
-        one_client_per_account: OneClient::Reject,
-        idle_timeout: Duration::from_secs(3600),
-        api_idle_timeout: Duration::from_secs(3600),
-        absolute_timeout: Some(Duration::from_secs(12 * 3600)),
-        activity_exempt_paths: vec![],
-        lockout_threshold: 5,
-        lockout_window: Duration::from_secs(60),
-        lockout_duration: Duration::from_secs(3600),
-        lockout_key: LockoutKey::Account,
-        username_domains: vec![],
-        login_attempts_per_ip_per_minute: 30,
-        public_requests_per_ip_per_minute: 600,
-        max_tracked_usernames: 100_000,
-    }
+    PolicyConfig::default()
 }
 
 fn open(dir: &std::path::Path) -> (Policy, Arc<EmbeddedStore>) {

@@ -192,6 +192,14 @@ pub struct PolicyConfig {
     pub max_tracked_usernames: usize,
 }
 
+impl Default for PolicyConfig {
+    /// The contract's defaults: what an empty `[policy]` section means.
+    fn default() -> Self {
+        #[allow(clippy::expect_used)]
+        validate::default_policy().expect("the built-in [policy] defaults are valid")
+    }
+}
+
 /// `[session]`: the gateway's session cookie.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {

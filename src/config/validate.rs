@@ -61,6 +61,16 @@ pub(crate) fn load(path: &Path, env: &[(String, String)]) -> Result<Config, Conf
     ctx.config(raw)
 }
 
+/// `[policy]` as an empty section means it: the contract's defaults.
+pub(crate) fn default_policy() -> Result<PolicyConfig, ConfigError> {
+    let env = EnvLayer::default();
+    let ctx = Ctx {
+        file: Path::new("<built-in defaults>"),
+        env: &env,
+    };
+    ctx.policy(&super::raw::RawPolicy::default())
+}
+
 /// A deserialization error without the key and origin that the `config` crate appends (the key
 /// is reported separately, in full, and the origin is the file or the variable we name).
 fn plain_reason(e: config::ConfigError) -> String {

@@ -904,17 +904,15 @@ impl Drop for TicketGuard {
             return;
         };
         let policy = self.policy.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let rules = Policy::lockout_rules(&policy.cfg());
-                let _ = policy
-                    .inner
-                    .store
-                    .finish_attempt(ticket, AttemptResult::Aborted, policy.now(), rules)
-                    .await;
-                policy.inner.attempt_finished.notify_waiters();
-            });
-        }
+        spawn_detached(async move {
+            let rules = Policy::lockout_rules(&policy.cfg());
+            let _ = policy
+                .inner
+                .store
+                .finish_attempt(ticket, AttemptResult::Aborted, policy.now(), rules)
+                .await;
+            policy.inner.attempt_finished.notify_waiters();
+        });
     }
 }
 
@@ -930,11 +928,16 @@ impl Drop for RollbackGuard {
             return;
         };
         let policy = self.policy.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = policy.end(&key, EndReason::Rollback).await;
-            });
-        }
+        spawn_detached(async move {
+            let _ = policy.end(&key, EndReason::Rollback).await;
+        });
+    }
+}
+
+/// Finish clean-up from a `Drop`, on the runtime if there is one (there always is while serving).
+fn spawn_detached(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(f);
     }
 }
 

@@ -23,24 +23,43 @@ const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 const MS: Duration = Duration::from_millis(1);
 
-/// The contract's defaults.
+/// The contract's defaults, with the site's domains.
 fn contract_defaults() -> PolicyConfig {
     PolicyConfig {
-        max_sessions: 10,
-        one_client_per_account: OneClient::Reject,
-        idle_timeout: HOUR,
-        api_idle_timeout: HOUR,
-        absolute_timeout: Some(12 * HOUR),
-        activity_exempt_paths: vec![],
-        lockout_threshold: 5,
-        lockout_window: MIN,
-        lockout_duration: HOUR,
-        lockout_key: LockoutKey::Account,
         username_domains: vec!["HUTCH".into(), "fhcrc.org".into()],
-        login_attempts_per_ip_per_minute: 30,
-        public_requests_per_ip_per_minute: 600,
-        max_tracked_usernames: 100_000,
+        ..PolicyConfig::default()
     }
+}
+
+#[test]
+fn the_defaults_are_the_sites_policy() {
+    let d = PolicyConfig::default();
+    assert_eq!(d.max_sessions, 10, "ten concurrent logins");
+    assert_eq!(
+        d.one_client_per_account,
+        OneClient::Reject,
+        "one client at a time"
+    );
+    assert_eq!(
+        (d.idle_timeout, d.api_idle_timeout),
+        (HOUR, HOUR),
+        "one hour of inactivity"
+    );
+    assert_eq!(d.absolute_timeout, Some(12 * HOUR));
+    assert_eq!(
+        (d.lockout_threshold, d.lockout_window, d.lockout_duration),
+        (5, MIN, HOUR),
+        "five failures within one minute lock for one hour"
+    );
+    assert_eq!(d.lockout_key, LockoutKey::Account);
+    assert_eq!(
+        (
+            d.login_attempts_per_ip_per_minute,
+            d.public_requests_per_ip_per_minute,
+            d.max_tracked_usernames
+        ),
+        (30, 600, 100_000)
+    );
 }
 
 /// Passwords by account; counts every check it runs.

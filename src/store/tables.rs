@@ -500,13 +500,7 @@ impl Tables {
             .filter(|k| k.account == account)
             .cloned()
             .collect();
-        let mut lifted = Vec::new();
-        for k in lock_keys {
-            if let Some(l) = self.locks.remove(&k) {
-                lifted.push(l);
-            }
-            self.dirty_locks.insert(k);
-        }
+        let mut lifted = self.remove_locks(lock_keys);
         let window_keys: Vec<LockKey> = self
             .windows
             .keys()
@@ -534,6 +528,17 @@ impl Tables {
         }
     }
 
+    fn remove_locks(&mut self, keys: Vec<LockKey>) -> Vec<Lock> {
+        let mut removed = Vec::new();
+        for k in keys {
+            if let Some(l) = self.locks.remove(&k) {
+                removed.push(l);
+            }
+            self.dirty_locks.insert(k);
+        }
+        removed
+    }
+
     pub fn lockouts(&self, now: Timestamp) -> Vec<Lock> {
         let mut v: Vec<Lock> = self
             .locks
@@ -553,13 +558,7 @@ impl Tables {
             .filter(|l| l.until <= now)
             .map(|l| l.key.clone())
             .collect();
-        let mut lifted = Vec::new();
-        for k in lifted_keys {
-            if let Some(l) = self.locks.remove(&k) {
-                lifted.push(l);
-            }
-            self.dirty_locks.insert(k);
-        }
+        let lifted = self.remove_locks(lifted_keys);
         let mut dropped = Vec::new();
         if now < self.next_window_scan {
             return Swept {
