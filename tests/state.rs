@@ -1,6 +1,6 @@
 //! The policy state across process deaths: a child process (this test binary, re-run as one
-//! ignored test) locks an account and opens a session, and is killed with SIGKILL; what it was
-//! told was done must still be done. And a gateway refuses, by name, a store it cannot trust.
+//! named test with the child's variables set) locks an account and opens a session, and is
+//! killed with SIGKILL; what it was told was done must still be done. And a gateway refuses, by name, a store it cannot trust.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -72,33 +72,49 @@ fn request<'a>(user: &'a str, password: &'a str) -> LoginRequest<'a> {
     }
 }
 
-/// The child's side. Ignored, so it runs only when the parent starts it by name.
+/// The "write" phase: five wrong guesses lock `ann`, and `bob` logs in. Returns the unlock time,
+/// bob's token and his session's start.
+async fn lock_ann_and_log_bob_in(policy: &Policy) -> (Timestamp, SessionToken, Timestamp) {
+    for i in 0..5 {
+        let r = policy
+            .login(request("ann", &format!("guess{i}")), &users())
+            .await;
+        assert!(r.is_err());
+    }
+    let locked = policy.lockouts().await.unwrap();
+    assert_eq!(locked.len(), 1);
+    let bob = policy
+        .login(request("bob", "pw-bob"), &users())
+        .await
+        .unwrap();
+    (locked[0].until, bob.token, bob.session.started)
+}
+
+/// In a normal run, the child's scenario in this process: it locks ann and logs bob in. Started by
+/// the kill -9 tests with the child's variables set, it runs a phase, says so on stdout, and waits
+/// to be killed.
 #[tokio::test]
-#[ignore = "run by the kill -9 tests as a child process"]
-async fn child_process() {
+async fn the_child_scenario_locks_ann_and_logs_bob_in() {
     let (Ok(phase), Ok(dir)) = (std::env::var(PHASE), std::env::var(STORE)) else {
+        let tmp = tempfile::tempdir().unwrap();
+        let (policy, store) = open(tmp.path());
+        let (until, token, _) = lock_ann_and_log_bob_in(&policy).await;
+        assert!(until > policy.now());
+        assert!(policy.session(&token, "/").await.unwrap().is_ok());
+        assert_eq!(policy.status().await.unwrap().accounts_locked, 1);
+        store.close().await.unwrap();
         return;
     };
     let (policy, _store) = open(std::path::Path::new(&dir));
     match phase.as_str() {
         "write" => {
-            for i in 0..5 {
-                let r = policy
-                    .login(request("ann", &format!("guess{i}")), &users())
-                    .await;
-                assert!(r.is_err());
-            }
-            let locked = policy.lockouts().await.unwrap();
-            let bob = policy
-                .login(request("bob", "pw-bob"), &users())
-                .await
-                .unwrap();
+            let (until, token, started) = lock_ann_and_log_bob_in(&policy).await;
             // The answers are out: from here on, anything may kill us.
             println!(
                 "READY {} {} {}",
-                locked[0].until.as_millis(),
-                bob.token.expose(),
-                bob.session.started.as_millis()
+                until.as_millis(),
+                token.expose(),
+                started.as_millis()
             );
         }
         "touch" => {
@@ -132,8 +148,7 @@ fn run_child_and_kill(
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "state::child_process",
-            "--ignored",
+            "state::the_child_scenario_locks_ann_and_logs_bob_in",
             "--nocapture",
             "--test-threads",
             "1",
