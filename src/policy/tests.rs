@@ -17,7 +17,7 @@ use crate::auth::{Directory, DirectoryError, Verdict};
 use crate::clock::ManualClock;
 use crate::config::{LockoutKey, OneClient, PolicyConfig};
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{ClientId, ClientKind, EndReason};
+use crate::store::{ClientId, ClientKind, EndReason, StoreError};
 
 const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -281,6 +281,18 @@ impl Harness {
     }
 }
 
+/// Wait (in real time, briefly) until the directory has been asked `n` times.
+async fn wait_for_checks(h: &Harness, n: usize) {
+    let started = std::time::Instant::now();
+    while h.dir.checks() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no check started"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn is_locked(r: &Result<Admitted, LoginRefused>) -> bool {
     matches!(r, Err(LoginRefused::AccountLocked { .. }))
 }
@@ -413,7 +425,7 @@ async fn a_guess_whose_caller_goes_away_mid_check_is_still_counted() {
     let mut cfg = contract_defaults();
     cfg.login_attempts_per_ip_per_minute = 1000;
     let h = Arc::new(Harness::new(cfg));
-    *h.dir.delay.lock().unwrap() = Duration::from_millis(100);
+    *h.dir.delay.lock().unwrap() = Duration::from_millis(200);
     for i in 0..5 {
         let h2 = h.clone();
         let t = tokio::spawn(async move {
@@ -427,12 +439,16 @@ async fn a_guess_whose_caller_goes_away_mid_check_is_still_counted() {
             )
             .await
         });
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Abort once the guess has reached the directory (and before it answers).
+        wait_for_checks(&h, i + 1).await;
         t.abort();
         let _ = t.await;
     }
     // Let the five checks finish on their own.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    while h.locked("ann").await.is_none() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(h.dir.checks(), 5);
     assert!(
         h.locked("ann").await.is_some(),
@@ -448,7 +464,7 @@ async fn an_admin_lock_placed_during_a_check_wins_over_its_right_password() {
     *h.dir.delay.lock().unwrap() = Duration::from_millis(100);
     let h2 = h.clone();
     let login = tokio::spawn(async move { h2.browser("ann", "c1").await });
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    wait_for_checks(&h, 1).await;
     let lock = h.policy.lock("ann", Some(7 * 24 * HOUR)).await.unwrap();
     let r = login.await.unwrap();
     match r {
@@ -1458,4 +1474,46 @@ async fn a_bad_store_file_is_refused_by_name() {
         .expect("refused")
         .to_string();
     assert!(err.contains("in use"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_fails_closed_and_loses_no_lockout() {
+    let h = Harness::new(contract_defaults());
+    h.store.refuse_writes(true);
+    // A login whose session cannot be saved is refused and undone: no seat is held.
+    match h.browser("ann", "c1").await {
+        Err(LoginRefused::Store(e)) => assert!(e.to_string().contains("No space left"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.seats().await, 0);
+    assert_eq!(h.events.count("login ann store_error"), 1);
+    // A lockout is still answered and enforced from memory.
+    for _ in 0..4 {
+        assert!(is_bad(&h.wrong("bob").await));
+    }
+    assert!(is_locked(&h.wrong("bob").await));
+    assert!(is_locked(&h.browser("bob", "c2").await));
+    // An admin lock says it is not saved, and holds anyway.
+    assert!(matches!(
+        h.policy.lock("cat", None).await,
+        Err(AdminError::Store(StoreError::Write { .. }))
+    ));
+    assert!(is_locked(&h.browser("cat", "c3").await));
+    // The disk comes back: the writer's retries put both locks on disk, so a restart keeps them.
+    h.store.refuse_writes(false);
+    let started = std::time::Instant::now();
+    loop {
+        h.policy.flush().await.unwrap();
+        if started.elapsed() > Duration::from_millis(300) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.browser("ann", "c1").await.is_ok(), "logins work again");
+    let bob = h.locked("bob").await.unwrap();
+    let cat = h.locked("cat").await.unwrap();
+    let h = h.restart().await;
+    assert_eq!(h.locked("bob").await, Some(bob));
+    assert_eq!(h.locked("cat").await, Some(cat));
+    assert_eq!(h.seats().await, 1);
 }

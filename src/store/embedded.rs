@@ -13,6 +13,7 @@
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -52,6 +53,9 @@ pub struct EmbeddedStore {
     tables: Arc<Mutex<Tables>>,
     file: PathBuf,
     requests: mpsc::Sender<Request>,
+    /// Tests turn this on to make every commit fail, as a full or failing disk would.
+    #[cfg_attr(not(test), allow(dead_code))]
+    refuse_writes: Arc<AtomicBool>,
 }
 
 impl EmbeddedStore {
@@ -97,16 +101,26 @@ impl EmbeddedStore {
         let tables = Arc::new(Mutex::new(tables));
         let (requests, rx) = mpsc::channel();
         let writer_tables = Arc::clone(&tables);
+        let refuse_writes = Arc::new(AtomicBool::new(false));
+        let writer_refuses = Arc::clone(&refuse_writes);
         let writer_file = file.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(db, writer_tables, rx, writer_file))
+            .spawn(move || writer(db, writer_tables, rx, writer_file, writer_refuses))
             .map_err(|e| fail(format!("cannot start its writer: {e}")))?;
         Ok(Self {
             tables,
             file,
             requests,
+            refuse_writes,
         })
+    }
+
+    /// Make every commit fail (as a full disk would) until turned off again: for testing the
+    /// fail-closed paths. Memory keeps the state; the writer keeps retrying.
+    #[cfg(test)]
+    pub(crate) fn refuse_writes(&self, on: bool) {
+        self.refuse_writes.store(on, Ordering::SeqCst);
     }
 
     /// The store's file.
@@ -313,7 +327,13 @@ fn write(db: &Database, d: &Dirty) -> Result<(), String> {
 }
 
 /// The writer thread: commit on request, and on its own tick for write-behind state.
-fn writer(db: Database, tables: Arc<Mutex<Tables>>, rx: mpsc::Receiver<Request>, file: PathBuf) {
+fn writer(
+    db: Database,
+    tables: Arc<Mutex<Tables>>,
+    rx: mpsc::Receiver<Request>,
+    file: PathBuf,
+    refuse_writes: Arc<AtomicBool>,
+) {
     let mut waiting = Vec::new();
     let mut stop = false;
     loop {
@@ -344,7 +364,11 @@ fn writer(db: Database, tables: Arc<Mutex<Tables>>, rx: mpsc::Receiver<Request>,
         let result = if dirty.is_empty() {
             Ok(())
         } else {
-            write(&db, &dirty)
+            if refuse_writes.load(Ordering::SeqCst) {
+                Err("No space left on device (simulated)".to_owned())
+            } else {
+                write(&db, &dirty)
+            }
         };
         if let Err(reason) = &result {
             tracing::error!(file = %file.display(), %reason, "the state store could not be written");
