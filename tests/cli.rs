@@ -273,13 +273,7 @@ fn run_refuses_a_bad_configuration_with_exit_2() {
     let files = TestFiles::new();
     let mut cfg = ConfigBuilder::new(&files, "http://127.0.0.1:9");
     cfg.set("server", "max_connections", "-1");
-    let path = files.path("faspex-gate.toml");
-    cfg.write(&path);
-    let out = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_to_exit(&files, &cfg);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("server.max_connections"),

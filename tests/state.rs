@@ -15,7 +15,7 @@ use faspex_gate::policy::{LoginRefused, LoginRequest, Observer, Policy, PolicyEv
 use faspex_gate::store::embedded::EmbeddedStore;
 use faspex_gate::store::{ClientId, ClientKind, SessionToken};
 
-use crate::util::{bin, ConfigBuilder, TestFiles};
+use crate::util::{run_to_exit, ConfigBuilder, TestFiles};
 
 const PHASE: &str = "FASPEX_GATE_TEST_CHILD_PHASE";
 const STORE: &str = "FASPEX_GATE_TEST_CHILD_STORE";
@@ -267,13 +267,7 @@ fn the_gateway_starts_on_a_store_a_killed_process_left_and_reports_it() {
 
 /// Start `run` on `cfg` and expect it to refuse, naming the store file.
 fn refused(files: &TestFiles, cfg: &ConfigBuilder, want: &str) {
-    let path = files.path("faspex-gate.toml");
-    cfg.write(&path);
-    let out = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_to_exit(files, cfg);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("state.redb"), "names the file: {stderr}");

@@ -398,6 +398,17 @@ impl ConfigBuilder {
     }
 }
 
+/// Write `cfg` and run `faspex-gate run` on it to its end: for configurations it must refuse.
+pub fn run_to_exit(files: &TestFiles, cfg: &ConfigBuilder) -> std::process::Output {
+    let path = files.path("faspex-gate.toml");
+    cfg.write(&path);
+    Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap()
+}
+
 /// A running gateway subprocess. Its stderr (logs) is collected for assertions.
 pub struct GatewayProcess {
     pub child: Child,

@@ -228,7 +228,7 @@ impl Tables {
         }
     }
 
-    fn state_of(
+    pub fn session(
         &mut self,
         key: &SessionKey,
         now: Timestamp,
@@ -246,21 +246,9 @@ impl Tables {
         }
         if activity && now > s.last_activity {
             s.last_activity = now;
-            let s = s.clone();
             self.dirty_sessions.insert(key.clone());
-            return SessionState::Live(s);
         }
         SessionState::Live(s.clone())
-    }
-
-    pub fn session(
-        &mut self,
-        key: &SessionKey,
-        now: Timestamp,
-        activity: bool,
-        t: &Timeouts,
-    ) -> SessionState {
-        self.state_of(key, now, activity, t)
     }
 
     pub fn client_session(
@@ -277,7 +265,7 @@ impl Tables {
                 .cloned()
         });
         match key {
-            Some(k) => self.state_of(&k, now, activity, t),
+            Some(k) => self.session(&k, now, activity, t),
             None => SessionState::Unknown,
         }
     }
