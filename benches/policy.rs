@@ -53,6 +53,10 @@ fn engine(max_sessions: u32) -> (Policy, Arc<EmbeddedStore>, tempfile::TempDir) 
     let store = Arc::new(EmbeddedStore::open(tmp.path()).unwrap());
     let policy = Policy::new(
         config(max_sessions),
+        faspex_gate::policy::CheckRules {
+            max_checks_per_second: u32::MAX / 2,
+            ..Default::default()
+        },
         store.clone(),
         Arc::new(SystemClock),
         Arc::new(Quiet),

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::policy::{LogObserver, Policy};
+use crate::policy::{CheckRules, LogObserver, Policy};
 use crate::proxy::Gateway;
 use crate::server::{signal_control, Server};
 use crate::store::embedded::EmbeddedStore;
@@ -26,6 +26,7 @@ impl PolicyState {
         let store = Arc::new(EmbeddedStore::open(&cfg.store.path)?);
         let policy = Policy::new(
             cfg.policy.clone(),
+            CheckRules::from(&cfg.auth),
             store.clone(),
             Arc::new(SystemClock),
             Arc::new(LogObserver),

@@ -49,6 +49,7 @@ fn open(dir: &std::path::Path) -> (Policy, Arc<EmbeddedStore>) {
     let store = Arc::new(EmbeddedStore::open(dir).expect("the store opens"));
     let policy = Policy::new(
         policy_config(),
+        faspex_gate::policy::CheckRules::default(),
         store.clone(),
         Arc::new(SystemClock),
         Arc::new(Quiet),

@@ -254,6 +254,8 @@ pub struct LdapConfig {
 #[derive(Clone, Debug)]
 pub struct FileAuthConfig {
     pub path: Option<PathBuf>,
+    /// The users file, parsed and checked (empty unless `backend` is [`AuthBackend::File`]).
+    pub users: crate::auth::file::Users,
 }
 
 /// One `faspex.deny` entry: `"METHOD PATH-PREFIX"`.

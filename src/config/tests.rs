@@ -33,7 +33,11 @@ impl Fixture {
         f.secret("bind.password", b"s3cret password\n");
         f.file("cert.pem", b"-----BEGIN CERTIFICATE-----\n");
         f.file("key.pem", b"-----BEGIN PRIVATE KEY-----\n");
-        f.file("users.toml", b"[users.ann]\nhash = \"x\"\n");
+        let hash = crate::auth::password::hash("pw").unwrap();
+        f.file(
+            "users.toml",
+            format!("[users.ann]\nhash = \"{hash}\"\n").as_bytes(),
+        );
         f.file("ca.pem", b"-----BEGIN CERTIFICATE-----\n");
         f
     }
@@ -1435,7 +1439,18 @@ fn file_backend_rules() {
         .unwrap();
     assert_eq!(c.auth.backend, AuthBackend::File);
     assert_eq!(c.auth.file.path, Some(f.path("users.toml")));
+    assert_eq!(c.auth.file.users.0.len(), 1);
     assert!(c.auth.ldap.bind_password.is_none());
+    // A bad entry in the users file stops the load, naming the file and the entry.
+    f.file("bad-users.toml", b"[users.ann]\nhash = \"plaintext\"\n");
+    f.fails(
+        &[
+            ("auth.backend", s("file")),
+            ("auth.file.path", f.p("bad-users.toml")),
+        ],
+        "auth.file.path",
+        "bad-users.toml: users.ann.hash: not a PHC hash string",
+    );
 }
 
 // ---------------------------------------------------------------- [faspex]

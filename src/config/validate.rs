@@ -127,7 +127,7 @@ impl Ctx<'_> {
         let admin = self.admin(&raw.admin, &server)?;
         let policy = self.policy(&raw.policy)?;
         let session = self.session(&raw.session)?;
-        let auth = self.auth(&raw.auth)?;
+        let auth = self.auth(&raw.auth, &policy.username_domains)?;
         let faspex = self.faspex(&raw.faspex)?;
         let pages = self.pages(&raw.pages)?;
         let audit = self.audit(&raw.audit)?;
@@ -412,7 +412,7 @@ impl Ctx<'_> {
         })
     }
 
-    fn auth(&self, raw: &RawAuth) -> Result<AuthConfig> {
+    fn auth(&self, raw: &RawAuth, domains: &[String]) -> Result<AuthConfig> {
         let backend = match raw.backend.as_str() {
             "ldap" => AuthBackend::Ldap,
             "file" => AuthBackend::File,
@@ -425,6 +425,7 @@ impl Ctx<'_> {
         };
         let ldap = self.ldap(&raw.ldap, backend == AuthBackend::Ldap)?;
         let path = optional_path(&raw.file.path);
+        let mut users = crate::auth::file::Users::default();
         if backend == AuthBackend::File {
             let Some(path) = &path else {
                 return Err(self.err(
@@ -434,6 +435,16 @@ impl Ctx<'_> {
                 ));
             };
             self.readable_file("auth.file.path", path)?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                self.err(
+                    "auth.file.path",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            users = crate::auth::file::parse_users(&text, |name| {
+                crate::policy::account::normalize(name, domains).ok()
+            })
+            .map_err(|why| self.err("auth.file.path", format!("{}: {why}", path.display())))?;
         }
         Ok(AuthConfig {
             backend,
@@ -443,7 +454,7 @@ impl Ctx<'_> {
             max_concurrent_hashes: self
                 .at_least_one("auth.max_concurrent_hashes", raw.max_concurrent_hashes)?,
             ldap,
-            file: FileAuthConfig { path },
+            file: FileAuthConfig { path, users },
         })
     }
 

@@ -14,7 +14,9 @@
 //!   window. A locked account's guesses never reach it.
 //!
 //! A login runs: validate the name → single-flight on (lock key, password) → per-address throttle
-//! → lockout reservation → credential check → record the result → admission. Everything takes
+//! → lockout reservation → the global `auth.max_checks_per_second` ceiling → credential check →
+//! record the result → admission. An HTTP Basic caller's later requests go through
+//! [`Policy::recheck`], which the verification cache answers without a check when it can. Everything takes
 //! `now` from the injected [`Clock`]. Events go to an [`Observer`] (logs now; metrics and the
 //! audit log attach there).
 
@@ -32,9 +34,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
+use crate::auth::cache::VerificationCache;
 use crate::auth::{Directory, Verdict};
 use crate::clock::{Clock, Timestamp};
-use crate::config::{LockoutKey, PolicyConfig};
+use crate::config::{AuthConfig, LockoutKey, PolicyConfig};
 use crate::store::{
     Admission, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, AttemptTicket, ClientId,
     ClientKind, Counts, EndReason, Lock, LockKey, LockoutRules, PolicyStore, SeatRules, Session,
@@ -60,6 +63,43 @@ const TICKET_TTL: Duration = Duration::from_secs(180);
 /// How long a login waits behind checks in flight for the same account before giving up (they
 /// all end within [`CHECK_TIMEOUT`]).
 const BUSY_WAIT_LIMIT: Duration = Duration::from_secs(65);
+
+/// The `[auth]` settings the engine applies around credential checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckRules {
+    /// `auth.max_checks_per_second`: the global ceiling on checks that reach the directory.
+    pub max_checks_per_second: u32,
+    /// `auth.cache_ttl`: how long a Basic caller's verified password is remembered.
+    pub cache_ttl: Duration,
+}
+
+impl Default for CheckRules {
+    /// The contract's defaults: 50 checks per second, a 5-minute cache.
+    fn default() -> Self {
+        Self {
+            max_checks_per_second: 50,
+            cache_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+impl From<&AuthConfig> for CheckRules {
+    fn from(a: &AuthConfig) -> Self {
+        Self {
+            max_checks_per_second: a.max_checks_per_second,
+            cache_ttl: a.cache_ttl,
+        }
+    }
+}
+
+/// How a Basic caller's credentials were confirmed by [`Policy::recheck`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rechecked {
+    /// The verification cache held them: no credential check ran.
+    Cached,
+    /// A credential check ran and accepted them (and the cache now holds them).
+    Checked,
+}
 
 /// The outcome of a login, as `faspex_gate_logins_total{result}` and the audit log name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,6 +163,25 @@ pub enum LoginRefused {
 }
 
 impl LoginRefused {
+    /// The status an API client gets (the contract's right-hand column), and `Retry-After`.
+    pub fn status(&self) -> (http::StatusCode, Option<Duration>) {
+        use http::StatusCode as S;
+        match self {
+            LoginRefused::InvalidUsername(_) | LoginRefused::BadCredentials => {
+                (S::UNAUTHORIZED, None)
+            }
+            LoginRefused::AccountLocked { retry_after, .. } => (S::FORBIDDEN, Some(*retry_after)),
+            LoginRefused::LicenseFull { retry_after } => {
+                (S::SERVICE_UNAVAILABLE, Some(*retry_after))
+            }
+            LoginRefused::OtherClientActive { .. } => (S::CONFLICT, None),
+            LoginRefused::Throttled { retry_after } => (S::TOO_MANY_REQUESTS, Some(*retry_after)),
+            LoginRefused::DirectoryUnavailable | LoginRefused::Store(_) => {
+                (S::SERVICE_UNAVAILABLE, None)
+            }
+        }
+    }
+
     pub fn result(&self) -> LoginResult {
         match self {
             LoginRefused::InvalidUsername(_) => LoginResult::Invalid,
@@ -216,6 +275,13 @@ pub enum PolicyEvent<'a> {
         kind: ClientKind,
         result: LoginResult,
     },
+    /// A Basic caller's credentials, not in the verification cache, were checked again
+    /// ([`Policy::recheck`]; cache hits report nothing).
+    Recheck {
+        account: Option<&'a str>,
+        ip: IpAddr,
+        result: LoginResult,
+    },
     /// Failures reached the threshold.
     LockedOut(&'a Lock),
     /// A lock passed its end.
@@ -259,6 +325,17 @@ impl Observer for LogObserver {
                 kind = kind.as_str(),
                 result = result.as_str(),
                 "login"
+            ),
+            PolicyEvent::Recheck {
+                account,
+                ip,
+                result,
+            } => tracing::info!(
+                target: "faspex_gate::policy",
+                account = account.unwrap_or("<invalid>"),
+                client_ip = %ip,
+                result = result.as_str(),
+                "credential recheck"
             ),
             PolicyEvent::LockedOut(l) => tracing::warn!(
                 target: "faspex_gate::policy",
@@ -335,21 +412,20 @@ struct Inner {
     flight_key: ring::hmac::Key,
     /// Woken whenever a credential check finishes, for logins waiting behind one.
     attempt_finished: Notify,
+    checks: ArcSwap<CheckRules>,
+    cache: VerificationCache,
     observer: Arc<dyn Observer>,
 }
 
 impl Policy {
     pub fn new(
         cfg: PolicyConfig,
+        checks: CheckRules,
         store: Arc<dyn PolicyStore>,
         clock: Arc<dyn Clock>,
         observer: Arc<dyn Observer>,
     ) -> Self {
-        let throttle = Throttle::new(
-            cfg.login_attempts_per_ip_per_minute,
-            cfg.public_requests_per_ip_per_minute,
-            Arc::clone(&clock),
-        );
+        let throttle = Throttle::new(&cfg, checks.max_checks_per_second, Arc::clone(&clock));
         let rng = ring::rand::SystemRandom::new();
         let flight_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
             .unwrap_or_else(|_| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"unavailable"));
@@ -362,6 +438,8 @@ impl Policy {
                 flights: SingleFlight::default(),
                 flight_key,
                 attempt_finished: Notify::new(),
+                checks: ArcSwap::from_pointee(checks),
+                cache: VerificationCache::default(),
                 observer,
             }),
         }
@@ -369,18 +447,31 @@ impl Policy {
 
     /// Take new settings. Live sessions are kept whatever the new numbers; a lower cap only stops
     /// admissions until the count is below it. Changed rates start with fresh budgets.
-    pub fn reload(&self, cfg: PolicyConfig) {
+    ///
+    /// A changed `cache_ttl` empties the verification cache, so no entry outlives the new TTL.
+    pub fn reload(&self, cfg: PolicyConfig, checks: CheckRules) {
         let old = self.inner.cfg.load();
+        let old_checks = **self.inner.checks.load();
         if old.login_attempts_per_ip_per_minute != cfg.login_attempts_per_ip_per_minute
             || old.public_requests_per_ip_per_minute != cfg.public_requests_per_ip_per_minute
+            || old_checks.max_checks_per_second != checks.max_checks_per_second
         {
             self.inner.throttle.store(Arc::new(Throttle::new(
-                cfg.login_attempts_per_ip_per_minute,
-                cfg.public_requests_per_ip_per_minute,
+                &cfg,
+                checks.max_checks_per_second,
                 Arc::clone(&self.inner.clock),
             )));
         }
+        if old_checks.cache_ttl != checks.cache_ttl {
+            self.inner.cache.clear();
+        }
+        self.inner.checks.store(Arc::new(checks));
         self.inner.cfg.store(Arc::new(cfg));
+    }
+
+    /// The verification cache (for the admin view and tests).
+    pub fn cache(&self) -> &VerificationCache {
+        &self.inner.cache
     }
 
     pub fn now(&self) -> Timestamp {
@@ -463,6 +554,14 @@ impl Policy {
             Ok(account) => self.login_account(account, &req, directory).await,
             Err(e) => Err(LoginRefused::InvalidUsername(*e)),
         };
+        if let (Ok(account), Ok(a)) = (&account, &result) {
+            if a.session.kind == ClientKind::Basic {
+                let ttl = self.inner.checks.load().cache_ttl;
+                self.inner
+                    .cache
+                    .insert(account, req.password, self.now(), ttl);
+            }
+        }
         self.emit(PolicyEvent::Login {
             account: account.as_deref().ok(),
             ip: req.ip,
@@ -475,6 +574,67 @@ impl Policy {
         result
     }
 
+    /// Confirm a Basic caller's credentials on a request to its live session: a hit in the
+    /// verification cache needs no check; otherwise a full credential check runs, under the same
+    /// throttle, lockout and ceiling as a login, and a success is cached. (Without a live
+    /// session, the caller logs in with [`Policy::login`] instead.)
+    pub async fn recheck(
+        &self,
+        req: &LoginRequest<'_>,
+        directory: &Arc<dyn Directory>,
+    ) -> Result<Rechecked, LoginRefused> {
+        let account = match self.account(req.username) {
+            Ok(a) => a,
+            Err(e) => {
+                self.emit(PolicyEvent::Recheck {
+                    account: None,
+                    ip: req.ip,
+                    result: LoginResult::Invalid,
+                });
+                return Err(LoginRefused::InvalidUsername(e));
+            }
+        };
+        let now = self.now();
+        if self.inner.cache.hit(&account, req.password, now) {
+            return Ok(Rechecked::Cached);
+        }
+        let result = match self.check(&account, req.password, req.ip, directory).await {
+            Check::Verified => {
+                let ttl = self.inner.checks.load().cache_ttl;
+                self.inner
+                    .cache
+                    .insert(&account, req.password, self.now(), ttl);
+                Ok(Rechecked::Checked)
+            }
+            refused => Err(self.refusal(refused)),
+        };
+        self.emit(PolicyEvent::Recheck {
+            account: Some(&account),
+            ip: req.ip,
+            result: match &result {
+                Ok(_) => LoginResult::Success,
+                Err(e) => e.result(),
+            },
+        });
+        result
+    }
+
+    /// The refusal a failed check gives.
+    fn refusal(&self, check: Check) -> LoginRefused {
+        match check {
+            Check::Verified | Check::BadCredentials => LoginRefused::BadCredentials,
+            Check::Locked(lock) => LoginRefused::AccountLocked {
+                until: lock.until,
+                retry_after: retry_after(lock.until.since(self.now())),
+            },
+            Check::Throttled(wait) => LoginRefused::Throttled {
+                retry_after: retry_after(wait),
+            },
+            Check::DirectoryUnavailable => LoginRefused::DirectoryUnavailable,
+            Check::Store(e) => LoginRefused::Store(e),
+        }
+    }
+
     async fn login_account(
         &self,
         account: &str,
@@ -482,23 +642,9 @@ impl Policy {
         directory: &Arc<dyn Directory>,
     ) -> Result<Admitted, LoginRefused> {
         match self.check(account, req.password, req.ip, directory).await {
-            Check::Verified => {}
-            Check::BadCredentials => return Err(LoginRefused::BadCredentials),
-            Check::Locked(lock) => {
-                return Err(LoginRefused::AccountLocked {
-                    until: lock.until,
-                    retry_after: retry_after(lock.until.since(self.now())),
-                })
-            }
-            Check::Throttled(wait) => {
-                return Err(LoginRefused::Throttled {
-                    retry_after: retry_after(wait),
-                })
-            }
-            Check::DirectoryUnavailable => return Err(LoginRefused::DirectoryUnavailable),
-            Check::Store(e) => return Err(LoginRefused::Store(e)),
+            Check::Verified => self.admit(account, req).await,
+            refused => Err(self.refusal(refused)),
         }
-        self.admit(account, req).await
     }
 
     /// A credential check, shared by parallel callers with the same lock key and password. It
@@ -548,6 +694,26 @@ impl Policy {
             policy: self.clone(),
             ticket: Some(ticket),
         };
+        // The global ceiling protects the directory from many addresses at once. It is taken
+        // after the lockout reservation, so guesses at a locked account (which never reach the
+        // directory) cannot use it up; a refusal here releases the reservation uncounted.
+        if !password.is_empty() {
+            if let Err(wait) = self.inner.throttle.load().ceiling() {
+                if let Some(ticket) = guard.ticket.take() {
+                    let rules = Self::lockout_rules(&self.cfg());
+                    let end = self
+                        .inner
+                        .store
+                        .finish_attempt(ticket, AttemptResult::Aborted, self.now(), rules)
+                        .await;
+                    self.inner.attempt_finished.notify_waiters();
+                    if let Err(e) = end {
+                        return Check::Store(e);
+                    }
+                }
+                return Check::Throttled(wait);
+            }
+        }
         // An empty simple bind is an unauthenticated bind: never ask; it is a wrong password.
         let verdict = if password.is_empty() {
             Ok(Verdict::Rejected)
@@ -779,6 +945,7 @@ impl Policy {
                 n += 1;
                 if n % 240 == 0 {
                     policy.inner.throttle.load().forget_idle();
+                    policy.inner.cache.sweep(policy.now());
                 }
             }
         })
@@ -828,6 +995,8 @@ impl Policy {
     /// End every session of `user` now, freeing its seat. An unknown user is a no-op.
     pub async fn kick(&self, user: &str) -> Result<Vec<Session>, AdminError> {
         let account = self.account(user)?;
+        // Its Basic callers' cached passwords go too: their next request is checked afresh.
+        self.inner.cache.forget(&account);
         let ended = self
             .inner
             .store
@@ -868,6 +1037,8 @@ impl Policy {
             .store
             .lock_account(&account, now, now + d)
             .await?;
+        // No cached password may carry a Basic caller past the lock.
+        self.inner.cache.forget(&account);
         self.emit(PolicyEvent::AdminLocked(&lock));
         Ok(lock)
     }

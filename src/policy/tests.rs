@@ -149,6 +149,9 @@ impl Observer for Recorder {
                 )
             }
             PolicyEvent::SessionEnded(s, why) => format!("end {} {}", s.account, why.as_str()),
+            PolicyEvent::Recheck {
+                account, result, ..
+            } => format!("recheck {} {}", account.unwrap_or("-"), result.as_str()),
         };
         self.0.lock().unwrap().push(line);
     }
@@ -165,17 +168,35 @@ struct Harness {
     tmp: tempfile::TempDir,
 }
 
+/// Check rules whose ceiling never bites, for tests about everything else.
+fn unlimited_checks() -> CheckRules {
+    CheckRules {
+        max_checks_per_second: 1_000_000,
+        ..CheckRules::default()
+    }
+}
+
 impl Harness {
     fn new(cfg: PolicyConfig) -> Self {
         Self::with_users(cfg, 0)
     }
 
     fn with_users(cfg: PolicyConfig, n: usize) -> Self {
+        Self::with_rules(cfg, n, unlimited_checks())
+    }
+
+    fn with_rules(cfg: PolicyConfig, n: usize, checks: CheckRules) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(tmp.path()).unwrap());
         let clock = ManualClock::at_2026();
         let events = Arc::new(Recorder::default());
-        let policy = Policy::new(cfg, store.clone(), Arc::new(clock.clone()), events.clone());
+        let policy = Policy::new(
+            cfg,
+            checks,
+            store.clone(),
+            Arc::new(clock.clone()),
+            events.clone(),
+        );
         let dir = TestDirectory::with_users(n);
         Self {
             policy,
@@ -200,12 +221,19 @@ impl Harness {
             ..
         } = self;
         let cfg = (**policy.cfg()).clone();
+        let checks = **policy.inner.checks.load();
         drop(policy);
         store.close().await.unwrap();
         drop(store);
         let store = Arc::new(EmbeddedStore::open(tmp.path()).unwrap());
         let events = Arc::new(Recorder::default());
-        let policy = Policy::new(cfg, store.clone(), Arc::new(clock.clone()), events.clone());
+        let policy = Policy::new(
+            cfg,
+            checks,
+            store.clone(),
+            Arc::new(clock.clone()),
+            events.clone(),
+        );
         Harness {
             policy,
             clock,
@@ -825,7 +853,7 @@ async fn the_absolute_timeout_ends_even_a_busy_session_exactly_on_time() {
     // "0s" turns it off.
     let mut cfg = contract_defaults();
     cfg.absolute_timeout = None;
-    h.policy.reload(cfg);
+    h.policy.reload(cfg, unlimited_checks());
     let s = h.browser("ann", "c1").await.unwrap();
     for _ in 0..48 {
         h.advance(HOUR - MS);
@@ -1015,7 +1043,7 @@ async fn lowering_the_cap_cuts_nobody_and_admits_nobody_until_below_it() {
     }
     let mut cfg = contract_defaults();
     cfg.max_sessions = 2;
-    h.policy.reload(cfg);
+    h.policy.reload(cfg, unlimited_checks());
     for s in &live {
         assert!(h.live(s, "/").await.is_ok(), "no live session is cut");
     }
@@ -1516,4 +1544,337 @@ async fn a_failing_disk_fails_closed_and_loses_no_lockout() {
     assert_eq!(h.locked("bob").await, Some(bob));
     assert_eq!(h.locked("cat").await, Some(cat));
     assert_eq!(h.seats().await, 1);
+}
+
+// ----- the global ceiling on credential checks -----
+
+fn ceiling(n: u32) -> CheckRules {
+    CheckRules {
+        max_checks_per_second: n,
+        ..CheckRules::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_addresses_at_once_get_exactly_the_ceiling_and_the_rest_429_uncounted() {
+    let h = Harness::with_rules(contract_defaults(), 40, ceiling(5));
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let policy = h.policy.clone();
+            let dir = h.directory.clone();
+            tokio::spawn(async move {
+                let user = format!("user{i}");
+                let ip = format!("198.51.100.{}", i + 1);
+                let r = policy
+                    .login(
+                        LoginRequest {
+                            username: &user,
+                            password: "wrong",
+                            ip: ip.parse().unwrap(),
+                            agent: "spray",
+                            client: ClientId(format!("c{i}")),
+                            kind: ClientKind::Browser,
+                            takeover: false,
+                        },
+                        &dir,
+                    )
+                    .await;
+                match r {
+                    Err(LoginRefused::Throttled { retry_after }) => {
+                        assert!(retry_after >= Duration::from_secs(1));
+                        "throttled"
+                    }
+                    Err(LoginRefused::BadCredentials) => "bad",
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+        })
+        .collect();
+    let mut throttled = 0;
+    for t in tasks {
+        if t.await.unwrap() == "throttled" {
+            throttled += 1;
+        }
+    }
+    assert_eq!(h.dir.checks(), 5, "the directory saw exactly the ceiling");
+    assert_eq!(throttled, 35);
+    let status = h.policy.status().await.unwrap();
+    assert_eq!(
+        status.tracked_windows, 5,
+        "a refusal at the ceiling counts no failure"
+    );
+    assert_eq!(h.events.count("login user"), 40);
+    // (the 429 row of the contract)
+    assert_eq!(
+        LoginRefused::Throttled {
+            retry_after: Duration::from_secs(1)
+        }
+        .status(),
+        (
+            http::StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(1))
+        )
+    );
+    // A second later, another second's worth.
+    h.advance(Duration::from_secs(1));
+    for (i, user) in ["ann", "bob", "cat", "dan", "user0"].iter().enumerate() {
+        assert!(is_bad(
+            &h.login_as(
+                user,
+                "wrong",
+                &format!("203.0.113.{i}"),
+                "x",
+                ClientKind::Browser,
+                false
+            )
+            .await
+        ));
+    }
+    assert!(matches!(
+        h.browser("user1", "c1").await,
+        Err(LoginRefused::Throttled { .. })
+    ));
+    assert_eq!(h.dir.checks(), 10);
+}
+
+#[tokio::test]
+async fn guesses_at_a_locked_account_and_empty_passwords_leave_the_ceiling_alone() {
+    let h = Harness::with_rules(contract_defaults(), 0, ceiling(2));
+    h.policy.lock("ann", None).await.unwrap();
+    for i in 0..50 {
+        let r = h
+            .login_as(
+                "ann",
+                "guess",
+                &format!("198.51.100.{i}"),
+                "x",
+                ClientKind::Browser,
+                false,
+            )
+            .await;
+        assert!(is_locked(&r));
+    }
+    for _ in 0..3 {
+        assert!(is_bad(
+            &h.login_as("cat", "", "192.0.2.9", "x", ClientKind::Browser, false)
+                .await
+        ));
+    }
+    assert_eq!(h.dir.checks(), 0);
+    assert!(
+        h.browser("bob", "c-bob").await.is_ok(),
+        "the budget is intact"
+    );
+    assert!(h.browser("dan", "c-dan").await.is_ok());
+    assert!(matches!(
+        h.browser("cat", "c-cat").await,
+        Err(LoginRefused::Throttled { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_new_ceiling_applies_on_reload() {
+    let h = Harness::with_rules(contract_defaults(), 0, ceiling(1));
+    assert!(h.browser("ann", "c-ann").await.is_ok());
+    assert!(matches!(
+        h.browser("bob", "c-bob").await,
+        Err(LoginRefused::Throttled { .. })
+    ));
+    h.policy.reload(contract_defaults(), ceiling(3));
+    assert!(h.browser("bob", "c-bob").await.is_ok());
+}
+
+// ----- the verification cache for Basic callers -----
+
+impl Harness {
+    async fn basic(&self, user: &str, password: &str) -> Result<Admitted, LoginRefused> {
+        self.login_as(
+            user,
+            password,
+            "192.0.2.50",
+            "api",
+            ClientKind::Basic,
+            false,
+        )
+        .await
+    }
+
+    async fn recheck(&self, user: &str, password: &str) -> Result<Rechecked, LoginRefused> {
+        self.policy
+            .recheck(
+                &LoginRequest {
+                    username: user,
+                    password,
+                    ip: "192.0.2.50".parse().unwrap(),
+                    agent: "curl/8",
+                    client: ClientId("api".into()),
+                    kind: ClientKind::Basic,
+                    takeover: false,
+                },
+                &self.directory,
+            )
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_basic_callers_requests_ride_the_cache_and_wrong_passwords_never_do() {
+    let h = Harness::new(contract_defaults());
+    h.basic("ann", "pw-ann").await.unwrap();
+    assert_eq!(h.dir.checks(), 1);
+    for _ in 0..100 {
+        assert_eq!(h.recheck("ann", "pw-ann").await.unwrap(), Rechecked::Cached);
+    }
+    assert_eq!(h.dir.checks(), 1, "a hundred requests, no more checks");
+    // Other spellings of the account share the entry.
+    assert_eq!(
+        h.recheck("HUTCH\\Ann", "pw-ann").await.unwrap(),
+        Rechecked::Cached
+    );
+    // A wrong password runs a check and counts.
+    assert!(matches!(
+        h.recheck("ann", "pw-ann ").await,
+        Err(LoginRefused::BadCredentials)
+    ));
+    assert_eq!(h.dir.checks(), 2);
+    assert_eq!(h.events.count("recheck ann bad_credentials"), 1);
+    assert_eq!(h.policy.status().await.unwrap().tracked_windows, 1);
+    // The entry lives cache_ttl from its check, then a check runs again.
+    h.advance(CheckRules::default().cache_ttl);
+    assert_eq!(
+        h.recheck("ann", "pw-ann").await.unwrap(),
+        Rechecked::Checked
+    );
+    assert_eq!(h.dir.checks(), 3);
+    assert_eq!(h.recheck("ann", "pw-ann").await.unwrap(), Rechecked::Cached);
+}
+
+#[tokio::test]
+async fn a_browser_login_caches_nothing() {
+    let h = Harness::new(contract_defaults());
+    h.browser("ann", "c1").await.unwrap();
+    assert!(h.policy.cache().is_empty());
+    assert_eq!(
+        h.recheck("ann", "pw-ann").await.unwrap(),
+        Rechecked::Checked
+    );
+}
+
+#[tokio::test]
+async fn kick_and_admin_lock_drop_the_cached_password() {
+    let h = Harness::new(contract_defaults());
+    h.basic("ann", "pw-ann").await.unwrap();
+    h.basic("bob", "pw-bob").await.unwrap();
+    h.policy.kick("ann").await.unwrap();
+    assert_eq!(
+        h.recheck("ann", "pw-ann").await.unwrap(),
+        Rechecked::Checked
+    );
+    assert_eq!(h.recheck("bob", "pw-bob").await.unwrap(), Rechecked::Cached);
+    let checks = h.dir.checks();
+    h.policy.lock("bob", None).await.unwrap();
+    assert!(matches!(
+        h.recheck("bob", "pw-bob").await,
+        Err(LoginRefused::AccountLocked { .. })
+    ));
+    assert_eq!(
+        h.dir.checks(),
+        checks,
+        "a locked account's check never runs"
+    );
+}
+
+#[tokio::test]
+async fn an_automatic_lockout_leaves_the_real_users_api_session_working() {
+    // The contract: a lockout refuses new credential checks only; an attacker's guesses must not
+    // cut the real user off.
+    let h = Harness::new(contract_defaults());
+    h.basic("ann", "pw-ann").await.unwrap();
+    for _ in 0..5 {
+        h.wrong("ann").await.ok();
+    }
+    assert!(h.locked("ann").await.is_some());
+    assert_eq!(h.recheck("ann", "pw-ann").await.unwrap(), Rechecked::Cached);
+    assert!(matches!(
+        h.recheck("ann", "another-guess").await,
+        Err(LoginRefused::AccountLocked { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_new_cache_ttl_empties_the_cache() {
+    let h = Harness::new(contract_defaults());
+    h.basic("ann", "pw-ann").await.unwrap();
+    h.policy.reload(
+        contract_defaults(),
+        CheckRules {
+            cache_ttl: Duration::from_secs(10),
+            ..unlimited_checks()
+        },
+    );
+    assert!(h.policy.cache().is_empty());
+    assert_eq!(
+        h.recheck("ann", "pw-ann").await.unwrap(),
+        Rechecked::Checked
+    );
+    h.advance(Duration::from_secs(10));
+    assert_eq!(
+        h.recheck("ann", "pw-ann").await.unwrap(),
+        Rechecked::Checked
+    );
+}
+
+#[test]
+fn every_refusal_has_the_contracts_api_status() {
+    use http::StatusCode as S;
+    let d = Duration::from_secs(7);
+    let now = crate::clock::Timestamp::default();
+    let cases: Vec<(LoginRefused, S, Option<Duration>)> = vec![
+        (LoginRefused::BadCredentials, S::UNAUTHORIZED, None),
+        (
+            LoginRefused::InvalidUsername(InvalidUsername::Empty),
+            S::UNAUTHORIZED,
+            None,
+        ),
+        (
+            LoginRefused::AccountLocked {
+                until: now,
+                retry_after: d,
+            },
+            S::FORBIDDEN,
+            Some(d),
+        ),
+        (
+            LoginRefused::LicenseFull { retry_after: d },
+            S::SERVICE_UNAVAILABLE,
+            Some(d),
+        ),
+        (
+            LoginRefused::OtherClientActive {
+                since: now,
+                ip: "192.0.2.1".parse().unwrap(),
+                kind: ClientKind::Browser,
+            },
+            S::CONFLICT,
+            None,
+        ),
+        (
+            LoginRefused::Throttled { retry_after: d },
+            S::TOO_MANY_REQUESTS,
+            Some(d),
+        ),
+        (
+            LoginRefused::DirectoryUnavailable,
+            S::SERVICE_UNAVAILABLE,
+            None,
+        ),
+        (
+            LoginRefused::Store(StoreError::Closed),
+            S::SERVICE_UNAVAILABLE,
+            None,
+        ),
+    ];
+    for (r, status, retry) in cases {
+        assert_eq!(r.status(), (status, retry), "{r:?}");
+    }
 }

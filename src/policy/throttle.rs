@@ -1,6 +1,7 @@
 //! Per-address rate limits, with governor on the injected clock: credential checks per source
 //! address (`policy.login_attempts_per_ip_per_minute`) and public-path requests per source
-//! address (`policy.public_requests_per_ip_per_minute`).
+//! address (`policy.public_requests_per_ip_per_minute`), and the global ceiling on credential
+//! checks from all addresses together (`auth.max_checks_per_second`).
 //!
 //! An IPv6 client is counted by its /64, since one host commonly holds a whole /64.
 
@@ -13,6 +14,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::clock::{Clock, GovernorClock};
+use crate::config::PolicyConfig;
 
 type Limiter = RateLimiter<
     IpAddr,
@@ -35,10 +37,18 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Both per-address limits.
+type Ceiling = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    GovernorClock,
+    NoOpMiddleware<governor::nanos::Nanos>,
+>;
+
+/// Both per-address limits and the global ceiling.
 pub struct Throttle {
     logins: Limiter,
     public: Limiter,
+    ceiling: Ceiling,
     clock: GovernorClock,
 }
 
@@ -47,9 +57,28 @@ fn per_minute(n: u32) -> Quota {
 }
 
 impl Throttle {
-    pub fn new(logins_per_minute: u32, public_per_minute: u32, clock: Arc<dyn Clock>) -> Self {
+    /// The per-address limits from `cfg`; `checks_per_second` for the ceiling (its burst is one
+    /// second's worth).
+    pub fn new(cfg: &PolicyConfig, checks_per_second: u32, clock: Arc<dyn Clock>) -> Self {
+        Self::with_rates(
+            cfg.login_attempts_per_ip_per_minute,
+            cfg.public_requests_per_ip_per_minute,
+            checks_per_second,
+            clock,
+        )
+    }
+
+    pub fn with_rates(
+        logins_per_minute: u32,
+        public_per_minute: u32,
+        checks_per_second: u32,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let clock = GovernorClock(clock);
+        let per_second = std::num::NonZeroU32::new(checks_per_second.max(1))
+            .unwrap_or(std::num::NonZeroU32::MIN);
         Self {
+            ceiling: RateLimiter::direct_with_clock(Quota::per_second(per_second), clock.clone()),
             logins: RateLimiter::new(
                 per_minute(logins_per_minute),
                 DashMapStateStore::default(),
@@ -76,6 +105,16 @@ impl Throttle {
     /// Take one credential check's token for `ip`, or say how long to wait.
     pub fn login(&self, ip: IpAddr) -> Result<(), Duration> {
         self.check(&self.logins, ip)
+    }
+
+    /// Take one of the global ceiling's tokens for a credential check, or say how long to wait.
+    pub fn ceiling(&self) -> Result<(), Duration> {
+        use governor::clock::Clock as _;
+        self.ceiling.check().map_err(|not_until| {
+            not_until
+                .wait_time_from(self.clock.now())
+                .max(Duration::from_secs(1))
+        })
     }
 
     /// Take one public request's token for `ip`, or say how long to wait.
@@ -105,7 +144,7 @@ mod tests {
     #[test]
     fn a_minute_of_budget_then_wait_then_more() {
         let clock = ManualClock::at_2026();
-        let t = Throttle::new(30, 600, Arc::new(clock.clone()));
+        let t = Throttle::with_rates(30, 600, 50, Arc::new(clock.clone()));
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         for i in 0..30 {
             assert!(t.login(ip).is_ok(), "attempt {i}");
@@ -130,7 +169,7 @@ mod tests {
     #[test]
     fn ipv6_counts_by_slash_64() {
         let clock = ManualClock::at_2026();
-        let t = Throttle::new(2, 2, Arc::new(clock));
+        let t = Throttle::with_rates(2, 2, 50, Arc::new(clock));
         assert!(t.login("2001:db8::1".parse().unwrap()).is_ok());
         assert!(t.login("2001:db8::ffff:2".parse().unwrap()).is_ok());
         assert!(t.login("2001:db8::3".parse().unwrap()).is_err());

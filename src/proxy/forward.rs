@@ -168,25 +168,7 @@ impl Upstream {
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
 
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            // A broken system certificate must not stop the gateway; it just is not trusted.
-            let _ = roots.add(cert);
-        }
-        if let Some(ca) = &cfg.ca_file {
-            for cert in crate::server::tls::load_certs(ca)? {
-                roots.add(cert).map_err(|e| {
-                    anyhow::anyhow!("{}: not a usable CA certificate: {e}", ca.display())
-                })?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = crate::server::tls::client_config(cfg.ca_file.as_deref())?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

@@ -36,6 +36,27 @@ pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
         .with_context(|| format!("{}: no usable PEM private key", path.display()))
 }
 
+/// A client configuration (for the upstream and the directory) that trusts the system's roots
+/// plus the PEM certificates in `ca_file`.
+pub fn client_config(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A broken system certificate must not stop the gateway; it just is not trusted.
+        let _ = roots.add(cert);
+    }
+    if let Some(ca) = ca_file {
+        for cert in load_certs(ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| anyhow!("{}: not a usable CA certificate: {e}", ca.display()))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 fn load_certified_key(cert_file: &Path, key_file: &Path) -> anyhow::Result<CertifiedKey> {
     let certs = load_certs(cert_file)?;
     let key = load_key(key_file)?;

@@ -1,0 +1,321 @@
+//! The `file` backend: local accounts with argon2id hashes, for external collaborators' accounts,
+//! the demo and test setups.
+//!
+//! The users file is TOML, one table per account, hashes made by `faspex-gate hash-password`:
+//!
+//! ```toml
+//! [users.ann]
+//! hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+//! ```
+//!
+//! It is parsed and checked with the configuration ([`parse_users`]), so a bad entry stops the
+//! gateway at start with exit 2. Hashing is deliberately slow (about 20 ms and 19 MiB each), so it
+//! runs on the blocking pool behind a semaphore of `auth.max_concurrent_hashes`: a flood queues
+//! instead of taking every core and all memory. An unknown account is verified against a dummy
+//! hash with the same parameters, so its answer and its cost are those of a wrong password.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use async_trait::async_trait;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use super::{Directory, DirectoryError, Verdict};
+
+/// The parsed users file: account → PHC hash string. `Debug` shows only the count.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Users(pub Arc<BTreeMap<String, String>>);
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Users({} accounts)", self.0.len())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUsersFile {
+    #[serde(default)]
+    users: BTreeMap<String, RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    hash: String,
+}
+
+/// Parse a users file. `normal` gives the form a login name takes after normalisation; every
+/// account must be written that way, or it could never log in. Errors say which entry is wrong
+/// and why, never echoing a hash.
+pub fn parse_users(text: &str, normal: impl Fn(&str) -> Option<String>) -> Result<Users, String> {
+    let raw: RawUsersFile = toml::from_str(text).map_err(|e| {
+        format!(
+            "not a valid users file: {}; expected [users.NAME] tables with hash = \"$argon2id$...\"",
+            e.message()
+        )
+    })?;
+    let mut users = BTreeMap::new();
+    for (name, user) in raw.users {
+        match normal(&name) {
+            Some(n) if n == name => {}
+            Some(n) => {
+                return Err(format!(
+                    "users.{name}: logins arrive as \"{n}\" after normalisation; name the table \
+                     [users.\"{n}\"]"
+                ))
+            }
+            None => return Err(format!("users.{name}: not a valid account name")),
+        }
+        check_hash(&user.hash).map_err(|why| format!("users.{name}.hash: {why}"))?;
+        users.insert(name, user.hash);
+    }
+    Ok(Users(Arc::new(users)))
+}
+
+fn check_hash(hash: &str) -> Result<(), String> {
+    const HOW: &str = "make one with `faspex-gate hash-password`";
+    let parsed =
+        PasswordHash::new(hash).map_err(|e| format!("not a PHC hash string ({e}); {HOW}"))?;
+    if parsed.algorithm.as_str() != "argon2id" {
+        return Err(format!(
+            "the algorithm is {}, only argon2id is accepted; {HOW}",
+            parsed.algorithm
+        ));
+    }
+    argon2::Params::try_from(&parsed)
+        .map_err(|e| format!("unusable argon2 parameters ({e}); {HOW}"))?;
+    if parsed.hash.is_none() || parsed.salt.is_none() {
+        return Err(format!("the salt or the hash is missing; {HOW}"));
+    }
+    Ok(())
+}
+
+/// See the module documentation.
+pub struct FileDirectory {
+    users: Users,
+    /// Verified when the account is unknown: same parameters as the users' hashes.
+    dummy: String,
+    hashes: Semaphore,
+    checks: AtomicU64,
+    dummy_checks: AtomicU64,
+}
+
+impl FileDirectory {
+    pub fn new(users: Users, max_concurrent_hashes: usize) -> anyhow::Result<Self> {
+        // The dummy costs what a real entry costs: the parameters of the first user's hash (a
+        // file made by `hash-password` has one set), or the defaults that command uses.
+        let params = users
+            .0
+            .values()
+            .next()
+            .and_then(|h| PasswordHash::new(h).ok())
+            .and_then(|h| argon2::Params::try_from(&h).ok())
+            .unwrap_or_default();
+        let dummy_password = crate::util::random_bytes(24)?;
+        let salt = crate::util::random_bytes(16)?;
+        let salt = argon2::password_hash::SaltString::encode_b64(&salt)
+            .map_err(|e| anyhow::anyhow!("cannot encode a salt: {e}"))?;
+        let dummy = phc(params, &dummy_password, &salt)?;
+        Ok(Self {
+            users,
+            dummy,
+            hashes: Semaphore::new(max_concurrent_hashes.max(1)),
+            checks: AtomicU64::new(0),
+            dummy_checks: AtomicU64::new(0),
+        })
+    }
+
+    /// Hash comparisons run so far.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
+    }
+
+    /// Of those, comparisons against the dummy hash (unknown accounts).
+    pub fn dummy_checks(&self) -> u64 {
+        self.dummy_checks.load(Ordering::Relaxed)
+    }
+
+    pub fn accounts(&self) -> usize {
+        self.users.0.len()
+    }
+}
+
+/// An argon2id PHC string for `password` with `params` and `salt`.
+fn phc(
+    params: argon2::Params,
+    password: &[u8],
+    salt: &argon2::password_hash::SaltString,
+) -> anyhow::Result<String> {
+    use argon2::password_hash::PasswordHasher;
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password, salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("cannot make the dummy hash: {e}"))
+}
+
+#[async_trait]
+impl Directory for FileDirectory {
+    async fn verify(&self, account: &str, password: &str) -> Result<Verdict, DirectoryError> {
+        if password.is_empty() {
+            return Ok(Verdict::Rejected);
+        }
+        let (hash, known) = match self.users.0.get(account) {
+            Some(h) => (h.clone(), true),
+            None => (self.dummy.clone(), false),
+        };
+        let _permit = self
+            .hashes
+            .acquire()
+            .await
+            .map_err(|_| DirectoryError("the users file backend is shutting down".into()))?;
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        if !known {
+            self.dummy_checks.fetch_add(1, Ordering::Relaxed);
+        }
+        let password = password.to_owned();
+        let matched = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| {
+                    argon2::Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(|e| DirectoryError(format!("a hash check failed to run: {e}")))?;
+        Ok(if matched && known {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(pairs: &[(&str, &str)]) -> Users {
+        let text: String = pairs
+            .iter()
+            .map(|(u, p)| {
+                format!(
+                    "[users.\"{u}\"]\nhash = \"{}\"\n",
+                    crate::auth::password::hash(p).unwrap()
+                )
+            })
+            .collect();
+        parse_users(&text, |n| Some(n.to_lowercase())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn right_wrong_unknown_and_empty() {
+        let d = FileDirectory::new(users(&[("ann", "s3cret")]), 2).unwrap();
+        assert_eq!(d.verify("ann", "s3cret").await.unwrap(), Verdict::Accepted);
+        assert_eq!(d.verify("ann", "S3cret").await.unwrap(), Verdict::Rejected);
+        assert_eq!(d.checks(), 2);
+        assert_eq!(d.dummy_checks(), 0);
+        // An unknown account does the same work, against the dummy hash, and gets the same answer.
+        assert_eq!(d.verify("zed", "s3cret").await.unwrap(), Verdict::Rejected);
+        assert_eq!((d.checks(), d.dummy_checks()), (3, 1));
+        // Even the dummy's own password cannot log in as an unknown account.
+        assert_eq!(d.verify("ann", "").await.unwrap(), Verdict::Rejected);
+        assert_eq!(d.checks(), 3, "an empty password hashes nothing");
+    }
+
+    #[tokio::test]
+    async fn the_dummy_uses_the_users_parameters() {
+        let cheap = argon2::Params::new(1024, 1, 1, None).unwrap();
+        let salt = argon2::password_hash::SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let hash = phc(cheap, b"pw", &salt).unwrap();
+        let users = parse_users(&format!("[users.ann]\nhash = \"{hash}\"\n"), |n| {
+            Some(n.to_owned())
+        })
+        .unwrap();
+        let d = FileDirectory::new(users, 1).unwrap();
+        assert!(d.dummy.contains("m=1024,t=1,p=1"), "{}", d.dummy);
+        assert_eq!(d.verify("ann", "pw").await.unwrap(), Verdict::Accepted);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashing_never_exceeds_the_semaphore() {
+        let d = Arc::new(FileDirectory::new(users(&[("ann", "pw")]), 1).unwrap());
+        let tasks: Vec<_> = (0..6)
+            .map(|i| {
+                let d = d.clone();
+                tokio::spawn(async move { d.verify("ann", &format!("guess{i}")).await })
+            })
+            .collect();
+        // While they run, at most one permit is ever taken out.
+        let watcher = {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let mut most_busy = 0;
+                for _ in 0..200 {
+                    most_busy = most_busy.max(1 - d.hashes.available_permits());
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                most_busy
+            })
+        };
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), Verdict::Rejected);
+        }
+        assert!(watcher.await.unwrap() <= 1);
+        assert_eq!(d.checks(), 6);
+    }
+
+    #[test]
+    fn bad_users_files_are_refused_naming_the_entry() {
+        let id = |n: &str| Some(n.to_lowercase());
+        let good = crate::auth::password::hash("pw").unwrap();
+        let salt = argon2::password_hash::SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let argon2i = {
+            use argon2::password_hash::PasswordHasher;
+            let params = argon2::Params::new(1024, 1, 1, None).unwrap();
+            argon2::Argon2::new(argon2::Algorithm::Argon2i, argon2::Version::V0x13, params)
+                .hash_password(b"pw", &salt)
+                .unwrap()
+                .to_string()
+        };
+        let cases = [
+            (
+                "[users.ann]\nhash = \"plain\"\n".to_owned(),
+                "users.ann.hash: not a PHC",
+            ),
+            (
+                format!("[users.ann]\nhash = \"{argon2i}\"\n"),
+                "only argon2id",
+            ),
+            (
+                format!("[users.Ann]\nhash = \"{good}\"\n"),
+                "users.Ann: logins arrive as \"ann\"",
+            ),
+            (
+                format!("[users.ann]\nhash = \"{good}\"\nrole = \"x\"\n"),
+                "unknown field",
+            ),
+            ("users = 3".to_owned(), "not a valid users file"),
+        ];
+        for (text, want) in cases {
+            let err = parse_users(&text, id).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(
+                !err.contains(&good) && !err.contains(&argon2i),
+                "never echo a hash: {err}"
+            );
+        }
+        assert_eq!(parse_users("", id).unwrap().0.len(), 0);
+    }
+
+    #[test]
+    fn debug_shows_no_hashes() {
+        let u = users(&[("ann", "pw")]);
+        assert_eq!(format!("{u:?}"), "Users(1 accounts)");
+    }
+}

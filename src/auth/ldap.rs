@@ -1,0 +1,780 @@
+//! The `ldap` backend: credential checks against LDAP or Active Directory with ldap3.
+//!
+//! **Two ways to find the account.**
+//! - *Direct bind*: bind as `user_dn_template` with `{username}` escaped as an RFC 4514 DN value.
+//! - *Search, then bind*: a service account (`bind_dn`) searches `base_dn` with `user_filter`, the
+//!   name escaped as an RFC 4515 filter value, for exactly one entry, then binds as that entry.
+//!   No entry (or more than one) runs a *dummy bind* to a DN that cannot exist, so an unknown
+//!   user costs the directory, and the caller, what a wrong password costs.
+//!
+//! **Group restriction.** With `require_group`, a successful bind also needs membership:
+//! a base search on the group for `(|(member=DN)(uniqueMember=DN))`, or with `nested_groups`
+//! a base search on the user for Active Directory's `LDAP_MATCHING_RULE_IN_CHAIN`
+//! (`(memberOf:1.2.840.113556.1.4.1941:=GROUP)`). In direct-bind mode the user runs that
+//! search itself, on the connection it just bound; with a service account, the service account does.
+//! A non-member is refused exactly like a wrong password.
+//!
+//! **Answers.** Bind result 0 accepts. `invalidCredentials` (49), and the other answers that mean
+//! "not this account" (no such object, invalid DN syntax, inappropriate authentication,
+//! insufficient access, unwilling to perform), reject: a disabled, expired or AD-locked account is
+//! a plain wrong password to the caller. Active Directory's `data 52e`-style subcodes are logged
+//! with their meaning and never shown. `busy`, `unavailable`, transport errors and silence past
+//! `timeout` mean the server is not answering: the next URL is tried, and the failed one is
+//! skipped for [`DOWN_FOR`]. If no server answers, the check fails with [`DirectoryError`], which
+//! the engine counts against no one (503).
+//!
+//! **Connections.** Two pools of `pool_size` reusable connections each: one bound as the service
+//! account for searches, one for user binds (a bind resets a connection's identity, so they are
+//! never mixed). Connections are made on demand to the first server not marked down, checked
+//! (a dropped idle connection is replaced once without blaming the server), and closed after
+//! [`IDLE_MAX`] unused. Connect, StartTLS, the TLS handshake and every operation have `timeout`.
+//! ldaps:// and StartTLS verify the server against the system roots plus `ca_file`.
+//!
+//! An empty password is refused before anything is sent: an empty simple bind is an
+//! unauthenticated bind, which many servers answer "success".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, SearchOptions};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::{Directory, DirectoryError, Verdict};
+use crate::config::{LdapConfig, Secret};
+
+/// How long a server that failed is skipped before it is tried again.
+pub const DOWN_FOR: Duration = Duration::from_secs(30);
+
+/// An idle pooled connection older than this is closed rather than reused (Active Directory
+/// drops idle connections after 15 minutes by default; this stays well inside that).
+pub const IDLE_MAX: Duration = Duration::from_secs(120);
+
+/// Active Directory's bind subcodes (the `data NNN` in the diagnostic text of result 49).
+pub fn ad_subcode_meaning(code: &str) -> &'static str {
+    match code {
+        "525" => "user not found",
+        "52e" => "invalid credentials",
+        "530" => "not permitted to log on at this time",
+        "531" => "not permitted to log on at this workstation",
+        "532" => "password expired",
+        "533" => "account disabled",
+        "568" => "too many security IDs",
+        "701" => "account expired",
+        "773" => "password must be reset",
+        "775" => "account locked out",
+        _ => "unknown subcode",
+    }
+}
+
+/// The subcode in an Active Directory diagnostic such as
+/// `80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data 52e, v4563`.
+pub fn ad_subcode(text: &str) -> Option<&str> {
+    let at = text.find("data ")? + "data ".len();
+    let rest = &text[at..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_hexdigit())
+        .unwrap_or(rest.len());
+    (end > 0).then(|| &rest[..end])
+}
+
+/// The DN a direct bind uses: `{username}` escaped as an RFC 4514 attribute value.
+pub fn user_dn(template: &str, account: &str) -> String {
+    template.replace("{username}", &ldap3::dn_escape(account))
+}
+
+/// The search filter for an account: `{username}` escaped as an RFC 4515 assertion value.
+pub fn user_filter(template: &str, account: &str) -> String {
+    template.replace("{username}", &ldap3::ldap_escape(account))
+}
+
+/// One membership question: a base-scope search of `base` that returns an entry when the user is
+/// a member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupQuery {
+    pub base: String,
+    pub filter: String,
+}
+
+/// The membership search for `user_dn` in `group_dn`.
+pub fn group_query(group_dn: &str, nested: bool, user_dn: &str) -> GroupQuery {
+    if nested {
+        GroupQuery {
+            base: user_dn.to_owned(),
+            filter: format!(
+                "(memberOf:1.2.840.113556.1.4.1941:={})",
+                ldap3::ldap_escape(group_dn)
+            ),
+        }
+    } else {
+        let dn = ldap3::ldap_escape(user_dn);
+        GroupQuery {
+            base: group_dn.to_owned(),
+            filter: format!("(|(member={dn})(uniqueMember={dn}))"),
+        }
+    }
+}
+
+enum Mode {
+    Direct {
+        template: String,
+    },
+    Search {
+        bind_dn: String,
+        password: Secret,
+        base_dn: String,
+        filter: String,
+        /// Bound when the account is not found: in `base_dn`, named so it cannot exist.
+        dummy_dn: String,
+    },
+}
+
+struct Group {
+    dn: String,
+    nested: bool,
+}
+
+struct Server {
+    url: String,
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// Why a step did not give an answer.
+enum StepError {
+    /// The server did not answer properly: try the next one.
+    Transport(String),
+    /// The server answered, and another server would answer the same (a configuration problem).
+    Fatal(String),
+}
+
+fn transport(e: ldap3::LdapError) -> StepError {
+    StepError::Transport(e.to_string())
+}
+
+struct Idle {
+    ldap: Ldap,
+    server: usize,
+    since: Instant,
+}
+
+struct Pool {
+    name: &'static str,
+    /// Service-account connections are bound as `bind_dn` when made.
+    service: bool,
+    idle: Mutex<Vec<Idle>>,
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+struct Conn {
+    ldap: Ldap,
+    server: usize,
+    reused: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Counters, for tests and the benchmark.
+#[derive(Default)]
+struct Stats {
+    connects: AtomicU64,
+    binds: AtomicU64,
+    searches: AtomicU64,
+}
+
+/// See the module documentation.
+pub struct LdapDirectory {
+    servers: Vec<Server>,
+    settings: LdapConnSettings,
+    timeout: Duration,
+    mode: Mode,
+    group: Option<Group>,
+    service_pool: Pool,
+    bind_pool: Pool,
+    stats: Stats,
+}
+
+impl LdapDirectory {
+    /// Build from the validated configuration. Nothing is contacted yet: a directory that is
+    /// down at start makes checks fail (503), not the gateway.
+    pub fn new(cfg: &LdapConfig) -> anyhow::Result<Self> {
+        let tls = crate::server::tls::client_config(cfg.ca_file.as_deref())?;
+        let settings = LdapConnSettings::new()
+            .set_conn_timeout(cfg.timeout)
+            .set_starttls(cfg.starttls)
+            .set_config(Arc::new(tls));
+        let mode = match (&cfg.bind_dn, &cfg.base_dn, &cfg.bind_password) {
+            (Some(bind_dn), Some(base_dn), Some(password)) => {
+                let tag: String = crate::util::random_bytes(8)?
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                Mode::Search {
+                    bind_dn: bind_dn.clone(),
+                    password: password.clone(),
+                    base_dn: base_dn.clone(),
+                    filter: cfg.user_filter.clone(),
+                    dummy_dn: format!("cn=faspex-gate-no-such-user-{tag},{base_dn}"),
+                }
+            }
+            _ => Mode::Direct {
+                template: cfg.user_dn_template.clone().ok_or_else(|| {
+                    anyhow::anyhow!("auth.ldap: set user_dn_template, or bind_dn with base_dn")
+                })?,
+            },
+        };
+        let pool = |name, service| Pool {
+            name,
+            service,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(cfg.pool_size.max(1))),
+            size: cfg.pool_size.max(1),
+        };
+        Ok(Self {
+            servers: cfg
+                .urls
+                .iter()
+                .map(|u| Server {
+                    url: u.as_str().trim_end_matches('/').to_owned(),
+                    down_until: Mutex::new(None),
+                })
+                .collect(),
+            settings,
+            timeout: cfg.timeout,
+            mode,
+            group: cfg.require_group.as_ref().map(|dn| Group {
+                dn: dn.clone(),
+                nested: cfg.nested_groups,
+            }),
+            service_pool: pool("service", true),
+            bind_pool: pool("bind", false),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Connections opened, binds and searches sent, since start.
+    pub fn stats(&self) -> (u64, u64, u64) {
+        (
+            self.stats.connects.load(Ordering::Relaxed),
+            self.stats.binds.load(Ordering::Relaxed),
+            self.stats.searches.load(Ordering::Relaxed),
+        )
+    }
+
+    // ----- servers and connections -----
+
+    fn is_down(&self, i: usize, now: Instant) -> bool {
+        lock(&self.servers[i].down_until).is_some_and(|until| until > now)
+    }
+
+    fn mark_down(&self, i: usize, why: &str) {
+        let s = &self.servers[i];
+        *lock(&s.down_until) = Some(Instant::now() + DOWN_FOR);
+        tracing::warn!(
+            target: "faspex_gate::auth",
+            server = %s.url,
+            error = why,
+            skip_for_s = DOWN_FOR.as_secs(),
+            "directory server not answering; using the next one"
+        );
+    }
+
+    /// Servers in the order to try: those not marked down, in configured order, then the others
+    /// (something may have come back).
+    fn order(&self) -> Vec<usize> {
+        let now = Instant::now();
+        let (up, down): (Vec<usize>, Vec<usize>) =
+            (0..self.servers.len()).partition(|&i| !self.is_down(i, now));
+        up.into_iter().chain(down).collect()
+    }
+
+    async fn connect_to(&self, i: usize, service: bool) -> Result<Ldap, StepError> {
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let (conn, mut ldap) =
+            LdapConnAsync::with_settings(self.settings.clone(), &self.servers[i].url)
+                .await
+                .map_err(transport)?;
+        tokio::spawn(async move {
+            let _ = conn.drive().await;
+        });
+        if service {
+            if let Mode::Search {
+                bind_dn, password, ..
+            } = &self.mode
+            {
+                let password = std::str::from_utf8(password.expose()).map_err(|_| {
+                    StepError::Fatal("auth.ldap.bind_password_file is not UTF-8".into())
+                })?;
+                self.stats.binds.fetch_add(1, Ordering::Relaxed);
+                let r = ldap
+                    .with_timeout(self.timeout)
+                    .simple_bind(bind_dn, password)
+                    .await
+                    .map_err(transport)?;
+                match r.rc {
+                    0 => {}
+                    51 | 52 => return Err(StepError::Transport(rc_text(r.rc, &r.text))),
+                    _ => {
+                        return Err(StepError::Fatal(format!(
+                            "the service account bind_dn was refused ({}); check auth.ldap.bind_dn \
+                             and bind_password_file",
+                            rc_text(r.rc, &r.text)
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(ldap)
+    }
+
+    /// A connection from `pool`: an idle one to the preferred server, or a new one.
+    async fn get(&self, pool: &Pool, fresh_only: bool) -> Result<Conn, DirectoryError> {
+        let permit = tokio::time::timeout(self.timeout, pool.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                DirectoryError(format!(
+                    "all {} {} connections stayed busy for {:?}",
+                    pool.size, pool.name, self.timeout
+                ))
+            })?
+            .map_err(|_| DirectoryError("the directory client is closed".into()))?;
+        let order = self.order();
+        let preferred = order[0];
+        if !fresh_only {
+            let now = Instant::now();
+            let mut idle = lock(&pool.idle);
+            while let Some(c) = idle.pop() {
+                if c.server == preferred && now.duration_since(c.since) < IDLE_MAX {
+                    return Ok(Conn {
+                        ldap: c.ldap,
+                        server: c.server,
+                        reused: true,
+                        _permit: permit,
+                    });
+                }
+                // Stale, or to a server we are moving away from: dropping it closes it.
+            }
+        }
+        let mut last = String::new();
+        for i in order {
+            match self.connect_to(i, pool.service).await {
+                Ok(ldap) => {
+                    return Ok(Conn {
+                        ldap,
+                        server: i,
+                        reused: false,
+                        _permit: permit,
+                    })
+                }
+                Err(StepError::Fatal(e)) => return Err(DirectoryError(e)),
+                Err(StepError::Transport(e)) => {
+                    self.mark_down(i, &e);
+                    last = format!("{}: {e}", self.servers[i].url);
+                }
+            }
+        }
+        Err(DirectoryError(format!(
+            "no directory server answered (last: {last})"
+        )))
+    }
+
+    fn put(&self, pool: &Pool, conn: Conn) {
+        let mut idle = lock(&pool.idle);
+        if idle.len() < pool.size {
+            idle.push(Idle {
+                ldap: conn.ldap,
+                server: conn.server,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Run `step` on a connection from `pool`, failing over to the next server when one does
+    /// not answer.
+    async fn run<'a, T>(
+        &'a self,
+        pool: &'a Pool,
+        step: impl Fn(Ldap) -> BoxFuture<'a, Result<T, StepError>> + Send + Sync + 'a,
+    ) -> Result<T, DirectoryError> {
+        let mut failures = 0;
+        let mut stale_retried = false;
+        let mut fresh_only = false;
+        loop {
+            let conn = self.get(pool, fresh_only).await?;
+            let outcome = match tokio::time::timeout(self.timeout, step(conn.ldap.clone())).await {
+                Ok(r) => r,
+                Err(_) => Err(StepError::Transport(format!(
+                    "no answer within {:?}",
+                    self.timeout
+                ))),
+            };
+            match outcome {
+                Ok(v) => {
+                    self.put(pool, conn);
+                    return Ok(v);
+                }
+                Err(StepError::Fatal(e)) => {
+                    self.put(pool, conn);
+                    return Err(DirectoryError(e));
+                }
+                Err(StepError::Transport(e)) => {
+                    let server = conn.server;
+                    let reused = conn.reused;
+                    drop(conn);
+                    if reused && !stale_retried && !e.starts_with("no answer") {
+                        // An idle connection the server (or a firewall) closed: retry once on a
+                        // new one before blaming the server.
+                        stale_retried = true;
+                        fresh_only = true;
+                        lock(&pool.idle).retain(|c| c.server != server);
+                        continue;
+                    }
+                    self.mark_down(server, &e);
+                    failures += 1;
+                    if failures >= self.servers.len() {
+                        return Err(DirectoryError(format!(
+                            "no directory server answered (last: {}: {e})",
+                            self.servers[server].url
+                        )));
+                    }
+                    fresh_only = true;
+                }
+            }
+        }
+    }
+
+    // ----- the steps of a check -----
+
+    /// Search for the account's entry as the service account: its DN, or `None` when there is
+    /// not exactly one.
+    async fn find_user(&self, account: &str) -> Result<Option<String>, DirectoryError> {
+        let Mode::Search {
+            base_dn, filter, ..
+        } = &self.mode
+        else {
+            return Ok(None);
+        };
+        let filter = user_filter(filter, account);
+        let found = self
+            .run(&self.service_pool, |mut ldap| {
+                let filter = filter.clone();
+                Box::pin(async move {
+                    self.stats.searches.fetch_add(1, Ordering::Relaxed);
+                    let r = ldap
+                        .with_search_options(SearchOptions::new().sizelimit(2))
+                        .with_timeout(self.timeout)
+                        .search(base_dn, Scope::Subtree, &filter, vec!["1.1"])
+                        .await
+                        .map_err(transport)?;
+                    search_outcome(r.1.rc, &r.1.text, "auth.ldap.base_dn")?;
+                    Ok(r.0
+                        .into_iter()
+                        .filter(|e| !e.is_ref() && !e.is_intermediate())
+                        .map(|e| SearchEntry::construct(e).dn)
+                        .collect::<Vec<_>>())
+                })
+            })
+            .await?;
+        match found.len() {
+            1 => Ok(found.into_iter().next()),
+            0 => Ok(None),
+            n => {
+                tracing::warn!(
+                    target: "faspex_gate::auth",
+                    account,
+                    entries = n,
+                    "auth.ldap.user_filter matches more than one entry for this account; refused"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Bind as `dn`; when `group` is given, also ask it on the same connection, as that user.
+    async fn bind(
+        &self,
+        dn: &str,
+        password: &str,
+        account: &str,
+        group: Option<&GroupQuery>,
+    ) -> Result<Verdict, DirectoryError> {
+        self.run(&self.bind_pool, |mut ldap| {
+            Box::pin(async move {
+                self.stats.binds.fetch_add(1, Ordering::Relaxed);
+                let r = ldap
+                    .with_timeout(self.timeout)
+                    .simple_bind(dn, password)
+                    .await
+                    .map_err(transport)?;
+                match bind_outcome(r.rc, &r.text, account)? {
+                    Verdict::Rejected => Ok(Verdict::Rejected),
+                    Verdict::Accepted => match group {
+                        None => Ok(Verdict::Accepted),
+                        Some(q) => self.member(&mut ldap, q).await,
+                    },
+                }
+            })
+        })
+        .await
+    }
+
+    async fn member(&self, ldap: &mut Ldap, q: &GroupQuery) -> Result<Verdict, StepError> {
+        self.stats.searches.fetch_add(1, Ordering::Relaxed);
+        let r = ldap
+            .with_timeout(self.timeout)
+            .search(&q.base, Scope::Base, &q.filter, vec!["1.1"])
+            .await
+            .map_err(transport)?;
+        search_outcome(r.1.rc, &r.1.text, "auth.ldap.require_group")?;
+        let hits =
+            r.0.iter()
+                .filter(|e| !e.is_ref() && !e.is_intermediate())
+                .count();
+        Ok(if hits > 0 {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        })
+    }
+}
+
+/// What a bind's result code means for the check.
+fn bind_outcome(rc: u32, text: &str, account: &str) -> Result<Verdict, StepError> {
+    match rc {
+        0 => Ok(Verdict::Accepted),
+        49 => {
+            match ad_subcode(text) {
+                Some(code) => tracing::info!(
+                    target: "faspex_gate::auth",
+                    account,
+                    ad_subcode = code,
+                    meaning = ad_subcode_meaning(code),
+                    "directory refused the bind"
+                ),
+                None => tracing::debug!(
+                    target: "faspex_gate::auth",
+                    account,
+                    "directory refused the bind: invalid credentials"
+                ),
+            }
+            Ok(Verdict::Rejected)
+        }
+        // No such object, invalid DN syntax, inappropriate authentication, insufficient access,
+        // unwilling to perform (disabled accounts, password policy): "not this account".
+        32 | 34 | 48 | 50 | 53 => {
+            tracing::info!(
+                target: "faspex_gate::auth",
+                account,
+                result = %rc_text(rc, text),
+                "directory refused the bind"
+            );
+            Ok(Verdict::Rejected)
+        }
+        _ => Err(StepError::Transport(rc_text(rc, text))),
+    }
+}
+
+/// What a search's result code means: 0, and size limit exceeded (we ask for at most 2), are
+/// answers; busy and unavailable are the server's problem; anything else is the configuration's.
+fn search_outcome(rc: u32, text: &str, key: &str) -> Result<(), StepError> {
+    match rc {
+        0 | 4 => Ok(()),
+        51 | 52 | 80 => Err(StepError::Transport(rc_text(rc, text))),
+        32 => Err(StepError::Fatal(format!(
+            "{key} names an entry that does not exist ({})",
+            rc_text(rc, text)
+        ))),
+        _ => Err(StepError::Fatal(format!(
+            "the directory refused the search under {key} ({})",
+            rc_text(rc, text)
+        ))),
+    }
+}
+
+fn rc_text(rc: u32, text: &str) -> String {
+    let name = match rc {
+        4 => "sizeLimitExceeded",
+        32 => "noSuchObject",
+        34 => "invalidDNSyntax",
+        48 => "inappropriateAuthentication",
+        49 => "invalidCredentials",
+        50 => "insufficientAccessRights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwillingToPerform",
+        80 => "other",
+        _ => "result",
+    };
+    if text.is_empty() {
+        format!("{name} ({rc})")
+    } else {
+        format!("{name} ({rc}): {text}")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[async_trait]
+impl Directory for LdapDirectory {
+    async fn verify(&self, account: &str, password: &str) -> Result<Verdict, DirectoryError> {
+        // An empty simple bind is an unauthenticated bind: never send one.
+        if password.is_empty() {
+            return Ok(Verdict::Rejected);
+        }
+        let dn = match &self.mode {
+            Mode::Direct { template } => user_dn(template, account),
+            Mode::Search { dummy_dn, .. } => match self.find_user(account).await? {
+                Some(dn) => dn,
+                None => {
+                    // Same work as a wrong password: a bind the directory refuses.
+                    self.bind(dummy_dn, password, account, None).await?;
+                    return Ok(Verdict::Rejected);
+                }
+            },
+        };
+        let Some(group) = &self.group else {
+            return self.bind(&dn, password, account, None).await;
+        };
+        let q = group_query(&group.dn, group.nested, &dn);
+        let verdict = match &self.mode {
+            Mode::Direct { .. } => self.bind(&dn, password, account, Some(&q)).await?,
+            Mode::Search { .. } => match self.bind(&dn, password, account, None).await? {
+                Verdict::Rejected => Verdict::Rejected,
+                Verdict::Accepted => {
+                    self.run(&self.service_pool, |mut ldap| {
+                        let q = q.clone();
+                        Box::pin(async move { self.member(&mut ldap, &q).await })
+                    })
+                    .await?
+                }
+            },
+        };
+        if verdict == Verdict::Rejected {
+            tracing::debug!(target: "faspex_gate::auth", account, "refused: not in auth.ldap.require_group (or wrong password)");
+        }
+        Ok(verdict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_escaped_in_dns_and_filters() {
+        let t = "uid={username},ou=people,dc=example,dc=org";
+        assert_eq!(
+            user_dn(t, ",cn=admin"),
+            "uid=\\2ccn\\3dadmin,ou=people,dc=example,dc=org"
+        );
+        assert_eq!(
+            user_dn(t, "a+b\\c"),
+            "uid=a\\2bb\\5cc,ou=people,dc=example,dc=org"
+        );
+        assert_eq!(
+            user_dn(t, " #lead"),
+            "uid=\\20#lead,ou=people,dc=example,dc=org"
+        );
+        assert_eq!(
+            user_dn(t, "{username}"),
+            "uid={username},ou=people,dc=example,dc=org"
+        );
+        let f = "(&(objectClass=person)(uid={username}))";
+        assert_eq!(user_filter(f, "*"), "(&(objectClass=person)(uid=\\2a))");
+        assert_eq!(
+            user_filter(f, "*)(uid=*"),
+            "(&(objectClass=person)(uid=\\2a\\29\\28uid=\\2a))"
+        );
+        assert_eq!(
+            user_filter(f, "admin)(|(uid=*"),
+            "(&(objectClass=person)(uid=admin\\29\\28|\\28uid=\\2a))"
+        );
+        assert_eq!(user_filter(f, "\\"), "(&(objectClass=person)(uid=\\5c))");
+        assert_eq!(
+            user_filter(f, "a\0b"),
+            "(&(objectClass=person)(uid=a\\00b))"
+        );
+        // Each escaped filter parses as one equality match, never a wider one.
+        for name in ["*", "*)(uid=*", "admin)(|(uid=*", "\\", ",cn=admin"] {
+            assert!(ldap3::parse_filter(user_filter(f, name)).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_nested_group_filter_is_pinned() {
+        let q = group_query(
+            "CN=Faspex Users,OU=Groups,DC=example,DC=org",
+            true,
+            "CN=Ann Smith,OU=Staff,DC=example,DC=org",
+        );
+        assert_eq!(q.base, "CN=Ann Smith,OU=Staff,DC=example,DC=org");
+        assert_eq!(
+            q.filter,
+            "(memberOf:1.2.840.113556.1.4.1941:=CN=Faspex Users,OU=Groups,DC=example,DC=org)"
+        );
+        assert!(ldap3::parse_filter(&q.filter).is_ok());
+        let q = group_query("cn=g,dc=x", false, "uid=a(1)*,dc=x");
+        assert_eq!(q.base, "cn=g,dc=x");
+        assert_eq!(
+            q.filter,
+            "(|(member=uid=a\\281\\29\\2a,dc=x)(uniqueMember=uid=a\\281\\29\\2a,dc=x))"
+        );
+    }
+
+    #[test]
+    fn active_directory_subcodes_are_read_and_named() {
+        let t = "80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data 52e, v4563";
+        assert_eq!(ad_subcode(t), Some("52e"));
+        for (code, meaning) in [
+            ("525", "user not found"),
+            ("52e", "invalid credentials"),
+            ("530", "not permitted to log on at this time"),
+            ("531", "not permitted to log on at this workstation"),
+            ("532", "password expired"),
+            ("533", "account disabled"),
+            ("701", "account expired"),
+            ("773", "password must be reset"),
+            ("775", "account locked out"),
+        ] {
+            let text = format!("80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data {code}, v4563");
+            assert_eq!(ad_subcode(&text), Some(code));
+            assert_eq!(ad_subcode_meaning(code), meaning);
+            // Every one of them is a plain wrong password to the caller.
+            assert!(matches!(
+                bind_outcome(49, &text, "ann"),
+                Ok(Verdict::Rejected)
+            ));
+        }
+        assert_eq!(ad_subcode("invalid credentials"), None);
+        assert_eq!(ad_subcode("data , v1"), None);
+    }
+
+    #[test]
+    fn result_codes_split_into_accept_reject_and_try_elsewhere() {
+        assert!(matches!(bind_outcome(0, "", "a"), Ok(Verdict::Accepted)));
+        for rc in [32, 34, 48, 49, 50, 53] {
+            assert!(
+                matches!(bind_outcome(rc, "", "a"), Ok(Verdict::Rejected)),
+                "{rc}"
+            );
+        }
+        for rc in [51, 52, 80, 1] {
+            assert!(
+                matches!(bind_outcome(rc, "", "a"), Err(StepError::Transport(_))),
+                "{rc}"
+            );
+        }
+        assert!(search_outcome(4, "", "k").is_ok());
+        assert!(
+            matches!(search_outcome(32, "", "k"), Err(StepError::Fatal(m)) if m.contains("k names"))
+        );
+        assert!(matches!(
+            search_outcome(52, "", "k"),
+            Err(StepError::Transport(_))
+        ));
+    }
+}
