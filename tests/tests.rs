@@ -1,9 +1,11 @@
 //! The one integration-test binary: every module below runs the real `faspex-gate` binary against
 //! real sockets, real TLS and real peers.
 
+mod slapd;
 mod util;
 
 mod cli;
 mod demo;
+mod ldap;
 mod proxy;
 mod state;

@@ -146,12 +146,17 @@ struct Server {
 enum StepError {
     /// The server did not answer properly: try the next one.
     Transport(String),
+    /// The server did not answer within `timeout`: try the next one.
+    Silent,
     /// The server answered, and another server would answer the same (a configuration problem).
     Fatal(String),
 }
 
 fn transport(e: ldap3::LdapError) -> StepError {
-    StepError::Transport(e.to_string())
+    match e {
+        ldap3::LdapError::Timeout { .. } => StepError::Silent,
+        e => StepError::Transport(e.to_string()),
+    }
 }
 
 struct Idle {
@@ -373,6 +378,11 @@ impl LdapDirectory {
                     self.mark_down(i, &e);
                     last = format!("{}: {e}", self.servers[i].url);
                 }
+                Err(StepError::Silent) => {
+                    let e = format!("no answer within {:?}", self.timeout);
+                    self.mark_down(i, &e);
+                    last = format!("{}: {e}", self.servers[i].url);
+                }
             }
         }
         Err(DirectoryError(format!(
@@ -403,14 +413,10 @@ impl LdapDirectory {
         let mut fresh_only = false;
         loop {
             let conn = self.get(pool, fresh_only).await?;
-            let outcome = match tokio::time::timeout(self.timeout, step(conn.ldap.clone())).await {
-                Ok(r) => r,
-                Err(_) => Err(StepError::Transport(format!(
-                    "no answer within {:?}",
-                    self.timeout
-                ))),
-            };
-            match outcome {
+            let outcome = tokio::time::timeout(self.timeout, step(conn.ldap.clone()))
+                .await
+                .unwrap_or(Err(StepError::Silent));
+            let (e, silent) = match outcome {
                 Ok(v) => {
                     self.put(pool, conn);
                     return Ok(v);
@@ -419,29 +425,29 @@ impl LdapDirectory {
                     self.put(pool, conn);
                     return Err(DirectoryError(e));
                 }
-                Err(StepError::Transport(e)) => {
-                    let server = conn.server;
-                    let reused = conn.reused;
-                    drop(conn);
-                    if reused && !stale_retried && !e.starts_with("no answer") {
-                        // An idle connection the server (or a firewall) closed: retry once on a
-                        // new one before blaming the server.
-                        stale_retried = true;
-                        fresh_only = true;
-                        lock(&pool.idle).retain(|c| c.server != server);
-                        continue;
-                    }
-                    self.mark_down(server, &e);
-                    failures += 1;
-                    if failures >= self.servers.len() {
-                        return Err(DirectoryError(format!(
-                            "no directory server answered (last: {}: {e})",
-                            self.servers[server].url
-                        )));
-                    }
-                    fresh_only = true;
-                }
+                Err(StepError::Silent) => (format!("no answer within {:?}", self.timeout), true),
+                Err(StepError::Transport(e)) => (e, false),
+            };
+            let (server, reused) = (conn.server, conn.reused);
+            // Dropping it closes it: after a failure its state is unknown.
+            drop(conn);
+            if reused && !stale_retried && !silent {
+                // An idle connection the server (or a firewall) closed: retry once on a new one
+                // before blaming the server.
+                stale_retried = true;
+                fresh_only = true;
+                lock(&pool.idle).retain(|c| c.server != server);
+                continue;
             }
+            self.mark_down(server, &e);
+            failures += 1;
+            if failures >= self.servers.len() {
+                return Err(DirectoryError(format!(
+                    "no directory server answered (last: {}: {e})",
+                    self.servers[server].url
+                )));
+            }
+            fresh_only = true;
         }
     }
 

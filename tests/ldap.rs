@@ -1,0 +1,496 @@
+//! Credential checks against a real OpenLDAP `slapd` (see `slapd.rs`): both bind modes, ldaps
+//! and StartTLS with a test CA, failover when a server is down or hangs, a downed directory,
+//! hostile usernames, empty passwords, the group restriction and the global ceiling.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faspex_gate::auth::ldap::LdapDirectory;
+use faspex_gate::auth::{Directory, Verdict};
+use faspex_gate::clock::ManualClock;
+use faspex_gate::config::{LdapConfig, PolicyConfig, Secret};
+use faspex_gate::policy::{CheckRules, LogObserver, LoginRefused, LoginRequest, Policy};
+use faspex_gate::store::embedded::EmbeddedStore;
+use faspex_gate::store::{ClientId, ClientKind};
+
+use crate::slapd::{self, Slapd};
+
+/// Direct bind through `uid={username},ou=people,…`.
+fn direct(urls: &[String]) -> LdapConfig {
+    LdapConfig {
+        urls: urls.iter().map(|u| u.parse().unwrap()).collect(),
+        starttls: false,
+        ca_file: None,
+        user_dn_template: Some(slapd::DIRECT_TEMPLATE.into()),
+        bind_dn: None,
+        bind_password_file: None,
+        bind_password: None,
+        base_dn: None,
+        user_filter: "(sAMAccountName={username})".into(),
+        require_group: None,
+        nested_groups: false,
+        pool_size: 4,
+        timeout: Duration::from_secs(2),
+    }
+}
+
+/// Search with the service account, then bind.
+fn search(urls: &[String]) -> LdapConfig {
+    LdapConfig {
+        user_dn_template: None,
+        bind_dn: Some(slapd::SERVICE_DN.into()),
+        bind_password: Some(Secret::new(slapd::SERVICE_PW)),
+        base_dn: Some(slapd::SUFFIX.into()),
+        user_filter: slapd::USER_FILTER.into(),
+        ..direct(urls)
+    }
+}
+
+fn dir(cfg: &LdapConfig) -> LdapDirectory {
+    LdapDirectory::new(cfg).expect("the LDAP backend builds")
+}
+
+async fn verdict(d: &LdapDirectory, user: &str, pw: &str) -> Verdict {
+    d.verify(user, pw)
+        .await
+        .unwrap_or_else(|e| panic!("{user}: {e}"))
+}
+
+#[tokio::test]
+async fn direct_bind_accepts_the_right_password_only() {
+    let s = Slapd::start();
+    let d = dir(&direct(&[s.url()]));
+    assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+    assert_eq!(verdict(&d, "ann", "bob-pw").await, Verdict::Rejected);
+    assert_eq!(verdict(&d, "nobody", "ann-pw").await, Verdict::Rejected);
+    assert_eq!(
+        s.binds("uid=ann,ou=people").len(),
+        2,
+        "one bind per check: {:?}",
+        s.all_binds()
+    );
+    assert_eq!(
+        s.binds("uid=nobody").len(),
+        1,
+        "an unknown user is one bind too"
+    );
+}
+
+#[tokio::test]
+async fn search_then_bind_finds_the_entry_and_reuses_pooled_connections() {
+    let s = Slapd::start();
+    let d = dir(&search(&[s.url()]));
+    assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+    // The filter matches cn as well as uid: the entry's DN is what gets bound.
+    assert_eq!(verdict(&d, "Bob Jones", "bob-pw").await, Verdict::Accepted);
+    assert_eq!(verdict(&d, "ann", "wrong").await, Verdict::Rejected);
+    // An unknown user runs a dummy bind, which the directory refuses: same work, same answer.
+    assert_eq!(verdict(&d, "nobody", "ann-pw").await, Verdict::Rejected);
+    assert_eq!(s.binds("cn=faspex-gate-no-such-user-").len(), 1);
+    // An ambiguous name (two entries with cn "Twin") is refused, even with the right password.
+    assert_eq!(verdict(&d, "Twin", "twin-pw").await, Verdict::Rejected);
+
+    for _ in 0..40 {
+        assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+    }
+    let (connects, _, searches) = d.stats();
+    assert!(
+        connects <= 2,
+        "one service and one bind connection, reused: {connects} connects"
+    );
+    assert_eq!(searches, 45);
+    assert_eq!(
+        s.binds(slapd::SERVICE_DN).len(),
+        1,
+        "the service account bound once, on its pooled connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_checks_use_at_most_pool_size_connections_per_pool() {
+    let s = Slapd::start();
+    let d = Arc::new(dir(&search(&[s.url()])));
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let (u, p) = if i % 2 == 0 {
+                    ("ann", "ann-pw")
+                } else {
+                    ("bob", "nope")
+                };
+                d.verify(u, p).await.unwrap()
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        if t.await.unwrap() == Verdict::Accepted {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 32);
+    let (connects, _, _) = d.stats();
+    assert!(connects <= 8, "pool_size 4 per pool: {connects} connects");
+}
+
+#[tokio::test]
+async fn ldaps_and_starttls_verify_the_server_against_ca_file() {
+    let s = Slapd::start();
+    let mut cfg = direct(&[s.ldaps_url()]);
+    cfg.ca_file = Some(s.ca_file.clone());
+    assert_eq!(
+        verdict(&dir(&cfg), "ann", "ann-pw").await,
+        Verdict::Accepted
+    );
+
+    let mut cfg = direct(&[format!("ldap://localhost:{}", s.port)]);
+    cfg.starttls = true;
+    cfg.ca_file = Some(s.ca_file.clone());
+    assert_eq!(
+        verdict(&dir(&cfg), "ann", "ann-pw").await,
+        Verdict::Accepted
+    );
+
+    // Without the CA the certificate is not trusted: no answer, never a bind in the clear.
+    let before = s.binds("uid=ann").len();
+    let cfg = direct(&[s.ldaps_url()]);
+    let e = dir(&cfg).verify("ann", "ann-pw").await.unwrap_err();
+    assert!(e.0.contains("no directory server answered"), "{e}");
+    let mut cfg = direct(&[format!("ldap://localhost:{}", s.port)]);
+    cfg.starttls = true;
+    assert!(dir(&cfg).verify("ann", "ann-pw").await.is_err());
+    assert_eq!(
+        s.binds("uid=ann").len(),
+        before,
+        "no password left the gateway"
+    );
+}
+
+#[tokio::test]
+async fn a_down_first_server_fails_over_to_the_second() {
+    let s = Slapd::start();
+    let dead = format!("ldap://127.0.0.1:{}", slapd::free_port());
+    let d = dir(&direct(&[dead, s.url()]));
+    let t = Instant::now();
+    assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "a refused connect fails over at once"
+    );
+    // The dead server is skipped from now on.
+    let (connects, _, _) = d.stats();
+    assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+    assert_eq!(
+        d.stats().0,
+        connects,
+        "the pooled connection to the live server is reused"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_server_fails_over_within_the_timeout_even_with_pooled_connections() {
+    let a = Slapd::start();
+    let b = Slapd::start();
+    let mut cfg = search(&[a.url(), b.url()]);
+    cfg.timeout = Duration::from_secs(1);
+    let d = dir(&cfg);
+    // Warm both pools on server A.
+    assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+    assert_eq!(a.binds("uid=ann").len(), 1);
+
+    a.hang();
+    let t = Instant::now();
+    assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "failed over in {took:?}");
+    assert_eq!(b.binds("uid=ann").len(), 1, "server B answered");
+    // While A is skipped, checks go straight to B.
+    let t = Instant::now();
+    assert_eq!(verdict(&d, "bob", "bob-pw").await, Verdict::Accepted);
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    a.resume();
+}
+
+#[tokio::test]
+async fn a_hung_only_server_gives_an_error_in_bounded_time() {
+    let s = Slapd::start();
+    let mut cfg = direct(&[s.url()]);
+    cfg.timeout = Duration::from_millis(500);
+    let d = dir(&cfg);
+    s.hang();
+    let t = Instant::now();
+    let e = d.verify("ann", "ann-pw").await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(e.0.contains("no answer"), "{e}");
+    s.resume();
+    // Once it answers again, after the skip period or as the only server, checks work.
+    assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+}
+
+fn engine(tmp: &std::path::Path, clock: &ManualClock, checks: CheckRules) -> Policy {
+    let store = Arc::new(EmbeddedStore::open(tmp).unwrap());
+    Policy::new(
+        PolicyConfig::default(),
+        checks,
+        store,
+        Arc::new(clock.clone()),
+        Arc::new(LogObserver),
+    )
+}
+
+fn login<'a>(user: &'a str, pw: &'a str, ip: &str) -> LoginRequest<'a> {
+    LoginRequest {
+        username: user,
+        password: pw,
+        ip: ip.parse().unwrap(),
+        agent: "test",
+        client: ClientId(format!("browser-{ip}")),
+        kind: ClientKind::Browser,
+        takeover: false,
+    }
+}
+
+#[tokio::test]
+async fn a_downed_directory_answers_503_and_locks_nobody_out() {
+    let mut s = Slapd::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_2026();
+    let policy = engine(tmp.path(), &clock, CheckRules::default());
+    let d: Arc<dyn Directory> = Arc::new(dir(&direct(&[s.url()])));
+    s.kill();
+    for i in 0..10 {
+        let r = policy
+            .login(login("ann", "whatever", "192.0.2.1"), &d)
+            .await;
+        match r {
+            Err(e @ LoginRefused::DirectoryUnavailable) => {
+                assert_eq!(e.status().0, http::StatusCode::SERVICE_UNAVAILABLE)
+            }
+            other => panic!("attempt {i}: {other:?}"),
+        }
+    }
+    assert!(policy
+        .lock_state("ann", "192.0.2.1".parse().unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        policy.status().await.unwrap().tracked_windows,
+        0,
+        "nothing counted"
+    );
+    // Back up: the only server is tried even while it is marked down.
+    s.run();
+    let r = policy.login(login("ann", "ann-pw", "192.0.2.1"), &d).await;
+    assert!(r.is_ok(), "{r:?}");
+}
+
+/// The hostile names of the issue, plus a few more.
+fn hostile_names() -> Vec<String> {
+    vec![
+        "*".into(),
+        "*)(uid=*".into(),
+        "admin)(|(uid=*".into(),
+        "\\".into(),
+        ",cn=admin".into(),
+        "admin,ou=people,dc=example,dc=org".into(),
+        "ann\0".into(),
+        "a".repeat(10 * 1024),
+        String::from_utf8_lossy(b"ann\xff\xfe").into_owned(),
+        "ann)".into(),
+        "*ann*".into(),
+        "uid=ann,ou=people,dc=example,dc=org".into(),
+    ]
+}
+
+#[tokio::test]
+async fn hostile_usernames_never_widen_a_search_or_bind_as_someone_else() {
+    let s = Slapd::start();
+    for (mode, cfg) in [
+        ("direct", direct(&[s.url()])),
+        ("search", search(&[s.url()])),
+    ] {
+        let d = dir(&cfg);
+        for name in hostile_names() {
+            for pw in ["ann-pw", "admin-pw", "root-secret"] {
+                let v = d.verify(&name, pw).await;
+                assert!(
+                    matches!(v, Ok(Verdict::Rejected)),
+                    "{mode}: {:?} with {pw}: {v:?}",
+                    &name[..name.len().min(40)]
+                );
+            }
+        }
+        // The directory is still fine, and so is ann.
+        assert_eq!(
+            verdict(&d, "ann", "ann-pw").await,
+            Verdict::Accepted,
+            "{mode}"
+        );
+    }
+    // No search ever carried an unescaped wildcard or a second clause.
+    for l in s.searches() {
+        let filter = &l[l.find("filter=").unwrap()..];
+        assert!(!filter.contains("(uid=*)"), "{l}");
+        assert!(!filter.contains("(uid=admin)(|"), "{l}");
+    }
+    // No bind went to the root DN or to an entry other than the ones named.
+    assert!(
+        s.binds(slapd::ROOT_DN).is_empty(),
+        "{:?}",
+        s.binds(slapd::ROOT_DN)
+    );
+    assert!(s.binds("uid=admin,ou=people").is_empty());
+}
+
+#[tokio::test]
+async fn hostile_usernames_through_the_engine_get_a_clear_answer() {
+    let s = Slapd::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_2026();
+    let policy = engine(tmp.path(), &clock, CheckRules::default());
+    let d: Arc<dyn Directory> = Arc::new(dir(&search(&[s.url()])));
+    for (i, name) in hostile_names().iter().enumerate() {
+        let r = policy
+            .login(login(name, "ann-pw", &format!("198.51.100.{i}")), &d)
+            .await;
+        match r {
+            Err(LoginRefused::BadCredentials) | Err(LoginRefused::InvalidUsername(_)) => {}
+            other => panic!("{:?}: {other:?}", &name[..name.len().min(40)]),
+        }
+    }
+    // NUL and 10 KB names are refused before the directory is asked.
+    assert!(s.searches().iter().all(|l| !l.contains("aaaaaaaaaaaaaaaa")));
+    assert!(policy
+        .login(login("ann", "ann-pw", "192.0.2.1"), &d)
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn an_empty_password_never_reaches_the_directory() {
+    let s = Slapd::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_2026();
+    let policy = engine(tmp.path(), &clock, CheckRules::default());
+    for cfg in [direct(&[s.url()]), search(&[s.url()])] {
+        let d = Arc::new(dir(&cfg));
+        assert_eq!(verdict(&d, "ann", "").await, Verdict::Rejected);
+        let d: Arc<dyn Directory> = d;
+        let r = policy.login(login("ann", "", "192.0.2.1"), &d).await;
+        assert!(matches!(r, Err(LoginRefused::BadCredentials)), "{r:?}");
+    }
+    assert!(
+        s.binds("uid=ann").is_empty(),
+        "no bind for ann at all: {:?}",
+        s.binds("uid=ann")
+    );
+    assert!(
+        s.searches().is_empty(),
+        "not even a search: {:?}",
+        s.searches()
+    );
+}
+
+#[tokio::test]
+async fn require_group_admits_members_only_in_both_modes() {
+    let s = Slapd::start();
+    for (mode, mut cfg) in [
+        ("direct", direct(&[s.url()])),
+        ("search", search(&[s.url()])),
+    ] {
+        cfg.require_group = Some(slapd::GROUP_DN.into());
+        let d = dir(&cfg);
+        assert_eq!(
+            verdict(&d, "ann", "ann-pw").await,
+            Verdict::Accepted,
+            "{mode}"
+        );
+        assert_eq!(
+            verdict(&d, "bob", "bob-pw").await,
+            Verdict::Rejected,
+            "{mode}: the right password of a non-member is refused like a wrong one"
+        );
+        assert_eq!(
+            verdict(&d, "bob", "wrong").await,
+            Verdict::Rejected,
+            "{mode}"
+        );
+        // A group that does not exist is a configuration error: 503, never a lockout count.
+        cfg.require_group = Some(format!("cn=no-such-group,ou=groups,{}", slapd::SUFFIX));
+        let e = dir(&cfg).verify("ann", "ann-pw").await.unwrap_err();
+        assert!(e.0.contains("require_group"), "{mode}: {e}");
+    }
+    // The membership question was asked about the bound DN, escaped.
+    assert!(s
+        .searches()
+        .iter()
+        .any(|l| l.contains("(member=uid=ann,ou=people,dc=example,dc=org)")));
+}
+
+#[tokio::test]
+async fn a_wrong_service_password_is_a_directory_error_not_a_lockout() {
+    let s = Slapd::start();
+    let mut cfg = search(&[s.url()]);
+    cfg.bind_password = Some(Secret::new("not it"));
+    let e = dir(&cfg).verify("ann", "ann-pw").await.unwrap_err();
+    assert!(e.0.contains("bind_dn was refused"), "{e}");
+    assert!(!e.0.contains("not it"), "the password is never echoed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_ceiling_caps_what_reaches_slapd_from_many_addresses() {
+    let s = Slapd::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_2026();
+    let policy = engine(
+        tmp.path(),
+        &clock,
+        CheckRules {
+            max_checks_per_second: 5,
+            ..CheckRules::default()
+        },
+    );
+    let d: Arc<dyn Directory> = Arc::new(dir(&direct(&[s.url()])));
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let policy = policy.clone();
+            let d = d.clone();
+            tokio::spawn(async move {
+                let user = format!("guess{i}");
+                let ip = format!("127.0.{}.{}", i / 200, i % 200 + 1);
+                policy.login(login(&user, "password1", &ip), &d).await
+            })
+        })
+        .collect();
+    let (mut throttled, mut bad) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(e @ LoginRefused::Throttled { .. }) => {
+                let (status, retry) = e.status();
+                assert_eq!(status, http::StatusCode::TOO_MANY_REQUESTS);
+                assert!(retry.is_some());
+                throttled += 1;
+            }
+            Err(LoginRefused::BadCredentials) => bad += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((bad, throttled), (5, 35));
+    assert_eq!(
+        s.binds("uid=guess").len(),
+        5,
+        "slapd saw exactly the ceiling: {:?}",
+        s.binds("uid=guess")
+    );
+    clock.advance(Duration::from_secs(1));
+    assert!(policy
+        .login(login("ann", "ann-pw", "127.0.9.9"), &d)
+        .await
+        .is_ok());
+}
