@@ -5,16 +5,19 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::auth::Directory;
 use crate::clock::SystemClock;
-use crate::config::Config;
+use crate::config::{AuthBackend, Config};
 use crate::policy::{CheckRules, LogObserver, Policy};
 use crate::proxy::Gateway;
 use crate::server::{signal_control, Server};
 use crate::store::embedded::EmbeddedStore;
 
-/// The policy engine over its store, with its sweeper running.
+/// The policy engine over its store, with its sweeper running, and the credential backend.
 pub struct PolicyState {
     pub policy: Policy,
+    /// `auth.backend`: where credential checks go.
+    pub directory: Arc<dyn Directory>,
     store: Arc<EmbeddedStore>,
     sweeper: tokio::task::JoinHandle<()>,
 }
@@ -23,6 +26,8 @@ impl PolicyState {
     /// Open `store.path` (refusing a corrupt, unwritable, locked or newer-schema file, by name),
     /// end what expired while the gateway was down, and start the sweeper.
     pub async fn open(cfg: &Config) -> anyhow::Result<Self> {
+        let directory = crate::auth::build(&cfg.auth).context("cannot set up auth.backend")?;
+        log_backend(cfg);
         let store = Arc::new(EmbeddedStore::open(&cfg.store.path)?);
         let policy = Policy::new(
             cfg.policy.clone(),
@@ -46,6 +51,7 @@ impl PolicyState {
         let sweeper = policy.spawn_sweeper();
         Ok(Self {
             policy,
+            directory,
             store,
             sweeper,
         })
@@ -57,6 +63,27 @@ impl PolicyState {
         if let Err(e) = self.store.close().await {
             tracing::error!(error = %e, "the state store could not be saved at shutdown");
         }
+    }
+}
+
+fn log_backend(cfg: &Config) {
+    let a = &cfg.auth;
+    match a.backend {
+        AuthBackend::Ldap => tracing::info!(
+            servers = %a.ldap.urls.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(" "),
+            mode = if a.ldap.bind_dn.is_some() { "search then bind" } else { "direct bind" },
+            starttls = a.ldap.starttls,
+            require_group = a.ldap.require_group.as_deref().unwrap_or("(none)"),
+            nested_groups = a.ldap.nested_groups,
+            max_checks_per_second = a.max_checks_per_second,
+            "credential checks: LDAP"
+        ),
+        AuthBackend::File => tracing::info!(
+            accounts = a.file.users.0.len(),
+            max_concurrent_hashes = a.max_concurrent_hashes,
+            max_checks_per_second = a.max_checks_per_second,
+            "credential checks: users file"
+        ),
     }
 }
 
