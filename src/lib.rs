@@ -15,9 +15,12 @@
 //!   (public, login, logout, protected, denied, the gateway's own); [`proxy::forward`] streams the
 //!   request to Faspex and the response back; [`proxy::error`] is the one place that turns a
 //!   refusal into a response; [`proxy::pages`] renders what people see.
-//! - [`auth`]: the [`auth::Directory`] seam where one credential check runs; argon2id hashes.
+//! - [`auth`]: the [`auth::Directory`] seam where one credential check runs, and its backends:
+//!   LDAP / Active Directory ([`auth::ldap`]) and a users file of argon2id hashes
+//!   ([`auth::file`]); the verification cache for HTTP Basic callers ([`auth::cache`]).
 //! - [`policy`]: the four policies (seats, one client per account, idle/absolute timeouts,
-//!   lockout) and per-address throttles, independent of HTTP and LDAP, over a [`store`].
+//!   lockout), per-address throttles and the global ceiling on credential checks, independent of
+//!   HTTP and LDAP, over a [`store`].
 //! - [`store`]: the [`store::PolicyStore`] trait (one atomic step per operation) and the durable
 //!   embedded backend.
 //! - [`clock`]: the injected clock every policy decision takes `now` from.
