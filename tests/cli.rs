@@ -179,6 +179,47 @@ fn each_configuration_error_exits_2_naming_the_key() {
             }),
             "server.listen",
         ),
+        (
+            "a bad hash in the users file",
+            Box::new(|_, f| {
+                std::fs::write(f.path("users.toml"), "[users.ann]\nhash = \"plain\"\n").unwrap();
+            }),
+            "auth.file.path",
+        ),
+        (
+            "a users-file name that logins can never match",
+            Box::new(|_, f| {
+                let hash = faspex_gate::auth::password::hash("pw").unwrap();
+                std::fs::write(
+                    f.path("users.toml"),
+                    format!("[users.Ann]\nhash = \"{hash}\"\n"),
+                )
+                .unwrap();
+            }),
+            "users.Ann",
+        ),
+        (
+            "an LDAP backend without servers",
+            Box::new(|c, _| {
+                c.set("auth", "backend", "\"ldap\"");
+                c.set("auth.ldap", "user_dn_template", "\"uid={username},dc=x\"");
+            }),
+            "auth.ldap.urls",
+        ),
+        (
+            "an LDAP CA file that holds no certificate",
+            Box::new(|c, f| {
+                c.set("auth", "backend", "\"ldap\"");
+                c.set("auth.ldap", "urls", "[\"ldaps://127.0.0.1:1\"]");
+                c.set("auth.ldap", "user_dn_template", "\"uid={username},dc=x\"");
+                c.set(
+                    "auth.ldap",
+                    "ca_file",
+                    &format!("{:?}", f.path("users.toml").display().to_string()),
+                );
+            }),
+            "auth.ldap.ca_file",
+        ),
     ];
     for (name, tweak, key) in cases {
         let files = TestFiles::new();

@@ -494,3 +494,58 @@ async fn the_global_ceiling_caps_what_reaches_slapd_from_many_addresses() {
         .await
         .is_ok());
 }
+
+#[tokio::test]
+async fn a_restarted_server_is_reconnected_not_skipped() {
+    let mut a = Slapd::start();
+    let b = Slapd::start();
+    let d = dir(&search(&[a.url(), b.url()]));
+    assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+    // Both pools now hold an idle connection to A, which A's restart breaks.
+    a.kill();
+    a.run();
+    assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+    assert_eq!(
+        a.binds("uid=ann").len(),
+        2,
+        "A answered again, on new connections"
+    );
+    assert!(
+        b.all_binds().is_empty(),
+        "B was never needed: {:?}",
+        b.all_binds()
+    );
+}
+
+/// The real binary with the LDAP backend: it starts even while the directory is down (logins
+/// then fail closed with 503, counted against no one), and says which directory it uses.
+#[test]
+fn the_gateway_starts_with_an_ldap_backend_whose_directory_is_down() {
+    use crate::util::{ConfigBuilder, GatewayProcess, TestFiles};
+    let files = TestFiles::new();
+    let mut cfg = ConfigBuilder::new(&files, "http://127.0.0.1:9");
+    let dead = format!("ldap://127.0.0.1:{}", slapd::free_port());
+    cfg.set("auth", "backend", "\"ldap\"");
+    cfg.set("auth.ldap", "urls", &format!("[{dead:?}]"));
+    cfg.set(
+        "auth.ldap",
+        "user_dn_template",
+        &format!("{:?}", slapd::DIRECT_TEMPLATE),
+    );
+    cfg.set(
+        "auth.ldap",
+        "require_group",
+        &format!("{:?}", slapd::GROUP_DN),
+    );
+    let gw = GatewayProcess::start(files, &cfg);
+    assert!(
+        gw.wait_log("credential checks: LDAP", Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    let logs = gw.logs();
+    assert!(
+        logs.contains(&dead) && logs.contains("direct bind"),
+        "{logs}"
+    );
+}

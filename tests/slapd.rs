@@ -325,6 +325,8 @@ impl Slapd {
         self.log()
             .lines()
             .filter(|l| l.contains(" BIND dn=\"") && l.contains(" method=128"))
+            // (the readiness probe's anonymous bind)
+            .filter(|l| !l.contains(" BIND dn=\"\" "))
             .filter(|l| l.to_lowercase().contains(&needle))
             .map(str::to_owned)
             .collect()

@@ -38,7 +38,9 @@ impl Fixture {
             "users.toml",
             format!("[users.ann]\nhash = \"{hash}\"\n").as_bytes(),
         );
-        f.file("ca.pem", b"-----BEGIN CERTIFICATE-----\n");
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.example.org".into()]).unwrap();
+        f.file("ca.pem", ca.cert.pem().as_bytes());
+        f.file("not-a-cert.pem", b"-----BEGIN CERTIFICATE-----\n");
         f
     }
 
@@ -958,6 +960,26 @@ fn upstream_url_rules() {
     let c = f.load(&[(K, s("http://10.0.0.5:8080/"))]).unwrap();
     assert_eq!(c.upstream.url.as_str(), "http://10.0.0.5:8080/");
     assert_eq!(c.upstream.url.port(), Some(8080));
+}
+
+#[test]
+fn ca_files_must_hold_certificates() {
+    let f = Fixture::new();
+    f.fails(
+        &[("upstream.ca_file", f.p("not-a-cert.pem"))],
+        "upstream.ca_file",
+        "not-a-cert.pem",
+    );
+    f.fails(
+        &[("auth.ldap.ca_file", f.p("not-a-cert.pem"))],
+        "auth.ldap.ca_file",
+        "not-a-cert.pem",
+    );
+    f.fails(
+        &[("auth.ldap.ca_file", f.p("users.toml"))],
+        "auth.ldap.ca_file",
+        "contains no PEM certificate",
+    );
 }
 
 #[test]

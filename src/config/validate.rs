@@ -219,7 +219,7 @@ impl Ctx<'_> {
         let url = self.upstream_url(&raw.url)?;
         let ca_file = optional_path(&raw.ca_file);
         if let Some(ca) = &ca_file {
-            self.readable_file("upstream.ca_file", ca)?;
+            self.ca_file("upstream.ca_file", ca)?;
         }
         Ok(UpstreamConfig {
             url,
@@ -507,7 +507,7 @@ impl Ctx<'_> {
         let mut bind_password = None;
         if in_use {
             if let Some(ca) = &ca_file {
-                self.readable_file("auth.ldap.ca_file", ca)?;
+                self.ca_file("auth.ldap.ca_file", ca)?;
             }
             if search_on {
                 if let Some((missing, _)) = search.iter().find(|(_, set)| !set) {
@@ -841,6 +841,27 @@ impl Ctx<'_> {
         std::fs::File::open(path)
             .map(drop)
             .map_err(|e| self.err(key, format!("cannot read {shown}: {e}")))
+    }
+
+    /// A readable PEM file of CA certificates, each usable as a trust anchor.
+    fn ca_file(&self, key: &str, path: &Path) -> Result<()> {
+        self.readable_file(key, path)?;
+        let certs =
+            crate::server::tls::load_certs(path).map_err(|e| self.err(key, format!("{e:#}")))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for (i, cert) in certs.into_iter().enumerate() {
+            roots.add(cert).map_err(|e| {
+                self.err(
+                    key,
+                    format!(
+                        "{}: certificate #{} is not a usable CA certificate: {e}",
+                        path.display(),
+                        i + 1
+                    ),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// The trimmed contents of a private, non-empty secret file.

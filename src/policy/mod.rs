@@ -300,6 +300,31 @@ pub enum PolicyEvent<'a> {
         renewed: bool,
     },
     SessionEnded(&'a Session, EndReason),
+    /// A credential check reached the directory (or the users file) and came back: for
+    /// `faspex_gate_directory_duration_seconds{result}` and the "directory errors" alert.
+    DirectoryCheck {
+        result: DirectoryResult,
+        elapsed: Duration,
+    },
+}
+
+/// How a check that reached the directory ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectoryResult {
+    Ok,
+    Rejected,
+    /// Unreachable, silent past its timeout, or misconfigured: a 503, counted against no one.
+    Error,
+}
+
+impl DirectoryResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DirectoryResult::Ok => "ok",
+            DirectoryResult::Rejected => "rejected",
+            DirectoryResult::Error => "error",
+        }
+    }
 }
 
 /// Receives [`PolicyEvent`]s, synchronously: keep it quick, spawn anything slow.
@@ -380,6 +405,12 @@ impl Observer for LogObserver {
                 session = %s.key,
                 reason = why.as_str(),
                 "session ended"
+            ),
+            PolicyEvent::DirectoryCheck { result, elapsed } => tracing::debug!(
+                target: "faspex_gate::policy",
+                result = result.as_str(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "credential check"
             ),
         }
     }
@@ -718,20 +749,37 @@ impl Policy {
         let verdict = if password.is_empty() {
             Ok(Verdict::Rejected)
         } else {
-            match tokio::time::timeout(CHECK_TIMEOUT, directory.verify(&account, &password)).await {
+            let started = std::time::Instant::now();
+            let v = match tokio::time::timeout(CHECK_TIMEOUT, directory.verify(&account, &password))
+                .await
+            {
                 Ok(v) => v,
                 Err(_) => Err(crate::auth::DirectoryError(format!(
                     "no answer within {}s",
                     CHECK_TIMEOUT.as_secs()
                 ))),
-            }
+            };
+            self.emit(PolicyEvent::DirectoryCheck {
+                result: match &v {
+                    Ok(Verdict::Accepted) => DirectoryResult::Ok,
+                    Ok(Verdict::Rejected) => DirectoryResult::Rejected,
+                    Err(_) => DirectoryResult::Error,
+                },
+                elapsed: started.elapsed(),
+            });
+            v
         };
         drop(password);
         let result = match &verdict {
             Ok(Verdict::Accepted) => AttemptResult::Accepted,
             Ok(Verdict::Rejected) => AttemptResult::Rejected,
             Err(e) => {
-                tracing::warn!(target: "faspex_gate::policy", error = %e, "credential check failed");
+                tracing::warn!(
+                    target: "faspex_gate::policy",
+                    account = %account,
+                    error = %e,
+                    "the directory could not answer a credential check (503, not counted)"
+                );
                 AttemptResult::Aborted
             }
         };

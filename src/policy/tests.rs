@@ -152,6 +152,7 @@ impl Observer for Recorder {
             PolicyEvent::Recheck {
                 account, result, ..
             } => format!("recheck {} {}", account.unwrap_or("-"), result.as_str()),
+            PolicyEvent::DirectoryCheck { result, .. } => format!("directory {}", result.as_str()),
         };
         self.0.lock().unwrap().push(line);
     }
@@ -592,8 +593,12 @@ async fn a_directory_outage_counts_nothing_and_locks_nobody() {
     }
     assert!(h.locked("ann").await.is_none());
     assert_eq!(h.policy.status().await.unwrap().tracked_windows, 0);
+    // Each outage is reported, for the directory-errors metric and alert.
+    assert_eq!(h.events.count("directory error"), 20);
+    assert_eq!(h.events.count("login ann directory_error"), 20);
     h.dir.down.store(false, Ordering::SeqCst);
     assert!(h.browser("ann", "c1").await.is_ok());
+    assert_eq!(h.events.count("directory ok"), 1);
 }
 
 #[tokio::test]
