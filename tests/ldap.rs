@@ -549,3 +549,45 @@ fn the_gateway_starts_with_an_ldap_backend_whose_directory_is_down() {
         "{logs}"
     );
 }
+
+/// Unknown users, wrong passwords and non-members with the right password cost the directory
+/// the same operations, so neither the answer nor its timing tells them apart.
+#[tokio::test]
+async fn every_refusal_costs_the_directory_the_same_operations() {
+    let s = Slapd::start();
+    for (mode, mut cfg) in [
+        ("direct", direct(&[s.url()])),
+        ("search", search(&[s.url()])),
+    ] {
+        cfg.require_group = Some(slapd::GROUP_DN.into());
+        let d = dir(&cfg);
+        // Warm the pools so that connects do not differ.
+        assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+        let mut costs = Vec::new();
+        for (who, user, pw) in [
+            ("right password", "ann", "ann-pw"),
+            ("wrong password", "ann", "nope"),
+            ("unknown user", "nobody", "nope"),
+            ("non-member, right password", "bob", "bob-pw"),
+        ] {
+            let (c0, b0, s0) = d.stats();
+            let v = verdict(&d, user, pw).await;
+            let (c1, b1, s1) = d.stats();
+            assert_eq!(c1, c0, "{mode}/{who}: no new connection");
+            costs.push((who, v, b1 - b0, s1 - s0));
+        }
+        let (_, _, binds, searches) = costs[0];
+        for (who, v, b, sr) in &costs {
+            assert_eq!(
+                (*b, *sr),
+                (binds, searches),
+                "{mode}: {who} costs differ: {costs:?}"
+            );
+            assert_eq!(
+                *v == Verdict::Accepted,
+                *who == "right password",
+                "{mode}: {who}"
+            );
+        }
+    }
+}

@@ -514,12 +514,16 @@ impl LdapDirectory {
                     .simple_bind(dn, password)
                     .await
                     .map_err(transport)?;
-                match bind_outcome(r.rc, &r.text, account)? {
-                    Verdict::Rejected => Ok(Verdict::Rejected),
-                    Verdict::Accepted => match group {
-                        None => Ok(Verdict::Accepted),
-                        Some(q) => self.member(&mut ldap, q).await,
-                    },
+                match (bind_outcome(r.rc, &r.text, account)?, group) {
+                    (Verdict::Accepted, Some(q)) => self.member(&mut ldap, q).await,
+                    (Verdict::Rejected, Some(q)) => {
+                        // Ask anyway (now anonymously), answer ignored: a wrong password must
+                        // cost what a right one of a non-member costs, or timing would tell
+                        // an attacker that a non-member's password is right.
+                        let _ = self.member(&mut ldap, q).await;
+                        Ok(Verdict::Rejected)
+                    }
+                    (v, None) => Ok(v),
                 }
             })
         })
@@ -631,36 +635,46 @@ impl Directory for LdapDirectory {
         if password.is_empty() {
             return Ok(Verdict::Rejected);
         }
-        let dn = match &self.mode {
-            Mode::Direct { template } => user_dn(template, account),
+        // Every path does the same operations: [search], bind, [membership search]. An unknown
+        // user binds a DN that cannot exist; a failed bind still asks the membership question.
+        let (dn, known) = match &self.mode {
+            Mode::Direct { template } => (user_dn(template, account), true),
             Mode::Search { dummy_dn, .. } => match self.find_user(account).await? {
-                Some(dn) => dn,
-                None => {
-                    // Same work as a wrong password: a bind the directory refuses.
-                    self.bind(dummy_dn, password, account, None).await?;
-                    return Ok(Verdict::Rejected);
-                }
+                Some(dn) => (dn, true),
+                None => (dummy_dn.clone(), false),
             },
         };
-        let Some(group) = &self.group else {
-            return self.bind(&dn, password, account, None).await;
-        };
-        let q = group_query(&group.dn, group.nested, &dn);
-        let verdict = match &self.mode {
-            Mode::Direct { .. } => self.bind(&dn, password, account, Some(&q)).await?,
-            Mode::Search { .. } => match self.bind(&dn, password, account, None).await? {
-                Verdict::Rejected => Verdict::Rejected,
-                Verdict::Accepted => {
-                    self.run(&self.service_pool, |mut ldap| {
+        let q = self
+            .group
+            .as_ref()
+            .map(|g| group_query(&g.dn, g.nested, &dn));
+        let verdict = match (&self.mode, &q) {
+            (Mode::Direct { .. }, q) => self.bind(&dn, password, account, q.as_ref()).await?,
+            (Mode::Search { .. }, None) => self.bind(&dn, password, account, None).await?,
+            (Mode::Search { .. }, Some(q)) => {
+                let bound = self.bind(&dn, password, account, None).await?;
+                let member = self
+                    .run(&self.service_pool, |mut ldap| {
                         let q = q.clone();
                         Box::pin(async move { self.member(&mut ldap, &q).await })
                     })
-                    .await?
+                    .await;
+                match bound {
+                    Verdict::Accepted => member?,
+                    // (asked only so that this path costs the same; the answer is not used)
+                    Verdict::Rejected => Verdict::Rejected,
                 }
-            },
+            }
         };
-        if verdict == Verdict::Rejected {
-            tracing::debug!(target: "faspex_gate::auth", account, "refused: not in auth.ldap.require_group (or wrong password)");
+        if !known {
+            return Ok(Verdict::Rejected);
+        }
+        if verdict == Verdict::Rejected && q.is_some() {
+            tracing::debug!(
+                target: "faspex_gate::auth",
+                account,
+                "refused: wrong password, or not in auth.ldap.require_group"
+            );
         }
         Ok(verdict)
     }
