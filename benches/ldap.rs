@@ -8,10 +8,12 @@
 
 #[path = "../tests/slapd.rs"]
 mod slapd;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use faspex_gate::auth::ldap::LdapDirectory;
 use faspex_gate::auth::{Directory, Verdict};
@@ -44,34 +46,6 @@ fn ldap_config(url: String, search: bool, pool_size: usize) -> LdapConfig {
         pool_size,
         timeout: Duration::from_secs(5),
     }
-}
-
-/// Run `total` operations on `workers` tasks; `op(i)` is the i-th.
-async fn run<F, Fut>(workers: usize, total: usize, op: F) -> f64
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let (op, next) = (op.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                op(i).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    total as f64 / start.elapsed().as_secs_f64()
 }
 
 fn row(what: &str, workers: usize, per_sec: f64) {
@@ -128,7 +102,7 @@ async fn main() {
             let d = Arc::new(LdapDirectory::new(&ldap_config(s.url(), search, 8)).unwrap());
             let total = if workers == 1 { 1_000 } else { 4_000 } / scale;
             let dd = d.clone();
-            let rate = run(workers, total, move |i| {
+            let rate = support::run(workers, total, move |i| {
                 let d = dd.clone();
                 async move {
                     let u = format!("user{}", i % USERS);
@@ -173,7 +147,7 @@ async fn main() {
             } / scale;
             let cached = Arc::new(AtomicUsize::new(0));
             let (p, d, c) = (policy.clone(), directory.clone(), cached.clone());
-            let rate = run(workers, total, move |i| {
+            let rate = support::run(workers, total, move |i| {
                 let (p, d, c) = (p.clone(), d.clone(), c.clone());
                 async move {
                     let n = i % USERS;

@@ -7,7 +7,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+
+#[path = "support/mod.rs"]
+mod support;
 
 use async_trait::async_trait;
 use faspex_gate::auth::{Directory, DirectoryError, Verdict};
@@ -76,34 +78,6 @@ fn req<'a>(user: &'a str, password: &'a str, client: String) -> LoginRequest<'a>
     }
 }
 
-/// Run `total` operations on `workers` tasks; `op(i)` is the i-th.
-async fn run<F, Fut>(workers: usize, total: usize, op: F) -> f64
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let (op, next) = (op.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                op(i).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    total as f64 / start.elapsed().as_secs_f64()
-}
-
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -139,7 +113,7 @@ async fn main() {
         let total = if workers == 1 { 500 } else { 5_000 };
         let p = policy.clone();
         let d = directory.clone();
-        let rate = run(workers, total, move |i| {
+        let rate = support::run(workers, total, move |i| {
             let (p, d) = (p.clone(), d.clone());
             async move {
                 let user = format!("user{i}");
@@ -178,7 +152,7 @@ async fn main() {
         let tokens = Arc::new(tokens);
         for workers in [1, 16] {
             let (p, t) = (policy.clone(), tokens.clone());
-            let rate = run(workers, 1_000_000, move |i| {
+            let rate = support::run(workers, 1_000_000, move |i| {
                 let (p, t) = (p.clone(), t.clone());
                 async move {
                     let s = p.session(&t[i % 10], "/aspera/faspex/inbox").await.unwrap();
@@ -204,7 +178,7 @@ async fn main() {
         let p = policy.clone();
         let d = directory.clone();
         let total = 200_000;
-        let rate = run(workers, total, move |i| {
+        let rate = support::run(workers, total, move |i| {
             let (p, d) = (p.clone(), d.clone());
             async move {
                 // Four guesses per account: counted, never locking.
@@ -234,7 +208,7 @@ async fn main() {
         }
         for workers in [1, 16] {
             let (p, d) = (policy.clone(), directory.clone());
-            let rate = run(workers, 500_000, move |i| {
+            let rate = support::run(workers, 500_000, move |i| {
                 let (p, d) = (p.clone(), d.clone());
                 async move {
                     let user = format!("locked{}", i % 100);
@@ -260,7 +234,7 @@ async fn main() {
         let directory: Arc<dyn Directory> = dir.clone();
         let before = rss_kib();
         let (p, d) = (policy.clone(), directory.clone());
-        let rate = run(16, 300_000, move |i| {
+        let rate = support::run(16, 300_000, move |i| {
             let (p, d) = (p.clone(), d.clone());
             async move {
                 // 256-byte names: the longest accepted.
@@ -300,7 +274,7 @@ async fn main() {
                 .unwrap();
         }
         let (p, d) = (policy.clone(), directory.clone());
-        let rate = run(16, 200_000, move |i| {
+        let rate = support::run(16, 200_000, move |i| {
             let (p, d) = (p.clone(), d.clone());
             async move {
                 let user = format!("other{i}");

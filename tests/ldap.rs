@@ -46,6 +46,18 @@ fn search(urls: &[String]) -> LdapConfig {
     }
 }
 
+/// Both bind modes, with `require_group` set.
+fn both_modes_in_the_group(s: &Slapd) -> [(&'static str, LdapConfig); 2] {
+    [
+        ("direct", direct(&[s.url()])),
+        ("search", search(&[s.url()])),
+    ]
+    .map(|(mode, mut cfg)| {
+        cfg.require_group = Some(slapd::GROUP_DN.into());
+        (mode, cfg)
+    })
+}
+
 fn dir(cfg: &LdapConfig) -> LdapDirectory {
     LdapDirectory::new(cfg).expect("the LDAP backend builds")
 }
@@ -400,11 +412,7 @@ async fn an_empty_password_never_reaches_the_directory() {
 #[tokio::test]
 async fn require_group_admits_members_only_in_both_modes() {
     let s = Slapd::start();
-    for (mode, mut cfg) in [
-        ("direct", direct(&[s.url()])),
-        ("search", search(&[s.url()])),
-    ] {
-        cfg.require_group = Some(slapd::GROUP_DN.into());
+    for (mode, mut cfg) in both_modes_in_the_group(&s) {
         let d = dir(&cfg);
         assert_eq!(
             verdict(&d, "ann", "ann-pw").await,
@@ -555,11 +563,7 @@ fn the_gateway_starts_with_an_ldap_backend_whose_directory_is_down() {
 #[tokio::test]
 async fn every_refusal_costs_the_directory_the_same_operations() {
     let s = Slapd::start();
-    for (mode, mut cfg) in [
-        ("direct", direct(&[s.url()])),
-        ("search", search(&[s.url()])),
-    ] {
-        cfg.require_group = Some(slapd::GROUP_DN.into());
+    for (mode, cfg) in both_modes_in_the_group(&s) {
         let d = dir(&cfg);
         // Warm the pools so that connects do not differ.
         assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);

@@ -177,6 +177,22 @@ fn unlimited_checks() -> CheckRules {
     }
 }
 
+fn engine(
+    cfg: PolicyConfig,
+    checks: CheckRules,
+    store: &Arc<EmbeddedStore>,
+    clock: &ManualClock,
+    events: &Arc<Recorder>,
+) -> Policy {
+    Policy::new(
+        cfg,
+        checks,
+        store.clone(),
+        Arc::new(clock.clone()),
+        events.clone(),
+    )
+}
+
 impl Harness {
     fn new(cfg: PolicyConfig) -> Self {
         Self::with_users(cfg, 0)
@@ -191,13 +207,7 @@ impl Harness {
         let store = Arc::new(EmbeddedStore::open(tmp.path()).unwrap());
         let clock = ManualClock::at_2026();
         let events = Arc::new(Recorder::default());
-        let policy = Policy::new(
-            cfg,
-            checks,
-            store.clone(),
-            Arc::new(clock.clone()),
-            events.clone(),
-        );
+        let policy = engine(cfg, checks, &store, &clock, &events);
         let dir = TestDirectory::with_users(n);
         Self {
             policy,
@@ -228,13 +238,7 @@ impl Harness {
         drop(store);
         let store = Arc::new(EmbeddedStore::open(tmp.path()).unwrap());
         let events = Arc::new(Recorder::default());
-        let policy = Policy::new(
-            cfg,
-            checks,
-            store.clone(),
-            Arc::new(clock.clone()),
-            events.clone(),
-        );
+        let policy = engine(cfg, checks, &store, &clock, &events);
         Harness {
             policy,
             clock,
