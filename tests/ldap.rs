@@ -376,8 +376,14 @@ async fn hostile_usernames_through_the_engine_get_a_clear_answer() {
             other => panic!("{:?}: {other:?}", &name[..name.len().min(40)]),
         }
     }
-    // NUL and 10 KB names are refused before the directory is asked.
+    // Raw bytes that are not UTF-8 are refused before they become a name at all.
+    assert_eq!(
+        faspex_gate::policy::account::from_bytes(b"ann\xff\xfe"),
+        Err(faspex_gate::policy::InvalidUsername::NotUtf8)
+    );
+    // NUL, 10 KB and lossily decoded names are refused before the directory is asked.
     assert!(s.searches().iter().all(|l| !l.contains("aaaaaaaaaaaaaaaa")));
+    assert!(s.searches().iter().all(|l| !l.contains("ann\u{FFFD}")));
     assert!(policy
         .login(login("ann", "ann-pw", "192.0.2.1"), &d)
         .await

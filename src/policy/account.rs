@@ -24,6 +24,18 @@ pub enum InvalidUsername {
     Control,
     #[error("the username contains an invisible formatting character")]
     Invisible,
+    /// Not UTF-8, or holding U+FFFD, the mark of bytes that were not.
+    #[error("the username is not valid UTF-8")]
+    NotUtf8,
+}
+
+/// A username as it arrived in bytes (a form field, a Basic header): refused, before any other
+/// work, when it is far too long or not UTF-8.
+pub fn from_bytes(raw: &[u8]) -> Result<&str, InvalidUsername> {
+    if raw.len() > 4 * MAX_ACCOUNT_BYTES {
+        return Err(InvalidUsername::TooLong);
+    }
+    std::str::from_utf8(raw).map_err(|_| InvalidUsername::NotUtf8)
 }
 
 /// Characters that render as nothing (or as a space-like blank) and would let two spellings of one
@@ -55,6 +67,9 @@ pub fn normalize(raw: &str, domains: &[String]) -> Result<String, InvalidUsernam
     }
     if raw.chars().any(is_invisible) {
         return Err(InvalidUsername::Invisible);
+    }
+    if raw.contains('\u{FFFD}') {
+        return Err(InvalidUsername::NotUtf8);
     }
     let folded: String = raw
         .nfkc()
@@ -99,6 +114,24 @@ mod tests {
 
     fn domains() -> Vec<String> {
         vec!["HUTCH".into(), "fhcrc.org".into()]
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_plainly() {
+        assert_eq!(from_bytes(b"ann"), Ok("ann"));
+        assert_eq!(from_bytes(b"ann\xff\xfe"), Err(InvalidUsername::NotUtf8));
+        assert_eq!(
+            from_bytes(b"\xc3"),
+            Err(InvalidUsername::NotUtf8),
+            "a cut sequence"
+        );
+        assert_eq!(
+            from_bytes(&[b'a'; 10 * 1024]),
+            Err(InvalidUsername::TooLong)
+        );
+        // What a lossy decoder would have made of them is refused too.
+        let lossy = String::from_utf8_lossy(b"ann\xff");
+        assert_eq!(normalize(&lossy, &[]), Err(InvalidUsername::NotUtf8));
     }
 
     #[test]
