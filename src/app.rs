@@ -68,6 +68,23 @@ impl PolicyState {
 
 fn log_backend(cfg: &Config) {
     let a = &cfg.auth;
+    if a.backend == AuthBackend::Ldap && !a.ldap.starttls {
+        for u in a.ldap.urls.iter().filter(|u| u.scheme() == "ldap") {
+            let loopback = match u.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if !loopback {
+                tracing::warn!(
+                    server = %u,
+                    "auth.ldap: ldap:// without starttls sends passwords in clear text; use \
+                     ldaps:// or starttls = true"
+                );
+            }
+        }
+    }
     match a.backend {
         AuthBackend::Ldap => tracing::info!(
             servers = %a.ldap.urls.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(" "),

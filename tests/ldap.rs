@@ -164,6 +164,17 @@ async fn ldaps_and_starttls_verify_the_server_against_ca_file() {
         Verdict::Accepted
     );
 
+    // A certificate for another name is refused.
+    let other = Slapd::start_named(&["ldap.example.org"]);
+    let mut cfg = direct(&[other.ldaps_url()]);
+    cfg.ca_file = Some(other.ca_file.clone());
+    let e = dir(&cfg).verify("ann", "ann-pw").await.unwrap_err();
+    assert!(e.0.contains("no directory server answered"), "{e}");
+    let mut cfg = direct(&[format!("ldaps://127.0.0.1:{}", other.tls_port)]);
+    cfg.ca_file = Some(other.ca_file.clone());
+    assert!(dir(&cfg).verify("ann", "ann-pw").await.is_err());
+    assert!(other.binds("uid=ann").is_empty());
+
     // Without the CA the certificate is not trusted: no answer, never a bind in the clear.
     let before = s.binds("uid=ann").len();
     let cfg = direct(&[s.ldaps_url()]);
@@ -225,6 +236,28 @@ async fn a_hung_server_fails_over_within_the_timeout_even_with_pooled_connection
         "{:?}",
         t.elapsed()
     );
+    a.resume();
+    // (what was queued on A's sockets reaches it now; bob's check never was)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(a.binds("uid=bob").is_empty(), "{:?}", a.binds("uid=bob"));
+}
+
+#[tokio::test]
+async fn when_every_server_was_down_each_is_still_tried_once_per_check() {
+    let a = Slapd::start();
+    let mut b = Slapd::start();
+    let mut cfg = direct(&[a.url(), b.url()]);
+    cfg.timeout = Duration::from_millis(500);
+    let d = dir(&cfg);
+    a.hang();
+    b.kill();
+    assert!(d.verify("ann", "ann-pw").await.is_err(), "both down");
+    // B comes back while A still hangs: A (down longest) is tried once, then B answers.
+    b.run();
+    let t = Instant::now();
+    assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(b.binds("uid=ann").len(), 1);
     a.resume();
 }
 
@@ -367,23 +400,37 @@ async fn hostile_usernames_through_the_engine_get_a_clear_answer() {
     let clock = ManualClock::at_2026();
     let policy = engine(tmp.path(), &clock, CheckRules::default());
     let d: Arc<dyn Directory> = Arc::new(dir(&search(&[s.url()])));
-    for (i, name) in hostile_names().iter().enumerate() {
+    let invalid =
+        |name: &str| name.contains('\0') || name.len() > 1024 || name.contains('\u{FFFD}');
+    // Names that cannot be accounts (NUL, 10 KB, what a lossy decoder made of non-UTF-8) are
+    // refused as invalid, before the directory is asked anything.
+    let (searches, binds) = (s.searches().len(), s.all_binds().len());
+    for (i, name) in hostile_names().iter().filter(|n| invalid(n)).enumerate() {
         let r = policy
             .login(login(name, "ann-pw", &format!("198.51.100.{i}")), &d)
             .await;
-        match r {
-            Err(LoginRefused::BadCredentials) | Err(LoginRefused::InvalidUsername(_)) => {}
-            other => panic!("{:?}: {other:?}", &name[..name.len().min(40)]),
-        }
+        assert!(
+            matches!(r, Err(LoginRefused::InvalidUsername(_))),
+            "{:?}: {r:?}",
+            &name[..name.len().min(40)]
+        );
     }
+    assert_eq!((s.searches().len(), s.all_binds().len()), (searches, binds));
     // Raw bytes that are not UTF-8 are refused before they become a name at all.
     assert_eq!(
         faspex_gate::policy::account::from_bytes(b"ann\xff\xfe"),
         Err(faspex_gate::policy::InvalidUsername::NotUtf8)
     );
-    // NUL, 10 KB and lossily decoded names are refused before the directory is asked.
-    assert!(s.searches().iter().all(|l| !l.contains("aaaaaaaaaaaaaaaa")));
-    assert!(s.searches().iter().all(|l| !l.contains("ann\u{FFFD}")));
+    // The others are names no entry has: a plain wrong password, counted.
+    for (i, name) in hostile_names().iter().filter(|n| !invalid(n)).enumerate() {
+        let r = policy
+            .login(login(name, "ann-pw", &format!("198.51.101.{i}")), &d)
+            .await;
+        assert!(
+            matches!(r, Err(LoginRefused::BadCredentials)),
+            "{name:?}: {r:?}"
+        );
+    }
     assert!(policy
         .login(login("ann", "ann-pw", "192.0.2.1"), &d)
         .await
@@ -531,8 +578,9 @@ async fn a_restarted_server_is_reconnected_not_skipped() {
     );
 }
 
-/// The real binary with the LDAP backend: it starts even while the directory is down (logins
-/// then fail closed with 503, counted against no one), and says which directory it uses.
+/// The real binary with the LDAP backend: it starts even while the directory is down (checks
+/// then fail closed: see `a_downed_directory_answers_503_and_locks_nobody_out`), and says which
+/// directory it uses and how.
 #[test]
 fn the_gateway_starts_with_an_ldap_backend_whose_directory_is_down() {
     use crate::util::{ConfigBuilder, GatewayProcess, TestFiles};

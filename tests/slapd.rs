@@ -131,8 +131,17 @@ impl Slapd {
         Self::start_with(&[])
     }
 
+    /// With a certificate for `names` only (instead of localhost and 127.0.0.1).
+    pub fn start_named(names: &[&str]) -> Slapd {
+        Self::start_full(&[], names)
+    }
+
     /// With `extra` people besides [`PEOPLE_ENTRIES`].
     pub fn start_with(extra: &[(String, String, String, bool)]) -> Slapd {
+        Self::start_full(extra, &["localhost", "127.0.0.1"])
+    }
+
+    fn start_full(extra: &[(String, String, String, bool)], names: &[&str]) -> Slapd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir(d.join("db")).unwrap();
@@ -147,7 +156,8 @@ impl Slapd {
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let params =
-            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
         std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(d.join("server.pem"), cert.pem()).unwrap();

@@ -7,8 +7,12 @@
 //! on an entry. Entries live `auth.cache_ttl` from the check that made them (a hit does not
 //! extend them), and [`VerificationCache::forget`] drops an account's entries when an
 //! administrator kicks or locks it.
+//!
+//! A check that was already running when the administrator acted must not put its success back
+//! afterwards: callers take the [`VerificationCache::epoch`] before the check and pass it to
+//! [`VerificationCache::insert`], which keeps nothing if a forget or clear happened since.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -33,6 +37,8 @@ pub struct VerificationCache {
     max_entries: usize,
     /// Inserts since the last sweep, so that sweeps are amortised.
     inserts: AtomicUsize,
+    /// Bumped by every forget and clear.
+    epoch: AtomicU64,
 }
 
 impl Default for VerificationCache {
@@ -53,6 +59,7 @@ impl VerificationCache {
             entries: DashMap::new(),
             max_entries,
             inserts: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -83,9 +90,15 @@ impl VerificationCache {
         live
     }
 
-    /// Remember that `password` is `account`'s, until `now + ttl`. A zero TTL caches nothing.
-    pub fn insert(&self, account: &str, password: &str, now: Timestamp, ttl: Duration) {
-        if ttl.is_zero() || password.is_empty() {
+    /// Take before a credential check whose success may be inserted.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Remember that `password` is `account`'s, until `now + ttl`, unless the cache was forgotten
+    /// or cleared since `epoch` (taken before the check). A zero TTL caches nothing.
+    pub fn insert(&self, account: &str, password: &str, now: Timestamp, ttl: Duration, epoch: u64) {
+        if ttl.is_zero() || password.is_empty() || self.epoch() != epoch {
             return;
         }
         if self.entries.len() >= self.max_entries
@@ -96,18 +109,25 @@ impl VerificationCache {
         if self.entries.len() >= self.max_entries {
             return;
         }
+        let d = self.digest(account, password);
         self.entries.insert(
-            self.digest(account, password),
+            d,
             Entry {
                 account: account.into(),
                 expires: now + ttl,
             },
         );
+        // A forget that began after the check above may have swept before this insert: it
+        // bumped the epoch first, so look again.
+        if self.epoch() != epoch {
+            self.entries.remove(&d);
+        }
     }
 
     /// Drop every entry of `account`: it was kicked or locked by an administrator, so its next
     /// request must pass a fresh credential check (which a lock refuses). Returns how many.
     pub fn forget(&self, account: &str) -> usize {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         let before = self.entries.len();
         self.entries.retain(|_, e| &*e.account != account);
         before.saturating_sub(self.entries.len())
@@ -115,6 +135,7 @@ impl VerificationCache {
 
     /// Drop everything (the TTL changed, or the users file was replaced).
     pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.clear();
     }
 
@@ -144,7 +165,7 @@ mod tests {
     fn only_the_verified_password_hits_and_only_within_the_ttl() {
         let clock = ManualClock::at_2026();
         let c = VerificationCache::default();
-        c.insert("ann", "right", clock.now(), TTL);
+        c.insert("ann", "right", clock.now(), TTL, c.epoch());
         assert!(c.hit("ann", "right", clock.now()));
         assert!(
             !c.hit("ann", "wrong", clock.now()),
@@ -173,12 +194,31 @@ mod tests {
     }
 
     #[test]
+    fn a_check_that_began_before_a_forget_caches_nothing() {
+        let now = ManualClock::at_2026().now();
+        let c = VerificationCache::default();
+        let before = c.epoch();
+        c.forget("ann"); // an administrator locked ann while her check ran
+        c.insert("ann", "pw", now, TTL, before);
+        assert!(!c.hit("ann", "pw", now));
+        c.insert("ann", "pw", now, TTL, c.epoch());
+        assert!(
+            c.hit("ann", "pw", now),
+            "a check begun after the lock may cache"
+        );
+        let before = c.epoch();
+        c.clear();
+        c.insert("bob", "pw", now, TTL, before);
+        assert!(c.is_empty());
+    }
+
+    #[test]
     fn forget_drops_every_entry_of_the_account_only() {
         let now = ManualClock::at_2026().now();
         let c = VerificationCache::default();
-        c.insert("ann", "one", now, TTL);
-        c.insert("ann", "two", now, TTL);
-        c.insert("bob", "one", now, TTL);
+        c.insert("ann", "one", now, TTL, c.epoch());
+        c.insert("ann", "two", now, TTL, c.epoch());
+        c.insert("bob", "one", now, TTL, c.epoch());
         assert_eq!(c.forget("ann"), 2);
         assert!(!c.hit("ann", "one", now) && !c.hit("ann", "two", now));
         assert!(c.hit("bob", "one", now));
@@ -189,8 +229,8 @@ mod tests {
     fn nothing_cached_with_a_zero_ttl_or_an_empty_password() {
         let now = ManualClock::at_2026().now();
         let c = VerificationCache::default();
-        c.insert("ann", "pw", now, Duration::ZERO);
-        c.insert("ann", "", now, TTL);
+        c.insert("ann", "pw", now, Duration::ZERO, c.epoch());
+        c.insert("ann", "", now, TTL, c.epoch());
         assert!(c.is_empty());
     }
 
@@ -199,7 +239,7 @@ mod tests {
         let clock = ManualClock::at_2026();
         let c = VerificationCache::new(100);
         for i in 0..150 {
-            c.insert(&format!("u{i}"), "pw", clock.now(), TTL);
+            c.insert(&format!("u{i}"), "pw", clock.now(), TTL, c.epoch());
         }
         assert_eq!(c.len(), 100, "never past the bound");
         assert!(
@@ -207,7 +247,7 @@ mod tests {
             "the overflow was not cached"
         );
         clock.advance(TTL);
-        c.insert("late", "pw", clock.now(), TTL);
+        c.insert("late", "pw", clock.now(), TTL, c.epoch());
         assert_eq!(c.len(), 1, "expired entries were swept to make room");
         assert!(c.hit("late", "pw", clock.now()));
     }
@@ -216,7 +256,7 @@ mod tests {
     fn the_password_is_not_in_memory_in_any_plain_form() {
         let now = ManualClock::at_2026().now();
         let c = VerificationCache::default();
-        c.insert("ann", "hunter2-secret", now, TTL);
+        c.insert("ann", "hunter2-secret", now, TTL, c.epoch());
         let plain = ring::digest::digest(&ring::digest::SHA256, b"hunter2-secret");
         for e in c.entries.iter() {
             assert_ne!(

@@ -25,10 +25,19 @@
 //!
 //! **Connections.** Two pools of `pool_size` reusable connections each: one bound as the service
 //! account for searches, one for user binds (a bind resets a connection's identity, so they are
-//! never mixed). Connections are made on demand to the first server not marked down, checked
-//! (a dropped idle connection is replaced once without blaming the server), and closed after
-//! [`IDLE_MAX`] unused. Connect, StartTLS, the TLS handshake and every operation have `timeout`.
-//! ldaps:// and StartTLS verify the server against the system roots plus `ca_file`.
+//! never mixed). Connections are made on demand to the first server not marked down. A pooled
+//! connection that fails (or, after [`MAYBE_DROPPED_AFTER`] idle, times out) is replaced once
+//! without blaming the server; idle ones older than [`IDLE_MAX`] are closed when the pool is next
+//! used. Each check tries each server at most once. Connect, StartTLS, the TLS handshake and
+//! every operation have `timeout`. ldaps:// and StartTLS verify the server against the system
+//! roots plus `ca_file`.
+//!
+//! **Equal work.** Every path of a check sends the same operations: with a service account,
+//! search, bind (a DN that cannot exist for an unknown user), then with `require_group` the
+//! membership search, whatever the bind said (about the service account's own entry for an
+//! unknown user). With direct bind and `require_group`, a failed bind still sends the membership
+//! search, but anonymously, which Active Directory refuses at once while a member's is evaluated:
+//! a small timing difference remains there. Use a service account where that matters.
 //!
 //! An empty password is refused before anything is sent: an empty simple bind is an
 //! unauthenticated bind, which many servers answer "success".
@@ -40,7 +49,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, SearchOptions};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{Directory, DirectoryError, Verdict};
@@ -52,6 +61,11 @@ pub const DOWN_FOR: Duration = Duration::from_secs(30);
 /// An idle pooled connection older than this is closed rather than reused (Active Directory
 /// drops idle connections after 15 minutes by default; this stays well inside that).
 pub const IDLE_MAX: Duration = Duration::from_secs(120);
+
+/// A pooled connection idle at least this long that then times out may have been dropped
+/// silently by a firewall: it gets one retry on a new connection before its server is blamed.
+/// (One used more recently that times out means the server stopped answering.)
+const MAYBE_DROPPED_AFTER: Duration = Duration::from_secs(30);
 
 /// Active Directory's bind subcodes (the `data NNN` in the diagnostic text of result 49).
 pub fn ad_subcode_meaning(code: &str) -> &'static str {
@@ -155,7 +169,23 @@ enum StepError {
 fn transport(e: ldap3::LdapError) -> StepError {
     match e {
         ldap3::LdapError::Timeout { .. } => StepError::Silent,
+        // Made here, not by the server: every server would get the same.
+        ldap3::LdapError::FilterParsing => {
+            StepError::Fatal("auth.ldap.user_filter does not make a valid LDAP filter".into())
+        }
         e => StepError::Transport(e.to_string()),
+    }
+}
+
+/// A step's answer, and whether its connection may go back to the pool.
+struct Done<T> {
+    value: T,
+    keep: bool,
+}
+
+impl<T> Done<T> {
+    fn keep(value: T) -> Self {
+        Self { value, keep: true }
     }
 }
 
@@ -170,15 +200,15 @@ struct Pool {
     /// Service-account connections are bound as `bind_dn` when made.
     service: bool,
     idle: Mutex<Vec<Idle>>,
-    permits: Arc<Semaphore>,
+    permits: Semaphore,
     size: usize,
 }
 
 struct Conn {
     ldap: Ldap,
     server: usize,
-    reused: bool,
-    _permit: OwnedSemaphorePermit,
+    /// `Some(how long it had been idle)` for a pooled connection, `None` for a new one.
+    idle_for: Option<Duration>,
 }
 
 /// Counters, for tests and the benchmark.
@@ -205,6 +235,9 @@ impl LdapDirectory {
     /// Build from the validated configuration. Nothing is contacted yet: a directory that is
     /// down at start makes checks fail (503), not the gateway.
     pub fn new(cfg: &LdapConfig) -> anyhow::Result<Self> {
+        if cfg.urls.is_empty() {
+            anyhow::bail!("auth.ldap.urls: no directory server is configured");
+        }
         let tls = crate::server::tls::client_config(cfg.ca_file.as_deref())?;
         let settings = LdapConnSettings::new()
             .set_conn_timeout(cfg.timeout)
@@ -234,7 +267,7 @@ impl LdapDirectory {
             name,
             service,
             idle: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(cfg.pool_size.max(1))),
+            permits: Semaphore::new(cfg.pool_size.max(1)),
             size: cfg.pool_size.max(1),
         };
         Ok(Self {
@@ -286,12 +319,15 @@ impl LdapDirectory {
         );
     }
 
-    /// Servers in the order to try: those not marked down, in configured order, then the others
+    /// Servers in the order to try, leaving out those this check already tried: those not
+    /// marked down, in configured order, then the others, the one that failed longest ago first
     /// (something may have come back).
-    fn order(&self) -> Vec<usize> {
+    fn order(&self, tried: &[usize]) -> Vec<usize> {
         let now = Instant::now();
-        let (up, down): (Vec<usize>, Vec<usize>) =
-            (0..self.servers.len()).partition(|&i| !self.is_down(i, now));
+        let untried = (0..self.servers.len()).filter(|i| !tried.contains(i));
+        let (up, mut down): (Vec<usize>, Vec<usize>) =
+            untried.partition(|&i| !self.is_down(i, now));
+        down.sort_by_key(|&i| *lock(&self.servers[i].down_until));
         up.into_iter().chain(down).collect()
     }
 
@@ -334,32 +370,32 @@ impl LdapDirectory {
         Ok(ldap)
     }
 
-    /// A connection from `pool`: an idle one to the preferred server, or a new one.
-    async fn get(&self, pool: &Pool, fresh_only: bool) -> Result<Conn, DirectoryError> {
-        let permit = tokio::time::timeout(self.timeout, pool.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| {
-                DirectoryError(format!(
-                    "all {} {} connections stayed busy for {:?}",
-                    pool.size, pool.name, self.timeout
-                ))
-            })?
-            .map_err(|_| DirectoryError("the directory client is closed".into()))?;
-        let order = self.order();
-        let preferred = order[0];
-        if !fresh_only {
+    /// A connection from `pool` (whose permit the caller holds): an idle one to the first server
+    /// of [`LdapDirectory::order`], or a new one. Servers that fail to connect are marked down
+    /// and added to `tried`.
+    async fn get(
+        &self,
+        pool: &Pool,
+        fresh_only: bool,
+        tried: &mut Vec<usize>,
+    ) -> Result<Conn, DirectoryError> {
+        let order = self.order(tried);
+        let Some(&preferred) = order.first() else {
+            return Err(DirectoryError("no directory server answered".into()));
+        };
+        {
             let now = Instant::now();
             let mut idle = lock(&pool.idle);
-            while let Some(c) = idle.pop() {
-                if c.server == preferred && now.duration_since(c.since) < IDLE_MAX {
+            // Close what sat unused too long, or belongs to a server we are moving away from.
+            idle.retain(|c| c.server == preferred && now.duration_since(c.since) < IDLE_MAX);
+            if !fresh_only {
+                if let Some(c) = idle.pop() {
                     return Ok(Conn {
                         ldap: c.ldap,
                         server: c.server,
-                        reused: true,
-                        _permit: permit,
+                        idle_for: Some(now.duration_since(c.since)),
                     });
                 }
-                // Stale, or to a server we are moving away from: dropping it closes it.
             }
         }
         let mut last = String::new();
@@ -369,18 +405,19 @@ impl LdapDirectory {
                     return Ok(Conn {
                         ldap,
                         server: i,
-                        reused: false,
-                        _permit: permit,
+                        idle_for: None,
                     })
                 }
                 Err(StepError::Fatal(e)) => return Err(DirectoryError(e)),
                 Err(StepError::Transport(e)) => {
                     self.mark_down(i, &e);
+                    tried.push(i);
                     last = format!("{}: {e}", self.servers[i].url);
                 }
                 Err(StepError::Silent) => {
                     let e = format!("no answer within {:?}", self.timeout);
                     self.mark_down(i, &e);
+                    tried.push(i);
                     last = format!("{}: {e}", self.servers[i].url);
                 }
             }
@@ -402,24 +439,39 @@ impl LdapDirectory {
     }
 
     /// Run `step` on a connection from `pool`, failing over to the next server when one does
-    /// not answer.
+    /// not answer. Each server is tried at most once per call (a pooled connection the server
+    /// may have closed while idle gets one retry on a new connection first). The pool permit is
+    /// held throughout.
     async fn run<'a, T>(
         &'a self,
         pool: &'a Pool,
-        step: impl Fn(Ldap) -> BoxFuture<'a, Result<T, StepError>> + Send + Sync + 'a,
+        step: impl Fn(Ldap) -> BoxFuture<'a, Result<Done<T>, StepError>> + Send + Sync + 'a,
     ) -> Result<T, DirectoryError> {
-        let mut failures = 0;
+        let _permit = tokio::time::timeout(self.timeout, pool.permits.acquire())
+            .await
+            .map_err(|_| {
+                DirectoryError(format!(
+                    "all {} {} connections stayed busy for {:?}",
+                    pool.size, pool.name, self.timeout
+                ))
+            })?
+            .map_err(|_| DirectoryError("the directory client is closed".into()))?;
+        let mut tried: Vec<usize> = Vec::new();
         let mut stale_retried = false;
         let mut fresh_only = false;
         loop {
-            let conn = self.get(pool, fresh_only).await?;
-            let outcome = tokio::time::timeout(self.timeout, step(conn.ldap.clone()))
+            let conn = self.get(pool, fresh_only, &mut tried).await?;
+            // Every operation has its own `timeout`; this is the net over a whole step (at most
+            // two operations).
+            let outcome = tokio::time::timeout(2 * self.timeout, step(conn.ldap.clone()))
                 .await
                 .unwrap_or(Err(StepError::Silent));
             let (e, silent) = match outcome {
-                Ok(v) => {
-                    self.put(pool, conn);
-                    return Ok(v);
+                Ok(done) => {
+                    if done.keep {
+                        self.put(pool, conn);
+                    }
+                    return Ok(done.value);
                 }
                 Err(StepError::Fatal(e)) => {
                     self.put(pool, conn);
@@ -428,20 +480,24 @@ impl LdapDirectory {
                 Err(StepError::Silent) => (format!("no answer within {:?}", self.timeout), true),
                 Err(StepError::Transport(e)) => (e, false),
             };
-            let (server, reused) = (conn.server, conn.reused);
+            let server = conn.server;
             // Dropping it closes it: after a failure its state is unknown.
+            let maybe_dropped = match conn.idle_for {
+                Some(idle) => !silent || idle >= MAYBE_DROPPED_AFTER,
+                None => false,
+            };
             drop(conn);
-            if reused && !stale_retried && !silent {
-                // An idle connection the server (or a firewall) closed: retry once on a new one
-                // before blaming the server.
+            if maybe_dropped && !stale_retried {
+                // An idle connection the server or a firewall closed: retry once on a new one
+                // to the same server before blaming it.
                 stale_retried = true;
                 fresh_only = true;
                 lock(&pool.idle).retain(|c| c.server != server);
                 continue;
             }
             self.mark_down(server, &e);
-            failures += 1;
-            if failures >= self.servers.len() {
+            tried.push(server);
+            if tried.len() >= self.servers.len() {
                 return Err(DirectoryError(format!(
                     "no directory server answered (last: {}: {e})",
                     self.servers[server].url
@@ -475,11 +531,12 @@ impl LdapDirectory {
                         .await
                         .map_err(transport)?;
                     search_outcome(r.1.rc, &r.1.text, "auth.ldap.base_dn")?;
-                    Ok(r.0
-                        .into_iter()
-                        .filter(|e| !e.is_ref() && !e.is_intermediate())
-                        .map(|e| SearchEntry::construct(e).dn)
-                        .collect::<Vec<_>>())
+                    Ok(Done::keep(
+                        r.0.into_iter()
+                            .filter(|e| !e.is_ref() && !e.is_intermediate())
+                            .map(|e| SearchEntry::construct(e).dn)
+                            .collect::<Vec<_>>(),
+                    ))
                 })
             })
             .await?;
@@ -515,15 +572,22 @@ impl LdapDirectory {
                     .await
                     .map_err(transport)?;
                 match (bind_outcome(r.rc, &r.text, account)?, group) {
-                    (Verdict::Accepted, Some(q)) => self.member(&mut ldap, q).await,
+                    (Verdict::Accepted, Some(q)) => self.member(&mut ldap, q).await.map(Done::keep),
                     (Verdict::Rejected, Some(q)) => {
-                        // Ask anyway (now anonymously), answer ignored: a wrong password must
-                        // cost what a right one of a non-member costs, or timing would tell
-                        // an attacker that a non-member's password is right.
-                        let _ = self.member(&mut ldap, q).await;
-                        Ok(Verdict::Rejected)
+                        // Ask anyway (now anonymously), answer ignored, so that a wrong password
+                        // costs about what a non-member's right one does. The bind answered, so
+                        // the verdict stands even if this fails; a connection that then stopped
+                        // answering is not pooled again.
+                        let keep = !matches!(
+                            self.member(&mut ldap, q).await,
+                            Err(StepError::Silent | StepError::Transport(_))
+                        );
+                        Ok(Done {
+                            value: Verdict::Rejected,
+                            keep,
+                        })
                     }
-                    (v, None) => Ok(v),
+                    (v, None) => Ok(Done::keep(v)),
                 }
             })
         })
@@ -644,10 +708,16 @@ impl Directory for LdapDirectory {
                 None => (dummy_dn.clone(), false),
             },
         };
+        // For an unknown user, ask about an entry that exists (the service account), so that a
+        // nested-group walk costs the directory what a real user's does.
+        let asked_about = match (&self.mode, known) {
+            (Mode::Search { bind_dn, .. }, false) => bind_dn.as_str(),
+            _ => dn.as_str(),
+        };
         let q = self
             .group
             .as_ref()
-            .map(|g| group_query(&g.dn, g.nested, &dn));
+            .map(|g| group_query(&g.dn, g.nested, asked_about));
         let verdict = match (&self.mode, &q) {
             (Mode::Direct { .. }, q) => self.bind(&dn, password, account, q.as_ref()).await?,
             (Mode::Search { .. }, None) => self.bind(&dn, password, account, None).await?,
@@ -656,7 +726,7 @@ impl Directory for LdapDirectory {
                 let member = self
                     .run(&self.service_pool, |mut ldap| {
                         let q = q.clone();
-                        Box::pin(async move { self.member(&mut ldap, &q).await })
+                        Box::pin(async move { self.member(&mut ldap, &q).await.map(Done::keep) })
                     })
                     .await;
                 match bound {

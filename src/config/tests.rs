@@ -1399,8 +1399,47 @@ fn ldap_search_then_bind() {
     edits.push(("auth.ldap.bind_password_file", f.p("missing")));
     f.fails(&edits, "auth.ldap.bind_password_file", "does not exist");
 
+    let mut edits = search("");
+    edits.push(("auth.ldap.user_filter", s("(uid={username}")));
+    f.fails(&edits, "auth.ldap.user_filter", "not a valid LDAP filter");
+
+    let mut edits = search("");
+    edits.push((
+        "auth.ldap.user_dn_template",
+        s("uid={username},dc=example,dc=org"),
+    ));
+    f.fails(&edits, "auth.ldap.user_dn_template", "not both");
+
     fs::set_permissions(f.path("bind.password"), fs::Permissions::from_mode(0o664)).unwrap();
     f.fails(&search(""), "auth.ldap.bind_password_file", "0664");
+}
+
+#[test]
+fn ldap_tls_needs_host_names_and_timeouts_are_bounded() {
+    let f = Fixture::new();
+    f.fails(
+        &[("auth.ldap.urls", list(&["ldaps://[2001:db8::5]"]))],
+        "auth.ldap.urls[0]",
+        "host name",
+    );
+    f.fails(
+        &[
+            ("auth.ldap.urls", list(&["ldap://[2001:db8::5]"])),
+            ("auth.ldap.starttls", Value::Boolean(true)),
+        ],
+        "auth.ldap.urls[0]",
+        "host name",
+    );
+    // Without TLS an IPv6 address is fine (if unwise).
+    assert!(f
+        .load(&[("auth.ldap.urls", list(&["ldap://[2001:db8::5]"]))])
+        .is_ok());
+    f.fails(
+        &[("auth.ldap.timeout", s("16s"))],
+        "auth.ldap.timeout",
+        "at most 15s",
+    );
+    assert!(f.load(&[("auth.ldap.timeout", s("15s"))]).is_ok());
 }
 
 #[test]

@@ -504,6 +504,25 @@ impl Ctx<'_> {
             ("auth.ldap.base_dn", base_dn.is_some()),
         ];
         let search_on = search.iter().any(|(_, set)| *set);
+        if in_use && search_on && user_dn_template.is_some() {
+            return Err(self.err(
+                "auth.ldap.user_dn_template",
+                "set either user_dn_template (direct bind) or bind_dn, bind_password_file and \
+                 base_dn (search with a service account), not both",
+            ));
+        }
+        if in_use && (raw.starttls || urls.iter().any(|u| u.scheme() == "ldaps")) {
+            if let Some(i) = urls
+                .iter()
+                .position(|u| matches!(u.host(), Some(url::Host::Ipv6(_))))
+            {
+                return Err(self.err(
+                    &format!("auth.ldap.urls[{i}]"),
+                    "an IPv6 address cannot be checked against the server's certificate by the \
+                     LDAP client; use the server's host name",
+                ));
+            }
+        }
         let mut bind_password = None;
         if in_use {
             if let Some(ca) = &ca_file {
@@ -521,6 +540,12 @@ impl Ctx<'_> {
                     return Err(self.err(
                         "auth.ldap.user_filter",
                         r#"must contain {username}, e.g. "(sAMAccountName={username})""#,
+                    ));
+                }
+                if ldap3::parse_filter(raw.user_filter.replace("{username}", "x")).is_err() {
+                    return Err(self.err(
+                        "auth.ldap.user_filter",
+                        r#"is not a valid LDAP filter, e.g. "(&(objectClass=user)(sAMAccountName={username}))""#,
                     ));
                 }
             } else if user_dn_template.is_none() {
@@ -548,8 +573,22 @@ impl Ctx<'_> {
             require_group: non_empty(&raw.require_group),
             nested_groups: raw.nested_groups,
             pool_size: self.at_least_one("auth.ldap.pool_size", raw.pool_size)?,
-            timeout: self.duration("auth.ldap.timeout", &raw.timeout)?,
+            timeout: self.ldap_timeout(&raw.timeout)?,
         })
+    }
+
+    /// `auth.ldap.timeout`: each operation's limit. Failover must fit inside the engine's
+    /// [`crate::policy::CHECK_TIMEOUT`], so it is at most 15 s.
+    fn ldap_timeout(&self, value: &str) -> Result<Duration> {
+        let d = self.duration("auth.ldap.timeout", value)?;
+        if d > Duration::from_secs(15) {
+            return Err(self.err(
+                "auth.ldap.timeout",
+                "must be at most 15s: a check tries every server within 60 s in all, and a \
+                 directory silent for longer is better treated as down",
+            ));
+        }
+        Ok(d)
     }
 
     fn ldap_url(&self, key: &str, value: &str) -> Result<url::Url> {

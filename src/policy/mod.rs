@@ -581,6 +581,8 @@ impl Policy {
         directory: &Arc<dyn Directory>,
     ) -> Result<Admitted, LoginRefused> {
         let account = self.account(req.username);
+        // (before the check: an admin lock or kick during it must keep its success uncached)
+        let epoch = self.inner.cache.epoch();
         let result = match &account {
             Ok(account) => self.login_account(account, &req, directory).await,
             Err(e) => Err(LoginRefused::InvalidUsername(*e)),
@@ -590,7 +592,7 @@ impl Policy {
                 let ttl = self.inner.checks.load().cache_ttl;
                 self.inner
                     .cache
-                    .insert(account, req.password, self.now(), ttl);
+                    .insert(account, req.password, self.now(), ttl, epoch);
             }
         }
         self.emit(PolicyEvent::Login {
@@ -629,12 +631,13 @@ impl Policy {
         if self.inner.cache.hit(&account, req.password, now) {
             return Ok(Rechecked::Cached);
         }
+        let epoch = self.inner.cache.epoch();
         let result = match self.check(&account, req.password, req.ip, directory).await {
             Check::Verified => {
                 let ttl = self.inner.checks.load().cache_ttl;
                 self.inner
                     .cache
-                    .insert(&account, req.password, self.now(), ttl);
+                    .insert(&account, req.password, self.now(), ttl, epoch);
                 Ok(Rechecked::Checked)
             }
             refused => Err(self.refusal(refused)),
