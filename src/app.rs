@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use crate::auth::Directory;
 use crate::clock::SystemClock;
 use crate::config::{AuthBackend, Config};
-use crate::policy::{CheckRules, LogObserver, Policy};
+use crate::metrics::Metrics;
+use crate::policy::{CheckRules, LogObserver, Observers, Policy};
 use crate::proxy::Gateway;
 use crate::server::{signal_control, Server};
 use crate::store::embedded::EmbeddedStore;
@@ -18,6 +19,8 @@ pub struct PolicyState {
     pub policy: Policy,
     /// `auth.backend`: where credential checks go.
     pub directory: Arc<dyn Directory>,
+    /// Fed by the engine's events (served by the admin listener with the operations work).
+    pub metrics: Arc<Metrics>,
     store: Arc<EmbeddedStore>,
     sweeper: tokio::task::JoinHandle<()>,
 }
@@ -29,12 +32,13 @@ impl PolicyState {
         let directory = crate::auth::build(&cfg.auth).context("cannot set up auth.backend")?;
         log_backend(cfg);
         let store = Arc::new(EmbeddedStore::open(&cfg.store.path)?);
+        let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
         let policy = Policy::new(
             cfg.policy.clone(),
             CheckRules::from(&cfg.auth),
             store.clone(),
             Arc::new(SystemClock),
-            Arc::new(LogObserver),
+            Arc::new(Observers(vec![Arc::new(LogObserver), metrics.clone()])),
         );
         policy
             .sweep()
@@ -52,6 +56,7 @@ impl PolicyState {
         Ok(Self {
             policy,
             directory,
+            metrics,
             store,
             sweeper,
         })

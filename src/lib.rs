@@ -23,6 +23,7 @@
 //!   HTTP and LDAP, over a [`store`].
 //! - [`store`]: the [`store::PolicyStore`] trait (one atomic step per operation) and the durable
 //!   embedded backend.
+//! - [`metrics`]: the Prometheus registry, fed by the engine's events.
 //! - [`clock`]: the injected clock every policy decision takes `now` from.
 //! - [`config`]: raw configuration structs, validated into typed ones.
 //! - [`faspex`]: Faspex knowledge, and the built-in Faspex 4 emulator used by the demo and tests.
@@ -36,6 +37,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod faspex;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod server;

@@ -9,7 +9,10 @@ use faspex_gate::auth::ldap::LdapDirectory;
 use faspex_gate::auth::{Directory, Verdict};
 use faspex_gate::clock::ManualClock;
 use faspex_gate::config::{LdapConfig, PolicyConfig, Secret};
-use faspex_gate::policy::{CheckRules, LogObserver, LoginRefused, LoginRequest, Policy};
+use faspex_gate::metrics::Metrics;
+use faspex_gate::policy::{
+    CheckRules, LogObserver, LoginRefused, LoginRequest, Observer, Observers, Policy,
+};
 use faspex_gate::store::embedded::EmbeddedStore;
 use faspex_gate::store::{ClientId, ClientKind};
 
@@ -278,13 +281,22 @@ async fn a_hung_only_server_gives_an_error_in_bounded_time() {
 }
 
 fn engine(tmp: &std::path::Path, clock: &ManualClock, checks: CheckRules) -> Policy {
+    engine_observed(tmp, clock, checks, Arc::new(LogObserver))
+}
+
+fn engine_observed(
+    tmp: &std::path::Path,
+    clock: &ManualClock,
+    checks: CheckRules,
+    observer: Arc<dyn Observer>,
+) -> Policy {
     let store = Arc::new(EmbeddedStore::open(tmp).unwrap());
     Policy::new(
         PolicyConfig::default(),
         checks,
         store,
         Arc::new(clock.clone()),
-        Arc::new(LogObserver),
+        observer,
     )
 }
 
@@ -305,7 +317,13 @@ async fn a_downed_directory_answers_503_and_locks_nobody_out() {
     let mut s = Slapd::start();
     let tmp = tempfile::tempdir().unwrap();
     let clock = ManualClock::at_2026();
-    let policy = engine(tmp.path(), &clock, CheckRules::default());
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let policy = engine_observed(
+        tmp.path(),
+        &clock,
+        CheckRules::default(),
+        Arc::new(Observers(vec![Arc::new(LogObserver), metrics.clone()])),
+    );
     let d: Arc<dyn Directory> = Arc::new(dir(&direct(&[s.url()])));
     s.kill();
     for i in 0..10 {
@@ -329,6 +347,16 @@ async fn a_downed_directory_answers_503_and_locks_nobody_out() {
         0,
         "nothing counted"
     );
+    // Logged, and counted in the metrics.
+    let text = metrics.render();
+    for series in [
+        "faspex_gate_directory_duration_seconds_count{result=\"error\"} 10",
+        "faspex_gate_logins_total{result=\"directory_error\"} 10",
+        "faspex_gate_logins_total{result=\"bad_credentials\"} 0",
+        "faspex_gate_lockouts_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+    }
     // Back up: the only server is tried even while it is marked down.
     s.run();
     let r = policy.login(login("ann", "ann-pw", "192.0.2.1"), &d).await;

@@ -332,6 +332,17 @@ pub trait Observer: Send + Sync + 'static {
     fn event(&self, e: &PolicyEvent<'_>);
 }
 
+/// Several observers, each told every event in turn.
+pub struct Observers(pub Vec<Arc<dyn Observer>>);
+
+impl Observer for Observers {
+    fn event(&self, e: &PolicyEvent<'_>) {
+        for o in &self.0 {
+            o.event(e);
+        }
+    }
+}
+
 /// The default observer: structured log lines, with no secrets in them.
 pub struct LogObserver;
 
