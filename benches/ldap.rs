@@ -115,6 +115,43 @@ async fn main() {
         }
     }
 
+    // A wrong password: the same operations, refused.
+    {
+        let d = Arc::new(LdapDirectory::new(&ldap_config(s.url(), true, 8)).unwrap());
+        let total = 4_000 / scale;
+        let dd = d.clone();
+        let rate = support::run(8, total, move |i| {
+            let d = dd.clone();
+            async move {
+                let u = format!("user{}", i % USERS);
+                assert_eq!(d.verify(&u, "wrong").await.unwrap(), Verdict::Rejected);
+            }
+        })
+        .await;
+        row("LdapDirectory::verify: search, wrong password", 8, rate);
+    }
+
+    // The users-file backend: argon2id (OWASP parameters) behind max_concurrent_hashes = 2.
+    {
+        let text = format!(
+            "[users.ann]\nhash = \"{}\"\n",
+            faspex_gate::auth::password::hash("pw-ann").unwrap()
+        );
+        let users = faspex_gate::auth::file::parse_users(&text, |n| Some(n.to_owned())).unwrap();
+        let d = Arc::new(faspex_gate::auth::file::FileDirectory::new(users, 2).unwrap());
+        let total = 200 / scale;
+        let dd = d.clone();
+        let rate = support::run(8, total, move |_| {
+            let d = dd.clone();
+            async move {
+                assert_eq!(d.verify("ann", "pw-ann").await.unwrap(), Verdict::Accepted);
+            }
+        })
+        .await;
+        assert!(d.most_at_once() <= 2);
+        row("FileDirectory::verify (argon2id, 2 at once)", 8, rate);
+    }
+
     // A Basic API caller's requests through the engine: without the cache every request is a
     // credential check (throttle, lockout reservation, bind), with it only the first is.
     for (ttl, label) in [
