@@ -75,8 +75,13 @@ fn log_backend(cfg: &Config) {
     let a = &cfg.auth;
     if a.backend == AuthBackend::Ldap && !a.ldap.starttls {
         for u in a.ldap.urls.iter().filter(|u| u.scheme() == "ldap") {
+            // (ldap: is not a "special" URL scheme, so an IPv4 address arrives as a domain)
             let loopback = match u.host() {
-                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Domain(d)) => {
+                    d == "localhost"
+                        || d.parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                }
                 Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
                 Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
                 None => false,

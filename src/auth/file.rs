@@ -323,7 +323,7 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        assert!(d.most_at_once() <= 2);
+        assert_eq!(d.most_at_once(), 2);
     }
 
     #[test]

@@ -28,14 +28,14 @@
 //! never mixed). Connections are made on demand to the first server not marked down. A pooled
 //! connection that fails (or, after [`MAYBE_DROPPED_AFTER`] idle, times out) is replaced once
 //! without blaming the server; idle ones older than [`IDLE_MAX`] are closed when the pool is next
-//! used. Each check tries each server at most once. Connect, StartTLS, the TLS handshake and
-//! every operation have `timeout`. ldaps:// and StartTLS verify the server against the system
-//! roots plus `ca_file`.
+//! used. Each step of a check tries each server at most once. Connect, StartTLS, the TLS
+//! handshake and every operation have `timeout`. ldaps:// and StartTLS verify the server against
+//! the system roots plus `ca_file`.
 //!
 //! **Equal work.** Every path of a check sends the same operations: with a service account,
 //! search, bind (a DN that cannot exist for an unknown user), then with `require_group` the
 //! membership search, whatever the bind said (about the service account's own entry for an
-//! unknown user). With direct bind and `require_group`, a failed bind still sends the membership
+//! unknown user, which costs about what a user's does). With direct bind and `require_group`, a failed bind still sends the membership
 //! search, but anonymously, which Active Directory refuses at once while a member's is evaluated:
 //! a small timing difference remains there. Use a service account where that matters.
 //!
@@ -158,8 +158,11 @@ struct Server {
 
 /// Why a step did not give an answer.
 enum StepError {
-    /// The server did not answer properly: try the next one.
+    /// The connection failed (reset, closed, TLS): try the next server.
     Transport(String),
+    /// The server answered that it cannot serve (busy, unavailable, an unexpected result):
+    /// try the next server. It answered, so the connection was not the problem.
+    Refused(String),
     /// The server did not answer within `timeout`: try the next one.
     Silent,
     /// The server answered, and another server would answer the same (a configuration problem).
@@ -303,10 +306,6 @@ impl LdapDirectory {
 
     // ----- servers and connections -----
 
-    fn is_down(&self, i: usize, now: Instant) -> bool {
-        lock(&self.servers[i].down_until).is_some_and(|until| until > now)
-    }
-
     fn mark_down(&self, i: usize, why: &str) {
         let s = &self.servers[i];
         *lock(&s.down_until) = Some(Instant::now() + DOWN_FOR);
@@ -325,10 +324,18 @@ impl LdapDirectory {
     fn order(&self, tried: &[usize]) -> Vec<usize> {
         let now = Instant::now();
         let untried = (0..self.servers.len()).filter(|i| !tried.contains(i));
-        let (up, mut down): (Vec<usize>, Vec<usize>) =
-            untried.partition(|&i| !self.is_down(i, now));
-        down.sort_by_key(|&i| *lock(&self.servers[i].down_until));
-        up.into_iter().chain(down).collect()
+        let mut up = Vec::new();
+        let mut down = Vec::new();
+        for i in untried {
+            match *lock(&self.servers[i].down_until) {
+                Some(until) if until > now => down.push((until, i)),
+                _ => up.push(i),
+            }
+        }
+        down.sort();
+        up.into_iter()
+            .chain(down.into_iter().map(|(_, i)| i))
+            .collect()
     }
 
     async fn connect_to(&self, i: usize, service: bool) -> Result<Ldap, StepError> {
@@ -356,7 +363,7 @@ impl LdapDirectory {
                     .map_err(transport)?;
                 match r.rc {
                     0 => {}
-                    51 | 52 => return Err(StepError::Transport(rc_text(r.rc, &r.text))),
+                    51 | 52 => return Err(StepError::Refused(rc_text(r.rc, &r.text))),
                     _ => {
                         return Err(StepError::Fatal(format!(
                             "the service account bind_dn was refused ({}); check auth.ldap.bind_dn \
@@ -409,7 +416,7 @@ impl LdapDirectory {
                     })
                 }
                 Err(StepError::Fatal(e)) => return Err(DirectoryError(e)),
-                Err(StepError::Transport(e)) => {
+                Err(StepError::Transport(e) | StepError::Refused(e)) => {
                     self.mark_down(i, &e);
                     tried.push(i);
                     last = format!("{}: {e}", self.servers[i].url);
@@ -462,12 +469,15 @@ impl LdapDirectory {
         loop {
             let conn = self.get(pool, fresh_only, &mut tried).await?;
             // Every operation has its own `timeout`; this is the net over a whole step (at most
-            // two operations).
-            let outcome = tokio::time::timeout(2 * self.timeout, step(conn.ldap.clone()))
+            // two operations), with room for the operations' own timeouts to fire first.
+            let net = 2 * self.timeout + Duration::from_secs(1);
+            let outcome = tokio::time::timeout(net, step(conn.ldap.clone()))
                 .await
                 .unwrap_or(Err(StepError::Silent));
-            let (e, silent) = match outcome {
+            // (what failed, and whether a connection closed while idle could explain it)
+            let (e, dropped_while_idle) = match outcome {
                 Ok(done) => {
+                    *lock(&self.servers[conn.server].down_until) = None;
                     if done.keep {
                         self.put(pool, conn);
                     }
@@ -477,15 +487,17 @@ impl LdapDirectory {
                     self.put(pool, conn);
                     return Err(DirectoryError(e));
                 }
-                Err(StepError::Silent) => (format!("no answer within {:?}", self.timeout), true),
-                Err(StepError::Transport(e)) => (e, false),
+                Err(StepError::Silent) => (
+                    format!("no answer within {:?}", self.timeout),
+                    conn.idle_for
+                        .is_some_and(|idle| idle >= MAYBE_DROPPED_AFTER),
+                ),
+                Err(StepError::Transport(e)) => (e, conn.idle_for.is_some()),
+                Err(StepError::Refused(e)) => (e, false),
             };
             let server = conn.server;
             // Dropping it closes it: after a failure its state is unknown.
-            let maybe_dropped = match conn.idle_for {
-                Some(idle) => !silent || idle >= MAYBE_DROPPED_AFTER,
-                None => false,
-            };
+            let maybe_dropped = dropped_while_idle;
             drop(conn);
             if maybe_dropped && !stale_retried {
                 // An idle connection the server or a firewall closed: retry once on a new one
@@ -646,7 +658,7 @@ fn bind_outcome(rc: u32, text: &str, account: &str) -> Result<Verdict, StepError
             );
             Ok(Verdict::Rejected)
         }
-        _ => Err(StepError::Transport(rc_text(rc, text))),
+        _ => Err(StepError::Refused(rc_text(rc, text))),
     }
 }
 
@@ -655,7 +667,7 @@ fn bind_outcome(rc: u32, text: &str, account: &str) -> Result<Verdict, StepError
 fn search_outcome(rc: u32, text: &str, key: &str) -> Result<(), StepError> {
     match rc {
         0 | 4 => Ok(()),
-        51 | 52 | 80 => Err(StepError::Transport(rc_text(rc, text))),
+        51 | 52 | 80 => Err(StepError::Refused(rc_text(rc, text))),
         32 => Err(StepError::Fatal(format!(
             "{key} names an entry that does not exist ({})",
             rc_text(rc, text)
@@ -854,7 +866,7 @@ mod tests {
         }
         for rc in [51, 52, 80, 1] {
             assert!(
-                matches!(bind_outcome(rc, "", "a"), Err(StepError::Transport(_))),
+                matches!(bind_outcome(rc, "", "a"), Err(StepError::Refused(_))),
                 "{rc}"
             );
         }
@@ -864,7 +876,7 @@ mod tests {
         );
         assert!(matches!(
             search_outcome(52, "", "k"),
-            Err(StepError::Transport(_))
+            Err(StepError::Refused(_))
         ));
     }
 }

@@ -1430,9 +1430,12 @@ fn ldap_tls_needs_host_names_and_timeouts_are_bounded() {
         "auth.ldap.urls[0]",
         "host name",
     );
-    // Without TLS an IPv6 address is fine (if unwise).
+    // Without TLS an IPv6 address is fine (if unwise), whatever the other URLs are.
     assert!(f
-        .load(&[("auth.ldap.urls", list(&["ldap://[2001:db8::5]"]))])
+        .load(&[(
+            "auth.ldap.urls",
+            list(&["ldap://[2001:db8::5]", "ldaps://dc2.example.org"])
+        )])
         .is_ok());
     f.fails(
         &[("auth.ldap.timeout", s("16s"))],

@@ -511,10 +511,11 @@ impl Ctx<'_> {
                  base_dn (search with a service account), not both",
             ));
         }
-        if in_use && (raw.starttls || urls.iter().any(|u| u.scheme() == "ldaps")) {
+        if in_use {
+            let tls = |u: &url::Url| raw.starttls || u.scheme() == "ldaps";
             if let Some(i) = urls
                 .iter()
-                .position(|u| matches!(u.host(), Some(url::Host::Ipv6(_))))
+                .position(|u| tls(u) && matches!(u.host(), Some(url::Host::Ipv6(_))))
             {
                 return Err(self.err(
                     &format!("auth.ldap.urls[{i}]"),
@@ -577,15 +578,16 @@ impl Ctx<'_> {
         })
     }
 
-    /// `auth.ldap.timeout`: each operation's limit. Failover must fit inside the engine's
-    /// [`crate::policy::CHECK_TIMEOUT`], so it is at most 15 s.
+    /// `auth.ldap.timeout`: each operation's limit, and what a silent server costs a check before
+    /// the next is tried. At most 15 s: the engine gives a whole check
+    /// [`crate::policy::CHECK_TIMEOUT`] (60 s).
     fn ldap_timeout(&self, value: &str) -> Result<Duration> {
         let d = self.duration("auth.ldap.timeout", value)?;
         if d > Duration::from_secs(15) {
             return Err(self.err(
                 "auth.ldap.timeout",
-                "must be at most 15s: a check tries every server within 60 s in all, and a \
-                 directory silent for longer is better treated as down",
+                "must be at most 15s: a silent server costs a login this long before the next \
+                 server is tried, and a whole check is given 60 s",
             ));
         }
         Ok(d)

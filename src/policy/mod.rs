@@ -595,7 +595,7 @@ impl Policy {
         // (before the check: an admin lock or kick during it must keep its success uncached)
         let epoch = self.inner.cache.epoch();
         let result = match &account {
-            Ok(account) => self.login_account(account, &req, directory).await,
+            Ok(account) => self.login_account(account, &req, directory, epoch).await,
             Err(e) => Err(LoginRefused::InvalidUsername(*e)),
         };
         if let (Ok(account), Ok(a)) = (&account, &result) {
@@ -643,7 +643,10 @@ impl Policy {
             return Ok(Rechecked::Cached);
         }
         let epoch = self.inner.cache.epoch();
-        let result = match self.check(&account, req.password, req.ip, directory).await {
+        let result = match self
+            .check(&account, req.password, req.ip, directory, epoch)
+            .await
+        {
             Check::Verified => {
                 let ttl = self.inner.checks.load().cache_ttl;
                 self.inner
@@ -685,8 +688,12 @@ impl Policy {
         account: &str,
         req: &LoginRequest<'_>,
         directory: &Arc<dyn Directory>,
+        epoch: u64,
     ) -> Result<Admitted, LoginRefused> {
-        match self.check(account, req.password, req.ip, directory).await {
+        match self
+            .check(account, req.password, req.ip, directory, epoch)
+            .await
+        {
             Check::Verified => self.admit(account, req).await,
             refused => Err(self.refusal(refused)),
         }
@@ -695,15 +702,21 @@ impl Policy {
     /// A credential check, shared by parallel callers with the same lock key and password. It
     /// runs on its own task, so a caller that goes away cannot cancel it half-way: a guess that
     /// reached the directory is always counted.
+    ///
+    /// `epoch` is the verification cache's, taken by the caller before it asked: a caller that
+    /// comes after an administrator's kick or lock never joins a check that began before it, so
+    /// it cannot cache that check's success past the lock.
     async fn check(
         &self,
         account: &str,
         password: &str,
         ip: IpAddr,
         directory: &Arc<dyn Directory>,
+        epoch: u64,
     ) -> Check {
         let key = self.lock_key(account, ip);
         let mut ctx = ring::hmac::Context::with_key(&self.inner.flight_key);
+        ctx.update(&epoch.to_be_bytes());
         ctx.update(key.encode().as_bytes());
         ctx.update(&[0]);
         ctx.update(password.as_bytes());

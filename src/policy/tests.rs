@@ -1811,6 +1811,34 @@ async fn an_automatic_lockout_leaves_the_real_users_api_session_working() {
 }
 
 #[tokio::test]
+async fn a_caller_after_an_admin_action_never_joins_a_check_begun_before_it() {
+    // A check in flight; the administrator acts; an identical request arrives. Joining the old
+    // check could cache its success past the action, so the newcomer runs a check of its own.
+    let h = Arc::new(Harness::new(contract_defaults()));
+    *h.dir.delay.lock().unwrap() = Duration::from_millis(100);
+    let h2 = h.clone();
+    let first = tokio::spawn(async move { h2.recheck("ann", "pw-ann").await });
+    wait_for_checks(&h, 1).await;
+    h.policy.kick("bob").await.unwrap(); // any admin action bumps the cache epoch
+    let second = h.recheck("ann", "pw-ann").await;
+    assert_eq!(second.unwrap(), Rechecked::Checked);
+    assert_eq!(first.await.unwrap().unwrap(), Rechecked::Checked);
+    assert_eq!(
+        h.dir.checks(),
+        2,
+        "the newcomer did not share the older check"
+    );
+    // Without an admin action in between, identical requests still share one check.
+    let h3 = h.clone();
+    h.policy.cache().clear();
+    let a = tokio::spawn(async move { h3.recheck("cat", "pw-cat").await });
+    wait_for_checks(&h, 3).await;
+    let b = h.recheck("cat", "pw-cat").await;
+    assert!(a.await.unwrap().is_ok() && b.is_ok());
+    assert_eq!(h.dir.checks(), 3);
+}
+
+#[tokio::test]
 async fn a_new_cache_ttl_empties_the_cache() {
     let h = Harness::new(contract_defaults());
     h.basic("ann", "pw-ann").await.unwrap();
