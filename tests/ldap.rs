@@ -89,6 +89,9 @@ async fn direct_bind_accepts_the_right_password_only() {
         1,
         "an unknown user is one bind too"
     );
+    // An entry that cannot authenticate (as a disabled account cannot) is a plain wrong password.
+    assert_eq!(verdict(&d, "nopass", "anything").await, Verdict::Rejected);
+    assert_eq!(s.binds("uid=nopass").len(), 1, "the directory was asked");
 }
 
 #[tokio::test]

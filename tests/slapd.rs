@@ -31,6 +31,8 @@ pub const PEOPLE_ENTRIES: &[(&str, &str, &str, bool)] = &[
     // Two entries with one cn: a search for "Twin" is ambiguous.
     ("twin1", "Twin", "twin-pw", true),
     ("twin2", "Twin", "twin-pw", true),
+    // No password at all: the directory refuses every bind, as it does for a disabled account.
+    ("nopass", "No Password", "", true),
 ];
 
 /// `n` extra users `userN` with password `pw-userN`, all in the group (for the benchmark).
@@ -100,10 +102,12 @@ fn ldif(extra: &[(String, String, String, bool)]) -> String {
     );
     for (uid, cn, pw, _) in &people {
         s.push_str(&format!(
-            "dn: uid={uid},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {cn}\nsn: {cn}\n\
-             userPassword: {}\n\n",
-            ssha(pw)
+            "dn: uid={uid},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {cn}\nsn: {cn}\n"
         ));
+        if !pw.is_empty() {
+            s.push_str(&format!("userPassword: {}\n", ssha(pw)));
+        }
+        s.push('\n');
     }
     s.push_str(&format!(
         "dn: {GROUP_DN}\nobjectClass: groupOfNames\ncn: faspex-users\n"
