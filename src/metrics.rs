@@ -111,10 +111,6 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
-
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
 }
 
 impl Observer for Metrics {

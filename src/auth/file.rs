@@ -161,10 +161,6 @@ impl FileDirectory {
         self.dummy_checks.load(Ordering::Relaxed)
     }
 
-    pub fn accounts(&self) -> usize {
-        self.users.0.len()
-    }
-
     /// The most hashes that ever ran at once.
     pub fn most_at_once(&self) -> usize {
         self.running.1.load(Ordering::SeqCst)

@@ -758,14 +758,7 @@ impl Policy {
         if !password.is_empty() {
             if let Err(wait) = self.inner.throttle.load().ceiling() {
                 if let Some(ticket) = guard.ticket.take() {
-                    let rules = Self::lockout_rules(&self.cfg());
-                    let end = self
-                        .inner
-                        .store
-                        .finish_attempt(ticket, AttemptResult::Aborted, self.now(), rules)
-                        .await;
-                    self.inner.attempt_finished.notify_waiters();
-                    if let Err(e) = end {
+                    if let Err(e) = self.finish(ticket, AttemptResult::Aborted).await {
                         return Check::Store(e);
                     }
                 }
@@ -813,13 +806,7 @@ impl Policy {
         let Some(ticket) = guard.ticket.take() else {
             return Check::DirectoryUnavailable;
         };
-        let rules = Self::lockout_rules(&self.cfg());
-        let end = self
-            .inner
-            .store
-            .finish_attempt(ticket, result, self.now(), rules)
-            .await;
-        self.inner.attempt_finished.notify_waiters();
+        let end = self.finish(ticket, result).await;
         match (end, verdict) {
             (Err(e), _) => Check::Store(e),
             (Ok(AttemptEnd::Locked(lock)), _) => {
@@ -831,6 +818,23 @@ impl Policy {
             (Ok(_), Ok(Verdict::Rejected)) => Check::BadCredentials,
             (Ok(_), Err(_)) => Check::DirectoryUnavailable,
         }
+    }
+
+    /// Record a credential check's result (or its abandonment) and wake the logins waiting
+    /// behind it.
+    async fn finish(
+        &self,
+        ticket: AttemptTicket,
+        result: AttemptResult,
+    ) -> Result<AttemptEnd, StoreError> {
+        let rules = Self::lockout_rules(&self.cfg());
+        let end = self
+            .inner
+            .store
+            .finish_attempt(ticket, result, self.now(), rules)
+            .await;
+        self.inner.attempt_finished.notify_waiters();
+        end
     }
 
     /// Wait for a place to run a credential check under `key`.
@@ -1151,13 +1155,7 @@ impl Drop for TicketGuard {
         };
         let policy = self.policy.clone();
         spawn_detached(async move {
-            let rules = Policy::lockout_rules(&policy.cfg());
-            let _ = policy
-                .inner
-                .store
-                .finish_attempt(ticket, AttemptResult::Aborted, policy.now(), rules)
-                .await;
-            policy.inner.attempt_finished.notify_waiters();
+            let _ = policy.finish(ticket, AttemptResult::Aborted).await;
         });
     }
 }

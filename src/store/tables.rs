@@ -379,7 +379,6 @@ impl Tables {
         if w.failures.len() != before {
             self.dirty_windows.insert(key.clone());
         }
-        let w = self.windows.get_mut(key).expect("inserted above");
         if w.failures.len() + w.in_flight.len() >= rules.threshold as usize {
             return AttemptStart::Busy;
         }
