@@ -9,7 +9,9 @@ use crate::auth::Directory;
 use crate::clock::SystemClock;
 use crate::config::{AuthBackend, Config};
 use crate::metrics::Metrics;
-use crate::policy::{CheckRules, LogObserver, Observers, Policy};
+use crate::policy::{CheckRules, LogObserver, Observer, Observers, Policy};
+use crate::proxy::ends::SessionEnds;
+use crate::proxy::forward::Upstream;
 use crate::proxy::Gateway;
 use crate::server::{signal_control, Server};
 use crate::store::embedded::EmbeddedStore;
@@ -27,8 +29,9 @@ pub struct PolicyState {
 
 impl PolicyState {
     /// Open `store.path` (refusing a corrupt, unwritable, locked or newer-schema file, by name),
-    /// end what expired while the gateway was down, and start the sweeper.
-    pub async fn open(cfg: &Config) -> anyhow::Result<Self> {
+    /// end what expired while the gateway was down, and start the sweeper. `observers` hear the
+    /// engine's events besides the log and the metrics.
+    pub async fn open(cfg: &Config, observers: Vec<Arc<dyn Observer>>) -> anyhow::Result<Self> {
         let directory = crate::auth::build(&cfg.auth).context("cannot set up auth.backend")?;
         log_backend(cfg);
         let store = Arc::new(EmbeddedStore::open(&cfg.store.path)?);
@@ -38,7 +41,13 @@ impl PolicyState {
             CheckRules::from(&cfg.auth),
             store.clone(),
             Arc::new(SystemClock),
-            Arc::new(Observers(vec![Arc::new(LogObserver), metrics.clone()])),
+            Arc::new(Observers(
+                [
+                    vec![Arc::new(LogObserver) as Arc<dyn Observer>, metrics.clone()],
+                    observers,
+                ]
+                .concat(),
+            )),
         );
         policy
             .sweep()
@@ -114,11 +123,26 @@ fn log_backend(cfg: &Config) {
     }
 }
 
+/// The engine over its store, and the gateway handler over the engine: everything `run` and
+/// `demo` serve. When the gateway ends a session, Faspex's is logged out too.
+pub async fn build(cfg: &Config) -> anyhow::Result<(PolicyState, Gateway)> {
+    let upstream = Upstream::new(&cfg.upstream, cfg.server.body_idle_timeout)?;
+    let (ends, memo) = SessionEnds::start(upstream.clone(), cfg.faspex.logout_path.clone());
+    let state = PolicyState::open(cfg, vec![ends]).await?;
+    let gateway = Gateway::new(
+        cfg,
+        state.policy.clone(),
+        Arc::clone(&state.directory),
+        upstream,
+        memo,
+    )?;
+    Ok((state, gateway))
+}
+
 /// Serve with `cfg` until SIGTERM/SIGINT; SIGHUP reloads the certificate.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let control = signal_control()?;
-    let state = PolicyState::open(&cfg).await?;
-    let gateway = Gateway::new(&cfg)?;
+    let (state, gateway) = build(&cfg).await?;
     let server = Server::bind(&cfg, gateway).await?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

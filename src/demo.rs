@@ -16,7 +16,6 @@ use crate::faspex::emulator::{
     Emulator, EmulatorConfig, LoginFailureStyle, BIG_PACKAGE_ID, EXTERNAL_DELIVERY_ID,
     EXTERNAL_DELIVERY_PASSCODE,
 };
-use crate::proxy::Gateway;
 use crate::server::{signal_control, Server};
 
 /// The demo's users: name and password, known to both the gateway's users file and the emulator.
@@ -128,8 +127,8 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result
     let config_path = write_demo_files(dir.path(), listen, admin_listen, emu_addr)?;
     let cfg = Config::load_with_env(&config_path, &[])?;
     let control = signal_control()?;
-    let state = crate::app::PolicyState::open(&cfg).await?;
-    let server = Server::bind(&cfg, Gateway::new(&cfg)?).await?;
+    let (state, gateway) = crate::app::build(&cfg).await?;
+    let server = Server::bind(&cfg, gateway).await?;
     let addr = server.https_addr().unwrap_or(listen);
     print_banner(addr, emu_addr, dir.path(), &config_path);
 
@@ -157,23 +156,35 @@ faspex-gate demo is running. Stop it with Ctrl-C.
   Files       {dir} (configuration, certificate, users, session secret, admin token)
   Config      faspex-gate check-config --config {config}
 
-Try it:
-  Log in in the browser with one of the users above, then open the inbox.
-  The Faspex API through the gateway, as Faspex's download tutorial shows it:
-    curl -k --basic -u ann:demo-ann -H "Accept: application/xml" {base}/aspera/faspex/received/4044
-  and a transfer token for it (the tutorial's step 2):
-    curl -k --basic -u ann:demo-ann -H "Content-Type: application/vnd.aspera.url-list+xml" -H "Accept: text/plain" -d '<url-list><url href="faspe://demo/4044"/></url-list>' "{base}/aspera/faspex/issue-token?direction=down"
-  An external collaborator's download link needs no login:
+Try it (curl -k accepts the demo's certificate; a browser will warn once):
+  Log in      in the browser with one of the users above: Faspex's own form, then the inbox.
+              Log out with Faspex's "Log out": the seat is free again.
+  The API     as Faspex's download tutorial shows it (one seat, one client, cached checks):
+    curl -k -u ann:demo-ann -H "Accept: application/xml" {base}/aspera/faspex/received/4044
+    curl -k -u ann:demo-ann -H "Content-Type: application/vnd.aspera.url-list+xml" -H "Accept: text/plain" -d '<url-list><url href="faspe://demo/4044"/></url-list>' "{base}/aspera/faspex/issue-token?direction=down"
+
+The four policies, small enough to watch:
+  3 seats     take them with three accounts, then try the fourth:
+    for u in ann bob cat; do curl -k -s -o /dev/null -w "$u %{{http_code}}\n" -u $u:demo-$u {base}/aspera/faspex/me; done
+    curl -k -i -u dan:demo-dan {base}/aspera/faspex/me        -> 503 "all licence seats are in use"
+              (in a browser: the "All licences are in use" page). Seats free after 2 idle minutes.
+  1 client    log in as ann in the browser, then again in a private window: the 409 page offers
+              to sign the other one out after the password is entered again. From curl:
+    curl -k -i -A other-tool -u ann:demo-ann {base}/aspera/faspex/me   -> 409
+  2 min idle  leave a logged-in browser alone for two minutes, then click: "Signed out after
+              inactivity", and the seat is free.
+  lockout     five wrong passwords in a minute lock the account for 5 minutes:
+    for i in 1 2 3 4 5; do curl -k -s -o /dev/null -w "%{{http_code}} " -u dan:wrong {base}/aspera/faspex/me; done
+              -> 401 401 401 401 403; dan's right password now gets 403 too, with Retry-After.
+              In the browser the login form shows "Account locked ... unlocks at HH:MM".
+
+No login needed, and no seat held:
+  An external collaborator's download link:
     curl -k -H "Accept: application/xml" "{base}/aspera/faspex/external_deliveries/{ext_id}?passcode={ext_pass}"
-  The deny list: Faspex's package relay (CVE-2022-47986) is never forwarded:
-    curl -k -i -X POST {base}/aspera/faspex/package_relay/relay_package
   A streamed 4 GiB download through the HTTP Gateway path, memory flat:
     curl -k -o /dev/null "{base}/aspera/http-gwy/v1/download/{big}?token=demo"
-
-The policies (3 seats, one client per account, 2 min idle, 5 failures in 1 min lock 5 min) are
-configured, and the policy engine runs over its store in the folder above; this release does not
-yet put web and API logins through it (that arrives with the Faspex login flows), so every
-request that is not denied is forwarded.
+  The deny list: Faspex's package relay (CVE-2022-47986) is never forwarded:
+    curl -k -i -X POST {base}/aspera/faspex/package_relay/relay_package
 "#,
         users = users.join(", "),
         dir = dir.display(),

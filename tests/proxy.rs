@@ -15,9 +15,18 @@ async fn setup(tweak: impl FnOnce(&mut ConfigBuilder)) -> (TestUpstream, Gateway
     let upstream = TestUpstream::start().await;
     let files = TestFiles::new();
     let mut cfg = ConfigBuilder::new(&files, &upstream.url());
+    mechanics_only(&mut cfg);
     tweak(&mut cfg);
     let gw = tokio::task::block_in_place(|| GatewayProcess::start(files, &cfg));
     (upstream, gw)
+}
+
+/// These tests are about the proxy's mechanics (streaming, headers, upgrades, limits), not the
+/// login flows (`flows.rs`): every path of the test upstream is made public, so no session is
+/// needed, and the public-path limit is out of the way.
+fn mechanics_only(cfg: &mut ConfigBuilder) {
+    cfg.set("faspex", "public_paths", "[\"/\"]");
+    cfg.set("policy", "public_requests_per_ip_per_minute", "1000000");
 }
 
 fn client(gw: &GatewayProcess) -> HttpsClient {
@@ -130,6 +139,7 @@ async fn forwarded_headers_are_set_and_spoofing_is_ignored() {
     // From a trusted proxy, the chain is believed and extended.
     let files = TestFiles::new();
     let mut cfg = ConfigBuilder::new(&files, &up.url());
+    mechanics_only(&mut cfg);
     cfg.set("server", "trusted_proxies", "[\"127.0.0.0/8\"]");
     cfg.set("upstream", "preserve_host", "false");
     let gw = tokio::task::block_in_place(|| GatewayProcess::start(files, &cfg));
@@ -444,7 +454,8 @@ async fn downed_upstream_gives_502_and_silent_upstream_504() {
         l.local_addr().unwrap()
     };
     let files = TestFiles::new();
-    let cfg = ConfigBuilder::new(&files, &format!("http://{dead}"));
+    let mut cfg = ConfigBuilder::new(&files, &format!("http://{dead}"));
+    mechanics_only(&mut cfg);
     let gw = tokio::task::block_in_place(|| GatewayProcess::start(files, &cfg));
     let c = client(&gw);
     let t = Instant::now();
@@ -664,7 +675,7 @@ async fn access_log_has_one_line_per_request_and_no_secrets() {
         .expect("an access-log line");
     for field in [
         "method=GET",
-        "route=protected",
+        "route=public",
         "status=200",
         "bytes=",
         "duration_ms=",
@@ -753,6 +764,7 @@ async fn an_https_upstream_is_verified_against_ca_file() {
     let (up, ca_file) = TestUpstream::start_tls(files.dir.path()).await;
     let url = format!("https://localhost:{}", up.addr.port());
     let mut cfg = ConfigBuilder::new(&files, &url);
+    mechanics_only(&mut cfg);
     cfg.set(
         "upstream",
         "ca_file",
@@ -766,7 +778,8 @@ async fn an_https_upstream_is_verified_against_ca_file() {
 
     // Without the CA, the upstream's certificate is not trusted: 502, never a silent downgrade.
     let files = TestFiles::new();
-    let cfg = ConfigBuilder::new(&files, &url);
+    let mut cfg = ConfigBuilder::new(&files, &url);
+    mechanics_only(&mut cfg);
     let gw = tokio::task::block_in_place(|| GatewayProcess::start(files, &cfg));
     let (st, _, _) = get(&client(&gw), &format!("{}/echo", gw.base())).await;
     assert_eq!(st, StatusCode::BAD_GATEWAY);

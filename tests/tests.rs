@@ -4,8 +4,10 @@
 mod slapd;
 mod util;
 
+mod browser;
 mod cli;
 mod demo;
+mod flows;
 mod ldap;
 mod proxy;
 mod state;

@@ -273,6 +273,10 @@ pub struct FaspexConfig {
     pub username_field: String,
     pub password_field: String,
     pub logout_path: String,
+    /// The name of Faspex's own session cookie, kept with the gateway session to log Faspex out.
+    pub session_cookie: String,
+    /// Where Faspex hands out OAuth2 access tokens (watched to tie them to the session).
+    pub token_path: String,
     pub public_paths: Vec<String>,
     pub deny: Vec<DenyRule>,
 }
@@ -281,8 +285,10 @@ pub struct FaspexConfig {
 #[derive(Clone, Debug)]
 pub struct PagesConfig {
     pub helpdesk: String,
-    /// `None` = the host's local time. Not checked here.
+    /// `None` = the host's local time.
     pub timezone: Option<String>,
+    /// `timezone`, resolved (the host's own when empty), for "locked until HH:MM".
+    pub tz: jiff::tz::TimeZone,
 }
 
 /// `audit.path`.

@@ -294,6 +294,10 @@ pub(crate) struct RawFaspex {
     pub password_field: String,
     #[serde(deserialize_with = "strict::string")]
     pub logout_path: String,
+    #[serde(deserialize_with = "strict::string")]
+    pub session_cookie: String,
+    #[serde(deserialize_with = "strict::string")]
+    pub token_path: String,
     #[serde(deserialize_with = "strict::string_list")]
     pub public_paths: Vec<String>,
     #[serde(deserialize_with = "strict::string_list")]
@@ -307,6 +311,8 @@ impl Default for RawFaspex {
             username_field: "user[name]".into(),
             password_field: "user[password]".into(),
             logout_path: "/aspera/faspex/logout".into(),
+            session_cookie: "_faspex_session".into(),
+            token_path: "/aspera/faspex/auth/oauth2/token".into(),
             public_paths: [
                 "/aspera/faspex/external_deliveries/",
                 "/aspera/faspex/external/",

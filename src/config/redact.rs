@@ -124,6 +124,8 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
             username_field: c.faspex.username_field.clone(),
             password_field: c.faspex.password_field.clone(),
             logout_path: c.faspex.logout_path.clone(),
+            session_cookie: c.faspex.session_cookie.clone(),
+            token_path: c.faspex.token_path.clone(),
             public_paths: c.faspex.public_paths.clone(),
             deny: c
                 .faspex

@@ -640,11 +640,33 @@ impl Ctx<'_> {
             .enumerate()
             .map(|(i, rule)| self.deny_rule(&format!("faspex.deny[{i}]"), rule))
             .collect::<Result<_>>()?;
+        for (key, field) in [
+            ("faspex.username_field", &raw.username_field),
+            ("faspex.password_field", &raw.password_field),
+        ] {
+            if field.trim().is_empty() {
+                return Err(self.err(key, "must name the login form's field"));
+            }
+        }
+        if raw.username_field == raw.password_field {
+            return Err(self.err(
+                "faspex.password_field",
+                "must differ from faspex.username_field",
+            ));
+        }
+        if !is_token(&raw.session_cookie) {
+            return Err(self.err(
+                "faspex.session_cookie",
+                format!("\"{}\" is not a cookie name", raw.session_cookie),
+            ));
+        }
         Ok(FaspexConfig {
             login_path: self.path_prefix("faspex.login_path", &raw.login_path)?,
             username_field: raw.username_field.clone(),
             password_field: raw.password_field.clone(),
             logout_path: self.path_prefix("faspex.logout_path", &raw.logout_path)?,
+            session_cookie: raw.session_cookie.clone(),
+            token_path: self.path_prefix("faspex.token_path", &raw.token_path)?,
             public_paths: self.path_prefixes("faspex.public_paths", &raw.public_paths)?,
             deny,
         })
@@ -690,9 +712,23 @@ impl Ctx<'_> {
                     \"helpdesk@example.org, ext. 4357\"",
             ));
         }
+        let timezone = non_empty(&raw.timezone);
+        let tz = match &timezone {
+            None => jiff::tz::TimeZone::system(),
+            Some(name) => jiff::tz::TimeZone::get(name).map_err(|_| {
+                self.err(
+                    "pages.timezone",
+                    format!(
+                        "\"{name}\" is not a time zone this host knows; use an IANA name such \
+                         as \"America/Los_Angeles\", or leave it empty for the host's own"
+                    ),
+                )
+            })?,
+        };
         Ok(PagesConfig {
             helpdesk: raw.helpdesk.clone(),
-            timezone: non_empty(&raw.timezone),
+            timezone,
+            tz,
         })
     }
 

@@ -235,7 +235,7 @@ impl LoginRequest<'_> {
 }
 
 /// A successful login: the new session and the token that names it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Admitted {
     pub token: SessionToken,
     pub session: Session,
@@ -585,12 +585,25 @@ impl Policy {
     // ----- logins -----
 
     /// A full login: credential check under throttle and lockout, then seat and one-client
-    /// admission. `directory` runs the check.
+    /// admission, taken as final at once. `directory` runs the check.
     pub async fn login(
         &self,
         req: LoginRequest<'_>,
         directory: &Arc<dyn Directory>,
     ) -> Result<Admitted, LoginRefused> {
+        self.login_pending(req, directory)
+            .await
+            .map(PendingLogin::confirm)
+    }
+
+    /// A full login whose admission waits for Faspex's word: [`PendingLogin::confirm`] when
+    /// Faspex accepts it, [`PendingLogin::refuse`] when Faspex refuses (the seat is given back).
+    /// A refusal here is reported at once; a success only when it is confirmed.
+    pub async fn login_pending(
+        &self,
+        req: LoginRequest<'_>,
+        directory: &Arc<dyn Directory>,
+    ) -> Result<PendingLogin, LoginRefused> {
         let account = self.account(req.username);
         // (before the check: an admin lock or kick during it must keep its success uncached)
         let epoch = self.inner.cache.epoch();
@@ -598,24 +611,28 @@ impl Policy {
             Ok(account) => self.login_account(account, &req, directory, epoch).await,
             Err(e) => Err(LoginRefused::InvalidUsername(*e)),
         };
-        if let (Ok(account), Ok(a)) = (&account, &result) {
-            if a.session.kind == ClientKind::Basic {
-                let ttl = self.inner.checks.load().cache_ttl;
-                self.inner
-                    .cache
-                    .insert(account, req.password, self.now(), ttl, epoch);
+        match (account, result) {
+            (Ok(account), Ok(admitted)) => Ok(PendingLogin {
+                policy: self.clone(),
+                admitted,
+                decided: false,
+                account,
+                password: req.password.to_owned(),
+                ip: req.ip,
+                kind: req.kind,
+                epoch,
+            }),
+            (account, Err(e)) => {
+                self.emit(PolicyEvent::Login {
+                    account: account.as_deref().ok(),
+                    ip: req.ip,
+                    kind: req.kind,
+                    result: e.result(),
+                });
+                Err(e)
             }
+            (Err(e), Ok(_)) => Err(LoginRefused::InvalidUsername(e)),
         }
-        self.emit(PolicyEvent::Login {
-            account: account.as_deref().ok(),
-            ip: req.ip,
-            kind: req.kind,
-            result: match &result {
-                Ok(_) => LoginResult::Success,
-                Err(e) => e.result(),
-            },
-        });
-        result
     }
 
     /// Confirm a Basic caller's credentials on a request to its live session: a hit in the
@@ -971,6 +988,47 @@ impl Policy {
         Ok(self.state(state))
     }
 
+    /// The live session of `account` on `client`, without counting this as activity (for a
+    /// Basic caller whose credentials are still to be confirmed).
+    pub async fn client_session_peek(
+        &self,
+        account: &str,
+        client: &ClientId,
+    ) -> Result<Result<Session, SessionGone>, StoreError> {
+        let t = Self::timeouts(&self.cfg());
+        let state = self
+            .inner
+            .store
+            .client_session(account, client, self.now(), false, t)
+            .await?;
+        Ok(self.state(state))
+    }
+
+    /// The live session a bearer token was issued to, for a request to `path`, as
+    /// [`Policy::session`]. Only the token's hash is ever stored.
+    pub async fn bearer_session(
+        &self,
+        bearer: &str,
+        path: &str,
+    ) -> Result<Result<Session, SessionGone>, StoreError> {
+        let activity = self.counts_as_activity(path);
+        let t = Self::timeouts(&self.cfg());
+        let key = SessionToken::from_client(bearer).key();
+        let state = self
+            .inner
+            .store
+            .bearer_session(&key, self.now(), activity, t)
+            .await?;
+        Ok(self.state(state))
+    }
+
+    /// Tie a bearer token Faspex issued to the session that asked for it. False when that
+    /// session has ended meanwhile.
+    pub async fn add_bearer(&self, key: &SessionKey, bearer: &str) -> Result<bool, StoreError> {
+        let bearer = SessionToken::from_client(bearer).key();
+        self.inner.store.add_bearer(key, bearer).await
+    }
+
     /// Keep Faspex's session cookie with the session, to log Faspex out when it ends.
     pub async fn set_upstream_cookie(
         &self,
@@ -1140,6 +1198,94 @@ pub enum AdminError {
     InvalidUsername(#[from] InvalidUsername),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// An admitted login that waits for Faspex's word. The session holds its seat meanwhile.
+/// Dropped without a decision (the client went away before Faspex answered), it is rolled back
+/// and reported as refused upstream. `Debug` leaves the password out.
+pub struct PendingLogin {
+    policy: Policy,
+    admitted: Admitted,
+    /// Confirmed or refused: nothing left for `Drop` to do.
+    decided: bool,
+    account: String,
+    /// Kept to fill the verification cache once Faspex confirms a Basic caller's login.
+    password: String,
+    ip: IpAddr,
+    kind: ClientKind,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLogin")
+            .field("admitted", &self.admitted)
+            .field("account", &self.account)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl PendingLogin {
+    /// The session being admitted, and its token.
+    pub fn admitted(&self) -> &Admitted {
+        &self.admitted
+    }
+
+    /// Faspex accepted the login: it counts as a success, and a Basic caller's credentials are
+    /// cached.
+    pub fn confirm(mut self) -> Admitted {
+        let p = &self.policy;
+        if self.kind == ClientKind::Basic {
+            let ttl = p.inner.checks.load().cache_ttl;
+            p.inner
+                .cache
+                .insert(&self.account, &self.password, p.now(), ttl, self.epoch);
+        }
+        p.emit(PolicyEvent::Login {
+            account: Some(&self.account),
+            ip: self.ip,
+            kind: self.kind,
+            result: LoginResult::Success,
+        });
+        self.decided = true;
+        self.admitted.clone()
+    }
+
+    /// Faspex refused the login the directory accepted: the session ends (`rollback`) and its
+    /// seat is free when this returns. Not a wrong password: nothing counts toward lockout.
+    pub async fn refuse(mut self) -> Result<(), StoreError> {
+        self.decided = true;
+        self.policy.emit(PolicyEvent::Login {
+            account: Some(&self.account),
+            ip: self.ip,
+            kind: self.kind,
+            result: LoginResult::UpstreamRefused,
+        });
+        self.policy
+            .end(&self.admitted.session.key, EndReason::Rollback)
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Drop for PendingLogin {
+    fn drop(&mut self) {
+        if self.decided {
+            return;
+        }
+        self.policy.emit(PolicyEvent::Login {
+            account: Some(&self.account),
+            ip: self.ip,
+            kind: self.kind,
+            result: LoginResult::UpstreamRefused,
+        });
+        let policy = self.policy.clone();
+        let key = self.admitted.session.key.clone();
+        spawn_detached(async move {
+            let _ = policy.end(&key, EndReason::Rollback).await;
+        });
+    }
 }
 
 /// Releases a credential check's reservation if the check never reports (it was cancelled).

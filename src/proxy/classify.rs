@@ -131,6 +131,26 @@ impl RouteProfile {
         Ok(Classified { route, path })
     }
 
+    /// Whether `raw_path` (as a `Location` names it) leads to the login action or page: a login
+    /// that redirects there did not succeed.
+    pub fn is_login_page(&self, raw_path: &str) -> bool {
+        let login = self.login_path.as_bytes();
+        let check = |p: &[u8]| under(p, login) || is_action(p, login);
+        match decode_once(raw_path.as_bytes()).and_then(|d| normalize(&d)) {
+            Ok(p) => check(&p),
+            // An undecodable target is no proof of success.
+            Err(_) => true,
+        }
+    }
+
+    /// Whether `raw_path` is the action at `base` (in any form Rails routes to it).
+    pub fn is_path(raw_path: &str, base: &str) -> bool {
+        match decode_once(raw_path.as_bytes()).and_then(|d| normalize(&d)) {
+            Ok(p) => is_action(&p, base.as_bytes()),
+            Err(_) => false,
+        }
+    }
+
     fn is_public(&self, method: &Method, path: &[u8]) -> bool {
         let login = self.login_path.as_bytes();
         let login_page = (*method == Method::GET || *method == Method::HEAD) && under(path, login);
@@ -469,6 +489,33 @@ mod tests {
         for (method, path, want) in cases {
             assert_eq!(route(method.clone(), path), want, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn login_page_targets() {
+        let p = profile();
+        for t in [
+            "/aspera/faspex/login",
+            "/aspera/faspex/login/",
+            "/aspera/faspex/login/new",
+            "/aspera/faspex/login.html",
+            "//aspera/faspex/./login",
+            "/aspera/faspex/%6cogin",
+            "/a%zz",
+        ] {
+            assert!(p.is_login_page(t), "{t}");
+        }
+        for t in ["/aspera/faspex/inbox", "/aspera/faspex/loginx", "/"] {
+            assert!(!p.is_login_page(t), "{t}");
+        }
+        assert!(RouteProfile::is_path(
+            "/aspera/faspex/auth/oauth2/token/",
+            "/aspera/faspex/auth/oauth2/token"
+        ));
+        assert!(!RouteProfile::is_path(
+            "/aspera/faspex/auth/oauth2/tokens",
+            "/aspera/faspex/auth/oauth2/token"
+        ));
     }
 
     #[test]

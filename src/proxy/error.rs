@@ -9,7 +9,27 @@ use http_body_util::{BodyExt, Full};
 
 use super::classify::PathError;
 use super::forward::{ForwardError, ProxyBody, UpstreamError};
-use super::pages;
+use super::pages::{self, LoginForm, Site};
+use crate::clock::Timestamp;
+use crate::policy::LoginRefused;
+use crate::store::{EndReason, StoreError};
+
+/// What the error-to-response mapping needs besides the error.
+pub struct Answer<'a> {
+    /// Which column of the contract's table applies.
+    pub browser: bool,
+    pub site: &'a Site,
+    /// The `Set-Cookie` that clears the gateway's cookie, sent when a session is gone.
+    pub clear_cookie: Option<HeaderValue>,
+    pub now: Timestamp,
+}
+
+/// A login refused by the engine, with the form it came from (for the take-over page).
+#[derive(Debug)]
+pub struct Refusal {
+    pub refused: LoginRefused,
+    pub form: Option<LoginForm>,
+}
 
 /// Everything that stops a request before (or instead of) a normal upstream response.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +48,31 @@ pub enum GatewayError {
     ClientStalled(std::time::Duration),
     #[error("the request body broke off")]
     ClientAborted,
+    /// A body the gateway must read (the login form, the token response) is over 64 KiB.
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// A protected request without a live session: no credentials, an unknown or ended
+    /// session, or an unknown bearer token. `Some` says how the session ended.
+    #[error("no live session")]
+    NoSession(Option<EndReason>),
+    /// The engine refused a login or a credential check.
+    #[error("login refused: {}", .0.refused)]
+    Refused(Box<Refusal>),
+    /// Too many requests to public paths from this address.
+    #[error("too many requests to public paths")]
+    PublicThrottled(std::time::Duration),
+    /// The state store could not answer or save: fail closed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<LoginRefused> for GatewayError {
+    fn from(refused: LoginRefused) -> Self {
+        GatewayError::Refused(Box::new(Refusal {
+            refused,
+            form: None,
+        }))
+    }
 }
 
 impl From<ForwardError> for GatewayError {
@@ -51,6 +96,20 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::NoSession(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Refused(r) => r.refused.status().0,
+            GatewayError::PublicThrottled(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// `Retry-After`, where the contract gives one.
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            GatewayError::Refused(r) => r.refused.status().1,
+            GatewayError::PublicThrottled(d) => Some(*d),
+            _ => None,
         }
     }
 
@@ -77,18 +136,102 @@ impl GatewayError {
                 "Faspex is unavailable",
                 "The file-transfer server cannot be reached right now. Please try again in a few minutes.".into(),
             ),
+            GatewayError::TooLarge(limit) => (
+                "Request too large",
+                format!("The gateway reads at most {} KiB here.", limit / 1024),
+            ),
+            GatewayError::NoSession(_) => (
+                "Login required",
+                "Valid credentials are required.".into(),
+            ),
+            GatewayError::Refused(r) => ("Login refused", r.refused.to_string()),
+            GatewayError::PublicThrottled(_) => (
+                "Too many requests",
+                "Too many requests from this address. Please wait a moment and try again.".into(),
+            ),
+            GatewayError::Store(_) => (
+                "Temporarily unavailable",
+                "The gateway cannot record sessions right now. Please try again in a few minutes.".into(),
+            ),
         }
     }
 
-    /// Render the response for a browser (an HTML page) or an API client (plain text).
-    pub fn into_response(self, browser: bool) -> Response<ProxyBody> {
+    /// Render the response: an HTML page for a browser, a line of text for an API client,
+    /// with the contract's status and headers.
+    pub fn into_response(self, a: &Answer<'_>) -> Response<ProxyBody> {
         let status = self.status();
-        let (title, message) = self.words();
-        if browser {
-            html(status, pages::page(title, &message, ""))
-        } else {
-            text(status, format!("{title}: {message}\n"))
+        let retry = self.retry_after();
+        let mut resp = match (&self, a.browser) {
+            // A browser without a live session goes to the login page, or to the page that
+            // says why its session ended.
+            (GatewayError::NoSession(why), true) => {
+                let to = match why {
+                    Some(EndReason::Idle) => "/_faspex-gate/expired".to_owned(),
+                    Some(r @ (EndReason::Absolute | EndReason::Replaced | EndReason::Admin)) => {
+                        format!("/_faspex-gate/expired?reason={}", r.as_str())
+                    }
+                    _ => a.site.login_path.clone(),
+                };
+                let mut resp = text(StatusCode::FOUND, String::new());
+                if let Ok(v) = HeaderValue::from_str(&to) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                resp
+            }
+            (GatewayError::Refused(r), true) => html(status, refusal_page(r, a)),
+            (GatewayError::Refused(r), false) => text(status, format!("{}\n", r.refused)),
+            (GatewayError::PublicThrottled(d), true) => html(status, pages::throttled(a.site, *d)),
+            (GatewayError::Store(_), true) => html(status, pages::unavailable(a.site)),
+            (_, browser) => {
+                let (title, message) = self.words();
+                if browser {
+                    html(status, pages::page(title, &message, ""))
+                } else {
+                    text(status, format!("{title}: {message}\n"))
+                }
+            }
+        };
+        let challenged = resp.status() == StatusCode::UNAUTHORIZED && !a.browser;
+        let h = resp.headers_mut();
+        if let Some(d) = retry {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(d.as_secs().max(1)));
         }
+        // Only an API client is ever challenged: a browser must never see a password prompt.
+        if challenged {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"Faspex\""),
+            );
+        }
+        if matches!(self, GatewayError::NoSession(_)) {
+            if let Some(c) = &a.clear_cookie {
+                h.append(header::SET_COOKIE, c.clone());
+            }
+        }
+        resp
+    }
+}
+
+/// The page a browser sees for a refused login.
+fn refusal_page(r: &Refusal, a: &Answer<'_>) -> String {
+    let site = a.site;
+    match &r.refused {
+        LoginRefused::InvalidUsername(_) | LoginRefused::BadCredentials => {
+            pages::login_failed(site)
+        }
+        LoginRefused::AccountLocked { until, .. } => pages::locked(site, *until, a.now, false),
+        LoginRefused::LicenseFull { retry_after } => pages::license_full(site, *retry_after),
+        LoginRefused::OtherClientActive { since, ip, .. } => match &r.form {
+            Some(form) => pages::other_client(site, form, *since, *ip, a.now),
+            None => pages::page(
+                "Already signed in elsewhere",
+                "This account is already signed in on another browser or computer. Log in \
+                 again from the login page to sign the other one out.",
+                "",
+            ),
+        },
+        LoginRefused::Throttled { retry_after } => pages::throttled(site, *retry_after),
+        LoginRefused::DirectoryUnavailable | LoginRefused::Store(_) => pages::unavailable(site),
     }
 }
 

@@ -285,6 +285,54 @@ impl Upstream {
         Ok(resp.map(|body| TransferBody::new(body, idle, None).boxed_unsync()))
     }
 
+    /// Log a Faspex session out: `GET logout_path` with its cookie, as the browser would have.
+    /// The response is read and dropped. Faspex's own licence count thereby stays in step.
+    pub async fn logout(
+        &self,
+        logout_path: &str,
+        cookie: &str,
+    ) -> Result<http::StatusCode, UpstreamError> {
+        let inner = &self.inner;
+        let uri = Uri::builder()
+            .scheme(inner.scheme.clone())
+            .authority(inner.authority.clone())
+            .path_and_query(logout_path)
+            .build()
+            .map_err(|e| UpstreamError::Protocol(e.into()))?;
+        let cookie =
+            HeaderValue::from_str(cookie).map_err(|e| UpstreamError::Protocol(e.into()))?;
+        let host = HeaderValue::from_str(inner.authority.as_str())
+            .map_err(|e| UpstreamError::Protocol(e.into()))?;
+        let req = Request::get(uri)
+            .header(header::COOKIE, cookie)
+            .header(header::HOST, host)
+            .header(header::USER_AGENT, "faspex-gate (session ended)")
+            .body(TransferBody::new(
+                super::error::full(Bytes::new()),
+                inner.body_idle_timeout,
+                None,
+            ))
+            .map_err(|e| UpstreamError::Protocol(e.into()))?;
+        let resp = tokio::time::timeout(inner.response_timeout, inner.client.request(req))
+            .await
+            .map_err(|_| UpstreamError::Timeout(inner.response_timeout))?
+            .map_err(|e| {
+                if e.is_connect() {
+                    UpstreamError::Connect(e.into())
+                } else {
+                    UpstreamError::Protocol(e.into())
+                }
+            })?;
+        let status = resp.status();
+        let _ = tokio::time::timeout(inner.response_timeout, resp.into_body().collect()).await;
+        Ok(status)
+    }
+
+    /// The upstream's origins (`scheme://authority`, with and without the default port).
+    pub fn origins(&self) -> &[String] {
+        &self.inner.origins
+    }
+
     /// A `Location` that names the upstream's own origin is rewritten to the public origin, so
     /// that a browser never learns (or tries to reach) the internal address.
     fn rewrite_location(&self, headers: &mut HeaderMap, side: &ClientSide) {

@@ -1,14 +1,27 @@
-//! The request path from a parsed HTTP request to a response: classify, (later: credentials,
-//! session and policy), forward, and log.
+//! The request path from a parsed HTTP request to a response: classify, credentials and
+//! session, policy, forward, and log.
+//!
+//! - **Public** paths (and the login page) pass under `public_requests_per_ip_per_minute`,
+//!   holding no seat. Basic credentials are taken off them: Faspex must never check a password
+//!   the gateway has not.
+//! - **Login** (the form's POST): throttle, lockout, credential check, admission, then Faspex's
+//!   own login; the gateway's cookie is set only when Faspex confirms, else the seat is given
+//!   back.
+//! - **Logout**: the gateway session ends, then the request goes on to Faspex.
+//! - **Protected**: a live session is required: HTTP Basic (one client per address and
+//!   User-Agent, the verification cache, a login on the first request), a bearer token Faspex
+//!   issued to a session, or the gateway's cookie. A Faspex cookie alone is never enough.
 //!
 //! [`Gateway::handle`] is the outer handler: it times the request, calls the inner handler, turns
 //! any [`GatewayError`] into a response (the only place that does), and wraps the response body
 //! so that exactly one access-log line is written when the body ends, however it ends.
 
 pub mod classify;
+pub mod ends;
 pub mod error;
 pub mod forward;
 pub mod pages;
+pub mod session;
 pub mod transfer;
 
 use std::net::{IpAddr, SocketAddr};
@@ -18,16 +31,29 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::config::Config;
+use crate::auth::Directory;
+use crate::config::{Config, FaspexConfig};
+use crate::policy::{LoginRequest, Policy, SessionGone};
+use crate::store::{ClientKind, EndReason, SessionKey};
 use classify::{DenyPrefix, Route, RouteProfile};
+use ends::EndedMemo;
 pub use error::GatewayError;
+use error::{Answer, Refusal};
 use forward::{ClientSide, ProxyBody, Upstream};
+use pages::{LoginForm, Site, TAKEOVER_FIELD};
+use session::SessionCookies;
+
+/// The most the gateway reads of a body it must look into: the login form, the token response.
+pub const READ_LIMIT: usize = 64 * 1024;
+
+/// The longest a login form may take to arrive, however it trickles.
+const FORM_READ_LIMIT: Duration = Duration::from_secs(30);
 
 /// What the server knows about the connection a request came in on.
 #[derive(Debug, Clone, Copy)]
@@ -56,14 +82,45 @@ struct Inner {
     upstream: Upstream,
     /// Peers whose `X-Forwarded-For` is believed.
     trusted_proxies: Vec<ipnet::IpNet>,
-    /// The gateway's session cookie name, which also marks a request as a browser's.
-    cookie_name: String,
-    /// How long an upgraded tunnel may be silent before it is closed.
+    /// How long an upgraded tunnel, or a body the gateway reads, may be silent.
     body_idle_timeout: Duration,
+    /// The four policies, the throttles and the verification cache.
+    policy: Policy,
+    /// Where credential checks go.
+    directory: Arc<dyn Directory>,
+    /// The gateway's session cookie; its name also marks a request as a browser's.
+    cookies: SessionCookies,
+    /// Why sessions ended lately, for the page a returning browser sees.
+    memo: Arc<EndedMemo>,
+    /// What the pages say.
+    site: Site,
+    /// Faspex's form field names, its session cookie and its token path.
+    faspex: FaspexConfig,
+}
+
+/// Credentials a protected request carries, classified by its headers.
+enum Credentials {
+    Basic {
+        user: String,
+        password: String,
+    },
+    Bearer(String),
+    /// An `Authorization` header the gateway cannot read: 400.
+    Malformed,
+    /// No `Authorization` (or a scheme Faspex 4 does not use): the session cookie decides.
+    None,
 }
 
 impl Gateway {
-    pub fn new(cfg: &Config) -> anyhow::Result<Self> {
+    /// The handler over an engine, a credential backend and the upstream. `memo` is the one the
+    /// engine's [`ends::SessionEnds`] observer fills.
+    pub fn new(
+        cfg: &Config,
+        policy: Policy,
+        directory: Arc<dyn Directory>,
+        upstream: Upstream,
+        memo: Arc<EndedMemo>,
+    ) -> anyhow::Result<Self> {
         let profile = RouteProfile {
             login_path: cfg.faspex.login_path.clone(),
             logout_path: cfg.faspex.logout_path.clone(),
@@ -81,10 +138,19 @@ impl Gateway {
         Ok(Gateway {
             inner: Arc::new(Inner {
                 profile,
-                upstream: Upstream::new(&cfg.upstream, cfg.server.body_idle_timeout)?,
+                upstream,
                 body_idle_timeout: cfg.server.body_idle_timeout,
                 trusted_proxies: cfg.server.trusted_proxies.clone(),
-                cookie_name: cfg.session.cookie_name.clone(),
+                policy,
+                directory,
+                cookies: SessionCookies::new(&cfg.session.cookie_name, cfg.session.secret.expose()),
+                memo,
+                site: Site {
+                    helpdesk: cfg.pages.helpdesk.clone(),
+                    tz: cfg.pages.tz.clone(),
+                    login_path: cfg.faspex.login_path.clone(),
+                },
+                faspex: cfg.faspex.clone(),
             }),
         })
     }
@@ -95,7 +161,7 @@ impl Gateway {
         let method = req.method().clone();
         let (client_ip, peer_trusted) =
             forward::client_ip(conn.peer.ip(), req.headers(), &self.inner.trusted_proxies);
-        let browser = error::is_browser(req.headers(), &self.inner.cookie_name);
+        let browser = error::is_browser(req.headers(), self.inner.cookies.name());
         let mut log = AccessRecord {
             method,
             route: None,
@@ -118,9 +184,17 @@ impl Gateway {
                         route = %log.route.map(Route::as_str).unwrap_or("-"),
                         "upstream request failed"
                     ),
+                    GatewayError::Store(e) => {
+                        tracing::error!(error = %e, "the state store failed a request (503)")
+                    }
                     other => tracing::debug!(error = %other, "request refused"),
                 }
-                err.into_response(browser)
+                err.into_response(&Answer {
+                    browser,
+                    site: &self.inner.site,
+                    clear_cookie: self.inner.cookies.clear(),
+                    now: self.inner.policy.now(),
+                })
             }
         };
         log.status = resp.status();
@@ -145,11 +219,11 @@ impl Gateway {
             }
         };
         log.route = Some(classified.route);
-        log.path = classified.path;
+        log.path = classified.path.clone();
 
         match classified.route {
             Route::Denied => return Err(GatewayError::Denied),
-            Route::Gateway => return Err(GatewayError::NotFound),
+            Route::Gateway => return self.gateway_page(&req, &classified.path),
             Route::Public | Route::Login | Route::Logout | Route::Protected => {}
         }
 
@@ -164,6 +238,372 @@ impl Gateway {
             public_host,
         };
 
+        match classified.route {
+            Route::Public => {
+                self.inner
+                    .policy
+                    .throttle_public(client_ip)
+                    .map_err(GatewayError::PublicThrottled)?;
+                // Public paths need no credentials, so none go with them: Faspex must never
+                // check a password the gateway has not (that would bypass the lockout).
+                if basic_credentials(req.headers()) {
+                    req.headers_mut().remove(header::AUTHORIZATION);
+                }
+                self.pass(req, &side).await
+            }
+            Route::Login => self.form_login(req, &side).await,
+            Route::Logout => self.logout(req, &side).await,
+            _ => self.protected(req, &side, &classified.path).await,
+        }
+    }
+
+    // ----- the routes -----
+
+    /// A protected request: it must carry a live session, by Basic credentials, a bearer token
+    /// or the gateway's cookie.
+    async fn protected(
+        &self,
+        req: Request<Incoming>,
+        side: &ClientSide,
+        path: &str,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let policy = &self.inner.policy;
+        match credentials(req.headers()) {
+            Credentials::Basic { user, password } => {
+                self.basic(req, side, path, &user, &password).await
+            }
+            Credentials::Bearer(token) => match policy.bearer_session(&token, path).await? {
+                Ok(_) => self.pass(req, side).await,
+                Err(_) => Err(GatewayError::NoSession(None)),
+            },
+            Credentials::Malformed => Err(GatewayError::BadRequest(
+                "the Authorization header is malformed",
+            )),
+            Credentials::None => {
+                let Some(claims) = self.inner.cookies.verify(req.headers()) else {
+                    return Err(GatewayError::NoSession(None));
+                };
+                let token = claims.token();
+                match policy.session(&token, path).await? {
+                    Ok(_) => self.pass(req, side).await,
+                    Err(SessionGone::Expired(why)) => Err(GatewayError::NoSession(Some(why))),
+                    Err(SessionGone::Unknown) => {
+                        Err(GatewayError::NoSession(self.inner.memo.why(&token.key())))
+                    }
+                }
+            }
+        }
+    }
+
+    /// An HTTP Basic caller: one client per (source address, User-Agent). Its first request
+    /// (and the first after its session ends) is a login; later ones are confirmed by the
+    /// verification cache, or by a fresh check under the same lockout.
+    async fn basic(
+        &self,
+        req: Request<Incoming>,
+        side: &ClientSide,
+        path: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let policy = &self.inner.policy;
+        let directory = &self.inner.directory;
+        let agent = user_agent(req.headers());
+        let client = LoginRequest::basic_client(side.client_ip, &agent);
+        let login = LoginRequest {
+            username: user,
+            password,
+            ip: side.client_ip,
+            agent: &agent,
+            client: client.clone(),
+            kind: ClientKind::Basic,
+            takeover: false,
+        };
+        let token_request = *req.method() == Method::POST
+            && RouteProfile::is_path(req.uri().path(), &self.inner.faspex.token_path);
+
+        if let Ok(account) = policy.account(user) {
+            let live = if policy.cache().hit(&account, password, policy.now()) {
+                policy.client_session(&account, &client, path).await?.ok()
+            } else if policy.client_session_peek(&account, &client).await?.is_ok() {
+                policy.recheck(&login, directory).await?;
+                policy.client_session(&account, &client, path).await?.ok()
+            } else {
+                None
+            };
+            if let Some(session) = live {
+                let resp = self.pass(req, side).await?;
+                return self.after_api(resp, &session.key, token_request).await;
+            }
+        }
+
+        let pending = policy.login_pending(login, directory).await?;
+        let key = pending.admitted().session.key.clone();
+        let resp = match self.pass(req, side).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                // The login never reached Faspex, or Faspex never answered: no seat is kept.
+                self.refused_upstream(pending).await;
+                return Err(e);
+            }
+        };
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // Faspex refused credentials the directory accepted.
+            self.refused_upstream(pending).await;
+            return Ok(resp);
+        }
+        pending.confirm();
+        self.after_api(resp, &key, token_request).await
+    }
+
+    /// After an API request on session `key`: a token response ties its access token to it.
+    async fn after_api(
+        &self,
+        resp: Response<ProxyBody>,
+        key: &SessionKey,
+        token_request: bool,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        if !token_request || resp.status() != StatusCode::OK {
+            return Ok(resp);
+        }
+        let (parts, body) = resp.into_parts();
+        let bytes = read_limited(body).await.map_err(|e| match e {
+            ReadError::TooLarge => GatewayError::TooLarge(READ_LIMIT),
+            ReadError::Broken(e) => GatewayError::Upstream(forward::UpstreamError::Protocol(e)),
+        })?;
+        if let Some(token) = access_token(&bytes) {
+            if !self.inner.policy.add_bearer(key, &token).await? {
+                // The session ended meanwhile: the token must not outlive it unseen.
+                return Err(GatewayError::NoSession(None));
+            }
+        }
+        Ok(Response::from_parts(parts, error::full(bytes)))
+    }
+
+    /// The login form's POST: throttle, lockout, credential check and admission, then Faspex's
+    /// own login. Only when Faspex confirms it does the browser get the gateway's cookie.
+    async fn form_login(
+        &self,
+        req: Request<Incoming>,
+        side: &ClientSide,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let (mut parts, body) = req.into_parts();
+        if !is_form(&parts.headers) {
+            return Err(GatewayError::BadRequest(
+                "a login must be sent as a form (application/x-www-form-urlencoded)",
+            ));
+        }
+        let idle = self.inner.body_idle_timeout;
+        let body = transfer::TransferBody::new(forward::client_body(body), idle, None);
+        let bytes =
+            match tokio::time::timeout(FORM_READ_LIMIT, read_limited(body.boxed_unsync())).await {
+                Err(_) => return Err(GatewayError::ClientStalled(FORM_READ_LIMIT)),
+                Ok(Err(ReadError::TooLarge)) => return Err(GatewayError::TooLarge(READ_LIMIT)),
+                Ok(Err(ReadError::Broken(e))) if e.is::<transfer::BodyIdle>() => {
+                    return Err(GatewayError::ClientStalled(idle))
+                }
+                Ok(Err(ReadError::Broken(_))) => return Err(GatewayError::ClientAborted),
+                Ok(Ok(bytes)) => bytes,
+            };
+        let f = &self.inner.faspex;
+        let pairs: Vec<(String, String)> =
+            url::form_urlencoded::parse(&bytes).into_owned().collect();
+        let field = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let username = field(&f.username_field).unwrap_or("").to_owned();
+        let password = field(&f.password_field).unwrap_or("").to_owned();
+        let takeover = field(TAKEOVER_FIELD) == Some("1");
+        let form = LoginForm {
+            username: username.clone(),
+            hidden: pairs
+                .iter()
+                .filter(|(k, _)| {
+                    *k != f.username_field && *k != f.password_field && k != TAKEOVER_FIELD
+                })
+                .cloned()
+                .collect(),
+            username_field: f.username_field.clone(),
+            password_field: f.password_field.clone(),
+        };
+        // Faspex gets the form as it was sent, less the gateway's own field.
+        let forward_body = if field(TAKEOVER_FIELD).is_some() {
+            let mut out = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in pairs.iter().filter(|(k, _)| k != TAKEOVER_FIELD) {
+                out.append_pair(k, v);
+            }
+            Bytes::from(out.finish())
+        } else {
+            bytes
+        };
+
+        let client = match self.inner.cookies.verify(&parts.headers) {
+            Some(claims) => claims.client(),
+            None => SessionCookies::new_client()?,
+        };
+        let agent = user_agent(&parts.headers);
+        let login = LoginRequest {
+            username: &username,
+            password: &password,
+            ip: side.client_ip,
+            agent: &agent,
+            client: client.clone(),
+            kind: ClientKind::Browser,
+            takeover,
+        };
+        let pending = match self
+            .inner
+            .policy
+            .login_pending(login, &self.inner.directory)
+            .await
+        {
+            Ok(p) => p,
+            Err(refused) => {
+                return Err(GatewayError::Refused(Box::new(Refusal {
+                    refused,
+                    form: Some(form),
+                })))
+            }
+        };
+
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(forward_body.len()),
+        );
+        let req = Request::from_parts(parts, error::full(forward_body));
+        let mut resp = match self.send(req, side).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.refused_upstream(pending).await;
+                return Err(e);
+            }
+        };
+        if !self.login_succeeded(&resp, side) {
+            self.refused_upstream(pending).await;
+            return Ok(resp);
+        }
+
+        let admitted = pending.admitted().clone();
+        let faspex_cookie = session::set_cookie_pairs(resp.headers());
+        let saved = self
+            .inner
+            .policy
+            .set_upstream_cookie(&admitted.session.key, faspex_cookie)
+            .await;
+        let issued = self.inner.cookies.issue(&admitted.token, &client);
+        let (Ok(true), Some(cookie)) = (saved, issued) else {
+            self.refused_upstream(pending).await;
+            return Err(GatewayError::Store(crate::store::StoreError::Closed));
+        };
+        pending.confirm();
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+        Ok(resp)
+    }
+
+    /// Faspex refused (or never answered) a login the engine admitted: give the seat back.
+    async fn refused_upstream(&self, pending: crate::policy::PendingLogin) {
+        if let Err(e) = pending.refuse().await {
+            tracing::error!(error = %e, "could not roll back a login Faspex refused");
+        }
+    }
+
+    /// The contract's rule: a login succeeded when Faspex answers 3xx with a `Location` on the
+    /// same origin and outside the login path.
+    fn login_succeeded(&self, resp: &Response<ProxyBody>, side: &ClientSide) -> bool {
+        if !resp.status().is_redirection() {
+            return false;
+        }
+        let Some(loc) = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let host = side
+            .public_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        let Ok(base) = url::Url::parse(&format!(
+            "{}://{}{}",
+            side.scheme, host, self.inner.faspex.login_path
+        )) else {
+            return false;
+        };
+        let Ok(target) = base.join(loc) else {
+            return false;
+        };
+        let origin = target.origin().ascii_serialization();
+        let same_origin =
+            target.origin() == base.origin() || self.inner.upstream.origins().contains(&origin);
+        same_origin && !self.inner.profile.is_login_page(target.path())
+    }
+
+    /// Logout: the gateway session ends (its seat is free), then Faspex logs its own out.
+    async fn logout(
+        &self,
+        req: Request<Incoming>,
+        side: &ClientSide,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let had_cookie = self.inner.cookies.present(req.headers());
+        if let Some(claims) = self.inner.cookies.verify(req.headers()) {
+            self.inner
+                .policy
+                .end(&claims.token().key(), EndReason::Logout)
+                .await?;
+        }
+        let mut resp = self.pass(req, side).await?;
+        if had_cookie {
+            if let Some(clear) = self.inner.cookies.clear() {
+                resp.headers_mut().append(header::SET_COOKIE, clear);
+            }
+        }
+        Ok(resp)
+    }
+
+    /// The gateway's own pages.
+    fn gateway_page(
+        &self,
+        req: &Request<Incoming>,
+        path: &str,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let get = matches!(*req.method(), Method::GET | Method::HEAD);
+        match path {
+            "/_faspex-gate/expired" if get => {
+                let why = req.uri().query().and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "reason")
+                        .and_then(|(_, v)| match v.as_ref() {
+                            "absolute" => Some(EndReason::Absolute),
+                            "replaced" => Some(EndReason::Replaced),
+                            "admin" => Some(EndReason::Admin),
+                            _ => None,
+                        })
+                });
+                let mut resp = error::html(StatusCode::OK, pages::ended(&self.inner.site, why));
+                if let Some(clear) = self.inner.cookies.clear() {
+                    resp.headers_mut().append(header::SET_COOKIE, clear);
+                }
+                Ok(resp)
+            }
+            _ => Err(GatewayError::NotFound),
+        }
+    }
+
+    // ----- forwarding -----
+
+    /// Forward a client's request as it is, body streaming, with WebSocket (or other) upgrades
+    /// joined once Faspex agrees.
+    async fn pass(
+        &self,
+        mut req: Request<Incoming>,
+        side: &ClientSide,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
         // A WebSocket (or other) upgrade: keep hold of the client's side of the connection so
         // that, once Faspex agrees with a 101, the two can be joined.
         let client_upgrade = if req.version() <= http::Version::HTTP_11
@@ -176,7 +616,7 @@ impl Gateway {
 
         let conn_permit = req.extensions_mut().remove::<ConnPermit>();
         let req = req.map(forward::client_body);
-        let mut resp = self.inner.upstream.forward(req, &side).await?;
+        let mut resp = self.send(req, side).await?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -207,6 +647,122 @@ impl Gateway {
 
         Ok(resp)
     }
+
+    /// Send a request to Faspex. Faspex never sees the gateway's own cookie.
+    async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+        side: &ClientSide,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        self.inner.cookies.strip(req.headers_mut());
+        Ok(self.inner.upstream.forward(req, side).await?)
+    }
+}
+
+/// Why a body could not be read.
+enum ReadError {
+    TooLarge,
+    Broken(forward::BoxError),
+}
+
+/// Read a whole body of at most [`READ_LIMIT`] bytes.
+async fn read_limited(mut body: ProxyBody) -> Result<Bytes, ReadError> {
+    if body.size_hint().lower() > READ_LIMIT as u64 {
+        return Err(ReadError::TooLarge);
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ReadError::Broken)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > READ_LIMIT {
+                return Err(ReadError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The `access_token` of an OAuth2 token response.
+fn access_token(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("access_token")?
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
+/// Whether the request is a URL-encoded form.
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// The User-Agent, or empty.
+fn user_agent(headers: &HeaderMap) -> String {
+    headers
+        .get(header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether the request carries `Authorization: Basic …`.
+fn basic_credentials(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim_start().split(' ').next())
+        .is_some_and(|s| s.eq_ignore_ascii_case("basic"))
+}
+
+/// Classify a request's credentials by its `Authorization` header.
+fn credentials(headers: &HeaderMap) -> Credentials {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use base64::Engine as _;
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Credentials::None;
+    };
+    if values.next().is_some() {
+        return Credentials::Malformed;
+    }
+    let Ok(value) = value.to_str() else {
+        return Credentials::Malformed;
+    };
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(decoded) = STANDARD
+            .decode(rest)
+            .or_else(|_| STANDARD_NO_PAD.decode(rest))
+        else {
+            return Credentials::Malformed;
+        };
+        // Not UTF-8: the name goes to the engine as it is, lossily decoded, and is refused there
+        // as invalid (a U+FFFD never names an account).
+        let decoded = String::from_utf8_lossy(&decoded).into_owned();
+        let Some((user, password)) = decoded.split_once(':') else {
+            return Credentials::Malformed;
+        };
+        return Credentials::Basic {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        };
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        if rest.is_empty() {
+            return Credentials::Malformed;
+        }
+        return Credentials::Bearer(rest.to_owned());
+    }
+    Credentials::None
 }
 
 /// The authority the client asked for: the request target's (absolute form, HTTP/2) or the `Host`

@@ -1,6 +1,207 @@
 //! The pages people see from the gateway itself: small, self-contained HTML (inline CSS, no
 //! external assets) in plain words. Everything a page echoes is escaped.
 
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::store::EndReason;
+
+/// What the pages need to know about the site.
+#[derive(Clone, Debug)]
+pub struct Site {
+    /// `pages.helpdesk`: how people get help.
+    pub helpdesk: String,
+    /// `pages.timezone`, resolved: for "locked until HH:MM".
+    pub tz: jiff::tz::TimeZone,
+    /// `faspex.login_path`: where every page leads back to.
+    pub login_path: String,
+}
+
+impl Site {
+    /// `at` as people here read a clock: "14:05 CET", with the date when it is not today.
+    pub fn clock(&self, at: Timestamp, now: Timestamp) -> String {
+        let to_zoned = |t: Timestamp| {
+            jiff::Timestamp::from_millisecond(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+                .ok()
+                .map(|ts| ts.to_zoned(self.tz.clone()))
+        };
+        match (to_zoned(at), to_zoned(now)) {
+            (Some(at), Some(now)) if at.date() == now.date() => at.strftime("%H:%M %Z").to_string(),
+            (Some(at), _) => at.strftime("%H:%M %Z on %A %-d %B %Y").to_string(),
+            (None, _) => "later".to_owned(),
+        }
+    }
+}
+
+/// A login form's fields other than the password, to carry into the take-over form.
+#[derive(Clone, Debug, Default)]
+pub struct LoginForm {
+    /// The name typed in.
+    pub username: String,
+    /// Every other field (Faspex's `authenticity_token` among them), in order.
+    pub hidden: Vec<(String, String)>,
+    /// The form's field names, from `faspex.username_field` and `faspex.password_field`.
+    pub username_field: String,
+    pub password_field: String,
+}
+
+/// The field the take-over form adds; the gateway takes it out before Faspex sees the form.
+pub const TAKEOVER_FIELD: &str = "_faspex_gate_takeover";
+
+fn back_link(site: &Site, label: &str) -> String {
+    format!(
+        r#"<p><a class="btn" href="{}">{}</a></p>"#,
+        escape(&site.login_path),
+        escape(label)
+    )
+}
+
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs().max(1);
+    match s {
+        1 => "a second".to_owned(),
+        2..=90 => format!("{s} seconds"),
+        _ => format!("{} minutes", s.div_ceil(60)),
+    }
+}
+
+/// Wrong name or password.
+pub fn login_failed(site: &Site) -> String {
+    page(
+        "Login failed",
+        "The user name or password was not right. Please check them and try again. After \
+         several failed tries in a row the account is locked for a while, to keep it safe.",
+        &back_link(site, "Back to the login page"),
+    )
+}
+
+/// The account is locked.
+pub fn locked(site: &Site, until: Timestamp, now: Timestamp, by_admin: bool) -> String {
+    let why = if by_admin {
+        "This account has been locked by the helpdesk"
+    } else {
+        "This account is locked because of too many failed logins"
+    };
+    page(
+        "Account locked",
+        &format!(
+            "{why}. It unlocks at {}. If you need it sooner, or you did not make these \
+             attempts, contact {}.",
+            site.clock(until, now),
+            site.helpdesk
+        ),
+        &back_link(site, "Back to the login page"),
+    )
+}
+
+/// Every licence seat is taken.
+pub fn license_full(site: &Site, retry: Duration) -> String {
+    page(
+        "All licences are in use",
+        &format!(
+            "Faspex allows only a limited number of people to be logged in at the same time, and \
+             all of those places are taken right now. Please try again in {}. A place frees up \
+             when someone logs out or has been inactive for a while.",
+            seconds(retry)
+        ),
+        &back_link(site, "Try again"),
+    )
+}
+
+/// The account is active on another client: offer to sign that one out after a fresh
+/// password check.
+pub fn other_client(
+    site: &Site,
+    form: &LoginForm,
+    since: Timestamp,
+    ip: IpAddr,
+    now: Timestamp,
+) -> String {
+    let mut hidden = String::new();
+    for (name, value) in &form.hidden {
+        hidden.push_str(&format!(
+            r#"<input type="hidden" name="{}" value="{}">"#,
+            escape(name),
+            escape(value)
+        ));
+    }
+    let extra = format!(
+        r#"<form method="post" action="{action}">{hidden}<input type="hidden" name="{takeover}" value="1">
+<label>User name<input type="text" name="{uf}" value="{user}" readonly autocomplete="username"></label>
+<label>Password<input type="password" name="{pf}" autocomplete="current-password" required autofocus></label>
+<button class="btn" type="submit">Sign the other one out and continue here</button></form>
+<p><small><a href="{action}">Cancel</a></small></p>"#,
+        action = escape(&site.login_path),
+        takeover = TAKEOVER_FIELD,
+        uf = escape(&form.username_field),
+        pf = escape(&form.password_field),
+        user = escape(&form.username),
+    );
+    page(
+        "Already signed in elsewhere",
+        &format!(
+            "This account is already signed in on another browser or computer (since {}, from \
+             {ip}). An account can be used from one place at a time. To sign the other one out \
+             and continue here, enter your password again.",
+            site.clock(since, now)
+        ),
+        &extra,
+    )
+}
+
+/// The session ended without the person logging out.
+pub fn ended(site: &Site, why: Option<EndReason>) -> String {
+    let (title, message) = match why {
+        Some(EndReason::Absolute) => (
+            "Your session reached its time limit",
+            "Sessions last a limited time, however active. Please log in again.",
+        ),
+        Some(EndReason::Replaced) => (
+            "Signed in somewhere else",
+            "This account was signed in from another browser or computer, which signed this one \
+             out. Please log in again to continue here.",
+        ),
+        Some(EndReason::Admin) => (
+            "Signed out by the helpdesk",
+            "The helpdesk ended this session. Please log in again, or contact them if you do not \
+             know why.",
+        ),
+        _ => (
+            "Signed out after inactivity",
+            "You were signed out because there was no activity for a while. This frees the \
+             licence for others. Please log in again to continue.",
+        ),
+    };
+    page(title, message, &back_link(site, "Log in again"))
+}
+
+/// Too many attempts from this address, or the directory's ceiling.
+pub fn throttled(site: &Site, retry: Duration) -> String {
+    page(
+        "Too many attempts",
+        &format!(
+            "There have been too many login attempts in a short time. Please wait {} and try \
+             again.",
+            seconds(retry)
+        ),
+        &back_link(site, "Back to the login page"),
+    )
+}
+
+/// The directory cannot be reached, or the gateway cannot record the login.
+pub fn unavailable(site: &Site) -> String {
+    page(
+        "Login is unavailable",
+        &format!(
+            "Passwords cannot be checked right now. This did not count as a failed login. Please \
+             try again in a few minutes, or contact {} if it goes on.",
+            site.helpdesk
+        ),
+        &back_link(site, "Try again"),
+    )
+}
+
 /// Escape text for HTML element content and attribute values.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -44,6 +245,46 @@ small{{color:#5a6272}}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn site() -> Site {
+        Site {
+            helpdesk: "help <desk>".into(),
+            tz: jiff::tz::TimeZone::get("Europe/Berlin").unwrap(),
+            login_path: "/aspera/faspex/login".into(),
+        }
+    }
+
+    #[test]
+    fn clock_reads_in_the_sites_time_zone() {
+        // 2026-11-22 13:05 UTC is 14:05 in Berlin (CET).
+        let now = Timestamp::from_millis(1_795_352_700_000);
+        let at = now + Duration::from_secs(3600);
+        assert_eq!(site().clock(at, now), "15:05 CET");
+        let tomorrow = now + Duration::from_secs(24 * 3600);
+        assert_eq!(
+            site().clock(tomorrow, now),
+            "14:05 CET on Monday 23 November 2026"
+        );
+    }
+
+    #[test]
+    fn pages_escape_what_they_echo() {
+        let s = site();
+        let now = Timestamp::from_millis(1_795_352_700_000);
+        let p = locked(&s, now + Duration::from_secs(60), now, false);
+        assert!(p.contains("help &lt;desk&gt;") && p.contains("14:06 CET"));
+        let form = LoginForm {
+            username: "\"><script>x</script>".into(),
+            hidden: vec![("authenticity_token".into(), "a\"b".into())],
+            username_field: "user[name]".into(),
+            password_field: "user[password]".into(),
+        };
+        let p = other_client(&s, &form, now, "10.0.0.1".parse().unwrap(), now);
+        assert!(!p.contains("<script>x"));
+        assert!(p.contains(r#"name="authenticity_token" value="a&quot;b""#));
+        assert!(p.contains(r#"name="_faspex_gate_takeover" value="1""#));
+        assert!(p.contains(r#"type="password" name="user[password]""#));
+    }
 
     #[test]
     fn escapes_everything_it_echoes() {

@@ -459,6 +459,28 @@ impl PolicyStore for EmbeddedStore {
         Ok(found)
     }
 
+    async fn add_bearer(&self, key: &SessionKey, bearer: SessionKey) -> Result<bool, StoreError> {
+        let found = self.tables().add_bearer(key, bearer);
+        if found {
+            self.commit().await?;
+        }
+        Ok(found)
+    }
+
+    async fn bearer_session(
+        &self,
+        bearer: &SessionKey,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+    ) -> Result<SessionState, StoreError> {
+        let state = self.tables().bearer_session(bearer, now, activity, &t);
+        if matches!(state, SessionState::Ended(..)) {
+            self.commit_or_log("a session end").await;
+        }
+        Ok(state)
+    }
+
     async fn end_session(
         &self,
         key: &SessionKey,

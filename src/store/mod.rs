@@ -30,6 +30,9 @@ pub const WRITE_BEHIND: Duration = Duration::from_millis(500);
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: u64 = 1;
 
+/// The most bearer tokens one session keeps; asking for more forgets the oldest.
+pub const MAX_BEARER_TOKENS: usize = 8;
+
 /// What a store call can fail with.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
@@ -142,6 +145,10 @@ pub struct Session {
     /// Faspex's own session cookie, kept to log Faspex out when the gateway ends the session.
     #[serde(default)]
     pub upstream_cookie: Option<String>,
+    /// The keys (hashes) of the OAuth2 bearer tokens Faspex issued to this session, newest last,
+    /// at most [`MAX_BEARER_TOKENS`]. They die with the session.
+    #[serde(default)]
+    pub bearer: Vec<SessionKey>,
 }
 
 impl std::fmt::Debug for Session {
@@ -159,6 +166,7 @@ impl std::fmt::Debug for Session {
                 "upstream_cookie",
                 &self.upstream_cookie.as_ref().map(|_| "<redacted>"),
             )
+            .field("bearer_tokens", &self.bearer.len())
             .finish()
     }
 }
@@ -445,6 +453,19 @@ pub trait PolicyStore: Send + Sync + 'static {
         key: &SessionKey,
         cookie: Option<String>,
     ) -> Result<bool, StoreError>;
+
+    /// Tie a bearer token (its key) to a session: later requests with it count as that session's
+    /// activity. A session keeps at most [`MAX_BEARER_TOKENS`]. Durable before it returns.
+    async fn add_bearer(&self, key: &SessionKey, bearer: SessionKey) -> Result<bool, StoreError>;
+
+    /// The session a bearer token (its key) is tied to, as [`PolicyStore::session`] does.
+    async fn bearer_session(
+        &self,
+        bearer: &SessionKey,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+    ) -> Result<SessionState, StoreError>;
 
     /// End one session now. Durable before it returns.
     async fn end_session(

@@ -73,6 +73,8 @@ pub struct Tables {
     /// Account → its sessions' keys. An entry exists only while the account has a session, so
     /// `by_account.len()` is the number of seats in use.
     by_account: HashMap<String, Vec<SessionKey>>,
+    /// Bearer token key → the session it was issued to.
+    by_bearer: HashMap<SessionKey, SessionKey>,
     windows: HashMap<LockKey, Window>,
     locks: HashMap<LockKey, Lock>,
     next_ticket: u64,
@@ -119,12 +121,18 @@ impl Tables {
             .entry(s.account.clone())
             .or_default()
             .push(s.key.clone());
+        for b in &s.bearer {
+            self.by_bearer.insert(b.clone(), s.key.clone());
+        }
         self.dirty_sessions.insert(s.key.clone());
         self.sessions.insert(s.key.clone(), s);
     }
 
     fn remove_session(&mut self, key: &SessionKey) -> Option<Session> {
         let s = self.sessions.remove(key)?;
+        for b in &s.bearer {
+            self.by_bearer.remove(b);
+        }
         if let Some(keys) = self.by_account.get_mut(&s.account) {
             keys.retain(|k| k != key);
             if keys.is_empty() {
@@ -217,6 +225,7 @@ impl Tables {
             started: now,
             last_activity: now,
             upstream_cookie: None,
+            bearer: Vec::new(),
         };
         self.insert_session(session.clone());
         Admit {
@@ -278,6 +287,45 @@ impl Tables {
                 true
             }
             None => false,
+        }
+    }
+
+    pub fn add_bearer(&mut self, key: &SessionKey, bearer: SessionKey) -> bool {
+        if !self.sessions.contains_key(key) {
+            return false;
+        }
+        // A token is issued once; should it come back tied to another session, the newer tie wins.
+        if let Some(owner) = self.by_bearer.get(&bearer).filter(|o| *o != key).cloned() {
+            if let Some(o) = self.sessions.get_mut(&owner) {
+                o.bearer.retain(|b| *b != bearer);
+                self.dirty_sessions.insert(owner);
+            }
+        }
+        let Some(s) = self.sessions.get_mut(key) else {
+            return false;
+        };
+        s.bearer.retain(|b| *b != bearer);
+        s.bearer.push(bearer.clone());
+        let excess = s.bearer.len().saturating_sub(super::MAX_BEARER_TOKENS);
+        let forgotten: Vec<SessionKey> = s.bearer.drain(..excess).collect();
+        for f in forgotten {
+            self.by_bearer.remove(&f);
+        }
+        self.by_bearer.insert(bearer, key.clone());
+        self.dirty_sessions.insert(key.clone());
+        true
+    }
+
+    pub fn bearer_session(
+        &mut self,
+        bearer: &SessionKey,
+        now: Timestamp,
+        activity: bool,
+        t: &Timeouts,
+    ) -> SessionState {
+        match self.by_bearer.get(bearer).cloned() {
+            Some(k) => self.session(&k, now, activity, t),
+            None => SessionState::Unknown,
         }
     }
 

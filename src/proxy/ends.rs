@@ -1,0 +1,132 @@
+//! What the gateway does when a session ends without the person logging out through it (idle,
+//! absolute timeout, an admin kick, replacement by another client): it logs the Faspex session
+//! out with the Faspex cookie kept at login, so that Faspex's own licence count stays in step;
+//! and it remembers, for a while, why the session ended, so that the browser that comes back is
+//! told ("signed out after inactivity") instead of being sent to the login page without a word.
+//!
+//! Both hang off the engine as an [`Observer`], which must not block: logouts go through a
+//! bounded queue to one worker task.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::mpsc;
+
+use super::forward::Upstream;
+use crate::policy::{Observer, PolicyEvent};
+use crate::store::{EndReason, SessionKey};
+
+/// How many ended sessions are remembered for the "why" pages.
+const MEMO_ENTRIES: usize = 100_000;
+
+/// How many Faspex logouts may wait; beyond it, one is dropped with a warning (Faspex ends the
+/// session itself on its own timeout).
+const LOGOUT_QUEUE: usize = 4096;
+
+/// Why recent sessions ended, newest kept, at most [`MEMO_ENTRIES`].
+#[derive(Default)]
+pub struct EndedMemo {
+    inner: Mutex<Memo>,
+}
+
+#[derive(Default)]
+struct Memo {
+    why: HashMap<SessionKey, EndReason>,
+    order: VecDeque<SessionKey>,
+}
+
+impl EndedMemo {
+    pub fn remember(&self, key: &SessionKey, why: EndReason) {
+        let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if m.why.insert(key.clone(), why).is_none() {
+            m.order.push_back(key.clone());
+        }
+        while m.order.len() > MEMO_ENTRIES {
+            if let Some(old) = m.order.pop_front() {
+                m.why.remove(&old);
+            }
+        }
+    }
+
+    /// Why the session under `key` ended, when it ended lately.
+    pub fn why(&self, key: &SessionKey) -> Option<EndReason> {
+        let m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        m.why.get(key).copied()
+    }
+}
+
+/// The observer: remembers every end, and queues a Faspex logout for the ends the person did
+/// not ask for.
+pub struct SessionEnds {
+    memo: Arc<EndedMemo>,
+    logouts: mpsc::Sender<String>,
+}
+
+impl SessionEnds {
+    /// Start the logout worker on the current runtime. It runs until the observer is dropped.
+    pub fn start(upstream: Upstream, logout_path: String) -> (Arc<Self>, Arc<EndedMemo>) {
+        let memo = Arc::new(EndedMemo::default());
+        let (tx, mut rx) = mpsc::channel::<String>(LOGOUT_QUEUE);
+        tokio::spawn(async move {
+            while let Some(cookie) = rx.recv().await {
+                match upstream.logout(&logout_path, &cookie).await {
+                    Ok(status) => tracing::debug!(
+                        status = status.as_u16(),
+                        "logged the Faspex session of an ended session out"
+                    ),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "could not log a Faspex session out after the gateway ended it"
+                    ),
+                }
+            }
+        });
+        (
+            Arc::new(Self {
+                memo: Arc::clone(&memo),
+                logouts: tx,
+            }),
+            memo,
+        )
+    }
+}
+
+impl Observer for SessionEnds {
+    fn event(&self, e: &PolicyEvent<'_>) {
+        let PolicyEvent::SessionEnded(s, why) = e else {
+            return;
+        };
+        self.memo.remember(&s.key, *why);
+        let gateway_ended = matches!(
+            why,
+            EndReason::Idle | EndReason::Absolute | EndReason::Admin | EndReason::Replaced
+        );
+        if let (true, Some(cookie)) = (gateway_ended, &s.upstream_cookie) {
+            if self.logouts.try_send(cookie.clone()).is_err() {
+                tracing::warn!(
+                    account = %s.account,
+                    "too many Faspex logouts waiting; this one is dropped (Faspex will time it out)"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memo_forgets_the_oldest() {
+        let m = EndedMemo::default();
+        for i in 0..(MEMO_ENTRIES + 5) {
+            m.remember(&SessionKey(i.to_string()), EndReason::Idle);
+        }
+        assert_eq!(m.why(&SessionKey("0".into())), None);
+        assert_eq!(m.why(&SessionKey("5".into())), Some(EndReason::Idle));
+        assert_eq!(
+            m.why(&SessionKey((MEMO_ENTRIES + 4).to_string())),
+            Some(EndReason::Idle)
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! The gateway's session cookie: a signed token (HS256, jsonwebtoken) under `session.cookie_name`
+//! that names a server-side session.
+//!
+//! The cookie carries no authority of its own. It holds the session's random token (`sid`),
+//! whose hash is the key of the server-side session in the store, and the browser's client id
+//! (`cid`), which keeps one browser the same client across its logins. The signature, with the
+//! key from `session.secret_file`, lets the gateway turn away forged or tampered cookies without
+//! a store lookup. Whether the session is live is always the store's answer, so logout, idle
+//! expiry, a kick and a restart behave the same whatever the cookie says.
+//!
+//! The cookie is `Secure; HttpOnly; SameSite=Lax; Path=/` with no `Domain`, which is what the
+//! `__Host-` prefix of the default name requires. It has no `Max-Age`: the browser forgets it
+//! when it closes, and the server-side session ends on its own timeouts. Its signed lifetime
+//! ([`COOKIE_LIFETIME`]) only bounds how long a copy stays worth presenting at all.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{header, HeaderMap, HeaderValue};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ClientId, SessionToken};
+
+/// How long a signed cookie is accepted, whatever its session's state.
+pub const COOKIE_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What the cookie says.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// The session's token (the store keeps only its hash).
+    sid: String,
+    /// The browser's client id.
+    cid: String,
+    iat: u64,
+    exp: u64,
+}
+
+impl Claims {
+    pub fn token(&self) -> SessionToken {
+        SessionToken::from_client(&self.sid)
+    }
+
+    pub fn client(&self) -> ClientId {
+        ClientId(self.cid.clone())
+    }
+}
+
+/// Issues and checks session cookies.
+pub struct SessionCookies {
+    name: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl SessionCookies {
+    pub fn new(name: &str, secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        Self {
+            name: name.to_owned(),
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A fresh client id for a browser that has none yet.
+    pub fn new_client() -> Result<ClientId, crate::store::StoreError> {
+        Ok(ClientId(format!(
+            "web:{}",
+            SessionToken::generate()?.key().0
+        )))
+    }
+
+    /// The `Set-Cookie` value that hands `token` to the browser `client`.
+    pub fn issue(&self, token: &SessionToken, client: &ClientId) -> Option<HeaderValue> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let claims = Claims {
+            sid: token.expose().to_owned(),
+            cid: client.0.clone(),
+            iat: now,
+            exp: now + COOKIE_LIFETIME.as_secs(),
+        };
+        let jwt =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).ok()?;
+        HeaderValue::from_str(&format!(
+            "{}={jwt}; Path=/; Secure; HttpOnly; SameSite=Lax",
+            self.name
+        ))
+        .ok()
+    }
+
+    /// The `Set-Cookie` value that makes the browser forget the cookie.
+    pub fn clear(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
+            self.name
+        ))
+        .ok()
+    }
+
+    /// The request's session cookie, if it carries one at all (signed or not).
+    pub fn present(&self, headers: &HeaderMap) -> bool {
+        self.raw(headers).is_some()
+    }
+
+    /// The claims of the request's cookie when its signature and lifetime check out.
+    pub fn verify(&self, headers: &HeaderMap) -> Option<Claims> {
+        let raw = self.raw(headers)?;
+        jsonwebtoken::decode::<Claims>(raw, &self.decoding, &self.validation)
+            .ok()
+            .map(|d| d.claims)
+    }
+
+    fn raw<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == self.name)
+            .map(|(_, value)| value.trim())
+    }
+
+    /// Take the gateway's cookie out of the request before it goes to Faspex: Faspex never sees
+    /// the gateway's token. Other cookies are kept, in order.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        if !headers.contains_key(header::COOKIE) {
+            return;
+        }
+        let kept: Vec<String> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+            .filter(|pair| pair.split('=').next().map(str::trim) != Some(self.name.as_str()))
+            .map(str::to_owned)
+            .collect();
+        headers.remove(header::COOKIE);
+        if !kept.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                headers.insert(header::COOKIE, v);
+            }
+        }
+    }
+}
+
+/// The `name=value` pairs a response sets, as one `Cookie` header value (for Faspex's session,
+/// kept to log it out later). Cookies being deleted are left out.
+pub fn set_cookie_pairs(headers: &HeaderMap) -> Option<String> {
+    let pairs: Vec<&str> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .map(str::trim)
+        .filter(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(n, v)| !n.is_empty() && !v.is_empty())
+        })
+        .collect();
+    (!pairs.is_empty()).then(|| pairs.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookies() -> SessionCookies {
+        SessionCookies::new("__Host-faspex-gate", &[7u8; 32])
+    }
+
+    fn request_with(cookie: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+        h
+    }
+
+    #[test]
+    fn issued_cookie_round_trips_with_its_attributes() {
+        let c = cookies();
+        let token = SessionToken::generate().unwrap();
+        let client = SessionCookies::new_client().unwrap();
+        let set = c.issue(&token, &client).unwrap();
+        let set = set.to_str().unwrap();
+        assert!(set.starts_with("__Host-faspex-gate="));
+        for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+            assert!(set.contains(attr), "{set}");
+        }
+        assert!(!set.contains("Domain"));
+        let value = set.split(';').next().unwrap();
+        let claims = c.verify(&request_with(&format!("a=b; {value}"))).unwrap();
+        assert_eq!(claims.token(), token);
+        assert_eq!(claims.client(), client);
+    }
+
+    #[test]
+    fn forged_and_foreign_cookies_are_refused() {
+        let c = cookies();
+        let token = SessionToken::generate().unwrap();
+        let set = c.issue(&token, &ClientId("web:x".into())).unwrap();
+        let value = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+        // Another secret's signature.
+        let other = SessionCookies::new("__Host-faspex-gate", &[8u8; 32]);
+        assert!(other.verify(&request_with(&value)).is_none());
+        // A tampered payload.
+        let mut parts: Vec<String> = value.split('.').map(str::to_owned).collect();
+        parts[1].insert(3, 'A');
+        assert!(c.verify(&request_with(&parts.join("."))).is_none());
+        // "alg": "none".
+        assert!(c
+            .verify(&request_with(
+                "__Host-faspex-gate=eyJhbGciOiJub25lIn0.eyJzaWQiOiJ4IiwiY2lkIjoieSIsImlhdCI6MSwiZXhwIjo5OTk5OTk5OTk5fQ."
+            ))
+            .is_none());
+        assert!(c
+            .verify(&request_with("__Host-faspex-gate=garbage"))
+            .is_none());
+        assert!(c.present(&request_with("__Host-faspex-gate=garbage")));
+    }
+
+    #[test]
+    fn strip_removes_only_the_gateways_cookie() {
+        let c = cookies();
+        let mut h = request_with("_faspex_session=abc; __Host-faspex-gate=x.y.z; other=1");
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-faspex-gate=again"),
+        );
+        c.strip(&mut h);
+        assert_eq!(h[header::COOKIE], "_faspex_session=abc; other=1");
+        let mut h = request_with("__Host-faspex-gate=x");
+        c.strip(&mut h);
+        assert!(!h.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn set_cookie_pairs_keeps_live_cookies() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("_faspex_session=abc; path=/; HttpOnly"),
+        );
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("old=; expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+        );
+        assert_eq!(set_cookie_pairs(&h).as_deref(), Some("_faspex_session=abc"));
+        assert_eq!(set_cookie_pairs(&HeaderMap::new()), None);
+    }
+}
