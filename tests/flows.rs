@@ -422,6 +422,43 @@ async fn eleventh_account_is_refused_while_ten_hold_seats() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn parallel_logins_of_thirty_accounts_admit_exactly_ten() {
+    let s = std::sync::Arc::new(Site::start(users(30), LoginFailureStyle::Rerender, |_| {}).await);
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                s.form_login(&format!("user{i}"), &format!("pass{i}"), None, &[])
+                    .await
+                    .0
+            } else {
+                s.basic(
+                    "GET",
+                    "/aspera/faspex/me",
+                    &format!("user{i}"),
+                    &format!("pass{i}"),
+                    &[],
+                    "",
+                )
+                .await
+                .0
+            }
+        }));
+    }
+    let mut admitted = 0;
+    let mut full = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::FOUND | StatusCode::OK => admitted += 1,
+            StatusCode::SERVICE_UNAVAILABLE => full += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((admitted, full), (10, 20));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn second_client_gets_409_and_can_take_over() {
     let s = Site::start(users(1), LoginFailureStyle::Rerender, |_| {}).await;
     let first = s.browser_login("user0", "pass0").await;
@@ -631,6 +668,22 @@ async fn public_links_need_no_login_and_hold_no_seat() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(!body.is_empty());
+    // The HTTP Gateway's WebSocket upload, with a Faspex transfer token.
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let stream = crate::util::raw_tls(s.gw.https.unwrap(), &s.gw.files.cert_pem).await;
+        let url = format!(
+            "wss://localhost:{}/aspera/http-gwy/v2/upload?token=faspex-issued",
+            s.gw.https.unwrap().port()
+        );
+        let (mut ws, resp) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let chunk = vec![9u8; 256 * 1024];
+        ws.send(Message::binary(chunk.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap().into_data(), chunk);
+        ws.close(None).await.unwrap();
+    }
     // The login page itself is public.
     let (status, _, body) = s.get_plain(LOGIN, &[("Accept", "text/html")]).await;
     assert_eq!(status, StatusCode::OK);

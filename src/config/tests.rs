@@ -417,6 +417,41 @@ fn type_errors_name_the_key() {
 }
 
 #[test]
+fn pages_timezone_and_faspex_form_keys_are_checked() {
+    let f = Fixture::new();
+    f.fails(
+        &[("pages.timezone", s("Mars/Olympus_Mons"))],
+        "pages.timezone",
+        "not a time zone",
+    );
+    let c = f.load(&[("pages.timezone", s("Europe/Berlin"))]).unwrap();
+    assert_eq!(c.pages.tz.iana_name(), Some("Europe/Berlin"));
+    f.fails(
+        &[("faspex.username_field", s(" "))],
+        "faspex.username_field",
+        "field",
+    );
+    f.fails(
+        &[("faspex.password_field", s("user[name]"))],
+        "faspex.password_field",
+        "must differ",
+    );
+    f.fails(
+        &[("faspex.session_cookie", s("a b"))],
+        "faspex.session_cookie",
+        "not a cookie name",
+    );
+    f.fails(
+        &[("faspex.token_path", s("oauth"))],
+        "faspex.token_path",
+        "",
+    );
+    let c = f.load(&[]).unwrap();
+    assert_eq!(c.faspex.session_cookie, "_faspex_session");
+    assert_eq!(c.faspex.token_path, "/aspera/faspex/auth/oauth2/token");
+}
+
+#[test]
 fn list_element_type_error_names_the_index() {
     let f = Fixture::new();
     let v = Value::Array(vec![s("/a/"), i(3)]);
@@ -615,14 +650,12 @@ fn env_numeric_looking_values_stay_strings() {
         .load_env(&[
             ("FASPEX_GATE__PAGES__HELPDESK", "4357"),
             ("FASPEX_GATE__SESSION__COOKIE_NAME", "007"),
-            ("FASPEX_GATE__PAGES__TIMEZONE", "1.50"),
             ("FASPEX_GATE__POLICY__USERNAME_DOMAINS", "1234"),
             ("FASPEX_GATE__AUTH__LDAP__REQUIRE_GROUP", "true"),
         ])
         .unwrap();
     assert_eq!(c.pages.helpdesk, "4357");
     assert_eq!(c.session.cookie_name, "007");
-    assert_eq!(c.pages.timezone.as_deref(), Some("1.50"));
     assert_eq!(c.policy.username_domains, ["1234"]);
     assert_eq!(c.auth.ldap.require_group.as_deref(), Some("true"));
 }

@@ -1915,3 +1915,151 @@ fn every_refusal_has_the_contracts_api_status() {
         assert_eq!(r.status(), (status, retry), "{r:?}");
     }
 }
+
+// ----- logins that wait for Faspex, and bearer tokens -----
+
+impl Harness {
+    async fn pending(&self, user: &str, kind: ClientKind) -> PendingLogin {
+        let pw = format!("pw-{user}");
+        self.policy
+            .login_pending(
+                LoginRequest {
+                    username: user,
+                    password: &pw,
+                    ip: "192.0.2.60".parse().unwrap(),
+                    agent: "curl/8",
+                    client: ClientId(format!("c-{user}")),
+                    kind,
+                    takeover: false,
+                },
+                &self.directory,
+            )
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_login_faspex_refuses_gives_its_seat_back_and_counts_no_failure() {
+    let mut cfg = contract_defaults();
+    cfg.max_sessions = 1;
+    let h = Harness::new(cfg);
+    let p = h.pending("ann", ClientKind::Basic).await;
+    assert_eq!(h.seats().await, 1, "the seat is held while Faspex decides");
+    assert_eq!(h.events.count("login ann success"), 0, "not a success yet");
+    p.refuse().await.unwrap();
+    assert_eq!(h.seats().await, 0);
+    assert_eq!(h.events.count("login ann upstream_refused"), 1);
+    assert_eq!(h.events.count("end ann rollback"), 1);
+    assert_eq!(
+        h.policy.status().await.unwrap().tracked_windows,
+        0,
+        "no failure counted"
+    );
+    // Nothing was cached for the refused Basic caller.
+    assert!(!h.policy.cache().hit("ann", "pw-ann", h.policy.now()));
+    // A confirmed one is a success, and a Basic caller's password is cached.
+    let p = h.pending("bob", ClientKind::Basic).await;
+    let a = p.confirm();
+    assert_eq!(h.events.count("login bob success"), 1);
+    assert!(h.policy.cache().hit("bob", "pw-bob", h.policy.now()));
+    assert!(h.live(&a, "/x").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_pending_login_dropped_undecided_is_rolled_back() {
+    let mut cfg = contract_defaults();
+    cfg.max_sessions = 1;
+    let h = Harness::new(cfg);
+    let p = h.pending("ann", ClientKind::Browser).await;
+    drop(p);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while h.seats().await != 0 {
+        assert!(std::time::Instant::now() < deadline, "the seat was kept");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(h.events.count("login ann upstream_refused"), 1);
+    assert!(h.browser("bob", "b").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_bearer_token_is_its_sessions_activity_and_dies_with_it() {
+    let h = Harness::new(contract_defaults());
+    let a = h.basic("ann", "pw-ann").await.unwrap();
+    assert!(h.policy.add_bearer(&a.session.key, "tok-1").await.unwrap());
+    // Requests with the token keep the session alive past its idle timeout.
+    for _ in 0..3 {
+        h.advance(40 * MIN);
+        let s = h
+            .policy
+            .bearer_session("tok-1", "/api/v1/me")
+            .await
+            .unwrap();
+        assert_eq!(s.unwrap().key, a.session.key);
+    }
+    assert!(matches!(
+        h.policy.bearer_session("tok-2", "/x").await.unwrap(),
+        Err(SessionGone::Unknown)
+    ));
+    // It survives a restart (only its hash is stored).
+    let h = h.restart().await;
+    assert!(h
+        .policy
+        .bearer_session("tok-1", "/x")
+        .await
+        .unwrap()
+        .is_ok());
+    // Idle for the API timeout: the session ends, and the token with it.
+    h.advance(HOUR);
+    assert!(h
+        .policy
+        .bearer_session("tok-1", "/x")
+        .await
+        .unwrap()
+        .is_err());
+    assert!(matches!(
+        h.policy.bearer_session("tok-1", "/x").await.unwrap(),
+        Err(SessionGone::Unknown)
+    ));
+    // A token cannot be tied to a session that has gone.
+    assert!(!h.policy.add_bearer(&a.session.key, "tok-3").await.unwrap());
+}
+
+#[tokio::test]
+async fn a_session_keeps_at_most_eight_bearer_tokens() {
+    let h = Harness::new(contract_defaults());
+    let a = h.basic("ann", "pw-ann").await.unwrap();
+    for i in 0..12 {
+        assert!(h
+            .policy
+            .add_bearer(&a.session.key, &format!("tok-{i}"))
+            .await
+            .unwrap());
+    }
+    for i in 0..4 {
+        assert!(
+            h.policy
+                .bearer_session(&format!("tok-{i}"), "/x")
+                .await
+                .unwrap()
+                .is_err(),
+            "the oldest are forgotten"
+        );
+    }
+    for i in 4..12 {
+        assert!(h
+            .policy
+            .bearer_session(&format!("tok-{i}"), "/x")
+            .await
+            .unwrap()
+            .is_ok());
+    }
+    // A kick ends the session and every token.
+    h.policy.kick("ann").await.unwrap();
+    assert!(h
+        .policy
+        .bearer_session("tok-11", "/x")
+        .await
+        .unwrap()
+        .is_err());
+}
