@@ -127,7 +127,8 @@ fn log_backend(cfg: &Config) {
 /// `demo` serve. When the gateway ends a session, Faspex's is logged out too.
 pub async fn build(cfg: &Config) -> anyhow::Result<(PolicyState, Gateway)> {
     let upstream = Upstream::new(&cfg.upstream, cfg.server.body_idle_timeout)?;
-    let (ends, memo) = SessionEnds::start(upstream.clone(), cfg.faspex.logout_path.clone());
+    let (ends, memo, logouts) =
+        SessionEnds::start(upstream.clone(), cfg.faspex.logout_path.clone());
     let state = PolicyState::open(cfg, vec![ends]).await?;
     let gateway = Gateway::new(
         cfg,
@@ -135,6 +136,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<(PolicyState, Gateway)> {
         Arc::clone(&state.directory),
         upstream,
         memo,
+        logouts,
     )?;
     Ok((state, gateway))
 }

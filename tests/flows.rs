@@ -93,13 +93,16 @@ impl Site {
         cookie: Option<&str>,
         extra: &[(&str, &str)],
     ) -> (StatusCode, HeaderMap, Bytes) {
-        let mut form = url::form_urlencoded::Serializer::new(String::new());
-        form.append_pair("authenticity_token", "tok+en/=");
-        form.append_pair("user[name]", user);
-        form.append_pair("user[password]", password);
-        for (k, v) in extra {
-            form.append_pair(k, v);
-        }
+        let form = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("authenticity_token", "tok+en/=");
+            form.append_pair("user[name]", user);
+            form.append_pair("user[password]", password);
+            for (k, v) in extra {
+                form.append_pair(k, v);
+            }
+            form.finish()
+        };
         let mut req = Request::post(self.url(LOGIN))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "text/html,application/xhtml+xml")
@@ -107,7 +110,7 @@ impl Site {
         if let Some(c) = cookie {
             req = req.header(header::COOKIE, c);
         }
-        send(&self.client, req.body(full(form.finish())).unwrap()).await
+        send(&self.client, req.body(full(form)).unwrap()).await
     }
 
     /// Log `user` in with the form and return the cookies a browser would now send (the
@@ -913,4 +916,178 @@ async fn login_form_bad_input_gets_clear_answers() {
         e,
         EmulatorEvent::Login { .. } | EmulatorEvent::LoginRefused { .. }
     )));
+}
+
+/// The request lines Faspex received, as "METHOD path?query".
+fn requests(s: &Site) -> Vec<String> {
+    s.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            EmulatorEvent::Request {
+                method,
+                path_and_query,
+            } => Some(format!("{method} {path_and_query}")),
+            _ => None,
+        })
+        .collect()
+}
+
+fn basic_checks(s: &Site) -> usize {
+    s.events()
+        .iter()
+        .filter(|e| matches!(e, EmulatorEvent::BasicAuth { .. }))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faspex_never_checks_a_password_the_gateway_has_not() {
+    let s = Site::start(users(2), LoginFailureStyle::Rerender, |_| {}).await;
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let guess = format!("Basic {}", b64("user1:guess"));
+
+    // Credentials in the login POST's query string never reach Faspex (Rails would prefer them).
+    let (status, h, _) = send(
+        &s.client,
+        Request::post(s.url("/aspera/faspex/login?user[name]=user1&user[password]=guess"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(full("user[name]=user0&user[password]=pass0"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert!(requests(&s).contains(&"POST /aspera/faspex/login".to_owned()));
+    assert!(!requests(&s).iter().any(|r| r.contains("guess")));
+
+    // Repeated fields and other spellings of the credential fields are refused.
+    for body in [
+        "user[name]=user0&user[password]=pass0&user[name]=user1",
+        "user[name]=user0&user[password]=pass0&user[name]]=user1&user[password]]=guess",
+        "user[name]=user0&user[password]=pass0&[user][password]=guess",
+        "user[name]=user0&user[password]=pass0&_method=delete",
+    ] {
+        let (status, _, _) = send(
+            &s.client,
+            Request::post(s.url(LOGIN))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(full(body))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+
+    // Authorization never rides along on logout, the login form or public paths, in any
+    // spelling of any scheme.
+    let before = basic_checks(&s);
+    for auth in [
+        guess.clone(),
+        format!("Basic\t{}", b64("user1:guess")),
+        format!("Bearer {}", b64("user1:guess")),
+    ] {
+        s.get_plain("/aspera/faspex/logout", &[("Authorization", &auth)])
+            .await;
+        s.get_plain(
+            &format!(
+                "/aspera/faspex/external_deliveries/{EXTERNAL_DELIVERY_ID}?passcode={EXTERNAL_DELIVERY_PASSCODE}"
+            ),
+            &[("Authorization", &auth)],
+        )
+        .await;
+    }
+    assert_eq!(basic_checks(&s), before, "Faspex checked no password");
+
+    // On protected paths an unknown scheme, or Basic with a tab, is not passed on unchecked.
+    let (status, _, _) = s
+        .get_plain(
+            "/aspera/faspex/me",
+            &[("Authorization", &format!("Digest {}", b64("user1:guess")))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = s
+        .get_plain(
+            "/aspera/faspex/me",
+            &[("Authorization", &format!("Basic\t{}", b64("user1:guess")))],
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "checked by the gateway, and wrong"
+    );
+    assert_eq!(basic_checks(&s), before);
+
+    // The token endpoint takes only checked Basic credentials, and no others in its form.
+    let cookie = cookies_from(&h);
+    let (status, _, _) = send(
+        &s.client,
+        Request::post(s.url("/aspera/faspex/auth/oauth2/token"))
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(full("grant_type=password&username=user1&password=guess"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = s
+        .basic(
+            "POST",
+            "/aspera/faspex/auth/oauth2/token",
+            "user0",
+            "pass0",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            "grant_type=password&username=user1&password=guess",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_session_only_ever_uses_its_own_faspex_session() {
+    let s = Site::start(users(2), LoginFailureStyle::Rerender, |_| {}).await;
+    let ann = s.browser_login("user0", "pass0").await;
+    let bob = s.browser_login("user1", "pass1").await;
+    let pick = |c: &str, name: &str| {
+        c.split("; ")
+            .find(|p| p.starts_with(&format!("{name}=")))
+            .unwrap()
+            .to_owned()
+    };
+    // user0's gateway cookie with user1's Faspex cookie: Faspex sees user0's.
+    let mixed = format!("{}; {}", pick(&ann, COOKIE), pick(&bob, "_faspex_session"));
+    let (status, _, body) = s.browse("/aspera/faspex/inbox", &mixed).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text(&body).contains("user0"), "{}", text(&body));
+    assert!(!text(&body).contains("user1"), "{}", text(&body));
+    // And with no Faspex cookie at all, the session still has its own.
+    let (status, _, body) = s.browse("/aspera/faspex/inbox", &pick(&ann, COOKIE)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text(&body).contains("user0"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_never_sees_faspexs_own_password_challenge() {
+    let s = Site::start(users(1), LoginFailureStyle::Rerender, |_| {}).await;
+    s.emu.refuse_logins(true);
+    use base64::Engine as _;
+    let creds = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("user0:pass0")
+    );
+    // Faspex answers 401 with its challenge; a browser gets the 401 without it.
+    let (status, h, _) = s
+        .get_plain(
+            "/aspera/faspex/me",
+            &[("Authorization", &creds), ("Accept", "text/html")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!h.contains_key(header::WWW_AUTHENTICATE));
+    // An API client gets Faspex's answer as it is.
+    let (status, h, _) = s
+        .get_plain("/aspera/faspex/me", &[("Authorization", &creds)])
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(h.contains_key(header::WWW_AUTHENTICATE));
 }

@@ -145,6 +145,8 @@ pub enum LoginRefused {
     AccountLocked {
         until: Timestamp,
         retry_after: Duration,
+        /// An administrator placed the lock (not failed logins).
+        by_admin: bool,
     },
     #[error("all licence seats are in use")]
     LicenseFull { retry_after: Duration },
@@ -691,6 +693,7 @@ impl Policy {
             Check::Locked(lock) => LoginRefused::AccountLocked {
                 until: lock.until,
                 retry_after: retry_after(lock.until.since(self.now())),
+                by_admin: lock.by_admin,
             },
             Check::Throttled(wait) => LoginRefused::Throttled {
                 retry_after: retry_after(wait),
@@ -1283,7 +1286,14 @@ impl Drop for PendingLogin {
         let policy = self.policy.clone();
         let key = self.admitted.session.key.clone();
         spawn_detached(async move {
-            let _ = policy.end(&key, EndReason::Rollback).await;
+            if let Err(e) = policy.end(&key, EndReason::Rollback).await {
+                tracing::error!(
+                    target: "faspex_gate::policy",
+                    error = %e,
+                    session = %key,
+                    "could not roll back an abandoned login; its seat is held until it idles out"
+                );
+            }
         });
     }
 }

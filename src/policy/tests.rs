@@ -345,7 +345,9 @@ async fn the_fifth_failure_at_59_9_seconds_locks_and_is_answered_locked() {
     }
     let fifth = h.wrong("ann").await;
     match &fifth {
-        Err(LoginRefused::AccountLocked { until, retry_after }) => {
+        Err(LoginRefused::AccountLocked {
+            until, retry_after, ..
+        }) => {
             assert_eq!(*until, h.policy.now() + HOUR);
             assert_eq!(*retry_after, HOUR);
         }
@@ -1877,6 +1879,7 @@ fn every_refusal_has_the_contracts_api_status() {
             LoginRefused::AccountLocked {
                 until: now,
                 retry_after: d,
+                by_admin: false,
             },
             S::FORBIDDEN,
             Some(d),

@@ -186,6 +186,11 @@ fn is_action(path: &[u8], base: &[u8]) -> bool {
     }
 }
 
+/// [`under`] for a normalised path as a string.
+pub fn under_prefix(path: &str, prefix: &str) -> bool {
+    under(path.as_bytes(), prefix.as_bytes())
+}
+
 /// Segment-aware prefix test: `/a/b/` covers `/a/b`, `/a/b/` and `/a/b/c`, never `/a/bc`.
 fn under(path: &[u8], prefix: &[u8]) -> bool {
     let bare = prefix.strip_suffix(b"/").unwrap_or(prefix);

@@ -55,16 +55,36 @@ impl EndedMemo {
     }
 }
 
+/// The queue of Faspex logouts, worked by one task. Cheap to clone.
+#[derive(Clone)]
+pub struct FaspexLogouts(mpsc::Sender<String>);
+
+impl FaspexLogouts {
+    /// Queue a logout of the Faspex session behind `cookie` (a `Cookie` header value). Never
+    /// blocks: when the queue is full, the logout is dropped with a warning.
+    pub fn queue(&self, cookie: String) {
+        if self.0.try_send(cookie).is_err() {
+            tracing::warn!(
+                "too many Faspex logouts waiting; one is dropped (Faspex will time it out)"
+            );
+        }
+    }
+}
+
 /// The observer: remembers every end, and queues a Faspex logout for the ends the person did
 /// not ask for.
 pub struct SessionEnds {
     memo: Arc<EndedMemo>,
-    logouts: mpsc::Sender<String>,
+    logouts: FaspexLogouts,
 }
 
 impl SessionEnds {
-    /// Start the logout worker on the current runtime. It runs until the observer is dropped.
-    pub fn start(upstream: Upstream, logout_path: String) -> (Arc<Self>, Arc<EndedMemo>) {
+    /// Start the logout worker on the current runtime. It runs until the observer and every
+    /// [`FaspexLogouts`] handle are dropped.
+    pub fn start(
+        upstream: Upstream,
+        logout_path: String,
+    ) -> (Arc<Self>, Arc<EndedMemo>, FaspexLogouts) {
         let memo = Arc::new(EndedMemo::default());
         let (tx, mut rx) = mpsc::channel::<String>(LOGOUT_QUEUE);
         tokio::spawn(async move {
@@ -81,12 +101,14 @@ impl SessionEnds {
                 }
             }
         });
+        let logouts = FaspexLogouts(tx);
         (
             Arc::new(Self {
                 memo: Arc::clone(&memo),
-                logouts: tx,
+                logouts: logouts.clone(),
             }),
             memo,
+            logouts,
         )
     }
 }
@@ -102,12 +124,7 @@ impl Observer for SessionEnds {
             EndReason::Idle | EndReason::Absolute | EndReason::Admin | EndReason::Replaced
         );
         if let (true, Some(cookie)) = (gateway_ended, &s.upstream_cookie) {
-            if self.logouts.try_send(cookie.clone()).is_err() {
-                tracing::warn!(
-                    account = %s.account,
-                    "too many Faspex logouts waiting; this one is dropped (Faspex will time it out)"
-                );
-            }
+            self.logouts.queue(cookie.clone());
         }
     }
 }

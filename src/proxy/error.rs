@@ -219,7 +219,9 @@ fn refusal_page(r: &Refusal, a: &Answer<'_>) -> String {
         LoginRefused::InvalidUsername(_) | LoginRefused::BadCredentials => {
             pages::login_failed(site)
         }
-        LoginRefused::AccountLocked { until, .. } => pages::locked(site, *until, a.now, false),
+        LoginRefused::AccountLocked {
+            until, by_admin, ..
+        } => pages::locked(site, *until, a.now, *by_admin),
         LoginRefused::LicenseFull { retry_after } => pages::license_full(site, *retry_after),
         LoginRefused::OtherClientActive { since, ip, .. } => match &r.form {
             Some(form) => pages::other_client(site, form, *since, *ip, a.now),

@@ -42,7 +42,7 @@ use crate::config::{Config, FaspexConfig};
 use crate::policy::{LoginRequest, Policy, SessionGone};
 use crate::store::{ClientKind, EndReason, SessionKey};
 use classify::{DenyPrefix, Route, RouteProfile};
-use ends::EndedMemo;
+use ends::{EndedMemo, FaspexLogouts};
 pub use error::GatewayError;
 use error::{Answer, Refusal};
 use forward::{ClientSide, ProxyBody, Upstream};
@@ -51,6 +51,10 @@ use session::SessionCookies;
 
 /// The most the gateway reads of a body it must look into: the login form, the token response.
 pub const READ_LIMIT: usize = 64 * 1024;
+
+/// The HTTP Gateway's paths: a transfer service beside Faspex (not the Rails application), which
+/// takes Faspex-issued transfer tokens in `Authorization`.
+const HTTP_GATEWAY_PREFIX: &str = "/aspera/http-gwy/";
 
 /// The longest a login form may take to arrive, however it trickles.
 const FORM_READ_LIMIT: Duration = Duration::from_secs(30);
@@ -92,6 +96,8 @@ struct Inner {
     cookies: SessionCookies,
     /// Why sessions ended lately, for the page a returning browser sees.
     memo: Arc<EndedMemo>,
+    /// Faspex logouts, for a login Faspex accepted that the gateway could not keep.
+    logouts: FaspexLogouts,
     /// What the pages say.
     site: Site,
     /// Faspex's form field names, its session cookie and its token path.
@@ -120,6 +126,7 @@ impl Gateway {
         directory: Arc<dyn Directory>,
         upstream: Upstream,
         memo: Arc<EndedMemo>,
+        logouts: FaspexLogouts,
     ) -> anyhow::Result<Self> {
         let profile = RouteProfile {
             login_path: cfg.faspex.login_path.clone(),
@@ -145,6 +152,7 @@ impl Gateway {
                 directory,
                 cookies: SessionCookies::new(&cfg.session.cookie_name, cfg.session.secret.expose()),
                 memo,
+                logouts,
                 site: Site {
                     helpdesk: cfg.pages.helpdesk.clone(),
                     tz: cfg.pages.tz.clone(),
@@ -197,6 +205,11 @@ impl Gateway {
                 })
             }
         };
+        let mut resp = resp;
+        if browser {
+            // Whoever produced it (Faspex too): a browser must never show a password prompt.
+            resp.headers_mut().remove(header::WWW_AUTHENTICATE);
+        }
         log.status = resp.status();
         resp.map(|body| LoggedBody::new(body, log).boxed_unsync())
     }
@@ -245,14 +258,24 @@ impl Gateway {
                     .throttle_public(client_ip)
                     .map_err(GatewayError::PublicThrottled)?;
                 // Public paths need no credentials, so none go with them: Faspex must never
-                // check a password the gateway has not (that would bypass the lockout).
-                if basic_credentials(req.headers()) {
+                // check a password the gateway has not (that would bypass the lockout). Rails'
+                // Basic support decodes whatever follows the scheme, whatever the scheme, so
+                // every `Authorization` goes. Only the HTTP Gateway, a separate service that
+                // takes Faspex's transfer tokens there, keeps its non-Basic ones.
+                let transfer = classify::under_prefix(&classified.path, HTTP_GATEWAY_PREFIX);
+                if !transfer || basic_credentials(req.headers()) {
                     req.headers_mut().remove(header::AUTHORIZATION);
                 }
                 self.pass(req, &side).await
             }
-            Route::Login => self.form_login(req, &side).await,
-            Route::Logout => self.logout(req, &side).await,
+            Route::Login => {
+                req.headers_mut().remove(header::AUTHORIZATION);
+                self.form_login(req, &side).await
+            }
+            Route::Logout => {
+                req.headers_mut().remove(header::AUTHORIZATION);
+                self.logout(req, &side).await
+            }
             _ => self.protected(req, &side, &classified.path).await,
         }
     }
@@ -263,34 +286,62 @@ impl Gateway {
     /// or the gateway's cookie.
     async fn protected(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         side: &ClientSide,
         path: &str,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let policy = &self.inner.policy;
-        match credentials(req.headers()) {
+        let creds = credentials(req.headers());
+        let token_path = RouteProfile::is_path(req.uri().path(), &self.inner.faspex.token_path);
+        if token_path && !matches!(creds, Credentials::Basic { .. } | Credentials::Malformed) {
+            // Faspex grants tokens for the credentials in the request: only ones the gateway
+            // has checked may reach it.
+            return Err(GatewayError::BadRequest(
+                "the token endpoint takes HTTP Basic credentials",
+            ));
+        }
+        match creds {
             Credentials::Basic { user, password } => {
-                self.basic(req, side, path, &user, &password).await
+                self.basic(req, side, path, &user, &password, token_path)
+                    .await
             }
             Credentials::Bearer(token) => match policy.bearer_session(&token, path).await? {
                 Ok(_) => self.pass(req, side).await,
                 Err(_) => Err(GatewayError::NoSession(None)),
             },
             Credentials::Malformed => Err(GatewayError::BadRequest(
-                "the Authorization header is malformed",
+                "the Authorization header is malformed or of an unknown scheme",
             )),
             Credentials::None => {
                 let Some(claims) = self.inner.cookies.verify(req.headers()) else {
                     return Err(GatewayError::NoSession(None));
                 };
                 let token = claims.token();
-                match policy.session(&token, path).await? {
-                    Ok(_) => self.pass(req, side).await,
-                    Err(SessionGone::Expired(why)) => Err(GatewayError::NoSession(Some(why))),
+                let session = match policy.session(&token, path).await? {
+                    Ok(s) => s,
+                    Err(SessionGone::Expired(why)) => {
+                        return Err(GatewayError::NoSession(Some(why)))
+                    }
                     Err(SessionGone::Unknown) => {
-                        Err(GatewayError::NoSession(self.inner.memo.why(&token.key())))
+                        return Err(GatewayError::NoSession(self.inner.memo.why(&token.key())))
+                    }
+                };
+                // The session's own Faspex session, whatever Faspex cookie the browser sent:
+                // a gateway session never rides on another account's Faspex session.
+                let name = &self.inner.faspex.session_cookie;
+                if let Some(stored) = &session.upstream_cookie {
+                    session::replace_cookie(req.headers_mut(), name, stored);
+                }
+                let resp = self.pass(req, side).await?;
+                // Faspex rotated its session cookie: keep the new one for the logout.
+                if let Some(fresh) = session::set_cookie_pair(resp.headers(), name) {
+                    if session.upstream_cookie.as_deref() != Some(fresh.as_str()) {
+                        policy
+                            .set_upstream_cookie(&session.key, Some(fresh))
+                            .await?;
                     }
                 }
+                Ok(resp)
             }
         }
     }
@@ -305,6 +356,7 @@ impl Gateway {
         path: &str,
         user: &str,
         password: &str,
+        token_request: bool,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let policy = &self.inner.policy;
         let directory = &self.inner.directory;
@@ -319,8 +371,14 @@ impl Gateway {
             kind: ClientKind::Basic,
             takeover: false,
         };
-        let token_request = *req.method() == Method::POST
-            && RouteProfile::is_path(req.uri().path(), &self.inner.faspex.token_path);
+        let token_request = token_request && *req.method() == Method::POST;
+        // A token request is read first (it is small), so that Faspex is never asked for a
+        // token for other credentials than the ones checked here.
+        let req = if token_request {
+            Outgoing::Buffered(self.token_request(req, user, password).await?)
+        } else {
+            Outgoing::Stream(req)
+        };
 
         if let Ok(account) = policy.account(user) {
             let live = if policy.cache().hit(&account, password, policy.now()) {
@@ -332,14 +390,20 @@ impl Gateway {
                 None
             };
             if let Some(session) = live {
-                let resp = self.pass(req, side).await?;
+                let resp = self.dispatch(req, side).await?;
+                if resp.status() == StatusCode::UNAUTHORIZED {
+                    // Faspex no longer takes these credentials: neither may the gateway.
+                    policy.cache().forget(&account);
+                    policy.end(&session.key, EndReason::Rollback).await?;
+                    return Ok(resp);
+                }
                 return self.after_api(resp, &session.key, token_request).await;
             }
         }
 
         let pending = policy.login_pending(login, directory).await?;
         let key = pending.admitted().session.key.clone();
-        let resp = match self.pass(req, side).await {
+        let resp = match self.dispatch(req, side).await {
             Ok(resp) => resp,
             Err(e) => {
                 // The login never reached Faspex, or Faspex never answered: no seat is kept.
@@ -356,6 +420,42 @@ impl Gateway {
         self.after_api(resp, &key, token_request).await
     }
 
+    /// Read an OAuth2 token request (at most 64 KiB) and check that any credentials in its form
+    /// are the Basic ones the gateway checks; Faspex gets it back identical, uncompressed answers
+    /// asked for.
+    async fn token_request(
+        &self,
+        req: Request<Incoming>,
+        user: &str,
+        password: &str,
+    ) -> Result<Request<ProxyBody>, GatewayError> {
+        let (mut parts, body) = req.into_parts();
+        let bytes = self.read_client(body).await?;
+        let query = parts.uri.query().unwrap_or("").as_bytes().to_vec();
+        for (k, v) in url::form_urlencoded::parse(&bytes).chain(url::form_urlencoded::parse(&query))
+        {
+            let same = match k.as_ref() {
+                "username" => {
+                    self.inner.policy.account(&v).ok() == self.inner.policy.account(user).ok()
+                }
+                "password" => v == password,
+                _ => true,
+            };
+            if !same {
+                return Err(GatewayError::BadRequest(
+                    "the token request names other credentials than its Authorization",
+                ));
+            }
+        }
+        // The gateway reads the answer: it must be plain JSON.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Ok(Request::from_parts(parts, error::full(bytes)))
+    }
+
     /// After an API request on session `key`: a token response ties its access token to it.
     async fn after_api(
         &self,
@@ -363,21 +463,59 @@ impl Gateway {
         key: &SessionKey,
         token_request: bool,
     ) -> Result<Response<ProxyBody>, GatewayError> {
-        if !token_request || resp.status() != StatusCode::OK {
+        if !token_request || !resp.status().is_success() {
             return Ok(resp);
         }
         let (parts, body) = resp.into_parts();
-        let bytes = read_limited(body).await.map_err(|e| match e {
+        let mut body = body;
+        let bytes = read_limited(&mut body).await.map_err(|e| match e {
             ReadError::TooLarge => GatewayError::TooLarge(READ_LIMIT),
             ReadError::Broken(e) => GatewayError::Upstream(forward::UpstreamError::Protocol(e)),
         })?;
-        if let Some(token) = access_token(&bytes) {
-            if !self.inner.policy.add_bearer(key, &token).await? {
-                // The session ended meanwhile: the token must not outlive it unseen.
-                return Err(GatewayError::NoSession(None));
+        match access_token(&bytes) {
+            Some(token) => {
+                if !self.inner.policy.add_bearer(key, &token).await? {
+                    // The session ended meanwhile: the token must not outlive it unseen.
+                    return Err(GatewayError::NoSession(None));
+                }
             }
+            None => tracing::warn!(
+                status = parts.status.as_u16(),
+                "Faspex answered a token request without an access token the gateway can read"
+            ),
         }
         Ok(Response::from_parts(parts, error::full(bytes)))
+    }
+
+    /// Read a client's body the gateway must look into: at most 64 KiB (`413`), within
+    /// [`FORM_READ_LIMIT`], never standing still longer than the body idle timeout.
+    async fn read_client(&self, body: Incoming) -> Result<Bytes, GatewayError> {
+        let idle = self.inner.body_idle_timeout;
+        let mut body = transfer::TransferBody::new(forward::client_body(body), idle, None)
+            .boxed_unsync();
+        match tokio::time::timeout(FORM_READ_LIMIT, read_limited(&mut body)).await {
+            Err(_) => Err(GatewayError::ClientStalled(FORM_READ_LIMIT)),
+            Ok(Err(ReadError::TooLarge)) => {
+                // Let a client that sends a little too much finish sending, so that it reads
+                // the 413 instead of a reset connection; a flood is cut off.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    let mut drained = 0usize;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        drained += frame.data_ref().map_or(0, |d| d.len());
+                        if drained > 1024 * 1024 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                Err(GatewayError::TooLarge(READ_LIMIT))
+            }
+            Ok(Err(ReadError::Broken(e))) if e.is::<transfer::BodyIdle>() => {
+                Err(GatewayError::ClientStalled(idle))
+            }
+            Ok(Err(ReadError::Broken(_))) => Err(GatewayError::ClientAborted),
+            Ok(Ok(bytes)) => Ok(bytes),
+        }
     }
 
     /// The login form's POST: throttle, lockout, credential check and admission, then Faspex's
@@ -393,21 +531,11 @@ impl Gateway {
                 "a login must be sent as a form (application/x-www-form-urlencoded)",
             ));
         }
-        let idle = self.inner.body_idle_timeout;
-        let body = transfer::TransferBody::new(forward::client_body(body), idle, None);
-        let bytes =
-            match tokio::time::timeout(FORM_READ_LIMIT, read_limited(body.boxed_unsync())).await {
-                Err(_) => return Err(GatewayError::ClientStalled(FORM_READ_LIMIT)),
-                Ok(Err(ReadError::TooLarge)) => return Err(GatewayError::TooLarge(READ_LIMIT)),
-                Ok(Err(ReadError::Broken(e))) if e.is::<transfer::BodyIdle>() => {
-                    return Err(GatewayError::ClientStalled(idle))
-                }
-                Ok(Err(ReadError::Broken(_))) => return Err(GatewayError::ClientAborted),
-                Ok(Ok(bytes)) => bytes,
-            };
+        let bytes = self.read_client(body).await?;
         let f = &self.inner.faspex;
         let pairs: Vec<(String, String)> =
             url::form_urlencoded::parse(&bytes).into_owned().collect();
+        check_login_form(&pairs, &f.username_field, &f.password_field)?;
         let field = |name: &str| {
             pairs
                 .iter()
@@ -429,18 +557,22 @@ impl Gateway {
             username_field: f.username_field.clone(),
             password_field: f.password_field.clone(),
         };
-        // Faspex gets the form as it was sent, less the gateway's own field.
-        let forward_body = if field(TAKEOVER_FIELD).is_some() {
+        // Faspex gets exactly the fields checked here, less the gateway's own, and no query
+        // string: Rails would let a query parameter override the form's credentials.
+        let forward_body = {
             let mut out = url::form_urlencoded::Serializer::new(String::new());
             for (k, v) in pairs.iter().filter(|(k, _)| k != TAKEOVER_FIELD) {
                 out.append_pair(k, v);
             }
             Bytes::from(out.finish())
-        } else {
-            bytes
+        };
+        parts.uri = match parts.uri.path().parse() {
+            Ok(uri) => uri,
+            Err(_) => return Err(GatewayError::BadRequest("the login path is not valid")),
         };
 
-        let client = match self.inner.cookies.verify(&parts.headers) {
+        let previous = self.inner.cookies.verify(&parts.headers);
+        let client = match &previous {
             Some(claims) => claims.client(),
             None => SessionCookies::new_client()?,
         };
@@ -471,10 +603,15 @@ impl Gateway {
 
         parts.headers.remove(header::TRANSFER_ENCODING);
         parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        parts.headers.insert(
             header::CONTENT_LENGTH,
             HeaderValue::from(forward_body.len()),
         );
         let req = Request::from_parts(parts, error::full(forward_body));
+        let request_cookies = req.headers().clone();
         let mut resp = match self.send(req, side).await {
             Ok(resp) => resp,
             Err(e) => {
@@ -487,20 +624,43 @@ impl Gateway {
             return Ok(resp);
         }
 
+        // Faspex has logged the person in. Keep its session cookie with ours.
+        let name = &f.session_cookie;
+        let faspex_cookie = session::set_cookie_pair(resp.headers(), name)
+            .or_else(|| session::request_cookie_pair(&request_cookies, name));
         let admitted = pending.admitted().clone();
-        let faspex_cookie = session::set_cookie_pairs(resp.headers());
         let saved = self
             .inner
             .policy
-            .set_upstream_cookie(&admitted.session.key, faspex_cookie)
+            .set_upstream_cookie(&admitted.session.key, faspex_cookie.clone())
             .await;
         let issued = self.inner.cookies.issue(&admitted.token, &client);
-        let (Ok(true), Some(cookie)) = (saved, issued) else {
-            self.refused_upstream(pending).await;
-            return Err(GatewayError::Store(crate::store::StoreError::Closed));
+        let failure = match (saved, issued) {
+            (Ok(true), Some(cookie)) => {
+                resp.headers_mut().append(header::SET_COOKIE, cookie);
+                None
+            }
+            (Ok(false), _) => Some(GatewayError::NoSession(None)),
+            (Err(e), _) => Some(GatewayError::Store(e)),
+            (Ok(true), None) => Some(GatewayError::Store(crate::store::StoreError::Closed)),
         };
+        if let Some(e) = failure {
+            // The session ended meanwhile (another login from this browser renewed it), or it
+            // could not be saved: give the seat back and log the Faspex session out again.
+            tracing::warn!(error = %e, "a login Faspex accepted could not be kept");
+            self.refused_upstream(pending).await;
+            if let Some(c) = session::set_cookie_pair(resp.headers(), name) {
+                self.inner.logouts.queue(c);
+            }
+            return Err(e);
+        }
         pending.confirm();
-        resp.headers_mut().append(header::SET_COOKIE, cookie);
+        // This browser's earlier session, if it was another (another account's): it ends now.
+        if let Some(old) = previous.map(|c| c.token().key()) {
+            if old != admitted.session.key {
+                self.inner.policy.end(&old, EndReason::Logout).await?;
+            }
+        }
         Ok(resp)
     }
 
@@ -524,11 +684,9 @@ impl Gateway {
         else {
             return false;
         };
-        let host = side
-            .public_host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost");
+        let Some(host) = side.public_host.as_ref().and_then(|h| h.to_str().ok()) else {
+            return false;
+        };
         let Ok(base) = url::Url::parse(&format!(
             "{}://{}{}",
             side.scheme, host, self.inner.faspex.login_path
@@ -545,17 +703,25 @@ impl Gateway {
     }
 
     /// Logout: the gateway session ends (its seat is free), then Faspex logs its own out.
+    /// Without a session of the gateway's, it counts as a public request.
     async fn logout(
         &self,
         req: Request<Incoming>,
         side: &ClientSide,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let had_cookie = self.inner.cookies.present(req.headers());
-        if let Some(claims) = self.inner.cookies.verify(req.headers()) {
-            self.inner
+        match self.inner.cookies.verify(req.headers()) {
+            Some(claims) => {
+                self.inner
+                    .policy
+                    .end(&claims.token().key(), EndReason::Logout)
+                    .await?;
+            }
+            None => self
+                .inner
                 .policy
-                .end(&claims.token().key(), EndReason::Logout)
-                .await?;
+                .throttle_public(side.client_ip)
+                .map_err(GatewayError::PublicThrottled)?,
         }
         let mut resp = self.pass(req, side).await?;
         if had_cookie {
@@ -648,6 +814,18 @@ impl Gateway {
         Ok(resp)
     }
 
+    /// Forward a request that is streamed, or one the gateway has read.
+    async fn dispatch(
+        &self,
+        req: Outgoing,
+        side: &ClientSide,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        match req {
+            Outgoing::Stream(req) => self.pass(req, side).await,
+            Outgoing::Buffered(req) => self.send(req, side).await,
+        }
+    }
+
     /// Send a request to Faspex. Faspex never sees the gateway's own cookie.
     async fn send(
         &self,
@@ -659,6 +837,48 @@ impl Gateway {
     }
 }
 
+/// A request on its way to Faspex: as the client streams it, or read by the gateway.
+enum Outgoing {
+    Stream(Request<Incoming>),
+    Buffered(Request<ProxyBody>),
+}
+
+/// Refuse a login form Faspex could read differently from the gateway: a repeated field (Rack
+/// takes the last, the gateway the first), another spelling of the credential fields
+/// (`user[name]]`, `[user][name]`: Rack reads them as `user[name]`), or a method override.
+fn check_login_form(
+    pairs: &[(String, String)],
+    username_field: &str,
+    password_field: &str,
+) -> Result<(), GatewayError> {
+    let root = |k: &str| -> String {
+        k.trim_start_matches(['[', ']', ' '])
+            .split('[')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches([']', ' '])
+            .to_owned()
+    };
+    let guarded = [root(username_field), root(password_field)];
+    let mut seen = std::collections::HashSet::new();
+    for (k, _) in pairs {
+        if !seen.insert(k.as_str()) {
+            return Err(GatewayError::BadRequest("the login form repeats a field"));
+        }
+        if k == "_method" {
+            return Err(GatewayError::BadRequest(
+                "the login form overrides its method",
+            ));
+        }
+        if k != username_field && k != password_field && guarded.contains(&root(k)) {
+            return Err(GatewayError::BadRequest(
+                "the login form has another spelling of its credential fields",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Why a body could not be read.
 enum ReadError {
     TooLarge,
@@ -666,7 +886,7 @@ enum ReadError {
 }
 
 /// Read a whole body of at most [`READ_LIMIT`] bytes.
-async fn read_limited(mut body: ProxyBody) -> Result<Bytes, ReadError> {
+async fn read_limited(body: &mut ProxyBody) -> Result<Bytes, ReadError> {
     if body.size_hint().lower() > READ_LIMIT as u64 {
         return Err(ReadError::TooLarge);
     }
@@ -717,7 +937,7 @@ fn basic_credentials(headers: &HeaderMap) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim_start().split(' ').next())
+        .and_then(|v| v.split_ascii_whitespace().next())
         .is_some_and(|s| s.eq_ignore_ascii_case("basic"))
 }
 
@@ -736,7 +956,9 @@ fn credentials(headers: &HeaderMap) -> Credentials {
         return Credentials::Malformed;
     };
     let value = value.trim();
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let (scheme, rest) = value
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("basic") {
         let Ok(decoded) = STANDARD
@@ -762,7 +984,8 @@ fn credentials(headers: &HeaderMap) -> Credentials {
         }
         return Credentials::Bearer(rest.to_owned());
     }
-    Credentials::None
+    // Faspex 4 knows only these two; what it would make of another is not worth guessing.
+    Credentials::Malformed
 }
 
 /// The authority the client asked for: the request target's (absolute form, HTTP/2) or the `Host`

@@ -158,21 +158,54 @@ impl SessionCookies {
     }
 }
 
-/// The `name=value` pairs a response sets, as one `Cookie` header value (for Faspex's session,
-/// kept to log it out later). Cookies being deleted are left out.
-pub fn set_cookie_pairs(headers: &HeaderMap) -> Option<String> {
-    let pairs: Vec<&str> = headers
+/// The `name=value` pair of the cookie `name` a response sets, unless it is being deleted (for
+/// Faspex's session cookie, kept to log it out later).
+pub fn set_cookie_pair(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
         .get_all(header::SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .filter_map(|v| v.split(';').next())
         .map(str::trim)
-        .filter(|pair| {
+        .rfind(|pair| {
             pair.split_once('=')
-                .is_some_and(|(n, v)| !n.is_empty() && !v.is_empty())
+                .is_some_and(|(n, v)| n.trim() == name && !v.trim().is_empty())
         })
+        .map(str::to_owned)
+}
+
+/// The `name=value` pair of the cookie `name` a request carries.
+pub fn request_cookie_pair(headers: &HeaderMap, name: &str) -> Option<String> {
+    cookie_pairs(headers)
+        .into_iter()
+        .find(|pair| pair.split_once('=').is_some_and(|(n, _)| n.trim() == name))
+}
+
+/// Every `name=value` pair of a request's `Cookie` headers, in order.
+fn cookie_pairs(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Replace whatever cookie `name` the request carries with `pair` (`name=value`), keeping the
+/// others.
+pub fn replace_cookie(headers: &mut HeaderMap, name: &str, pair: &str) {
+    let mut kept: Vec<String> = cookie_pairs(headers)
+        .into_iter()
+        .filter(|p| p.split('=').next().map(str::trim) != Some(name))
         .collect();
-    (!pairs.is_empty()).then(|| pairs.join("; "))
+    kept.push(pair.to_owned());
+    if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        headers.remove(header::COOKIE);
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 #[cfg(test)]
@@ -248,17 +281,36 @@ mod tests {
     }
 
     #[test]
-    fn set_cookie_pairs_keeps_live_cookies() {
+    fn faspex_cookie_is_found_kept_and_replaced() {
         let mut h = HeaderMap::new();
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("other=1; path=/"),
+        );
         h.append(
             header::SET_COOKIE,
             HeaderValue::from_static("_faspex_session=abc; path=/; HttpOnly"),
         );
-        h.append(
-            header::SET_COOKIE,
-            HeaderValue::from_static("old=; expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+        assert_eq!(
+            set_cookie_pair(&h, "_faspex_session").as_deref(),
+            Some("_faspex_session=abc")
         );
-        assert_eq!(set_cookie_pairs(&h).as_deref(), Some("_faspex_session=abc"));
-        assert_eq!(set_cookie_pairs(&HeaderMap::new()), None);
+        let mut gone = HeaderMap::new();
+        gone.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("_faspex_session=; expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+        );
+        assert_eq!(set_cookie_pair(&gone, "_faspex_session"), None);
+
+        let mut req = request_with("a=1; _faspex_session=someone-elses; b=2");
+        assert_eq!(
+            request_cookie_pair(&req, "_faspex_session").as_deref(),
+            Some("_faspex_session=someone-elses")
+        );
+        replace_cookie(&mut req, "_faspex_session", "_faspex_session=mine");
+        assert_eq!(req[header::COOKIE], "a=1; b=2; _faspex_session=mine");
+        let mut none = HeaderMap::new();
+        replace_cookie(&mut none, "_faspex_session", "_faspex_session=mine");
+        assert_eq!(none[header::COOKIE], "_faspex_session=mine");
     }
 }
