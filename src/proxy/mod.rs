@@ -491,8 +491,8 @@ impl Gateway {
     /// [`FORM_READ_LIMIT`], never standing still longer than the body idle timeout.
     async fn read_client(&self, body: Incoming) -> Result<Bytes, GatewayError> {
         let idle = self.inner.body_idle_timeout;
-        let mut body = transfer::TransferBody::new(forward::client_body(body), idle, None)
-            .boxed_unsync();
+        let mut body =
+            transfer::TransferBody::new(forward::client_body(body), idle, None).boxed_unsync();
         match tokio::time::timeout(FORM_READ_LIMIT, read_limited(&mut body)).await {
             Err(_) => Err(GatewayError::ClientStalled(FORM_READ_LIMIT)),
             Ok(Err(ReadError::TooLarge)) => {
