@@ -24,7 +24,7 @@ pub struct Site {
     pub gw: GatewayProcess,
     pub emu: Emulator,
     pub client: HttpsClient,
-    _emu_stop: tokio::sync::oneshot::Sender<()>,
+    pub _emu_stop: tokio::sync::oneshot::Sender<()>,
 }
 
 /// `n` users: user0/pass0, user1/pass1, ...
@@ -687,6 +687,11 @@ async fn public_links_need_no_login_and_hold_no_seat() {
         assert_eq!(ws.next().await.unwrap().unwrap().into_data(), chunk);
         ws.close(None).await.unwrap();
     }
+    // Faspex's static assets.
+    let (status, _, _) = s
+        .get_plain("/aspera/faspex/stylesheets/application.css", &[])
+        .await;
+    assert_eq!(status, StatusCode::OK);
     // The login page itself is public.
     let (status, _, body) = s.get_plain(LOGIN, &[("Accept", "text/html")]).await;
     assert_eq!(status, StatusCode::OK);
@@ -1090,4 +1095,82 @@ async fn a_browser_never_sees_faspexs_own_password_challenge() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(h.contains_key(header::WWW_AUTHENTICATE));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_attempts_from_one_address_get_429_with_retry_after() {
+    let s = Site::start(users(1), LoginFailureStyle::Rerender, |c| {
+        c.set("policy", "login_attempts_per_ip_per_minute", "3");
+    })
+    .await;
+    for i in 0..3 {
+        let (status, _, _) = s.form_login("user0", &format!("bad{i}"), None, &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, h, body) = s.form_login("user0", "pass0", None, &[]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&h) >= 1);
+    assert!(text(&body).contains("Too many attempts"));
+    let (status, h, _) = s
+        .basic("GET", "/aspera/faspex/me", "user0", "pass0", &[], "")
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&h) >= 1);
+    assert_eq!(s.checks(), 3, "throttled attempts reach no directory");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_directory_is_503_and_counts_against_no_one() {
+    let s = Site::start(users(1), LoginFailureStyle::Rerender, |c| {
+        c.set("auth", "backend", "\"ldap\"");
+        c.set("auth.ldap", "urls", "[\"ldap://127.0.0.1:9\"]");
+        c.set(
+            "auth.ldap",
+            "user_dn_template",
+            "\"uid={username},ou=people,dc=example,dc=org\"",
+        );
+        c.set("auth.ldap", "timeout", "\"1s\"");
+    })
+    .await;
+    for _ in 0..6 {
+        let (status, _, body) = s.form_login("user0", "pass0", None, &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text(&body).contains("did not count as a failed login"));
+    }
+    let (status, h, _) = s
+        .basic("GET", "/aspera/faspex/me", "user0", "pass0", &[], "")
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!h.contains_key(header::WWW_AUTHENTICATE));
+    // Six tries and no lock: still 503, never 403.
+    assert!(!s.gw.logs().contains("account locked"));
+    assert!(s
+        .events()
+        .iter()
+        .all(|e| matches!(e, EmulatorEvent::Request { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_faspex_is_502_and_keeps_no_seat() {
+    let mut s = Site::start(users(2), LoginFailureStyle::Rerender, |c| {
+        c.set("policy", "max_sessions", "1");
+        c.set("upstream", "connect_timeout", "\"1s\"");
+    })
+    .await;
+    // Stop the emulator: its port refuses connections from now on.
+    let (stop, _) = tokio::sync::oneshot::channel();
+    drop(std::mem::replace(&mut s._emu_stop, stop));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (u, p) in [("user0", "pass0"), ("user1", "pass1")] {
+        let (status, _, body) = s.form_login(u, p, None, &[]).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{u}: {}", text(&body));
+    }
+    let (status, _, _) = s
+        .basic("GET", "/aspera/faspex/me", "user1", "pass1", &[], "")
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "no seat was kept by the failed logins"
+    );
 }

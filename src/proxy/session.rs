@@ -136,24 +136,8 @@ impl SessionCookies {
     /// Take the gateway's cookie out of the request before it goes to Faspex: Faspex never sees
     /// the gateway's token. Other cookies are kept, in order.
     pub fn strip(&self, headers: &mut HeaderMap) {
-        if !headers.contains_key(header::COOKIE) {
-            return;
-        }
-        let kept: Vec<String> = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .map(str::trim)
-            .filter(|pair| !pair.is_empty())
-            .filter(|pair| pair.split('=').next().map(str::trim) != Some(self.name.as_str()))
-            .map(str::to_owned)
-            .collect();
-        headers.remove(header::COOKIE);
-        if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                headers.insert(header::COOKIE, v);
-            }
+        if headers.contains_key(header::COOKIE) {
+            rewrite_cookies(headers, &self.name, None);
         }
     }
 }
@@ -197,14 +181,22 @@ fn cookie_pairs(headers: &HeaderMap) -> Vec<String> {
 /// Replace whatever cookie `name` the request carries with `pair` (`name=value`), keeping the
 /// others.
 pub fn replace_cookie(headers: &mut HeaderMap, name: &str, pair: &str) {
+    rewrite_cookies(headers, name, Some(pair));
+}
+
+/// Rewrite a request's `Cookie` headers into one: every pair but those named `drop`, in order,
+/// then `add`. No header is left when nothing remains.
+fn rewrite_cookies(headers: &mut HeaderMap, drop: &str, add: Option<&str>) {
     let mut kept: Vec<String> = cookie_pairs(headers)
         .into_iter()
-        .filter(|p| p.split('=').next().map(str::trim) != Some(name))
+        .filter(|p| p.split('=').next().map(str::trim) != Some(drop))
         .collect();
-    kept.push(pair.to_owned());
-    if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-        headers.remove(header::COOKIE);
-        headers.insert(header::COOKIE, v);
+    kept.extend(add.map(str::to_owned));
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
     }
 }
 
