@@ -966,6 +966,7 @@ async fn faspex_never_checks_a_password_the_gateway_has_not() {
 
     // Repeated fields and other spellings of the credential fields are refused.
     for body in [
+        "user[name]=user0&user[password]=pass0&user[name][x]=user1",
         "user[name]=user0&user[password]=pass0&user[name]=user1",
         "user[name]=user0&user[password]=pass0&user[name]]=user1&user[password]]=guess",
         "user[name]=user0&user[password]=pass0&[user][password]=guess",
@@ -979,6 +980,66 @@ async fn faspex_never_checks_a_password_the_gateway_has_not() {
                 .unwrap(),
         )
         .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+
+    // Other fields, even repeated ones (a Rails checkbox), go through.
+    let (status, _, _) = send(
+        &s.client,
+        Request::post(s.url(LOGIN))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, cookies_from(&h))
+            .body(full(
+                "utf8=%E2%9C%93&user[name]=user0&user[password]=pass0&user[remember_me]=0&user[remember_me]=1",
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FOUND);
+    // The login action takes no other method; the token endpoint only POST, and only a form.
+    let (status, _, _) = send(
+        &s.client,
+        Request::put(s.url(LOGIN))
+            .header(
+                header::AUTHORIZATION,
+                format!("Basic {}", b64("user0:pass0")),
+            )
+            .body(full("user[name]=user1&user[password]=guess"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _, _) = s
+        .basic(
+            "GET",
+            "/aspera/faspex/auth/oauth2/token?username=user1&password=guess",
+            "user0",
+            "pass0",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    for (ct, body) in [
+        (
+            "application/json",
+            r#"{"username":"user1","password":"guess"}"#,
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "grant_type=password&username]=user1&password]=guess",
+        ),
+    ] {
+        let (status, _, _) = s
+            .basic(
+                "POST",
+                "/aspera/faspex/auth/oauth2/token",
+                "user0",
+                "pass0",
+                &[("Content-Type", ct)],
+                body,
+            )
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     }
 
@@ -1065,6 +1126,31 @@ async fn a_gateway_session_only_ever_uses_its_own_faspex_session() {
     assert_eq!(status, StatusCode::OK);
     assert!(text(&body).contains("user0"), "{}", text(&body));
     assert!(!text(&body).contains("user1"), "{}", text(&body));
+    // Nor in the spellings Rack reads as the same cookie.
+    for sep in [",", "; %5F"] {
+        let bob_value = pick(&bob, "_faspex_session")
+            .strip_prefix("_faspex_session=")
+            .unwrap()
+            .to_owned();
+        let tricky = if sep == "," {
+            format!("a=1,_faspex_session={bob_value}; {}", pick(&ann, COOKIE))
+        } else {
+            format!("{}; %5Ffaspex_session={bob_value}", pick(&ann, COOKIE))
+        };
+        let (status, _, body) = s.browse("/aspera/faspex/inbox", &tricky).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(text(&body).contains("user0") && !text(&body).contains("user1"));
+    }
+    // Logout logs out the session's own Faspex session, whatever cookie comes with it.
+    let (status, _, _) = s.browse("/aspera/faspex/logout", &mixed).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert!(s.events().contains(&EmulatorEvent::Logout {
+        user: Some("user0".into())
+    }));
+    assert!(!s.events().contains(&EmulatorEvent::Logout {
+        user: Some("user1".into())
+    }));
+    let ann = s.browser_login("user0", "pass0").await;
     // And with no Faspex cookie at all, the session still has its own.
     let (status, _, body) = s.browse("/aspera/faspex/inbox", &pick(&ann, COOKIE)).await;
     assert_eq!(status, StatusCode::OK);

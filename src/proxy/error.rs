@@ -42,6 +42,10 @@ pub enum GatewayError {
     Denied,
     #[error("no such gateway page")]
     NotFound,
+    /// A method the action does not take (the login action other than by GET or POST, the
+    /// token endpoint other than by POST).
+    #[error("method not allowed here")]
+    MethodNotAllowed,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("the request body stood still for {0:?}")]
@@ -94,6 +98,7 @@ impl GatewayError {
             GatewayError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Denied => StatusCode::FORBIDDEN,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -120,6 +125,10 @@ impl GatewayError {
             GatewayError::BadRequest(why) => ("Bad request", format!("The request is not valid: {why}.")),
             GatewayError::Denied => ("Not allowed", "This address is not available through this gateway.".into()),
             GatewayError::NotFound => ("Not found", "There is no such page.".into()),
+            GatewayError::MethodNotAllowed => (
+                "Not allowed",
+                "This address does not take that kind of request.".into(),
+            ),
             GatewayError::ClientStalled(_) => (
                 "Upload stopped",
                 "Nothing arrived from your side for too long, so the transfer was stopped. Please try again.".into(),

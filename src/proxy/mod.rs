@@ -291,8 +291,17 @@ impl Gateway {
         path: &str,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let policy = &self.inner.policy;
+        let f = &self.inner.faspex;
+        // The login action takes GET (the page, public) and POST (the form) only: any other
+        // method could carry credentials past the checks of the login route.
+        if RouteProfile::is_path(path, &f.login_path) {
+            return Err(GatewayError::MethodNotAllowed);
+        }
+        let token_path = RouteProfile::is_path(path, &f.token_path);
+        if token_path && *req.method() != Method::POST {
+            return Err(GatewayError::MethodNotAllowed);
+        }
         let creds = credentials(req.headers());
-        let token_path = RouteProfile::is_path(req.uri().path(), &self.inner.faspex.token_path);
         if token_path && !matches!(creds, Credentials::Basic { .. } | Credentials::Malformed) {
             // Faspex grants tokens for the credentials in the request: only ones the gateway
             // has checked may reach it.
@@ -306,7 +315,12 @@ impl Gateway {
                     .await
             }
             Credentials::Bearer(token) => match policy.bearer_session(&token, path).await? {
-                Ok(_) => self.pass(req, side).await,
+                Ok(_) => {
+                    // An API client's credentials are its token: no Faspex session rides along.
+                    let name = &self.inner.faspex.session_cookie;
+                    session::replace_cookie(req.headers_mut(), name, None);
+                    self.pass(req, side).await
+                }
                 Err(_) => Err(GatewayError::NoSession(None)),
             },
             Credentials::Malformed => Err(GatewayError::BadRequest(
@@ -329,16 +343,20 @@ impl Gateway {
                 // The session's own Faspex session, whatever Faspex cookie the browser sent:
                 // a gateway session never rides on another account's Faspex session.
                 let name = &self.inner.faspex.session_cookie;
-                if let Some(stored) = &session.upstream_cookie {
-                    session::replace_cookie(req.headers_mut(), name, stored);
-                }
+                session::replace_cookie(
+                    req.headers_mut(),
+                    name,
+                    session.upstream_cookie.as_deref(),
+                );
                 let resp = self.pass(req, side).await?;
                 // Faspex rotated its session cookie: keep the new one for the logout.
                 if let Some(fresh) = session::set_cookie_pair(resp.headers(), name) {
                     if session.upstream_cookie.as_deref() != Some(fresh.as_str()) {
-                        policy
-                            .set_upstream_cookie(&session.key, Some(fresh))
-                            .await?;
+                        if let Err(e) = policy.set_upstream_cookie(&session.key, Some(fresh)).await
+                        {
+                            // Faspex has answered: the answer goes out whatever the store says.
+                            tracing::error!(error = %e, "could not keep Faspex's rotated cookie");
+                        }
                     }
                 }
                 Ok(resp)
@@ -351,7 +369,7 @@ impl Gateway {
     /// verification cache, or by a fresh check under the same lockout.
     async fn basic(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         side: &ClientSide,
         path: &str,
         user: &str,
@@ -371,7 +389,8 @@ impl Gateway {
             kind: ClientKind::Basic,
             takeover: false,
         };
-        let token_request = token_request && *req.method() == Method::POST;
+        // An API client's credentials are its Basic ones: no Faspex session rides along.
+        session::replace_cookie(req.headers_mut(), &self.inner.faspex.session_cookie, None);
         // A token request is read first (it is small), so that Faspex is never asked for a
         // token for other credentials than the ones checked here.
         let req = if token_request {
@@ -391,10 +410,12 @@ impl Gateway {
             };
             if let Some(session) = live {
                 let resp = self.dispatch(req, side).await?;
-                if resp.status() == StatusCode::UNAUTHORIZED {
+                if basic_challenge(&resp) {
                     // Faspex no longer takes these credentials: neither may the gateway.
                     policy.cache().forget(&account);
-                    policy.end(&session.key, EndReason::Rollback).await?;
+                    if let Err(e) = policy.end(&session.key, EndReason::Rollback).await {
+                        tracing::error!(error = %e, "could not end a session Faspex refused");
+                    }
                     return Ok(resp);
                 }
                 return self.after_api(resp, &session.key, token_request).await;
@@ -431,14 +452,23 @@ impl Gateway {
     ) -> Result<Request<ProxyBody>, GatewayError> {
         let (mut parts, body) = req.into_parts();
         let bytes = self.read_client(body).await?;
+        if !bytes.is_empty() && !is_form(&parts.headers) {
+            // Rails would read credentials from a JSON or XML body as well; only a form is read
+            // (and checked) here.
+            return Err(GatewayError::BadRequest(
+                "a token request must be sent as a form (application/x-www-form-urlencoded)",
+            ));
+        }
         let query = parts.uri.query().unwrap_or("").as_bytes().to_vec();
+        let policy = &self.inner.policy;
         for (k, v) in url::form_urlencoded::parse(&bytes).chain(url::form_urlencoded::parse(&query))
         {
-            let same = match k.as_ref() {
-                "username" => {
-                    self.inner.policy.account(&v).ok() == self.inner.policy.account(user).ok()
+            let segments = rack_segments(&k);
+            let same = match segments.first().copied() {
+                Some("username") => {
+                    k == "username" && policy.account(&v).ok() == policy.account(user).ok()
                 }
-                "password" => v == password,
+                Some("password") => k == "password" && v == password,
                 _ => true,
             };
             if !same {
@@ -531,6 +561,8 @@ impl Gateway {
                 "a login must be sent as a form (application/x-www-form-urlencoded)",
             ));
         }
+        // (Rack would turn the POST into another method on request)
+        parts.headers.remove("x-http-method-override");
         let bytes = self.read_client(body).await?;
         let f = &self.inner.faspex;
         let pairs: Vec<(String, String)> =
@@ -628,6 +660,13 @@ impl Gateway {
         let name = &f.session_cookie;
         let faspex_cookie = session::set_cookie_pair(resp.headers(), name)
             .or_else(|| session::request_cookie_pair(&request_cookies, name));
+        if faspex_cookie.is_none() {
+            tracing::warn!(
+                cookie = %name,
+                "Faspex accepted a login without the session cookie faspex.session_cookie names; \
+                 the gateway cannot log that Faspex session out when it ends the session"
+            );
+        }
         let admitted = pending.admitted().clone();
         let saved = self
             .inner
@@ -649,7 +688,7 @@ impl Gateway {
             // could not be saved: give the seat back and log the Faspex session out again.
             tracing::warn!(error = %e, "a login Faspex accepted could not be kept");
             self.refused_upstream(pending).await;
-            if let Some(c) = session::set_cookie_pair(resp.headers(), name) {
+            if let Some(c) = faspex_cookie {
                 self.inner.logouts.queue(c);
             }
             return Err(e);
@@ -658,7 +697,21 @@ impl Gateway {
         // This browser's earlier session, if it was another (another account's): it ends now.
         if let Some(old) = previous.map(|c| c.token().key()) {
             if old != admitted.session.key {
-                self.inner.policy.end(&old, EndReason::Logout).await?;
+                match self.inner.policy.end(&old, EndReason::Logout).await {
+                    Ok(Some(ended)) => {
+                        if let Some(c) = ended
+                            .upstream_cookie
+                            .filter(|c| Some(c) != faspex_cookie.as_ref())
+                        {
+                            self.inner.logouts.queue(c);
+                        }
+                    }
+                    Ok(None) => {}
+                    // Faspex has answered and the new session is live: the answer goes out.
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not end a browser's earlier session")
+                    }
+                }
             }
         }
         Ok(resp)
@@ -706,17 +759,26 @@ impl Gateway {
     /// Without a session of the gateway's, it counts as a public request.
     async fn logout(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         side: &ClientSide,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let had_cookie = self.inner.cookies.present(req.headers());
-        match self.inner.cookies.verify(req.headers()) {
+        let ended = match self.inner.cookies.verify(req.headers()) {
             Some(claims) => {
                 self.inner
                     .policy
                     .end(&claims.token().key(), EndReason::Logout)
-                    .await?;
+                    .await?
             }
+            None => None,
+        };
+        match ended {
+            // Faspex logs out the session the gateway session had, whatever the browser sent.
+            Some(s) => session::replace_cookie(
+                req.headers_mut(),
+                &self.inner.faspex.session_cookie,
+                s.upstream_cookie.as_deref(),
+            ),
             None => self
                 .inner
                 .policy
@@ -843,34 +905,41 @@ enum Outgoing {
     Buffered(Request<ProxyBody>),
 }
 
-/// Refuse a login form Faspex could read differently from the gateway: a repeated field (Rack
-/// takes the last, the gateway the first), another spelling of the credential fields
-/// (`user[name]]`, `[user][name]`: Rack reads them as `user[name]`), or a method override.
+/// A parameter name as Rack reads it: the runs between brackets (`user[name]`, `user[name]]`
+/// and `[user][name]` are all `["user", "name"]`).
+fn rack_segments(key: &str) -> Vec<&str> {
+    key.split(['[', ']']).filter(|s| !s.is_empty()).collect()
+}
+
+/// Refuse a login form Faspex could read differently from the gateway: a credential field (or
+/// the take-over field) given twice (Rack takes the last, the gateway the first), another
+/// spelling of a credential field or a parameter nested under one (`user[name]]`,
+/// `[user][name]`, `user[name][x]`), or a method override. Other fields, repeated or not, go to
+/// Faspex as they came.
 fn check_login_form(
     pairs: &[(String, String)],
     username_field: &str,
     password_field: &str,
 ) -> Result<(), GatewayError> {
-    let root = |k: &str| -> String {
-        k.trim_start_matches(['[', ']', ' '])
-            .split('[')
-            .next()
-            .unwrap_or("")
-            .trim_end_matches([']', ' '])
-            .to_owned()
-    };
-    let guarded = [root(username_field), root(password_field)];
+    let guarded = [rack_segments(username_field), rack_segments(password_field)];
     let mut seen = std::collections::HashSet::new();
     for (k, _) in pairs {
-        if !seen.insert(k.as_str()) {
-            return Err(GatewayError::BadRequest("the login form repeats a field"));
-        }
         if k == "_method" {
             return Err(GatewayError::BadRequest(
                 "the login form overrides its method",
             ));
         }
-        if k != username_field && k != password_field && guarded.contains(&root(k)) {
+        let exact = k == username_field || k == password_field || k == TAKEOVER_FIELD;
+        if exact && !seen.insert(k.as_str()) {
+            return Err(GatewayError::BadRequest(
+                "the login form repeats a credential field",
+            ));
+        }
+        let segments = rack_segments(k);
+        let reaches = guarded
+            .iter()
+            .any(|g| segments.len() >= g.len() && segments[..g.len()] == g[..]);
+        if reaches && !exact {
             return Err(GatewayError::BadRequest(
                 "the login form has another spelling of its credential fields",
             ));
@@ -932,13 +1001,31 @@ fn user_agent(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// Whether the request carries `Authorization: Basic …`.
+/// Whether the request carries `Authorization: Basic …` (in any of its `Authorization`
+/// headers; one that is not text counts too).
 fn basic_credentials(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_ascii_whitespace().next())
-        .is_some_and(|s| s.eq_ignore_ascii_case("basic"))
+    headers.get_all(header::AUTHORIZATION).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split_ascii_whitespace()
+                .next()
+                .is_some_and(|s| s.eq_ignore_ascii_case("basic"))
+        })
+    })
+}
+
+/// Whether a response is Faspex's Basic challenge: the credentials were refused.
+fn basic_challenge(resp: &Response<ProxyBody>) -> bool {
+    resp.status() == StatusCode::UNAUTHORIZED
+        && resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split_ascii_whitespace()
+                    .next()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("basic"))
+            })
 }
 
 /// Classify a request's credentials by its `Authorization` header.

@@ -162,36 +162,49 @@ pub fn set_cookie_pair(headers: &HeaderMap, name: &str) -> Option<String> {
 pub fn request_cookie_pair(headers: &HeaderMap, name: &str) -> Option<String> {
     cookie_pairs(headers)
         .into_iter()
-        .find(|pair| pair.split_once('=').is_some_and(|(n, _)| n.trim() == name))
+        .find(|pair| pair.contains('=') && cookie_name(pair) == name)
 }
 
-/// Every `name=value` pair of a request's `Cookie` headers, in order.
+/// Every `name=value` pair of a request's `Cookie` headers, in order. Split the way Rack (under
+/// Faspex 4) splits them, on `;` and `,`, so that the gateway sees every cookie Faspex would.
 fn cookie_pairs(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.split([';', ',']))
         .map(str::trim)
         .filter(|pair| !pair.is_empty())
         .map(str::to_owned)
         .collect()
 }
 
-/// Replace whatever cookie `name` the request carries with `pair` (`name=value`), keeping the
-/// others.
-pub fn replace_cookie(headers: &mut HeaderMap, name: &str, pair: &str) {
-    rewrite_cookies(headers, name, Some(pair));
+/// A cookie pair's name as Rack reads it: trimmed and percent-decoded.
+fn cookie_name(pair: &str) -> String {
+    let raw = pair.split('=').next().unwrap_or("").trim();
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
-/// Rewrite a request's `Cookie` headers into one: every pair but those named `drop`, in order,
-/// then `add`. No header is left when nothing remains.
+/// Replace whatever cookie `name` the request carries (in any spelling Rack reads as `name`)
+/// with `pair` (`name=value`), or remove it when `pair` is `None`. The others are kept.
+pub fn replace_cookie(headers: &mut HeaderMap, name: &str, pair: Option<&str>) {
+    if headers.contains_key(header::COOKIE) || pair.is_some() {
+        rewrite_cookies(headers, name, pair);
+    }
+}
+
+/// Rewrite a request's `Cookie` headers into one: `add` first (Rack keeps the first of a
+/// repeated name), then every pair but those named `drop`, in order. No header is left when
+/// nothing remains.
 fn rewrite_cookies(headers: &mut HeaderMap, drop: &str, add: Option<&str>) {
-    let mut kept: Vec<String> = cookie_pairs(headers)
-        .into_iter()
-        .filter(|p| p.split('=').next().map(str::trim) != Some(drop))
-        .collect();
-    kept.extend(add.map(str::to_owned));
+    let mut kept: Vec<String> = add.map(str::to_owned).into_iter().collect();
+    kept.extend(
+        cookie_pairs(headers)
+            .into_iter()
+            .filter(|p| cookie_name(p) != drop),
+    );
     headers.remove(header::COOKIE);
     if !kept.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
@@ -299,10 +312,17 @@ mod tests {
             request_cookie_pair(&req, "_faspex_session").as_deref(),
             Some("_faspex_session=someone-elses")
         );
-        replace_cookie(&mut req, "_faspex_session", "_faspex_session=mine");
-        assert_eq!(req[header::COOKIE], "a=1; b=2; _faspex_session=mine");
+        replace_cookie(&mut req, "_faspex_session", Some("_faspex_session=mine"));
+        assert_eq!(req[header::COOKIE], "_faspex_session=mine; a=1; b=2");
         let mut none = HeaderMap::new();
-        replace_cookie(&mut none, "_faspex_session", "_faspex_session=mine");
+        replace_cookie(&mut none, "_faspex_session", Some("_faspex_session=mine"));
         assert_eq!(none[header::COOKIE], "_faspex_session=mine");
+        // Every spelling Rack reads as the same cookie goes.
+        let mut tricky = request_with("a=1,_faspex_session=x; %5Ffaspex_session=y; b=2");
+        replace_cookie(&mut tricky, "_faspex_session", Some("_faspex_session=mine"));
+        assert_eq!(tricky[header::COOKIE], "_faspex_session=mine; a=1; b=2");
+        let mut gone = request_with("_faspex_session=x; b=2");
+        replace_cookie(&mut gone, "_faspex_session", None);
+        assert_eq!(gone[header::COOKIE], "b=2");
     }
 }
