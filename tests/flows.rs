@@ -493,6 +493,17 @@ async fn second_client_gets_409_and_can_take_over() {
         s.browse("/aspera/faspex/inbox", &first).await.0,
         StatusCode::OK
     );
+    // When Faspex refuses the take-over's login, the first browser stays signed in.
+    s.emu.refuse_logins(true);
+    let (status, _, _) = s
+        .form_login("user0", "pass0", None, &[("_faspex_gate_takeover", "1")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "Faspex's re-rendered form");
+    s.emu.refuse_logins(false);
+    assert_eq!(
+        s.browse("/aspera/faspex/inbox", &first).await.0,
+        StatusCode::OK
+    );
     // With the right one, the second browser is in and the first is out, told why.
     let (status, h, _) = s
         .form_login("user0", "pass0", None, &[("_faspex_gate_takeover", "1")])

@@ -241,6 +241,8 @@ impl LoginRequest<'_> {
 pub struct Admitted {
     pub token: SessionToken,
     pub session: Session,
+    /// Other clients' sessions this login replaces when it is confirmed.
+    pub replaces: Vec<SessionKey>,
     /// The same client had a live session; it was renewed under this new token.
     pub renewed: bool,
 }
@@ -593,9 +595,10 @@ impl Policy {
         req: LoginRequest<'_>,
         directory: &Arc<dyn Directory>,
     ) -> Result<Admitted, LoginRefused> {
-        self.login_pending(req, directory)
-            .await
-            .map(PendingLogin::confirm)
+        match self.login_pending(req, directory).await {
+            Ok(p) => Ok(p.confirm().await),
+            Err(e) => Err(e),
+        }
     }
 
     /// A full login whose admission waits for Faspex's word: [`PendingLogin::confirm`] when
@@ -917,6 +920,7 @@ impl Policy {
             AdmitOutcome::Admitted {
                 session,
                 renewed_from,
+                replaces,
             } => {
                 self.emit(PolicyEvent::SessionStarted {
                     session: &session,
@@ -925,6 +929,7 @@ impl Policy {
                 Ok(Admitted {
                     token,
                     session,
+                    replaces,
                     renewed: renewed_from.is_some(),
                 })
             }
@@ -1235,9 +1240,20 @@ impl PendingLogin {
         &self.admitted
     }
 
-    /// Faspex accepted the login: it counts as a success, and a Basic caller's credentials are
-    /// cached.
-    pub fn confirm(mut self) -> Admitted {
+    /// Faspex accepted the login: the sessions it replaces end now, it counts as a success, and
+    /// a Basic caller's credentials are cached.
+    pub async fn confirm(mut self) -> Admitted {
+        self.decided = true;
+        for key in &self.admitted.replaces {
+            if let Err(e) = self.policy.end(key, EndReason::Replaced).await {
+                tracing::error!(
+                    target: "faspex_gate::policy",
+                    error = %e,
+                    session = %key,
+                    "could not end the session a take-over replaces"
+                );
+            }
+        }
         let p = &self.policy;
         if self.kind == ClientKind::Basic {
             let ttl = p.inner.checks.load().cache_ttl;
@@ -1251,7 +1267,6 @@ impl PendingLogin {
             kind: self.kind,
             result: LoginResult::Success,
         });
-        self.decided = true;
         self.admitted.clone()
     }
 

@@ -1963,7 +1963,7 @@ async fn a_login_faspex_refuses_gives_its_seat_back_and_counts_no_failure() {
     assert!(!h.policy.cache().hit("ann", "pw-ann", h.policy.now()));
     // A confirmed one is a success, and a Basic caller's password is cached.
     let p = h.pending("bob", ClientKind::Basic).await;
-    let a = p.confirm();
+    let a = p.confirm().await;
     assert_eq!(h.events.count("login bob success"), 1);
     assert!(h.policy.cache().hit("bob", "pw-bob", h.policy.now()));
     assert!(h.live(&a, "/x").await.is_ok());
@@ -2065,4 +2065,44 @@ async fn a_session_keeps_at_most_eight_bearer_tokens() {
         .await
         .unwrap()
         .is_err());
+}
+
+#[tokio::test]
+async fn a_take_over_faspex_refuses_leaves_the_other_client_signed_in() {
+    let h = Harness::new(contract_defaults());
+    let first = h.browser("ann", "a").await.unwrap();
+    let takeover = |client: &'static str| LoginRequest {
+        username: "ann",
+        password: "pw-ann",
+        ip: "192.0.2.1".parse().unwrap(),
+        agent: "test-agent/1.0",
+        client: ClientId(client.into()),
+        kind: ClientKind::Browser,
+        takeover: true,
+    };
+    // Faspex refuses the new login: the first client keeps its session.
+    let p = h
+        .policy
+        .login_pending(takeover("b"), &h.directory)
+        .await
+        .unwrap();
+    assert!(
+        h.live(&first, "/x").await.is_ok(),
+        "not replaced before Faspex says yes"
+    );
+    p.refuse().await.unwrap();
+    assert!(h.live(&first, "/x").await.is_ok());
+    assert_eq!(h.events.count("end ann replaced"), 0);
+    assert_eq!(h.seats().await, 1);
+    // Faspex accepts it: the first client is replaced, on confirmation.
+    let p = h
+        .policy
+        .login_pending(takeover("c"), &h.directory)
+        .await
+        .unwrap();
+    let second = p.confirm().await;
+    assert!(h.live(&first, "/x").await.is_err());
+    assert!(h.live(&second, "/x").await.is_ok());
+    assert_eq!(h.events.count("end ann replaced"), 1);
+    assert_eq!(h.seats().await, 1);
 }

@@ -437,7 +437,7 @@ impl Gateway {
             self.refused_upstream(pending).await;
             return Ok(resp);
         }
-        pending.confirm();
+        pending.confirm().await;
         self.after_api(resp, &key, token_request).await
     }
 
@@ -693,7 +693,7 @@ impl Gateway {
             }
             return Err(e);
         }
-        pending.confirm();
+        pending.confirm().await;
         // This browser's earlier session, if it was another (another account's): it ends now.
         if let Some(old) = previous.map(|c| c.token().key()) {
             if old != admitted.session.key {

@@ -258,6 +258,9 @@ pub enum AdmitOutcome {
         session: Session,
         /// The same client logged in again: its old session (this key) was renewed in place.
         renewed_from: Option<SessionKey>,
+        /// Other clients' sessions of the account, to end as replaced once the login is
+        /// confirmed (`replace`, or a take-over).
+        replaces: Vec<SessionKey>,
     },
     /// Every seat is taken.
     LicenseFull {

@@ -205,11 +205,8 @@ impl Tables {
             }
         }
 
-        for k in &others {
-            if let Some(s) = self.remove_session(k) {
-                ended.push((s, EndReason::Replaced));
-            }
-        }
+        // Other clients' sessions are not ended here: the new login may still be refused by
+        // Faspex. The engine ends them once it is confirmed (`replaces`).
         let mut renewed_from = None;
         for k in same {
             self.remove_session(&k);
@@ -232,6 +229,7 @@ impl Tables {
             outcome: AdmitOutcome::Admitted {
                 session,
                 renewed_from,
+                replaces: others,
             },
             ended,
         }
