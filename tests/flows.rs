@@ -175,6 +175,18 @@ impl Site {
         self.emu.events()
     }
 
+    /// Assert that exactly `n` credential checks reached the users file: the log is read by
+    /// another thread, so wait for it to catch up, then make sure no more arrive.
+    pub async fn assert_checks(&self, n: usize) {
+        let caught_up = eventually(Duration::from_secs(5), || self.checks() >= n).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            caught_up && self.checks() == n,
+            "{} checks, not {n}",
+            self.checks()
+        );
+    }
+
     /// How many credential checks reached the users file (the engine logs each one).
     pub fn checks(&self) -> usize {
         self.gw
@@ -294,7 +306,7 @@ async fn seed_curl_flows_work_unchanged_and_hold_one_seat() {
     assert_eq!(status, StatusCode::OK);
     assert!(text(&body).contains("xfer_sessions"));
     // One login, then the verification cache: one credential check for five requests.
-    assert_eq!(s.checks(), 1, "{}", s.gw.logs());
+    s.assert_checks(1).await;
     // That caller holds the only seat: another account is refused with 503 and Retry-After.
     let (status, h, _) = s
         .basic("GET", "/aspera/faspex/me", "user1", "pass1", &[], "")
@@ -379,6 +391,7 @@ async fn form_login_inbox_logout_frees_the_seat() {
     // And the seat is free.
     s.browser_login("user1", "pass1").await;
     // Nothing secret went into the log: no password, no cookie value.
+    assert!(s.gw.wait_log("route=logout", Duration::from_secs(5)));
     let logs = s.gw.logs();
     let gateway_cookie = cookie
         .split("; ")
@@ -618,7 +631,7 @@ async fn five_wrong_passwords_lock_and_nothing_more_reaches_the_directory() {
         page.contains("the Research IT helpdesk, ext. 4357"),
         "{page}"
     );
-    assert_eq!(s.checks(), 5);
+    s.assert_checks(5).await;
     // The right password, from the browser and the API, is refused without a check.
     let (status, _, body) = s.form_login("user0", "pass0", None, &[]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -628,11 +641,8 @@ async fn five_wrong_passwords_lock_and_nothing_more_reaches_the_directory() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(retry_after(&h) > 3000);
-    assert_eq!(
-        s.checks(),
-        5,
-        "no attempt reached the directory after the lock"
-    );
+    // No attempt reached the directory after the lock.
+    s.assert_checks(5).await;
     // No wrong password ever reached Faspex either.
     assert!(!s
         .events()
@@ -1213,7 +1223,8 @@ async fn too_many_attempts_from_one_address_get_429_with_retry_after() {
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(retry_after(&h) >= 1);
-    assert_eq!(s.checks(), 3, "throttled attempts reach no directory");
+    // (throttled attempts reach no directory)
+    s.assert_checks(3).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
