@@ -121,14 +121,23 @@ async fn log_in(c: &Client, user: Option<&str>, password: &str) {
         .await
         .unwrap();
     pw.send_keys(password).await.unwrap();
+    let before = body_text(c).await;
     c.find(Locator::Css("form [type=submit]"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
-    // Wait for the next page.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait for the next page to be there.
+    for _ in 0..100 {
+        if let Ok(body) = c.find(Locator::Css("body")).await {
+            if body.text().await.is_ok_and(|t| t != before) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the page did not change after the form was sent");
 }
 
 #[tokio::test(flavor = "multi_thread")]
