@@ -987,13 +987,7 @@ impl Policy {
         path: &str,
     ) -> Result<Result<Session, SessionGone>, StoreError> {
         let activity = self.counts_as_activity(path);
-        let t = Self::timeouts(&self.cfg());
-        let state = self
-            .inner
-            .store
-            .client_session(account, client, self.now(), activity, t)
-            .await?;
-        Ok(self.state(state))
+        self.client_session_with(account, client, activity).await
     }
 
     /// The live session of `account` on `client`, without counting this as activity (for a
@@ -1003,11 +997,20 @@ impl Policy {
         account: &str,
         client: &ClientId,
     ) -> Result<Result<Session, SessionGone>, StoreError> {
+        self.client_session_with(account, client, false).await
+    }
+
+    async fn client_session_with(
+        &self,
+        account: &str,
+        client: &ClientId,
+        activity: bool,
+    ) -> Result<Result<Session, SessionGone>, StoreError> {
         let t = Self::timeouts(&self.cfg());
         let state = self
             .inner
             .store
-            .client_session(account, client, self.now(), false, t)
+            .client_session(account, client, self.now(), activity, t)
             .await?;
         Ok(self.state(state))
     }

@@ -1004,13 +1004,18 @@ fn user_agent(headers: &HeaderMap) -> String {
 /// Whether the request carries `Authorization: Basic …` (in any of its `Authorization`
 /// headers; one that is not text counts too).
 fn basic_credentials(headers: &HeaderMap) -> bool {
-    headers.get_all(header::AUTHORIZATION).iter().any(|v| {
-        v.to_str().map_or(true, |v| {
-            v.split_ascii_whitespace()
-                .next()
-                .is_some_and(|s| s.eq_ignore_ascii_case("basic"))
-        })
-    })
+    headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .any(|v| v.to_str().map_or(true, scheme_is_basic))
+}
+
+/// Whether an `Authorization` or `WWW-Authenticate` value is of the Basic scheme.
+fn scheme_is_basic(value: &str) -> bool {
+    value
+        .split_ascii_whitespace()
+        .next()
+        .is_some_and(|s| s.eq_ignore_ascii_case("basic"))
 }
 
 /// Whether a response is Faspex's Basic challenge: the credentials were refused.
@@ -1021,11 +1026,7 @@ fn basic_challenge(resp: &Response<ProxyBody>) -> bool {
             .get_all(header::WWW_AUTHENTICATE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split_ascii_whitespace()
-                    .next()
-                    .is_some_and(|s| s.eq_ignore_ascii_case("basic"))
-            })
+            .any(scheme_is_basic)
 }
 
 /// Classify a request's credentials by its `Authorization` header.

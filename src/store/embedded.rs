@@ -152,6 +152,14 @@ impl EmbeddedStore {
 
     /// Commit, and when that fails, keep going on what memory holds (the writer retries): for
     /// changes where refusing would be worse than a late write, such as a lockout.
+    /// A session lookup that ended an expired session writes the end through.
+    async fn settled(&self, state: SessionState) -> SessionState {
+        if matches!(state, SessionState::Ended(..)) {
+            self.commit_or_log("a session end").await;
+        }
+        state
+    }
+
     async fn commit_or_log(&self, what: &str) {
         if let Err(e) = self.commit().await {
             tracing::error!(error = %e, "{what} is in force but not yet saved; retrying");
@@ -424,10 +432,7 @@ impl PolicyStore for EmbeddedStore {
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
         let state = self.tables().session(key, now, activity, &t);
-        if matches!(state, SessionState::Ended(..)) {
-            self.commit_or_log("a session end").await;
-        }
-        Ok(state)
+        Ok(self.settled(state).await)
     }
 
     async fn client_session(
@@ -441,10 +446,7 @@ impl PolicyStore for EmbeddedStore {
         let state = self
             .tables()
             .client_session(account, client, now, activity, &t);
-        if matches!(state, SessionState::Ended(..)) {
-            self.commit_or_log("a session end").await;
-        }
-        Ok(state)
+        Ok(self.settled(state).await)
     }
 
     async fn set_upstream_cookie(
@@ -475,10 +477,7 @@ impl PolicyStore for EmbeddedStore {
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
         let state = self.tables().bearer_session(bearer, now, activity, &t);
-        if matches!(state, SessionState::Ended(..)) {
-            self.commit_or_log("a session end").await;
-        }
-        Ok(state)
+        Ok(self.settled(state).await)
     }
 
     async fn end_session(
