@@ -102,8 +102,8 @@ path = "{state}"
     )
     .unwrap();
     let cfg = Config::load_with_env(&cfg_path, &[]).unwrap();
-    let (_state, gateway) = faspex_gate::app::build(&cfg).await.unwrap();
-    let server = faspex_gate::server::Server::bind(&cfg, gateway)
+    let app = faspex_gate::app::build(&cfg).await.unwrap();
+    let server = faspex_gate::server::Server::bind(&cfg, app.gateway.clone())
         .await
         .unwrap();
     let gw = server.https_addr().unwrap();

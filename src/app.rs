@@ -1,10 +1,23 @@
-//! Wiring: open the policy state, build the gateway from a validated configuration and serve it
-//! until a signal says stop.
+//! Wiring: open the policy state, build the gateway from a validated configuration, serve it and
+//! its admin listener until a signal says stop, and apply a new configuration on SIGHUP.
+//!
+//! **Reload.** SIGHUP reads the configuration file again. A file that fails validation, a users
+//! file, certificate or audit path that cannot be read changes nothing: the running
+//! configuration stays, and the log says why. Otherwise the keys that can change under live
+//! sessions take effect at once ([`RESTART_ONLY`] lists the others, which keep their running
+//! values, each named in the log): `[policy]`, `[auth]` (the directory or users file is opened
+//! anew and the verification cache emptied), `[faspex]`, `[pages]`, `server.trusted_proxies`,
+//! `tls` (the certificate, read again even when its paths did not change), `audit.path` (the
+//! file is reopened, for logrotate) and the admin token. Sessions and lockouts are untouched.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 
+use crate::admin::{AdminApi, AdminServer};
+use crate::audit::AuditLog;
 use crate::auth::Directory;
 use crate::clock::SystemClock;
 use crate::config::{AuthBackend, Config};
@@ -13,7 +26,8 @@ use crate::policy::{CheckRules, LogObserver, Observer, Observers, Policy};
 use crate::proxy::ends::SessionEnds;
 use crate::proxy::forward::Upstream;
 use crate::proxy::Gateway;
-use crate::server::{signal_control, Server};
+use crate::server::tls::CertStore;
+use crate::server::{signal_control, Control, Server};
 use crate::store::embedded::EmbeddedStore;
 
 /// The policy engine over its store, with its sweeper running, and the credential backend.
@@ -31,11 +45,14 @@ impl PolicyState {
     /// Open `store.path` (refusing a corrupt, unwritable, locked or newer-schema file, by name),
     /// end what expired while the gateway was down, and start the sweeper. `observers` hear the
     /// engine's events besides the log and the metrics.
-    pub async fn open(cfg: &Config, observers: Vec<Arc<dyn Observer>>) -> anyhow::Result<Self> {
+    pub async fn open(
+        cfg: &Config,
+        metrics: Arc<Metrics>,
+        observers: Vec<Arc<dyn Observer>>,
+    ) -> anyhow::Result<Self> {
         let directory = crate::auth::build(&cfg.auth).context("cannot set up auth.backend")?;
         log_backend(cfg);
         let store = Arc::new(EmbeddedStore::open(&cfg.store.path)?);
-        let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
         let policy = Policy::new(
             cfg.policy.clone(),
             CheckRules::from(&cfg.auth),
@@ -123,13 +140,34 @@ fn log_backend(cfg: &Config) {
     }
 }
 
-/// The engine over its store, and the gateway handler over the engine: everything `run` and
-/// `demo` serve. When the gateway ends a session, Faspex's is logged out too.
-pub async fn build(cfg: &Config) -> anyhow::Result<(PolicyState, Gateway)> {
+/// Everything `run` and `demo` serve: the engine over its store, the gateway handler over the
+/// engine, the audit log and the metrics. When the gateway ends a session, Faspex's is logged out
+/// too.
+pub struct App {
+    pub state: PolicyState,
+    pub gateway: Gateway,
+    pub audit: Arc<AuditLog>,
+    /// `faspex.logout_path`, as the Faspex-logout worker reads it.
+    logout_path: Arc<ArcSwap<String>>,
+}
+
+/// Build the [`App`] for `cfg`. Errors are start-up errors.
+pub async fn build(cfg: &Config) -> anyhow::Result<App> {
+    let audit = Arc::new(AuditLog::open(&cfg.audit, Arc::new(SystemClock))?);
+    let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
     let upstream = Upstream::new(&cfg.upstream, cfg.server.body_idle_timeout)?;
-    let (ends, memo, logouts) =
-        SessionEnds::start(upstream.clone(), cfg.faspex.logout_path.clone());
-    let state = PolicyState::open(cfg, vec![ends]).await?;
+    let logout_path = Arc::new(ArcSwap::from_pointee(cfg.faspex.logout_path.clone()));
+    let (ends, memo, logouts) = SessionEnds::start(
+        upstream.clone(),
+        Arc::clone(&logout_path),
+        Arc::clone(&metrics),
+    );
+    let state = PolicyState::open(
+        cfg,
+        Arc::clone(&metrics),
+        vec![ends, Arc::clone(&audit) as Arc<dyn Observer>],
+    )
+    .await?;
     let gateway = Gateway::new(
         cfg,
         state.policy.clone(),
@@ -137,21 +175,291 @@ pub async fn build(cfg: &Config) -> anyhow::Result<(PolicyState, Gateway)> {
         upstream,
         memo,
         logouts,
-    )?;
-    Ok((state, gateway))
+        metrics,
+    );
+    Ok(App {
+        state,
+        gateway,
+        audit,
+        logout_path,
+    })
 }
 
-/// Serve with `cfg` until SIGTERM/SIGINT; SIGHUP reloads the certificate.
+impl App {
+    /// The admin API over this app, with `cfg`'s token (`None` when the listener is off).
+    pub fn admin_api(&self, cfg: &Config) -> Option<AdminApi> {
+        let token = cfg.admin.token.as_ref()?;
+        Some(AdminApi::new(
+            self.state.policy.clone(),
+            self.gateway.clone(),
+            Arc::clone(&self.state.metrics),
+            Arc::clone(&self.audit),
+            token,
+        ))
+    }
+
+    /// Read `running.file` again and apply what can change safely (see the module
+    /// documentation). Returns the configuration now in force: the new one with the
+    /// restart-only keys at their running values, or `running` itself when the new file is
+    /// refused.
+    ///
+    /// The audit log is reopened in every case, so that a logrotate's SIGHUP is never lost to
+    /// a configuration file that someone is half-way through editing.
+    pub fn reload(
+        &self,
+        running: &Config,
+        certs: Option<&CertStore>,
+        admin: Option<&AdminApi>,
+    ) -> Config {
+        match self.try_reload(running, certs, admin) {
+            Some(c) => c,
+            None => {
+                if let Err(e) = self.audit.reopen(&running.audit) {
+                    tracing::error!(error = %format!("{e:#}"), "the audit log could not be reopened; still writing to the old file");
+                }
+                running.clone()
+            }
+        }
+    }
+
+    fn try_reload(
+        &self,
+        running: &Config,
+        certs: Option<&CertStore>,
+        admin: Option<&AdminApi>,
+    ) -> Option<Config> {
+        let new = match Config::load(&running.file) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the new configuration is not valid; the running one stays");
+                return None;
+            }
+        };
+        // Everything that can fail first; nothing changes until all of it has worked.
+        let directory = match crate::auth::build(&new.auth) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload refused: auth cannot be set up; the running configuration stays");
+                return None;
+            }
+        };
+        let cert = match (certs, &new.tls.cert_file, &new.tls.key_file) {
+            (Some(_), Some(c), Some(k)) => match CertStore::prepare(c, k) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "reload refused: the certificate cannot be loaded; the running configuration stays");
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        let audit_changed = new.audit.sink != running.audit.sink;
+        if let Err(e) = self.audit.reopen(&new.audit) {
+            tracing::error!(error = %format!("{e:#}"), "reload refused: the audit log cannot be opened; the running configuration stays");
+            return None;
+        }
+
+        let effective = keep_restart_only(running, new);
+        for key in restart_only_changes(running, &effective.1) {
+            tracing::warn!(
+                key,
+                "reload: this key changed but needs a restart; the running value stays"
+            );
+        }
+        let effective = effective.0;
+        self.state
+            .policy
+            .reload(effective.policy.clone(), CheckRules::from(&effective.auth));
+        // A changed password in the users file or directory must not live on in the cache.
+        self.state.policy.cache().clear();
+        self.logout_path
+            .store(Arc::new(effective.faspex.logout_path.clone()));
+        self.gateway.reload(&effective, directory);
+        if let (Some(certs), Some(p)) = (certs, cert) {
+            certs.install(p);
+        }
+        if let (Some(admin), Some(token)) = (admin, &effective.admin.token) {
+            admin.set_token(token);
+        }
+        log_backend(&effective);
+        tracing::info!(
+            max_sessions = effective.policy.max_sessions,
+            audit_reopened = true,
+            audit_path_changed = audit_changed,
+            "configuration reloaded; sessions and lockouts kept"
+        );
+        Some(effective)
+    }
+}
+
+/// Keys that need a restart: their values stay as they were when the gateway started.
+pub const RESTART_ONLY: &[&str] = &[
+    "server.listen",
+    "server.http_listen",
+    "server.tls_handshake_timeout",
+    "server.header_read_timeout",
+    "server.max_header_bytes",
+    "server.max_connections",
+    "server.shutdown_timeout",
+    "server.body_idle_timeout",
+    "upstream.url",
+    "upstream.ca_file",
+    "upstream.connect_timeout",
+    "upstream.response_timeout",
+    "upstream.preserve_host",
+    "admin.listen",
+    "session.cookie_name",
+    "session.secret_file",
+    "store.kind",
+    "store.path",
+];
+
+/// `new` with every [`RESTART_ONLY`] key at `running`'s value, and `new` as it was read.
+fn keep_restart_only(running: &Config, new: Config) -> (Config, Config) {
+    let read = new.clone();
+    let mut eff = new;
+    eff.server = crate::config::ServerConfig {
+        trusted_proxies: eff.server.trusted_proxies,
+        ..running.server.clone()
+    };
+    eff.upstream = running.upstream.clone();
+    eff.admin.listen = running.admin.listen;
+    if eff.admin.token.is_none() {
+        // (the listener stays on: it keeps its token rather than run without one)
+        eff.admin.token = running.admin.token.clone();
+        eff.admin.token_file = running.admin.token_file.clone();
+    }
+    eff.session = running.session.clone();
+    eff.store = running.store.clone();
+    (eff, read)
+}
+
+/// The [`RESTART_ONLY`] keys whose value differs between `running` and `new`.
+pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (running, new);
+    let checks: [(&'static str, bool); 18] = [
+        ("server.listen", a.server.listen != b.server.listen),
+        (
+            "server.http_listen",
+            a.server.http_listen != b.server.http_listen,
+        ),
+        (
+            "server.tls_handshake_timeout",
+            a.server.tls_handshake_timeout != b.server.tls_handshake_timeout,
+        ),
+        (
+            "server.header_read_timeout",
+            a.server.header_read_timeout != b.server.header_read_timeout,
+        ),
+        (
+            "server.max_header_bytes",
+            a.server.max_header_bytes != b.server.max_header_bytes,
+        ),
+        (
+            "server.max_connections",
+            a.server.max_connections != b.server.max_connections,
+        ),
+        (
+            "server.shutdown_timeout",
+            a.server.shutdown_timeout != b.server.shutdown_timeout,
+        ),
+        (
+            "server.body_idle_timeout",
+            a.server.body_idle_timeout != b.server.body_idle_timeout,
+        ),
+        ("upstream.url", a.upstream.url != b.upstream.url),
+        ("upstream.ca_file", a.upstream.ca_file != b.upstream.ca_file),
+        (
+            "upstream.connect_timeout",
+            a.upstream.connect_timeout != b.upstream.connect_timeout,
+        ),
+        (
+            "upstream.response_timeout",
+            a.upstream.response_timeout != b.upstream.response_timeout,
+        ),
+        (
+            "upstream.preserve_host",
+            a.upstream.preserve_host != b.upstream.preserve_host,
+        ),
+        ("admin.listen", a.admin.listen != b.admin.listen),
+        (
+            "session.cookie_name",
+            a.session.cookie_name != b.session.cookie_name,
+        ),
+        (
+            "session.secret_file",
+            a.session.secret_file != b.session.secret_file
+                || a.session.secret.expose() != b.session.secret.expose(),
+        ),
+        ("store.kind", a.store.kind != b.store.kind),
+        ("store.path", a.store.path != b.store.path),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(k, changed)| changed.then_some(k))
+        .collect()
+}
+
+/// Where a started gateway listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// Serve with `cfg` until SIGTERM/SIGINT; SIGHUP reloads the configuration.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let control = signal_control()?;
-    let (state, gateway) = build(&cfg).await?;
-    let server = Server::bind(&cfg, gateway).await?;
+    serve_with(cfg, control, |_| {}).await
+}
+
+/// Serve with `cfg` until `control` says shut down; `ready` hears where it listens once bound.
+pub async fn serve_with(
+    cfg: Config,
+    mut control: tokio::sync::mpsc::Receiver<Control>,
+    ready: impl FnOnce(Listening),
+) -> anyhow::Result<()> {
+    let app = build(&cfg).await?;
+    let server = Server::bind(&cfg, app.gateway.clone()).await?;
+    let certs = server.certs();
+    let api = app.admin_api(&cfg);
+    let admin = match (cfg.admin.listen, &api) {
+        (Some(addr), Some(api)) => Some(AdminServer::bind(addr, api.clone()).await?),
+        _ => None,
+    };
+    ready(Listening {
+        https: server.https_addr(),
+        admin: admin.as_ref().and_then(AdminServer::local_addr),
+    });
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         upstream = %cfg.upstream.url,
         "faspex-gate started"
     );
-    let result = server.run(control).await;
-    state.close().await;
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin_task = admin.map(|a| tokio::spawn(a.run(admin_stopped)));
+    let (to_server, server_control) = tokio::sync::mpsc::channel(1);
+    let server_task = tokio::spawn(server.run(server_control));
+
+    let mut running = cfg;
+    while let Some(cmd) = control.recv().await {
+        match cmd {
+            Control::Reload => {
+                tracing::info!(file = %running.file.display(), "SIGHUP: reloading the configuration");
+                running = app.reload(&running, certs.as_deref(), api.as_ref());
+            }
+            Control::Shutdown => break,
+        }
+    }
+    let _ = to_server.send(Control::Shutdown).await;
+    let result = match server_task.await {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("the server task failed: {e}")),
+    };
+    let _ = stop_admin.send(true);
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    app.state.close().await;
     result
 }

@@ -1,5 +1,6 @@
-//! The command line: `run`, `demo`, `check-config` and `hash-password`, with the contract's exit
-//! codes (0 done, 1 failed, 2 usage or configuration error).
+//! The command line: `run`, `demo`, `check-config`, `hash-password` and `admin`, with the
+//! contract's exit codes (0 done, 1 failed, 2 usage or configuration error, and for `admin` 3
+//! the gateway could not be reached).
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -45,6 +46,46 @@ pub enum Command {
     },
     /// Read one password line on stdin and print an argon2id hash for the `file` backend.
     HashPassword,
+    /// Ask a running gateway: sessions, kick, lockouts, unlock, lock (the helpdesk's command).
+    Admin {
+        /// The configuration file, for admin.listen and admin.token_file [default:
+        /// $FASPEX_GATE_CONFIG, else /etc/faspex-gate/faspex-gate.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The admin listener, e.g. http://127.0.0.1:9180 [default: from admin.listen]
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// The file holding the admin token [default: admin.token_file]
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Print the gateway's JSON answer instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: AdminCommand,
+    },
+}
+
+/// `faspex-gate admin …`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Seats used and the limit, live sessions, accounts locked.
+    Status,
+    /// Live sessions: user, client (IP and agent), kind, started, last activity.
+    Sessions,
+    /// End USER's sessions now, freeing the seat and logging the Faspex session out.
+    Kick { user: String },
+    /// Locked accounts: locked since, unlocks at, failures.
+    Lockouts,
+    /// Lift USER's lockout and clear its failed-login count; says whether USER was locked.
+    Unlock { user: String },
+    /// Lock USER now (live sessions go on: use kick too).
+    Lock {
+        user: String,
+        /// How long, e.g. 30m, 1h, 2d [default: policy.lockout_duration]
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+    },
 }
 
 /// Exit code 2: usage or configuration error.
@@ -89,6 +130,19 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(e) => failure(&e),
             }
         }
+        Command::Admin {
+            config,
+            url,
+            token_file,
+            json,
+            action,
+        } => admin(
+            config.as_deref(),
+            url.as_deref(),
+            token_file.as_deref(),
+            json,
+            action,
+        ),
         Command::Demo {
             listen,
             admin_listen,
@@ -101,6 +155,52 @@ pub fn run(cli: Cli) -> ExitCode {
                     None => failure(&e),
                 },
             }
+        }
+    }
+}
+
+fn admin(
+    config: Option<&std::path::Path>,
+    url: Option<&str>,
+    token_file: Option<&std::path::Path>,
+    json: bool,
+    action: AdminCommand,
+) -> ExitCode {
+    use crate::admin::client::{self, Action};
+    let action = match action {
+        AdminCommand::Status => Action::Status,
+        AdminCommand::Sessions => Action::Sessions,
+        AdminCommand::Kick { user } => Action::Kick(user),
+        AdminCommand::Lockouts => Action::Lockouts,
+        AdminCommand::Unlock { user } => Action::Unlock(user),
+        AdminCommand::Lock { user, duration } => Action::Lock { user, duration },
+    };
+    let answer = client::target(config, url, token_file).and_then(|target| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| client::Failure {
+                code: 1,
+                message: format!("cannot start: {e}"),
+                body: None,
+            })?;
+        rt.block_on(client::call(&target, &action))
+    });
+    match answer {
+        Ok(v) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", client::human(&action, &v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            if let (true, Some(body)) = (json, &f.body) {
+                println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+            }
+            eprintln!("faspex-gate admin: {}", f.message);
+            ExitCode::from(f.code)
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::faspex::emulator::{
     Emulator, EmulatorConfig, LoginFailureStyle, BIG_PACKAGE_ID, EXTERNAL_DELIVERY_ID,
     EXTERNAL_DELIVERY_PASSCODE,
 };
-use crate::server::{signal_control, Server};
+use crate::server::signal_control;
 
 /// The demo's users: name and password, known to both the gateway's users file and the emulator.
 pub const DEMO_USERS: [(&str, &str); 4] = [
@@ -127,20 +127,26 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result
     let config_path = write_demo_files(dir.path(), listen, admin_listen, emu_addr)?;
     let cfg = Config::load_with_env(&config_path, &[])?;
     let control = signal_control()?;
-    let (state, gateway) = crate::app::build(&cfg).await?;
-    let server = Server::bind(&cfg, gateway).await?;
-    let addr = server.https_addr().unwrap_or(listen);
-    print_banner(addr, emu_addr, dir.path(), &config_path);
-
-    let result = server.run(control).await;
-    state.close().await;
+    let banner_dir = dir.path().to_path_buf();
+    let banner_config = config_path.clone();
+    let result = crate::app::serve_with(cfg, control, move |l| {
+        print_banner(
+            l.https.unwrap_or(listen),
+            l.admin.unwrap_or(admin_listen),
+            emu_addr,
+            &banner_dir,
+            &banner_config,
+        )
+    })
+    .await;
     let _ = emu_stop.send(());
     let _ = emu_task.await;
     result
 }
 
-fn print_banner(addr: SocketAddr, emu: SocketAddr, dir: &Path, config: &Path) {
+fn print_banner(addr: SocketAddr, admin: SocketAddr, emu: SocketAddr, dir: &Path, config: &Path) {
     let base = format!("https://{addr}");
+    let token = dir.join("admin-token");
     let users: Vec<String> = DEMO_USERS
         .iter()
         .map(|(u, p)| format!("{u} / {p}"))
@@ -155,6 +161,19 @@ faspex-gate demo is running. Stop it with Ctrl-C.
   Upstream    the built-in Faspex 4 emulator at http://{emu}
   Files       {dir} (configuration, certificate, users, session secret, admin token)
   Config      faspex-gate check-config --config {config}
+  Admin       http://{admin} (metrics, health, the admin API); token in {token}
+
+The helpdesk's command (it reads the URL and token from the demo's configuration):
+    faspex-gate admin --config {config} status
+    faspex-gate admin --config {config} sessions
+    faspex-gate admin --config {config} lockouts
+    faspex-gate admin --config {config} unlock dan       (dan can log in at once)
+    faspex-gate admin --config {config} kick ann         (frees ann's seat, logs Faspex out)
+    faspex-gate admin --config {config} lock bob --for 10m
+  (from a checkout: cargo run --release -- admin --config … status)
+  Metrics     curl -s http://{admin}/metrics | grep faspex_gate_sessions
+  Readiness   curl -s http://{admin}/readyz
+  Audit log   JSON lines on this terminal's stderr (every login, lockout, unlock, kick, session end)
 
 Try it (curl -k accepts the demo's certificate; a browser will warn once):
   Log in      in the browser with one of the users above: Faspex's own form, then the inbox.
@@ -189,6 +208,7 @@ No login needed, and no seat held:
         users = users.join(", "),
         dir = dir.display(),
         config = config.display(),
+        token = token.display(),
         ext_id = EXTERNAL_DELIVERY_ID,
         ext_pass = EXTERNAL_DELIVERY_PASSCODE,
         big = BIG_PACKAGE_ID,

@@ -26,14 +26,20 @@
 //!   HTTP and LDAP, over a [`store`].
 //! - [`store`]: the [`store::PolicyStore`] trait (one atomic step per operation) and the durable
 //!   embedded backend.
-//! - [`metrics`]: the Prometheus registry, fed by the engine's events.
+//! - [`metrics`]: the Prometheus registry, fed by the engine's events and the proxy's requests.
+//! - [`audit`]: the audit log (JSON lines) of logins, lockouts, session ends and admin actions.
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`, the admin API) and the
+//!   `faspex-gate admin` client.
 //! - [`clock`]: the injected clock every policy decision takes `now` from.
 //! - [`config`]: raw configuration structs, validated into typed ones.
 //! - [`faspex`]: Faspex knowledge, and the built-in Faspex 4 emulator used by the demo and tests.
-//! - [`demo`], [`app`], [`cli`]: the commands a person runs.
+//! - [`demo`], [`app`], [`cli`]: the commands a person runs; [`app`] also applies a new
+//!   configuration on SIGHUP.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod clock;

@@ -1,17 +1,41 @@
-//! Prometheus metrics: one registry per gateway, and an [`Observer`] that turns the policy
-//! engine's events into the contract's counters and histograms.
+//! Prometheus metrics: one registry per gateway, an [`Observer`] that turns the policy engine's
+//! events into the contract's counters and histograms, the request and upstream-error counters the
+//! proxy feeds, and the gauges (seats, the limit, locked accounts) read from the store at scrape.
 //!
 //! Names, types and labels are the contract's (`interface.md`, "Metrics"); no label ever holds a
 //! username or a raw path. Every label value the contract lists starts at zero, so dashboards and
-//! alerts see a series before its first event. The admin listener's `GET /metrics` (the
-//! operations work) serves [`Metrics::render`].
+//! alerts see a series before its first event. The admin listener's `GET /metrics` serves
+//! [`Metrics::render`] after [`Metrics::set_state`]: the gauges are the store's counts at the
+//! moment of the scrape, so they go back to zero after a sweep, a kick or an unlock without any
+//! bookkeeping that could drift.
+
+use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
-use crate::policy::{DirectoryResult, LoginResult, Observer, PolicyEvent};
+use crate::policy::{DirectoryResult, LoginResult, Observer, PolicyEvent, Status};
 use crate::store::EndReason;
+
+/// `faspex_gate_requests_total{route}` and `faspex_gate_request_duration_seconds{route}` values.
+/// A request whose path cannot be classified (a malformed path, refused with 400) counts as
+/// `protected`: it was not let through as anything more open.
+pub const ROUTES: [&str; 6] = [
+    "public",
+    "login",
+    "logout",
+    "protected",
+    "denied",
+    "gateway",
+];
+
+/// `faspex_gate_requests_total{code}` values.
+pub const CODES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// `faspex_gate_upstream_errors_total{kind}` values.
+pub const UPSTREAM_ERRORS: [&str; 3] = ["connect", "timeout", "protocol"];
 
 /// `faspex_gate_logins_total{result}` values, in the contract's order.
 pub const LOGIN_RESULTS: [LoginResult; 9] = [
@@ -48,6 +72,12 @@ pub struct Metrics {
     lockouts: IntCounter,
     sessions_ended: IntCounterVec,
     directory: HistogramVec,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    sessions_active: IntGauge,
+    sessions_limit: IntGauge,
+    accounts_locked: IntGauge,
 }
 
 impl Metrics {
@@ -82,10 +112,74 @@ impl Metrics {
             ]),
             &["result"],
         )?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "faspex_gate_requests_total",
+                "Requests answered, by route class and status class.",
+            ),
+            &["route", "code"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "faspex_gate_request_duration_seconds",
+                "Time from a request's arrival to its response headers, by route class.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 120.0,
+            ]),
+            &["route"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "faspex_gate_upstream_errors_total",
+                "Requests to Faspex that failed: no connection, no answer in time, or a broken \
+                 answer.",
+            ),
+            &["kind"],
+        )?;
+        let sessions_active = IntGauge::new(
+            "faspex_gate_sessions_active",
+            "Accounts logged in now, each holding one licence seat.",
+        )?;
+        let sessions_limit = IntGauge::new(
+            "faspex_gate_sessions_limit",
+            "Licence seats (policy.max_sessions).",
+        )?;
+        let accounts_locked = IntGauge::new(
+            "faspex_gate_accounts_locked",
+            "Distinct accounts locked now, by failed logins or by an administrator.",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "faspex_gate_build_info",
+                "Always 1; the version label says which faspex-gate is running.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(lockouts.clone()))?;
         registry.register(Box::new(sessions_ended.clone()))?;
         registry.register(Box::new(directory.clone()))?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(sessions_active.clone()))?;
+        registry.register(Box::new(sessions_limit.clone()))?;
+        registry.register(Box::new(accounts_locked.clone()))?;
+        registry.register(Box::new(build_info))?;
+        for route in ROUTES {
+            for code in CODES {
+                requests.with_label_values(&[route, code]);
+            }
+            request_duration.with_label_values(&[route]);
+        }
+        for kind in UPSTREAM_ERRORS {
+            upstream_errors.with_label_values(&[kind]);
+        }
         for r in LOGIN_RESULTS {
             logins.with_label_values(&[r.as_str()]);
         }
@@ -101,7 +195,50 @@ impl Metrics {
             lockouts,
             sessions_ended,
             directory,
+            requests,
+            request_duration,
+            upstream_errors,
+            sessions_active,
+            sessions_limit,
+            accounts_locked,
         })
+    }
+
+    /// One answered request: `route` is a [`ROUTES`] value (anything else counts as
+    /// `protected`), `status` the response's, `elapsed` the time to its headers.
+    pub fn request(&self, route: &str, status: http::StatusCode, elapsed: Duration) {
+        let route = if ROUTES.contains(&route) {
+            route
+        } else {
+            "protected"
+        };
+        let code = match status.as_u16() {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            // (1xx never reaches here as a final answer; count it with the failures)
+            _ => "5xx",
+        };
+        self.requests.with_label_values(&[route, code]).inc();
+        self.request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One failed request to Faspex; `kind` is an [`UPSTREAM_ERRORS`] value.
+    pub fn upstream_error(&self, kind: &str) {
+        if UPSTREAM_ERRORS.contains(&kind) {
+            self.upstream_errors.with_label_values(&[kind]).inc();
+        }
+    }
+
+    /// Set the gauges from the engine's counts (just before a scrape).
+    pub fn set_state(&self, s: &Status) {
+        self.sessions_active
+            .set(i64::try_from(s.seats_used).unwrap_or(i64::MAX));
+        self.sessions_limit.set(i64::from(s.seats_limit));
+        self.accounts_locked
+            .set(i64::try_from(s.accounts_locked).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of every metric.

@@ -760,6 +760,32 @@ impl Directory for LdapDirectory {
         }
         Ok(verdict)
     }
+
+    /// Read the root DSE (a base search of `""` asking for no attributes) on a pooled
+    /// connection, failing over like a check does: with a service account, as that account,
+    /// which also proves its password still works. Any answer but busy or unavailable means the
+    /// server is there.
+    async fn probe(&self) -> Result<(), DirectoryError> {
+        let pool = match self.mode {
+            Mode::Search { .. } => &self.service_pool,
+            Mode::Direct { .. } => &self.bind_pool,
+        };
+        self.run(pool, |mut ldap| {
+            Box::pin(async move {
+                let r = ldap
+                    .with_timeout(self.timeout)
+                    .search("", Scope::Base, "(objectClass=*)", vec!["1.1"])
+                    .await
+                    .map_err(transport)?;
+                match r.1.rc {
+                    // busy, unavailable
+                    51 | 52 => Err(StepError::Refused(rc_text(r.1.rc, &r.1.text))),
+                    _ => Ok(Done::keep(())),
+                }
+            })
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,12 @@ pub struct DirectoryError(pub String);
 #[async_trait]
 pub trait Directory: Send + Sync + 'static {
     async fn verify(&self, account: &str, password: &str) -> Result<Verdict, DirectoryError>;
+
+    /// Whether the directory answers now (`/readyz`), without checking anyone's password. A
+    /// backend with nothing remote to ask (the users file, loaded at start) is always ready.
+    async fn probe(&self) -> Result<(), DirectoryError> {
+        Ok(())
+    }
 }
 
 /// The backend `auth.backend` names.

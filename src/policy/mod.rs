@@ -1104,6 +1104,11 @@ impl Policy {
         self.inner.store.flush().await
     }
 
+    /// Prove the store can be written now (`/readyz`).
+    pub async fn probe_store(&self) -> Result<(), StoreError> {
+        self.inner.store.probe().await
+    }
+
     // ----- administration -----
 
     /// Gauges and the limit.

@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc;
 
+use arc_swap::ArcSwap;
+
 use super::forward::Upstream;
+use crate::metrics::Metrics;
 use crate::policy::{Observer, PolicyEvent};
 use crate::store::{EndReason, SessionKey};
 
@@ -81,23 +84,30 @@ pub struct SessionEnds {
 impl SessionEnds {
     /// Start the logout worker on the current runtime. It runs until the observer and every
     /// [`FaspexLogouts`] handle are dropped.
+    /// `logout_path` is `faspex.logout_path`, swapped on a reload; failures count in
+    /// `metrics`.
     pub fn start(
         upstream: Upstream,
-        logout_path: String,
+        logout_path: Arc<ArcSwap<String>>,
+        metrics: Arc<Metrics>,
     ) -> (Arc<Self>, Arc<EndedMemo>, FaspexLogouts) {
         let memo = Arc::new(EndedMemo::default());
         let (tx, mut rx) = mpsc::channel::<String>(LOGOUT_QUEUE);
         tokio::spawn(async move {
             while let Some(cookie) = rx.recv().await {
-                match upstream.logout(&logout_path, &cookie).await {
+                let path = logout_path.load_full();
+                match upstream.logout(&path, &cookie).await {
                     Ok(status) => tracing::debug!(
                         status = status.as_u16(),
                         "logged the Faspex session of an ended session out"
                     ),
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        "could not log a Faspex session out after the gateway ended it"
-                    ),
+                    Err(e) => {
+                        metrics.upstream_error(e.kind());
+                        tracing::warn!(
+                            error = %e,
+                            "could not log a Faspex session out after the gateway ended it"
+                        )
+                    }
                 }
             }
         });

@@ -292,30 +292,59 @@ impl Upstream {
         logout_path: &str,
         cookie: &str,
     ) -> Result<http::StatusCode, UpstreamError> {
+        let cookie =
+            HeaderValue::from_str(cookie).map_err(|e| UpstreamError::Protocol(e.into()))?;
+        self.get(
+            logout_path,
+            Some(cookie),
+            "faspex-gate (session ended)",
+            self.inner.response_timeout,
+        )
+        .await
+    }
+
+    /// Whether Faspex answers now (`/readyz`): `GET path` (the login page), within `limit`.
+    /// Its status is returned; the body is read and dropped.
+    pub async fn probe(
+        &self,
+        path: &str,
+        limit: Duration,
+    ) -> Result<http::StatusCode, UpstreamError> {
+        self.get(path, None, "faspex-gate (readiness check)", limit)
+            .await
+    }
+
+    async fn get(
+        &self,
+        path: &str,
+        cookie: Option<HeaderValue>,
+        agent: &'static str,
+        limit: Duration,
+    ) -> Result<http::StatusCode, UpstreamError> {
         let inner = &self.inner;
         let uri = Uri::builder()
             .scheme(inner.scheme.clone())
             .authority(inner.authority.clone())
-            .path_and_query(logout_path)
+            .path_and_query(path)
             .build()
             .map_err(|e| UpstreamError::Protocol(e.into()))?;
-        let cookie =
-            HeaderValue::from_str(cookie).map_err(|e| UpstreamError::Protocol(e.into()))?;
         let host = HeaderValue::from_str(inner.authority.as_str())
             .map_err(|e| UpstreamError::Protocol(e.into()))?;
-        let req = Request::get(uri)
-            .header(header::COOKIE, cookie)
+        let mut req = Request::get(uri)
             .header(header::HOST, host)
-            .header(header::USER_AGENT, "faspex-gate (session ended)")
+            .header(header::USER_AGENT, agent)
             .body(TransferBody::new(
                 super::error::full(Bytes::new()),
                 inner.body_idle_timeout,
                 None,
             ))
             .map_err(|e| UpstreamError::Protocol(e.into()))?;
-        let resp = tokio::time::timeout(inner.response_timeout, inner.client.request(req))
+        if let Some(cookie) = cookie {
+            req.headers_mut().insert(header::COOKIE, cookie);
+        }
+        let resp = tokio::time::timeout(limit, inner.client.request(req))
             .await
-            .map_err(|_| UpstreamError::Timeout(inner.response_timeout))?
+            .map_err(|_| UpstreamError::Timeout(limit))?
             .map_err(|e| {
                 if e.is_connect() {
                     UpstreamError::Connect(e.into())
@@ -324,7 +353,7 @@ impl Upstream {
                 }
             })?;
         let status = resp.status();
-        let _ = tokio::time::timeout(inner.response_timeout, resp.into_body().collect()).await;
+        let _ = tokio::time::timeout(limit, resp.into_body().collect()).await;
         Ok(status)
     }
 

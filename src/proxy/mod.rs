@@ -37,8 +37,11 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use arc_swap::ArcSwap;
+
 use crate::auth::Directory;
 use crate::config::{Config, FaspexConfig};
+use crate::metrics::Metrics;
 use crate::policy::{LoginRequest, Policy, SessionGone};
 use crate::store::{ClientKind, EndReason, SessionKey};
 use classify::{DenyPrefix, Route, RouteProfile};
@@ -73,9 +76,16 @@ pub struct ConnInfo {
 #[derive(Clone)]
 pub struct ConnPermit(pub Arc<tokio::sync::OwnedSemaphorePermit>);
 
-/// The gateway's request handler: a cheap-to-clone handle shared by every connection.
+/// The gateway's request handler: a cheap-to-clone handle shared by every connection. Its
+/// settings are swapped whole by [`Gateway::reload`]; each request runs on the settings it found
+/// when it arrived.
 #[derive(Clone)]
 pub struct Gateway {
+    current: Arc<ArcSwap<Inner>>,
+}
+
+/// One request's view of the gateway: the settings in force when it arrived.
+struct Handler {
     inner: Arc<Inner>,
 }
 
@@ -93,7 +103,7 @@ struct Inner {
     /// Where credential checks go.
     directory: Arc<dyn Directory>,
     /// The gateway's session cookie; its name also marks a request as a browser's.
-    cookies: SessionCookies,
+    cookies: Arc<SessionCookies>,
     /// Why sessions ended lately, for the page a returning browser sees.
     memo: Arc<EndedMemo>,
     /// Faspex logouts, for a login Faspex accepted that the gateway could not keep.
@@ -102,6 +112,8 @@ struct Inner {
     site: Site,
     /// Faspex's form field names, its session cookie and its token path.
     faspex: FaspexConfig,
+    /// Requests by route and status, latency, upstream errors.
+    metrics: Arc<Metrics>,
 }
 
 /// Credentials a protected request carries, classified by its headers.
@@ -127,44 +139,112 @@ impl Gateway {
         upstream: Upstream,
         memo: Arc<EndedMemo>,
         logouts: FaspexLogouts,
-    ) -> anyhow::Result<Self> {
-        let profile = RouteProfile {
-            login_path: cfg.faspex.login_path.clone(),
-            logout_path: cfg.faspex.logout_path.clone(),
-            public_prefixes: cfg.faspex.public_paths.clone(),
-            deny: cfg
-                .faspex
-                .deny
-                .iter()
-                .map(|d| DenyPrefix {
-                    method: d.method.clone(),
-                    prefix: d.prefix.clone(),
-                })
-                .collect(),
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let inner = Inner {
+            profile: route_profile(cfg),
+            upstream,
+            body_idle_timeout: cfg.server.body_idle_timeout,
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
+            policy,
+            directory,
+            cookies: Arc::new(SessionCookies::new(
+                &cfg.session.cookie_name,
+                cfg.session.secret.expose(),
+            )),
+            memo,
+            logouts,
+            site: site(cfg),
+            faspex: cfg.faspex.clone(),
+            metrics,
         };
-        Ok(Gateway {
-            inner: Arc::new(Inner {
-                profile,
-                upstream,
-                body_idle_timeout: cfg.server.body_idle_timeout,
-                trusted_proxies: cfg.server.trusted_proxies.clone(),
-                policy,
-                directory,
-                cookies: SessionCookies::new(&cfg.session.cookie_name, cfg.session.secret.expose()),
-                memo,
-                logouts,
-                site: Site {
-                    helpdesk: cfg.pages.helpdesk.clone(),
-                    tz: cfg.pages.tz.clone(),
-                    login_path: cfg.faspex.login_path.clone(),
-                },
-                faspex: cfg.faspex.clone(),
-            }),
-        })
+        Gateway {
+            current: Arc::new(ArcSwap::from_pointee(inner)),
+        }
     }
 
-    /// The outer handler: never fails, always logs.
+    /// Take the reloadable settings of `cfg`: the route profile (public paths, deny list, login
+    /// and logout paths), Faspex's field and cookie names, trusted proxies, the pages, and the
+    /// credential backend. Requests in flight finish on the settings they started with; sessions
+    /// are untouched. The rest (listeners, upstream, session cookie, store) needs a restart.
+    pub fn reload(&self, cfg: &Config, directory: Arc<dyn Directory>) {
+        let old = self.current.load_full();
+        self.current.store(Arc::new(Inner {
+            profile: route_profile(cfg),
+            upstream: old.upstream.clone(),
+            body_idle_timeout: old.body_idle_timeout,
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
+            policy: old.policy.clone(),
+            directory,
+            cookies: Arc::clone(&old.cookies),
+            memo: Arc::clone(&old.memo),
+            logouts: old.logouts.clone(),
+            site: site(cfg),
+            faspex: cfg.faspex.clone(),
+            metrics: Arc::clone(&old.metrics),
+        }));
+    }
+
+    /// Whether Faspex and the credential backend answer now, for `/readyz`: Faspex must answer
+    /// `GET faspex.login_path` with a status below 500 within `limit`, and the directory its
+    /// [`Directory::probe`]. Each is `Err` with the reason when not ready.
+    pub async fn readiness(&self, limit: Duration) -> (Result<(), String>, Result<(), String>) {
+        let inner = self.current.load_full();
+        let upstream = async {
+            match inner.upstream.probe(&inner.faspex.login_path, limit).await {
+                Ok(status) if status.as_u16() < 500 => Ok(()),
+                Ok(status) => Err(format!("Faspex answered {status}")),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let directory = async {
+            match tokio::time::timeout(limit, inner.directory.probe()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            }
+        };
+        tokio::join!(upstream, directory)
+    }
+
+    /// Handle one request on the settings in force now: see [`Handler::handle`].
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        Handler {
+            inner: self.current.load_full(),
+        }
+        .handle(req, conn)
+        .await
+    }
+}
+
+fn route_profile(cfg: &Config) -> RouteProfile {
+    RouteProfile {
+        login_path: cfg.faspex.login_path.clone(),
+        logout_path: cfg.faspex.logout_path.clone(),
+        public_prefixes: cfg.faspex.public_paths.clone(),
+        deny: cfg
+            .faspex
+            .deny
+            .iter()
+            .map(|d| DenyPrefix {
+                method: d.method.clone(),
+                prefix: d.prefix.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn site(cfg: &Config) -> Site {
+    Site {
+        helpdesk: cfg.pages.helpdesk.clone(),
+        tz: cfg.pages.tz.clone(),
+        login_path: cfg.faspex.login_path.clone(),
+    }
+}
+
+impl Handler {
+    /// The outer handler: never fails, always logs and counts.
+    async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = req.method().clone();
         let (client_ip, peer_trusted) =
@@ -186,12 +266,15 @@ impl Gateway {
             Ok(resp) => resp,
             Err(err) => {
                 match &err {
-                    GatewayError::Upstream(e) => tracing::warn!(
-                        kind = %e.kind(),
-                        error = %e,
-                        route = %log.route.map(Route::as_str).unwrap_or("-"),
-                        "upstream request failed"
-                    ),
+                    GatewayError::Upstream(e) => {
+                        self.inner.metrics.upstream_error(e.kind());
+                        tracing::warn!(
+                            kind = %e.kind(),
+                            error = %e,
+                            route = %log.route.map(Route::as_str).unwrap_or("-"),
+                            "upstream request failed"
+                        )
+                    }
                     GatewayError::Store(e) => {
                         tracing::error!(error = %e, "the state store failed a request (503)")
                     }
@@ -211,6 +294,11 @@ impl Gateway {
             resp.headers_mut().remove(header::WWW_AUTHENTICATE);
         }
         log.status = resp.status();
+        self.inner.metrics.request(
+            log.route.map(Route::as_str).unwrap_or("protected"),
+            log.status,
+            started.elapsed(),
+        );
         resp.map(|body| LoggedBody::new(body, log).boxed_unsync())
     }
 

@@ -124,6 +124,11 @@ impl Server {
         })
     }
 
+    /// The certificate the HTTPS listener serves (`None` when it is off), for a reload.
+    pub fn certs(&self) -> Option<Arc<CertStore>> {
+        self.certs.clone()
+    }
+
     /// The address of the HTTPS listener, if on.
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https.as_ref().and_then(|(l, _)| l.local_addr().ok())

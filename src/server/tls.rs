@@ -80,8 +80,7 @@ fn load_certified_key(cert_file: &Path, key_file: &Path) -> anyhow::Result<Certi
 #[derive(Debug)]
 pub struct CertStore {
     current: ArcSwap<CertifiedKey>,
-    cert_file: PathBuf,
-    key_file: PathBuf,
+    files: std::sync::Mutex<(PathBuf, PathBuf)>,
 }
 
 impl CertStore {
@@ -89,17 +88,38 @@ impl CertStore {
         let ck = load_certified_key(cert_file, key_file)?;
         Ok(Arc::new(CertStore {
             current: ArcSwap::from_pointee(ck),
-            cert_file: cert_file.to_owned(),
-            key_file: key_file.to_owned(),
+            files: std::sync::Mutex::new((cert_file.to_owned(), key_file.to_owned())),
         }))
     }
 
     /// Read the files again. On any error the old certificate stays in place.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let ck = load_certified_key(&self.cert_file, &self.key_file)?;
+        let (cert, key) = self.files.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ck = load_certified_key(&cert, &key)?;
         self.current.store(Arc::new(ck));
         Ok(())
     }
+
+    /// Read a certificate and key, maybe from new paths, without installing them yet: a reload
+    /// checks everything before it changes anything.
+    pub fn prepare(cert_file: &Path, key_file: &Path) -> anyhow::Result<PreparedCert> {
+        Ok(PreparedCert {
+            key: load_certified_key(cert_file, key_file)?,
+            files: (cert_file.to_owned(), key_file.to_owned()),
+        })
+    }
+
+    /// Serve `p` to every new handshake from now on.
+    pub fn install(&self, p: PreparedCert) {
+        self.current.store(Arc::new(p.key));
+        *self.files.lock().unwrap_or_else(|e| e.into_inner()) = p.files;
+    }
+}
+
+/// A certificate read and checked by [`CertStore::prepare`].
+pub struct PreparedCert {
+    key: CertifiedKey,
+    files: (PathBuf, PathBuf),
 }
 
 impl ResolvesServerCert for CertStore {

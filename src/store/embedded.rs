@@ -46,6 +46,9 @@ enum Request {
     Commit(oneshot::Sender<Result<(), String>>),
     /// Commit everything dirty, answer, and stop.
     Stop(oneshot::Sender<Result<(), String>>),
+    /// Commit everything dirty, and write a timestamp even when nothing is: proof that the
+    /// file can be written (for `/readyz`).
+    Probe(oneshot::Sender<Result<(), String>>),
 }
 
 /// The embedded, durable store. Cheap to share behind an `Arc`.
@@ -166,6 +169,22 @@ impl EmbeddedStore {
         }
     }
 
+    /// Write to the file now, even with nothing to save: `Ok` proves the store is writable.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Probe(tx))
+            .map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::Write {
+                file: self.file.clone(),
+                reason,
+            }),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
     /// Stop the writer after a last commit.
     pub async fn close(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -283,6 +302,20 @@ fn read_all<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
+/// Write the time into the meta table, durably: the probe of [`Request::Probe`].
+fn write_probe(db: &Database) -> Result<(), String> {
+    let fail = |e: &dyn std::fmt::Display| e.to_string();
+    let txn = db.begin_write().map_err(|e| fail(&e))?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| fail(&e))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        meta.insert("last_probe", now).map_err(|e| fail(&e))?;
+    }
+    txn.commit().map_err(|e| fail(&e))
+}
+
 /// Commit `d` in one durable transaction.
 fn write(db: &Database, d: &Dirty) -> Result<(), String> {
     let fail = |e: &dyn std::fmt::Display| e.to_string();
@@ -345,38 +378,44 @@ fn writer(
     let mut waiting = Vec::new();
     let mut stop = false;
     loop {
-        match rx.recv_timeout(WRITE_BEHIND) {
-            Ok(Request::Commit(ack)) => waiting.push(ack),
-            Ok(Request::Stop(ack)) => {
+        let mut probe = false;
+        let mut take = |r: Request| match r {
+            Request::Commit(ack) => waiting.push(ack),
+            Request::Stop(ack) => {
                 waiting.push(ack);
                 stop = true;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
-        }
+            Request::Probe(ack) => {
+                waiting.push(ack);
+                probe = true;
+            }
+        };
+        let disconnected = match rx.recv_timeout(WRITE_BEHIND) {
+            Ok(r) => {
+                take(r);
+                false
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => true,
+        };
         // Everyone who asked before this point changed memory before asking: one commit of the
         // current state covers them all.
         while let Ok(r) = rx.try_recv() {
-            match r {
-                Request::Commit(ack) => waiting.push(ack),
-                Request::Stop(ack) => {
-                    waiting.push(ack);
-                    stop = true;
-                }
-            }
+            take(r);
         }
+        stop |= disconnected;
         let dirty = tables
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take_dirty();
-        let result = if dirty.is_empty() {
+        let result = if dirty.is_empty() && !probe {
             Ok(())
+        } else if refuse_writes.load(Ordering::SeqCst) {
+            Err("No space left on device (simulated)".to_owned())
+        } else if dirty.is_empty() {
+            write_probe(&db)
         } else {
-            if refuse_writes.load(Ordering::SeqCst) {
-                Err("No space left on device (simulated)".to_owned())
-            } else {
-                write(&db, &dirty)
-            }
+            write(&db, &dirty)
         };
         if let Err(reason) = &result {
             tracing::error!(file = %file.display(), %reason, "the state store could not be written");
@@ -578,5 +617,9 @@ impl PolicyStore for EmbeddedStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         self.commit().await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        EmbeddedStore::probe(self).await
     }
 }

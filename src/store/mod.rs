@@ -537,4 +537,8 @@ pub trait PolicyStore: Send + Sync + 'static {
 
     /// Write everything written behind now (at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Write something now, even with nothing to save: `Ok` proves the store can be written
+    /// (`/readyz`).
+    async fn probe(&self) -> Result<(), StoreError>;
 }

@@ -1,0 +1,631 @@
+//! The admin listener (`admin.listen`, plain HTTP, loopback by default): Prometheus metrics,
+//! health and readiness, and the helpdesk's admin API, which `faspex-gate admin` ([`client`])
+//! calls.
+//!
+//! | route | auth | answer |
+//! |---|---|---|
+//! | `GET /metrics` | none | the Prometheus text format; the gauges are read from the store now |
+//! | `GET /healthz` | none | `200 ok`: the process answers |
+//! | `GET /readyz` | none | `200 ready`, or `503` naming each of upstream, directory and store that is not |
+//! | `GET /admin/v1/status` | bearer | seats used and the limit, sessions, locked accounts |
+//! | `GET /admin/v1/sessions` | bearer | live sessions |
+//! | `DELETE /admin/v1/sessions/{user}` | bearer | kick: end the user's sessions |
+//! | `GET /admin/v1/lockouts` | bearer | locks in force |
+//! | `DELETE /admin/v1/lockouts/{user}` | bearer | unlock |
+//! | `POST /admin/v1/lockouts/{user}` | bearer | lock, body optional `{"for":"1h"}` |
+//!
+//! The bearer token (`admin.token_file`) is compared in constant time (as SHA-256 digests, so
+//! not even its length shows). A missing or wrong token gets `401` and an `admin_refused` audit
+//! record. Every unlock, lock and kick is audited with the operator (`X-Admin-Actor`) and the
+//! caller's address. Bodies are JSON; an error is `{"error": "…"}` with a 4xx or 5xx status.
+
+pub mod client;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::audit::AuditLog;
+use crate::config::Secret;
+use crate::metrics::Metrics;
+use crate::policy::{AdminError, Policy};
+use crate::proxy::Gateway;
+use crate::store::{Lock, Session};
+
+/// The API's path prefix.
+pub const API_PREFIX: &str = "/admin/v1/";
+
+/// The header the CLI puts the operator's login name in.
+pub const ACTOR_HEADER: &str = "x-admin-actor";
+
+/// The most admin connections open at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 64;
+
+/// The largest request body read (a lock's `{"for": …}`).
+const MAX_BODY: usize = 4096;
+
+/// How long each readiness check may take.
+const READY_LIMIT: Duration = Duration::from_secs(5);
+
+/// The longest `admin lock --for` accepted.
+const MAX_LOCK: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// What the admin listener serves from. Cheap to clone.
+#[derive(Clone)]
+pub struct AdminApi {
+    inner: Arc<ApiInner>,
+}
+
+struct ApiInner {
+    policy: Policy,
+    gateway: Gateway,
+    metrics: Arc<Metrics>,
+    audit: Arc<AuditLog>,
+    /// SHA-256 of the token; swapped when a reload reads a new token file.
+    token: ArcSwap<[u8; 32]>,
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl AdminApi {
+    pub fn new(
+        policy: Policy,
+        gateway: Gateway,
+        metrics: Arc<Metrics>,
+        audit: Arc<AuditLog>,
+        token: &Secret,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ApiInner {
+                policy,
+                gateway,
+                metrics,
+                audit,
+                token: ArcSwap::from_pointee(digest(token.expose())),
+            }),
+        }
+    }
+
+    /// Take a new token (a reload of `admin.token_file`).
+    pub fn set_token(&self, token: &Secret) {
+        self.inner.token.store(Arc::new(digest(token.expose())));
+    }
+
+    /// Answer one request from `peer`. Never fails.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        match (path.as_str(), &method) {
+            ("/metrics", &Method::GET) => return self.metrics().await,
+            ("/healthz", &Method::GET) => return text(StatusCode::OK, "ok\n"),
+            ("/readyz", &Method::GET) => return self.ready().await,
+            ("/metrics" | "/healthz" | "/readyz", _) => {
+                return error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+            }
+            _ => {}
+        }
+        let Some(rest) = path.strip_prefix(API_PREFIX) else {
+            return error(StatusCode::NOT_FOUND, "no such admin endpoint");
+        };
+        let actor = match actor(req.headers()) {
+            Ok(a) => a,
+            Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
+        };
+        if let Err(reason) = self.authorise(req.headers()) {
+            let mut rec = self.inner.audit.record("admin_refused");
+            rec.reason = Some(reason);
+            rec.actor = Some(&actor);
+            rec.source = Some(peer);
+            rec.method = Some(method.as_str());
+            let shown: String = path.chars().take(256).collect();
+            rec.path = Some(&shown);
+            self.inner.audit.write(&rec);
+            tracing::warn!(source = %peer, reason, "admin call refused (401)");
+            let mut resp = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong admin token (Authorization: Bearer <admin.token_file>)",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"faspex-gate admin\""),
+            );
+            return resp;
+        }
+        let call = Call {
+            actor: &actor,
+            peer,
+        };
+        let result = match split_user(rest) {
+            Err(reason) => Err(Refused::BadRequest(reason)),
+            Ok(("status", None)) => match only(&method, Method::GET) {
+                Ok(()) => self.status().await,
+                Err(e) => Err(e),
+            },
+            Ok(("sessions", None)) => match only(&method, Method::GET) {
+                Ok(()) => self.sessions().await,
+                Err(e) => Err(e),
+            },
+            Ok(("lockouts", None)) => match only(&method, Method::GET) {
+                Ok(()) => self.lockouts().await,
+                Err(e) => Err(e),
+            },
+            Ok(("sessions", Some(user))) => match only(&method, Method::DELETE) {
+                Ok(()) => self.kick(&user, &call).await,
+                Err(e) => Err(e),
+            },
+            Ok(("lockouts", Some(user))) => match method {
+                Method::DELETE => self.unlock(&user, &call).await,
+                Method::POST => match lock_for(req.into_body()).await {
+                    Ok(d) => self.lock(&user, d, &call).await,
+                    Err(e) => Err(e),
+                },
+                _ => Err(Refused::Method("DELETE, POST")),
+            },
+            Ok(_) => Err(Refused::NotFound),
+        };
+        match result {
+            Ok(body) => json(StatusCode::OK, &body),
+            Err(Refused::BadRequest(reason)) => error(StatusCode::BAD_REQUEST, &reason),
+            Err(Refused::NotFound) => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+            Err(Refused::Method(allow)) => {
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &format!("this endpoint takes {allow}"),
+                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                r
+            }
+            Err(Refused::TooLarge) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is larger than {MAX_BODY} bytes"),
+            ),
+            Err(Refused::Store(e)) => {
+                tracing::error!(error = %e, "admin call failed: the state store");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the state store failed; see the gateway's log",
+                )
+            }
+        }
+    }
+
+    fn authorise(&self, headers: &http::HeaderMap) -> Result<(), &'static str> {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let (Some(v), None) = (values.next(), values.next()) else {
+            return Err("missing_token");
+        };
+        let given = v
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .or_else(|| v.as_bytes().strip_prefix(b"bearer "))
+            .ok_or("missing_token")?;
+        let expected = self.inner.token.load();
+        if bool::from(digest(given.trim_ascii()).ct_eq(&**expected)) {
+            Ok(())
+        } else {
+            Err("wrong_token")
+        }
+    }
+
+    async fn metrics(&self) -> Response<Full<Bytes>> {
+        match self.inner.policy.status().await {
+            Ok(s) => self.inner.metrics.set_state(&s),
+            // (served anyway: every other series is still right; the gauges keep their last value)
+            Err(e) => tracing::error!(error = %e, "metrics: the state store could not be read"),
+        }
+        let mut r = Response::new(Full::new(Bytes::from(self.inner.metrics.render())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    }
+
+    async fn ready(&self) -> Response<Full<Bytes>> {
+        let store = async {
+            match tokio::time::timeout(READY_LIMIT, self.inner.policy.probe_store()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no write finished within {READY_LIMIT:?}")),
+            }
+        };
+        let ((upstream, directory), store) =
+            tokio::join!(self.inner.gateway.readiness(READY_LIMIT), store);
+        let mut not_ready = String::new();
+        for (what, r) in [
+            ("upstream", upstream),
+            ("directory", directory),
+            ("store", store),
+        ] {
+            if let Err(reason) = r {
+                not_ready.push_str(&format!("{what}: not ready: {reason}\n"));
+            }
+        }
+        if not_ready.is_empty() {
+            text(StatusCode::OK, "ready\n")
+        } else {
+            tracing::warn!(reasons = %not_ready.trim_end().replace('\n', "; "), "not ready");
+            text(StatusCode::SERVICE_UNAVAILABLE, &not_ready)
+        }
+    }
+
+    async fn status(&self) -> Result<Value, Refused> {
+        let s = self.inner.policy.status().await.map_err(store_err)?;
+        Ok(serde_json::json!({
+            "seats_used": s.seats_used,
+            "seats_limit": s.seats_limit,
+            "sessions": s.sessions,
+            "accounts_locked": s.accounts_locked,
+            "version": env!("CARGO_PKG_VERSION"),
+        }))
+    }
+
+    async fn sessions(&self) -> Result<Value, Refused> {
+        let list = self.inner.policy.sessions().await.map_err(store_err)?;
+        Ok(serde_json::json!({
+            "sessions": list.iter().map(SessionView::from).collect::<Vec<_>>(),
+        }))
+    }
+
+    async fn lockouts(&self) -> Result<Value, Refused> {
+        let list = self.inner.policy.lockouts().await.map_err(store_err)?;
+        Ok(serde_json::json!({
+            "lockouts": list.iter().map(LockView::from).collect::<Vec<_>>(),
+        }))
+    }
+
+    async fn kick(&self, user: &str, call: &Call<'_>) -> Result<Value, Refused> {
+        let ended = self.inner.policy.kick(user).await.map_err(admin_err)?;
+        let account = self
+            .inner
+            .policy
+            .account(user)
+            .map_err(|e| Refused::BadRequest(format!("user: {e}")))?;
+        let mut rec = self.inner.audit.record("kick");
+        rec.user = Some(&account);
+        rec.sessions = Some(ended.len());
+        call.stamp(&mut rec);
+        self.inner.audit.write(&rec);
+        tracing::info!(account, sessions = ended.len(), actor = call.actor, source = %call.peer, "admin kick");
+        Ok(serde_json::json!({
+            "user": account,
+            "ended": ended.len(),
+            "sessions": ended.iter().map(SessionView::from).collect::<Vec<_>>(),
+        }))
+    }
+
+    async fn unlock(&self, user: &str, call: &Call<'_>) -> Result<Value, Refused> {
+        let u = self.inner.policy.unlock(user).await.map_err(admin_err)?;
+        let account = self
+            .inner
+            .policy
+            .account(user)
+            .map_err(|e| Refused::BadRequest(format!("user: {e}")))?;
+        let was_locked = !u.lifted.is_empty();
+        let mut rec = self.inner.audit.record("unlock");
+        rec.user = Some(&account);
+        rec.was_locked = Some(was_locked);
+        call.stamp(&mut rec);
+        self.inner.audit.write(&rec);
+        tracing::info!(account, was_locked, actor = call.actor, source = %call.peer, "admin unlock");
+        Ok(serde_json::json!({
+            "user": account,
+            "was_locked": was_locked,
+            "locks_lifted": u.lifted.len(),
+            "failure_windows_cleared": u.windows_cleared,
+        }))
+    }
+
+    async fn lock(
+        &self,
+        user: &str,
+        duration: Option<Duration>,
+        call: &Call<'_>,
+    ) -> Result<Value, Refused> {
+        let l = self
+            .inner
+            .policy
+            .lock(user, duration)
+            .await
+            .map_err(admin_err)?;
+        let mut rec = self.inner.audit.record("admin_lock");
+        rec.user = Some(&l.key.account);
+        rec.since = Some(l.since.rfc3339());
+        rec.until = Some(l.until.rfc3339());
+        rec.by_admin = Some(true);
+        call.stamp(&mut rec);
+        self.inner.audit.write(&rec);
+        tracing::info!(account = %l.key.account, until = %l.until, actor = call.actor, source = %call.peer, "admin lock");
+        Ok(serde_json::to_value(LockView::from(&l)).unwrap_or_default())
+    }
+}
+
+/// Who called, for the audit record.
+struct Call<'a> {
+    actor: &'a str,
+    peer: SocketAddr,
+}
+
+impl<'a> Call<'a> {
+    fn stamp(&self, rec: &mut crate::audit::Record<'a>) {
+        rec.actor = Some(self.actor);
+        rec.source = Some(self.peer);
+    }
+}
+
+enum Refused {
+    BadRequest(String),
+    NotFound,
+    Method(&'static str),
+    TooLarge,
+    Store(String),
+}
+
+fn store_err(e: crate::store::StoreError) -> Refused {
+    Refused::Store(e.to_string())
+}
+
+fn admin_err(e: AdminError) -> Refused {
+    match e {
+        AdminError::InvalidUsername(e) => Refused::BadRequest(format!("user: {e}")),
+        AdminError::Store(e) => store_err(e),
+    }
+}
+
+fn only(method: &Method, allowed: Method) -> Result<(), Refused> {
+    if *method == allowed {
+        Ok(())
+    } else if allowed == Method::GET {
+        Err(Refused::Method("GET"))
+    } else {
+        Err(Refused::Method("DELETE"))
+    }
+}
+
+/// `sessions`, `lockouts`, `status`, or one of the first two with a user: `lockouts/ann`. The
+/// user segment is percent-decoded and must be UTF-8 with no further `/`.
+fn split_user(rest: &str) -> Result<(&str, Option<String>), String> {
+    let (what, user) = match rest.split_once('/') {
+        None => return Ok((rest, None)),
+        Some((what, user)) => (what, user),
+    };
+    if user.is_empty() {
+        return Err("the user is missing from the path".into());
+    }
+    if user.contains('/') {
+        return Err("the user in the path may not contain '/'".into());
+    }
+    let decoded = percent_encoding::percent_decode_str(user)
+        .decode_utf8()
+        .map_err(|_| "the user in the path is not UTF-8".to_owned())?;
+    Ok((what, Some(decoded.into_owned())))
+}
+
+/// `X-Admin-Actor`: the operator's login name, for the audit log. Optional (`"-"` when absent);
+/// when present it must be 1 to 64 visible ASCII characters without spaces or quotes.
+fn actor(headers: &http::HeaderMap) -> Result<String, String> {
+    let mut values = headers.get_all(ACTOR_HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok("-".into()),
+        (Some(_), Some(_)) => Err("X-Admin-Actor: give it once".into()),
+        (Some(v), None) => {
+            let b = v.as_bytes();
+            if b.is_empty()
+                || b.len() > 64
+                || !b
+                    .iter()
+                    .all(|c| c.is_ascii_graphic() && !matches!(c, b'"' | b'\\'))
+            {
+                return Err(
+                    "X-Admin-Actor: 1 to 64 visible ASCII characters, no spaces or quotes".into(),
+                );
+            }
+            Ok(String::from_utf8_lossy(b).into_owned())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockBody {
+    #[serde(rename = "for")]
+    duration: Option<String>,
+}
+
+/// A lock's body: empty, or `{"for": "1h"}` (a duration from 1 s to 366 days).
+async fn lock_for(body: Incoming) -> Result<Option<Duration>, Refused> {
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Refused::TooLarge),
+        Err(_) => return Err(Refused::BadRequest("the body could not be read".into())),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let b: LockBody = serde_json::from_slice(&bytes).map_err(|e| {
+        Refused::BadRequest(format!(
+            "the body must be JSON like {{\"for\": \"1h\"}}: {e}"
+        ))
+    })?;
+    let Some(text) = b.duration else {
+        return Ok(None);
+    };
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| Refused::BadRequest(format!("for: {e} (use e.g. \"30m\", \"1h\", \"2d\")")))?;
+    if d < Duration::from_secs(1) || d > MAX_LOCK {
+        return Err(Refused::BadRequest(
+            "for: a lock lasts from 1s to 366d".into(),
+        ));
+    }
+    Ok(Some(d))
+}
+
+/// A session as the API shows it: no token, no cookie, no key.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    pub user: String,
+    pub client_ip: String,
+    pub user_agent: String,
+    pub kind: String,
+    pub started: String,
+    pub last_activity: String,
+}
+
+impl From<&Session> for SessionView {
+    fn from(s: &Session) -> Self {
+        Self {
+            user: s.account.clone(),
+            client_ip: s.ip.to_string(),
+            user_agent: s.agent.clone(),
+            kind: s.kind.as_str().into(),
+            started: s.started.rfc3339(),
+            last_activity: s.last_activity.rfc3339(),
+        }
+    }
+}
+
+/// A lock as the API shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LockView {
+    pub user: String,
+    /// Under `lockout_key = "account+ip"`: the address the lock holds for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    pub locked_since: String,
+    pub unlocks_at: String,
+    pub failures: u32,
+    pub by_admin: bool,
+}
+
+impl From<&Lock> for LockView {
+    fn from(l: &Lock) -> Self {
+        Self {
+            user: l.key.account.clone(),
+            client_ip: l.key.ip.map(|ip| ip.to_string()),
+            locked_since: l.since.rfc3339(),
+            unlocks_at: l.until.rfc3339(),
+            failures: l.failures,
+            by_admin: l.by_admin,
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn error(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": reason }))
+}
+
+/// The bound admin listener.
+pub struct AdminServer {
+    listener: TcpListener,
+    api: AdminApi,
+}
+
+impl AdminServer {
+    /// Bind `admin.listen`. An address in use is a start-up error naming the key.
+    pub async fn bind(addr: SocketAddr, api: AdminApi) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("admin.listen: cannot listen on {addr}"))?;
+        Ok(Self { listener, api })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serve until `stop` turns true. Connections are HTTP/1.1, at most [`MAX_CONNECTIONS`] at
+    /// once, with a 10 s header timeout.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        if let Some(addr) = self.local_addr() {
+            tracing::info!(%addr, "admin listener ready");
+        }
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = stop.changed() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::warn!(%peer, "admin listener: too many connections; one refused");
+                continue;
+            };
+            let api = self.api.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let service = service_fn(move |req| {
+                    let api = api.clone();
+                    async move { Ok::<_, Infallible>(api.handle(req, peer).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+    }
+}
