@@ -75,6 +75,31 @@ async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
     assert_eq!(st, 200);
     assert!(String::from_utf8_lossy(&body).contains("faspe://"));
 
+    // The helpdesk's command against the demo: its token from the demo's configuration.
+    let field = |label: &str| {
+        banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {label} line in\n{banner}"))
+    };
+    let admin_url = field("Admin").split_whitespace().next().unwrap().to_owned();
+    let config = field("Config")
+        .rsplit_once(' ')
+        .map(|(_, p)| p.to_owned())
+        .unwrap();
+    let out = Command::new(bin())
+        .args(["admin", "--config", &config, "--url", &admin_url, "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Seats in use:     1 of 3"), "{text}");
+
     let req = Request::post(format!("{base}/aspera/faspex/package_relay/relay_package"))
         .body(empty())
         .unwrap();

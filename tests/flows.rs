@@ -229,7 +229,7 @@ fn retry_after(h: &HeaderMap) -> u64 {
 }
 
 /// Wait until `f` holds, for at most `within`.
-async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
         if f() {

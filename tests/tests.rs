@@ -9,5 +9,6 @@ mod cli;
 mod demo;
 mod flows;
 mod ldap;
+mod ops;
 mod proxy;
 mod state;

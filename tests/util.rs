@@ -414,6 +414,8 @@ pub struct GatewayProcess {
     pub child: Child,
     pub https: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// The admin listener, when `admin.listen` is on.
+    pub admin: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub files: TestFiles,
 }
@@ -456,10 +458,20 @@ impl GatewayProcess {
             .and_then(|s| s.get("http_listen"))
             .map(|v| v != "\"\"")
             .unwrap_or(false);
+        let want_admin = cfg
+            .sections
+            .get("admin")
+            .and_then(|s| s.get("listen"))
+            .map(|v| v != "\"\"")
+            .unwrap_or(true);
         let mut https = None;
         let mut http = None;
+        let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while (want_https && https.is_none()) || (want_http && http.is_none()) {
+        while (want_https && https.is_none())
+            || (want_http && http.is_none())
+            || (want_admin && admin.is_none())
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -479,12 +491,15 @@ impl GatewayProcess {
                 https = addr;
             } else if line.contains("plain-HTTP listener ready") {
                 http = addr;
+            } else if line.contains("admin listener ready") {
+                admin = addr;
             }
         }
         GatewayProcess {
             child,
             https,
             http,
+            admin,
             logs,
             files,
         }
@@ -499,6 +514,11 @@ impl GatewayProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `http://ADDR` of the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin.expect("admin listener"))
     }
 
     pub fn signal(&self, sig: &str) {

@@ -1516,6 +1516,18 @@ async fn a_bad_store_file_is_refused_by_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_probe_writes_even_with_nothing_to_save() {
+    let h = Harness::new(contract_defaults());
+    // Nothing is dirty, yet the probe writes, so a failing disk shows (for /readyz).
+    h.policy.probe_store().await.unwrap();
+    h.store.refuse_writes(true);
+    let err = h.policy.probe_store().await.unwrap_err().to_string();
+    assert!(err.contains("No space left"), "{err}");
+    h.store.refuse_writes(false);
+    h.policy.probe_store().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_disk_fails_closed_and_loses_no_lockout() {
     let h = Harness::new(contract_defaults());
     h.store.refuse_writes(true);
