@@ -1078,6 +1078,8 @@ async fn sighup_reloads_what_is_safe_and_keeps_sessions() {
     // An invalid file is refused, with the key named, and nothing changes.
     let broken = edited.replace("max_sessions = 3", "max_sessions = -1");
     std::fs::write(&config, broken).unwrap();
+    // (logrotate moved the audit log just before: it is reopened even though the file is refused)
+    std::fs::rename(&audit_path, audit_path.with_extension("log.2")).unwrap();
     s.gw.signal("HUP");
     assert!(
         s.gw.wait_log("reload refused", Duration::from_secs(10)),
@@ -1100,6 +1102,15 @@ async fn sighup_reloads_what_is_safe_and_keeps_sessions() {
     let (st, _, _) = s.browse(ME, &cookie).await;
     assert_eq!(st, StatusCode::OK, "and the session too");
     assert!(s.gw.child_alive());
+    let (st, _, _) = s.basic("GET", ME, "user2", "pass2", &[], "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let reopened = eventually(Duration::from_secs(5), || {
+        audit(&audit_path)
+            .iter()
+            .any(|r| r["event"] == "login" && r["result"] == "bad_credentials")
+    })
+    .await;
+    assert!(reopened, "a refused reload still reopens the audit log");
 }
 
 /// Add `line` to `[section]` of a TOML text (the builder writes each section once).
