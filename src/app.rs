@@ -145,14 +145,27 @@ fn log_backend(cfg: &Config) {
 /// too.
 pub struct App {
     pub state: PolicyState,
+    /// How a reload reads the configuration file: with the process environment's overrides
+    /// for `run`, with none for the demo (as each did at start).
+    loader: Loader,
     pub gateway: Gateway,
     pub audit: Arc<AuditLog>,
     /// `faspex.logout_path`, as the Faspex-logout worker reads it.
     logout_path: Arc<ArcSwap<String>>,
 }
 
-/// Build the [`App`] for `cfg`. Errors are start-up errors.
+/// Reads a configuration file (for a reload).
+pub type Loader =
+    Arc<dyn Fn(&std::path::Path) -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
+/// Build the [`App`] for `cfg`; a reload will read the file with [`Config::load`]. Errors are
+/// start-up errors.
 pub async fn build(cfg: &Config) -> anyhow::Result<App> {
+    build_with(cfg, Arc::new(|p: &std::path::Path| Config::load(p))).await
+}
+
+/// Build the [`App`] for `cfg`, reloading with `loader`.
+pub async fn build_with(cfg: &Config, loader: Loader) -> anyhow::Result<App> {
     let audit = Arc::new(AuditLog::open(&cfg.audit, Arc::new(SystemClock))?);
     let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
     let upstream = Upstream::new(&cfg.upstream, cfg.server.body_idle_timeout)?;
@@ -179,6 +192,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
     );
     Ok(App {
         state,
+        loader,
         gateway,
         audit,
         logout_path,
@@ -228,7 +242,7 @@ impl App {
         certs: Option<&CertStore>,
         admin: Option<&AdminApi>,
     ) -> Option<Config> {
-        let new = match Config::load(&running.file) {
+        let new = match (self.loader)(&running.file) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "reload refused: the new configuration is not valid; the running one stays");
@@ -270,13 +284,23 @@ impl App {
         self.state
             .policy
             .reload(effective.policy.clone(), CheckRules::from(&effective.auth));
-        // A changed password in the users file or directory must not live on in the cache.
-        self.state.policy.cache().clear();
         self.logout_path
             .store(Arc::new(effective.faspex.logout_path.clone()));
         self.gateway.reload(&effective, directory);
+        // A password changed or an account removed in the users file or directory must not live
+        // on in the verification cache: empty it now the new backend is in place, and once more
+        // when every check that began on the old backend has surely ended (one that started
+        // just before the swap could otherwise cache what the old backend said).
+        let policy = self.state.policy.clone();
+        policy.cache().clear();
+        let settle = old_checks_settle(running);
+        tokio::spawn(async move {
+            tokio::time::sleep(settle).await;
+            policy.cache().clear();
+        });
         if let (Some(certs), Some(p)) = (certs, cert) {
             certs.install(p);
+            tracing::info!("certificate reloaded");
         }
         if let (Some(admin), Some(token)) = (admin, &effective.admin.token) {
             admin.set_token(token);
@@ -290,6 +314,14 @@ impl App {
         );
         Some(effective)
     }
+}
+
+/// The longest a credential check begun under `cfg` can take: its directory steps (search, bind,
+/// group), each bounded by `auth.ldap.timeout`, with room to spare; the users file's hashes are
+/// far quicker.
+fn old_checks_settle(cfg: &Config) -> std::time::Duration {
+    let step = 2 * cfg.auth.ldap.timeout + std::time::Duration::from_secs(1);
+    (3 * step + std::time::Duration::from_secs(5)).max(std::time::Duration::from_secs(30))
 }
 
 /// Keys that need a restart: their values stay as they were when the gateway started.
@@ -410,16 +442,24 @@ pub struct Listening {
 /// Serve with `cfg` until SIGTERM/SIGINT; SIGHUP reloads the configuration.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let control = signal_control()?;
-    serve_with(cfg, control, |_| {}).await
+    serve_with(
+        cfg,
+        Arc::new(|p: &std::path::Path| Config::load(p)),
+        control,
+        |_| {},
+    )
+    .await
 }
 
-/// Serve with `cfg` until `control` says shut down; `ready` hears where it listens once bound.
+/// Serve with `cfg` until `control` says shut down, reloading with `loader`; `ready` hears where
+/// it listens once bound.
 pub async fn serve_with(
     cfg: Config,
+    loader: Loader,
     mut control: tokio::sync::mpsc::Receiver<Control>,
     ready: impl FnOnce(Listening),
 ) -> anyhow::Result<()> {
-    let app = build(&cfg).await?;
+    let app = build_with(&cfg, loader).await?;
     let server = Server::bind(&cfg, app.gateway.clone()).await?;
     let certs = server.certs();
     let api = app.admin_api(&cfg);

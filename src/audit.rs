@@ -79,6 +79,10 @@ pub struct Record<'a> {
     /// Lock events: `true` when an administrator set the lock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub by_admin: Option<bool>,
+    /// `admin_refused`: refused calls left out of the log since the last one recorded (over the
+    /// budget of 10 a second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
 }
 
 enum Writer {

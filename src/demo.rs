@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -129,7 +130,8 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result
     let control = signal_control()?;
     let banner_dir = dir.path().to_path_buf();
     let banner_config = config_path.clone();
-    let result = crate::app::serve_with(cfg, control, move |l| {
+    let loader: crate::app::Loader = Arc::new(|p: &Path| Config::load_with_env(p, &[]));
+    let result = crate::app::serve_with(cfg, loader, control, move |l| {
         print_banner(
             l.https.unwrap_or(listen),
             l.admin.unwrap_or(admin_listen),

@@ -607,8 +607,10 @@ async fn the_helpdesk_cli_unlocks_kicks_and_locks() {
     // Usage errors exit 2 before anything is sent; a hostile name is refused by the gateway.
     let (code, _, err) = cli(&s.gw, &["lock", "user2", "--for", "soon"]);
     assert_eq!(code, 2, "{err}");
+    let (code, _, err) = cli(&s.gw, &["lock", "user2", "--for", "0s"]);
+    assert_eq!(code, 2, "{err}");
     let (code, _, err) = cli(&s.gw, &["unlock", "bad\u{7}name"]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("400") && err.contains("control character"),
         "{err}"
@@ -836,6 +838,9 @@ async fn the_admin_api_answers_bad_requests_clearly() {
     )
     .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{got}");
+    // Without the token, a bad actor header is still just a 401 (and audited).
+    let (st, _, _) = admin_req("GET", &api("status"), &[("x-admin-actor", "two words")], "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
     // A lock with no body takes policy.lockout_duration; an empty JSON object too.
     let (st, _, got) = admin_req("POST", &api("lockouts/user0"), &[auth], "").await;
     assert_eq!(st, StatusCode::OK, "{got}");
@@ -849,7 +854,33 @@ async fn the_admin_api_answers_bad_requests_clearly() {
         .into_iter()
         .filter(|r| r["event"] == "admin_refused")
         .collect::<Vec<_>>();
-    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    assert_eq!(refused[3]["actor"], "(invalid)");
+
+    // A flood of bad tokens is answered, but audited at most 10 a second; the next record says
+    // how many were left out.
+    for _ in 0..40 {
+        let (st, _, _) =
+            admin_req("GET", &api("status"), &[("authorization", "Bearer x")], "").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    admin_req("GET", &api("status"), &[("authorization", "Bearer x")], "").await;
+    let refused: Vec<_> = audit(&audit_path)
+        .into_iter()
+        .filter(|r| r["event"] == "admin_refused")
+        .collect();
+    assert!(refused.len() < 4 + 41, "{}", refused.len());
+    let recorded = refused.len() - 4;
+    let suppressed: u64 = refused
+        .iter()
+        .filter_map(|r| r["suppressed"].as_u64())
+        .sum();
+    assert_eq!(
+        recorded as u64 + suppressed,
+        41,
+        "every refusal is recorded or counted"
+    );
     assert_eq!(refused[0]["reason"], "missing_token");
     assert_eq!(refused[1]["reason"], "wrong_token");
     assert_eq!(refused[0]["actor"], "-");

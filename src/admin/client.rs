@@ -5,7 +5,8 @@
 //! `admin.listen` and `admin.token_file`. The operator's login name (`$SUDO_USER`, else `$USER`)
 //! goes in `X-Admin-Actor` for the audit log. Exit codes: 0 done (also an unlock or kick that
 //! had nothing to do), 1 refused or failed (a wrong token says so), 2 usage or configuration
-//! error, 3 the gateway could not be reached.
+//! error (including a request the gateway answers `400`, such as a user name with a control
+//! character), 3 the gateway could not be reached.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -195,9 +196,14 @@ pub async fn call(target: &Target, action: &Action) -> Result<Value, Failure> {
         Action::Unlock(u) => (Method::DELETE, format!("lockouts/{}", user_path(u)), None),
         Action::Lock { user, duration } => {
             if let Some(d) = duration {
-                humantime::parse_duration(d).map_err(|e| {
+                let parsed = humantime::parse_duration(d).map_err(|e| {
                     Failure::usage(format!("--for {d}: {e} (use e.g. 30m, 1h, 2d)"))
                 })?;
+                if parsed < Duration::from_secs(1) || parsed > super::MAX_LOCK {
+                    return Err(Failure::usage(format!(
+                        "--for {d}: a lock lasts from 1s to 366d"
+                    )));
+                }
             }
             let body = match duration {
                 Some(d) => serde_json::json!({ "for": d }).to_string(),
@@ -275,14 +281,24 @@ pub async fn call(target: &Target, action: &Action) -> Result<Value, Failure> {
         .and_then(Value::as_str)
         .map(str::to_owned)
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
-    let message = if status == StatusCode::UNAUTHORIZED {
-        "the gateway refused the admin token (401): check --token-file or admin.token_file"
-            .to_owned()
-    } else {
-        format!("the gateway refused ({status}): {reason}")
+    let (code, message) = match status {
+        StatusCode::UNAUTHORIZED => (
+            EXIT_REFUSED,
+            "the gateway refused the admin token (401): check --token-file or admin.token_file"
+                .to_owned(),
+        ),
+        // What was asked cannot be asked (a user name with a control character, say): usage.
+        StatusCode::BAD_REQUEST => (
+            EXIT_USAGE,
+            format!("the gateway refused ({status}): {reason}"),
+        ),
+        _ => (
+            EXIT_REFUSED,
+            format!("the gateway refused ({status}): {reason}"),
+        ),
     };
     Err(Failure {
-        code: EXIT_REFUSED,
+        code,
         message,
         body: value,
     })

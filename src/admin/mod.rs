@@ -23,8 +23,10 @@ pub mod client;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -63,7 +65,7 @@ const MAX_BODY: usize = 4096;
 const READY_LIMIT: Duration = Duration::from_secs(5);
 
 /// The longest `admin lock --for` accepted.
-const MAX_LOCK: Duration = Duration::from_secs(366 * 24 * 3600);
+pub const MAX_LOCK: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// What the admin listener serves from. Cheap to clone.
 #[derive(Clone)]
@@ -78,7 +80,19 @@ struct ApiInner {
     audit: Arc<AuditLog>,
     /// SHA-256 of the token; swapped when a reload reads a new token file.
     token: ArcSwap<[u8; 32]>,
+    /// The audit budget for refused calls, and how many went unrecorded since the last one.
+    refusals: governor::DefaultDirectRateLimiter,
+    refusals_dropped: AtomicU64,
+    /// The last readiness answer and when it was made: checks run at most once a second,
+    /// one at a time, whoever asks.
+    readiness: tokio::sync::Mutex<Option<(Instant, StatusCode, String)>>,
 }
+
+/// Refused admin calls recorded in the audit log per second, at most.
+const REFUSALS_PER_SECOND: u32 = 10;
+
+/// How long a readiness answer is reused.
+const READY_REUSE: Duration = Duration::from_secs(1);
 
 fn digest(b: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, b);
@@ -102,6 +116,11 @@ impl AdminApi {
                 metrics,
                 audit,
                 token: ArcSwap::from_pointee(digest(token.expose())),
+                refusals: governor::RateLimiter::direct(governor::Quota::per_second(
+                    std::num::NonZeroU32::new(REFUSALS_PER_SECOND).unwrap_or(NonZeroU32::MIN),
+                )),
+                refusals_dropped: AtomicU64::new(0),
+                readiness: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -127,19 +146,18 @@ impl AdminApi {
         let Some(rest) = path.strip_prefix(API_PREFIX) else {
             return error(StatusCode::NOT_FOUND, "no such admin endpoint");
         };
-        let actor = match actor(req.headers()) {
-            Ok(a) => a,
-            Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
-        };
+        // The token first: nothing about a request without it is answered but 401 (and audited).
+        let actor = actor(req.headers());
         if let Err(reason) = self.authorise(req.headers()) {
+            let shown_actor = actor.as_deref().unwrap_or("(invalid)");
             let mut rec = self.inner.audit.record("admin_refused");
             rec.reason = Some(reason);
-            rec.actor = Some(&actor);
+            rec.actor = Some(shown_actor);
             rec.source = Some(peer);
             rec.method = Some(method.as_str());
             let shown: String = path.chars().take(256).collect();
             rec.path = Some(&shown);
-            self.inner.audit.write(&rec);
+            self.write_refusal(rec);
             tracing::warn!(source = %peer, reason, "admin call refused (401)");
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,
@@ -151,6 +169,10 @@ impl AdminApi {
             );
             return resp;
         }
+        let actor = match actor {
+            Ok(a) => a,
+            Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
+        };
         let call = Call {
             actor: &actor,
             peer,
@@ -210,6 +232,18 @@ impl AdminApi {
         }
     }
 
+    /// Audit a refused call, at most [`REFUSALS_PER_SECOND`] a second: a flood of bad tokens
+    /// must not fill the disk. The next record written says how many were left out.
+    fn write_refusal(&self, mut rec: crate::audit::Record<'_>) {
+        if self.inner.refusals.check().is_err() {
+            self.inner.refusals_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let dropped = self.inner.refusals_dropped.swap(0, Ordering::Relaxed);
+        rec.suppressed = (dropped > 0).then_some(dropped);
+        self.inner.audit.write(&rec);
+    }
+
     fn authorise(&self, headers: &http::HeaderMap) -> Result<(), &'static str> {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let (Some(v), None) = (values.next(), values.next()) else {
@@ -243,6 +277,31 @@ impl AdminApi {
     }
 
     async fn ready(&self) -> Response<Full<Bytes>> {
+        let mut last = self.inner.readiness.lock().await;
+        let (status, body) = match last.as_ref() {
+            Some((at, status, body)) if at.elapsed() < READY_REUSE => (*status, body.clone()),
+            _ => {
+                let (status, body) = match tokio::time::timeout(
+                    READY_LIMIT + Duration::from_secs(1),
+                    self.check_ready(),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: the checks took longer than {READY_LIMIT:?}\n"),
+                    ),
+                };
+                *last = Some((Instant::now(), status, body.clone()));
+                (status, body)
+            }
+        };
+        drop(last);
+        text(status, &body)
+    }
+
+    async fn check_ready(&self) -> (StatusCode, String) {
         let store = async {
             match tokio::time::timeout(READY_LIMIT, self.inner.policy.probe_store()).await {
                 Ok(Ok(())) => Ok(()),
@@ -263,10 +322,10 @@ impl AdminApi {
             }
         }
         if not_ready.is_empty() {
-            text(StatusCode::OK, "ready\n")
+            (StatusCode::OK, "ready\n".into())
         } else {
             tracing::warn!(reasons = %not_ready.trim_end().replace('\n', "; "), "not ready");
-            text(StatusCode::SERVICE_UNAVAILABLE, &not_ready)
+            (StatusCode::SERVICE_UNAVAILABLE, not_ready)
         }
     }
 

@@ -299,18 +299,19 @@ impl Upstream {
             Some(cookie),
             "faspex-gate (session ended)",
             self.inner.response_timeout,
+            true,
         )
         .await
     }
 
-    /// Whether Faspex answers now (`/readyz`): `GET path` (the login page), within `limit`.
-    /// Its status is returned; the body is read and dropped.
+    /// Whether Faspex answers now (`/readyz`): `GET path` (the login page), with its headers
+    /// within `limit`. Its status is returned; the body is not read (the connection is closed).
     pub async fn probe(
         &self,
         path: &str,
         limit: Duration,
     ) -> Result<http::StatusCode, UpstreamError> {
-        self.get(path, None, "faspex-gate (readiness check)", limit)
+        self.get(path, None, "faspex-gate (readiness check)", limit, false)
             .await
     }
 
@@ -320,6 +321,7 @@ impl Upstream {
         cookie: Option<HeaderValue>,
         agent: &'static str,
         limit: Duration,
+        read_body: bool,
     ) -> Result<http::StatusCode, UpstreamError> {
         let inner = &self.inner;
         let uri = Uri::builder()
@@ -353,7 +355,9 @@ impl Upstream {
                 }
             })?;
         let status = resp.status();
-        let _ = tokio::time::timeout(limit, resp.into_body().collect()).await;
+        if read_body {
+            let _ = tokio::time::timeout(limit, resp.into_body().collect()).await;
+        }
         Ok(status)
     }
 

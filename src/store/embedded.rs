@@ -376,19 +376,16 @@ fn writer(
     refuse_writes: Arc<AtomicBool>,
 ) {
     let mut waiting = Vec::new();
+    let mut probes = Vec::new();
     let mut stop = false;
     loop {
-        let mut probe = false;
         let mut take = |r: Request| match r {
             Request::Commit(ack) => waiting.push(ack),
             Request::Stop(ack) => {
                 waiting.push(ack);
                 stop = true;
             }
-            Request::Probe(ack) => {
-                waiting.push(ack);
-                probe = true;
-            }
+            Request::Probe(ack) => probes.push(ack),
         };
         let disconnected = match rx.recv_timeout(WRITE_BEHIND) {
             Ok(r) => {
@@ -408,12 +405,10 @@ fn writer(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take_dirty();
-        let result = if dirty.is_empty() && !probe {
+        let result = if dirty.is_empty() {
             Ok(())
         } else if refuse_writes.load(Ordering::SeqCst) {
             Err("No space left on device (simulated)".to_owned())
-        } else if dirty.is_empty() {
-            write_probe(&db)
         } else {
             write(&db, &dirty)
         };
@@ -426,6 +421,20 @@ fn writer(
             if !stop {
                 // Don't spin on a full disk.
                 std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // A probe is answered by a real write: this commit's, or one of its own when there was
+        // nothing to save. Only probes hear how a probe write went.
+        if !probes.is_empty() {
+            let probed = if !dirty.is_empty() {
+                result.clone()
+            } else if refuse_writes.load(Ordering::SeqCst) {
+                Err("No space left on device (simulated)".to_owned())
+            } else {
+                write_probe(&db)
+            };
+            for ack in probes.drain(..) {
+                let _ = ack.send(probed.clone());
             }
         }
         if stop {
