@@ -139,9 +139,17 @@ impl EmbeddedStore {
 
     /// Wait until everything changed so far is on disk.
     async fn commit(&self) -> Result<(), StoreError> {
+        self.ask(Request::Commit).await
+    }
+
+    /// Send the writer a request and wait for its answer.
+    async fn ask(
+        &self,
+        request: fn(oneshot::Sender<Result<(), String>>) -> Request,
+    ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.requests
-            .send(Request::Commit(tx))
+            .send(request(tx))
             .map_err(|_| StoreError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -171,18 +179,7 @@ impl EmbeddedStore {
 
     /// Write to the file now, even with nothing to save: `Ok` proves the store is writable.
     pub async fn probe(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.requests
-            .send(Request::Probe(tx))
-            .map_err(|_| StoreError::Closed)?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(StoreError::Write {
-                file: self.file.clone(),
-                reason,
-            }),
-            Err(_) => Err(StoreError::Closed),
-        }
+        self.ask(Request::Probe).await
     }
 
     /// Stop the writer after a last commit.
