@@ -92,12 +92,15 @@ backend = "file"
 path = "{users}"
 [store]
 path = "{state}"
+[audit]
+path = "{audit}"
 "#,
             cert = cert.display(),
             key = key.display(),
             secret = secret.display(),
             users = users.display(),
             state = dir.path().join("state").display(),
+            audit = dir.path().join("audit.log").display(),
         ),
     )
     .unwrap();
