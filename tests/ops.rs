@@ -115,7 +115,7 @@ fn requests(text: &str, route: &str, code: &str) -> f64 {
 
 /// Wait until a scrape satisfies `ok` (the sweeper runs every 250 ms), then return it.
 async fn scrape_until(gw: &GatewayProcess, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    for _ in 0..100 {
+    for _ in 0..200 {
         let t = scrape(gw).await;
         if ok(&t) {
             return t;
@@ -227,8 +227,8 @@ const CONTRACT_METRICS: [&str; 11] = [
 async fn metrics_follow_every_policy_exactly() {
     let (mut s, _audit) = ops_site(5, |c| {
         c.set("policy", "max_sessions", "3");
-        c.set("policy", "idle_timeout", "\"3s\"");
-        c.set("policy", "api_idle_timeout", "\"3s\"");
+        c.set("policy", "idle_timeout", "\"4s\"");
+        c.set("policy", "api_idle_timeout", "\"4s\"");
         c.set("upstream", "connect_timeout", "\"1s\"");
     })
     .await;
@@ -255,7 +255,7 @@ async fn metrics_follow_every_policy_exactly() {
 
     // Three seats: two browsers and one Basic caller.
     let c0 = s.browser_login("user0", "pass0").await;
-    let _c1 = s.browser_login("user1", "pass1").await;
+    let c1 = s.browser_login("user1", "pass1").await;
     let (st, _, _) = s.basic("GET", ME, "user2", "pass2", &[], "").await;
     assert_eq!(st, StatusCode::OK);
     let t = scrape(&s.gw).await;
@@ -303,6 +303,13 @@ async fn metrics_follow_every_policy_exactly() {
         ) >= 8.0
     );
 
+    // (activity, so that a slow machine cannot let the idle timeout overtake the next steps)
+    for c in [&c0, &c1] {
+        let (st, _, _) = s.browse(ME, c).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let (st, _, _) = s.basic("GET", ME, "user2", "pass2", &[], "").await;
+    assert_eq!(st, StatusCode::OK);
     // The helpdesk: unlock user4 and kick user0; the gauges follow at once.
     let (code, _, err) = cli(&s.gw, &["unlock", "user4"]);
     assert_eq!(code, 0, "{err}");
@@ -316,7 +323,7 @@ async fn metrics_follow_every_policy_exactly() {
     let (st, _, _) = s.browse(ME, &c0).await;
     assert_eq!(st, StatusCode::FOUND);
 
-    // Idle: after 3 s without activity the sweeper ends the rest, and the gauge reaches zero.
+    // Idle: after 4 s without activity the sweeper ends the rest, and the gauge reaches zero.
     let t = scrape_until(&s.gw, "every seat free after the idle timeout", |t| {
         value(t, "faspex_gate_sessions_active") == 0.0
     })
