@@ -110,8 +110,8 @@ path = "{audit}"
         .await
         .unwrap();
     let gw = server.https_addr().unwrap();
-    let (_control, rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(server.run(rx));
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(server.run(stopped));
 
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(&cert).unwrap();

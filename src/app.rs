@@ -4,7 +4,7 @@
 //! **Reload.** SIGHUP reads the configuration file again. A file that fails validation, a users
 //! file, certificate or audit path that cannot be read changes nothing: the running
 //! configuration stays, and the log says why. Otherwise the keys that can change under live
-//! sessions take effect at once ([`RESTART_ONLY`] lists the others, which keep their running
+//! sessions take effect at once ([`restart_only_changes`] lists the others, which keep their running
 //! values, each named in the log): `[policy]`, `[auth]` (the directory or users file is opened
 //! anew and the verification cache emptied), `[faspex]`, `[pages]`, `server.trusted_proxies`,
 //! `tls` (the certificate, read again even when its paths did not change), `audit.path` (the
@@ -324,29 +324,8 @@ fn old_checks_settle(cfg: &Config) -> std::time::Duration {
     (3 * step + std::time::Duration::from_secs(5)).max(std::time::Duration::from_secs(30))
 }
 
-/// Keys that need a restart: their values stay as they were when the gateway started.
-pub const RESTART_ONLY: &[&str] = &[
-    "server.listen",
-    "server.http_listen",
-    "server.tls_handshake_timeout",
-    "server.header_read_timeout",
-    "server.max_header_bytes",
-    "server.max_connections",
-    "server.shutdown_timeout",
-    "server.body_idle_timeout",
-    "upstream.url",
-    "upstream.ca_file",
-    "upstream.connect_timeout",
-    "upstream.response_timeout",
-    "upstream.preserve_host",
-    "admin.listen",
-    "session.cookie_name",
-    "session.secret_file",
-    "store.kind",
-    "store.path",
-];
-
-/// `new` with every [`RESTART_ONLY`] key at `running`'s value, and `new` as it was read.
+/// `new` with every restart-only key (see [`restart_only_changes`]) at `running`'s value, and
+/// `new` as it was read.
 fn keep_restart_only(running: &Config, new: Config) -> (Config, Config) {
     let read = new.clone();
     let mut eff = new;
@@ -366,7 +345,8 @@ fn keep_restart_only(running: &Config, new: Config) -> (Config, Config) {
     (eff, read)
 }
 
-/// The [`RESTART_ONLY`] keys whose value differs between `running` and `new`.
+/// The keys that need a restart (the one list of them) whose value differs between `running`
+/// and `new`. A reload keeps their running values.
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (running, new);
     let checks: [(&'static str, bool); 18] = [
@@ -476,10 +456,9 @@ pub async fn serve_with(
         upstream = %cfg.upstream.url,
         "faspex-gate started"
     );
-    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
-    let admin_task = admin.map(|a| tokio::spawn(a.run(admin_stopped)));
-    let (to_server, server_control) = tokio::sync::mpsc::channel(1);
-    let server_task = tokio::spawn(server.run(server_control));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let admin_task = admin.map(|a| tokio::spawn(a.run(stopped.clone())));
+    let server_task = tokio::spawn(server.run(stopped));
 
     let mut running = cfg;
     while let Some(cmd) = control.recv().await {
@@ -491,12 +470,11 @@ pub async fn serve_with(
             Control::Shutdown => break,
         }
     }
-    let _ = to_server.send(Control::Shutdown).await;
+    let _ = stop.send(true);
     let result = match server_task.await {
         Ok(r) => r,
         Err(e) => Err(anyhow::anyhow!("the server task failed: {e}")),
     };
-    let _ = stop_admin.send(true);
     if let Some(t) = admin_task {
         let _ = t.await;
     }

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! - [`server`]: listeners, the connection cap, TLS with a handshake timeout, header limits and
-//!   timeouts, SIGHUP certificate reload and graceful shutdown.
+//!   timeouts, the swappable certificate and graceful shutdown.
 //! - [`proxy`]: the request handler. [`proxy::classify`] decides the route on the normalised path
 //!   (public, login, logout, protected, denied, the gateway's own); the handler then finds the
 //!   credentials (HTTP Basic, a bearer token, the gateway's cookie from [`proxy::session`]) and

@@ -318,11 +318,7 @@ pub fn human(action: &Action, v: &Value) -> String {
             s("version"),
         ),
         Action::Sessions => {
-            let list: Vec<SessionView> = v
-                .get("sessions")
-                .cloned()
-                .and_then(|l| serde_json::from_value(l).ok())
-                .unwrap_or_default();
+            let list: Vec<SessionView> = list(v, "sessions");
             if list.is_empty() {
                 return "No live sessions.\n".into();
             }
@@ -345,11 +341,7 @@ pub fn human(action: &Action, v: &Value) -> String {
             )
         }
         Action::Lockouts => {
-            let list: Vec<LockView> = v
-                .get("lockouts")
-                .cloned()
-                .and_then(|l| serde_json::from_value(l).ok())
-                .unwrap_or_default();
+            let list: Vec<LockView> = list(v, "lockouts");
             if list.is_empty() {
                 return "No account is locked.\n".into();
             }
@@ -398,6 +390,14 @@ pub fn human(action: &Action, v: &Value) -> String {
             s("unlocks_at"),
         ),
     }
+}
+
+/// The array under `key` of an answer, read as `T`s (empty when absent or malformed).
+fn list<T: serde::de::DeserializeOwned>(v: &Value, key: &str) -> Vec<T> {
+    v.get(key)
+        .cloned()
+        .and_then(|l| serde_json::from_value(l).ok())
+        .unwrap_or_default()
 }
 
 fn table<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> String {

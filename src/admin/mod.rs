@@ -179,22 +179,12 @@ impl AdminApi {
         };
         let result = match split_user(rest) {
             Err(reason) => Err(Refused::BadRequest(reason)),
-            Ok(("status", None)) => match only(&method, Method::GET) {
-                Ok(()) => self.status().await,
-                Err(e) => Err(e),
-            },
-            Ok(("sessions", None)) => match only(&method, Method::GET) {
-                Ok(()) => self.sessions().await,
-                Err(e) => Err(e),
-            },
-            Ok(("lockouts", None)) => match only(&method, Method::GET) {
-                Ok(()) => self.lockouts().await,
-                Err(e) => Err(e),
-            },
-            Ok(("sessions", Some(user))) => match only(&method, Method::DELETE) {
-                Ok(()) => self.kick(&user, &call).await,
-                Err(e) => Err(e),
-            },
+            Ok(("status", None)) => guarded(&method, Method::GET, self.status()).await,
+            Ok(("sessions", None)) => guarded(&method, Method::GET, self.sessions()).await,
+            Ok(("lockouts", None)) => guarded(&method, Method::GET, self.lockouts()).await,
+            Ok(("sessions", Some(user))) => {
+                guarded(&method, Method::DELETE, self.kick(&user, &call)).await
+            }
             Ok(("lockouts", Some(user))) => match method {
                 Method::DELETE => self.unlock(&user, &call).await,
                 Method::POST => match lock_for(req.into_body()).await {
@@ -452,9 +442,15 @@ fn admin_err(e: AdminError) -> Refused {
     }
 }
 
-fn only(method: &Method, allowed: Method) -> Result<(), Refused> {
+/// Run `call` when `method` is the one `allowed` (GET or DELETE); else 405. (`call` is a
+/// future: nothing of it runs unless the method is right.)
+async fn guarded(
+    method: &Method,
+    allowed: Method,
+    call: impl std::future::Future<Output = Result<Value, Refused>>,
+) -> Result<Value, Refused> {
     if *method == allowed {
-        Ok(())
+        call.await
     } else if allowed == Method::GET {
         Err(Refused::Method("GET"))
     } else {

@@ -1,6 +1,6 @@
 //! Listeners and connections: accept, the connection cap, TLS (with a handshake timeout), HTTP/1.1
 //! or HTTP/2 by ALPN, the header-read timeout that also bounds idle keep-alive connections, the
-//! header-size limit, SIGHUP certificate reload and graceful shutdown.
+//! header-size limit, the swappable certificate ([`tls::CertStore`], which a reload refills) and graceful shutdown.
 //!
 //! Every connection holds one permit of a semaphore sized `server.max_connections`; the accept
 //! loop takes a permit *before* accepting, so past the cap new clients wait in the kernel's
@@ -52,10 +52,10 @@ pub struct Server {
     shutdown_timeout: Duration,
 }
 
-/// What a running server can be told to do.
+/// What a signal asks of the running gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// SIGHUP: reload the certificate.
+    /// SIGHUP: reload the configuration (and the certificate).
     Reload,
     /// SIGTERM/SIGINT: stop accepting, finish in-flight requests, exit.
     Shutdown,
@@ -134,11 +134,9 @@ impl Server {
         self.https.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
-    /// Serve until told to shut down, then drain.
-    pub async fn run(
-        self,
-        mut control: tokio::sync::mpsc::Receiver<Control>,
-    ) -> anyhow::Result<()> {
+    /// Serve until `stop` turns true (or its sender is gone), then drain. Reloads are the
+    /// app's: it swaps the certificate through [`Server::certs`].
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut loops = Vec::new();
         if let Some((listener, acceptor)) = self.https {
@@ -160,18 +158,9 @@ impl Server {
             )));
         }
 
-        while let Some(cmd) = control.recv().await {
-            match cmd {
-                Control::Reload => match &self.certs {
-                    Some(certs) => match certs.reload() {
-                        Ok(()) => tracing::info!("certificate reloaded"),
-                        Err(e) => {
-                            tracing::error!(error = %format!("{e:#}"), "certificate reload failed; keeping the old one")
-                        }
-                    },
-                    None => tracing::info!("reload: no TLS listener, nothing to reload"),
-                },
-                Control::Shutdown => break,
+        while !*stop.borrow_and_update() {
+            if stop.changed().await.is_err() {
+                break;
             }
         }
 

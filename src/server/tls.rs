@@ -80,7 +80,6 @@ fn load_certified_key(cert_file: &Path, key_file: &Path) -> anyhow::Result<Certi
 #[derive(Debug)]
 pub struct CertStore {
     current: ArcSwap<CertifiedKey>,
-    files: std::sync::Mutex<(PathBuf, PathBuf)>,
 }
 
 impl CertStore {
@@ -88,16 +87,7 @@ impl CertStore {
         let ck = load_certified_key(cert_file, key_file)?;
         Ok(Arc::new(CertStore {
             current: ArcSwap::from_pointee(ck),
-            files: std::sync::Mutex::new((cert_file.to_owned(), key_file.to_owned())),
         }))
-    }
-
-    /// Read the files again. On any error the old certificate stays in place.
-    pub fn reload(&self) -> anyhow::Result<()> {
-        let (cert, key) = self.files.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let ck = load_certified_key(&cert, &key)?;
-        self.current.store(Arc::new(ck));
-        Ok(())
     }
 
     /// Read a certificate and key, maybe from new paths, without installing them yet: a reload
@@ -105,21 +95,18 @@ impl CertStore {
     pub fn prepare(cert_file: &Path, key_file: &Path) -> anyhow::Result<PreparedCert> {
         Ok(PreparedCert {
             key: load_certified_key(cert_file, key_file)?,
-            files: (cert_file.to_owned(), key_file.to_owned()),
         })
     }
 
     /// Serve `p` to every new handshake from now on.
     pub fn install(&self, p: PreparedCert) {
         self.current.store(Arc::new(p.key));
-        *self.files.lock().unwrap_or_else(|e| e.into_inner()) = p.files;
     }
 }
 
 /// A certificate read and checked by [`CertStore::prepare`].
 pub struct PreparedCert {
     key: CertifiedKey,
-    files: (PathBuf, PathBuf),
 }
 
 impl ResolvesServerCert for CertStore {
