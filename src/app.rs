@@ -349,7 +349,7 @@ fn keep_restart_only(running: &Config, new: Config) -> (Config, Config) {
 /// and `new`. A reload keeps their running values.
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (running, new);
-    let checks: [(&'static str, bool); 18] = [
+    let checks: [(&'static str, bool); 19] = [
         ("server.listen", a.server.listen != b.server.listen),
         (
             "server.http_listen",
@@ -371,6 +371,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
             "server.max_connections",
             a.server.max_connections != b.server.max_connections,
         ),
+        ("server.workers", a.server.workers != b.server.workers),
         (
             "server.shutdown_timeout",
             a.server.shutdown_timeout != b.server.shutdown_timeout,

@@ -125,7 +125,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(e) => return config_failure(&e),
             };
-            match runtime().and_then(|rt| rt.block_on(crate::app::serve(cfg))) {
+            match runtime(cfg.server.workers).and_then(|rt| rt.block_on(crate::app::serve(cfg))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failure(&e),
             }
@@ -148,7 +148,7 @@ pub fn run(cli: Cli) -> ExitCode {
             admin_listen,
         } => {
             init_tracing();
-            match runtime().and_then(|rt| rt.block_on(crate::demo::run(listen, admin_listen))) {
+            match runtime(0).and_then(|rt| rt.block_on(crate::demo::run(listen, admin_listen))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => match e.downcast_ref::<ConfigError>() {
                     Some(ce) => config_failure(ce),
@@ -225,10 +225,19 @@ fn failure(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+/// The request-handling runtime: `workers` threads, or one per core when 0. One worker is a
+/// current-thread runtime: the same single thread without the work-stealing machinery.
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    Ok(b.enable_all().build()?)
 }
 
 /// Human-readable logs on stderr; `RUST_LOG` picks the level (default `info`).

@@ -28,8 +28,16 @@ pub fn random_bytes(n: usize) -> anyhow::Result<Vec<u8>> {
 
 /// `n` random bytes as lower-case hex.
 pub fn random_hex(n: usize) -> anyhow::Result<String> {
-    Ok(random_bytes(n)?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&random_bytes(n)?))
+}
+
+/// Bytes as lower-case hex, in one allocation.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
 }

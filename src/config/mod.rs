@@ -116,6 +116,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Request-handling threads; 0 = one per CPU core.
+    pub workers: usize,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
     /// How long a request or response body, or an upgraded tunnel, may move no bytes before the

@@ -43,6 +43,8 @@ pub(crate) struct RawServer {
     pub max_header_bytes: u64,
     #[serde(deserialize_with = "strict::uint")]
     pub max_connections: u64,
+    #[serde(deserialize_with = "strict::uint")]
+    pub workers: u64,
     #[serde(deserialize_with = "strict::string")]
     pub shutdown_timeout: String,
     #[serde(deserialize_with = "strict::string")]
@@ -59,6 +61,7 @@ impl Default for RawServer {
             header_read_timeout: "30s".into(),
             max_header_bytes: 65536,
             max_connections: 10000,
+            workers: 0,
             shutdown_timeout: "30s".into(),
             body_idle_timeout: "5m".into(),
         }

@@ -46,6 +46,7 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
             header_read_timeout: duration(c.server.header_read_timeout),
             max_header_bytes: c.server.max_header_bytes as u64,
             max_connections: c.server.max_connections as u64,
+            workers: c.server.workers as u64,
             shutdown_timeout: duration(c.server.shutdown_timeout),
             body_idle_timeout: duration(c.server.body_idle_timeout),
         },

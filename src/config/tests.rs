@@ -965,6 +965,16 @@ fn header_bytes_and_connections_bounds() {
             .max_connections,
         1
     );
+    assert_eq!(f.load(&[]).unwrap().server.workers, 0, "one per core");
+    assert_eq!(
+        f.load(&[("server.workers", i(2))]).unwrap().server.workers,
+        2
+    );
+    f.fails(
+        &[("server.workers", i(1025))],
+        "server.workers",
+        "at most 1024",
+    );
 }
 
 // ---------------------------------------------------------------- [upstream]

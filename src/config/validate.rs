@@ -187,6 +187,7 @@ impl Ctx<'_> {
                 MAX_HEADER_BYTES.1,
             )?,
             max_connections: self.at_least_one("server.max_connections", raw.max_connections)?,
+            workers: self.count("server.workers", raw.workers, 0, 1024)?,
             shutdown_timeout: self.duration("server.shutdown_timeout", &raw.shutdown_timeout)?,
             body_idle_timeout: self.duration("server.body_idle_timeout", &raw.body_idle_timeout)?,
         })

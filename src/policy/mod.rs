@@ -231,7 +231,7 @@ impl LoginRequest<'_> {
     /// The client id of an HTTP Basic caller: its source address and User-Agent.
     pub fn basic_client(ip: IpAddr, agent: &str) -> ClientId {
         let d = ring::digest::digest(&ring::digest::SHA256, agent.as_bytes());
-        let short: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let short = crate::util::hex(&d.as_ref()[..8]);
         ClientId(format!("basic:{ip}:{short}"))
     }
 }

@@ -358,11 +358,11 @@ impl Handler {
             }
             Route::Login => {
                 req.headers_mut().remove(header::AUTHORIZATION);
-                self.form_login(req, &side).await
+                Box::pin(self.form_login(req, &side)).await
             }
             Route::Logout => {
                 req.headers_mut().remove(header::AUTHORIZATION);
-                self.logout(req, &side).await
+                Box::pin(self.logout(req, &side)).await
             }
             _ => self.protected(req, &side, &classified.path).await,
         }
@@ -399,8 +399,7 @@ impl Handler {
         }
         match creds {
             Credentials::Basic { user, password } => {
-                self.basic(req, side, path, &user, &password, token_path)
-                    .await
+                Box::pin(self.basic(req, side, path, &user, &password, token_path)).await
             }
             Credentials::Bearer(token) => match policy.bearer_session(&token, path).await? {
                 Ok(_) => {
@@ -431,10 +430,11 @@ impl Handler {
                 // The session's own Faspex session, whatever Faspex cookie the browser sent:
                 // a gateway session never rides on another account's Faspex session.
                 let name = &self.inner.faspex.session_cookie;
-                session::replace_cookie(
+                session::forward_cookies(
                     req.headers_mut(),
                     name,
                     session.upstream_cookie.as_deref(),
+                    self.inner.cookies.name(),
                 );
                 let resp = self.pass(req, side).await?;
                 // Faspex rotated its session cookie: keep the new one for the logout.

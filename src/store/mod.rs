@@ -74,12 +74,7 @@ impl SessionToken {
     /// The key the store files this session under.
     pub fn key(&self) -> SessionKey {
         let d = ring::digest::digest(&ring::digest::SHA256, self.0.as_bytes());
-        SessionKey(
-            d.as_ref()[..16]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        )
+        SessionKey(crate::util::hex(&d.as_ref()[..16]))
     }
 }
 

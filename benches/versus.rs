@@ -1,0 +1,1388 @@
+//! faspex-gate against nginx, side by side, as `../shared/docs/bench-plan.md` describes.
+//!
+//! Run it with `benches/versus.sh` (it installs nginx, wrk and oha when they are missing, and
+//! builds in release mode), or `cargo bench --bench versus -- [--smoke] [--rounds N]
+//! [--workers N] [--json FILE]` once the tools are there.
+//!
+//! Every peer runs as its own process on loopback, with the same ECDSA P-256 certificate and the
+//! same number of request-handling workers:
+//! - **D**: the client straight to the upstream, `versus upstream` (a release-built hyper server):
+//!   the ceiling for small requests;
+//! - **G**: faspex-gate (`target/release/faspex-gate run`), logging in against a real `slapd`;
+//! - **N**: nginx as a plain `proxy_pass` over TLS, tuned for streaming;
+//! - **NA**: nginx with `auth_request` to `/auth` on the upstream, which answers 204 at once;
+//! - **R**: `versus relay`, a TLS-terminating byte relay: the ceiling for streams.
+//!
+//! Scenarios, each over `--rounds` rounds with the peers in rotated order: small authenticated
+//! GETs (wrk for saturation; oha at a fixed rate for latency), 2 GiB downloads and uploads
+//! (curl; Content-Length and chunked), twenty slow readers, a password spray against fifty
+//! working users, memory per session and per idle connection, and full TLS handshakes. Any
+//! non-2xx answer or socket error fails the run. Results print as tables and go to a JSON file.
+
+#[path = "versus/load.rs"]
+mod load;
+#[path = "versus/peers.rs"]
+mod peers;
+#[path = "../tests/slapd.rs"]
+mod slapd;
+#[path = "versus/tools.rs"]
+mod tools;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tools::{summary, Proc};
+
+const COOKIE: &str = "__Host-faspex-gate";
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+#[derive(Clone, Debug)]
+struct Opts {
+    smoke: bool,
+    rounds: usize,
+    workers: usize,
+    secs: u64,
+    stream: u64,
+    sessions: usize,
+    idle: usize,
+    spray_secs: f64,
+    spray_rate: f64,
+    json: PathBuf,
+    oha: PathBuf,
+    /// Only these scenarios (`--only small,streams,spray,idle,handshakes,sessions`).
+    only: Option<Vec<String>>,
+    /// Start the peers, print where they are, and wait (for profiling by hand).
+    hold: bool,
+}
+
+impl Opts {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == scenario))
+    }
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Opts {
+        let smoke = args.iter().any(|a| a == "--smoke");
+        let val = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1).cloned())
+        };
+        let target = Path::new(env!("CARGO_BIN_EXE_faspex-gate"))
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("target"));
+        Opts {
+            smoke,
+            rounds: val("--rounds")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(if smoke { 1 } else { 5 }),
+            workers: val("--workers").and_then(|v| v.parse().ok()).unwrap_or(1),
+            secs: if smoke { 1 } else { 5 },
+            stream: if smoke { 32 * MIB } else { 2 * GIB },
+            sessions: if smoke { 2_000 } else { 100_000 },
+            idle: if smoke { 200 } else { 2_000 },
+            spray_secs: if smoke { 2.0 } else { 10.0 },
+            spray_rate: if smoke { 500.0 } else { 2_500.0 },
+            json: val("--json")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| target.join("versus.json")),
+            oha: val("--oha")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("OHA").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("oha")),
+            hold: args.iter().any(|a| a == "--hold"),
+            only: val("--only").map(|v| v.split(',').map(str::to_owned).collect()),
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match args.first().map(String::as_str) {
+        Some("upstream") => peers::upstream(&args[1..]),
+        Some("relay") => peers::relay(&args[1..]),
+        _ => {
+            let opts = Opts::parse(&args);
+            let failures = run(&opts);
+            if failures.is_empty() {
+                println!("\nThe run is clean: every answer was the expected one.");
+            } else {
+                eprintln!("\nTHE RUN FAILED:");
+                for f in &failures {
+                    eprintln!("  - {f}");
+                }
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------ the rig
+
+/// Every process of the benchmark.
+struct Rig {
+    dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    cert_pem: Vec<u8>,
+    upstream: SocketAddr,
+    upstream_proc: Proc,
+    _slapd: slapd::Slapd,
+    gateway: SocketAddr,
+    gateway_admin: SocketAddr,
+    gateway_proc: Proc,
+    nginx: SocketAddr,
+    nginx_auth: SocketAddr,
+    nginx_proc: Proc,
+    relay: SocketAddr,
+    _relay_proc: Proc,
+    /// user0's gateway session: every small GET carries it.
+    cookie: String,
+}
+
+fn me() -> PathBuf {
+    std::env::current_exe().expect("the benchmark's own path")
+}
+
+fn write_private(path: &Path, bytes: &[u8]) {
+    faspex_gate::util::write_private(path, bytes).expect("write a private file");
+}
+
+/// A gateway configuration: `auth` is the `[auth…]` sections, `policy` extra `[policy]` lines.
+#[allow(clippy::too_many_arguments)]
+fn gateway_config(
+    dir: &Path,
+    name: &str,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    upstream: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    workers: usize,
+    policy: &str,
+    auth: &str,
+) -> PathBuf {
+    let state = dir.join(format!("{name}-state"));
+    std::fs::create_dir_all(&state).expect("state folder");
+    write_private(&dir.join(format!("{name}-secret")), &[b's'; 48]);
+    write_private(
+        &dir.join(format!("{name}-token")),
+        b"bench-admin-token-0123456789",
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"[server]
+listen = "{listen}"
+workers = {workers}
+max_connections = 20000
+[tls]
+cert_file = "{cert}"
+key_file = "{key}"
+[upstream]
+url = "http://{upstream}"
+[admin]
+listen = "{admin}"
+token_file = "{token}"
+[session]
+secret_file = "{secret}"
+[policy]
+{policy}
+[store]
+path = "{state}"
+[audit]
+path = "{audit}"
+{auth}
+"#,
+            cert = cert.display(),
+            key = key.display(),
+            token = dir.join(format!("{name}-token")).display(),
+            secret = dir.join(format!("{name}-secret")).display(),
+            state = state.display(),
+            audit = dir.join(format!("{name}-audit.log")).display(),
+        ),
+    )
+    .expect("write the gateway's config");
+    path
+}
+
+fn start_gateway(dir: &Path, name: &str, config: &Path, listen: SocketAddr) -> Proc {
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut p = Proc::spawn(
+        "faspex-gate",
+        Command::new(env!("CARGO_BIN_EXE_faspex-gate"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log),
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(listen).is_err() {
+        if !p.alive() || Instant::now() > until {
+            panic!(
+                "faspex-gate ({name}) did not start:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
+}
+
+fn nginx_config(
+    dir: &Path,
+    workers: usize,
+    n: SocketAddr,
+    na: SocketAddr,
+    up: SocketAddr,
+    cert: &Path,
+    key: &Path,
+) -> PathBuf {
+    let tmp = dir.join("nginx-tmp");
+    std::fs::create_dir_all(&tmp).expect("nginx temp folder");
+    let proxy = r#"proxy_pass http://faspex;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_buffer_size 64k;"#;
+    let path = dir.join("nginx.conf");
+    std::fs::write(
+        &path,
+        format!(
+            r#"worker_processes {workers};
+worker_rlimit_nofile 65536;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log {dir}/nginx-access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    client_max_body_size 0;
+    keepalive_timeout 30s;
+    keepalive_requests 100000000;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    upstream faspex {{
+        server {up};
+        keepalive 64;
+        keepalive_requests 100000000;
+    }}
+    server {{
+        listen {n} ssl;
+        location / {{
+            {proxy}
+        }}
+    }}
+    server {{
+        listen {na} ssl;
+        location / {{
+            auth_request /_auth;
+            {proxy}
+        }}
+        location = /_auth {{
+            internal;
+            proxy_pass http://faspex/auth;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }}
+    }}
+}}
+"#,
+            dir = dir.display(),
+            tmp = tmp.display(),
+            cert = cert.display(),
+            key = key.display(),
+        ),
+    )
+    .expect("write nginx.conf");
+    path
+}
+
+fn nginx_binary() -> PathBuf {
+    for p in ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("nginx is not installed: benches/versus.sh installs it");
+}
+
+impl Rig {
+    fn start(opts: &Opts, rt: &tokio::runtime::Runtime) -> Rig {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let d = dir.path();
+        let (cert, key) = faspex_gate::server::tls::write_self_signed(d, &["localhost"])
+            .expect("a self-signed ECDSA P-256 certificate");
+        let cert_pem = std::fs::read(&cert).expect("read the certificate");
+
+        let upstream = tools::free_addr();
+        let upstream_proc = Proc::spawn(
+            "upstream",
+            Command::new(me())
+                .args(["upstream", "--listen", &upstream.to_string(), "--threads"])
+                .arg(opts.workers.to_string())
+                .stdout(Stdio::null()),
+        );
+        tools::wait_port(upstream, "the upstream");
+
+        // The directory: user0..user199 (password pw-userN).
+        let slapd = slapd::Slapd::start_with(&slapd::bulk_people(200));
+
+        let gateway = tools::free_addr();
+        let gateway_admin = tools::free_addr();
+        let config = gateway_config(
+            d,
+            "gateway",
+            gateway,
+            gateway_admin,
+            upstream,
+            &cert,
+            &key,
+            opts.workers,
+            "max_sessions = 100\npublic_requests_per_ip_per_minute = 100000000",
+            &format!(
+                "[auth]\nbackend = \"ldap\"\nmax_checks_per_second = 50\n[auth.ldap]\n\
+                 urls = [\"{}\"]\nuser_dn_template = \"{}\"\n",
+                slapd.url(),
+                slapd::DIRECT_TEMPLATE
+            ),
+        );
+        let gateway_proc = start_gateway(d, "gateway", &config, gateway);
+
+        let (nginx, nginx_auth) = (tools::free_addr(), tools::free_addr());
+        let conf = nginx_config(d, opts.workers, nginx, nginx_auth, upstream, &cert, &key);
+        let nginx_proc = Proc::spawn(
+            "nginx",
+            Command::new(nginx_binary())
+                .arg("-c")
+                .arg(&conf)
+                .args(["-g", "daemon off;"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        tools::wait_port(nginx, "nginx");
+        tools::wait_port(nginx_auth, "nginx (auth_request)");
+
+        let relay = tools::free_addr();
+        let relay_proc = Proc::spawn(
+            "relay",
+            Command::new(me())
+                .args(["relay", "--listen", &relay.to_string()])
+                .args(["--upstream", &upstream.to_string()])
+                .arg("--cert")
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .args(["--threads", &opts.workers.to_string()])
+                .stdout(Stdio::null()),
+        );
+        tools::wait_port(relay, "the relay");
+
+        let tls = load::connector(&cert_pem, true);
+        let cookie = rt
+            .block_on(async {
+                let mut s = load::connect(&tls, gateway, None).await?;
+                load::login(&mut s, "user0", "pw-user0", COOKIE).await
+            })
+            .expect("user0 logs in through the gateway");
+
+        Rig {
+            dir,
+            cert,
+            key,
+            cert_pem,
+            upstream,
+            upstream_proc,
+            _slapd: slapd,
+            gateway,
+            gateway_admin,
+            gateway_proc,
+            nginx,
+            nginx_auth,
+            nginx_proc,
+            relay,
+            _relay_proc: relay_proc,
+            cookie,
+        }
+    }
+
+    fn nginx_pids(&self) -> Vec<u32> {
+        tools::family(self.nginx_proc.pid())
+    }
+
+    fn stats(&self) -> BTreeMap<String, u64> {
+        parse_pairs(&http_get(self.upstream, "/_stats"))
+    }
+
+    fn metrics(&self) -> String {
+        http_get(self.gateway_admin, "/metrics")
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: the body.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+fn parse_pairs(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of a metric's samples whose line starts with `prefix` (name and any labels).
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn rotated<T: Copy>(items: &[T], round: usize) -> Vec<T> {
+    let n = items.len();
+    (0..n).map(|i| items[(i + round) % n]).collect()
+}
+
+// ------------------------------------------------------------------------------ the scenarios
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Peer {
+    Direct,
+    Gate,
+    Nginx,
+    NginxAuth,
+    Relay,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Direct => "direct",
+            Peer::Gate => "faspex-gate",
+            Peer::Nginx => "nginx",
+            Peer::NginxAuth => "nginx+auth_request",
+            Peer::Relay => "relay",
+        }
+    }
+
+    fn url(self, rig: &Rig, path: &str) -> String {
+        match self {
+            Peer::Direct => format!("http://{}{path}", rig.upstream),
+            Peer::Gate => format!("https://localhost:{}{path}", rig.gateway.port()),
+            Peer::Nginx => format!("https://localhost:{}{path}", rig.nginx.port()),
+            Peer::NginxAuth => format!("https://localhost:{}{path}", rig.nginx_auth.port()),
+            Peer::Relay => format!("https://localhost:{}{path}", rig.relay.port()),
+        }
+    }
+
+    fn pids(self, rig: &Rig) -> Vec<u32> {
+        match self {
+            Peer::Direct => vec![rig.upstream_proc.pid()],
+            Peer::Gate => vec![rig.gateway_proc.pid()],
+            Peer::Nginx | Peer::NginxAuth => rig.nginx_pids(),
+            Peer::Relay => vec![rig._relay_proc.pid()],
+        }
+    }
+}
+
+const SMALL_PATH: &str = "/aspera/faspex/small";
+const WRK_CONNS: usize = 32;
+
+/// Scenario 1: small authenticated GETs: saturation (wrk), CPU per request, then latency at
+/// half the lowest proxy's saturation rate (oha, fixed rate).
+fn small_gets(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
+    let peers = [Peer::Direct, Peer::Gate, Peer::Nginx, Peer::NginxAuth];
+    let mut rates: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
+    let mut cpu_us: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
+    let mut ratio_n = Vec::new();
+    let mut ratio_na = Vec::new();
+    println!("\n## Small authenticated GETs (1 KiB, keep-alive, {WRK_CONNS} connections, wrk)");
+    for round in 0..opts.rounds {
+        let mut this: BTreeMap<Peer, f64> = BTreeMap::new();
+        for peer in rotated(&peers, round) {
+            let before = rig.stats();
+            let pids = peer.pids(rig);
+            let cpu0 = tools::cpu_seconds(&pids);
+            let w = tools::wrk(
+                &peer.url(rig, SMALL_PATH),
+                WRK_CONNS,
+                opts.secs,
+                &rig.cookie,
+            );
+            let cpu = tools::cpu_seconds(&pids) - cpu0;
+            let after = rig.stats();
+            let served = after["small"] - before["small"];
+            if w.non_2xx_3xx > 0 || w.socket_errors > 0 {
+                failures.push(format!(
+                    "small GETs via {}: {} non-2xx answers, {} socket errors",
+                    peer.name(),
+                    w.non_2xx_3xx,
+                    w.socket_errors
+                ));
+            }
+            // wrk counts a 3xx as a success: every answer must have been the upstream's 200.
+            if served < w.requests {
+                failures.push(format!(
+                    "small GETs via {}: {} answers but the upstream served {served}",
+                    peer.name(),
+                    w.requests
+                ));
+            }
+            if peer == Peer::NginxAuth && after["auth"] - before["auth"] < w.requests {
+                failures.push("nginx auth_request did not ask /auth for every request".into());
+            }
+            println!(
+                "round {round}: {:<20} {:>9.0} req/s  {:>6.1} µs CPU/req",
+                peer.name(),
+                w.per_second,
+                cpu * 1e6 / w.requests as f64
+            );
+            this.insert(peer, w.per_second);
+            rates.entry(peer).or_default().push(w.per_second);
+            cpu_us
+                .entry(peer)
+                .or_default()
+                .push(cpu * 1e6 / w.requests as f64);
+        }
+        ratio_n.push(this[&Peer::Gate] / this[&Peer::Nginx]);
+        ratio_na.push(this[&Peer::Gate] / this[&Peer::NginxAuth]);
+    }
+
+    // Latency at half of the lowest proxy saturation rate, fixed rate, corrected.
+    let lowest = [Peer::Gate, Peer::Nginx, Peer::NginxAuth]
+        .iter()
+        .map(|p| summary(&rates[p]).0)
+        .fold(f64::INFINITY, f64::min);
+    let rate = (lowest / 2.0).max(100.0);
+    println!("\n## Latency at {rate:.0} req/s (half the lowest saturation rate; oha, corrected)");
+    let mut p50: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
+    let mut p99: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
+    for round in 0..opts.rounds {
+        for peer in rotated(&peers, round) {
+            let o = tools::oha(
+                &opts.oha,
+                &peer.url(rig, SMALL_PATH),
+                rate,
+                16,
+                opts.secs.max(3),
+                &rig.cookie,
+            );
+            if o.non_2xx > 0 || o.errors > 0 || o.requests == 0 {
+                failures.push(format!(
+                    "latency via {}: {} requests, {} non-2xx, {} errors",
+                    peer.name(),
+                    o.requests,
+                    o.non_2xx,
+                    o.errors
+                ));
+            }
+            println!(
+                "round {round}: {:<20} p50 {:>7.3} ms  p99 {:>7.3} ms",
+                peer.name(),
+                o.p50_ms,
+                o.p99_ms
+            );
+            p50.entry(peer).or_default().push(o.p50_ms);
+            p99.entry(peer).or_default().push(o.p99_ms);
+        }
+    }
+    let d50 = summary(&p50[&Peer::Direct]).0;
+    let d99 = summary(&p99[&Peer::Direct]).0;
+    let added = |m: &BTreeMap<Peer, Vec<f64>>, p: Peer, base: f64| summary(&m[&p]).0 - base;
+
+    let mut peers_json = serde_json::Map::new();
+    for p in peers {
+        let (m, lo, hi) = summary(&rates[&p]);
+        peers_json.insert(
+            p.name().into(),
+            json!({
+                "requests_per_second": {"median": m, "min": lo, "max": hi},
+                "cpu_us_per_request": summary(&cpu_us[&p]).0,
+                "p50_ms": summary(&p50[&p]).0,
+                "p99_ms": summary(&p99[&p]).0,
+                "added_p50_ms": added(&p50, p, d50),
+                "added_p99_ms": added(&p99, p, d99),
+            }),
+        );
+    }
+    json!({
+        "connections": WRK_CONNS,
+        "latency_rate": rate,
+        "peers": peers_json,
+        "ratio_vs_nginx": range_json(&ratio_n),
+        "ratio_vs_nginx_auth_request": range_json(&ratio_na),
+    })
+}
+
+fn range_json(xs: &[f64]) -> Value {
+    let (m, lo, hi) = summary(xs);
+    json!({"median": m, "min": lo, "max": hi})
+}
+
+/// Scenario 2: streamed downloads and uploads, Content-Length and chunked, through faspex-gate,
+/// nginx and the relay; the gateway's peak RSS during each; then twenty slow readers.
+fn streams(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
+    let size = opts.stream;
+    let file = rig.dir.path().join("upload.bin");
+    std::fs::File::create(&file)
+        .and_then(|f| f.set_len(size))
+        .expect("a sparse upload file");
+    let peers = [Peer::Gate, Peer::Nginx, Peer::Relay];
+    let kinds = [
+        ("download", false),
+        ("download chunked", true),
+        ("upload", false),
+        ("upload chunked", true),
+    ];
+    println!(
+        "\n## Streams of {:.2} GiB (curl, one at a time)",
+        size as f64 / GIB as f64
+    );
+    let gw_rss0 = tools::rss_kib(&[rig.gateway_proc.pid()]);
+    let mut out = serde_json::Map::new();
+    let mut peak_all = 0u64;
+    for (kind, chunked) in kinds {
+        let mut gbps: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
+        let mut r_n = Vec::new();
+        let mut r_relay = Vec::new();
+        let mut peak = 0u64;
+        for round in 0..opts.rounds {
+            let mut this = BTreeMap::new();
+            for peer in rotated(&peers, round) {
+                let upload = kind.starts_with("upload");
+                let url = if upload {
+                    peer.url(rig, "/aspera/faspex/upload")
+                } else {
+                    peer.url(
+                        rig,
+                        &format!("/big?bytes={size}&chunked={}", u8::from(chunked)),
+                    )
+                };
+                let before = rig.stats();
+                let sampler = (peer == Peer::Gate)
+                    .then(|| tools::RssPeak::start(vec![rig.gateway_proc.pid()]));
+                let c = tools::curl(&url, &rig.cookie, upload.then_some(file.as_path()), chunked);
+                if let Some(s) = sampler {
+                    peak = peak.max(s.finish());
+                }
+                let after = rig.stats();
+                let moved = if upload {
+                    after["uploaded"] - before["uploaded"]
+                } else {
+                    c.bytes
+                };
+                if c.status != 200 || c.bytes != size || moved != size {
+                    failures.push(format!(
+                        "{kind} via {}: status {}, {} bytes sent/received, {moved} at the far end \
+                         (expected {size})",
+                        peer.name(),
+                        c.status,
+                        c.bytes
+                    ));
+                }
+                let rate = size as f64 / c.secs / 1e9;
+                println!(
+                    "round {round}: {kind:<17} {:<12} {rate:>6.3} GB/s",
+                    peer.name()
+                );
+                this.insert(peer, rate);
+                gbps.entry(peer).or_default().push(rate);
+            }
+            r_n.push(this[&Peer::Gate] / this[&Peer::Nginx]);
+            r_relay.push(this[&Peer::Gate] / this[&Peer::Relay]);
+        }
+        peak_all = peak_all.max(peak);
+        let mut row = serde_json::Map::new();
+        for p in peers {
+            row.insert(p.name().into(), range_json(&gbps[&p]));
+        }
+        row.insert("ratio_vs_nginx".into(), range_json(&r_n));
+        row.insert("ratio_vs_relay".into(), range_json(&r_relay));
+        row.insert("gateway_peak_rss_kib".into(), json!(peak));
+        out.insert(kind.into(), Value::Object(row));
+    }
+
+    // Twenty slow readers at 1 MB/s each for 10 s (3 s in the smoke run).
+    let secs = if opts.smoke { 3 } else { 10 };
+    println!("\n## Twenty slow readers (curl --limit-rate 1M, {secs} s)");
+    let mut slow = serde_json::Map::new();
+    for peer in [Peer::Gate, Peer::Nginx] {
+        let pids = peer.pids(rig);
+        let rss0 = tools::rss_kib(&pids);
+        let sampler = tools::RssPeak::start(pids.clone());
+        let url = peer.url(rig, &format!("/big?bytes={}&chunked=0", 64 * GIB));
+        let children: Vec<_> = (0..20)
+            .map(|_| {
+                Command::new("curl")
+                    .args(["-sk", "--http1.1", "--limit-rate", "1M", "-o", "/dev/null"])
+                    .args(["--max-time", &secs.to_string(), "-w", "%{size_download}"])
+                    .args(["-H", &format!("Cookie: {}", rig.cookie)])
+                    .arg(&url)
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("curl")
+            })
+            .collect();
+        let mut got = Vec::new();
+        for c in children {
+            let out = c.wait_with_output().expect("curl");
+            got.push(
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0),
+            );
+        }
+        let peak = sampler.finish();
+        let least = got.iter().copied().min().unwrap_or(0);
+        if least < MIB {
+            failures.push(format!(
+                "slow readers via {}: one received only {least} bytes",
+                peer.name()
+            ));
+        }
+        println!(
+            "{:<12} RSS {:>6.1} MiB before, peak {:>6.1} MiB; each reader got ≥ {:.1} MiB",
+            peer.name(),
+            rss0 as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            least as f64 / MIB as f64
+        );
+        slow.insert(
+            peer.name().into(),
+            json!({"rss_before_kib": rss0, "peak_rss_kib": peak, "least_bytes": least}),
+        );
+        if peer == Peer::Gate {
+            peak_all = peak_all.max(peak);
+        }
+    }
+    // Let the slow transfers' connections close before the next scenario.
+    std::thread::sleep(Duration::from_secs(1));
+    json!({
+        "bytes": size,
+        "gateway_rss_before_kib": gw_rss0,
+        "gateway_peak_rss_kib": peak_all,
+        "kinds": out,
+        "slow_readers": slow,
+    })
+}
+
+/// Scenario 3: a password spray from thousands of loopback addresses while fifty logged-in
+/// users work at a fixed rate: their latency with and without it, and the checks that reached
+/// the directory.
+fn spray(
+    rig: &Rig,
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    failures: &mut Vec<String>,
+) -> Value {
+    let tls = load::connector(&rig.cert_pem, true);
+    let gw = rig.gateway;
+    // Fifty users, each logged in from an address of its own (user1..user50).
+    let users: Vec<(IpAddr, String)> = rt.block_on(async {
+        let mut v = Vec::new();
+        for i in 1..=50usize {
+            let ip = load::source(1, i);
+            let mut s = load::connect(&tls, gw, Some(ip)).await.expect("connect");
+            // The directory check ceiling is 50 a second: pace the logins under it.
+            let cookie = loop {
+                match load::login(&mut s, &format!("user{i}"), &format!("pw-user{i}"), COOKIE).await
+                {
+                    Ok(c) => break c,
+                    Err(e) if e.to_string().contains("429") => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Err(e) => panic!("user{i} cannot log in: {e}"),
+                }
+            };
+            v.push((ip, cookie));
+        }
+        v
+    });
+    let per_user = 20.0;
+    let secs = opts.spray_secs;
+    println!(
+        "\n## Password spray: 50 users at {per_user:.0} req/s each ({:.0} req/s), {secs:.0} s",
+        per_user * 50.0
+    );
+    let base = rt
+        .block_on(load::users_load(&tls, gw, &users, per_user, secs))
+        .expect("baseline load");
+    println!(
+        "no attack:   p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
+        base.p50_ms, base.p99_ms, base.errors
+    );
+    let names: Vec<String> = (100..200)
+        .map(|i| format!("user{i}"))
+        .chain((0..100).map(|i| format!("nobody{i}")))
+        .collect();
+    let names = Arc::new(names);
+    let m0 = rig.metrics();
+    let checks0 = metric(&m0, "faspex_gate_directory_duration_seconds_count");
+    let t0 = Instant::now();
+    let conns = if opts.smoke { 100 } else { 1000 };
+    let (attacked, sprayed) = rt.block_on(async {
+        let attack = tokio::spawn({
+            let (tls, names, rate) = (tls.clone(), names.clone(), opts.spray_rate);
+            async move { load::spray(&tls, gw, names, conns, rate, secs + 1.0).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let users_result = load::users_load(&tls, gw, &users, per_user, secs).await;
+        (users_result, attack.await)
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let attacked = attacked.expect("load under attack");
+    let sprayed = sprayed.expect("spray task").expect("spray");
+    let m1 = rig.metrics();
+    let checks = metric(&m1, "faspex_gate_directory_duration_seconds_count") - checks0;
+    let allowed = 50.0 * elapsed + 50.0;
+    println!(
+        "under attack: p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
+        attacked.p50_ms, attacked.p99_ms, attacked.errors
+    );
+    println!(
+        "spray: {} attempts from {} addresses, {:.0}/s; answers {:?}; {} reconnects",
+        sprayed.attempts, sprayed.sources, sprayed.per_second, sprayed.statuses, sprayed.reconnects
+    );
+    println!(
+        "directory checks during the attack: {checks:.0} in {elapsed:.1} s \
+         (max_checks_per_second = 50 allows {allowed:.0})"
+    );
+    if base.errors > 0 || attacked.errors > 0 {
+        failures.push(format!(
+            "working users got errors: {} without the attack, {} under it",
+            base.errors, attacked.errors
+        ));
+    }
+    if sprayed
+        .statuses
+        .keys()
+        .any(|s| ![401, 403, 429].contains(s))
+    {
+        failures.push(format!(
+            "the spray got unexpected answers: {:?}",
+            sprayed.statuses
+        ));
+    }
+    if checks > allowed {
+        failures.push(format!(
+            "{checks} directory checks in {elapsed:.1} s: more than max_checks_per_second allows"
+        ));
+    }
+    json!({
+        "users": 50,
+        "user_rate": per_user * 50.0,
+        "baseline": base,
+        "under_attack": attacked,
+        "p99_ratio": attacked.p99_ms / base.p99_ms,
+        "spray": sprayed,
+        "directory_checks": checks,
+        "directory_checks_allowed": allowed,
+        "seconds": elapsed,
+    })
+}
+
+/// Scenario 4a: what each idle TLS keep-alive connection costs, gateway and nginx.
+fn idle_connections(rig: &Rig, opts: &Opts, rt: &tokio::runtime::Runtime) -> Value {
+    let tls = load::connector(&rig.cert_pem, true);
+    let n = opts.idle;
+    println!("\n## Idle TLS keep-alive connections ({n} then {})", n * 2);
+    let mut out = serde_json::Map::new();
+    for peer in [Peer::Gate, Peer::Nginx] {
+        let addr = if peer == Peer::Gate {
+            rig.gateway
+        } else {
+            rig.nginx
+        };
+        let pids = peer.pids(rig);
+        let mut keep = Vec::new();
+        let r0 = tools::rss_kib(&pids);
+        rt.block_on(load::idle_connections(
+            &tls,
+            addr,
+            n,
+            &rig.cookie,
+            &mut keep,
+        ))
+        .expect("idle connections");
+        std::thread::sleep(Duration::from_millis(300));
+        let r1 = tools::rss_kib(&pids);
+        rt.block_on(load::idle_connections(
+            &tls,
+            addr,
+            n,
+            &rig.cookie,
+            &mut keep,
+        ))
+        .expect("idle connections");
+        std::thread::sleep(Duration::from_millis(300));
+        let r2 = tools::rss_kib(&pids);
+        let slope = (r2 as f64 - r1 as f64) / n as f64;
+        println!(
+            "{:<12} RSS {:>6.1} → {:>6.1} → {:>6.1} MiB: {slope:.1} KiB per idle connection",
+            peer.name(),
+            r0 as f64 / 1024.0,
+            r1 as f64 / 1024.0,
+            r2 as f64 / 1024.0
+        );
+        out.insert(
+            peer.name().into(),
+            json!({"rss_kib": [r0, r1, r2], "kib_per_connection": slope}),
+        );
+        drop(keep);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Value::Object(out)
+}
+
+/// Scenario 4b: what live sessions cost: a gateway of its own (users file) with 10% and then all
+/// of `opts.sessions` accounts logged in.
+fn sessions_memory(
+    rig: &Rig,
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    failures: &mut Vec<String>,
+) -> Value {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let n = opts.sessions;
+    println!("\n## Memory of {n} live sessions (a gateway of its own, users file)");
+    let d = rig.dir.path();
+    // Cheap hashes (8 KiB, one pass): the logins, not the hashing, are what is measured here.
+    let argon = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(8, 1, 1, None).expect("params"),
+    );
+    let mut users_toml = String::with_capacity(n * 130);
+    let mut creds = Vec::with_capacity(n);
+    for i in 0..n {
+        let salt = SaltString::encode_b64(&(i as u64).to_le_bytes()).expect("salt");
+        let pw = format!("pw-{i}");
+        let h = argon
+            .hash_password(pw.as_bytes(), &salt)
+            .expect("hash")
+            .to_string();
+        users_toml.push_str(&format!("[users.member{i}]\nhash = \"{h}\"\n"));
+        creds.push((format!("member{i}"), pw));
+    }
+    let users = d.join("members.toml");
+    std::fs::write(&users, users_toml).expect("users file");
+    let listen = tools::free_addr();
+    let admin = tools::free_addr();
+    let (cert, key) = (rig.cert.clone(), rig.key.clone());
+    let config = gateway_config(
+        d,
+        "members",
+        listen,
+        admin,
+        rig.upstream,
+        &cert,
+        &key,
+        opts.workers,
+        &format!(
+            "max_sessions = {}\nlogin_attempts_per_ip_per_minute = 100000000",
+            n + 10
+        ),
+        &format!(
+            "[auth]\nbackend = \"file\"\nmax_checks_per_second = 1000000\n[auth.file]\npath = \"{}\"\n",
+            users.display()
+        ),
+    );
+    let mut proc = start_gateway(d, "members", &config, listen);
+    let pid = proc.pid();
+    let tls = load::connector(&rig.cert_pem, true);
+    // Warm up: a connection and a login, so the baseline holds the gateway's fixed costs.
+    let first: Arc<Vec<(String, String)>> = Arc::new(creds[..1].to_vec());
+    rt.block_on(load::bulk_logins(&tls, listen, first, 1, COOKIE))
+        .expect("the first login");
+    std::thread::sleep(Duration::from_millis(300));
+    let r0 = tools::rss_kib(&[pid]);
+    let tenth = n / 10;
+    let a: Arc<Vec<(String, String)>> = Arc::new(creds[1..tenth].to_vec());
+    let rate_a = rt
+        .block_on(load::bulk_logins(&tls, listen, a, 8, COOKIE))
+        .expect("logins");
+    std::thread::sleep(Duration::from_millis(300));
+    let r1 = tools::rss_kib(&[pid]);
+    let b: Arc<Vec<(String, String)>> = Arc::new(creds[tenth..].to_vec());
+    let rate_b = rt
+        .block_on(load::bulk_logins(&tls, listen, b, 8, COOKIE))
+        .expect("logins");
+    std::thread::sleep(Duration::from_millis(300));
+    let r2 = tools::rss_kib(&[pid]);
+    let m = http_get(admin, "/metrics");
+    let active = metric(&m, "faspex_gate_sessions_active");
+    if active as usize != n {
+        failures.push(format!("{active} sessions active after {n} logins"));
+    }
+    if !proc.alive() {
+        failures.push("the sessions gateway died".into());
+    }
+    let per = (r2 as f64 - r1 as f64) / (n - tenth) as f64;
+    let total_mib = (r2 as f64 - r0 as f64) / 1024.0;
+    println!(
+        "RSS {:.1} MiB with 1 session, {:.1} MiB with {tenth}, {:.1} MiB with {n}: \
+         {total_mib:.1} MiB for {n} sessions ({per:.2} KiB each); logins {rate_a:.0}/s then {rate_b:.0}/s",
+        r0 as f64 / 1024.0,
+        r1 as f64 / 1024.0,
+        r2 as f64 / 1024.0,
+    );
+    json!({
+        "sessions": n,
+        "rss_kib": [r0, r1, r2],
+        "mib_for_all": total_mib,
+        "kib_per_session": per,
+        "logins_per_second": [rate_a, rate_b],
+    })
+}
+
+/// Scenario 5: full TLS handshakes a second (ECDSA P-256, no resumption).
+fn handshakes(
+    rig: &Rig,
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    failures: &mut Vec<String>,
+) -> Value {
+    let tls = load::connector(&rig.cert_pem, false);
+    println!("\n## Full TLS handshakes (ECDSA P-256, no resumption, 8 clients)");
+    let peers = [Peer::Gate, Peer::Nginx];
+    let mut rates: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
+    let mut ratios = Vec::new();
+    for round in 0..opts.rounds {
+        let mut this = BTreeMap::new();
+        for peer in rotated(&peers, round) {
+            let addr = if peer == Peer::Gate {
+                rig.gateway
+            } else {
+                rig.nginx
+            };
+            let (rate, failed) = rt
+                .block_on(load::handshakes(&tls, addr, 8, opts.secs.min(3) as f64))
+                .expect("handshakes");
+            if failed > 0 {
+                failures.push(format!("{failed} handshakes with {} failed", peer.name()));
+            }
+            println!(
+                "round {round}: {:<12} {rate:>8.0} handshakes/s",
+                peer.name()
+            );
+            this.insert(peer, rate);
+            rates.entry(peer).or_default().push(rate);
+        }
+        ratios.push(this[&Peer::Gate] / this[&Peer::Nginx]);
+    }
+    json!({
+        "faspex-gate": range_json(&rates[&Peer::Gate]),
+        "nginx": range_json(&rates[&Peer::Nginx]),
+        "ratio": range_json(&ratios),
+    })
+}
+
+// ------------------------------------------------------------------------------------- report
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn version(cmd: &str, arg: &str) -> String {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s.lines().next().unwrap_or("").trim().to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn run(opts: &Opts) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let started = jiff::Timestamp::now();
+    println!(
+        "# faspex-gate against nginx: {} rounds, {} worker(s) each, {}{}",
+        opts.rounds,
+        opts.workers,
+        machine(),
+        if opts.smoke { " (smoke run)" } else { "" }
+    );
+    let rig = Rig::start(opts, &rt);
+    if opts.hold {
+        // For profiling by hand: the peers stay up until this process is stopped.
+        println!(
+            "holding: gateway pid {} https://localhost:{}  nginx https://localhost:{}  \
+             nginx+auth https://localhost:{}  direct http://{}\ncookie: {}",
+            rig.gateway_proc.pid(),
+            rig.gateway.port(),
+            rig.nginx.port(),
+            rig.nginx_auth.port(),
+            rig.upstream,
+            rig.cookie
+        );
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    let mut failures = Vec::new();
+    let small = if opts.wants("small") {
+        small_gets(&rig, opts, &mut failures)
+    } else {
+        Value::Null
+    };
+    let streams = if opts.wants("streams") {
+        streams(&rig, opts, &mut failures)
+    } else {
+        Value::Null
+    };
+    let spray = if opts.wants("spray") {
+        spray(&rig, opts, &rt, &mut failures)
+    } else {
+        Value::Null
+    };
+    let idle = if opts.wants("idle") {
+        idle_connections(&rig, opts, &rt)
+    } else {
+        Value::Null
+    };
+    let handshakes = if opts.wants("handshakes") {
+        handshakes(&rig, opts, &rt, &mut failures)
+    } else {
+        Value::Null
+    };
+    let sessions = if opts.wants("sessions") {
+        sessions_memory(&rig, opts, &rt, &mut failures)
+    } else {
+        Value::Null
+    };
+    let gw_hwm = std::fs::read_to_string(format!("/proc/{}/status", rig.gateway_proc.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let report = json!({
+        "date": started.to_string(),
+        "machine": machine(),
+        "smoke": opts.smoke,
+        "rounds": opts.rounds,
+        "workers": opts.workers,
+        "tools": {
+            "nginx": version(&nginx_binary().to_string_lossy(), "-v"),
+            "wrk": version("wrk", "-v"),
+            "oha": version(&opts.oha.to_string_lossy(), "--version"),
+            "curl": version("curl", "--version"),
+        },
+        "small_gets": small,
+        "streams": streams,
+        "spray": spray,
+        "idle_connections": idle,
+        "sessions": sessions,
+        "handshakes": handshakes,
+        "gateway_vm_hwm_kib": gw_hwm,
+        "failures": failures,
+    });
+    print_summary(&report);
+    if let Some(parent) = opts.json.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(
+        &opts.json,
+        serde_json::to_string_pretty(&report).expect("JSON"),
+    )
+    .expect("write the JSON results");
+    println!("\nResults written to {}", opts.json.display());
+    failures
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// The README table and the targets, from the report.
+fn print_summary(r: &Value) {
+    let s = &r["small_gets"];
+    let g = &s["peers"]["faspex-gate"];
+    let n = &s["peers"]["nginx"];
+    let na = &s["peers"]["nginx+auth_request"];
+    let d = &s["peers"]["direct"];
+    println!(
+        "\n# Summary: {}, {}, {} worker(s), medians of {} rounds [range]\n",
+        r["date"].as_str().unwrap_or("").get(..10).unwrap_or(""),
+        r["machine"].as_str().unwrap_or(""),
+        r["workers"],
+        r["rounds"]
+    );
+    println!("| scenario | faspex-gate | nginx | ratio | target |");
+    println!("|---|---:|---:|---:|---|");
+    let rps = |p: &Value| f(&p["requests_per_second"]["median"]);
+    let rn = &s["ratio_vs_nginx"];
+    let rna = &s["ratio_vs_nginx_auth_request"];
+    println!(
+        "| small GET, req/s (direct: {:.0}) | {:.0} | {:.0} | {:.2} [{:.2}–{:.2}] | ≥ 1.0: {} |",
+        rps(d),
+        rps(g),
+        rps(n),
+        f(&rn["median"]),
+        f(&rn["min"]),
+        f(&rn["max"]),
+        verdict(f(&rn["median"]) >= 1.0)
+    );
+    println!(
+        "| small GET vs nginx auth_request, req/s | {:.0} | {:.0} | {:.2} [{:.2}–{:.2}] | ≥ 1.2: {} |",
+        rps(g),
+        rps(na),
+        f(&rna["median"]),
+        f(&rna["min"]),
+        f(&rna["max"]),
+        verdict(f(&rna["median"]) >= 1.2)
+    );
+    println!(
+        "| CPU per small GET, µs | {:.1} | {:.1} | {:.2} | |",
+        f(&g["cpu_us_per_request"]),
+        f(&n["cpu_us_per_request"]),
+        f(&g["cpu_us_per_request"]) / f(&n["cpu_us_per_request"])
+    );
+    println!(
+        "| added p50 at {:.0} req/s, ms | {:.3} | {:.3} | | |",
+        f(&s["latency_rate"]),
+        f(&g["added_p50_ms"]),
+        f(&n["added_p50_ms"])
+    );
+    println!(
+        "| added p99 at {:.0} req/s, ms | {:.3} | {:.3} | | ≤ nginx: {} |",
+        f(&s["latency_rate"]),
+        f(&g["added_p99_ms"]),
+        f(&n["added_p99_ms"]),
+        verdict(f(&g["added_p99_ms"]) <= f(&n["added_p99_ms"]))
+    );
+    let st = &r["streams"];
+    if let Some(kinds) = st["kinds"].as_object() {
+        for (kind, k) in kinds {
+            let rn = &k["ratio_vs_nginx"];
+            let rr = &k["ratio_vs_relay"];
+            println!(
+                "| {kind} {:.0} MiB, GB/s (relay: {:.3}) | {:.3} | {:.3} | {:.2} [{:.2}–{:.2}]; relay {:.2} | ≥ 0.95 and ≥ 0.85 of relay: {} |",
+                f(&st["bytes"]) / MIB as f64,
+                f(&k["relay"]["median"]),
+                f(&k["faspex-gate"]["median"]),
+                f(&k["nginx"]["median"]),
+                f(&rn["median"]),
+                f(&rn["min"]),
+                f(&rn["max"]),
+                f(&rr["median"]),
+                verdict(f(&rn["median"]) >= 0.95 && f(&rr["median"]) >= 0.85)
+            );
+        }
+    }
+    let peak = f(&st["gateway_peak_rss_kib"]) / 1024.0;
+    println!(
+        "| gateway peak RSS in streams and 20 slow readers, MiB | {peak:.1} | {:.1} (slow readers) | | < 64: {} |",
+        f(&st["slow_readers"]["nginx"]["peak_rss_kib"]) / 1024.0,
+        verdict(peak < 64.0)
+    );
+    let sess = &r["sessions"];
+    println!(
+        "| memory of {} live sessions, MiB | {:.1} | | | < 100: {} |",
+        sess["sessions"],
+        f(&sess["mib_for_all"]),
+        verdict(f(&sess["mib_for_all"]) < 100.0 * sess["sessions"].as_f64().unwrap_or(1e5) / 1e5)
+    );
+    let idle = &r["idle_connections"];
+    let gi = f(&idle["faspex-gate"]["kib_per_connection"]);
+    let ni = f(&idle["nginx"]["kib_per_connection"]);
+    println!(
+        "| memory per idle TLS keep-alive connection, KiB | {gi:.1} | {ni:.1} | {:.2} | < 64: {} |",
+        gi / ni,
+        verdict(gi < 64.0)
+    );
+    let sp = &r["spray"];
+    println!(
+        "| 50 users' p99 under a {:.0}/s spray from {} addresses, ms | {:.3} (baseline {:.3}) | | {:.2} × baseline | ≤ 2×: {} |",
+        f(&sp["spray"]["per_second"]),
+        sp["spray"]["sources"],
+        f(&sp["under_attack"]["p99_ms"]),
+        f(&sp["baseline"]["p99_ms"]),
+        f(&sp["p99_ratio"]),
+        verdict(f(&sp["p99_ratio"]) <= 2.0 && f(&sp["spray"]["per_second"]) >= 2000.0)
+    );
+    println!(
+        "| directory checks during the spray | {:.0} | | | ≤ {:.0} (max_checks_per_second): {} |",
+        f(&sp["directory_checks"]),
+        f(&sp["directory_checks_allowed"]),
+        verdict(f(&sp["directory_checks"]) <= f(&sp["directory_checks_allowed"]))
+    );
+    let h = &r["handshakes"];
+    println!(
+        "| full TLS handshakes/s (ECDSA P-256) | {:.0} | {:.0} | {:.2} [{:.2}–{:.2}] | |",
+        f(&h["faspex-gate"]["median"]),
+        f(&h["nginx"]["median"]),
+        f(&h["ratio"]["median"]),
+        f(&h["ratio"]["min"]),
+        f(&h["ratio"]["max"])
+    );
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# faspex-gate against nginx, side by side: the one command.
+#
+#   benches/versus.sh            # 5 rounds of every scenario (about 25 minutes on 2 cores)
+#   benches/versus.sh --smoke    # one short round, only to prove the benchmark still works
+#   benches/versus.sh --rounds 3 --workers 2 --json /tmp/versus.json
+#
+# It installs what it needs and is missing (Debian's nginx-light, wrk, curl, slapd and
+# ldap-utils; oha with `cargo install`), builds faspex-gate in release mode, and runs
+# `cargo bench --bench versus`, which prints the tables and writes the results as JSON
+# (target/release/versus.json by default). A run with any non-2xx answer or socket error exits 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+[ -x /usr/sbin/slapd ] || need+=(slapd)
+command -v ldapwhoami >/dev/null || need+=(ldap-utils)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "versus: installing ${need[*]}" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    # slapd asks no questions when DEBIAN_FRONTEND is noninteractive; nginx must not start.
+    as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -q --no-install-recommends \
+        "${need[@]}" >/dev/null
+fi
+# Debian starts the packaged services: the benchmark runs its own, on its own ports.
+for svc in nginx slapd; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+        as_root systemctl stop "$svc" || true
+    fi
+done
+
+OHA_VERSION=1.16.0
+oha_root="${CARGO_TARGET_DIR:-target}/bench-tools"
+if command -v oha >/dev/null; then
+    OHA="$(command -v oha)"
+else
+    OHA="$oha_root/bin/oha"
+    if [ ! -x "$OHA" ]; then
+        echo "versus: building oha $OHA_VERSION (once; it lands in $oha_root)" >&2
+        cargo install --quiet --locked --root "$oha_root" --version "$OHA_VERSION" oha
+    fi
+fi
+export OHA
+
+# Thousands of connections at once: raise the descriptor limit for everything started below.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cargo build --release --locked --bin faspex-gate
+exec cargo bench --locked --bench versus -- "$@"
