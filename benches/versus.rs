@@ -223,12 +223,21 @@ path = "{audit}"
     path
 }
 
+/// The gateway as users run it: `$FASPEX_GATE_BIN` (benches/versus.sh builds it with
+/// `cargo build --release`, without the dev-dependencies' features that `cargo bench` adds), else
+/// the binary cargo built next to this benchmark.
+fn gateway_binary() -> PathBuf {
+    std::env::var_os("FASPEX_GATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_faspex-gate")))
+}
+
 fn start_gateway(dir: &Path, name: &str, config: &Path, listen: SocketAddr) -> Proc {
     let log_path = dir.join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut p = Proc::spawn(
         "faspex-gate",
-        Command::new(env!("CARGO_BIN_EXE_faspex-gate"))
+        Command::new(gateway_binary())
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -266,7 +275,8 @@ fn nginx_config(
             proxy_set_header Host $host;
             proxy_buffering off;
             proxy_request_buffering off;
-            proxy_buffer_size 64k;"#;
+            proxy_buffer_size 64k;
+            proxy_buffers 4 64k;"#;
     let path = dir.join("nginx.conf");
     std::fs::write(
         &path,
@@ -387,9 +397,18 @@ impl Rig {
                 .arg(&conf)
                 .args(["-g", "daemon off;"])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null()),
+                .stderr(std::fs::File::create(d.join("nginx-stderr.log")).expect("log file")),
         );
-        tools::wait_port(nginx, "nginx");
+        let until = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(nginx).is_err() {
+            assert!(
+                Instant::now() < until,
+                "nginx did not start:\n{}{}",
+                std::fs::read_to_string(d.join("nginx-stderr.log")).unwrap_or_default(),
+                std::fs::read_to_string(d.join("nginx-error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         tools::wait_port(nginx_auth, "nginx (auth_request)");
 
         let relay = tools::free_addr();
@@ -1004,7 +1023,7 @@ fn sessions_memory(
         users_toml.push_str(&format!("[users.member{i}]\nhash = \"{h}\"\n"));
         creds.push((format!("member{i}"), pw));
     }
-    let users = d.join("members.toml");
+    let users = d.join("members-users.toml");
     std::fs::write(&users, users_toml).expect("users file");
     let listen = tools::free_addr();
     let admin = tools::free_addr();
@@ -1227,6 +1246,7 @@ fn run(opts: &Opts) -> Vec<String> {
             "nginx": version(&nginx_binary().to_string_lossy(), "-v"),
             "wrk": version("wrk", "-v"),
             "oha": version(&opts.oha.to_string_lossy(), "--version"),
+            "faspex-gate": gateway_binary(),
             "curl": version("curl", "--version"),
         },
         "small_gets": small,

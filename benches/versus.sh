@@ -38,7 +38,9 @@ done
 
 OHA_VERSION=1.16.0
 oha_root="${CARGO_TARGET_DIR:-target}/bench-tools"
-if command -v oha >/dev/null; then
+if [ -n "${OHA:-}" ] && [ -x "$OHA" ]; then
+    :
+elif command -v oha >/dev/null; then
     OHA="$(command -v oha)"
 else
     OHA="$oha_root/bin/oha"
@@ -52,5 +54,10 @@ export OHA
 # Thousands of connections at once: raise the descriptor limit for everything started below.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
+# The gateway as it ships: `cargo bench` would build it with the dev-dependencies' features too.
 cargo build --release --locked --bin faspex-gate
+target_dir="${CARGO_TARGET_DIR:-target}"
+cp "$target_dir/release/faspex-gate" "$target_dir/release/faspex-gate-versus"
+export FASPEX_GATE_BIN="$PWD/$target_dir/release/faspex-gate-versus"
+case "$target_dir" in /*) export FASPEX_GATE_BIN="$target_dir/release/faspex-gate-versus" ;; esac
 exec cargo bench --locked --bench versus -- "$@"
