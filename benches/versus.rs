@@ -63,21 +63,24 @@ struct Opts {
 }
 
 impl Opts {
-    fn wants(&self, scenario: &str) -> bool {
-        self.only
+    /// Run `scenario` unless `--only` leaves it out (then its result is null).
+    fn scenario(&self, name: &str, run: impl FnOnce() -> Value) -> Value {
+        let wanted = self
+            .only
             .as_ref()
-            .is_none_or(|o| o.iter().any(|s| s == scenario))
+            .is_none_or(|o| o.iter().any(|s| s == name));
+        if wanted {
+            run()
+        } else {
+            Value::Null
+        }
     }
 }
 
 impl Opts {
     fn parse(args: &[String]) -> Opts {
         let smoke = args.iter().any(|a| a == "--smoke");
-        let val = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1).cloned())
-        };
+        let val = |name: &str| peers::arg(args, name);
         let target = Path::new(env!("CARGO_BIN_EXE_faspex-gate"))
             .parent()
             .and_then(Path::parent)
@@ -117,6 +120,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("upstream") => peers::upstream(&args[1..]),
         Some("relay") => peers::relay(&args[1..]),
+        Some("spray") => spray_role(&args[1..]),
         _ => {
             let opts = Opts::parse(&args);
             let failures = run(&opts);
@@ -131,6 +135,41 @@ fn main() {
             }
         }
     }
+}
+
+/// `versus spray --addr ADDR --cert PEM --conns N --rate R --secs S`: the attacker. Wrong
+/// passwords for user100..user199 and for 100 unknown names, from N addresses in 127.2.0.0/16;
+/// prints what it got back as JSON.
+fn spray_role(args: &[String]) {
+    let addr: SocketAddr = peers::arg(args, "--addr")
+        .and_then(|a| a.parse().ok())
+        .expect("--addr ADDR");
+    let cert = std::fs::read(peers::arg(args, "--cert").expect("--cert PEM")).expect("cert");
+    let num = |name: &str| -> f64 {
+        peers::arg(args, name)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{name} N"))
+    };
+    let names: Vec<String> = (100..200)
+        .map(|i| format!("user{i}"))
+        .chain((0..100).map(|i| format!("nobody{i}")))
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = rt
+        .block_on(load::spray(
+            &load::connector(&cert, true),
+            addr,
+            Arc::new(names),
+            num("--conns") as usize,
+            num("--rate"),
+            num("--secs"),
+        ))
+        .expect("spray");
+    println!("{}", serde_json::to_string(&report).expect("JSON"));
 }
 
 // ------------------------------------------------------------------------------------ the rig
@@ -697,6 +736,19 @@ fn streams(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
         size as f64 / GIB as f64
     );
     let gw_rss0 = tools::rss_kib(&[rig.gateway_proc.pid()]);
+    // The same download at an eighth of the size: the peak must not grow with the body.
+    let eighth = {
+        let sampler = tools::RssPeak::start(vec![rig.gateway_proc.pid()]);
+        let url = Peer::Gate.url(rig, &format!("/big?bytes={}&chunked=0", size / 8));
+        let c = tools::curl(&url, &rig.cookie, None, false);
+        if c.status != 200 || c.bytes != size / 8 {
+            failures.push(format!(
+                "the 1/8 download got {} with {} bytes",
+                c.status, c.bytes
+            ));
+        }
+        sampler.finish()
+    };
     let mut out = serde_json::Map::new();
     let mut peak_all = 0u64;
     for (kind, chunked) in kinds {
@@ -750,6 +802,7 @@ fn streams(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
             r_relay.push(this[&Peer::Gate] / this[&Peer::Relay]);
         }
         peak_all = peak_all.max(peak);
+        println!("{kind}: gateway peak RSS {:.1} MiB", peak as f64 / 1024.0);
         let mut row = serde_json::Map::new();
         for p in peers {
             row.insert(p.name().into(), range_json(&gbps[&p]));
@@ -816,9 +869,16 @@ fn streams(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
     }
     // Let the slow transfers' connections close before the next scenario.
     std::thread::sleep(Duration::from_secs(1));
+    println!(
+        "gateway peak RSS: {:.1} MiB for a {} MiB download, {:.1} MiB over the full-size streams and slow readers",
+        eighth as f64 / 1024.0,
+        size / 8 / MIB,
+        peak_all as f64 / 1024.0
+    );
     json!({
         "bytes": size,
         "gateway_rss_before_kib": gw_rss0,
+        "gateway_peak_rss_kib_eighth_size": eighth,
         "gateway_peak_rss_kib": peak_all,
         "kinds": out,
         "slow_readers": slow,
@@ -870,27 +930,28 @@ fn spray(
         "no attack:   p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
         base.p50_ms, base.p99_ms, base.errors
     );
-    let names: Vec<String> = (100..200)
-        .map(|i| format!("user{i}"))
-        .chain((0..100).map(|i| format!("nobody{i}")))
-        .collect();
-    let names = Arc::new(names);
     let m0 = rig.metrics();
     let checks0 = metric(&m0, "faspex_gate_directory_duration_seconds_count");
     let t0 = Instant::now();
     let conns = if opts.smoke { 100 } else { 1000 };
-    let (attacked, sprayed) = rt.block_on(async {
-        let attack = tokio::spawn({
-            let (tls, names, rate) = (tls.clone(), names.clone(), opts.spray_rate);
-            async move { load::spray(&tls, gw, names, conns, rate, secs + 1.0).await }
-        });
+    // The attacker is a process of its own, as it would be: its CPU is not the users' client's.
+    let attacker = Command::new(me())
+        .args(["spray", "--addr", &gw.to_string(), "--cert"])
+        .arg(&rig.cert)
+        .args(["--conns", &conns.to_string()])
+        .args(["--rate", &opts.spray_rate.to_string()])
+        .args(["--secs", &(secs + 1.0).to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the attacker");
+    let attacked = rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let users_result = load::users_load(&tls, gw, &users, per_user, secs).await;
-        (users_result, attack.await)
+        load::users_load(&tls, gw, &users, per_user, secs).await
     });
+    let out = attacker.wait_with_output().expect("the attacker ends");
     let elapsed = t0.elapsed().as_secs_f64();
     let attacked = attacked.expect("load under attack");
-    let sprayed = sprayed.expect("spray task").expect("spray");
+    let sprayed: load::Spray = serde_json::from_slice(&out.stdout).expect("the attacker's report");
     let m1 = rig.metrics();
     let checks = metric(&m1, "faspex_gate_directory_duration_seconds_count") - checks0;
     let allowed = 50.0 * elapsed + 50.0;
@@ -954,27 +1015,20 @@ fn idle_connections(rig: &Rig, opts: &Opts, rt: &tokio::runtime::Runtime) -> Val
         };
         let pids = peer.pids(rig);
         let mut keep = Vec::new();
-        let r0 = tools::rss_kib(&pids);
-        rt.block_on(load::idle_connections(
-            &tls,
-            addr,
-            n,
-            &rig.cookie,
-            &mut keep,
-        ))
-        .expect("idle connections");
-        std::thread::sleep(Duration::from_millis(300));
-        let r1 = tools::rss_kib(&pids);
-        rt.block_on(load::idle_connections(
-            &tls,
-            addr,
-            n,
-            &rig.cookie,
-            &mut keep,
-        ))
-        .expect("idle connections");
-        std::thread::sleep(Duration::from_millis(300));
-        let r2 = tools::rss_kib(&pids);
+        let mut rss = vec![tools::rss_kib(&pids)];
+        for _batch in 0..2 {
+            rt.block_on(load::idle_connections(
+                &tls,
+                addr,
+                n,
+                &rig.cookie,
+                &mut keep,
+            ))
+            .expect("idle connections");
+            std::thread::sleep(Duration::from_millis(300));
+            rss.push(tools::rss_kib(&pids));
+        }
+        let (r0, r1, r2) = (rss[0], rss[1], rss[2]);
         let slope = (r2 as f64 - r1 as f64) / n as f64;
         println!(
             "{:<12} RSS {:>6.1} → {:>6.1} → {:>6.1} MiB: {slope:.1} KiB per idle connection",
@@ -1198,44 +1252,15 @@ fn run(opts: &Opts) -> Vec<String> {
         }
     }
     let mut failures = Vec::new();
-    let small = if opts.wants("small") {
-        small_gets(&rig, opts, &mut failures)
-    } else {
-        Value::Null
-    };
-    let streams = if opts.wants("streams") {
-        streams(&rig, opts, &mut failures)
-    } else {
-        Value::Null
-    };
-    let spray = if opts.wants("spray") {
-        spray(&rig, opts, &rt, &mut failures)
-    } else {
-        Value::Null
-    };
-    let idle = if opts.wants("idle") {
-        idle_connections(&rig, opts, &rt)
-    } else {
-        Value::Null
-    };
-    let handshakes = if opts.wants("handshakes") {
-        handshakes(&rig, opts, &rt, &mut failures)
-    } else {
-        Value::Null
-    };
-    let sessions = if opts.wants("sessions") {
+    let small = opts.scenario("small", || small_gets(&rig, opts, &mut failures));
+    let streams = opts.scenario("streams", || streams(&rig, opts, &mut failures));
+    let spray = opts.scenario("spray", || spray(&rig, opts, &rt, &mut failures));
+    let idle = opts.scenario("idle", || idle_connections(&rig, opts, &rt));
+    let handshakes = opts.scenario("handshakes", || handshakes(&rig, opts, &rt, &mut failures));
+    let sessions = opts.scenario("sessions", || {
         sessions_memory(&rig, opts, &rt, &mut failures)
-    } else {
-        Value::Null
-    };
-    let gw_hwm = std::fs::read_to_string(format!("/proc/{}/status", rig.gateway_proc.pid()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    });
+    let gw_hwm = tools::status_kib(rig.gateway_proc.pid(), "VmHWM:");
     let report = json!({
         "date": started.to_string(),
         "machine": machine(),

@@ -236,7 +236,7 @@ pub async fn users_load(
 }
 
 /// What a password spray got back.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Spray {
     pub attempts: u64,
     pub per_second: f64,

@@ -35,10 +35,15 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
     }
 }
 
-fn arg(args: &[String], name: &str) -> Option<String> {
+/// The value after `name` on the command line (`--name VALUE`).
+pub fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn parsed<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    arg(args, name).and_then(|a| a.parse().ok())
 }
 
 // ------------------------------------------------------------------------------------ upstream
@@ -203,12 +208,8 @@ async fn serve(
 
 /// `versus upstream --listen ADDR [--threads N]`: plain HTTP/1.1, keep-alive.
 pub fn upstream(args: &[String]) {
-    let listen: SocketAddr = arg(args, "--listen")
-        .and_then(|a| a.parse().ok())
-        .expect("--listen ADDR");
-    let threads: usize = arg(args, "--threads")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1);
+    let listen: SocketAddr = parsed(args, "--listen").expect("--listen ADDR");
+    let threads: usize = parsed(args, "--threads").unwrap_or(1);
     runtime(threads).block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
         let stats = Arc::new(Stats::default());
@@ -239,15 +240,9 @@ pub fn upstream(args: &[String]) {
 /// terminate TLS when given a certificate, and copy bytes both ways with 64 KiB buffers. The
 /// least work any TLS-terminating proxy can do: the ceiling for streams.
 pub fn relay(args: &[String]) {
-    let listen: SocketAddr = arg(args, "--listen")
-        .and_then(|a| a.parse().ok())
-        .expect("--listen ADDR");
-    let upstream: SocketAddr = arg(args, "--upstream")
-        .and_then(|a| a.parse().ok())
-        .expect("--upstream ADDR");
-    let threads: usize = arg(args, "--threads")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1);
+    let listen: SocketAddr = parsed(args, "--listen").expect("--listen ADDR");
+    let upstream: SocketAddr = parsed(args, "--upstream").expect("--upstream ADDR");
+    let threads: usize = parsed(args, "--threads").unwrap_or(1);
     let tls = match (arg(args, "--cert"), arg(args, "--key")) {
         (Some(cert), Some(key)) => Some(acceptor(&cert, &key)),
         _ => None,

@@ -99,7 +99,8 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
-fn status_kib(pid: u32, key: &str) -> u64 {
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS:`, `VmHWM:`).
+pub fn status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -36,8 +36,9 @@ pub struct TransferBody<B> {
     idle: Duration,
     /// When the last frame came through.
     last_progress: Instant,
-    /// The timer, armed for `last_progress + idle` while the body is pending.
-    timer: Pin<Box<Sleep>>,
+    /// The timer, armed for `last_progress + idle` while the body is pending. Made the first
+    /// time the body waits: a small body that is ready at once never touches the timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
     timer_for: Instant,
     /// Fired (or dropped) when the body has ended, in success or failure.
     done: Option<oneshot::Sender<()>>,
@@ -50,7 +51,7 @@ impl<B: Body> TransferBody<B> {
             inner,
             idle,
             last_progress: now,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            timer: None,
             timer_for: now,
             done,
         };
@@ -97,11 +98,20 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.timer_for != this.last_progress {
-                    this.timer_for = this.last_progress;
-                    this.timer.as_mut().reset(this.last_progress + this.idle);
-                }
-                match this.timer.as_mut().poll(cx) {
+                let deadline = this.last_progress + this.idle;
+                let timer = match &mut this.timer {
+                    Some(t) => {
+                        if this.timer_for != this.last_progress {
+                            t.as_mut().reset(deadline);
+                        }
+                        t
+                    }
+                    None => this
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                this.timer_for = this.last_progress;
+                match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         this.finish();
                         Poll::Ready(Some(Err(BodyIdle(this.idle).into())))
