@@ -8,7 +8,7 @@
 # It installs what it needs and is missing (Debian's nginx-light, wrk, curl, slapd and
 # ldap-utils; oha with `cargo install`), builds faspex-gate in release mode, and runs
 # `cargo bench --bench versus`, which prints the tables and writes the results as JSON
-# (target/release/versus.json by default). A run with any non-2xx answer or socket error exits 1.
+# (target/versus.json by default). A run with any non-2xx answer or socket error exits 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

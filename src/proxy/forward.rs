@@ -180,6 +180,10 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
+            // Read Faspex's answers in at most 128 KiB at a time (hyper's default is about
+            // 400 KiB): a download to a slow client then holds little more than that per
+            // connection, because the body is read only as fast as the client takes it.
+            .http1_max_buf_size(128 * 1024)
             .build(connector);
 
         let scheme = match cfg.url.scheme() {
