@@ -249,5 +249,6 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .event_format(crate::proxy::access::LogFormat::default())
         .try_init();
 }

@@ -688,6 +688,7 @@ async fn access_log_has_one_line_per_request_and_no_secrets() {
         "bytes=",
         "duration_ms=",
         "client_ip=127.0.0.1",
+        "complete=true",
     ] {
         assert!(line.contains(field), "{field} missing from {line}");
     }

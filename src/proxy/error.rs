@@ -249,18 +249,24 @@ fn refusal_page(r: &Refusal, a: &Answer<'_>) -> String {
 /// A request is a browser request when it carries a gateway cookie, accepts HTML, or was sent by
 /// script (`X-Requested-With`). Only other requests may ever see `WWW-Authenticate`.
 pub fn is_browser(headers: &HeaderMap, cookie_name: &str) -> bool {
-    let accepts_html = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/html"));
-    let has_cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .any(|kv| kv.trim_start().split('=').next() == Some(cookie_name));
-    accepts_html || has_cookie || headers.contains_key("x-requested-with")
+    const X_REQUESTED_WITH: header::HeaderName =
+        header::HeaderName::from_static("x-requested-with");
+    let accepts_html = || {
+        headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/html"))
+    };
+    let has_cookie = || {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .any(|kv| kv.trim_start().split('=').next() == Some(cookie_name))
+    };
+    accepts_html() || has_cookie() || headers.contains_key(X_REQUESTED_WITH)
 }
 
 /// Wrap a complete body into the gateway's body type.

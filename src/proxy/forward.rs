@@ -138,25 +138,40 @@ struct UpstreamInner {
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
 /// proxy-authorisation pair, which is meant for us and not for Faspex.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 /// Client-address headers that an untrusted client could use to lie to Faspex about who it is.
 /// The gateway only vouches for `X-Forwarded-For` and `X-Real-IP`, so these go whoever sent them.
-const CLIENT_ADDRESS_HEADERS: [&str; 4] =
-    ["forwarded", "client-ip", "x-client-ip", "true-client-ip"];
+const CLIENT_ADDRESS_HEADERS: [HeaderName; 4] = [
+    header::FORWARDED,
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+];
 
 /// What a trusted balancer may tell Faspex about the original request, and an untrusted client
 /// may not (Rack reads `X-Forwarded-Scheme` and `X-Forwarded-Ssl` as well as `-Proto`).
-const PROXY_ONLY_HEADERS: [&str; 3] = ["x-forwarded-port", "x-forwarded-scheme", "x-forwarded-ssl"];
+const PROXY_ONLY_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+];
+
+// Header names are constants, not `&str`s: a `&str` name is parsed and lower-case-checked on
+// every lookup, and these lookups run several times per request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 impl Upstream {
     /// Build the pooled client. An `https` upstream is verified against the system roots plus
@@ -420,7 +435,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -429,11 +444,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// kept (and the chain extended); an untrusted client's are replaced, along with every other
 /// header it could use to claim another address.
 fn set_forwarded(headers: &mut HeaderMap, side: &ClientSide) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let xfp = HeaderName::from_static("x-forwarded-proto");
-    let xfh = HeaderName::from_static("x-forwarded-host");
-    let real = HeaderName::from_static("x-real-ip");
-    for name in CLIENT_ADDRESS_HEADERS {
+    let (xff, xfp, xfh) = (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST);
+    let client_ip = ip_value(side.client_ip);
+    for name in &CLIENT_ADDRESS_HEADERS {
         headers.remove(name);
     }
     if let Some(peer) = side.peer_trusted.then_some(side.peer_ip) {
@@ -459,10 +472,10 @@ fn set_forwarded(headers: &mut HeaderMap, side: &ClientSide) {
             }
         }
     } else {
-        for name in PROXY_ONLY_HEADERS {
+        for name in &PROXY_ONLY_HEADERS {
             headers.remove(name);
         }
-        headers.insert(&xff, ip_value(side.client_ip));
+        headers.insert(&xff, client_ip.clone());
         headers.insert(&xfp, HeaderValue::from_static(side.scheme));
         match &side.host {
             Some(h) => {
@@ -473,7 +486,7 @@ fn set_forwarded(headers: &mut HeaderMap, side: &ClientSide) {
             }
         }
     }
-    headers.insert(real, ip_value(side.client_ip));
+    headers.insert(X_REAL_IP, client_ip);
 }
 
 fn ip_value(ip: IpAddr) -> HeaderValue {
@@ -489,7 +502,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
         return (peer, false);
     }
     let mut entries: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))

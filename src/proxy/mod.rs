@@ -16,6 +16,7 @@
 //! any [`GatewayError`] into a response (the only place that does), and wraps the response body
 //! so that exactly one access-log line is written when the body ends, however it ends.
 
+pub mod access;
 pub mod classify;
 pub mod ends;
 pub mod error;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use access::AccessRecord;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -650,7 +652,9 @@ impl Handler {
             ));
         }
         // (Rack would turn the POST into another method on request)
-        parts.headers.remove("x-http-method-override");
+        parts
+            .headers
+            .remove(header::HeaderName::from_static("x-http-method-override"));
         let bytes = self.read_client(body).await?;
         let f = &self.inner.faspex;
         let pairs: Vec<(String, String)> =
@@ -1227,17 +1231,6 @@ fn public_origin(
     (scheme, host)
 }
 
-/// What the access-log line says about one request. Never credentials, cookies, tokens or the
-/// query string (passcodes and transfer tokens travel there).
-struct AccessRecord {
-    method: Method,
-    route: Option<Route>,
-    path: String,
-    status: StatusCode,
-    client_ip: IpAddr,
-    started: Instant,
-}
-
 /// A response body that counts the bytes it passes and writes the access-log line when it ends,
 /// or when it is dropped early (the client went away, or the upstream broke mid-body).
 struct LoggedBody {
@@ -1263,17 +1256,10 @@ impl LoggedBody {
 
     fn finish(&mut self, complete: bool) {
         if let Some(r) = self.record.take() {
-            tracing::info!(
-                target: "faspex_gate::access",
-                method = %r.method,
-                route = %r.route.map(Route::as_str).unwrap_or("-"),
-                path = %r.path,
-                status = r.status.as_u16(),
-                bytes = self.bytes,
-                duration_ms = r.started.elapsed().as_secs_f64() * 1000.0,
-                client_ip = %r.client_ip,
-                complete = complete && !self.failed,
-            );
+            if tracing::enabled!(target: access::TARGET, tracing::Level::INFO) {
+                let line = r.line(self.bytes, complete && !self.failed);
+                tracing::info!(target: access::TARGET, line = line.as_str());
+            }
         }
     }
 }
