@@ -3,9 +3,13 @@
 
 use clap::Parser;
 
-// The system allocator on purpose: mimalloc saved a few per cent of a small request's CPU, but
-// kept 24 MiB more at start and let a streaming gateway's peak RSS grow with the worker count
-// (38 -> 78 MiB for 1 -> 8 workers, against a flat 30 MiB here), and flat memory is the promise.
+// jemalloc: glibc's malloc was an eighth of a small request's instructions (a TLS record's
+// buffer per response takes its slow path), and jemalloc takes 4 % off the whole (96.5k -> 92.3k
+// instructions, benches/instructions.sh). mimalloc was tried first and dropped: it kept 24 MiB
+// more at start and let a streaming gateway's peak RSS grow with the worker count (38 -> 78 MiB
+// for 1 -> 8 workers); with jemalloc the same 2 GiB stream peaks at 32 MiB with 8 workers.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
     faspex_gate::cli::run(faspex_gate::cli::Cli::parse())
