@@ -41,7 +41,10 @@ cookie="$(grep '^cookie:' "$work/rig.log" | cut -d' ' -f2)"
 mapfile -d '' -t cmd <"/proc/$gateway_pid/cmdline"
 
 kill "$gateway_pid"
-while kill -0 "$gateway_pid" 2>/dev/null; do sleep 0.2; done
+# (it stays a zombie until the rig reaps it: wait for it to have exited, not to be gone)
+while [ -e "/proc/$gateway_pid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$gateway_pid/status" 2>/dev/null; do
+    sleep 0.2
+done
 valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "${cmd[@]}" \
     >"$work/gateway.log" 2>&1 &
 vg=$!
