@@ -41,3 +41,48 @@ pub fn hex(bytes: &[u8]) -> String {
     }
     s
 }
+
+/// Append `ip` as text, as `Display` writes it. An IPv4 address, nearly every client's, is
+/// written digit by digit: `Display` goes through the formatting machinery, which cost more
+/// than a tenth of the access line and of the forwarding headers together.
+pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_ip_writes_what_display_writes() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "192.0.2.7",
+            "255.255.255.255",
+            "10.20.30.40",
+            "::1",
+            "2001:db8::7",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut s = String::from("x=");
+            push_ip(&mut s, ip);
+            assert_eq!(s, format!("x={ip}"));
+        }
+    }
+}

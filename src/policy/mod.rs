@@ -969,12 +969,21 @@ impl Policy {
         token: &SessionToken,
         path: &str,
     ) -> Result<Result<Session, SessionGone>, StoreError> {
+        self.session_by_key(&token.key(), path).await
+    }
+
+    /// [`Policy::session`] by the token's key, for a caller that has it at hand already.
+    pub async fn session_by_key(
+        &self,
+        key: &SessionKey,
+        path: &str,
+    ) -> Result<Result<Session, SessionGone>, StoreError> {
         let activity = self.counts_as_activity(path);
         let t = Self::timeouts(&self.cfg());
         let state = self
             .inner
             .store
-            .session(&token.key(), self.now(), activity, t)
+            .session(key, self.now(), activity, t)
             .await?;
         Ok(self.state(state))
     }

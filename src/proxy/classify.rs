@@ -17,6 +17,8 @@
 //! - a path is public only when both decodings say it is public;
 //! - the path is forwarded as the client sent it: this module only decides.
 
+use std::borrow::Cow;
+
 use http::Method;
 
 /// The gateway's own prefix: pages and assets that are never forwarded.
@@ -94,7 +96,8 @@ impl RouteProfile {
     /// the query).
     pub fn classify(&self, method: &Method, raw_path: &str) -> Result<Classified, PathError> {
         let decoded = decode_once(raw_path.as_bytes())?;
-        let full = normalize(&decode_further(&decoded))?;
+        let further = decode_further(&decoded);
+        let full = normalize(&further)?;
         let once = normalize(&decoded)?;
         let path = String::from_utf8_lossy(&once).into_owned();
 
@@ -136,7 +139,8 @@ impl RouteProfile {
     pub fn is_login_page(&self, raw_path: &str) -> bool {
         let login = self.login_path.as_bytes();
         let check = |p: &[u8]| under(p, login) || is_action(p, login);
-        match decode_once(raw_path.as_bytes()).and_then(|d| normalize(&d)) {
+        let decoded = decode_once(raw_path.as_bytes());
+        match decoded.as_deref().map_err(Clone::clone).and_then(normalize) {
             Ok(p) => check(&p),
             // An undecodable target is no proof of success.
             Err(_) => true,
@@ -145,7 +149,8 @@ impl RouteProfile {
 
     /// Whether `raw_path` is the action at `base` (in any form Rails routes to it).
     pub fn is_path(raw_path: &str, base: &str) -> bool {
-        match decode_once(raw_path.as_bytes()).and_then(|d| normalize(&d)) {
+        let decoded = decode_once(raw_path.as_bytes());
+        match decoded.as_deref().map_err(Clone::clone).and_then(normalize) {
             Ok(p) => is_action(&p, base.as_bytes()),
             Err(_) => false,
         }
@@ -215,8 +220,12 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Percent-decode once. `%` must be followed by two hex digits.
-fn decode_once(raw: &[u8]) -> Result<Vec<u8>, PathError> {
+/// Percent-decode once. `%` must be followed by two hex digits. A path without `%` (nearly
+/// every one) is borrowed as it is.
+fn decode_once(raw: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
+    if !raw.contains(&b'%') {
+        return Ok(Cow::Borrowed(raw));
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
@@ -235,14 +244,17 @@ fn decode_once(raw: &[u8]) -> Result<Vec<u8>, PathError> {
             i += 1;
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 /// From the once-decoded path, decode until nothing changes (at most a few rounds): the most
 /// suspicious reading of the path. A `%` that does not start a valid escape is kept as it is and
 /// the valid escapes around it are still decoded, so one stray `%` cannot hide the rest. Paths
 /// without a `%` left (nearly all) cost nothing more.
-fn decode_further(once: &[u8]) -> Vec<u8> {
+fn decode_further(once: &[u8]) -> Cow<'_, [u8]> {
+    if !once.contains(&b'%') {
+        return Cow::Borrowed(once);
+    }
     let mut cur = once.to_vec();
     for _ in 0..4 {
         if !cur.contains(&b'%') {
@@ -254,7 +266,7 @@ fn decode_further(once: &[u8]) -> Vec<u8> {
         }
         cur = next;
     }
-    cur
+    Cow::Owned(cur)
 }
 
 /// Percent-decode the valid escapes, keeping any other `%` as it is.
@@ -278,7 +290,7 @@ fn decode_lenient(raw: &[u8]) -> Vec<u8> {
 }
 
 /// Collapse empty and `.` segments, resolve `..` (never above the root), keep a trailing slash.
-fn normalize(decoded: &[u8]) -> Result<Vec<u8>, PathError> {
+fn normalize(decoded: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
     if decoded.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
@@ -291,7 +303,7 @@ fn normalize(decoded: &[u8]) -> Result<Vec<u8>, PathError> {
         .windows(2)
         .any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'))
     {
-        return Ok(decoded.to_vec());
+        return Ok(Cow::Borrowed(decoded));
     }
     let mut segments: Vec<&[u8]> = Vec::new();
     let mut trailing_slash = false;
@@ -314,7 +326,7 @@ fn normalize(decoded: &[u8]) -> Result<Vec<u8>, PathError> {
     if segments.is_empty() || trailing_slash {
         out.push(b'/');
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 #[cfg(test)]
@@ -344,7 +356,11 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = normalize(input.as_bytes()).unwrap();
-            assert_eq!(String::from_utf8(got).unwrap(), *want, "{input}");
+            assert_eq!(
+                String::from_utf8(got.into_owned()).unwrap(),
+                *want,
+                "{input}"
+            );
         }
     }
 
@@ -372,7 +388,12 @@ mod tests {
     #[test]
     fn normalises_segments() {
         let n = |p: &str| {
-            String::from_utf8(normalize(&decode_once(p.as_bytes()).unwrap()).unwrap()).unwrap()
+            String::from_utf8(
+                normalize(&decode_once(p.as_bytes()).unwrap())
+                    .unwrap()
+                    .into_owned(),
+            )
+            .unwrap()
         };
         assert_eq!(n("/"), "/");
         assert_eq!(n("//a///b"), "/a/b");

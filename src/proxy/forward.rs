@@ -18,11 +18,9 @@ use http::{Request, Response, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::client::{ClientError, Pool};
 use super::transfer::TransferBody;
 use crate::config::UpstreamConfig;
 
@@ -67,8 +65,12 @@ pub fn client_body(body: Incoming) -> ProxyBody {
 }
 
 impl ForwardError {
-    /// Sort a failed `client.request`: a cause in the client's own body is the client's fault.
-    fn classify(e: hyper_util::client::legacy::Error) -> ForwardError {
+    /// Sort a failed request upstream: a cause in the client's own body is the client's fault.
+    fn classify(e: ClientError) -> ForwardError {
+        let e = match e {
+            ClientError::Connect(e) => return UpstreamError::Connect(e).into(),
+            ClientError::Http(e) => e,
+        };
         let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
         while let Some(c) = cause {
             if let Some(idle) = c.downcast_ref::<super::transfer::BodyIdle>() {
@@ -79,11 +81,7 @@ impl ForwardError {
             }
             cause = c.source();
         }
-        if e.is_connect() {
-            UpstreamError::Connect(e.into()).into()
-        } else {
-            UpstreamError::Protocol(e.into()).into()
-        }
+        UpstreamError::Protocol(e.into()).into()
     }
 }
 
@@ -118,15 +116,14 @@ pub struct ClientSide {
     pub public_host: Option<HeaderValue>,
 }
 
-/// The upstream Faspex server: a cheap-to-clone handle over a pooled client.
+/// The upstream Faspex server: a cheap-to-clone handle over its connection pool.
 #[derive(Clone)]
 pub struct Upstream {
     inner: Arc<UpstreamInner>,
 }
 
 struct UpstreamInner {
-    client: Client<HttpsConnector<HttpConnector>, TransferBody<ProxyBody>>,
-    scheme: Scheme,
+    pool: Arc<Pool>,
     authority: Authority,
     /// `scheme://authority` as the upstream writes it in `Location` headers.
     origins: Vec<String>,
@@ -174,7 +171,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 impl Upstream {
-    /// Build the pooled client. An `https` upstream is verified against the system roots plus
+    /// Build the connection pool. An `https` upstream is verified against the system roots plus
     /// `upstream.ca_file`.
     pub fn new(cfg: &UpstreamConfig, body_idle_timeout: Duration) -> anyhow::Result<Self> {
         let mut http = HttpConnector::new();
@@ -190,17 +187,6 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(http);
 
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            // hyper's read buffer grows to about 400 KiB while a download outruns its client:
-            // capping it at 128 KiB cost downloads a tenth of their speed, and twenty slow
-            // readers stay at a 39 MiB peak without the cap (benches/versus.rs), because the
-            // body is read only as fast as the client takes it.
-            .build(connector);
-
         let scheme = match cfg.url.scheme() {
             "https" => Scheme::HTTPS,
             _ => Scheme::HTTP,
@@ -215,14 +201,21 @@ impl Upstream {
             None => host.to_string(),
         }
         .parse()?;
+        let target = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()?;
+        // A pooled connection becomes ready as soon as its task has seen the last response end;
+        // one that takes as long as a connect would is given up.
+        let pool = Pool::new(connector, target, cfg.connect_timeout);
         let mut origins = vec![format!("{}://{}", scheme, authority)];
         if cfg.url.port().is_none() {
             origins.push(format!("{scheme}://{host}:{port}"));
         }
         Ok(Upstream {
             inner: Arc::new(UpstreamInner {
-                client,
-                scheme,
+                pool,
                 authority,
                 origins,
                 response_timeout: cfg.response_timeout,
@@ -246,18 +239,13 @@ impl Upstream {
         let inner = &self.inner;
         let upgrade = upgrade_protocol(req.headers());
 
+        // Origin-form, as HTTP/1.1 sends it to a server (not a proxy).
         let path_and_query = req
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let uri = Uri::builder()
-            .scheme(inner.scheme.clone())
-            .authority(inner.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| UpstreamError::Protocol(e.into()))?;
-        *req.uri_mut() = uri;
+        *req.uri_mut() = Uri::from(path_and_query);
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
@@ -276,7 +264,7 @@ impl Upstream {
 
         // Faspex answers an upload after its last byte: the response clock starts once the
         // request body has been sent (or has failed), not before.
-        let fut = inner.client.request(req);
+        let fut = inner.pool.send(req);
         tokio::pin!(fut);
         let result = tokio::select! {
             biased;
@@ -343,12 +331,9 @@ impl Upstream {
         read_body: bool,
     ) -> Result<http::StatusCode, UpstreamError> {
         let inner = &self.inner;
-        let uri = Uri::builder()
-            .scheme(inner.scheme.clone())
-            .authority(inner.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| UpstreamError::Protocol(e.into()))?;
+        let uri: Uri = path
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| UpstreamError::Protocol(e.into()))?;
         let host = HeaderValue::from_str(inner.authority.as_str())
             .map_err(|e| UpstreamError::Protocol(e.into()))?;
         let mut req = Request::get(uri)
@@ -363,15 +348,12 @@ impl Upstream {
         if let Some(cookie) = cookie {
             req.headers_mut().insert(header::COOKIE, cookie);
         }
-        let resp = tokio::time::timeout(limit, inner.client.request(req))
+        let resp = tokio::time::timeout(limit, inner.pool.send(req))
             .await
             .map_err(|_| UpstreamError::Timeout(limit))?
-            .map_err(|e| {
-                if e.is_connect() {
-                    UpstreamError::Connect(e.into())
-                } else {
-                    UpstreamError::Protocol(e.into())
-                }
+            .map_err(|e| match e {
+                ClientError::Connect(e) => UpstreamError::Connect(e),
+                ClientError::Http(e) => UpstreamError::Protocol(e.into()),
             })?;
         let status = resp.status();
         if read_body {
@@ -423,8 +405,19 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
+/// Whether any of `names` is among `headers`. One pass over the few names a message has, with
+/// no hashing: removing each of the fifteen names in turn, on every request and response, was
+/// a few percent of a small request.
+fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|k| names.contains(k))
+}
+
 /// Remove hop-by-hop headers, including every header that `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // `Connection` is one of them: a message without any has nothing else to strip.
+    if !any_of(headers, &HOP_BY_HOP) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -444,16 +437,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// kept (and the chain extended); an untrusted client's are replaced, along with every other
 /// header it could use to claim another address.
 fn set_forwarded(headers: &mut HeaderMap, side: &ClientSide) {
-    let (xff, xfp, xfh) = (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST);
+    let (xff, xfp, xfh) = (&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST);
     let client_ip = ip_value(side.client_ip);
-    for name in &CLIENT_ADDRESS_HEADERS {
-        headers.remove(name);
+    if any_of(headers, &CLIENT_ADDRESS_HEADERS) {
+        for name in &CLIENT_ADDRESS_HEADERS {
+            headers.remove(name);
+        }
     }
     if let Some(peer) = side.peer_trusted.then_some(side.peer_ip) {
         // Extend the chain with the proxy we got the request from, as nginx's
         // `$proxy_add_x_forwarded_for` does.
         let mut chain: Vec<String> = headers
-            .get_all(&xff)
+            .get_all(xff)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .map(str::to_owned)
@@ -461,28 +456,30 @@ fn set_forwarded(headers: &mut HeaderMap, side: &ClientSide) {
         chain.push(peer.to_string());
         let value = chain.join(", ");
         if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(&xff, v);
+            headers.insert(xff, v);
         }
-        if !headers.contains_key(&xfp) {
-            headers.insert(&xfp, HeaderValue::from_static(side.scheme));
+        if !headers.contains_key(xfp) {
+            headers.insert(xfp, HeaderValue::from_static(side.scheme));
         }
-        if !headers.contains_key(&xfh) {
+        if !headers.contains_key(xfh) {
             if let Some(h) = &side.host {
-                headers.insert(&xfh, h.clone());
+                headers.insert(xfh, h.clone());
             }
         }
     } else {
-        for name in &PROXY_ONLY_HEADERS {
-            headers.remove(name);
+        if any_of(headers, &PROXY_ONLY_HEADERS) {
+            for name in &PROXY_ONLY_HEADERS {
+                headers.remove(name);
+            }
         }
-        headers.insert(&xff, client_ip.clone());
-        headers.insert(&xfp, HeaderValue::from_static(side.scheme));
+        headers.insert(xff, client_ip.clone());
+        headers.insert(xfp, HeaderValue::from_static(side.scheme));
         match &side.host {
             Some(h) => {
-                headers.insert(&xfh, h.clone());
+                headers.insert(xfh, h.clone());
             }
             None => {
-                headers.remove(&xfh);
+                headers.remove(xfh);
             }
         }
     }
@@ -490,8 +487,11 @@ fn set_forwarded(headers: &mut HeaderMap, side: &ClientSide) {
 }
 
 fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut text = String::with_capacity(15);
+    crate::util::push_ip(&mut text, ip);
     // An IP address always renders as a valid header value.
-    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    HeaderValue::from_maybe_shared(Bytes::from(text))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The end client's address. The socket peer, unless the peer is a trusted proxy: then the

@@ -18,6 +18,7 @@
 
 pub mod access;
 pub mod classify;
+pub mod client;
 pub mod ends;
 pub mod error;
 pub mod forward;
@@ -419,14 +420,14 @@ impl Handler {
                 let Some(claims) = self.inner.cookies.verify(req.headers()) else {
                     return Err(GatewayError::NoSession(None));
                 };
-                let token = claims.token();
-                let session = match policy.session(&token, path).await? {
+                let key = claims.key();
+                let session = match policy.session_by_key(key, path).await? {
                     Ok(s) => s,
                     Err(SessionGone::Expired(why)) => {
                         return Err(GatewayError::NoSession(Some(why)))
                     }
                     Err(SessionGone::Unknown) => {
-                        return Err(GatewayError::NoSession(self.inner.memo.why(&token.key())))
+                        return Err(GatewayError::NoSession(self.inner.memo.why(key)))
                     }
                 };
                 // The session's own Faspex session, whatever Faspex cookie the browser sent:
@@ -787,7 +788,7 @@ impl Handler {
         }
         pending.confirm().await;
         // This browser's earlier session, if it was another (another account's): it ends now.
-        if let Some(old) = previous.map(|c| c.token().key()) {
+        if let Some(old) = previous.map(|c| c.key().clone()) {
             if old != admitted.session.key {
                 match self.inner.policy.end(&old, EndReason::Logout).await {
                     Ok(Some(ended)) => {
@@ -859,7 +860,7 @@ impl Handler {
             Some(claims) => {
                 self.inner
                     .policy
-                    .end(&claims.token().key(), EndReason::Logout)
+                    .end(claims.key(), EndReason::Logout)
                     .await?
             }
             None => None,

@@ -19,7 +19,9 @@ use http::{header, HeaderMap, HeaderValue};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{ClientId, SessionToken};
+use std::sync::Arc;
+
+use crate::store::{ClientId, SessionKey, SessionToken};
 
 /// How long a signed cookie is accepted, whatever its session's state.
 pub const COOKIE_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -33,11 +35,19 @@ pub struct Claims {
     cid: String,
     iat: u64,
     exp: u64,
+    /// The store's key for `sid`, hashed once per verified cookie rather than per request.
+    #[serde(skip)]
+    key: std::sync::OnceLock<SessionKey>,
 }
 
 impl Claims {
     pub fn token(&self) -> SessionToken {
         SessionToken::from_client(&self.sid)
+    }
+
+    /// The key the store files the session under (the hash of its token).
+    pub fn key(&self) -> &SessionKey {
+        self.key.get_or_init(|| self.token().key())
     }
 
     pub fn client(&self) -> ClientId {
@@ -60,7 +70,7 @@ pub struct SessionCookies {
     /// foldhash (seeded per process) rather than SipHash: a key is a whole cookie of some 250
     /// bytes, and only cookies whose signature checked out are ever stored, so no client can
     /// choose colliding keys.
-    verified: dashmap::DashMap<Box<str>, Claims, foldhash::fast::RandomState>,
+    verified: dashmap::DashMap<Box<str>, Arc<Claims>, foldhash::fast::RandomState>,
 }
 
 impl SessionCookies {
@@ -101,6 +111,7 @@ impl SessionCookies {
             cid: client.0.clone(),
             iat: now,
             exp: now + COOKIE_LIFETIME.as_secs(),
+            key: std::sync::OnceLock::new(),
         };
         let jwt =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).ok()?;
@@ -126,21 +137,23 @@ impl SessionCookies {
     }
 
     /// The claims of the request's cookie when its signature and lifetime check out.
-    pub fn verify(&self, headers: &HeaderMap) -> Option<Claims> {
+    pub fn verify(&self, headers: &HeaderMap) -> Option<Arc<Claims>> {
         let raw = self.raw(headers)?;
         if let Some(c) = self.verified.get(raw) {
             if c.exp.saturating_add(self.validation.leeway) >= jsonwebtoken::get_current_timestamp()
             {
-                return Some(c.clone());
+                return Some(Arc::clone(&c));
             }
         }
         let claims = jsonwebtoken::decode::<Claims>(raw, &self.decoding, &self.validation)
             .ok()?
             .claims;
+        claims.key();
+        let claims = Arc::new(claims);
         if self.verified.len() >= VERIFIED_CAP {
             self.verified.clear();
         }
-        self.verified.insert(raw.into(), claims.clone());
+        self.verified.insert(raw.into(), Arc::clone(&claims));
         Some(claims)
     }
 
@@ -285,6 +298,7 @@ mod tests {
         let value = set.split(';').next().unwrap();
         let claims = c.verify(&request_with(&format!("a=b; {value}"))).unwrap();
         assert_eq!(claims.token(), token);
+        assert_eq!(claims.key(), &token.key());
         assert_eq!(claims.client(), client);
     }
 
@@ -321,8 +335,9 @@ mod tests {
             cid: "c".into(),
             iat: 1,
             exp: 2,
+            key: Default::default(),
         };
-        c.verified.insert("x.y.z".into(), stale);
+        c.verified.insert("x.y.z".into(), Arc::new(stale));
         assert!(c
             .verify(&request_with("__Host-faspex-gate=x.y.z"))
             .is_none());

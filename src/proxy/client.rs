@@ -1,0 +1,421 @@
+//! The connections to the upstream: a keep-alive pool of hyper HTTP/1.1 client connections.
+//!
+//! The gateway has one upstream, so its pool is a stack of idle connections. A request takes
+//! the most recently used one (the warmest, and the least likely to have been closed by Faspex),
+//! or opens a new one. Its response body puts the connection back when it ends. A connection
+//! whose response was not read to its end, that switched protocols, or that failed is closed and
+//! never reused. hyper-util's pooled client did the same for any number of origins, at the cost
+//! of a pool keyed by origin, a task spawned per request to put the connection back, and large
+//! futures moved on every poll: about a tenth of a small request's instructions.
+//!
+//! Each connection is driven by a task of its own (hyper's `Connection`), which also hands an
+//! upgraded connection's bytes over to the tunnel.
+//!
+//! A request that found its pooled connection closed before any of it was written is sent again
+//! on another, as hyper-util's client did: Faspex, or a balancer, closing an idle keep-alive
+//! connection must not fail a request. A request that was written, even in part, is never sent
+//! twice. Idle connections are dropped after `IDLE_TIMEOUT`, checked whenever the pool is used;
+//! one that the upstream closes in the meantime is noticed by its task and skipped.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{Builder, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tower_service::Service;
+
+use super::forward::{BoxError, ProxyBody};
+use super::transfer::TransferBody;
+
+/// The body of every request the pool sends.
+pub type Outbound = TransferBody<ProxyBody>;
+
+/// How long an idle connection is kept for reuse.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most idle connections kept.
+pub const MAX_IDLE: usize = 256;
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection could be made (TCP or TLS).
+    #[error("{0}")]
+    Connect(#[source] BoxError),
+    /// The connection or the exchange on it failed (the request body's own errors included).
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// The pool: how to connect, and the idle connections.
+pub struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    /// `scheme://authority` of the upstream, for the connector.
+    target: Uri,
+    /// How long a pooled connection may take to become ready for its next request.
+    ready_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<Outbound>,
+    since: Instant,
+}
+
+impl Pool {
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        target: Uri,
+        ready_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Pool {
+            connector,
+            target,
+            ready_timeout,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Send `req` (origin-form URI, `Host` set) and wait for the response headers.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Outbound>,
+    ) -> Result<Response<PooledBody>, ClientError> {
+        loop {
+            let (mut sender, reused) = match self.checkout().await {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Not a byte was written: the connection had closed while it sat idle.
+                    Some(back) if reused => req = back,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and ready, if any.
+    async fn checkout(&self) -> Option<SendRequest<Outbound>> {
+        loop {
+            let mut sender = {
+                let mut idle = self.lock();
+                let now = Instant::now();
+                loop {
+                    let c = idle.pop()?;
+                    if !c.sender.is_closed() && now.duration_since(c.since) <= IDLE_TIMEOUT {
+                        break c.sender;
+                    }
+                }
+            };
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // Its last response has just ended; its task has yet to take that in.
+            if let Ok(Ok(())) = tokio::time::timeout(self.ready_timeout, sender.ready()).await {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Put a connection whose response has ended back for the next request.
+    fn checkin(&self, sender: SendRequest<Outbound>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.lock();
+        // The oldest are first: drop those past their time, and one more when full.
+        let expired = idle
+            .iter()
+            .take_while(|c| now.duration_since(c.since) > IDLE_TIMEOUT)
+            .count();
+        let over = (idle.len() - expired + 1).saturating_sub(MAX_IDLE);
+        idle.drain(..expired + over);
+        idle.push(Idle { sender, since: now });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // The vector is consistent whenever the lock is released: a panic elsewhere while it
+        // was held cannot have left it half-changed.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new connection, its task spawned.
+    async fn connect(&self) -> Result<SendRequest<Outbound>, ClientError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(ClientError::Connect)?;
+        let io = connector
+            .call(self.target.clone())
+            .await
+            .map_err(ClientError::Connect)?;
+        let (sender, conn) = Builder::new().handshake(io).await?;
+        // A combinator, not an `async` block: the compiler cannot prove such a block `Send`
+        // over the body's boxed error type.
+        tokio::spawn(conn.with_upgrades().map(|ended| {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "an upstream connection ended with an error");
+            }
+        }));
+        Ok(sender)
+    }
+
+    fn wrap(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        sender: SendRequest<Outbound>,
+    ) -> Response<PooledBody> {
+        // After a 101 the connection belongs to the tunnel.
+        let home =
+            (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| (sender, Arc::clone(self)));
+        resp.map(|body| {
+            let mut body = PooledBody { body, home };
+            if body.body.is_end_stream() {
+                body.release();
+            }
+            body
+        })
+    }
+
+    /// How many idle connections the pool holds (for tests).
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// A response body that puts its connection back in the pool once it has been read to its end.
+/// Dropped before that, it takes the connection with it.
+pub struct PooledBody {
+    body: Incoming,
+    home: Option<(SendRequest<Outbound>, Arc<Pool>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.home.take() {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.home = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A keep-alive upstream on loopback that answers each request with its path (or `size`
+    /// bytes for `/big`), counting the connections it accepts.
+    async fn upstream() -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let body = if req.uri().path() == "/big" {
+                            Bytes::from(vec![b'x'; 4 << 20])
+                        } else {
+                            Bytes::from(req.uri().path().to_owned())
+                        };
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            body,
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (format!("http://{addr}/").parse().unwrap(), accepted)
+    }
+
+    fn pool(target: Uri) -> Arc<Pool> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let tls = crate::server::tls::client_config(None).unwrap();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Pool::new(connector, target, Duration::from_secs(5))
+    }
+
+    fn get(target: &Uri, path: &str) -> Request<Outbound> {
+        let body = TransferBody::new(
+            super::super::error::full(Bytes::new()),
+            Duration::from_secs(5),
+            None,
+        );
+        Request::get(path)
+            .header(http::header::HOST, target.authority().unwrap().as_str())
+            .body(body)
+            .unwrap()
+    }
+
+    async fn text(resp: Response<PooledBody>) -> String {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_connection_serves_request_after_request() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        for i in 0..20 {
+            let path = format!("/r{i}");
+            let resp = pool.send(get(&target, &path)).await.unwrap();
+            assert_eq!(text(resp).await, path);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn parallel_requests_each_get_their_own_answer() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let (pool, target) = (Arc::clone(&pool), target.clone());
+                tokio::spawn(async move {
+                    let path = format!("/p{i}");
+                    let resp = pool.send(get(&target, &path)).await.unwrap();
+                    (path, text(resp).await)
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (asked, got) = t.await.unwrap();
+            assert_eq!(asked, got);
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!((1..=64).contains(&opened), "{opened}");
+        assert_eq!(pool.idle_count(), opened);
+        // Afterwards, requests one at a time open nothing new.
+        for i in 0..10 {
+            let path = format!("/q{i}");
+            assert_eq!(
+                text(pool.send(get(&target, &path)).await.unwrap()).await,
+                path
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), opened);
+    }
+
+    #[tokio::test]
+    async fn a_response_left_unread_takes_its_connection_with_it() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        let resp = pool.send(get(&target, "/big")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        drop(resp);
+        assert_eq!(pool.idle_count(), 0);
+        let resp = pool.send(get(&target, "/next")).await.unwrap();
+        assert_eq!(text(resp).await, "/next");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_fails_no_request() {
+        // An upstream that answers one request per connection, keep-alive by the protocol's
+        // default, and then closes it without a word (as a balancer's idle timeout does).
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                });
+            }
+        });
+        let target: Uri = format!("http://{addr}/").parse().unwrap();
+        let pool = pool(target.clone());
+        for _ in 0..5 {
+            let resp = pool.send(get(&target, "/")).await.unwrap();
+            assert_eq!(text(resp).await, "ok");
+            // Give the connection's task the time to see the close.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn no_upstream_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let target: Uri = format!("http://{addr}/").parse().unwrap();
+        match pool(target.clone()).send(get(&target, "/")).await {
+            Err(ClientError::Connect(_)) => {}
+            Err(other) => panic!("not a connect error: {other:?}"),
+            Ok(resp) => panic!("an answer from nowhere: {}", resp.status()),
+        }
+    }
+}
