@@ -97,8 +97,19 @@ impl RouteProfile {
     pub fn classify(&self, method: &Method, raw_path: &str) -> Result<Classified, PathError> {
         let decoded = decode_once(raw_path.as_bytes())?;
         let further = decode_further(&decoded);
-        let full = normalize(&further)?;
-        let once = normalize(&decoded)?;
+        // Without a `%` left after one decoding (nearly every path), both readings are one.
+        let full_owned;
+        let (full, once) = match further {
+            Cow::Borrowed(_) => {
+                let once = normalize(&decoded)?;
+                (None, once)
+            }
+            Cow::Owned(further) => {
+                full_owned = further;
+                (Some(normalize(&full_owned)?), normalize(&decoded)?)
+            }
+        };
+        let full: &[u8] = full.as_deref().unwrap_or(&once);
         let path = String::from_utf8_lossy(&once).into_owned();
 
         let denied = |p: &[u8]| {
@@ -109,13 +120,13 @@ impl RouteProfile {
                     && deny_matches(p, rule.prefix.as_bytes())
             })
         };
-        if denied(&once) || denied(&full) {
+        if denied(&once) || denied(full) {
             return Ok(Classified {
                 route: Route::Denied,
                 path,
             });
         }
-        if under(&once, GATEWAY_PREFIX.as_bytes()) || under(&full, GATEWAY_PREFIX.as_bytes()) {
+        if under(&once, GATEWAY_PREFIX.as_bytes()) || under(full, GATEWAY_PREFIX.as_bytes()) {
             return Ok(Classified {
                 route: Route::Gateway,
                 path,
@@ -126,7 +137,7 @@ impl RouteProfile {
             Route::Login
         } else if is_action(&once, self.logout_path.as_bytes()) {
             Route::Logout
-        } else if self.is_public(method, &once) && self.is_public(method, &full) {
+        } else if self.is_public(method, &once) && self.is_public(method, full) {
             Route::Public
         } else {
             Route::Protected
@@ -149,6 +160,13 @@ impl RouteProfile {
 
     /// Whether `raw_path` is the action at `base` (in any form Rails routes to it).
     pub fn is_path(raw_path: &str, base: &str) -> bool {
+        if !raw_path.starts_with(base) {
+            // A path without `%`, `.` and `//` decodes and normalises to itself: it is the
+            // action at `base` only if it starts with `base`.
+            if !raw_path.contains(['%', '.']) && !raw_path.contains("//") {
+                return false;
+            }
+        }
         let decoded = decode_once(raw_path.as_bytes());
         match decoded.as_deref().map_err(Clone::clone).and_then(normalize) {
             Ok(p) => is_action(&p, base.as_bytes()),
@@ -294,15 +312,18 @@ fn normalize(decoded: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
     if decoded.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
-    if decoded.iter().any(|&b| b < 0x20 || b == 0x7f || b == b'\\') {
-        return Err(PathError::ForbiddenCharacter);
+    // One pass: a forbidden byte anywhere is refused; without `//` and `/.`, every segment but
+    // a trailing empty one is kept as it is, and the path is already normal (nearly every one).
+    let mut normal = true;
+    let mut prev = 0u8;
+    for &b in decoded {
+        if b < 0x20 || b == 0x7f || b == b'\\' {
+            return Err(PathError::ForbiddenCharacter);
+        }
+        normal &= !(prev == b'/' && (b == b'/' || b == b'.'));
+        prev = b;
     }
-    // Without `//` and `/.`, every segment but a trailing empty one is kept as it is: the path
-    // is already normal (nearly every request).
-    if !decoded
-        .windows(2)
-        .any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'))
-    {
+    if normal {
         return Ok(Cow::Borrowed(decoded));
     }
     let mut segments: Vec<&[u8]> = Vec::new();
@@ -332,6 +353,42 @@ fn normalize(decoded: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `is_path`'s shortcut for paths that cannot be the action gives the full answer.
+    #[test]
+    fn is_path_answers_as_the_full_decoding_does() {
+        let full = |raw: &str, base: &str| match decode_once(raw.as_bytes())
+            .map(|d| d.into_owned())
+            .and_then(|d| normalize(&d).map(Cow::into_owned))
+        {
+            Ok(p) => is_action(&p, base.as_bytes()),
+            Err(_) => false,
+        };
+        let base = "/aspera/faspex/login";
+        for raw in [
+            "/aspera/faspex/login",
+            "/aspera/faspex/login/",
+            "/aspera/faspex/login.json",
+            "/aspera/faspex/log",
+            "/aspera/faspex/logout",
+            "/x/../aspera/faspex/login",
+            "//aspera/faspex/login",
+            "/aspera//faspex/login",
+            "/aspera/./faspex/login",
+            "/aspera/faspex/%6cogin",
+            "/aspera/faspex/%2e%2e/faspex/login",
+            "/aspera%2ffaspex/login",
+            "/aspera/faspex/login%00",
+            "/other",
+            "/",
+        ] {
+            assert_eq!(
+                RouteProfile::is_path(raw, base),
+                full(raw, base),
+                "{raw}"
+            );
+        }
+    }
 
     /// The shortcut for paths that are already normal changes no answer.
     #[test]

@@ -263,10 +263,11 @@ pub fn is_browser(headers: &HeaderMap, cookie_name: &str) -> bool {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
+            .filter(|v| v.contains(cookie_name))
             .flat_map(|v| v.split(';'))
             .any(|kv| kv.trim_start().split('=').next() == Some(cookie_name))
     };
-    accepts_html() || has_cookie() || headers.contains_key(X_REQUESTED_WITH)
+    headers.contains_key(X_REQUESTED_WITH) || accepts_html() || has_cookie()
 }
 
 /// Wrap a complete body into the gateway's body type.

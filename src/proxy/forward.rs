@@ -439,6 +439,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn set_forwarded(headers: &mut HeaderMap, side: &ClientSide) {
     let (xff, xfp, xfh) = (&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST);
     let client_ip = ip_value(side.client_ip);
+    // Room for the four set below, so that the map grows once at most.
+    headers.reserve(4);
     if any_of(headers, &CLIENT_ADDRESS_HEADERS) {
         for name in &CLIENT_ADDRESS_HEADERS {
             headers.remove(name);

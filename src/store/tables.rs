@@ -258,7 +258,10 @@ impl Tables {
         }
         if activity && now > s.last_activity {
             s.last_activity = now;
-            self.dirty_sessions.insert(key.clone());
+            // A busy session is dirty already until the next flush: no key to copy.
+            if !self.dirty_sessions.contains(key) {
+                self.dirty_sessions.insert(key.clone());
+            }
         }
         SessionState::Live(s.clone())
     }
