@@ -382,11 +382,7 @@ mod tests {
             "/other",
             "/",
         ] {
-            assert_eq!(
-                RouteProfile::is_path(raw, base),
-                full(raw, base),
-                "{raw}"
-            );
+            assert_eq!(RouteProfile::is_path(raw, base), full(raw, base), "{raw}");
         }
     }
 

@@ -249,25 +249,46 @@ fn refusal_page(r: &Refusal, a: &Answer<'_>) -> String {
 /// A request is a browser request when it carries a gateway cookie, accepts HTML, or was sent by
 /// script (`X-Requested-With`). Only other requests may ever see `WWW-Authenticate`.
 pub fn is_browser(headers: &HeaderMap, cookie_name: &str) -> bool {
-    const X_REQUESTED_WITH: header::HeaderName =
-        header::HeaderName::from_static("x-requested-with");
-    let accepts_html = || {
-        headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.contains("text/html"))
-    };
-    let has_cookie = || {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter(|v| v.contains(cookie_name))
-            .flat_map(|v| v.split(';'))
-            .any(|kv| kv.trim_start().split('=').next() == Some(cookie_name))
-    };
-    headers.contains_key(X_REQUESTED_WITH) || accepts_html() || has_cookie()
+    BrowserSigns::of(headers).is_browser(cookie_name)
+}
+
+/// What marks a request as a browser's, taken before the request is forwarded and judged only
+/// when an answer depends on it (an error, or a `WWW-Authenticate` from Faspex). Looking through
+/// the long cookie values on every request cost more than a percent of a small one; keeping them
+/// costs a reference count each.
+pub struct BrowserSigns {
+    /// `X-Requested-With`, or an `Accept` that names HTML.
+    sure: bool,
+    cookies: Vec<HeaderValue>,
+}
+
+impl BrowserSigns {
+    pub fn of(headers: &HeaderMap) -> Self {
+        const X_REQUESTED_WITH: header::HeaderName =
+            header::HeaderName::from_static("x-requested-with");
+        let sure = headers.contains_key(X_REQUESTED_WITH)
+            || headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("text/html"));
+        let cookies = if sure {
+            Vec::new()
+        } else {
+            headers.get_all(header::COOKIE).iter().cloned().collect()
+        };
+        BrowserSigns { sure, cookies }
+    }
+
+    pub fn is_browser(&self, cookie_name: &str) -> bool {
+        self.sure
+            || self
+                .cookies
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .any(|kv| kv.trim_start().split('=').next() == Some(cookie_name))
+    }
 }
 
 /// Wrap a complete body into the gateway's body type.

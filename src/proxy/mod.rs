@@ -252,7 +252,7 @@ impl Handler {
         let method = req.method().clone();
         let (client_ip, peer_trusted) =
             forward::client_ip(conn.peer.ip(), req.headers(), &self.inner.trusted_proxies);
-        let browser = error::is_browser(req.headers(), self.inner.cookies.name());
+        let browser = error::BrowserSigns::of(req.headers());
         let mut log = AccessRecord {
             method,
             route: None,
@@ -284,7 +284,7 @@ impl Handler {
                     other => tracing::debug!(error = %other, "request refused"),
                 }
                 err.into_response(&Answer {
-                    browser,
+                    browser: browser.is_browser(self.inner.cookies.name()),
                     site: &self.inner.site,
                     clear_cookie: self.inner.cookies.clear(),
                     now: self.inner.policy.now(),
@@ -292,7 +292,9 @@ impl Handler {
             }
         };
         let mut resp = resp;
-        if browser {
+        if resp.headers().contains_key(header::WWW_AUTHENTICATE)
+            && browser.is_browser(self.inner.cookies.name())
+        {
             // Whoever produced it (Faspex too): a browser must never show a password prompt.
             resp.headers_mut().remove(header::WWW_AUTHENTICATE);
         }

@@ -162,7 +162,7 @@ impl SessionCookies {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
+            .flat_map(|v| Pieces::new(v, b';', b';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(name, _)| *name == self.name)
             .map(|(_, value)| value.trim())
@@ -214,12 +214,48 @@ fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        // One character at a time, each split finds its separator with memchr; splitting on
-        // `[';', ',']` decodes every character of the (long) values instead.
-        .flat_map(|v| v.split(';'))
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| Pieces::new(v, b';', b','))
         .map(str::trim)
         .filter(|pair| !pair.is_empty())
+}
+
+/// The pieces of a header value between the ASCII separators `a` and `b`, found with SIMD
+/// `memchr2`: `str::split` looks for one character with a plain loop, and decodes every
+/// character when given two, over cookie values some hundreds of bytes long.
+struct Pieces<'a> {
+    rest: Option<&'a str>,
+    a: u8,
+    b: u8,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(value: &'a str, a: u8, b: u8) -> Self {
+        debug_assert!(a.is_ascii() && b.is_ascii());
+        Pieces {
+            rest: Some(value),
+            a,
+            b,
+        }
+    }
+}
+
+impl<'a> Iterator for Pieces<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match memchr::memchr2(self.a, self.b, rest.as_bytes()) {
+            // An ASCII separator is a character boundary on both sides.
+            Some(i) => {
+                self.rest = rest.get(i + 1..);
+                rest.get(..i)
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
 }
 
 /// Whether a cookie pair is named `name` as Rack reads names: trimmed and percent-decoded.
@@ -332,6 +368,27 @@ mod tests {
             .verify(&request_with("__Host-faspex-gate=garbage"))
             .is_none());
         assert!(c.present(&request_with("__Host-faspex-gate=garbage")));
+    }
+
+    #[test]
+    fn pieces_split_as_str_split_does() {
+        for value in [
+            "",
+            "a",
+            ";",
+            "a;b",
+            "a;;b;",
+            ";a,b;c,,d,",
+            "é=1;ü=2,x",
+            "a=b; c=d",
+        ] {
+            let ours: Vec<&str> = Pieces::new(value, b';', b',').collect();
+            let theirs: Vec<&str> = value.split([';', ',']).collect();
+            assert_eq!(ours, theirs, "{value:?}");
+            let ours: Vec<&str> = Pieces::new(value, b';', b';').collect();
+            let theirs: Vec<&str> = value.split(';').collect();
+            assert_eq!(ours, theirs, "{value:?}");
+        }
     }
 
     #[test]
