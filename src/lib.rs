@@ -15,9 +15,9 @@
 //!   (public, login, logout, protected, denied, the gateway's own); the handler then finds the
 //!   credentials (HTTP Basic, a bearer token, the gateway's cookie from [`proxy::session`]) and
 //!   asks the engine for a live session or a login; [`proxy::forward`] streams the request to
-//!   Faspex and the response back; [`proxy::error`] is the one place that turns a refusal into a
-//!   response; [`proxy::pages`] renders what people see; [`proxy::ends`] logs Faspex out when
-//!   the gateway ends a session.
+//!   Faspex and the response back, over [`proxy::client`]'s keep-alive connections;
+//!   [`proxy::error`] is the one place that turns a refusal into a response; [`proxy::pages`]
+//!   renders what people see; [`proxy::ends`] logs Faspex out when the gateway ends a session.
 //! - [`auth`]: the [`auth::Directory`] seam where one credential check runs, and its backends:
 //!   LDAP / Active Directory ([`auth::ldap`]) and a users file of argon2id hashes
 //!   ([`auth::file`]); the verification cache for HTTP Basic callers ([`auth::cache`]).

@@ -1,5 +1,6 @@
-//! Forwarding to the Faspex upstream: the pooled keep-alive client, header rewriting (hop-by-hop
-//! removal, `X-Forwarded-*`, `Host`), redirect rewriting, and the response-header timeout.
+//! Forwarding to the Faspex upstream: header rewriting (hop-by-hop removal, `X-Forwarded-*`,
+//! `Host`), redirect rewriting, and the response-header timeout, over the keep-alive connections
+//! of [`super::client`].
 //!
 //! Bodies are never buffered here: the client's body is handed to the upstream connection as a
 //! stream, and the upstream's body is handed back the same way, so a 10 GiB transfer costs the

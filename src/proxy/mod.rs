@@ -95,7 +95,7 @@ struct Handler {
 struct Inner {
     /// Which paths are public, denied, the login form, or the gateway's own.
     profile: RouteProfile,
-    /// The pooled client to Faspex.
+    /// Faspex, over its pool of keep-alive connections.
     upstream: Upstream,
     /// Peers whose `X-Forwarded-For` is believed.
     trusted_proxies: Vec<ipnet::IpNet>,
