@@ -8,6 +8,7 @@ use clap::Parser;
 // instructions, benches/instructions.sh). mimalloc was tried first and dropped: it kept 24 MiB
 // more at start and let a streaming gateway's peak RSS grow with the worker count (38 -> 78 MiB
 // for 1 -> 8 workers); with jemalloc the same 2 GiB stream peaks at 32 MiB with 8 workers.
+// Its options (a larger thread cache) are built in from .cargo/config.toml.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
