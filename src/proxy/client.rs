@@ -91,7 +91,9 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.checkout().await {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: a new connection is rare, and its future, three times the size of the
+                // rest, would make every request's futures (moved several times) that large.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(resp, sender)),

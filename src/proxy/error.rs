@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use super::classify::PathError;
 use super::forward::{ForwardError, ProxyBody, UpstreamError};
 use super::pages::{self, LoginForm, Site};
+use super::session::SessionCookies;
 use crate::clock::Timestamp;
 use crate::policy::LoginRefused;
 use crate::store::{EndReason, StoreError};
@@ -248,46 +249,34 @@ fn refusal_page(r: &Refusal, a: &Answer<'_>) -> String {
 
 /// A request is a browser request when it carries a gateway cookie, accepts HTML, or was sent by
 /// script (`X-Requested-With`). Only other requests may ever see `WWW-Authenticate`.
-pub fn is_browser(headers: &HeaderMap, cookie_name: &str) -> bool {
-    BrowserSigns::of(headers).is_browser(cookie_name)
+pub fn is_browser(headers: &HeaderMap, cookies: &SessionCookies) -> bool {
+    BrowserSigns::of(headers, cookies).is_browser()
 }
 
-/// What marks a request as a browser's, taken before the request is forwarded and judged only
-/// when an answer depends on it (an error, or a `WWW-Authenticate` from Faspex). Looking through
-/// the long cookie values on every request cost more than a percent of a small one; keeping them
-/// costs a reference count each.
-pub struct BrowserSigns {
-    /// `X-Requested-With`, or an `Accept` that names HTML.
-    sure: bool,
-    cookies: Vec<HeaderValue>,
-}
+/// What marks a request as a browser's, taken before the request is forwarded and used only
+/// when an answer depends on it (an error, or a `WWW-Authenticate` from Faspex).
+pub struct BrowserSigns(bool);
 
 impl BrowserSigns {
-    pub fn of(headers: &HeaderMap) -> Self {
+    pub fn of(headers: &HeaderMap, cookies: &SessionCookies) -> Self {
         const X_REQUESTED_WITH: header::HeaderName =
             header::HeaderName::from_static("x-requested-with");
-        let sure = headers.contains_key(X_REQUESTED_WITH)
-            || headers
+        // Built once: building a searcher costs more than a search.
+        static HTML: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"text/html"));
+        let accepts_html = || {
+            headers
                 .get_all(header::ACCEPT)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| v.contains("text/html"));
-        let cookies = if sure {
-            Vec::new()
-        } else {
-            headers.get_all(header::COOKIE).iter().cloned().collect()
+                .any(|v| HTML.find(v.as_bytes()).is_some())
         };
-        BrowserSigns { sure, cookies }
+        BrowserSigns(
+            headers.contains_key(X_REQUESTED_WITH) || accepts_html() || cookies.carried(headers),
+        )
     }
 
-    pub fn is_browser(&self, cookie_name: &str) -> bool {
-        self.sure
-            || self
-                .cookies
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .any(|kv| kv.trim_start().split('=').next() == Some(cookie_name))
+    pub fn is_browser(&self) -> bool {
+        self.0
     }
 }
 
@@ -327,27 +316,41 @@ mod tests {
 
     #[test]
     fn browser_detection_follows_the_contract() {
+        let cookies = SessionCookies::new("__Host-faspex-gate", &[7u8; 32]);
         let mut h = HeaderMap::new();
-        assert!(!is_browser(&h, "__Host-faspex-gate"));
+        assert!(!is_browser(&h, &cookies));
         h.insert(header::ACCEPT, HeaderValue::from_static("application/xml"));
-        assert!(!is_browser(&h, "__Host-faspex-gate"));
+        assert!(!is_browser(&h, &cookies));
         h.insert(
             header::ACCEPT,
             HeaderValue::from_static("text/html,application/xhtml+xml"),
         );
-        assert!(is_browser(&h, "__Host-faspex-gate"));
+        assert!(is_browser(&h, &cookies));
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("a=b; __Host-faspex-gate=x"),
         );
-        assert!(is_browser(&h, "__Host-faspex-gate"));
+        assert!(is_browser(&h, &cookies));
+        for (cookie, browser) in [
+            ("__Host-faspex-gate=x", true),
+            ("a=b;__Host-faspex-gate", true),
+            ("  __Host-faspex-gate=; a=b", true),
+            ("x__Host-faspex-gate=y", false),
+            ("a=__Host-faspex-gate", false),
+            ("__Host-faspex-gate-2=y", false),
+            ("a=b, __Host-faspex-gate=y", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::COOKIE, HeaderValue::from_static(cookie));
+            assert_eq!(is_browser(&h, &cookies), browser, "{cookie}");
+        }
         let mut h = HeaderMap::new();
         h.insert(
             "x-requested-with",
             HeaderValue::from_static("XMLHttpRequest"),
         );
-        assert!(is_browser(&h, "__Host-faspex-gate"));
+        assert!(is_browser(&h, &cookies));
     }
 
     #[test]

@@ -252,7 +252,7 @@ impl Handler {
         let method = req.method().clone();
         let (client_ip, peer_trusted) =
             forward::client_ip(conn.peer.ip(), req.headers(), &self.inner.trusted_proxies);
-        let browser = error::BrowserSigns::of(req.headers());
+        let browser = error::BrowserSigns::of(req.headers(), &self.inner.cookies);
         let mut log = AccessRecord {
             method,
             route: None,
@@ -284,7 +284,7 @@ impl Handler {
                     other => tracing::debug!(error = %other, "request refused"),
                 }
                 err.into_response(&Answer {
-                    browser: browser.is_browser(self.inner.cookies.name()),
+                    browser: browser.is_browser(),
                     site: &self.inner.site,
                     clear_cookie: self.inner.cookies.clear(),
                     now: self.inner.policy.now(),
@@ -292,9 +292,7 @@ impl Handler {
             }
         };
         let mut resp = resp;
-        if resp.headers().contains_key(header::WWW_AUTHENTICATE)
-            && browser.is_browser(self.inner.cookies.name())
-        {
+        if resp.headers().contains_key(header::WWW_AUTHENTICATE) && browser.is_browser() {
             // Whoever produced it (Faspex too): a browser must never show a password prompt.
             resp.headers_mut().remove(header::WWW_AUTHENTICATE);
         }

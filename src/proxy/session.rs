@@ -71,6 +71,8 @@ pub struct SessionCookies {
     /// bytes, and only cookies whose signature checked out are ever stored, so no client can
     /// choose colliding keys.
     verified: dashmap::DashMap<Box<str>, Arc<Claims>, foldhash::fast::RandomState>,
+    /// A SIMD search for the name, built once: building one costs more than a search.
+    finder: memchr::memmem::Finder<'static>,
 }
 
 impl SessionCookies {
@@ -85,6 +87,7 @@ impl SessionCookies {
             decoding: DecodingKey::from_secret(secret),
             validation,
             verified: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            finder: memchr::memmem::Finder::new(name.as_bytes()).into_owned(),
         }
     }
 
@@ -131,6 +134,21 @@ impl SessionCookies {
         .ok()
     }
 
+    /// Whether a `;`-separated pair of the request's cookies is named exactly
+    /// `session.cookie_name` (with or without a value): a SIMD search finds the name, and a hit
+    /// counts when it starts a pair and ends at its `=` or the pair's end. A sign of a browser.
+    pub fn carried(&self, headers: &HeaderMap) -> bool {
+        let name = self.name.len();
+        headers.get_all(header::COOKIE).iter().any(|v| {
+            let v = v.as_bytes();
+            self.finder.find_iter(v).any(|i| {
+                let before = v[..i].trim_ascii_end();
+                (before.is_empty() || before.ends_with(b";"))
+                    && matches!(v.get(i + name), None | Some(b'=' | b';'))
+            })
+        })
+    }
+
     /// The request's session cookie, if it carries one at all (signed or not).
     pub fn present(&self, headers: &HeaderMap) -> bool {
         self.raw(headers).is_some()
@@ -157,15 +175,22 @@ impl SessionCookies {
         Some(claims)
     }
 
+    /// The value of the request's cookie named exactly `session.cookie_name`. Cookies are read
+    /// as bytes: a header that also holds another cookie with non-ASCII bytes (which Rack reads,
+    /// and so does the gateway) does not hide this one, and the long values are not checked
+    /// character by character on every request.
     fn raw<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        let name = self.name.as_bytes();
         headers
             .get_all(header::COOKIE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| Pieces::new(v, b';', b';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == self.name)
-            .map(|(_, value)| value.trim())
+            .flat_map(|v| Pieces::new(v.as_bytes(), b';', b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = memchr::memchr(b'=', pair)?;
+                (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
+            })
+            .and_then(|value| std::str::from_utf8(value).ok())
     }
 
     /// Take the gateway's cookie out of the request before it goes to Faspex: Faspex never sees
@@ -173,11 +198,10 @@ impl SessionCookies {
     pub fn strip(&self, headers: &mut HeaderMap) {
         // A first look for the name, or a `%` that could spell it, finds nothing in most
         // requests (their cookies have been rewritten already), at a fraction of the cost.
-        let may_hold = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.contains(self.name.as_str()) || v.contains('%'));
+        let may_hold = headers.get_all(header::COOKIE).iter().any(|v| {
+            let v = v.as_bytes();
+            self.finder.find(v).is_some() || memchr::memchr(b'%', v).is_some()
+        });
         if may_hold && cookie_pairs(headers).any(|p| names(p, &self.name)) {
             rewrite_cookies(headers, &[&self.name], None);
         }
@@ -203,34 +227,32 @@ pub fn set_cookie_pair(headers: &HeaderMap, name: &str) -> Option<String> {
 /// The `name=value` pair of the cookie `name` a request carries.
 pub fn request_cookie_pair(headers: &HeaderMap, name: &str) -> Option<String> {
     cookie_pairs(headers)
-        .find(|pair| pair.contains('=') && names(pair, name))
-        .map(str::to_owned)
+        .find(|pair| pair.contains(&b'=') && names(pair, name))
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
 }
 
-/// Every `name=value` pair of a request's `Cookie` headers, in order. Split the way Rack (under
-/// Faspex 4) splits them, on `;` and `,`, so that the gateway sees every cookie Faspex would.
-fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// Every `name=value` pair of a request's `Cookie` headers, in order, as bytes. Split the way
+/// Rack (under Faspex 4) splits them, on `;` and `,`, so that the gateway sees every cookie
+/// Faspex would, those with non-ASCII bytes included.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| Pieces::new(v, b';', b','))
-        .map(str::trim)
+        .flat_map(|v| Pieces::new(v.as_bytes(), b';', b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|pair| !pair.is_empty())
 }
 
-/// The pieces of a header value between the ASCII separators `a` and `b`, found with SIMD
-/// `memchr2`: `str::split` looks for one character with a plain loop, and decodes every
-/// character when given two, over cookie values some hundreds of bytes long.
+/// The pieces of a header value between the separators `a` and `b`, found with SIMD `memchr2`:
+/// a plain loop looks at the bytes one by one, over cookie values some hundreds of bytes long.
 struct Pieces<'a> {
-    rest: Option<&'a str>,
+    rest: Option<&'a [u8]>,
     a: u8,
     b: u8,
 }
 
 impl<'a> Pieces<'a> {
-    fn new(value: &'a str, a: u8, b: u8) -> Self {
-        debug_assert!(a.is_ascii() && b.is_ascii());
+    fn new(value: &'a [u8], a: u8, b: u8) -> Self {
         Pieces {
             rest: Some(value),
             a,
@@ -240,15 +262,14 @@ impl<'a> Pieces<'a> {
 }
 
 impl<'a> Iterator for Pieces<'a> {
-    type Item = &'a str;
+    type Item = &'a [u8];
 
-    fn next(&mut self) -> Option<&'a str> {
+    fn next(&mut self) -> Option<&'a [u8]> {
         let rest = self.rest?;
-        match memchr::memchr2(self.a, self.b, rest.as_bytes()) {
-            // An ASCII separator is a character boundary on both sides.
+        match memchr::memchr2(self.a, self.b, rest) {
             Some(i) => {
-                self.rest = rest.get(i + 1..);
-                rest.get(..i)
+                self.rest = Some(&rest[i + 1..]);
+                Some(&rest[..i])
             }
             None => {
                 self.rest = None;
@@ -259,12 +280,16 @@ impl<'a> Iterator for Pieces<'a> {
 }
 
 /// Whether a cookie pair is named `name` as Rack reads names: trimmed and percent-decoded.
-fn names(pair: &str, name: &str) -> bool {
-    let raw = pair.split('=').next().unwrap_or("").trim();
-    if raw.contains('%') {
-        percent_encoding::percent_decode_str(raw).decode_utf8_lossy() == name
+fn names(pair: &[u8], name: &str) -> bool {
+    let raw = match memchr::memchr(b'=', pair) {
+        Some(eq) => &pair[..eq],
+        None => pair,
+    }
+    .trim_ascii();
+    if raw.contains(&b'%') {
+        percent_encoding::percent_decode(raw).decode_utf8_lossy() == name
     } else {
-        raw == name
+        raw == name.as_bytes()
     }
 }
 
@@ -288,21 +313,22 @@ pub fn forward_cookies(headers: &mut HeaderMap, name: &str, pair: Option<&str>, 
 /// repeated name), then every pair but those named in `drop`, in order. No header is left when
 /// nothing remains.
 fn rewrite_cookies(headers: &mut HeaderMap, drop: &[&str], add: Option<&str>) {
-    let kept = |p: &&str| !drop.iter().any(|d| names(p, d));
+    let kept = |p: &&[u8]| !drop.iter().any(|d| names(p, d));
     // Most requests carry only cookies that go (the gateway's own, a stale Faspex one): then
     // the new header is `add` alone, with no joining and no second look at the long values.
     let value = if cookie_pairs(headers).any(|p| kept(&p)) {
-        let mut out = String::with_capacity(256);
+        let mut out = Vec::with_capacity(256);
         if let Some(a) = add {
-            out.push_str(a);
+            out.extend_from_slice(a.as_bytes());
         }
         for pair in cookie_pairs(headers).filter(kept) {
             if !out.is_empty() {
-                out.push_str("; ");
+                out.extend_from_slice(b"; ");
             }
-            out.push_str(pair);
+            out.extend_from_slice(pair);
         }
-        HeaderValue::from_str(&out).ok()
+        // Every byte came from a valid header value or from `add`.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
     } else {
         add.and_then(|a| HeaderValue::from_str(a).ok())
     };
@@ -382,11 +408,11 @@ mod tests {
             "é=1;ü=2,x",
             "a=b; c=d",
         ] {
-            let ours: Vec<&str> = Pieces::new(value, b';', b',').collect();
-            let theirs: Vec<&str> = value.split([';', ',']).collect();
+            let ours: Vec<&[u8]> = Pieces::new(value.as_bytes(), b';', b',').collect();
+            let theirs: Vec<&[u8]> = value.split([';', ',']).map(str::as_bytes).collect();
             assert_eq!(ours, theirs, "{value:?}");
-            let ours: Vec<&str> = Pieces::new(value, b';', b';').collect();
-            let theirs: Vec<&str> = value.split(';').collect();
+            let ours: Vec<&[u8]> = Pieces::new(value.as_bytes(), b';', b';').collect();
+            let theirs: Vec<&[u8]> = value.split(';').map(str::as_bytes).collect();
             assert_eq!(ours, theirs, "{value:?}");
         }
     }
@@ -425,6 +451,44 @@ mod tests {
         let mut h = request_with("__Host-faspex-gate=x");
         c.strip(&mut h);
         assert!(!h.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn cookies_beside_non_ascii_ones_are_found_and_kept() {
+        let c = cookies();
+        let token = SessionToken::generate().unwrap();
+        let set = c.issue(&token, &ClientId("web:x".into())).unwrap();
+        let ours = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+        // A UTF-8 cookie that Faspex (Rack) reads, in the same header as the gateway's.
+        let value = format!("lang=fran\u{e7}ais; {ours}; _faspex_session=abc");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+        );
+        assert!(h[header::COOKIE].to_str().is_err());
+        assert_eq!(c.verify(&h).unwrap().token(), token);
+        assert_eq!(
+            request_cookie_pair(&h, "_faspex_session").as_deref(),
+            Some("_faspex_session=abc")
+        );
+        // Faspex never sees the gateway's token, and keeps its own cookies, bytes and all.
+        let mut stripped = h.clone();
+        c.strip(&mut stripped);
+        assert_eq!(
+            stripped[header::COOKIE].as_bytes(),
+            "lang=fran\u{e7}ais; _faspex_session=abc".as_bytes()
+        );
+        forward_cookies(
+            &mut h,
+            "_faspex_session",
+            Some("_faspex_session=mine"),
+            c.name(),
+        );
+        assert_eq!(
+            h[header::COOKIE].as_bytes(),
+            "_faspex_session=mine; lang=fran\u{e7}ais".as_bytes()
+        );
     }
 
     #[test]
