@@ -1,7 +1,7 @@
 //! faspex-gate against nginx, side by side, as `../shared/docs/bench-plan.md` describes.
 //!
-//! Run it with `benches/versus.sh` (it installs nginx, wrk and oha when they are missing, and
-//! builds in release mode), or `cargo bench --bench versus -- [--smoke] [--rounds N]
+//! Run it with `benches/versus.sh` (it installs nginx, wrk, sqlite3 and oha when they are
+//! missing, and builds in release mode), or `cargo bench --bench versus -- [--smoke] [--rounds N]
 //! [--workers N] [--json FILE]` once the tools are there.
 //!
 //! Every peer runs as its own process on loopback, with the same ECDSA P-256 certificate and the
@@ -14,10 +14,13 @@
 //! - **R**: `versus relay`, a TLS-terminating byte relay: the ceiling for streams.
 //!
 //! Scenarios, each over `--rounds` rounds with the peers in rotated order: small authenticated
-//! GETs (wrk for saturation; oha at a fixed rate for latency), 2 GiB downloads and uploads
-//! (curl; Content-Length and chunked), twenty slow readers, a password spray against fifty
-//! working users, memory per session and per idle connection, and full TLS handshakes. Any
-//! non-2xx answer or socket error fails the run. Results print as tables and go to a JSON file.
+//! GETs (wrk for saturation, each round in turns of 2 s per peer so that the peers it compares
+//! ran seconds apart; oha at a fixed rate for latency, its percentiles taken after a 1 s
+//! warm-up), 2 GiB downloads and uploads (curl; Content-Length and chunked), twenty slow
+//! readers, a password spray against fifty working users, memory per session and per idle
+//! connection, and full TLS handshakes. Any non-2xx answer or socket error fails the run. The
+//! hypervisor's steal time is printed beside the small GETs' figures, for how much the
+//! machine's neighbours disturbed them. Results print as tables and go to a JSON file.
 
 #[path = "versus/load.rs"]
 mod load;
@@ -49,6 +52,11 @@ struct Opts {
     rounds: usize,
     workers: usize,
     secs: u64,
+    /// Small GETs: turns per peer per round, and the seconds of each.
+    slices: usize,
+    slice_secs: u64,
+    /// Small GETs' latency runs, warm-up included.
+    latency_secs: u64,
     stream: u64,
     sessions: usize,
     idle: usize,
@@ -93,6 +101,9 @@ impl Opts {
                 .unwrap_or(if smoke { 1 } else { 5 }),
             workers: val("--workers").and_then(|v| v.parse().ok()).unwrap_or(1),
             secs: if smoke { 1 } else { 5 },
+            slices: if smoke { 1 } else { 3 },
+            slice_secs: if smoke { 1 } else { 2 },
+            latency_secs: if smoke { 3 } else { 10 },
             stream: if smoke { 32 * MIB } else { 2 * GIB },
             sessions: if smoke { 2_000 } else { 100_000 },
             idle: if smoke { 200 } else { 2_000 },
@@ -587,62 +598,98 @@ const WRK_CONNS: usize = 32;
 
 /// Scenario 1: small authenticated GETs: saturation (wrk), CPU per request, then latency at
 /// half the lowest proxy's saturation rate (oha, fixed rate).
+///
+/// This shared 2-core VM's speed swings from second to second (the hypervisor's steal time
+/// went from 2 % to 36 % within a minute), so one round does not run each peer for its whole
+/// time at once: it runs them in turn, `slices` times, for `slice_secs` each, in rotated order,
+/// and a peer's rate for the round is its requests over its seconds. The round's ratios then
+/// compare peers measured within seconds of each other.
 fn small_gets(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
     let peers = [Peer::Direct, Peer::Gate, Peer::Nginx, Peer::NginxAuth];
     let mut rates: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
     let mut cpu_us: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
+    let mut steal: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
     let mut ratio_n = Vec::new();
     let mut ratio_na = Vec::new();
-    println!("\n## Small authenticated GETs (1 KiB, keep-alive, {WRK_CONNS} connections, wrk)");
+    println!(
+        "\n## Small authenticated GETs (1 KiB, keep-alive, {WRK_CONNS} connections, wrk; \
+         each round {} turns of {} s per peer)",
+        opts.slices, opts.slice_secs
+    );
     for round in 0..opts.rounds {
-        let mut this: BTreeMap<Peer, f64> = BTreeMap::new();
-        for peer in rotated(&peers, round) {
-            let before = rig.stats();
-            let pids = peer.pids(rig);
-            let cpu0 = tools::cpu_seconds(&pids);
-            let w = tools::wrk(
-                &peer.url(rig, SMALL_PATH),
-                WRK_CONNS,
-                opts.secs,
-                &rig.cookie,
-            );
-            let cpu = tools::cpu_seconds(&pids) - cpu0;
-            let after = rig.stats();
-            let served = after["small"] - before["small"];
-            if w.non_2xx_3xx > 0 || w.socket_errors > 0 {
-                failures.push(format!(
-                    "small GETs via {}: {} non-2xx answers, {} socket errors",
-                    peer.name(),
-                    w.non_2xx_3xx,
-                    w.socket_errors
-                ));
+        // Per peer this round: requests, seconds, CPU seconds, steal percent per turn.
+        let mut this: BTreeMap<Peer, (u64, f64, f64, Vec<f64>)> = BTreeMap::new();
+        for slice in 0..opts.slices {
+            for peer in rotated(&peers, round + slice) {
+                let before = rig.stats();
+                let pids = peer.pids(rig);
+                let cpu0 = tools::cpu_seconds(&pids);
+                let times0 = tools::CpuTimes::now();
+                let w = tools::wrk(
+                    &peer.url(rig, SMALL_PATH),
+                    WRK_CONNS,
+                    opts.slice_secs,
+                    &rig.cookie,
+                );
+                let stolen = tools::CpuTimes::now().steal_since(&times0);
+                let cpu = tools::cpu_seconds(&pids) - cpu0;
+                let after = rig.stats();
+                let served = after["small"] - before["small"];
+                if w.non_2xx_3xx > 0 || w.socket_errors > 0 {
+                    failures.push(format!(
+                        "small GETs via {}: {} non-2xx answers, {} socket errors",
+                        peer.name(),
+                        w.non_2xx_3xx,
+                        w.socket_errors
+                    ));
+                }
+                // wrk counts a 3xx as a success: every answer must have been the upstream's 200.
+                if served < w.requests {
+                    failures.push(format!(
+                        "small GETs via {}: {} answers but the upstream served {served}",
+                        peer.name(),
+                        w.requests
+                    ));
+                }
+                if peer == Peer::NginxAuth && after["auth"] - before["auth"] < w.requests {
+                    failures.push("nginx auth_request did not ask /auth for every request".into());
+                }
+                let e = this.entry(peer).or_default();
+                e.0 += w.requests;
+                e.1 += w.requests as f64 / w.per_second;
+                e.2 += cpu;
+                e.3.push(stolen);
             }
-            // wrk counts a 3xx as a success: every answer must have been the upstream's 200.
-            if served < w.requests {
-                failures.push(format!(
-                    "small GETs via {}: {} answers but the upstream served {served}",
-                    peer.name(),
-                    w.requests
-                ));
-            }
-            if peer == Peer::NginxAuth && after["auth"] - before["auth"] < w.requests {
-                failures.push("nginx auth_request did not ask /auth for every request".into());
-            }
-            println!(
-                "round {round}: {:<20} {:>9.0} req/s  {:>6.1} µs CPU/req",
-                peer.name(),
-                w.per_second,
-                cpu * 1e6 / w.requests as f64
-            );
-            this.insert(peer, w.per_second);
-            rates.entry(peer).or_default().push(w.per_second);
-            cpu_us
-                .entry(peer)
-                .or_default()
-                .push(cpu * 1e6 / w.requests as f64);
         }
-        ratio_n.push(this[&Peer::Gate] / this[&Peer::Nginx]);
-        ratio_na.push(this[&Peer::Gate] / this[&Peer::NginxAuth]);
+        let mut rate = BTreeMap::new();
+        for peer in peers {
+            let (requests, secs, cpu, stolen) = &this[&peer];
+            let per_second = *requests as f64 / secs;
+            let us = cpu * 1e6 / *requests as f64;
+            let st = stolen.iter().sum::<f64>() / stolen.len() as f64;
+            println!(
+                "round {round}: {:<20} {:>9.0} req/s  {:>6.1} µs CPU/req  (steal {:>4.1} %: {})",
+                peer.name(),
+                per_second,
+                us,
+                st,
+                stolen
+                    .iter()
+                    .map(|s| format!("{s:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            rate.insert(peer, per_second);
+            rates.entry(peer).or_default().push(per_second);
+            cpu_us.entry(peer).or_default().push(us);
+            steal.entry(peer).or_default().push(st);
+        }
+        ratio_n.push(rate[&Peer::Gate] / rate[&Peer::Nginx]);
+        ratio_na.push(rate[&Peer::Gate] / rate[&Peer::NginxAuth]);
+        println!(
+            "round {round}: faspex-gate / nginx {:.2}, / nginx+auth_request {:.2}",
+            ratio_n[round], ratio_na[round]
+        );
     }
 
     // Latency at half of the lowest proxy saturation rate, fixed rate, corrected.
@@ -651,33 +698,43 @@ fn small_gets(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
         .map(|p| summary(&rates[p]).0)
         .fold(f64::INFINITY, f64::min);
     let rate = (lowest / 2.0).max(100.0);
-    println!("\n## Latency at {rate:.0} req/s (half the lowest saturation rate; oha, corrected)");
+    println!(
+        "\n## Latency at {rate:.0} req/s (half the lowest saturation rate; oha, 16 connections, \
+         corrected; {} s, the first {} s left out)",
+        opts.latency_secs, LATENCY_WARMUP
+    );
     let mut p50: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
     let mut p99: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
     for round in 0..opts.rounds {
         for peer in rotated(&peers, round) {
+            let times0 = tools::CpuTimes::now();
             let o = tools::oha(
                 &opts.oha,
                 &peer.url(rig, SMALL_PATH),
                 rate,
                 16,
-                opts.secs.max(3),
+                opts.latency_secs,
+                LATENCY_WARMUP,
                 &rig.cookie,
             );
-            if o.non_2xx > 0 || o.errors > 0 || o.requests == 0 {
+            let stolen = tools::CpuTimes::now().steal_since(&times0);
+            if o.non_2xx > 0 || o.errors > 0 || o.measured == 0 {
                 failures.push(format!(
-                    "latency via {}: {} requests, {} non-2xx, {} errors",
+                    "latency via {}: {} requests ({} after the warm-up), {} non-2xx, {} errors",
                     peer.name(),
                     o.requests,
+                    o.measured,
                     o.non_2xx,
                     o.errors
                 ));
             }
             println!(
-                "round {round}: {:<20} p50 {:>7.3} ms  p99 {:>7.3} ms",
+                "round {round}: {:<20} p50 {:>7.3} ms  p99 {:>7.3} ms  ({} requests measured; \
+                 steal {stolen:.1} %)",
                 peer.name(),
                 o.p50_ms,
-                o.p99_ms
+                o.p99_ms,
+                o.measured
             );
             p50.entry(peer).or_default().push(o.p50_ms);
             p99.entry(peer).or_default().push(o.p99_ms);
@@ -694,9 +751,13 @@ fn small_gets(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
             p.name().into(),
             json!({
                 "requests_per_second": {"median": m, "min": lo, "max": hi},
+                "requests_per_second_by_round": rates[&p],
                 "cpu_us_per_request": summary(&cpu_us[&p]).0,
+                "cpu_us_per_request_by_round": cpu_us[&p],
+                "steal_percent_by_round": steal[&p],
                 "p50_ms": summary(&p50[&p]).0,
                 "p99_ms": summary(&p99[&p]).0,
+                "p99_ms_by_round": p99[&p],
                 "added_p50_ms": added(&p50, p, d50),
                 "added_p99_ms": added(&p99, p, d99),
             }),
@@ -704,12 +765,21 @@ fn small_gets(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
     }
     json!({
         "connections": WRK_CONNS,
+        "turns_per_round": opts.slices,
+        "turn_seconds": opts.slice_secs,
         "latency_rate": rate,
+        "latency_seconds": opts.latency_secs,
+        "latency_warmup_seconds": LATENCY_WARMUP,
         "peers": peers_json,
         "ratio_vs_nginx": range_json(&ratio_n),
+        "ratio_vs_nginx_by_round": ratio_n,
         "ratio_vs_nginx_auth_request": range_json(&ratio_na),
+        "ratio_vs_nginx_auth_request_by_round": ratio_na,
     })
 }
+
+/// Seconds at the start of a latency run left out of its percentiles.
+const LATENCY_WARMUP: f64 = 1.0;
 
 fn range_json(xs: &[f64]) -> Value {
     let (m, lo, hi) = summary(xs);
@@ -1386,9 +1456,11 @@ fn print_summary(r: &Value) {
     println!("| scenario | faspex-gate | nginx | ratio | target |");
     println!("|---|---:|---:|---:|---|");
     let rps = |p: &Value| f(&p["requests_per_second"]["median"]);
-    let rn = &s["ratio_vs_nginx"];
-    let rna = &s["ratio_vs_nginx_auth_request"];
-    println!(
+    // A scenario left out with --only has no rows.
+    if !s.is_null() {
+        let rn = &s["ratio_vs_nginx"];
+        let rna = &s["ratio_vs_nginx_auth_request"];
+        println!(
         "| small GET, req/s (direct: {:.0}) | {:.0} | {:.0} | {:.2} [{:.2}–{:.2}] | ≥ 1.0: {} |",
         rps(d),
         rps(g),
@@ -1398,7 +1470,7 @@ fn print_summary(r: &Value) {
         f(&rn["max"]),
         verdict(f(&rn["median"]) >= 1.0)
     );
-    println!(
+        println!(
         "| small GET vs nginx auth_request, req/s | {:.0} | {:.0} | {:.2} [{:.2}–{:.2}] | ≥ 1.2: {} |",
         rps(g),
         rps(na),
@@ -1407,25 +1479,26 @@ fn print_summary(r: &Value) {
         f(&rna["max"]),
         verdict(f(&rna["median"]) >= 1.2)
     );
-    println!(
-        "| CPU per small GET, µs | {:.1} | {:.1} | {:.2} | |",
-        f(&g["cpu_us_per_request"]),
-        f(&n["cpu_us_per_request"]),
-        f(&g["cpu_us_per_request"]) / f(&n["cpu_us_per_request"])
-    );
-    println!(
-        "| added p50 at {:.0} req/s, ms | {:.3} | {:.3} | | |",
-        f(&s["latency_rate"]),
-        f(&g["added_p50_ms"]),
-        f(&n["added_p50_ms"])
-    );
-    println!(
-        "| added p99 at {:.0} req/s, ms | {:.3} | {:.3} | | ≤ nginx: {} |",
-        f(&s["latency_rate"]),
-        f(&g["added_p99_ms"]),
-        f(&n["added_p99_ms"]),
-        verdict(f(&g["added_p99_ms"]) <= f(&n["added_p99_ms"]))
-    );
+        println!(
+            "| CPU per small GET, µs | {:.1} | {:.1} | {:.2} | |",
+            f(&g["cpu_us_per_request"]),
+            f(&n["cpu_us_per_request"]),
+            f(&g["cpu_us_per_request"]) / f(&n["cpu_us_per_request"])
+        );
+        println!(
+            "| added p50 at {:.0} req/s, ms | {:.3} | {:.3} | | |",
+            f(&s["latency_rate"]),
+            f(&g["added_p50_ms"]),
+            f(&n["added_p50_ms"])
+        );
+        println!(
+            "| added p99 at {:.0} req/s, ms | {:.3} | {:.3} | | ≤ nginx: {} |",
+            f(&s["latency_rate"]),
+            f(&g["added_p99_ms"]),
+            f(&n["added_p99_ms"]),
+            verdict(f(&g["added_p99_ms"]) <= f(&n["added_p99_ms"]))
+        );
+    }
     let st = &r["streams"];
     if let Some(kinds) = st["kinds"].as_object() {
         for (kind, k) in kinds {
@@ -1446,28 +1519,37 @@ fn print_summary(r: &Value) {
         }
     }
     let peak = f(&st["gateway_peak_rss_kib"]) / 1024.0;
-    println!(
+    if !st.is_null() {
+        println!(
         "| gateway peak RSS in streams and 20 slow readers, MiB | {peak:.1} | {:.1} (slow readers) | | < 64: {} |",
         f(&st["slow_readers"]["nginx"]["peak_rss_kib"]) / 1024.0,
         verdict(peak < 64.0)
     );
+    }
     let sess = &r["sessions"];
-    println!(
-        "| memory of {} live sessions, MiB | {:.1} | | | < 100: {} |",
-        sess["sessions"],
-        f(&sess["mib_for_all"]),
-        verdict(f(&sess["mib_for_all"]) < 100.0 * sess["sessions"].as_f64().unwrap_or(1e5) / 1e5)
-    );
+    if !sess.is_null() {
+        println!(
+            "| memory of {} live sessions, MiB | {:.1} | | | < 100: {} |",
+            sess["sessions"],
+            f(&sess["mib_for_all"]),
+            verdict(
+                f(&sess["mib_for_all"]) < 100.0 * sess["sessions"].as_f64().unwrap_or(1e5) / 1e5
+            )
+        );
+    }
     let idle = &r["idle_connections"];
     let gi = f(&idle["faspex-gate"]["kib_per_connection"]);
     let ni = f(&idle["nginx"]["kib_per_connection"]);
-    println!(
+    if !idle.is_null() {
+        println!(
         "| memory per idle TLS keep-alive connection, KiB | {gi:.1} | {ni:.1} | {:.2} | < 64: {} |",
         gi / ni,
         verdict(gi < 64.0)
     );
+    }
     let sp = &r["spray"];
-    println!(
+    if !sp.is_null() {
+        println!(
         "| 50 users' p99 under a {:.0}/s spray from {} addresses, ms (median round) | {:.3} (baseline {:.3}) | | {:.2} [{:.2}–{:.2}] × baseline | ≤ 2×: {} |",
         f(&sp["spray"]["per_second"]),
         sp["spray"]["sources"],
@@ -1478,19 +1560,22 @@ fn print_summary(r: &Value) {
         f(&sp["p99_ratio"]["max"]),
         verdict(f(&sp["p99_ratio"]["median"]) <= 2.0 && f(&sp["spray"]["per_second"]) >= 2000.0)
     );
-    println!(
+        println!(
         "| directory checks during the spray (most over any round) | {:.0} | | | ≤ {:.0} (max_checks_per_second): {} |",
         f(&sp["directory_checks"]),
         f(&sp["directory_checks_allowed"]),
         verdict(f(&sp["directory_checks"]) <= f(&sp["directory_checks_allowed"]))
     );
+    }
     let h = &r["handshakes"];
-    println!(
-        "| full TLS handshakes/s (ECDSA P-256) | {:.0} | {:.0} | {:.2} [{:.2}–{:.2}] | |",
-        f(&h["faspex-gate"]["median"]),
-        f(&h["nginx"]["median"]),
-        f(&h["ratio"]["median"]),
-        f(&h["ratio"]["min"]),
-        f(&h["ratio"]["max"])
-    );
+    if !h.is_null() {
+        println!(
+            "| full TLS handshakes/s (ECDSA P-256) | {:.0} | {:.0} | {:.2} [{:.2}–{:.2}] | |",
+            f(&h["faspex-gate"]["median"]),
+            f(&h["nginx"]["median"]),
+            f(&h["ratio"]["median"]),
+            f(&h["ratio"]["min"]),
+            f(&h["ratio"]["max"])
+        );
+    }
 }

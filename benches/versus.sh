@@ -5,10 +5,11 @@
 #   benches/versus.sh --smoke    # one short round, only to prove the benchmark still works
 #   benches/versus.sh --rounds 3 --workers 2 --json /tmp/versus.json
 #
-# It installs what it needs and is missing (Debian's nginx-light, wrk, curl, slapd and
-# ldap-utils; oha with `cargo install`), builds faspex-gate in release mode, and runs
-# `cargo bench --bench versus`, which prints the tables and writes the results as JSON
-# (target/versus.json by default). A run with any non-2xx answer or socket error exits 1.
+# It installs what it needs and is missing (Debian's nginx-light, wrk, curl, sqlite3 to read
+# oha's per-request records, slapd and ldap-utils; oha with `cargo install`), builds
+# faspex-gate in release mode, and runs `cargo bench --bench versus`, which prints the tables
+# and writes the results as JSON (target/versus.json by default). A run with any non-2xx
+# answer or socket error exits 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
 [ -x /usr/sbin/slapd ] || need+=(slapd)
 command -v ldapwhoami >/dev/null || need+=(ldap-utils)
 if [ ${#need[@]} -gt 0 ]; then

@@ -201,11 +201,29 @@ pub struct Oha {
     pub requests: u64,
     pub non_2xx: u64,
     pub errors: u64,
+    /// How many answered requests the percentiles are taken over (those after the warm-up).
+    pub measured: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
 
-pub fn oha(oha: &Path, url: &str, rate: f64, conns: usize, secs: u64, cookie: &str) -> Oha {
+/// oha at a fixed rate on `conns` keep-alive connections for `secs`, its latencies corrected
+/// for coordinated omission (counted from when each request was due, not from when it went).
+/// The percentiles leave out the requests due in the first `warmup` seconds: in those the
+/// connections are still shaking hands, and a proxy's latency on keep-alive connections is not
+/// what they measure (the handshakes have a scenario of their own). oha writes every answered
+/// request to an SQLite file (`--db-url`), read back with the `sqlite3` command.
+pub fn oha(
+    oha: &Path,
+    url: &str,
+    rate: f64,
+    conns: usize,
+    secs: u64,
+    warmup: f64,
+    cookie: &str,
+) -> Oha {
+    let dir = tempfile::tempdir().expect("a folder for oha's records");
+    let db = dir.path().join("oha.db");
     let out = Command::new(oha)
         .args([
             "--no-tui",
@@ -216,6 +234,8 @@ pub fn oha(oha: &Path, url: &str, rate: f64, conns: usize, secs: u64, cookie: &s
         .args(["--insecure", "-z", &format!("{secs}s")])
         .args(["-q", &format!("{rate:.0}"), "-c", &conns.to_string()])
         .args(["-H", &format!("Cookie: {cookie}")])
+        .arg("--db-url")
+        .arg(&db)
         .arg(url)
         .output()
         .expect("oha runs");
@@ -225,12 +245,7 @@ pub fn oha(oha: &Path, url: &str, rate: f64, conns: usize, secs: u64, cookie: &s
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("oha's JSON");
-    let ms = |p: &str| v["latencyPercentiles"][p].as_f64().unwrap_or(f64::NAN) * 1000.0;
-    let mut o = Oha {
-        p50_ms: ms("p50"),
-        p99_ms: ms("p99"),
-        ..Oha::default()
-    };
+    let mut o = Oha::default();
     if let Some(m) = v["statusCodeDistribution"].as_object() {
         for (code, n) in m {
             let n = n.as_u64().unwrap_or(0);
@@ -248,7 +263,76 @@ pub fn oha(oha: &Path, url: &str, rate: f64, conns: usize, secs: u64, cookie: &s
             .map(|(_, n)| n.as_u64().unwrap_or(0))
             .sum();
     }
+    // `duration` is oha's corrected latency (its end minus when the request was due).
+    let query = format!(
+        "SELECT duration FROM oha WHERE coalesce(start_latency_correction, start) >= {warmup} \
+         ORDER BY duration;"
+    );
+    let rows = Command::new("sqlite3")
+        .args(["-batch", "-noheader", "-list"])
+        .arg(&db)
+        .arg(&query)
+        .output()
+        .expect("sqlite3 runs (benches/versus.sh installs it)");
+    assert!(
+        rows.status.success(),
+        "sqlite3 could not read oha's records: {}",
+        String::from_utf8_lossy(&rows.stderr)
+    );
+    let latencies: Vec<f64> = String::from_utf8_lossy(&rows.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    o.measured = latencies.len() as u64;
+    o.p50_ms = percentile(&latencies, 0.50) * 1000.0;
+    o.p99_ms = percentile(&latencies, 0.99) * 1000.0;
     o
+}
+
+/// The `q` quantile of sorted values (nearest rank), NaN when there are none.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The machine's CPU time so far, from the first line of `/proc/stat`: all of it, and the
+/// part the hypervisor gave to other guests (steal), in ticks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTimes {
+    total: u64,
+    steal: u64,
+}
+
+impl CpuTimes {
+    pub fn now() -> CpuTimes {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        CpuTimes {
+            // user nice system idle iowait irq softirq steal (guest time is inside user).
+            total: fields.iter().take(8).sum(),
+            steal: fields.get(7).copied().unwrap_or(0),
+        }
+    }
+
+    /// The share of the CPU time since `earlier` that the hypervisor took away, in percent:
+    /// how much the machine's neighbours disturbed a measurement.
+    pub fn steal_since(&self, earlier: &CpuTimes) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        100.0 * self.steal.saturating_sub(earlier.steal) as f64 / total as f64
+    }
 }
 
 /// One curl transfer: HTTP status, bytes moved, seconds.
