@@ -109,6 +109,8 @@ impl RouteProfile {
                 (Some(normalize(&full_owned)?), normalize(&decoded)?)
             }
         };
+        // One reading (nearly every path): each question is asked of it once.
+        let one_reading = full.is_none();
         let full: &[u8] = full.as_deref().unwrap_or(&once);
         let path = String::from_utf8_lossy(&once).into_owned();
 
@@ -120,13 +122,14 @@ impl RouteProfile {
                     && deny_matches(p, rule.prefix.as_bytes())
             })
         };
-        if denied(&once) || denied(full) {
+        if denied(&once) || (!one_reading && denied(full)) {
             return Ok(Classified {
                 route: Route::Denied,
                 path,
             });
         }
-        if under(&once, GATEWAY_PREFIX.as_bytes()) || under(full, GATEWAY_PREFIX.as_bytes()) {
+        let gateway = |p: &[u8]| under(p, GATEWAY_PREFIX.as_bytes());
+        if gateway(&once) || (!one_reading && gateway(full)) {
             return Ok(Classified {
                 route: Route::Gateway,
                 path,
@@ -137,7 +140,7 @@ impl RouteProfile {
             Route::Login
         } else if is_action(&once, self.logout_path.as_bytes()) {
             Route::Logout
-        } else if self.is_public(method, &once) && self.is_public(method, full) {
+        } else if self.is_public(method, &once) && (one_reading || self.is_public(method, full)) {
             Route::Public
         } else {
             Route::Protected
@@ -160,12 +163,10 @@ impl RouteProfile {
 
     /// Whether `raw_path` is the action at `base` (in any form Rails routes to it).
     pub fn is_path(raw_path: &str, base: &str) -> bool {
-        if !raw_path.starts_with(base) {
-            // A path without `%`, `.` and `//` decodes and normalises to itself: it is the
-            // action at `base` only if it starts with `base`.
-            if !raw_path.contains(['%', '.']) && !raw_path.contains("//") {
-                return false;
-            }
+        // A path without `%`, `.` and `//` decodes and normalises to itself: it is the action
+        // at `base` only if it starts with `base`.
+        if !raw_path.starts_with(base) && is_plain(raw_path.as_bytes()) {
+            return false;
         }
         let decoded = decode_once(raw_path.as_bytes());
         match decoded.as_deref().map_err(Clone::clone).and_then(normalize) {
@@ -207,6 +208,19 @@ fn is_action(path: &[u8], base: &[u8]) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether a path has no `%`, no `.` and no `//`: one that decoding and normalising leave as
+/// it is. One pass over the bytes (the `str` searches it replaces cost more than the path).
+fn is_plain(path: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &b in path {
+        if b == b'%' || b == b'.' || (b == b'/' && prev == b'/') {
+            return false;
+        }
+        prev = b;
+    }
+    true
 }
 
 /// [`under`] for a normalised path as a string.

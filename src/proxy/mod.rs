@@ -1173,16 +1173,17 @@ fn credentials(headers: &HeaderMap) -> Credentials {
 /// header's. An HTTP/1.1 request must carry exactly one `Host` (RFC 9112 §3.2), and it must be a
 /// plain authority, since it is forwarded and written into redirects.
 fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, GatewayError> {
-    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
-    if hosts.len() > 1 {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
         return Err(GatewayError::BadRequest("more than one Host header"));
     }
-    if req.version() == http::Version::HTTP_11 && hosts.is_empty() {
+    if req.version() == http::Version::HTTP_11 && host.is_none() {
         return Err(GatewayError::BadRequest(
             "an HTTP/1.1 request needs a Host header",
         ));
     }
-    if let Some(h) = hosts.first() {
+    if let Some(h) = host {
         if !is_authority(h.as_bytes()) {
             return Err(GatewayError::BadRequest(
                 "the Host header is not a host name",
@@ -1191,7 +1192,7 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, GatewayError
     }
     Ok(match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => hosts.first().map(|h| (*h).clone()),
+        None => host.cloned(),
     })
 }
 

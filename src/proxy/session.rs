@@ -70,7 +70,7 @@ pub struct SessionCookies {
     /// foldhash (seeded per process) rather than SipHash: a key is a whole cookie of some 250
     /// bytes, and only cookies whose signature checked out are ever stored, so no client can
     /// choose colliding keys.
-    verified: dashmap::DashMap<Box<str>, Arc<Claims>, foldhash::fast::RandomState>,
+    verified: dashmap::DashMap<Box<[u8]>, Arc<Claims>, foldhash::fast::RandomState>,
     /// A SIMD search for the name, built once: building one costs more than a search.
     finder: memchr::memmem::Finder<'static>,
 }
@@ -156,14 +156,16 @@ impl SessionCookies {
 
     /// The claims of the request's cookie when its signature and lifetime check out.
     pub fn verify(&self, headers: &HeaderMap) -> Option<Arc<Claims>> {
-        let raw = self.raw(headers)?;
+        let raw = self.raw_bytes(headers)?;
         if let Some(c) = self.verified.get(raw) {
             if c.exp.saturating_add(self.validation.leeway) >= jsonwebtoken::get_current_timestamp()
             {
                 return Some(Arc::clone(&c));
             }
         }
-        let claims = jsonwebtoken::decode::<Claims>(raw, &self.decoding, &self.validation)
+        // Only a cookie not remembered is read as text (a remembered one was valid UTF-8).
+        let text = std::str::from_utf8(raw).ok()?;
+        let claims = jsonwebtoken::decode::<Claims>(text, &self.decoding, &self.validation)
             .ok()?
             .claims;
         claims.key();
@@ -180,6 +182,12 @@ impl SessionCookies {
     /// and so does the gateway) does not hide this one, and the long values are not checked
     /// character by character on every request.
     fn raw<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        self.raw_bytes(headers)
+            .and_then(|value| std::str::from_utf8(value).ok())
+    }
+
+    /// [`SessionCookies::raw`] before it is read as text.
+    fn raw_bytes<'a>(&self, headers: &'a HeaderMap) -> Option<&'a [u8]> {
         let name = self.name.as_bytes();
         headers
             .get_all(header::COOKIE)
@@ -190,7 +198,6 @@ impl SessionCookies {
                 let eq = memchr::memchr(b'=', pair)?;
                 (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
             })
-            .and_then(|value| std::str::from_utf8(value).ok())
     }
 
     /// Take the gateway's cookie out of the request before it goes to Faspex: Faspex never sees
@@ -315,8 +322,16 @@ pub fn forward_cookies(headers: &mut HeaderMap, name: &str, pair: Option<&str>, 
 fn rewrite_cookies(headers: &mut HeaderMap, drop: &[&str], add: Option<&str>) {
     let kept = |p: &&[u8]| !drop.iter().any(|d| names(p, d));
     // Most requests carry only cookies that go (the gateway's own, a stale Faspex one): then
-    // the new header is `add` alone, with no joining and no second look at the long values.
-    let value = if cookie_pairs(headers).any(|p| kept(&p)) {
+    // the new header is `add` alone, with no joining and no second look at the long values,
+    // and it replaces the old ones in one step.
+    if !cookie_pairs(headers).any(|p| kept(&p)) {
+        match add.and_then(|a| HeaderValue::from_str(a).ok()) {
+            Some(v) => headers.insert(header::COOKIE, v),
+            None => headers.remove(header::COOKIE),
+        };
+        return;
+    }
+    let value = {
         let mut out = Vec::with_capacity(256);
         if let Some(a) = add {
             out.extend_from_slice(a.as_bytes());
@@ -329,8 +344,6 @@ fn rewrite_cookies(headers: &mut HeaderMap, drop: &[&str], add: Option<&str>) {
         }
         // Every byte came from a valid header value or from `add`.
         HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
-    } else {
-        add.and_then(|a| HeaderValue::from_str(a).ok())
     };
     headers.remove(header::COOKIE);
     if let Some(v) = value {
@@ -427,7 +440,7 @@ mod tests {
             exp: 2,
             key: Default::default(),
         };
-        c.verified.insert("x.y.z".into(), Arc::new(stale));
+        c.verified.insert(b"x.y.z"[..].into(), Arc::new(stale));
         assert!(c
             .verify(&request_with("__Host-faspex-gate=x.y.z"))
             .is_none());
@@ -435,7 +448,7 @@ mod tests {
         assert!(c
             .verify(&request_with("__Host-faspex-gate=a.b.c"))
             .is_none());
-        assert!(!c.verified.contains_key("a.b.c"));
+        assert!(!c.verified.contains_key(&b"a.b.c"[..]));
     }
 
     #[test]
