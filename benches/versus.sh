@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # faspex-gate against nginx, side by side: the one command.
 #
-#   benches/versus.sh            # 5 rounds of every scenario (about 25 minutes on 2 cores)
+#   benches/versus.sh            # 5 rounds of every scenario (about 30 minutes on 2 cores)
 #   benches/versus.sh --smoke    # one short round, only to prove the benchmark still works
 #   benches/versus.sh --rounds 3 --workers 2 --json /tmp/versus.json
 #
