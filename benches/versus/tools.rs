@@ -224,27 +224,23 @@ pub fn oha(
 ) -> Oha {
     let dir = tempfile::tempdir().expect("a folder for oha's records");
     let db = dir.path().join("oha.db");
-    let out = Command::new(oha)
-        .args([
-            "--no-tui",
-            "--output-format",
-            "json",
-            "--latency-correction",
-        ])
-        .args(["--insecure", "-z", &format!("{secs}s")])
-        .args(["-q", &format!("{rate:.0}"), "-c", &conns.to_string()])
-        .args(["-H", &format!("Cookie: {cookie}")])
-        .arg("--db-url")
-        .arg(&db)
-        .arg(url)
-        .output()
-        .expect("oha runs");
-    assert!(
-        out.status.success(),
-        "oha failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        Command::new(oha)
+            .args([
+                "--no-tui",
+                "--output-format",
+                "json",
+                "--latency-correction",
+            ])
+            .args(["--insecure", "-z", &format!("{secs}s")])
+            .args(["-q", &format!("{rate:.0}"), "-c", &conns.to_string()])
+            .args(["-H", &format!("Cookie: {cookie}")])
+            .arg("--db-url")
+            .arg(&db)
+            .arg(url),
+        "oha",
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("oha's JSON");
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("oha's JSON");
     let mut o = Oha::default();
     if let Some(m) = v["statusCodeDistribution"].as_object() {
         for (code, n) in m {
@@ -268,18 +264,14 @@ pub fn oha(
         "SELECT duration FROM oha WHERE coalesce(start_latency_correction, start) >= {warmup} \
          ORDER BY duration;"
     );
-    let rows = Command::new("sqlite3")
-        .args(["-batch", "-noheader", "-list"])
-        .arg(&db)
-        .arg(&query)
-        .output()
-        .expect("sqlite3 runs (benches/versus.sh installs it)");
-    assert!(
-        rows.status.success(),
-        "sqlite3 could not read oha's records: {}",
-        String::from_utf8_lossy(&rows.stderr)
+    let rows = stdout_of(
+        Command::new("sqlite3")
+            .args(["-batch", "-noheader", "-list"])
+            .arg(&db)
+            .arg(&query),
+        "sqlite3 (benches/versus.sh installs it), reading oha's records,",
     );
-    let latencies: Vec<f64> = String::from_utf8_lossy(&rows.stdout)
+    let latencies: Vec<f64> = String::from_utf8_lossy(&rows)
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect();
@@ -287,6 +279,19 @@ pub fn oha(
     o.p50_ms = percentile(&latencies, 0.50) * 1000.0;
     o.p99_ms = percentile(&latencies, 0.99) * 1000.0;
     o
+}
+
+/// What `cmd` printed; panics naming `what` when it cannot run or fails, with its stderr.
+fn stdout_of(cmd: &mut Command, what: &str) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what} did not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// The `q` quantile of sorted values (nearest rank), NaN when there are none.

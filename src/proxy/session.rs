@@ -322,16 +322,8 @@ pub fn forward_cookies(headers: &mut HeaderMap, name: &str, pair: Option<&str>, 
 fn rewrite_cookies(headers: &mut HeaderMap, drop: &[&str], add: Option<&str>) {
     let kept = |p: &&[u8]| !drop.iter().any(|d| names(p, d));
     // Most requests carry only cookies that go (the gateway's own, a stale Faspex one): then
-    // the new header is `add` alone, with no joining and no second look at the long values,
-    // and it replaces the old ones in one step.
-    if !cookie_pairs(headers).any(|p| kept(&p)) {
-        match add.and_then(|a| HeaderValue::from_str(a).ok()) {
-            Some(v) => headers.insert(header::COOKIE, v),
-            None => headers.remove(header::COOKIE),
-        };
-        return;
-    }
-    let value = {
+    // the new header is `add` alone, with no joining and no second look at the long values.
+    let value = if cookie_pairs(headers).any(|p| kept(&p)) {
         let mut out = Vec::with_capacity(256);
         if let Some(a) = add {
             out.extend_from_slice(a.as_bytes());
@@ -344,11 +336,14 @@ fn rewrite_cookies(headers: &mut HeaderMap, drop: &[&str], add: Option<&str>) {
         }
         // Every byte came from a valid header value or from `add`.
         HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+    } else {
+        add.and_then(|a| HeaderValue::from_str(a).ok())
     };
-    headers.remove(header::COOKIE);
-    if let Some(v) = value {
-        headers.insert(header::COOKIE, v);
-    }
+    // `insert` replaces every `Cookie` header in one step.
+    match value {
+        Some(v) => headers.insert(header::COOKIE, v),
+        None => headers.remove(header::COOKIE),
+    };
 }
 
 #[cfg(test)]
