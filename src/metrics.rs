@@ -59,6 +59,15 @@ pub const END_REASONS: [EndReason; 5] = [
     EndReason::Admin,
 ];
 
+/// The `reason` label of `faspex_gate_requests_refused_total`.
+pub const REFUSAL_REASONS: [&str; 5] = [
+    "credential_field",
+    "path",
+    "body",
+    "upgrade",
+    "public_inflight",
+];
+
 const DIRECTORY_RESULTS: [DirectoryResult; 3] = [
     DirectoryResult::Ok,
     DirectoryResult::Rejected,
@@ -77,6 +86,7 @@ pub struct Metrics {
     requests: Vec<[IntCounter; 4]>,
     request_duration: Vec<Histogram>,
     upstream_errors: IntCounterVec,
+    requests_refused: IntCounterVec,
     sessions_active: IntGauge,
     sessions_limit: IntGauge,
     accounts_locked: IntGauge,
@@ -140,6 +150,15 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let requests_refused = IntCounterVec::new(
+            Opts::new(
+                "faspex_gate_requests_refused_total",
+                "Requests refused before anything reached Faspex, by reason: credential_field (a \
+                 credential the gateway does not check there), path (a path it cannot classify), \
+                 body (a body it cannot inspect), upgrade, public_inflight.",
+            ),
+            &["reason"],
+        )?;
         let sessions_active = IntGauge::new(
             "faspex_gate_sessions_active",
             "Accounts logged in now, each holding one licence seat.",
@@ -169,6 +188,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(requests_refused.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(sessions_limit.clone()))?;
         registry.register(Box::new(accounts_locked.clone()))?;
@@ -183,6 +203,9 @@ impl Metrics {
             .collect();
         for kind in UPSTREAM_ERRORS {
             upstream_errors.with_label_values(&[kind]);
+        }
+        for r in REFUSAL_REASONS {
+            requests_refused.with_label_values(&[r]);
         }
         for r in LOGIN_RESULTS {
             logins.with_label_values(&[r.as_str()]);
@@ -202,6 +225,7 @@ impl Metrics {
             requests,
             request_duration,
             upstream_errors,
+            requests_refused,
             sessions_active,
             sessions_limit,
             accounts_locked,
@@ -223,6 +247,13 @@ impl Metrics {
         if let (Some(counters), Some(h)) = (self.requests.get(r), self.request_duration.get(r)) {
             counters[c].inc();
             h.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// One request refused before it reached Faspex; `reason` is a [`REFUSAL_REASONS`] value.
+    pub fn refused(&self, reason: &str) {
+        if REFUSAL_REASONS.contains(&reason) {
+            self.requests_refused.with_label_values(&[reason]).inc();
         }
     }
 

@@ -281,6 +281,19 @@ pub struct FaspexConfig {
     pub token_path: String,
     pub public_paths: Vec<String>,
     pub deny: Vec<DenyRule>,
+    /// Form-type bodies are inspected for credentials up to this many bytes (413 beyond).
+    pub max_inspected_body: usize,
+    /// Faspex's own forms that carry a password for another purpose.
+    pub password_forms: Vec<PasswordFormRule>,
+    /// Client cookies passed to Faspex besides the session's own Faspex cookie.
+    pub forward_cookies: Vec<String>,
+}
+
+/// One `faspex.password_forms` entry: `"METHOD PATH"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasswordFormRule {
+    pub method: http::Method,
+    pub path: String,
 }
 
 /// `[pages]`: the gateway's own pages.

@@ -305,6 +305,12 @@ pub(crate) struct RawFaspex {
     pub public_paths: Vec<String>,
     #[serde(deserialize_with = "strict::string_list")]
     pub deny: Vec<String>,
+    #[serde(deserialize_with = "strict::string")]
+    pub max_inspected_body: String,
+    #[serde(deserialize_with = "strict::string_list")]
+    pub password_forms: Vec<String>,
+    #[serde(deserialize_with = "strict::string_list")]
+    pub forward_cookies: Vec<String>,
 }
 
 impl Default for RawFaspex {
@@ -327,6 +333,12 @@ impl Default for RawFaspex {
             .map(String::from)
             .to_vec(),
             deny: vec!["* /aspera/faspex/package_relay/".into()],
+            max_inspected_body: "1MiB".into(),
+            password_forms: vec![
+                "POST /aspera/faspex/admin/users".into(),
+                "PUT /aspera/faspex/account/password".into(),
+            ],
+            forward_cookies: Vec::new(),
         }
     }
 }

@@ -137,6 +137,14 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
                     None => format!("* {}", rule.prefix),
                 })
                 .collect(),
+            max_inspected_body: c.faspex.max_inspected_body.to_string(),
+            password_forms: c
+                .faspex
+                .password_forms
+                .iter()
+                .map(|f| format!("{} {}", f.method, f.path))
+                .collect(),
+            forward_cookies: c.faspex.forward_cookies.clone(),
         },
         pages: RawPages {
             helpdesk: c.pages.helpdesk.clone(),

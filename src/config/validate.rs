@@ -18,7 +18,7 @@ use super::raw::{
 use super::secret::{admin_token, read_secret_file, session_secret, Secret};
 use super::{
     AdminConfig, AuditConfig, AuditSink, AuthBackend, AuthConfig, Config, ConfigError, DenyRule,
-    FaspexConfig, FileAuthConfig, LdapConfig, LockoutKey, OneClient, PagesConfig, PolicyConfig,
+    FaspexConfig, FileAuthConfig, PasswordFormRule, LdapConfig, LockoutKey, OneClient, PagesConfig, PolicyConfig,
     ServerConfig, SessionConfig, StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
 };
 
@@ -661,16 +661,115 @@ impl Ctx<'_> {
                 format!("\"{}\" is not a cookie name", raw.session_cookie),
             ));
         }
+        let login_path = self.path_prefix("faspex.login_path", &raw.login_path)?;
+        let token_path = self.path_prefix("faspex.token_path", &raw.token_path)?;
+        let password_forms = raw
+            .password_forms
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                self.password_form(
+                    &format!("faspex.password_forms[{i}]"),
+                    rule,
+                    &[&login_path, &token_path],
+                )
+            })
+            .collect::<Result<_>>()?;
+        let max_inspected_body = self.byte_size("faspex.max_inspected_body", &raw.max_inspected_body)?;
+        if !(1024..=64 * 1024 * 1024).contains(&max_inspected_body) {
+            return Err(self.err(
+                "faspex.max_inspected_body",
+                "must be between 1KiB and 64MiB",
+            ));
+        }
+        for (i, name) in raw.forward_cookies.iter().enumerate() {
+            let key = format!("faspex.forward_cookies[{i}]");
+            if !is_token(name) {
+                return Err(self.err(&key, format!("\"{name}\" is not a cookie name")));
+            }
+            if *name == raw.session_cookie {
+                return Err(self.err(
+                    &key,
+                    "the Faspex session cookie goes to Faspex only as the session's own; do not \
+                     list it here",
+                ));
+            }
+        }
         Ok(FaspexConfig {
-            login_path: self.path_prefix("faspex.login_path", &raw.login_path)?,
+            login_path,
             username_field: raw.username_field.clone(),
             password_field: raw.password_field.clone(),
             logout_path: self.path_prefix("faspex.logout_path", &raw.logout_path)?,
             session_cookie: raw.session_cookie.clone(),
-            token_path: self.path_prefix("faspex.token_path", &raw.token_path)?,
+            token_path,
             public_paths: self.path_prefixes("faspex.public_paths", &raw.public_paths)?,
             deny,
+            max_inspected_body,
+            password_forms,
+            forward_cookies: raw.forward_cookies.clone(),
         })
+    }
+
+    /// A `faspex.password_forms` entry: `"METHOD PATH"`, never the login or token action.
+    fn password_form(&self, key: &str, rule: &str, actions: &[&str]) -> Result<PasswordFormRule> {
+        const FORM: &str = "write \"METHOD PATH\", e.g. \"POST /aspera/faspex/admin/users\"";
+        let parts: Vec<&str> = rule.split_whitespace().collect();
+        let [method, path] = parts[..] else {
+            return Err(self.err(key, format!(r#""{rule}": {FORM}"#)));
+        };
+        if !is_token(method) || method.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(self.err(
+                key,
+                format!("method \"{method}\" must be an upper-case HTTP method; {FORM}"),
+            ));
+        }
+        let method = http::Method::from_bytes(method.as_bytes())
+            .map_err(|_| self.err(key, format!(r#"method "{method}" is not an HTTP method"#)))?;
+        let path = self.path_prefix(key, path)?;
+        let bare = path.trim_end_matches('/');
+        for action in actions {
+            let action = action.trim_end_matches('/');
+            if bare == action
+                || bare.starts_with(&format!("{action}."))
+                || action.starts_with(&format!("{bare}/"))
+            {
+                return Err(self.err(
+                    key,
+                    format!(
+                        "\"{path}\" is the login or token action: its credentials are checked by \
+                         the gateway, never passed through"
+                    ),
+                ));
+            }
+        }
+        Ok(PasswordFormRule { method, path })
+    }
+
+    /// A size such as `1MiB`, `512KiB`, `65536` (bytes).
+    fn byte_size(&self, key: &str, value: &str) -> Result<usize> {
+        let v = value.trim();
+        let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+        let (num, unit) = v.split_at(split);
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            _ => 0,
+        };
+        num.parse::<u64>()
+            .ok()
+            .filter(|_| mult > 0)
+            .and_then(|n| n.checked_mul(mult))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                self.err(
+                    key,
+                    format!(r#""{value}" is not a size; write e.g. "1MiB", "512KiB" or "65536""#),
+                )
+            })
     }
 
     fn deny_rule(&self, key: &str, rule: &str) -> Result<DenyRule> {

@@ -1,21 +1,30 @@
-//! Route classification: which kind of request this is, decided on the normalised path.
+//! Route classification: which kind of request this is, decided on the normalised path, and
+//! the one path that is forwarded.
 //!
-//! The upstream (Faspex behind Apache/Passenger) decodes and normalises a path before routing
-//! it, so the gateway must decide on the same normalised form, or an encoded variant of a denied
-//! path (`/aspera/faspex/%70ackage_relay/...`, `//aspera/...`, `/x/../aspera/...`) would slip
-//! through. The rules, all case-sensitive as Faspex's routes are:
+//! Faspex sits behind Apache, which decodes and normalises a path before routing it, and Rails'
+//! router, which squeezes slashes, drops trailing ones and takes any `.format` suffix. The gateway
+//! decides on the same normalised form, and forwards exactly the path it decided on, so that no
+//! reading downstream can differ from the one classified. The rules:
 //!
-//! - percent-decoding, `%2F` included, then `//` collapsed and `.`/`..` segments resolved;
-//! - invalid percent-encoding, NUL, control characters and backslashes are refused (400): no
-//!   Faspex URL carries them, and servers disagree on what they mean;
+//! - an encoded slash or backslash (`%2F`, `%5C`, at any depth of encoding) or an encoded dot
+//!   segment (`%2e%2e`) is refused (400), as Apache's default `AllowEncodedSlashes Off` in front
+//!   of Faspex refuses them; so are invalid percent-encoding, NUL, control characters and raw
+//!   backslashes: no Faspex URL carries them, and servers disagree on what they mean;
+//! - `//` is collapsed and `.`/`..` segments are resolved on the path as sent; that normalised
+//!   path is what Faspex receives ([`Classified::forward`]);
 //! - the deny list wins over everything, and is checked on the once-decoded and on the
 //!   fully-decoded path (a double-encoded variant is denied too). A rule for `GET` also covers
 //!   `HEAD` (Rails runs the GET action), and a rule for `PUT`, `PATCH` or `DELETE` also covers
 //!   `POST`, which Rails turns into those with `_method=` or `X-HTTP-Method-Override`;
-//! - the login and logout actions are recognised in every form Rails routes to them: with a
-//!   trailing slash, or with a format suffix (`/login.json`);
-//! - a path is public only when both decodings say it is public;
-//! - the path is forwarded as the client sent it: this module only decides.
+//! - the login, logout and token actions are recognised as Rails routes them
+//!   ([`Action`]): the path itself, with a trailing slash, or with any format suffix
+//!   (`.json`, `.x-y`: Rails' `[^/.?]+`). A spelling that is neither clearly the action nor
+//!   clearly another path (`/login.`, `/login.a.b`, `/login;x`, or one decoding says login and
+//!   the other does not) is refused, not guessed;
+//! - a path is public only when both decodings say it is public.
+//!
+//! The table of spellings, what Rails routes each to and what the gateway does, is the test
+//! `rails_spellings` below, and README's "Faspex through the gateway" section.
 
 use std::borrow::Cow;
 
@@ -56,6 +65,17 @@ impl Route {
     }
 }
 
+/// The Faspex actions the gateway must recognise whatever the method, as Rails routes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// `faspex.login_path`: the page (GET) and the form's POST.
+    Login,
+    /// `faspex.logout_path`.
+    Logout,
+    /// `faspex.token_path`: the OAuth2 token grant.
+    Token,
+}
+
 /// Why a path could not be classified. Answered 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -65,6 +85,12 @@ pub enum PathError {
     BadPercentEncoding,
     #[error("the request path contains a NUL, control character or backslash")]
     ForbiddenCharacter,
+    #[error("the request path contains an encoded slash or backslash (%2F, %5C)")]
+    EncodedSlash,
+    #[error("the request path contains an encoded dot segment")]
+    EncodedDot,
+    #[error("the request path is an unclear spelling of the login, logout or token action")]
+    UnclearAction,
 }
 
 /// One `faspex.deny` rule: `METHOD PATH-PREFIX`, where a `None` method means any.
@@ -79,31 +105,57 @@ pub struct DenyPrefix {
 pub struct RouteProfile {
     pub login_path: String,
     pub logout_path: String,
+    pub token_path: String,
     pub public_prefixes: Vec<String>,
     pub deny: Vec<DenyPrefix>,
 }
 
-/// The outcome of classification: the route, and the normalised path it was decided on.
+/// The outcome of classification: the route, the action, and the normalised path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classified {
     pub route: Route,
-    /// The once-decoded, normalised path (lossy UTF-8 where the client sent other bytes).
+    /// The login, logout or token action, whatever the method.
+    pub action: Option<Action>,
+    /// The once-decoded, normalised path (lossy UTF-8 where the client sent other bytes): what
+    /// the decisions were made on, and what the access log shows.
     pub path: String,
+    /// The path to forward, still percent-encoded as the client sent it but normalised: `None`
+    /// when that is the request's own path unchanged (nearly every request).
+    pub forward: Option<String>,
+}
+
+/// How a path spells an action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spelling {
+    /// Rails routes it to the action.
+    Action,
+    /// Clearly another path.
+    Not,
+    /// Neither: refused.
+    Unclear,
 }
 
 impl RouteProfile {
     /// Classify a request by method and raw path (the path part of the request target, without
     /// the query).
     pub fn classify(&self, method: &Method, raw_path: &str) -> Result<Classified, PathError> {
-        let decoded = decode_once(raw_path.as_bytes())?;
+        let raw = raw_path.as_bytes();
+        if raw.first() != Some(&b'/') {
+            return Err(PathError::NotAbsolute);
+        }
+        if raw.contains(&b'%') {
+            refuse_encoded_separators(raw)?;
+        }
+        let forward = normalize(raw)?;
+        let decoded = decode_once(&forward)?;
+        // A path without `%` (nearly every one) decodes to itself, already normal.
+        let decoded_plain = matches!(decoded, Cow::Borrowed(_));
         let further = decode_further(&decoded);
         // Without a `%` left after one decoding (nearly every path), both readings are one.
         let full_owned;
         let (full, once) = match further {
-            Cow::Borrowed(_) => {
-                let once = normalize(&decoded)?;
-                (None, once)
-            }
+            Cow::Borrowed(_) if decoded_plain => (None, Cow::Borrowed(&*decoded)),
+            Cow::Borrowed(_) => (None, normalize(&decoded)?),
             Cow::Owned(further) => {
                 full_owned = further;
                 (Some(normalize(&full_owned)?), normalize(&decoded)?)
@@ -113,6 +165,18 @@ impl RouteProfile {
         let one_reading = full.is_none();
         let full: &[u8] = full.as_deref().unwrap_or(&once);
         let path = String::from_utf8_lossy(&once).into_owned();
+        let forward = match &forward {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(f) => Some(String::from_utf8_lossy(f).into_owned()),
+        };
+        let done = |route, action| {
+            Ok(Classified {
+                route,
+                action,
+                path: path.clone(),
+                forward: forward.clone(),
+            })
+        };
 
         let denied = |p: &[u8]| {
             self.deny.iter().any(|rule| {
@@ -123,55 +187,62 @@ impl RouteProfile {
             })
         };
         if denied(&once) || (!one_reading && denied(full)) {
-            return Ok(Classified {
-                route: Route::Denied,
-                path,
-            });
+            return done(Route::Denied, None);
         }
         let gateway = |p: &[u8]| under(p, GATEWAY_PREFIX.as_bytes());
         if gateway(&once) || (!one_reading && gateway(full)) {
-            return Ok(Classified {
-                route: Route::Gateway,
-                path,
-            });
+            return done(Route::Gateway, None);
         }
 
-        let route = if is_action(&once, self.login_path.as_bytes()) && *method == Method::POST {
-            Route::Login
-        } else if is_action(&once, self.logout_path.as_bytes()) {
-            Route::Logout
-        } else if self.is_public(method, &once) && (one_reading || self.is_public(method, full)) {
-            Route::Public
-        } else {
-            Route::Protected
+        let action = self.action(&once, (!one_reading).then_some(full))?;
+        let route = match action {
+            Some(Action::Login) if *method == Method::POST => Route::Login,
+            Some(Action::Login) if *method == Method::GET || *method == Method::HEAD => {
+                Route::Public
+            }
+            Some(Action::Logout) => Route::Logout,
+            Some(_) => Route::Protected,
+            None if self.is_public(method, &once)
+                && (one_reading || self.is_public(method, full)) =>
+            {
+                Route::Public
+            }
+            None => Route::Protected,
         };
-        Ok(Classified { route, path })
+        done(route, action)
+    }
+
+    /// Which action both readings of a path spell, if any; refused when they disagree or either
+    /// is unclear.
+    fn action(&self, once: &[u8], full: Option<&[u8]>) -> Result<Option<Action>, PathError> {
+        // A path without `.`, `;` or another mark after a base spells no action unclearly, and
+        // most paths share no prefix with the three at all: each test is a prefix compare.
+        for (base, action) in [
+            (&self.login_path, Action::Login),
+            (&self.logout_path, Action::Logout),
+            (&self.token_path, Action::Token),
+        ] {
+            let a = spelling(once, base.as_bytes());
+            let b = full.map_or(a, |f| spelling(f, base.as_bytes()));
+            match (a, b) {
+                (Spelling::Not, Spelling::Not) => continue,
+                (Spelling::Action, Spelling::Action) => return Ok(Some(action)),
+                _ => return Err(PathError::UnclearAction),
+            }
+        }
+        Ok(None)
     }
 
     /// Whether `raw_path` (as a `Location` names it) leads to the login action or page: a login
     /// that redirects there did not succeed.
     pub fn is_login_page(&self, raw_path: &str) -> bool {
         let login = self.login_path.as_bytes();
-        let check = |p: &[u8]| under(p, login) || is_action(p, login);
+        let check = |p: &[u8]| under(p, login) || spelling(p, login) != Spelling::Not;
         let decoded = decode_once(raw_path.as_bytes());
         match decoded.as_deref().map_err(Clone::clone).and_then(normalize) {
             Ok(p) => check(&p),
             // An undecodable target is no proof of success.
             Err(_) => true,
-        }
-    }
-
-    /// Whether `raw_path` is the action at `base` (in any form Rails routes to it).
-    pub fn is_path(raw_path: &str, base: &str) -> bool {
-        // A path without `%`, `.` and `//` decodes and normalises to itself: it is the action
-        // at `base` only if it starts with `base`.
-        if !raw_path.starts_with(base) && is_plain(raw_path.as_bytes()) {
-            return false;
-        }
-        let decoded = decode_once(raw_path.as_bytes());
-        match decoded.as_deref().map_err(Clone::clone).and_then(normalize) {
-            Ok(p) => is_action(&p, base.as_bytes()),
-            Err(_) => false,
         }
     }
 
@@ -186,41 +257,78 @@ impl RouteProfile {
     }
 }
 
+/// Refuse `%2F`/`%5C` at any depth of encoding (`%252F` is `%2F` to whoever decodes once more),
+/// and a segment that decodes to `.` or `..` without being spelled so.
+fn refuse_encoded_separators(raw: &[u8]) -> Result<(), PathError> {
+    let mut cur: Cow<'_, [u8]> = Cow::Borrowed(raw);
+    for _ in 0..5 {
+        let has = cur.windows(3).any(|w| {
+            w[0] == b'%' && (w[1] == b'2' && (w[2] | 0x20) == b'f' || w[1] == b'5' && (w[2] | 0x20) == b'c')
+        });
+        if has {
+            return Err(PathError::EncodedSlash);
+        }
+        if !cur.contains(&b'%') {
+            break;
+        }
+        let next = decode_lenient(&cur);
+        if next == *cur {
+            break;
+        }
+        cur = Cow::Owned(next);
+    }
+    for seg in raw.split(|&b| b == b'/') {
+        if !seg.contains(&b'%') {
+            continue;
+        }
+        let mut s = seg.to_vec();
+        for _ in 0..5 {
+            let next = decode_lenient(&s);
+            if next == s {
+                break;
+            }
+            s = next;
+        }
+        if s == b"." || s == b".." {
+            return Err(PathError::EncodedDot);
+        }
+    }
+    Ok(())
+}
+
+/// How the normalised `path` spells the action at `base`: itself, with a trailing slash, or with
+/// a format suffix (`[^/.]+`, as Rails' `(.:format)`) is the action; another segment or a name
+/// that goes on in letters, digits, `_` or `-` is another path; anything else (an empty or
+/// dotted format, `;`, `,`, a space...) is unclear.
+fn spelling(path: &[u8], base: &[u8]) -> Spelling {
+    let Some(rest) = path.strip_prefix(base) else {
+        return Spelling::Not;
+    };
+    let rest = rest.strip_suffix(b"/").unwrap_or(rest);
+    match rest {
+        b"" => Spelling::Action,
+        [b'/', ..] => Spelling::Not,
+        [b'.', format @ ..] if !format.is_empty() && !format.contains(&b'.') && !format.contains(&b'/') => {
+            Spelling::Action
+        }
+        [c, ..] if c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-' => Spelling::Not,
+        _ => Spelling::Unclear,
+    }
+}
+
+/// Whether the normalised `path` is the action at `base`, as Rails routes it (trailing slash,
+/// format suffix).
+pub fn spells_action(path: &str, base: &str) -> bool {
+    spelling(path.as_bytes(), base.as_bytes()) == Spelling::Action
+}
+
 /// Whether a request with `method` can end up in the upstream action routed for `rule`: Rails
 /// answers HEAD with the GET action, and turns a POST into PUT, PATCH or DELETE on request.
-fn method_may_reach(method: &Method, rule: &Method) -> bool {
+pub fn method_may_reach(method: &Method, rule: &Method) -> bool {
     method == rule
         || (*method == Method::HEAD && *rule == Method::GET)
         || (*method == Method::POST
             && (*rule == Method::PUT || *rule == Method::PATCH || *rule == Method::DELETE))
-}
-
-/// The forms in which Rails routes to the action at `base`: itself, with a trailing slash, or with
-/// a format suffix such as `.json` or `.html`.
-fn is_action(path: &[u8], base: &[u8]) -> bool {
-    let Some(rest) = path.strip_prefix(base) else {
-        return false;
-    };
-    match rest {
-        b"" | b"/" => true,
-        [b'.', format @ ..] => {
-            !format.is_empty() && format.iter().all(|b| b.is_ascii_alphanumeric())
-        }
-        _ => false,
-    }
-}
-
-/// Whether a path has no `%`, no `.` and no `//`: one that decoding and normalising leave as
-/// it is. One pass over the bytes (the `str` searches it replaces cost more than the path).
-fn is_plain(path: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for &b in path {
-        if b == b'%' || b == b'.' || (b == b'/' && prev == b'/') {
-            return false;
-        }
-        prev = b;
-    }
-    true
 }
 
 /// [`under`] for a normalised path as a string.
@@ -368,38 +476,6 @@ fn normalize(decoded: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
 mod tests {
     use super::*;
 
-    /// `is_path`'s shortcut for paths that cannot be the action gives the full answer.
-    #[test]
-    fn is_path_answers_as_the_full_decoding_does() {
-        let full = |raw: &str, base: &str| match decode_once(raw.as_bytes())
-            .map(|d| d.into_owned())
-            .and_then(|d| normalize(&d).map(Cow::into_owned))
-        {
-            Ok(p) => is_action(&p, base.as_bytes()),
-            Err(_) => false,
-        };
-        let base = "/aspera/faspex/login";
-        for raw in [
-            "/aspera/faspex/login",
-            "/aspera/faspex/login/",
-            "/aspera/faspex/login.json",
-            "/aspera/faspex/log",
-            "/aspera/faspex/logout",
-            "/x/../aspera/faspex/login",
-            "//aspera/faspex/login",
-            "/aspera//faspex/login",
-            "/aspera/./faspex/login",
-            "/aspera/faspex/%6cogin",
-            "/aspera/faspex/%2e%2e/faspex/login",
-            "/aspera%2ffaspex/login",
-            "/aspera/faspex/login%00",
-            "/other",
-            "/",
-        ] {
-            assert_eq!(RouteProfile::is_path(raw, base), full(raw, base), "{raw}");
-        }
-    }
-
     /// The shortcut for paths that are already normal changes no answer.
     #[test]
     fn normal_paths_come_back_unchanged_and_the_rest_are_normalised() {
@@ -435,6 +511,7 @@ mod tests {
         RouteProfile {
             login_path: "/aspera/faspex/login".into(),
             logout_path: "/aspera/faspex/logout".into(),
+            token_path: "/aspera/faspex/auth/oauth2/token".into(),
             public_prefixes: vec![
                 "/aspera/faspex/external_deliveries/".into(),
                 "/aspera/faspex/external/".into(),
@@ -484,16 +561,30 @@ mod tests {
             "/aspera/faspex/external/../package_relay/relay_package",
             "/aspera/faspex/%70ackage_relay/relay_package",
             "/aspera/faspex/package%5Frelay/relay_package",
-            "/aspera%2Ffaspex%2Fpackage_relay%2Frelay_package",
             "/aspera/faspex/%2570ackage_relay/relay_package",
-            "/aspera/faspex/%252e%252e/faspex/package_relay/x",
-            "/aspera/faspex/%2e/package_relay/relay_package",
             // A stray `%` must not switch the second decoding off.
             "/aspera/faspex/%2570ackage_relay/relay_package%25",
             "/aspera/faspex/%2570ackage_relay/relay_package%2525zz",
         ] {
             assert_eq!(route(Method::POST, p), Route::Denied, "{p}");
             assert_eq!(route(Method::GET, p), Route::Denied, "{p}");
+        }
+        // Encoded separators and dot segments are refused before any route is decided.
+        for (p, e) in [
+            (
+                "/aspera%2Ffaspex%2Fpackage_relay%2Frelay_package",
+                PathError::EncodedSlash,
+            ),
+            (
+                "/aspera/faspex/%252e%252e/faspex/package_relay/x",
+                PathError::EncodedDot,
+            ),
+            (
+                "/aspera/faspex/%2e/package_relay/relay_package",
+                PathError::EncodedDot,
+            ),
+        ] {
+            assert_eq!(profile().classify(&Method::GET, p), Err(e), "{p}");
         }
     }
 
@@ -563,25 +654,32 @@ mod tests {
             route(Method::GET, "/aspera/faspex/external/../received/4044"),
             Route::Protected
         );
-        assert_eq!(
-            route(Method::GET, "/aspera/faspex/external/%2e%2e/received/4044"),
-            Route::Protected
-        );
-        // Double-encoded dot segments: public once decoded, protected fully decoded.
-        assert_eq!(
-            route(
-                Method::GET,
-                "/aspera/faspex/external/%252e%252e/received/4044"
-            ),
-            Route::Protected
-        );
-        assert_eq!(
-            route(
-                Method::GET,
-                "/aspera/faspex/external/%252e%252e/received/4044%25"
-            ),
-            Route::Protected
-        );
+        // Encoded dot segments, once or twice encoded, are refused.
+        for p in [
+            "/aspera/faspex/external/%2e%2e/received/4044",
+            "/aspera/faspex/external/%252e%252e/received/4044",
+            "/aspera/faspex/external/%252e%252e/received/4044%25",
+            "/aspera/faspex/inbox/%2e%2e/javascripts/x",
+            "/aspera/faspex/inbox/.%2e/javascripts/x",
+        ] {
+            assert_eq!(
+                profile().classify(&Method::GET, p),
+                Err(PathError::EncodedDot),
+                "{p}"
+            );
+        }
+        for p in [
+            "/aspera/faspex/received/1%2f..%2f..%2fjavascripts%2fx",
+            "/aspera/faspex/received/1%252f..",
+            "/aspera/faspex/received/1%5C..",
+            "/aspera/faspex/received/1%255c..",
+        ] {
+            assert_eq!(
+                profile().classify(&Method::GET, p),
+                Err(PathError::EncodedSlash),
+                "{p}"
+            );
+        }
         // A prefix is a whole segment.
         assert_eq!(
             route(Method::GET, "/aspera/faspex/externalx"),
@@ -593,30 +691,81 @@ mod tests {
         );
     }
 
+    /// The spellings of the three actions: the path, what Rails routes it to, and what the
+    /// gateway does. README's table of spellings follows this one.
     #[test]
-    fn login_and_logout() {
+    fn rails_spellings() {
         use Route::*;
-        let cases = [
-            (Method::POST, "/aspera/faspex/login", Login),
-            (Method::POST, "//aspera/faspex/login", Login),
-            (Method::GET, "/aspera/faspex/login", Public),
-            (Method::GET, "/aspera/faspex/login/new", Public),
-            (Method::POST, "/aspera/faspex/login/new", Protected),
-            (Method::GET, "/aspera/faspex/logout", Logout),
-            (Method::GET, "/aspera/faspex/loginx", Protected),
-            // Every form Rails routes to the same actions.
-            (Method::POST, "/aspera/faspex/login/", Login),
-            (Method::POST, "/aspera/faspex/login.json", Login),
-            (Method::POST, "/aspera/faspex/login.html", Login),
-            (Method::POST, "/aspera/faspex/login.js%6fn", Login),
-            (Method::GET, "/aspera/faspex/logout/", Logout),
-            (Method::GET, "/aspera/faspex/logout.json", Logout),
-            (Method::POST, "/aspera/faspex/login.", Protected),
-            (Method::POST, "/aspera/faspex/login.x/y", Protected),
+        let unclear = Err(PathError::UnclearAction);
+        let ok = |route: Route, action: Option<Action>| Ok((route, action));
+        let login = Some(Action::Login);
+        let logout = Some(Action::Logout);
+        let token = Some(Action::Token);
+        // (method, path, Rails' action, the gateway's answer)
+        let cases: &[(Method, &str, &str, Result<(Route, Option<Action>), PathError>)] = &[
+            (Method::POST, "/aspera/faspex/login", "login", ok(Login, login)),
+            (Method::POST, "//aspera/faspex/login", "login", ok(Login, login)),
+            (Method::POST, "/aspera/faspex/login/", "login", ok(Login, login)),
+            (Method::POST, "/aspera/faspex/login//", "login", ok(Login, login)),
+            (Method::POST, "/aspera/faspex/login.json", "login", ok(Login, login)),
+            (Method::POST, "/aspera/faspex/login.json/", "login", ok(Login, login)),
+            (Method::POST, "/aspera/faspex/login.html/", "login", ok(Login, login)),
+            (Method::POST, "/aspera/faspex/login.x-y", "login", ok(Login, login)),
+            (Method::POST, "/aspera/faspex/login.a_b", "login", ok(Login, login)),
+            (Method::POST, "/aspera/faspex/login.js%6fn", "login", ok(Login, login)),
+            (Method::POST, "/aspera/faspex/%6cogin", "login", ok(Login, login)),
+            (Method::GET, "/aspera/faspex/login", "login (page)", ok(Public, login)),
+            (Method::GET, "/aspera/faspex/login.json/", "login (page)", ok(Public, login)),
+            (Method::HEAD, "/aspera/faspex/login", "login (page)", ok(Public, login)),
+            (Method::PUT, "/aspera/faspex/login", "login", ok(Protected, login)),
+            (Method::GET, "/aspera/faspex/login/new", "login page", ok(Public, None)),
+            (Method::POST, "/aspera/faspex/login/new", "login page", ok(Protected, None)),
+            (Method::GET, "/aspera/faspex/loginx", "404", ok(Protected, None)),
+            (Method::POST, "/aspera/faspex/login_x", "404", ok(Protected, None)),
+            (Method::POST, "/aspera/faspex/Login", "404", ok(Protected, None)),
+            (Method::POST, "/aspera/faspex/login.", "404", unclear.clone()),
+            (Method::POST, "/aspera/faspex/login.a.b", "404", unclear.clone()),
+            (Method::POST, "/aspera/faspex/login.a%2Eb", "login (format a.b)", unclear.clone()),
+            (Method::POST, "/aspera/faspex/login;x", "404", unclear.clone()),
+            (Method::POST, "/aspera/faspex/login,x", "404", unclear.clone()),
+            (Method::POST, "/aspera/faspex/%256cogin", "404 (login if decoded twice)", unclear.clone()),
+            (Method::GET, "/aspera/faspex/logout", "logout", ok(Logout, logout)),
+            (Method::POST, "/aspera/faspex/logout/", "logout", ok(Logout, logout)),
+            (Method::GET, "/aspera/faspex/logout.json", "logout", ok(Logout, logout)),
+            (Method::GET, "/aspera/faspex/logout.", "404", unclear.clone()),
+            (Method::POST, "/aspera/faspex/auth/oauth2/token", "token", ok(Protected, token)),
+            (Method::POST, "/aspera/faspex/auth/oauth2/token.json/", "token", ok(Protected, token)),
+            (Method::POST, "/aspera/faspex/auth//oauth2/token/", "token", ok(Protected, token)),
+            (Method::POST, "/aspera/faspex/auth/oauth2/tokens", "404", ok(Protected, None)),
+            (Method::POST, "/aspera/faspex/auth/oauth2/token;", "404", unclear.clone()),
         ];
-        for (method, path, want) in cases {
-            assert_eq!(route(method.clone(), path), want, "{method} {path}");
+        for (method, path, rails, want) in cases {
+            let got = profile()
+                .classify(method, path)
+                .map(|c| (c.route, c.action));
+            assert_eq!(&got, want, "{method} {path} (Rails: {rails})");
         }
+    }
+
+    #[test]
+    fn the_forwarded_path_is_the_classified_one() {
+        let f = |p: &str| {
+            let c = profile().classify(&Method::GET, p).unwrap();
+            c.forward.unwrap_or_else(|| p.to_owned())
+        };
+        assert_eq!(f("/aspera/faspex/inbox"), "/aspera/faspex/inbox");
+        assert_eq!(f("//aspera//faspex/inbox"), "/aspera/faspex/inbox");
+        assert_eq!(
+            f("/aspera/faspex/external/../received/4044"),
+            "/aspera/faspex/received/4044"
+        );
+        assert_eq!(f("/aspera/faspex/./inbox/"), "/aspera/faspex/inbox/");
+        assert_eq!(f("/aspera/faspex/r%C3%A9%20x"), "/aspera/faspex/r%C3%A9%20x");
+        assert!(profile()
+            .classify(&Method::GET, "/aspera/faspex/inbox")
+            .unwrap()
+            .forward
+            .is_none());
     }
 
     #[test]
@@ -630,20 +779,13 @@ mod tests {
             "//aspera/faspex/./login",
             "/aspera/faspex/%6cogin",
             "/a%zz",
+            "/aspera/faspex/login.",
         ] {
             assert!(p.is_login_page(t), "{t}");
         }
         for t in ["/aspera/faspex/inbox", "/aspera/faspex/loginx", "/"] {
             assert!(!p.is_login_page(t), "{t}");
         }
-        assert!(RouteProfile::is_path(
-            "/aspera/faspex/auth/oauth2/token/",
-            "/aspera/faspex/auth/oauth2/token"
-        ));
-        assert!(!RouteProfile::is_path(
-            "/aspera/faspex/auth/oauth2/tokens",
-            "/aspera/faspex/auth/oauth2/token"
-        ));
     }
 
     #[test]
@@ -665,7 +807,8 @@ mod tests {
         assert_eq!(c("/a%"), Err(PathError::BadPercentEncoding));
         assert_eq!(c("/a%00b"), Err(PathError::ForbiddenCharacter));
         assert_eq!(c("/a%0d%0aX: y"), Err(PathError::ForbiddenCharacter));
-        assert_eq!(c("/a%5c..%5creceived"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(c("/a%5c..%5creceived"), Err(PathError::EncodedSlash));
+        assert_eq!(c("/a\\b"), Err(PathError::ForbiddenCharacter));
         assert_eq!(c("*"), Err(PathError::NotAbsolute));
         assert_eq!(c(""), Err(PathError::NotAbsolute));
         // Non-UTF-8 bytes are not an error, just never public by accident.

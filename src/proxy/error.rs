@@ -35,8 +35,9 @@ pub struct Refusal {
 /// Everything that stops a request before (or instead of) a normal upstream response.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("bad request path: {0}")]
-    BadPath(#[from] PathError),
+    /// The credential gate refused the request before anything reached Faspex.
+    #[error("refused: {0}")]
+    Gate(#[from] super::gate::Refusal),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("path is on the deny list")]
@@ -71,6 +72,12 @@ pub enum GatewayError {
     Store(#[from] StoreError),
 }
 
+impl From<PathError> for GatewayError {
+    fn from(e: PathError) -> Self {
+        GatewayError::Gate(e.into())
+    }
+}
+
 impl From<LoginRefused> for GatewayError {
     fn from(refused: LoginRefused) -> Self {
         GatewayError::Refused(Box::new(Refusal {
@@ -93,8 +100,8 @@ impl From<ForwardError> for GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadPath(_)
-            | GatewayError::BadRequest(_)
+            GatewayError::Gate(r) => r.status(),
+            GatewayError::BadRequest(_)
             | GatewayError::ClientAborted => StatusCode::BAD_REQUEST,
             GatewayError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Denied => StatusCode::FORBIDDEN,
@@ -122,7 +129,13 @@ impl GatewayError {
     /// The (title, message) a person sees. Generic on purpose.
     fn words(&self) -> (&'static str, String) {
         match self {
-            GatewayError::BadPath(e) => ("Bad request", format!("The address is not valid: {e}.")),
+            GatewayError::Gate(r) => match r.status() {
+                StatusCode::FORBIDDEN => ("Not allowed", "This address is not available through this gateway.".into()),
+                StatusCode::METHOD_NOT_ALLOWED => ("Not allowed", "This address does not take that kind of request.".into()),
+                StatusCode::PAYLOAD_TOO_LARGE => ("Request too large", format!("The request was refused: {r}.")),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => ("Unsupported request", format!("The request was refused: {r}.")),
+                _ => ("Bad request", format!("The request was refused: {r}.")),
+            },
             GatewayError::BadRequest(why) => ("Bad request", format!("The request is not valid: {why}.")),
             GatewayError::Denied => ("Not allowed", "This address is not available through this gateway.".into()),
             GatewayError::NotFound => ("Not found", "There is no such page.".into()),

@@ -22,6 +22,7 @@ pub mod client;
 pub mod ends;
 pub mod error;
 pub mod forward;
+pub mod gate;
 pub mod pages;
 pub mod session;
 pub mod transfer;
@@ -47,7 +48,8 @@ use crate::config::{Config, FaspexConfig};
 use crate::metrics::Metrics;
 use crate::policy::{LoginRequest, Policy, SessionGone};
 use crate::store::{ClientKind, EndReason, SessionKey};
-use classify::{DenyPrefix, Route, RouteProfile};
+use classify::{Classified, DenyPrefix, Route, RouteProfile};
+use gate::{BodyRule, Gate, PasswordForm, Plan};
 use ends::{EndedMemo, FaspexLogouts};
 pub use error::GatewayError;
 use error::{Answer, Refusal};
@@ -56,11 +58,9 @@ use pages::{LoginForm, Site, TAKEOVER_FIELD};
 use session::SessionCookies;
 
 /// The most the gateway reads of a body it must look into: the login form, the token response.
-pub const READ_LIMIT: usize = 64 * 1024;
+pub const READ_LIMIT: usize = gate::LOGIN_READ_LIMIT;
 
-/// The HTTP Gateway's paths: a transfer service beside Faspex (not the Rails application), which
-/// takes Faspex-issued transfer tokens in `Authorization`.
-const HTTP_GATEWAY_PREFIX: &str = "/aspera/http-gwy/";
+use gate::HTTP_GATEWAY_PREFIX;
 
 /// The longest a login form may take to arrive, however it trickles.
 const FORM_READ_LIMIT: Duration = Duration::from_secs(30);
@@ -93,8 +93,9 @@ struct Handler {
 }
 
 struct Inner {
-    /// Which paths are public, denied, the login form, or the gateway's own.
-    profile: RouteProfile,
+    /// Which paths are public, denied, the login form, or the gateway's own, and which
+    /// credentials a request may carry to Faspex.
+    gate: Gate,
     /// Faspex, over its pool of keep-alive connections.
     upstream: Upstream,
     /// Peers whose `X-Forwarded-For` is believed.
@@ -145,7 +146,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> Self {
         let inner = Inner {
-            profile: route_profile(cfg),
+            gate: gate(cfg),
             upstream,
             body_idle_timeout: cfg.server.body_idle_timeout,
             trusted_proxies: cfg.server.trusted_proxies.clone(),
@@ -173,7 +174,7 @@ impl Gateway {
     pub fn reload(&self, cfg: &Config, directory: Arc<dyn Directory>) {
         let old = self.current.load_full();
         self.current.store(Arc::new(Inner {
-            profile: route_profile(cfg),
+            gate: gate(cfg),
             upstream: old.upstream.clone(),
             body_idle_timeout: old.body_idle_timeout,
             trusted_proxies: cfg.server.trusted_proxies.clone(),
@@ -220,10 +221,28 @@ impl Gateway {
     }
 }
 
+fn gate(cfg: &Config) -> Gate {
+    let f = &cfg.faspex;
+    Gate::new(
+        route_profile(cfg),
+        &f.username_field,
+        &f.password_field,
+        f.password_forms
+            .iter()
+            .map(|r| PasswordForm {
+                method: r.method.clone(),
+                path: r.path.clone(),
+            })
+            .collect(),
+        f.max_inspected_body,
+    )
+}
+
 fn route_profile(cfg: &Config) -> RouteProfile {
     RouteProfile {
         login_path: cfg.faspex.login_path.clone(),
         logout_path: cfg.faspex.logout_path.clone(),
+        token_path: cfg.faspex.token_path.clone(),
         public_prefixes: cfg.faspex.public_paths.clone(),
         deny: cfg
             .faspex
@@ -281,6 +300,12 @@ impl Handler {
                     GatewayError::Store(e) => {
                         tracing::error!(error = %e, "the state store failed a request (503)")
                     }
+                    GatewayError::Gate(r) => {
+                        if let Some(reason) = r.metric_reason() {
+                            self.inner.metrics.refused(reason);
+                        }
+                        tracing::debug!(error = %r, "request refused by the gate")
+                    }
                     other => tracing::debug!(error = %other, "request refused"),
                 }
                 err.into_response(&Answer {
@@ -306,20 +331,24 @@ impl Handler {
     }
 
     /// The inner handler: uses `?` freely; the outer one turns errors into responses.
+    ///
+    /// The request is classified, its body read where the gate must inspect it, and the gate's
+    /// [`Plan`] decides the route: nothing reaches a route, and so Faspex, that the gate has
+    /// not read.
     async fn handle_inner(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         conn: ConnInfo,
         client_ip: IpAddr,
         peer_trusted: bool,
         log: &mut AccessRecord,
     ) -> Result<Response<ProxyBody>, GatewayError> {
-        let classified = self.inner.profile.classify(req.method(), req.uri().path());
-        let classified = match classified {
+        let gate = &self.inner.gate;
+        let classified = match gate.classify(req.method(), req.uri().path()) {
             Ok(c) => c,
             Err(e) => {
                 log.path = "-".into();
-                return Err(e.into());
+                return Err(gate::Refusal::Path(e).into());
             }
         };
         log.route = Some(classified.route);
@@ -342,8 +371,33 @@ impl Handler {
             public_host,
         };
 
-        match classified.route {
-            Route::Public => {
+        // The gate: read what must be read, then decide on what was read.
+        let rule = gate.body(&classified, req.headers(), req.body().is_end_stream())?;
+        let (mut parts, body) = req.into_parts();
+        forward_path(&mut parts.uri, &classified)?;
+        let query = parts.uri.query();
+        let (plan, body) = match rule {
+            BodyRule::Inspect { kind, limit } => {
+                let bytes = self.read_client(body, limit).await?;
+                let plan = gate.decide(&parts.method, &classified, query, Some((&kind, &bytes)));
+                // Faspex gets the bytes inspected here, whole, with their length.
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                (plan, Inspected::Read(bytes))
+            }
+            BodyRule::Empty | BodyRule::Stream => (
+                gate.decide(&parts.method, &classified, query, None),
+                Inspected::Stream(body),
+            ),
+        };
+        let path = classified.path.as_str();
+        match plan {
+            Plan::Refuse(refusal) => Err(refusal.into()),
+            // (answered above, before any body was read)
+            Plan::Gateway => Err(GatewayError::NotFound),
+            Plan::Public => {
                 self.inner
                     .policy
                     .throttle_public(client_ip)
@@ -353,47 +407,56 @@ impl Handler {
                 // Basic support decodes whatever follows the scheme, whatever the scheme, so
                 // every `Authorization` goes. Only the HTTP Gateway, a separate service that
                 // takes Faspex's transfer tokens there, keeps its non-Basic ones.
-                let transfer = classify::under_prefix(&classified.path, HTTP_GATEWAY_PREFIX);
-                if !transfer || basic_credentials(req.headers()) {
-                    req.headers_mut().remove(header::AUTHORIZATION);
+                let transfer = classify::under_prefix(path, HTTP_GATEWAY_PREFIX);
+                if !transfer || basic_credentials(&parts.headers) {
+                    parts.headers.remove(header::AUTHORIZATION);
                 }
-                self.pass(req, &side).await
+                self.pass(body.into_request(parts), &side, None).await
             }
-            Route::Login => {
-                req.headers_mut().remove(header::AUTHORIZATION);
-                Box::pin(self.form_login(req, &side)).await
+            Plan::Login { username, password } => {
+                parts.headers.remove(header::AUTHORIZATION);
+                let Inspected::Read(bytes) = body else {
+                    return Err(GatewayError::BadRequest(
+                        "a login must be sent as a form (application/x-www-form-urlencoded)",
+                    ));
+                };
+                Box::pin(self.form_login(parts, &bytes, username, password, &side)).await
             }
-            Route::Logout => {
-                req.headers_mut().remove(header::AUTHORIZATION);
-                Box::pin(self.logout(req, &side)).await
+            Plan::Logout => {
+                Box::pin(self.logout(&parts, &side)).await
             }
-            _ => self.protected(req, &side, &classified.path).await,
+            Plan::Token { username, password } => {
+                let named = Named { username, password };
+                Box::pin(self.protected(body.into_request(parts), &side, path, Some(named), false))
+                    .await
+            }
+            Plan::PasswordForm => {
+                Box::pin(self.protected(body.into_request(parts), &side, path, None, true)).await
+            }
+            Plan::Protected => {
+                self.protected(body.into_request(parts), &side, path, None, false)
+                    .await
+            }
         }
     }
 
     // ----- the routes -----
 
     /// A protected request: it must carry a live session, by Basic credentials, a bearer token
-    /// or the gateway's cookie.
+    /// or the gateway's cookie. `token` holds the credentials a token grant names, which must be
+    /// its Basic ones; `password_form` marks a form that carries a password of its own (Faspex's
+    /// answer to it is never taken as a rotation of the session's cookie).
     async fn protected(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<ProxyBody>,
         side: &ClientSide,
         path: &str,
+        token: Option<Named>,
+        password_form: bool,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let policy = &self.inner.policy;
-        let f = &self.inner.faspex;
-        // The login action takes GET (the page, public) and POST (the form) only: any other
-        // method could carry credentials past the checks of the login route.
-        if RouteProfile::is_path(path, &f.login_path) {
-            return Err(GatewayError::MethodNotAllowed);
-        }
-        let token_path = RouteProfile::is_path(path, &f.token_path);
-        if token_path && *req.method() != Method::POST {
-            return Err(GatewayError::MethodNotAllowed);
-        }
         let creds = credentials(req.headers());
-        if token_path && !matches!(creds, Credentials::Basic { .. } | Credentials::Malformed) {
+        if token.is_some() && !matches!(creds, Credentials::Basic { .. } | Credentials::Malformed) {
             // Faspex grants tokens for the credentials in the request: only ones the gateway
             // has checked may reach it.
             return Err(GatewayError::BadRequest(
@@ -402,19 +465,15 @@ impl Handler {
         }
         match creds {
             Credentials::Basic { user, password } => {
-                Box::pin(self.basic(req, side, path, &user, &password, token_path)).await
+                Box::pin(self.basic(req, side, path, &user, &password, token)).await
             }
             Credentials::Bearer(token) => match policy.bearer_session(&token, path).await? {
-                Ok(_) => {
-                    // An API client's credentials are its token: no Faspex session rides along.
-                    let name = &self.inner.faspex.session_cookie;
-                    session::replace_cookie(req.headers_mut(), name, None);
-                    self.pass(req, side).await
-                }
+                // An API client's credentials are its token: no Faspex session rides along.
+                Ok(_) => self.pass(req, side, None).await,
                 Err(_) => Err(GatewayError::NoSession(None)),
             },
             Credentials::Malformed => Err(GatewayError::BadRequest(
-                "the Authorization header is malformed or of an unknown scheme",
+                "the Authorization header is malformed, not UTF-8, or of an unknown scheme",
             )),
             Credentials::None => {
                 let Some(claims) = self.inner.cookies.verify(req.headers()) else {
@@ -432,21 +491,22 @@ impl Handler {
                 };
                 // The session's own Faspex session, whatever Faspex cookie the browser sent:
                 // a gateway session never rides on another account's Faspex session.
+                let resp = self
+                    .pass(req, side, session.upstream_cookie.as_deref())
+                    .await?;
+                // Faspex rotated its session cookie on a request that carried no credential:
+                // keep the new one for the logout.
                 let name = &self.inner.faspex.session_cookie;
-                session::forward_cookies(
-                    req.headers_mut(),
-                    name,
-                    session.upstream_cookie.as_deref(),
-                    self.inner.cookies.name(),
-                );
-                let resp = self.pass(req, side).await?;
-                // Faspex rotated its session cookie: keep the new one for the logout.
-                if let Some(fresh) = session::set_cookie_pair(resp.headers(), name) {
-                    if session.upstream_cookie.as_deref() != Some(fresh.as_str()) {
-                        if let Err(e) = policy.set_upstream_cookie(&session.key, Some(fresh)).await
-                        {
-                            // Faspex has answered: the answer goes out whatever the store says.
-                            tracing::error!(error = %e, "could not keep Faspex's rotated cookie");
+                if !password_form {
+                    if let Some(fresh) = session::set_cookie_pair(resp.headers(), name) {
+                        if session.upstream_cookie.as_deref() != Some(fresh.as_str()) {
+                            if let Err(e) =
+                                policy.set_upstream_cookie(&session.key, Some(fresh)).await
+                            {
+                                // Faspex has answered: the answer goes out whatever the store
+                                // says.
+                                tracing::error!(error = %e, "could not keep Faspex's rotated cookie");
+                            }
                         }
                     }
                 }
@@ -460,12 +520,12 @@ impl Handler {
     /// verification cache, or by a fresh check under the same lockout.
     async fn basic(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ProxyBody>,
         side: &ClientSide,
         path: &str,
         user: &str,
         password: &str,
-        token_request: bool,
+        token: Option<Named>,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let policy = &self.inner.policy;
         let directory = &self.inner.directory;
@@ -480,15 +540,23 @@ impl Handler {
             kind: ClientKind::Basic,
             takeover: false,
         };
-        // An API client's credentials are its Basic ones: no Faspex session rides along.
-        session::replace_cookie(req.headers_mut(), &self.inner.faspex.session_cookie, None);
-        // A token request is read first (it is small), so that Faspex is never asked for a
-        // token for other credentials than the ones checked here.
-        let req = if token_request {
-            Outgoing::Buffered(self.token_request(req, user, password).await?)
-        } else {
-            Outgoing::Stream(req)
-        };
+        let token_request = token.is_some();
+        if let Some(named) = token {
+            // Faspex is never asked for a token for other credentials than the ones checked
+            // here.
+            let same_user = named
+                .username
+                .as_deref()
+                .is_none_or(|v| policy.account(v).ok() == policy.account(user).ok());
+            let same_password = named.password.as_deref().is_none_or(|v| v == password);
+            if !same_user || !same_password {
+                return Err(GatewayError::BadRequest(
+                    "the token request names other credentials than its Authorization",
+                ));
+            }
+            // The gateway reads the answer: it must be plain JSON.
+            req.headers_mut().remove(header::ACCEPT_ENCODING);
+        }
 
         if let Ok(account) = policy.account(user) {
             let live = if policy.cache().hit(&account, password, policy.now()) {
@@ -500,7 +568,7 @@ impl Handler {
                 None
             };
             if let Some(session) = live {
-                let resp = self.dispatch(req, side).await?;
+                let resp = self.pass(req, side, None).await?;
                 if basic_challenge(&resp) {
                     // Faspex no longer takes these credentials: neither may the gateway.
                     policy.cache().forget(&account);
@@ -515,7 +583,7 @@ impl Handler {
 
         let pending = policy.login_pending(login, directory).await?;
         let key = pending.admitted().session.key.clone();
-        let resp = match self.dispatch(req, side).await {
+        let resp = match self.pass(req, side, None).await {
             Ok(resp) => resp,
             Err(e) => {
                 // The login never reached Faspex, or Faspex never answered: no seat is kept.
@@ -532,51 +600,6 @@ impl Handler {
         self.after_api(resp, &key, token_request).await
     }
 
-    /// Read an OAuth2 token request (at most 64 KiB) and check that any credentials in its form
-    /// are the Basic ones the gateway checks; Faspex gets it back identical, uncompressed answers
-    /// asked for.
-    async fn token_request(
-        &self,
-        req: Request<Incoming>,
-        user: &str,
-        password: &str,
-    ) -> Result<Request<ProxyBody>, GatewayError> {
-        let (mut parts, body) = req.into_parts();
-        let bytes = self.read_client(body).await?;
-        if !bytes.is_empty() && !is_form(&parts.headers) {
-            // Rails would read credentials from a JSON or XML body as well; only a form is read
-            // (and checked) here.
-            return Err(GatewayError::BadRequest(
-                "a token request must be sent as a form (application/x-www-form-urlencoded)",
-            ));
-        }
-        let query = parts.uri.query().unwrap_or("").as_bytes().to_vec();
-        let policy = &self.inner.policy;
-        for (k, v) in url::form_urlencoded::parse(&bytes).chain(url::form_urlencoded::parse(&query))
-        {
-            let segments = rack_segments(&k);
-            let same = match segments.first().copied() {
-                Some("username") => {
-                    k == "username" && policy.account(&v).ok() == policy.account(user).ok()
-                }
-                Some("password") => k == "password" && v == password,
-                _ => true,
-            };
-            if !same {
-                return Err(GatewayError::BadRequest(
-                    "the token request names other credentials than its Authorization",
-                ));
-            }
-        }
-        // The gateway reads the answer: it must be plain JSON.
-        parts.headers.remove(header::ACCEPT_ENCODING);
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        Ok(Request::from_parts(parts, error::full(bytes)))
-    }
-
     /// After an API request on session `key`: a token response ties its access token to it.
     async fn after_api(
         &self,
@@ -589,7 +612,7 @@ impl Handler {
         }
         let (parts, body) = resp.into_parts();
         let mut body = body;
-        let bytes = read_limited(&mut body).await.map_err(|e| match e {
+        let bytes = read_limited(&mut body, READ_LIMIT).await.map_err(|e| match e {
             ReadError::TooLarge => GatewayError::TooLarge(READ_LIMIT),
             ReadError::Broken(e) => GatewayError::Upstream(forward::UpstreamError::Protocol(e)),
         })?;
@@ -608,13 +631,13 @@ impl Handler {
         Ok(Response::from_parts(parts, error::full(bytes)))
     }
 
-    /// Read a client's body the gateway must look into: at most 64 KiB (`413`), within
+    /// Read a client's body the gateway must look into: at most `limit` bytes (`413`), within
     /// [`FORM_READ_LIMIT`], never standing still longer than the body idle timeout.
-    async fn read_client(&self, body: Incoming) -> Result<Bytes, GatewayError> {
+    async fn read_client(&self, body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
         let idle = self.inner.body_idle_timeout;
         let mut body =
             transfer::TransferBody::new(forward::client_body(body), idle, None).boxed_unsync();
-        match tokio::time::timeout(FORM_READ_LIMIT, read_limited(&mut body)).await {
+        match tokio::time::timeout(FORM_READ_LIMIT, read_limited(&mut body, limit)).await {
             Err(_) => Err(GatewayError::ClientStalled(FORM_READ_LIMIT)),
             Ok(Err(ReadError::TooLarge)) => {
                 // Let a client that sends a little too much finish sending, so that it reads
@@ -629,7 +652,7 @@ impl Handler {
                     }
                 })
                 .await;
-                Err(GatewayError::TooLarge(READ_LIMIT))
+                Err(GatewayError::TooLarge(limit))
             }
             Ok(Err(ReadError::Broken(e))) if e.is::<transfer::BodyIdle>() => {
                 Err(GatewayError::ClientStalled(idle))
@@ -641,35 +664,33 @@ impl Handler {
 
     /// The login form's POST: throttle, lockout, credential check and admission, then Faspex's
     /// own login. Only when Faspex confirms it does the browser get the gateway's cookie.
+    ///
+    /// `username` and `password` are the credentials the gate read from the form, exactly as
+    /// Rails reads them; the form Faspex gets is rebuilt from the fields read here, with no
+    /// query string and no `Content-Encoding`.
     async fn form_login(
         &self,
-        req: Request<Incoming>,
+        mut parts: http::request::Parts,
+        bytes: &[u8],
+        username: String,
+        password: String,
         side: &ClientSide,
     ) -> Result<Response<ProxyBody>, GatewayError> {
-        let (mut parts, body) = req.into_parts();
-        if !is_form(&parts.headers) {
-            return Err(GatewayError::BadRequest(
-                "a login must be sent as a form (application/x-www-form-urlencoded)",
-            ));
-        }
         // (Rack would turn the POST into another method on request)
         parts
             .headers
             .remove(header::HeaderName::from_static("x-http-method-override"));
-        let bytes = self.read_client(body).await?;
         let f = &self.inner.faspex;
         let pairs: Vec<(String, String)> =
-            url::form_urlencoded::parse(&bytes).into_owned().collect();
-        check_login_form(&pairs, &f.username_field, &f.password_field)?;
-        let field = |name: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let username = field(&f.username_field).unwrap_or("").to_owned();
-        let password = field(&f.password_field).unwrap_or("").to_owned();
-        let takeover = field(TAKEOVER_FIELD) == Some("1");
+            url::form_urlencoded::parse(bytes).into_owned().collect();
+        if pairs.iter().filter(|(k, _)| k == TAKEOVER_FIELD).count() > 1 {
+            return Err(GatewayError::BadRequest(
+                "the login form repeats a credential field",
+            ));
+        }
+        let takeover = pairs
+            .iter()
+            .any(|(k, v)| k == TAKEOVER_FIELD && v == "1");
         let form = LoginForm {
             username: username.clone(),
             hidden: pairs
@@ -727,6 +748,7 @@ impl Handler {
         };
 
         parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.remove(header::CONTENT_ENCODING);
         parts.headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
@@ -735,9 +757,12 @@ impl Handler {
             header::CONTENT_LENGTH,
             HeaderValue::from(forward_body.len()),
         );
+        // The browser's own Faspex cookie, from the login page, goes along: Rails checks the
+        // form's authenticity token against the session it names. Faspex answers a login it
+        // accepts with a session of its own, which is the one the gateway keeps.
+        let prelogin = session::request_cookie_pair(&parts.headers, &f.session_cookie);
         let req = Request::from_parts(parts, error::full(forward_body));
-        let request_cookies = req.headers().clone();
-        let mut resp = match self.send(req, side).await {
+        let mut resp = match self.send(req, side, prelogin.as_deref()).await {
             Ok(resp) => resp,
             Err(e) => {
                 self.refused_upstream(pending).await;
@@ -751,8 +776,9 @@ impl Handler {
 
         // Faspex has logged the person in. Keep its session cookie with ours.
         let name = &f.session_cookie;
-        let faspex_cookie = session::set_cookie_pair(resp.headers(), name)
-            .or_else(|| session::request_cookie_pair(&request_cookies, name));
+        // Only from Faspex's answer to the login checked here: a cookie the browser sent could
+        // name another account's Faspex session.
+        let faspex_cookie = session::set_cookie_pair(resp.headers(), name);
         if faspex_cookie.is_none() {
             tracing::warn!(
                 cookie = %name,
@@ -845,18 +871,31 @@ impl Handler {
         let origin = target.origin().ascii_serialization();
         let same_origin =
             target.origin() == base.origin() || self.inner.upstream.origins().contains(&origin);
-        same_origin && !self.inner.profile.is_login_page(target.path())
+        same_origin && !self.inner.gate.profile.is_login_page(target.path())
     }
 
-    /// Logout: the gateway session ends (its seat is free), then Faspex logs its own out.
-    /// Without a session of the gateway's, it counts as a public request.
+    /// Logout: the gateway ends the session itself (its seat is free) and logs the Faspex
+    /// session out with the cookie it kept, as for every session it ends; the browser is sent
+    /// to the login page. A GET ends it only when the browser marks it same-origin: a link on
+    /// another site gets a page asking to confirm with a button (a POST). Without a session of
+    /// the gateway's, nothing ends and it counts as a public request.
     async fn logout(
         &self,
-        mut req: Request<Incoming>,
+        parts: &http::request::Parts,
         side: &ClientSide,
     ) -> Result<Response<ProxyBody>, GatewayError> {
-        let had_cookie = self.inner.cookies.present(req.headers());
-        let ended = match self.inner.cookies.verify(req.headers()) {
+        let had_cookie = self.inner.cookies.present(&parts.headers);
+        let claims = self.inner.cookies.verify(&parts.headers);
+        if claims.is_some() && !same_origin_request(parts, side) {
+            let mut resp = error::html(
+                StatusCode::OK,
+                pages::confirm_logout(&self.inner.faspex.logout_path),
+            );
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Ok(resp);
+        }
+        let ended = match claims {
             Some(claims) => {
                 self.inner
                     .policy
@@ -866,19 +905,22 @@ impl Handler {
             None => None,
         };
         match ended {
-            // Faspex logs out the session the gateway session had, whatever the browser sent.
-            Some(s) => session::replace_cookie(
-                req.headers_mut(),
-                &self.inner.faspex.session_cookie,
-                s.upstream_cookie.as_deref(),
-            ),
+            Some(s) => {
+                if let Some(c) = s.upstream_cookie {
+                    self.inner.logouts.queue(c);
+                }
+            }
             None => self
                 .inner
                 .policy
                 .throttle_public(side.client_ip)
                 .map_err(GatewayError::PublicThrottled)?,
         }
-        let mut resp = self.pass(req, side).await?;
+        let mut resp = Response::new(error::full(Bytes::new()));
+        *resp.status_mut() = StatusCode::SEE_OTHER;
+        if let Ok(to) = HeaderValue::from_str(&self.inner.faspex.login_path) {
+            resp.headers_mut().insert(header::LOCATION, to);
+        }
         if had_cookie {
             if let Some(clear) = self.inner.cookies.clear() {
                 resp.headers_mut().append(header::SET_COOKIE, clear);
@@ -918,12 +960,14 @@ impl Handler {
 
     // ----- forwarding -----
 
-    /// Forward a client's request as it is, body streaming, with WebSocket (or other) upgrades
-    /// joined once Faspex agrees.
+    /// Forward a client's request as the gate read it, body streaming or read, with WebSocket
+    /// (or other) upgrades joined once Faspex agrees. `faspex_cookie` is the Faspex session
+    /// cookie that goes with it, if any.
     async fn pass(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ProxyBody>,
         side: &ClientSide,
+        faspex_cookie: Option<&str>,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         // A WebSocket (or other) upgrade: keep hold of the client's side of the connection so
         // that, once Faspex agrees with a 101, the two can be joined.
@@ -936,8 +980,7 @@ impl Handler {
         };
 
         let conn_permit = req.extensions_mut().remove::<ConnPermit>();
-        let req = req.map(forward::client_body);
-        let mut resp = self.send(req, side).await?;
+        let mut resp = self.send(req, side, faspex_cookie).await?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -969,76 +1012,98 @@ impl Handler {
         Ok(resp)
     }
 
-    /// Forward a request that is streamed, or one the gateway has read.
-    async fn dispatch(
-        &self,
-        req: Outgoing,
-        side: &ClientSide,
-    ) -> Result<Response<ProxyBody>, GatewayError> {
-        match req {
-            Outgoing::Stream(req) => self.pass(req, side).await,
-            Outgoing::Buffered(req) => self.send(req, side).await,
-        }
-    }
-
-    /// Send a request to Faspex. Faspex never sees the gateway's own cookie.
+    /// Send a request to Faspex. Its cookies are an allow-list: `faspex_cookie` (the session's
+    /// own Faspex cookie) and `faspex.forward_cookies`; the gateway's own and every other
+    /// cookie stay here.
     async fn send(
         &self,
         mut req: Request<ProxyBody>,
         side: &ClientSide,
+        faspex_cookie: Option<&str>,
     ) -> Result<Response<ProxyBody>, GatewayError> {
-        self.inner.cookies.strip(req.headers_mut());
+        session::allow_cookies(
+            req.headers_mut(),
+            &self.inner.faspex.forward_cookies,
+            faspex_cookie,
+        );
         Ok(self.inner.upstream.forward(req, side).await?)
     }
 }
 
-/// A request on its way to Faspex: as the client streams it, or read by the gateway.
-enum Outgoing {
-    Stream(Request<Incoming>),
-    Buffered(Request<ProxyBody>),
+/// A request's body after the gate: read whole and inspected, or streaming.
+enum Inspected {
+    Read(Bytes),
+    Stream(Incoming),
 }
 
-/// A parameter name as Rack reads it: the runs between brackets (`user[name]`, `user[name]]`
-/// and `[user][name]` are all `["user", "name"]`).
-fn rack_segments(key: &str) -> Vec<&str> {
-    key.split(['[', ']']).filter(|s| !s.is_empty()).collect()
-}
-
-/// Refuse a login form Faspex could read differently from the gateway: a credential field (or
-/// the take-over field) given twice (Rack takes the last, the gateway the first), another
-/// spelling of a credential field or a parameter nested under one (`user[name]]`,
-/// `[user][name]`, `user[name][x]`), or a method override. Other fields, repeated or not, go to
-/// Faspex as they came.
-fn check_login_form(
-    pairs: &[(String, String)],
-    username_field: &str,
-    password_field: &str,
-) -> Result<(), GatewayError> {
-    let guarded = [rack_segments(username_field), rack_segments(password_field)];
-    let mut seen = std::collections::HashSet::new();
-    for (k, _) in pairs {
-        if k == "_method" {
-            return Err(GatewayError::BadRequest(
-                "the login form overrides its method",
-            ));
-        }
-        let exact = k == username_field || k == password_field || k == TAKEOVER_FIELD;
-        if exact && !seen.insert(k.as_str()) {
-            return Err(GatewayError::BadRequest(
-                "the login form repeats a credential field",
-            ));
-        }
-        let segments = rack_segments(k);
-        let reaches = guarded
-            .iter()
-            .any(|g| segments.len() >= g.len() && segments[..g.len()] == g[..]);
-        if reaches && !exact {
-            return Err(GatewayError::BadRequest(
-                "the login form has another spelling of its credential fields",
-            ));
+impl Inspected {
+    fn into_request(self, parts: http::request::Parts) -> Request<ProxyBody> {
+        match self {
+            Inspected::Read(bytes) => Request::from_parts(parts, error::full(bytes)),
+            Inspected::Stream(body) => Request::from_parts(parts, forward::client_body(body)),
         }
     }
+}
+
+/// The credentials a token grant names in its form.
+struct Named {
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// Put the path the gate classified, normalised, into the request target: the path Faspex
+/// receives is the one classified.
+fn forward_path(uri: &mut http::Uri, c: &Classified) -> Result<(), GatewayError> {
+    let Some(path) = &c.forward else {
+        return Ok(());
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.clone(),
+    };
+    let mut builder = http::Uri::builder();
+    if let Some(scheme) = uri.scheme() {
+        builder = builder.scheme(scheme.clone());
+    }
+    if let Some(a) = uri.authority() {
+        builder = builder.authority(a.clone());
+    }
+    *uri = builder
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| GatewayError::BadRequest("the request path is not valid"))?;
     Ok(())
+}
+
+/// Whether a request comes from the gateway's own origin, as the browser tells: a POST not
+/// marked cross-site, or a GET marked same-origin (`Sec-Fetch-Site: same-origin` or `none`, a
+/// typed address) or carrying a same-origin `Origin` or `Referer`.
+fn same_origin_request(parts: &http::request::Parts, side: &ClientSide) -> bool {
+    let h = &parts.headers;
+    let fetch_site = h
+        .get("sec-fetch-site")
+        .map(|v| v.as_bytes().to_ascii_lowercase());
+    let origin_of = |v: &HeaderValue| -> Option<bool> {
+        let url = url::Url::parse(v.to_str().ok()?).ok()?;
+        let host = side.public_host.as_ref()?.to_str().ok()?;
+        let ours = url::Url::parse(&format!("{}://{host}/", side.scheme)).ok()?;
+        Some(url.origin() == ours.origin())
+    };
+    let origin = h
+        .get(header::ORIGIN)
+        .map(|v| origin_of(v).unwrap_or(false));
+    let referer = h
+        .get(header::REFERER)
+        .map(|v| origin_of(v).unwrap_or(false));
+    match fetch_site.as_deref() {
+        Some(b"same-origin" | b"none") => return origin != Some(false),
+        Some(_) => return false,
+        None => {}
+    }
+    if origin == Some(false) || referer == Some(false) {
+        return false;
+    }
+    parts.method == Method::POST || origin == Some(true) || referer == Some(true)
 }
 
 /// Why a body could not be read.
@@ -1048,15 +1113,15 @@ enum ReadError {
 }
 
 /// Read a whole body of at most [`READ_LIMIT`] bytes.
-async fn read_limited(body: &mut ProxyBody) -> Result<Bytes, ReadError> {
-    if body.size_hint().lower() > READ_LIMIT as u64 {
+async fn read_limited(body: &mut ProxyBody, limit: usize) -> Result<Bytes, ReadError> {
+    if body.size_hint().lower() > limit as u64 {
         return Err(ReadError::TooLarge);
     }
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ReadError::Broken)?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > READ_LIMIT {
+            if buf.len() + data.len() > limit {
                 return Err(ReadError::TooLarge);
             }
             buf.extend_from_slice(&data);
@@ -1072,18 +1137,6 @@ fn access_token(body: &[u8]) -> Option<String> {
         .as_str()
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
-}
-
-/// Whether the request is a URL-encoded form.
-fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| {
-            t.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
 }
 
 /// The User-Agent, or empty.
@@ -1148,9 +1201,11 @@ fn credentials(headers: &HeaderMap) -> Credentials {
         else {
             return Credentials::Malformed;
         };
-        // Not UTF-8: the name goes to the engine as it is, lossily decoded, and is refused there
-        // as invalid (a U+FFFD never names an account).
-        let decoded = String::from_utf8_lossy(&decoded).into_owned();
+        // Not UTF-8, name or password: 400. A lossy reading would check another password than
+        // the bytes Faspex receives.
+        let Ok(decoded) = String::from_utf8(decoded) else {
+            return Credentials::Malformed;
+        };
         let Some((user, password)) = decoded.split_once(':') else {
             return Credentials::Malformed;
         };

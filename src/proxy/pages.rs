@@ -176,6 +176,22 @@ pub fn ended(site: &Site, why: Option<EndReason>) -> String {
     page(title, message, &back_link(site, "Log in again"))
 }
 
+/// A logout link followed from another site: the session ends only when the person confirms,
+/// with a POST from this page.
+pub fn confirm_logout(logout_path: &str) -> String {
+    let extra = format!(
+        r#"<form method="post" action="{action}"><button class="btn" type="submit">Sign out</button></form>
+<p><small><a href="/">Stay signed in</a></small></p>"#,
+        action = escape(logout_path),
+    );
+    page(
+        "Sign out?",
+        "A link from another page asked to sign you out of Faspex. If you meant to sign out, \
+         confirm with the button below.",
+        &extra,
+    )
+}
+
 /// Too many attempts from this address, or the directory's ceiling.
 pub fn throttled(site: &Site, retry: Duration) -> String {
     page(

@@ -199,20 +199,6 @@ impl SessionCookies {
                 (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
             })
     }
-
-    /// Take the gateway's cookie out of the request before it goes to Faspex: Faspex never sees
-    /// the gateway's token. Other cookies are kept, in order.
-    pub fn strip(&self, headers: &mut HeaderMap) {
-        // A first look for the name, or a `%` that could spell it, finds nothing in most
-        // requests (their cookies have been rewritten already), at a fraction of the cost.
-        let may_hold = headers.get_all(header::COOKIE).iter().any(|v| {
-            let v = v.as_bytes();
-            self.finder.find(v).is_some() || memchr::memchr(b'%', v).is_some()
-        });
-        if may_hold && cookie_pairs(headers).any(|p| names(p, &self.name)) {
-            rewrite_cookies(headers, &[&self.name], None);
-        }
-    }
 }
 
 /// The `name=value` pair of the cookie `name` a response sets, unless it is being deleted (for
@@ -300,27 +286,33 @@ fn names(pair: &[u8], name: &str) -> bool {
     }
 }
 
-/// Replace whatever cookie `name` the request carries (in any spelling Rack reads as `name`)
-/// with `pair` (`name=value`), or remove it when `pair` is `None`. The others are kept.
-pub fn replace_cookie(headers: &mut HeaderMap, name: &str, pair: Option<&str>) {
-    if headers.contains_key(header::COOKIE) || pair.is_some() {
-        rewrite_cookies(headers, &[name], pair);
+/// Rewrite a request's cookies into the allow-list Faspex may see: `add` (the session's own
+/// Faspex cookie) first, then the pairs named in `allow` (`faspex.forward_cookies`), in order.
+/// Every other cookie, the gateway's own included, stays here; their names (never their values)
+/// are logged at debug level, so that an admin can see what to add.
+pub fn allow_cookies(headers: &mut HeaderMap, allow: &[String], add: Option<&str>) {
+    if !headers.contains_key(header::COOKIE) {
+        if let Some(v) = add.and_then(|a| HeaderValue::from_str(a).ok()) {
+            headers.insert(header::COOKIE, v);
+        }
+        return;
     }
-}
-
-/// [`replace_cookie`] for Faspex's cookie `name` that also takes out the gateway's own
-/// (`gateway`): the request's cookies are rewritten once, not twice.
-pub fn forward_cookies(headers: &mut HeaderMap, name: &str, pair: Option<&str>, gateway: &str) {
-    if headers.contains_key(header::COOKIE) || pair.is_some() {
-        rewrite_cookies(headers, &[name, gateway], pair);
+    let kept = |p: &&[u8]| allow.iter().any(|n| names(p, n));
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let dropped: Vec<String> = cookie_pairs(headers)
+            .filter(|p| !kept(p))
+            .map(|p| {
+                let name = p.split(|&b| b == b'=').next().unwrap_or(p);
+                String::from_utf8_lossy(name).into_owned()
+            })
+            .collect();
+        if !dropped.is_empty() {
+            tracing::debug!(
+                cookies = ?dropped,
+                "cookies not passed to Faspex (list one in faspex.forward_cookies to pass it)"
+            );
+        }
     }
-}
-
-/// Rewrite a request's `Cookie` headers into one: `add` first (Rack keeps the first of a
-/// repeated name), then every pair but those named in `drop`, in order. No header is left when
-/// nothing remains.
-fn rewrite_cookies(headers: &mut HeaderMap, drop: &[&str], add: Option<&str>) {
-    let kept = |p: &&[u8]| !drop.iter().any(|d| names(p, d));
     // Most requests carry only cookies that go (the gateway's own, a stale Faspex one): then
     // the new header is `add` alone, with no joining and no second look at the long values.
     let value = if cookie_pairs(headers).any(|p| kept(&p)) {
@@ -447,18 +439,25 @@ mod tests {
     }
 
     #[test]
-    fn strip_removes_only_the_gateways_cookie() {
-        let c = cookies();
-        let mut h = request_with("_faspex_session=abc; __Host-faspex-gate=x.y.z; other=1");
+    fn only_allowed_cookies_reach_faspex() {
+        let allow = vec!["lang".to_owned()];
+        let mut h = request_with("_faspex_session=abc; __Host-faspex-gate=x.y.z; lang=de; other=1");
         h.append(
             header::COOKIE,
             HeaderValue::from_static("__Host-faspex-gate=again"),
         );
-        c.strip(&mut h);
-        assert_eq!(h[header::COOKIE], "_faspex_session=abc; other=1");
-        let mut h = request_with("__Host-faspex-gate=x");
-        c.strip(&mut h);
+        allow_cookies(&mut h, &allow, Some("_faspex_session=mine"));
+        assert_eq!(h[header::COOKIE], "_faspex_session=mine; lang=de");
+        let mut h = request_with("__Host-faspex-gate=x; _faspex_session=someone-elses");
+        allow_cookies(&mut h, &allow, None);
         assert!(!h.contains_key(header::COOKIE));
+        let mut none = HeaderMap::new();
+        allow_cookies(&mut none, &allow, Some("_faspex_session=mine"));
+        assert_eq!(none[header::COOKIE], "_faspex_session=mine");
+        // Every spelling Rack reads as the same cookie is judged by its name.
+        let mut tricky = request_with("lang=1,_faspex_session=x; %5Ffaspex_session=y; %6cang=2");
+        allow_cookies(&mut tricky, &allow, Some("_faspex_session=mine"));
+        assert_eq!(tricky[header::COOKIE], "_faspex_session=mine; lang=1; %6cang=2");
     }
 
     #[test]
@@ -480,19 +479,9 @@ mod tests {
             request_cookie_pair(&h, "_faspex_session").as_deref(),
             Some("_faspex_session=abc")
         );
-        // Faspex never sees the gateway's token, and keeps its own cookies, bytes and all.
-        let mut stripped = h.clone();
-        c.strip(&mut stripped);
-        assert_eq!(
-            stripped[header::COOKIE].as_bytes(),
-            "lang=fran\u{e7}ais; _faspex_session=abc".as_bytes()
-        );
-        forward_cookies(
-            &mut h,
-            "_faspex_session",
-            Some("_faspex_session=mine"),
-            c.name(),
-        );
+        // Faspex never sees the gateway's token, and keeps the cookies it may see, bytes and
+        // all.
+        allow_cookies(&mut h, &["lang".to_owned()], Some("_faspex_session=mine"));
         assert_eq!(
             h[header::COOKIE].as_bytes(),
             "_faspex_session=mine; lang=fran\u{e7}ais".as_bytes()
@@ -521,22 +510,11 @@ mod tests {
         );
         assert_eq!(set_cookie_pair(&gone, "_faspex_session"), None);
 
-        let mut req = request_with("a=1; _faspex_session=someone-elses; b=2");
+        let req = request_with("a=1; _faspex_session=someone-elses; b=2");
         assert_eq!(
             request_cookie_pair(&req, "_faspex_session").as_deref(),
             Some("_faspex_session=someone-elses")
         );
-        replace_cookie(&mut req, "_faspex_session", Some("_faspex_session=mine"));
-        assert_eq!(req[header::COOKIE], "_faspex_session=mine; a=1; b=2");
-        let mut none = HeaderMap::new();
-        replace_cookie(&mut none, "_faspex_session", Some("_faspex_session=mine"));
-        assert_eq!(none[header::COOKIE], "_faspex_session=mine");
-        // Every spelling Rack reads as the same cookie goes.
-        let mut tricky = request_with("a=1,_faspex_session=x; %5Ffaspex_session=y; b=2");
-        replace_cookie(&mut tricky, "_faspex_session", Some("_faspex_session=mine"));
-        assert_eq!(tricky[header::COOKIE], "_faspex_session=mine; a=1; b=2");
-        let mut gone = request_with("_faspex_session=x; b=2");
-        replace_cookie(&mut gone, "_faspex_session", None);
-        assert_eq!(gone[header::COOKIE], "b=2");
+
     }
 }

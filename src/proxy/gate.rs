@@ -1,0 +1,716 @@
+//! The credential gate: no credential reaches Faspex unless the gateway checked it in this
+//! request.
+//!
+//! Every request the gateway forwards passes here, whatever its route, after
+//! [`classify`](super::classify) and before any byte goes upstream. The gate reads the request as
+//! Rails would ([`crate::faspex::rack`]: the query string and every form-type body, in the widest
+//! reading any Rack version gives) and looks for credential parameters: the configured login
+//! fields (`user[name]`, `user[password]`) and OAuth's `username`, `password`, `refresh_token`
+//! and `client_secret`, in every spelling Rack decodes to the same parameter. Then:
+//!
+//! - the login action's POST ([`Plan::Login`]) must carry its credentials exactly once each, in
+//!   the configured spelling, in a URL-encoded body, and nowhere in the query: those are the
+//!   credentials the login pipeline checks, and the only ones Faspex gets;
+//! - the token action's POST ([`Plan::Token`]) may name only the credentials of its HTTP Basic
+//!   header, which the pipeline checks;
+//! - a form listed in `faspex.password_forms` ([`Plan::PasswordForm`]) may carry a password for
+//!   its own purpose, and is forwarded only with a live session;
+//! - any other request carrying a credential is refused (400).
+//!
+//! What the gate cannot read it does not forward: a form-type body over its size limit is 413,
+//! a content-encoded one 415, a malformed one 400. Transfer bodies (the HTTP Gateway's paths,
+//! `application/octet-stream`) stream unread: Rails never turns them into parameters.
+//!
+//! [`Gate::plan`] runs the whole decision on a request held in memory; the handler runs the same
+//! steps ([`Gate::body`], then [`Gate::decide`]) on a streamed one, so the property test that
+//! holds the plan against the real Rails router holds the handler too.
+
+use http::{header, HeaderMap, Method, StatusCode};
+
+use super::classify::{self, Action, Classified, PathError, Route, RouteProfile};
+use crate::faspex::rack::{self, BodyKind, Param, ParamError};
+
+/// The most the gateway reads of a login form or a token request.
+pub const LOGIN_READ_LIMIT: usize = 64 * 1024;
+
+/// The HTTP Gateway's paths: a transfer service beside Faspex (not the Rails application), which
+/// takes Faspex-issued transfer tokens in `Authorization`, and whose bodies are file data.
+pub const HTTP_GATEWAY_PREFIX: &str = "/aspera/http-gwy/";
+
+/// OAuth's credential parameters: top-level keys.
+const OAUTH_FIELDS: [&str; 4] = ["username", "password", "refresh_token", "client_secret"];
+
+/// One `faspex.password_forms` entry: a Faspex form that carries a password for another purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordForm {
+    pub method: Method,
+    pub path: String,
+}
+
+/// Why the gate refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("the path is on the deny list")]
+    Denied,
+    #[error(
+        "the request carries a credential parameter the gateway does not check here; if this is \
+         one of Faspex's own forms that carries a password for another purpose, an administrator \
+         can list it in faspex.password_forms"
+    )]
+    CredentialField,
+    #[error(transparent)]
+    Params(#[from] ParamError),
+    #[error("method not allowed here")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Form(&'static str),
+    #[error("the body is larger than the {0} bytes the gateway inspects")]
+    TooLarge(usize),
+    #[error("a body the gateway must inspect may not carry a Content-Encoding")]
+    Encoded,
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Denied => StatusCode::FORBIDDEN,
+            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Encoded => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `reason` label of `faspex_gate_requests_refused_total`, for the refusals it counts.
+    pub fn metric_reason(&self) -> Option<&'static str> {
+        match self {
+            Refusal::Path(_) => Some("path"),
+            Refusal::CredentialField | Refusal::Form(_) => Some("credential_field"),
+            Refusal::Params(_) | Refusal::Encoded | Refusal::TooLarge(_) => Some("body"),
+            Refusal::Denied | Refusal::MethodNotAllowed => None,
+        }
+    }
+}
+
+/// What the gateway does with a request, once the gate has read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    Refuse(Refusal),
+    /// The login form's POST, with the credentials the pipeline checks and Faspex gets.
+    Login { username: String, password: String },
+    /// The token grant: the credentials it names must be its Basic ones.
+    Token {
+        username: Option<String>,
+        password: Option<String>,
+    },
+    /// A `faspex.password_forms` form: forwarded only with a live session.
+    PasswordForm,
+    Logout,
+    Public,
+    Protected,
+    /// The gateway's own pages.
+    Gateway,
+}
+
+/// What to do with a request's body before deciding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyRule {
+    /// There is none.
+    Empty,
+    /// A transfer body: streamed unread.
+    Stream,
+    /// Read it whole (at most `limit` bytes) and inspect it as `kind`.
+    Inspect { kind: BodyKind, limit: usize },
+}
+
+/// A request held in memory, for [`Gate::plan`].
+#[derive(Debug, Clone, Copy)]
+pub struct Probe<'a> {
+    pub method: &'a Method,
+    /// The request target's path and query, as on the request line.
+    pub target: &'a str,
+    pub content_type: Option<&'a str>,
+    pub content_encoding: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// The credential gate: the route profile, the credential fields and the forms that may carry a
+/// password.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub profile: RouteProfile,
+    username_field: String,
+    password_field: String,
+    password_forms: Vec<PasswordForm>,
+    max_inspected_body: usize,
+}
+
+impl Gate {
+    pub fn new(
+        profile: RouteProfile,
+        username_field: &str,
+        password_field: &str,
+        password_forms: Vec<PasswordForm>,
+        max_inspected_body: usize,
+    ) -> Gate {
+        Gate {
+            profile,
+            username_field: username_field.to_owned(),
+            password_field: password_field.to_owned(),
+            password_forms,
+            max_inspected_body,
+        }
+    }
+
+    /// The gate for Faspex 4's defaults (the contract's), as the tests and fuzzers use it.
+    pub fn for_tests() -> Gate {
+        Gate::new(
+            RouteProfile {
+                login_path: "/aspera/faspex/login".into(),
+                logout_path: "/aspera/faspex/logout".into(),
+                token_path: "/aspera/faspex/auth/oauth2/token".into(),
+                public_prefixes: [
+                    "/aspera/faspex/external_deliveries/",
+                    "/aspera/faspex/external/",
+                    HTTP_GATEWAY_PREFIX,
+                    "/aspera/faspex/javascripts/",
+                    "/aspera/faspex/stylesheets/",
+                    "/aspera/faspex/images/",
+                ]
+                .map(String::from)
+                .to_vec(),
+                deny: vec![classify::DenyPrefix {
+                    method: None,
+                    prefix: "/aspera/faspex/package_relay/".into(),
+                }],
+            },
+            "user[name]",
+            "user[password]",
+            default_password_forms(),
+            1024 * 1024,
+        )
+    }
+
+    /// Classify a request's path.
+    pub fn classify(&self, method: &Method, path: &str) -> Result<Classified, PathError> {
+        self.profile.classify(method, path)
+    }
+
+    /// What to do with the body of a request to `c`. `empty` says the request has no body.
+    pub fn body(
+        &self,
+        c: &Classified,
+        headers: &HeaderMap,
+        empty: bool,
+    ) -> Result<BodyRule, Refusal> {
+        if empty {
+            return Ok(BodyRule::Empty);
+        }
+        if classify::under_prefix(&c.path, HTTP_GATEWAY_PREFIX) {
+            return Ok(BodyRule::Stream);
+        }
+        let kind = BodyKind::of(headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()))?;
+        if kind == BodyKind::Opaque {
+            return Ok(BodyRule::Stream);
+        }
+        let encoded = headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            return Err(Refusal::Encoded);
+        }
+        let limit = match c.action {
+            Some(Action::Login | Action::Token) => LOGIN_READ_LIMIT,
+            _ => self.max_inspected_body,
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(Refusal::TooLarge(limit));
+        }
+        Ok(BodyRule::Inspect { kind, limit })
+    }
+
+    /// Decide what to do with a classified request, given its query and its inspected body
+    /// (`None` when it has none, or streams unread).
+    pub fn decide(
+        &self,
+        method: &Method,
+        c: &Classified,
+        query: Option<&str>,
+        body: Option<(&BodyKind, &[u8])>,
+    ) -> Plan {
+        match c.route {
+            Route::Denied => return Plan::Refuse(Refusal::Denied),
+            Route::Gateway => return Plan::Gateway,
+            _ => {}
+        }
+        let query = query.filter(|q| !q.is_empty());
+        let mut query_params = Vec::new();
+        let mut body_params = Vec::new();
+        if let Some(q) = query {
+            if let Err(e) = rack::form_params(q.as_bytes(), &mut query_params) {
+                return Plan::Refuse(e.into());
+            }
+        }
+        if let Some((kind, bytes)) = body {
+            if let Err(e) = rack::body_params(kind, bytes, &mut body_params) {
+                return Plan::Refuse(e.into());
+            }
+            if query_params.len() + body_params.len() > rack::MAX_PARAMS {
+                return Plan::Refuse(ParamError::TooMany.into());
+            }
+        }
+        let any_credential = || {
+            query_params
+                .iter()
+                .chain(&body_params)
+                .any(|p| self.is_credential(&p.name))
+        };
+        match c.action {
+            Some(Action::Login) => {
+                if *method == Method::POST {
+                    return self.login(&query_params, &body_params, body);
+                }
+                if *method != Method::GET && *method != Method::HEAD {
+                    return Plan::Refuse(Refusal::MethodNotAllowed);
+                }
+                if any_credential() {
+                    return Plan::Refuse(Refusal::CredentialField);
+                }
+                return Plan::Public;
+            }
+            Some(Action::Token) => {
+                if *method != Method::POST {
+                    return Plan::Refuse(Refusal::MethodNotAllowed);
+                }
+                return self.token(&query_params, &body_params, body);
+            }
+            Some(Action::Logout) => {
+                if any_credential() {
+                    return Plan::Refuse(Refusal::CredentialField);
+                }
+                return Plan::Logout;
+            }
+            None => {}
+        }
+        if self.is_password_form(method, &c.path) {
+            return Plan::PasswordForm;
+        }
+        if any_credential() {
+            return Plan::Refuse(Refusal::CredentialField);
+        }
+        match c.route {
+            Route::Public => Plan::Public,
+            _ => Plan::Protected,
+        }
+    }
+
+    /// The whole decision for a request held in memory: what the handler does, step by step,
+    /// with a streamed one.
+    pub fn plan(&self, p: &Probe<'_>) -> Plan {
+        let (path, query) = match p.target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (p.target, None),
+        };
+        let c = match self.classify(p.method, path) {
+            Ok(c) => c,
+            Err(e) => return Plan::Refuse(e.into()),
+        };
+        if matches!(c.route, Route::Denied | Route::Gateway) {
+            return self.decide(p.method, &c, None, None);
+        }
+        let mut headers = HeaderMap::new();
+        let mut put = |name: header::HeaderName, v: Option<&str>| {
+            if let Some(v) = v.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+                headers.insert(name, v);
+            }
+        };
+        put(header::CONTENT_TYPE, p.content_type);
+        put(header::CONTENT_ENCODING, p.content_encoding);
+        match self.body(&c, &headers, p.body.is_empty()) {
+            Err(e) => Plan::Refuse(e),
+            Ok(BodyRule::Empty | BodyRule::Stream) => self.decide(p.method, &c, query, None),
+            Ok(BodyRule::Inspect { kind, limit }) => {
+                if p.body.len() > limit {
+                    return Plan::Refuse(Refusal::TooLarge(limit));
+                }
+                self.decide(p.method, &c, query, Some((&kind, p.body)))
+            }
+        }
+    }
+
+    /// Whether a parameter key reaches a credential: a login field or an OAuth one.
+    fn is_credential(&self, name: &str) -> bool {
+        self.is_login_field(name) || OAUTH_FIELDS.iter().any(|f| rack::reaches(name, &[f]))
+    }
+
+    fn is_login_field(&self, name: &str) -> bool {
+        [&self.username_field, &self.password_field].iter().any(|f| {
+            let path: Vec<&str> = rack::segments(f).collect();
+            rack::reaches(name, &path)
+        })
+    }
+
+    fn is_password_form(&self, method: &Method, path: &str) -> bool {
+        self.password_forms.iter().any(|f| {
+            classify::method_may_reach(method, &f.method) && classify::spells_action(path, &f.path)
+        })
+    }
+
+    /// The login form: its credentials, exactly as Rails would read them, or a refusal.
+    fn login(&self, query: &[Param], body: &[Param], raw: Option<(&BodyKind, &[u8])>) -> Plan {
+        let bytes = match raw {
+            Some((BodyKind::UrlEncoded, bytes)) => bytes,
+            Some(_) => {
+                return Plan::Refuse(Refusal::Form(
+                    "a login must be sent as a form (application/x-www-form-urlencoded)",
+                ))
+            }
+            None => &b""[..],
+        };
+        // Faspex must get exactly the credentials checked here: none may come from the query.
+        if query.iter().any(|p| self.is_credential(&p.name)) {
+            return Plan::Refuse(Refusal::CredentialField);
+        }
+        if bytes.contains(&b';') {
+            // Rack 1 splits a form on `;` too, Rack 2 does not: the two readings differ, and a
+            // browser encodes `;` in a form anyway.
+            return Plan::Refuse(Refusal::Form(
+                "the login form separates its fields with ';'",
+            ));
+        }
+        let mut username = None;
+        let mut password = None;
+        for p in body {
+            if p.name == "_method" {
+                return Plan::Refuse(Refusal::Form("the login form overrides its method"));
+            }
+            let slot = if p.name == self.username_field {
+                &mut username
+            } else if p.name == self.password_field {
+                &mut password
+            } else if self.is_credential(&p.name) {
+                return Plan::Refuse(Refusal::Form(
+                    "the login form has another spelling of its credential fields",
+                ));
+            } else {
+                continue;
+            };
+            if slot.is_some() {
+                return Plan::Refuse(Refusal::Form("the login form repeats a credential field"));
+            }
+            match String::from_utf8(p.value.clone()) {
+                Ok(v) => *slot = Some(v),
+                Err(_) => {
+                    return Plan::Refuse(Refusal::Form(
+                        "the login form's credentials are not valid UTF-8",
+                    ))
+                }
+            }
+        }
+        Plan::Login {
+            username: username.unwrap_or_default(),
+            password: password.unwrap_or_default(),
+        }
+    }
+
+    /// The token grant: `username` and `password` once each in their plain spelling (the
+    /// handler holds them to the Basic credentials it checks); no other credential.
+    fn token(&self, query: &[Param], body: &[Param], raw: Option<(&BodyKind, &[u8])>) -> Plan {
+        match raw {
+            None | Some((BodyKind::UrlEncoded, _)) => {}
+            Some(_) => {
+                return Plan::Refuse(Refusal::Form(
+                    "a token request must be sent as a form (application/x-www-form-urlencoded)",
+                ))
+            }
+        }
+        if raw.is_some_and(|(_, b)| b.contains(&b';')) {
+            return Plan::Refuse(Refusal::Form(
+                "the token request separates its fields with ';'",
+            ));
+        }
+        let mut username = None;
+        let mut password = None;
+        for p in query.iter().chain(body) {
+            if !self.is_credential(&p.name) {
+                continue;
+            }
+            let slot = match p.name.as_str() {
+                "username" => &mut username,
+                "password" => &mut password,
+                _ => return Plan::Refuse(Refusal::CredentialField),
+            };
+            if slot.is_some() {
+                return Plan::Refuse(Refusal::Form(
+                    "the token request repeats a credential field",
+                ));
+            }
+            match String::from_utf8(p.value.clone()) {
+                Ok(v) => *slot = Some(v),
+                Err(_) => {
+                    return Plan::Refuse(Refusal::Form(
+                        "the token request's credentials are not valid UTF-8",
+                    ))
+                }
+            }
+        }
+        Plan::Token { username, password }
+    }
+}
+
+/// The `faspex.password_forms` default: the forms the emulator models, an administrator creating
+/// a local account and a user changing a local password.
+pub fn default_password_forms() -> Vec<PasswordForm> {
+    vec![
+        PasswordForm {
+            method: Method::POST,
+            path: "/aspera/faspex/admin/users".into(),
+        },
+        PasswordForm {
+            method: Method::PUT,
+            path: "/aspera/faspex/account/password".into(),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(method: Method, target: &str, ct: Option<&str>, body: &str) -> Plan {
+        Gate::for_tests().plan(&Probe {
+            method: &method,
+            target,
+            content_type: ct,
+            content_encoding: None,
+            body: body.as_bytes(),
+        })
+    }
+
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+
+    fn login(u: &str, p: &str) -> Plan {
+        Plan::Login {
+            username: u.into(),
+            password: p.into(),
+        }
+    }
+
+    #[test]
+    fn the_login_action_in_every_spelling_is_the_checked_login() {
+        for path in [
+            "/aspera/faspex/login",
+            "/aspera/faspex/login.json/",
+            "/aspera/faspex/login.x-y",
+            "/aspera/faspex/login.html/",
+            "//aspera/faspex/login/",
+        ] {
+            assert_eq!(
+                plan(Method::POST, path, FORM, "user%5Bname%5D=bob&user[password]=pw"),
+                login("bob", "pw"),
+                "{path}"
+            );
+        }
+        for path in ["/aspera/faspex/login.json%2F", "/aspera/faspex/login.a.b"] {
+            assert!(
+                matches!(plan(Method::POST, path, FORM, "user[name]=bob"), Plan::Refuse(_)),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_anywhere_else_are_refused() {
+        let refused = Plan::Refuse(Refusal::CredentialField);
+        // In a query, to the login page or anywhere.
+        for target in [
+            "/aspera/faspex/login?user[name]=bob&user[password]=x",
+            "/aspera/faspex/login/?user%5Bpassword%5D=x",
+            "/aspera/faspex/login/new?user[password]=x",
+            "/aspera/faspex/inbox?a=1;user[password]=x",
+            "/aspera/faspex/external/x?password=1",
+            "/aspera/faspex/logout?user[name]=a",
+        ] {
+            assert_eq!(plan(Method::GET, target, None, ""), refused, "{target}");
+        }
+        // In a body to a protected or public path, in every type.
+        for (ct, body) in [
+            (FORM, "user[password][]=x"),
+            (FORM, "user[][password]=x"),
+            (Some("application/json"), r#"{"user":{"password":"x"}}"#),
+            (Some("text/plain"), r#"{"refresh_token":"x"}"#),
+            (None, "client_secret=x"),
+            (Some("application/xml"), "<user><password>x</password></user>"),
+            (
+                Some("multipart/form-data; boundary=B"),
+                "--B\r\nContent-Disposition: form-data; name=\"user[password]\"\r\n\r\nx\r\n--B--\r\n",
+            ),
+        ] {
+            assert_eq!(
+                plan(Method::POST, "/aspera/faspex/send", ct, body),
+                refused,
+                "{ct:?} {body}"
+            );
+        }
+        // A GET login with credentials in the body too.
+        assert_eq!(
+            plan(Method::GET, "/aspera/faspex/login", FORM, "user[password]=x"),
+            refused
+        );
+        // Credentials split across the query and the body of a login.
+        assert_eq!(
+            plan(
+                Method::POST,
+                "/aspera/faspex/login?user[password]=y",
+                FORM,
+                "user[name]=a&user[password]=x"
+            ),
+            refused
+        );
+    }
+
+    #[test]
+    fn login_forms_faspex_could_read_otherwise_are_refused() {
+        for body in [
+            "user[name]=a&user[name]=b&user[password]=x",
+            "user[name]=a&user]password=x",
+            "user[name]=a&user[password][]=x",
+            "user[name]=a&user[password]=x&_method=get",
+            "user[name]=a;user[password]=x",
+            "user[name]=a&user[password]=%FF",
+            "user[name]=a&password=x",
+        ] {
+            assert!(
+                matches!(
+                    plan(Method::POST, "/aspera/faspex/login", FORM, body),
+                    Plan::Refuse(_)
+                ),
+                "{body}"
+            );
+        }
+        assert!(matches!(
+            plan(
+                Method::POST,
+                "/aspera/faspex/login",
+                Some("application/json"),
+                r#"{"user":{"name":"a","password":"b"}}"#
+            ),
+            Plan::Refuse(Refusal::Form(_))
+        ));
+        assert_eq!(
+            plan(Method::PUT, "/aspera/faspex/login", FORM, "user[password]=x"),
+            Plan::Refuse(Refusal::MethodNotAllowed)
+        );
+    }
+
+    #[test]
+    fn token_requests_name_only_their_basic_credentials() {
+        assert_eq!(
+            plan(
+                Method::POST,
+                "/aspera/faspex/auth/oauth2/token.json/",
+                FORM,
+                "grant_type=password&username=a&password=b"
+            ),
+            Plan::Token {
+                username: Some("a".into()),
+                password: Some("b".into())
+            }
+        );
+        for body in ["refresh_token=x", "client_secret=x", "user[password]=x", "username=a&username=b"] {
+            assert!(
+                matches!(
+                    plan(Method::POST, "/aspera/faspex/auth/oauth2/token", FORM, body),
+                    Plan::Refuse(_)
+                ),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            plan(Method::GET, "/aspera/faspex/auth/oauth2/token", None, ""),
+            Plan::Refuse(Refusal::MethodNotAllowed)
+        );
+    }
+
+    #[test]
+    fn password_forms_pass_with_their_passwords() {
+        assert_eq!(
+            plan(
+                Method::POST,
+                "/aspera/faspex/admin/users",
+                FORM,
+                "user[login]=x&user[password]=y&user[password_confirmation]=y"
+            ),
+            Plan::PasswordForm
+        );
+        assert_eq!(
+            plan(
+                Method::POST,
+                "/aspera/faspex/account/password.json",
+                FORM,
+                "_method=put&user[current_password]=a&user[password]=b"
+            ),
+            Plan::PasswordForm
+        );
+        // Not by GET with a query.
+        assert_eq!(
+            plan(Method::GET, "/aspera/faspex/admin/users?user[password]=x", None, ""),
+            Plan::Refuse(Refusal::CredentialField)
+        );
+    }
+
+    #[test]
+    fn bodies_the_gate_cannot_read_are_not_forwarded() {
+        let gate = Gate::for_tests();
+        let big = "a".repeat(1024 * 1024 + 1);
+        assert_eq!(
+            plan(Method::POST, "/aspera/faspex/send", FORM, &big),
+            Plan::Refuse(Refusal::TooLarge(1024 * 1024))
+        );
+        assert_eq!(
+            gate.plan(&Probe {
+                method: &Method::POST,
+                target: "/aspera/faspex/send",
+                content_type: FORM,
+                content_encoding: Some("gzip"),
+                body: b"x=1",
+            }),
+            Plan::Refuse(Refusal::Encoded)
+        );
+        assert!(matches!(
+            plan(Method::POST, "/aspera/faspex/send", Some("application/json"), "{"),
+            Plan::Refuse(Refusal::Params(_))
+        ));
+        // Transfer bodies stream unread, whatever they hold.
+        assert_eq!(
+            plan(
+                Method::POST,
+                "/aspera/faspex/send",
+                Some("application/octet-stream"),
+                "user[password]=x"
+            ),
+            Plan::Protected
+        );
+        assert_eq!(
+            plan(Method::POST, "/aspera/http-gwy/v2/upload", FORM, "password=x"),
+            Plan::Public
+        );
+        // Plain requests pass.
+        assert_eq!(plan(Method::GET, "/aspera/faspex/inbox", None, ""), Plan::Protected);
+        assert_eq!(
+            plan(Method::GET, "/aspera/faspex/external_deliveries/1?passcode=ab", None, ""),
+            Plan::Public
+        );
+        assert_eq!(
+            plan(Method::POST, "/aspera/faspex/package_relay/relay_package", None, ""),
+            Plan::Refuse(Refusal::Denied)
+        );
+    }
+}
