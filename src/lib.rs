@@ -5,14 +5,18 @@
 //! A request flows through the modules in this order:
 //!
 //! ```text
-//!  accept ──► TLS ──► HTTP/1.1 or HTTP/2 ──► classify ──► credentials / session ──► policy ──► forward ──► log
-//!  server     server::tls   server            proxy::classify   auth (Directory)      policy      proxy::forward  proxy (access log)
+//!  accept ──► TLS ──► HTTP/1.1 or HTTP/2 ──► classify ──► credential gate ──► credentials / session ──► policy ──► forward ──► log
+//!  server     server::tls   server            proxy::classify  proxy::gate        auth (Directory)      policy      proxy::forward  proxy (access log)
 //! ```
 //!
 //! - [`server`]: listeners, the connection cap, TLS with a handshake timeout, header limits and
 //!   timeouts, the swappable certificate and graceful shutdown.
 //! - [`proxy`]: the request handler. [`proxy::classify`] decides the route on the normalised path
-//!   (public, login, logout, protected, denied, the gateway's own); the handler then finds the
+//!   (public, login, logout, protected, denied, the gateway's own) and the path that is forwarded;
+//!   [`proxy::gate`] reads the query and any form-type body as Rails would
+//!   ([`faspex::rack`]) and lets a credential through only where the gateway checks it (the
+//!   login form, the token grant's Basic credentials, a configured password form with a live
+//!   session), refusing every other request that carries one; the handler then finds the
 //!   credentials (HTTP Basic, a bearer token, the gateway's cookie from [`proxy::session`]) and
 //!   asks the engine for a live session or a login; [`proxy::forward`] streams the request to
 //!   Faspex and the response back, over [`proxy::client`]'s keep-alive connections;
@@ -32,7 +36,8 @@
 //!   `faspex-gate admin` client.
 //! - [`clock`]: the injected clock every policy decision takes `now` from.
 //! - [`config`]: raw configuration structs, validated into typed ones.
-//! - [`faspex`]: Faspex knowledge, and the built-in Faspex 4 emulator used by the demo and tests.
+//! - [`faspex`]: Faspex knowledge (how Rack reads parameters), and the built-in Faspex 4
+//!   emulator used by the demo and tests.
 //! - [`demo`], [`app`], [`cli`]: the commands a person runs; [`app`] also applies a new
 //!   configuration on SIGHUP.
 #![forbid(unsafe_code)]

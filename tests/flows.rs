@@ -126,6 +126,17 @@ impl Site {
         cookies_from(&headers)
     }
 
+    /// A browser's logout: the link on Faspex's own page, a same-origin GET.
+    pub async fn logout(&self, cookie: &str) -> (StatusCode, HeaderMap, Bytes) {
+        let req = Request::get(self.url("/aspera/faspex/logout"))
+            .header(header::ACCEPT, "text/html")
+            .header(header::COOKIE, cookie)
+            .header("Sec-Fetch-Site", "same-origin")
+            .body(empty())
+            .unwrap();
+        send(&self.client, req).await
+    }
+
     /// A browser's GET with `cookie`.
     pub async fn browse(&self, path: &str, cookie: &str) -> (StatusCode, HeaderMap, Bytes) {
         let req = Request::get(self.url(path))
@@ -209,11 +220,11 @@ pub fn cookies_from(headers: &HeaderMap) -> String {
         .join("; ")
 }
 
-fn text(b: &Bytes) -> String {
+pub fn text(b: &Bytes) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn location(h: &HeaderMap) -> String {
+pub fn location(h: &HeaderMap) -> String {
     h.get(header::LOCATION)
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default()
@@ -375,15 +386,21 @@ async fn form_login_inbox_logout_frees_the_seat() {
     );
 
     // Logout ends the gateway session, and Faspex's.
-    let (status, h, _) = s.browse("/aspera/faspex/logout", &cookie).await;
+    let (status, h, _) = s.logout(&cookie).await;
     assert_eq!(status, StatusCode::FOUND);
     assert!(h
         .get_all(header::SET_COOKIE)
         .iter()
         .any(|v| v.to_str().unwrap().starts_with(&format!("{COOKIE}=;"))));
-    assert!(s.events().contains(&EmulatorEvent::Logout {
-        user: Some("user0".into())
-    }));
+    // (the gateway logs Faspex out from its queue, as for every session it ends)
+    assert!(
+        eventually(Duration::from_secs(5), || s.events().contains(
+            &EmulatorEvent::Logout {
+                user: Some("user0".into())
+            }
+        ))
+        .await
+    );
     // The old cookie no longer opens anything.
     let (status, h, _) = s.browse("/aspera/faspex/inbox", &cookie).await;
     assert_eq!(status, StatusCode::FOUND);
@@ -433,7 +450,7 @@ async fn eleventh_account_is_refused_while_ten_hold_seats() {
         assert_eq!(s.browse("/aspera/faspex/inbox", c).await.0, StatusCode::OK);
     }
     // One leaves; the eleventh gets in.
-    s.browse("/aspera/faspex/logout", &cookies[3]).await;
+    s.logout(&cookies[3]).await;
     s.browser_login("user10", "pass10").await;
 }
 
@@ -794,7 +811,7 @@ async fn faspex_refusing_a_login_the_directory_accepted_keeps_no_seat() {
         // No seat was kept: with one seat, both can now log in in turn, and neither attempt
         // counted as a wrong password.
         let cookie = s.browser_login("user0", "pass0").await;
-        s.browse("/aspera/faspex/logout", &cookie).await;
+        s.logout(&cookie).await;
         let (status, _, _) = s
             .basic("GET", "/aspera/faspex/me", "user1", "pass1", &[], "")
             .await;
@@ -972,8 +989,9 @@ async fn faspex_never_checks_a_password_the_gateway_has_not() {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let guess = format!("Basic {}", b64("user1:guess"));
 
-    // Credentials in the login POST's query string never reach Faspex (Rails would prefer them).
-    let (status, h, _) = send(
+    // Credentials in the login POST's query string never reach Faspex (Rails would prefer
+    // them): the request is refused.
+    let (status, _, _) = send(
         &s.client,
         Request::post(s.url("/aspera/faspex/login?user[name]=user1&user[password]=guess"))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -981,9 +999,13 @@ async fn faspex_never_checks_a_password_the_gateway_has_not() {
             .unwrap(),
     )
     .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(!requests(&s).iter().any(|r| r.contains("login")));
+    assert!(!requests(&s).iter().any(|r| r.contains("guess")));
+    // The same form without them logs in.
+    let (status, h, _) = s.form_login("user0", "pass0", None, &[]).await;
     assert_eq!(status, StatusCode::FOUND);
     assert!(requests(&s).contains(&"POST /aspera/faspex/login".to_owned()));
-    assert!(!requests(&s).iter().any(|r| r.contains("guess")));
 
     // Repeated fields and other spellings of the credential fields are refused.
     for body in [
@@ -1163,11 +1185,16 @@ async fn a_gateway_session_only_ever_uses_its_own_faspex_session() {
         assert!(text(&body).contains("user0") && !text(&body).contains("user1"));
     }
     // Logout logs out the session's own Faspex session, whatever cookie comes with it.
-    let (status, _, _) = s.browse("/aspera/faspex/logout", &mixed).await;
+    let (status, _, _) = s.logout(&mixed).await;
     assert_eq!(status, StatusCode::FOUND);
-    assert!(s.events().contains(&EmulatorEvent::Logout {
-        user: Some("user0".into())
-    }));
+    assert!(
+        eventually(Duration::from_secs(5), || s.events().contains(
+            &EmulatorEvent::Logout {
+                user: Some("user0".into())
+            }
+        ))
+        .await
+    );
     assert!(!s.events().contains(&EmulatorEvent::Logout {
         user: Some("user1".into())
     }));

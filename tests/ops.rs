@@ -49,7 +49,7 @@ fn program(name: &str) -> PathBuf {
 }
 
 /// Plain-HTTP request to the admin listener.
-async fn admin_req(
+pub async fn admin_req(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
@@ -71,7 +71,7 @@ async fn admin_req(
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
-async fn scrape(gw: &GatewayProcess) -> String {
+pub async fn scrape(gw: &GatewayProcess) -> String {
     let (st, h, body) = admin_req("GET", &format!("{}/metrics", gw.admin_url()), &[], "").await;
     assert_eq!(st, StatusCode::OK);
     assert!(h[header::CONTENT_TYPE]
@@ -82,7 +82,7 @@ async fn scrape(gw: &GatewayProcess) -> String {
 }
 
 /// The value of one series (`name{labels}` exactly as exposed), or a panic naming it.
-fn value(text: &str, series: &str) -> f64 {
+pub fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
@@ -175,7 +175,7 @@ fn audit_events<'a>(
 }
 
 /// A site with the admin listener on an ephemeral port and the audit log in a file.
-async fn ops_site(n: usize, tweak: impl FnOnce(&mut ConfigBuilder)) -> (Site, PathBuf) {
+pub async fn ops_site(n: usize, tweak: impl FnOnce(&mut ConfigBuilder)) -> (Site, PathBuf) {
     let mut audit_path = PathBuf::new();
     let s = Site::start(users(n), LoginFailureStyle::Rerender, |c| {
         c.set("admin", "listen", "\"127.0.0.1:0\"");

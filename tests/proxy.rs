@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, Version};
+use http::{header, Method, Request, StatusCode, Version};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -203,6 +203,7 @@ async fn a_gibibyte_streams_both_ways_with_flat_memory() {
 
     // Upload, chunked (no Content-Length).
     let req = Request::post(format!("{}/sink", gw.base()))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(generated_body(GIB + 777))
         .unwrap();
     let (st, _, body) = send(&c, req).await;
@@ -251,6 +252,7 @@ async fn http2_and_http11_both_work() {
             .request(
                 Request::post(format!("{}/echo?v=1", gw.base()))
                     .header("x-h", "1")
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
                     .body(generated_body(3 * 1024 * 1024))
                     .unwrap(),
             )
@@ -526,10 +528,16 @@ async fn deny_list_holds_against_encoded_doubled_and_dot_variants() {
         "/aspera/faspex/inbox/../package_relay/relay_package",
         "/aspera/faspex/%70ackage_relay/relay_package",
         "/aspera/faspex/package%5frelay/relay_package",
-        "/aspera%2Ffaspex%2Fpackage_relay%2Frelay_package",
         "/aspera/faspex/%2570ackage_relay/relay_package",
+        // Encoded slashes and dot segments are refused (400) before any route is decided.
+        "/aspera%2Ffaspex%2Fpackage_relay%2Frelay_package",
         "/aspera/faspex/%2e/package_relay/relay_package",
     ] {
+        let want = if path.contains("%2F") || path.contains("%2e") {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::FORBIDDEN
+        };
         for method in [Method::POST, Method::GET] {
             let req = Request::builder()
                 .method(method.clone())
@@ -537,7 +545,7 @@ async fn deny_list_holds_against_encoded_doubled_and_dot_variants() {
                 .body(full("payload"))
                 .unwrap();
             let (st, _, body) = send(&c, req).await;
-            assert_eq!(st, StatusCode::FORBIDDEN, "{method} {path}");
+            assert_eq!(st, want, "{method} {path}");
             assert!(
                 !String::from_utf8_lossy(&body).contains("path_and_query"),
                 "{path} was forwarded"
@@ -863,6 +871,7 @@ async fn an_upload_longer_than_the_response_timeout_is_not_cut_off() {
     })
     .await;
     let req = Request::post(format!("{}/sink", gw.base()))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(trickle(6, 100_000, Duration::from_millis(400)))
         .unwrap();
     let (st, _, body) = send(&client(&gw), req).await;
@@ -882,6 +891,7 @@ async fn a_stalled_upload_is_answered_408_and_not_blamed_on_faspex() {
     .chain(futures_util::stream::pending());
     use futures_util::StreamExt;
     let req = Request::post(format!("{}/sink", gw.base()))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
         .unwrap();
     let t = Instant::now();

@@ -354,7 +354,11 @@ pub fn curl(url: &str, cookie: &str, upload: Option<&Path>, chunked: bool) -> Cu
         .args(["-H", &format!("Cookie: {cookie}")]);
     match upload {
         Some(file) => {
-            cmd.arg("-T").arg(file);
+            // File data: the gateway streams octet-stream bodies unread (a body of no type is
+            // a form-type body it must inspect first).
+            cmd.arg("-T")
+                .arg(file)
+                .args(["-H", "Content-Type: application/octet-stream"]);
             if chunked {
                 cmd.args(["-H", "Transfer-Encoding: chunked"]);
             }

@@ -18,8 +18,8 @@ use super::raw::{
 use super::secret::{admin_token, read_secret_file, session_secret, Secret};
 use super::{
     AdminConfig, AuditConfig, AuditSink, AuthBackend, AuthConfig, Config, ConfigError, DenyRule,
-    FaspexConfig, FileAuthConfig, PasswordFormRule, LdapConfig, LockoutKey, OneClient, PagesConfig, PolicyConfig,
-    ServerConfig, SessionConfig, StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
+    FaspexConfig, FileAuthConfig, LdapConfig, LockoutKey, OneClient, PagesConfig, PasswordFormRule,
+    PolicyConfig, ServerConfig, SessionConfig, StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
 };
 
 /// The smallest and largest `server.max_header_bytes`.
@@ -675,7 +675,8 @@ impl Ctx<'_> {
                 )
             })
             .collect::<Result<_>>()?;
-        let max_inspected_body = self.byte_size("faspex.max_inspected_body", &raw.max_inspected_body)?;
+        let max_inspected_body =
+            self.byte_size("faspex.max_inspected_body", &raw.max_inspected_body)?;
         if !(1024..=64 * 1024 * 1024).contains(&max_inspected_body) {
             return Err(self.err(
                 "faspex.max_inspected_body",

@@ -71,7 +71,12 @@ impl BodyKind {
         let Ok(text) = std::str::from_utf8(raw) else {
             return Ok(BodyKind::Unknown);
         };
-        let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = text
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         Ok(match essence.as_str() {
             "application/x-www-form-urlencoded" => BodyKind::UrlEncoded,
             "application/octet-stream" => BodyKind::Opaque,
@@ -101,7 +106,13 @@ pub fn segments(name: &str) -> impl Iterator<Item = &str> {
 pub fn same_segment(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes().zip(b.bytes()).all(|(x, y)| {
-            let fold = |c: u8| if c == b'-' { b'_' } else { c.to_ascii_lowercase() };
+            let fold = |c: u8| {
+                if c == b'-' {
+                    b'_'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
             fold(x) == fold(y)
         })
 }
@@ -411,11 +422,9 @@ fn disposition_names(v: &[u8]) -> Vec<String> {
         };
         // RFC 5987 `name*=utf-8''user%5Bpassword%5D`.
         let value = match value.rsplit_once("''") {
-            Some((_, encoded)) if key == "name*" => {
-                percent_encoding::percent_decode_str(encoded)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            }
+            Some((_, encoded)) if key == "name*" => percent_encoding::percent_decode_str(encoded)
+                .decode_utf8_lossy()
+                .into_owned(),
             _ => value.to_owned(),
         };
         names.push(value);
@@ -449,7 +458,13 @@ mod tests {
         ] {
             assert!(reaches(k, &pw), "{k}");
         }
-        for k in ["user", "user[name]", "x[user][password]", "userpassword", "password"] {
+        for k in [
+            "user",
+            "user[name]",
+            "x[user][password]",
+            "userpassword",
+            "password",
+        ] {
             assert!(!reaches(k, &pw), "{k}");
         }
         assert!(reaches("refresh-token", &["refresh_token"]));
@@ -458,11 +473,7 @@ mod tests {
     #[test]
     fn forms_split_as_rack_one_does() {
         let mut out = Vec::new();
-        form_params(
-            b"a=1;user%5Bpassword%5D=x&& ;  b+c=d%20e&flag",
-            &mut out,
-        )
-        .unwrap();
+        form_params(b"a=1;user%5Bpassword%5D=x&& ;  b+c=d%20e&flag", &mut out).unwrap();
         let got: Vec<(&str, &[u8])> = out
             .iter()
             .map(|p| (p.name.as_str(), p.value.as_slice()))
@@ -481,10 +492,16 @@ mod tests {
     #[test]
     fn json_and_xml_bodies_become_nested_keys() {
         assert_eq!(
-            names(&BodyKind::Json, br#"{"user":{"name":"a","password":"b"},"n":[1,{"x":2}]}"#),
+            names(
+                &BodyKind::Json,
+                br#"{"user":{"name":"a","password":"b"},"n":[1,{"x":2}]}"#
+            ),
             ["n", "n[x]", "user[name]", "user[password]"]
         );
-        assert_eq!(names(&BodyKind::Json, br#"[{"password":1}]"#), ["_json[password]"]);
+        assert_eq!(
+            names(&BodyKind::Json, br#"[{"password":1}]"#),
+            ["_json[password]"]
+        );
         assert_eq!(
             names(
                 &BodyKind::Xml,

@@ -263,7 +263,8 @@ fn refuse_encoded_separators(raw: &[u8]) -> Result<(), PathError> {
     let mut cur: Cow<'_, [u8]> = Cow::Borrowed(raw);
     for _ in 0..5 {
         let has = cur.windows(3).any(|w| {
-            w[0] == b'%' && (w[1] == b'2' && (w[2] | 0x20) == b'f' || w[1] == b'5' && (w[2] | 0x20) == b'c')
+            w[0] == b'%'
+                && (w[1] == b'2' && (w[2] | 0x20) == b'f' || w[1] == b'5' && (w[2] | 0x20) == b'c')
         });
         if has {
             return Err(PathError::EncodedSlash);
@@ -308,7 +309,9 @@ fn spelling(path: &[u8], base: &[u8]) -> Spelling {
     match rest {
         b"" => Spelling::Action,
         [b'/', ..] => Spelling::Not,
-        [b'.', format @ ..] if !format.is_empty() && !format.contains(&b'.') && !format.contains(&b'/') => {
+        [b'.', format @ ..]
+            if !format.is_empty() && !format.contains(&b'.') && !format.contains(&b'/') =>
+        {
             Spelling::Action
         }
         [c, ..] if c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-' => Spelling::Not,
@@ -702,42 +705,222 @@ mod tests {
         let logout = Some(Action::Logout);
         let token = Some(Action::Token);
         // (method, path, Rails' action, the gateway's answer)
-        let cases: &[(Method, &str, &str, Result<(Route, Option<Action>), PathError>)] = &[
-            (Method::POST, "/aspera/faspex/login", "login", ok(Login, login)),
-            (Method::POST, "//aspera/faspex/login", "login", ok(Login, login)),
-            (Method::POST, "/aspera/faspex/login/", "login", ok(Login, login)),
-            (Method::POST, "/aspera/faspex/login//", "login", ok(Login, login)),
-            (Method::POST, "/aspera/faspex/login.json", "login", ok(Login, login)),
-            (Method::POST, "/aspera/faspex/login.json/", "login", ok(Login, login)),
-            (Method::POST, "/aspera/faspex/login.html/", "login", ok(Login, login)),
-            (Method::POST, "/aspera/faspex/login.x-y", "login", ok(Login, login)),
-            (Method::POST, "/aspera/faspex/login.a_b", "login", ok(Login, login)),
-            (Method::POST, "/aspera/faspex/login.js%6fn", "login", ok(Login, login)),
-            (Method::POST, "/aspera/faspex/%6cogin", "login", ok(Login, login)),
-            (Method::GET, "/aspera/faspex/login", "login (page)", ok(Public, login)),
-            (Method::GET, "/aspera/faspex/login.json/", "login (page)", ok(Public, login)),
-            (Method::HEAD, "/aspera/faspex/login", "login (page)", ok(Public, login)),
-            (Method::PUT, "/aspera/faspex/login", "login", ok(Protected, login)),
-            (Method::GET, "/aspera/faspex/login/new", "login page", ok(Public, None)),
-            (Method::POST, "/aspera/faspex/login/new", "login page", ok(Protected, None)),
-            (Method::GET, "/aspera/faspex/loginx", "404", ok(Protected, None)),
-            (Method::POST, "/aspera/faspex/login_x", "404", ok(Protected, None)),
-            (Method::POST, "/aspera/faspex/Login", "404", ok(Protected, None)),
-            (Method::POST, "/aspera/faspex/login.", "404", unclear.clone()),
-            (Method::POST, "/aspera/faspex/login.a.b", "404", unclear.clone()),
-            (Method::POST, "/aspera/faspex/login.a%2Eb", "login (format a.b)", unclear.clone()),
-            (Method::POST, "/aspera/faspex/login;x", "404", unclear.clone()),
-            (Method::POST, "/aspera/faspex/login,x", "404", unclear.clone()),
-            (Method::POST, "/aspera/faspex/%256cogin", "404 (login if decoded twice)", unclear.clone()),
-            (Method::GET, "/aspera/faspex/logout", "logout", ok(Logout, logout)),
-            (Method::POST, "/aspera/faspex/logout/", "logout", ok(Logout, logout)),
-            (Method::GET, "/aspera/faspex/logout.json", "logout", ok(Logout, logout)),
-            (Method::GET, "/aspera/faspex/logout.", "404", unclear.clone()),
-            (Method::POST, "/aspera/faspex/auth/oauth2/token", "token", ok(Protected, token)),
-            (Method::POST, "/aspera/faspex/auth/oauth2/token.json/", "token", ok(Protected, token)),
-            (Method::POST, "/aspera/faspex/auth//oauth2/token/", "token", ok(Protected, token)),
-            (Method::POST, "/aspera/faspex/auth/oauth2/tokens", "404", ok(Protected, None)),
-            (Method::POST, "/aspera/faspex/auth/oauth2/token;", "404", unclear.clone()),
+        let cases: &[(
+            Method,
+            &str,
+            &str,
+            Result<(Route, Option<Action>), PathError>,
+        )] = &[
+            (
+                Method::POST,
+                "/aspera/faspex/login",
+                "login",
+                ok(Login, login),
+            ),
+            (
+                Method::POST,
+                "//aspera/faspex/login",
+                "login",
+                ok(Login, login),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login/",
+                "login",
+                ok(Login, login),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login//",
+                "login",
+                ok(Login, login),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login.json",
+                "login",
+                ok(Login, login),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login.json/",
+                "login",
+                ok(Login, login),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login.html/",
+                "login",
+                ok(Login, login),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login.x-y",
+                "login",
+                ok(Login, login),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login.a_b",
+                "login",
+                ok(Login, login),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login.js%6fn",
+                "login",
+                ok(Login, login),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/%6cogin",
+                "login",
+                ok(Login, login),
+            ),
+            (
+                Method::GET,
+                "/aspera/faspex/login",
+                "login (page)",
+                ok(Public, login),
+            ),
+            (
+                Method::GET,
+                "/aspera/faspex/login.json/",
+                "login (page)",
+                ok(Public, login),
+            ),
+            (
+                Method::HEAD,
+                "/aspera/faspex/login",
+                "login (page)",
+                ok(Public, login),
+            ),
+            (
+                Method::PUT,
+                "/aspera/faspex/login",
+                "login",
+                ok(Protected, login),
+            ),
+            (
+                Method::GET,
+                "/aspera/faspex/login/new",
+                "login page",
+                ok(Public, None),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login/new",
+                "login page",
+                ok(Protected, None),
+            ),
+            (
+                Method::GET,
+                "/aspera/faspex/loginx",
+                "404",
+                ok(Protected, None),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login_x",
+                "404",
+                ok(Protected, None),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/Login",
+                "404",
+                ok(Protected, None),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login.",
+                "404",
+                unclear.clone(),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login.a.b",
+                "404",
+                unclear.clone(),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login.a%2Eb",
+                "login (format a.b)",
+                unclear.clone(),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login;x",
+                "404",
+                unclear.clone(),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/login,x",
+                "404",
+                unclear.clone(),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/%256cogin",
+                "404 (login if decoded twice)",
+                unclear.clone(),
+            ),
+            (
+                Method::GET,
+                "/aspera/faspex/logout",
+                "logout",
+                ok(Logout, logout),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/logout/",
+                "logout",
+                ok(Logout, logout),
+            ),
+            (
+                Method::GET,
+                "/aspera/faspex/logout.json",
+                "logout",
+                ok(Logout, logout),
+            ),
+            (
+                Method::GET,
+                "/aspera/faspex/logout.",
+                "404",
+                unclear.clone(),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/auth/oauth2/token",
+                "token",
+                ok(Protected, token),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/auth/oauth2/token.json/",
+                "token",
+                ok(Protected, token),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/auth//oauth2/token/",
+                "token",
+                ok(Protected, token),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/auth/oauth2/tokens",
+                "404",
+                ok(Protected, None),
+            ),
+            (
+                Method::POST,
+                "/aspera/faspex/auth/oauth2/token;",
+                "404",
+                unclear.clone(),
+            ),
         ];
         for (method, path, rails, want) in cases {
             let got = profile()
@@ -760,7 +943,10 @@ mod tests {
             "/aspera/faspex/received/4044"
         );
         assert_eq!(f("/aspera/faspex/./inbox/"), "/aspera/faspex/inbox/");
-        assert_eq!(f("/aspera/faspex/r%C3%A9%20x"), "/aspera/faspex/r%C3%A9%20x");
+        assert_eq!(
+            f("/aspera/faspex/r%C3%A9%20x"),
+            "/aspera/faspex/r%C3%A9%20x"
+        );
         assert!(profile()
             .classify(&Method::GET, "/aspera/faspex/inbox")
             .unwrap()

@@ -101,8 +101,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Gate(r) => r.status(),
-            GatewayError::BadRequest(_)
-            | GatewayError::ClientAborted => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest(_) | GatewayError::ClientAborted => StatusCode::BAD_REQUEST,
             GatewayError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Denied => StatusCode::FORBIDDEN,
             GatewayError::NotFound => StatusCode::NOT_FOUND,

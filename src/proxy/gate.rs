@@ -99,7 +99,10 @@ impl Refusal {
 pub enum Plan {
     Refuse(Refusal),
     /// The login form's POST, with the credentials the pipeline checks and Faspex gets.
-    Login { username: String, password: String },
+    Login {
+        username: String,
+        password: String,
+    },
     /// The token grant: the credentials it names must be its Basic ones.
     Token {
         username: Option<String>,
@@ -351,10 +354,12 @@ impl Gate {
     }
 
     fn is_login_field(&self, name: &str) -> bool {
-        [&self.username_field, &self.password_field].iter().any(|f| {
-            let path: Vec<&str> = rack::segments(f).collect();
-            rack::reaches(name, &path)
-        })
+        [&self.username_field, &self.password_field]
+            .iter()
+            .any(|f| {
+                let path: Vec<&str> = rack::segments(f).collect();
+                rack::reaches(name, &path)
+            })
     }
 
     fn is_password_form(&self, method: &Method, path: &str) -> bool {
@@ -513,14 +518,22 @@ mod tests {
             "//aspera/faspex/login/",
         ] {
             assert_eq!(
-                plan(Method::POST, path, FORM, "user%5Bname%5D=bob&user[password]=pw"),
+                plan(
+                    Method::POST,
+                    path,
+                    FORM,
+                    "user%5Bname%5D=bob&user[password]=pw"
+                ),
                 login("bob", "pw"),
                 "{path}"
             );
         }
         for path in ["/aspera/faspex/login.json%2F", "/aspera/faspex/login.a.b"] {
             assert!(
-                matches!(plan(Method::POST, path, FORM, "user[name]=bob"), Plan::Refuse(_)),
+                matches!(
+                    plan(Method::POST, path, FORM, "user[name]=bob"),
+                    Plan::Refuse(_)
+                ),
                 "{path}"
             );
         }
@@ -561,7 +574,12 @@ mod tests {
         }
         // A GET login with credentials in the body too.
         assert_eq!(
-            plan(Method::GET, "/aspera/faspex/login", FORM, "user[password]=x"),
+            plan(
+                Method::GET,
+                "/aspera/faspex/login",
+                FORM,
+                "user[password]=x"
+            ),
             refused
         );
         // Credentials split across the query and the body of a login.
@@ -605,7 +623,12 @@ mod tests {
             Plan::Refuse(Refusal::Form(_))
         ));
         assert_eq!(
-            plan(Method::PUT, "/aspera/faspex/login", FORM, "user[password]=x"),
+            plan(
+                Method::PUT,
+                "/aspera/faspex/login",
+                FORM,
+                "user[password]=x"
+            ),
             Plan::Refuse(Refusal::MethodNotAllowed)
         );
     }
@@ -624,7 +647,12 @@ mod tests {
                 password: Some("b".into())
             }
         );
-        for body in ["refresh_token=x", "client_secret=x", "user[password]=x", "username=a&username=b"] {
+        for body in [
+            "refresh_token=x",
+            "client_secret=x",
+            "user[password]=x",
+            "username=a&username=b",
+        ] {
             assert!(
                 matches!(
                     plan(Method::POST, "/aspera/faspex/auth/oauth2/token", FORM, body),
@@ -661,7 +689,12 @@ mod tests {
         );
         // Not by GET with a query.
         assert_eq!(
-            plan(Method::GET, "/aspera/faspex/admin/users?user[password]=x", None, ""),
+            plan(
+                Method::GET,
+                "/aspera/faspex/admin/users?user[password]=x",
+                None,
+                ""
+            ),
             Plan::Refuse(Refusal::CredentialField)
         );
     }
@@ -685,7 +718,12 @@ mod tests {
             Plan::Refuse(Refusal::Encoded)
         );
         assert!(matches!(
-            plan(Method::POST, "/aspera/faspex/send", Some("application/json"), "{"),
+            plan(
+                Method::POST,
+                "/aspera/faspex/send",
+                Some("application/json"),
+                "{"
+            ),
             Plan::Refuse(Refusal::Params(_))
         ));
         // Transfer bodies stream unread, whatever they hold.
@@ -699,17 +737,35 @@ mod tests {
             Plan::Protected
         );
         assert_eq!(
-            plan(Method::POST, "/aspera/http-gwy/v2/upload", FORM, "password=x"),
+            plan(
+                Method::POST,
+                "/aspera/http-gwy/v2/upload",
+                FORM,
+                "password=x"
+            ),
             Plan::Public
         );
         // Plain requests pass.
-        assert_eq!(plan(Method::GET, "/aspera/faspex/inbox", None, ""), Plan::Protected);
         assert_eq!(
-            plan(Method::GET, "/aspera/faspex/external_deliveries/1?passcode=ab", None, ""),
+            plan(Method::GET, "/aspera/faspex/inbox", None, ""),
+            Plan::Protected
+        );
+        assert_eq!(
+            plan(
+                Method::GET,
+                "/aspera/faspex/external_deliveries/1?passcode=ab",
+                None,
+                ""
+            ),
             Plan::Public
         );
         assert_eq!(
-            plan(Method::POST, "/aspera/faspex/package_relay/relay_package", None, ""),
+            plan(
+                Method::POST,
+                "/aspera/faspex/package_relay/relay_package",
+                None,
+                ""
+            ),
             Plan::Refuse(Refusal::Denied)
         );
     }

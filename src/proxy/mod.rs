@@ -49,11 +49,11 @@ use crate::metrics::Metrics;
 use crate::policy::{LoginRequest, Policy, SessionGone};
 use crate::store::{ClientKind, EndReason, SessionKey};
 use classify::{Classified, DenyPrefix, Route, RouteProfile};
-use gate::{BodyRule, Gate, PasswordForm, Plan};
 use ends::{EndedMemo, FaspexLogouts};
 pub use error::GatewayError;
 use error::{Answer, Refusal};
 use forward::{ClientSide, ProxyBody, Upstream};
+use gate::{BodyRule, Gate, PasswordForm, Plan};
 use pages::{LoginForm, Site, TAKEOVER_FIELD};
 use session::SessionCookies;
 
@@ -422,9 +422,7 @@ impl Handler {
                 };
                 Box::pin(self.form_login(parts, &bytes, username, password, &side)).await
             }
-            Plan::Logout => {
-                Box::pin(self.logout(&parts, &side)).await
-            }
+            Plan::Logout => Box::pin(self.logout(&parts, &side)).await,
             Plan::Token { username, password } => {
                 let named = Named { username, password };
                 Box::pin(self.protected(body.into_request(parts), &side, path, Some(named), false))
@@ -612,10 +610,12 @@ impl Handler {
         }
         let (parts, body) = resp.into_parts();
         let mut body = body;
-        let bytes = read_limited(&mut body, READ_LIMIT).await.map_err(|e| match e {
-            ReadError::TooLarge => GatewayError::TooLarge(READ_LIMIT),
-            ReadError::Broken(e) => GatewayError::Upstream(forward::UpstreamError::Protocol(e)),
-        })?;
+        let bytes = read_limited(&mut body, READ_LIMIT)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => GatewayError::TooLarge(READ_LIMIT),
+                ReadError::Broken(e) => GatewayError::Upstream(forward::UpstreamError::Protocol(e)),
+            })?;
         match access_token(&bytes) {
             Some(token) => {
                 if !self.inner.policy.add_bearer(key, &token).await? {
@@ -688,9 +688,7 @@ impl Handler {
                 "the login form repeats a credential field",
             ));
         }
-        let takeover = pairs
-            .iter()
-            .any(|(k, v)| k == TAKEOVER_FIELD && v == "1");
+        let takeover = pairs.iter().any(|(k, v)| k == TAKEOVER_FIELD && v == "1");
         let form = LoginForm {
             username: username.clone(),
             hidden: pairs
@@ -917,7 +915,7 @@ impl Handler {
                 .map_err(GatewayError::PublicThrottled)?,
         }
         let mut resp = Response::new(error::full(Bytes::new()));
-        *resp.status_mut() = StatusCode::SEE_OTHER;
+        *resp.status_mut() = StatusCode::FOUND;
         if let Ok(to) = HeaderValue::from_str(&self.inner.faspex.login_path) {
             resp.headers_mut().insert(header::LOCATION, to);
         }
@@ -1089,9 +1087,7 @@ fn same_origin_request(parts: &http::request::Parts, side: &ClientSide) -> bool 
         let ours = url::Url::parse(&format!("{}://{host}/", side.scheme)).ok()?;
         Some(url.origin() == ours.origin())
     };
-    let origin = h
-        .get(header::ORIGIN)
-        .map(|v| origin_of(v).unwrap_or(false));
+    let origin = h.get(header::ORIGIN).map(|v| origin_of(v).unwrap_or(false));
     let referer = h
         .get(header::REFERER)
         .map(|v| origin_of(v).unwrap_or(false));

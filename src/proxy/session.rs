@@ -457,7 +457,10 @@ mod tests {
         // Every spelling Rack reads as the same cookie is judged by its name.
         let mut tricky = request_with("lang=1,_faspex_session=x; %5Ffaspex_session=y; %6cang=2");
         allow_cookies(&mut tricky, &allow, Some("_faspex_session=mine"));
-        assert_eq!(tricky[header::COOKIE], "_faspex_session=mine; lang=1; %6cang=2");
+        assert_eq!(
+            tricky[header::COOKIE],
+            "_faspex_session=mine; lang=1; %6cang=2"
+        );
     }
 
     #[test]
@@ -515,6 +518,5 @@ mod tests {
             request_cookie_pair(&req, "_faspex_session").as_deref(),
             Some("_faspex_session=someone-elses")
         );
-
     }
 }

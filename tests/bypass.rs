@@ -1,0 +1,379 @@
+//! The attacks of the issue "No password reaches Faspex unchecked", each against the real binary
+//! in front of the emulator, which routes and reads parameters as Rails does: every one reached
+//! Faspex unchecked before the credential gate, and none does now.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use faspex_gate::faspex::emulator::{EmulatorEvent, LoginFailureStyle, LoginVia};
+use http::{header, Request, StatusCode};
+
+use crate::flows::{cookies_from, eventually, location, text, users, Site};
+use crate::ops::{ops_site, scrape, value};
+use crate::util::{empty, full, send};
+
+/// How many passwords for `user` reached Faspex, by any route.
+fn guesses(s: &Site, user: &str) -> usize {
+    s.events()
+        .iter()
+        .filter(|e| matches!(e, EmulatorEvent::LoginAttempt { user: u, .. } if u == user))
+        .count()
+}
+
+fn refused(metrics: &str, reason: &str) -> f64 {
+    value(
+        metrics,
+        &format!("faspex_gate_requests_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+async fn post_form(
+    s: &Site,
+    path: &str,
+    cookie: &str,
+    form: &str,
+    extra: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
+    let mut req = Request::post(s.url(path))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ACCEPT, "text/html")
+        .header(header::COOKIE, cookie);
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    send(&s.client, req.body(full(form.to_owned())).unwrap()).await
+}
+
+/// Finding 1: a session holder guessing another account's password through spellings of the
+/// login action that Rails routes to it. Each guess is now the checked login (counted, locking)
+/// or refused; none reaches Faspex.
+#[tokio::test(flavor = "multi_thread")]
+async fn guesses_through_rails_spellings_of_login_are_checked_and_lock() {
+    let (s, _audit) = ops_site(2, |_| {}).await;
+    let alice = s.browser_login("user0", "pass0").await;
+    let before = guesses(&s, "user1");
+    for path in [
+        "/aspera/faspex/login.json/",
+        "/aspera/faspex/login.x-y",
+        "/aspera/faspex/login.html/",
+        "/aspera/faspex/login.json%2F",
+        "/aspera/faspex/login.a_b",
+        "/aspera/faspex/login//",
+    ] {
+        let (status, _, body) = post_form(
+            &s,
+            path,
+            &alice,
+            "user%5Bname%5D=user1&user%5Bpassword%5D=wrong",
+            &[],
+        )
+        .await;
+        assert!(
+            status == StatusCode::UNAUTHORIZED
+                || status == StatusCode::FORBIDDEN
+                || status == StatusCode::BAD_REQUEST,
+            "{path}: {status} {}",
+            text(&body)
+        );
+    }
+    // Five wrong passwords through the checked login locked the account: its right password is
+    // refused too, and Faspex saw not one of the guesses.
+    let (status, _, body) = s.form_login("user1", "pass1", None, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{}", text(&body));
+    assert_eq!(guesses(&s, "user1"), before, "a guess reached Faspex");
+    let metrics = scrape(&s.gw).await;
+    assert!(refused(&metrics, "path") >= 1.0, "the %2F spelling");
+}
+
+/// Finding 1, the take-over: a right guess on a spelling of the login action is a real login of
+/// that account, checked and holding its own seat; the guesser's own session ends and never
+/// serves the other account's Faspex session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_right_guess_on_another_spelling_is_a_login_not_a_take_over() {
+    let s = Site::start(users(2), LoginFailureStyle::Rerender, |_| {}).await;
+    let alice = s.browser_login("user0", "pass0").await;
+    let (status, h, body) = post_form(
+        &s,
+        "/aspera/faspex/login.x-y",
+        &alice,
+        "user[name]=user1&user[password]=pass1",
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FOUND, "{}", text(&body));
+    let bob = cookies_from(&h);
+    assert_ne!(bob, alice);
+    // Exactly the one checked login reached Faspex, and it was the gateway's.
+    let attempts: Vec<_> = s
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, EmulatorEvent::LoginAttempt { user, .. } if user == "user1"))
+        .collect();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    // Alice's old cookie no longer opens anything: it never serves user1's inbox.
+    let (status, _, body) = s.browse("/aspera/faspex/inbox", &alice).await;
+    assert_ne!(status, StatusCode::OK, "{}", text(&body));
+    assert!(!text(&body).contains("user1"));
+}
+
+/// Finding 1, the token action: `username`/`password` in a token form need Basic credentials
+/// that the gateway checks, on every spelling of the action.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_spellings_refuse_form_credentials() {
+    let s = Site::start(users(2), LoginFailureStyle::Rerender, |_| {}).await;
+    let alice = s.browser_login("user0", "pass0").await;
+    for path in [
+        "/aspera/faspex/auth/oauth2/token",
+        "/aspera/faspex/auth/oauth2/token.json/",
+        "/aspera/faspex/auth//oauth2/token/",
+    ] {
+        let (status, _, body) = post_form(
+            &s,
+            path,
+            &alice,
+            "grant_type=password&username=user1&password=pass1",
+            &[],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {}", text(&body));
+    }
+    assert_eq!(guesses(&s, "user1"), 0);
+}
+
+/// Finding 2: credentials in a query string to the login page (which a Rails 3 `match` route
+/// accepts by GET) never reach Faspex.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_a_query_are_refused() {
+    let (s, _audit) = ops_site(2, |_| {}).await;
+    let alice = s.browser_login("user0", "pass0").await;
+    for target in [
+        "/aspera/faspex/login?user[name]=user1&user[password]=pass1",
+        "/aspera/faspex/login/?user%5Bname%5D=user1&user%5Bpassword%5D=pass1",
+        "/aspera/faspex/login/new?user[name]=user1&user[password]=pass1",
+        "/aspera/faspex/login.json?a=1;user[password]=pass1&user[name]=user1",
+        "/aspera/faspex/inbox?user[name]=user1&user[password]=pass1",
+    ] {
+        for cookie in [None, Some(alice.as_str())] {
+            let mut req = Request::get(s.url(target));
+            if let Some(c) = cookie {
+                req = req.header(header::COOKIE, c);
+            }
+            let (status, _, body) = send(&s.client, req.body(empty()).unwrap()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{target}: {}", text(&body));
+            assert!(
+                text(&body).contains("faspex.password_forms"),
+                "the refusal names the key: {}",
+                text(&body)
+            );
+        }
+    }
+    assert_eq!(guesses(&s, "user1"), 0);
+    assert!(!s.events().iter().any(|e| matches!(
+        e,
+        EmulatorEvent::Request { path_and_query, .. } if path_and_query.contains("password")
+    )));
+    let metrics = scrape(&s.gw).await;
+    assert_eq!(refused(&metrics, "credential_field"), 10.0);
+}
+
+/// Credentials in a body to any other path, in the spellings Rack reads, are refused; a Faspex
+/// form listed in `faspex.password_forms` passes with a live session, and only with one.
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_bodies_are_refused_and_password_forms_pass_with_a_session() {
+    let s = Site::start(users(2), LoginFailureStyle::Rerender, |_| {}).await;
+    let alice = s.browser_login("user0", "pass0").await;
+    for (ct, body) in [
+        ("application/x-www-form-urlencoded", "user[password][]=x"),
+        ("application/x-www-form-urlencoded", "a=1&user]password=x"),
+        (
+            "application/json",
+            r#"{"user":{"name":"user1","password":"pass1"}}"#,
+        ),
+        ("text/plain", r#"{"refresh_token":"x"}"#),
+        ("application/xml", "<user><password>x</password></user>"),
+        (
+            "multipart/form-data; boundary=B",
+            "--B\r\nContent-Disposition: form-data; name=\"user[password]\"\r\n\r\nx\r\n--B--\r\n",
+        ),
+    ] {
+        let req = Request::post(s.url("/aspera/faspex/send"))
+            .header(header::CONTENT_TYPE, ct)
+            .header(header::COOKIE, &alice)
+            .body(full(body.to_owned()))
+            .unwrap();
+        let (status, _, resp) = send(&s.client, req).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{ct} {body}: {}",
+            text(&resp)
+        );
+    }
+    // A body the gate cannot read whole is never forwarded uninspected.
+    let big = format!("a={}", "x".repeat(1024 * 1024 + 1));
+    let (status, _, _) = post_form(&s, "/aspera/faspex/send", &alice, &big, &[]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let form = "user%5Blogin%5D=ext1&user%5Bemail%5D=ext1%40example.org&user%5Bpassword%5D=Secret-1&user%5Bpassword_confirmation%5D=Secret-1";
+    // Without a session: no further than the gateway.
+    let (status, _, _) = post_form(&s, "/aspera/faspex/admin/users", "", form, &[]).await;
+    assert_ne!(status, StatusCode::OK);
+    assert!(!s
+        .events()
+        .iter()
+        .any(|e| matches!(e, EmulatorEvent::LocalAccountCreated { .. })));
+    // With one: Faspex's own form, password and all.
+    let (status, _, body) = post_form(&s, "/aspera/faspex/admin/users", &alice, form, &[]).await;
+    assert!(
+        status.is_success() || status.is_redirection(),
+        "{status} {}",
+        text(&body)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || s.events().iter().any(
+            |e| matches!(e, EmulatorEvent::LocalAccountCreated { login, .. } if login == "ext1")
+        ))
+        .await
+    );
+}
+
+/// Finding 4: a Basic password that is not UTF-8 was checked lossily while Faspex got the raw
+/// bytes. Now: 400, and Faspex sees nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn non_utf8_basic_credentials_are_refused() {
+    let s = Site::start(users(1), LoginFailureStyle::Rerender, |_| {}).await;
+    for raw in [&b"user0:pw-\xff!"[..], b"us\xffer0:pass0"] {
+        let creds = base64::engine::general_purpose::STANDARD.encode(raw);
+        let (status, _, _) = s
+            .get_plain(
+                "/aspera/faspex/me",
+                &[("Authorization", &format!("Basic {creds}"))],
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    assert!(!s.events().iter().any(|e| matches!(
+        e,
+        EmulatorEvent::BasicAuth { .. }
+            | EmulatorEvent::LoginAttempt {
+                via: LoginVia::Basic,
+                ..
+            }
+    )));
+}
+
+/// Finding 5: a logout link on another site. A cross-site (or unmarked) GET gets a page asking
+/// to confirm; the session lives on. A same-origin GET, or the confirming POST, ends it, and
+/// the gateway logs Faspex out itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cross_site_logout_link_asks_first() {
+    let s = Site::start(users(1), LoginFailureStyle::Rerender, |_| {}).await;
+    let cookie = s.browser_login("user0", "pass0").await;
+    for marks in [
+        vec![("Sec-Fetch-Site", "cross-site")],
+        vec![("Referer", "https://evil.example/page")],
+        vec![],
+    ] {
+        let mut req = Request::get(s.url("/aspera/faspex/logout"))
+            .header(header::ACCEPT, "text/html")
+            .header(header::COOKIE, &cookie);
+        for (k, v) in &marks {
+            req = req.header(*k, *v);
+        }
+        let (status, _, body) = send(&s.client, req.body(empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{marks:?}");
+        assert!(text(&body).contains("Sign out?"), "{marks:?}");
+        assert!(text(&body).contains(r#"<form method="post""#));
+        let (status, _, _) = s.browse("/aspera/faspex/inbox", &cookie).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the session lives on after {marks:?}"
+        );
+    }
+    assert!(!s
+        .events()
+        .iter()
+        .any(|e| matches!(e, EmulatorEvent::Logout { .. })));
+
+    // The button: a same-origin POST.
+    let origin = s.gw.base();
+    let (status, h, _) = post_form(
+        &s,
+        "/aspera/faspex/logout",
+        &cookie,
+        "",
+        &[("Origin", origin.as_str())],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(location(&h), "/aspera/faspex/login");
+    let (status, _, _) = s.browse("/aspera/faspex/inbox", &cookie).await;
+    assert_eq!(status, StatusCode::FOUND, "the session ended");
+    assert!(
+        eventually(Duration::from_secs(5), || s.events().contains(
+            &EmulatorEvent::Logout {
+                user: Some("user0".into())
+            }
+        ))
+        .await,
+        "the gateway logged Faspex out with the cookie it kept"
+    );
+
+    // A same-origin GET (the browser says so) ends it at once.
+    let cookie = s.browser_login("user0", "pass0").await;
+    let req = Request::get(s.url("/aspera/faspex/logout.json/"))
+        .header(header::COOKIE, &cookie)
+        .header("Sec-Fetch-Site", "same-origin")
+        .body(empty())
+        .unwrap();
+    let (status, _, _) = send(&s.client, req).await;
+    assert_eq!(status, StatusCode::FOUND);
+    let (status, _, _) = s.browse("/aspera/faspex/inbox", &cookie).await;
+    assert_eq!(status, StatusCode::FOUND);
+}
+
+/// Finding 6: the rebuilt login form kept the client's `Content-Encoding`. A login body the
+/// gateway must read may not be content-encoded at all: 415, and nothing reaches Faspex.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_content_encoded_login_is_refused() {
+    let (s, _audit) = ops_site(1, |_| {}).await;
+    let (status, _, _) = post_form(
+        &s,
+        "/aspera/faspex/login",
+        "",
+        "user[name]=user0&user[password]=pass0",
+        &[("Content-Encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(guesses(&s, "user0"), 0);
+    let metrics = scrape(&s.gw).await;
+    assert_eq!(refused(&metrics, "body"), 1.0);
+}
+
+/// Encoded slashes and dot segments are refused, and the path Faspex receives is the
+/// normalised one the gateway classified.
+#[tokio::test(flavor = "multi_thread")]
+async fn faspex_receives_the_path_that_was_classified() {
+    let s = Site::start(users(1), LoginFailureStyle::Rerender, |_| {}).await;
+    for target in [
+        "/aspera/faspex/inbox/%2e%2e/javascripts/x",
+        "/aspera/faspex/received/1%2f..%2f..%2fjavascripts%2fx",
+        "/aspera/faspex/external/%252e%252e/received/4044",
+    ] {
+        let (status, _, _) = s.get_plain(target, &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{target}");
+    }
+    let cookie = s.browser_login("user0", "pass0").await;
+    let (status, _, _) = s.browse("//aspera/faspex/x/../inbox?page=1", &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(s.events().iter().any(|e| matches!(
+        e,
+        EmulatorEvent::Request { path_and_query, .. } if path_and_query == "/aspera/faspex/inbox?page=1"
+    )));
+    assert!(!s.events().iter().any(|e| matches!(
+        e,
+        EmulatorEvent::Request { path_and_query, .. } if path_and_query.contains("..") || path_and_query.contains("//")
+    )));
+}
