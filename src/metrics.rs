@@ -60,10 +60,11 @@ pub const END_REASONS: [EndReason; 5] = [
 ];
 
 /// The `reason` label of `faspex_gate_requests_refused_total`.
-pub const REFUSAL_REASONS: [&str; 5] = [
+pub const REFUSAL_REASONS: [&str; 6] = [
     "credential_field",
     "path",
     "body",
+    "header",
     "upgrade",
     "public_inflight",
 ];
@@ -87,6 +88,7 @@ pub struct Metrics {
     request_duration: Vec<Histogram>,
     upstream_errors: IntCounterVec,
     requests_refused: IntCounterVec,
+    headers_dropped: IntCounter,
     sessions_active: IntGauge,
     sessions_limit: IntGauge,
     accounts_locked: IntGauge,
@@ -155,9 +157,15 @@ impl Metrics {
                 "faspex_gate_requests_refused_total",
                 "Requests refused before anything reached Faspex, by reason: credential_field (a \
                  credential the gateway does not check there), path (a path it cannot classify), \
-                 body (a body it cannot inspect), upgrade, public_inflight.",
+                 body (a body it cannot inspect), header (headers it cannot forward as read), upgrade, \
+                 public_inflight.",
             ),
             &["reason"],
+        )?;
+        let headers_dropped = IntCounter::new(
+            "faspex_gate_request_headers_dropped_total",
+            "Request headers dropped before forwarding: names with '_' (which Rack folds into \
+             '-') and X-Post-Data-Format.",
         )?;
         let sessions_active = IntGauge::new(
             "faspex_gate_sessions_active",
@@ -189,6 +197,7 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(requests_refused.clone()))?;
+        registry.register(Box::new(headers_dropped.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(sessions_limit.clone()))?;
         registry.register(Box::new(accounts_locked.clone()))?;
@@ -226,6 +235,7 @@ impl Metrics {
             request_duration,
             upstream_errors,
             requests_refused,
+            headers_dropped,
             sessions_active,
             sessions_limit,
             accounts_locked,
@@ -255,6 +265,11 @@ impl Metrics {
         if REFUSAL_REASONS.contains(&reason) {
             self.requests_refused.with_label_values(&[reason]).inc();
         }
+    }
+
+    /// `n` request headers dropped before forwarding.
+    pub fn headers_dropped(&self, n: usize) {
+        self.headers_dropped.inc_by(n as u64);
     }
 
     /// One failed request to Faspex; `kind` is an [`UPSTREAM_ERRORS`] value.

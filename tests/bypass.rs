@@ -377,3 +377,90 @@ async fn faspex_receives_the_path_that_was_classified() {
         EmulatorEvent::Request { path_and_query, .. } if path_and_query.contains("..") || path_and_query.contains("//")
     )));
 }
+
+/// The tunnel of the protocol-layer review: `Upgrade: h2c` (or any token but WebSocket) on a
+/// public path was forwarded, and behind an upstream that speaks h2c it opened a raw tunnel
+/// past every check. Now it is refused before anything reaches Faspex.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_upgrade_but_websocket_where_one_belongs() {
+    let (s, _audit) = ops_site(1, |_| {}).await;
+    let public = format!(
+        "/aspera/faspex/external_deliveries/{}?passcode={}",
+        faspex_gate::faspex::emulator::EXTERNAL_DELIVERY_ID,
+        faspex_gate::faspex::emulator::EXTERNAL_DELIVERY_PASSCODE
+    );
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        (
+            &public,
+            &[
+                ("Connection", "Upgrade, HTTP2-Settings"),
+                ("Upgrade", "h2c"),
+                ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ],
+        ),
+        (
+            &public,
+            &[("Connection", "Upgrade"), ("Upgrade", "made-up")],
+        ),
+        (
+            &public,
+            &[("Connection", "Upgrade"), ("Upgrade", "websocket")],
+        ),
+        ("/aspera/faspex/stylesheets/a.css", &[("Upgrade", "h2c")]),
+        (
+            "/aspera/http-gwy/v2/upload",
+            &[("Connection", "Upgrade"), ("Upgrade", "h2c")],
+        ),
+    ];
+    let before = s.events().len();
+    for (path, headers) in cases {
+        let (status, _, _) = s.get_plain(path, headers).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {headers:?}");
+    }
+    assert_eq!(s.events().len(), before, "nothing reached Faspex");
+    let metrics = scrape(&s.gw).await;
+    assert_eq!(refused(&metrics, "upgrade"), cases.len() as f64);
+    // The public page itself still works.
+    let (status, _, _) = s.get_plain(&public, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// The hostile review's way around the gate: `Connection: Content-Type` made the gateway strip
+/// the type it had decided on, so Rack read a body the gate had streamed unread as a form.
+/// `X-Post-Data-Format: xml` made Rails 3 read any body as XML. Both are refused or dropped
+/// before the gate reads the request.
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_cannot_change_how_faspex_reads_what_the_gate_read() {
+    let (s, _audit) = ops_site(2, |_| {}).await;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("user0:pass0")
+    );
+    let req = Request::post(s.url("/aspera/faspex/auth/oauth2/token?grant_type=password"))
+        .header(header::AUTHORIZATION, &basic)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONNECTION, "keep-alive, Content-Type")
+        .body(full("grant_type=password&username=user1&password=guess"))
+        .unwrap();
+    let (status, _, _) = send(&s.client, req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Without the Connection trick, file data to the token action is read, and refused.
+    let req = Request::post(s.url("/aspera/faspex/auth/oauth2/token"))
+        .header(header::AUTHORIZATION, &basic)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(full("grant_type=password&username=user1&password=guess"))
+        .unwrap();
+    let (status, _, _) = send(&s.client, req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A legacy XML body to the login page.
+    let req = Request::get(s.url("/aspera/faspex/login"))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header("X-Post-Data-Format", "xml")
+        .body(full("<user><name>user1</name><password>guess</password></user>"))
+        .unwrap();
+    let (status, _, _) = send(&s.client, req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(guesses(&s, "user1"), 0);
+    let metrics = scrape(&s.gw).await;
+    assert_eq!(refused(&metrics, "header"), 1.0);
+}

@@ -225,7 +225,11 @@ async fn websocket_echo_passes_through() {
     use tokio_tungstenite::tungstenite::Message;
     let (_up, gw) = setup(|_| {}).await;
     let stream = raw_tls(gw.https.unwrap(), &gw.files.cert_pem).await;
-    let url = format!("wss://localhost:{}/ws", gw.https.unwrap().port());
+    // (a WebSocket belongs on the HTTP Gateway's paths, or to a live session)
+    let url = format!(
+        "wss://localhost:{}/aspera/http-gwy/ws",
+        gw.https.unwrap().port()
+    );
     let (mut ws, resp) = tokio_tungstenite::client_async(url, stream).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     ws.send(Message::text("hello through the gateway"))
@@ -829,7 +833,7 @@ async fn a_websocket_tunnel_keeps_its_connection_slot() {
     .await;
     let addr = gw.https.unwrap();
     let stream = raw_tls(addr, &gw.files.cert_pem).await;
-    let url = format!("wss://localhost:{}/ws", addr.port());
+    let url = format!("wss://localhost:{}/aspera/http-gwy/ws", addr.port());
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
     ws.send(Message::text("ping")).await.unwrap();
     assert!(ws.next().await.unwrap().unwrap().is_text());

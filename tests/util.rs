@@ -63,7 +63,7 @@ pub fn generated_body(n: u64) -> TestBody {
 /// - `/reset?bytes=N`: promises more than it sends, then resets the connection;
 /// - `/redirect`: a 302 whose Location names this upstream's own origin;
 /// - `/hop`: a response carrying hop-by-hop headers;
-/// - `/ws`: a WebSocket echo.
+/// - `/ws` (or any path ending in `/ws`): a WebSocket echo.
 pub struct TestUpstream {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -151,7 +151,7 @@ async fn upstream_handle(
     me: SocketAddr,
 ) -> Result<Response<TestBody>, BoxError> {
     let path = req.uri().path().to_string();
-    if path == "/ws" {
+    if path == "/ws" || path.ends_with("/ws") {
         return Ok(websocket_echo(&mut req));
     }
     if path == "/never" {

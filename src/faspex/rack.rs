@@ -69,7 +69,7 @@ impl BodyKind {
             return Ok(BodyKind::Unknown);
         };
         let Ok(text) = std::str::from_utf8(raw) else {
-            return Ok(BodyKind::Unknown);
+            return Err(ParamError::Malformed("Content-Type"));
         };
         let essence = text
             .split(';')
@@ -77,20 +77,48 @@ impl BodyKind {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
+        // Rails takes the type up to a `,` or a `;`, Rack up to a `;`: a `,` is read two ways.
+        if essence.contains(',') {
+            return Err(ParamError::Malformed("Content-Type (a list)"));
+        }
         Ok(match essence.as_str() {
             "application/x-www-form-urlencoded" => BodyKind::UrlEncoded,
             "application/octet-stream" => BodyKind::Opaque,
             "application/json" | "text/x-json" | "application/jsonrequest" => BodyKind::Json,
-            "application/xml" | "text/xml" => BodyKind::Xml,
-            t if t.starts_with("multipart/") => match multer::parse_boundary(text) {
-                Ok(b) if !b.is_empty() => BodyKind::Multipart(b),
-                _ => return Err(ParamError::Malformed("multipart (no boundary)")),
+            "application/xml" | "text/xml" | "application/x-xml" => BodyKind::Xml,
+            "multipart/form-data" => match boundary(text) {
+                Some(b) => BodyKind::Multipart(b),
+                None => return Err(ParamError::Malformed("multipart (no boundary)")),
             },
+            // (Rack reads other multipart types as well; the gate reads only form-data)
+            t if t.starts_with("multipart/") => {
+                return Err(ParamError::Malformed("multipart (not form-data)"))
+            }
             t if t.ends_with("+json") => BodyKind::Json,
             t if t.ends_with("+xml") => BodyKind::Xml,
             _ => BodyKind::Unknown,
         })
     }
+}
+
+/// The one `boundary` parameter of a multipart type, as a token or a quoted string.
+fn boundary(content_type: &str) -> Option<String> {
+    let mut found = None;
+    for param in content_type.split(';').skip(1) {
+        let (k, v) = param.split_once('=')?;
+        if k.trim().eq_ignore_ascii_case("boundary") {
+            if found.is_some() {
+                return None;
+            }
+            let v = v.trim();
+            let v = match v.strip_prefix('"') {
+                Some(q) => q.strip_suffix('"')?,
+                None => v,
+            };
+            found = Some(v.to_owned());
+        }
+    }
+    found.filter(|b| !b.is_empty())
 }
 
 /// The path of a key as Rack's nested-key parser reads it: the non-empty runs between brackets,
@@ -186,17 +214,17 @@ pub fn body_params(kind: &BodyKind, body: &[u8], out: &mut Vec<Param>) -> Result
             form_params(body, out)?;
             let first = body.trim_ascii_start().first().copied();
             match first {
+                // A body that looks like JSON or XML must read as one: what the gate cannot
+                // read, it does not forward.
                 Some(b'{' | b'[') => {
                     let mut json = Vec::new();
-                    if json_params(body, &mut json).is_ok() {
-                        extend(out, json)?;
-                    }
+                    json_params(body, &mut json)?;
+                    extend(out, json)?;
                 }
                 Some(b'<') => {
                     let mut xml = Vec::new();
-                    if xml_params(body, &mut xml).is_ok() {
-                        extend(out, xml)?;
-                    }
+                    xml_params(body, &mut xml)?;
+                    extend(out, xml)?;
                 }
                 _ => {}
             }
@@ -362,74 +390,109 @@ fn local_name(name: &[u8]) -> String {
     String::from_utf8_lossy(local).into_owned()
 }
 
+/// A multipart body in the one canonical form every Rack version reads alike, or a refusal.
+///
+/// Rack's multipart readers differ between versions and from every other parser (a boundary
+/// read up to a `,`, a CRLF before a delimiter that is optional, `name=` found anywhere in the
+/// part's headers, backslash escapes in quoted names, a part named by its `Content-ID`, a body
+/// without a readable boundary parsed as a form instead). So the gate does not guess how Rack
+/// would read an odd body: it accepts only the canonical form, and refuses the rest (400):
+///
+/// - the boundary is 1 to 70 of RFC 2046's characters, without space, `"`, `,` or `;`;
+/// - the body is `--B CRLF part (CRLF --B CRLF part)* CRLF --B--`, optionally followed by CRLF,
+///   and `--B` appears nowhere else;
+/// - each part's headers are one `Content-Disposition: form-data; name="…"` (optionally
+///   `; filename="…"`) and at most one `Content-Type`, nothing else; quoted values hold no `"`,
+///   `\` or control character.
 fn multipart_params(boundary: &str, body: &[u8], out: &mut Vec<Param>) -> Result<(), ParamError> {
-    use futures_util::FutureExt as _;
     let bad = ParamError::Malformed("multipart");
-    let data = bytes::Bytes::copy_from_slice(body);
-    let stream = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(data)]);
-    let mut multipart = multer::Multipart::new(stream, boundary);
-    // The whole body is in memory: every step completes at once, or the body is broken.
-    loop {
-        let field = match multipart.next_field().now_or_never() {
-            Some(Ok(Some(field))) => field,
-            Some(Ok(None)) => return Ok(()),
-            Some(Err(_)) | None => return Err(bad),
-        };
-        // Every `name` the part's Content-Disposition carries, however spelled: servers
-        // disagree on which one counts.
-        let mut names: Vec<String> = field
-            .headers()
-            .get_all(http::header::CONTENT_DISPOSITION)
-            .iter()
-            .flat_map(|v| disposition_names(v.as_bytes()))
-            .collect();
-        if let Some(n) = field.name() {
-            names.push(n.to_owned());
-        }
-        if names.is_empty() {
-            return Err(bad);
-        }
-        let value = match field.bytes().now_or_never() {
-            Some(Ok(b)) => b.to_vec(),
-            _ => return Err(bad),
-        };
-        for name in names {
-            push(out, name, value.clone())?;
-        }
+    let ok_boundary = (1..=70).contains(&boundary.len())
+        && boundary
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"'()+_-./:=?".contains(&b));
+    if !ok_boundary {
+        return Err(bad);
     }
+    let delim = format!("--{boundary}");
+    let delim = delim.as_bytes();
+    let at: Vec<usize> = memchr::memmem::find_iter(body, delim).collect();
+    let (Some(&first), Some(&last)) = (at.first(), at.last()) else {
+        return Err(bad);
+    };
+    if first != 0 || at.len() < 2 {
+        return Err(bad);
+    }
+    let tail = &body[last + delim.len()..];
+    if tail != b"--" && tail != b"--\r\n" {
+        return Err(bad);
+    }
+    for pair in at.windows(2) {
+        let (start, end) = (pair[0] + delim.len(), pair[1]);
+        let part = body.get(start..end).ok_or(bad)?;
+        let part = part
+            .strip_prefix(b"\r\n")
+            .and_then(|p| p.strip_suffix(b"\r\n"))
+            .ok_or(bad)?;
+        let split = memchr::memmem::find(part, b"\r\n\r\n").ok_or(bad)?;
+        let (head, value) = (&part[..split], &part[split + 4..]);
+        let mut name = None;
+        let mut content_type = false;
+        let mut lines = Vec::new();
+        let mut rest = head;
+        while let Some(i) = memchr::memmem::find(rest, b"\r\n") {
+            lines.push(&rest[..i]);
+            rest = &rest[i + 2..];
+        }
+        lines.push(rest);
+        for line in lines {
+            // (a bare CR or LF, or a folded line: read differently by different parsers)
+            if line.iter().any(|&b| b == b'\r' || b == b'\n')
+                || line.first().is_some_and(|b| b.is_ascii_whitespace())
+            {
+                return Err(bad);
+            }
+            let text = std::str::from_utf8(line).map_err(|_| bad)?;
+            let (field, v) = text.split_once(':').ok_or(bad)?;
+            match field.to_ascii_lowercase().as_str() {
+                "content-disposition" if name.is_none() => name = Some(disposition_name(v)?),
+                "content-type" if !content_type => content_type = true,
+                _ => return Err(bad),
+            }
+        }
+        push(out, name.ok_or(bad)?, value.to_vec())?;
+    }
+    Ok(())
 }
 
-/// The values of every `name` (or `name*`) parameter of a `Content-Disposition` value.
-fn disposition_names(v: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(v);
-    let mut names = Vec::new();
-    let mut rest: &str = &text;
-    while let Some(i) = rest.find(';') {
-        rest = &rest[i + 1..];
-        let param = rest.trim_start();
-        let Some((key, value)) = param.split_once('=') else {
-            continue;
-        };
-        let key = key.trim().to_ascii_lowercase();
-        if key != "name" && key != "name*" {
-            continue;
-        }
-        let value = value.trim_start();
-        let value = if let Some(quoted) = value.strip_prefix('"') {
-            quoted.split('"').next().unwrap_or("")
-        } else {
-            value.split(';').next().unwrap_or("").trim()
-        };
-        // RFC 5987 `name*=utf-8''user%5Bpassword%5D`.
-        let value = match value.rsplit_once("''") {
-            Some((_, encoded)) if key == "name*" => percent_encoding::percent_decode_str(encoded)
-                .decode_utf8_lossy()
-                .into_owned(),
-            _ => value.to_owned(),
-        };
-        names.push(value);
+/// The `name` of a `form-data; name="…"[; filename="…"]` disposition, nothing else accepted.
+fn disposition_name(v: &str) -> Result<String, ParamError> {
+    let bad = ParamError::Malformed("multipart");
+    let mut params = v.trim().split(';').map(str::trim);
+    if !params
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case("form-data"))
+    {
+        return Err(bad);
     }
-    names
+    let quoted = |p: &str, key: &str| -> Option<String> {
+        let (k, rest) = p.split_once('=')?;
+        if !k.eq_ignore_ascii_case(key) {
+            return None;
+        }
+        let inner = rest.strip_prefix('"')?.strip_suffix('"')?;
+        let clean = !inner
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control());
+        clean.then(|| inner.to_owned())
+    };
+    let name = params.next().and_then(|p| quoted(p, "name")).ok_or(bad)?;
+    if let Some(p) = params.next() {
+        quoted(p, "filename").ok_or(bad)?;
+    }
+    if params.next().is_some() {
+        return Err(bad);
+    }
+    Ok(name)
 }
 
 #[cfg(test)]
@@ -512,11 +575,49 @@ mod tests {
     }
 
     #[test]
-    fn multipart_names_every_spelling() {
-        let body = b"--XX\r\nContent-Disposition: form-data; name=\"a\"; name=\"user[password]\"\r\n\r\nv\r\n--XX\r\nContent-Disposition: form-data; name*=utf-8''user%5Bname%5D\r\n\r\nw\r\n--XX--\r\n";
-        let got = names(&BodyKind::Multipart("XX".into()), body);
-        assert!(got.iter().any(|n| n == "user[password]"), "{got:?}");
-        assert!(got.iter().any(|n| n == "user[name]"), "{got:?}");
+    fn multipart_is_read_only_in_its_canonical_form() {
+        let body = b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv\r\n--XX\r\nContent-Disposition: form-data; name=\"user[password]\"; filename=\"f.txt\"\r\nContent-Type: text/plain\r\n\r\nw\r\n--XX--\r\n";
+        assert_eq!(
+            names(&BodyKind::Multipart("XX".into()), body),
+            ["a", "user[password]"]
+        );
+        // Every spelling some Rack version reads otherwise is refused (the hostile review's
+        // cases: a second name, backslash escapes, a header that holds "Content-Disposition:",
+        // Content-ID, a delimiter without CRLF before it, a part after the close).
+        for body in [
+            &b"--XX\r\nContent-Disposition: form-data; name=\"a\"; name=\"user[password]\"\r\n\r\nv\r\n--XX--"[..],
+            b"--XX\r\nContent-Disposition: form-data; name=\"user[pass\\word]\"\r\n\r\nv\r\n--XX--",
+            b"--XX\r\nX-Content-Disposition: ; name=\"user[password]\"\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\nv\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name*=utf-8''x\r\nContent-ID: user[password]\r\n\r\nv\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"; foo=\"x; name=password\"\r\n\r\nv\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx--XX--\r\n --XX\r\nContent-Disposition: form-data; name=\"user[password]\"\r\n\r\ng\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv\r\n--XX--\r\n--XX\r\n",
+            b"preamble\r\n--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv\r\n--XX--",
+            b"--XX\nContent-Disposition: form-data; name=\"a\"\n\nv\n--XX--",
+        ] {
+            assert!(
+                body_params(&BodyKind::Multipart("XX".into()), body, &mut Vec::new()).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        for ct in [
+            &b"multipart/form-data; boundary=\"AAA,x\""[..],
+            b"multipart/form-data; boundary=\";x\"",
+            b"multipart/form-data; boundary=a; boundary=b",
+            b"multipart/mixed; boundary=a",
+            b"application/json, text/plain",
+        ] {
+            let kind = BodyKind::of(Some(ct));
+            let refused = match kind {
+                Err(_) => true,
+                Ok(BodyKind::Multipart(b)) => {
+                    multipart_params(&b, b"--x\r\n\r\n--x--", &mut Vec::new()).is_err()
+                }
+                Ok(_) => false,
+            };
+            assert!(refused, "{}", String::from_utf8_lossy(ct));
+        }
     }
 
     #[test]
@@ -527,6 +628,11 @@ mod tests {
             (BodyKind::Xml, b"<a><b></a>"),
             (BodyKind::Xml, b"<a>"),
             (BodyKind::Multipart("XX".into()), b"--YY\r\n\r\n"),
+            (BodyKind::Unknown, b"{\"user\":"),
+            (
+                BodyKind::Unknown,
+                b"<!DOCTYPE u [<!ENTITY e \"x\">]><user><password>g</password><z>&e;</z></user>",
+            ),
             (BodyKind::Multipart("XX".into()), b"garbage"),
         ] {
             assert!(body_params(&kind, body, &mut out).is_err(), "{kind:?}");

@@ -251,6 +251,8 @@ impl Upstream {
 
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        // (the gate refuses any request that carries it; it never goes upstream)
+        headers.remove(HTTP2_SETTINGS);
         if let Some(proto) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
@@ -390,6 +392,9 @@ impl Upstream {
         }
     }
 }
+
+/// HTTP/1.1's `h2c` upgrade settings (RFC 7540 §3.2.1).
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// The protocol a request or response asks to upgrade to, when `Connection` lists `upgrade`.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {

@@ -37,6 +37,10 @@ pub const LOGIN_READ_LIMIT: usize = 64 * 1024;
 /// takes Faspex-issued transfer tokens in `Authorization`, and whose bodies are file data.
 pub const HTTP_GATEWAY_PREFIX: &str = "/aspera/http-gwy/";
 
+/// Rails 3 read a body as the format this header names (`xml`, `yaml`), whatever its type.
+const X_POST_DATA_FORMAT: header::HeaderName =
+    header::HeaderName::from_static("x-post-data-format");
+
 /// OAuth's credential parameters: top-level keys.
 const OAUTH_FIELDS: [&str; 4] = ["username", "password", "refresh_token", "client_secret"];
 
@@ -70,6 +74,13 @@ pub enum Refusal {
     TooLarge(usize),
     #[error("a body the gateway must inspect may not carry a Content-Encoding")]
     Encoded,
+    #[error("{0}")]
+    Header(&'static str),
+    #[error(
+        "only a GET may upgrade, only to WebSocket, and only on the HTTP Gateway's paths or with \
+         a live session"
+    )]
+    Upgrade,
 }
 
 impl Refusal {
@@ -89,6 +100,8 @@ impl Refusal {
             Refusal::Path(_) => Some("path"),
             Refusal::CredentialField | Refusal::Form(_) => Some("credential_field"),
             Refusal::Params(_) | Refusal::Encoded | Refusal::TooLarge(_) => Some("body"),
+            Refusal::Upgrade => Some("upgrade"),
+            Refusal::Header(_) => Some("header"),
             Refusal::Denied | Refusal::MethodNotAllowed => None,
         }
     }
@@ -201,9 +214,99 @@ impl Gate {
         self.profile.classify(method, path)
     }
 
+    /// Make a request's headers ones that every reader downstream reads as the gate does, before
+    /// the gate reads them: header names with `_` are dropped (Rack folds `_` and `-` together,
+    /// so `X_Forwarded_For` or `X_Post_Data_Format` would stand in for the real one), as is
+    /// `X-Post-Data-Format` (Rails 3 parsed a body as the XML or YAML it names, whatever its
+    /// type). Refused: a `Connection` that names any header but the hop-by-hop ones (a hop
+    /// would remove, say, the `Content-Type` the gate decided on), and more than one
+    /// `Content-Type`. Returns how many headers were dropped.
+    pub fn headers(&self, headers: &mut HeaderMap) -> Result<usize, Refusal> {
+        let mut dropped = 0;
+        // Nearly every request has none of these: one look at the names first.
+        let odd = headers
+            .keys()
+            .any(|k| k.as_str().contains('_') || *k == X_POST_DATA_FORMAT);
+        if odd {
+            let names: Vec<header::HeaderName> = headers
+                .keys()
+                .filter(|k| k.as_str().contains('_') || **k == X_POST_DATA_FORMAT)
+                .cloned()
+                .collect();
+            for name in names {
+                dropped += headers.get_all(&name).iter().count();
+                headers.remove(&name);
+            }
+        }
+        for v in headers.get_all(header::CONNECTION) {
+            for token in v.as_bytes().split(|&b| b == b',') {
+                let t = token.trim_ascii().to_ascii_lowercase();
+                let hop = matches!(
+                    t.as_slice(),
+                    b"" | b"keep-alive" | b"close" | b"upgrade" | b"te" | b"http2-settings"
+                );
+                if !hop {
+                    return Err(Refusal::Header(
+                        "the Connection header names an end-to-end header",
+                    ));
+                }
+            }
+        }
+        if headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(Refusal::Header("more than one Content-Type"));
+        }
+        Ok(dropped)
+    }
+
+    /// Whether a request that asks to switch protocols may: only a GET asking for
+    /// `Upgrade: websocket`, on the HTTP Gateway's paths or a protected path (whose route then
+    /// requires a live session). `h2c` and every other token, an `HTTP2-Settings` header, or an
+    /// upgrade anywhere else would open a tunnel past every check: refused.
+    pub fn upgrade(
+        &self,
+        method: &Method,
+        c: &Classified,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        let connection_upgrade = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+        let asks = connection_upgrade
+            || headers.contains_key(header::UPGRADE)
+            || headers.contains_key("http2-settings");
+        if !asks {
+            return Ok(());
+        }
+        let mut tokens = headers.get_all(header::UPGRADE).iter();
+        let websocket = tokens
+            .next()
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+            && tokens.next().is_none();
+        let place = classify::under_prefix(&c.path, HTTP_GATEWAY_PREFIX)
+            || (c.route == Route::Protected && c.action.is_none());
+        if *method == Method::GET
+            && connection_upgrade
+            && websocket
+            && !headers.contains_key("http2-settings")
+            && place
+        {
+            Ok(())
+        } else {
+            Err(Refusal::Upgrade)
+        }
+    }
+
     /// What to do with the body of a request to `c`. `empty` says the request has no body.
     pub fn body(
         &self,
+        method: &Method,
         c: &Classified,
         headers: &HeaderMap,
         empty: bool,
@@ -214,8 +317,15 @@ impl Gate {
         if classify::under_prefix(&c.path, HTTP_GATEWAY_PREFIX) {
             return Ok(BodyRule::Stream);
         }
+        if c.action.is_some() && matches!(*method, Method::GET | Method::HEAD) {
+            return Err(Refusal::Form(
+                "a GET or HEAD of the login, logout or token action carries no body",
+            ));
+        }
         let kind = BodyKind::of(headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()))?;
-        if kind == BodyKind::Opaque {
+        // File data streams unread, but never to the three actions: there it is read, and
+        // refused unless it is their form.
+        if kind == BodyKind::Opaque && c.action.is_none() {
             return Ok(BodyRule::Stream);
         }
         let encoded = headers
@@ -336,7 +446,10 @@ impl Gate {
         };
         put(header::CONTENT_TYPE, p.content_type);
         put(header::CONTENT_ENCODING, p.content_encoding);
-        match self.body(&c, &headers, p.body.is_empty()) {
+        if let Err(e) = self.headers(&mut headers) {
+            return Plan::Refuse(e);
+        }
+        match self.body(p.method, &c, &headers, p.body.is_empty()) {
             Err(e) => Plan::Refuse(e),
             Ok(BodyRule::Empty | BodyRule::Stream) => self.decide(p.method, &c, query, None),
             Ok(BodyRule::Inspect { kind, limit }) => {
@@ -572,16 +685,16 @@ mod tests {
                 "{ct:?} {body}"
             );
         }
-        // A GET login with credentials in the body too.
-        assert_eq!(
+        // A GET login with a body, credentials or not.
+        assert!(matches!(
             plan(
                 Method::GET,
                 "/aspera/faspex/login",
                 FORM,
                 "user[password]=x"
             ),
-            refused
-        );
+            Plan::Refuse(Refusal::Form(_))
+        ));
         // Credentials split across the query and the body of a login.
         assert_eq!(
             plan(
@@ -768,5 +881,119 @@ mod tests {
             ),
             Plan::Refuse(Refusal::Denied)
         );
+    }
+
+    #[test]
+    fn only_websocket_upgrades_where_they_belong() {
+        let gate = Gate::for_tests();
+        let check = |method: Method, path: &str, headers: &[(&str, &str)]| {
+            let c = gate.classify(&method, path).unwrap();
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.append(
+                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            gate.upgrade(&method, &c, &h)
+        };
+        let ws = [("connection", "Upgrade"), ("upgrade", "websocket")];
+        assert_eq!(
+            check(Method::GET, "/aspera/http-gwy/v2/upload", &ws),
+            Ok(())
+        );
+        assert_eq!(check(Method::GET, "/aspera/faspex/inbox", &ws), Ok(()));
+        assert_eq!(check(Method::GET, "/aspera/faspex/inbox", &[]), Ok(()));
+        for (method, path, headers) in [
+            (Method::GET, "/aspera/faspex/external/x", &ws[..]),
+            (Method::GET, "/aspera/faspex/login", &ws[..]),
+            (Method::POST, "/aspera/http-gwy/v2/upload", &ws[..]),
+            (
+                Method::GET,
+                "/aspera/faspex/inbox",
+                &[("connection", "upgrade"), ("upgrade", "h2c")][..],
+            ),
+            (
+                Method::GET,
+                "/aspera/faspex/inbox",
+                &[("upgrade", "websocket")][..],
+            ),
+            (
+                Method::GET,
+                "/aspera/faspex/inbox",
+                &[("connection", "upgrade"), ("upgrade", "websocket, h2c")][..],
+            ),
+            (
+                Method::GET,
+                "/aspera/http-gwy/x",
+                &[
+                    ("connection", "upgrade"),
+                    ("upgrade", "websocket"),
+                    ("http2-settings", "AAA"),
+                ][..],
+            ),
+            (
+                Method::GET,
+                "/aspera/faspex/external/x",
+                &[("http2-settings", "AAA")][..],
+            ),
+        ] {
+            assert_eq!(
+                check(method.clone(), path, headers),
+                Err(Refusal::Upgrade),
+                "{method} {path} {headers:?}"
+            );
+        }
+    }
+
+    /// The hostile review's header tricks: a `Connection` that would strip the type the gate
+    /// decided on, a legacy header that makes Rails 3 parse the body as XML, an underscore twin
+    /// of a header, and file data sent to the token action.
+    #[test]
+    fn headers_are_made_what_every_reader_reads_alike() {
+        let gate = Gate::for_tests();
+        let map = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        for bad in [
+            &[("connection", "keep-alive, Content-Type")][..],
+            &[("connection", "close"), ("connection", "authorization")][..],
+            &[("content-type", "a/b"), ("content-type", "c/d")][..],
+        ] {
+            assert!(gate.headers(&mut map(bad)).is_err(), "{bad:?}");
+        }
+        let mut h = map(&[
+            ("x-post-data-format", "xml"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x_http_method_override", "GET"),
+            ("connection", "keep-alive, Upgrade"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ]);
+        assert_eq!(gate.headers(&mut h), Ok(3));
+        assert_eq!(h.len(), 2);
+        assert!(h.contains_key("content-type") && h.contains_key("connection"));
+
+        let token = gate
+            .classify(&Method::POST, "/aspera/faspex/auth/oauth2/token")
+            .unwrap();
+        let octet = map(&[("content-type", "application/octet-stream")]);
+        let rule = gate.body(&Method::POST, &token, &octet, false).unwrap();
+        assert!(matches!(rule, BodyRule::Inspect { .. }), "{rule:?}");
+        assert!(matches!(
+            plan(
+                Method::POST,
+                "/aspera/faspex/auth/oauth2/token",
+                Some("application/octet-stream"),
+                "grant_type=password&username=victim&password=guess"
+            ),
+            Plan::Refuse(Refusal::Form(_))
+        ));
     }
 }

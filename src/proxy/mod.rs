@@ -337,13 +337,17 @@ impl Handler {
     /// not read.
     async fn handle_inner(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: ConnInfo,
         client_ip: IpAddr,
         peer_trusted: bool,
         log: &mut AccessRecord,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let gate = &self.inner.gate;
+        let dropped = gate.headers(req.headers_mut())?;
+        if dropped > 0 {
+            self.inner.metrics.headers_dropped(dropped);
+        }
         let classified = match gate.classify(req.method(), req.uri().path()) {
             Ok(c) => c,
             Err(e) => {
@@ -371,8 +375,15 @@ impl Handler {
             public_host,
         };
 
-        // The gate: read what must be read, then decide on what was read.
-        let rule = gate.body(&classified, req.headers(), req.body().is_end_stream())?;
+        // The gate: no tunnel but a WebSocket where one belongs; read what must be read, then
+        // decide on what was read.
+        gate.upgrade(req.method(), &classified, req.headers())?;
+        let rule = gate.body(
+            req.method(),
+            &classified,
+            req.headers(),
+            req.body().is_end_stream(),
+        )?;
         let (mut parts, body) = req.into_parts();
         forward_path(&mut parts.uri, &classified)?;
         let query = parts.uri.query();
@@ -755,12 +766,12 @@ impl Handler {
             header::CONTENT_LENGTH,
             HeaderValue::from(forward_body.len()),
         );
-        // The browser's own Faspex cookie, from the login page, goes along: Rails checks the
-        // form's authenticity token against the session it names. Faspex answers a login it
-        // accepts with a session of its own, which is the one the gateway keeps.
-        let prelogin = session::request_cookie_pair(&parts.headers, &f.session_cookie);
+        // No Faspex cookie goes along: one the browser sent could name another account's live
+        // Faspex session, which a login action that skips an already signed-in session would
+        // hand back as this login's. (Rails 3 answers a form whose authenticity token has no
+        // session by resetting the session and going on with the login.)
         let req = Request::from_parts(parts, error::full(forward_body));
-        let mut resp = match self.send(req, side, prelogin.as_deref()).await {
+        let mut resp = match self.send(req, side, None).await {
             Ok(resp) => resp,
             Err(e) => {
                 self.refused_upstream(pending).await;
@@ -987,6 +998,14 @@ impl Handler {
                     "101 Switching Protocols without an upgrade request".into(),
                 )));
             };
+            // Only the protocol that was asked for (the gate lets only WebSocket ask).
+            let agreed = forward::upgrade_protocol(resp.headers())
+                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+            if !agreed {
+                return Err(GatewayError::Upstream(forward::UpstreamError::Protocol(
+                    "101 Switching Protocols to another protocol than the one asked for".into(),
+                )));
+            }
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let permit = conn_permit;
             let idle = self.inner.body_idle_timeout;
