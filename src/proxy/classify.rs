@@ -166,8 +166,9 @@ impl RouteProfile {
         let full: &[u8] = full.as_deref().unwrap_or(&once);
         let path = String::from_utf8_lossy(&once).into_owned();
         let forward = match &forward {
-            Cow::Borrowed(_) => None,
-            Cow::Owned(f) => Some(String::from_utf8_lossy(f).into_owned()),
+            // (normalising can give back the same bytes: `/.x/` has a `/.` but no dot segment)
+            Cow::Owned(f) if f.as_slice() != raw => Some(String::from_utf8_lossy(f).into_owned()),
+            _ => None,
         };
         let done = |route, action| {
             Ok(Classified {
