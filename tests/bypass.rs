@@ -456,7 +456,9 @@ async fn headers_cannot_change_how_faspex_reads_what_the_gate_read() {
     let req = Request::get(s.url("/aspera/faspex/login"))
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header("X-Post-Data-Format", "xml")
-        .body(full("<user><name>user1</name><password>guess</password></user>"))
+        .body(full(
+            "<user><name>user1</name><password>guess</password></user>",
+        ))
         .unwrap();
     let (status, _, _) = send(&s.client, req).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -5,10 +5,12 @@ mod slapd;
 mod util;
 
 mod browser;
+mod bypass;
 mod cli;
 mod demo;
 mod flows;
 mod ldap;
 mod ops;
 mod proxy;
+mod rails;
 mod state;

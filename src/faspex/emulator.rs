@@ -9,8 +9,19 @@
 //! | `http` | the response body type, response builders, request parsing, body draining, random tokens |
 //! | `catalog` | the seeded packages, external deliveries, invitation and dropbox passcodes, `faspe://` links |
 //! | `pages` | the HTML pages, Atom feeds and entries, JSON documents and static assets |
-//! | `routes` | the Faspex application under `/aspera/faspex`: login, logout, protected and public pages |
+//! | `rails` | how Rails 3 on Rack reads a request: routing, method override, `params` (public: the tests compare it with the real Rails) |
+//! | `routes` | the Faspex application under `/aspera/faspex`: login, logout, protected and public pages, the password forms |
 //! | `gateway` | the HTTP Gateway under `/aspera/http-gwy`: streamed downloads (the byte pattern), uploads, WebSocket echo |
+//!
+//! It reads every request the way Rails 3 on Rack does (`rails`): routes run for every method and
+//! take `.format` suffixes, squeezed slashes and escapes; `params` merge the query, any body
+//! (form, multipart, JSON, XML) and the path. So a `GET /aspera/faspex/login?user[name]=…&user[password]=…`
+//! logs in, as it would on Faspex. Every password it checks is an [`EmulatorEvent::LoginAttempt`]
+//! ([`Emulator::login_attempts`] counts the guesses that reached Faspex); a login issues a fresh
+//! session cookie, and the cookie is rotated on `/aspera/faspex/account` and, when configured,
+//! every N requests ([`EmulatorEvent::SessionRotated`]). Two of Faspex's own forms carry a password
+//! for another purpose: `POST /aspera/faspex/admin/users` creates a local account (which can then
+//! log in), `PUT /aspera/faspex/account/password` changes a local account's password.
 //!
 //! What it knows of Faspex comes from `docs/faspex-http.md` (facts marked [V]/[D]) and the seed
 //! tutorial on API downloads; where that is silent the behaviour is a plausible Rails default and
@@ -30,6 +41,7 @@ mod catalog;
 mod gateway;
 mod http;
 mod pages;
+pub mod rails;
 mod routes;
 
 #[cfg(test)]
@@ -94,6 +106,11 @@ pub struct EmulatorConfig {
     pub login_failure: LoginFailureStyle,
     /// The size of the large package ([`BIG_PACKAGE_ID`]), streamed by the HTTP Gateway.
     pub big_package_bytes: u64,
+    /// Rotate a session's cookie after every this many requests it authenticates, as a Rails
+    /// cookie store re-issues its cookie when the session changes. `None`: only on
+    /// `/aspera/faspex/account`, which always rotates. The old value stays valid until the new one
+    /// is used.
+    pub rotate_session_every: Option<u32>,
 }
 
 impl Default for EmulatorConfig {
@@ -114,6 +131,7 @@ impl Default for EmulatorConfig {
                 .collect(),
             login_failure: LoginFailureStyle::Rerender,
             big_package_bytes: 4 << 30,
+            rotate_session_every: None,
         }
     }
 }
@@ -129,11 +147,41 @@ pub enum EmulatorEvent {
     Logout { user: Option<String> },
     /// One check of HTTP Basic credentials (every Basic request is in effect a login).
     BasicAuth { user: String, ok: bool },
+    /// Every password the emulator checked, whatever carried it: one guess that reached Faspex.
+    /// `user` as submitted.
+    LoginAttempt {
+        user: String,
+        ok: bool,
+        via: LoginVia,
+    },
+    /// A session's cookie was replaced by a new value (`old` stays valid until `new` is used).
+    SessionRotated {
+        user: String,
+        old: String,
+        new: String,
+    },
+    /// `POST /aspera/faspex/admin/users` created a local account.
+    LocalAccountCreated { by: String, login: String },
+    /// `PUT /aspera/faspex/account/password` changed a local account's password.
+    PasswordChanged { user: String },
     /// Any request, recorded before it is answered.
     Request {
         method: String,
         path_and_query: String,
     },
+}
+
+/// What carried a password the emulator checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginVia {
+    /// The login action (`user[name]`/`user[password]`, from any part of the request).
+    Form,
+    /// An HTTP Basic `Authorization` header.
+    Basic,
+    /// `username`/`password` parameters of the OAuth2 token grant.
+    Token,
+    /// `user[current_password]` of the password change form.
+    CurrentPassword,
 }
 
 /// A running Faspex 4 emulator: a cheap-to-clone handle over shared state.
@@ -156,11 +204,35 @@ struct Shared {
     state: Mutex<State>,
 }
 
+/// One live session cookie value.
+#[derive(Clone, Debug)]
+struct Session {
+    /// The account it signs in.
+    user: String,
+    /// How many requests it has authenticated.
+    requests: u64,
+    /// The value that replaced it, once rotated; this one stays valid until that one is used.
+    successor: Option<String>,
+    /// The value it replaced, dropped when this one is first used.
+    predecessor: Option<String>,
+}
+
+/// A local account, created through `POST /admin/users`; the directory does not know it.
+#[derive(Clone, Debug)]
+struct LocalAccount {
+    login: String,
+    password: String,
+}
+
 /// The mutable part of [`Shared`].
 #[derive(Default)]
 struct State {
-    /// `_faspex_session` cookie value -> account name.
-    sessions: HashMap<String, String>,
+    /// `_faspex_session` cookie value -> its session.
+    sessions: HashMap<String, Session>,
+    /// Local accounts by lowercased login.
+    local_accounts: HashMap<String, LocalAccount>,
+    /// How many times a session cookie was rotated.
+    rotations: u64,
     /// OAuth2 access token -> account name.
     bearer_tokens: HashMap<String, String>,
     /// Everything recorded so far, oldest first, at most [`MAX_EVENTS`].
@@ -187,6 +259,36 @@ impl Emulator {
     /// Everything recorded so far, oldest first.
     pub fn events(&self) -> Vec<EmulatorEvent> {
         self.state().events.iter().cloned().collect()
+    }
+
+    /// Every password check so far, oldest first: (user as submitted, success, what carried it).
+    /// Its length is the number of guesses that reached Faspex.
+    pub fn login_attempts(&self) -> Vec<(String, bool, LoginVia)> {
+        self.state()
+            .events
+            .iter()
+            .filter_map(|event| match event {
+                EmulatorEvent::LoginAttempt { user, ok, via } => Some((user.clone(), *ok, *via)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many times a session cookie has been rotated.
+    pub fn session_rotations(&self) -> u64 {
+        self.state().rotations
+    }
+
+    /// The local accounts created through `POST /aspera/faspex/admin/users`, by login.
+    pub fn local_accounts(&self) -> Vec<String> {
+        let mut logins: Vec<String> = self
+            .state()
+            .local_accounts
+            .values()
+            .map(|a| a.login.clone())
+            .collect();
+        logins.sort();
+        logins
     }
 
     /// When `on`, every password check fails, even with correct credentials: form logins, HTTP
@@ -280,17 +382,41 @@ impl Emulator {
         &self.shared.catalog
     }
 
-    /// Check a password: the configured account name on success. Fails for everyone while
+    /// Check a password and record the attempt: the account name on success. Directory users
+    /// (the configured ones) are checked against their configured password, local accounts
+    /// against theirs; usernames match case-insensitively. Fails for everyone while
     /// [`Emulator::refuse_logins`] is on.
-    fn check_password(&self, user: &str, password: &str) -> Option<String> {
-        if self.shared.refuse_logins.load(Ordering::SeqCst) {
-            return None;
-        }
+    fn check_password(&self, user: &str, password: &str, via: LoginVia) -> Option<String> {
+        let account = if self.shared.refuse_logins.load(Ordering::SeqCst) {
+            None
+        } else {
+            self.config()
+                .users
+                .iter()
+                .find(|(name, pass)| name.eq_ignore_ascii_case(user) && pass == password)
+                .map(|(name, _)| name.clone())
+                .or_else(|| {
+                    self.state()
+                        .local_accounts
+                        .get(&user.to_lowercase())
+                        .filter(|account| account.password == password)
+                        .map(|account| account.login.clone())
+                })
+        };
+        self.record(EmulatorEvent::LoginAttempt {
+            user: user.to_owned(),
+            ok: account.is_some(),
+            via,
+        });
+        account
+    }
+
+    /// Whether `user` is a directory user (configured) rather than a local account.
+    fn is_directory_user(&self, user: &str) -> bool {
         self.config()
             .users
             .iter()
-            .find(|(name, pass)| name.eq_ignore_ascii_case(user) && pass == password)
-            .map(|(name, _)| name.clone())
+            .any(|(name, _)| name.eq_ignore_ascii_case(user))
     }
 }
 

@@ -152,6 +152,17 @@ pub fn reaches(name: &str, path: &[&str]) -> bool {
         .all(|want| segs.next().is_some_and(|s| same_segment(s, want)))
 }
 
+/// Whether the key `name` holds `path` anywhere along its own path (`a[user][password][x]` holds
+/// `user` → `password`): Rails' ParamsWrapper copies a JSON body under a key of its own, and an
+/// action may read a credential at any depth.
+pub fn holds(name: &str, path: &[&str]) -> bool {
+    let segs: Vec<&str> = segments(name).collect();
+    !path.is_empty()
+        && segs
+            .windows(path.len())
+            .any(|w| w.iter().zip(path).all(|(s, want)| same_segment(s, want)))
+}
+
 /// Percent-decode a form component (`+` is a space). Invalid escapes stay as they are.
 fn decode_component(raw: &[u8]) -> Cow<'_, [u8]> {
     if !raw.contains(&b'+') && !raw.contains(&b'%') {

@@ -41,8 +41,15 @@ pub const HTTP_GATEWAY_PREFIX: &str = "/aspera/http-gwy/";
 const X_POST_DATA_FORMAT: header::HeaderName =
     header::HeaderName::from_static("x-post-data-format");
 
-/// OAuth's credential parameters: top-level keys.
-const OAUTH_FIELDS: [&str; 4] = ["username", "password", "refresh_token", "client_secret"];
+/// Credential parameters by name, wherever they sit: OAuth's, and the password forms' own.
+const OAUTH_FIELDS: [&str; 6] = [
+    "username",
+    "password",
+    "refresh_token",
+    "client_secret",
+    "current_password",
+    "password_confirmation",
+];
 
 /// One `faspex.password_forms` entry: a Faspex form that carries a password for another purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,6 +362,7 @@ impl Gate {
         &self,
         method: &Method,
         c: &Classified,
+        headers: &HeaderMap,
         query: Option<&str>,
         body: Option<(&BodyKind, &[u8])>,
     ) -> Plan {
@@ -379,11 +387,16 @@ impl Gate {
                 return Plan::Refuse(ParamError::TooMany.into());
             }
         }
+        let json = matches!(body, Some((BodyKind::Json, _)));
         let any_credential = || {
             query_params
                 .iter()
                 .chain(&body_params)
                 .any(|p| self.is_credential(&p.name))
+                || (json
+                    && body_params
+                        .iter()
+                        .any(|p| self.is_wrapped_credential(&p.name)))
         };
         match c.action {
             Some(Action::Login) => {
@@ -412,7 +425,7 @@ impl Gate {
             }
             None => {}
         }
-        if self.is_password_form(method, &c.path) {
+        if self.is_password_form(method, &c.path, &body_params, headers) {
             return Plan::PasswordForm;
         }
         if any_credential() {
@@ -436,7 +449,7 @@ impl Gate {
             Err(e) => return Plan::Refuse(e.into()),
         };
         if matches!(c.route, Route::Denied | Route::Gateway) {
-            return self.decide(p.method, &c, None, None);
+            return self.decide(p.method, &c, &HeaderMap::new(), None, None);
         }
         let mut headers = HeaderMap::new();
         let mut put = |name: header::HeaderName, v: Option<&str>| {
@@ -451,34 +464,74 @@ impl Gate {
         }
         match self.body(p.method, &c, &headers, p.body.is_empty()) {
             Err(e) => Plan::Refuse(e),
-            Ok(BodyRule::Empty | BodyRule::Stream) => self.decide(p.method, &c, query, None),
+            Ok(BodyRule::Empty | BodyRule::Stream) => {
+                self.decide(p.method, &c, &headers, query, None)
+            }
             Ok(BodyRule::Inspect { kind, limit }) => {
                 if p.body.len() > limit {
                     return Plan::Refuse(Refusal::TooLarge(limit));
                 }
-                self.decide(p.method, &c, query, Some((&kind, p.body)))
+                self.decide(p.method, &c, &headers, query, Some((&kind, p.body)))
             }
         }
     }
 
     /// Whether a parameter key reaches a credential: a login field or an OAuth one.
+    /// Whether a parameter key holds a credential anywhere along its path: a login field's path
+    /// (`user` → `password`), or an OAuth field's name, at any depth (Rails' ParamsWrapper
+    /// copies a JSON body under the controller's name, and an action may read any level).
     fn is_credential(&self, name: &str) -> bool {
-        self.is_login_field(name) || OAUTH_FIELDS.iter().any(|f| rack::reaches(name, &[f]))
-    }
-
-    fn is_login_field(&self, name: &str) -> bool {
         [&self.username_field, &self.password_field]
             .iter()
             .any(|f| {
                 let path: Vec<&str> = rack::segments(f).collect();
-                rack::reaches(name, &path)
+                rack::holds(name, &path)
+            })
+            || OAUTH_FIELDS.iter().any(|f| rack::holds(name, &[f]))
+    }
+
+    /// Whether a JSON body's key becomes a login field once Rails' ParamsWrapper copies the
+    /// body's top-level keys under the controller's name: `{"name": …}` is `user[name]` to a
+    /// users controller. A top-level key that is a login field's path without its first segment
+    /// counts as that field.
+    fn is_wrapped_credential(&self, name: &str) -> bool {
+        [&self.username_field, &self.password_field]
+            .iter()
+            .any(|f| {
+                let path: Vec<&str> = rack::segments(f).collect();
+                path.len() >= 2 && rack::reaches(name, &path[1..])
             })
     }
 
-    fn is_password_form(&self, method: &Method, path: &str) -> bool {
-        self.password_forms.iter().any(|f| {
-            classify::method_may_reach(method, &f.method) && classify::spells_action(path, &f.path)
-        })
+    /// Whether the request is a `faspex.password_forms` form, by the method Rails will run:
+    /// a POST's `_method` parameter or `X-HTTP-Method-Override` header turns it into another
+    /// (Rack::MethodOverride), and `POST /admin/users` with `_method=get` is another action.
+    fn is_password_form(
+        &self,
+        method: &Method,
+        path: &str,
+        body: &[Param],
+        headers: &HeaderMap,
+    ) -> bool {
+        let mut effective = method.clone();
+        if *method == Method::POST {
+            let overridden = body
+                .iter()
+                .rev()
+                .find(|p| p.name == "_method")
+                .map(|p| p.value.as_slice())
+                .or_else(|| headers.get("x-http-method-override").map(|v| v.as_bytes()));
+            if let Some(m) = overridden {
+                match Method::from_bytes(&m.to_ascii_uppercase()) {
+                    Ok(m) => effective = m,
+                    // (Rack would ignore it; the gate does not guess)
+                    Err(_) => return false,
+                }
+            }
+        }
+        self.password_forms
+            .iter()
+            .any(|f| effective == f.method && classify::spells_action(path, &f.path))
     }
 
     /// The login form: its credentials, exactly as Rails would read them, or a refusal.
@@ -685,6 +738,34 @@ mod tests {
                 "{ct:?} {body}"
             );
         }
+        // At any depth: Rails' ParamsWrapper copies a JSON body under a key of its own, and
+        // an action may read any level.
+        for (target, ct, body) in [
+            ("/aspera/faspex/inbox?session[password]=x", None, ""),
+            ("/aspera/faspex/inbox?hash[user][name]=x", None, ""),
+            (
+                "/aspera/faspex/send",
+                Some("application/json"),
+                r#"[{"password":"x"}]"#,
+            ),
+            // (found by the property test against Rails: ParamsWrapper makes it user[name])
+            (
+                "/aspera/faspex/me",
+                Some("application/json"),
+                r#"{"name":"ann"}"#,
+            ),
+            (
+                "/aspera/faspex/send",
+                Some("application/xml"),
+                "<request><username>x</username></request>",
+            ),
+        ] {
+            assert_eq!(
+                plan(Method::POST, target, ct, body),
+                refused,
+                "{target} {body}"
+            );
+        }
         // A GET login with a body, credentials or not.
         assert!(matches!(
             plan(
@@ -799,6 +880,16 @@ mod tests {
                 "_method=put&user[current_password]=a&user[password]=b"
             ),
             Plan::PasswordForm
+        );
+        // Not when Rails would run another action: `_method=get` makes it the index.
+        assert_eq!(
+            plan(
+                Method::POST,
+                "/aspera/faspex/admin/users",
+                FORM,
+                "_method=get&user[password]=y"
+            ),
+            Plan::Refuse(Refusal::CredentialField)
         );
         // Not by GET with a query.
         assert_eq!(

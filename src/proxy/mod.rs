@@ -390,7 +390,13 @@ impl Handler {
         let (plan, body) = match rule {
             BodyRule::Inspect { kind, limit } => {
                 let bytes = self.read_client(body, limit).await?;
-                let plan = gate.decide(&parts.method, &classified, query, Some((&kind, &bytes)));
+                let plan = gate.decide(
+                    &parts.method,
+                    &classified,
+                    &parts.headers,
+                    query,
+                    Some((&kind, &bytes)),
+                );
                 // Faspex gets the bytes inspected here, whole, with their length.
                 parts.headers.remove(header::TRANSFER_ENCODING);
                 parts
@@ -399,7 +405,7 @@ impl Handler {
                 (plan, Inspected::Read(bytes))
             }
             BodyRule::Empty | BodyRule::Stream => (
-                gate.decide(&parts.method, &classified, query, None),
+                gate.decide(&parts.method, &classified, &parts.headers, query, None),
                 Inspected::Stream(body),
             ),
         };

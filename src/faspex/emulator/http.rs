@@ -1,12 +1,12 @@
 //! HTTP plumbing for the emulator: the response body type and builders, the one mapping from a
 //! [`Fault`] to a response, request parsing helpers (query, `Accept`, the Rails-style base URL),
-//! bounded body reads, body draining for uploads of any size, and random tokens.
+//! body draining for uploads of any size, and random tokens.
 
 use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode, Uri};
@@ -19,10 +19,8 @@ pub type EmulatorBody = BoxBody<Bytes, Infallible>;
 /// Every response the emulator sends.
 pub type Resp = Response<EmulatorBody>;
 
-/// The most a form, token request or JSON body may hold; larger ones get `413`.
-pub const SMALL_BODY_LIMIT: usize = 64 * 1024;
-
-/// The most a `POST /send` body may hold.
+/// The most of a body read before routing (method override and parameters need it); actions
+/// other than the streamed uploads answer `413` to larger ones.
 pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
 
 /// What went wrong with a request. `Fault::into_response` is the one place that turns these into
@@ -203,15 +201,6 @@ fn is_valid_host(host: &str) -> bool {
         && host.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
         })
-}
-
-/// Read a whole body of at most `limit` bytes.
-pub async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, Fault> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(Fault::TooLarge),
-        Err(_) => Err(Fault::BadRequest("request body could not be read")),
-    }
 }
 
 /// Read and discard a body of any size, frame by frame, and count its bytes.

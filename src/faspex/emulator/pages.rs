@@ -488,3 +488,75 @@ const LOGO_SVG: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"96\" h
 <rect width=\"96\" height=\"24\" rx=\"4\" fill=\"#ffffff\"/>\
 <text x=\"48\" y=\"17\" font-family=\"Helvetica\" font-size=\"14\" text-anchor=\"middle\" fill=\"#1d3f72\">aspera</text></svg>
 ";
+
+/// A form's errors as Rails' `error_messages` lists them (nothing when there are none).
+fn form_errors(errors: &[&str]) -> String {
+    if errors.is_empty() {
+        return String::new();
+    }
+    let items: String = errors
+        .iter()
+        .map(|e| format!("<li>{}</li>", escape(e)))
+        .collect();
+    format!("<div class=\"error_messages\" id=\"error_explanation\"><ul>{items}</ul></div>\n")
+}
+
+/// `GET /account`: the signed-in user's account, with a link to change the local password.
+pub fn account_page(user: &str, flash: Option<&str>) -> String {
+    let flash = flash
+        .map(|text| {
+            format!(
+                "<div id=\"flash\" class=\"flash notice\">{}</div>\n",
+                escape(text)
+            )
+        })
+        .unwrap_or_default();
+    let content = format!(
+        "<h1>Account</h1>\n{flash}<p>Signed in as <span id=\"account_login\">{user}</span>.</p>\n\
+         <p><a href=\"/aspera/faspex/account/password\">Change password</a></p>",
+        user = escape(user),
+    );
+    layout("Account", Some(user), &content)
+}
+
+/// `GET /account/password`: the form that changes a local account's password (a `PUT` through
+/// Rails' `_method`), with `errors` from a refused attempt.
+pub fn password_form(user: &str, errors: &[&str]) -> String {
+    let content = format!(
+        "<h1>Change password</h1>\n{errors}\
+         <form action=\"/aspera/faspex/account/password\" id=\"edit_password\" method=\"post\">\n\
+         <input name=\"_method\" type=\"hidden\" value=\"put\">\n\
+         <p><label for=\"user_current_password\">Current password</label>\n\
+         <input id=\"user_current_password\" name=\"user[current_password]\" type=\"password\"></p>\n\
+         <p><label for=\"user_password\">New password</label>\n\
+         <input id=\"user_password\" name=\"user[password]\" type=\"password\"></p>\n\
+         <p><label for=\"user_password_confirmation\">Confirm new password</label>\n\
+         <input id=\"user_password_confirmation\" name=\"user[password_confirmation]\" type=\"password\"></p>\n\
+         <p><input class=\"button\" name=\"commit\" type=\"submit\" value=\"Change password\"></p>\n</form>",
+        errors = form_errors(errors),
+    );
+    layout("Change password", Some(user), &content)
+}
+
+/// `GET /admin/users`: every account, and the form that creates a local collaborator account.
+pub fn admin_users_page(user: &str, accounts: &[String], errors: &[&str]) -> String {
+    let rows: String = accounts
+        .iter()
+        .map(|a| format!("<li class=\"account\">{}</li>", escape(a)))
+        .collect();
+    let content = format!(
+        "<h1>Users</h1>\n<ul id=\"users\">{rows}</ul>\n<h2>New local user</h2>\n{errors}\
+         <form action=\"/aspera/faspex/admin/users\" id=\"new_user\" method=\"post\">\n\
+         <p><label for=\"user_login\">Login</label>\n\
+         <input id=\"user_login\" name=\"user[login]\" type=\"text\"></p>\n\
+         <p><label for=\"user_email\">Email</label>\n\
+         <input id=\"user_email\" name=\"user[email]\" type=\"email\"></p>\n\
+         <p><label for=\"user_password\">Password</label>\n\
+         <input id=\"user_password\" name=\"user[password]\" type=\"password\"></p>\n\
+         <p><label for=\"user_password_confirmation\">Confirm password</label>\n\
+         <input id=\"user_password_confirmation\" name=\"user[password_confirmation]\" type=\"password\"></p>\n\
+         <p><input class=\"button\" name=\"commit\" type=\"submit\" value=\"Create user\"></p>\n</form>",
+        errors = form_errors(errors),
+    );
+    layout("Users", Some(user), &content)
+}

@@ -994,3 +994,485 @@ async fn the_service_answers_without_serve() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(emulator.events().len(), 1);
 }
+
+// ------------------------------------------------------------------------------------------------
+// Rails' reading of a request (see `rails.rs`, and `tests/rails.rs` for the oracle behind it)
+
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+/// The `name=value` of a reply's `Set-Cookie`.
+fn cookie_of(reply: &Reply) -> String {
+    reply
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn attempts(emu: &Running) -> Vec<(String, bool, LoginVia)> {
+    emu.emulator.login_attempts()
+}
+
+#[tokio::test]
+async fn the_login_action_runs_for_every_method_and_spelling() {
+    let emu = start_default().await;
+    // A GET with the credentials in the query logs the user in, as a Rails 3 `match` does.
+    let reply = emu
+        .get(
+            "/aspera/faspex/login?user[name]=ann&user[password]=apple",
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert!(reply.header("set-cookie").starts_with("_faspex_session="));
+    // Format suffixes, slashes, escapes and `;` separators reach the same action.
+    for path in [
+        "/aspera/faspex/login.json/?user%5Bname%5D=bob;user%5Bpassword%5D=banana",
+        "//aspera/faspex/login.x-y?user]name=bob&user[password=banana",
+        "/aspera/faspex/%6cogin/?user[name]=bob&user[password]=banana",
+        "/aspera/faspex/x/../login.a_b?user[name]=bob&user[password]=banana",
+    ] {
+        let reply = emu.fetch(Method::PUT, path, &[], empty_body()).await;
+        assert_eq!(reply.status, StatusCode::FOUND, "{path}");
+    }
+    // Case matters, and a format holds no dot.
+    for path in [
+        "/aspera/faspex/Login",
+        "/aspera/faspex/login.a.b",
+        "/aspera/faspex/login.",
+    ] {
+        let reply = emu
+            .get(&format!("{path}?user[name]=bob&user[password]=banana"), &[])
+            .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    // A GET without credentials is the login page.
+    let page = emu.get("/aspera/faspex/login.html", &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("name=\"user[password]\""));
+    let ok: Vec<bool> = attempts(&emu).iter().map(|(_, ok, _)| *ok).collect();
+    assert_eq!(ok, [true, true, true, true, true]);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn login_bodies_are_read_as_rails_reads_them() {
+    let emu = start_default().await;
+    let multipart = "--XyZ\r\nContent-Disposition: form-data; name=\"user[name]\"\r\n\r\ncat\r\n\
+                     --XyZ\r\nContent-Disposition: form-data; name=\"user[password]\"\r\n\r\ncherry\r\n--XyZ--\r\n";
+    let cases: Vec<(&str, Option<&str>, String)> = vec![
+        (
+            "/aspera/faspex/login",
+            Some("application/json"),
+            r#"{"user": {"name": "cat", /* a comment */ "password": "cherry"}}"#.into(),
+        ),
+        (
+            "/aspera/faspex/login",
+            Some("multipart/form-data; boundary=XyZ"),
+            multipart.into(),
+        ),
+        (
+            "/aspera/faspex/login",
+            Some("text/xml"),
+            "<user><name>cat</name><password type=\"base64Binary\">Y2hlcnJ5</password></user>"
+                .into(),
+        ),
+        // Rails 3's Rack split bodies on `;` too.
+        (
+            "/aspera/faspex/login",
+            Some("application/x-www-form-urlencoded"),
+            "user[name]=cat;user[password]=cherry".into(),
+        ),
+        // No Content-Type: a POST body is a form.
+        (
+            "/aspera/faspex/login",
+            None,
+            "user[name]=cat&user[password]=cherry".into(),
+        ),
+        // The body's password, under a query that does not name `user`.
+        (
+            "/aspera/faspex/login?commit=Login",
+            Some("application/x-www-form-urlencoded"),
+            "user[name]=cat&user[password]=cherry".into(),
+        ),
+    ];
+    for (path, content_type, body_text) in cases {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|ct| ("content-type", ct))
+            .into_iter()
+            .collect();
+        let reply = emu
+            .fetch(Method::POST, path, &headers, body(body_text.clone()))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FOUND,
+            "{content_type:?} {body_text}"
+        );
+    }
+    // The query replaces the body's whole `user`: its password is never read.
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/login?user[name]=cat",
+            &[FORM],
+            body("user[name]=cat&user[password]=cherry"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.contains(LOGIN_FAILED_TEXT));
+    // Malformed parameters are a 400 before any check; an array password is checked and fails.
+    let bad = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/login",
+            &[FORM],
+            body("user[password]=%"),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let array = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/login",
+            &[FORM],
+            body("user[name]=cat&user[password][]=cherry"),
+        )
+        .await;
+    assert_eq!(array.status, StatusCode::OK);
+    let checked = attempts(&emu);
+    assert_eq!(checked.len(), 8, "{checked:?}");
+    assert_eq!(checked.iter().filter(|(_, ok, _)| *ok).count(), 6);
+    assert!(checked
+        .iter()
+        .all(|(user, _, via)| user == "cat" && *via == LoginVia::Form));
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_methods_and_method_override() {
+    let emu = start_default().await;
+    let reply = emu
+        .fetch(
+            Method::from_bytes(b"FOO").unwrap(),
+            "/aspera/faspex/login",
+            &[],
+            empty_body(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    // `_method=get` turns the POST to /send into the "New Package" page.
+    let auth = basic("ann", "apple");
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/send",
+            &[("authorization", &auth), FORM],
+            body("_method=get"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.contains("New Package"), "{}", reply.body);
+    // X-HTTP-Method-Override does the same.
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/send",
+            &[("authorization", &auth), ("x-http-method-override", "GET")],
+            empty_body(),
+        )
+        .await;
+    assert!(reply.body.contains("New Package"), "{}", reply.body);
+    // A method the route does not take is Rails' routing error.
+    let reply = emu
+        .fetch(
+            Method::PUT,
+            "/aspera/faspex/send",
+            &[("authorization", &auth)],
+            empty_body(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_tokens_take_username_and_password_parameters() {
+    let emu = start_default().await;
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/auth/oauth2/token.json/",
+            &[FORM],
+            body("grant_type=password&username=dan&password=damson"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = emu
+        .get(
+            "/aspera/faspex/auth/oauth2/token?grant_type=password&username=dan&password=plum",
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        attempts(&emu),
+        [
+            ("dan".to_owned(), true, LoginVia::Token),
+            ("dan".to_owned(), false, LoginVia::Token)
+        ]
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_login_issues_a_fresh_session_and_the_account_page_rotates_it() {
+    let emu = start_default().await;
+    let first = cookie_of(&emu.login("ann", "apple").await);
+    // Logging in again with the old cookie: a new value, and the old one ends (reset_session).
+    let again = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/login",
+            &[FORM, ("cookie", &first)],
+            body("user[name]=ann&user[password]=apple"),
+        )
+        .await;
+    let second = cookie_of(&again);
+    assert_ne!(first, second);
+    let browse = |cookie: String| {
+        let emu = &emu;
+        async move {
+            emu.get(
+                "/aspera/faspex/inbox",
+                &[("cookie", &cookie), ("accept", "text/html")],
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(browse(first.clone()).await, StatusCode::FOUND);
+    assert_eq!(browse(second.clone()).await, StatusCode::OK);
+
+    // The account page rotates the cookie; the old value works until the new one is used.
+    let account = emu
+        .get("/aspera/faspex/account", &[("cookie", &second)])
+        .await;
+    assert_eq!(account.status, StatusCode::OK);
+    let third = cookie_of(&account);
+    assert!(third.starts_with("_faspex_session="));
+    assert_ne!(third, second);
+    assert_eq!(emu.emulator.session_rotations(), 1);
+    assert!(emu.emulator.events().iter().any(|e| matches!(
+        e,
+        EmulatorEvent::SessionRotated { user, .. } if user == "ann"
+    )));
+    assert_eq!(browse(second.clone()).await, StatusCode::OK);
+    assert_eq!(browse(third.clone()).await, StatusCode::OK);
+    assert_eq!(browse(second.clone()).await, StatusCode::FOUND);
+    // Logout ends the session whatever value it holds.
+    emu.get("/aspera/faspex/logout", &[("cookie", &third)])
+        .await;
+    assert_eq!(browse(third).await, StatusCode::FOUND);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn sessions_rotate_every_n_requests_when_configured() {
+    let emu = start(EmulatorConfig {
+        rotate_session_every: Some(3),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let mut cookie = cookie_of(&emu.login("bob", "banana").await);
+    let mut rotated = 0;
+    for _ in 0..9 {
+        let reply = emu.get("/aspera/faspex/me", &[("cookie", &cookie)]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        if reply.headers.contains_key("set-cookie") {
+            rotated += 1;
+            cookie = cookie_of(&reply);
+        }
+    }
+    assert_eq!(rotated, 3);
+    assert_eq!(emu.emulator.session_rotations(), 3);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_administrator_creates_a_local_account_that_can_log_in_and_change_its_password() {
+    let emu = start_default().await;
+    let create = "user[login]=visitor&user[email]=v%40example.org&user[password]=s3cret&user[password_confirmation]=s3cret";
+    // Without a session: the login page, nothing created.
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/admin/users",
+            &[FORM, ("accept", "text/html")],
+            body(create),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert!(emu.emulator.local_accounts().is_empty());
+
+    let admin = cookie_of(&emu.login("ann", "apple").await);
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/admin/users",
+            &[FORM, ("cookie", &admin)],
+            body(create),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.body);
+    assert_eq!(emu.emulator.local_accounts(), ["visitor"]);
+    assert!(emu
+        .emulator
+        .events()
+        .contains(&EmulatorEvent::LocalAccountCreated {
+            by: "ann".into(),
+            login: "visitor".into()
+        }));
+    // Taken logins and mismatched confirmations are refused.
+    for bad in [
+        create.to_owned(),
+        "user[login]=ANN&user[email]=a%40b&user[password]=x&user[password_confirmation]=x"
+            .to_owned(),
+        "user[login]=new&user[email]=a%40b&user[password]=x&user[password_confirmation]=y"
+            .to_owned(),
+    ] {
+        let reply = emu
+            .fetch(
+                Method::POST,
+                "/aspera/faspex/admin/users",
+                &[FORM, ("cookie", &admin)],
+                body(bad.clone()),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+
+    // The local account logs in (form and Basic); the directory never heard of it.
+    let visitor = cookie_of(&emu.login("visitor", "s3cret").await);
+    assert!(visitor.starts_with("_faspex_session="));
+    let me = emu
+        .get(
+            "/aspera/faspex/me",
+            &[("authorization", &basic("visitor", "s3cret"))],
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::OK);
+
+    // A wrong current password is refused (and was a guess that reached Faspex).
+    let change = |current: &str| {
+        format!("_method=put&user[current_password]={current}&user[password]=n3w&user[password_confirmation]=n3w")
+    };
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/account/password",
+            &[FORM, ("cookie", &visitor)],
+            body(change("wrong")),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(attempts(&emu).contains(&("visitor".into(), false, LoginVia::CurrentPassword)));
+    // The right one changes it: the old password fails, the new one works.
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/account/password",
+            &[FORM, ("cookie", &visitor)],
+            body(change("s3cret")),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.body);
+    assert!(emu
+        .emulator
+        .events()
+        .contains(&EmulatorEvent::PasswordChanged {
+            user: "visitor".into()
+        }));
+    assert_eq!(emu.login("visitor", "s3cret").await.status, StatusCode::OK);
+    assert_eq!(emu.login("visitor", "n3w").await.status, StatusCode::FOUND);
+    // A PUT works as the form's POST does; a directory user's password is the directory's.
+    let reply = emu
+        .fetch(
+            Method::PUT,
+            "/aspera/faspex/account/password",
+            &[FORM, ("cookie", &admin)],
+            body("user[current_password]=apple&user[password]=x&user[password_confirmation]=x"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(reply.body.contains("directory"));
+    // The edit form itself.
+    let form = emu
+        .get("/aspera/faspex/account/password", &[("cookie", &admin)])
+        .await;
+    assert!(form.body.contains("name=\"user[current_password]\""));
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_password_check_is_recorded() {
+    let emu = start_default().await;
+    emu.login("ann", "pear").await;
+    emu.login("ann", "apple").await;
+    emu.get(
+        "/aspera/faspex/me",
+        &[("authorization", &basic("eve", "fig"))],
+    )
+    .await;
+    emu.emulator.refuse_logins(true);
+    emu.login("bob", "banana").await;
+    assert_eq!(
+        attempts(&emu),
+        [
+            ("ann".to_owned(), false, LoginVia::Form),
+            ("ann".to_owned(), true, LoginVia::Form),
+            ("eve".to_owned(), false, LoginVia::Basic),
+            ("bob".to_owned(), false, LoginVia::Form),
+        ]
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn feeds_and_entries_follow_the_format_suffix() {
+    let emu = start_default().await;
+    let auth = basic("ann", "apple");
+    for path in [
+        "/aspera/faspex/inbox.atom",
+        "/aspera/faspex/inbox.xml/",
+        "/aspera/faspex/inbox?format=atom",
+    ] {
+        let reply = emu.get(path, &[("authorization", &auth)]).await;
+        assert!(
+            reply
+                .header("content-type")
+                .starts_with("application/atom+xml"),
+            "{path}"
+        );
+    }
+    let page = emu
+        .get("/aspera/faspex/inbox/", &[("authorization", &auth)])
+        .await;
+    assert!(page.header("content-type").starts_with("text/html"));
+    let entry = emu
+        .get(
+            "/aspera/faspex/received/4044.xml",
+            &[("authorization", &auth)],
+        )
+        .await;
+    assert!(entry.body.starts_with("<?xml"), "{}", entry.body);
+    let odd = emu
+        .get(
+            "/aspera/faspex/received/4044.pdf",
+            &[("authorization", &auth)],
+        )
+        .await;
+    assert_eq!(odd.status, StatusCode::NOT_ACCEPTABLE);
+    emu.shutdown().await;
+}
