@@ -347,23 +347,15 @@ fn xml_params(body: &[u8], out: &mut Vec<Param>) -> Result<(), ParamError> {
                 push(out, bracketed(&path), Vec::new())?;
                 path.pop();
             }
-            Event::End(_) => {
-                if path.pop().is_none() {
-                    return Err(ParamError::Malformed("XML"));
+            Event::End(_) if path.pop().is_none() => return Err(ParamError::Malformed("XML")),
+            Event::Text(t) if !path.is_empty() => {
+                let text = t.unescape().map_err(bad)?;
+                if !text.trim().is_empty() {
+                    push(out, bracketed(&path), text.into_owned().into_bytes())?;
                 }
             }
-            Event::Text(t) => {
-                if !path.is_empty() {
-                    let text = t.unescape().map_err(bad)?;
-                    if !text.trim().is_empty() {
-                        push(out, bracketed(&path), text.into_owned().into_bytes())?;
-                    }
-                }
-            }
-            Event::CData(c) => {
-                if !path.is_empty() {
-                    push(out, bracketed(&path), c.into_inner().into_owned())?;
-                }
+            Event::CData(c) if !path.is_empty() => {
+                push(out, bracketed(&path), c.into_inner().into_owned())?;
             }
             Event::Eof => break,
             _ => {}

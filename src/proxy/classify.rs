@@ -695,6 +695,14 @@ mod tests {
         );
     }
 
+    /// (method, path, what Rails runs, what the gateway makes of it)
+    type Spelled = (
+        Method,
+        &'static str,
+        &'static str,
+        Result<(Route, Option<Action>), PathError>,
+    );
+
     /// The spellings of the three actions: the path, what Rails routes it to, and what the
     /// gateway does. README's table of spellings follows this one.
     #[test]
@@ -706,12 +714,7 @@ mod tests {
         let logout = Some(Action::Logout);
         let token = Some(Action::Token);
         // (method, path, Rails' action, the gateway's answer)
-        let cases: &[(
-            Method,
-            &str,
-            &str,
-            Result<(Route, Option<Action>), PathError>,
-        )] = &[
+        let cases: &[Spelled] = &[
             (
                 Method::POST,
                 "/aspera/faspex/login",
