@@ -85,6 +85,25 @@ fn ssha(password: &str) -> String {
     )
 }
 
+/// `attr: value`, or `attr:: BASE64` for a value LDIF cannot carry as it is (RFC 2849: not
+/// ASCII, or with a leading space, colon or `<`, or a trailing space).
+fn ldif_line(attr: &str, value: &str) -> String {
+    use base64::Engine as _;
+    let safe = value
+        .bytes()
+        .all(|b| b.is_ascii() && b != 0 && b != b'\n' && b != b'\r')
+        && !value.starts_with([' ', ':', '<'])
+        && !value.ends_with(' ');
+    if safe {
+        format!("{attr}: {value}\n")
+    } else {
+        format!(
+            "{attr}:: {}\n",
+            base64::engine::general_purpose::STANDARD.encode(value)
+        )
+    }
+}
+
 fn ldif(extra: &[(String, String, String, bool)]) -> String {
     let mut people: Vec<(String, String, String, bool)> = PEOPLE_ENTRIES
         .iter()
@@ -101,9 +120,11 @@ fn ldif(extra: &[(String, String, String, bool)]) -> String {
         ssha(SERVICE_PW)
     );
     for (uid, cn, pw, _) in &people {
-        s.push_str(&format!(
-            "dn: uid={uid},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {cn}\nsn: {cn}\n"
-        ));
+        s.push_str(&ldif_line("dn", &format!("uid={uid},{PEOPLE}")));
+        s.push_str("objectClass: inetOrgPerson\n");
+        s.push_str(&ldif_line("uid", uid));
+        s.push_str(&ldif_line("cn", cn));
+        s.push_str(&ldif_line("sn", cn));
         if !pw.is_empty() {
             s.push_str(&format!("userPassword: {}\n", ssha(pw)));
         }
@@ -114,7 +135,7 @@ fn ldif(extra: &[(String, String, String, bool)]) -> String {
     ));
     for (uid, _, _, member) in &people {
         if *member {
-            s.push_str(&format!("member: uid={uid},{PEOPLE}\n"));
+            s.push_str(&ldif_line("member", &format!("uid={uid},{PEOPLE}")));
         }
     }
     s

@@ -10,6 +10,7 @@ mod cli;
 mod demo;
 mod flows;
 mod ldap;
+mod names;
 mod ops;
 mod proxy;
 mod rails;

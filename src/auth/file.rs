@@ -261,6 +261,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn users_file_names_are_prepared_as_logins_are() {
+        use crate::policy::account::normalize;
+        let cheap = argon2::Params::new(1024, 1, 1, None).unwrap();
+        let salt = argon2::password_hash::SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let hash = phc(cheap, b"pw", &salt).unwrap();
+        let text = |name: &str| format!("[users.\"{name}\"]\nhash = \"{hash}\"\n");
+        let normal = |n: &str| normalize(n, &[]).ok();
+        // A table named other than logins arrive is refused, naming the prepared form.
+        let e = parse_users(&text("Ann  Lee"), normal).unwrap_err();
+        assert!(e.contains("[users.\"ann lee\"]"), "{e}");
+        let e = parse_users(&text("an\u{AD}n"), normal).unwrap_err();
+        assert!(e.contains("not a valid account name"), "{e}");
+        // Written prepared, it is found by every spelling the engine prepares to it.
+        let d = FileDirectory::new(parse_users(&text("ann lee"), normal).unwrap(), 1).unwrap();
+        for login in ["ann lee", "ANN  LEE", "Ann\u{3000}Lee", " ａｎｎ lee "] {
+            let account = normalize(login, &[]).unwrap();
+            assert_eq!(
+                d.verify(&account, "pw").await.unwrap(),
+                Verdict::Accepted,
+                "{login:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn the_dummy_uses_the_users_parameters() {
         let cheap = argon2::Params::new(1024, 1, 1, None).unwrap();
         let salt = argon2::password_hash::SaltString::encode_b64(b"0123456789abcdef").unwrap();

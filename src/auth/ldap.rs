@@ -7,6 +7,13 @@
 //!   No entry (or more than one) runs a *dummy bind* to a DN that cannot exist, so an unknown
 //!   user costs the directory, and the caller, what a wrong password costs.
 //!
+//! **Names.** The name goes to the directory as typed (less a listed domain), escaped, so that
+//! the directory does its own matching (RFC 4518 for OpenLDAP, its own for Active Directory).
+//! With a service account the engine asks first which entry a name belongs to
+//! ([`Directory::lookup`]: the same search, also reading the entry's value of the attribute
+//! `user_filter` compares names with, [`naming_attribute`]) and counts failures, locks and seats
+//! by that entry; the check then binds the entry found, with no second search.
+//!
 //! **Group restriction.** With `require_group`, a successful bind also needs membership:
 //! a base search on the group for `(|(member=DN)(uniqueMember=DN))`, or with `nested_groups`
 //! a base search on the user for Active Directory's `LDAP_MATCHING_RULE_IN_CHAIN`
@@ -52,7 +59,7 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, SearchOpt
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Directory, DirectoryError, Verdict};
+use super::{Directory, DirectoryError, Lookup, Verdict};
 use crate::config::{LdapConfig, Secret};
 
 /// How long a server that failed is skipped before it is tried again.
@@ -105,6 +112,99 @@ pub fn user_filter(template: &str, account: &str) -> String {
     template.replace("{username}", &ldap3::ldap_escape(account))
 }
 
+/// The attribute `user_filter` compares the whole name with: the first `(ATTR={username})` in
+/// it (`uid` in `(&(objectClass=person)(|(uid={username})(cn={username})))`). `None` when the
+/// name is only part of a value, or only in an extensible or ordering match.
+pub fn naming_attribute(filter: &str) -> Option<String> {
+    const NAME: &str = "{username}";
+    let mut rest = filter;
+    while let Some(at) = rest.find(NAME) {
+        let (before, after) = (&rest[..at], &rest[at + NAME.len()..]);
+        if after.starts_with(')') {
+            let attr = before
+                .rfind('(')
+                .and_then(|open| before[open + 1..].strip_suffix('='));
+            if let Some(attr) = attr {
+                let plain = attr
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+                if !attr.is_empty() && plain {
+                    return Some(attr.to_owned());
+                }
+            }
+        }
+        rest = after;
+    }
+    None
+}
+
+/// The attribute type and value of a DN's first attribute value assertion, the value unescaped
+/// (RFC 4514): `("uid", "ann lee")` for `uid=ann\20lee,ou=people,…`. `None` for a hex-encoded
+/// value or one that is not UTF-8.
+pub fn first_rdn(dn: &str) -> Option<(String, String)> {
+    let (attr, rest) = dn.split_once('=')?;
+    let b = rest.as_bytes();
+    if b.first() == Some(&b'#') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b',' | b'+' | b';' => break,
+            b'\\' => match (b.get(i + 1), b.get(i + 2)) {
+                (Some(&h), Some(&l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                    let hex = [h, l];
+                    let byte = std::str::from_utf8(&hex)
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())?;
+                    out.push(byte);
+                    i += 3;
+                }
+                (Some(&e), _) => {
+                    out.push(e);
+                    i += 2;
+                }
+                (None, _) => break,
+            },
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some((attr.trim().to_owned(), String::from_utf8(out).ok()?))
+}
+
+/// An entry's own name among its values of `attr`: the one its RDN gives, else the one that
+/// prepares least (so the same whatever name found the entry), else the least.
+fn entry_name(
+    dn: &str,
+    attr: &str,
+    attrs: &std::collections::HashMap<String, Vec<String>>,
+) -> Option<String> {
+    use crate::policy::account::prepare;
+    let values = attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(attr))
+        .map(|(_, v)| v)?;
+    if let Some((a, v)) = first_rdn(dn) {
+        if a.eq_ignore_ascii_case(attr) {
+            if let Ok(rdn) = prepare(&v) {
+                if let Some(same) = values.iter().find(|x| prepare(x).is_ok_and(|x| x == rdn)) {
+                    return Some(same.clone());
+                }
+            }
+        }
+    }
+    values
+        .iter()
+        .filter_map(|v| prepare(v).ok().map(|p| (p, v)))
+        .min()
+        .map(|(_, v)| v.clone())
+        .or_else(|| values.iter().min().cloned())
+}
+
 /// One membership question: a base-scope search of `base` that returns an entry when the user is
 /// a member.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +241,8 @@ enum Mode {
         password: Secret,
         base_dn: String,
         filter: String,
+        /// The attribute `filter` compares names with ([`naming_attribute`]).
+        naming: Option<String>,
         /// Bound when the account is not found: in `base_dn`, named so it cannot exist.
         dummy_dn: String,
     },
@@ -257,6 +359,7 @@ impl LdapDirectory {
                     password: password.clone(),
                     base_dn: base_dn.clone(),
                     filter: cfg.user_filter.clone(),
+                    naming: naming_attribute(&cfg.user_filter),
                     dummy_dn: format!("cn=faspex-gate-no-such-user-{tag},{base_dn}"),
                 }
             }
@@ -521,48 +624,62 @@ impl LdapDirectory {
 
     // ----- the steps of a check -----
 
-    /// Search for the account's entry as the service account: its DN, or `None` when there is
-    /// not exactly one.
-    async fn find_user(&self, account: &str) -> Result<Option<String>, DirectoryError> {
+    /// Search for the entry `name` belongs to as the service account, reading its own name
+    /// ([`naming_attribute`]): [`Lookup::NoEntry`] when there is not exactly one.
+    async fn find(&self, name: &str) -> Result<Lookup, DirectoryError> {
         let Mode::Search {
-            base_dn, filter, ..
+            base_dn,
+            filter,
+            naming,
+            ..
         } = &self.mode
         else {
-            return Ok(None);
+            return Ok(Lookup::Unsupported);
         };
-        let filter = user_filter(filter, account);
+        let filter = user_filter(filter, name);
+        let attrs = vec![naming.clone().unwrap_or_else(|| "1.1".to_owned())];
         let found = self
             .run(&self.service_pool, |mut ldap| {
                 let filter = filter.clone();
+                let attrs = attrs.clone();
                 Box::pin(async move {
                     self.stats.searches.fetch_add(1, Ordering::Relaxed);
                     let r = ldap
                         .with_search_options(SearchOptions::new().sizelimit(2))
                         .with_timeout(self.timeout)
-                        .search(base_dn, Scope::Subtree, &filter, vec!["1.1"])
+                        .search(base_dn, Scope::Subtree, &filter, attrs)
                         .await
                         .map_err(transport)?;
                     search_outcome(r.1.rc, &r.1.text, "auth.ldap.base_dn")?;
                     Ok(Done::keep(
                         r.0.into_iter()
                             .filter(|e| !e.is_ref() && !e.is_intermediate())
-                            .map(|e| SearchEntry::construct(e).dn)
+                            .map(SearchEntry::construct)
                             .collect::<Vec<_>>(),
                     ))
                 })
             })
             .await?;
-        match found.len() {
-            1 => Ok(found.into_iter().next()),
-            0 => Ok(None),
-            n => {
+        let n = found.len();
+        match found.into_iter().next() {
+            Some(e) if n == 1 => {
+                let own = naming
+                    .as_deref()
+                    .and_then(|a| entry_name(&e.dn, a, &e.attrs));
+                Ok(Lookup::Entry {
+                    dn: e.dn,
+                    name: own,
+                })
+            }
+            None => Ok(Lookup::NoEntry),
+            Some(_) => {
                 tracing::warn!(
                     target: "faspex_gate::auth",
-                    account,
+                    account = name,
                     entries = n,
                     "auth.ldap.user_filter matches more than one entry for this account; refused"
                 );
-                Ok(None)
+                Ok(Lookup::NoEntry)
             }
         }
     }
@@ -704,21 +821,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[async_trait]
-impl Directory for LdapDirectory {
-    async fn verify(&self, account: &str, password: &str) -> Result<Verdict, DirectoryError> {
-        // An empty simple bind is an unauthenticated bind: never send one.
-        if password.is_empty() {
-            return Ok(Verdict::Rejected);
-        }
-        // Every path does the same operations: [search], bind, [membership search]. An unknown
-        // user binds a DN that cannot exist; a failed bind still asks the membership question.
-        let (dn, known) = match &self.mode {
-            Mode::Direct { template } => (user_dn(template, account), true),
-            Mode::Search { dummy_dn, .. } => match self.find_user(account).await? {
-                Some(dn) => (dn, true),
-                None => (dummy_dn.clone(), false),
-            },
+impl LdapDirectory {
+    /// One check of `name` (as the directory is given it), with what [`LdapDirectory::find`]
+    /// said when there is a service account. Every path does the same operations: [search,
+    /// before], bind, [membership search]. An unknown user binds a DN that cannot exist; a
+    /// failed bind still asks the membership question.
+    async fn verify_found(
+        &self,
+        name: &str,
+        found: &Lookup,
+        password: &str,
+    ) -> Result<Verdict, DirectoryError> {
+        let account = name;
+        let (dn, known) = match (&self.mode, found) {
+            (Mode::Direct { template }, _) => (user_dn(template, name), true),
+            (Mode::Search { .. }, Lookup::Entry { dn, .. }) => (dn.clone(), true),
+            (Mode::Search { dummy_dn, .. }, _) => (dummy_dn.clone(), false),
         };
         // For an unknown user, ask about an entry that exists (the service account), so that a
         // nested-group walk costs the directory what a real user's does.
@@ -759,6 +877,48 @@ impl Directory for LdapDirectory {
             );
         }
         Ok(verdict)
+    }
+}
+
+#[async_trait]
+impl Directory for LdapDirectory {
+    /// `account` goes to the directory as it is (direct bind, or the search).
+    async fn verify(&self, account: &str, password: &str) -> Result<Verdict, DirectoryError> {
+        // An empty simple bind is an unauthenticated bind: never send one.
+        if password.is_empty() {
+            return Ok(Verdict::Rejected);
+        }
+        let found = self.find(account).await?;
+        self.verify_found(account, &found, password).await
+    }
+
+    fn looks_up(&self) -> bool {
+        matches!(self.mode, Mode::Search { .. })
+    }
+
+    async fn lookup(&self, name: &str) -> Result<Lookup, DirectoryError> {
+        self.find(name).await
+    }
+
+    /// `name` goes to the directory as typed; with a service account, the entry `found` is bound
+    /// (searched for now if it was not looked up).
+    async fn verify_login(
+        &self,
+        name: &str,
+        _account: &str,
+        found: &Lookup,
+        password: &str,
+    ) -> Result<Verdict, DirectoryError> {
+        if password.is_empty() {
+            return Ok(Verdict::Rejected);
+        }
+        match (&self.mode, found) {
+            (Mode::Search { .. }, Lookup::Unsupported) => {
+                let found = self.find(name).await?;
+                self.verify_found(name, &found, password).await
+            }
+            _ => self.verify_found(name, found, password).await,
+        }
     }
 
     /// Read the root DSE (a base search of `""` asking for no attributes) on a pooled
@@ -830,6 +990,61 @@ mod tests {
         for name in ["*", "*)(uid=*", "admin)(|(uid=*", "\\", ",cn=admin"] {
             assert!(ldap3::parse_filter(user_filter(f, name)).is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    fn the_naming_attribute_is_the_one_compared_with_the_whole_name() {
+        for (filter, want) in [
+            (
+                "(&(objectClass=person)(|(uid={username})(cn={username})))",
+                Some("uid"),
+            ),
+            ("(sAMAccountName={username})", Some("sAMAccountName")),
+            (
+                "(&(objectCategory=person)(sAMAccountName={username}))",
+                Some("sAMAccountName"),
+            ),
+            ("(mail={username}@example.org)", None),
+            ("(|(mail={username}@x)(uid={username}))", Some("uid")),
+            ("(cn:dn:={username})", None),
+            ("(uid~={username})", None),
+            ("(objectClass=person)", None),
+        ] {
+            assert_eq!(naming_attribute(filter).as_deref(), want, "{filter}");
+        }
+    }
+
+    #[test]
+    fn an_entry_is_named_by_its_rdn_or_its_least_value() {
+        assert_eq!(
+            first_rdn("uid=ann\\20lee\\2c jr,ou=people,dc=x"),
+            Some(("uid".into(), "ann lee, jr".into()))
+        );
+        assert_eq!(
+            first_rdn("CN=Ren\\C3\\A9+uid=r,dc=x"),
+            Some(("CN".into(), "René".into()))
+        );
+        assert_eq!(first_rdn("uid=#04024869,dc=x"), None);
+        assert_eq!(first_rdn("no equals sign"), None);
+        assert_eq!(first_rdn("uid=a\\"), Some(("uid".into(), "a".into())));
+        let attrs = |v: &[&str]| {
+            std::collections::HashMap::from([(
+                "UID".to_owned(),
+                v.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )])
+        };
+        let dn = "uid=Ann Lee,ou=people,dc=x";
+        assert_eq!(
+            entry_name(dn, "uid", &attrs(&["alee", "ann lee"])).as_deref(),
+            Some("ann lee"),
+            "the RDN's value, as the entry holds it"
+        );
+        assert_eq!(
+            entry_name("cn=Ann,dc=x", "uid", &attrs(&["zed", "Alee"])).as_deref(),
+            Some("Alee"),
+            "the least prepared value"
+        );
+        assert_eq!(entry_name(dn, "mail", &attrs(&["x"])), None);
     }
 
     #[test]

@@ -11,11 +11,20 @@
 //!   lock the account for `lockout_duration`. Before a credential check runs it reserves a place
 //!   ([`PolicyStore::begin_attempt`]); failures plus checks in flight never exceed the threshold,
 //!   so however many guesses arrive at once, at most `lockout_threshold` reach the directory per
-//!   window. A locked account's guesses never reach it.
+//!   window. A locked account's guesses never reach a bind (with search-then-bind, a spelling not
+//!   looked up lately costs one search first: see "Which account" below).
 //!
-//! A login runs: validate the name → single-flight on (lock key, password) → per-address throttle
-//! → lockout reservation → the global `auth.max_checks_per_second` ceiling → credential check →
-//! record the result → admission. An HTTP Basic caller's later requests go through
+//! A login runs: validate the name → find the account it counts as → single-flight on (lock key,
+//! name, password) → per-address throttle → lockout reservation → the global
+//! `auth.max_checks_per_second` ceiling → credential check → record the result → admission.
+//!
+//! **Which account.** A name is prepared as LDAP prepares it (RFC 4518; [`account`]), so that
+//! `Ann  Lee` and `ann\u{A0}lee` are `ann lee`. With search-then-bind (`auth.ldap.bind_dn`),
+//! the directory itself says which entry a name belongs to ([`Directory::lookup`], remembered for
+//! `auth.cache_ttl`), and failures, locks, seats and sessions are keyed by that entry: its own
+//! name, prepared ([`account::entry_key`]). A search that reaches the directory for a name not
+//! remembered takes the per-address and global tokens the check would have taken; an outage
+//! during it is a 503 that counts against no one. An HTTP Basic caller's later requests go through
 //! [`Policy::recheck`], which the verification cache answers without a check when it can. Everything takes
 //! `now` from the injected [`Clock`]. Events go to an [`Observer`] (logs now; metrics and the
 //! audit log attach there).
@@ -35,7 +44,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use crate::auth::cache::VerificationCache;
-use crate::auth::{Directory, Verdict};
+use crate::auth::{Directory, Lookup, Verdict};
 use crate::clock::{Clock, Timestamp};
 use crate::config::{AuthConfig, LockoutKey, PolicyConfig};
 use crate::store::{
@@ -460,7 +469,22 @@ struct Inner {
     attempt_finished: Notify,
     checks: ArcSwap<CheckRules>,
     cache: VerificationCache,
+    /// Which account names were found to be lately ([`Directory::lookup`]).
+    names: account::Names,
     observer: Arc<dyn Observer>,
+}
+
+/// A login's name, and the account it counts as.
+#[derive(Clone, Debug)]
+struct Resolved {
+    /// As typed, less a listed domain: what the directory is given.
+    name: String,
+    account: String,
+    /// What the directory said about the name ([`Lookup::Unsupported`] when it was not asked).
+    found: Lookup,
+    /// The lookup reached the directory, and took the per-address and global tokens the check
+    /// would otherwise take.
+    charged: bool,
 }
 
 impl Policy {
@@ -486,6 +510,7 @@ impl Policy {
                 attempt_finished: Notify::new(),
                 checks: ArcSwap::from_pointee(checks),
                 cache: VerificationCache::default(),
+                names: account::Names::default(),
                 observer,
             }),
         }
@@ -511,6 +536,8 @@ impl Policy {
         if old_checks.cache_ttl != checks.cache_ttl {
             self.inner.cache.clear();
         }
+        // The directory, its filter or the domains may have changed: names are looked up again.
+        self.inner.names.clear();
         self.inner.checks.store(Arc::new(checks));
         self.inner.cfg.store(Arc::new(cfg));
     }
@@ -556,9 +583,99 @@ impl Policy {
         }
     }
 
-    /// The account name `username` counts as.
+    /// The account name `username` counts as: the entry's account when the directory said so
+    /// lately (a login with this spelling within `auth.cache_ttl`), else the prepared name.
     pub fn account(&self, username: &str) -> Result<String, InvalidUsername> {
-        normalize(username, &self.cfg().username_domains)
+        let cfg = self.cfg();
+        let (name, prepared) = account::split(username, &cfg.username_domains)?;
+        Ok(self
+            .inner
+            .names
+            .account(name, self.now())
+            .unwrap_or(prepared))
+    }
+
+    /// Every account `username` may be stored under: [`Policy::account`], and the prepared name
+    /// when that differs (a lock taken before the entry was known by this spelling).
+    fn accounts(&self, username: &str) -> Result<Vec<String>, InvalidUsername> {
+        let prepared = normalize(username, &self.cfg().username_domains)?;
+        let account = self.account(username)?;
+        Ok(if account == prepared {
+            vec![account]
+        } else {
+            vec![account, prepared]
+        })
+    }
+
+    /// The account a login's name counts as. Where the directory can say which entry the name
+    /// belongs to, it is asked (unless it was lately), before any lock is looked at: the entry,
+    /// not the spelling, is the account. Not for an empty password, which reaches no one.
+    ///
+    /// A refusal here comes with the account to report it under, when there is one.
+    async fn resolve(
+        &self,
+        username: &str,
+        password: &str,
+        ip: IpAddr,
+        directory: &Arc<dyn Directory>,
+    ) -> Result<Resolved, (Option<String>, LoginRefused)> {
+        let cfg = self.cfg();
+        let (name, prepared) = account::split(username, &cfg.username_domains)
+            .map_err(|e| (None, LoginRefused::InvalidUsername(e)))?;
+        let resolved = |found: Lookup, account: String, charged: bool| Resolved {
+            name: name.to_owned(),
+            account,
+            found,
+            charged,
+        };
+        if password.is_empty() || !directory.looks_up() {
+            return Ok(resolved(Lookup::Unsupported, prepared, false));
+        }
+        let now = self.now();
+        if let Some((found, account)) = self.inner.names.get(name, now) {
+            return Ok(resolved(found, account, false));
+        }
+        // A search reaches the directory: it takes the tokens the check would have taken.
+        let throttle = self.inner.throttle.load();
+        let charge = throttle.login(ip).and_then(|()| throttle.ceiling());
+        if let Err(wait) = charge {
+            let refused = LoginRefused::Throttled {
+                retry_after: retry_after(wait),
+            };
+            return Err((Some(prepared), refused));
+        }
+        let started = std::time::Instant::now();
+        let found = match tokio::time::timeout(CHECK_TIMEOUT, directory.lookup(name)).await {
+            Ok(Ok(found)) => found,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {}s", CHECK_TIMEOUT.as_secs()),
+                };
+                tracing::warn!(
+                    target: "faspex_gate::policy",
+                    account = %prepared,
+                    %error,
+                    "the directory could not say which entry a name belongs to (503, not counted)"
+                );
+                self.emit(PolicyEvent::DirectoryCheck {
+                    result: DirectoryResult::Error,
+                    elapsed: started.elapsed(),
+                });
+                return Err((Some(prepared), LoginRefused::DirectoryUnavailable));
+            }
+        };
+        let account = match &found {
+            Lookup::Entry { dn, name: own } => {
+                account::entry_key(dn, own.as_deref(), &cfg.username_domains)
+            }
+            Lookup::NoEntry | Lookup::Unsupported => prepared,
+        };
+        let ttl = self.inner.checks.load().cache_ttl;
+        self.inner
+            .names
+            .insert(name, found.clone(), account.clone(), now, ttl);
+        Ok(resolved(found, account, true))
     }
 
     /// The key failures of `account` from `ip` count under.
@@ -609,15 +726,20 @@ impl Policy {
         req: LoginRequest<'_>,
         directory: &Arc<dyn Directory>,
     ) -> Result<PendingLogin, LoginRefused> {
-        let account = self.account(req.username);
         // (before the check: an admin lock or kick during it must keep its success uncached)
         let epoch = self.inner.cache.epoch();
-        let result = match &account {
-            Ok(account) => self.login_account(account, &req, directory, epoch).await,
-            Err(e) => Err(LoginRefused::InvalidUsername(*e)),
+        let resolved = self
+            .resolve(req.username, req.password, req.ip, directory)
+            .await;
+        let (account, result) = match resolved {
+            Ok(r) => {
+                let result = self.login_account(&r, &req, directory, epoch).await;
+                (Some(r.account), result)
+            }
+            Err((account, e)) => (account, Err(e)),
         };
         match (account, result) {
-            (Ok(account), Ok(admitted)) => Ok(PendingLogin {
+            (Some(account), Ok(admitted)) => Ok(PendingLogin {
                 policy: self.clone(),
                 admitted,
                 decided: false,
@@ -629,14 +751,15 @@ impl Policy {
             }),
             (account, Err(e)) => {
                 self.emit(PolicyEvent::Login {
-                    account: account.as_deref().ok(),
+                    account: account.as_deref(),
                     ip: req.ip,
                     kind: req.kind,
                     result: e.result(),
                 });
                 Err(e)
             }
-            (Err(e), Ok(_)) => Err(LoginRefused::InvalidUsername(e)),
+            // (a success always has its account)
+            (None, Ok(_)) => Err(LoginRefused::DirectoryUnavailable),
         }
     }
 
@@ -665,18 +788,21 @@ impl Policy {
             return Ok(Rechecked::Cached);
         }
         let epoch = self.inner.cache.epoch();
-        let result = match self
-            .check(&account, req.password, req.ip, directory, epoch)
+        let (account, result) = match self
+            .resolve(req.username, req.password, req.ip, directory)
             .await
         {
-            Check::Verified => {
-                let ttl = self.inner.checks.load().cache_ttl;
-                self.inner
-                    .cache
-                    .insert(&account, req.password, self.now(), ttl, epoch);
-                Ok(Rechecked::Checked)
-            }
-            refused => Err(self.refusal(refused)),
+            Ok(r) => match self.check(&r, req.password, req.ip, directory, epoch).await {
+                Check::Verified => {
+                    let ttl = self.inner.checks.load().cache_ttl;
+                    self.inner
+                        .cache
+                        .insert(&r.account, req.password, self.now(), ttl, epoch);
+                    (r.account, Ok(Rechecked::Checked))
+                }
+                refused => (r.account, Err(self.refusal(refused))),
+            },
+            Err((resolved, e)) => (resolved.unwrap_or(account), Err(e)),
         };
         self.emit(PolicyEvent::Recheck {
             account: Some(&account),
@@ -708,21 +834,18 @@ impl Policy {
 
     async fn login_account(
         &self,
-        account: &str,
+        r: &Resolved,
         req: &LoginRequest<'_>,
         directory: &Arc<dyn Directory>,
         epoch: u64,
     ) -> Result<Admitted, LoginRefused> {
-        match self
-            .check(account, req.password, req.ip, directory, epoch)
-            .await
-        {
-            Check::Verified => self.admit(account, req).await,
+        match self.check(r, req.password, req.ip, directory, epoch).await {
+            Check::Verified => self.admit(&r.account, req).await,
             refused => Err(self.refusal(refused)),
         }
     }
 
-    /// A credential check, shared by parallel callers with the same lock key and password. It
+    /// A credential check, shared by parallel callers with the same lock key, name and password. It
     /// runs on its own task, so a caller that goes away cannot cancel it half-way: a guess that
     /// reached the directory is always counted.
     ///
@@ -731,23 +854,26 @@ impl Policy {
     /// it cannot cache that check's success past the lock.
     async fn check(
         &self,
-        account: &str,
+        r: &Resolved,
         password: &str,
         ip: IpAddr,
         directory: &Arc<dyn Directory>,
         epoch: u64,
     ) -> Check {
-        let key = self.lock_key(account, ip);
+        let key = self.lock_key(&r.account, ip);
         let mut ctx = ring::hmac::Context::with_key(&self.inner.flight_key);
         ctx.update(&epoch.to_be_bytes());
         ctx.update(key.encode().as_bytes());
         ctx.update(&[0]);
+        // (the name as typed: two spellings share a lockout budget, never a directory's answer)
+        ctx.update(&(r.name.len() as u64).to_be_bytes());
+        ctx.update(r.name.as_bytes());
         ctx.update(password.as_bytes());
         let mut flight = [0u8; 32];
         flight.copy_from_slice(ctx.sign().as_ref());
         let work = self.clone().check_alone(
             key,
-            account.to_owned(),
+            r.clone(),
             password.to_owned(),
             ip,
             Arc::clone(directory),
@@ -759,13 +885,16 @@ impl Policy {
     async fn check_alone(
         self,
         key: LockKey,
-        account: String,
+        r: Resolved,
         password: String,
         ip: IpAddr,
         directory: Arc<dyn Directory>,
     ) -> Check {
-        if let Err(wait) = self.inner.throttle.load().login(ip) {
-            return Check::Throttled(wait);
+        // (a lookup that reached the directory took this token, and the ceiling's, already)
+        if !r.charged {
+            if let Err(wait) = self.inner.throttle.load().login(ip) {
+                return Check::Throttled(wait);
+            }
         }
         let ticket = match self.reserve(&key).await {
             Ok(t) => t,
@@ -778,7 +907,7 @@ impl Policy {
         // The global ceiling protects the directory from many addresses at once. It is taken
         // after the lockout reservation, so guesses at a locked account (which never reach the
         // directory) cannot use it up; a refusal here releases the reservation uncounted.
-        if !password.is_empty() {
+        if !password.is_empty() && !r.charged {
             if let Err(wait) = self.inner.throttle.load().ceiling() {
                 if let Some(ticket) = guard.ticket.take() {
                     if let Err(e) = self.finish(ticket, AttemptResult::Aborted).await {
@@ -793,9 +922,8 @@ impl Policy {
             Ok(Verdict::Rejected)
         } else {
             let started = std::time::Instant::now();
-            let v = match tokio::time::timeout(CHECK_TIMEOUT, directory.verify(&account, &password))
-                .await
-            {
+            let check = directory.verify_login(&r.name, &r.account, &r.found, &password);
+            let v = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
                 Ok(v) => v,
                 Err(_) => Err(crate::auth::DirectoryError(format!(
                     "no answer within {}s",
@@ -819,7 +947,7 @@ impl Policy {
             Err(e) => {
                 tracing::warn!(
                     target: "faspex_gate::policy",
-                    account = %account,
+                    account = %r.account,
                     error = %e,
                     "the directory could not answer a credential check (503, not counted)"
                 );
@@ -1156,14 +1284,17 @@ impl Policy {
 
     /// End every session of `user` now, freeing its seat. An unknown user is a no-op.
     pub async fn kick(&self, user: &str) -> Result<Vec<Session>, AdminError> {
-        let account = self.account(user)?;
-        // Its Basic callers' cached passwords go too: their next request is checked afresh.
-        self.inner.cache.forget(&account);
-        let ended = self
-            .inner
-            .store
-            .end_account(&account, EndReason::Admin)
-            .await?;
+        let mut ended = Vec::new();
+        for account in self.accounts(user)? {
+            // Its Basic callers' cached passwords go too: their next request is checked afresh.
+            self.inner.cache.forget(&account);
+            ended.extend(
+                self.inner
+                    .store
+                    .end_account(&account, EndReason::Admin)
+                    .await?,
+            );
+        }
         for s in &ended {
             self.emit(PolicyEvent::SessionEnded(s, EndReason::Admin));
         }
@@ -1177,10 +1308,16 @@ impl Policy {
 
     /// Lift `user`'s locks (every address under `account+ip`) and clear its failure windows.
     pub async fn unlock(&self, user: &str) -> Result<Unlocked, AdminError> {
-        let account = self.account(user)?;
+        let accounts = self.accounts(user)?;
         let now = self.now();
-        let mut u = self.inner.store.unlock_account(&account).await?;
+        let mut u = Unlocked::default();
+        for account in &accounts {
+            let one = self.inner.store.unlock_account(account).await?;
+            u.lifted.extend(one.lifted);
+            u.windows_cleared += one.windows_cleared;
+        }
         u.lifted.retain(|l| l.until > now);
+        let account = accounts.first().cloned().unwrap_or_default();
         self.emit(PolicyEvent::Unlocked {
             account: &account,
             lifted: &u.lifted,

@@ -2118,3 +2118,310 @@ async fn a_take_over_faspex_refuses_leaves_the_other_client_signed_in() {
     assert_eq!(h.events.count("end ann replaced"), 1);
     assert_eq!(h.seats().await, 1);
 }
+
+// ----- accounts keyed by directory entry (search-then-bind) -----
+
+/// A directory that names the entry a name belongs to, as LDAP with a service account does:
+/// entries by uid, reachable by their uid or their other names (a cn), matched as slapd matches
+/// (prepared). Counts lookups and checks, and can be down.
+struct EntryDirectory {
+    /// (uid, other names, password)
+    entries: Vec<(&'static str, Vec<&'static str>, &'static str)>,
+    lookups: AtomicUsize,
+    checks: AtomicUsize,
+    down: AtomicBool,
+    /// What each check was given: (name, account, bound DN).
+    seen: Mutex<Vec<(String, String, Option<String>)>>,
+}
+
+impl EntryDirectory {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            entries: vec![
+                ("Ann Lee", vec!["Ann Smith"], "pw-ann"),
+                ("bob", vec!["Bob Jones"], "pw-bob"),
+            ],
+            lookups: AtomicUsize::new(0),
+            checks: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            seen: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn dn(uid: &str) -> String {
+        format!("uid={uid},ou=people,dc=example,dc=org")
+    }
+
+    fn lookups(&self) -> usize {
+        self.lookups.load(Ordering::SeqCst)
+    }
+
+    fn checks(&self) -> usize {
+        self.checks.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Directory for EntryDirectory {
+    async fn verify(&self, _: &str, _: &str) -> Result<Verdict, DirectoryError> {
+        panic!("a directory that looks names up is asked through verify_login");
+    }
+
+    fn looks_up(&self) -> bool {
+        true
+    }
+
+    async fn lookup(&self, name: &str) -> Result<Lookup, DirectoryError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(DirectoryError("connection refused".into()));
+        }
+        let same = |a: &str| account::prepare(a).ok() == account::prepare(name).ok();
+        Ok(
+            match self
+                .entries
+                .iter()
+                .find(|(uid, other, _)| same(uid) || other.iter().any(|o| same(o)))
+            {
+                Some((uid, _, _)) => Lookup::Entry {
+                    dn: Self::dn(uid),
+                    name: Some(uid.to_string()),
+                },
+                None => Lookup::NoEntry,
+            },
+        )
+    }
+
+    async fn verify_login(
+        &self,
+        name: &str,
+        account: &str,
+        found: &Lookup,
+        password: &str,
+    ) -> Result<Verdict, DirectoryError> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(DirectoryError("connection refused".into()));
+        }
+        let dn = match found {
+            Lookup::Entry { dn, .. } => Some(dn.clone()),
+            _ => None,
+        };
+        self.seen
+            .lock()
+            .unwrap()
+            .push((name.into(), account.into(), dn.clone()));
+        let ok = self
+            .entries
+            .iter()
+            .any(|(uid, _, pw)| dn == Some(Self::dn(uid)) && *pw == password);
+        Ok(if ok {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        })
+    }
+}
+
+async fn login_to(
+    h: &Harness,
+    d: &Arc<EntryDirectory>,
+    user: &str,
+    password: &str,
+    client: &str,
+) -> Result<Admitted, LoginRefused> {
+    let directory: Arc<dyn Directory> = d.clone();
+    h.policy
+        .login(
+            LoginRequest {
+                username: user,
+                password,
+                ip: "192.0.2.1".parse().unwrap(),
+                agent: "test-agent/1.0",
+                client: ClientId(client.into()),
+                kind: ClientKind::Browser,
+                takeover: false,
+            },
+            &directory,
+        )
+        .await
+}
+
+#[tokio::test]
+async fn with_a_service_account_every_name_of_an_entry_is_one_account() {
+    let h = Harness::new(contract_defaults());
+    let d = EntryDirectory::new();
+    for (i, u) in [
+        "ann lee",
+        "ANN  LEE",
+        "HUTCH\\Ann\u{A0}Lee",
+        "Ann Smith",
+        "ann\u{3000}lee@fhcrc.org",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = login_to(&h, &d, u, "wrong", "c-attacker").await;
+        if i < 4 {
+            assert!(is_bad(&r), "{u}: {r:?}");
+        } else {
+            assert!(is_locked(&r), "the fifth name of the entry locks it: {r:?}");
+        }
+    }
+    // The lock is the entry's, under its own readable name.
+    let locks = h.policy.lockouts().await.unwrap();
+    assert_eq!(locks.len(), 1);
+    assert_eq!(locks[0].key.account, "ann lee");
+    assert_eq!(h.events.count("lockout ann lee"), 1);
+    // Every name of it is refused now, the right password too, and nothing reaches a bind.
+    for u in ["Ann Smith", "ann lee", "ann   lee"] {
+        assert!(is_locked(&login_to(&h, &d, u, "pw-ann", "c1").await), "{u}");
+    }
+    assert_eq!(d.checks(), 5);
+    // The directory was given each name as typed (less the domain), and the entry was bound.
+    let seen = d.seen.lock().unwrap().clone();
+    assert_eq!(seen[2].0, "Ann\u{A0}Lee");
+    assert!(seen.iter().all(|(_, a, dn)| a == "ann lee"
+        && dn.as_deref() == Some(EntryDirectory::dn("Ann Lee").as_str())));
+    // An administrator finds it under any spelling.
+    assert!(h.locked("ANN\u{3000}LEE").await.is_some());
+    let u = h.policy.unlock("Ann   Lee").await.unwrap();
+    assert_eq!(u.lifted.len(), 1);
+    assert!(h.locked("Ann Smith").await.is_none());
+
+    // One seat, one client: the entry's, whichever name each client typed.
+    let a = login_to(&h, &d, "Ann Smith", "pw-ann", "c1").await.unwrap();
+    assert_eq!(a.session.account, "ann lee");
+    match login_to(&h, &d, "ann  lee", "pw-ann", "c2").await {
+        Err(LoginRefused::OtherClientActive { .. }) => {}
+        other => panic!("a second client of the entry: {other:?}"),
+    }
+    assert_eq!(h.seats().await, 1);
+    // A kick by another spelling ends it.
+    assert_eq!(h.policy.kick("ANN LEE").await.unwrap().len(), 1);
+    assert_eq!(h.seats().await, 0);
+    // Each spelling was looked up once, then remembered.
+    let lookups = d.lookups();
+    assert!(login_to(&h, &d, "Ann Smith", "pw-ann", "c1").await.is_ok());
+    assert_eq!(d.lookups(), lookups);
+}
+
+#[tokio::test]
+async fn with_a_service_account_unknown_names_count_like_wrong_passwords() {
+    let h = Harness::new(contract_defaults());
+    let d = EntryDirectory::new();
+    // An unknown name and a known one with a wrong password: the same answer, the same work.
+    let unknown = login_to(&h, &d, "No  Body", "guess", "c-attacker").await;
+    let wrong = login_to(&h, &d, "bob", "guess", "c-attacker").await;
+    assert!(is_bad(&unknown) && is_bad(&wrong), "{unknown:?} {wrong:?}");
+    assert_eq!((d.lookups(), d.checks()), (2, 2));
+    // Unknown names count under their prepared name.
+    for u in ["no body", "NO   BODY", "No\u{A0}Body"] {
+        assert!(
+            is_bad(&login_to(&h, &d, u, "guess", "c-attacker").await),
+            "{u}"
+        );
+    }
+    assert!(is_locked(
+        &login_to(&h, &d, "no body", "guess", "c-attacker").await
+    ));
+    assert_eq!(h.policy.lockouts().await.unwrap()[0].key.account, "no body");
+    assert_eq!(h.events.count("login no body bad_credentials"), 4);
+}
+
+#[tokio::test]
+async fn a_directory_outage_while_looking_a_name_up_is_a_503_that_counts_nothing() {
+    let h = Harness::new(contract_defaults());
+    let d = EntryDirectory::new();
+    d.down.store(true, Ordering::SeqCst);
+    for _ in 0..10 {
+        assert!(matches!(
+            login_to(&h, &d, "Ann Smith", "wrong", "c1").await,
+            Err(LoginRefused::DirectoryUnavailable)
+        ));
+    }
+    assert_eq!(
+        (d.lookups(), d.checks()),
+        (10, 0),
+        "never a fall-through to a check"
+    );
+    assert_eq!(h.policy.status().await.unwrap().tracked_windows, 0);
+    assert!(h.policy.lockouts().await.unwrap().is_empty());
+    assert_eq!(h.events.count("directory error"), 10);
+    assert_eq!(h.events.count("login ann smith directory_error"), 10);
+    // Nothing was remembered: once it is back, the name is looked up.
+    d.down.store(false, Ordering::SeqCst);
+    assert!(login_to(&h, &d, "Ann Smith", "pw-ann", "c1").await.is_ok());
+    assert_eq!(d.lookups(), 11);
+}
+
+#[tokio::test]
+async fn an_empty_password_looks_nothing_up() {
+    let h = Harness::new(contract_defaults());
+    let d = EntryDirectory::new();
+    assert!(is_bad(&login_to(&h, &d, "Ann Smith", "", "c1").await));
+    assert_eq!((d.lookups(), d.checks()), (0, 0));
+}
+
+#[tokio::test]
+async fn names_are_looked_up_again_after_the_cache_ttl_and_basic_callers_ride_the_answer() {
+    let h = Harness::new(contract_defaults());
+    let d = EntryDirectory::new();
+    let directory: Arc<dyn Directory> = d.clone();
+    let req = LoginRequest {
+        username: "Bob Jones",
+        password: "pw-bob",
+        ip: "192.0.2.1".parse().unwrap(),
+        agent: "curl/8",
+        client: ClientId("basic:1".into()),
+        kind: ClientKind::Basic,
+        takeover: false,
+    };
+    assert_eq!(
+        h.policy.account("Bob Jones").as_deref(),
+        Ok("bob jones"),
+        "not looked up yet"
+    );
+    assert_eq!(
+        h.policy.recheck(&req, &directory).await.unwrap(),
+        Rechecked::Checked
+    );
+    assert_eq!(h.policy.account("Bob Jones").as_deref(), Ok("bob"));
+    assert_eq!(
+        h.policy.recheck(&req, &directory).await.unwrap(),
+        Rechecked::Cached
+    );
+    assert_eq!(d.lookups(), 1);
+    h.advance(CheckRules::default().cache_ttl);
+    assert_eq!(h.policy.account("Bob Jones").as_deref(), Ok("bob jones"));
+    assert_eq!(
+        h.policy.recheck(&req, &directory).await.unwrap(),
+        Rechecked::Checked
+    );
+    assert_eq!(d.lookups(), 2);
+    // A reload forgets what was looked up.
+    let cfg = (**h.policy.cfg()).clone();
+    h.policy.reload(cfg, unlimited_checks());
+    assert_eq!(h.policy.account("Bob Jones").as_deref(), Ok("bob jones"));
+}
+
+#[tokio::test]
+async fn a_lookup_takes_the_tokens_its_check_would_have() {
+    let h = Harness::new(PolicyConfig {
+        login_attempts_per_ip_per_minute: 3,
+        ..contract_defaults()
+    });
+    let d = EntryDirectory::new();
+    for u in ["x1", "x2", "x3"] {
+        assert!(is_bad(&login_to(&h, &d, u, "guess", "c1").await), "{u}");
+    }
+    assert!(matches!(
+        login_to(&h, &d, "x4", "guess", "c1").await,
+        Err(LoginRefused::Throttled { .. })
+    ));
+    assert_eq!(
+        (d.lookups(), d.checks()),
+        (3, 3),
+        "one token each, and a throttled name is not even looked up"
+    );
+}

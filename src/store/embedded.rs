@@ -10,6 +10,13 @@
 //! The file carries a schema version. A file that is corrupt, unreadable, locked by another
 //! process or from a newer schema is refused with a message naming it: the gateway must not start
 //! having forgotten every lock.
+//!
+//! It also says how its account names are spelt ([`ACCOUNT_KEYS_VERSION`], a schema step of its
+//! own so that an older build can still read the file): a file from a build that keyed accounts
+//! by names as typed (`ann  lee`, `ann lee` apart) is re-keyed at open to prepared names
+//! ([`crate::policy::account::rekey_stored`], [`super::tables::rekey`]), in the same transaction
+//! that proves the file writable. Merged accounts keep their longest lock and all their failures;
+//! sessions keep working under the one account.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -22,7 +29,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::tables::{decode_lock_key, Dirty, Tables};
+use super::tables::{decode_lock_key, Dirty, Records, Tables};
 use super::{
     Admission, Admit, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, AttemptTicket,
     ClientId, Counts, EndReason, Lock, LockKey, LockoutRules, PolicyStore, SeatRules, Session,
@@ -34,6 +41,13 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
 const WINDOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("failure_windows");
+
+/// The meta key saying how account names are spelt in the records: absent or 1, as builds
+/// before names were prepared as LDAP prepares them keyed them; 2, prepared.
+const ACCOUNT_KEYS: &str = "account_keys";
+
+/// The spelling of account names this build writes and understands.
+pub const ACCOUNT_KEYS_VERSION: u64 = 2;
 
 /// redb's page cache.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -246,6 +260,10 @@ fn load(db: &Database) -> Result<Tables, String> {
         let windows_t = txn
             .open_table(WINDOWS)
             .map_err(|e| format!("is unreadable: {e}"))?;
+        let keys = meta
+            .get(ACCOUNT_KEYS)
+            .map_err(|e| format!("is unreadable: {e}"))?
+            .map(|v| v.value());
         match version {
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(format!(
@@ -264,6 +282,11 @@ fn load(db: &Database) -> Result<Tables, String> {
                     .map_err(|e| format!("cannot be written: {e}"))?;
             }
         }
+        if let Some(k) = keys.filter(|&k| k > ACCOUNT_KEYS_VERSION) {
+            return Err(format!(
+                "was written by a newer faspex-gate (account keys {k}; this build understands up to {ACCOUNT_KEYS_VERSION}); upgrade faspex-gate, do not delete the file"
+            ));
+        }
         let sessions: Vec<Session> = read_all(&sessions_t, "session")?;
         let locks: Vec<Lock> = read_all(&locks_t, "lock")?;
         let mut windows = Vec::new();
@@ -276,12 +299,78 @@ fn load(db: &Database) -> Result<Tables, String> {
                 .map_err(|e| format!("is corrupt: failure window {:?}: {e}", k.value()))?;
             windows.push((decode_lock_key(k.value()), failures));
         }
-        (sessions, locks, windows)
+        let records = (sessions, locks, windows);
+        if keys == Some(ACCOUNT_KEYS_VERSION) {
+            records
+        } else {
+            let records = rekey_records(records, sessions_t, locks_t, windows_t)?;
+            meta.insert(ACCOUNT_KEYS, ACCOUNT_KEYS_VERSION)
+                .map_err(|e| format!("cannot be written: {e}"))?;
+            records
+        }
     };
     // Committing here proves the file is writable before the gateway takes its first request.
     txn.commit()
         .map_err(|e| format!("cannot be written: {e}"))?;
     Ok(Tables::load(sessions, locks, windows))
+}
+
+/// The schema step to [`ACCOUNT_KEYS_VERSION`]: every record re-keyed by its prepared account
+/// name, merged where two become one, and written back in the caller's transaction.
+fn rekey_records(
+    records: Records,
+    mut sessions_t: redb::Table<&str, &[u8]>,
+    mut locks_t: redb::Table<&str, &[u8]>,
+    mut windows_t: redb::Table<&str, &[u8]>,
+) -> Result<Records, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("cannot be written: {e}");
+    let before = (records.1.len(), records.2.len());
+    let old_sessions: Vec<String> = records.0.iter().map(|s| s.account.clone()).collect();
+    let old_keys: Vec<String> = records
+        .1
+        .iter()
+        .map(|l| l.key.encode())
+        .chain(records.2.iter().map(|(k, _)| k.encode()))
+        .collect();
+    let (sessions, locks, windows) =
+        super::tables::rekey(records, crate::policy::account::rekey_stored);
+    let mut moved = 0;
+    for (s, old) in sessions.iter().zip(&old_sessions) {
+        if s.account != *old {
+            moved += 1;
+            let bytes = serde_json::to_vec(s).map_err(|e| fail(&e))?;
+            sessions_t
+                .insert(s.key.0.as_str(), bytes.as_slice())
+                .map_err(|e| fail(&e))?;
+        }
+    }
+    for k in &old_keys {
+        locks_t.remove(k.as_str()).map_err(|e| fail(&e))?;
+        windows_t.remove(k.as_str()).map_err(|e| fail(&e))?;
+    }
+    for l in &locks {
+        let bytes = serde_json::to_vec(l).map_err(|e| fail(&e))?;
+        locks_t
+            .insert(l.key.encode().as_str(), bytes.as_slice())
+            .map_err(|e| fail(&e))?;
+    }
+    for (k, f) in &windows {
+        let bytes = serde_json::to_vec(f).map_err(|e| fail(&e))?;
+        windows_t
+            .insert(k.encode().as_str(), bytes.as_slice())
+            .map_err(|e| fail(&e))?;
+    }
+    if moved > 0 || before != (locks.len(), windows.len()) {
+        tracing::info!(
+            sessions_moved = moved,
+            locks = locks.len(),
+            merged_locks = before.0 - locks.len(),
+            failure_windows = windows.len(),
+            merged_windows = before.1 - windows.len(),
+            "the state store's account names are now prepared as LDAP prepares them"
+        );
+    }
+    Ok((sessions, locks, windows))
 }
 
 fn read_all<T: serde::de::DeserializeOwned>(
@@ -573,7 +662,11 @@ impl PolicyStore for EmbeddedStore {
         now: Timestamp,
         rules: LockoutRules,
     ) -> Result<AttemptStart, StoreError> {
-        Ok(self.tables().begin_attempt(key, now, rules))
+        let (start, locked) = self.tables().begin_attempt_locking(key, now, rules);
+        if locked {
+            self.commit_or_log("a lockout").await;
+        }
+        Ok(start)
     }
 
     async fn finish_attempt(
@@ -627,5 +720,246 @@ impl PolicyStore for EmbeddedStore {
 
     async fn probe(&self) -> Result<(), StoreError> {
         EmbeddedStore::probe(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::store::{ClientKind, SessionState};
+
+    const MIN: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A store file as a build before account keys were prepared wrote it: schema 1, no
+    /// `account_keys`.
+    fn write_v1(
+        dir: &Path,
+        sessions: &[Session],
+        locks: &[Lock],
+        windows: &[(LockKey, Vec<Timestamp>)],
+    ) {
+        let db = Database::create(dir.join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("schema_version", 1).unwrap();
+            let mut t = txn.open_table(SESSIONS).unwrap();
+            for s in sessions {
+                t.insert(s.key.0.as_str(), serde_json::to_vec(s).unwrap().as_slice())
+                    .unwrap();
+            }
+            let mut t = txn.open_table(LOCKS).unwrap();
+            for l in locks {
+                t.insert(
+                    l.key.encode().as_str(),
+                    serde_json::to_vec(l).unwrap().as_slice(),
+                )
+                .unwrap();
+            }
+            let mut t = txn.open_table(WINDOWS).unwrap();
+            for (k, f) in windows {
+                t.insert(
+                    k.encode().as_str(),
+                    serde_json::to_vec(f).unwrap().as_slice(),
+                )
+                .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    fn session(key: &str, account: &str, client: &str, at: Timestamp) -> Session {
+        Session {
+            key: SessionKey(key.into()),
+            account: account.into(),
+            client: ClientId(client.into()),
+            kind: ClientKind::Browser,
+            ip: "192.0.2.1".parse().unwrap(),
+            agent: "test".into(),
+            started: at,
+            last_activity: at,
+            upstream_cookie: Some("faspex=1".into()),
+            bearer: vec![SessionKey(format!("bearer-{key}"))],
+        }
+    }
+
+    fn lock(
+        account: &str,
+        ip: Option<IpAddr>,
+        since: Timestamp,
+        until: Timestamp,
+        failures: u32,
+        by_admin: bool,
+    ) -> Lock {
+        Lock {
+            key: LockKey {
+                account: account.into(),
+                ip,
+            },
+            since,
+            until,
+            failures,
+            by_admin,
+        }
+    }
+
+    fn rules() -> LockoutRules {
+        LockoutRules {
+            threshold: 5,
+            window: MIN,
+            duration: HOUR,
+            max_tracked: 1000,
+            ticket_ttl: Duration::from_secs(180),
+        }
+    }
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            idle: HOUR,
+            api_idle: HOUR,
+            absolute: None,
+        }
+    }
+
+    fn account_keys(dir: &Path) -> Option<u64> {
+        let db = Database::create(dir.join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        meta.get(ACCOUNT_KEYS).unwrap().map(|v| v.value())
+    }
+
+    #[tokio::test]
+    async fn names_stored_as_typed_are_rekeyed_at_open_and_no_lock_is_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t0 = ManualClock::at_2026().now();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        write_v1(
+            tmp.path(),
+            &[
+                session("s1", "ann  lee", "browser-1", t0),
+                session("s2", "ann lee", "browser-2", t0),
+                session("s3", "bob", "browser-3", t0),
+                session("s4", "stra\u{DF}e", "browser-4", t0),
+            ],
+            &[
+                // Failures locked one spelling for ten minutes, an administrator another for an
+                // hour: the hour stays, with the failures' count.
+                lock("ann  lee", None, t0, at(600), 5, false),
+                lock("ann   lee", None, t0, t0 + HOUR, 0, true),
+                lock("ann  lee", Some(ip), t0, at(300), 5, false),
+                lock("ann lee", Some(ip), t0, at(120), 5, false),
+                // A name this build refuses keeps its old key, and its lock.
+                lock("stra\u{DF}e", None, t0, t0 + HOUR, 5, false),
+            ],
+            &[
+                (LockKey::account("carl  jr"), vec![at(1), at(2), at(3)]),
+                (LockKey::account("carl jr"), vec![at(4), at(5)]),
+                (LockKey::account("dee"), vec![at(6)]),
+            ],
+        );
+        let now = at(30);
+        for round in 0..2 {
+            let store = EmbeddedStore::open(tmp.path()).unwrap();
+            let locks = store.lockouts(now).await.unwrap();
+            let wide = locks
+                .iter()
+                .find(|l| l.key == LockKey::account("ann lee"))
+                .unwrap_or_else(|| panic!("round {round}: {locks:?}"));
+            assert_eq!(
+                (wide.until, wide.by_admin, wide.failures),
+                (t0 + HOUR, true, 5)
+            );
+            let from_ip = locks
+                .iter()
+                .find(|l| l.key.account == "ann lee" && l.key.ip == Some(ip))
+                .unwrap();
+            assert_eq!(from_ip.until, at(300), "the longer of the two");
+            assert!(locks
+                .iter()
+                .any(|l| l.key == LockKey::account("stra\u{DF}e")));
+            assert_eq!(locks.len(), 3 + round, "{locks:?}");
+            // Both sessions are ann lee's now, and each still works, bearer token and all.
+            for (key, client) in [("s1", "browser-1"), ("s2", "browser-2")] {
+                let state = store
+                    .client_session("ann lee", &ClientId(client.into()), now, false, timeouts())
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(state, SessionState::Live(ref s) if s.key.0 == key),
+                    "{state:?}"
+                );
+                let by_bearer = store
+                    .bearer_session(&SessionKey(format!("bearer-{key}")), now, false, timeouts())
+                    .await
+                    .unwrap();
+                assert!(matches!(by_bearer, SessionState::Live(_)));
+            }
+            let counts = store.counts(now).await.unwrap();
+            assert_eq!(
+                (counts.seats, counts.sessions),
+                (3, 4),
+                "ann lee holds one seat"
+            );
+            if round == 0 {
+                // The joined window holds five failures in the minute: the next attempt locks.
+                match store
+                    .begin_attempt(&LockKey::account("carl jr"), now, rules())
+                    .await
+                    .unwrap()
+                {
+                    AttemptStart::Locked(l) => {
+                        assert_eq!((l.since, l.until, l.failures), (at(5), at(5) + HOUR, 5))
+                    }
+                    other => panic!("{other:?}"),
+                }
+                assert!(matches!(
+                    store
+                        .begin_attempt(&LockKey::account("dee"), now, rules())
+                        .await
+                        .unwrap(),
+                    AttemptStart::Proceed(_)
+                ));
+            } else {
+                // The lock the joined window made was written through.
+                assert!(locks.iter().any(|l| l.key == LockKey::account("carl jr")));
+            }
+            store.close().await.unwrap();
+            drop(store);
+            assert_eq!(account_keys(tmp.path()), Some(ACCOUNT_KEYS_VERSION));
+        }
+    }
+
+    #[test]
+    fn a_store_with_newer_account_keys_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(tmp.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert("schema_version", SCHEMA_VERSION).unwrap();
+                meta.insert(ACCOUNT_KEYS, 9).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = EmbeddedStore::open(tmp.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("newer faspex-gate (account keys 9"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_new_store_says_its_names_are_prepared() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(tmp.path()).unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        assert_eq!(account_keys(tmp.path()), Some(ACCOUNT_KEYS_VERSION));
     }
 }

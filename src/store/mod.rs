@@ -128,7 +128,8 @@ pub struct ClientId(pub String);
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub key: SessionKey,
-    /// The normalised account name.
+    /// The account: the prepared name, or with search-then-bind the directory entry's own
+    /// ([`crate::policy::account`]).
     pub account: String,
     pub client: ClientId,
     pub kind: ClientKind,

@@ -3,7 +3,7 @@
 //! [`Tables`] has no I/O and no clock: each step takes `now` and the rules, runs to completion
 //! under its owner's lock, and marks what it changed as dirty for the persister to pick up.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::clock::Timestamp;
@@ -421,8 +421,18 @@ impl Tables {
         now: Timestamp,
         rules: LockoutRules,
     ) -> AttemptStart {
+        self.begin_attempt_locking(key, now, rules).0
+    }
+
+    /// [`Tables::begin_attempt`], and whether it placed a lock (to be written through).
+    pub fn begin_attempt_locking(
+        &mut self,
+        key: &LockKey,
+        now: Timestamp,
+        rules: LockoutRules,
+    ) -> (AttemptStart, bool) {
         if let Some(lock) = self.lock_in_force(key, now) {
-            return AttemptStart::Locked(lock);
+            return (AttemptStart::Locked(lock), false);
         }
         if !self.windows.contains_key(key) {
             self.make_room(now, &rules);
@@ -433,16 +443,42 @@ impl Tables {
         if w.failures.len() != before {
             self.dirty_windows.insert(key.clone());
         }
+        if w.failures.len() >= rules.threshold.max(1) as usize {
+            // The threshold reached without a lock: two spellings' windows joined into one
+            // account when a store from before names were prepared was opened ([`rekey`]), or
+            // the threshold was lowered. It locks as the failure that reached it would have.
+            let failures = w.failures.len() as u32;
+            let since = w.last_failure();
+            w.failures.clear();
+            let lock = Lock {
+                key: key.clone(),
+                since,
+                until: since + rules.duration,
+                failures,
+                by_admin: false,
+            };
+            self.dirty_windows.insert(key.clone());
+            self.drop_if_empty(key);
+            if lock.until > now {
+                self.locks.insert(key.clone(), lock.clone());
+                self.dirty_locks.insert(key.clone());
+                return (AttemptStart::Locked(lock), true);
+            }
+            return self.begin_attempt_locking(key, now, rules);
+        }
         if w.failures.len() + w.in_flight.len() >= rules.threshold as usize {
-            return AttemptStart::Busy;
+            return (AttemptStart::Busy, false);
         }
         self.next_ticket += 1;
         let id = self.next_ticket;
         w.in_flight.push((id, now + rules.ticket_ttl));
-        AttemptStart::Proceed(AttemptTicket {
-            key: key.clone(),
-            id,
-        })
+        (
+            AttemptStart::Proceed(AttemptTicket {
+                key: key.clone(),
+                id,
+            }),
+            false,
+        )
     }
 
     pub fn finish_attempt(
@@ -693,6 +729,58 @@ impl Tables {
             self.dirty_windows.insert(decode_lock_key(k));
         }
     }
+}
+
+/// Records as a store keeps them: sessions, locks, failure windows.
+pub type Records = (Vec<Session>, Vec<Lock>, Vec<(LockKey, Vec<Timestamp>)>);
+
+/// Records whose account names are re-keyed with `rekey` (the store's schema step from names as
+/// typed to prepared names). Where two accounts become one, no lock is lost: the one that lasts
+/// longest is kept (an administrator's when they end together), with the most failures either
+/// counted; failure windows are joined (a window that then holds the threshold locks at the next
+/// attempt, see [`Tables::begin_attempt`]); sessions keep their keys and tokens, now under the
+/// one account.
+pub fn rekey(records: Records, rekey: impl Fn(&str) -> String) -> Records {
+    let (sessions, locks, windows) = records;
+    let sessions = sessions
+        .into_iter()
+        .map(|mut s| {
+            s.account = rekey(&s.account);
+            s
+        })
+        .collect();
+    let mut merged: BTreeMap<LockKey, Lock> = BTreeMap::new();
+    for mut l in locks {
+        l.key.account = rekey(&l.key.account);
+        match merged.remove(&l.key) {
+            None => {
+                merged.insert(l.key.clone(), l);
+            }
+            Some(other) => {
+                let failures = l.failures.max(other.failures);
+                let mut kept = if (l.until, l.by_admin) >= (other.until, other.by_admin) {
+                    l
+                } else {
+                    other
+                };
+                kept.failures = failures;
+                merged.insert(kept.key.clone(), kept);
+            }
+        }
+    }
+    let mut joined: BTreeMap<LockKey, Vec<Timestamp>> = BTreeMap::new();
+    for (mut k, f) in windows {
+        k.account = rekey(&k.account);
+        joined.entry(k).or_default().extend(f);
+    }
+    let windows = joined
+        .into_iter()
+        .map(|(k, mut f)| {
+            f.sort();
+            (k, f)
+        })
+        .collect();
+    (sessions, merged.into_values().collect(), windows)
 }
 
 /// The inverse of [`LockKey::encode`].
