@@ -156,9 +156,9 @@ impl Metrics {
             Opts::new(
                 "faspex_gate_requests_refused_total",
                 "Requests refused before anything reached Faspex, by reason: credential_field (a \
-                 credential the gateway does not check there), path (a path it cannot classify), \
-                 body (a body it cannot inspect), header (headers it cannot forward as read), upgrade, \
-                 public_inflight.",
+                 credential the gateway does not check there), path (a path it does not classify), \
+                 body (a body it does not inspect), header (headers it does not forward as read), \
+                 upgrade, public_inflight.",
             ),
             &["reason"],
         )?;

@@ -324,8 +324,10 @@ async fn metrics_follow_every_policy_exactly() {
     assert_eq!(st, StatusCode::FOUND);
 
     // Idle: after 4 s without activity the sweeper ends the rest, and the gauge reaches zero.
+    // (the gauge is read from the store at the scrape, the counter follows the sweeper's
+    // events: wait for both)
     let t = scrape_until(&s.gw, "every seat free after the idle timeout", |t| {
-        value(t, "faspex_gate_sessions_active") == 0.0
+        value(t, "faspex_gate_sessions_active") == 0.0 && ended(t, "idle") >= 2.0
     })
     .await;
     assert_eq!(ended(&t, "idle"), 2.0);

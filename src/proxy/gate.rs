@@ -346,13 +346,8 @@ impl Gate {
             Some(Action::Login | Action::Token) => LOGIN_READ_LIMIT,
             _ => self.max_inspected_body,
         };
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(Refusal::TooLarge(limit));
-        }
+        // (a declared length over the limit is refused as the body is read, after the client
+        // has had a moment to finish sending, so that it reads the 413)
         Ok(BodyRule::Inspect { kind, limit })
     }
 

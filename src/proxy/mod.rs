@@ -669,7 +669,7 @@ impl Handler {
                     }
                 })
                 .await;
-                Err(GatewayError::TooLarge(limit))
+                Err(gate::Refusal::TooLarge(limit).into())
             }
             Ok(Err(ReadError::Broken(e))) if e.is::<transfer::BodyIdle>() => {
                 Err(GatewayError::ClientStalled(idle))
