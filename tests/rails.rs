@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use faspex_gate::faspex::emulator::rails::{self as emulated, RailsRequest};
+use faspex_gate::proxy::gate::Plan;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use serde::Deserialize;
@@ -719,49 +720,18 @@ fn the_emulator_reads_params_like_rails() {
 // ------------------------------------------------------------------------------------------------
 // The gateway's planner against every reading
 
-/// The planner's decision, in the property's terms. This adapter is the one place that knows the
-/// planner's API (`faspex_gate::proxy::gate`).
-#[derive(Clone, Debug, PartialEq)]
-enum Planned {
-    Refuse(String),
-    Login {
-        username: String,
-        password: String,
-    },
-    Token {
-        username: Option<String>,
-        password: Option<String>,
-    },
-    PasswordForm,
-    Logout,
-    Public,
-    Protected,
-    /// The gateway's own pages.
-    Gateway,
-}
-
-fn gateway_plan(gate: &faspex_gate::proxy::gate::Gate, req: &Req) -> Planned {
-    use faspex_gate::proxy::gate::{Plan, Probe};
+fn gateway_plan(gate: &faspex_gate::proxy::gate::Gate, req: &Req) -> Plan {
+    use faspex_gate::proxy::gate::{Probe, Refusal};
     let Ok(method) = http::Method::from_bytes(req.method.as_bytes()) else {
-        return Planned::Refuse("not an HTTP method".into());
+        return Plan::Refuse(Refusal::MethodNotAllowed);
     };
-    let plan = gate.plan(&Probe {
+    gate.plan(&Probe {
         method: &method,
         target: &req.target,
         content_type: req.content_type.as_deref(),
         content_encoding: req.content_encoding.as_deref(),
         body: &req.body,
-    });
-    match plan {
-        Plan::Refuse(refusal) => Planned::Refuse(format!("{} {refusal}", refusal.status())),
-        Plan::Login { username, password } => Planned::Login { username, password },
-        Plan::Token { username, password } => Planned::Token { username, password },
-        Plan::PasswordForm => Planned::PasswordForm,
-        Plan::Logout => Planned::Logout,
-        Plan::Public => Planned::Public,
-        Plan::Protected => Planned::Protected,
-        Plan::Gateway => Planned::Gateway,
-    }
+    })
 }
 
 const LOGIN_ACTION: &str = "sessions#create";
@@ -871,7 +841,7 @@ fn optional_at(params: &Value, key: &str) -> Result<Option<String>, String> {
 /// * any other action with a credential parameter anywhere (`username`, `password`,
 ///   `refresh_token`, `client_secret`, `current_password`, `password_confirmation` at any depth,
 ///   `name` under `user`, holding a value): Refuse.
-fn violation(plan: &Planned, reading: &Reading) -> Option<String> {
+fn violation(plan: &Plan, reading: &Reading) -> Option<String> {
     let action = reading.action.as_deref()?;
     if reading.error.is_some() || action == "errors#not_found" {
         // Rails refuses the request (4xx) before the action uses its parameters, or routes it
@@ -886,8 +856,8 @@ fn violation(plan: &Planned, reading: &Reading) -> Option<String> {
     let is_token = action == TOKEN_ACTION;
     let is_form = PASSWORD_FORM_ACTIONS.contains(&action);
     match plan {
-        Planned::Refuse(_) => None,
-        Planned::Login { username, password } => {
+        Plan::Refuse(_) => None,
+        Plan::Login { username, password } => {
             if !is_login {
                 if found.is_empty() {
                     return None;
@@ -906,10 +876,10 @@ fn violation(plan: &Planned, reading: &Reading) -> Option<String> {
                 (Err(e), _) | (_, Err(e)) => Some(format!("a Login plan, but Rails sees {e}")),
             }
         }
-        _ if is_login && !matches!(plan, Planned::Public) => Some(format!(
+        _ if is_login && !matches!(plan, Plan::Public) => Some(format!(
             "Rails runs the login action ({method}); the plan must be Login or Refuse"
         )),
-        Planned::Public if is_login => {
+        Plan::Public if is_login => {
             if !matches!(method, "GET" | "HEAD") {
                 Some(format!("Rails runs the login action for {method}; Public plan"))
             } else if !found.is_empty() {
@@ -920,7 +890,7 @@ fn violation(plan: &Planned, reading: &Reading) -> Option<String> {
                 None
             }
         }
-        Planned::Token { username, password } if is_token => {
+        Plan::Token { username, password } if is_token => {
             let name = optional_at(params, "username");
             let pass = optional_at(params, "password");
             let named = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
@@ -935,8 +905,8 @@ fn violation(plan: &Planned, reading: &Reading) -> Option<String> {
         _ if is_token && !found.is_empty() => Some(format!(
             "Rails runs the token action with credentials {found:?}; the plan must be Token or Refuse"
         )),
-        Planned::PasswordForm if is_form => None,
-        Planned::PasswordForm if !found.is_empty() => Some(format!(
+        Plan::PasswordForm if is_form => None,
+        Plan::PasswordForm if !found.is_empty() => Some(format!(
             "a PasswordForm plan, but Rails runs {action} with credentials {found:?}"
         )),
         _ if !found.is_empty() => Some(format!(

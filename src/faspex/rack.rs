@@ -146,21 +146,23 @@ pub fn same_segment(a: &str, b: &str) -> bool {
 }
 
 /// Whether the key `name` reaches the parameter at `path` (or something nested under it).
-pub fn reaches(name: &str, path: &[&str]) -> bool {
+pub fn reaches<S: AsRef<str>>(name: &str, path: &[S]) -> bool {
     let mut segs = segments(name);
     path.iter()
-        .all(|want| segs.next().is_some_and(|s| same_segment(s, want)))
+        .all(|want| segs.next().is_some_and(|s| same_segment(s, want.as_ref())))
 }
 
 /// Whether the key `name` holds `path` anywhere along its own path (`a[user][password][x]` holds
 /// `user` → `password`): Rails' ParamsWrapper copies a JSON body under a key of its own, and an
 /// action may read a credential at any depth.
-pub fn holds(name: &str, path: &[&str]) -> bool {
+pub fn holds<S: AsRef<str>>(name: &str, path: &[S]) -> bool {
     let segs: Vec<&str> = segments(name).collect();
     !path.is_empty()
-        && segs
-            .windows(path.len())
-            .any(|w| w.iter().zip(path).all(|(s, want)| same_segment(s, want)))
+        && segs.windows(path.len()).any(|w| {
+            w.iter()
+                .zip(path)
+                .all(|(s, want)| same_segment(s, want.as_ref()))
+        })
 }
 
 /// Percent-decode a form component (`+` is a space). Invalid escapes stay as they are.

@@ -166,6 +166,8 @@ pub struct Gate {
     pub profile: RouteProfile,
     username_field: String,
     password_field: String,
+    /// The two login fields' paths (`["user", "password"]`), split once.
+    field_paths: [Vec<String>; 2],
     password_forms: Vec<PasswordForm>,
     max_inspected_body: usize,
 }
@@ -178,10 +180,12 @@ impl Gate {
         password_forms: Vec<PasswordForm>,
         max_inspected_body: usize,
     ) -> Gate {
+        let path = |f: &str| rack::segments(f).map(str::to_owned).collect();
         Gate {
             profile,
             username_field: username_field.to_owned(),
             password_field: password_field.to_owned(),
+            field_paths: [path(username_field), path(password_field)],
             password_forms,
             max_inspected_body,
         }
@@ -471,17 +475,22 @@ impl Gate {
         }
     }
 
-    /// Whether a parameter key reaches a credential: a login field or an OAuth one.
     /// Whether a parameter key holds a credential anywhere along its path: a login field's path
     /// (`user` → `password`), or an OAuth field's name, at any depth (Rails' ParamsWrapper
     /// copies a JSON body under the controller's name, and an action may read any level).
     fn is_credential(&self, name: &str) -> bool {
-        [&self.username_field, &self.password_field]
-            .iter()
-            .any(|f| {
-                let path: Vec<&str> = rack::segments(f).collect();
-                rack::holds(name, &path)
-            })
+        // Nearly every key has no segment that starts a credential: one pass, no allocation.
+        let anchored = rack::segments(name).any(|seg| {
+            OAUTH_FIELDS.iter().any(|f| rack::same_segment(seg, f))
+                || self
+                    .field_paths
+                    .iter()
+                    .any(|p| p.first().is_some_and(|a| rack::same_segment(seg, a)))
+        });
+        if !anchored {
+            return false;
+        }
+        self.field_paths.iter().any(|p| rack::holds(name, p))
             || OAUTH_FIELDS.iter().any(|f| rack::holds(name, &[f]))
     }
 
@@ -490,12 +499,9 @@ impl Gate {
     /// users controller. A top-level key that is a login field's path without its first segment
     /// counts as that field.
     fn is_wrapped_credential(&self, name: &str) -> bool {
-        [&self.username_field, &self.password_field]
+        self.field_paths
             .iter()
-            .any(|f| {
-                let path: Vec<&str> = rack::segments(f).collect();
-                path.len() >= 2 && rack::reaches(name, &path[1..])
-            })
+            .any(|p| p.len() >= 2 && rack::reaches(name, &p[1..]))
     }
 
     /// Whether the request is a `faspex.password_forms` form, by the method Rails will run:
