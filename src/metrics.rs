@@ -165,7 +165,7 @@ impl Metrics {
         let headers_dropped = IntCounter::new(
             "faspex_gate_request_headers_dropped_total",
             "Request headers dropped before forwarding: names with '_' (which Rack folds into \
-             '-') and X-Post-Data-Format.",
+             '-'), X-Post-Data-Format, and the URL-override headers (X-Original-URL and the like).",
         )?;
         let sessions_active = IntGauge::new(
             "faspex_gate_sessions_active",

@@ -471,9 +471,22 @@ fn split_user(rest: &str) -> Result<(&str, Option<String>), String> {
     if user.contains('/') {
         return Err("the user in the path may not contain '/'".into());
     }
+    // Every `%` must start an escape: a stray one is refused, not taken literally.
+    let b = user.as_bytes();
+    let bad_escape = b.iter().enumerate().any(|(i, &c)| {
+        c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if bad_escape {
+        return Err("the user in the path has an invalid percent-escape".into());
+    }
     let decoded = percent_encoding::percent_decode_str(user)
         .decode_utf8()
         .map_err(|_| "the user in the path is not UTF-8".to_owned())?;
+    if decoded.contains(['/', '\\']) {
+        return Err("the user in the path may not contain '/' or '\\', encoded or not".into());
+    }
     Ok((what, Some(decoded.into_owned())))
 }
 
@@ -508,6 +521,21 @@ struct LockBody {
     duration: Option<String>,
 }
 
+/// A lock's JSON body: an object, `{"for": "1h"}`, and nothing else (serde would read a
+/// struct from an array too, `["1h"]`, which README says gets 400).
+fn lock_body(bytes: &[u8]) -> Result<LockBody, Refused> {
+    let bad = |e: String| {
+        Refused::BadRequest(format!(
+            "the body must be a JSON object like {{\"for\": \"1h\"}}: {e}"
+        ))
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    if !value.is_object() {
+        return Err(bad("not an object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+}
+
 /// A lock's body: empty, or `{"for": "1h"}` (a duration from 1 s to 366 days).
 async fn lock_for(body: Incoming) -> Result<Option<Duration>, Refused> {
     let bytes = match Limited::new(body, MAX_BODY).collect().await {
@@ -518,11 +546,7 @@ async fn lock_for(body: Incoming) -> Result<Option<Duration>, Refused> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let b: LockBody = serde_json::from_slice(&bytes).map_err(|e| {
-        Refused::BadRequest(format!(
-            "the body must be JSON like {{\"for\": \"1h\"}}: {e}"
-        ))
-    })?;
+    let b = lock_body(&bytes)?;
     let Some(text) = b.duration else {
         return Ok(None);
     };
@@ -681,6 +705,44 @@ impl AdminServer {
                     }
                 }
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The protocol review's findings: `%2F` inside `{user}` acted on a user named
+    /// `../../status`, an invalid escape was taken literally, and `["1h"]` was read as a lock.
+    #[test]
+    fn paths_and_bodies_the_readme_refuses_are_refused() {
+        assert_eq!(
+            split_user("lockouts/ann%20lee").unwrap(),
+            ("lockouts", Some("ann lee".to_owned()))
+        );
+        for bad in [
+            "lockouts/..%2F..%2Fstatus",
+            "lockouts/a%5Cb",
+            "lockouts/a%zz",
+            "lockouts/a%",
+            "lockouts/a%2",
+            "lockouts/%FF",
+            "lockouts/",
+            "lockouts/a/b",
+        ] {
+            assert!(split_user(bad).is_err(), "{bad}");
+        }
+        assert!(lock_body(br#"{"for":"1h"}"#).is_ok());
+        assert!(lock_body(br#"{}"#).is_ok());
+        for bad in [
+            &br#"["1h"]"#[..],
+            b"\"1h\"",
+            b"1",
+            b"null",
+            br#"{"for":"1h","x":1}"#,
+        ] {
+            assert!(lock_body(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -41,6 +41,16 @@ pub const HTTP_GATEWAY_PREFIX: &str = "/aspera/http-gwy/";
 const X_POST_DATA_FORMAT: header::HeaderName =
     header::HeaderName::from_static("x-post-data-format");
 
+/// Headers some servers and frameworks take as the request's real URL (IIS URL Rewrite,
+/// Symfony, Zend): Rails ignores them, but the path Faspex acts on must be the one classified.
+const URL_OVERRIDES: [header::HeaderName; 5] = [
+    header::HeaderName::from_static("x-original-url"),
+    header::HeaderName::from_static("x-rewrite-url"),
+    header::HeaderName::from_static("x-original-uri"),
+    header::HeaderName::from_static("x-override-url"),
+    header::HeaderName::from_static("x-forwarded-uri"),
+];
+
 /// Credential parameters by name, wherever they sit: OAuth's, and the password forms' own.
 const OAUTH_FIELDS: [&str; 6] = [
     "username",
@@ -229,21 +239,20 @@ impl Gate {
     /// the gate reads them: header names with `_` are dropped (Rack folds `_` and `-` together,
     /// so `X_Forwarded_For` or `X_Post_Data_Format` would stand in for the real one), as is
     /// `X-Post-Data-Format` (Rails 3 parsed a body as the XML or YAML it names, whatever its
-    /// type). Refused: a `Connection` that names any header but the hop-by-hop ones (a hop
+    /// type), and so are the URL-override headers (`X-Original-URL` and the like), which some
+    /// servers take as the path instead of the one classified. Refused: a `Connection` that names any header but the hop-by-hop ones (a hop
     /// would remove, say, the `Content-Type` the gate decided on), and more than one
     /// `Content-Type`. Returns how many headers were dropped.
     pub fn headers(&self, headers: &mut HeaderMap) -> Result<usize, Refusal> {
         let mut dropped = 0;
         // Nearly every request has none of these: one look at the names first.
-        let odd = headers
-            .keys()
-            .any(|k| k.as_str().contains('_') || *k == X_POST_DATA_FORMAT);
+        let drop = |k: &header::HeaderName| {
+            k.as_str().contains('_') || *k == X_POST_DATA_FORMAT || URL_OVERRIDES.contains(k)
+        };
+        let odd = headers.keys().any(drop);
         if odd {
-            let names: Vec<header::HeaderName> = headers
-                .keys()
-                .filter(|k| k.as_str().contains('_') || **k == X_POST_DATA_FORMAT)
-                .cloned()
-                .collect();
+            let names: Vec<header::HeaderName> =
+                headers.keys().filter(|k| drop(k)).cloned().collect();
             for name in names {
                 dropped += headers.get_all(&name).iter().count();
                 headers.remove(&name);
@@ -1065,10 +1074,18 @@ mod tests {
             ("x-post-data-format", "xml"),
             ("x_forwarded_for", "1.2.3.4"),
             ("x_http_method_override", "GET"),
+            (
+                "x-original-url",
+                "/aspera/faspex/package_relay/relay_package",
+            ),
+            (
+                "x-forwarded-uri",
+                "/aspera/faspex/package_relay/relay_package",
+            ),
             ("connection", "keep-alive, Upgrade"),
             ("content-type", "application/x-www-form-urlencoded"),
         ]);
-        assert_eq!(gate.headers(&mut h), Ok(3));
+        assert_eq!(gate.headers(&mut h), Ok(5));
         assert_eq!(h.len(), 2);
         assert!(h.contains_key("content-type") && h.contains_key("connection"));
 
