@@ -466,3 +466,23 @@ async fn headers_cannot_change_how_faspex_reads_what_the_gate_read() {
     let metrics = scrape(&s.gw).await;
     assert_eq!(refused(&metrics, "header"), 1.0);
 }
+
+/// The form Faspex gets is the one the gate read: Rack drops the spaces after a separator
+/// (`& user[password]`), and so does the rebuilt form, so the checked password is the one
+/// Faspex reads, and a login goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rebuilt_login_form_is_the_one_checked() {
+    let s = Site::start(users(1), LoginFailureStyle::Rerender, |_| {}).await;
+    let (status, _, body) = post_form(
+        &s,
+        "/aspera/faspex/login",
+        "",
+        "user%5Bname%5D=user0&  user%5Bpassword%5D=pass0",
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FOUND, "{}", text(&body));
+    assert!(s.events().iter().any(
+        |e| matches!(e, EmulatorEvent::LoginAttempt { user, ok: true, .. } if user == "user0")
+    ));
+}

@@ -101,24 +101,35 @@ impl BodyKind {
     }
 }
 
-/// The one `boundary` parameter of a multipart type, as a token or a quoted string.
+/// The boundary of a `multipart/form-data` type, only in the one form every Rack reads alike:
+/// exactly one parameter, `boundary=VALUE` (or a quoted value), no space around `=`, and the
+/// word `boundary` nowhere else. Older Racks take the last `boundary=` anywhere in the header
+/// (`; x="boundary=B"`), and miss one with a space before `=` (then reading the body as a
+/// form): both would read another body than the gate.
 fn boundary(content_type: &str) -> Option<String> {
-    let mut found = None;
-    for param in content_type.split(';').skip(1) {
-        let (k, v) = param.split_once('=')?;
-        if k.trim().eq_ignore_ascii_case("boundary") {
-            if found.is_some() {
-                return None;
-            }
-            let v = v.trim();
-            let v = match v.strip_prefix('"') {
-                Some(q) => q.strip_suffix('"')?,
-                None => v,
-            };
-            found = Some(v.to_owned());
-        }
+    if content_type
+        .to_ascii_lowercase()
+        .matches("boundary")
+        .count()
+        != 1
+    {
+        return None;
     }
-    found.filter(|b| !b.is_empty())
+    let mut params = content_type.split(';').skip(1);
+    let param = params.next()?.trim_start_matches(' ');
+    if params.next().is_some() {
+        return None;
+    }
+    let (key, value) = param.split_at_checked(9)?;
+    if !key.eq_ignore_ascii_case("boundary=") {
+        return None;
+    }
+    let value = value.trim_end_matches(' ');
+    let value = match value.strip_prefix('"') {
+        Some(q) => q.strip_suffix('"')?,
+        None => value,
+    };
+    (!value.is_empty() && !value.contains([' ', '"', '\t'])).then(|| value.to_owned())
 }
 
 /// The path of a key as Rack's nested-key parser reads it: the non-empty runs between brackets,
@@ -610,6 +621,12 @@ mod tests {
             &b"multipart/form-data; boundary=\"AAA,x\""[..],
             b"multipart/form-data; boundary=\";x\"",
             b"multipart/form-data; boundary=a; boundary=b",
+            // (the second review: a `boundary=` inside another parameter, a space before `=`)
+            b"multipart/form-data; boundary=AAA; x=\"boundary=BBB\"",
+            b"multipart/form-data; boundary=AAA; x=boundary=BBB",
+            b"multipart/form-data; boundary =AAA",
+            b"multipart/form-data; boundary= AAA",
+            b"multipart/form-data; charset=utf-8; boundary=AAA",
             b"multipart/mixed; boundary=a",
             b"application/json, text/plain",
         ] {

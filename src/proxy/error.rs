@@ -72,6 +72,12 @@ pub enum GatewayError {
     Store(#[from] StoreError),
 }
 
+impl From<crate::faspex::rack::ParamError> for GatewayError {
+    fn from(e: crate::faspex::rack::ParamError) -> Self {
+        GatewayError::Gate(e.into())
+    }
+}
+
 impl From<PathError> for GatewayError {
     fn from(e: PathError) -> Self {
         GatewayError::Gate(e.into())

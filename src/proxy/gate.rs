@@ -555,9 +555,23 @@ impl Gate {
             }
             None => &b""[..],
         };
-        // Faspex must get exactly the credentials checked here: none may come from the query.
+        // Faspex must get exactly the credentials checked here: none may come from the query,
+        // and no query key may stand where a field's top level does (Rails merges the query
+        // over the body key by key: `?user` leaves Faspex no `user[name]` at all).
         if query.iter().any(|p| self.is_credential(&p.name)) {
             return Plan::Refuse(Refusal::CredentialField);
+        }
+        let shadows = |name: &str| {
+            rack::segments(name).next().is_some_and(|top| {
+                self.field_paths
+                    .iter()
+                    .any(|f| f.first().is_some_and(|root| rack::same_segment(top, root)))
+            })
+        };
+        if query.iter().any(|p| shadows(&p.name)) {
+            return Plan::Refuse(Refusal::Form(
+                "the login's query string names its form's fields",
+            ));
         }
         if bytes.contains(&b';') {
             // Rack 1 splits a form on `;` too, Rack 2 does not: the two readings differ, and a
@@ -785,6 +799,16 @@ mod tests {
                 "user[password]=x"
             ),
             Plan::Refuse(Refusal::Form(_))
+        ));
+        // (found by the property test) A query key that replaces the form's top level.
+        assert!(matches!(
+            plan(
+                Method::POST,
+                "/aspera/faspex/login?user",
+                FORM,
+                "user[name]=put"
+            ),
+            Plan::Refuse(_)
         ));
         // Credentials split across the query and the body of a login.
         assert_eq!(

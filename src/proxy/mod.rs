@@ -698,8 +698,14 @@ impl Handler {
             .headers
             .remove(header::HeaderName::from_static("x-http-method-override"));
         let f = &self.inner.faspex;
-        let pairs: Vec<(String, String)> =
-            url::form_urlencoded::parse(bytes).into_owned().collect();
+        // The fields as the gate read them (Rack's reading: spaces after a separator dropped),
+        // so that the form Faspex gets is the one checked.
+        let mut params = Vec::new();
+        crate::faspex::rack::form_params(bytes, &mut params)?;
+        let pairs: Vec<(String, String)> = params
+            .into_iter()
+            .map(|p| (p.name, String::from_utf8_lossy(&p.value).into_owned()))
+            .collect();
         if pairs.iter().filter(|(k, _)| k == TAKEOVER_FIELD).count() > 1 {
             return Err(GatewayError::BadRequest(
                 "the login form repeats a credential field",
