@@ -19,7 +19,7 @@ use faspex_gate::store::{ClientId, ClientKind};
 use crate::slapd::{self, Slapd};
 
 /// Direct bind through `uid={username},ou=people,…`.
-fn direct(urls: &[String]) -> LdapConfig {
+pub fn direct(urls: &[String]) -> LdapConfig {
     LdapConfig {
         urls: urls.iter().map(|u| u.parse().unwrap()).collect(),
         starttls: false,
@@ -38,7 +38,7 @@ fn direct(urls: &[String]) -> LdapConfig {
 }
 
 /// Search with the service account, then bind.
-fn search(urls: &[String]) -> LdapConfig {
+pub fn search(urls: &[String]) -> LdapConfig {
     LdapConfig {
         user_dn_template: None,
         bind_dn: Some(slapd::SERVICE_DN.into()),

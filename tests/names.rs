@@ -13,12 +13,11 @@
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use faspex_gate::auth::ldap::LdapDirectory;
 use faspex_gate::auth::Directory;
 use faspex_gate::clock::ManualClock;
-use faspex_gate::config::{LdapConfig, PolicyConfig, Secret};
+use faspex_gate::config::{LdapConfig, PolicyConfig};
 use faspex_gate::faspex::emulator::LoginFailureStyle;
 use faspex_gate::policy::{
     CheckRules, InvalidUsername, LogObserver, LoginRefused, LoginRequest, Policy,
@@ -82,28 +81,11 @@ enum Mode {
 }
 
 fn ldap_config(s: &Slapd, mode: Mode) -> LdapConfig {
-    let mut cfg = LdapConfig {
-        urls: vec![s.url().parse().unwrap()],
-        starttls: false,
-        ca_file: None,
-        user_dn_template: Some(slapd::DIRECT_TEMPLATE.into()),
-        bind_dn: None,
-        bind_password_file: None,
-        bind_password: None,
-        base_dn: None,
-        user_filter: slapd::USER_FILTER.into(),
-        require_group: None,
-        nested_groups: false,
-        pool_size: 2,
-        timeout: Duration::from_secs(5),
-    };
-    if mode == Mode::Search {
-        cfg.user_dn_template = None;
-        cfg.bind_dn = Some(slapd::SERVICE_DN.into());
-        cfg.bind_password = Some(Secret::new(slapd::SERVICE_PW));
-        cfg.base_dn = Some(slapd::SUFFIX.into());
+    let urls = [s.url()];
+    match mode {
+        Mode::Direct => crate::ldap::direct(&urls),
+        Mode::Search => crate::ldap::search(&urls),
     }
-    cfg
 }
 
 /// The entry slapd itself binds `spelling` to with `password`, asked directly: the DN Who-am-I
@@ -373,15 +355,7 @@ async fn through_the_gateway(mode: Mode) {
     let users: Vec<(String, String)> = people().into_iter().map(|(u, _, p, _)| (u, p)).collect();
     let url = ldap.url();
     let s = Site::start(users, LoginFailureStyle::Rerender, |c| {
-        let token = {
-            let toml = c.toml();
-            let secret = toml
-                .lines()
-                .find_map(|l| l.strip_prefix("secret_file = "))
-                .expect("the builder sets session.secret_file");
-            let secret: String = serde_json::from_str(secret).unwrap();
-            std::path::Path::new(&secret).with_file_name("admin-token")
-        };
+        let token = crate::ops::c_path(c, "admin-token");
         c.set("admin", "listen", "\"127.0.0.1:0\"");
         c.set(
             "admin",

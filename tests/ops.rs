@@ -197,7 +197,7 @@ pub async fn ops_site(n: usize, tweak: impl FnOnce(&mut ConfigBuilder)) -> (Site
 }
 
 /// A file next to the session secret the builder already points at.
-fn c_path(c: &ConfigBuilder, name: &str) -> PathBuf {
+pub fn c_path(c: &ConfigBuilder, name: &str) -> PathBuf {
     let toml = c.toml();
     let secret = toml
         .lines()
