@@ -349,7 +349,7 @@ fn keep_restart_only(running: &Config, new: Config) -> (Config, Config) {
 /// and `new`. A reload keeps their running values.
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (running, new);
-    let checks: [(&'static str, bool); 19] = [
+    let checks: [(&'static str, bool); 24] = [
         ("server.listen", a.server.listen != b.server.listen),
         (
             "server.http_listen",
@@ -370,6 +370,19 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         (
             "server.max_connections",
             a.server.max_connections != b.server.max_connections,
+        ),
+        (
+            "server.max_connections_per_ip",
+            a.server.max_connections_per_ip != b.server.max_connections_per_ip,
+        ),
+        (
+            "server.ipv6_prefix_len",
+            a.server.ipv6_prefix_len != b.server.ipv6_prefix_len,
+        ),
+        ("server.hsts", a.server.hsts != b.server.hsts),
+        (
+            "server.strip_response_headers",
+            a.server.strip_response_headers != b.server.strip_response_headers,
         ),
         ("server.workers", a.server.workers != b.server.workers),
         (
@@ -393,6 +406,10 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         (
             "upstream.preserve_host",
             a.upstream.preserve_host != b.upstream.preserve_host,
+        ),
+        (
+            "upstream.max_connections",
+            a.upstream.max_connections != b.upstream.max_connections,
         ),
         ("admin.listen", a.admin.listen != b.admin.listen),
         (

@@ -116,6 +116,14 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Client connections open at once from one address (trusted proxies exempt).
+    pub max_connections_per_ip: usize,
+    /// The prefix length under which IPv6 addresses count as one address.
+    pub ipv6_prefix_len: u8,
+    /// `Strict-Transport-Security` on every HTTPS answer; `None` = none.
+    pub hsts: Option<http::HeaderValue>,
+    /// Response headers never passed from Faspex to clients.
+    pub strip_response_headers: Vec<http::HeaderName>,
     /// Request-handling threads; 0 = one per CPU core.
     pub workers: usize,
     /// How long a graceful shutdown waits for requests in flight.
@@ -144,6 +152,8 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// Forward the client's `Host`.
     pub preserve_host: bool,
+    /// Connections to Faspex at once.
+    pub max_connections: usize,
 }
 
 /// `[admin]`: the admin listener and its bearer token.
@@ -191,6 +201,8 @@ pub struct PolicyConfig {
     pub username_domains: Vec<String>,
     pub login_attempts_per_ip_per_minute: u32,
     pub public_requests_per_ip_per_minute: u32,
+    /// Public-path requests from one address whose request is still arriving.
+    pub public_inflight_per_ip: u32,
     pub max_tracked_usernames: usize,
 }
 

@@ -44,6 +44,14 @@ pub(crate) struct RawServer {
     #[serde(deserialize_with = "strict::uint")]
     pub max_connections: u64,
     #[serde(deserialize_with = "strict::uint")]
+    pub max_connections_per_ip: u64,
+    #[serde(deserialize_with = "strict::uint")]
+    pub ipv6_prefix_len: u64,
+    #[serde(deserialize_with = "strict::string")]
+    pub hsts: String,
+    #[serde(deserialize_with = "strict::string_list")]
+    pub strip_response_headers: Vec<String>,
+    #[serde(deserialize_with = "strict::uint")]
     pub workers: u64,
     #[serde(deserialize_with = "strict::string")]
     pub shutdown_timeout: String,
@@ -61,6 +69,14 @@ impl Default for RawServer {
             header_read_timeout: "30s".into(),
             max_header_bytes: 65536,
             max_connections: 10000,
+            max_connections_per_ip: 512,
+            ipv6_prefix_len: 64,
+            hsts: "max-age=31536000".into(),
+            strip_response_headers: vec![
+                "Server".into(),
+                "X-Powered-By".into(),
+                "X-IBM-Aspera".into(),
+            ],
             workers: 0,
             shutdown_timeout: "30s".into(),
             body_idle_timeout: "5m".into(),
@@ -92,6 +108,8 @@ pub(crate) struct RawUpstream {
     pub response_timeout: String,
     #[serde(deserialize_with = "strict::boolean")]
     pub preserve_host: bool,
+    #[serde(deserialize_with = "strict::uint")]
+    pub max_connections: u64,
 }
 
 impl Default for RawUpstream {
@@ -102,6 +120,7 @@ impl Default for RawUpstream {
             connect_timeout: "5s".into(),
             response_timeout: "120s".into(),
             preserve_host: true,
+            max_connections: 512,
         }
     }
 }
@@ -156,6 +175,8 @@ pub(crate) struct RawPolicy {
     #[serde(deserialize_with = "strict::uint")]
     pub public_requests_per_ip_per_minute: u64,
     #[serde(deserialize_with = "strict::uint")]
+    pub public_inflight_per_ip: u64,
+    #[serde(deserialize_with = "strict::uint")]
     pub max_tracked_usernames: u64,
 }
 
@@ -175,6 +196,7 @@ impl Default for RawPolicy {
             username_domains: Vec::new(),
             login_attempts_per_ip_per_minute: 30,
             public_requests_per_ip_per_minute: 600,
+            public_inflight_per_ip: 32,
             max_tracked_usernames: 100_000,
         }
     }

@@ -46,6 +46,20 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
             header_read_timeout: duration(c.server.header_read_timeout),
             max_header_bytes: c.server.max_header_bytes as u64,
             max_connections: c.server.max_connections as u64,
+            max_connections_per_ip: c.server.max_connections_per_ip as u64,
+            ipv6_prefix_len: c.server.ipv6_prefix_len.into(),
+            hsts: c
+                .server
+                .hsts
+                .as_ref()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default(),
+            strip_response_headers: c
+                .server
+                .strip_response_headers
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             workers: c.server.workers as u64,
             shutdown_timeout: duration(c.server.shutdown_timeout),
             body_idle_timeout: duration(c.server.body_idle_timeout),
@@ -60,6 +74,7 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
             connect_timeout: duration(c.upstream.connect_timeout),
             response_timeout: duration(c.upstream.response_timeout),
             preserve_host: c.upstream.preserve_host,
+            max_connections: c.upstream.max_connections as u64,
         },
         admin: RawAdmin {
             listen: addr(c.admin.listen),
@@ -87,6 +102,7 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
             username_domains: c.policy.username_domains.clone(),
             login_attempts_per_ip_per_minute: c.policy.login_attempts_per_ip_per_minute.into(),
             public_requests_per_ip_per_minute: c.policy.public_requests_per_ip_per_minute.into(),
+            public_inflight_per_ip: c.policy.public_inflight_per_ip.into(),
             max_tracked_usernames: c.policy.max_tracked_usernames as u64,
         },
         session: RawSession {

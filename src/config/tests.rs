@@ -197,6 +197,13 @@ fn base_config_gets_the_contract_defaults() {
     assert_eq!(c.server.header_read_timeout, Duration::from_secs(30));
     assert_eq!(c.server.max_header_bytes, 65536);
     assert_eq!(c.server.max_connections, 10000);
+    assert_eq!(c.server.max_connections_per_ip, 512);
+    assert_eq!(c.server.ipv6_prefix_len, 64);
+    assert_eq!(c.server.hsts.as_ref().unwrap(), "max-age=31536000");
+    assert_eq!(
+        c.server.strip_response_headers,
+        ["server", "x-powered-by", "x-ibm-aspera"]
+    );
     assert_eq!(c.server.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(c.server.body_idle_timeout, Duration::from_secs(300));
 
@@ -208,6 +215,7 @@ fn base_config_gets_the_contract_defaults() {
     assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
     assert_eq!(c.upstream.response_timeout, Duration::from_secs(120));
     assert!(c.upstream.preserve_host);
+    assert_eq!(c.upstream.max_connections, 512);
 
     assert_eq!(c.admin.listen, Some("127.0.0.1:9180".parse().unwrap()));
     assert_eq!(c.admin.token_file, Some(f.path("admin.token")));
@@ -230,6 +238,7 @@ fn base_config_gets_the_contract_defaults() {
     assert!(p.username_domains.is_empty());
     assert_eq!(p.login_attempts_per_ip_per_minute, 30);
     assert_eq!(p.public_requests_per_ip_per_minute, 600);
+    assert_eq!(p.public_inflight_per_ip, 32);
     assert_eq!(p.max_tracked_usernames, 100_000);
 
     assert_eq!(c.session.cookie_name, "__Host-faspex-gate");
@@ -964,6 +973,52 @@ fn header_bytes_and_connections_bounds() {
             .server
             .max_connections,
         1
+    );
+    for (key, value, reason) in [
+        ("server.max_connections_per_ip", i(0), "at least 1"),
+        ("server.ipv6_prefix_len", i(0), "at least 1"),
+        ("server.ipv6_prefix_len", i(129), "at most 128"),
+        ("upstream.max_connections", i(0), "at least 1"),
+        ("policy.public_inflight_per_ip", i(0), "at least 1"),
+        ("server.hsts", s("includeSubDomains"), "max-age=SECONDS"),
+        ("server.hsts", s("max-age=soon"), "max-age=SECONDS"),
+        ("server.hsts", s("max-age=1\n"), "max-age=SECONDS"),
+    ] {
+        f.fails(&[(key, value)], key, reason);
+    }
+    f.fails(
+        &[(
+            "server.strip_response_headers",
+            list(&["Server", "Set-Cookie"]),
+        )],
+        "server.strip_response_headers[1]",
+        "cannot be stripped",
+    );
+    f.fails(
+        &[("server.strip_response_headers", list(&["X Bad"]))],
+        "server.strip_response_headers[0]",
+        "not a header name",
+    );
+    let c = f
+        .load(&[
+            ("server.hsts", s("")),
+            ("server.strip_response_headers", list(&[])),
+            ("server.ipv6_prefix_len", i(48)),
+        ])
+        .unwrap();
+    assert_eq!(c.server.hsts, None, "\"\" turns HSTS off");
+    assert!(c.server.strip_response_headers.is_empty());
+    assert_eq!(c.server.ipv6_prefix_len, 48);
+    assert_eq!(
+        f.load(&[(
+            "server.hsts",
+            s("max-age=63072000; includeSubDomains; preload")
+        )])
+        .unwrap()
+        .server
+        .hsts
+        .unwrap(),
+        "max-age=63072000; includeSubDomains; preload"
     );
     assert_eq!(f.load(&[]).unwrap().server.workers, 0, "one per core");
     assert_eq!(

@@ -187,6 +187,18 @@ impl Ctx<'_> {
                 MAX_HEADER_BYTES.1,
             )?,
             max_connections: self.at_least_one("server.max_connections", raw.max_connections)?,
+            max_connections_per_ip: self
+                .at_least_one("server.max_connections_per_ip", raw.max_connections_per_ip)?,
+            ipv6_prefix_len: self.count("server.ipv6_prefix_len", raw.ipv6_prefix_len, 1, 128)?,
+            hsts: self.hsts(&raw.hsts)?,
+            strip_response_headers: raw
+                .strip_response_headers
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    self.strippable_header(&format!("server.strip_response_headers[{i}]"), n)
+                })
+                .collect::<Result<_>>()?,
             workers: self.count("server.workers", raw.workers, 0, 1024)?,
             shutdown_timeout: self.duration("server.shutdown_timeout", &raw.shutdown_timeout)?,
             body_idle_timeout: self.duration("server.body_idle_timeout", &raw.body_idle_timeout)?,
@@ -228,7 +240,63 @@ impl Ctx<'_> {
             connect_timeout: self.duration("upstream.connect_timeout", &raw.connect_timeout)?,
             response_timeout: self.duration("upstream.response_timeout", &raw.response_timeout)?,
             preserve_host: raw.preserve_host,
+            max_connections: self.at_least_one("upstream.max_connections", raw.max_connections)?,
         })
+    }
+
+    /// `server.hsts`: `""` (none), or a `Strict-Transport-Security` value with its `max-age`.
+    fn hsts(&self, value: &str) -> Result<Option<http::HeaderValue>> {
+        const KEY: &str = "server.hsts";
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let has_max_age = value.split(';').any(|d| {
+            d.trim().split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("max-age")
+                    && !v.trim().is_empty()
+                    && v.trim().bytes().all(|b| b.is_ascii_digit())
+            })
+        });
+        match http::HeaderValue::from_str(value) {
+            Ok(v) if has_max_age => Ok(Some(v)),
+            _ => Err(self.err(
+                KEY,
+                format!(
+                    "\"{value}\" is not a Strict-Transport-Security value: write \
+                     \"max-age=SECONDS\" (and \"; includeSubDomains\" if every subdomain is \
+                     HTTPS), or \"\" for none"
+                ),
+            )),
+        }
+    }
+
+    /// A `server.strip_response_headers` entry: a header name the gateway does not itself need
+    /// from Faspex's answers.
+    fn strippable_header(&self, key: &str, name: &str) -> Result<http::HeaderName> {
+        const NEEDED: [&str; 9] = [
+            "location",
+            "set-cookie",
+            "www-authenticate",
+            "content-length",
+            "content-type",
+            "transfer-encoding",
+            "connection",
+            "upgrade",
+            "retry-after",
+        ];
+        let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            return Err(self.err(key, format!("\"{name}\" is not a header name")));
+        };
+        if NEEDED.contains(&header.as_str()) {
+            return Err(self.err(
+                key,
+                format!(
+                    "{name} carries what the gateway or the browser needs from Faspex's \
+                     answers; it cannot be stripped"
+                ),
+            ));
+        }
+        Ok(header)
     }
 
     fn upstream_url(&self, value: &str) -> Result<url::Url> {
@@ -356,6 +424,8 @@ impl Ctx<'_> {
                 "policy.public_requests_per_ip_per_minute",
                 raw.public_requests_per_ip_per_minute,
             )?,
+            public_inflight_per_ip: self
+                .at_least_one("policy.public_inflight_per_ip", raw.public_inflight_per_ip)?,
             max_tracked_usernames: self
                 .at_least_one("policy.max_tracked_usernames", raw.max_tracked_usernames)?,
         })
