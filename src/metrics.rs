@@ -69,6 +69,9 @@ pub const REFUSAL_REASONS: [&str; 6] = [
     "public_inflight",
 ];
 
+/// The `reason` label of `faspex_gate_connections_refused_total`.
+pub const CONNECTION_REFUSALS: [&str; 2] = ["per_ip", "total"];
+
 const DIRECTORY_RESULTS: [DirectoryResult; 3] = [
     DirectoryResult::Ok,
     DirectoryResult::Rejected,
@@ -89,6 +92,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     requests_refused: IntCounterVec,
     headers_dropped: IntCounter,
+    connections_refused: IntCounterVec,
     sessions_active: IntGauge,
     sessions_limit: IntGauge,
     accounts_locked: IntGauge,
@@ -167,6 +171,15 @@ impl Metrics {
             "Request headers dropped before forwarding: names with '_' (which Rack folds into \
              '-'), X-Post-Data-Format, and the URL-override headers (X-Original-URL and the like).",
         )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "faspex_gate_connections_refused_total",
+                "Client connections the gateway would not serve at once, by reason: per_ip (closed: \
+                 server.max_connections_per_ip from that address were open), total (left waiting \
+                 in the listen backlog: server.max_connections were open).",
+            ),
+            &["reason"],
+        )?;
         let sessions_active = IntGauge::new(
             "faspex_gate_sessions_active",
             "Accounts logged in now, each holding one licence seat.",
@@ -198,6 +211,7 @@ impl Metrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(requests_refused.clone()))?;
         registry.register(Box::new(headers_dropped.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(sessions_limit.clone()))?;
         registry.register(Box::new(accounts_locked.clone()))?;
@@ -215,6 +229,9 @@ impl Metrics {
         }
         for r in REFUSAL_REASONS {
             requests_refused.with_label_values(&[r]);
+        }
+        for r in CONNECTION_REFUSALS {
+            connections_refused.with_label_values(&[r]);
         }
         for r in LOGIN_RESULTS {
             logins.with_label_values(&[r.as_str()]);
@@ -236,6 +253,7 @@ impl Metrics {
             upstream_errors,
             requests_refused,
             headers_dropped,
+            connections_refused,
             sessions_active,
             sessions_limit,
             accounts_locked,
@@ -270,6 +288,13 @@ impl Metrics {
     /// `n` request headers dropped before forwarding.
     pub fn headers_dropped(&self, n: usize) {
         self.headers_dropped.inc_by(n as u64);
+    }
+
+    /// One client connection not served at once; `reason` is a [`CONNECTION_REFUSALS`] value.
+    pub fn connection_refused(&self, reason: &str) {
+        if CONNECTION_REFUSALS.contains(&reason) {
+            self.connections_refused.with_label_values(&[reason]).inc();
+        }
     }
 
     /// One failed request to Faspex; `kind` is an [`UPSTREAM_ERRORS`] value.

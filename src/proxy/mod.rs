@@ -211,6 +211,11 @@ impl Gateway {
         tokio::join!(upstream, directory)
     }
 
+    /// The metrics the gateway feeds (the server counts the connections it refuses there).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.current.load().metrics)
+    }
+
     /// Handle one request on the settings in force now: see [`Handler::handle`].
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         Handler {
