@@ -13,7 +13,11 @@
 //! - `//` is collapsed and `.`/`..` segments are resolved on the path as sent; that normalised
 //!   path is what Faspex receives ([`Classified::forward`]);
 //! - the deny list wins over everything, and is checked on the once-decoded and on the
-//!   fully-decoded path (a double-encoded variant is denied too). A rule for `GET` also covers
+//!   fully-decoded path (a double-encoded variant is denied too), ignoring ASCII case, and also
+//!   with each segment's `;params` removed (`/PACKAGE_RELAY/`, `/package_relay;x/` are denied:
+//!   Rails would 404 them, a server that folds case or drops `;params` would not). Only the
+//!   decision reads the path that way: what is forwarded is still the path as classified. A rule
+//!   for `GET` also covers
 //!   `HEAD` (Rails runs the GET action), and a rule for `PUT`, `PATCH` or `DELETE` also covers
 //!   `POST`, which Rails turns into those with `_method=` or `X-HTTP-Method-Override`;
 //! - the login, logout and token actions are recognised as Rails routes them
@@ -180,11 +184,23 @@ impl RouteProfile {
         };
 
         let denied = |p: &[u8]| {
+            // The readings a server that drops `;params` from a segment would route: the path
+            // without them, with and without its dot segments resolved again (`..;x` is `..` to
+            // it). Nearly every path has no `;`, and is its own only reading.
+            let stripped = p.contains(&b';').then(|| strip_params(p));
+            let resolved = stripped
+                .as_deref()
+                .and_then(|s| normalize(s).ok())
+                .filter(|r| Some(&**r) != stripped.as_deref());
+            let readings = [Some(p), stripped.as_deref(), resolved.as_deref()];
             self.deny.iter().any(|rule| {
                 rule.method
                     .as_ref()
                     .is_none_or(|m| method_may_reach(method, m))
-                    && deny_matches(p, rule.prefix.as_bytes())
+                    && readings
+                        .iter()
+                        .flatten()
+                        .any(|r| deny_matches(r, rule.prefix.as_bytes()))
             })
         };
         if denied(&once) || (!one_reading && denied(full)) {
@@ -349,10 +365,33 @@ fn under(path: &[u8], prefix: &[u8]) -> bool {
     path == bare || (path.starts_with(bare) && path.get(bare.len()) == Some(&b'/'))
 }
 
-/// Deny matching is deliberately wider than [`under`]: a plain byte prefix, and a prefix with a
-/// trailing slash also covers the path without it.
+/// Deny matching is deliberately wider than [`under`]: a plain prefix, and a prefix with a
+/// trailing slash also covers the path without it. Both ignore ASCII case: Faspex's routes are
+/// case-sensitive, but a server in front of it, or in its place, may fold case.
 fn deny_matches(path: &[u8], prefix: &[u8]) -> bool {
-    path.starts_with(prefix) || under(path, prefix)
+    let starts = |p: &[u8]| {
+        path.get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p))
+    };
+    if starts(prefix) {
+        return true;
+    }
+    let bare = prefix.strip_suffix(b"/").unwrap_or(prefix);
+    bare.is_empty() || (starts(bare) && matches!(path.get(bare.len()), None | Some(&b'/')))
+}
+
+/// The path with each segment's `;params` removed (`/a;x/b;y=1/c` is `/a/b/c`), as servers
+/// that take `;` for a parameter separator in a path read it (Tomcat, Jetty, Spring).
+fn strip_params(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for (i, seg) in path.split(|&b| b == b'/').enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        let end = seg.iter().position(|&b| b == b';').unwrap_or(seg.len());
+        out.extend_from_slice(&seg[..end]);
+    }
+    out
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -590,6 +629,85 @@ mod tests {
         ] {
             assert_eq!(profile().classify(&Method::GET, p), Err(e), "{p}");
         }
+    }
+
+    /// Issue 19: a deny rule holds against a server that folds case or drops `;params` from a
+    /// segment, whatever Rails would make of the spelling; the path forwarded for what is not
+    /// denied is still the one classified, byte for byte.
+    #[test]
+    fn deny_rules_ignore_case_and_segment_params() {
+        for p in [
+            "/aspera/faspex/PACKAGE_RELAY/relay_package",
+            "/aspera/faspex/Package_Relay/relay_package",
+            "/ASPERA/FASPEX/PACKAGE_RELAY",
+            "/aspera/faspex/package_relay;x/relay_package",
+            "/aspera/faspex/package_relay;/relay_package",
+            "/aspera/faspex/package_relay;jsessionid=1;a=b/relay_package",
+            "/aspera/faspex/PACKAGE_RELAY;x",
+            "/aspera;x/faspex;y/package_relay;z/relay_package",
+            "/aspera/faspex/%50ACKAGE_RELAY;x/relay_package",
+            "/aspera/faspex/package_relay%3bx/relay_package",
+            "/aspera/faspex/package_relay%253bx/relay_package",
+            // `..;` is `..` once the params are gone; `;x` alone is an empty segment.
+            "/aspera/faspex/inbox/..;/package_relay/relay_package",
+            "/aspera/faspex/x;y/..;z/PACKAGE_RELAY/relay_package",
+            "/aspera/faspex/;x/package_relay/relay_package",
+            // And where a server keeps the params, the path is under the rule as written.
+            "/aspera/faspex/package_relay/..;/inbox",
+        ] {
+            for m in [Method::GET, Method::POST, Method::HEAD, Method::PUT] {
+                assert_eq!(route(m.clone(), p), Route::Denied, "{m} {p}");
+            }
+        }
+        // Methods match as before: a rule for one method still leaves the others alone.
+        let post_only = RouteProfile {
+            deny: vec![DenyPrefix {
+                method: Some(Method::POST),
+                prefix: "/aspera/faspex/package_relay/".into(),
+            }],
+            ..profile()
+        };
+        let r = |m: Method, p: &str| post_only.classify(&m, p).unwrap().route;
+        assert_eq!(
+            r(Method::POST, "/aspera/faspex/PACKAGE_RELAY;x/relay_package"),
+            Route::Denied
+        );
+        assert_eq!(
+            r(Method::GET, "/aspera/faspex/PACKAGE_RELAY;x/relay_package"),
+            Route::Protected
+        );
+        // Names that only share a prefix, or carry the word elsewhere, are not denied.
+        for p in [
+            "/aspera/faspex/package_relayx/relay_package",
+            "/aspera/faspex/x/package_relay",
+            "/aspera/faspex/inbox;package_relay/x",
+            "/aspera/faspex/received/1;/package_relayz",
+        ] {
+            assert_ne!(route(Method::POST, p), Route::Denied, "{p}");
+        }
+        // What is not denied is forwarded as classified: the params and the case stay.
+        let c = profile()
+            .classify(&Method::GET, "/aspera/faspex/Inbox;x/1")
+            .unwrap();
+        assert_eq!((c.route, c.forward), (Route::Protected, None));
+        let c = profile()
+            .classify(&Method::GET, "//aspera/faspex/./Inbox;x/1")
+            .unwrap();
+        assert_eq!(c.forward.as_deref(), Some("/aspera/faspex/Inbox;x/1"));
+    }
+
+    #[test]
+    fn deny_matching_keeps_its_prefix_semantics() {
+        // A byte prefix, case folded; a rule with a trailing slash covers the bare path too.
+        assert!(deny_matches(b"/a/B/c", b"/a/b/"));
+        assert!(deny_matches(b"/A/b", b"/a/b/"));
+        assert!(deny_matches(b"/a/bc", b"/a/b"));
+        assert!(!deny_matches(b"/a/bc", b"/a/b/"));
+        assert!(!deny_matches(b"/a", b"/a/b/"));
+        assert!(deny_matches(b"/anything", b"/"));
+        assert_eq!(strip_params(b"/a;x/b;y=1;z/c/;/d"), b"/a/b/c//d");
+        assert_eq!(strip_params(b"/"), b"/");
+        assert_eq!(strip_params(b"/;"), b"/");
     }
 
     #[test]

@@ -305,12 +305,13 @@ pub fn full(body: impl Into<Bytes>) -> ProxyBody {
         .boxed_unsync()
 }
 
-/// An HTML response that must not be cached.
+/// An HTML response that must not be cached, with the gateway's page headers
+/// ([`page_headers`]).
 pub fn html(status: StatusCode, body: String) -> Response<ProxyBody> {
     respond(status, "text/html; charset=utf-8", body)
 }
 
-/// A plain-text response that must not be cached.
+/// A plain-text response that must not be cached, with the same headers as a page.
 pub fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     respond(status, "text/plain; charset=utf-8", body)
 }
@@ -321,11 +322,27 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    page_headers(h);
+    resp
+}
+
+/// The headers of every answer the gateway writes itself: a strict Content-Security-Policy (the
+/// pages' own style sheet, forms to this origin, nothing else), no framing, no `Referer` leaving
+/// a page, and no type sniffing.
+pub fn page_headers(h: &mut HeaderMap) {
     h.insert(
-        "x-content-type-options",
+        header::CONTENT_SECURITY_POLICY,
+        pages::CONTENT_SECURITY_POLICY.clone(),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    resp
 }
 
 #[cfg(test)]
@@ -369,6 +386,199 @@ mod tests {
             HeaderValue::from_static("XMLHttpRequest"),
         );
         assert!(is_browser(&h, &cookies));
+    }
+
+    fn site() -> Site {
+        Site {
+            helpdesk: "the helpdesk".into(),
+            tz: jiff::tz::TimeZone::UTC,
+            login_path: "/aspera/faspex/login".into(),
+        }
+    }
+
+    /// The four headers of every page, with the one CSP.
+    fn assert_page_headers(resp: &Response<ProxyBody>, what: &str) {
+        let h = resp.headers();
+        let csp = h
+            .get(header::CONTENT_SECURITY_POLICY)
+            .unwrap_or_else(|| panic!("{what}: no CSP"))
+            .to_str()
+            .unwrap();
+        for part in [
+            "default-src 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+        ] {
+            assert!(csp.contains(part), "{what}: {csp}");
+        }
+        assert!(
+            csp.contains(&format!("style-src {};", *pages::STYLE_HASH)),
+            "{what}: {csp}"
+        );
+        assert!(!csp.contains("unsafe"), "{what}: {csp}");
+        assert_eq!(h[header::X_FRAME_OPTIONS], "DENY", "{what}");
+        assert_eq!(h[header::REFERRER_POLICY], "no-referrer", "{what}");
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{what}");
+        assert_eq!(h[header::CACHE_CONTROL], "no-store", "{what}");
+    }
+
+    async fn body_of(resp: Response<ProxyBody>) -> String {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// What a page may hold under its CSP: its one style sheet, the hash of which the CSP
+    /// names, and no script, inline style attribute, frame or outside resource.
+    fn assert_page_fits_its_csp(body: &str, what: &str) {
+        use base64::Engine as _;
+        let start = body.find("<style>").unwrap_or_else(|| panic!("{what}")) + "<style>".len();
+        let end = body.find("</style>").unwrap();
+        let digest = ring::digest::digest(&ring::digest::SHA256, body[start..end].as_bytes());
+        let hash = format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        );
+        assert_eq!(hash, *pages::STYLE_HASH, "{what}");
+        assert_eq!(body.matches("<style").count(), 1, "{what}");
+        for banned in [
+            "<script",
+            " style=",
+            "<img",
+            "<iframe",
+            "<link",
+            "<base",
+            "javascript:",
+        ] {
+            assert!(!body.contains(banned), "{what} holds {banned:?}");
+        }
+        // No event handler attribute (` onclick=` and the like).
+        assert!(
+            !body.split(" on").skip(1).any(|rest| {
+                let name = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+                name > 0 && rest.as_bytes().get(name) == Some(&b'=')
+            }),
+            "{what} holds an event handler"
+        );
+    }
+
+    /// Every answer the gateway writes itself, page or text, carries the page headers, and every
+    /// page fits its CSP.
+    #[tokio::test]
+    async fn every_page_carries_the_security_headers() {
+        let site = site();
+        let now = Timestamp::from_millis(1_795_352_700_000);
+        let form = LoginForm {
+            username: "ann".into(),
+            hidden: vec![("authenticity_token".into(), "t".into())],
+            username_field: "user[name]".into(),
+            password_field: "user[password]".into(),
+        };
+        let retry = std::time::Duration::from_secs(30);
+        let mut pages_built: Vec<(&str, String)> = vec![
+            ("login failed", pages::login_failed(&site)),
+            ("locked", pages::locked(&site, now, now, false)),
+            ("locked by admin", pages::locked(&site, now, now, true)),
+            ("licence full", pages::license_full(&site, retry)),
+            (
+                "other client",
+                pages::other_client(&site, &form, now, "10.0.0.1".parse().unwrap(), now),
+            ),
+            (
+                "confirm logout",
+                pages::confirm_logout("/aspera/faspex/logout"),
+            ),
+            ("throttled", pages::throttled(&site, retry)),
+            ("unavailable", pages::unavailable(&site)),
+            ("page", pages::page("t", "m", "")),
+        ];
+        for why in [
+            None,
+            Some(EndReason::Idle),
+            Some(EndReason::Absolute),
+            Some(EndReason::Replaced),
+            Some(EndReason::Admin),
+        ] {
+            pages_built.push(("ended", pages::ended(&site, why)));
+        }
+        for (what, body) in pages_built {
+            assert_page_fits_its_csp(&body, what);
+            let resp = html(StatusCode::OK, body);
+            assert_page_headers(&resp, what);
+        }
+        assert_page_headers(&text(StatusCode::OK, "x".into()), "text");
+
+        let refused = |r: LoginRefused, form: Option<LoginForm>| {
+            GatewayError::Refused(Box::new(Refusal { refused: r, form }))
+        };
+        let errors = || {
+            vec![
+                GatewayError::Gate(crate::proxy::gate::Refusal::Upgrade),
+                GatewayError::Gate(crate::proxy::gate::Refusal::Denied),
+                GatewayError::BadRequest("x"),
+                GatewayError::Denied,
+                GatewayError::NotFound,
+                GatewayError::MethodNotAllowed,
+                GatewayError::Upstream(UpstreamError::Timeout(retry)),
+                GatewayError::Upstream(UpstreamError::Connect("x".into())),
+                GatewayError::ClientStalled(retry),
+                GatewayError::ClientAborted,
+                GatewayError::TooLarge(65536),
+                GatewayError::NoSession(None),
+                GatewayError::NoSession(Some(EndReason::Replaced)),
+                refused(LoginRefused::BadCredentials, None),
+                refused(
+                    LoginRefused::AccountLocked {
+                        until: now,
+                        retry_after: retry,
+                        by_admin: false,
+                    },
+                    None,
+                ),
+                refused(LoginRefused::LicenseFull { retry_after: retry }, None),
+                refused(
+                    LoginRefused::OtherClientActive {
+                        since: now,
+                        ip: "10.0.0.1".parse().unwrap(),
+                        kind: crate::store::ClientKind::Browser,
+                    },
+                    Some(form.clone()),
+                ),
+                refused(
+                    LoginRefused::OtherClientActive {
+                        since: now,
+                        ip: "10.0.0.1".parse().unwrap(),
+                        kind: crate::store::ClientKind::Browser,
+                    },
+                    None,
+                ),
+                refused(LoginRefused::Throttled { retry_after: retry }, None),
+                refused(LoginRefused::DirectoryUnavailable, None),
+                GatewayError::PublicThrottled(retry),
+                GatewayError::Store(StoreError::Closed),
+            ]
+        };
+        for browser in [true, false] {
+            let answer = Answer {
+                browser,
+                site: &site,
+                clear_cookie: None,
+                now,
+            };
+            for e in errors() {
+                let what = format!("{e:?} (browser: {browser})");
+                let resp = e.into_response(&answer);
+                assert_page_headers(&resp, &what);
+                let html = resp.headers()[header::CONTENT_TYPE]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/html");
+                let body = body_of(resp).await;
+                if html {
+                    assert_page_fits_its_csp(&body, &what);
+                }
+            }
+        }
     }
 
     #[test]

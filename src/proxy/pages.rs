@@ -234,22 +234,51 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// The pages' one style sheet, inline so that a page needs nothing else from the gateway. The
+/// Content-Security-Policy allows exactly this text, by its hash ([`STYLE_HASH`]).
+pub const STYLE: &str = r#"
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:#f4f5f7;color:#1d2330;margin:0}
+main{max-width:34rem;margin:12vh auto;background:#fff;border-radius:8px;padding:2rem 2.25rem;box-shadow:0 1px 4px rgba(0,0,0,.12)}
+h1{font-size:1.35rem;margin:0 0 1rem} p{line-height:1.5} a{color:#0b5cad}
+.btn{display:inline-block;background:#0b5cad;color:#fff;text-decoration:none;padding:.5rem 1rem;border-radius:4px;border:0;font-size:1rem;cursor:pointer}
+input{font-size:1rem;padding:.4rem;width:100%;box-sizing:border-box;margin:.25rem 0 .75rem}
+small{color:#5a6272}
+"#;
+
+/// `'sha256-…'` of [`STYLE`], as a CSP source expression.
+pub static STYLE_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use base64::Engine as _;
+    let digest = ring::digest::digest(&ring::digest::SHA256, STYLE.as_bytes());
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    )
+});
+
+/// The Content-Security-Policy of every answer the gateway writes itself: nothing may load or
+/// run but the pages' own style sheet; forms post only to this origin (the login and logout
+/// paths); no page may be framed, nor its base URL changed.
+pub static CONTENT_SECURITY_POLICY: std::sync::LazyLock<http::HeaderValue> =
+    std::sync::LazyLock::new(|| {
+        let csp = format!(
+            "default-src 'none'; style-src {}; form-action 'self'; frame-ancestors 'none'; \
+             base-uri 'none'",
+            *STYLE_HASH
+        );
+        http::HeaderValue::try_from(csp)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("default-src 'none'"))
+    });
+
 /// A complete page: a heading, a paragraph of plain text and optional trusted HTML below it.
-/// `title` and `message` are escaped; `extra_html` must already be safe.
+/// `title` and `message` are escaped; `extra_html` must already be safe, and may hold no
+/// script, inline style or other resource: the pages' CSP allows none.
 pub fn page(title: &str, message: &str, extra_html: &str) -> String {
     format!(
         r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} - Aspera Faspex</title>
-<style>
-body{{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:#f4f5f7;color:#1d2330;margin:0}}
-main{{max-width:34rem;margin:12vh auto;background:#fff;border-radius:8px;padding:2rem 2.25rem;box-shadow:0 1px 4px rgba(0,0,0,.12)}}
-h1{{font-size:1.35rem;margin:0 0 1rem}} p{{line-height:1.5}} a{{color:#0b5cad}}
-.btn{{display:inline-block;background:#0b5cad;color:#fff;text-decoration:none;padding:.5rem 1rem;border-radius:4px;border:0;font-size:1rem;cursor:pointer}}
-input{{font-size:1rem;padding:.4rem;width:100%;box-sizing:border-box;margin:.25rem 0 .75rem}}
-small{{color:#5a6272}}
-</style></head>
+<style>{STYLE}</style></head>
 <body><main><h1>{title}</h1><p>{message}</p>{extra_html}</main></body></html>
 "#,
         title = escape(title),

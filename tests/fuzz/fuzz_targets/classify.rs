@@ -1,5 +1,6 @@
 //! Path classification: never a panic, and the path it forwards classifies as it did (the
-//! forwarded path is normal: no `//`, no dot segment, nothing left to resolve).
+//! forwarded path is normal: no `//`, no dot segment, nothing left to resolve). A denied path
+//! stays denied (or refused) in other case and with `;params` on its segments.
 #![no_main]
 
 use faspex_gate::proxy::gate::Gate;
@@ -29,5 +30,30 @@ fuzz_target!(|data: &[u8]| {
         .expect("the forwarded path classifies");
     assert_eq!(again.route, first.route, "{path:?} -> {forward:?}");
     assert_eq!(again.action, first.action, "{path:?} -> {forward:?}");
-    assert!(again.forward.is_none(), "{path:?} -> {forward:?} is not normal");
+    assert!(
+        again.forward.is_none(),
+        "{path:?} -> {forward:?} is not normal"
+    );
+    if first.route == faspex_gate::proxy::classify::Route::Denied {
+        let params: String = path
+            .split('/')
+            .enumerate()
+            .map(|(i, s)| {
+                if i == 0 {
+                    s.to_owned()
+                } else {
+                    format!("/{s};p")
+                }
+            })
+            .collect();
+        for variant in [path.to_ascii_uppercase(), path.to_ascii_lowercase(), params] {
+            if let Ok(c) = gate.classify(&method, &variant) {
+                assert_eq!(
+                    c.route,
+                    faspex_gate::proxy::classify::Route::Denied,
+                    "{path:?} is denied, {variant:?} is not"
+                );
+            }
+        }
+    }
 });
