@@ -168,9 +168,9 @@ pub async fn build(cfg: &Config) -> anyhow::Result<App> {
 pub async fn build_with(cfg: &Config, loader: Loader) -> anyhow::Result<App> {
     let audit = Arc::new(AuditLog::open(&cfg.audit, Arc::new(SystemClock))?);
     let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
-    let upstream = Upstream::new(&cfg.upstream, cfg.server.body_idle_timeout)?;
+    let upstream = Upstream::new(&cfg.upstream, &cfg.server)?;
     let logout_path = Arc::new(ArcSwap::from_pointee(cfg.faspex.logout_path.clone()));
-    let (ends, memo, logouts) = SessionEnds::start(
+    let (ends, shared_ends) = SessionEnds::start(
         upstream.clone(),
         Arc::clone(&logout_path),
         Arc::clone(&metrics),
@@ -186,8 +186,7 @@ pub async fn build_with(cfg: &Config, loader: Loader) -> anyhow::Result<App> {
         state.policy.clone(),
         Arc::clone(&state.directory),
         upstream,
-        memo,
-        logouts,
+        shared_ends,
         metrics,
     );
     Ok(App {

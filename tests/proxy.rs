@@ -973,17 +973,89 @@ async fn host_headers_are_checked() {
             "a Host with user info",
             &b"GET /echo HTTP/1.1\r\nHost: user@evil.example\r\n\r\n"[..],
         ),
+        // The review's finding: an absolute-form target skipped the Host check and reached
+        // Faspex as `Host: user:pw@evil.example`.
+        (
+            "an absolute-form target with user info",
+            &b"GET http://user:pw@evil.example/echo HTTP/1.1\r\nHost: evil.example\r\n\r\n"[..],
+        ),
+        (
+            "an absolute-form target and a Host that disagree",
+            &b"GET http://evil.example/echo HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+        ),
+        (
+            "an absolute-form target with a bad port",
+            &b"GET http://localhost:99999999/echo HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+        ),
     ] {
         let r = raw_exchange(addr, &pem, req, t).await;
         assert!(r.starts_with("HTTP/1.1 400"), "{what}: {r}");
         assert!(!r.contains("path_and_query"), "{what} was forwarded");
     }
+    // An absolute-form target that names the Host's authority passes, and Faspex gets that host.
+    let r = raw_exchange(
+        addr,
+        &pem,
+        b"GET https://LocalHost/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("\"host\":[\"localhost\"]"), "{r}");
     // HTTP/1.0 needs no Host.
     let r = raw_exchange(addr, &pem, b"GET /echo HTTP/1.0\r\n\r\n", t).await;
     assert!(
         r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"),
         "{r}"
     );
+}
+
+/// `server.strip_response_headers` applies to every Faspex answer, and HSTS goes on every HTTPS
+/// answer, the gateway's own included, and on no plain-HTTP one.
+#[tokio::test(flavor = "multi_thread")]
+async fn response_headers_are_stripped_and_https_answers_carry_hsts() {
+    let (_up, gw) = setup(|c| {
+        c.set("server", "http_listen", "\"127.0.0.1:0\"");
+        c.set(
+            "server",
+            "strip_response_headers",
+            "[\"Server\", \"X-Upstream-Header\"]",
+        );
+    })
+    .await;
+    let c = client(&gw);
+    let base = gw.base();
+    for path in [
+        "/echo",
+        "/stream?bytes=10",
+        "/aspera/faspex/x%2Fy",
+        "/_faspex-gate/nope",
+    ] {
+        let resp = c
+            .request(
+                Request::get(format!("{base}{path}"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.headers()["strict-transport-security"],
+            "max-age=31536000",
+            "{path}"
+        );
+        assert!(!resp.headers().contains_key("x-upstream-header"), "{path}");
+    }
+    let mut s = tokio::net::TcpStream::connect(gw.http.unwrap()).await.unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let head = out.to_ascii_lowercase();
+    assert!(!head.contains("strict-transport-security"), "{out}");
+    assert!(!head.contains("x-upstream-header"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

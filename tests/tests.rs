@@ -9,6 +9,7 @@ mod bypass;
 mod cli;
 mod demo;
 mod flows;
+mod holding;
 mod ldap;
 mod names;
 mod ops;

@@ -66,6 +66,8 @@ pub fn generated_body(n: u64) -> TestBody {
 /// - `/ws` (or any path ending in `/ws`): a WebSocket echo.
 pub struct TestUpstream {
     pub addr: SocketAddr,
+    /// Connections open to it now.
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -102,13 +104,17 @@ impl TestUpstream {
     async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&open);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let tls = tls.clone();
+                let open = OpenConnection::new(&counter);
                 tokio::spawn(async move {
+                    let _open = open;
                     let svc = hyper::service::service_fn(move |req| upstream_handle(req, addr));
                     let builder = hyper::server::conn::http1::Builder::new();
                     let _ = match tls {
@@ -131,11 +137,32 @@ impl TestUpstream {
                 });
             }
         });
-        TestUpstream { addr, task }
+        TestUpstream { addr, open, task }
+    }
+
+    /// Connections open to it now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+}
+
+/// One open connection of the test upstream's, counted while it lives.
+struct OpenConnection(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenConnection {
+    fn new(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenConnection(Arc::clone(counter))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

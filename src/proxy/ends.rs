@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use arc_swap::ArcSwap;
 
 use super::forward::Upstream;
+use super::streams::SessionStreams;
 use crate::metrics::Metrics;
 use crate::policy::{Observer, PolicyEvent};
 use crate::store::{EndReason, SessionKey};
@@ -74,11 +75,23 @@ impl FaspexLogouts {
     }
 }
 
-/// The observer: remembers every end, and queues a Faspex logout for the ends the person did
-/// not ask for.
+/// The observer: remembers every end, ends the session's open streams, and queues a Faspex
+/// logout for the ends the person did not ask for.
 pub struct SessionEnds {
     memo: Arc<EndedMemo>,
     logouts: FaspexLogouts,
+    streams: Arc<SessionStreams>,
+}
+
+/// What the request handler shares with the observer.
+#[derive(Clone)]
+pub struct Ends {
+    /// Why sessions ended lately, for the page a returning browser sees.
+    pub memo: Arc<EndedMemo>,
+    /// Faspex logouts, for a login Faspex accepted that the gateway could not keep.
+    pub logouts: FaspexLogouts,
+    /// The sessions' open tunnels and long responses.
+    pub streams: Arc<SessionStreams>,
 }
 
 impl SessionEnds {
@@ -90,8 +103,9 @@ impl SessionEnds {
         upstream: Upstream,
         logout_path: Arc<ArcSwap<String>>,
         metrics: Arc<Metrics>,
-    ) -> (Arc<Self>, Arc<EndedMemo>, FaspexLogouts) {
+    ) -> (Arc<Self>, Ends) {
         let memo = Arc::new(EndedMemo::default());
+        let streams = Arc::new(SessionStreams::default());
         let (tx, mut rx) = mpsc::channel::<String>(LOGOUT_QUEUE);
         tokio::spawn(async move {
             while let Some(cookie) = rx.recv().await {
@@ -116,9 +130,13 @@ impl SessionEnds {
             Arc::new(Self {
                 memo: Arc::clone(&memo),
                 logouts: logouts.clone(),
+                streams: Arc::clone(&streams),
             }),
-            memo,
-            logouts,
+            Ends {
+                memo,
+                logouts,
+                streams,
+            },
         )
     }
 }
@@ -129,6 +147,7 @@ impl Observer for SessionEnds {
             return;
         };
         self.memo.remember(&s.key, *why);
+        self.streams.end(&s.key);
         let gateway_ended = matches!(
             why,
             EndReason::Idle | EndReason::Absolute | EndReason::Admin | EndReason::Replaced

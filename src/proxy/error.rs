@@ -67,6 +67,10 @@ pub enum GatewayError {
     /// Too many requests to public paths from this address.
     #[error("too many requests to public paths")]
     PublicThrottled(std::time::Duration),
+    /// Too many public requests from this address still arriving
+    /// (`policy.public_inflight_per_ip`).
+    #[error("too many public requests from this address are still arriving")]
+    PublicInflight,
     /// The state store could not answer or save: fail closed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -113,11 +117,14 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Upstream(UpstreamError::Busy(_)) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::NoSession(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Refused(r) => r.refused.status().0,
-            GatewayError::PublicThrottled(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::PublicThrottled(_) | GatewayError::PublicInflight => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -127,6 +134,10 @@ impl GatewayError {
         match self {
             GatewayError::Refused(r) => r.refused.status().1,
             GatewayError::PublicThrottled(d) => Some(*d),
+            // Both clear as soon as requests in flight finish: a second is the honest guess.
+            GatewayError::PublicInflight | GatewayError::Upstream(UpstreamError::Busy(_)) => {
+                Some(std::time::Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -160,6 +171,10 @@ impl GatewayError {
                 "Faspex is not answering",
                 "The file-transfer server took too long to answer. Please try again in a few minutes.".into(),
             ),
+            GatewayError::Upstream(UpstreamError::Busy(_)) => (
+                "Faspex is busy",
+                "The file-transfer server is handling as many requests as it can. Please try again in a moment.".into(),
+            ),
             GatewayError::Upstream(_) => (
                 "Faspex is unavailable",
                 "The file-transfer server cannot be reached right now. Please try again in a few minutes.".into(),
@@ -176,6 +191,10 @@ impl GatewayError {
             GatewayError::PublicThrottled(_) => (
                 "Too many requests",
                 "Too many requests from this address. Please wait a moment and try again.".into(),
+            ),
+            GatewayError::PublicInflight => (
+                "Too many requests",
+                "Too many uploads from this address are still arriving. Please wait a moment and try again.".into(),
             ),
             GatewayError::Store(_) => (
                 "Temporarily unavailable",

@@ -7,6 +7,15 @@
 //! same memory as a 1 KiB one. Only the wait for the upstream's response *headers*, counted from
 //! the moment the request body has been sent in full, is bounded (`upstream.response_timeout`);
 //! a body may stream for hours as long as it keeps moving (`server.body_idle_timeout`).
+//!
+//! Connections to Faspex are bounded (`upstream.max_connections`): every request holds an
+//! [`UpstreamSlot`] from before it is sent until its response body ends (or, after a 101, until
+//! its tunnel closes). A request that finds none free waits up to `upstream.connect_timeout`,
+//! then gets 503. Public requests ([`Lane::Public`]) may hold at most three quarters of the slots
+//! (at least one): the last quarter is kept for requests that carry a session, so that a flood of
+//! anonymous requests can never starve logged-in users. Since the pool opens a connection only
+//! for a request that holds a slot, and keeps idle only connections such requests opened, the
+//! connections open to Faspex never outnumber the slots.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,7 +32,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::client::{ClientError, Pool};
 use super::transfer::TransferBody;
-use crate::config::UpstreamConfig;
+use crate::config::{ServerConfig, UpstreamConfig};
 
 /// Errors from any body the gateway streams.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -39,6 +48,9 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("the upstream broke the protocol or the connection: {0}")]
     Protocol(#[source] BoxError),
+    /// Every connection to Faspex this request may use was taken for `{0:?}`.
+    #[error("all connections to the upstream were busy for {0:?}")]
+    Busy(Duration),
 }
 
 /// Why a forwarded request failed: the upstream's fault, or the client's own body.
@@ -93,6 +105,7 @@ impl UpstreamError {
             UpstreamError::Connect(_) => "connect",
             UpstreamError::Timeout(_) => "timeout",
             UpstreamError::Protocol(_) => "protocol",
+            UpstreamError::Busy(_) => "busy",
         }
     }
 }
@@ -123,8 +136,103 @@ pub struct Upstream {
     inner: Arc<UpstreamInner>,
 }
 
+/// Whose request a connection to Faspex is for: public requests may not take the slots kept
+/// for requests with a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// No session: public paths, the login page, a login before it is checked.
+    Public,
+    /// A request that carries a live session (or a checked login), and the gateway's own.
+    Session,
+}
+
+/// A request's hold on one of the `upstream.max_connections`, released when dropped.
+#[derive(Debug)]
+pub struct UpstreamSlot {
+    _all: tokio::sync::OwnedSemaphorePermit,
+    _public: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The slots of `upstream.max_connections`, and the share public requests may hold.
+struct Slots {
+    all: Arc<tokio::sync::Semaphore>,
+    public: Arc<tokio::sync::Semaphore>,
+    /// How long a request waits for a slot (`upstream.connect_timeout`).
+    wait: Duration,
+}
+
+impl Slots {
+    fn new(max: usize, wait: Duration) -> Slots {
+        let max = max.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Slots {
+            all: Arc::new(tokio::sync::Semaphore::new(max)),
+            public: Arc::new(tokio::sync::Semaphore::new(public_share(max))),
+            wait,
+        }
+    }
+
+    /// A slot for `lane`, waiting at most `wait`.
+    async fn take(&self, lane: Lane) -> Result<UpstreamSlot, UpstreamError> {
+        let take = async {
+            let public = match lane {
+                Lane::Public => Some(self.public.clone().acquire_owned().await.ok()?),
+                Lane::Session => None,
+            };
+            let all = self.all.clone().acquire_owned().await.ok()?;
+            Some(UpstreamSlot {
+                _all: all,
+                _public: public,
+            })
+        };
+        match tokio::time::timeout(self.wait, take).await {
+            Ok(Some(slot)) => Ok(slot),
+            _ => Err(UpstreamError::Busy(self.wait)),
+        }
+    }
+}
+
+/// How many of `max` connections public requests may hold: three quarters, at least one.
+pub fn public_share(max: usize) -> usize {
+    (max - max / 4).max(1)
+}
+
+/// A body that holds its request's [`UpstreamSlot`] until it ends or is dropped.
+struct SlotBody {
+    inner: ProxyBody,
+    slot: Option<UpstreamSlot>,
+}
+
+impl http_body::Body for SlotBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_))))
+            || self.inner.is_end_stream()
+        {
+            self.slot = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 struct UpstreamInner {
     pool: Arc<Pool>,
+    slots: Slots,
+    /// Response headers no client sees (`server.strip_response_headers`).
+    strip: Vec<HeaderName>,
     authority: Authority,
     /// `scheme://authority` as the upstream writes it in `Location` headers.
     origins: Vec<String>,
@@ -174,7 +282,8 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 impl Upstream {
     /// Build the connection pool. An `https` upstream is verified against the system roots plus
     /// `upstream.ca_file`.
-    pub fn new(cfg: &UpstreamConfig, body_idle_timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(cfg: &UpstreamConfig, server: &ServerConfig) -> anyhow::Result<Self> {
+        let body_idle_timeout = server.body_idle_timeout;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -217,6 +326,8 @@ impl Upstream {
         Ok(Upstream {
             inner: Arc::new(UpstreamInner {
                 pool,
+                slots: Slots::new(cfg.max_connections, cfg.connect_timeout),
+                strip: server.strip_response_headers.clone(),
                 authority,
                 origins,
                 response_timeout: cfg.response_timeout,
@@ -228,12 +339,15 @@ impl Upstream {
 
     /// Forward one request and wait (bounded) for the response headers. The request's URI path
     /// and query go upstream exactly as the client sent them; both bodies stream, each under the
-    /// idle timeout.
+    /// idle timeout. The request holds a connection slot of `lane` until its response body ends;
+    /// after a 101 the slot is in the response's extensions, for the tunnel to hold.
     pub async fn forward(
         &self,
         req: Request<ProxyBody>,
         side: &ClientSide,
+        lane: Lane,
     ) -> Result<Response<ProxyBody>, ForwardError> {
+        let slot = self.inner.slots.take(lane).await?;
         let idle = self.inner.body_idle_timeout;
         let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
         let mut req = req.map(|body| TransferBody::new(body, idle, Some(sent_tx)));
@@ -291,8 +405,21 @@ impl Upstream {
                 headers.insert(header::UPGRADE, proto);
             }
         }
+        for name in &inner.strip {
+            headers.remove(name);
+        }
         self.rewrite_location(headers, side);
-        Ok(resp.map(|body| TransferBody::new(body, idle, None).boxed_unsync()))
+        if switching {
+            resp.extensions_mut().insert(Arc::new(slot));
+            return Ok(resp.map(|body| TransferBody::new(body, idle, None).boxed_unsync()));
+        }
+        Ok(resp.map(|body| {
+            SlotBody {
+                inner: TransferBody::new(body, idle, None).boxed_unsync(),
+                slot: Some(slot),
+            }
+            .boxed_unsync()
+        }))
     }
 
     /// Log a Faspex session out: `GET logout_path` with its cookie, as the browser would have.
@@ -334,6 +461,9 @@ impl Upstream {
         read_body: bool,
     ) -> Result<http::StatusCode, UpstreamError> {
         let inner = &self.inner;
+        let _slot = tokio::time::timeout(limit, inner.slots.take(Lane::Session))
+            .await
+            .map_err(|_| UpstreamError::Busy(limit))??;
         let uri: Uri = path
             .parse()
             .map_err(|e: http::uri::InvalidUri| UpstreamError::Protocol(e.into()))?;

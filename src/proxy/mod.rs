@@ -23,8 +23,10 @@ pub mod ends;
 pub mod error;
 pub mod forward;
 pub mod gate;
+pub mod inflight;
 pub mod pages;
 pub mod session;
+pub mod streams;
 pub mod transfer;
 
 use std::net::{IpAddr, SocketAddr};
@@ -49,10 +51,12 @@ use crate::metrics::Metrics;
 use crate::policy::{LoginRequest, Policy, SessionGone};
 use crate::store::{ClientKind, EndReason, SessionKey};
 use classify::{Classified, DenyPrefix, Route, RouteProfile};
-use ends::{EndedMemo, FaspexLogouts};
+use ends::{EndedMemo, Ends, FaspexLogouts};
 pub use error::GatewayError;
 use error::{Answer, Refusal};
-use forward::{ClientSide, ProxyBody, Upstream};
+use forward::{ClientSide, Lane, ProxyBody, Upstream};
+use inflight::{InflightGuard, PublicInflight};
+use streams::SessionStreams;
 use gate::{BodyRule, Gate, PasswordForm, Plan};
 use pages::{LoginForm, Site, TAKEOVER_FIELD};
 use session::SessionCookies;
@@ -61,6 +65,10 @@ use session::SessionCookies;
 pub const READ_LIMIT: usize = gate::LOGIN_READ_LIMIT;
 
 use gate::HTTP_GATEWAY_PREFIX;
+
+/// How much of a public request's body the gateway holds before it takes a connection to Faspex:
+/// a body that stalls before this much has come holds none.
+pub const PUBLIC_READ_AHEAD: usize = 64 * 1024;
 
 /// The longest a login form may take to arrive, however it trickles.
 const FORM_READ_LIMIT: Duration = Duration::from_secs(30);
@@ -73,9 +81,9 @@ pub struct ConnInfo {
     pub scheme: &'static str,
 }
 
-/// A connection's place under `server.max_connections`, shared by the connection task and any
-/// tunnel it upgrades into. The server puts it in each HTTP/1.1 request's extensions; the slot is
-/// freed when the last holder is gone.
+/// A connection's places under `server.max_connections` and `server.max_connections_per_ip`,
+/// shared by the connection task and any tunnel it upgrades into. The server puts it in each
+/// HTTP/1.1 request's extensions; the places are freed when the last holder is gone.
 #[derive(Clone)]
 pub struct ConnPermit(pub Arc<tokio::sync::OwnedSemaphorePermit>);
 
@@ -112,6 +120,13 @@ struct Inner {
     memo: Arc<EndedMemo>,
     /// Faspex logouts, for a login Faspex accepted that the gateway could not keep.
     logouts: FaspexLogouts,
+    /// The sessions' open tunnels and long responses, ended with their session.
+    streams: Arc<SessionStreams>,
+    /// Public requests still arriving, per address, and how many may be.
+    inflight: Arc<PublicInflight>,
+    public_inflight_per_ip: u32,
+    /// `Strict-Transport-Security` for the HTTPS listener's answers.
+    hsts: Option<HeaderValue>,
     /// What the pages say.
     site: Site,
     /// Faspex's form field names, its session cookie and its token path.
@@ -141,8 +156,7 @@ impl Gateway {
         policy: Policy,
         directory: Arc<dyn Directory>,
         upstream: Upstream,
-        memo: Arc<EndedMemo>,
-        logouts: FaspexLogouts,
+        ends: Ends,
         metrics: Arc<Metrics>,
     ) -> Self {
         let inner = Inner {
@@ -156,8 +170,12 @@ impl Gateway {
                 &cfg.session.cookie_name,
                 cfg.session.secret.expose(),
             )),
-            memo,
-            logouts,
+            memo: ends.memo,
+            logouts: ends.logouts,
+            streams: ends.streams,
+            inflight: PublicInflight::new(),
+            public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
+            hsts: cfg.server.hsts.clone(),
             site: site(cfg),
             faspex: cfg.faspex.clone(),
             metrics,
@@ -183,6 +201,10 @@ impl Gateway {
             cookies: Arc::clone(&old.cookies),
             memo: Arc::clone(&old.memo),
             logouts: old.logouts.clone(),
+            streams: Arc::clone(&old.streams),
+            inflight: Arc::clone(&old.inflight),
+            public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
+            hsts: old.hsts.clone(),
             site: site(cfg),
             faspex: cfg.faspex.clone(),
             metrics: Arc::clone(&old.metrics),
@@ -322,6 +344,10 @@ impl Handler {
             }
         };
         let mut resp = resp;
+        if let (Some(hsts), "https") = (&self.inner.hsts, conn.scheme) {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
         if resp.headers().contains_key(header::WWW_AUTHENTICATE) && browser.is_browser() {
             // Whoever produced it (Faspex too): a browser must never show a password prompt.
             resp.headers_mut().remove(header::WWW_AUTHENTICATE);
@@ -332,6 +358,11 @@ impl Handler {
             log.status,
             started.elapsed(),
         );
+        // A tunnel writes its line when it closes, with its bytes each way.
+        if let Some(tunnel) = resp.extensions_mut().remove::<TunnelLog>() {
+            tunnel.send(log);
+            return resp;
+        }
         resp.map(|body| LoggedBody::new(body, log).boxed_unsync())
     }
 
@@ -389,12 +420,19 @@ impl Handler {
             req.headers(),
             req.body().is_end_stream(),
         )?;
+        // A request with no session counts against its address while it is still arriving.
+        let mut inflight = match classified.route {
+            Route::Public | Route::Login => Some(self.enter_public(client_ip)?),
+            Route::Logout | Route::Protected | Route::Denied | Route::Gateway => None,
+        };
         let (mut parts, body) = req.into_parts();
         forward_path(&mut parts.uri, &classified)?;
         let query = parts.uri.query();
         let (plan, body) = match rule {
             BodyRule::Inspect { kind, limit } => {
                 let bytes = self.read_client(body, limit).await?;
+                // (it has arrived)
+                inflight = None;
                 let plan = gate.decide(
                     &parts.method,
                     &classified,
@@ -433,7 +471,12 @@ impl Handler {
                 if !transfer || basic_credentials(&parts.headers) {
                     parts.headers.remove(header::AUTHORIZATION);
                 }
-                self.pass(body.into_request(parts), &side, None).await
+                let body = match body {
+                    Inspected::Read(bytes) => error::full(bytes),
+                    Inspected::Stream(body) => self.read_ahead(body, inflight).await?,
+                };
+                self.pass(Request::from_parts(parts, body), &side, Via::PUBLIC)
+                    .await
             }
             Plan::Login { username, password } => {
                 parts.headers.remove(header::AUTHORIZATION);
@@ -489,7 +532,7 @@ impl Handler {
             }
             Credentials::Bearer(token) => match policy.bearer_session(&token, path).await? {
                 // An API client's credentials are its token: no Faspex session rides along.
-                Ok(_) => self.pass(req, side, None).await,
+                Ok(session) => self.pass(req, side, Via::session(&session.key, None)).await,
                 Err(_) => Err(GatewayError::NoSession(None)),
             },
             Credentials::Malformed => Err(GatewayError::BadRequest(
@@ -511,9 +554,8 @@ impl Handler {
                 };
                 // The session's own Faspex session, whatever Faspex cookie the browser sent:
                 // a gateway session never rides on another account's Faspex session.
-                let resp = self
-                    .pass(req, side, session.upstream_cookie.as_deref())
-                    .await?;
+                let via = Via::session(&session.key, session.upstream_cookie.as_deref());
+                let resp = self.pass(req, side, via).await?;
                 // Faspex rotated its session cookie on a request that carried no credential:
                 // keep the new one for the logout.
                 let name = &self.inner.faspex.session_cookie;
@@ -588,7 +630,7 @@ impl Handler {
                 None
             };
             if let Some(session) = live {
-                let resp = self.pass(req, side, None).await?;
+                let resp = self.pass(req, side, Via::session(&session.key, None)).await?;
                 if basic_challenge(&resp) {
                     // Faspex no longer takes these credentials: neither may the gateway.
                     policy.cache().forget(&account);
@@ -603,7 +645,7 @@ impl Handler {
 
         let pending = policy.login_pending(login, directory).await?;
         let key = pending.admitted().session.key.clone();
-        let resp = match self.pass(req, side, None).await {
+        let resp = match self.pass(req, side, Via::session(&key, None)).await {
             Ok(resp) => resp,
             Err(e) => {
                 // The login never reached Faspex, or Faspex never answered: no seat is kept.
@@ -788,7 +830,7 @@ impl Handler {
         // hand back as this login's. (Rails 3 answers a form whose authenticity token has no
         // session by resetting the session and going on with the login.)
         let req = Request::from_parts(parts, error::full(forward_body));
-        let mut resp = match self.send(req, side, None).await {
+        let mut resp = match self.send(req, side, None, Lane::Session).await {
             Ok(resp) => resp,
             Err(e) => {
                 self.refused_upstream(pending).await;
@@ -986,17 +1028,17 @@ impl Handler {
 
     // ----- forwarding -----
 
-    /// Forward a client's request as the gate read it, body streaming or read, with WebSocket
-    /// (or other) upgrades joined once Faspex agrees. `faspex_cookie` is the Faspex session
-    /// cookie that goes with it, if any.
+    /// Forward a client's request as the gate read it, body streaming or read, with a WebSocket
+    /// upgrade joined once Faspex agrees. `via` says whose request it is: the session it belongs
+    /// to (its tunnels and long responses end with it) and the Faspex cookie that goes with it.
     async fn pass(
         &self,
         mut req: Request<ProxyBody>,
         side: &ClientSide,
-        faspex_cookie: Option<&str>,
+        via: Via<'_>,
     ) -> Result<Response<ProxyBody>, GatewayError> {
-        // A WebSocket (or other) upgrade: keep hold of the client's side of the connection so
-        // that, once Faspex agrees with a 101, the two can be joined.
+        // A WebSocket upgrade (the gate lets no other ask): keep hold of the client's side of
+        // the connection so that, once Faspex agrees with a 101, the two can be joined.
         let client_upgrade = if req.version() <= http::Version::HTTP_11
             && forward::upgrade_protocol(req.headers()).is_some()
         {
@@ -1006,7 +1048,7 @@ impl Handler {
         };
 
         let conn_permit = req.extensions_mut().remove::<ConnPermit>();
-        let mut resp = self.send(req, side, faspex_cookie).await?;
+        let mut resp = self.send(req, side, via.faspex_cookie, via.lane).await?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -1024,43 +1066,219 @@ impl Handler {
                 )));
             }
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let permit = conn_permit;
+            let slot = resp.extensions_mut().remove::<Arc<forward::UpstreamSlot>>();
+            let hold = via.session.map(|k| self.inner.streams.hold(k));
             let idle = self.inner.body_idle_timeout;
+            let (log_tx, log_rx) = tokio::sync::oneshot::channel::<AccessRecord>();
             tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                // The client's connection slot and the upstream connection's are held for as
+                // long as the tunnel is open.
+                let _held = (conn_permit, slot);
+                let ended = async {
+                    match &hold {
+                        Some(h) => h.ended().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let end = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
                         let client = TokioIo::new(client);
                         let upstream = TokioIo::new(upstream);
-                        if let Err(e) = transfer::tunnel(client, upstream, idle).await {
-                            tracing::debug!(error = %e, "upgraded connection ended with an error");
+                        let end = transfer::tunnel(client, upstream, idle, ended).await;
+                        if let Err(e) = &end.outcome {
+                            tracing::debug!(error = %e, "a tunnel ended with an error");
                         }
+                        Some(end)
                     }
-                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upgrade failed");
+                        None
+                    }
+                };
+                if let Ok(record) = log_rx.await {
+                    if tracing::enabled!(target: access::TARGET, tracing::Level::INFO) {
+                        let line = match &end {
+                            Some(e) => record.tunnel_line(e.up, e.down, e.outcome.is_ok()),
+                            None => record.tunnel_line(0, 0, false),
+                        };
+                        tracing::info!(target: access::TARGET, line = line.as_str());
+                    }
                 }
             });
-            let (parts, _) = resp.into_parts();
+            let (mut parts, _) = resp.into_parts();
+            parts.extensions.insert(TunnelLog::new(log_tx));
             return Ok(Response::from_parts(parts, error::full(Bytes::new())));
         }
 
+        // A long response of a session's (a download) ends when the session does.
+        if let Some(key) = via.session {
+            if streams::long(resp.body()) {
+                let hold = self.inner.streams.hold(key);
+                return Ok(resp.map(|body| streams::SessionBound::new(body, hold).boxed_unsync()));
+            }
+        }
         Ok(resp)
     }
 
-    /// Send a request to Faspex. Its cookies are an allow-list: `faspex_cookie` (the session's
-    /// own Faspex cookie) and `faspex.forward_cookies`; the gateway's own and every other
-    /// cookie stay here.
+    /// Send a request to Faspex over a connection of `lane`'s. Its cookies are an allow-list:
+    /// `faspex_cookie` (the session's own Faspex cookie) and `faspex.forward_cookies`; the
+    /// gateway's own and every other cookie stay here.
     async fn send(
         &self,
         mut req: Request<ProxyBody>,
         side: &ClientSide,
         faspex_cookie: Option<&str>,
+        lane: Lane,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         session::allow_cookies(
             req.headers_mut(),
             &self.inner.faspex.forward_cookies,
             faspex_cookie,
         );
-        Ok(self.inner.upstream.forward(req, side).await?)
+        Ok(self.inner.upstream.forward(req, side, lane).await?)
+    }
+
+    /// Count a request with no session against its address while it arrives (429 beyond
+    /// `policy.public_inflight_per_ip`).
+    fn enter_public(&self, ip: IpAddr) -> Result<InflightGuard, GatewayError> {
+        self.inner
+            .inflight
+            .enter(ip, self.inner.public_inflight_per_ip)
+            .ok_or_else(|| {
+                self.inner.metrics.refused("public_inflight");
+                GatewayError::PublicInflight
+            })
+    }
+
+    /// A public request's body, ready to forward: its first [`PUBLIC_READ_AHEAD`] bytes (or
+    /// all of it, when smaller) are read before a connection to Faspex is taken, so that a body
+    /// that stalls holds none. The request counts against its address (`inflight`) until the
+    /// last of its body has come.
+    async fn read_ahead(
+        &self,
+        body: Incoming,
+        inflight: Option<InflightGuard>,
+    ) -> Result<ProxyBody, GatewayError> {
+        if body.is_end_stream() {
+            return Ok(forward::client_body(body));
+        }
+        let idle = self.inner.body_idle_timeout;
+        let mut body =
+            transfer::TransferBody::new(forward::client_body(body), idle, None).boxed_unsync();
+        let mut head = bytes::BytesMut::new();
+        while head.len() < PUBLIC_READ_AHEAD {
+            match body.frame().await {
+                None => return Ok(error::full(head.freeze())),
+                Some(Ok(frame)) => {
+                    // (trailers, which Rack never reads, are not forwarded)
+                    if let Ok(data) = frame.into_data() {
+                        head.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) if e.is::<transfer::BodyIdle>() => {
+                    return Err(GatewayError::ClientStalled(idle))
+                }
+                Some(Err(_)) => return Err(GatewayError::ClientAborted),
+            }
+            if body.is_end_stream() {
+                return Ok(error::full(head.freeze()));
+            }
+        }
+        Ok(ReadAhead {
+            head: Some(head.freeze()),
+            rest: body,
+            inflight,
+        }
+        .boxed_unsync())
+    }
+}
+
+/// Whose request goes to Faspex: a public one, or one of a session's.
+#[derive(Clone, Copy)]
+struct Via<'a> {
+    lane: Lane,
+    session: Option<&'a SessionKey>,
+    /// The session's own Faspex cookie, when it goes along.
+    faspex_cookie: Option<&'a str>,
+}
+
+impl<'a> Via<'a> {
+    const PUBLIC: Via<'static> = Via {
+        lane: Lane::Public,
+        session: None,
+        faspex_cookie: None,
+    };
+
+    fn session(key: &'a SessionKey, faspex_cookie: Option<&'a str>) -> Via<'a> {
+        Via {
+            lane: Lane::Session,
+            session: Some(key),
+            faspex_cookie,
+        }
+    }
+}
+
+/// Put on a 101 response by [`Handler::pass`]: the outer handler hands the request's access
+/// record to the tunnel, which writes the line when it closes.
+#[derive(Clone)]
+struct TunnelLog(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<AccessRecord>>>>);
+
+impl TunnelLog {
+    fn new(tx: tokio::sync::oneshot::Sender<AccessRecord>) -> Self {
+        TunnelLog(Arc::new(std::sync::Mutex::new(Some(tx))))
+    }
+
+    fn send(self, record: AccessRecord) {
+        let tx = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(tx) = tx {
+            let _ = tx.send(record);
+        }
+    }
+}
+
+/// A public body whose head was read ahead: the head, then the rest as it comes. The request
+/// stops counting against its address when the rest has come.
+struct ReadAhead {
+    head: Option<Bytes>,
+    rest: ProxyBody,
+    inflight: Option<InflightGuard>,
+}
+
+impl Body for ReadAhead {
+    type Data = Bytes;
+    type Error = forward::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        let polled = Pin::new(&mut self.rest).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) || self.rest.is_end_stream() {
+            self.inflight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(head));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(head));
+        }
+        hint
     }
 }
 
@@ -1256,9 +1474,11 @@ fn credentials(headers: &HeaderMap) -> Credentials {
     Credentials::Malformed
 }
 
-/// The authority the client asked for: the request target's (absolute form, HTTP/2) or the `Host`
-/// header's. An HTTP/1.1 request must carry exactly one `Host` (RFC 9112 §3.2), and it must be a
-/// plain authority, since it is forwarded and written into redirects.
+/// The authority the client asked for. `Host`, an absolute-form target's authority (HTTP/1.1)
+/// and `:authority` (HTTP/2, which hyper puts in the target) pass the same check: each must be a
+/// plain `host[:port]`, with no user information, and when a request carries two of them they
+/// must name the same authority. Faspex and the redirects see that one. An HTTP/1.1 request must
+/// carry exactly one `Host` (RFC 9112 §3.2).
 fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, GatewayError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
@@ -1277,10 +1497,23 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, GatewayError
             ));
         }
     }
-    Ok(match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => host.cloned(),
-    })
+    let Some(target) = req.uri().authority() else {
+        return Ok(host.cloned());
+    };
+    if !is_authority(target.as_str().as_bytes()) {
+        return Err(GatewayError::BadRequest(
+            "the request target's authority is not a host name",
+        ));
+    }
+    if let Some(h) = host {
+        if !h.as_bytes().eq_ignore_ascii_case(target.as_str().as_bytes()) {
+            return Err(GatewayError::BadRequest(
+                "the Host header and the request target name different hosts",
+            ));
+        }
+        return Ok(Some(h.clone()));
+    }
+    Ok(HeaderValue::from_str(target.as_str()).ok())
 }
 
 /// `host[:port]` with no user information, path or other decoration.

@@ -5,8 +5,9 @@
 //!   can signal when the body has been sent in full: the forwarder starts the
 //!   `upstream.response_timeout` clock only then, since Faspex answers an upload after its last
 //!   byte.
-//! - [`tunnel`] joins an upgraded (WebSocket) connection end to end, and closes it when neither
-//!   side has sent anything for the idle timeout.
+//! - [`tunnel`] joins an upgraded (WebSocket) connection end to end, counts its bytes each way,
+//!   and closes it when neither side has sent anything for the idle timeout, or when the session
+//!   it belongs to ends.
 //!
 //! A peer that stops *reading* is caught one layer down, by the server's stalled-write guard.
 
@@ -131,11 +132,13 @@ where
     }
 }
 
-/// An I/O object that stamps `activity` (milliseconds since `epoch`) on every byte it moves.
+/// An I/O object that stamps `activity` (milliseconds since `epoch`) on every byte it moves,
+/// and counts the bytes read from it.
 struct Stamped<T> {
     io: T,
     epoch: Instant,
     activity: Arc<AtomicU64>,
+    read: u64,
 }
 
 impl<T> Stamped<T> {
@@ -153,7 +156,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Stamped<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        let n = buf.filled().len().saturating_sub(before);
+        if matches!(r, Poll::Ready(Ok(()))) && n > 0 {
+            self.read += n as u64;
             self.stamp();
         }
         r
@@ -182,9 +187,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<T> {
     }
 }
 
-/// Join two upgraded connections until both sides are done, or until nothing has moved in either
-/// direction for `idle`.
-pub async fn tunnel<A, B>(a: A, b: B, idle: Duration) -> std::io::Result<()>
+/// How a tunnel ended, for its access-log line.
+#[derive(Debug)]
+pub struct TunnelEnd {
+    /// Bytes from the client to the upstream.
+    pub up: u64,
+    /// Bytes from the upstream to the client.
+    pub down: u64,
+    /// `Ok` when both sides closed; the idle timeout, the session's end or an I/O error else.
+    pub outcome: std::io::Result<()>,
+}
+
+/// Why a tunnel was closed under its users.
+#[derive(Debug, thiserror::Error)]
+#[error("the session the tunnel belonged to ended")]
+pub struct TunnelSessionEnded;
+
+/// Join two upgraded connections, `a` the client's and `b` the upstream's, until both sides are
+/// done, until nothing has moved in either direction for `idle`, or until `ended` resolves (the
+/// session it belongs to has ended).
+pub async fn tunnel<A, B>(a: A, b: B, idle: Duration, ended: impl Future<Output = ()>) -> TunnelEnd
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -195,27 +217,43 @@ where
         io: a,
         epoch,
         activity: activity.clone(),
+        read: 0,
     };
     let mut b = Stamped {
         io: b,
         epoch,
         activity: activity.clone(),
+        read: 0,
     };
-    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
-    tokio::pin!(copy);
-    loop {
-        let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-        let quiet = epoch.elapsed().saturating_sub(last);
-        if quiet >= idle {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                BodyIdle(idle),
-            ));
+    let outcome = {
+        let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+        tokio::pin!(copy);
+        tokio::pin!(ended);
+        loop {
+            let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+            let quiet = epoch.elapsed().saturating_sub(last);
+            if quiet >= idle {
+                break Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    BodyIdle(idle),
+                ));
+            }
+            tokio::select! {
+                r = copy.as_mut() => break r.map(|_| ()),
+                _ = ended.as_mut() => {
+                    break Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        TunnelSessionEnded,
+                    ))
+                }
+                _ = tokio::time::sleep(idle - quiet) => {}
+            }
         }
-        tokio::select! {
-            r = copy.as_mut() => return r.map(|_| ()),
-            _ = tokio::time::sleep(idle - quiet) => {}
-        }
+    };
+    TunnelEnd {
+        up: a.read,
+        down: b.read,
+        outcome,
     }
 }
 
@@ -293,7 +331,7 @@ mod tests {
         let (a_near, mut a_far) = tokio::io::duplex(1024);
         let (b_near, mut b_far) = tokio::io::duplex(1024);
         let idle = Duration::from_secs(60);
-        let t = tokio::spawn(tunnel(a_near, b_near, idle));
+        let t = tokio::spawn(tunnel(a_near, b_near, idle, std::future::pending()));
         // Chatty for ten minutes: a message every 50 s.
         for _ in 0..12 {
             tokio::time::sleep(Duration::from_secs(50)).await;
@@ -302,8 +340,34 @@ mod tests {
             b_far.read_exact(&mut buf).await.unwrap();
             assert!(!t.is_finished());
         }
+        b_far.write_all(b"pong!").await.unwrap();
+        let mut buf = [0u8; 5];
+        a_far.read_exact(&mut buf).await.unwrap();
         // Then quiet.
-        let r = t.await.unwrap();
-        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        let end = t.await.unwrap();
+        assert_eq!(
+            end.outcome.unwrap_err().kind(),
+            std::io::ErrorKind::TimedOut
+        );
+        assert_eq!((end.up, end.down), (48, 5), "bytes each way");
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_closes_when_its_session_ends() {
+        let (a_near, _a_far) = tokio::io::duplex(1024);
+        let (b_near, _b_far) = tokio::io::duplex(1024);
+        let (end_tx, end_rx) = oneshot::channel::<()>();
+        let t = tokio::spawn(tunnel(a_near, b_near, Duration::from_secs(3600), async {
+            let _ = end_rx.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!t.is_finished());
+        end_tx.send(()).unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(1), t)
+            .await
+            .expect("closed at once")
+            .unwrap();
+        let err = end.outcome.unwrap_err();
+        assert!(err.get_ref().is_some_and(|e| e.is::<TunnelSessionEnded>()));
     }
 }
