@@ -1,12 +1,15 @@
 //! The attacks of the issue "No password reaches Faspex unchecked", each against the real binary
 //! in front of the emulator, which routes and reads parameters as Rails does: every one reached
-//! Faspex unchecked before the credential gate, and none does now.
+//! Faspex unchecked before the credential gate, and none does now. Then the protocol-layer
+//! findings of issue 19 (upgrades, headers, the deny list's spellings), against an emulator that
+//! speaks h2c when asked, as Apache with `Protocols h2c http/1.1` does.
 
 use std::time::Duration;
 
 use base64::Engine as _;
 use faspex_gate::faspex::emulator::{EmulatorEvent, LoginFailureStyle, LoginVia};
-use http::{header, Request, StatusCode};
+use http::{header, Method, Request, StatusCode};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::flows::{cookies_from, eventually, location, text, users, Site};
 use crate::ops::{ops_site, scrape, value};
@@ -378,51 +381,407 @@ async fn faspex_receives_the_path_that_was_classified() {
     )));
 }
 
+/// The `HTTP2-Settings` of the review's h2c upgrade (three settings, base64url).
+const H2_SETTINGS: &str = "AAMAAABkAARAAAAAAAIAAAAA";
+
+/// Speak h2c to `addr` directly, as a client would past a gateway that relayed the upgrade: a
+/// `GET upgrade_path` asking for h2c, then, if the answer is `101`, each of `requests` as HTTP/2
+/// on the same connection. Returns the answer's head and the HTTP/2 answers' statuses.
+async fn h2c_direct(
+    addr: std::net::SocketAddr,
+    upgrade_path: &str,
+    requests: &[(Method, &str)],
+) -> (String, Vec<StatusCode>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET {upgrade_path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: {H2_SETTINGS}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await;
+    if !head.starts_with("HTTP/1.1 101") {
+        return (head, Vec::new());
+    }
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 on the upgraded connection");
+    tokio::spawn(connection);
+    let mut statuses = Vec::new();
+    for (method, path) in requests {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{addr}{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .expect("an HTTP/2 answer in time")
+            .expect("an HTTP/2 answer");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        statuses.push(resp.status());
+    }
+    (head, statuses)
+}
+
+/// Read an HTTP/1.1 response head, byte by byte so that nothing after it is taken.
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    let mut head = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if stream.read(&mut b).await.unwrap() == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no response head in time");
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// An upgrade to a made-up token, straight to `addr`: the answer's head, and what came back for
+/// `ping` when it was `101`.
+async fn made_up_direct(addr: std::net::SocketAddr, path: &str) -> (String, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: made-up\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await;
+    if !head.starts_with("HTTP/1.1 101") {
+        return (head, Vec::new());
+    }
+    stream.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut echo))
+        .await
+        .expect("the echo in time")
+        .unwrap();
+    (head, echo.to_vec())
+}
+
+/// The HTTP/2 requests that reached the emulator.
+fn h2_requests(s: &Site) -> Vec<String> {
+    s.emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.version == http::Version::HTTP_2)
+        .map(|r| format!("{} {}", r.method, r.path_and_query))
+        .collect()
+}
+
+fn upgrades(s: &Site) -> usize {
+    s.events()
+        .iter()
+        .filter(|e| matches!(e, EmulatorEvent::Upgraded { .. }))
+        .count()
+}
+
+/// The emulator's h2c mode is a real h2c upstream: asked directly, without the gateway, a public
+/// GET upgrades to HTTP/2, and the requests sent inside reach Faspex with nothing in between,
+/// the denied package relay among them. Off (the default), the same GET is answered as HTTP/1.1.
+/// Without this, the refusals below would prove nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_h2c_emulator_opens_a_tunnel_when_asked_directly() {
+    let s = Site::start(users(1), LoginFailureStyle::Rerender, |_| {}).await;
+    let relay = "/aspera/faspex/package_relay/relay_package";
+    // Off: no 101, the stylesheet comes back over HTTP/1.1, and no HTTP/2 request arrives.
+    let (head, statuses) = h2c_direct(
+        s.emu_addr,
+        "/aspera/faspex/stylesheets/application.css",
+        &[(Method::POST, relay)],
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(statuses.is_empty());
+    let (head, _) = made_up_direct(s.emu_addr, "/aspera/faspex/stylesheets/application.css").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(upgrades(&s), 0);
+
+    s.emu.accept_h2c(true);
+    let (head, statuses) = h2c_direct(
+        s.emu_addr,
+        "/aspera/faspex/stylesheets/a.css",
+        &[
+            (Method::POST, relay),
+            (Method::GET, "/aspera/faspex/received/4044"),
+            (Method::GET, "/aspera/faspex/login"),
+        ],
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: h2c"), "{head}");
+    // Rails 404s the relay (the emulator routes it, as Faspex 4.4.2 would run it), the inbox
+    // wants a login, the login page is there.
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::NOT_FOUND,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::OK
+        ]
+    );
+    assert_eq!(
+        h2_requests(&s),
+        [
+            format!("POST {relay}"),
+            "GET /aspera/faspex/received/4044".into(),
+            "GET /aspera/faspex/login".into()
+        ]
+    );
+    assert!(s.events().contains(&EmulatorEvent::Upgraded {
+        protocol: "h2c".into()
+    }));
+    // A made-up token: 101, and a raw echo.
+    let (head, echo) = made_up_direct(s.emu_addr, "/aspera/faspex/login").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: made-up"),
+        "{head}"
+    );
+    assert_eq!(echo, b"ping");
+    assert_eq!(upgrades(&s), 2);
+}
+
 /// The tunnel of the protocol-layer review: `Upgrade: h2c` (or any token but WebSocket) on a
-/// public path was forwarded, and behind an upstream that speaks h2c it opened a raw tunnel
-/// past every check. Now it is refused before anything reaches Faspex.
+/// public path was forwarded, and behind an upstream that speaks h2c the gateway answered 101
+/// and joined the sockets: `POST /aspera/faspex/package_relay/relay_package` arrived over HTTP/2
+/// with no session. Here the upstream does speak h2c (checked first, directly), and every such
+/// upgrade through the gateway gets 400, is counted, and reaches nothing. A WebSocket belongs
+/// only on the HTTP Gateway's paths (or to a live session), where it still works.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_upgrade_but_websocket_where_one_belongs() {
     let (s, _audit) = ops_site(1, |_| {}).await;
+    s.emu.accept_h2c(true);
+    // The upstream behind this gateway opens the tunnel to whoever asks it directly.
+    let (head, statuses) = h2c_direct(
+        s.emu_addr,
+        "/aspera/faspex/stylesheets/a.css",
+        &[(Method::POST, "/aspera/faspex/package_relay/relay_package")],
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(statuses, [StatusCode::NOT_FOUND]);
+    let h2_before = h2_requests(&s);
+    let upgrades_before = upgrades(&s);
+
     let public = format!(
         "/aspera/faspex/external_deliveries/{}?passcode={}",
         faspex_gate::faspex::emulator::EXTERNAL_DELIVERY_ID,
         faspex_gate::faspex::emulator::EXTERNAL_DELIVERY_PASSCODE
     );
+    let h2c: &[(&str, &str)] = &[
+        ("Connection", "Upgrade, HTTP2-Settings"),
+        ("Upgrade", "h2c"),
+        ("HTTP2-Settings", H2_SETTINGS),
+    ];
+    let made_up: &[(&str, &str)] = &[("Connection", "Upgrade"), ("Upgrade", "made-up")];
+    let websocket: &[(&str, &str)] = &[
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
     let cases: &[(&str, &[(&str, &str)])] = &[
-        (
-            &public,
-            &[
-                ("Connection", "Upgrade, HTTP2-Settings"),
-                ("Upgrade", "h2c"),
-                ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
-            ],
-        ),
-        (
-            &public,
-            &[("Connection", "Upgrade"), ("Upgrade", "made-up")],
-        ),
-        (
-            &public,
-            &[("Connection", "Upgrade"), ("Upgrade", "websocket")],
-        ),
+        ("/aspera/faspex/stylesheets/a.css", h2c),
+        ("/aspera/faspex/login", h2c),
+        (&public, h2c),
+        ("/aspera/faspex/stylesheets/a.css", made_up),
+        ("/aspera/faspex/login", made_up),
+        (&public, made_up),
+        (&public, websocket),
+        ("/aspera/faspex/login", websocket),
         ("/aspera/faspex/stylesheets/a.css", &[("Upgrade", "h2c")]),
         (
             "/aspera/http-gwy/v2/upload",
             &[("Connection", "Upgrade"), ("Upgrade", "h2c")],
         ),
+        (
+            "/aspera/http-gwy/v2/upload",
+            &[
+                ("Connection", "Upgrade, HTTP2-Settings"),
+                ("Upgrade", "h2c"),
+                ("HTTP2-Settings", H2_SETTINGS),
+            ],
+        ),
     ];
     let before = s.events().len();
     for (path, headers) in cases {
-        let (status, _, _) = s.get_plain(path, headers).await;
+        let (status, h, _) = s.get_plain(path, headers).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {headers:?}");
+        assert!(!h.contains_key(header::UPGRADE), "{path} {headers:?}");
     }
-    assert_eq!(s.events().len(), before, "nothing reached Faspex");
+    // With a live session too: only a WebSocket may upgrade, never h2c.
+    let cookie = s.browser_login("user0", "pass0").await;
+    let after_login = s.events().len();
+    for path in ["/aspera/faspex/inbox", "/aspera/faspex/stylesheets/a.css"] {
+        let mut req = Request::get(s.url(path)).header(header::COOKIE, &cookie);
+        for (k, v) in h2c {
+            req = req.header(*k, *v);
+        }
+        let (status, _, _) = send(&s.client, req.body(empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} with a session");
+    }
+    assert_eq!(
+        s.events().len(),
+        after_login,
+        "nothing reached Faspex: {:?}",
+        &s.events()[after_login..]
+    );
+    assert!(
+        s.events()[before..after_login]
+            .iter()
+            .all(|e| !matches!(e, EmulatorEvent::Request { path_and_query, .. } if !path_and_query.starts_with("/aspera/faspex/login"))),
+        "only the login reached Faspex: {:?}",
+        &s.events()[before..after_login]
+    );
+    assert_eq!(upgrades(&s), upgrades_before, "Faspex switched no protocol");
+    assert_eq!(
+        h2_requests(&s),
+        h2_before,
+        "no HTTP/2 request reached Faspex"
+    );
     let metrics = scrape(&s.gw).await;
-    assert_eq!(refused(&metrics, "upgrade"), cases.len() as f64);
-    // The public page itself still works.
+    assert_eq!(refused(&metrics, "upgrade"), (cases.len() + 2) as f64);
+
+    // The public page itself still works, and the HTTP Gateway's WebSocket upload still
+    // upgrades, end to end, to the one protocol it asked for.
     let (status, _, _) = s.get_plain(&public, &[]).await;
     assert_eq!(status, StatusCode::OK);
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let addr = s.gw.https.unwrap();
+        let stream = crate::util::raw_tls(addr, &s.gw.files.cert_pem).await;
+        let url = format!(
+            "wss://localhost:{}/aspera/http-gwy/v2/upload?token=faspex-issued",
+            addr.port()
+        );
+        let (mut ws, resp) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(resp.headers()[header::UPGRADE], "websocket");
+        ws.send(Message::binary(vec![7u8; 4096])).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap().into_data(),
+            vec![7u8; 4096]
+        );
+        ws.close(None).await.unwrap();
+    }
+    assert_eq!(
+        upgrades(&s),
+        upgrades_before,
+        "the WebSocket is the gateway's route"
+    );
+}
+
+/// Header names with `_` (`X_Forwarded_For`, `Client_IP`, `Transfer_Encoding`), which Rack folds
+/// into `-` and so into the headers the gateway sets or refuses, never reach Faspex, and each is
+/// counted; nor do the URL-override headers, which IIS URL Rewrite, Symfony and Zend act on.
+#[tokio::test(flavor = "multi_thread")]
+async fn underscore_and_url_override_headers_never_reach_faspex() {
+    let (s, _audit) = ops_site(1, |_| {}).await;
+    let dropped = |m: &str| value(m, "faspex_gate_request_headers_dropped_total");
+    let before = dropped(&scrape(&s.gw).await);
+    let relay = "/aspera/faspex/package_relay/relay_package";
+    let sent: &[(&str, &str)] = &[
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("Client_IP", "6.6.6.6"),
+        ("Transfer_Encoding", "chunked"),
+        ("X-Original-URL", relay),
+        ("X-Rewrite-URL", relay),
+        ("X-Original-URI", relay),
+        ("X-Override-URL", relay),
+        ("X-Forwarded-Uri", relay),
+    ];
+    let cookie = s.browser_login("user0", "pass0").await;
+    let mut paths = Vec::new();
+    for (path, cookie) in [
+        ("/aspera/faspex/login", None),
+        ("/aspera/faspex/inbox?x=headers", Some(cookie.as_str())),
+    ] {
+        let mut req = Request::get(s.url(path)).header(header::ACCEPT, "text/html");
+        if let Some(c) = cookie {
+            req = req.header(header::COOKIE, c);
+        }
+        for (k, v) in sent {
+            req = req.header(*k, *v);
+        }
+        let (status, _, body) = send(&s.client, req.body(empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {}", text(&body));
+        paths.push(path);
+    }
+    let seen = s.emu.requests();
+    for path in paths {
+        let r = seen
+            .iter()
+            .rev()
+            .find(|r| r.path_and_query == path)
+            .unwrap_or_else(|| panic!("{path} reached Faspex"));
+        for (name, _) in sent {
+            assert!(
+                !r.headers.contains_key(*name),
+                "{name} reached Faspex on {path}"
+            );
+        }
+        assert!(
+            r.headers.keys().all(|k| !k.as_str().contains('_')),
+            "{path}: {:?}",
+            r.headers
+        );
+        // The address Faspex is told is the client's, not the spoofed one.
+        assert!(
+            r.headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .all(|v| !v.to_str().unwrap().contains("6.6.6.6")),
+            "{path}: {:?}",
+            r.headers
+        );
+    }
+    assert!(!s.events().iter().any(
+        |e| matches!(e, EmulatorEvent::Request { path_and_query, .. } if path_and_query.contains("package_relay"))
+    ));
+    let after = dropped(&scrape(&s.gw).await);
+    assert_eq!(after - before, (2 * sent.len()) as f64);
+}
+
+/// Deny rules match ignoring case and `;params` on a segment: with a live session, the package
+/// relay in capitals or with `;x` gets 403 and never reaches Faspex (Rails would 404 them; a
+/// server that folds case or drops `;params` would run the relay).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deny_list_holds_in_any_case_and_with_segment_params() {
+    let s = Site::start(users(1), LoginFailureStyle::Rerender, |_| {}).await;
+    let cookie = s.browser_login("user0", "pass0").await;
+    let before = s.events().len();
+    for path in [
+        "/aspera/faspex/package_relay/relay_package",
+        "/aspera/faspex/PACKAGE_RELAY/relay_package",
+        "/aspera/faspex/Package_Relay/relay_package",
+        "/aspera/faspex/package_relay;x/relay_package",
+        "/aspera/faspex/PACKAGE_RELAY;jsessionid=1/relay_package",
+        "/aspera/faspex/inbox/..;/package_relay/relay_package",
+    ] {
+        let (status, _, body) = post_form(&s, path, &cookie, "a=1", &[]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {}", text(&body));
+        let (status, _, _) = s.browse(path, &cookie).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "GET {path}");
+    }
+    assert_eq!(
+        s.events().len(),
+        before,
+        "nothing reached Faspex: {:?}",
+        &s.events()[before..]
+    );
+    // A path that is not denied still goes through as it was sent.
+    let (status, _, _) = s.browse("/aspera/faspex/inbox;x", &cookie).await;
+    assert_ne!(status, StatusCode::FORBIDDEN);
+    assert!(s.events().iter().any(
+        |e| matches!(e, EmulatorEvent::Request { path_and_query, .. } if path_and_query == "/aspera/faspex/inbox;x")
+    ));
 }
 
 /// The hostile review's way around the gate: `Connection: Content-Type` made the gateway strip

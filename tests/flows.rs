@@ -23,6 +23,8 @@ const LOGIN: &str = "/aspera/faspex/login";
 pub struct Site {
     pub gw: GatewayProcess,
     pub emu: Emulator,
+    /// Where the emulator listens, for tests that talk to Faspex directly.
+    pub emu_addr: std::net::SocketAddr,
     pub client: HttpsClient,
     pub _emu_stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -76,6 +78,7 @@ impl Site {
         Site {
             gw,
             emu,
+            emu_addr: addr,
             client,
             _emu_stop: stop,
         }

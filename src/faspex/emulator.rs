@@ -12,6 +12,7 @@
 //! | `rails` | how Rails 3 on Rack reads a request: routing, method override, `params` (public: the tests compare it with the real Rails) |
 //! | `routes` | the Faspex application under `/aspera/faspex`: login, logout, protected and public pages, the password forms |
 //! | `gateway` | the HTTP Gateway under `/aspera/http-gwy`: streamed downloads (the byte pattern), uploads, WebSocket echo |
+//! | `h2c` | the h2c mode: upgrades answered as Apache with `Protocols h2c http/1.1` answers them, HTTP/2 (or a raw echo) after the `101` |
 //!
 //! It reads every request the way Rails 3 on Rack does (`rails`): routes run for every method and
 //! take `.format` suffixes, squeezed slashes and escapes; `params` merge the query, any body
@@ -27,6 +28,10 @@
 //! tutorial on API downloads; where that is silent the behaviour is a plausible Rails default and
 //! says so where it is implemented. Every response carries `X-IBM-Aspera: F4.4.1`.
 //!
+//! Every request is recorded twice: as an [`EmulatorEvent::Request`] among the other events, and
+//! with its HTTP version and headers as a [`RequestSeen`] ([`Emulator::requests`]), so that tests
+//! can say which headers reached Faspex, and over which protocol.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use faspex_gate::faspex::emulator::{Emulator, EmulatorConfig};
@@ -39,6 +44,7 @@
 
 mod catalog;
 mod gateway;
+mod h2c;
 mod http;
 mod pages;
 pub mod rails;
@@ -83,6 +89,9 @@ pub const LOGIN_FAILED_TEXT: &str = "Your login was not successful";
 /// left running for days does not grow without bound. Tests never come near it.
 const MAX_EVENTS: usize = 100_000;
 
+/// How many requests [`Emulator::requests`] keeps, headers and all; the oldest are dropped beyond.
+const MAX_REQUESTS_SEEN: usize = 10_000;
+
 /// How long [`Emulator::serve`] waits for open connections to finish after the shutdown signal,
 /// before it aborts them (a 4 GiB download would otherwise hold the stop for minutes).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -111,6 +120,11 @@ pub struct EmulatorConfig {
     /// `/aspera/faspex/account`, which always rotates. The old value stays valid until the new one
     /// is used.
     pub rotate_session_every: Option<u32>,
+    /// Answer protocol upgrades as Faspex behind Apache with `Protocols h2c http/1.1` does: an
+    /// `h2c` upgrade gets `101` and HTTP/2 on the connection, any other token but `websocket` a
+    /// `101` and a raw echo (see the `h2c` module). Off by default; [`Emulator::accept_h2c`]
+    /// switches it at run time.
+    pub h2c: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -132,6 +146,7 @@ impl Default for EmulatorConfig {
             login_failure: LoginFailureStyle::Rerender,
             big_package_bytes: 4 << 30,
             rotate_session_every: None,
+            h2c: false,
         }
     }
 }
@@ -169,6 +184,20 @@ pub enum EmulatorEvent {
         method: String,
         path_and_query: String,
     },
+    /// The h2c mode switched the connection of the request just recorded to `protocol` (`h2c`,
+    /// or the made-up token it echoes).
+    Upgraded { protocol: String },
+}
+
+/// One request as it reached the emulator: for tests that ask which headers got through, and
+/// over which protocol.
+#[derive(Clone, Debug)]
+pub struct RequestSeen {
+    pub method: String,
+    pub path_and_query: String,
+    /// `HTTP/1.1`, or `HTTP/2` inside an h2c connection.
+    pub version: ::http::Version,
+    pub headers: ::http::HeaderMap,
 }
 
 /// What carried a password the emulator checked.
@@ -198,6 +227,8 @@ struct Shared {
     catalog: catalog::Catalog,
     /// Set by [`Emulator::refuse_logins`]: refuse even correct credentials.
     refuse_logins: AtomicBool,
+    /// The h2c mode, from [`EmulatorConfig::h2c`] and [`Emulator::accept_h2c`].
+    h2c: AtomicBool,
     /// 64 KiB (+ one pattern period) of the download pattern, sliced by every download body.
     pattern: bytes::Bytes,
     /// Sessions, tokens and events, behind one short-lived lock (never held across `.await`).
@@ -237,6 +268,8 @@ struct State {
     bearer_tokens: HashMap<String, String>,
     /// Everything recorded so far, oldest first, at most [`MAX_EVENTS`].
     events: VecDeque<EmulatorEvent>,
+    /// Every request with its headers, oldest first, at most [`MAX_REQUESTS_SEEN`].
+    requests: VecDeque<RequestSeen>,
     /// How many packages `POST /send` has accepted; new ones are numbered from 5001.
     packages_sent: u64,
 }
@@ -245,11 +278,13 @@ impl Emulator {
     /// Build an emulator with the seeded packages; nothing listens until [`Emulator::serve`].
     pub fn new(config: EmulatorConfig) -> Self {
         let catalog = catalog::Catalog::seeded(config.big_package_bytes);
+        let h2c = AtomicBool::new(config.h2c);
         Self {
             shared: Arc::new(Shared {
                 config,
                 catalog,
                 refuse_logins: AtomicBool::new(false),
+                h2c,
                 pattern: gateway::pattern_block(),
                 state: Mutex::new(State::default()),
             }),
@@ -259,6 +294,17 @@ impl Emulator {
     /// Everything recorded so far, oldest first.
     pub fn events(&self) -> Vec<EmulatorEvent> {
         self.state().events.iter().cloned().collect()
+    }
+
+    /// Every request so far with its version and headers, oldest first (the last
+    /// [`MAX_REQUESTS_SEEN`]).
+    pub fn requests(&self) -> Vec<RequestSeen> {
+        self.state().requests.iter().cloned().collect()
+    }
+
+    /// Turn the h2c mode ([`EmulatorConfig::h2c`]) on or off for requests from now on.
+    pub fn accept_h2c(&self, on: bool) {
+        self.shared.h2c.store(on, Ordering::SeqCst);
     }
 
     /// Every password check so far, oldest first: (user as submitted, success, what carried it).
@@ -354,6 +400,30 @@ impl Emulator {
             connections.shutdown().await;
         }
         Ok(())
+    }
+
+    /// Record a request that reached the emulator: its [`EmulatorEvent::Request`], and its
+    /// [`RequestSeen`].
+    fn record_request<B>(&self, request: &Request<B>) {
+        let path_and_query = request.uri().path_and_query().map_or_else(
+            || request.uri().path().to_owned(),
+            |pq| pq.as_str().to_owned(),
+        );
+        let seen = RequestSeen {
+            method: request.method().to_string(),
+            path_and_query: path_and_query.clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        };
+        self.record(EmulatorEvent::Request {
+            method: request.method().to_string(),
+            path_and_query,
+        });
+        let mut state = self.state();
+        if state.requests.len() >= MAX_REQUESTS_SEEN {
+            state.requests.pop_front();
+        }
+        state.requests.push_back(seen);
     }
 
     /// Record an event, dropping the oldest beyond [`MAX_EVENTS`].
@@ -474,6 +544,12 @@ impl hyper::service::Service<Request<Incoming>> for EmulatorService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let emulator = self.emulator.clone();
         let stop = self.stop.clone();
+        if emulator.shared.h2c.load(Ordering::SeqCst) {
+            if let Some(switch) = h2c::asked(request.headers(), request.version()) {
+                let response = h2c::switch(&emulator, stop, request, switch);
+                return Box::pin(async move { Ok(response) });
+            }
+        }
         Box::pin(async move { Ok(routes::handle(&emulator, stop, request).await) })
     }
 }

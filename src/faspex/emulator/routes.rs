@@ -67,14 +67,7 @@ pub(super) async fn handle(
     stop: watch::Receiver<bool>,
     request: Request<Incoming>,
 ) -> Resp {
-    let path_and_query = request.uri().path_and_query().map_or_else(
-        || request.uri().path().to_owned(),
-        |pq| pq.as_str().to_owned(),
-    );
-    emulator.record(EmulatorEvent::Request {
-        method: request.method().to_string(),
-        path_and_query,
-    });
+    emulator.record_request(&request);
     let mut response = match route(emulator, stop, request).await {
         Ok(response) => response,
         Err(fault) => fault.into_response(),
