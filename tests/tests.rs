@@ -11,6 +11,7 @@ mod demo;
 mod flows;
 mod holding;
 mod ldap;
+mod limits;
 mod names;
 mod ops;
 mod proxy;

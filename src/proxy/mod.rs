@@ -85,7 +85,7 @@ pub struct ConnInfo {
 /// shared by the connection task and any tunnel it upgrades into. The server puts it in each
 /// HTTP/1.1 request's extensions; the places are freed when the last holder is gone.
 #[derive(Clone)]
-pub struct ConnPermit(pub Arc<tokio::sync::OwnedSemaphorePermit>);
+pub struct ConnPermit(pub Arc<crate::server::ConnSlots>);
 
 /// The gateway's request handler: a cheap-to-clone handle shared by every connection. Its
 /// settings are swapped whole by [`Gateway::reload`]; each request runs on the settings it found

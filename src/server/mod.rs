@@ -1,14 +1,26 @@
-//! Listeners and connections: accept, the connection cap, TLS (with a handshake timeout), HTTP/1.1
-//! or HTTP/2 by ALPN, the header-read timeout that also bounds idle keep-alive connections, the
-//! header-size limit, the swappable certificate ([`tls::CertStore`], which a reload refills) and graceful shutdown.
+//! Listeners and connections: accept, the connection caps, TLS (with a handshake timeout),
+//! HTTP/1.1 or HTTP/2 by ALPN with every HTTP/2 limit set explicitly, the header-read timeout that
+//! also bounds idle keep-alive connections, the header-size limit, the swappable certificate
+//! ([`tls::CertStore`], which a reload refills) and graceful shutdown.
 //!
 //! Every connection holds one permit of a semaphore sized `server.max_connections`; the accept
 //! loop takes a permit *before* accepting, so past the cap new clients wait in the kernel's
-//! backlog instead of costing memory. Shutdown stops the accept loops, asks every connection to
-//! finish its in-flight requests, and waits for all permits to come back, up to
-//! `server.shutdown_timeout`.
+//! backlog instead of costing memory (each time the loop finds no permit free and has to wait,
+//! `connections_refused_total{reason="total"}` counts one).
+//!
+//! Every accepted connection also takes a place under its address's
+//! `server.max_connections_per_ip` ([`per_ip`]: an IPv4 address or an IPv6 prefix of
+//! `server.ipv6_prefix_len` bits; `server.trusted_proxies` exempt). Past it the connection is
+//! closed at once, before TLS, and counted (`reason="per_ip"`), so that one address cannot take
+//! every slot of the global cap. Both places ride in one [`ConnSlots`], shared through
+//! [`ConnPermit`] by the connection task and any WebSocket tunnel it upgrades into, and are given
+//! back when the last holder is gone. Both limits are read at start only.
+//!
+//! Shutdown stops the accept loops, asks every connection to finish its in-flight requests, and
+//! waits for all permits to come back, up to `server.shutdown_timeout`.
 
 pub mod io;
+pub mod per_ip;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -20,12 +32,22 @@ use anyhow::Context;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::proxy::{ConnInfo, ConnPermit, Gateway};
+use per_ip::{Admission, PerIpGuard, PerIpLimit};
 use tls::CertStore;
+
+/// A connection's places: one of `server.max_connections` and, unless its peer is a trusted
+/// proxy, one of its address's `server.max_connections_per_ip`. Held (through [`ConnPermit`]) by
+/// the connection task and by a WebSocket tunnel it upgrades into, which outlives that task; both
+/// places are given back when the last holder drops it.
+pub struct ConnSlots {
+    _global: OwnedSemaphorePermit,
+    _per_ip: Option<PerIpGuard>,
+}
 
 /// What every connection needs, shared.
 struct Shared {
@@ -40,6 +62,8 @@ struct Shared {
     write_stall_limit: Duration,
     /// One permit per open connection.
     connections: Arc<Semaphore>,
+    /// Open connections per address.
+    per_ip: Arc<PerIpLimit>,
 }
 
 /// A bound, not yet running, gateway server.
@@ -72,15 +96,53 @@ impl Server {
             .max_header_size(s.max_header_bytes)
             .max_buf_size(s.max_header_bytes.max(256 * 1024))
             .keep_alive(true);
+        // Every HTTP/2 limit is set here rather than left to hyper's and h2's defaults, which
+        // are documented as liable to change in a minor release (README, "How a request is
+        // handled", lists them). Not offered at all: extended CONNECT (RFC 8441), so WebSocket
+        // tunnels exist only over HTTP/1.1 (hyper leaves it off unless asked).
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+            // Streams one connection may have open at once: each is a task and possibly an
+            // upstream request. A browser uses far fewer; 256 keeps one connection from fanning
+            // out into thousands of upstream requests.
             .max_concurrent_streams(256)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20))
+            // The decoded header block a request may carry, the same bound as HTTP/1.1's
+            // (`server.max_header_bytes`). h2 also derives from it (and the frame size) how many
+            // CONTINUATION frames one header block may take before the connection gets GOAWAY,
+            // so a CONTINUATION flood is cut off instead of buffered.
+            .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+            // The HPACK dynamic table the client may make us keep, per connection: the RFC's
+            // 4 KiB.
+            .header_table_size(4096)
+            // Streams the client resets before the gateway has even accepted them (the
+            // "rapid reset" attack, CVE-2023-44487): past 100 pending at once the connection
+            // gets GOAWAY (ENHANCE_YOUR_CALM). A browser cancelling a page's requests when the
+            // user navigates away stays far below; a flood of thousands does not.
+            .max_pending_accept_reset_streams(100)
+            // Streams the gateway itself has to reset because the client broke the protocol on
+            // them: past 1024 on one connection it gets GOAWAY (RUSTSEC-2024-0003).
+            .max_local_error_reset_streams(1024)
+            // The largest frame the client may send: 16 KiB, the protocol's default and minimum.
+            // Larger frames save little per byte and let one frame hold more memory.
+            .max_frame_size(16 * 1024)
+            // Response bytes queued per stream ahead of the client's flow-control window. h2
+            // never queues more than the window the client granted, so a client that stops
+            // reading holds at most this per stream; 400 KiB keeps a download's pipe full.
+            .max_send_buf_size(400 * 1024)
+            // Fixed receive windows, no BDP estimation (which would grow them with the network
+            // and make a connection's buffered upload bytes unpredictable). 1 MiB per stream
+            // carries about 160 Mbit/s per upload at 50 ms round trip; 4 MiB per connection
+            // bounds what one connection can make the gateway buffer. Set before the sizes:
+            // `adaptive_window(true)` would reset them.
+            .adaptive_window(false)
             .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20);
+            .initial_connection_window_size(4 << 20)
+            // A PING every 30 s, and the connection closed if it is not answered within 20 s:
+            // finds peers that vanished during a long transfer (NAT timeout, pulled cable),
+            // which TCP alone may not notice for hours.
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
 
         let max_connections = u32::try_from(s.max_connections)
             .unwrap_or(u32::MAX)
@@ -93,6 +155,11 @@ impl Server {
             idle_limit: s.header_read_timeout,
             write_stall_limit: s.body_idle_timeout,
             connections: Arc::new(Semaphore::new(max_connections as usize)),
+            per_ip: PerIpLimit::new(
+                s.max_connections_per_ip,
+                s.ipv6_prefix_len,
+                s.trusted_proxies.clone(),
+            ),
         });
 
         let (https, certs) = match s.listen {
@@ -220,12 +287,22 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let permit = tokio::select! {
-            p = shared.connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = stop.changed() => return,
+        // Try first, so that the moment the cap is reached is counted: once per time the loop
+        // has to wait, not once per client waiting in the backlog (the loop cannot see those).
+        let permit = match shared.connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return,
+            Err(TryAcquireError::NoPermits) => {
+                shared.gateway.metrics().connection_refused("total");
+                tracing::debug!("server.max_connections reached; new clients wait");
+                tokio::select! {
+                    p = shared.connections.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = stop.changed() => return,
+                }
+            }
         };
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -240,13 +317,28 @@ async fn accept_loop(
                 continue;
             }
         };
+        let per_ip = match shared.per_ip.admit(peer.ip()) {
+            Admission::Counted(guard) => Some(guard),
+            Admission::Exempt => None,
+            Admission::Refused => {
+                // Closed before TLS or any read: a refused connection costs one accept and
+                // one close, and its global permit goes straight back (dropped here).
+                shared.gateway.metrics().connection_refused("per_ip");
+                tracing::debug!(%peer, "server.max_connections_per_ip reached; connection closed");
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
         let stop = stop.clone();
         // Shared so that an upgraded (WebSocket) tunnel, which outlives the HTTP connection
-        // task, keeps counting against the cap and is waited for on shutdown.
-        let permit = ConnPermit(Arc::new(permit));
+        // task, keeps counting against both caps and is waited for on shutdown.
+        let permit = ConnPermit(Arc::new(ConnSlots {
+            _global: permit,
+            _per_ip: per_ip,
+        }));
         tokio::spawn(async move {
             serve_connection(stream, peer, tls, &shared, stop, permit).await;
         });
