@@ -360,3 +360,119 @@ async fn a_kick_ends_the_sessions_tunnels_and_downloads() {
         1.0
     );
 }
+
+/// Honest use under the default limits, all from one address at once: an HTTP Gateway download
+/// of 4 GiB, a WebSocket upload beside it, and a logged-in browser polling Faspex (as its pages
+/// do for transfer status) all work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_download_an_upload_and_polling_work_together_under_the_default_limits() {
+    use tokio_tungstenite::tungstenite::Message;
+    const FOUR_GIB: u64 = 4 << 30;
+    let s = crate::flows::Site::start(
+        crate::flows::users(1),
+        faspex_gate::faspex::emulator::LoginFailureStyle::Rerender,
+        |_| {},
+    )
+    .await;
+    let cookie = s.browser_login("user0", "pass0").await;
+
+    let download = {
+        let client = s.client.clone();
+        let url = s.url(&format!(
+            "/aspera/http-gwy/v1/download/4044?bytes={FOUR_GIB}&token=x"
+        ));
+        tokio::spawn(async move {
+            let resp = client
+                .request(Request::get(url).body(empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let mut body = resp.into_body();
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                n += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+            }
+            n
+        })
+    };
+
+    let upload = {
+        let addr = s.gw.https.unwrap();
+        let pem = s.gw.files.cert_pem.clone();
+        tokio::spawn(async move {
+            let stream = raw_tls(addr, &pem).await;
+            let url = format!(
+                "wss://localhost:{}/aspera/http-gwy/v2/upload?token=faspex-issued",
+                addr.port()
+            );
+            let (mut ws, resp) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+            let chunk = vec![5u8; 1 << 20];
+            for _ in 0..64 {
+                ws.send(Message::binary(chunk.clone())).await.unwrap();
+                assert_eq!(ws.next().await.unwrap().unwrap().into_data(), chunk);
+            }
+            ws.close(None).await.unwrap();
+        })
+    };
+
+    // The browser polls every few milliseconds meanwhile.
+    let mut polls = 0;
+    while !download.is_finished() || polls < 200 {
+        let req = Request::get(s.url("/aspera/faspex/inbox"))
+            .header(header::COOKIE, &cookie)
+            .header("X-Requested-With", "XMLHttpRequest")
+            .body(empty())
+            .unwrap();
+        let (st, _, _) = send(&s.client, req).await;
+        assert_eq!(st, StatusCode::OK, "poll {polls}");
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    upload.await.unwrap();
+    assert_eq!(download.await.unwrap(), FOUR_GIB);
+    eprintln!("{polls} polls answered during a 4 GiB download and a 64 MiB WebSocket upload");
+}
+
+/// A logged-in browser's polling is not a public request: an address whose public requests
+/// are all still arriving (stalled uploads) keeps its session's requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_with_a_session_is_untouched_by_the_public_limit() {
+    let s = crate::flows::Site::start(
+        crate::flows::users(1),
+        faspex_gate::faspex::emulator::LoginFailureStyle::Rerender,
+        |c| {
+            c.set("policy", "public_inflight_per_ip", "4");
+        },
+    )
+    .await;
+    let cookie = s.browser_login("user0", "pass0").await;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut c = raw_tls(s.gw.https.unwrap(), &s.gw.files.cert_pem).await;
+        c.write_all(
+            b"POST /aspera/http-gwy/v1/upload?token=x HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\nabcd",
+        )
+        .await
+        .unwrap();
+        stalled.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The public share of this address is taken...
+    let (st, h, _) = s
+        .get_plain("/aspera/faspex/stylesheets/application.css", &[])
+        .await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h[header::RETRY_AFTER], "1");
+    // ... and the session's requests go on.
+    for i in 0..50 {
+        let req = Request::get(s.url("/aspera/faspex/inbox"))
+            .header(header::COOKIE, &cookie)
+            .header("X-Requested-With", "XMLHttpRequest")
+            .body(empty())
+            .unwrap();
+        assert_eq!(send(&s.client, req).await.0, StatusCode::OK, "poll {i}");
+    }
+    drop(stalled);
+}

@@ -1032,11 +1032,7 @@ async fn response_headers_are_stripped_and_https_answers_carry_hsts() {
         "/_faspex-gate/nope",
     ] {
         let resp = c
-            .request(
-                Request::get(format!("{base}{path}"))
-                    .body(empty())
-                    .unwrap(),
-            )
+            .request(Request::get(format!("{base}{path}")).body(empty()).unwrap())
             .await
             .unwrap();
         assert_eq!(
@@ -1046,7 +1042,9 @@ async fn response_headers_are_stripped_and_https_answers_carry_hsts() {
         );
         assert!(!resp.headers().contains_key("x-upstream-header"), "{path}");
     }
-    let mut s = tokio::net::TcpStream::connect(gw.http.unwrap()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(gw.http.unwrap())
+        .await
+        .unwrap();
     s.write_all(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();

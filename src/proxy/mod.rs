@@ -55,11 +55,11 @@ use ends::{EndedMemo, Ends, FaspexLogouts};
 pub use error::GatewayError;
 use error::{Answer, Refusal};
 use forward::{ClientSide, Lane, ProxyBody, Upstream};
-use inflight::{InflightGuard, PublicInflight};
-use streams::SessionStreams;
 use gate::{BodyRule, Gate, PasswordForm, Plan};
+use inflight::{InflightGuard, PublicInflight};
 use pages::{LoginForm, Site, TAKEOVER_FIELD};
 use session::SessionCookies;
+use streams::SessionStreams;
 
 /// The most the gateway reads of a body it must look into: the login form, the token response.
 pub const READ_LIMIT: usize = gate::LOGIN_READ_LIMIT;
@@ -125,6 +125,8 @@ struct Inner {
     /// Public requests still arriving, per address, and how many may be.
     inflight: Arc<PublicInflight>,
     public_inflight_per_ip: u32,
+    /// `server.ipv6_prefix_len`: an IPv6 "address" for the per-address counts.
+    ipv6_prefix_len: u8,
     /// `Strict-Transport-Security` for the HTTPS listener's answers.
     hsts: Option<HeaderValue>,
     /// What the pages say.
@@ -175,6 +177,7 @@ impl Gateway {
             streams: ends.streams,
             inflight: PublicInflight::new(),
             public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
+            ipv6_prefix_len: cfg.server.ipv6_prefix_len,
             hsts: cfg.server.hsts.clone(),
             site: site(cfg),
             faspex: cfg.faspex.clone(),
@@ -204,6 +207,7 @@ impl Gateway {
             streams: Arc::clone(&old.streams),
             inflight: Arc::clone(&old.inflight),
             public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
+            ipv6_prefix_len: old.ipv6_prefix_len,
             hsts: old.hsts.clone(),
             site: site(cfg),
             faspex: cfg.faspex.clone(),
@@ -630,7 +634,9 @@ impl Handler {
                 None
             };
             if let Some(session) = live {
-                let resp = self.pass(req, side, Via::session(&session.key, None)).await?;
+                let resp = self
+                    .pass(req, side, Via::session(&session.key, None))
+                    .await?;
                 if basic_challenge(&resp) {
                     // Faspex no longer takes these credentials: neither may the gateway.
                     policy.cache().forget(&account);
@@ -1138,12 +1144,13 @@ impl Handler {
         Ok(self.inner.upstream.forward(req, side, lane).await?)
     }
 
-    /// Count a request with no session against its address while it arrives (429 beyond
-    /// `policy.public_inflight_per_ip`).
+    /// Count a request with no session against its address (an IPv6 address by its prefix, as
+    /// for the connection limit) while it arrives (429 beyond `policy.public_inflight_per_ip`).
     fn enter_public(&self, ip: IpAddr) -> Result<InflightGuard, GatewayError> {
+        let key = crate::server::per_ip::address_key(ip, self.inner.ipv6_prefix_len);
         self.inner
             .inflight
-            .enter(ip, self.inner.public_inflight_per_ip)
+            .enter(key, self.inner.public_inflight_per_ip)
             .ok_or_else(|| {
                 self.inner.metrics.refused("public_inflight");
                 GatewayError::PublicInflight
@@ -1506,7 +1513,10 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, GatewayError
         ));
     }
     if let Some(h) = host {
-        if !h.as_bytes().eq_ignore_ascii_case(target.as_str().as_bytes()) {
+        if !h
+            .as_bytes()
+            .eq_ignore_ascii_case(target.as_str().as_bytes())
+        {
             return Err(GatewayError::BadRequest(
                 "the Host header and the request target name different hosts",
             ));
