@@ -93,6 +93,7 @@ pub struct Metrics {
     requests_refused: IntCounterVec,
     headers_dropped: IntCounter,
     connections_refused: IntCounterVec,
+    upstream_busy: IntCounter,
     sessions_active: IntGauge,
     sessions_limit: IntGauge,
     accounts_locked: IntGauge,
@@ -180,6 +181,12 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let upstream_busy = IntCounter::new(
+            "faspex_gate_upstream_busy_total",
+            "Requests answered 503 because every connection to Faspex they could use \
+             (upstream.max_connections, three quarters of it for public requests) stayed taken \
+             for upstream.connect_timeout.",
+        )?;
         let sessions_active = IntGauge::new(
             "faspex_gate_sessions_active",
             "Accounts logged in now, each holding one licence seat.",
@@ -212,6 +219,7 @@ impl Metrics {
         registry.register(Box::new(requests_refused.clone()))?;
         registry.register(Box::new(headers_dropped.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(upstream_busy.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(sessions_limit.clone()))?;
         registry.register(Box::new(accounts_locked.clone()))?;
@@ -254,6 +262,7 @@ impl Metrics {
             requests_refused,
             headers_dropped,
             connections_refused,
+            upstream_busy,
             sessions_active,
             sessions_limit,
             accounts_locked,
@@ -295,6 +304,11 @@ impl Metrics {
         if CONNECTION_REFUSALS.contains(&reason) {
             self.connections_refused.with_label_values(&[reason]).inc();
         }
+    }
+
+    /// One request that found no connection to Faspex free in time.
+    pub fn upstream_busy(&self) {
+        self.upstream_busy.inc();
     }
 
     /// One failed request to Faspex; `kind` is an [`UPSTREAM_ERRORS`] value.

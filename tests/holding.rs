@@ -221,6 +221,10 @@ async fn connections_to_faspex_are_bounded_with_a_reserve_for_sessions() {
         started.elapsed() >= Duration::from_millis(900),
         "it waited connect_timeout"
     );
+    assert_eq!(
+        value(&scrape(&gw).await, "faspex_gate_upstream_busy_total"),
+        1.0
+    );
 
     // The reserve: a logged-in user's request goes through at once.
     let started = Instant::now();

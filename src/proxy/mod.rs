@@ -319,6 +319,15 @@ impl Handler {
             Ok(resp) => resp,
             Err(err) => {
                 match &err {
+                    GatewayError::Upstream(forward::UpstreamError::Busy(wait)) => {
+                        self.inner.metrics.upstream_busy();
+                        tracing::warn!(
+                            waited = ?wait,
+                            route = %log.route.map(Route::as_str).unwrap_or("-"),
+                            "every connection to Faspex this request may use stayed taken (503); \
+                             see upstream.max_connections"
+                        )
+                    }
                     GatewayError::Upstream(e) => {
                         self.inner.metrics.upstream_error(e.kind());
                         tracing::warn!(
