@@ -1,6 +1,8 @@
 //! A real browser through the gateway: Debian's Chromium, headless, driven over WebDriver by
 //! `chromedriver` (the `chromium-driver` package) and fantoccini. It goes through the real login
-//! form, an inbox page, the 409 page and the lockout page, and checks the words a person reads.
+//! form, an inbox page, the 409 page and the lockout page, and checks the words a person reads;
+//! and it shows that the gateway's own pages work under their Content-Security-Policy: styled,
+//! their forms sent, nothing else allowed.
 //! Nothing here downloads a browser: both binaries must be installed (the test command does).
 
 use std::net::TcpListener;
@@ -199,6 +201,141 @@ async fn a_person_in_chromium_sees_the_inbox_the_409_page_and_the_lockout_page()
     }
     // No native password prompt appeared at any point: every page above had a body to read.
     for c in [first, second, third] {
+        c.close().await.unwrap();
+    }
+}
+
+/// The computed value of a CSS property of the first element matching `css`.
+async fn computed(c: &Client, css: &str, property: &str) -> String {
+    let v = c
+        .execute(
+            "return getComputedStyle(document.querySelector(arguments[0])).getPropertyValue(arguments[1]);",
+            vec![css.into(), property.into()],
+        )
+        .await
+        .unwrap();
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+/// Whether the page may fetch anything: under the pages' CSP (`default-src 'none'`) it may not.
+async fn fetch_allowed(c: &Client) -> String {
+    let v = c
+        .execute(
+            "return fetch('/aspera/faspex/login').then(() => 'allowed', () => 'blocked');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+/// The style the pages' one inline style sheet sets: applied only if the CSP allowed it.
+async fn assert_styled(c: &Client, page: &str) {
+    assert_eq!(
+        computed(c, "main", "background-color").await,
+        "rgb(255, 255, 255)",
+        "{page}: the page's style sheet was not applied"
+    );
+    assert_eq!(
+        computed(c, ".btn", "background-color").await,
+        "rgb(11, 92, 173)",
+        "{page}: the button's style was not applied"
+    );
+    assert_eq!(
+        fetch_allowed(c).await,
+        "blocked",
+        "{page}: the CSP is not in force"
+    );
+}
+
+/// Wait until the body's text contains `words`.
+async fn wait_for_text(c: &Client, words: &str) -> String {
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = body_text(c).await;
+        if text.contains(words) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {words:?} on the page: {text}");
+}
+
+/// The gateway's own pages under their strict CSP, `X-Frame-Options: DENY` and
+/// `Referrer-Policy: no-referrer`, in a real browser: the 409 page is styled (its inline style
+/// sheet is allowed by hash), nothing else may load, and its take-over form works; the page that
+/// confirms a logout from another site is styled too, and its button signs out.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateways_own_pages_work_under_their_csp() {
+    let s = Site::start(users(1), LoginFailureStyle::Rerender, |_| {}).await;
+    let driver = start_driver().await;
+    let login = s.url("/aspera/faspex/login");
+
+    let first = browser(&driver).await;
+    first.goto(&login).await.unwrap();
+    log_in(&first, Some("user0"), "pass0").await;
+    assert!(first
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/aspera/faspex/inbox"));
+
+    // The 409 page: styled, locked down, and its form takes over.
+    let second = browser(&driver).await;
+    second.goto(&login).await.unwrap();
+    log_in(&second, Some("user0"), "pass0").await;
+    wait_for_text(&second, "Already signed in elsewhere").await;
+    assert_styled(&second, "the 409 page").await;
+    log_in(&second, None, "pass0").await;
+    let url = second.current_url().await.unwrap();
+    assert!(url.path().ends_with("/aspera/faspex/inbox"), "{url}");
+    assert!(body_text(&second).await.contains("Received Packages"));
+
+    // A logout link on another site (here a page of its own origin, data:) gets the page that
+    // asks first: styled, locked down, and its button signs out.
+    second
+        .goto(&format!(
+            "data:text/html,<a id=out href='{}'>out</a>",
+            s.url("/aspera/faspex/logout")
+        ))
+        .await
+        .unwrap();
+    second
+        .find(Locator::Id("out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&second, "Sign out?").await;
+    assert_styled(&second, "the confirm-logout page").await;
+    second
+        .find(Locator::Css("form [type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let mut url = second.current_url().await.unwrap();
+    for _ in 0..100 {
+        if url.path().ends_with("/aspera/faspex/login") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        url = second.current_url().await.unwrap();
+    }
+    assert!(
+        url.path().ends_with("/aspera/faspex/login"),
+        "the button did not sign out: {url}, {}",
+        body_text(&second).await
+    );
+    // Signed out for real: the inbox now sends this browser to the login page.
+    second.goto(&s.url("/aspera/faspex/inbox")).await.unwrap();
+    let url = second.current_url().await.unwrap();
+    assert!(url.path().ends_with("/login"), "{url}");
+
+    for c in [first, second] {
         c.close().await.unwrap();
     }
 }

@@ -453,7 +453,7 @@ mod tests {
         use base64::Engine as _;
         let start = body.find("<style>").unwrap_or_else(|| panic!("{what}")) + "<style>".len();
         let end = body.find("</style>").unwrap();
-        let digest = ring::digest::digest(&ring::digest::SHA256, body[start..end].as_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &body.as_bytes()[start..end]);
         let hash = format!(
             "'sha256-{}'",
             base64::engine::general_purpose::STANDARD.encode(digest)
@@ -574,6 +574,8 @@ mod tests {
                 refused(LoginRefused::Throttled { retry_after: retry }, None),
                 refused(LoginRefused::DirectoryUnavailable, None),
                 GatewayError::PublicThrottled(retry),
+                GatewayError::PublicInflight,
+                GatewayError::Upstream(UpstreamError::Busy(retry)),
                 GatewayError::Store(StoreError::Closed),
             ]
         };

@@ -178,17 +178,25 @@ pub fn ended(site: &Site, why: Option<EndReason>) -> String {
 
 /// A logout link followed from another site: the session ends only when the person confirms,
 /// with a POST from this page.
+///
+/// The gateway believes that POST because the browser says it is same-origin, with
+/// `Sec-Fetch-Site` and `Origin`. Under the pages' `Referrer-Policy: no-referrer`, a browser
+/// sends a form's POST with `Origin: null` (Fetch, "serializing a request origin"), which the
+/// gateway must take for another site's: the button would only bring this page back (Chromium
+/// does exactly that). So this one page narrows its policy to `same-origin` with a `<meta>`: its
+/// POST carries the real origin, and still nothing about it leaves for another origin.
 pub fn confirm_logout(logout_path: &str) -> String {
     let extra = format!(
         r#"<form method="post" action="{action}"><button class="btn" type="submit">Sign out</button></form>
 <p><small><a href="/">Stay signed in</a></small></p>"#,
         action = escape(logout_path),
     );
-    page(
+    page_with_head(
         "Sign out?",
         "A link from another page asked to sign you out of Faspex. If you meant to sign out, \
          confirm with the button below.",
         &extra,
+        r#"<meta name="referrer" content="same-origin">"#,
     )
 }
 
@@ -273,17 +281,23 @@ pub static CONTENT_SECURITY_POLICY: std::sync::LazyLock<http::HeaderValue> =
 /// `title` and `message` are escaped; `extra_html` must already be safe, and may hold no
 /// script, inline style or other resource: the pages' CSP allows none.
 pub fn page(title: &str, message: &str, extra_html: &str) -> String {
+    page_with_head(title, message, extra_html, "")
+}
+
+/// [`page`] with trusted `head_html` in its head.
+fn page_with_head(title: &str, message: &str, extra_html: &str, head_html: &str) -> String {
     format!(
         r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} - Aspera Faspex</title>
+<title>{title} - Aspera Faspex</title>{head_html}
 <style>{STYLE}</style></head>
 <body><main><h1>{title}</h1><p>{message}</p>{extra_html}</main></body></html>
 "#,
         title = escape(title),
         message = escape(message),
         extra_html = extra_html,
+        head_html = head_html,
     )
 }
 
@@ -329,6 +343,25 @@ mod tests {
         assert!(p.contains(r#"name="authenticity_token" value="a&quot;b""#));
         assert!(p.contains(r#"name="_faspex_gate_takeover" value="1""#));
         assert!(p.contains(r#"type="password" name="user[password]""#));
+    }
+
+    /// Only the confirm-logout page narrows the referrer policy, to `same-origin` (never wider):
+    /// its POST must carry the real `Origin`.
+    #[test]
+    fn only_the_confirm_logout_page_sends_its_origin() {
+        let meta = r#"<meta name="referrer" content="same-origin">"#;
+        let p = confirm_logout("/aspera/faspex/logout");
+        assert!(p.contains(meta));
+        assert!(p.find(meta) < p.find("</head>"));
+        let now = Timestamp::from_millis(1_795_352_700_000);
+        for other in [
+            login_failed(&site()),
+            locked(&site(), now, now, false),
+            ended(&site(), None),
+            page("t", "m", ""),
+        ] {
+            assert!(!other.contains("name=\"referrer\""));
+        }
     }
 
     #[test]
