@@ -334,6 +334,23 @@ async fn a_cross_site_logout_link_asks_first() {
     assert_eq!(status, StatusCode::FOUND);
     let (status, _, _) = s.browse("/aspera/faspex/inbox", &cookie).await;
     assert_eq!(status, StatusCode::FOUND);
+
+    // The confirm page's button under `Referrer-Policy: no-referrer`: Chromium posts it with
+    // `Origin: null` and `Sec-Fetch-Site: same-origin`. That is the browser's own origin.
+    let cookie = s.browser_login("user0", "pass0").await;
+    let same = [("Origin", "null"), ("Sec-Fetch-Site", "same-origin")];
+    let (status, _, _) = post_form(&s, "/aspera/faspex/logout", &cookie, "", &same).await;
+    assert_eq!(status, StatusCode::FOUND);
+    let (status, _, _) = s.browse("/aspera/faspex/inbox", &cookie).await;
+    assert_eq!(status, StatusCode::FOUND, "the session ended");
+    // A null origin another site's page sends is still another site's.
+    let cookie = s.browser_login("user0", "pass0").await;
+    let cross = [("Origin", "null"), ("Sec-Fetch-Site", "cross-site")];
+    let (status, _, body) = post_form(&s, "/aspera/faspex/logout", &cookie, "", &cross).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text(&body).contains("Sign out?"));
+    let (status, _, _) = s.browse("/aspera/faspex/inbox", &cookie).await;
+    assert_eq!(status, StatusCode::OK, "the session lives on");
 }
 
 /// Finding 6: the rebuilt login form kept the client's `Content-Encoding`. A login body the

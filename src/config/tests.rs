@@ -1695,6 +1695,12 @@ fn faspex_deny_rules() {
     );
     f.fails(&[(K, list(&["G@T /a/"]))], "faspex.deny[0]", "HTTP method");
     f.fails(&[(K, list(&[""]))], "faspex.deny[0]", "METHOD PATH-PREFIX");
+    f.fails(
+        &[(K, list(&["* /aspera/faspex/package%5Frelay/"]))],
+        "faspex.deny[0]",
+        "decoded",
+    );
+    f.fails(&[(K, list(&["* /a;x/"]))], "faspex.deny[0]", "decoded");
 }
 
 // ---------------------------------------------------------------- [pages], [audit], [store]

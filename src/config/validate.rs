@@ -872,6 +872,16 @@ impl Ctx<'_> {
             Some(parsed)
         };
         let prefix = self.path_prefix(key, prefix)?;
+        // Rules are matched against the decoded path: an encoded rule would never match.
+        if prefix.contains(['%', ';']) {
+            return Err(self.err(
+                key,
+                format!(
+                    "\"{prefix}\": write the path decoded and without ;parameters (rules match \
+                     the decoded path, in any case and with ;parameters removed)"
+                ),
+            ));
+        }
         Ok(DenyRule { method, prefix })
     }
 

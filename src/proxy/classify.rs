@@ -93,6 +93,10 @@ pub enum PathError {
     EncodedSlash,
     #[error("the request path contains an encoded dot segment")]
     EncodedDot,
+    /// `..;x` or `.;x`: a dot segment to a server that drops `;params` (Tomcat, Jetty), a name
+    /// to Apache and Rails. Which one Faspex's front end is, the gateway cannot know.
+    #[error("the request path contains a dot segment with ;parameters")]
+    DotSegmentParams,
     #[error("the request path is an unclear spelling of the login, logout or token action")]
     UnclearAction,
 }
@@ -495,6 +499,11 @@ fn normalize(decoded: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
     let mut trailing_slash = false;
     for seg in decoded[1..].split(|&b| b == b'/') {
         trailing_slash = false;
+        if let Some(i) = seg.iter().position(|&b| b == b';') {
+            if matches!(&seg[..i], b"." | b"..") {
+                return Err(PathError::DotSegmentParams);
+            }
+        }
         match seg {
             b"" | b"." => trailing_slash = true,
             b".." => {
@@ -648,16 +657,24 @@ mod tests {
             "/aspera/faspex/%50ACKAGE_RELAY;x/relay_package",
             "/aspera/faspex/package_relay%3bx/relay_package",
             "/aspera/faspex/package_relay%253bx/relay_package",
-            // `..;` is `..` once the params are gone; `;x` alone is an empty segment.
-            "/aspera/faspex/inbox/..;/package_relay/relay_package",
-            "/aspera/faspex/x;y/..;z/PACKAGE_RELAY/relay_package",
+            // `;x` alone is an empty segment once the params are gone.
             "/aspera/faspex/;x/package_relay/relay_package",
-            // And where a server keeps the params, the path is under the rule as written.
-            "/aspera/faspex/package_relay/..;/inbox",
         ] {
             for m in [Method::GET, Method::POST, Method::HEAD, Method::PUT] {
                 assert_eq!(route(m.clone(), p), Route::Denied, "{m} {p}");
             }
+        }
+        // `..;` is `..` to a server that drops params and a name to Rails: refused outright.
+        for p in [
+            "/aspera/faspex/inbox/..;/package_relay/relay_package",
+            "/aspera/faspex/x;y/..;z/PACKAGE_RELAY/relay_package",
+            "/aspera/faspex/package_relay/..;/inbox",
+        ] {
+            assert_eq!(
+                profile().classify(&Method::GET, p),
+                Err(PathError::DotSegmentParams),
+                "{p}"
+            );
         }
         // Methods match as before: a rule for one method still leaves the others alone.
         let post_only = RouteProfile {
@@ -1105,6 +1122,30 @@ mod tests {
             route(Method::GET, "/aspera/../_faspex-gate/x"),
             Route::Gateway
         );
+    }
+
+    #[test]
+    fn dot_segments_with_params_are_refused() {
+        let p = profile();
+        for path in [
+            "/aspera/faspex/external/..;/received/4044",
+            "/aspera/faspex/external/..;x/received/4044",
+            "/aspera/faspex/.;/inbox",
+            "/aspera/faspex/external/%2e%2e;/received/4044",
+        ] {
+            assert!(p.classify(&Method::GET, path).is_err(), "{path}");
+        }
+        assert_eq!(
+            p.classify(&Method::GET, "/aspera/faspex/external/..;/received/4044"),
+            Err(PathError::DotSegmentParams)
+        );
+        // A name that merely starts with dots is a name.
+        assert!(p
+            .classify(&Method::GET, "/aspera/faspex/inbox/...;x")
+            .is_ok());
+        assert!(p
+            .classify(&Method::GET, "/aspera/faspex/inbox/..x;y")
+            .is_ok());
     }
 
     #[test]

@@ -1357,7 +1357,14 @@ fn same_origin_request(parts: &http::request::Parts, side: &ClientSide) -> bool 
         let ours = url::Url::parse(&format!("{}://{host}/", side.scheme)).ok()?;
         Some(url.origin() == ours.origin())
     };
-    let origin = h.get(header::ORIGIN).map(|v| origin_of(v).unwrap_or(false));
+    // Under `Referrer-Policy: no-referrer` a browser sends `Origin: null` even for its own
+    // origin's form posts; with `Sec-Fetch-Site` saying same-origin, that null says nothing.
+    let origin = h
+        .get(header::ORIGIN)
+        .filter(|v| {
+            !(v.as_bytes() == b"null" && matches!(fetch_site.as_deref(), Some(b"same-origin")))
+        })
+        .map(|v| origin_of(v).unwrap_or(false));
     let referer = h
         .get(header::REFERER)
         .map(|v| origin_of(v).unwrap_or(false));
