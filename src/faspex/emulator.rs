@@ -24,6 +24,16 @@
 //! for another purpose: `POST /aspera/faspex/admin/users` creates a local account (which can then
 //! log in), `PUT /aspera/faspex/account/password` changes a local account's password.
 //!
+//! Faspex's accounts come in two kinds, as at a site whose Faspex also reads the directory:
+//! [`EmulatorConfig::users`] (directory accounts) and local accounts that only Faspex knows
+//! ([`EmulatorConfig::local_users`], and those an administrator creates at run time). Both log in
+//! the same way. Logins are matched as Faspex's MySQL users table matches them ([`fold_login`]:
+//! case, accents and trailing spaces ignored), passwords exactly. Two of Faspex's own security
+//! settings can be switched on: "lock users after N failed logins"
+//! ([`EmulatorConfig::faspex_lockout`], lifted only by [`Emulator::unlock_faspex_account`]) and
+//! "prevent concurrent login" ([`EmulatorConfig::prevent_concurrent_login`]), so that tests can
+//! show the gateway's own policies act first.
+//!
 //! What it knows of Faspex comes from `docs/faspex-http.md` (facts marked [V]/[D]) and the seed
 //! tutorial on API downloads; where that is silent the behaviour is a plausible Rails default and
 //! says so where it is implemented. Every response carries `X-IBM-Aspera: F4.4.1`.
@@ -105,12 +115,42 @@ pub enum LoginFailureStyle {
     RedirectToLogin,
 }
 
+/// The text Faspex shows when a login is refused because the account is locked after too many
+/// failed logins ([`EmulatorConfig::faspex_lockout`]). Wording is the emulator's own.
+pub const ACCOUNT_LOCKED_TEXT: &str =
+    "Your account has been locked. Please contact your Faspex administrator.";
+
+/// The text Faspex shows when a login is refused because the account already has a live session
+/// ([`EmulatorConfig::prevent_concurrent_login`]). Wording is the emulator's own.
+pub const CONCURRENT_LOGIN_TEXT: &str = "This account is already logged in from another location.";
+
 /// How to build an [`Emulator`].
 #[derive(Clone, Debug)]
 pub struct EmulatorConfig {
-    /// The accounts Faspex knows: (username, password). Usernames match case-insensitively,
-    /// passwords exactly.
+    /// The directory accounts Faspex knows: (username, password). Logins match as
+    /// [`fold_login`] says (case, accents and trailing spaces ignored), passwords exactly. A
+    /// directory user's password cannot be changed in Faspex.
     pub users: Vec<(String, String)>,
+    /// Faspex's own local accounts, which the directory does not know: (username, password).
+    /// External collaborators for whom the helpdesk made an account in Faspex's admin pages. They
+    /// log in exactly as [`EmulatorConfig::users`] do (form, HTTP Basic, OAuth2), are matched the
+    /// same way, and can change their password (`PUT /aspera/faspex/account/password`); they are
+    /// listed by [`Emulator::local_accounts`] with those created at run time. A name that is in
+    /// both lists is the directory's (`users` is checked first). Default: one demo collaborator,
+    /// `extern.collab` / `collab-pass` (a name no directory test uses).
+    pub local_users: Vec<(String, String)>,
+    /// Faspex's "lock users after N failed logins": `Some(n)` locks an account (directory or
+    /// local) after `n` consecutive wrong passwords, whatever carried them (form, Basic, token,
+    /// current password). A locked account is refused even with the right password until
+    /// [`Emulator::unlock_faspex_account`] (an administrator's action in Faspex); its live sessions
+    /// keep working. A right password resets the count. Unknown names count nothing. `None` (the
+    /// default): off.
+    pub faspex_lockout: Option<u32>,
+    /// Faspex's "prevent concurrent login": a form login with the right password is refused while
+    /// the account has a live Faspex session from another client (one the request's own
+    /// `_faspex_session` cookie does not name), until that one logs out. HTTP Basic and OAuth2
+    /// open no session and are not affected. Off by default.
+    pub prevent_concurrent_login: bool,
     /// What a failed form login gets.
     pub login_failure: LoginFailureStyle,
     /// The size of the large package ([`BIG_PACKAGE_ID`]), streamed by the HTTP Gateway.
@@ -129,7 +169,9 @@ pub struct EmulatorConfig {
 
 impl Default for EmulatorConfig {
     /// Five demo users (`ann`/`apple`, `bob`/`banana`, `cat`/`cherry`, `dan`/`damson`,
-    /// `eve`/`elderberry`), failed logins re-rendered, and a 4 GiB large package.
+    /// `eve`/`elderberry`), one local collaborator (`extern.collab`/`collab-pass`), failed logins
+    /// re-rendered, Faspex's own lockout and concurrent-login prevention off, and a 4 GiB large
+    /// package.
     fn default() -> Self {
         let users = [
             ("ann", "apple"),
@@ -143,6 +185,9 @@ impl Default for EmulatorConfig {
                 .iter()
                 .map(|(u, p)| ((*u).to_owned(), (*p).to_owned()))
                 .collect(),
+            local_users: vec![("extern.collab".to_owned(), "collab-pass".to_owned())],
+            faspex_lockout: None,
+            prevent_concurrent_login: false,
             login_failure: LoginFailureStyle::Rerender,
             big_package_bytes: 4 << 30,
             rotate_session_every: None,
@@ -163,7 +208,9 @@ pub enum EmulatorEvent {
     /// One check of HTTP Basic credentials (every Basic request is in effect a login).
     BasicAuth { user: String, ok: bool },
     /// Every password the emulator checked, whatever carried it: one guess that reached Faspex.
-    /// `user` as submitted.
+    /// `user` as submitted; `ok` is whether Faspex accepted it (false for a wrong password, an
+    /// unknown name, a locked account, a concurrent login refused, or
+    /// [`Emulator::refuse_logins`]).
     LoginAttempt {
         user: String,
         ok: bool,
@@ -179,6 +226,14 @@ pub enum EmulatorEvent {
     LocalAccountCreated { by: String, login: String },
     /// `PUT /aspera/faspex/account/password` changed a local account's password.
     PasswordChanged { user: String },
+    /// Faspex's own lockout ([`EmulatorConfig::faspex_lockout`]) locked the account (`user` as
+    /// configured), right after the [`EmulatorEvent::LoginAttempt`] that reached the count.
+    FaspexAccountLocked { user: String },
+    /// [`Emulator::unlock_faspex_account`] lifted a lock of Faspex's own.
+    FaspexAccountUnlocked { user: String },
+    /// A form login with the right password was refused because the account already had a live
+    /// session ([`EmulatorEvent::LoginAttempt`] says `ok: false` for it); `user` as configured.
+    ConcurrentLoginRefused { user: String },
     /// Any request, recorded before it is answered.
     Request {
         method: String,
@@ -248,7 +303,8 @@ struct Session {
     predecessor: Option<String>,
 }
 
-/// A local account, created through `POST /admin/users`; the directory does not know it.
+/// A local account ([`EmulatorConfig::local_users`], or created through `POST /admin/users`);
+/// the directory does not know it.
 #[derive(Clone, Debug)]
 struct LocalAccount {
     login: String,
@@ -260,8 +316,13 @@ struct LocalAccount {
 struct State {
     /// `_faspex_session` cookie value -> its session.
     sessions: HashMap<String, Session>,
-    /// Local accounts by lowercased login.
+    /// Local accounts by folded login ([`fold_login`]).
     local_accounts: HashMap<String, LocalAccount>,
+    /// Consecutive wrong passwords per account, by folded login (only with
+    /// [`EmulatorConfig::faspex_lockout`]).
+    failures: HashMap<String, u32>,
+    /// Accounts Faspex's own lockout has locked: folded login -> the account name as configured.
+    locked: HashMap<String, String>,
     /// How many times a session cookie was rotated.
     rotations: u64,
     /// OAuth2 access token -> account name.
@@ -279,6 +340,16 @@ impl Emulator {
     pub fn new(config: EmulatorConfig) -> Self {
         let catalog = catalog::Catalog::seeded(config.big_package_bytes);
         let h2c = AtomicBool::new(config.h2c);
+        let mut state = State::default();
+        for (login, password) in &config.local_users {
+            state
+                .local_accounts
+                .entry(fold_login(login))
+                .or_insert_with(|| LocalAccount {
+                    login: login.clone(),
+                    password: password.clone(),
+                });
+        }
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -286,7 +357,7 @@ impl Emulator {
                 refuse_logins: AtomicBool::new(false),
                 h2c,
                 pattern: gateway::pattern_block(),
-                state: Mutex::new(State::default()),
+                state: Mutex::new(state),
             }),
         }
     }
@@ -325,7 +396,8 @@ impl Emulator {
         self.state().rotations
     }
 
-    /// The local accounts created through `POST /aspera/faspex/admin/users`, by login.
+    /// The local accounts, by login: those of [`EmulatorConfig::local_users`] and those created
+    /// through `POST /aspera/faspex/admin/users`.
     pub fn local_accounts(&self) -> Vec<String> {
         let mut logins: Vec<String> = self
             .state()
@@ -335,6 +407,33 @@ impl Emulator {
             .collect();
         logins.sort();
         logins
+    }
+
+    /// The accounts Faspex's own lockout ([`EmulatorConfig::faspex_lockout`]) holds locked, by
+    /// name as configured, sorted.
+    pub fn faspex_locked_accounts(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.state().locked.values().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// An administrator's "unlock" in Faspex's user admin: lift the lock of Faspex's own lockout
+    /// on `user` (any spelling [`fold_login`] matches) and clear its failure count. Whether there
+    /// was a lock; a lift records [`EmulatorEvent::FaspexAccountUnlocked`].
+    pub fn unlock_faspex_account(&self, user: &str) -> bool {
+        let key = fold_login(user);
+        let lifted = {
+            let mut state = self.state();
+            state.failures.remove(&key);
+            state.locked.remove(&key)
+        };
+        match lifted {
+            Some(user) => {
+                self.record(EmulatorEvent::FaspexAccountUnlocked { user });
+                true
+            }
+            None => false,
+        }
     }
 
     /// When `on`, every password check fails, even with correct credentials: form logins, HTTP
@@ -452,42 +551,164 @@ impl Emulator {
         &self.shared.catalog
     }
 
-    /// Check a password and record the attempt: the account name on success. Directory users
-    /// (the configured ones) are checked against their configured password, local accounts
-    /// against theirs; usernames match case-insensitively. Fails for everyone while
-    /// [`Emulator::refuse_logins`] is on.
+    /// Check a password and record the attempt: the account name on success. See
+    /// [`Emulator::check_login`].
     fn check_password(&self, user: &str, password: &str, via: LoginVia) -> Option<String> {
-        let account = if self.shared.refuse_logins.load(Ordering::SeqCst) {
-            None
-        } else {
-            self.config()
-                .users
-                .iter()
-                .find(|(name, pass)| name.eq_ignore_ascii_case(user) && pass == password)
-                .map(|(name, _)| name.clone())
-                .or_else(|| {
-                    self.state()
-                        .local_accounts
-                        .get(&user.to_lowercase())
-                        .filter(|account| account.password == password)
-                        .map(|account| account.login.clone())
-                })
-        };
+        self.check_login(user, password, via, Opens::Nothing).ok()
+    }
+
+    /// Check a password as Faspex does and record the attempt ([`EmulatorEvent::LoginAttempt`]):
+    /// the account name as configured on success, else why not. Directory users (the configured
+    /// ones) are checked first, then local accounts; logins match by [`fold_login`], passwords
+    /// exactly. Everyone is refused while [`Emulator::refuse_logins`] is on (nothing counted). With
+    /// [`EmulatorConfig::faspex_lockout`], wrong passwords of a known account count and lock it,
+    /// and a locked account is refused whatever the password. With
+    /// [`EmulatorConfig::prevent_concurrent_login`], a login that `opens` a session is refused
+    /// while the account has another live session.
+    fn check_login(
+        &self,
+        user: &str,
+        password: &str,
+        via: LoginVia,
+        opens: Opens<'_>,
+    ) -> Result<String, Refusal> {
+        let verdict = self.decide(user, password, opens);
         self.record(EmulatorEvent::LoginAttempt {
             user: user.to_owned(),
-            ok: account.is_some(),
+            ok: verdict.is_ok(),
             via,
         });
-        account
+        match &verdict {
+            Err(Refusal::LockedNow(account)) => self.record(EmulatorEvent::FaspexAccountLocked {
+                user: account.clone(),
+            }),
+            Err(Refusal::Concurrent(account)) => {
+                self.record(EmulatorEvent::ConcurrentLoginRefused {
+                    user: account.clone(),
+                })
+            }
+            _ => {}
+        }
+        verdict
+    }
+
+    /// The decision of [`Emulator::check_login`], without recording it.
+    fn decide(&self, user: &str, password: &str, opens: Opens<'_>) -> Result<String, Refusal> {
+        if self.shared.refuse_logins.load(Ordering::SeqCst) {
+            return Err(Refusal::Wrong);
+        }
+        let key = fold_login(user);
+        let config = self.config();
+        let mut state = self.state();
+        let (account, right) = match config
+            .users
+            .iter()
+            .find(|(name, _)| fold_login(name) == key)
+        {
+            Some((name, pass)) => (name.clone(), pass == password),
+            None => match state.local_accounts.get(&key) {
+                Some(local) => (local.login.clone(), local.password == password),
+                None => return Err(Refusal::Wrong),
+            },
+        };
+        if state.locked.contains_key(&key) {
+            return Err(Refusal::Locked);
+        }
+        if !right {
+            if let Some(limit) = config.faspex_lockout {
+                let failures = state.failures.entry(key.clone()).or_insert(0);
+                *failures += 1;
+                if *failures >= limit {
+                    state.failures.remove(&key);
+                    state.locked.insert(key, account.clone());
+                    return Err(Refusal::LockedNow(account));
+                }
+            }
+            return Err(Refusal::Wrong);
+        }
+        state.failures.remove(&key);
+        if let (true, Opens::Session { replacing }) = (config.prevent_concurrent_login, opens) {
+            let own = replacing
+                .map(|cookie| session_chain(&state.sessions, cookie))
+                .unwrap_or_default();
+            let elsewhere = state
+                .sessions
+                .iter()
+                .any(|(cookie, s)| fold_login(&s.user) == key && !own.contains(cookie));
+            if elsewhere {
+                return Err(Refusal::Concurrent(account));
+            }
+        }
+        Ok(account)
     }
 
     /// Whether `user` is a directory user (configured) rather than a local account.
     fn is_directory_user(&self, user: &str) -> bool {
+        let key = fold_login(user);
         self.config()
             .users
             .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case(user))
+            .any(|(name, _)| fold_login(name) == key)
     }
+}
+
+/// What a password check is for, as far as "prevent concurrent login" cares.
+#[derive(Clone, Copy)]
+enum Opens<'a> {
+    /// Nothing that lasts: an HTTP Basic request, a token grant, a current-password check.
+    Nothing,
+    /// A form login opening a session; `replacing` is the session cookie the request carried,
+    /// which the login ends (so it is no other client's).
+    Session { replacing: Option<&'a str> },
+}
+
+/// Why [`Emulator::check_login`] refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// A wrong password, an unknown name, or [`Emulator::refuse_logins`].
+    Wrong,
+    /// The account was already locked by Faspex's own lockout.
+    Locked,
+    /// This wrong password reached [`EmulatorConfig::faspex_lockout`] and locked the account.
+    LockedNow(String),
+    /// The right password, refused by [`EmulatorConfig::prevent_concurrent_login`].
+    Concurrent(String),
+}
+
+/// Every value of the session `cookie`: itself, and the values it was rotated from and into.
+fn session_chain(sessions: &HashMap<String, Session>, cookie: &str) -> Vec<String> {
+    let mut chain = vec![cookie.to_owned()];
+    let Some(session) = sessions.get(cookie) else {
+        return chain;
+    };
+    let mut next = session.successor.clone();
+    while let Some(value) = next {
+        next = sessions.get(&value).and_then(|s| s.successor.clone());
+        chain.push(value);
+    }
+    let mut previous = session.predecessor.clone();
+    while let Some(value) = previous {
+        previous = sessions.get(&value).and_then(|s| s.predecessor.clone());
+        chain.push(value);
+    }
+    chain
+}
+
+/// A login as Faspex 4's users table compares it: MySQL's default case- and accent-insensitive
+/// collation (`utf8_general_ci`), which ignores trailing spaces (PAD SPACE). Approximated as:
+/// trailing spaces dropped, Unicode NFKD, combining marks removed, lower case. So `José`,
+/// `jose`, `JOSE ` and `Jose\u{301}` are one account; a leading space, an inner space or another
+/// letter is not. (MySQL's own tables differ in corners this does not model: `utf8_general_ci`
+/// does not apply compatibility decompositions, and folds `ß` to `s`.)
+pub fn fold_login(login: &str) -> String {
+    use unicode_normalization::char::is_combining_mark;
+    use unicode_normalization::UnicodeNormalization as _;
+    login
+        .trim_end_matches(' ')
+        .nfkd()
+        .filter(|c| !is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// Serve one TCP connection until it closes, or until the stop signal asks it to finish.

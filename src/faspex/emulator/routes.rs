@@ -37,8 +37,9 @@ use super::http::{
 use super::pages::{self, EntryContext, Mailbox, Page, Submission};
 use super::rails::{self, Action, RailsRequest, ReadError, Reading};
 use super::{
-    gateway, Emulator, EmulatorEvent, LocalAccount, LoginFailureStyle, LoginVia, Session,
-    FASPEX_VERSION, LOGIN_FAILED_TEXT, SESSION_COOKIE,
+    fold_login, gateway, Emulator, EmulatorEvent, LocalAccount, LoginFailureStyle, LoginVia, Opens,
+    Refusal, Session, ACCOUNT_LOCKED_TEXT, CONCURRENT_LOGIN_TEXT, FASPEX_VERSION,
+    LOGIN_FAILED_TEXT, SESSION_COOKIE,
 };
 
 /// Where the login page lives; failed logins and unauthenticated browsers are sent here.
@@ -334,8 +335,16 @@ fn login(call: &Call<'_>) -> Result<Resp, Fault> {
         }
     };
     let base = base_url(call.headers());
-    let account = match (&name, &password) {
-        (Some(name), Some(password)) => emulator.check_password(name, password, LoginVia::Form),
+    let own_cookie = session_cookie(call.headers());
+    let verdict = match (&name, &password) {
+        (Some(name), Some(password)) => emulator.check_login(
+            name,
+            password,
+            LoginVia::Form,
+            Opens::Session {
+                replacing: own_cookie.as_deref(),
+            },
+        ),
         _ => {
             // An array or a hash where a string belongs: no account matches it.
             emulator.record(EmulatorEvent::LoginAttempt {
@@ -343,23 +352,31 @@ fn login(call: &Call<'_>) -> Result<Resp, Fault> {
                 ok: false,
                 via: LoginVia::Form,
             });
-            None
+            Err(Refusal::Wrong)
         }
     };
-    let Some(account) = account else {
-        emulator.record(EmulatorEvent::LoginRefused {
-            user: name.unwrap_or_default(),
-        });
-        return match emulator.config().login_failure {
-            LoginFailureStyle::Rerender => Ok(login_page(Some(LOGIN_FAILED_TEXT))),
-            LoginFailureStyle::RedirectToLogin => redirect(&format!("{base}{LOGIN_PATH}")),
-        };
+    let account = match verdict {
+        Ok(account) => account,
+        Err(refusal) => {
+            emulator.record(EmulatorEvent::LoginRefused {
+                user: name.unwrap_or_default(),
+            });
+            let flash = match refusal {
+                Refusal::Wrong => LOGIN_FAILED_TEXT,
+                Refusal::Locked | Refusal::LockedNow(_) => ACCOUNT_LOCKED_TEXT,
+                Refusal::Concurrent(_) => CONCURRENT_LOGIN_TEXT,
+            };
+            return match emulator.config().login_failure {
+                LoginFailureStyle::Rerender => Ok(login_page(Some(flash))),
+                LoginFailureStyle::RedirectToLogin => redirect(&format!("{base}{LOGIN_PATH}")),
+            };
+        }
     };
     let cookie = http::random_hex(32);
     {
         let mut state = emulator.state();
         // Like Rails' reset_session on login: a session the client already had ends here.
-        if let Some(old) = session_cookie(call.headers()) {
+        if let Some(old) = own_cookie {
             end_session(&mut state.sessions, &old);
         }
         state.sessions.insert(
@@ -933,7 +950,7 @@ fn create_user(call: &Call<'_>, by: &str) -> Result<Resp, Fault> {
             .emulator
             .state()
             .local_accounts
-            .contains_key(&login.to_lowercase());
+            .contains_key(&fold_login(&login));
     if login.trim().is_empty() {
         errors.push("Login can't be blank");
     } else if taken {
@@ -956,7 +973,7 @@ fn create_user(call: &Call<'_>, by: &str) -> Result<Resp, Fault> {
         ));
     }
     call.emulator.state().local_accounts.insert(
-        login.to_lowercase(),
+        fold_login(&login),
         LocalAccount {
             login: login.clone(),
             password,
@@ -1009,7 +1026,7 @@ fn update_password(call: &Call<'_>, user: &str) -> Result<Resp, Fault> {
         .emulator
         .state()
         .local_accounts
-        .get_mut(&user.to_lowercase())
+        .get_mut(&fold_login(user))
     {
         account.password = password;
     }

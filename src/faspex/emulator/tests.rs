@@ -1314,7 +1314,8 @@ async fn an_administrator_creates_a_local_account_that_can_log_in_and_change_its
         )
         .await;
     assert_eq!(reply.status, StatusCode::FOUND);
-    assert!(emu.emulator.local_accounts().is_empty());
+    // Only the configured collaborator so far.
+    assert_eq!(emu.emulator.local_accounts(), ["extern.collab"]);
 
     let admin = cookie_of(&emu.login("ann", "apple").await);
     let reply = emu
@@ -1326,7 +1327,7 @@ async fn an_administrator_creates_a_local_account_that_can_log_in_and_change_its
         )
         .await;
     assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.body);
-    assert_eq!(emu.emulator.local_accounts(), ["visitor"]);
+    assert_eq!(emu.emulator.local_accounts(), ["extern.collab", "visitor"]);
     assert!(emu
         .emulator
         .events()
@@ -1474,5 +1475,339 @@ async fn feeds_and_entries_follow_the_format_suffix() {
         )
         .await;
     assert_eq!(odd.status, StatusCode::NOT_ACCEPTABLE);
+    emu.shutdown().await;
+}
+
+#[test]
+fn logins_fold_as_mysql_compares_them() {
+    // Case, accents and trailing spaces do not matter, as in MySQL's utf8_general_ci.
+    for spelling in ["José", "jose", "JOSE ", "Jose\u{301}", "JOSÉ   ", "jôsè"] {
+        assert_eq!(fold_login(spelling), "jose", "{spelling:?}");
+    }
+    // Compatibility forms fold too (NFKD): full-width letters.
+    assert_eq!(fold_login("ＡＮＮ"), "ann");
+    // A leading space, an inner space, another letter: other accounts.
+    for other in [" jose", "jo se", "josef", "jose\t", "jos"] {
+        assert_ne!(fold_login(other), "jose", "{other:?}");
+    }
+}
+
+/// A config with one directory user (`ann`/`apple`) and the given local users.
+fn with_locals(local: &[(&str, &str)]) -> EmulatorConfig {
+    EmulatorConfig {
+        users: vec![("ann".into(), "apple".into())],
+        local_users: local
+            .iter()
+            .map(|(u, p)| ((*u).to_owned(), (*p).to_owned()))
+            .collect(),
+        ..EmulatorConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn the_default_config_has_one_local_collaborator() {
+    let config = EmulatorConfig::default();
+    assert_eq!(
+        config.local_users,
+        [("extern.collab".to_owned(), "collab-pass".to_owned())]
+    );
+    assert_eq!(config.faspex_lockout, None);
+    assert!(!config.prevent_concurrent_login);
+    let emu = start(config).await;
+    assert_eq!(emu.emulator.local_accounts(), ["extern.collab"]);
+    let reply = emu.login("extern.collab", "collab-pass").await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert!(reply.header("location").ends_with("/aspera/faspex/inbox"));
+    assert!(emu.emulator.events().contains(&EmulatorEvent::Login {
+        user: "extern.collab".into()
+    }));
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn local_users_log_in_by_form_and_basic_matched_as_mysql_matches() {
+    let emu = start(with_locals(&[("José", "Secret-1")])).await;
+    // The form: any case, no accent, trailing spaces; the password exactly.
+    for name in ["Jos%C3%A9", "jose", "JOSE+", "JOSE%20%20"] {
+        let reply = emu.login(name, "Secret-1").await;
+        assert_eq!(reply.status, StatusCode::FOUND, "{name}");
+        assert!(reply.header("set-cookie").starts_with("_faspex_session="));
+    }
+    let reply = emu.login("jose", "secret-1").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.contains(LOGIN_FAILED_TEXT));
+    // A leading space is another name.
+    assert_eq!(emu.login("+jose", "Secret-1").await.status, StatusCode::OK);
+    // Sessions and events name the account as configured.
+    let logins = emu
+        .emulator
+        .events()
+        .iter()
+        .filter(|e| {
+            **e == EmulatorEvent::Login {
+                user: "José".into(),
+            }
+        })
+        .count();
+    assert_eq!(logins, 4);
+    // HTTP Basic on /me, the check the gateway runs for a local account.
+    let me = emu
+        .get(
+            "/aspera/faspex/me",
+            &[
+                ("authorization", &basic("JOSE ", "Secret-1")),
+                ("accept", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert!(me.header("content-type").starts_with("application/json"));
+    let doc: serde_json::Value = serde_json::from_str(&me.body).unwrap();
+    assert_eq!(doc["name"], "José");
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn basic_checks_on_me_answer_200_or_401_and_each_is_one_recorded_guess() {
+    let emu = start(with_locals(&[("extern.collab", "collab-pass")])).await;
+    // A local account made at run time by an administrator.
+    let admin = cookie_of(&emu.login("ann", "apple").await);
+    let create = "user[login]=visitor&user[email]=v%40example.org&user[password]=s3cret&user[password_confirmation]=s3cret";
+    let reply = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/admin/users",
+            &[FORM, ("cookie", &admin)],
+            body(create),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    let before = attempts(&emu).len();
+
+    let me = |user: &'static str, password: &'static str| {
+        let emu = &emu;
+        async move {
+            emu.get(
+                "/aspera/faspex/me",
+                &[
+                    ("authorization", &basic(user, password)),
+                    ("accept", "application/json"),
+                ],
+            )
+            .await
+        }
+    };
+    for (user, password) in [
+        ("ann", "apple"),
+        ("extern.collab", "collab-pass"),
+        ("visitor", "s3cret"),
+    ] {
+        let reply = me(user, password).await;
+        assert_eq!(reply.status, StatusCode::OK, "{user}");
+        assert!(
+            reply.header("content-type").starts_with("application/json"),
+            "{user}"
+        );
+        assert!(
+            reply.body.contains(&format!("\"name\":\"{user}\"")),
+            "{}",
+            reply.body
+        );
+    }
+    for (user, password) in [
+        ("ann", "pear"),
+        ("extern.collab", "wrong"),
+        ("visitor", "S3CRET"),
+        ("nobody", "s3cret"),
+    ] {
+        let reply = me(user, password).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{user}");
+        assert_eq!(reply.header("www-authenticate"), "Basic realm=\"Faspex\"");
+    }
+    // One guess per check, recorded as Basic; and a wrong form password as Form.
+    emu.login("extern.collab", "nope").await;
+    assert_eq!(
+        attempts(&emu)[before..],
+        [
+            ("ann".to_owned(), true, LoginVia::Basic),
+            ("extern.collab".to_owned(), true, LoginVia::Basic),
+            ("visitor".to_owned(), true, LoginVia::Basic),
+            ("ann".to_owned(), false, LoginVia::Basic),
+            ("extern.collab".to_owned(), false, LoginVia::Basic),
+            ("visitor".to_owned(), false, LoginVia::Basic),
+            ("nobody".to_owned(), false, LoginVia::Basic),
+            ("extern.collab".to_owned(), false, LoginVia::Form),
+        ]
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_name_in_the_directory_and_local_is_the_directory_s() {
+    // `ann` is local too, with another password: the directory account answers.
+    let emu = start(with_locals(&[("ANN", "local-pass")])).await;
+    assert_eq!(emu.login("ann", "apple").await.status, StatusCode::FOUND);
+    assert_eq!(emu.login("ann", "local-pass").await.status, StatusCode::OK);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn faspex_s_own_lockout_locks_after_n_wrong_passwords_until_an_admin_unlocks() {
+    let emu = start(EmulatorConfig {
+        faspex_lockout: Some(3),
+        ..with_locals(&[("extern.collab", "collab-pass")])
+    })
+    .await;
+    let session = cookie_of(&emu.login("extern.collab", "collab-pass").await);
+    // Two wrong, then the right one: the count starts again.
+    emu.login("extern.collab", "x1").await;
+    emu.login("EXTERN.COLLAB", "x2").await;
+    assert_eq!(
+        emu.login("extern.collab", "collab-pass").await.status,
+        StatusCode::FOUND
+    );
+    assert!(emu.emulator.faspex_locked_accounts().is_empty());
+    // Three in a row, by form and Basic alike, lock it.
+    emu.login("extern.collab", "x3").await;
+    emu.get(
+        "/aspera/faspex/me",
+        &[("authorization", &basic("extern.collab", "x4"))],
+    )
+    .await;
+    assert!(emu.emulator.faspex_locked_accounts().is_empty());
+    let reply = emu.login("Extern.Collab ", "x5").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.contains(ACCOUNT_LOCKED_TEXT));
+    assert_eq!(emu.emulator.faspex_locked_accounts(), ["extern.collab"]);
+    let events = emu.emulator.events();
+    let lock = events
+        .iter()
+        .position(|e| {
+            *e == EmulatorEvent::FaspexAccountLocked {
+                user: "extern.collab".into(),
+            }
+        })
+        .expect("the lock is recorded");
+    assert_eq!(
+        events[lock - 1],
+        EmulatorEvent::LoginAttempt {
+            user: "Extern.Collab ".into(),
+            ok: false,
+            via: LoginVia::Form
+        }
+    );
+    // Now even the right password is refused, by form and Basic; a live session keeps working.
+    let reply = emu.login("extern.collab", "collab-pass").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.contains(ACCOUNT_LOCKED_TEXT));
+    let me = emu
+        .get(
+            "/aspera/faspex/me",
+            &[("authorization", &basic("extern.collab", "collab-pass"))],
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+    let inbox = emu
+        .get("/aspera/faspex/inbox", &[("cookie", &session)])
+        .await;
+    assert_eq!(inbox.status, StatusCode::OK);
+    // Unknown names never lock anything; other accounts are not affected.
+    for _ in 0..5 {
+        emu.login("nobody", "x").await;
+    }
+    assert_eq!(emu.emulator.faspex_locked_accounts(), ["extern.collab"]);
+    assert_eq!(emu.login("ann", "apple").await.status, StatusCode::FOUND);
+    // The administrator's unlock, by any spelling, lifts it and the count.
+    assert!(emu.emulator.unlock_faspex_account("EXTERN.COLLAB"));
+    assert!(!emu.emulator.unlock_faspex_account("extern.collab"));
+    assert!(emu
+        .emulator
+        .events()
+        .contains(&EmulatorEvent::FaspexAccountUnlocked {
+            user: "extern.collab".into()
+        }));
+    assert_eq!(
+        emu.login("extern.collab", "collab-pass").await.status,
+        StatusCode::FOUND
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn faspex_s_own_lockout_is_off_by_default() {
+    let emu = start(with_locals(&[("extern.collab", "collab-pass")])).await;
+    for i in 0..50 {
+        emu.login("extern.collab", &format!("wrong{i}")).await;
+    }
+    assert!(emu.emulator.faspex_locked_accounts().is_empty());
+    assert_eq!(
+        emu.login("extern.collab", "collab-pass").await.status,
+        StatusCode::FOUND
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn prevent_concurrent_login_refuses_a_second_session_until_the_first_logs_out() {
+    let emu = start(EmulatorConfig {
+        prevent_concurrent_login: true,
+        rotate_session_every: Some(1),
+        ..with_locals(&[("extern.collab", "collab-pass")])
+    })
+    .await;
+    let first = cookie_of(&emu.login("extern.collab", "collab-pass").await);
+    // The session is used and rotated: its new value is still the same client's.
+    let inbox = emu.get("/aspera/faspex/inbox", &[("cookie", &first)]).await;
+    assert_eq!(inbox.status, StatusCode::OK);
+    let rotated = cookie_of(&inbox);
+    assert!(rotated.starts_with("_faspex_session="), "rotated");
+
+    // Another client, the right password: refused, and the refusal is recorded.
+    let reply = emu.login("EXTERN.COLLAB", "collab-pass").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.contains(CONCURRENT_LOGIN_TEXT));
+    assert!(reply.headers.get("set-cookie").is_none());
+    let events = emu.emulator.events();
+    assert!(events.contains(&EmulatorEvent::ConcurrentLoginRefused {
+        user: "extern.collab".into()
+    }));
+    assert_eq!(
+        attempts(&emu).last().unwrap(),
+        &("EXTERN.COLLAB".to_owned(), false, LoginVia::Form)
+    );
+    // Basic opens no session: not affected. Another account is not affected either.
+    let me = emu
+        .get(
+            "/aspera/faspex/me",
+            &[("authorization", &basic("extern.collab", "collab-pass"))],
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(emu.login("ann", "apple").await.status, StatusCode::FOUND);
+
+    // The same client logging in again (its own cookie, any value of it) is not another one.
+    let form = "user%5Bname%5D=extern.collab&user%5Bpassword%5D=collab-pass";
+    let again = emu
+        .fetch(
+            Method::POST,
+            "/aspera/faspex/login",
+            &[FORM, ("cookie", &first)],
+            body(form),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::FOUND);
+    let second = cookie_of(&again);
+
+    // Once that session logs out, another client may log in.
+    assert_eq!(
+        emu.login("extern.collab", "collab-pass").await.status,
+        StatusCode::OK
+    );
+    emu.get("/aspera/faspex/logout", &[("cookie", &second)])
+        .await;
+    assert_eq!(
+        emu.login("extern.collab", "collab-pass").await.status,
+        StatusCode::FOUND
+    );
     emu.shutdown().await;
 }
