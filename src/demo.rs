@@ -3,6 +3,10 @@
 //! configuration file; starts the built-in Faspex 4 emulator on a loopback port as the upstream;
 //! loads the configuration through the same validation as `run`; and serves until Ctrl-C.
 //!
+//! The users file plays the directory ([`DEMO_USERS`]); an external collaborator
+//! ([`DEMO_COLLABORATOR`]) has a local account that only the emulator knows, and
+//! `auth.local_accounts = "faspex"` lets Faspex check it, under the same policies.
+//!
 //! The numbers are small so that a person can watch each policy happen: 3 seats, a 2 minute idle
 //! timeout and a 5 minute lockout.
 
@@ -26,6 +30,10 @@ pub const DEMO_USERS: [(&str, &str); 4] = [
     ("cat", "demo-cat"),
     ("dan", "demo-dan"),
 ];
+
+/// The demo's external collaborator: a local account in Faspex (the emulator) only, not in the
+/// users file, so the gateway has Faspex check its password (`auth.local_accounts = "faspex"`).
+pub const DEMO_COLLABORATOR: (&str, &str) = ("extern.collab", "demo-collab");
 
 /// Write every file the demo needs into `dir` and return the configuration file's path.
 pub fn write_demo_files(
@@ -79,6 +87,8 @@ secret_file = "{secret}"
 
 [auth]
 backend = "file"
+# Names not in the users file are Faspex's own local accounts, checked by Faspex.
+local_accounts = "faspex"
 
 [auth.file]
 path = "{users_file}"
@@ -113,6 +123,10 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result
             .iter()
             .map(|(u, p)| (u.to_string(), p.to_string()))
             .collect(),
+        local_users: vec![(
+            DEMO_COLLABORATOR.0.to_owned(),
+            DEMO_COLLABORATOR.1.to_owned(),
+        )],
         login_failure: LoginFailureStyle::Rerender,
         ..EmulatorConfig::default()
     });
@@ -160,6 +174,7 @@ faspex-gate demo is running. Stop it with Ctrl-C.
   Open        {base}/aspera/faspex/
               (a self-signed certificate made just now: accept the browser's warning, or use curl -k)
   Users       {users}
+  External    {collab} / {collab_pass}   (a collaborator's local account: only Faspex knows it)
   Upstream    the built-in Faspex 4 emulator at http://{emu}
   Files       {dir} (configuration, certificate, users, session secret, admin token)
   Config      faspex-gate check-config --config {config}
@@ -194,6 +209,11 @@ The four policies, small enough to watch:
     curl -k -i -A other-tool -u ann:demo-ann {base}/aspera/faspex/me   -> 409
   2 min idle  leave a logged-in browser alone for two minutes, then click: "Signed out after
               inactivity", and the seat is free.
+  external    {collab} is in Faspex only, not in the users file; the gateway has Faspex
+              check the password, then applies the same four policies. Log in with the form, or:
+    curl -k -i -u {collab}:{collab_pass} {base}/aspera/faspex/me   -> 200, a seat taken (503 if all 3 are held)
+    for i in 1 2 3 4 5; do curl -k -s -o /dev/null -w "%{{http_code}} " -u {collab}:wrong {base}/aspera/faspex/me; done
+              -> 401 401 401 401 403: five guesses reached Faspex, then the gateway's lock.
   lockout     five wrong passwords in a minute lock the account for 5 minutes:
     for i in 1 2 3 4 5; do curl -k -s -o /dev/null -w "%{{http_code}} " -u dan:wrong {base}/aspera/faspex/me; done
               -> 401 401 401 401 403; dan's right password now gets 403 too, with Retry-After.
@@ -208,6 +228,8 @@ No login needed, and no seat held:
     curl -k -i -X POST {base}/aspera/faspex/package_relay/relay_package
 "#,
         users = users.join(", "),
+        collab = DEMO_COLLABORATOR.0,
+        collab_pass = DEMO_COLLABORATOR.1,
         dir = dir.display(),
         config = config.display(),
         token = token.display(),

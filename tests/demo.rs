@@ -11,19 +11,21 @@ use crate::util::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
-    let mut child = Command::new(bin())
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = Reap(
+        Command::new(bin())
+            .args([
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -51,6 +53,7 @@ async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
     }
     let banner = banner.join("\n");
     assert!(banner.contains("ann / demo-ann"), "{banner}");
+    assert!(banner.contains("extern.collab / demo-collab"), "{banner}");
     assert!(banner.contains("received/4044"), "{banner}");
 
     // The demo's certificate is self-signed; this client accepts it as curl -k would.
@@ -100,6 +103,77 @@ async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
     );
     assert!(text.contains("Seats in use:     1 of 3"), "{text}");
 
+    // The external collaborator: a local account only Faspex (the emulator) knows, not in the
+    // users file. It logs in with the form through the gateway and takes a seat.
+    let admin = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(["admin", "--config", &config, "--url", &admin_url])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let (st, headers, body) = form_login(&c, &base, "extern.collab", "demo-collab", None).await;
+    assert_eq!(st, 302, "{}", String::from_utf8_lossy(&body));
+    let location = headers[http::header::LOCATION].to_str().unwrap();
+    assert!(location.ends_with("/aspera/faspex/inbox"), "{location}");
+    let collab = cookies_of(&headers);
+    let inbox = Request::get(format!("{base}/aspera/faspex/inbox"))
+        .header("cookie", &collab)
+        .header("accept", "text/html")
+        .body(empty())
+        .unwrap();
+    let (st, _, body) = send(&c, inbox).await;
+    assert_eq!(st, 200);
+    assert!(String::from_utf8_lossy(&body).contains("extern.collab"));
+    let text = admin(&["status"]);
+    assert!(text.contains("Seats in use:     2 of 3"), "{text}");
+
+    // Faspex's "Log out" through the gateway frees the seat.
+    let logout = Request::get(format!("{base}/aspera/faspex/logout"))
+        .header("cookie", &collab)
+        .header("accept", "text/html")
+        .header("sec-fetch-site", "same-origin")
+        .body(empty())
+        .unwrap();
+    let (st, _, _) = send(&c, logout).await;
+    assert_eq!(st, 302);
+    let text = admin(&["status"]);
+    assert!(text.contains("Seats in use:     1 of 3"), "{text}");
+
+    // Five wrong passwords (each one checked by Faspex) lock it at the gateway; then even the
+    // right one is refused, by the form and over Basic.
+    for i in 0..4 {
+        let (st, _, _) = form_login(&c, &base, "extern.collab", &format!("wrong{i}"), None).await;
+        assert_eq!(st, 401, "wrong password {i}");
+    }
+    let (st, _, body) = form_login(&c, &base, "extern.collab", "wrong4", None).await;
+    assert_eq!(st, 403);
+    assert!(String::from_utf8_lossy(&body).contains("Account locked"));
+    let (st, _, _) = form_login(&c, &base, "extern.collab", "demo-collab", None).await;
+    assert_eq!(st, 403);
+    let me = Request::get(format!("{base}/aspera/faspex/me"))
+        .header(
+            "authorization",
+            "Basic ZXh0ZXJuLmNvbGxhYjpkZW1vLWNvbGxhYg==",
+        )
+        .body(empty())
+        .unwrap();
+    let (st, _, _) = send(&c, me).await;
+    assert_eq!(st, 403);
+    let text = admin(&["lockouts"]);
+    assert!(text.contains("extern.collab"), "{text}");
+    // The helpdesk's unlock lifts it: the collaborator logs in at once.
+    admin(&["unlock", "extern.collab"]);
+    let (st, _, body) = form_login(&c, &base, "extern.collab", "demo-collab", None).await;
+    assert_eq!(st, 302, "{}", String::from_utf8_lossy(&body));
+
     let req = Request::post(format!("{base}/aspera/faspex/package_relay/relay_package"))
         .body(empty())
         .unwrap();
@@ -107,20 +181,68 @@ async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
     assert_eq!(st, 403);
 
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
     let mut exited = false;
     for _ in 0..200 {
-        if child.try_wait().unwrap().is_some() {
+        if child.0.try_wait().unwrap().is_some() {
             exited = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     if !exited {
-        let _ = child.kill();
+        let _ = child.0.kill();
     }
     assert!(exited, "the demo did not stop on SIGTERM");
+}
+
+/// The demo's process, killed if the test ends without stopping it (a failed assertion), so that
+/// no demo outlives the test run.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A browser's form login through the gateway, optionally with the cookies it already has.
+async fn form_login(
+    c: &HttpsClient,
+    base: &str,
+    user: &str,
+    password: &str,
+    cookie: Option<&str>,
+) -> (http::StatusCode, http::HeaderMap, bytes::Bytes) {
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("authenticity_token", "demo")
+        .append_pair("user[name]", user)
+        .append_pair("user[password]", password)
+        .finish();
+    let mut req = Request::post(format!("{base}/aspera/faspex/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("accept", "text/html,application/xhtml+xml")
+        .header("user-agent", "Mozilla/5.0 demo test");
+    if let Some(cookie) = cookie {
+        req = req.header("cookie", cookie);
+    }
+    send(c, req.body(full(form)).unwrap()).await
+}
+
+/// The `name=value` pairs of a response's `Set-Cookie` headers, as a browser would send them.
+fn cookies_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .filter(|pair| pair.split_once('=').is_some_and(|(_, v)| !v.is_empty()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A client that skips certificate verification, like `curl -k`, for the demo's fresh certificate.
