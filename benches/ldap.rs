@@ -63,6 +63,7 @@ fn engine(dir: &std::path::Path, cache_ttl: Duration) -> Policy {
         CheckRules {
             max_checks_per_second: u32::MAX / 2,
             cache_ttl,
+            ..CheckRules::default()
         },
         store,
         Arc::new(SystemClock),

@@ -45,12 +45,15 @@ impl PolicyState {
     /// Open `store.path` (refusing a corrupt, unwritable, locked or newer-schema file, by name),
     /// end what expired while the gateway was down, and start the sweeper. `observers` hear the
     /// engine's events besides the log and the metrics.
+    /// `faspex` checks Faspex's own accounts (`auth.local_accounts = "faspex"`).
     pub async fn open(
         cfg: &Config,
         metrics: Arc<Metrics>,
         observers: Vec<Arc<dyn Observer>>,
+        faspex: Option<Arc<dyn Directory>>,
     ) -> anyhow::Result<Self> {
-        let directory = crate::auth::build(&cfg.auth).context("cannot set up auth.backend")?;
+        let directory =
+            crate::auth::build(&cfg.auth, faspex).context("cannot set up auth.backend")?;
         log_backend(cfg);
         let store = Arc::new(EmbeddedStore::open(&cfg.store.path)?);
         let policy = Policy::new(
@@ -152,6 +155,8 @@ pub struct App {
     pub audit: Arc<AuditLog>,
     /// `faspex.logout_path`, as the Faspex-logout worker reads it.
     logout_path: Arc<ArcSwap<String>>,
+    /// Faspex as the checker of its own accounts, for a reload that turns them on.
+    faspex_check: Arc<dyn Directory>,
 }
 
 /// Reads a configuration file (for a reload).
@@ -175,10 +180,15 @@ pub async fn build_with(cfg: &Config, loader: Loader) -> anyhow::Result<App> {
         Arc::clone(&logout_path),
         Arc::clone(&metrics),
     );
+    let faspex_check: Arc<dyn Directory> = Arc::new(crate::proxy::faspex_check::FaspexCheck::new(
+        upstream.clone(),
+        cfg.upstream.response_timeout,
+    ));
     let state = PolicyState::open(
         cfg,
         Arc::clone(&metrics),
         vec![ends, Arc::clone(&audit) as Arc<dyn Observer>],
+        Some(Arc::clone(&faspex_check)),
     )
     .await?;
     let gateway = Gateway::new(
@@ -195,6 +205,7 @@ pub async fn build_with(cfg: &Config, loader: Loader) -> anyhow::Result<App> {
         gateway,
         audit,
         logout_path,
+        faspex_check,
     })
 }
 
@@ -249,7 +260,7 @@ impl App {
             }
         };
         // Everything that can fail first; nothing changes until all of it has worked.
-        let directory = match crate::auth::build(&new.auth) {
+        let directory = match crate::auth::build(&new.auth, Some(Arc::clone(&self.faspex_check))) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "reload refused: auth cannot be set up; the running configuration stays");

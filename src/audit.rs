@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::clock::{Clock, Timestamp};
 use crate::config::{AuditConfig, AuditSink};
 use crate::policy::{Observer, PolicyEvent};
-use crate::store::Lock;
+use crate::store::{AccountKind, Lock};
 
 /// One audit record. Fields that do not apply to an event are left out, never `null`.
 #[derive(Debug, Default, Serialize)]
@@ -41,6 +41,9 @@ pub struct Record<'a> {
     /// `browser`, `basic` or `bearer`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'static str>,
+    /// Whose account: `directory` or `local` (`auth.local_accounts`), where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_kind: Option<&'static str>,
     /// A login's result: the `faspex_gate_logins_total` labels, or `store_error`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<&'static str>,
@@ -174,6 +177,7 @@ fn time(t: Timestamp) -> String {
 fn lock_record<'a>(log: &AuditLog, event: &'static str, l: &'a Lock) -> Record<'a> {
     Record {
         user: Some(&l.key.account),
+        account_kind: Some(l.account_kind.as_str()),
         client_ip: l.key.ip,
         since: Some(time(l.since)),
         until: Some(time(l.until)),
@@ -188,11 +192,13 @@ impl Observer for AuditLog {
         match e {
             PolicyEvent::Login {
                 account,
+                account_kind,
                 ip,
                 kind,
                 result,
             } => self.write(&Record {
                 user: *account,
+                account_kind: account_kind.map(AccountKind::as_str),
                 client_ip: Some(*ip),
                 kind: Some(kind.as_str()),
                 result: Some(result.as_str()),
@@ -213,6 +219,7 @@ impl Observer for AuditLog {
             PolicyEvent::LockExpired(l) => self.write(&lock_record(self, "lock_expired", l)),
             PolicyEvent::SessionEnded(s, why) => self.write(&Record {
                 user: Some(&s.account),
+                account_kind: Some(s.account_kind.as_str()),
                 client_ip: Some(s.ip),
                 kind: Some(s.kind.as_str()),
                 reason: Some(why.as_str()),
@@ -258,12 +265,14 @@ mod tests {
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         log.event(&PolicyEvent::Login {
             account: Some("ann"),
+            account_kind: Some(AccountKind::Local),
             ip,
             kind: ClientKind::Browser,
             result: LoginResult::BadCredentials,
         });
         log.event(&PolicyEvent::Login {
             account: None,
+            account_kind: None,
             ip,
             kind: ClientKind::Basic,
             result: LoginResult::Invalid,
@@ -274,6 +283,7 @@ mod tests {
             until: Timestamp::from_millis(1_795_003_600_123),
             failures: 5,
             by_admin: false,
+            account_kind: AccountKind::Directory,
         };
         log.event(&PolicyEvent::LockedOut(&lock));
         let v = lines(&path);

@@ -94,6 +94,8 @@ pub struct Metrics {
     headers_dropped: IntCounter,
     connections_refused: IntCounterVec,
     upstream_busy: IntCounter,
+    logins_by_kind: IntCounterVec,
+    by_kind: IntGaugeVec,
     sessions_active: IntGauge,
     sessions_limit: IntGauge,
     accounts_locked: IntGauge,
@@ -187,6 +189,22 @@ impl Metrics {
              (upstream.max_connections, three quarters of it for public requests) stayed taken \
              for upstream.connect_timeout.",
         )?;
+        let logins_by_kind = IntCounterVec::new(
+            Opts::new(
+                "faspex_gate_logins_by_account_kind_total",
+                "Logins by whose account it was (directory, or local: auth.local_accounts) and \
+                 result, for the logins where the name was resolved; logins_total has them all.",
+            ),
+            &["kind", "result"],
+        )?;
+        let by_kind = IntGaugeVec::new(
+            Opts::new(
+                "faspex_gate_accounts_by_kind",
+                "Accounts holding a seat (state=\"seated\") and accounts locked \
+                 (state=\"locked\") now, by whose account they are: directory or local.",
+            ),
+            &["state", "kind"],
+        )?;
         let sessions_active = IntGauge::new(
             "faspex_gate_sessions_active",
             "Accounts logged in now, each holding one licence seat.",
@@ -220,6 +238,8 @@ impl Metrics {
         registry.register(Box::new(headers_dropped.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(upstream_busy.clone()))?;
+        registry.register(Box::new(logins_by_kind.clone()))?;
+        registry.register(Box::new(by_kind.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(sessions_limit.clone()))?;
         registry.register(Box::new(accounts_locked.clone()))?;
@@ -237,6 +257,11 @@ impl Metrics {
         }
         for r in REFUSAL_REASONS {
             requests_refused.with_label_values(&[r]);
+        }
+        for state in ["seated", "locked"] {
+            for kind in ["directory", "local"] {
+                by_kind.with_label_values(&[state, kind]);
+            }
         }
         for r in CONNECTION_REFUSALS {
             connections_refused.with_label_values(&[r]);
@@ -263,6 +288,8 @@ impl Metrics {
             headers_dropped,
             connections_refused,
             upstream_busy,
+            logins_by_kind,
+            by_kind,
             sessions_active,
             sessions_limit,
             accounts_locked,
@@ -325,6 +352,16 @@ impl Metrics {
         self.sessions_limit.set(i64::from(s.seats_limit));
         self.accounts_locked
             .set(i64::try_from(s.accounts_locked).unwrap_or(i64::MAX));
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        let g = &self.by_kind;
+        g.with_label_values(&["seated", "local"])
+            .set(n(s.local_seats));
+        g.with_label_values(&["seated", "directory"])
+            .set(n(s.seats_used.saturating_sub(s.local_seats)));
+        g.with_label_values(&["locked", "local"])
+            .set(n(s.local_accounts_locked));
+        g.with_label_values(&["locked", "directory"])
+            .set(n(s.accounts_locked.saturating_sub(s.local_accounts_locked)));
     }
 
     /// The Prometheus text exposition of every metric.
@@ -340,8 +377,17 @@ impl Observer for Metrics {
     fn event(&self, e: &PolicyEvent<'_>) {
         match e {
             // (`store_error` is not a contract result: such logins are logged, not labelled.)
-            PolicyEvent::Login { result, .. } if LOGIN_RESULTS.contains(result) => {
+            PolicyEvent::Login {
+                result,
+                account_kind,
+                ..
+            } if LOGIN_RESULTS.contains(result) => {
                 self.logins.with_label_values(&[result.as_str()]).inc();
+                if let Some(kind) = account_kind {
+                    self.logins_by_kind
+                        .with_label_values(&[kind.as_str(), result.as_str()])
+                        .inc();
+                }
             }
             PolicyEvent::LockedOut(_) => self.lockouts.inc(),
             PolicyEvent::SessionEnded(_, why) if END_REASONS.contains(why) => {
@@ -457,6 +503,7 @@ mod tests {
             });
             m.event(&PolicyEvent::Login {
                 account: Some("ann"),
+                account_kind: None,
                 ip,
                 kind: crate::store::ClientKind::Browser,
                 result: LoginResult::DirectoryError,
@@ -464,6 +511,7 @@ mod tests {
         }
         m.event(&PolicyEvent::Login {
             account: Some("ann"),
+            account_kind: None,
             ip,
             kind: crate::store::ClientKind::Browser,
             result: LoginResult::StoreError,

@@ -322,11 +322,12 @@ pub fn human(action: &Action, v: &Value) -> String {
             if list.is_empty() {
                 return "No live sessions.\n".into();
             }
-            let rows: Vec<[String; 6]> = list
+            let rows: Vec<[String; 7]> = list
                 .into_iter()
                 .map(|x| {
                     [
                         x.user,
+                        x.account_kind,
                         x.kind,
                         x.client_ip,
                         x.started,
@@ -336,7 +337,15 @@ pub fn human(action: &Action, v: &Value) -> String {
                 })
                 .collect();
             table(
-                ["USER", "KIND", "CLIENT", "STARTED", "LAST ACTIVITY", "AGENT"],
+                [
+                    "USER",
+                    "ACCOUNT",
+                    "KIND",
+                    "CLIENT",
+                    "STARTED",
+                    "LAST ACTIVITY",
+                    "AGENT",
+                ],
                 &rows,
             )
         }
@@ -345,11 +354,12 @@ pub fn human(action: &Action, v: &Value) -> String {
             if list.is_empty() {
                 return "No account is locked.\n".into();
             }
-            let rows: Vec<[String; 6]> = list
+            let rows: Vec<[String; 7]> = list
                 .into_iter()
                 .map(|l| {
                     [
                         l.user,
+                        l.account_kind,
                         l.client_ip.unwrap_or_else(|| "(any)".into()),
                         l.locked_since,
                         l.unlocks_at,
@@ -359,7 +369,15 @@ pub fn human(action: &Action, v: &Value) -> String {
                 })
                 .collect();
             table(
-                ["USER", "FROM", "LOCKED SINCE", "UNLOCKS AT", "FAILURES", "BY"],
+                [
+                    "USER",
+                    "ACCOUNT",
+                    "FROM",
+                    "LOCKED SINCE",
+                    "UNLOCKS AT",
+                    "FAILURES",
+                    "BY",
+                ],
                 &rows,
             )
         }
@@ -459,10 +477,10 @@ mod tests {
         );
         let v = serde_json::json!({"user": "ann", "was_locked": true});
         assert!(human(&Action::Unlock("ann".into()), &v).contains("can log in now"));
-        let v = serde_json::json!({"lockouts": [{"user": "bob", "locked_since": "t0",
-            "unlocks_at": "t1", "failures": 5, "by_admin": false}]});
+        let v = serde_json::json!({"lockouts": [{"user": "bob", "account_kind": "local",
+            "locked_since": "t0", "unlocks_at": "t1", "failures": 5, "by_admin": false}]});
         let t = human(&Action::Lockouts, &v);
-        assert!(t.starts_with("USER  FROM   LOCKED SINCE"), "{t}");
-        assert!(t.contains("bob   (any)  t0"), "{t}");
+        assert!(t.starts_with("USER  ACCOUNT  FROM   LOCKED SINCE"), "{t}");
+        assert!(t.contains("bob   local    (any)  t0"), "{t}");
     }
 }

@@ -326,6 +326,8 @@ impl AdminApi {
             "seats_limit": s.seats_limit,
             "sessions": s.sessions,
             "accounts_locked": s.accounts_locked,
+            "local_seats_used": s.local_seats,
+            "local_accounts_locked": s.local_accounts_locked,
             "version": env!("CARGO_PKG_VERSION"),
         }))
     }
@@ -564,6 +566,9 @@ async fn lock_for(body: Incoming) -> Result<Option<Duration>, Refused> {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SessionView {
     pub user: String,
+    /// Whose account: `directory` or `local`.
+    #[serde(default)]
+    pub account_kind: String,
     pub client_ip: String,
     pub user_agent: String,
     pub kind: String,
@@ -575,6 +580,7 @@ impl From<&Session> for SessionView {
     fn from(s: &Session) -> Self {
         Self {
             user: s.account.clone(),
+            account_kind: s.account_kind.as_str().into(),
             client_ip: s.ip.to_string(),
             user_agent: s.agent.clone(),
             kind: s.kind.as_str().into(),
@@ -588,6 +594,9 @@ impl From<&Session> for SessionView {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct LockView {
     pub user: String,
+    /// Whose account: `directory` or `local`.
+    #[serde(default)]
+    pub account_kind: String,
     /// Under `lockout_key = "account+ip"`: the address the lock holds for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<String>,
@@ -601,6 +610,7 @@ impl From<&Lock> for LockView {
     fn from(l: &Lock) -> Self {
         Self {
             user: l.key.account.clone(),
+            account_kind: l.account_kind.as_str().into(),
             client_ip: l.key.ip.map(|ip| ip.to_string()),
             locked_since: l.since.rfc3339(),
             unlocks_at: l.until.rfc3339(),

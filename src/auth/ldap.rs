@@ -679,7 +679,7 @@ impl LdapDirectory {
                     entries = n,
                     "auth.ldap.user_filter matches more than one entry for this account; refused"
                 );
-                Ok(Lookup::NoEntry)
+                Ok(Lookup::Ambiguous)
             }
         }
     }

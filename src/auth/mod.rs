@@ -12,13 +12,14 @@
 pub mod cache;
 pub mod file;
 pub mod ldap;
+pub mod local;
 pub mod password;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::{AuthBackend, AuthConfig};
+use crate::config::{AuthBackend, AuthConfig, LocalAccounts};
 
 /// A directory's answer to "is this the password of this account?".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,9 +37,16 @@ pub enum Lookup {
     /// This backend does not look names up first (LDAP direct bind, the users file): the
     /// prepared name is the account, and the check finds the entry itself.
     Unsupported,
-    /// No entry, or more than one, answers to the name: the check is the one an unknown user
-    /// gets (a bind to a DN that cannot exist), and the account is the prepared name.
+    /// No entry answers to the name: the directory does not know it. The check is the one an
+    /// unknown user gets (a bind to a DN that cannot exist), or, with `auth.local_accounts`,
+    /// the local one; the account is the prepared name.
     NoEntry,
+    /// More than one entry answers to the name: the directory knows it and cannot say which,
+    /// so it is refused as an unknown user is (and never goes to a local check).
+    Ambiguous,
+    /// The backend knows the name and keys it by its prepared form (the users file, when it is
+    /// the directory and `auth.local_accounts = "faspex"` asks which names it has).
+    Known,
     /// The one entry that answers to the name.
     Entry {
         dn: String,
@@ -103,13 +111,28 @@ pub trait Directory: Send + Sync + 'static {
     }
 }
 
-/// The backend `auth.backend` names.
-pub fn build(cfg: &AuthConfig) -> anyhow::Result<Arc<dyn Directory>> {
-    Ok(match cfg.backend {
+/// The backend `auth.backend` names, with the accounts outside it that `auth.local_accounts`
+/// adds. `faspex` checks Faspex's own accounts' passwords (for HTTP Basic callers; a login form
+/// is checked by Faspex's answer to it); it is used only with `local_accounts = "faspex"`.
+pub fn build(
+    cfg: &AuthConfig,
+    faspex: Option<Arc<dyn Directory>>,
+) -> anyhow::Result<Arc<dyn Directory>> {
+    let file = || file::FileDirectory::new(cfg.file.users.clone(), cfg.max_concurrent_hashes);
+    let base: Arc<dyn Directory> = match cfg.backend {
         AuthBackend::Ldap => Arc::new(ldap::LdapDirectory::new(&cfg.ldap)?),
-        AuthBackend::File => Arc::new(file::FileDirectory::new(
-            cfg.file.users.clone(),
-            cfg.max_concurrent_hashes,
-        )?),
-    })
+        AuthBackend::File => Arc::new(file()?),
+    };
+    let local = match cfg.local_accounts {
+        LocalAccounts::None => return Ok(base),
+        LocalAccounts::File => local::Local::File(Arc::new(file()?)),
+        LocalAccounts::Faspex => local::Local::Faspex(faspex.ok_or_else(|| {
+            anyhow::anyhow!("auth.local_accounts = \"faspex\" needs the Faspex upstream")
+        })?),
+    };
+    let known = match cfg.backend {
+        AuthBackend::File => Some(cfg.file.users.clone()),
+        AuthBackend::Ldap => None,
+    };
+    Ok(Arc::new(local::WithLocal::new(base, known, local)))
 }

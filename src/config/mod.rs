@@ -230,6 +230,27 @@ pub enum AuthBackend {
     File,
 }
 
+/// `auth.local_accounts`: who checks a name the directory does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalAccounts {
+    /// `"none"`: nobody; it is refused as a wrong password.
+    None,
+    /// `"file"`: the users file (`auth.file.path`), beside the directory.
+    File,
+    /// `"faspex"`: Faspex itself, inside the gateway's pipeline and policies.
+    Faspex,
+}
+
+impl LocalAccounts {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocalAccounts::None => "none",
+            LocalAccounts::File => "file",
+            LocalAccounts::Faspex => "faspex",
+        }
+    }
+}
+
 /// `[auth]`: credential checks.
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
@@ -237,6 +258,8 @@ pub struct AuthConfig {
     pub cache_ttl: Duration,
     pub max_checks_per_second: u32,
     pub max_concurrent_hashes: usize,
+    /// Who checks names the directory does not know.
+    pub local_accounts: LocalAccounts,
     /// Fully checked only when `backend` is [`AuthBackend::Ldap`].
     pub ldap: LdapConfig,
     /// Fully checked only when `backend` is [`AuthBackend::File`].

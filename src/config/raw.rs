@@ -233,6 +233,8 @@ pub(crate) struct RawAuth {
     pub max_checks_per_second: u64,
     #[serde(deserialize_with = "strict::uint")]
     pub max_concurrent_hashes: u64,
+    #[serde(deserialize_with = "strict::string")]
+    pub local_accounts: String,
     pub ldap: RawLdap,
     pub file: RawFileAuth,
 }
@@ -244,6 +246,7 @@ impl Default for RawAuth {
             cache_ttl: "5m".into(),
             max_checks_per_second: 50,
             max_concurrent_hashes: 2,
+            local_accounts: "none".into(),
             ldap: RawLdap::default(),
             file: RawFileAuth::default(),
         }

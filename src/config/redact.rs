@@ -118,6 +118,7 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
             cache_ttl: duration(c.auth.cache_ttl),
             max_checks_per_second: c.auth.max_checks_per_second.into(),
             max_concurrent_hashes: c.auth.max_concurrent_hashes as u64,
+            local_accounts: c.auth.local_accounts.as_str().into(),
             ldap: RawLdap {
                 urls: c.auth.ldap.urls.iter().map(url).collect(),
                 starttls: c.auth.ldap.starttls,

@@ -1460,6 +1460,55 @@ fn ldap_needs_a_bind_mode() {
 }
 
 #[test]
+fn local_accounts_need_a_directory_that_can_say_it_does_not_know_a_name() {
+    let f = Fixture::new();
+    const K: &str = "auth.local_accounts";
+    assert_eq!(
+        f.load(&[]).unwrap().auth.local_accounts,
+        LocalAccounts::None
+    );
+    // The fixture's directory binds directly: an unknown name and a wrong password look alike.
+    for v in ["file", "faspex"] {
+        f.fails(&[(K, s(v))], K, "search-then-bind");
+    }
+    f.fails(&[(K, s("both"))], K, "unknown value");
+    let search = vec![
+        ("auth.ldap.user_dn_template", s("")),
+        ("auth.ldap.bind_dn", s("CN=svc,DC=example,DC=org")),
+        ("auth.ldap.bind_password_file", f.p("bind.password")),
+        ("auth.ldap.base_dn", s("DC=example,DC=org")),
+    ];
+    let with = |v: &str| {
+        let mut e = search.clone();
+        e.push((K, s(v)));
+        e
+    };
+    let c = f.load(&with("faspex")).unwrap();
+    assert_eq!(c.auth.local_accounts, LocalAccounts::Faspex);
+    assert!(c.redacted().contains("local_accounts = \"faspex\""));
+    // "file" needs the users file.
+    f.fails(
+        &with("file"),
+        "auth.file.path",
+        "auth.local_accounts = \"file\"",
+    );
+    // With the users file as the directory, only Faspex's accounts can be beside it.
+    let file_backend = [
+        ("auth.backend", s("file")),
+        ("auth.file.path", f.p("users.toml")),
+    ];
+    let mut e = file_backend.to_vec();
+    e.push((K, s("faspex")));
+    assert_eq!(
+        f.load(&e).unwrap().auth.local_accounts,
+        LocalAccounts::Faspex
+    );
+    let mut e = file_backend.to_vec();
+    e.push((K, s("file")));
+    f.fails(&e, K, "users file already");
+}
+
+#[test]
 fn ldap_search_then_bind() {
     let f = Fixture::new();
     let search = |missing: &str| -> Vec<(&'static str, Value)> {

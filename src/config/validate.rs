@@ -18,8 +18,9 @@ use super::raw::{
 use super::secret::{admin_token, read_secret_file, session_secret, Secret};
 use super::{
     AdminConfig, AuditConfig, AuditSink, AuthBackend, AuthConfig, Config, ConfigError, DenyRule,
-    FaspexConfig, FileAuthConfig, LdapConfig, LockoutKey, OneClient, PagesConfig, PasswordFormRule,
-    PolicyConfig, ServerConfig, SessionConfig, StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
+    FaspexConfig, FileAuthConfig, LdapConfig, LocalAccounts, LockoutKey, OneClient, PagesConfig,
+    PasswordFormRule, PolicyConfig, ServerConfig, SessionConfig, StoreConfig, StoreKind, TlsConfig,
+    UpstreamConfig,
 };
 
 /// The smallest and largest `server.max_header_bytes`.
@@ -495,14 +496,16 @@ impl Ctx<'_> {
             }
         };
         let ldap = self.ldap(&raw.ldap, backend == AuthBackend::Ldap)?;
+        let local_accounts = self.local_accounts(&raw.local_accounts, backend, &ldap)?;
         let path = optional_path(&raw.file.path);
         let mut users = crate::auth::file::Users::default();
-        if backend == AuthBackend::File {
+        if backend == AuthBackend::File || local_accounts == LocalAccounts::File {
             let Some(path) = &path else {
                 return Err(self.err(
                     "auth.file.path",
-                    "required with auth.backend = \"file\": the users file ([users.NAME] hash \
-                        = \"...\" entries; make hashes with `faspex-gate hash-password`)",
+                    "required with auth.backend = \"file\" or auth.local_accounts = \"file\": \
+                        the users file ([users.NAME] hash = \"...\" entries; make hashes with \
+                        `faspex-gate hash-password`)",
                 ));
             };
             self.readable_file("auth.file.path", path)?;
@@ -524,9 +527,57 @@ impl Ctx<'_> {
                 .at_least_one("auth.max_checks_per_second", raw.max_checks_per_second)?,
             max_concurrent_hashes: self
                 .at_least_one("auth.max_concurrent_hashes", raw.max_concurrent_hashes)?,
+            local_accounts,
             ldap,
             file: FileAuthConfig { path, users },
         })
+    }
+
+    /// `auth.local_accounts`. Telling a name the directory does not know from a wrong password
+    /// needs a search: with direct bind both are one failed bind.
+    fn local_accounts(
+        &self,
+        value: &str,
+        backend: AuthBackend,
+        ldap: &LdapConfig,
+    ) -> Result<LocalAccounts> {
+        const KEY: &str = "auth.local_accounts";
+        let local = match value {
+            "none" => LocalAccounts::None,
+            "file" => LocalAccounts::File,
+            "faspex" => LocalAccounts::Faspex,
+            other => {
+                return Err(self.err(
+                    KEY,
+                    format!(r#"unknown value "{other}"; use "none", "file" or "faspex""#),
+                ))
+            }
+        };
+        match (local, backend) {
+            (LocalAccounts::None, _) => {}
+            (LocalAccounts::File, AuthBackend::File) => {
+                return Err(self.err(
+                    KEY,
+                    "\"file\" puts the users file beside the directory, and auth.backend is the \
+                     users file already; use \"none\", or \"faspex\" for Faspex's own accounts",
+                ))
+            }
+            (_, AuthBackend::File) => {}
+            (_, AuthBackend::Ldap) => {
+                if ldap.bind_dn.is_none() || ldap.user_dn_template.is_some() {
+                    return Err(self.err(
+                        KEY,
+                        format!(
+                            "\"{value}\" needs search-then-bind (auth.ldap.bind_dn, \
+                             bind_password_file and base_dn, no user_dn_template): with a direct \
+                             bind a name the directory does not know and a wrong password look \
+                             the same, and a directory user's guesses would reach the other check"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(local)
     }
 
     /// `[auth.ldap]`; `in_use` when `auth.backend = "ldap"`.

@@ -274,6 +274,24 @@ pub fn split<'a>(raw: &'a str, domains: &[String]) -> Result<(&'a str, String), 
     Ok((name, prepare(name)?))
 }
 
+/// The account one of Faspex's own accounts counts as: its prepared name as Faspex matches
+/// usernames. Faspex 4 keeps its users in MySQL, whose default collations compare names without
+/// case, accents or trailing spaces (`José` = `jose` = `JOSE `): every spelling Faspex takes for
+/// one account must share that account's lockout budget, or each would bring five more guesses.
+/// So the prepared name is decomposed (NFKD), its combining marks dropped, and folded again.
+/// Folding further than Faspex does only joins budgets, which is the safe way to be wrong.
+pub fn faspex_key(prepared: &str) -> String {
+    if prepared.is_ascii() {
+        return prepared.to_ascii_lowercase();
+    }
+    let stripped: String = prepared
+        .nfkd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .collect();
+    let folded: String = stripped.chars().flat_map(char::to_lowercase).collect();
+    folded.trim_end().to_owned()
+}
+
 /// The account name `raw` counts as where the directory cannot name the entry, given the domains
 /// to strip: [`prepare`] of [`directory_name`].
 pub fn normalize(raw: &str, domains: &[String]) -> Result<String, InvalidUsername> {
@@ -325,6 +343,13 @@ impl Names {
             .get(name)
             .filter(|n| n.expires > now)
             .map(|n| (n.found.clone(), n.account.clone()))
+    }
+
+    /// Whether a name the directory lately said it does not know counts as `account`.
+    pub fn is_local(&self, account: &str, now: Timestamp) -> bool {
+        self.map
+            .iter()
+            .any(|n| n.expires > now && n.found == Lookup::NoEntry && n.account == account)
     }
 
     /// The account remembered for `name`, unless expired.
@@ -381,6 +406,23 @@ impl Names {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn faspex_keys_join_what_faspex_matches_as_one() {
+        let key = |raw: &str| faspex_key(&prepare(raw).unwrap());
+        assert_eq!(key("José"), "jose");
+        assert_eq!(key("JOSE"), "jose");
+        assert_eq!(key("jose  "), "jose");
+        assert_eq!(key("ÅSA"), "asa");
+        assert_eq!(faspex_key("jose\u{301}"), "jose");
+        assert_ne!(key("jos"), key("jose"));
+        // Idempotent, so a stored key is its own key.
+        for raw in ["José", "ann lee", "Ærø", "Ångström"] {
+            let k = key(raw);
+            assert_eq!(faspex_key(&k), k, "{raw}");
+        }
+    }
+
     use super::*;
 
     fn domains() -> Vec<String> {

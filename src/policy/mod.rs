@@ -46,11 +46,11 @@ use tokio::sync::Notify;
 use crate::auth::cache::VerificationCache;
 use crate::auth::{Directory, Lookup, Verdict};
 use crate::clock::{Clock, Timestamp};
-use crate::config::{AuthConfig, LockoutKey, PolicyConfig};
+use crate::config::{AuthConfig, LocalAccounts, LockoutKey, PolicyConfig};
 use crate::store::{
-    Admission, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, AttemptTicket, ClientId,
-    ClientKind, Counts, EndReason, Lock, LockKey, LockoutRules, PolicyStore, SeatRules, Session,
-    SessionKey, SessionState, SessionToken, StoreError, Swept, Timeouts, Unlocked,
+    AccountKind, Admission, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, AttemptTicket,
+    ClientId, ClientKind, Counts, EndReason, Lock, LockKey, LockoutRules, PolicyStore, SeatRules,
+    Session, SessionKey, SessionState, SessionToken, StoreError, Swept, Timeouts, Unlocked,
 };
 
 pub use account::{normalize, InvalidUsername};
@@ -80,6 +80,8 @@ pub struct CheckRules {
     pub max_checks_per_second: u32,
     /// `auth.cache_ttl`: how long a Basic caller's verified password is remembered.
     pub cache_ttl: Duration,
+    /// `auth.local_accounts`: who checks a name the directory does not know.
+    pub local: LocalAccounts,
 }
 
 impl Default for CheckRules {
@@ -88,6 +90,7 @@ impl Default for CheckRules {
         Self {
             max_checks_per_second: 50,
             cache_ttl: Duration::from_secs(300),
+            local: LocalAccounts::None,
         }
     }
 }
@@ -97,6 +100,7 @@ impl From<&AuthConfig> for CheckRules {
         Self {
             max_checks_per_second: a.max_checks_per_second,
             cache_ttl: a.cache_ttl,
+            local: a.local_accounts,
         }
     }
 }
@@ -169,6 +173,9 @@ pub enum LoginRefused {
     Throttled { retry_after: Duration },
     #[error("the directory is unavailable")]
     DirectoryUnavailable,
+    /// Faspex, checking one of its own accounts, could not answer: not a wrong password.
+    #[error("Faspex could not check the account")]
+    FaspexUnavailable,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -190,6 +197,7 @@ impl LoginRefused {
             LoginRefused::DirectoryUnavailable | LoginRefused::Store(_) => {
                 (S::SERVICE_UNAVAILABLE, None)
             }
+            LoginRefused::FaspexUnavailable => (S::BAD_GATEWAY, None),
         }
     }
 
@@ -202,6 +210,7 @@ impl LoginRefused {
             LoginRefused::OtherClientActive { .. } => LoginResult::OtherClient,
             LoginRefused::Throttled { .. } => LoginResult::Throttled,
             LoginRefused::DirectoryUnavailable => LoginResult::DirectoryError,
+            LoginRefused::FaspexUnavailable => LoginResult::UpstreamRefused,
             LoginRefused::Store(_) => LoginResult::StoreError,
         }
     }
@@ -274,6 +283,9 @@ pub struct Status {
     pub seats_limit: u32,
     pub sessions: usize,
     pub accounts_locked: usize,
+    /// Of `seats_used` and `accounts_locked`, those of local accounts.
+    pub local_seats: usize,
+    pub local_accounts_locked: usize,
     pub tracked_windows: usize,
 }
 
@@ -284,6 +296,8 @@ pub enum PolicyEvent<'a> {
     Login {
         /// `None` when the name was not a valid account name.
         account: Option<&'a str>,
+        /// Whose account it is, when that was found out.
+        account_kind: Option<AccountKind>,
         ip: IpAddr,
         kind: ClientKind,
         result: LoginResult,
@@ -364,12 +378,14 @@ impl Observer for LogObserver {
         match e {
             PolicyEvent::Login {
                 account,
+                account_kind,
                 ip,
                 kind,
                 result,
             } => tracing::info!(
                 target: "faspex_gate::policy",
                 account = account.unwrap_or("<invalid>"),
+                account_kind = account_kind.map_or("-", AccountKind::as_str),
                 client_ip = %ip,
                 kind = kind.as_str(),
                 result = result.as_str(),
@@ -448,6 +464,7 @@ enum Check {
     Locked(Lock),
     Throttled(Duration),
     DirectoryUnavailable,
+    FaspexUnavailable,
     Store(StoreError),
 }
 
@@ -485,6 +502,17 @@ struct Resolved {
     /// The lookup reached the directory, and took the per-address and global tokens the check
     /// would otherwise take.
     charged: bool,
+    /// Whose account the name is.
+    kind: AccountKind,
+    /// Who checks it, when it is a local account.
+    local: LocalAccounts,
+}
+
+impl Resolved {
+    /// A name Faspex itself checks (`auth.local_accounts = "faspex"`).
+    fn faspex_checks(&self) -> bool {
+        self.kind == AccountKind::Local && self.local == LocalAccounts::Faspex
+    }
 }
 
 impl Policy {
@@ -599,12 +627,35 @@ impl Policy {
     /// when that differs (a lock taken before the entry was known by this spelling).
     fn accounts(&self, username: &str) -> Result<Vec<String>, InvalidUsername> {
         let prepared = normalize(username, &self.cfg().username_domains)?;
-        let account = self.account(username)?;
-        Ok(if account == prepared {
-            vec![account]
-        } else {
-            vec![account, prepared]
-        })
+        let mut all = vec![self.account(username)?, prepared.clone()];
+        // (a Faspex account counts under the name as Faspex matches it)
+        if self.inner.checks.load().local == LocalAccounts::Faspex {
+            all.push(account::faspex_key(&prepared));
+        }
+        let mut seen = std::collections::HashSet::new();
+        all.retain(|a| seen.insert(a.clone()));
+        Ok(all)
+    }
+
+    /// Whose account `account` is, as far as the engine can tell without asking the directory:
+    /// its live sessions', or a lock's, or the names it resolved lately; else the directory's.
+    async fn kind_of(&self, account: &str) -> AccountKind {
+        if let Ok(sessions) = self.inner.store.sessions().await {
+            if let Some(s) = sessions.iter().find(|s| s.account == account) {
+                return s.account_kind;
+            }
+        }
+        if let Ok(locks) = self.inner.store.lockouts(self.now()).await {
+            if let Some(l) = locks.iter().find(|l| l.key.account == account) {
+                return l.account_kind;
+            }
+        }
+        if self.inner.checks.load().local != LocalAccounts::None
+            && self.inner.names.is_local(account, self.now())
+        {
+            return AccountKind::Local;
+        }
+        AccountKind::Directory
     }
 
     /// The account a login's name counts as. Where the directory can say which entry the name
@@ -622,11 +673,22 @@ impl Policy {
         let cfg = self.cfg();
         let (name, prepared) = account::split(username, &cfg.username_domains)
             .map_err(|e| (None, LoginRefused::InvalidUsername(e)))?;
-        let resolved = |found: Lookup, account: String, charged: bool| Resolved {
-            name: name.to_owned(),
-            account,
-            found,
-            charged,
+        let local = self.inner.checks.load().local;
+        // A name the directory does not know is a local account's, when there are any.
+        let kind_of = |found: &Lookup| match (found, local) {
+            (Lookup::NoEntry, LocalAccounts::File | LocalAccounts::Faspex) => AccountKind::Local,
+            _ => AccountKind::Directory,
+        };
+        let resolved = |found: Lookup, account: String, charged: bool| {
+            let kind = kind_of(&found);
+            Resolved {
+                name: name.to_owned(),
+                account,
+                found,
+                charged,
+                kind,
+                local,
+            }
         };
         if password.is_empty() || !directory.looks_up() {
             return Ok(resolved(Lookup::Unsupported, prepared, false));
@@ -669,7 +731,9 @@ impl Policy {
             Lookup::Entry { dn, name: own } => {
                 account::entry_key(dn, own.as_deref(), &cfg.username_domains)
             }
-            Lookup::NoEntry | Lookup::Unsupported => prepared,
+            // One Faspex checks counts under the name as Faspex matches it.
+            Lookup::NoEntry if local == LocalAccounts::Faspex => account::faspex_key(&prepared),
+            Lookup::NoEntry | Lookup::Ambiguous | Lookup::Known | Lookup::Unsupported => prepared,
         };
         let ttl = self.inner.checks.load().cache_ttl;
         self.inner
@@ -731,15 +795,24 @@ impl Policy {
         let resolved = self
             .resolve(req.username, req.password, req.ip, directory)
             .await;
+        let account_kind = resolved.as_ref().ok().map(|r| r.kind);
         let (account, result) = match resolved {
+            // Faspex's own account, by the login form: Faspex's answer to the login is the check.
+            Ok(r) if r.faspex_checks() && req.kind == ClientKind::Browser => {
+                let result = self.login_deferred(&r, &req).await;
+                (Some(r.account), result)
+            }
             Ok(r) => {
-                let result = self.login_account(&r, &req, directory, epoch).await;
+                let result = self
+                    .login_account(&r, &req, directory, epoch)
+                    .await
+                    .map(|a| (a, None));
                 (Some(r.account), result)
             }
             Err((account, e)) => (account, Err(e)),
         };
         match (account, result) {
-            (Some(account), Ok(admitted)) => Ok(PendingLogin {
+            (Some(account), Ok((admitted, verdict))) => Ok(PendingLogin {
                 policy: self.clone(),
                 admitted,
                 decided: false,
@@ -748,10 +821,12 @@ impl Policy {
                 ip: req.ip,
                 kind: req.kind,
                 epoch,
+                verdict,
             }),
             (account, Err(e)) => {
                 self.emit(PolicyEvent::Login {
                     account: account.as_deref(),
+                    account_kind,
                     ip: req.ip,
                     kind: req.kind,
                     result: e.result(),
@@ -828,6 +903,7 @@ impl Policy {
                 retry_after: retry_after(wait),
             },
             Check::DirectoryUnavailable => LoginRefused::DirectoryUnavailable,
+            Check::FaspexUnavailable => LoginRefused::FaspexUnavailable,
             Check::Store(e) => LoginRefused::Store(e),
         }
     }
@@ -840,8 +916,55 @@ impl Policy {
         epoch: u64,
     ) -> Result<Admitted, LoginRefused> {
         match self.check(r, req.password, req.ip, directory, epoch).await {
-            Check::Verified => self.admit(&r.account, req).await,
+            Check::Verified => self.admit(&r.account, r.kind, req).await,
             refused => Err(self.refusal(refused)),
+        }
+    }
+
+    /// A login Faspex itself checks (one of its own accounts, by the login form): the pipeline
+    /// runs as for anyone (the per-address throttle, a place under the lockout, the global
+    /// ceiling, the seat), and the check is Faspex's answer to the login, which the caller
+    /// reports with [`PendingLogin::confirm`], [`PendingLogin::reject`] or
+    /// [`PendingLogin::refuse`]. The place is held until then, so no more guesses reach Faspex
+    /// at once than could reach the threshold.
+    async fn login_deferred(
+        &self,
+        r: &Resolved,
+        req: &LoginRequest<'_>,
+    ) -> Result<(Admitted, Option<TicketGuard>), LoginRefused> {
+        if !r.charged {
+            if let Err(wait) = self.inner.throttle.load().login(req.ip) {
+                return Err(self.refusal(Check::Throttled(wait)));
+            }
+        }
+        let key = self.lock_key(&r.account, req.ip);
+        let mut ticket = self.reserve(&key).await.map_err(|c| self.refusal(c))?;
+        ticket.account_kind = r.kind;
+        let mut guard = TicketGuard {
+            policy: self.clone(),
+            ticket: Some(ticket),
+        };
+        if !r.charged {
+            if let Err(wait) = self.inner.throttle.load().ceiling() {
+                if let Some(ticket) = guard.ticket.take() {
+                    self.finish(ticket, AttemptResult::Aborted)
+                        .await
+                        .map_err(LoginRefused::Store)?;
+                }
+                return Err(self.refusal(Check::Throttled(wait)));
+            }
+        }
+        match self.admit(&r.account, r.kind, req).await {
+            Ok(admitted) => Ok((admitted, Some(guard))),
+            Err(refused) => {
+                // No seat, no check: the place goes back uncounted.
+                if let Some(ticket) = guard.ticket.take() {
+                    self.finish(ticket, AttemptResult::Aborted)
+                        .await
+                        .map_err(LoginRefused::Store)?;
+                }
+                Err(refused)
+            }
         }
     }
 
@@ -896,10 +1019,11 @@ impl Policy {
                 return Check::Throttled(wait);
             }
         }
-        let ticket = match self.reserve(&key).await {
+        let mut ticket = match self.reserve(&key).await {
             Ok(t) => t,
             Err(c) => return c,
         };
+        ticket.account_kind = r.kind;
         let mut guard = TicketGuard {
             policy: self.clone(),
             ticket: Some(ticket),
@@ -967,6 +1091,7 @@ impl Policy {
             (Ok(AttemptEnd::AlreadyLocked(lock)), _) => Check::Locked(lock),
             (Ok(_), Ok(Verdict::Accepted)) => Check::Verified,
             (Ok(_), Ok(Verdict::Rejected)) => Check::BadCredentials,
+            (Ok(_), Err(_)) if r.faspex_checks() => Check::FaspexUnavailable,
             (Ok(_), Err(_)) => Check::DirectoryUnavailable,
         }
     }
@@ -1011,7 +1136,12 @@ impl Policy {
         }
     }
 
-    async fn admit(&self, account: &str, req: &LoginRequest<'_>) -> Result<Admitted, LoginRefused> {
+    async fn admit(
+        &self,
+        account: &str,
+        account_kind: AccountKind,
+        req: &LoginRequest<'_>,
+    ) -> Result<Admitted, LoginRefused> {
         let cfg = self.cfg();
         let token = SessionToken::generate()?;
         let now = self.now();
@@ -1027,6 +1157,7 @@ impl Policy {
                 Admission {
                     key: token.key(),
                     account: account.to_owned(),
+                    account_kind,
                     client: req.client.clone(),
                     kind: req.kind,
                     ip: req.ip,
@@ -1254,6 +1385,8 @@ impl Policy {
             seats,
             sessions,
             accounts_locked,
+            local_seats,
+            local_accounts_locked,
             tracked_windows,
             ..
         } = self.inner.store.counts(self.now()).await?;
@@ -1262,6 +1395,8 @@ impl Policy {
             seats_limit: self.cfg().max_sessions,
             sessions,
             accounts_locked,
+            local_seats,
+            local_accounts_locked,
             tracked_windows,
         })
     }
@@ -1331,10 +1466,11 @@ impl Policy {
         let account = self.account(user)?;
         let now = self.now();
         let d = duration.unwrap_or(self.cfg().lockout_duration);
+        let kind = self.kind_of(&account).await;
         let lock = self
             .inner
             .store
-            .lock_account(&account, now, now + d)
+            .lock_account(&account, kind, now, now + d)
             .await?;
         // No cached password may carry a Basic caller past the lock.
         self.inner.cache.forget(&account);
@@ -1376,6 +1512,8 @@ pub struct PendingLogin {
     ip: IpAddr,
     kind: ClientKind,
     epoch: u64,
+    /// For a login Faspex itself checks: its place under the lockout, to report the verdict on.
+    verdict: Option<TicketGuard>,
 }
 
 impl std::fmt::Debug for PendingLogin {
@@ -1398,6 +1536,16 @@ impl PendingLogin {
     /// a Basic caller's credentials are cached.
     pub async fn confirm(mut self) -> Admitted {
         self.decided = true;
+        // Faspex said yes to one of its own accounts: a success, the failures cleared.
+        if let Some(ticket) = self.verdict.as_mut().and_then(|g| g.ticket.take()) {
+            if let Err(e) = self.policy.finish(ticket, AttemptResult::Accepted).await {
+                tracing::error!(
+                    target: "faspex_gate::policy",
+                    error = %e,
+                    "could not record a login Faspex accepted"
+                );
+            }
+        }
         for key in &self.admitted.replaces {
             if let Err(e) = self.policy.end(key, EndReason::Replaced).await {
                 tracing::error!(
@@ -1417,6 +1565,7 @@ impl PendingLogin {
         }
         p.emit(PolicyEvent::Login {
             account: Some(&self.account),
+            account_kind: Some(self.admitted.session.account_kind),
             ip: self.ip,
             kind: self.kind,
             result: LoginResult::Success,
@@ -1424,12 +1573,58 @@ impl PendingLogin {
         self.admitted.clone()
     }
 
-    /// Faspex refused the login the directory accepted: the session ends (`rollback`) and its
-    /// seat is free when this returns. Not a wrong password: nothing counts toward lockout.
-    pub async fn refuse(mut self) -> Result<(), StoreError> {
+    /// Whether Faspex's answer is the check itself (one of Faspex's own accounts): a refusal
+    /// is then [`PendingLogin::reject`], a wrong password.
+    pub fn faspex_checks(&self) -> bool {
+        self.verdict.is_some()
+    }
+
+    /// Faspex refused one of its own accounts' credentials: a failed login like a wrong
+    /// directory password (counted, and locking at the threshold). The session ends and its
+    /// seat is free when this returns. The refusal to give the client is returned.
+    pub async fn reject(mut self) -> LoginRefused {
         self.decided = true;
+        let ticket = self.verdict.as_mut().and_then(|g| g.ticket.take());
+        let refused = match ticket {
+            Some(ticket) => match self.policy.finish(ticket, AttemptResult::Rejected).await {
+                Ok(AttemptEnd::Locked(lock)) => {
+                    self.policy.emit(PolicyEvent::LockedOut(&lock));
+                    self.policy.refusal(Check::Locked(lock))
+                }
+                Ok(AttemptEnd::AlreadyLocked(lock)) => self.policy.refusal(Check::Locked(lock)),
+                Ok(_) => LoginRefused::BadCredentials,
+                Err(e) => LoginRefused::Store(e),
+            },
+            None => LoginRefused::BadCredentials,
+        };
         self.policy.emit(PolicyEvent::Login {
             account: Some(&self.account),
+            account_kind: Some(self.admitted.session.account_kind),
+            ip: self.ip,
+            kind: self.kind,
+            result: refused.result(),
+        });
+        if let Err(e) = self
+            .policy
+            .end(&self.admitted.session.key, EndReason::Rollback)
+            .await
+        {
+            return LoginRefused::Store(e);
+        }
+        refused
+    }
+
+    /// Faspex refused the login the directory accepted, or gave no verdict on one of its own
+    /// accounts (an error, no answer): the session ends (`rollback`) and its seat is free when
+    /// this returns. Not a wrong password: nothing counts toward lockout.
+    pub async fn refuse(mut self) -> Result<(), StoreError> {
+        self.decided = true;
+        if let Some(ticket) = self.verdict.as_mut().and_then(|g| g.ticket.take()) {
+            self.policy.finish(ticket, AttemptResult::Aborted).await?;
+        }
+        self.policy.emit(PolicyEvent::Login {
+            account: Some(&self.account),
+            account_kind: Some(self.admitted.session.account_kind),
             ip: self.ip,
             kind: self.kind,
             result: LoginResult::UpstreamRefused,
@@ -1448,6 +1643,7 @@ impl Drop for PendingLogin {
         }
         self.policy.emit(PolicyEvent::Login {
             account: Some(&self.account),
+            account_kind: Some(self.admitted.session.account_kind),
             ip: self.ip,
             kind: self.kind,
             result: LoginResult::UpstreamRefused,

@@ -2425,3 +2425,339 @@ async fn a_lookup_takes_the_tokens_its_check_would_have() {
         "one token each, and a throttled name is not even looked up"
     );
 }
+
+// ----- accounts outside the directory (auth.local_accounts) -----
+
+/// Faspex as the checker of its own accounts, for HTTP Basic callers: a table of local accounts,
+/// matched as Faspex's MySQL collation matches names; counts what reaches it, and can be down.
+struct FakeFaspex {
+    accounts: Vec<(&'static str, &'static str)>,
+    asked: AtomicUsize,
+    down: AtomicBool,
+}
+
+impl FakeFaspex {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            accounts: vec![("collab", "pw-collab"), ("bob", "faspex-only-bob")],
+            asked: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+        })
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Directory for FakeFaspex {
+    async fn verify(&self, name: &str, password: &str) -> Result<Verdict, DirectoryError> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(DirectoryError("Faspex answered 503".into()));
+        }
+        let key = |n: &str| account::faspex_key(&account::prepare(n).unwrap_or_default());
+        let ok = self
+            .accounts
+            .iter()
+            .any(|(u, p)| key(u) == key(name) && *p == password);
+        Ok(if ok {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        })
+    }
+}
+
+/// A harness whose directory is [`EntryDirectory`] with Faspex's own accounts beside it.
+fn local_harness(local: LocalAccounts) -> (Harness, Arc<EntryDirectory>, Arc<FakeFaspex>) {
+    let mut h = Harness::with_rules(
+        contract_defaults(),
+        0,
+        CheckRules {
+            local,
+            ..unlimited_checks()
+        },
+    );
+    let d = EntryDirectory::new();
+    let f = FakeFaspex::new();
+    let checker: Arc<dyn Directory> = f.clone();
+    let local = match local {
+        LocalAccounts::File | LocalAccounts::None => crate::auth::local::Local::File(checker),
+        LocalAccounts::Faspex => crate::auth::local::Local::Faspex(checker),
+    };
+    h.directory = Arc::new(crate::auth::local::WithLocal::new(d.clone(), None, local));
+    (h, d, f)
+}
+
+fn local_login(
+    user: &'static str,
+    password: &'static str,
+    kind: ClientKind,
+) -> LoginRequest<'static> {
+    LoginRequest {
+        username: user,
+        password,
+        ip: "192.0.2.1".parse().unwrap(),
+        agent: "test-agent/1.0",
+        client: ClientId(format!("c-{user}-{password}")),
+        kind,
+        takeover: false,
+    }
+}
+
+/// A hundred parallel wrong guesses at a Faspex account by the login form, from a hundred
+/// addresses: no more reach Faspex than the threshold (each admitted login is one guess Faspex
+/// sees), and the account locks. (With `one_client_per_account = "reject"` fewer still reach it:
+/// a login waiting for Faspex holds the account's one client, so the others are refused 409.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_guesses_at_a_faspex_account_reach_faspex_at_most_the_threshold() {
+    let (h, _d, _f) = local_harness(LocalAccounts::Faspex);
+    h.policy.reload(
+        PolicyConfig {
+            one_client_per_account: OneClient::Replace,
+            ..contract_defaults()
+        },
+        CheckRules {
+            local: LocalAccounts::Faspex,
+            ..unlimited_checks()
+        },
+    );
+    let reached = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let policy = h.policy.clone();
+        let directory = h.directory.clone();
+        let reached = reached.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = ClientId(format!("c{i}"));
+            let ip: IpAddr = format!("198.51.100.{i}").parse().unwrap();
+            let req = LoginRequest {
+                client,
+                ip,
+                ..local_login("Collab", "guess", ClientKind::Browser)
+            };
+            match policy.login_pending(req, &directory).await {
+                Ok(p) => {
+                    assert!(p.faspex_checks());
+                    assert_eq!(p.admitted().session.account_kind, AccountKind::Local);
+                    reached.fetch_add(1, Ordering::SeqCst);
+                    // Faspex takes a moment, then re-renders its form: a wrong password.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    p.reject().await.result()
+                }
+                Err(e) => e.result(),
+            }
+        }));
+    }
+    let mut results = HashMap::new();
+    for t in tasks {
+        *results.entry(t.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(reached.load(Ordering::SeqCst), 5, "{results:?}");
+    assert_eq!(results.get(&LoginResult::BadCredentials), Some(&4));
+    assert_eq!(results.get(&LoginResult::Locked), Some(&96));
+    let locks = h.policy.lockouts().await.unwrap();
+    assert_eq!(locks.len(), 1);
+    assert_eq!(locks[0].key.account, "collab");
+    assert_eq!(locks[0].account_kind, AccountKind::Local);
+    assert_eq!(h.seats().await, 0, "every admission was rolled back");
+    // Spellings Faspex takes for the same account are locked with it.
+    for spelling in ["collab", "COLLAB ", "cöllab"] {
+        let r = h
+            .policy
+            .login_pending(
+                local_login(spelling, "pw-collab", ClientKind::Browser),
+                &h.directory,
+            )
+            .await;
+        assert!(
+            matches!(r, Err(LoginRefused::AccountLocked { .. })),
+            "{spelling}: {r:?}"
+        );
+    }
+    // The administrator lifts it by any of them.
+    assert_eq!(h.policy.unlock("Cöllab").await.unwrap().lifted.len(), 1);
+    let p = h
+        .policy
+        .login_pending(
+            local_login("collab", "pw-collab", ClientKind::Browser),
+            &h.directory,
+        )
+        .await
+        .unwrap();
+    let admitted = p.confirm().await;
+    assert_eq!(admitted.session.account_kind, AccountKind::Local);
+    assert_eq!(h.seats().await, 1);
+}
+
+/// A directory account's wrong password is never tried anywhere else, even where Faspex has a
+/// local account of that name; a directory outage is a 503 for everyone, never a fall-through.
+#[tokio::test]
+async fn directory_accounts_never_fall_through_to_the_local_check() {
+    let (h, d, f) = local_harness(LocalAccounts::Faspex);
+    for kind in [ClientKind::Basic, ClientKind::Browser] {
+        let r = h
+            .policy
+            .login_pending(local_login("bob", "faspex-only-bob", kind), &h.directory)
+            .await;
+        assert!(matches!(r, Err(LoginRefused::BadCredentials)), "{r:?}");
+    }
+    assert_eq!(f.asked(), 0, "Faspex never saw a directory user's guess");
+    assert_eq!(d.checks(), 2);
+    d.down.store(true, Ordering::SeqCst);
+    h.advance(HOUR);
+    for user in ["bob", "collab", "nobody"] {
+        let r = h
+            .policy
+            .login_pending(
+                local_login(user, "pw-collab", ClientKind::Basic),
+                &h.directory,
+            )
+            .await;
+        assert!(
+            matches!(r, Err(LoginRefused::DirectoryUnavailable)),
+            "{user}: {r:?}"
+        );
+    }
+    assert_eq!(f.asked(), 0);
+}
+
+/// An HTTP Basic caller with a Faspex account is checked by Faspex (its own check), counted
+/// like anyone; Faspex down is no verdict (502), counted against no one.
+#[tokio::test]
+async fn basic_callers_with_faspex_accounts_are_checked_by_faspex() {
+    let (h, _d, f) = local_harness(LocalAccounts::Faspex);
+    let p = h
+        .policy
+        .login_pending(
+            local_login("collab", "pw-collab", ClientKind::Basic),
+            &h.directory,
+        )
+        .await
+        .unwrap();
+    assert!(
+        !p.faspex_checks(),
+        "checked already, by its own request to Faspex"
+    );
+    let a = p.confirm().await;
+    assert_eq!(a.session.account_kind, AccountKind::Local);
+    assert_eq!(a.session.account, "collab");
+    assert_eq!(f.asked(), 1);
+
+    f.down.store(true, Ordering::SeqCst);
+    for _ in 0..10 {
+        let r = h
+            .policy
+            .login_pending(
+                local_login("collab", "wrong", ClientKind::Basic),
+                &h.directory,
+            )
+            .await;
+        assert!(matches!(r, Err(LoginRefused::FaspexUnavailable)), "{r:?}");
+        assert_eq!(r.unwrap_err().status().0, http::StatusCode::BAD_GATEWAY);
+    }
+    assert!(
+        h.policy.lockouts().await.unwrap().is_empty(),
+        "nothing counted"
+    );
+    f.down.store(false, Ordering::SeqCst);
+    for i in 0..5 {
+        let r = h
+            .policy
+            .login_pending(
+                local_login("collab", "wrong", ClientKind::Basic),
+                &h.directory,
+            )
+            .await;
+        if i < 4 {
+            assert!(matches!(r, Err(LoginRefused::BadCredentials)), "{r:?}");
+        } else {
+            assert!(
+                matches!(r, Err(LoginRefused::AccountLocked { .. })),
+                "{r:?}"
+            );
+        }
+    }
+}
+
+/// A login Faspex answers with an error, or never answers, is no verdict: the admission is
+/// rolled back and nothing counts.
+#[tokio::test]
+async fn a_faspex_error_on_a_local_login_counts_nothing() {
+    let (h, _d, _f) = local_harness(LocalAccounts::Faspex);
+    for _ in 0..10 {
+        let p = h
+            .policy
+            .login_pending(
+                local_login("collab", "guess", ClientKind::Browser),
+                &h.directory,
+            )
+            .await
+            .unwrap();
+        p.refuse().await.unwrap();
+    }
+    // The client went away before Faspex answered: the same.
+    let p = h
+        .policy
+        .login_pending(
+            local_login("collab", "guess", ClientKind::Browser),
+            &h.directory,
+        )
+        .await
+        .unwrap();
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.seats().await, 0);
+    assert!(h.policy.lockouts().await.unwrap().is_empty());
+    // And five real refusals still lock, as ever.
+    for i in 0..5 {
+        let p = h
+            .policy
+            .login_pending(
+                local_login("collab", "guess", ClientKind::Browser),
+                &h.directory,
+            )
+            .await
+            .unwrap();
+        let r = p.reject().await;
+        assert_eq!(
+            i == 4,
+            matches!(r, LoginRefused::AccountLocked { .. }),
+            "{r:?}"
+        );
+    }
+}
+
+/// `auth.local_accounts = "file"`: the users file checks names the directory does not know.
+#[tokio::test]
+async fn the_users_file_checks_names_the_directory_does_not_know() {
+    let (h, d, f) = local_harness(LocalAccounts::File);
+    let p = h
+        .policy
+        .login_pending(
+            local_login("collab", "pw-collab", ClientKind::Browser),
+            &h.directory,
+        )
+        .await
+        .unwrap();
+    assert!(!p.faspex_checks());
+    let a = p.confirm().await;
+    assert_eq!(a.session.account_kind, AccountKind::Local);
+    assert_eq!(f.asked(), 1);
+    assert_eq!(
+        d.checks(),
+        0,
+        "the directory was only asked whether it knows the name"
+    );
+    let r = h
+        .policy
+        .login_pending(
+            local_login("bob", "faspex-only-bob", ClientKind::Browser),
+            &h.directory,
+        )
+        .await;
+    assert!(matches!(r, Err(LoginRefused::BadCredentials)));
+    assert_eq!(f.asked(), 1);
+}

@@ -280,6 +280,12 @@ fn refusal_page(r: &Refusal, a: &Answer<'_>) -> String {
             ),
         },
         LoginRefused::Throttled { retry_after } => pages::throttled(site, *retry_after),
+        LoginRefused::FaspexUnavailable => pages::page(
+            "Faspex is unavailable",
+            "The file-transfer server cannot be reached right now. Please try again in a few \
+             minutes.",
+            "",
+        ),
         LoginRefused::DirectoryUnavailable | LoginRefused::Store(_) => pages::unavailable(site),
     }
 }

@@ -441,6 +441,35 @@ impl Upstream {
         .await
     }
 
+    /// Ask Faspex whether `user` and `password` are one of its accounts': `GET path` (its
+    /// `/aspera/faspex/me`) with them as HTTP Basic credentials, as an API client would. The
+    /// status is returned; the body is read and dropped. Nothing of the credentials is logged.
+    pub async fn check_basic(
+        &self,
+        path: &str,
+        user: &str,
+        password: &str,
+        limit: Duration,
+    ) -> Result<http::StatusCode, UpstreamError> {
+        use base64::Engine as _;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+            .map_err(|e| UpstreamError::Protocol(e.into()))?;
+        value.set_sensitive(true);
+        self.get_with(
+            path,
+            &[
+                (header::AUTHORIZATION, value),
+                (header::ACCEPT, HeaderValue::from_static("application/json")),
+            ],
+            "faspex-gate (account check)",
+            limit,
+            true,
+        )
+        .await
+    }
+
     /// Whether Faspex answers now (`/readyz`): `GET path` (the login page), with its headers
     /// within `limit`. Its status is returned; the body is not read (the connection is closed).
     pub async fn probe(
@@ -456,6 +485,19 @@ impl Upstream {
         &self,
         path: &str,
         cookie: Option<HeaderValue>,
+        agent: &'static str,
+        limit: Duration,
+        read_body: bool,
+    ) -> Result<http::StatusCode, UpstreamError> {
+        let headers: Vec<(HeaderName, HeaderValue)> =
+            cookie.into_iter().map(|c| (header::COOKIE, c)).collect();
+        self.get_with(path, &headers, agent, limit, read_body).await
+    }
+
+    async fn get_with(
+        &self,
+        path: &str,
+        extra: &[(HeaderName, HeaderValue)],
         agent: &'static str,
         limit: Duration,
         read_body: bool,
@@ -478,8 +520,8 @@ impl Upstream {
                 None,
             ))
             .map_err(|e| UpstreamError::Protocol(e.into()))?;
-        if let Some(cookie) = cookie {
-            req.headers_mut().insert(header::COOKIE, cookie);
+        for (name, value) in extra {
+            req.headers_mut().insert(name.clone(), value.clone());
         }
         let resp = tokio::time::timeout(limit, inner.pool.send(req))
             .await

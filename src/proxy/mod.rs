@@ -21,6 +21,7 @@ pub mod classify;
 pub mod client;
 pub mod ends;
 pub mod error;
+pub mod faspex_check;
 pub mod forward;
 pub mod gate;
 pub mod inflight;
@@ -853,6 +854,15 @@ impl Handler {
             }
         };
         if !self.login_succeeded(&resp, side) {
+            // One of Faspex's own accounts: its answer is the check. A refusal is a wrong
+            // password, answered as the directory's is; an error is no verdict.
+            if pending.faspex_checks() && !resp.status().is_server_error() {
+                let refused = pending.reject().await;
+                return Err(GatewayError::Refused(Box::new(Refusal {
+                    refused,
+                    form: None,
+                })));
+            }
             self.refused_upstream(pending).await;
             return Ok(resp);
         }

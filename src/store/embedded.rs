@@ -31,9 +31,10 @@ use tokio::sync::oneshot;
 
 use super::tables::{decode_lock_key, Dirty, Records, Tables};
 use super::{
-    Admission, Admit, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, AttemptTicket,
-    ClientId, Counts, EndReason, Lock, LockKey, LockoutRules, PolicyStore, SeatRules, Session,
-    SessionKey, SessionState, StoreError, Swept, Timeouts, Unlocked, SCHEMA_VERSION, WRITE_BEHIND,
+    AccountKind, Admission, Admit, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart,
+    AttemptTicket, ClientId, Counts, EndReason, Lock, LockKey, LockoutRules, PolicyStore,
+    SeatRules, Session, SessionKey, SessionState, StoreError, Swept, Timeouts, Unlocked,
+    SCHEMA_VERSION, WRITE_BEHIND,
 };
 use crate::clock::Timestamp;
 
@@ -691,11 +692,12 @@ impl PolicyStore for EmbeddedStore {
     async fn lock_account(
         &self,
         account: &str,
+        kind: AccountKind,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Lock, StoreError> {
         // In force at once; an error says it is not yet saved (the writer keeps retrying).
-        let lock = self.tables().lock_account(account, now, until);
+        let lock = self.tables().lock_account(account, kind, now, until);
         self.commit().await?;
         Ok(lock)
     }
@@ -784,6 +786,7 @@ mod tests {
             last_activity: at,
             upstream_cookie: Some("faspex=1".into()),
             bearer: vec![SessionKey(format!("bearer-{key}"))],
+            account_kind: AccountKind::Directory,
         }
     }
 
@@ -804,6 +807,7 @@ mod tests {
             until,
             failures,
             by_admin,
+            account_kind: AccountKind::Directory,
         }
     }
 

@@ -95,6 +95,28 @@ impl std::fmt::Display for SessionKey {
     }
 }
 
+/// Whose account a name is: the directory's, or one outside it (`auth.local_accounts`: the
+/// users file beside the directory, or Faspex's own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountKind {
+    /// The directory's (or, with `auth.backend = "file"`, the users file's), and every account
+    /// recorded before local accounts existed.
+    #[default]
+    Directory,
+    /// Outside the directory.
+    Local,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Directory => "directory",
+            AccountKind::Local => "local",
+        }
+    }
+}
+
 /// How a session's client authenticates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -145,6 +167,9 @@ pub struct Session {
     /// at most [`MAX_BEARER_TOKENS`]. They die with the session.
     #[serde(default)]
     pub bearer: Vec<SessionKey>,
+    /// Whose account it is.
+    #[serde(default)]
+    pub account_kind: AccountKind,
 }
 
 impl std::fmt::Debug for Session {
@@ -238,6 +263,7 @@ pub struct Admission {
     /// The key of the new session (the hash of a token the engine made).
     pub key: SessionKey,
     pub account: String,
+    pub account_kind: AccountKind,
     pub client: ClientId,
     pub kind: ClientKind,
     pub ip: IpAddr,
@@ -333,6 +359,9 @@ pub struct Lock {
     pub failures: u32,
     /// Set by `admin lock`, not by failures.
     pub by_admin: bool,
+    /// Whose account is locked.
+    #[serde(default)]
+    pub account_kind: AccountKind,
 }
 
 /// The rules for lockout, from `[policy]`.
@@ -352,6 +381,9 @@ pub struct LockoutRules {
 pub struct AttemptTicket {
     pub key: LockKey,
     pub id: u64,
+    /// Whose account the check is for: a lock it sets says so. The engine sets it; the store
+    /// makes tickets for the directory's.
+    pub account_kind: AccountKind,
 }
 
 /// The answer to "may a credential check run now?".
@@ -415,6 +447,9 @@ pub struct Counts {
     pub sessions: usize,
     /// Distinct accounts with a lock in force.
     pub accounts_locked: usize,
+    /// Of `seats` and `accounts_locked`, those of local accounts ([`AccountKind::Local`]).
+    pub local_seats: usize,
+    pub local_accounts_locked: usize,
     pub locks: usize,
     pub tracked_windows: usize,
 }
@@ -518,6 +553,7 @@ pub trait PolicyStore: Send + Sync + 'static {
     async fn lock_account(
         &self,
         account: &str,
+        kind: AccountKind,
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Lock, StoreError>;

@@ -9,9 +9,9 @@ use std::time::Duration;
 use crate::clock::Timestamp;
 
 use super::{
-    Admission, Admit, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, AttemptTicket,
-    ClientId, Counts, EndReason, Lock, LockKey, LockoutRules, OneClient, SeatRules, Session,
-    SessionKey, SessionState, Swept, Timeouts, Unlocked,
+    AccountKind, Admission, Admit, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart,
+    AttemptTicket, ClientId, Counts, EndReason, Lock, LockKey, LockoutRules, OneClient, SeatRules,
+    Session, SessionKey, SessionState, Swept, Timeouts, Unlocked,
 };
 
 /// How often a sweep scans the failure windows to drop the ones that slid empty.
@@ -228,6 +228,7 @@ impl Tables {
             last_activity: now,
             upstream_cookie: None,
             bearer: Vec::new(),
+            account_kind: a.account_kind,
         };
         self.insert_session(session.clone());
         Admit {
@@ -456,6 +457,7 @@ impl Tables {
                 until: since + rules.duration,
                 failures,
                 by_admin: false,
+                account_kind: AccountKind::default(),
             };
             self.dirty_windows.insert(key.clone());
             self.drop_if_empty(key);
@@ -476,6 +478,7 @@ impl Tables {
             AttemptStart::Proceed(AttemptTicket {
                 key: key.clone(),
                 id,
+                account_kind: AccountKind::default(),
             }),
             false,
         )
@@ -489,6 +492,7 @@ impl Tables {
         rules: LockoutRules,
     ) -> AttemptEnd {
         let key = ticket.key;
+        let ticket_kind = ticket.account_kind;
         if let Some(w) = self.windows.get_mut(&key) {
             w.in_flight.retain(|&(id, _)| id != ticket.id);
             if w.in_flight.is_empty() {
@@ -527,6 +531,7 @@ impl Tables {
                         until: now + rules.duration,
                         failures,
                         by_admin: false,
+                        account_kind: ticket_kind,
                     };
                     self.locks.insert(key.clone(), lock.clone());
                     self.dirty_locks.insert(key.clone());
@@ -547,7 +552,13 @@ impl Tables {
         }
     }
 
-    pub fn lock_account(&mut self, account: &str, now: Timestamp, until: Timestamp) -> Lock {
+    pub fn lock_account(
+        &mut self,
+        account: &str,
+        kind: AccountKind,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Lock {
         let key = LockKey::account(account);
         let failures = self
             .windows
@@ -564,6 +575,7 @@ impl Tables {
             until,
             failures,
             by_admin: true,
+            account_kind: kind,
         };
         self.locks.insert(key.clone(), lock.clone());
         self.dirty_locks.insert(key);
@@ -672,10 +684,27 @@ impl Tables {
             .filter(|l| l.until > now)
             .map(|l| l.key.account.as_str())
             .collect();
+        let local_locked: HashSet<&str> = self
+            .locks
+            .values()
+            .filter(|l| l.until > now && l.account_kind == AccountKind::Local)
+            .map(|l| l.key.account.as_str())
+            .collect();
+        let local_seats = self
+            .by_account
+            .values()
+            .filter(|keys| {
+                keys.first()
+                    .and_then(|k| self.sessions.get(k))
+                    .is_some_and(|s| s.account_kind == AccountKind::Local)
+            })
+            .count();
         Counts {
             seats: self.by_account.len(),
             sessions: self.sessions.len(),
             accounts_locked: locked.len(),
+            local_seats,
+            local_accounts_locked: local_locked.len(),
             locks: self.locks.values().filter(|l| l.until > now).count(),
             tracked_windows: self.windows.len(),
         }
