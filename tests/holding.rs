@@ -189,6 +189,23 @@ async fn a_public_body_takes_a_connection_only_after_its_first_64_kib() {
     );
 }
 
+/// A public GET of `path` as the client `addr`, which a trusted proxy (the test, on loopback)
+/// vouches for in `X-Forwarded-For`.
+async fn get_from(
+    c: &HttpsClient,
+    url: &str,
+    addr: &str,
+) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
+    send(
+        c,
+        Request::get(url)
+            .header("X-Forwarded-For", addr)
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+}
+
 /// `upstream.max_connections`: public requests get three quarters of them, then wait
 /// `connect_timeout` and get 503 with Retry-After; a session's requests still get through.
 #[tokio::test(flavor = "multi_thread")]
@@ -196,21 +213,25 @@ async fn connections_to_faspex_are_bounded_with_a_reserve_for_sessions() {
     let (up, gw) = setup(|c| {
         c.set("upstream", "max_connections", "4");
         c.set("upstream", "connect_timeout", "\"1s\"");
+        c.set("server", "trusted_proxies", "[\"127.0.0.1\"]");
     })
     .await;
     let base = gw.base();
-    // Three public requests that Faspex answers slowly hold the public share.
+    // Three public requests from three addresses that Faspex answers slowly hold the public
+    // share.
     let mut slow = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
         let c = https_client(&gw.files.cert_pem, false);
         let url = format!("{base}/slow?ms=4000");
-        slow.push(tokio::spawn(async move { get(&c, &url).await.0 }));
+        slow.push(tokio::spawn(async move {
+            get_from(&c, &url, &format!("198.51.100.{i}")).await.0
+        }));
     }
     assert!(eventually(Duration::from_secs(5), || up.open_connections() == 3).await);
 
     let c = https_client(&gw.files.cert_pem, false);
     let started = Instant::now();
-    let (st, h, _) = get(&c, &format!("{base}/slow?ms=1")).await;
+    let (st, h, _) = get_from(&c, &format!("{base}/slow?ms=1"), "198.51.100.9").await;
     assert_eq!(
         st,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -243,8 +264,85 @@ async fn connections_to_faspex_are_bounded_with_a_reserve_for_sessions() {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }
     // Then the public share is free again.
-    let (st, _, _) = get(&c, &format!("{base}/slow?ms=1")).await;
+    let (st, _, _) = get_from(&c, &format!("{base}/slow?ms=1"), "198.51.100.9").await;
     assert_eq!(st, StatusCode::OK);
+}
+
+/// One address's public requests may hold only a quarter of the public share of the
+/// connections to Faspex (the review's finding: 390 WebSocket tunnels from one address held
+/// all 384 of it): beyond, 429; other addresses and sessions go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_holds_only_its_share_of_the_connections_to_faspex() {
+    let (up, gw) = setup(|c| {
+        // public share 12, one address's share 3
+        c.set("upstream", "max_connections", "16");
+        c.set("server", "trusted_proxies", "[\"127.0.0.1\"]");
+    })
+    .await;
+    let base = gw.base();
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let c = https_client(&gw.files.cert_pem, false);
+        let url = format!("{base}/slow?ms=3000");
+        slow.push(tokio::spawn(async move {
+            get_from(&c, &url, "203.0.113.5").await.0
+        }));
+    }
+    assert!(eventually(Duration::from_secs(5), || up.open_connections() == 3).await);
+    let c = https_client(&gw.files.cert_pem, false);
+    let (st, h, _) = get_from(&c, &format!("{base}/slow?ms=1"), "203.0.113.5").await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h[header::RETRY_AFTER], "1");
+    let (st, _, _) = get_from(&c, &format!("{base}/slow?ms=1"), "203.0.113.6").await;
+    assert_eq!(st, StatusCode::OK, "another address has its own share");
+    for t in slow {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let (st, _, _) = get_from(&c, &format!("{base}/slow?ms=1"), "203.0.113.5").await;
+    assert_eq!(
+        st,
+        StatusCode::OK,
+        "the share comes back when the requests end"
+    );
+}
+
+/// The review's finding: form bodies to protected paths (and the logout path) were read whole
+/// before any session was looked at, and counted nowhere. Without the gateway's cookie they
+/// now count against the address like public ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn protected_form_bodies_without_a_session_count_against_the_address() {
+    let (_up, gw) = setup(|c| {
+        c.set("policy", "public_inflight_per_ip", "4");
+    })
+    .await;
+    let mut held = Vec::new();
+    for path in ["/aspera/faspex/inbox", "/aspera/faspex/logout"] {
+        for _ in 0..2 {
+            let mut s = raw_tls(gw.https.unwrap(), &gw.files.cert_pem).await;
+            s.write_all(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: localhost\r\n\
+                     Content-Type: application/x-www-form-urlencoded\r\n\
+                     Content-Length: 100000\r\n\r\na=1"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(arrived(&mut s, Duration::from_millis(50)).await, "");
+            held.push(s);
+        }
+    }
+    let mut s = raw_tls(gw.https.unwrap(), &gw.files.cert_pem).await;
+    s.write_all(
+        b"POST /aspera/faspex/inbox HTTP/1.1\r\nHost: localhost\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\na=1",
+    )
+    .await
+    .unwrap();
+    let answer = arrived(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert_eq!(refused(&scrape(&gw).await, "public_inflight"), 1.0);
 }
 
 /// A kick ends the session's WebSocket tunnel and its download at once, and the tunnel's

@@ -984,6 +984,14 @@ async fn host_headers_are_checked() {
             &b"GET http://evil.example/echo HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
         ),
         (
+            "a Host that Rack reads by its last element",
+            &b"GET /echo HTTP/1.1\r\nHost: evil.example,localhost\r\n\r\n"[..],
+        ),
+        (
+            "a Host with an out-of-range port",
+            &b"GET /echo HTTP/1.1\r\nHost: localhost:99999\r\n\r\n"[..],
+        ),
+        (
             "an absolute-form target with a bad port",
             &b"GET http://localhost:99999999/echo HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
         ),

@@ -381,7 +381,9 @@ fn deny_matches(path: &[u8], prefix: &[u8]) -> bool {
         return true;
     }
     let bare = prefix.strip_suffix(b"/").unwrap_or(prefix);
-    bare.is_empty() || (starts(bare) && matches!(path.get(bare.len()), None | Some(&b'/')))
+    // `/…/package_relay.json` is the same resource to Rails, in another format.
+    bare.is_empty()
+        || (starts(bare) && matches!(path.get(bare.len()), None | Some(&b'/') | Some(&b'.')))
 }
 
 /// The path with each segment's `;params` removed (`/a;x/b;y=1/c` is `/a/b/c`), as servers
@@ -722,6 +724,10 @@ mod tests {
         assert!(!deny_matches(b"/a/bc", b"/a/b/"));
         assert!(!deny_matches(b"/a", b"/a/b/"));
         assert!(deny_matches(b"/anything", b"/"));
+        // A format suffix names the same resource to Rails.
+        assert!(deny_matches(b"/a/b.json", b"/a/b/"));
+        assert!(deny_matches(b"/a/B.xml/c", b"/a/b/"));
+        assert!(!deny_matches(b"/a/bjson", b"/a/b/"));
         assert_eq!(strip_params(b"/a;x/b;y=1;z/c/;/d"), b"/a/b/c//d");
         assert_eq!(strip_params(b"/"), b"/");
         assert_eq!(strip_params(b"/;"), b"/");

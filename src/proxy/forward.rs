@@ -151,6 +151,19 @@ pub enum Lane {
 pub struct UpstreamSlot {
     _all: tokio::sync::OwnedSemaphorePermit,
     _public: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A public request's place in its address's share ([`AddressShare`]).
+    _address: Option<AddressShare>,
+}
+
+/// A public request's place among the connections to Faspex one address may hold, taken by the
+/// handler and put in the request's extensions: the slot keeps it as long as it lasts.
+#[derive(Clone, Debug)]
+pub struct AddressShare(pub Arc<dyn std::any::Any + Send + Sync>);
+
+/// How many connections to Faspex one address's public requests may hold: a quarter of the
+/// public share (at least one), so that one address alone cannot take it all.
+pub fn address_share(max: usize) -> u32 {
+    u32::try_from((public_share(max) / 4).max(1)).unwrap_or(u32::MAX)
 }
 
 /// The slots of `upstream.max_connections`, and the share public requests may hold.
@@ -182,6 +195,7 @@ impl Slots {
             Some(UpstreamSlot {
                 _all: all,
                 _public: public,
+                _address: None,
             })
         };
         match tokio::time::timeout(self.wait, take).await {
@@ -210,7 +224,12 @@ impl http_body::Body for SlotBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let mut polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        // Trailers are dropped: no client of Faspex's needs them, and they would carry past
+        // `server.strip_response_headers` what the head may not.
+        if matches!(&polled, std::task::Poll::Ready(Some(Ok(f))) if f.is_trailers()) {
+            polled = std::task::Poll::Ready(None);
+        }
         if matches!(polled, std::task::Poll::Ready(None | Some(Err(_))))
             || self.inner.is_end_stream()
         {
@@ -257,19 +276,31 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Client-address headers that an untrusted client could use to lie to Faspex about who it is.
 /// The gateway only vouches for `X-Forwarded-For` and `X-Real-IP`, so these go whoever sent them.
-const CLIENT_ADDRESS_HEADERS: [HeaderName; 4] = [
+const CLIENT_ADDRESS_HEADERS: [HeaderName; 12] = [
     header::FORWARDED,
     HeaderName::from_static("client-ip"),
     HeaderName::from_static("x-client-ip"),
     HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-originating-ip"),
+    HeaderName::from_static("x-remote-addr"),
+    HeaderName::from_static("x-remote-ip"),
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("forwarded-for"),
 ];
 
 /// What a trusted balancer may tell Faspex about the original request, and an untrusted client
 /// may not (Rack reads `X-Forwarded-Scheme` and `X-Forwarded-Ssl` as well as `-Proto`).
-const PROXY_ONLY_HEADERS: [HeaderName; 3] = [
+const PROXY_ONLY_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-scheme"),
     HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-original-host"),
 ];
 
 // Header names are constants, not `&str`s: a `&str` name is parsed and lower-case-checked on
@@ -343,11 +374,13 @@ impl Upstream {
     /// after a 101 the slot is in the response's extensions, for the tunnel to hold.
     pub async fn forward(
         &self,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
         side: &ClientSide,
         lane: Lane,
     ) -> Result<Response<ProxyBody>, ForwardError> {
-        let slot = self.inner.slots.take(lane).await?;
+        let address = req.extensions_mut().remove::<AddressShare>();
+        let mut slot = self.inner.slots.take(lane).await?;
+        slot._address = address;
         let idle = self.inner.body_idle_timeout;
         let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
         let mut req = req.map(|body| TransferBody::new(body, idle, Some(sent_tx)));
@@ -677,7 +710,10 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
 /// The end client's address. The socket peer, unless the peer is a trusted proxy: then the
 /// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> (IpAddr, bool) {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    // On a dual-stack listener an IPv4 peer is `::ffff:a.b.c.d`: the same address as the
+    // IPv4 one `trusted_proxies` names, and the one limits and logs should show.
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(&ip.to_canonical()));
     if !is_trusted(&peer) {
         return (peer, false);
     }
@@ -691,7 +727,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
     while let Some(entry) = entries.pop() {
         match parse_xff_entry(entry) {
             Some(ip) if is_trusted(&ip) => continue,
-            Some(ip) => return (ip, true),
+            Some(ip) => return (ip.to_canonical(), true),
             None => break,
         }
     }
@@ -740,6 +776,45 @@ mod tests {
         let (ip, trusted) = client_ip(peer, &h, &nets(&["10.0.0.0/8"]));
         assert!(trusted);
         assert_eq!(ip, "1.2.3.4".parse::<IpAddr>().unwrap());
+    }
+
+    #[tokio::test]
+    async fn response_trailers_are_dropped() {
+        use http_body_util::BodyExt;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-ibm-aspera", HeaderValue::from_static("F4.4.2"));
+        let frames = vec![
+            Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(b"body"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let slots = Slots::new(1, Duration::from_secs(1));
+        let slot = slots.take(Lane::Public).await.unwrap();
+        let body = SlotBody {
+            inner: inner.boxed_unsync(),
+            slot: Some(slot),
+        };
+        let collected = body.collect().await.unwrap();
+        assert!(collected.trailers().is_none());
+        assert_eq!(collected.to_bytes(), "body");
+        assert!(
+            slots.take(Lane::Public).await.is_ok(),
+            "the slot came back at the end"
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_listeners_mapped_peer_is_the_ipv4_proxy() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("9.9.9.9"));
+        let peer: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let (ip, trusted) = client_ip(peer, &h, &nets(&["127.0.0.1/32"]));
+        assert!(trusted);
+        assert_eq!(ip, "9.9.9.9".parse::<IpAddr>().unwrap());
+        // An untrusted mapped peer is its IPv4 address.
+        let (ip, trusted) = client_ip(peer, &h, &nets(&["10.0.0.0/8"]));
+        assert!(!trusted);
+        assert_eq!(ip, "127.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
@@ -798,6 +873,14 @@ mod tests {
         h.insert("true-client-ip", HeaderValue::from_static("6.6.6.6"));
         h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
         h.insert("x-forwarded-ssl", HeaderValue::from_static("on"));
+        for name in [
+            "cf-connecting-ip",
+            "x-cluster-client-ip",
+            "x-originating-ip",
+            "x-remote-addr",
+        ] {
+            h.insert(name, HeaderValue::from_static("6.6.6.6"));
+        }
         let side = ClientSide {
             client_ip: "203.0.113.9".parse().unwrap(),
             peer_ip: "10.0.0.1".parse().unwrap(),
@@ -808,7 +891,15 @@ mod tests {
         };
         let mut trusted = h.clone();
         set_forwarded(&mut trusted, &side);
-        for gone in ["client-ip", "true-client-ip", "forwarded"] {
+        for gone in [
+            "client-ip",
+            "true-client-ip",
+            "forwarded",
+            "cf-connecting-ip",
+            "x-cluster-client-ip",
+            "x-originating-ip",
+            "x-remote-addr",
+        ] {
             assert!(!trusted.contains_key(gone), "{gone}");
         }
         assert_eq!(

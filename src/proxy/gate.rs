@@ -51,6 +51,13 @@ const URL_OVERRIDES: [header::HeaderName; 5] = [
     header::HeaderName::from_static("x-forwarded-uri"),
 ];
 
+/// Method overrides Rails does not read (it reads `_method` and `X-HTTP-Method-Override`, which
+/// the gate reads too) but other frameworks do: the method Faspex acts on must be the one read.
+const METHOD_OVERRIDES: [header::HeaderName; 2] = [
+    header::HeaderName::from_static("x-http-method"),
+    header::HeaderName::from_static("x-method-override"),
+];
+
 /// Credential parameters by name, wherever they sit: OAuth's, and the password forms' own.
 const OAUTH_FIELDS: [&str; 6] = [
     "username",
@@ -247,7 +254,10 @@ impl Gate {
         let mut dropped = 0;
         // Nearly every request has none of these: one look at the names first.
         let drop = |k: &header::HeaderName| {
-            k.as_str().contains('_') || *k == X_POST_DATA_FORMAT || URL_OVERRIDES.contains(k)
+            k.as_str().contains('_')
+                || *k == X_POST_DATA_FORMAT
+                || URL_OVERRIDES.contains(k)
+                || METHOD_OVERRIDES.contains(k)
         };
         let odd = headers.keys().any(drop);
         if odd {

@@ -126,6 +126,9 @@ struct Inner {
     /// Public requests still arriving, per address, and how many may be.
     inflight: Arc<PublicInflight>,
     public_inflight_per_ip: u32,
+    /// Connections to Faspex held for public requests, per address, and how many may be.
+    public_upstream: Arc<PublicInflight>,
+    address_share: u32,
     /// `server.ipv6_prefix_len`: an IPv6 "address" for the per-address counts.
     ipv6_prefix_len: u8,
     /// `Strict-Transport-Security` for the HTTPS listener's answers.
@@ -178,6 +181,8 @@ impl Gateway {
             streams: ends.streams,
             inflight: PublicInflight::new(),
             public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
+            public_upstream: PublicInflight::new(),
+            address_share: forward::address_share(cfg.upstream.max_connections),
             ipv6_prefix_len: cfg.server.ipv6_prefix_len,
             hsts: cfg.server.hsts.clone(),
             site: site(cfg),
@@ -208,6 +213,8 @@ impl Gateway {
             streams: Arc::clone(&old.streams),
             inflight: Arc::clone(&old.inflight),
             public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
+            public_upstream: Arc::clone(&old.public_upstream),
+            address_share: old.address_share,
             ipv6_prefix_len: old.ipv6_prefix_len,
             hsts: old.hsts.clone(),
             site: site(cfg),
@@ -418,7 +425,7 @@ impl Handler {
         let (scheme, public_host) = public_origin(req.headers(), peer_trusted, conn.scheme, &host);
         let side = ClientSide {
             client_ip,
-            peer_ip: conn.peer.ip(),
+            peer_ip: conn.peer.ip().to_canonical(),
             peer_trusted,
             scheme,
             host,
@@ -435,8 +442,16 @@ impl Handler {
             req.body().is_end_stream(),
         )?;
         // A request with no session counts against its address while it is still arriving.
+        // So does one whose body the gate reads before any session is looked at, unless it
+        // carries the gateway's cookie: the body would otherwise be read for anyone at all.
         let mut inflight = match classified.route {
             Route::Public | Route::Login => Some(self.enter_public(client_ip)?),
+            Route::Logout | Route::Protected
+                if matches!(rule, BodyRule::Inspect { .. })
+                    && self.inner.cookies.verify(req.headers()).is_none() =>
+            {
+                Some(self.enter_public(client_ip)?)
+            }
             Route::Logout | Route::Protected | Route::Denied | Route::Gateway => None,
         };
         let (mut parts, body) = req.into_parts();
@@ -1073,6 +1088,22 @@ impl Handler {
         };
 
         let conn_permit = req.extensions_mut().remove::<ConnPermit>();
+        if via.lane == Lane::Public {
+            // One address's public requests may hold only its share of the connections to
+            // Faspex, however long they last (downloads, tunnels).
+            let key =
+                crate::server::per_ip::address_key(side.client_ip, self.inner.ipv6_prefix_len);
+            let Some(share) = self
+                .inner
+                .public_upstream
+                .enter(key, self.inner.address_share)
+            else {
+                self.inner.metrics.refused("public_inflight");
+                return Err(GatewayError::PublicInflight);
+            };
+            req.extensions_mut()
+                .insert(forward::AddressShare(Arc::new(share)));
+        }
         let mut resp = self.send(req, side, via.faspex_cookie, via.lane).await?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -1553,10 +1584,50 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, GatewayError
 }
 
 /// `host[:port]` with no user information, path or other decoration.
+///
+/// The host is a DNS name (letters, digits, `-` and `.`), an IPv4 address, or an IPv6 literal in
+/// brackets without a zone; the port, when there is a `:`, is 1 to 65535. Anything else a URI
+/// allows in a host (`,`, `_`, `!`, `%`-escapes...) is refused: Rack reads a comma list in a
+/// host header by its last element, and what Faspex writes into its links must be a plain name.
 fn is_authority(v: &[u8]) -> bool {
-    !v.is_empty()
-        && !v.contains(&b'@')
-        && http::uri::Authority::try_from(v).is_ok_and(|a| a.as_str().len() == v.len())
+    let (host, port) = match v.first() {
+        Some(b'[') => match v.iter().position(|&b| b == b']') {
+            Some(end) => (&v[..=end], &v[end + 1..]),
+            None => return false,
+        },
+        _ => match v.iter().rposition(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &v[v.len()..]),
+        },
+    };
+    let host_ok = match host {
+        [b'[', inner @ .., b']'] => std::str::from_utf8(inner)
+            .ok()
+            .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
+            .is_some(),
+        h => {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && !h.starts_with(b".")
+                && !h.windows(2).any(|w| w == b"..")
+        }
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            !digits.is_empty()
+                && digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse::<u32>().ok())
+                    .is_some_and(|p| (1..=65535).contains(&p))
+        }
+        _ => false,
+    };
+    host_ok && port_ok
 }
 
 /// The scheme and host the public sees: the listener's, unless a trusted proxy says otherwise in
@@ -1660,5 +1731,49 @@ impl Body for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         self.finish(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authority_is_a_plain_host_and_port() {
+        for ok in [
+            "localhost",
+            "localhost:8443",
+            "faspex.example.org",
+            "faspex.example.org.",
+            "192.0.2.7:443",
+            "[2001:db8::1]",
+            "[::1]:8443",
+            "a-b.example:1",
+            "x:65535",
+        ] {
+            assert!(is_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example,localhost",
+            "user@host",
+            "localhost:",
+            "localhost:0",
+            "localhost:65536",
+            "localhost:99999",
+            "evil.example:443.",
+            "local_host",
+            "[::ffff:1.2.3.4%25eth0]",
+            "[::1",
+            "::1",
+            ".example",
+            "a..b",
+            "host/path",
+            "host?q",
+            "h\u{e9}te",
+            "%65vil",
+        ] {
+            assert!(!is_authority(bad.as_bytes()), "{bad}");
+        }
     }
 }
