@@ -12,6 +12,7 @@ mod flows;
 mod holding;
 mod ldap;
 mod limits;
+mod local;
 mod names;
 mod ops;
 mod proxy;
