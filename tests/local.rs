@@ -937,11 +937,9 @@ async fn unlock_kick_and_lock_work_for_local_accounts_by_any_spelling_faspex_mat
 /// An administrator's lock typed with a spelling the gateway has not seen at a login (here the
 /// name as Faspex shows it, with its accent) must hold against every spelling Faspex matches.
 ///
-/// Fails today: `Policy::lock` keys the lock by `Policy::account` (the names cache, else the
-/// prepared name `josé`), not by the key a local account's logins count under (Faspex's folded
-/// `jose`), and `kind_of` then calls it a directory account; unlock and kick look under every
-/// key (`Policy::accounts`) and work.
-#[ignore = "bug (reported): an admin lock of a local account by a spelling no login used does not hold"]
+/// This failed before the admin lock asked the directory whose account the name is: it keyed
+/// the lock by the prepared name `josé`, not by the key a local account's logins count under
+/// (Faspex's folded `jose`), and called it a directory account.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_admin_lock_of_a_local_account_by_a_fresh_spelling_holds() {
     let s = start("faspex", &[], faspex_with(&[("josé", "jose-pw")]), |_| {}).await;

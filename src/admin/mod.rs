@@ -397,7 +397,7 @@ impl AdminApi {
         let l = self
             .inner
             .policy
-            .lock(user, duration)
+            .lock_with(user, duration, Some(&self.inner.gateway.directory()))
             .await
             .map_err(admin_err)?;
         let mut rec = self.inner.audit.record("admin_lock");

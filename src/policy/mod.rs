@@ -637,6 +637,37 @@ impl Policy {
         Ok(all)
     }
 
+    /// The account `user` is, and whose, as the directory says now (for an administrator's lock).
+    async fn admin_account(
+        &self,
+        user: &str,
+        directory: &Arc<dyn Directory>,
+    ) -> Result<(String, AccountKind), InvalidUsername> {
+        let cfg = self.cfg();
+        let (name, prepared) = account::split(user, &cfg.username_domains)?;
+        let local = self.inner.checks.load().local;
+        let found = tokio::time::timeout(CHECK_TIMEOUT, directory.lookup(name)).await;
+        Ok(match found {
+            Ok(Ok(Lookup::Entry { dn, name: own })) => (
+                account::entry_key(&dn, own.as_deref(), &cfg.username_domains),
+                AccountKind::Directory,
+            ),
+            Ok(Ok(Lookup::NoEntry)) if local == LocalAccounts::Faspex => {
+                (account::faspex_key(&prepared), AccountKind::Local)
+            }
+            Ok(Ok(Lookup::NoEntry)) if local == LocalAccounts::File => {
+                (prepared, AccountKind::Local)
+            }
+            Ok(Ok(_)) => (prepared, AccountKind::Directory),
+            // (the directory cannot say now: what the engine saw lately decides)
+            _ => {
+                let account = self.account(user)?;
+                let kind = self.kind_of(&account).await;
+                (account, kind)
+            }
+        })
+    }
+
     /// Whose account `account` is, as far as the engine can tell without asking the directory:
     /// its live sessions', or a lock's, or the names it resolved lately; else the directory's.
     async fn kind_of(&self, account: &str) -> AccountKind {
@@ -1463,10 +1494,29 @@ impl Policy {
     /// Lock `user` now, for `duration` (default `policy.lockout_duration`). Live sessions are
     /// not ended: kick them as well to end access now.
     pub async fn lock(&self, user: &str, duration: Option<Duration>) -> Result<Lock, AdminError> {
-        let account = self.account(user)?;
+        self.lock_with(user, duration, None).await
+    }
+
+    /// [`Policy::lock`], asking `directory` (when given, and it looks names up) whose account
+    /// `user` is: an entry's, or, for a name it does not know, a local account's under the key
+    /// its logins count under (Faspex's accounts' folded name). Without an answer, the names
+    /// resolved lately decide, as for [`Policy::lock`].
+    pub async fn lock_with(
+        &self,
+        user: &str,
+        duration: Option<Duration>,
+        directory: Option<&Arc<dyn Directory>>,
+    ) -> Result<Lock, AdminError> {
+        let (account, kind) = match directory {
+            Some(d) if d.looks_up() => self.admin_account(user, d).await?,
+            _ => {
+                let account = self.account(user)?;
+                let kind = self.kind_of(&account).await;
+                (account, kind)
+            }
+        };
         let now = self.now();
         let d = duration.unwrap_or(self.cfg().lockout_duration);
-        let kind = self.kind_of(&account).await;
         let lock = self
             .inner
             .store

@@ -245,6 +245,11 @@ impl Gateway {
         tokio::join!(upstream, directory)
     }
 
+    /// The credential backend in force (the admin API asks it whose account a name is).
+    pub fn directory(&self) -> Arc<dyn Directory> {
+        Arc::clone(&self.current.load().directory)
+    }
+
     /// The metrics the gateway feeds (the server counts the connections it refuses there).
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.current.load().metrics)
