@@ -9,6 +9,7 @@ mod bypass;
 mod cli;
 mod demo;
 mod flows;
+mod h2stall;
 mod holding;
 mod ldap;
 mod limits;

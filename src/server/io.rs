@@ -1,7 +1,9 @@
 //! The stalled-write guard on every client connection: a peer that stops reading while the
 //! gateway has bytes for it (a download nobody drains, a response to a vanished client) is
 //! disconnected after `server.body_idle_timeout`, instead of holding its connection, its
-//! upstream connection and its buffers forever. hyper has no write timeout of its own.
+//! upstream connection and its buffers forever. hyper has no write timeout of its own. (An
+//! HTTP/2 client can also stall one stream while its socket keeps taking bytes, by granting that
+//! stream no flow-control window; the per-stream watchdog in `serve_http2` covers that.)
 //!
 //! Reads pass straight through: idle reads are bounded by the header-read timeout and the body
 //! idle timer.

@@ -16,6 +16,19 @@
 //! [`ConnPermit`] by the connection task and any WebSocket tunnel it upgrades into, and are given
 //! back when the last holder is gone. Both limits are read at start only.
 //!
+//! A client that stops reading is cut off after `server.body_idle_timeout`: by
+//! [`io::WriteStallGuard`] once its socket takes no more bytes. Over HTTP/2 the socket stays
+//! writable when a client simply grants a stream no flow-control window, and hyper just stops
+//! asking that stream's body for more, so each HTTP/2 connection runs a stall watchdog too: every
+//! stream task is spawned with a `StreamWatch` (`StreamExec`), its response body (`GuardedBody`)
+//! marks when it starts waiting on the client (its headers went out, or hyper took a frame of at
+//! most 64 KiB and has not asked for the next), and the connection's timer, which ticks every
+//! quarter of the shorter of `server.header_read_timeout` and `server.body_idle_timeout`, aborts
+//! the task of any stream that has waited on the client that long. That drops the body, which
+//! gives back its connection to Faspex and its slot, and h2 resets the stream (`CANCEL`); the
+//! connection and its other streams carry on. A body waiting on Faspex is not the client's
+//! stall: the transfer's own idle timer covers it.
+//!
 //! Shutdown stops the accept loops, asks every connection to finish its in-flight requests, and
 //! waits for all permits to come back, up to `server.shutdown_timeout`.
 
@@ -25,12 +38,13 @@ pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_rustls::TlsAcceptor;
@@ -53,7 +67,8 @@ pub struct ConnSlots {
 struct Shared {
     gateway: Gateway,
     http1: hyper::server::conn::http1::Builder,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// `server.max_header_bytes`, for the HTTP/2 builder each connection makes ([`http2_builder`]).
+    max_header_bytes: usize,
     tls_handshake_timeout: Duration,
     /// How long an HTTP/2 connection may sit with no open stream (`server.header_read_timeout`,
     /// which bounds idle HTTP/1.1 keep-alive connections the same way).
@@ -96,61 +111,13 @@ impl Server {
             .max_header_size(s.max_header_bytes)
             .max_buf_size(s.max_header_bytes.max(256 * 1024))
             .keep_alive(true);
-        // Every HTTP/2 limit is set here rather than left to hyper's and h2's defaults, which
-        // are documented as liable to change in a minor release (README, "How a request is
-        // handled", lists them). Not offered at all: extended CONNECT (RFC 8441), so WebSocket
-        // tunnels exist only over HTTP/1.1 (hyper leaves it off unless asked).
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            // Streams one connection may have open at once: each is a task and possibly an
-            // upstream request. A browser uses far fewer; 256 keeps one connection from fanning
-            // out into thousands of upstream requests.
-            .max_concurrent_streams(256)
-            // The decoded header block a request may carry, the same bound as HTTP/1.1's
-            // (`server.max_header_bytes`). h2 also derives from it (and the frame size) how many
-            // CONTINUATION frames one header block may take before the connection gets GOAWAY,
-            // so a CONTINUATION flood is cut off instead of buffered.
-            .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
-            // The HPACK dynamic table the client may make us keep, per connection: the RFC's
-            // 4 KiB.
-            .header_table_size(4096)
-            // Streams the client resets before the gateway has even accepted them (the
-            // "rapid reset" attack, CVE-2023-44487): past 100 pending at once the connection
-            // gets GOAWAY (ENHANCE_YOUR_CALM). A browser cancelling a page's requests when the
-            // user navigates away stays far below; a flood of thousands does not.
-            .max_pending_accept_reset_streams(100)
-            // Streams the gateway itself has to reset because the client broke the protocol on
-            // them: past 1024 on one connection it gets GOAWAY (RUSTSEC-2024-0003).
-            .max_local_error_reset_streams(1024)
-            // The largest frame the client may send: 16 KiB, the protocol's default and minimum.
-            // Larger frames save little per byte and let one frame hold more memory.
-            .max_frame_size(16 * 1024)
-            // Response bytes queued per stream ahead of the client's flow-control window. h2
-            // never queues more than the window the client granted, so a client that stops
-            // reading holds at most this per stream; 400 KiB keeps a download's pipe full.
-            .max_send_buf_size(400 * 1024)
-            // Fixed receive windows, no BDP estimation (which would grow them with the network
-            // and make a connection's buffered upload bytes unpredictable). 1 MiB per stream
-            // carries about 160 Mbit/s per upload at 50 ms round trip; 4 MiB per connection
-            // bounds what one connection can make the gateway buffer. Set before the sizes:
-            // `adaptive_window(true)` would reset them.
-            .adaptive_window(false)
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            // A PING every 30 s, and the connection closed if it is not answered within 20 s:
-            // finds peers that vanished during a long transfer (NAT timeout, pulled cable),
-            // which TCP alone may not notice for hours.
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
-
         let max_connections = u32::try_from(s.max_connections)
             .unwrap_or(u32::MAX)
             .min(Semaphore::MAX_PERMITS as u32);
         let shared = Arc::new(Shared {
             gateway,
             http1,
-            http2,
+            max_header_bytes: s.max_header_bytes,
             tls_handshake_timeout: s.tls_handshake_timeout,
             idle_limit: s.header_read_timeout,
             write_stall_limit: s.body_idle_timeout,
@@ -256,6 +223,61 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("{key}: cannot listen on {addr}"))
+}
+
+/// The HTTP/2 settings, with `exec` (one per connection: it spawns that connection's streams).
+fn http2_builder(
+    max_header_bytes: usize,
+    exec: StreamExec,
+) -> hyper::server::conn::http2::Builder<StreamExec> {
+    // Every HTTP/2 limit is set here rather than left to hyper's and h2's defaults, which
+    // are documented as liable to change in a minor release (README, "How a request is
+    // handled", lists them). Not offered at all: extended CONNECT (RFC 8441), so WebSocket
+    // tunnels exist only over HTTP/1.1 (hyper leaves it off unless asked).
+    let mut http2 = hyper::server::conn::http2::Builder::new(exec);
+    http2
+        .timer(TokioTimer::new())
+        // Streams one connection may have open at once: each is a task and possibly an
+        // upstream request. A browser uses far fewer; 256 keeps one connection from fanning
+        // out into thousands of upstream requests.
+        .max_concurrent_streams(256)
+        // The decoded header block a request may carry, the same bound as HTTP/1.1's
+        // (`server.max_header_bytes`). h2 also derives from it (and the frame size) how many
+        // CONTINUATION frames one header block may take before the connection gets GOAWAY,
+        // so a CONTINUATION flood is cut off instead of buffered.
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        // The HPACK dynamic table the client may make us keep, per connection: the RFC's
+        // 4 KiB.
+        .header_table_size(4096)
+        // Streams the client resets before the gateway has even accepted them (the
+        // "rapid reset" attack, CVE-2023-44487): past 100 pending at once the connection
+        // gets GOAWAY (ENHANCE_YOUR_CALM). A browser cancelling a page's requests when the
+        // user navigates away stays far below; a flood of thousands does not.
+        .max_pending_accept_reset_streams(100)
+        // Streams the gateway itself has to reset because the client broke the protocol on
+        // them: past 1024 on one connection it gets GOAWAY (RUSTSEC-2024-0003).
+        .max_local_error_reset_streams(1024)
+        // The largest frame the client may send: 16 KiB, the protocol's default and minimum.
+        // Larger frames save little per byte and let one frame hold more memory.
+        .max_frame_size(16 * 1024)
+        // Response bytes queued per stream ahead of the client's flow-control window. h2
+        // never queues more than the window the client granted, so a client that stops
+        // reading holds at most this per stream; 400 KiB keeps a download's pipe full.
+        .max_send_buf_size(400 * 1024)
+        // Fixed receive windows, no BDP estimation (which would grow them with the network
+        // and make a connection's buffered upload bytes unpredictable). 1 MiB per stream
+        // carries about 160 Mbit/s per upload at 50 ms round trip; 4 MiB per connection
+        // bounds what one connection can make the gateway buffer. Set before the sizes:
+        // `adaptive_window(true)` would reset them.
+        .adaptive_window(false)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        // A PING every 30 s, and the connection closed if it is not answered within 20 s:
+        // finds peers that vanished during a long transfer (NAT timeout, pulled cable),
+        // which TCP alone may not notice for hours.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    http2
 }
 
 /// Turn SIGHUP, SIGTERM and SIGINT into [`Control`] messages.
@@ -428,6 +450,11 @@ where
     // hyper has no header-read timer for HTTP/2, so an idle connection would stay open forever:
     // close it gracefully once it has had no open stream for `header_read_timeout`.
     let idle_limit = shared.idle_limit;
+    // Nor does it time a stream whose client grants no flow-control window: the socket stays
+    // writable (so `io::WriteStallGuard` sees nothing) and hyper just stops asking the body for
+    // more. The watchdog below cuts such a stream after `body_idle_timeout`.
+    let stall_limit = shared.write_stall_limit;
+    let tick = (idle_limit.min(stall_limit) / 4).max(Duration::from_millis(10));
     let activity = Arc::new(StreamActivity::new());
     let service = {
         let gateway = shared.gateway.clone();
@@ -437,14 +464,17 @@ where
             let guard = activity.begin();
             async move {
                 let resp = gateway.handle(req, info).await;
-                Ok::<_, Infallible>(resp.map(|body| GuardedBody {
-                    inner: body,
-                    _guard: guard,
-                }))
+                // Polled inside the stream's task, which `StreamExec` gave its watch.
+                let watch = WATCH.try_with(Arc::clone).ok();
+                Ok::<_, Infallible>(resp.map(|body| GuardedBody::new(body, guard, watch)))
             }
         })
     };
-    let conn = shared.http2.serve_connection(io, service);
+    let exec = StreamExec {
+        conn: activity.clone(),
+    };
+    let http2 = http2_builder(shared.max_header_bytes, exec);
+    let conn = http2.serve_connection(io, service);
     tokio::pin!(conn);
     let mut closing = false;
     let result = loop {
@@ -454,8 +484,19 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep(idle_limit / 4), if !closing => {
-                if activity.idle_for() >= idle_limit {
+            // Also while closing: a graceful shutdown waits for every stream, stalled ones too.
+            _ = tokio::time::sleep(tick) => {
+                let cut = activity.cut_stalled(stall_limit);
+                if cut > 0 {
+                    tracing::debug!(
+                        peer = %info.peer,
+                        streams = cut,
+                        limit = ?stall_limit,
+                        "HTTP/2 streams reset: the client took none of their response for \
+                         server.body_idle_timeout"
+                    );
+                }
+                if !closing && activity.idle_for() >= idle_limit {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
@@ -467,36 +508,72 @@ where
     }
 }
 
-/// Open streams on one HTTP/2 connection, and since when it has had none.
+/// Open streams on one HTTP/2 connection, and since when it has had none; and the watches of its
+/// streams, for the stall watchdog.
 struct StreamActivity {
     started: std::time::Instant,
-    open: std::sync::atomic::AtomicUsize,
+    open: AtomicUsize,
     /// Milliseconds after `started` at which the last stream ended.
-    idle_since_ms: std::sync::atomic::AtomicU64,
+    idle_since_ms: AtomicU64,
+    /// Every stream task spawned on the connection, ended ones pruned as it goes.
+    watches: Mutex<Vec<Weak<StreamWatch>>>,
 }
 
 impl StreamActivity {
     fn new() -> Self {
         StreamActivity {
             started: std::time::Instant::now(),
-            open: std::sync::atomic::AtomicUsize::new(0),
-            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            watches: Mutex::new(Vec::new()),
         }
     }
 
     fn begin(self: &Arc<Self>) -> StreamGuard {
-        self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.open.fetch_add(1, Ordering::AcqRel);
         StreamGuard(self.clone())
     }
 
     /// How long the connection has had no open stream (zero while one is open).
     fn idle_for(&self) -> Duration {
-        use std::sync::atomic::Ordering;
         if self.open.load(Ordering::Acquire) > 0 {
             return Duration::ZERO;
         }
         let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
         self.started.elapsed().saturating_sub(since)
+    }
+
+    fn watches(&self) -> std::sync::MutexGuard<'_, Vec<Weak<StreamWatch>>> {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Watch a new stream task. Ended ones are dropped from the list whenever it is full, and
+    /// it grows only when over half of it is still live, so it stays within about twice the
+    /// streams open at once, at a constant cost per stream.
+    fn watch(&self, w: &Arc<StreamWatch>) {
+        let mut watches = self.watches();
+        if watches.len() == watches.capacity() {
+            watches.retain(|w| w.strong_count() > 0);
+            if watches.len() > watches.capacity() / 2 {
+                let more = watches.capacity().max(8);
+                watches.reserve(more);
+            }
+        }
+        watches.push(Arc::downgrade(w));
+    }
+
+    /// The watchdog's round: reset every stream whose response has waited on the client for
+    /// `limit`. How many were.
+    fn cut_stalled(&self, limit: Duration) -> usize {
+        let mut cut = 0;
+        self.watches().retain(|w| match w.upgrade() {
+            None => false,
+            Some(w) => {
+                cut += usize::from(w.cut_if_stalled(limit));
+                true
+            }
+        });
+        cut
     }
 }
 
@@ -505,17 +582,158 @@ struct StreamGuard(Arc<StreamActivity>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        use std::sync::atomic::Ordering;
         let now = self.0.started.elapsed().as_millis() as u64;
         self.0.idle_since_ms.store(now, Ordering::Release);
         self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A response body that keeps its stream counted as open until it is dropped.
+tokio::task_local! {
+    /// The watch of the stream task being polled, for its response body to report to.
+    static WATCH: Arc<StreamWatch>;
+}
+
+/// The executor of one HTTP/2 connection: hyper hands it each stream's task (which sends the
+/// response and pipes its body), and it spawns it on tokio as [`TokioExecutor`] would, with a
+/// [`StreamWatch`] that the stream's [`GuardedBody`] reports to, that the connection's watchdog
+/// reads, and through which it can abort the task.
+///
+/// [`TokioExecutor`]: hyper_util::rt::TokioExecutor
+#[derive(Clone)]
+struct StreamExec {
+    conn: Arc<StreamActivity>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let watch = Arc::new(StreamWatch::new());
+        let task = tokio::spawn(WATCH.scope(watch.clone(), fut));
+        let _ = watch.abort.set(task.abort_handle());
+        self.conn.watch(&watch);
+    }
+}
+
+/// What one stream's response body is waiting on, as the watchdog sees it.
+///
+/// `state` is `IDLE` while the body is not waiting on the client (no response yet, or hyper is
+/// polling it, or it answered `Pending`: then it waits on Faspex, whose own idle timer covers
+/// it), `WAITING | ms` once it has handed hyper a frame (or its response headers went out) and
+/// hyper has not asked for more since `ms` after `base`, and `CUT` once the watchdog has aborted
+/// the stream's task.
+struct StreamWatch {
+    base: std::time::Instant,
+    state: AtomicU64,
+    abort: OnceLock<tokio::task::AbortHandle>,
+}
+
+const IDLE: u64 = 0;
+const WAITING: u64 = 1 << 63;
+const CUT: u64 = u64::MAX;
+
+impl StreamWatch {
+    fn new() -> Self {
+        StreamWatch {
+            base: std::time::Instant::now(),
+            state: AtomicU64::new(IDLE),
+            abort: OnceLock::new(),
+        }
+    }
+
+    /// The body waits on the client from now.
+    fn waiting_on_client(&self) {
+        let ms = (self.base.elapsed().as_millis() as u64).min(!WAITING - 1);
+        self.state.store(WAITING | ms, Ordering::Release);
+    }
+
+    /// hyper polls the body: it waits on the client no more. False if the stream was cut.
+    fn polled(&self) -> bool {
+        if self.state.swap(IDLE, Ordering::AcqRel) == CUT {
+            self.state.store(CUT, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// Abort the stream's task if its body has waited on the client for `limit`. Dropping the
+    /// task drops the body (and with it the connection to Faspex and its slot) and the stream's
+    /// handle, on which h2 resets the stream (`RST_STREAM`, `CANCEL`).
+    fn cut_if_stalled(&self, limit: Duration) -> bool {
+        let state = self.state.load(Ordering::Acquire);
+        if state == CUT || state & WAITING == 0 {
+            return false;
+        }
+        let since = Duration::from_millis(state & !WAITING);
+        if self.base.elapsed().saturating_sub(since) < limit {
+            return false;
+        }
+        // Unless hyper polled the body in the meantime.
+        if self
+            .state
+            .compare_exchange(state, CUT, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        if let Some(abort) = self.abort.get() {
+            abort.abort();
+        }
+        true
+    }
+}
+
+/// Why a stream's response body ended early: the client took none of it for this long.
+#[derive(Debug)]
+struct ClientStalled;
+
+impl std::fmt::Display for ClientStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client took no response bytes for server.body_idle_timeout")
+    }
+}
+
+impl std::error::Error for ClientStalled {}
+
+/// A response body that keeps its stream counted as open until it is dropped, and tells the
+/// stream's [`StreamWatch`] when it waits on the client.
+///
+/// Data is handed to hyper in pieces of at most [`WATCHED_PIECE`] bytes: hyper asks for the next
+/// piece only once the client has taken (nearly) all of the last, so a slow client that keeps
+/// reading is seen to progress at least every `WATCHED_PIECE` bytes, however large the chunks
+/// Faspex's connection yields (up to about 400 KiB).
 struct GuardedBody {
     inner: crate::proxy::forward::ProxyBody,
+    /// The part of the last data frame not yet handed to hyper.
+    rest: bytes::Bytes,
+    watch: Option<Arc<StreamWatch>>,
     _guard: StreamGuard,
+}
+
+/// The largest data frame [`GuardedBody`] hands hyper: a client that reads slower than this per
+/// `server.body_idle_timeout` (218 bytes/s at the default 5 minutes) counts as stalled.
+const WATCHED_PIECE: usize = 64 * 1024;
+
+impl GuardedBody {
+    fn new(
+        inner: crate::proxy::forward::ProxyBody,
+        guard: StreamGuard,
+        watch: Option<Arc<StreamWatch>>,
+    ) -> Self {
+        // The response headers go out now; until hyper polls the body, it waits on the client
+        // (which may have granted no window at all).
+        if let Some(w) = &watch {
+            w.waiting_on_client();
+        }
+        GuardedBody {
+            inner,
+            rest: bytes::Bytes::new(),
+            watch,
+            _guard: guard,
+        }
+    }
 }
 
 impl http_body::Body for GuardedBody {
@@ -526,14 +744,235 @@ impl http_body::Body for GuardedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        if let Some(w) = &this.watch {
+            if !w.polled() {
+                return std::task::Poll::Ready(Some(Err(ClientStalled.into())));
+            }
+        }
+        let mut polled = if this.rest.is_empty() {
+            std::pin::Pin::new(&mut this.inner).poll_frame(cx)
+        } else {
+            let rest = std::mem::take(&mut this.rest);
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(rest))))
+        };
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &mut polled {
+            if let Some(data) = frame.data_mut() {
+                if data.len() > WATCHED_PIECE {
+                    this.rest = data.split_off(WATCHED_PIECE);
+                }
+            }
+            // hyper took a frame: it asks for the next once the client has made room for it.
+            if let Some(w) = &this.watch {
+                w.waiting_on_client();
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let hint = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut sum = http_body::SizeHint::new();
+        sum.set_lower(hint.lower().saturating_add(rest));
+        if let Some(upper) = hint.upper() {
+            sum.set_upper(upper.saturating_add(rest));
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http_body::{Body, Frame};
+    use http_body_util::BodyExt;
+
+    /// A body that answers each poll from a script: `Some(n)` a data frame of `n` bytes, `None`
+    /// `Pending`; then ends.
+    struct Scripted(std::collections::VecDeque<Option<usize>>);
+
+    impl Body for Scripted {
+        type Data = Bytes;
+        type Error = crate::proxy::forward::BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.0.pop_front() {
+                Some(Some(n)) => Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![7u8; n]))))),
+                Some(None) => Poll::Pending,
+                None => Poll::Ready(None),
+            }
+        }
+    }
+
+    fn guarded(script: &[Option<usize>]) -> (GuardedBody, Arc<StreamWatch>, Arc<StreamActivity>) {
+        let activity = Arc::new(StreamActivity::new());
+        let watch = Arc::new(StreamWatch::new());
+        let body = Scripted(script.iter().copied().collect());
+        let body = GuardedBody::new(
+            BodyExt::boxed_unsync(body),
+            activity.begin(),
+            Some(watch.clone()),
+        );
+        (body, watch, activity)
+    }
+
+    fn poll(
+        body: &mut GuardedBody,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::proxy::forward::BoxError>>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(body).poll_frame(&mut cx)
+    }
+
+    const LIMIT: Duration = Duration::from_millis(50);
+
+    #[test]
+    fn a_body_not_polled_since_its_headers_went_out_is_stalled() {
+        let (_body, watch, _a) = guarded(&[Some(10)]);
+        assert!(!watch.cut_if_stalled(LIMIT), "cut at once");
+        std::thread::sleep(LIMIT);
+        assert!(watch.cut_if_stalled(LIMIT));
+        assert!(!watch.cut_if_stalled(LIMIT), "cut twice");
+    }
+
+    #[test]
+    fn a_body_waiting_on_faspex_is_not_stalled() {
+        let (mut body, watch, _a) = guarded(&[Some(10), None]);
+        assert!(poll(&mut body).is_ready());
+        assert!(poll(&mut body).is_pending());
+        std::thread::sleep(LIMIT * 2);
+        assert!(!watch.cut_if_stalled(LIMIT));
+    }
+
+    #[test]
+    fn a_frame_taken_and_not_followed_up_is_stalled_until_hyper_asks_again() {
+        let (mut body, watch, _a) = guarded(&[Some(10), Some(10)]);
+        assert!(poll(&mut body).is_ready());
+        std::thread::sleep(LIMIT / 2);
+        assert!(
+            poll(&mut body).is_ready(),
+            "asked again: the clock starts over"
+        );
+        std::thread::sleep(LIMIT / 2);
+        assert!(!watch.cut_if_stalled(LIMIT));
+        std::thread::sleep(LIMIT);
+        assert!(watch.cut_if_stalled(LIMIT));
+        // Polled after the cut (before the abort landed): it ends with an error.
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(Err(_)))));
+    }
+
+    #[test]
+    fn large_frames_are_handed_over_in_pieces() {
+        let (mut body, _w, _a) = guarded(&[Some(WATCHED_PIECE * 2 + 5)]);
+        assert_eq!(body.size_hint().lower(), 0);
+        let mut sizes = Vec::new();
+        while let Poll::Ready(Some(f)) = poll(&mut body) {
+            sizes.push(f.unwrap().into_data().unwrap().len());
+            assert_eq!(
+                body.is_end_stream(),
+                sizes.len() == 3 && body.inner.is_end_stream()
+            );
+        }
+        assert_eq!(sizes, [WATCHED_PIECE, WATCHED_PIECE, 5]);
+    }
+
+    #[test]
+    fn the_stream_counts_as_open_until_its_body_is_dropped() {
+        let (body, _w, activity) = guarded(&[]);
+        assert_eq!(activity.open.load(Ordering::Acquire), 1);
+        drop(body);
+        assert_eq!(activity.open.load(Ordering::Acquire), 0);
+    }
+
+    /// Flags its drop.
+    struct Dropped(Arc<AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_aborts_a_stalled_stream_task_and_leaves_the_others() {
+        use hyper::rt::Executor;
+        let activity = Arc::new(StreamActivity::new());
+        let exec = StreamExec {
+            conn: activity.clone(),
+        };
+        let mut dropped = Vec::new();
+        // Task 0's body stalls on the client; task 1's waits on Faspex; task 2 has no body yet.
+        for i in 0..3 {
+            let flag = Arc::new(AtomicBool::new(false));
+            dropped.push(flag.clone());
+            let activity = activity.clone();
+            exec.execute(async move {
+                let _flag = Dropped(flag);
+                let watch = WATCH
+                    .try_with(Arc::clone)
+                    .expect("no watch in a stream task");
+                let script: &[Option<usize>] = match i {
+                    0 => &[Some(10)],
+                    1 => &[None],
+                    _ => &[],
+                };
+                if i < 2 {
+                    let mut body = GuardedBody::new(
+                        BodyExt::boxed_unsync(Scripted(script.iter().copied().collect())),
+                        activity.begin(),
+                        Some(watch),
+                    );
+                    let _ = poll(&mut body);
+                    std::future::pending::<()>().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(activity.cut_stalled(LIMIT), 0);
+        assert_eq!(activity.open.load(Ordering::Acquire), 2);
+        tokio::time::sleep(LIMIT * 2).await;
+        assert_eq!(activity.cut_stalled(LIMIT), 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let dropped: Vec<bool> = dropped.iter().map(|d| d.load(Ordering::Acquire)).collect();
+        assert_eq!(dropped, [true, false, false]);
+        assert_eq!(activity.open.load(Ordering::Acquire), 1);
+        assert_eq!(activity.cut_stalled(LIMIT), 0);
+        assert_eq!(
+            activity.watches().len(),
+            2,
+            "the aborted task's watch was not pruned"
+        );
+    }
+
+    #[test]
+    fn the_watch_list_stays_near_the_number_of_live_streams() {
+        let activity = StreamActivity::new();
+        let live: Vec<_> = (0..10).map(|_| Arc::new(StreamWatch::new())).collect();
+        for w in &live {
+            activity.watch(w);
+        }
+        for _ in 0..10_000 {
+            activity.watch(&Arc::new(StreamWatch::new()));
+        }
+        let len = activity.watches().len();
+        let cap = activity.watches().capacity();
+        assert!(
+            cap <= 64,
+            "{len} watches in a list of {cap} for 10 live streams"
+        );
     }
 }
