@@ -1093,9 +1093,11 @@ impl Handler {
         };
 
         let conn_permit = req.extensions_mut().remove::<ConnPermit>();
-        if via.lane == Lane::Public {
-            // One address's public requests may hold only its share of the connections to
-            // Faspex, however long they last (downloads, tunnels).
+        if via.lane == Lane::Public && client_upgrade.is_some() {
+            // One address's public tunnels may hold only its share of the connections to
+            // Faspex: a tunnel lasts as long as a byte crosses it now and then. (Short requests
+            // are not held to it: 50 browsers behind one NAT address load a page's assets at
+            // once.)
             let key =
                 crate::server::per_ip::address_key(side.client_ip, self.inner.ipv6_prefix_len);
             let Some(share) = self
