@@ -186,6 +186,21 @@ impl Slots {
 
     /// A slot for `lane`, waiting at most `wait`.
     async fn take(&self, lane: Lane) -> Result<UpstreamSlot, UpstreamError> {
+        // Nearly always a slot is free: take it without arming a timer.
+        let public = match lane {
+            Lane::Public => self.public.clone().try_acquire_owned().ok(),
+            Lane::Session => None,
+        };
+        if lane == Lane::Session || public.is_some() {
+            if let Ok(all) = self.all.clone().try_acquire_owned() {
+                return Ok(UpstreamSlot {
+                    _all: all,
+                    _public: public,
+                    _address: None,
+                });
+            }
+        }
+        drop(public);
         let take = async {
             let public = match lane {
                 Lane::Public => Some(self.public.clone().acquire_owned().await.ok()?),
@@ -211,12 +226,15 @@ pub fn public_share(max: usize) -> usize {
 }
 
 /// A body that holds its request's [`UpstreamSlot`] until it ends or is dropped.
-struct SlotBody {
-    inner: ProxyBody,
+struct SlotBody<B> {
+    inner: B,
     slot: Option<UpstreamSlot>,
 }
 
-impl http_body::Body for SlotBody {
+impl<B> http_body::Body for SlotBody<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -448,7 +466,7 @@ impl Upstream {
         }
         Ok(resp.map(|body| {
             SlotBody {
-                inner: TransferBody::new(body, idle, None).boxed_unsync(),
+                inner: TransferBody::new(body, idle, None),
                 slot: Some(slot),
             }
             .boxed_unsync()
