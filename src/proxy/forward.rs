@@ -456,8 +456,11 @@ impl Upstream {
                 headers.insert(header::UPGRADE, proto);
             }
         }
-        for name in &inner.strip {
-            headers.remove(name);
+        // (one pass over the answer's few names first: most carry none of them)
+        if any_of(headers, &inner.strip) {
+            for name in &inner.strip {
+                headers.remove(name);
+            }
         }
         self.rewrite_location(headers, side);
         if switching {
