@@ -7,7 +7,6 @@
 //! that nothing moves.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode, Version};
@@ -16,6 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::flows::eventually;
+use crate::limits::{frame, get_block, PREFACE};
 use crate::util::*;
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
@@ -45,19 +46,6 @@ async fn setup() -> (TestUpstream, GatewayProcess) {
     (upstream, gw)
 }
 
-/// A TLS connection to `to` from the local address `from`, as `localhost`, offering `alpn`.
-async fn tls_from(from: IpAddr, to: SocketAddr, pem: &str, alpn: &[&[u8]]) -> Tls {
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(SocketAddr::new(from, 0)).unwrap();
-    let tcp = sock.connect(to).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(pem, alpn)));
-    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
-        .await
-        .expect("TLS handshake took over 10 s")
-        .unwrap()
-}
-
 /// A public GET of `/echo` on a fresh HTTP/1.1 connection from `from`: its status.
 async fn public_get_from(from: IpAddr, gw: &GatewayProcess) -> StatusCode {
     let addr = gw.https.unwrap();
@@ -76,25 +64,10 @@ async fn public_get_from(from: IpAddr, gw: &GatewayProcess) -> StatusCode {
     status
 }
 
-/// Wait until `cond` holds, up to `within`; whether it did.
-async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // HTTP/2 written by hand
 // ---------------------------------------------------------------------------------------------
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
@@ -106,28 +79,11 @@ const END_HEADERS: u8 = 0x4;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const CANCEL: u32 = 0x8;
 
-/// One frame: the 9-byte header (24-bit length, type, flags, 31-bit stream id) and `payload`.
-fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(9 + payload.len());
-    f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    f.push(ty);
-    f.push(flags);
-    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// HPACK for `GET https://localhost:PORT{path}`: static-table indexes for `:method GET` (2) and
-/// `:scheme https` (7), then `:path` (name index 4) and `:authority` (name index 1) as literals
-/// without indexing, so the decoder's dynamic table is untouched.
-fn get_block(port: u16, path: &str) -> Vec<u8> {
-    let authority = format!("localhost:{port}");
-    assert!(path.len() < 127 && authority.len() < 127);
-    let mut b = vec![0x82, 0x87, 0x04, path.len() as u8];
-    b.extend_from_slice(path.as_bytes());
-    b.extend_from_slice(&[0x01, authority.len() as u8]);
-    b.extend_from_slice(authority.as_bytes());
-    b
+/// A TLS connection from the local address `from` (see `limits::tls_from`).
+async fn tls_from(from: IpAddr, to: SocketAddr, pem: &str, alpn: &[&[u8]]) -> Tls {
+    crate::limits::tls_from(from, to, pem, alpn)
+        .await
+        .expect("TLS connection")
 }
 
 /// A frame the gateway sent.

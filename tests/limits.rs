@@ -52,7 +52,12 @@ async fn setup(tweak: impl FnOnce(&mut ConfigBuilder)) -> (TestUpstream, Gateway
 
 /// A TLS connection to `to` from the local address `from`, as `localhost`. An error means the
 /// gateway closed it (or the handshake took over 10 s).
-async fn tls_from(from: IpAddr, to: SocketAddr, pem: &str, alpn: &[&[u8]]) -> std::io::Result<Tls> {
+pub(crate) async fn tls_from(
+    from: IpAddr,
+    to: SocketAddr,
+    pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<Tls> {
     let sock = if from.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -321,7 +326,7 @@ async fn a_websocket_tunnel_keeps_its_address_slot_until_closed() {
 // HTTP/2 written by hand
 // ---------------------------------------------------------------------------------------------
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA_HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
@@ -331,7 +336,7 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
 /// One frame: the 9-byte header (24-bit length, type, flags, 31-bit stream id) and `payload`.
-fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(9 + payload.len());
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
     f.push(ty);
@@ -341,12 +346,15 @@ fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// HPACK for `GET https://localhost:PORT/`: static-table indexes for `:method GET` (2),
-/// `:scheme https` (7) and `:path /` (4), then `:authority` as a literal without indexing
-/// (name index 1), so the decoder's dynamic table is untouched.
-fn get_block(port: u16) -> Vec<u8> {
+/// HPACK for `GET https://localhost:PORT{path}`: static-table indexes for `:method GET` (2) and
+/// `:scheme https` (7), then `:path` (name index 4) and `:authority` (name index 1) as literals
+/// without indexing, so the decoder's dynamic table is untouched.
+pub(crate) fn get_block(port: u16, path: &str) -> Vec<u8> {
     let authority = format!("localhost:{port}");
-    let mut b = vec![0x82, 0x87, 0x84, 0x01, authority.len() as u8];
+    assert!(path.len() < 127 && authority.len() < 127);
+    let mut b = vec![0x82, 0x87, 0x04, path.len() as u8];
+    b.extend_from_slice(path.as_bytes());
+    b.extend_from_slice(&[0x01, authority.len() as u8]);
     b.extend_from_slice(authority.as_bytes());
     b
 }
@@ -410,7 +418,7 @@ async fn http2_rapid_reset_gets_goaway_and_others_are_served() {
 
     // 10,000 requests, each cancelled as soon as it is sent.
     const PAIRS: u32 = 10_000;
-    let block = get_block(addr.port());
+    let block = get_block(addr.port(), "/");
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     for i in 0..PAIRS {
@@ -452,7 +460,7 @@ async fn http2_continuation_flood_is_cut_off_and_others_are_served() {
 
     // One header block that never ends: HEADERS without END_HEADERS, then 2,048 full
     // CONTINUATION frames (32 MiB) of valid literal headers, far past max_header_bytes (64 KiB).
-    let mut block = get_block(addr.port());
+    let mut block = get_block(addr.port(), "/");
     let value = [b'a'; 100];
     while block.len() < 16 * 1024 * 2049 {
         // Literal without indexing, new name: 0x00, name length, name, value length, value.
