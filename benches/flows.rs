@@ -14,8 +14,8 @@ mod support;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use faspex_emulator::{Emulator, EmulatorConfig};
 use faspex_gate::config::Config;
-use faspex_gate::faspex::emulator::{Emulator, EmulatorConfig};
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::connect::HttpConnector;

@@ -146,18 +146,38 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Demo {
             listen,
             admin_listen,
-        } => {
-            init_tracing();
-            match runtime(0).and_then(|rt| rt.block_on(crate::demo::run(listen, admin_listen))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => match e.downcast_ref::<ConfigError>() {
-                    Some(ce) => config_failure(ce),
-                    None => failure(&e),
-                },
-            }
-        }
+        } => demo(listen, admin_listen),
     }
 }
+
+/// `faspex-gate demo`, in a build with the Faspex emulator (the default).
+#[cfg(feature = "emulator")]
+fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
+    init_tracing();
+    match runtime(0).and_then(|rt| rt.block_on(crate::demo::run(listen, admin_listen))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<ConfigError>() {
+            Some(ce) => config_failure(ce),
+            None => failure(&e),
+        },
+    }
+}
+
+/// `faspex-gate demo` in a build without the Faspex emulator (`--no-default-features`, as a
+/// package is built): the subcommand stays, so that its help is the same everywhere, and says why
+/// it cannot run. Exit 2, a usage error: nothing was started.
+#[cfg(not(feature = "emulator"))]
+fn demo(_listen: SocketAddr, _admin_listen: SocketAddr) -> ExitCode {
+    eprintln!("{DEMO_LEFT_OUT}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// What `faspex-gate demo` says in a build without the Faspex emulator.
+#[cfg(not(feature = "emulator"))]
+pub const DEMO_LEFT_OUT: &str = "faspex-gate: this build left out the demo's Faspex emulator \
+(it was built with --no-default-features, as for a package); the gateway itself is complete. \
+For the demo, build with the emulator: cargo build --release --features emulator, \
+or from a checkout: cargo run --release -- demo";
 
 fn admin(
     config: Option<&std::path::Path>,

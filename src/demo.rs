@@ -1,7 +1,9 @@
 //! `faspex-gate demo`: the whole gateway on one machine with no setup. It makes a temporary
 //! folder with a self-signed certificate, a session secret, an admin token, a users file and a
-//! configuration file; starts the built-in Faspex 4 emulator on a loopback port as the upstream;
-//! loads the configuration through the same validation as `run`; and serves until Ctrl-C.
+//! configuration file; starts the Faspex 4 emulator (the `faspex-emulator` crate, in the default
+//! `emulator` feature) on a loopback port as the upstream; loads the configuration through the
+//! same validation as `run`; and serves until Ctrl-C. A build without the feature keeps the files
+//! (`write_demo_files`) but not `run`, and `faspex-gate demo` says so.
 //!
 //! The users file plays the directory ([`DEMO_USERS`]); an external collaborator
 //! ([`DEMO_COLLABORATOR`]) has a local account that only the emulator knows, and
@@ -12,16 +14,18 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
-use anyhow::Context;
-
-use crate::config::Config;
-use crate::faspex::emulator::{
-    Emulator, EmulatorConfig, LoginFailureStyle, BIG_PACKAGE_ID, EXTERNAL_DELIVERY_ID,
-    EXTERNAL_DELIVERY_PASSCODE,
+#[cfg(feature = "emulator")]
+use {
+    crate::config::Config,
+    crate::server::signal_control,
+    anyhow::Context,
+    faspex_emulator::{
+        Emulator, EmulatorConfig, LoginFailureStyle, BIG_PACKAGE_ID, EXTERNAL_DELIVERY_ID,
+        EXTERNAL_DELIVERY_PASSCODE,
+    },
+    std::sync::Arc,
 };
-use crate::server::signal_control;
 
 /// The demo's users: name and password, known to both the gateway's users file and the emulator.
 pub const DEMO_USERS: [(&str, &str); 4] = [
@@ -112,6 +116,7 @@ path = "{state}"
 }
 
 /// Run the demo until Ctrl-C.
+#[cfg(feature = "emulator")]
 pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("faspex-gate-demo-")
@@ -160,6 +165,7 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result
     result
 }
 
+#[cfg(feature = "emulator")]
 fn print_banner(addr: SocketAddr, admin: SocketAddr, emu: SocketAddr, dir: &Path, config: &Path) {
     let base = format!("https://{addr}");
     let token = dir.join("admin-token");

@@ -36,8 +36,8 @@
 //!   `faspex-gate admin` client.
 //! - [`clock`]: the injected clock every policy decision takes `now` from.
 //! - [`config`]: raw configuration structs, validated into typed ones.
-//! - [`faspex`]: Faspex knowledge (how Rack reads parameters), and the built-in Faspex 4
-//!   emulator used by the demo and tests.
+//! - [`faspex`]: Faspex knowledge (how Rack reads parameters). The Faspex 4 emulator the demo
+//!   and tests run against is the workspace's `faspex-emulator` crate.
 //! - [`demo`], [`app`], [`cli`]: the commands a person runs; [`app`] also applies a new
 //!   configuration on SIGHUP.
 #![forbid(unsafe_code)]

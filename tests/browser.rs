@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use faspex_gate::faspex::emulator::LoginFailureStyle;
+use faspex_emulator::LoginFailureStyle;
 
 use crate::flows::{users, Site};
 

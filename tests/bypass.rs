@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use faspex_gate::faspex::emulator::{EmulatorEvent, LoginFailureStyle, LoginVia};
+use faspex_emulator::{EmulatorEvent, LoginFailureStyle, LoginVia};
 use http::{header, Method, Request, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -588,8 +588,8 @@ async fn no_upgrade_but_websocket_where_one_belongs() {
 
     let public = format!(
         "/aspera/faspex/external_deliveries/{}?passcode={}",
-        faspex_gate::faspex::emulator::EXTERNAL_DELIVERY_ID,
-        faspex_gate::faspex::emulator::EXTERNAL_DELIVERY_PASSCODE
+        faspex_emulator::EXTERNAL_DELIVERY_ID,
+        faspex_emulator::EXTERNAL_DELIVERY_PASSCODE
     );
     let h2c: &[(&str, &str)] = &[
         ("Connection", "Upgrade, HTTP2-Settings"),

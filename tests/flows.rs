@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use faspex_gate::faspex::emulator::{
+use faspex_emulator::{
     Emulator, EmulatorConfig, EmulatorEvent, LoginFailureStyle, DROPBOX_PASSCODE,
     EXTERNAL_DELIVERY_ID, EXTERNAL_DELIVERY_PASSCODE, INVITATION_PASSCODE,
 };

@@ -503,7 +503,7 @@ async fn a_big_download_an_upload_and_polling_work_together_under_the_default_li
     const FOUR_GIB: u64 = 4 << 30;
     let s = crate::flows::Site::start(
         crate::flows::users(1),
-        faspex_gate::faspex::emulator::LoginFailureStyle::Rerender,
+        faspex_emulator::LoginFailureStyle::Rerender,
         |_| {},
     )
     .await;
@@ -573,7 +573,7 @@ async fn a_big_download_an_upload_and_polling_work_together_under_the_default_li
 async fn polling_with_a_session_is_untouched_by_the_public_limit() {
     let s = crate::flows::Site::start(
         crate::flows::users(1),
-        faspex_gate::faspex::emulator::LoginFailureStyle::Rerender,
+        faspex_emulator::LoginFailureStyle::Rerender,
         |c| {
             c.set("policy", "public_inflight_per_ip", "4");
         },

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use faspex_gate::faspex::emulator::{
+use faspex_emulator::{
     fold_login, Emulator, EmulatorBody, EmulatorConfig, LoginFailureStyle, LoginVia,
 };
 use http::{header, Request, Response, StatusCode};

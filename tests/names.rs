@@ -14,11 +14,11 @@
 use std::process::Command;
 use std::sync::Arc;
 
+use faspex_emulator::LoginFailureStyle;
 use faspex_gate::auth::ldap::LdapDirectory;
 use faspex_gate::auth::Directory;
 use faspex_gate::clock::ManualClock;
 use faspex_gate::config::{LdapConfig, PolicyConfig};
-use faspex_gate::faspex::emulator::LoginFailureStyle;
 use faspex_gate::policy::{
     CheckRules, InvalidUsername, LogObserver, LoginRefused, LoginRequest, Policy,
 };

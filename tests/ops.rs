@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use faspex_gate::faspex::emulator::{Emulator, EmulatorConfig, LoginFailureStyle};
+use faspex_emulator::{Emulator, EmulatorConfig, LoginFailureStyle};
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

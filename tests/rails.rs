@@ -9,7 +9,7 @@
 //!
 //! * [`the_oracle_knows_rails`]: the facts the gateway is built on, asked of the real Rails.
 //! * [`the_emulator_routes_like_rails`] and [`the_emulator_reads_params_like_rails`]: the emulator's
-//!   reading of a request (`faspex_gate::faspex::emulator::rails`) is the oracle's legacy reading.
+//!   reading of a request (`faspex_emulator::rails`) is the oracle's legacy reading.
 //! * [`the_gateway_never_lets_rails_see_an_unchecked_credential`]: a time-boxed property test
 //!   (`FASPEX_GATE_PROPTEST_SECONDS`, default 60; `FASPEX_GATE_PROPTEST_SEED`, fixed by default,
 //!   `random` for a fresh one; `FASPEX_GATE_PROPTEST_KEEP_GOING=1` lists every distinct failure
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use faspex_gate::faspex::emulator::rails::{self as emulated, RailsRequest};
+use faspex_emulator::rails::{self as emulated, RailsRequest};
 use faspex_gate::proxy::gate::Plan;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};

@@ -1,10 +1,8 @@
-//! Faspex knowledge: how Faspex (a Rails application) reads a request, and the emulator.
+//! Faspex knowledge: how Faspex (a Rails application) reads a request.
 //!
 //! [`rack`] reads a request's parameters the way Rack and Rails do, in the widest reading any
 //! version gives; the gateway's credential gate ([`crate::proxy::gate`]) asks it what Faspex would
-//! see. [`emulator`] is an in-crate Faspex 4 upstream. `faspex-gate demo` runs it behind the
-//! gateway, and the integration tests start it on a loopback port so that every policy can be
-//! watched against something that answers the way Faspex 4 does.
+//! see. (The Faspex 4 emulator that `faspex-gate demo` and the integration tests run as the
+//! upstream is a crate of its own, `faspex-emulator`.)
 
-pub mod emulator;
 pub mod rack;

@@ -1,6 +1,6 @@
 //! HTTP plumbing for the emulator: the response body type and builders, the one mapping from a
 //! [`Fault`] to a response, request parsing helpers (query, `Accept`, the Rails-style base URL),
-//! body draining for uploads of any size, and random tokens.
+//! body draining for uploads of any size.
 
 use std::convert::Infallible;
 
@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode, Uri};
 
-use super::pages;
+use crate::pages;
 
 /// Every response body the emulator sends.
 pub type EmulatorBody = BoxBody<Bytes, Infallible>;
@@ -103,6 +103,20 @@ pub fn redirect(location: &str) -> Result<Resp, Fault> {
     let mut response = html(StatusCode::FOUND, pages::redirect_body(location));
     response.headers_mut().insert(header::LOCATION, value);
     Ok(response)
+}
+
+/// The `404` of an unknown path or record: XML for XML clients, a Rails-like page otherwise.
+pub fn not_found(headers: &HeaderMap) -> Resp {
+    if wants_xml(headers) {
+        return xml(StatusCode::NOT_FOUND, pages::xml_error("Not found"));
+    }
+    html(
+        StatusCode::NOT_FOUND,
+        pages::message_page(
+            "The page you were looking for doesn't exist.",
+            "You may have mistyped the address or the page may have moved.",
+        ),
+    )
 }
 
 /// Add a header whose value was built at run time; values that cannot be a header are dropped
@@ -213,25 +227,4 @@ pub async fn drain(mut body: Incoming) -> Result<u64, Fault> {
         }
     }
     Ok(count)
-}
-
-/// `len` random bytes.
-pub fn random_bytes(len: usize) -> Vec<u8> {
-    (0..len).map(|_| rand::random::<u8>()).collect()
-}
-
-/// `len_bytes` random bytes as lowercase hex: session cookies and OAuth2 access tokens.
-pub fn random_hex(len_bytes: usize) -> String {
-    hex(&random_bytes(len_bytes))
-}
-
-/// Bytes as lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
 }

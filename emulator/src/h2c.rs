@@ -1,5 +1,5 @@
-//! The h2c mode ([`EmulatorConfig::h2c`](super::EmulatorConfig::h2c),
-//! [`Emulator::accept_h2c`](super::Emulator::accept_h2c)): the emulator answers protocol upgrades
+//! The h2c mode ([`EmulatorConfig::h2c`](crate::EmulatorConfig::h2c),
+//! [`Emulator::accept_h2c`](crate::Emulator::accept_h2c)): the emulator answers protocol upgrades
 //! as a Faspex behind Apache with `Protocols h2c http/1.1` does, so that tests can show what a
 //! gateway that relayed such an upgrade would open.
 //!
@@ -17,6 +17,8 @@
 //! (the WebSocket of the HTTP Gateway is the one upgrade Faspex always takes). Each switch is an
 //! [`EmulatorEvent::Upgraded`], after the request's own [`EmulatorEvent::Request`].
 
+use std::convert::Infallible;
+
 use base64::Engine as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -26,12 +28,14 @@ use hyper::{Request, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
-use super::http::{empty, Resp};
-use super::{stopped, Emulator, EmulatorEvent, EmulatorService};
+use crate::base::stopped;
+use crate::emulator::{Emulator, EmulatorEvent};
+use crate::http::{empty, Resp};
+use crate::routes;
 
 /// The protocol a request asks to switch to, as the h2c mode takes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Switch {
+pub(crate) enum Switch {
     /// HTTP/2 over cleartext.
     H2c,
     /// Any other token but `websocket`: a raw echo.
@@ -80,7 +84,7 @@ fn has_body(headers: &HeaderMap) -> bool {
 }
 
 /// What a request asks to switch to, if the h2c mode takes it.
-pub(super) fn asked(headers: &HeaderMap, version: Version) -> Option<Switch> {
+pub(crate) fn asked(headers: &HeaderMap, version: Version) -> Option<Switch> {
     if version != Version::HTTP_11
         || !tokens(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
     {
@@ -100,7 +104,7 @@ pub(super) fn asked(headers: &HeaderMap, version: Version) -> Option<Switch> {
 }
 
 /// Answer `101` for `switch`, and take the connection over once hyper hands it on.
-pub(super) fn switch(
+pub(crate) fn switch(
     emulator: &Emulator,
     stop: watch::Receiver<bool>,
     mut request: Request<Incoming>,
@@ -139,10 +143,13 @@ pub(super) fn switch(
 /// HTTP/2 on the upgraded connection, every request to the emulator's routes, until the client
 /// leaves or the emulator stops.
 async fn serve_h2(emulator: Emulator, mut stop: watch::Receiver<bool>, upgraded: Upgraded) {
-    let service = EmulatorService {
-        emulator,
-        stop: stop.clone(),
-    };
+    // Inside HTTP/2 there is no upgrade to take: every request goes straight to the routes.
+    let routes_stop = stop.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let emulator = emulator.clone();
+        let stop = routes_stop.clone();
+        async move { Ok::<_, Infallible>(routes::handle(&emulator, stop, request).await) }
+    });
     let connection = http2::Builder::new(TokioExecutor::new()).serve_connection(upgraded, service);
     tokio::pin!(connection);
     tokio::select! {

@@ -4,9 +4,8 @@
 
 use serde_json::{json, Value};
 
-use super::catalog::{faspe_link, Package};
-/// HTML and XML escaping: the same rules as the gateway's own pages.
-pub use crate::proxy::pages::escape;
+use crate::base::escape;
+use crate::catalog::{faspe_link, Package};
 
 /// The body Rails sends with a redirect.
 pub fn redirect_body(location: &str) -> String {

@@ -1,90 +1,16 @@
-//! A Faspex 4 emulator: an upstream that answers the way the cited documents say Faspex 4.4 does.
-//!
-//! It owns the public face of the emulator: its configuration ([`EmulatorConfig`]), the cheap-to-clone
-//! handle ([`Emulator`]) over the shared state (users, sessions, bearer tokens, the event log), and
-//! the accept loop ([`Emulator::serve`]). The submodules own the rest:
-//!
-//! | module | owns |
-//! |---|---|
-//! | `http` | the response body type, response builders, request parsing, body draining, random tokens |
-//! | `catalog` | the seeded packages, external deliveries, invitation and dropbox passcodes, `faspe://` links |
-//! | `pages` | the HTML pages, Atom feeds and entries, JSON documents and static assets |
-//! | `rails` | how Rails 3 on Rack reads a request: routing, method override, `params` (public: the tests compare it with the real Rails) |
-//! | `routes` | the Faspex application under `/aspera/faspex`: login, logout, protected and public pages, the password forms |
-//! | `gateway` | the HTTP Gateway under `/aspera/http-gwy`: streamed downloads (the byte pattern), uploads, WebSocket echo |
-//! | `h2c` | the h2c mode: upgrades answered as Apache with `Protocols h2c http/1.1` answers them, HTTP/2 (or a raw echo) after the `101` |
-//!
-//! It reads every request the way Rails 3 on Rack does (`rails`): routes run for every method and
-//! take `.format` suffixes, squeezed slashes and escapes; `params` merge the query, any body
-//! (form, multipart, JSON, XML) and the path. So a `GET /aspera/faspex/login?user[name]=…&user[password]=…`
-//! logs in, as it would on Faspex. Every password it checks is an [`EmulatorEvent::LoginAttempt`]
-//! ([`Emulator::login_attempts`] counts the guesses that reached Faspex); a login issues a fresh
-//! session cookie, and the cookie is rotated on `/aspera/faspex/account` and, when configured,
-//! every N requests ([`EmulatorEvent::SessionRotated`]). Two of Faspex's own forms carry a password
-//! for another purpose: `POST /aspera/faspex/admin/users` creates a local account (which can then
-//! log in), `PUT /aspera/faspex/account/password` changes a local account's password.
-//!
-//! Faspex's accounts come in two kinds, as at a site whose Faspex also reads the directory:
-//! [`EmulatorConfig::users`] (directory accounts) and local accounts that only Faspex knows
-//! ([`EmulatorConfig::local_users`], and those an administrator creates at run time). Both log in
-//! the same way. Logins are matched as Faspex's MySQL users table matches them ([`fold_login`]:
-//! case, accents and trailing spaces ignored), passwords exactly. Two of Faspex's own security
-//! settings can be switched on: "lock users after N failed logins"
-//! ([`EmulatorConfig::faspex_lockout`], lifted only by [`Emulator::unlock_faspex_account`]) and
-//! "prevent concurrent login" ([`EmulatorConfig::prevent_concurrent_login`]), so that tests can
-//! show the gateway's own policies act first.
-//!
-//! What it knows of Faspex comes from `docs/faspex-http.md` (facts marked [V]/[D]) and the seed
-//! tutorial on API downloads; where that is silent the behaviour is a plausible Rails default and
-//! says so where it is implemented. Every response carries `X-IBM-Aspera: F4.4.1`.
-//!
-//! Every request is recorded twice: as an [`EmulatorEvent::Request`] among the other events, and
-//! with its HTTP version and headers as a [`RequestSeen`] ([`Emulator::requests`]), so that tests
-//! can say which headers reached Faspex, and over which protocol.
-//!
-//! ```no_run
-//! # async fn demo() -> std::io::Result<()> {
-//! use faspex_gate::faspex::emulator::{Emulator, EmulatorConfig};
-//! let emulator = Emulator::new(EmulatorConfig::default());
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let stop = async { let _ = tokio::signal::ctrl_c().await; };
-//! emulator.serve(listener, stop).await
-//! # }
-//! ```
-
-mod catalog;
-mod gateway;
-mod h2c;
-mod http;
-mod pages;
-pub mod rails;
-mod routes;
-
-#[cfg(test)]
-mod tests;
+//! The emulator's handle ([`Emulator`]): a cheap-to-clone handle over the shared state (users,
+//! local accounts, sessions, bearer tokens, Faspex's own lockout, the event log), its
+//! configuration ([`EmulatorConfig`]), what it records ([`EmulatorEvent`], [`RequestSeen`]), and
+//! the password check every way of logging in goes through ([`Emulator::check_login`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use hyper::Request;
 
-pub use catalog::{
-    BIG_PACKAGE_ID, DROPBOX_PASSCODE, EXTERNAL_DELIVERY_ID, EXTERNAL_DELIVERY_PASSCODE,
-    INVITATION_PASSCODE, PACKAGE_IDS,
-};
-pub use gateway::pattern_byte;
-pub use http::EmulatorBody;
+use crate::catalog;
+use crate::pattern;
 
 /// The version the emulator claims, sent as `X-IBM-Aspera` on every response.
 pub const FASPEX_VERSION: &str = "F4.4.1";
@@ -101,10 +27,6 @@ const MAX_EVENTS: usize = 100_000;
 
 /// How many requests [`Emulator::requests`] keeps, headers and all; the oldest are dropped beyond.
 const MAX_REQUESTS_SEEN: usize = 10_000;
-
-/// How long [`Emulator::serve`] waits for open connections to finish after the shutdown signal,
-/// before it aborts them (a 4 GiB download would otherwise hold the stop for minutes).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What Faspex answers to a form login with wrong credentials; the facts allow both ([I]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,47 +214,47 @@ struct Shared {
 
 /// One live session cookie value.
 #[derive(Clone, Debug)]
-struct Session {
+pub(crate) struct Session {
     /// The account it signs in.
-    user: String,
+    pub(crate) user: String,
     /// How many requests it has authenticated.
-    requests: u64,
+    pub(crate) requests: u64,
     /// The value that replaced it, once rotated; this one stays valid until that one is used.
-    successor: Option<String>,
+    pub(crate) successor: Option<String>,
     /// The value it replaced, dropped when this one is first used.
-    predecessor: Option<String>,
+    pub(crate) predecessor: Option<String>,
 }
 
 /// A local account ([`EmulatorConfig::local_users`], or created through `POST /admin/users`);
 /// the directory does not know it.
 #[derive(Clone, Debug)]
-struct LocalAccount {
-    login: String,
-    password: String,
+pub(crate) struct LocalAccount {
+    pub(crate) login: String,
+    pub(crate) password: String,
 }
 
 /// The mutable part of [`Shared`].
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     /// `_faspex_session` cookie value -> its session.
-    sessions: HashMap<String, Session>,
+    pub(crate) sessions: HashMap<String, Session>,
     /// Local accounts by folded login ([`fold_login`]).
-    local_accounts: HashMap<String, LocalAccount>,
+    pub(crate) local_accounts: HashMap<String, LocalAccount>,
     /// Consecutive wrong passwords per account, by folded login (only with
     /// [`EmulatorConfig::faspex_lockout`]).
-    failures: HashMap<String, u32>,
+    pub(crate) failures: HashMap<String, u32>,
     /// Accounts Faspex's own lockout has locked: folded login -> the account name as configured.
-    locked: HashMap<String, String>,
+    pub(crate) locked: HashMap<String, String>,
     /// How many times a session cookie was rotated.
-    rotations: u64,
+    pub(crate) rotations: u64,
     /// OAuth2 access token -> account name.
-    bearer_tokens: HashMap<String, String>,
+    pub(crate) bearer_tokens: HashMap<String, String>,
     /// Everything recorded so far, oldest first, at most [`MAX_EVENTS`].
-    events: VecDeque<EmulatorEvent>,
+    pub(crate) events: VecDeque<EmulatorEvent>,
     /// Every request with its headers, oldest first, at most [`MAX_REQUESTS_SEEN`].
-    requests: VecDeque<RequestSeen>,
+    pub(crate) requests: VecDeque<RequestSeen>,
     /// How many packages `POST /send` has accepted; new ones are numbered from 5001.
-    packages_sent: u64,
+    pub(crate) packages_sent: u64,
 }
 
 impl Emulator {
@@ -356,7 +278,7 @@ impl Emulator {
                 catalog,
                 refuse_logins: AtomicBool::new(false),
                 h2c,
-                pattern: gateway::pattern_block(),
+                pattern: pattern::pattern_block(),
                 state: Mutex::new(state),
             }),
         }
@@ -443,67 +365,9 @@ impl Emulator {
         self.shared.refuse_logins.store(on, Ordering::SeqCst);
     }
 
-    /// A hyper service answering as this emulator, for callers that run their own connections.
-    /// WebSocket echo sessions it starts run until their client leaves.
-    pub fn service(&self) -> EmulatorService {
-        // A receiver whose sender is gone never reports a stop.
-        let (_, stop) = watch::channel(false);
-        EmulatorService {
-            emulator: self.clone(),
-            stop,
-        }
-    }
-
-    /// Accept HTTP/1.1 connections (with upgrades) on `listener`, one task per connection, until
-    /// `shutdown` completes. Then stop accepting, ask open connections to finish their current
-    /// exchange, close WebSocket sessions with 1001 "going away", and return once they are done
-    /// (or after a short grace period, aborting what is left).
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let service = EmulatorService {
-            emulator: self,
-            stop: stop_rx.clone(),
-        };
-        let mut connections = JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => {
-                        connections.spawn(serve_connection(stream, service.clone(), stop_rx.clone()));
-                    }
-                    Err(error) => {
-                        // Usually a connection reset before accept, or too many open files: wait a
-                        // moment rather than spin, and carry on.
-                        tracing::warn!(%error, "emulator: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-        drop(listener);
-        // Nobody may be listening any more (every service clone could be gone): that is fine.
-        let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::debug!("emulator: aborting connections still open after the grace period");
-            connections.shutdown().await;
-        }
-        Ok(())
-    }
-
     /// Record a request that reached the emulator: its [`EmulatorEvent::Request`], and its
     /// [`RequestSeen`].
-    fn record_request<B>(&self, request: &Request<B>) {
+    pub(crate) fn record_request<B>(&self, request: &Request<B>) {
         let path_and_query = request.uri().path_and_query().map_or_else(
             || request.uri().path().to_owned(),
             |pq| pq.as_str().to_owned(),
@@ -526,7 +390,7 @@ impl Emulator {
     }
 
     /// Record an event, dropping the oldest beyond [`MAX_EVENTS`].
-    fn record(&self, event: EmulatorEvent) {
+    pub(crate) fn record(&self, event: EmulatorEvent) {
         let mut state = self.state();
         if state.events.len() >= MAX_EVENTS {
             state.events.pop_front();
@@ -536,24 +400,39 @@ impl Emulator {
 
     /// The mutable state. A panic elsewhere cannot leave it half-updated in a way that matters to
     /// an emulator, so a poisoned lock is simply taken over.
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.shared
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn config(&self) -> &EmulatorConfig {
+    /// The block every download body slices ([`crate::pattern::pattern_block`]).
+    pub(crate) fn pattern(&self) -> &bytes::Bytes {
+        &self.shared.pattern
+    }
+
+    /// Whether the h2c mode is on.
+    pub(crate) fn h2c_on(&self) -> bool {
+        self.shared.h2c.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn config(&self) -> &EmulatorConfig {
         &self.shared.config
     }
 
-    fn catalog(&self) -> &catalog::Catalog {
+    pub(crate) fn catalog(&self) -> &catalog::Catalog {
         &self.shared.catalog
     }
 
     /// Check a password and record the attempt: the account name on success. See
     /// [`Emulator::check_login`].
-    fn check_password(&self, user: &str, password: &str, via: LoginVia) -> Option<String> {
+    pub(crate) fn check_password(
+        &self,
+        user: &str,
+        password: &str,
+        via: LoginVia,
+    ) -> Option<String> {
         self.check_login(user, password, via, Opens::Nothing).ok()
     }
 
@@ -565,7 +444,7 @@ impl Emulator {
     /// and a locked account is refused whatever the password. With
     /// [`EmulatorConfig::prevent_concurrent_login`], a login that `opens` a session is refused
     /// while the account has another live session.
-    fn check_login(
+    pub(crate) fn check_login(
         &self,
         user: &str,
         password: &str,
@@ -643,7 +522,7 @@ impl Emulator {
     }
 
     /// Whether `user` is a directory user (configured) rather than a local account.
-    fn is_directory_user(&self, user: &str) -> bool {
+    pub(crate) fn is_directory_user(&self, user: &str) -> bool {
         let key = fold_login(user);
         self.config()
             .users
@@ -654,7 +533,7 @@ impl Emulator {
 
 /// What a password check is for, as far as "prevent concurrent login" cares.
 #[derive(Clone, Copy)]
-enum Opens<'a> {
+pub(crate) enum Opens<'a> {
     /// Nothing that lasts: an HTTP Basic request, a token grant, a current-password check.
     Nothing,
     /// A form login opening a session; `replacing` is the session cookie the request carried,
@@ -664,7 +543,7 @@ enum Opens<'a> {
 
 /// Why [`Emulator::check_login`] refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Refusal {
+pub(crate) enum Refusal {
     /// A wrong password, an unknown name, or [`Emulator::refuse_logins`].
     Wrong,
     /// The account was already locked by Faspex's own lockout.
@@ -709,68 +588,4 @@ pub fn fold_login(login: &str) -> String {
         .filter(|c| !is_combining_mark(*c))
         .flat_map(char::to_lowercase)
         .collect()
-}
-
-/// Serve one TCP connection until it closes, or until the stop signal asks it to finish.
-async fn serve_connection(
-    stream: TcpStream,
-    service: EmulatorService,
-    mut stop: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let connection = http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(%error, "emulator: connection ended with an error");
-            }
-            return;
-        }
-        () = stopped(&mut stop) => connection.as_mut().graceful_shutdown(),
-    }
-    if let Err(error) = connection.await {
-        tracing::debug!(%error, "emulator: connection ended with an error during shutdown");
-    }
-}
-
-/// Resolve once the stop signal is raised; never, if its sender is gone without raising it.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// The hyper service of an [`Emulator`]: every request goes through `routes::handle`, which never
-/// fails (errors become 4xx responses).
-#[derive(Clone)]
-pub struct EmulatorService {
-    emulator: Emulator,
-    /// Raised when [`Emulator::serve`] stops, so that WebSocket sessions can close.
-    stop: watch::Receiver<bool>,
-}
-
-impl hyper::service::Service<Request<Incoming>> for EmulatorService {
-    type Response = Response<EmulatorBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let emulator = self.emulator.clone();
-        let stop = self.stop.clone();
-        if emulator.shared.h2c.load(Ordering::SeqCst) {
-            if let Some(switch) = h2c::asked(request.headers(), request.version()) {
-                let response = h2c::switch(&emulator, stop, request, switch);
-                return Box::pin(async move { Ok(response) });
-            }
-        }
-        Box::pin(async move { Ok(routes::handle(&emulator, stop, request).await) })
-    }
 }

@@ -29,18 +29,20 @@ use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::catalog::{self, Package};
-use super::http::{
-    self, accepts, base_url, content_type_is, drain, html, redirect, request_host, set_header,
-    wants_xml, Fault, Resp, JSON_BODY_LIMIT,
+use crate::base::{random_bytes, random_hex};
+use crate::catalog::{self, Package};
+use crate::emulator::{
+    fold_login, Emulator, EmulatorEvent, LocalAccount, LoginFailureStyle, LoginVia, Opens, Refusal,
+    Session, ACCOUNT_LOCKED_TEXT, CONCURRENT_LOGIN_TEXT, FASPEX_VERSION, LOGIN_FAILED_TEXT,
+    SESSION_COOKIE,
 };
-use super::pages::{self, EntryContext, Mailbox, Page, Submission};
-use super::rails::{self, Action, RailsRequest, ReadError, Reading};
-use super::{
-    fold_login, gateway, Emulator, EmulatorEvent, LocalAccount, LoginFailureStyle, LoginVia, Opens,
-    Refusal, Session, ACCOUNT_LOCKED_TEXT, CONCURRENT_LOGIN_TEXT, FASPEX_VERSION,
-    LOGIN_FAILED_TEXT, SESSION_COOKIE,
+use crate::gateway;
+use crate::http::{
+    self, accepts, base_url, content_type_is, drain, html, not_found, redirect, request_host,
+    set_header, wants_xml, Fault, Resp, JSON_BODY_LIMIT,
 };
+use crate::pages::{self, EntryContext, Mailbox, Page, Submission};
+use crate::rails::{self, Action, RailsRequest, ReadError, Reading};
 
 /// Where the login page lives; failed logins and unauthenticated browsers are sent here.
 const LOGIN_PATH: &str = "/aspera/faspex/login";
@@ -63,7 +65,7 @@ const TOKEN_LIFETIME_SECONDS: u64 = 3600;
 const PREFETCH_LIMIT: usize = JSON_BODY_LIMIT;
 
 /// Answer one request. Never fails: faults become 4xx responses.
-pub(super) async fn handle(
+pub(crate) async fn handle(
     emulator: &Emulator,
     stop: watch::Receiver<bool>,
     request: Request<Incoming>,
@@ -292,7 +294,7 @@ fn root(call: &Call<'_>) -> Result<Resp, Fault> {
 /// keeps no pre-login session to check it against).
 fn login_page(flash: Option<&str>) -> Resp {
     use base64::Engine as _;
-    let token = base64::engine::general_purpose::STANDARD.encode(http::random_bytes(32));
+    let token = base64::engine::general_purpose::STANDARD.encode(random_bytes(32));
     html(StatusCode::OK, pages::login_page(flash, &token))
 }
 
@@ -372,7 +374,7 @@ fn login(call: &Call<'_>) -> Result<Resp, Fault> {
             };
         }
     };
-    let cookie = http::random_hex(32);
+    let cookie = random_hex(32);
     {
         let mut state = emulator.state();
         // Like Rails' reset_session on login: a session the client already had ends here.
@@ -527,7 +529,7 @@ fn use_session(emulator: &Emulator, cookie: &str, rotate: bool) -> Option<Identi
             new_cookie: None,
         });
     }
-    let new = http::random_hex(32);
+    let new = random_hex(32);
     if let Some(session) = state.sessions.get_mut(cookie) {
         session.successor = Some(new.clone());
     }
@@ -579,20 +581,6 @@ fn unauthenticated(headers: &HeaderMap) -> Result<Resp, Fault> {
         HeaderValue::from_static(BASIC_CHALLENGE),
     );
     Ok(response)
-}
-
-/// The `404` of an unknown path or record: XML for XML clients, a Rails-like page otherwise.
-pub(super) fn not_found(headers: &HeaderMap) -> Resp {
-    if wants_xml(headers) {
-        return http::xml(StatusCode::NOT_FOUND, pages::xml_error("Not found"));
-    }
-    html(
-        StatusCode::NOT_FOUND,
-        pages::message_page(
-            "The page you were looking for doesn't exist.",
-            "You may have mistyped the address or the page may have moved.",
-        ),
-    )
 }
 
 /// The `406` of a format an action does not render.
@@ -878,7 +866,7 @@ fn oauth_token(call: &Call<'_>) -> Result<Resp, Fault> {
             &json!({"error": "unsupported_grant_type"}),
         ));
     }
-    let token = http::random_hex(32);
+    let token = random_hex(32);
     emulator
         .state()
         .bearer_tokens

@@ -12,7 +12,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 /// The ids of the seeded packages, in mailbox order (newest last).
 pub const PACKAGE_IDS: [u64; 3] = [4044, 4045, BIG_PACKAGE_ID];
 
-/// The large package: [`super::EmulatorConfig::big_package_bytes`] long.
+/// The large package: [`crate::EmulatorConfig::big_package_bytes`] long.
 pub const BIG_PACKAGE_ID: u64 = 4046;
 
 /// The external delivery of the seed tutorial (`/external_deliveries/4822?passcode=7e1b…`); it
@@ -217,7 +217,7 @@ fn cookie_time(rfc3339: &str) -> String {
 pub fn transfer_token() -> String {
     format!(
         "ATM2_AC{}",
-        URL_SAFE_NO_PAD.encode(super::http::random_bytes(56))
+        URL_SAFE_NO_PAD.encode(crate::base::random_bytes(56))
     )
 }
 

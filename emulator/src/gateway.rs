@@ -2,21 +2,16 @@
 //! the gateway's port:
 //!
 //! * `GET /v1/download/{id}[?bytes=N]` streams a package (or `N` bytes of it) with `Content-Length`:
-//!   [`pattern_byte`] bytes, as slices of one shared block ([`PatternBody`]), so memory stays flat;
+//!   [`pattern_byte`](crate::pattern_byte) bytes, as slices of one shared block ([`PatternBody`]), so memory stays flat;
 //! * `POST /v1/upload` drains a streamed body of any size and answers `{"bytes":N}`;
 //! * `GET /v2/upload` is a WebSocket (RFC 6455) that echoes every text and binary message.
 //!
 //! Each needs a transfer token, in `Authorization` (any scheme) or a `token` query parameter. Faspex
 //! issued it; the emulator only checks that one is there.
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http_body_util::BodyExt as _;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, StatusCode};
@@ -29,8 +24,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::http::{self, drain, query_param, set_header, Fault, Resp};
-use super::{routes, stopped, Emulator};
+use crate::base::stopped;
+use crate::emulator::Emulator;
+use crate::http::{self, drain, not_found, query_param, set_header, Fault, Resp};
+use crate::pattern::PatternBody;
 
 /// What a request under `/aspera/http-gwy/` asks for.
 enum Action<'a> {
@@ -43,7 +40,7 @@ enum Action<'a> {
 }
 
 /// Route a request under `/aspera/http-gwy/`; `segments` is the path after it.
-pub(super) async fn route(
+pub(crate) async fn route(
     emulator: &Emulator,
     stop: watch::Receiver<bool>,
     request: Request<Incoming>,
@@ -53,7 +50,7 @@ pub(super) async fn route(
         (&Method::GET, ["v1", "download", id]) => Action::Download(id),
         (&Method::POST, ["v1", "upload"]) => Action::Upload,
         (&Method::GET, ["v2", "upload"]) => Action::WebSocket,
-        _ => return Ok(routes::not_found(request.headers())),
+        _ => return Ok(not_found(request.headers())),
     };
     if !has_transfer_token(&request) {
         return Ok(token_required());
@@ -95,7 +92,7 @@ fn download(emulator: &Emulator, request: &Request<Incoming>, id: &str) -> Resul
         .ok()
         .and_then(|id| emulator.catalog().package(id))
     else {
-        return Ok(routes::not_found(request.headers()));
+        return Ok(not_found(request.headers()));
     };
     let len = match query_param(request.uri(), "bytes") {
         Some(bytes) => bytes
@@ -104,7 +101,7 @@ fn download(emulator: &Emulator, request: &Request<Incoming>, id: &str) -> Resul
             .map_err(|_| Fault::BadRequest("bytes must be a number"))?,
         None => package.size,
     };
-    let body = PatternBody::new(emulator.shared.pattern.clone(), len).boxed();
+    let body = PatternBody::new(emulator.pattern().clone(), len).boxed();
     let mut response = http::respond(StatusCode::OK, "application/octet-stream", body);
     response
         .headers_mut()
@@ -190,78 +187,5 @@ async fn echo(on_upgrade: OnUpgrade, mut stop: watch::Receiver<bool>) {
             }
             None => return,
         }
-    }
-}
-
-/// The length of every chunk a [`PatternBody`] yields (the last one may be shorter).
-const CHUNK: usize = 64 * 1024;
-
-/// The period of the download pattern. It does not divide [`CHUNK`], so that a chunk lost,
-/// repeated or reordered on the way shows up as a wrong byte.
-const PERIOD: u64 = 251;
-
-/// The byte at `offset` of every package the HTTP Gateway streams: `offset mod 251`.
-pub fn pattern_byte(offset: u64) -> u8 {
-    // The remainder is below 251, so the cast cannot truncate.
-    (offset % PERIOD) as u8
-}
-
-/// One block holding [`CHUNK`] bytes of the pattern from every starting phase: bytes
-/// `0 .. CHUNK + PERIOD` of the pattern.
-pub fn pattern_block() -> Bytes {
-    let len = CHUNK + PERIOD as usize;
-    (0..len as u64)
-        .map(pattern_byte)
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-/// A body of `len` pattern bytes (see [`pattern_byte`]), yielded as slices of one shared block:
-/// memory stays flat whatever the length, and hyper only asks for the next chunk when the client
-/// has taken the previous one.
-pub struct PatternBody {
-    block: Bytes,
-    offset: u64,
-    len: u64,
-}
-
-impl PatternBody {
-    /// `block` must come from `pattern_block()`.
-    pub(super) fn new(block: Bytes, len: u64) -> Self {
-        Self {
-            block,
-            offset: 0,
-            len,
-        }
-    }
-}
-
-impl Body for PatternBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        let remaining = this.len - this.offset;
-        if remaining == 0 {
-            return Poll::Ready(None);
-        }
-        // Both values fit: the first is below CHUNK, the second below PERIOD.
-        let n = remaining.min(CHUNK as u64) as usize;
-        let start = (this.offset % PERIOD) as usize;
-        let chunk = this.block.slice(start..start + n);
-        this.offset += n as u64;
-        Poll::Ready(Some(Ok(Frame::data(chunk))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.offset >= self.len
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.len - self.offset)
     }
 }
