@@ -25,11 +25,12 @@
 //! - [`auth`]: the [`auth::Directory`] seam where one credential check runs, and its backends:
 //!   LDAP / Active Directory ([`auth::ldap`]) and a users file of argon2id hashes
 //!   ([`auth::file`]); the verification cache for HTTP Basic callers ([`auth::cache`]).
-//! - [`policy`]: the four policies (seats, one client per account, idle/absolute timeouts,
-//!   lockout), per-address throttles and the global ceiling on credential checks, independent of
-//!   HTTP and LDAP, over a [`store`].
-//! - [`store`]: the [`store::PolicyStore`] trait (one atomic step per operation) and the durable
-//!   embedded backend.
+//! - [`policy`]: the engine, independent of HTTP and LDAP, over a [`store`]; each policy's rule
+//!   in a file named after it: [`policy::seats`], [`policy::one_client`], [`policy::timeouts`],
+//!   [`policy::lockout`], and [`policy::throttle`] (per-address throttles and the global ceiling
+//!   on credential checks).
+//! - [`store`]: the [`store::PolicyStore`] trait (one atomic step per operation, applying the
+//!   rules; it persists and decides nothing) and the durable embedded backend.
 //! - [`metrics`]: the Prometheus registry, fed by the engine's events and the proxy's requests.
 //! - [`audit`]: the audit log (JSON lines) of logins, lockouts, session ends and admin actions.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`, the admin API) and the

@@ -338,7 +338,10 @@ async fn a_downed_directory_answers_503_and_locks_nobody_out() {
             .await;
         match r {
             Err(e @ LoginRefused::DirectoryUnavailable) => {
-                assert_eq!(e.status().0, http::StatusCode::SERVICE_UNAVAILABLE)
+                assert_eq!(
+                    faspex_gate::proxy::error::refusal_status(&e).0,
+                    http::StatusCode::SERVICE_UNAVAILABLE
+                )
             }
             other => panic!("attempt {i}: {other:?}"),
         }
@@ -567,7 +570,7 @@ async fn the_global_ceiling_caps_what_reaches_slapd_from_many_addresses() {
     for t in tasks {
         match t.await.unwrap() {
             Err(e @ LoginRefused::Throttled { .. }) => {
-                let (status, retry) = e.status();
+                let (status, retry) = faspex_gate::proxy::error::refusal_status(&e);
                 assert_eq!(status, http::StatusCode::TOO_MANY_REQUESTS);
                 assert!(retry.is_some());
                 throttled += 1;

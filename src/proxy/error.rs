@@ -107,6 +107,23 @@ impl From<ForwardError> for GatewayError {
     }
 }
 
+/// The status an API client gets for a refused login (the contract's right-hand column), and
+/// `Retry-After`.
+pub fn refusal_status(r: &LoginRefused) -> (StatusCode, Option<std::time::Duration>) {
+    use StatusCode as S;
+    match r {
+        LoginRefused::InvalidUsername(_) | LoginRefused::BadCredentials => (S::UNAUTHORIZED, None),
+        LoginRefused::AccountLocked { retry_after, .. } => (S::FORBIDDEN, Some(*retry_after)),
+        LoginRefused::LicenseFull { retry_after } => (S::SERVICE_UNAVAILABLE, Some(*retry_after)),
+        LoginRefused::OtherClientActive { .. } => (S::CONFLICT, None),
+        LoginRefused::Throttled { retry_after } => (S::TOO_MANY_REQUESTS, Some(*retry_after)),
+        LoginRefused::DirectoryUnavailable | LoginRefused::Store(_) => {
+            (S::SERVICE_UNAVAILABLE, None)
+        }
+        LoginRefused::FaspexUnavailable => (S::BAD_GATEWAY, None),
+    }
+}
+
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -121,7 +138,7 @@ impl GatewayError {
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::NoSession(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::Refused(r) => r.refused.status().0,
+            GatewayError::Refused(r) => refusal_status(&r.refused).0,
             GatewayError::PublicThrottled(_) | GatewayError::PublicInflight => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -132,7 +149,7 @@ impl GatewayError {
     /// `Retry-After`, where the contract gives one.
     fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
-            GatewayError::Refused(r) => r.refused.status().1,
+            GatewayError::Refused(r) => refusal_status(&r.refused).1,
             GatewayError::PublicThrottled(d) => Some(*d),
             // Both clear as soon as requests in flight finish: a second is the honest guess.
             GatewayError::PublicInflight | GatewayError::Upstream(UpstreamError::Busy(_)) => {

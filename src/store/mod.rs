@@ -1,10 +1,16 @@
 //! Policy state: sessions (which hold the licence seats), failure windows and locks, behind the
 //! [`PolicyStore`] trait.
 //!
-//! Each method is one atomic step over the whole state, given the rules as arguments, so that a
-//! shared backend (Redis, a later issue) can run each as one script in one round trip. The policy
-//! engine ([`crate::policy`]) decides *when* to call what; the store makes each call atomic and
-//! durable.
+//! The store persists state and makes each step atomic; it decides nothing. Each method is one
+//! atomic step over the whole state, given the rules' parameters as arguments ([`SeatRules`],
+//! [`Timeouts`], [`LockoutRules`]), and inside that step it applies the rules as coded in their
+//! own files: [`crate::policy::seats`], [`crate::policy::one_client`],
+//! [`crate::policy::timeouts`], [`crate::policy::lockout`]. The policy engine
+//! ([`crate::policy`]) decides *when* to call what.
+//!
+//! Every backend must pass the conformance suite ([`conformance`], test builds only): that suite,
+//! not a comment, is what binds a second backend (a shared one that runs each step as one
+//! server-side script in one round trip) to the rules the embedded store applies.
 //!
 //! [`embedded::EmbeddedStore`] is the default: the state lives in memory ([`tables::Tables`],
 //! authoritative while the process runs) and is persisted to a redb file. Session creation and
@@ -192,29 +198,6 @@ impl std::fmt::Debug for Session {
     }
 }
 
-impl Session {
-    /// When this session ends unless there is activity first, and why it would.
-    pub fn deadline(&self, t: &Timeouts) -> (Timestamp, EndReason) {
-        let idle = match self.kind {
-            ClientKind::Browser => t.idle,
-            ClientKind::Basic | ClientKind::Bearer => t.api_idle,
-        };
-        let idle_end = self.last_activity + idle;
-        match t.absolute {
-            Some(abs) if self.started + abs <= idle_end => {
-                (self.started + abs, EndReason::Absolute)
-            }
-            _ => (idle_end, EndReason::Idle),
-        }
-    }
-
-    /// `Some(reason)` when the session has ended by `now`: a deadline is reached at exactly it.
-    pub fn expired(&self, now: Timestamp, t: &Timeouts) -> Option<EndReason> {
-        let (at, why) = self.deadline(t);
-        (now >= at).then_some(why)
-    }
-}
-
 /// Why a session ended. The first five are the metric's `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -241,7 +224,7 @@ impl EndReason {
     }
 }
 
-/// The session timeouts, from `[policy]`.
+/// The session timeouts, from `[policy]`: the parameters of [`crate::policy::timeouts`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub idle: Duration,
@@ -249,7 +232,8 @@ pub struct Timeouts {
     pub absolute: Option<Duration>,
 }
 
-/// The rules for admission, from `[policy]`.
+/// The rules for admission, from `[policy]`: the parameters of [`crate::policy::seats`],
+/// [`crate::policy::one_client`] and [`crate::policy::timeouts`].
 #[derive(Clone, Copy, Debug)]
 pub struct SeatRules {
     pub max_sessions: u32,
@@ -364,7 +348,7 @@ pub struct Lock {
     pub account_kind: AccountKind,
 }
 
-/// The rules for lockout, from `[policy]`.
+/// The rules for lockout, from `[policy]`: the parameters of [`crate::policy::lockout`].
 #[derive(Clone, Copy, Debug)]
 pub struct LockoutRules {
     pub threshold: u32,

@@ -2,16 +2,24 @@
 //!
 //! [`Tables`] has no I/O and no clock: each step takes `now` and the rules, runs to completion
 //! under its owner's lock, and marks what it changed as dirty for the persister to pick up.
+//!
+//! The tables decide nothing themselves: each step reads the state it needs and asks the rule,
+//! one file per policy ([`crate::policy::seats`], [`crate::policy::one_client`],
+//! [`crate::policy::timeouts`], [`crate::policy::lockout`]), then writes what the rule said.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::clock::Timestamp;
+use crate::policy::lockout::{self, BeforeCheck};
+use crate::policy::one_client::{self, Clients};
+use crate::policy::seats::{self, Seat};
+use crate::policy::timeouts;
 
 use super::{
     AccountKind, Admission, Admit, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart,
-    AttemptTicket, ClientId, Counts, EndReason, Lock, LockKey, LockoutRules, OneClient, SeatRules,
-    Session, SessionKey, SessionState, Swept, Timeouts, Unlocked,
+    AttemptTicket, ClientId, Counts, EndReason, Lock, LockKey, LockoutRules, SeatRules, Session,
+    SessionKey, SessionState, Swept, Timeouts, Unlocked,
 };
 
 /// How often a sweep scans the failure windows to drop the ones that slid empty.
@@ -30,7 +38,7 @@ impl Window {
     /// Forget failures that have slid out of the window and reservations that have expired.
     fn prune(&mut self, now: Timestamp, window: Duration) {
         while let Some(&t) = self.failures.front() {
-            if now.since(t) >= window {
+            if !lockout::counts_at(t, now, window) {
                 self.failures.pop_front();
             } else {
                 break;
@@ -158,7 +166,11 @@ impl Tables {
     ) {
         let keys = self.by_account.get(account).cloned().unwrap_or_default();
         for k in keys {
-            if let Some(why) = self.sessions.get(&k).and_then(|s| s.expired(now, t)) {
+            if let Some(why) = self
+                .sessions
+                .get(&k)
+                .and_then(|s| timeouts::expired(s, now, t))
+            {
                 if let Some(s) = self.remove_session(&k) {
                     ended.push((s, why));
                 }
@@ -170,7 +182,7 @@ impl Tables {
         let due: Vec<(SessionKey, EndReason)> = self
             .sessions
             .values()
-            .filter_map(|s| s.expired(now, t).map(|why| (s.key.clone(), why)))
+            .filter_map(|s| timeouts::expired(s, now, t).map(|why| (s.key.clone(), why)))
             .collect();
         due.into_iter()
             .filter_map(|(k, why)| self.remove_session(&k).map(|s| (s, why)))
@@ -185,24 +197,25 @@ impl Tables {
         self.expire_account(&a.account, now, &t, &mut ended);
 
         let keys = self.by_account.get(&a.account).cloned().unwrap_or_default();
-        let (same, others): (Vec<SessionKey>, Vec<SessionKey>) = keys
-            .into_iter()
-            .partition(|k| self.sessions.get(k).is_some_and(|s| s.client == a.client));
-
-        if !others.is_empty() && rules.one_client == OneClient::Reject && !a.takeover {
-            let active = self.sessions[&others[0]].clone();
-            return Admit {
-                outcome: AdmitOutcome::OtherClient { active },
-                ended,
-            };
-        }
+        let live = keys.iter().filter_map(|k| self.sessions.get(k));
+        let (same, others) = match one_client::decide(live, &a.client, rules.one_client, a.takeover)
+        {
+            Clients::OtherClient { active } => {
+                let active = self.sessions[&active].clone();
+                return Admit {
+                    outcome: AdmitOutcome::OtherClient { active },
+                    ended,
+                };
+            }
+            Clients::Admit { renews, replaces } => (renews, replaces),
+        };
 
         let holds_seat = self.by_account.contains_key(&a.account);
-        if !holds_seat && self.by_account.len() >= rules.max_sessions as usize {
+        if seats::decide(holds_seat, self.by_account.len(), rules.max_sessions) == Seat::Full {
             // Sessions past their deadline still hold seats until swept: sweep now.
             ended.extend(self.expire_all(now, &t));
-            if self.by_account.len() >= rules.max_sessions as usize {
-                let soonest_end = self.sessions.values().map(|s| s.deadline(&t).0).min();
+            if seats::decide(holds_seat, self.by_account.len(), rules.max_sessions) == Seat::Full {
+                let soonest_end = seats::soonest_end(self.sessions.values(), &t);
                 return Admit {
                     outcome: AdmitOutcome::LicenseFull { soonest_end },
                     ended,
@@ -251,13 +264,13 @@ impl Tables {
         let Some(s) = self.sessions.get_mut(key) else {
             return SessionState::Unknown;
         };
-        if let Some(why) = s.expired(now, t) {
+        if let Some(why) = timeouts::expired(s, now, t) {
             return match self.remove_session(key) {
                 Some(s) => SessionState::Ended(s, why),
                 None => SessionState::Unknown,
             };
         }
-        if activity && now > s.last_activity {
+        if activity && timeouts::touches(s, now) {
             s.last_activity = now;
             // A busy session is dirty already until the next flush: no key to copy.
             if !self.dirty_sessions.contains(key) {
@@ -353,18 +366,11 @@ impl Tables {
 
     /// The lock in force on `key`: its own, or the account-wide one, whichever lasts longer.
     pub fn lock_in_force(&self, key: &LockKey, now: Timestamp) -> Option<Lock> {
-        let own = self.locks.get(key).filter(|l| l.until > now);
         let wide = match key.ip {
-            Some(_) => self
-                .locks
-                .get(&LockKey::account(key.account.clone()))
-                .filter(|l| l.until > now),
+            Some(_) => self.locks.get(&LockKey::account(key.account.clone())),
             None => None,
         };
-        match (own, wide) {
-            (Some(a), Some(b)) => Some(if a.until >= b.until { a } else { b }.clone()),
-            (a, b) => a.or(b).cloned(),
-        }
+        lockout::in_force(self.locks.get(key), wide, now)
     }
 
     /// Keep the number of windows under the bound before adding one: windows that slid empty go
@@ -444,32 +450,21 @@ impl Tables {
         if w.failures.len() != before {
             self.dirty_windows.insert(key.clone());
         }
-        if w.failures.len() >= rules.threshold.max(1) as usize {
-            // The threshold reached without a lock: two spellings' windows joined into one
-            // account when a store from before names were prepared was opened ([`rekey`]), or
-            // the threshold was lowered. It locks as the failure that reached it would have.
-            let failures = w.failures.len() as u32;
-            let since = w.last_failure();
-            w.failures.clear();
-            let lock = Lock {
-                key: key.clone(),
-                since,
-                until: since + rules.duration,
-                failures,
-                by_admin: false,
-                account_kind: AccountKind::default(),
-            };
-            self.dirty_windows.insert(key.clone());
-            self.drop_if_empty(key);
-            if lock.until > now {
-                self.locks.insert(key.clone(), lock.clone());
-                self.dirty_locks.insert(key.clone());
-                return (AttemptStart::Locked(lock), true);
+        let failures = w.failures.make_contiguous();
+        match lockout::before_check(key, failures, w.in_flight.len(), now, &rules) {
+            BeforeCheck::Proceed => {}
+            BeforeCheck::Busy => return (AttemptStart::Busy, false),
+            decision => {
+                w.failures.clear();
+                self.dirty_windows.insert(key.clone());
+                self.drop_if_empty(key);
+                if let BeforeCheck::Lock(lock) = decision {
+                    self.locks.insert(key.clone(), lock.clone());
+                    self.dirty_locks.insert(key.clone());
+                    return (AttemptStart::Locked(lock), true);
+                }
+                return self.begin_attempt_locking(key, now, rules);
             }
-            return self.begin_attempt_locking(key, now, rules);
-        }
-        if w.failures.len() + w.in_flight.len() >= rules.threshold as usize {
-            return (AttemptStart::Busy, false);
         }
         self.next_ticket += 1;
         let id = self.next_ticket;
@@ -504,41 +499,30 @@ impl Tables {
             self.drop_if_empty(&key);
             return AttemptEnd::AlreadyLocked(lock);
         }
-        let end = match result {
-            // A right password does not clear the window: the threshold counts every wrong
-            // attempt inside it, so an attacker gains nothing from the owner's logins.
-            AttemptResult::Aborted | AttemptResult::Accepted => AttemptEnd::Done,
-            AttemptResult::Rejected => {
-                if !self.windows.contains_key(&key) {
-                    // Its window went (an unlock, or it was evicted) while the check ran: count
-                    // the failure in a new one.
-                    self.make_room(now, &rules);
-                }
-                let w = self.windows.entry(key.clone()).or_default();
-                w.prune(now, rules.window);
-                w.failures.push_back(now);
-                while w.failures.len() > rules.threshold as usize {
-                    w.failures.pop_front();
-                }
-                let failures = w.failures.len() as u32;
-                self.dirty_windows.insert(key.clone());
-                if failures >= rules.threshold {
-                    // The lock carries the count; the window starts afresh when it lifts.
+        let end = if !lockout::counts_failure(result) {
+            AttemptEnd::Done
+        } else {
+            if !self.windows.contains_key(&key) {
+                // Its window went (an unlock, or it was evicted) while the check ran: count the
+                // failure in a new one.
+                self.make_room(now, &rules);
+            }
+            let w = self.windows.entry(key.clone()).or_default();
+            w.prune(now, rules.window);
+            w.failures.push_back(now);
+            while w.failures.len() > rules.threshold as usize {
+                w.failures.pop_front();
+            }
+            let failures = w.failures.len() as u32;
+            self.dirty_windows.insert(key.clone());
+            match lockout::after_failure(&key, failures, now, &rules, ticket_kind) {
+                Some(lock) => {
                     w.failures.clear();
-                    let lock = Lock {
-                        key: key.clone(),
-                        since: now,
-                        until: now + rules.duration,
-                        failures,
-                        by_admin: false,
-                        account_kind: ticket_kind,
-                    };
                     self.locks.insert(key.clone(), lock.clone());
                     self.dirty_locks.insert(key.clone());
                     AttemptEnd::Locked(lock)
-                } else {
-                    AttemptEnd::Counted { failures }
                 }
+                None => AttemptEnd::Counted { failures },
             }
         };
         self.drop_if_empty(&key);
@@ -564,19 +548,7 @@ impl Tables {
             .windows
             .get(&key)
             .map_or(0, |w| w.failures.len() as u32);
-        // A lock in force that lasts longer stays as long.
-        let until = match self.locks.get(&key) {
-            Some(l) if l.until > now => until.max(l.until),
-            _ => until,
-        };
-        let lock = Lock {
-            key: key.clone(),
-            since: now,
-            until,
-            failures,
-            by_admin: true,
-            account_kind: kind,
-        };
+        let lock = lockout::admin_lock(account, kind, failures, self.locks.get(&key), now, until);
         self.locks.insert(key.clone(), lock.clone());
         self.dirty_locks.insert(key);
         lock
@@ -632,7 +604,7 @@ impl Tables {
         let mut v: Vec<Lock> = self
             .locks
             .values()
-            .filter(|l| l.until > now)
+            .filter(|l| lockout::holds(l, now))
             .cloned()
             .collect();
         v.sort_by(|a, b| a.key.cmp(&b.key));
@@ -644,7 +616,7 @@ impl Tables {
         let lifted_keys: Vec<LockKey> = self
             .locks
             .values()
-            .filter(|l| l.until <= now)
+            .filter(|l| !lockout::holds(l, now))
             .map(|l| l.key.clone())
             .collect();
         let lifted = self.remove_locks(lifted_keys);
@@ -681,13 +653,13 @@ impl Tables {
         let locked: HashSet<&str> = self
             .locks
             .values()
-            .filter(|l| l.until > now)
+            .filter(|l| lockout::holds(l, now))
             .map(|l| l.key.account.as_str())
             .collect();
         let local_locked: HashSet<&str> = self
             .locks
             .values()
-            .filter(|l| l.until > now && l.account_kind == AccountKind::Local)
+            .filter(|l| lockout::holds(l, now) && l.account_kind == AccountKind::Local)
             .map(|l| l.key.account.as_str())
             .collect();
         let local_seats = self
@@ -705,7 +677,11 @@ impl Tables {
             accounts_locked: locked.len(),
             local_seats,
             local_accounts_locked: local_locked.len(),
-            locks: self.locks.values().filter(|l| l.until > now).count(),
+            locks: self
+                .locks
+                .values()
+                .filter(|l| lockout::holds(l, now))
+                .count(),
             tracked_windows: self.windows.len(),
         }
     }
@@ -820,5 +796,28 @@ pub fn decode_lock_key(s: &str) -> LockKey {
             ip: ip.parse().ok(),
         },
         None => LockKey::account(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the embedded store's writer does when a commit fails: the changes go back to dirty,
+    /// and the next commit carries their current values.
+    #[test]
+    fn a_failed_write_is_carried_by_the_next() {
+        let mut t = Tables::default();
+        let now = Timestamp::from_millis(1_000_000);
+        let hour = Duration::from_secs(3600);
+        let lock = t.lock_account("ann", AccountKind::Directory, now, now + hour);
+        let failed = t.take_dirty();
+        assert_eq!(failed.locks.len(), 1);
+        assert!(t.take_dirty().is_empty());
+        t.redirty(&failed);
+        let later = t.lock_account("ann", AccountKind::Directory, now, now + 2 * hour);
+        assert_ne!(later, lock);
+        let retried = t.take_dirty();
+        assert_eq!(retried.locks, vec![(lock.key.encode(), Some(later))]);
     }
 }

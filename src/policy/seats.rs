@@ -1,0 +1,86 @@
+//! Licence seats: at most `policy.max_sessions` accounts hold a session at once.
+//!
+//! An account with at least one live session holds one seat, however many clients it has. A login
+//! of an account that holds a seat already never needs a new one; any other login takes a free
+//! seat or is refused as licence full, and is told when the soonest session would end. Sessions
+//! past their deadline ([`super::timeouts`]) hold no seat: before refusing, the store ends them.
+//!
+//! The rule is these functions. The embedded store's admission ([`crate::store::tables`]) calls
+//! [`decide`] inside its one atomic step, so the cap is exact however many logins arrive at once.
+//! A second backend (the Redis store of the next issue, one Lua script per operation) must mirror
+//! this rule exactly, and the one place where it must agree is the store conformance suite,
+//! [`crate::store::conformance`] (the `seats_*` checks).
+
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::store::{Session, Timeouts};
+
+/// Whether a login may have a seat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seat {
+    /// The account holds one already.
+    Held,
+    /// A seat is free: the login takes it.
+    Free,
+    /// Every seat is taken.
+    Full,
+}
+
+/// The seat for a login of an account that `holds_seat` (or not), with `in_use` seats held by live
+/// sessions and the cap `max_sessions`.
+pub fn decide(holds_seat: bool, in_use: usize, max_sessions: u32) -> Seat {
+    if holds_seat {
+        Seat::Held
+    } else if in_use >= max_sessions as usize {
+        Seat::Full
+    } else {
+        Seat::Free
+    }
+}
+
+/// When the soonest of `sessions` ends without activity: what a refused login is told.
+pub fn soonest_end<'a>(
+    sessions: impl IntoIterator<Item = &'a Session>,
+    t: &Timeouts,
+) -> Option<Timestamp> {
+    sessions
+        .into_iter()
+        .map(|s| super::timeouts::deadline(s, t).0)
+        .min()
+}
+
+/// The `Retry-After` of a licence-full refusal at `now`: until the soonest session ends, between
+/// 5 seconds and 15 minutes, or a minute when there is no session to wait for.
+pub fn retry_after(soonest_end: Option<Timestamp>, now: Timestamp) -> Duration {
+    soonest_end
+        .map(|t| {
+            t.since(now)
+                .clamp(Duration::from_secs(5), Duration::from_secs(900))
+        })
+        .unwrap_or(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_seat_is_kept_and_the_cap_is_exact() {
+        assert_eq!(decide(true, 10, 10), Seat::Held);
+        assert_eq!(decide(false, 9, 10), Seat::Free);
+        assert_eq!(decide(false, 10, 10), Seat::Full);
+        assert_eq!(decide(false, 0, 0), Seat::Full);
+    }
+
+    #[test]
+    fn licence_full_retry_after_is_bounded() {
+        let now = Timestamp::from_millis(1_000_000);
+        assert_eq!(retry_after(None, now), Duration::from_secs(60));
+        assert_eq!(retry_after(Some(now), now), Duration::from_secs(5));
+        let later = now + Duration::from_secs(120);
+        assert_eq!(retry_after(Some(later), now), Duration::from_secs(120));
+        let much_later = now + Duration::from_secs(3600);
+        assert_eq!(retry_after(Some(much_later), now), Duration::from_secs(900));
+    }
+}
