@@ -21,6 +21,7 @@ use crate::config::LocalAccounts;
 use crate::config::{LockoutKey, OneClient, PolicyConfig};
 use crate::proxy::error::refusal_status;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::failing::FailingStore;
 use crate::store::{
     AccountKind, AttemptResult, AttemptStart, ClientId, ClientKind, EndReason, Lock, LockKey,
     PolicyStore, Session, StoreError,
@@ -173,6 +174,8 @@ struct Harness {
     directory: Arc<dyn Directory>,
     events: Arc<Recorder>,
     store: Arc<EmbeddedStore>,
+    /// The store as the engine has it: writes fail when told.
+    failing: Arc<FailingStore>,
     tmp: tempfile::TempDir,
 }
 
@@ -187,7 +190,7 @@ fn unlimited_checks() -> CheckRules {
 fn engine(
     cfg: PolicyConfig,
     checks: CheckRules,
-    store: &Arc<EmbeddedStore>,
+    store: &Arc<FailingStore>,
     clock: &ManualClock,
     events: &Arc<Recorder>,
 ) -> Policy {
@@ -212,9 +215,10 @@ impl Harness {
     fn with_rules(cfg: PolicyConfig, n: usize, checks: CheckRules) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(tmp.path()).unwrap());
+        let failing = Arc::new(FailingStore::new(store.clone()));
         let clock = ManualClock::at_2026();
         let events = Arc::new(Recorder::default());
-        let policy = engine(cfg, checks, &store, &clock, &events);
+        let policy = engine(cfg, checks, &failing, &clock, &events);
         let dir = TestDirectory::with_users(n);
         Self {
             policy,
@@ -223,6 +227,7 @@ impl Harness {
             dir,
             events,
             store,
+            failing,
             tmp,
         }
     }
@@ -235,17 +240,20 @@ impl Harness {
             dir,
             directory,
             store,
+            failing,
             tmp,
             ..
         } = self;
         let cfg = (**policy.cfg()).clone();
         let checks = **policy.inner.checks.load();
         drop(policy);
+        drop(failing);
         store.close().await.unwrap();
         drop(store);
         let store = Arc::new(EmbeddedStore::open(tmp.path()).unwrap());
+        let failing = Arc::new(FailingStore::new(store.clone()));
         let events = Arc::new(Recorder::default());
-        let policy = engine(cfg, checks, &store, &clock, &events);
+        let policy = engine(cfg, checks, &failing, &clock, &events);
         Harness {
             policy,
             clock,
@@ -253,6 +261,7 @@ impl Harness {
             directory,
             events,
             store,
+            failing,
             tmp,
         }
     }
@@ -1527,17 +1536,17 @@ async fn the_store_probe_writes_even_with_nothing_to_save() {
     let h = Harness::new(contract_defaults());
     // Nothing is dirty, yet the probe writes, so a failing disk shows (for /readyz).
     h.policy.probe_store().await.unwrap();
-    h.store.refuse_writes(true);
+    h.failing.refuse_writes(true);
     let err = h.policy.probe_store().await.unwrap_err().to_string();
     assert!(err.contains("No space left"), "{err}");
-    h.store.refuse_writes(false);
+    h.failing.refuse_writes(false);
     h.policy.probe_store().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_disk_fails_closed_and_loses_no_lockout() {
     let h = Harness::new(contract_defaults());
-    h.store.refuse_writes(true);
+    h.failing.refuse_writes(true);
     // A login whose session cannot be saved is refused and undone: no seat is held.
     match h.browser("ann", "c1").await {
         Err(LoginRefused::Store(e)) => assert!(e.to_string().contains("No space left"), "{e}"),
@@ -1558,7 +1567,7 @@ async fn a_failing_disk_fails_closed_and_loses_no_lockout() {
     ));
     assert!(is_locked(&h.browser("cat", "c3").await));
     // The disk comes back: the writer's retries put both locks on disk, so a restart keeps them.
-    h.store.refuse_writes(false);
+    h.failing.refuse_writes(false);
     let started = std::time::Instant::now();
     loop {
         h.policy.flush().await.unwrap();

@@ -20,7 +20,6 @@
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -71,9 +70,6 @@ pub struct EmbeddedStore {
     tables: Arc<Mutex<Tables>>,
     file: PathBuf,
     requests: mpsc::Sender<Request>,
-    /// Tests turn this on to make every commit fail, as a full or failing disk would.
-    #[cfg_attr(not(test), allow(dead_code))]
-    refuse_writes: Arc<AtomicBool>,
 }
 
 impl EmbeddedStore {
@@ -119,26 +115,16 @@ impl EmbeddedStore {
         let tables = Arc::new(Mutex::new(tables));
         let (requests, rx) = mpsc::channel();
         let writer_tables = Arc::clone(&tables);
-        let refuse_writes = Arc::new(AtomicBool::new(false));
-        let writer_refuses = Arc::clone(&refuse_writes);
         let writer_file = file.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(db, writer_tables, rx, writer_file, writer_refuses))
+            .spawn(move || writer(db, writer_tables, rx, writer_file))
             .map_err(|e| fail(format!("cannot start its writer: {e}")))?;
         Ok(Self {
             tables,
             file,
             requests,
-            refuse_writes,
         })
-    }
-
-    /// Make every commit fail (as a full disk would) until turned off again: for testing the
-    /// fail-closed paths. Memory keeps the state; the writer keeps retrying.
-    #[cfg(test)]
-    pub(crate) fn refuse_writes(&self, on: bool) {
-        self.refuse_writes.store(on, Ordering::SeqCst);
     }
 
     /// The store's file.
@@ -455,13 +441,7 @@ fn write(db: &Database, d: &Dirty) -> Result<(), String> {
 }
 
 /// The writer thread: commit on request, and on its own tick for write-behind state.
-fn writer(
-    db: Database,
-    tables: Arc<Mutex<Tables>>,
-    rx: mpsc::Receiver<Request>,
-    file: PathBuf,
-    refuse_writes: Arc<AtomicBool>,
-) {
+fn writer(db: Database, tables: Arc<Mutex<Tables>>, rx: mpsc::Receiver<Request>, file: PathBuf) {
     let mut waiting = Vec::new();
     let mut probes = Vec::new();
     let mut stop = false;
@@ -494,8 +474,6 @@ fn writer(
             .take_dirty();
         let result = if dirty.is_empty() {
             Ok(())
-        } else if refuse_writes.load(Ordering::SeqCst) {
-            Err("No space left on device (simulated)".to_owned())
         } else {
             write(&db, &dirty)
         };
@@ -515,8 +493,6 @@ fn writer(
         if !probes.is_empty() {
             let probed = if !dirty.is_empty() {
                 result.clone()
-            } else if refuse_writes.load(Ordering::SeqCst) {
-                Err("No space left on device (simulated)".to_owned())
             } else {
                 write_probe(&db)
             };
@@ -966,4 +942,49 @@ mod tests {
         drop(store);
         assert_eq!(account_keys(tmp.path()), Some(ACCOUNT_KEYS_VERSION));
     }
+}
+
+/// The store conformance suite, on the embedded store in a temporary folder.
+#[cfg(test)]
+mod conformance {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use super::EmbeddedStore;
+    use crate::store::conformance::Backend;
+    use crate::store::PolicyStore;
+
+    /// A temporary folder, and the store open on it.
+    struct Embedded {
+        dir: tempfile::TempDir,
+        open: Option<Arc<EmbeddedStore>>,
+    }
+
+    impl Embedded {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().unwrap(),
+                open: None,
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Embedded {
+        async fn open(&mut self) -> Arc<dyn PolicyStore> {
+            if let Some(old) = self.open.take() {
+                old.close().await.unwrap();
+            }
+            let store = Arc::new(EmbeddedStore::open(self.dir.path()).unwrap());
+            self.open = Some(Arc::clone(&store));
+            store
+        }
+
+        fn durable(&self) -> bool {
+            true
+        }
+    }
+
+    crate::store_conformance!(Embedded::new());
 }

@@ -17,7 +17,11 @@
 //! end, lockouts, unlocks and admin locks are written through (durable before the call returns);
 //! failure windows and last-activity times are written behind, at most [`WRITE_BEHIND`] late.
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod conformance;
 pub mod embedded;
+#[cfg(any(test, feature = "test-support"))]
+pub mod failing;
 pub mod tables;
 
 use std::net::IpAddr;
