@@ -17,7 +17,7 @@
 //! each atomic step (`begin_attempt`, `finish_attempt`, `lock_state`, `lock_account`, the sweep).
 //! A second backend (the Redis store of the next issue, one Lua script per operation) must mirror
 //! this rule exactly, and the one place where it must agree is the store conformance suite,
-//! [`crate::store::conformance`] (the `lockout_*` checks).
+//! `src/store/conformance.rs` (its `lockout_*` checks).
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! [`decide`] inside its one atomic step, so the cap is exact however many logins arrive at once.
 //! A second backend (the Redis store of the next issue, one Lua script per operation) must mirror
 //! this rule exactly, and the one place where it must agree is the store conformance suite,
-//! [`crate::store::conformance`] (the `seats_*` checks).
+//! `src/store/conformance.rs` (its `seats_*` checks).
 
 use std::time::Duration;
 

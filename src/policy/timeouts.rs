@@ -9,7 +9,7 @@
 //! each atomic step (every session lookup, admission and sweep); the engine uses them to list live
 //! sessions. A second backend (the Redis store of the next issue, one Lua script per operation)
 //! must mirror this rule exactly, and the one place where it must agree is the store conformance
-//! suite, [`crate::store::conformance`] (the `idle_*` and `absolute_*` checks).
+//! suite, `src/store/conformance.rs` (its `idle_*` and `absolute_*` checks).
 
 use crate::clock::Timestamp;
 use crate::store::{ClientKind, EndReason, Session, Timeouts};

@@ -8,8 +8,8 @@
 //! [`crate::policy::timeouts`], [`crate::policy::lockout`]. The policy engine
 //! ([`crate::policy`]) decides *when* to call what.
 //!
-//! Every backend must pass the conformance suite ([`conformance`], test builds only): that suite,
-//! not a comment, is what binds a second backend (a shared one that runs each step as one
+//! Every backend must pass the conformance suite (`conformance.rs`, in test builds only): that
+//! suite, not a comment, is what binds a second backend (a shared one that runs each step as one
 //! server-side script in one round trip) to the rules the embedded store applies.
 //!
 //! [`embedded::EmbeddedStore`] is the default: the state lives in memory ([`tables::Tables`],
