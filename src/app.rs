@@ -24,7 +24,7 @@ use crate::config::{AuthBackend, Config};
 use crate::metrics::Metrics;
 use crate::policy::{CheckRules, LogObserver, Observer, Observers, Policy};
 use crate::proxy::ends::SessionEnds;
-use crate::proxy::forward::Upstream;
+use crate::proxy::upstream::Upstream;
 use crate::proxy::Gateway;
 use crate::server::tls::CertStore;
 use crate::server::{signal_control, Control, Server};

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use arc_swap::ArcSwap;
 
-use super::forward::Upstream;
 use super::streams::SessionStreams;
+use super::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::policy::{Observer, PolicyEvent};
 use crate::store::{EndReason, SessionKey};

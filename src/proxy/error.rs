@@ -3,14 +3,14 @@
 //! Clients get a clear, generic message: an HTML page for a browser, a line of text for an API
 //! client. The details (which upstream error, which bad byte) go to the log, not to the client.
 
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 
+use super::body::ProxyBody;
 use super::classify::PathError;
-use super::forward::{ForwardError, ProxyBody, UpstreamError};
-use super::pages::{self, LoginForm, Site};
+use super::pages::{self, html, text, LoginForm, Site};
+use super::request::BadRequest;
 use super::session::SessionCookies;
+use super::upstream::{ForwardError, UpstreamError};
 use crate::clock::Timestamp;
 use crate::policy::LoginRefused;
 use crate::store::{EndReason, StoreError};
@@ -94,6 +94,12 @@ impl From<LoginRefused> for GatewayError {
             refused,
             form: None,
         }))
+    }
+}
+
+impl From<BadRequest> for GatewayError {
+    fn from(BadRequest(why): BadRequest) -> Self {
+        GatewayError::BadRequest(why)
     }
 }
 
@@ -308,7 +314,9 @@ fn refusal_page(r: &Refusal, a: &Answer<'_>) -> String {
 }
 
 /// A request is a browser request when it carries a gateway cookie, accepts HTML, or was sent by
-/// script (`X-Requested-With`). Only other requests may ever see `WWW-Authenticate`.
+/// script (`X-Requested-With`). Only other requests may ever see `WWW-Authenticate`. (The
+/// handler takes [`BrowserSigns`] before forwarding; this is its one-shot form, for tests.)
+#[cfg(test)]
 pub fn is_browser(headers: &HeaderMap, cookies: &SessionCookies) -> bool {
     BrowserSigns::of(headers, cookies).is_browser()
 }
@@ -340,56 +348,10 @@ impl BrowserSigns {
     }
 }
 
-/// Wrap a complete body into the gateway's body type.
-pub fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-/// An HTML response that must not be cached, with the gateway's page headers
-/// ([`page_headers`]).
-pub fn html(status: StatusCode, body: String) -> Response<ProxyBody> {
-    respond(status, "text/html; charset=utf-8", body)
-}
-
-/// A plain-text response that must not be cached, with the same headers as a page.
-pub fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
-    respond(status, "text/plain; charset=utf-8", body)
-}
-
-fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    page_headers(h);
-    resp
-}
-
-/// The headers of every answer the gateway writes itself: a strict Content-Security-Policy (the
-/// pages' own style sheet, forms to this origin, nothing else), no framing, no `Referer` leaving
-/// a page, and no type sniffing.
-pub fn page_headers(h: &mut HeaderMap) {
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        pages::CONTENT_SECURITY_POLICY.clone(),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt as _;
 
     #[test]
     fn browser_detection_follows_the_contract() {

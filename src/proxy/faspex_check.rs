@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::forward::Upstream;
+use super::upstream::Upstream;
 use crate::auth::{Directory, DirectoryError, Verdict};
 
 /// Faspex 4's "who am I" API action, which answers any signed-in account.

@@ -154,6 +154,50 @@ pub enum Plan {
     Gateway,
 }
 
+/// The gate's word that it read a request and let it on, as the handler acts on it: the
+/// [`Plan`] of a request the gate did not refuse, each variant that may reach Faspex with the
+/// mark only [`Gate::pass`] gives out. A [`Permit`](super::permit::Permit) is made from these
+/// marks: a request the gate has not passed cannot become one.
+#[derive(Debug)]
+pub enum Pass {
+    /// A public path: it goes on with no credentials.
+    Public(PublicPass),
+    /// The login form's POST, with the credentials the pipeline checks and Faspex gets.
+    Login {
+        username: String,
+        password: String,
+        gate: Passed,
+    },
+    /// The token grant: the credentials it names must be its Basic ones.
+    Token {
+        username: Option<String>,
+        password: Option<String>,
+        gate: Passed,
+    },
+    /// A `faspex.password_forms` form: forwarded only with a live session.
+    PasswordForm(Passed),
+    /// The logout path (answered by the gateway itself).
+    Logout,
+    /// A protected request: forwarded only with a live session or a checked login.
+    Protected(Passed),
+    /// The gateway's own pages.
+    Gateway,
+}
+
+/// The gate's mark on a request it read and let on to the credential checks. Only
+/// [`Gate::pass`] makes one; each [`Permit`](super::permit::Permit) but a public one takes one.
+#[derive(Debug)]
+pub struct Passed {
+    _sealed: (),
+}
+
+/// The gate's mark on a public request: it may go to Faspex as it is, with no credentials.
+/// Only [`Gate::pass`] makes one.
+#[derive(Debug)]
+pub struct PublicPass {
+    _sealed: (),
+}
+
 /// What to do with a request's body before deciding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyRule {
@@ -372,6 +416,37 @@ impl Gate {
         // (a declared length over the limit is refused as the body is read, after the client
         // has had a moment to finish sending, so that it reads the 413)
         Ok(BodyRule::Inspect { kind, limit })
+    }
+
+    /// [`Gate::decide`], with the gate's marks on what it lets on: a refusal is an error, and
+    /// what passes carries the proof that it did ([`Pass`]).
+    pub fn pass(
+        &self,
+        method: &Method,
+        c: &Classified,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        body: Option<(&BodyKind, &[u8])>,
+    ) -> Result<Pass, Refusal> {
+        let gate = || Passed { _sealed: () };
+        Ok(match self.decide(method, c, headers, query, body) {
+            Plan::Refuse(r) => return Err(r),
+            Plan::Login { username, password } => Pass::Login {
+                username,
+                password,
+                gate: gate(),
+            },
+            Plan::Token { username, password } => Pass::Token {
+                username,
+                password,
+                gate: gate(),
+            },
+            Plan::PasswordForm => Pass::PasswordForm(gate()),
+            Plan::Logout => Pass::Logout,
+            Plan::Public => Pass::Public(PublicPass { _sealed: () }),
+            Plan::Protected => Pass::Protected(gate()),
+            Plan::Gateway => Pass::Gateway,
+        })
     }
 
     /// Decide what to do with a classified request, given its query and its inspected body

@@ -1,9 +1,14 @@
 //! The pages people see from the gateway itself: small, self-contained HTML (inline CSS, no
-//! external assets) in plain words. Everything a page echoes is escaped.
+//! external assets) in plain words. Everything a page echoes is escaped. Also the responses
+//! that carry them ([`html`], [`text`]), with the headers every answer the gateway writes
+//! itself has ([`page_headers`]).
 
 use std::net::IpAddr;
 use std::time::Duration;
 
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+
+use super::body::{full, ProxyBody};
 use crate::clock::Timestamp;
 use crate::store::EndReason;
 
@@ -299,6 +304,46 @@ fn page_with_head(title: &str, message: &str, extra_html: &str, head_html: &str)
         extra_html = extra_html,
         head_html = head_html,
     )
+}
+
+/// An HTML response that must not be cached, with the gateway's page headers
+/// ([`page_headers`]).
+pub fn html(status: StatusCode, body: String) -> Response<ProxyBody> {
+    respond(status, "text/html; charset=utf-8", body)
+}
+
+/// A plain-text response that must not be cached, with the same headers as a page.
+pub fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    page_headers(h);
+    resp
+}
+
+/// The headers of every answer the gateway writes itself: a strict Content-Security-Policy (the
+/// pages' own style sheet, forms to this origin, nothing else), no framing, no `Referer` leaving
+/// a page, and no type sniffing.
+pub fn page_headers(h: &mut HeaderMap) {
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        CONTENT_SECURITY_POLICY.clone(),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
 }
 
 #[cfg(test)]

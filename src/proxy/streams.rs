@@ -19,7 +19,7 @@ use dashmap::DashMap;
 use http_body::{Body, Frame, SizeHint};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::forward::{BoxError, ProxyBody};
+use super::body::{BoxError, ProxyBody};
 use crate::store::SessionKey;
 
 /// Responses whose body is known to be at most this long are not registered.

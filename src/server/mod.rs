@@ -50,7 +50,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::proxy::{ConnInfo, ConnPermit, Gateway};
+use crate::conn::{ConnInfo, ConnPermit};
+use crate::proxy::Gateway;
 use per_ip::{Admission, PerIpGuard, PerIpLimit};
 use tls::CertStore;
 
@@ -357,10 +358,10 @@ async fn accept_loop(
         let stop = stop.clone();
         // Shared so that an upgraded (WebSocket) tunnel, which outlives the HTTP connection
         // task, keeps counting against both caps and is waited for on shutdown.
-        let permit = ConnPermit(Arc::new(ConnSlots {
+        let permit = ConnPermit::new(ConnSlots {
             _global: permit,
             _per_ip: per_ip,
-        }));
+        });
         tokio::spawn(async move {
             serve_connection(stream, peer, tls, &shared, stop, permit).await;
         });
@@ -705,7 +706,7 @@ impl std::error::Error for ClientStalled {}
 /// reading is seen to progress at least every `WATCHED_PIECE` bytes, however large the chunks
 /// Faspex's connection yields (up to about 400 KiB).
 struct GuardedBody {
-    inner: crate::proxy::forward::ProxyBody,
+    inner: crate::proxy::body::ProxyBody,
     /// The part of the last data frame not yet handed to hyper.
     rest: bytes::Bytes,
     watch: Option<Arc<StreamWatch>>,
@@ -718,7 +719,7 @@ const WATCHED_PIECE: usize = 64 * 1024;
 
 impl GuardedBody {
     fn new(
-        inner: crate::proxy::forward::ProxyBody,
+        inner: crate::proxy::body::ProxyBody,
         guard: StreamGuard,
         watch: Option<Arc<StreamWatch>>,
     ) -> Self {
@@ -738,7 +739,7 @@ impl GuardedBody {
 
 impl http_body::Body for GuardedBody {
     type Data = bytes::Bytes;
-    type Error = crate::proxy::forward::BoxError;
+    type Error = crate::proxy::body::BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
@@ -803,7 +804,7 @@ mod tests {
 
     impl Body for Scripted {
         type Data = Bytes;
-        type Error = crate::proxy::forward::BoxError;
+        type Error = crate::proxy::body::BoxError;
 
         fn poll_frame(
             mut self: Pin<&mut Self>,
@@ -831,7 +832,7 @@ mod tests {
 
     fn poll(
         body: &mut GuardedBody,
-    ) -> Poll<Option<Result<Frame<Bytes>, crate::proxy::forward::BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::proxy::body::BoxError>>> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         Pin::new(body).poll_frame(&mut cx)
     }

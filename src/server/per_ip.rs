@@ -12,28 +12,13 @@
 //! returns to zero, so it never holds more entries than there are open connections (at most
 //! `server.max_connections`).
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-/// What one address's connections are counted under.
-pub fn address_key(ip: IpAddr, ipv6_prefix_len: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                // Keep the leading `ipv6_prefix_len` bits. The config allows 1..=128; anything
-                // outside is clamped rather than trusted, so the shift cannot overflow.
-                let len = u32::from(ipv6_prefix_len.clamp(1, 128));
-                let mask = u128::MAX << (128 - len);
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-            }
-        },
-    }
-}
+pub use crate::conn::address_key;
 
 /// Open client connections per address, against `server.max_connections_per_ip`.
 pub struct PerIpLimit {

@@ -32,8 +32,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tower_service::Service;
 
-use super::forward::{BoxError, ProxyBody};
 use super::transfer::TransferBody;
+use crate::proxy::body::{BoxError, ProxyBody};
 
 /// The body of every request the pool sends.
 pub type Outbound = TransferBody<ProxyBody>;
@@ -191,6 +191,7 @@ impl Pool {
     }
 
     /// How many idle connections the pool holds (for tests).
+    #[cfg(test)]
     pub fn idle_count(&self) -> usize {
         self.lock().len()
     }
@@ -294,7 +295,7 @@ mod tests {
 
     fn get(target: &Uri, path: &str) -> Request<Outbound> {
         let body = TransferBody::new(
-            super::super::error::full(Bytes::new()),
+            crate::proxy::body::full(Bytes::new()),
             Duration::from_secs(5),
             None,
         );

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use super::forward::BoxError;
+use crate::proxy::body::BoxError;
 
 /// The error a stalled body ends with.
 #[derive(Debug, thiserror::Error)]
@@ -262,7 +262,7 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
 
-    fn pending_after(first: &'static [u8]) -> crate::proxy::forward::ProxyBody {
+    fn pending_after(first: &'static [u8]) -> crate::proxy::body::ProxyBody {
         let stream = futures_util::stream::iter(vec![Ok::<_, BoxError>(Frame::data(
             Bytes::from_static(first),
         ))])

@@ -1,0 +1,470 @@
+//! The handler on top: [`Gateway`], the handle every connection shares (swapped whole by
+//! [`Gateway::reload`]), and the request's way through the proxy.
+//!
+//! [`Handler::handle`] is the outer handler: it times the request, calls the inner handler, turns
+//! any [`GatewayError`] into a response (the only place that does), and wraps the response body
+//! so that exactly one access-log line is written when the body ends, however it ends. The inner
+//! handler reads the request ([`request`](super::request)), has the gate classify and read it
+//! ([`gate`](super::gate)), and dispatches on the gate's [`Pass`] to a route
+//! ([`routes`](super::routes)), which makes the [`Permit`](super::permit::Permit) that
+//! forwarding takes.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::access::AccessRecord;
+use super::body::{LoggedBody, ProxyBody};
+use super::classify::{DenyPrefix, Route, RouteProfile};
+use super::context::Context;
+use super::dispatch::TunnelLog;
+use super::ends::Ends;
+use super::error::{self, Answer, GatewayError};
+use super::gate::{self, BodyRule, Gate, Pass, PasswordForm};
+use super::inflight::PublicInflight;
+use super::intake;
+use super::pages::{self, html, Site};
+use super::request::{self, forward_path, public_origin, request_host, ClientSide, Inspected};
+use super::routes::bearer::Named;
+use super::routes::{login, logout, protected, public};
+use super::session::SessionCookies;
+use super::upstream::{self, Upstream};
+use crate::auth::Directory;
+use crate::config::Config;
+use crate::conn::ConnInfo;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::store::EndReason;
+
+/// The gateway's request handler: a cheap-to-clone handle shared by every connection. Its
+/// settings are swapped whole by [`Gateway::reload`]; each request runs on the settings it found
+/// when it arrived.
+#[derive(Clone)]
+pub struct Gateway {
+    current: Arc<ArcSwap<Context>>,
+}
+
+/// One request's view of the gateway: the settings in force when it arrived.
+struct Handler {
+    cx: Arc<Context>,
+}
+
+impl Gateway {
+    /// The handler over an engine, a credential backend and the upstream. `memo` is the one the
+    /// engine's [`ends::SessionEnds`] observer fills.
+    pub fn new(
+        cfg: &Config,
+        policy: Policy,
+        directory: Arc<dyn Directory>,
+        upstream: Upstream,
+        ends: Ends,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let inner = Context {
+            gate: gate(cfg),
+            upstream,
+            body_idle_timeout: cfg.server.body_idle_timeout,
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
+            policy,
+            directory,
+            cookies: Arc::new(SessionCookies::new(
+                &cfg.session.cookie_name,
+                cfg.session.secret.expose(),
+            )),
+            memo: ends.memo,
+            logouts: ends.logouts,
+            streams: ends.streams,
+            inflight: PublicInflight::new(),
+            public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
+            public_upstream: PublicInflight::new(),
+            address_share: upstream::slots::address_share(cfg.upstream.max_connections),
+            ipv6_prefix_len: cfg.server.ipv6_prefix_len,
+            hsts: cfg.server.hsts.clone(),
+            site: site(cfg),
+            faspex: cfg.faspex.clone(),
+            metrics,
+        };
+        Gateway {
+            current: Arc::new(ArcSwap::from_pointee(inner)),
+        }
+    }
+
+    /// Take the reloadable settings of `cfg`: the route profile (public paths, deny list, login
+    /// and logout paths), Faspex's field and cookie names, trusted proxies, the pages, and the
+    /// credential backend. Requests in flight finish on the settings they started with; sessions
+    /// are untouched. The rest (listeners, upstream, session cookie, store) needs a restart.
+    pub fn reload(&self, cfg: &Config, directory: Arc<dyn Directory>) {
+        let old = self.current.load_full();
+        self.current.store(Arc::new(Context {
+            gate: gate(cfg),
+            upstream: old.upstream.clone(),
+            body_idle_timeout: old.body_idle_timeout,
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
+            policy: old.policy.clone(),
+            directory,
+            cookies: Arc::clone(&old.cookies),
+            memo: Arc::clone(&old.memo),
+            logouts: old.logouts.clone(),
+            streams: Arc::clone(&old.streams),
+            inflight: Arc::clone(&old.inflight),
+            public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
+            public_upstream: Arc::clone(&old.public_upstream),
+            address_share: old.address_share,
+            ipv6_prefix_len: old.ipv6_prefix_len,
+            hsts: old.hsts.clone(),
+            site: site(cfg),
+            faspex: cfg.faspex.clone(),
+            metrics: Arc::clone(&old.metrics),
+        }));
+    }
+
+    /// Whether Faspex and the credential backend answer now, for `/readyz`: Faspex must answer
+    /// `GET faspex.login_path` with a status below 500 within `limit`, and the directory its
+    /// [`Directory::probe`]. Each is `Err` with the reason when not ready.
+    pub async fn readiness(&self, limit: Duration) -> (Result<(), String>, Result<(), String>) {
+        let inner = self.current.load_full();
+        let upstream = async {
+            match inner.upstream.probe(&inner.faspex.login_path, limit).await {
+                Ok(status) if status.as_u16() < 500 => Ok(()),
+                Ok(status) => Err(format!("Faspex answered {status}")),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let directory = async {
+            match tokio::time::timeout(limit, inner.directory.probe()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            }
+        };
+        tokio::join!(upstream, directory)
+    }
+
+    /// The credential backend in force (the admin API asks it whose account a name is).
+    pub fn directory(&self) -> Arc<dyn Directory> {
+        Arc::clone(&self.current.load().directory)
+    }
+
+    /// The metrics the gateway feeds (the server counts the connections it refuses there).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.current.load().metrics)
+    }
+
+    /// Handle one request on the settings in force now: see [`Handler::handle`].
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        Handler {
+            cx: self.current.load_full(),
+        }
+        .handle(req, conn)
+        .await
+    }
+}
+
+fn gate(cfg: &Config) -> Gate {
+    let f = &cfg.faspex;
+    Gate::new(
+        route_profile(cfg),
+        &f.username_field,
+        &f.password_field,
+        f.password_forms
+            .iter()
+            .map(|r| PasswordForm {
+                method: r.method.clone(),
+                path: r.path.clone(),
+            })
+            .collect(),
+        f.max_inspected_body,
+    )
+}
+
+fn route_profile(cfg: &Config) -> RouteProfile {
+    RouteProfile {
+        login_path: cfg.faspex.login_path.clone(),
+        logout_path: cfg.faspex.logout_path.clone(),
+        token_path: cfg.faspex.token_path.clone(),
+        public_prefixes: cfg.faspex.public_paths.clone(),
+        deny: cfg
+            .faspex
+            .deny
+            .iter()
+            .map(|d| DenyPrefix {
+                method: d.method.clone(),
+                prefix: d.prefix.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn site(cfg: &Config) -> Site {
+    Site {
+        helpdesk: cfg.pages.helpdesk.clone(),
+        tz: cfg.pages.tz.clone(),
+        login_path: cfg.faspex.login_path.clone(),
+    }
+}
+
+impl Handler {
+    /// The outer handler: never fails, always logs and counts.
+    async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let (client_ip, peer_trusted) =
+            request::client_ip(conn.peer.ip(), req.headers(), &self.cx.trusted_proxies);
+        let browser = error::BrowserSigns::of(req.headers(), &self.cx.cookies);
+        let mut log = AccessRecord {
+            method,
+            route: None,
+            path: String::new(),
+            status: StatusCode::OK,
+            client_ip,
+            started,
+        };
+
+        let resp = match self
+            .handle_inner(req, conn, client_ip, peer_trusted, &mut log)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(err) => {
+                match &err {
+                    GatewayError::Upstream(upstream::UpstreamError::Busy(wait)) => {
+                        self.cx.metrics.upstream_busy();
+                        tracing::warn!(
+                            waited = ?wait,
+                            route = %log.route.map(Route::as_str).unwrap_or("-"),
+                            "every connection to Faspex this request may use stayed taken (503); \
+                             see upstream.max_connections"
+                        )
+                    }
+                    GatewayError::Upstream(e) => {
+                        self.cx.metrics.upstream_error(e.kind());
+                        tracing::warn!(
+                            kind = %e.kind(),
+                            error = %e,
+                            route = %log.route.map(Route::as_str).unwrap_or("-"),
+                            "upstream request failed"
+                        )
+                    }
+                    GatewayError::Store(e) => {
+                        tracing::error!(error = %e, "the state store failed a request (503)")
+                    }
+                    GatewayError::Gate(r) => {
+                        if let Some(reason) = r.metric_reason() {
+                            self.cx.metrics.refused(reason);
+                        }
+                        tracing::debug!(error = %r, "request refused by the gate")
+                    }
+                    other => tracing::debug!(error = %other, "request refused"),
+                }
+                err.into_response(&Answer {
+                    browser: browser.is_browser(),
+                    site: &self.cx.site,
+                    clear_cookie: self.cx.cookies.clear(),
+                    now: self.cx.policy.now(),
+                })
+            }
+        };
+        let mut resp = resp;
+        if let (Some(hsts), "https") = (&self.cx.hsts, conn.scheme) {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+        if resp.headers().contains_key(header::WWW_AUTHENTICATE) && browser.is_browser() {
+            // Whoever produced it (Faspex too): a browser must never show a password prompt.
+            resp.headers_mut().remove(header::WWW_AUTHENTICATE);
+        }
+        log.status = resp.status();
+        self.cx.metrics.request(
+            log.route.map(Route::as_str).unwrap_or("protected"),
+            log.status,
+            started.elapsed(),
+        );
+        // A tunnel writes its line when it closes, with its bytes each way.
+        if let Some(tunnel) = resp.extensions_mut().remove::<TunnelLog>() {
+            tunnel.send(log);
+            return resp;
+        }
+        resp.map(|body| LoggedBody::new(body, log).boxed_unsync())
+    }
+
+    /// The inner handler: uses `?` freely; the outer one turns errors into responses.
+    ///
+    /// The request is classified, its body read where the gate must inspect it, and the gate's
+    /// [`Plan`] decides the route: nothing reaches a route, and so Faspex, that the gate has
+    /// not read.
+    async fn handle_inner(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+        client_ip: IpAddr,
+        peer_trusted: bool,
+        log: &mut AccessRecord,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let cx = &*self.cx;
+        let gate = &cx.gate;
+        let dropped = gate.headers(req.headers_mut())?;
+        if dropped > 0 {
+            self.cx.metrics.headers_dropped(dropped);
+        }
+        let classified = match gate.classify(req.method(), req.uri().path()) {
+            Ok(c) => c,
+            Err(e) => {
+                log.path = "-".into();
+                return Err(gate::Refusal::Path(e).into());
+            }
+        };
+        log.route = Some(classified.route);
+        log.path = classified.path.clone();
+
+        match classified.route {
+            Route::Denied => return Err(GatewayError::Denied),
+            Route::Gateway => return self.gateway_page(&req, &classified.path),
+            Route::Public | Route::Login | Route::Logout | Route::Protected => {}
+        }
+
+        let host = request_host(&req)?;
+        let (scheme, public_host) = public_origin(req.headers(), peer_trusted, conn.scheme, &host);
+        let side = ClientSide {
+            client_ip,
+            peer_ip: conn.peer.ip().to_canonical(),
+            peer_trusted,
+            scheme,
+            host,
+            public_host,
+        };
+
+        // The gate: no tunnel but a WebSocket where one belongs; read what must be read, then
+        // decide on what was read.
+        gate.upgrade(req.method(), &classified, req.headers())?;
+        let rule = gate.body(
+            req.method(),
+            &classified,
+            req.headers(),
+            req.body().is_end_stream(),
+        )?;
+        // A request with no session counts against its address while it is still arriving.
+        // So does one whose body the gate reads before any session is looked at, unless it
+        // carries the gateway's cookie: the body would otherwise be read for anyone at all.
+        let mut inflight = match classified.route {
+            Route::Public | Route::Login => Some(cx.enter_public(client_ip)?),
+            Route::Logout | Route::Protected
+                if matches!(rule, BodyRule::Inspect { .. })
+                    && self.cx.cookies.verify(req.headers()).is_none() =>
+            {
+                Some(cx.enter_public(client_ip)?)
+            }
+            Route::Logout | Route::Protected | Route::Denied | Route::Gateway => None,
+        };
+        let (mut parts, body) = req.into_parts();
+        forward_path(&mut parts.uri, &classified)?;
+        let query = parts.uri.query();
+        let (pass, body) = match rule {
+            BodyRule::Inspect { kind, limit } => {
+                let bytes = intake::read_client(body, limit, cx.body_idle_timeout).await?;
+                // (it has arrived)
+                inflight = None;
+                let pass = gate.pass(
+                    &parts.method,
+                    &classified,
+                    &parts.headers,
+                    query,
+                    Some((&kind, &bytes)),
+                )?;
+                // Faspex gets the bytes inspected here, whole, with their length.
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                (pass, Inspected::Read(bytes))
+            }
+            BodyRule::Empty | BodyRule::Stream => (
+                gate.pass(&parts.method, &classified, &parts.headers, query, None)?,
+                Inspected::Stream(body),
+            ),
+        };
+        let path = classified.path.as_str();
+        match pass {
+            // (answered above, before any body was read)
+            Pass::Gateway => Err(GatewayError::NotFound),
+            Pass::Public(pass) => public::serve(cx, parts, body, path, pass, &side, inflight).await,
+            Pass::Login {
+                username,
+                password,
+                gate,
+            } => {
+                parts.headers.remove(header::AUTHORIZATION);
+                let Inspected::Read(bytes) = body else {
+                    return Err(GatewayError::BadRequest(
+                        "a login must be sent as a form (application/x-www-form-urlencoded)",
+                    ));
+                };
+                Box::pin(login::serve(
+                    cx, parts, &bytes, username, password, gate, &side,
+                ))
+                .await
+            }
+            Pass::Logout => Box::pin(logout::serve(cx, &parts, &side)).await,
+            Pass::Token {
+                username,
+                password,
+                gate,
+            } => {
+                let named = Named { username, password };
+                let req = body.into_request(parts);
+                Box::pin(protected::serve(
+                    cx,
+                    req,
+                    &side,
+                    path,
+                    gate,
+                    Some(named),
+                    false,
+                ))
+                .await
+            }
+            Pass::PasswordForm(gate) => {
+                let req = body.into_request(parts);
+                Box::pin(protected::serve(cx, req, &side, path, gate, None, true)).await
+            }
+            Pass::Protected(gate) => {
+                let req = body.into_request(parts);
+                protected::serve(cx, req, &side, path, gate, None, false).await
+            }
+        }
+    }
+
+    /// The gateway's own pages.
+    fn gateway_page(
+        &self,
+        req: &Request<Incoming>,
+        path: &str,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let get = matches!(*req.method(), Method::GET | Method::HEAD);
+        match path {
+            "/_faspex-gate/expired" if get => {
+                let why = req.uri().query().and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "reason")
+                        .and_then(|(_, v)| match v.as_ref() {
+                            "absolute" => Some(EndReason::Absolute),
+                            "replaced" => Some(EndReason::Replaced),
+                            "admin" => Some(EndReason::Admin),
+                            _ => None,
+                        })
+                });
+                let mut resp = html(StatusCode::OK, pages::ended(&self.cx.site, why));
+                if let Some(clear) = self.cx.cookies.clear() {
+                    resp.headers_mut().append(header::SET_COOKIE, clear);
+                }
+                Ok(resp)
+            }
+            _ => Err(GatewayError::NotFound),
+        }
+    }
+}

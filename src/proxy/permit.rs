@@ -1,0 +1,224 @@
+//! Authorisation as a type: a client's request reaches Faspex only with a [`Permit`], and only
+//! the checks make one.
+//!
+//! A permit is made from the evidence of the checks that passed, and there is no other way to
+//! make one:
+//!
+//! - [`Permit::public`]: the credential gate's [`PublicPass`] for a public path;
+//! - [`Permit::cookie`], [`Permit::basic`], [`Permit::bearer`]: the gate's [`Passed`] mark and a
+//!   [`LiveSession`], which only the session lookups here make, by the gateway's cookie, by a
+//!   Basic caller's client, or by a bearer token Faspex issued to a session;
+//! - [`Permit::login`]: the gate's mark and the login pipeline's [`PendingLogin`], a login the
+//!   engine checked and admitted and that waits for Faspex's word.
+//!
+//! Only [`Gate::pass`](super::gate::Gate::pass) makes the gate's marks, so a request the gate
+//! has not passed cannot become a permit either. [`Upstream::forward`] takes the permit by value,
+//! and with it what was checked: the [`Lane`] of connections to Faspex the request may use, and
+//! the session it belongs to. A route that skips its check has nothing to forward with:
+//!
+//! ```compile_fail,E0061
+//! use faspex_gate::proxy::{body::ProxyBody, request::ClientSide, upstream::Upstream};
+//!
+//! async fn public(upstream: &Upstream, req: http::Request<ProxyBody>, side: &ClientSide) {
+//!     let _ = upstream.forward(req, side).await;
+//! }
+//! ```
+//!
+//! and cannot forge the evidence:
+//!
+//! ```compile_fail,E0451
+//! use faspex_gate::proxy::gate::PublicPass;
+//! use faspex_gate::proxy::permit::Permit;
+//!
+//! let permit = Permit::public(PublicPass { _sealed: () });
+//! ```
+//!
+//! The same route with the gate's pass compiles:
+//!
+//! ```no_run
+//! use faspex_gate::proxy::{body::ProxyBody, request::ClientSide, upstream::Upstream};
+//! use faspex_gate::proxy::{gate::PublicPass, permit::Permit};
+//!
+//! async fn public(
+//!     upstream: &Upstream,
+//!     req: http::Request<ProxyBody>,
+//!     side: &ClientSide,
+//!     pass: PublicPass,
+//! ) {
+//!     let _ = upstream.forward(req, side, Permit::public(pass)).await;
+//! }
+//! ```
+//!
+//! A permit is a few references, moved along with the request: it costs no allocation.
+//!
+//! [`Upstream::forward`]: super::upstream::Upstream::forward
+
+use std::ops::Deref;
+
+use super::gate::{Passed, PublicPass};
+use crate::policy::{PendingLogin, Policy, SessionGone};
+use crate::store::{ClientId, Session, SessionKey, StoreError};
+
+/// Whose request a connection to Faspex is for: public requests may not take the slots kept
+/// for requests with a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// No session: public paths, the login page, a login before it is checked.
+    Public,
+    /// A request that carries a live session (or a checked login), and the gateway's own.
+    Session,
+}
+
+/// Which check a [`Permit`] stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// A public path the gate let on with no credentials.
+    Public,
+    /// A live session found by the gateway's cookie.
+    Cookie,
+    /// A live session of an HTTP Basic caller's, its credentials confirmed.
+    Basic,
+    /// A live session found by a bearer token Faspex issued to it.
+    Bearer,
+    /// A login the engine checked and admitted, on its way to Faspex.
+    Login,
+}
+
+/// A session the engine found live for this request. Only the lookups below make one.
+#[derive(Debug)]
+pub struct LiveSession(Session);
+
+/// What a session lookup answers: a live session, why there is none, or the store's failure.
+pub type Lookup = Result<Result<LiveSession, SessionGone>, StoreError>;
+
+impl LiveSession {
+    /// The session the gateway's cookie names, when it is live (a request on `path` counts as
+    /// activity unless the engine says otherwise).
+    pub async fn by_cookie(policy: &Policy, key: &SessionKey, path: &str) -> Lookup {
+        Ok(policy.session_by_key(key, path).await?.map(LiveSession))
+    }
+
+    /// The live session of a Basic caller's `client` on `account`.
+    pub async fn of_client(
+        policy: &Policy,
+        account: &str,
+        client: &ClientId,
+        path: &str,
+    ) -> Lookup {
+        Ok(policy
+            .client_session(account, client, path)
+            .await?
+            .map(LiveSession))
+    }
+
+    /// The live session a bearer token Faspex issued belongs to.
+    pub async fn by_bearer(policy: &Policy, token: &str, path: &str) -> Lookup {
+        Ok(policy.bearer_session(token, path).await?.map(LiveSession))
+    }
+}
+
+impl Deref for LiveSession {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        &self.0
+    }
+}
+
+/// The proof that a request was checked, which forwarding it to Faspex takes. Its fields are
+/// private; its constructors take the checks' evidence (see the [module](self) docs).
+#[derive(Debug)]
+#[must_use = "a permit is the only way to forward a request"]
+pub struct Permit<'a> {
+    checked: Checked,
+    /// The session the request belongs to: its tunnels and long responses end with it.
+    session: Option<&'a SessionKey>,
+    /// The account the session is for.
+    account: Option<&'a str>,
+    /// The session's own Faspex cookie, when it goes along.
+    faspex_cookie: Option<&'a str>,
+}
+
+impl<'a> Permit<'a> {
+    /// A public path, as the gate let it on.
+    pub fn public(pass: PublicPass) -> Permit<'static> {
+        let PublicPass { .. } = pass;
+        Permit {
+            checked: Checked::Public,
+            session: None,
+            account: None,
+            faspex_cookie: None,
+        }
+    }
+
+    /// A request with the gateway's cookie of a live session: the session's own Faspex session
+    /// goes along, whatever Faspex cookie the browser sent.
+    pub fn cookie(gate: Passed, live: &'a LiveSession) -> Self {
+        Permit {
+            faspex_cookie: live.upstream_cookie.as_deref(),
+            ..Permit::of(gate, Checked::Cookie, live)
+        }
+    }
+
+    /// An HTTP Basic caller's request on its live session: its credentials are its own, no
+    /// Faspex session rides along.
+    pub fn basic(gate: Passed, live: &'a LiveSession) -> Self {
+        Permit::of(gate, Checked::Basic, live)
+    }
+
+    /// An API client's request with a bearer token tied to a live session: the token is its
+    /// credential, no Faspex session rides along.
+    pub fn bearer(gate: Passed, live: &'a LiveSession) -> Self {
+        Permit::of(gate, Checked::Bearer, live)
+    }
+
+    /// A login the engine checked and admitted, on its way to Faspex for its word.
+    pub fn login(gate: Passed, pending: &'a PendingLogin) -> Self {
+        let Passed { .. } = gate;
+        let session = &pending.admitted().session;
+        Permit {
+            checked: Checked::Login,
+            session: Some(&session.key),
+            account: Some(&session.account),
+            faspex_cookie: None,
+        }
+    }
+
+    fn of(gate: Passed, checked: Checked, live: &'a LiveSession) -> Self {
+        let Passed { .. } = gate;
+        Permit {
+            checked,
+            session: Some(&live.key),
+            account: Some(&live.account),
+            faspex_cookie: None,
+        }
+    }
+
+    /// Which check this permit stands for.
+    pub fn checked(&self) -> Checked {
+        self.checked
+    }
+
+    /// The connections to Faspex the request may use.
+    pub fn lane(&self) -> Lane {
+        match self.checked {
+            Checked::Public => Lane::Public,
+            Checked::Cookie | Checked::Basic | Checked::Bearer | Checked::Login => Lane::Session,
+        }
+    }
+
+    /// The session the request belongs to, if any.
+    pub fn session(&self) -> Option<&'a SessionKey> {
+        self.session
+    }
+
+    /// The account of that session.
+    pub fn account(&self) -> Option<&'a str> {
+        self.account
+    }
+
+    /// The session's own Faspex cookie, when it goes along.
+    pub fn faspex_cookie(&self) -> Option<&'a str> {
+        self.faspex_cookie
+    }
+}
