@@ -6,22 +6,26 @@
 //!
 //! ```text
 //!  accept ──► TLS ──► HTTP/1.1 or HTTP/2 ──► classify ──► credential gate ──► credentials / session ──► policy ──► forward ──► log
-//!  server     server::tls   server            proxy::classify  proxy::gate        auth (Directory)      policy      proxy::forward  proxy (access log)
+//!  server     server::tls   server            proxy::classify  proxy::gate        auth (Directory)      policy      proxy::upstream proxy (access log)
 //! ```
 //!
 //! - [`server`]: listeners, the connection cap, TLS with a handshake timeout, header limits and
 //!   timeouts, the swappable certificate and graceful shutdown.
-//! - [`proxy`]: the request handler. [`proxy::classify`] decides the route on the normalised path
-//!   (public, login, logout, protected, denied, the gateway's own) and the path that is forwarded;
-//!   [`proxy::gate`] reads the query and any form-type body as Rails would
-//!   ([`faspex::rack`]) and lets a credential through only where the gateway checks it (the
-//!   login form, the token grant's Basic credentials, a configured password form with a live
-//!   session), refusing every other request that carries one; the handler then finds the
-//!   credentials (HTTP Basic, a bearer token, the gateway's cookie from [`proxy::session`]) and
-//!   asks the engine for a live session or a login; [`proxy::forward`] streams the request to
-//!   Faspex and the response back, over [`proxy::client`]'s keep-alive connections;
-//!   [`proxy::error`] is the one place that turns a refusal into a response; [`proxy::pages`]
-//!   renders what people see; [`proxy::ends`] logs Faspex out when the gateway ends a session.
+//! - [`proxy`]: the request handler, laid out along the request. [`proxy::classify`] decides
+//!   the route on the normalised path (public, login, logout, protected, denied, the gateway's
+//!   own) and the path that is forwarded; [`proxy::gate`] reads the query and any form-type body
+//!   as Rails would ([`faspex::rack`]) and lets a credential through only where the gateway
+//!   checks it (the login form, the token grant's Basic credentials, a configured password form
+//!   with a live session), refusing every other request that carries one; [`proxy::request`]
+//!   reads the credentials (HTTP Basic, a bearer token, the gateway's cookie from
+//!   [`proxy::session`]); a route of [`proxy::routes`] runs its check (a live session from the
+//!   engine, or a login through it) and makes the [`proxy::permit::Permit`] without which
+//!   nothing is forwarded; [`proxy::upstream`] streams the request to Faspex and the response
+//!   back, over keep-alive connections; [`proxy::error`] is the one place that turns a refusal
+//!   into a response; [`proxy::pages`] renders what people see; [`proxy::ends`] logs Faspex out
+//!   when the gateway ends a session.
+//! - [`conn`]: what a client connection is to both the server and the proxy (its address, its
+//!   places under the connection caps).
 //! - [`auth`]: the [`auth::Directory`] seam where one credential check runs, and its backends:
 //!   LDAP / Active Directory ([`auth::ldap`]) and a users file of argon2id hashes
 //!   ([`auth::file`]); the verification cache for HTTP Basic callers ([`auth::cache`]).

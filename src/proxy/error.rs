@@ -7,6 +7,7 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::classify::PathError;
+use super::gate::Refusal as GateRefusal;
 use super::pages::{self, html, text, LoginForm, Site};
 use super::request::BadRequest;
 use super::session::SessionCookies;
@@ -37,7 +38,7 @@ pub struct Refusal {
 pub enum GatewayError {
     /// The credential gate refused the request before anything reached Faspex.
     #[error("refused: {0}")]
-    Gate(#[from] super::gate::Refusal),
+    Gate(#[from] GateRefusal),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("path is on the deny list")]
@@ -130,10 +131,21 @@ pub fn refusal_status(r: &LoginRefused) -> (StatusCode, Option<std::time::Durati
     }
 }
 
+/// The status of a request the credential gate refused: 400 unless the refusal says more.
+fn gate_status(r: &GateRefusal) -> StatusCode {
+    match r {
+        GateRefusal::Denied => StatusCode::FORBIDDEN,
+        GateRefusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        GateRefusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        GateRefusal::Encoded => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::Gate(r) => r.status(),
+            GatewayError::Gate(r) => gate_status(r),
             GatewayError::BadRequest(_) | GatewayError::ClientAborted => StatusCode::BAD_REQUEST,
             GatewayError::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Denied => StatusCode::FORBIDDEN,
@@ -168,7 +180,7 @@ impl GatewayError {
     /// The (title, message) a person sees. Generic on purpose.
     fn words(&self) -> (&'static str, String) {
         match self {
-            GatewayError::Gate(r) => match r.status() {
+            GatewayError::Gate(r) => match gate_status(r) {
                 StatusCode::FORBIDDEN => ("Not allowed", "This address is not available through this gateway.".into()),
                 StatusCode::METHOD_NOT_ALLOWED => ("Not allowed", "This address does not take that kind of request.".into()),
                 StatusCode::PAYLOAD_TOO_LARGE => ("Request too large", format!("The request was refused: {r}.")),

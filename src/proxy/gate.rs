@@ -25,7 +25,7 @@
 //! steps ([`Gate::body`], then [`Gate::decide`]) on a streamed one, so the property test that
 //! holds the plan against the real Rails router holds the handler too.
 
-use http::{header, HeaderMap, Method, StatusCode};
+use http::{header, HeaderMap, Method};
 
 use super::classify::{self, Action, Classified, PathError, Route, RouteProfile};
 use crate::faspex::rack::{self, BodyKind, Param, ParamError};
@@ -108,16 +108,6 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Refusal::Denied => StatusCode::FORBIDDEN,
-            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::Encoded => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
-
     /// The `reason` label of `faspex_gate_requests_refused_total`, for the refusals it counts.
     pub fn metric_reason(&self) -> Option<&'static str> {
         match self {
