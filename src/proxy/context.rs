@@ -9,16 +9,17 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use super::ends::{EndedMemo, FaspexLogouts};
+use super::classify::{DenyPrefix, RouteProfile};
+use super::ends::{EndedMemo, Ends, FaspexLogouts};
 use super::error::GatewayError;
-use super::gate::Gate;
+use super::gate::{Gate, PasswordForm};
 use super::inflight::{InflightGuard, PublicInflight};
 use super::pages::Site;
 use super::session::SessionCookies;
 use super::streams::SessionStreams;
-use super::upstream::Upstream;
+use super::upstream::{self, Upstream};
 use crate::auth::Directory;
-use crate::config::FaspexConfig;
+use crate::config::{Config, FaspexConfig};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 
@@ -64,6 +65,73 @@ pub struct Context {
 }
 
 impl Context {
+    /// The settings of `cfg` over an engine, a credential backend and the upstream. `ends` holds
+    /// the memo, the Faspex logouts and the streams the engine's [`SessionEnds`] observer feeds.
+    ///
+    /// [`SessionEnds`]: super::ends::SessionEnds
+    pub(super) fn new(
+        cfg: &Config,
+        policy: Policy,
+        directory: Arc<dyn Directory>,
+        upstream: Upstream,
+        ends: Ends,
+        metrics: Arc<Metrics>,
+    ) -> Context {
+        Context {
+            gate: gate(cfg),
+            upstream,
+            body_idle_timeout: cfg.server.body_idle_timeout,
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
+            policy,
+            directory,
+            cookies: Arc::new(SessionCookies::new(
+                &cfg.session.cookie_name,
+                cfg.session.secret.expose(),
+            )),
+            memo: ends.memo,
+            logouts: ends.logouts,
+            streams: ends.streams,
+            inflight: PublicInflight::new(),
+            public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
+            public_upstream: PublicInflight::new(),
+            address_share: upstream::slots::address_share(cfg.upstream.max_connections),
+            ipv6_prefix_len: cfg.server.ipv6_prefix_len,
+            hsts: cfg.server.hsts.clone(),
+            site: site(cfg),
+            faspex: cfg.faspex.clone(),
+            metrics,
+        }
+    }
+
+    /// The reloadable settings of `cfg`, and the credential backend, over this context's state:
+    /// the route profile (public paths, deny list, login and logout paths), Faspex's field and
+    /// cookie names, trusted proxies, the pages. The rest (listeners, upstream, session cookie,
+    /// store) needs a restart.
+    pub(super) fn reloaded(&self, cfg: &Config, directory: Arc<dyn Directory>) -> Context {
+        let old = self;
+        Context {
+            gate: gate(cfg),
+            upstream: old.upstream.clone(),
+            body_idle_timeout: old.body_idle_timeout,
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
+            policy: old.policy.clone(),
+            directory,
+            cookies: Arc::clone(&old.cookies),
+            memo: Arc::clone(&old.memo),
+            logouts: old.logouts.clone(),
+            streams: Arc::clone(&old.streams),
+            inflight: Arc::clone(&old.inflight),
+            public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
+            public_upstream: Arc::clone(&old.public_upstream),
+            address_share: old.address_share,
+            ipv6_prefix_len: old.ipv6_prefix_len,
+            hsts: old.hsts.clone(),
+            site: site(cfg),
+            faspex: cfg.faspex.clone(),
+            metrics: Arc::clone(&old.metrics),
+        }
+    }
+
     /// Count a request with no session against its address (an IPv6 address by its prefix, as
     /// for the connection limit) while it arrives (429 beyond `policy.public_inflight_per_ip`).
     pub(super) fn enter_public(&self, ip: IpAddr) -> Result<InflightGuard, GatewayError> {
@@ -74,5 +142,48 @@ impl Context {
                 self.metrics.refused("public_inflight");
                 GatewayError::PublicInflight
             })
+    }
+}
+
+fn gate(cfg: &Config) -> Gate {
+    let f = &cfg.faspex;
+    Gate::new(
+        route_profile(cfg),
+        &f.username_field,
+        &f.password_field,
+        f.password_forms
+            .iter()
+            .map(|r| PasswordForm {
+                method: r.method.clone(),
+                path: r.path.clone(),
+            })
+            .collect(),
+        f.max_inspected_body,
+    )
+}
+
+fn route_profile(cfg: &Config) -> RouteProfile {
+    RouteProfile {
+        login_path: cfg.faspex.login_path.clone(),
+        logout_path: cfg.faspex.logout_path.clone(),
+        token_path: cfg.faspex.token_path.clone(),
+        public_prefixes: cfg.faspex.public_paths.clone(),
+        deny: cfg
+            .faspex
+            .deny
+            .iter()
+            .map(|d| DenyPrefix {
+                method: d.method.clone(),
+                prefix: d.prefix.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn site(cfg: &Config) -> Site {
+    Site {
+        helpdesk: cfg.pages.helpdesk.clone(),
+        tz: cfg.pages.tz.clone(),
+        login_path: cfg.faspex.login_path.clone(),
     }
 }

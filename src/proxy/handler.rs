@@ -14,33 +14,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::access::AccessRecord;
 use super::body::{LoggedBody, ProxyBody};
-use super::classify::{DenyPrefix, Route, RouteProfile};
+use super::classify::Route;
 use super::context::Context;
 use super::dispatch::TunnelLog;
 use super::ends::Ends;
 use super::error::{self, Answer, GatewayError};
-use super::gate::{self, BodyRule, Gate, Pass, PasswordForm};
-use super::inflight::PublicInflight;
+use super::gate::{self, BodyRule, Pass};
 use super::intake;
-use super::pages::{self, html, Site};
 use super::request::{self, forward_path, public_origin, request_host, ClientSide, Inspected};
 use super::routes::bearer::Named;
-use super::routes::{login, logout, protected, public};
-use super::session::SessionCookies;
+use super::routes::{login, logout, own, protected, public};
 use super::upstream::{self, Upstream};
 use crate::auth::Directory;
 use crate::config::Config;
 use crate::conn::ConnInfo;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::store::EndReason;
 
 /// The gateway's request handler: a cheap-to-clone handle shared by every connection. Its
 /// settings are swapped whole by [`Gateway::reload`]; each request runs on the settings it found
@@ -66,32 +62,10 @@ impl Gateway {
         ends: Ends,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let inner = Context {
-            gate: gate(cfg),
-            upstream,
-            body_idle_timeout: cfg.server.body_idle_timeout,
-            trusted_proxies: cfg.server.trusted_proxies.clone(),
-            policy,
-            directory,
-            cookies: Arc::new(SessionCookies::new(
-                &cfg.session.cookie_name,
-                cfg.session.secret.expose(),
-            )),
-            memo: ends.memo,
-            logouts: ends.logouts,
-            streams: ends.streams,
-            inflight: PublicInflight::new(),
-            public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
-            public_upstream: PublicInflight::new(),
-            address_share: upstream::slots::address_share(cfg.upstream.max_connections),
-            ipv6_prefix_len: cfg.server.ipv6_prefix_len,
-            hsts: cfg.server.hsts.clone(),
-            site: site(cfg),
-            faspex: cfg.faspex.clone(),
-            metrics,
-        };
         Gateway {
-            current: Arc::new(ArcSwap::from_pointee(inner)),
+            current: Arc::new(ArcSwap::from_pointee(Context::new(
+                cfg, policy, directory, upstream, ends, metrics,
+            ))),
         }
     }
 
@@ -101,27 +75,7 @@ impl Gateway {
     /// are untouched. The rest (listeners, upstream, session cookie, store) needs a restart.
     pub fn reload(&self, cfg: &Config, directory: Arc<dyn Directory>) {
         let old = self.current.load_full();
-        self.current.store(Arc::new(Context {
-            gate: gate(cfg),
-            upstream: old.upstream.clone(),
-            body_idle_timeout: old.body_idle_timeout,
-            trusted_proxies: cfg.server.trusted_proxies.clone(),
-            policy: old.policy.clone(),
-            directory,
-            cookies: Arc::clone(&old.cookies),
-            memo: Arc::clone(&old.memo),
-            logouts: old.logouts.clone(),
-            streams: Arc::clone(&old.streams),
-            inflight: Arc::clone(&old.inflight),
-            public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
-            public_upstream: Arc::clone(&old.public_upstream),
-            address_share: old.address_share,
-            ipv6_prefix_len: old.ipv6_prefix_len,
-            hsts: old.hsts.clone(),
-            site: site(cfg),
-            faspex: cfg.faspex.clone(),
-            metrics: Arc::clone(&old.metrics),
-        }));
+        self.current.store(Arc::new(old.reloaded(cfg, directory)));
     }
 
     /// Whether Faspex and the credential backend answer now, for `/readyz`: Faspex must answer
@@ -163,49 +117,6 @@ impl Gateway {
         }
         .handle(req, conn)
         .await
-    }
-}
-
-fn gate(cfg: &Config) -> Gate {
-    let f = &cfg.faspex;
-    Gate::new(
-        route_profile(cfg),
-        &f.username_field,
-        &f.password_field,
-        f.password_forms
-            .iter()
-            .map(|r| PasswordForm {
-                method: r.method.clone(),
-                path: r.path.clone(),
-            })
-            .collect(),
-        f.max_inspected_body,
-    )
-}
-
-fn route_profile(cfg: &Config) -> RouteProfile {
-    RouteProfile {
-        login_path: cfg.faspex.login_path.clone(),
-        logout_path: cfg.faspex.logout_path.clone(),
-        token_path: cfg.faspex.token_path.clone(),
-        public_prefixes: cfg.faspex.public_paths.clone(),
-        deny: cfg
-            .faspex
-            .deny
-            .iter()
-            .map(|d| DenyPrefix {
-                method: d.method.clone(),
-                prefix: d.prefix.clone(),
-            })
-            .collect(),
-    }
-}
-
-fn site(cfg: &Config) -> Site {
-    Site {
-        helpdesk: cfg.pages.helpdesk.clone(),
-        tz: cfg.pages.tz.clone(),
-        login_path: cfg.faspex.login_path.clone(),
     }
 }
 
@@ -296,8 +207,8 @@ impl Handler {
     /// The inner handler: uses `?` freely; the outer one turns errors into responses.
     ///
     /// The request is classified, its body read where the gate must inspect it, and the gate's
-    /// [`Plan`] decides the route: nothing reaches a route, and so Faspex, that the gate has
-    /// not read.
+    /// [`Pass`] decides the route: nothing reaches a route, and so Faspex, that the gate has
+    /// not read and passed.
     async fn handle_inner(
         &self,
         mut req: Request<Incoming>,
@@ -324,7 +235,7 @@ impl Handler {
 
         match classified.route {
             Route::Denied => return Err(GatewayError::Denied),
-            Route::Gateway => return self.gateway_page(&req, &classified.path),
+            Route::Gateway => return own::serve(cx, &req, &classified.path),
             Route::Public | Route::Login | Route::Logout | Route::Protected => {}
         }
 
@@ -436,35 +347,6 @@ impl Handler {
                 let req = body.into_request(parts);
                 protected::serve(cx, req, &side, path, gate, None, false).await
             }
-        }
-    }
-
-    /// The gateway's own pages.
-    fn gateway_page(
-        &self,
-        req: &Request<Incoming>,
-        path: &str,
-    ) -> Result<Response<ProxyBody>, GatewayError> {
-        let get = matches!(*req.method(), Method::GET | Method::HEAD);
-        match path {
-            "/_faspex-gate/expired" if get => {
-                let why = req.uri().query().and_then(|q| {
-                    url::form_urlencoded::parse(q.as_bytes())
-                        .find(|(k, _)| k == "reason")
-                        .and_then(|(_, v)| match v.as_ref() {
-                            "absolute" => Some(EndReason::Absolute),
-                            "replaced" => Some(EndReason::Replaced),
-                            "admin" => Some(EndReason::Admin),
-                            _ => None,
-                        })
-                });
-                let mut resp = html(StatusCode::OK, pages::ended(&self.cx.site, why));
-                if let Some(clear) = self.cx.cookies.clear() {
-                    resp.headers_mut().append(header::SET_COOKIE, clear);
-                }
-                Ok(resp)
-            }
-            _ => Err(GatewayError::NotFound),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! - [`logout`]: the gateway ends the session and logs Faspex out;
 //! - [`protected`]: everything else, which needs a live session, by the gateway's cookie or by
 //!   the request's own credentials: [`basic`] (HTTP Basic, with the verification cache) or
-//!   [`bearer`] (a token Faspex issued to a session, and the token grant that ties one to it).
+//!   [`bearer`] (a token Faspex issued to a session, and the token grant that ties one to it);
+//! - [`own`]: the gateway's own pages.
 //!
 //! [`Pass`]: super::gate::Pass
 //! [`Permit`]: super::permit::Permit
@@ -15,5 +16,6 @@ pub mod basic;
 pub mod bearer;
 pub mod login;
 pub mod logout;
+pub mod own;
 pub mod protected;
 pub mod public;
