@@ -52,8 +52,8 @@ struct Handler {
 }
 
 impl Gateway {
-    /// The handler over an engine, a credential backend and the upstream. `memo` is the one the
-    /// engine's [`ends::SessionEnds`] observer fills.
+    /// The handler over an engine, a credential backend and the upstream. `ends` holds what the
+    /// engine's [`SessionEnds`](super::ends::SessionEnds) observer fills.
     pub fn new(
         cfg: &Config,
         policy: Policy,
