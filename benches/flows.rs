@@ -55,8 +55,7 @@ async fn main() {
     tokio::spawn(emulator.serve(listener, std::future::pending()));
 
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) =
-        faspex_gate::server::tls::write_self_signed(dir.path(), &["localhost"]).unwrap();
+    let (cert, key) = faspex_gate::tls::write_self_signed(dir.path(), &["localhost"]).unwrap();
     let secret = dir.path().join("secret");
     faspex_gate::util::write_private(&secret, &[b'k'; 48]).unwrap();
     let users = dir.path().join("users.toml");
@@ -106,7 +105,7 @@ path = "{audit}"
     .unwrap();
     let cfg = Config::load_with_env(&cfg_path, &[]).unwrap();
     let app = faspex_gate::app::build(&cfg).await.unwrap();
-    let server = faspex_gate::server::Server::bind(&cfg, app.gateway.clone())
+    let server = faspex_gate::server::Server::bind(&cfg, app.gateway.clone(), app.certs.clone())
         .await
         .unwrap();
     let gw = server.https_addr().unwrap();

@@ -400,7 +400,7 @@ impl Rig {
     fn start(opts: &Opts, rt: &tokio::runtime::Runtime) -> Rig {
         let dir = tempfile::tempdir().expect("temporary folder");
         let d = dir.path();
-        let (cert, key) = faspex_gate::server::tls::write_self_signed(d, &["localhost"])
+        let (cert, key) = faspex_gate::tls::write_self_signed(d, &["localhost"])
             .expect("a self-signed ECDSA P-256 certificate");
         let cert_pem = std::fs::read(&cert).expect("read the certificate");
 

@@ -1,14 +1,22 @@
-//! Wiring: open the policy state, build the gateway from a validated configuration, serve it and
-//! its admin listener until a signal says stop, and apply a new configuration on SIGHUP.
+//! Wiring: read the files the configuration names ([`Loaded`]), open the policy state, build the
+//! gateway from a validated configuration, serve it and its admin listener until a signal says
+//! stop, and apply a new configuration on SIGHUP.
 //!
 //! **Reload.** SIGHUP reads the configuration file again. A file that fails validation, a users
-//! file, certificate or audit path that cannot be read changes nothing: the running
-//! configuration stays, and the log says why. Otherwise the keys that can change under live
-//! sessions take effect at once ([`restart_only_changes`] lists the others, which keep their running
-//! values, each named in the log): `[policy]`, `[auth]` (the directory or users file is opened
-//! anew and the verification cache emptied), `[faspex]`, `[pages]`, `server.trusted_proxies`,
-//! `tls` (the certificate, read again even when its paths did not change), `audit.path` (the
-//! file is reopened, for logrotate) and the admin token. Sessions and lockouts are untouched.
+//! file, certificate, CA file or audit path that cannot be read changes nothing (the same checks
+//! as at start): the running configuration stays, and the log says why. Otherwise the keys that
+//! can change under live sessions take effect at once (the others, [`RestartOnly`], keep their
+//! running values, each named in the log): `[policy]`, `[auth]` (the directory or users file is
+//! opened anew and the verification cache emptied), `[faspex]`, `[pages]`,
+//! `server.trusted_proxies`, `tls` (the certificate, read again even when its paths did not
+//! change), `audit.path` (the file is reopened, for logrotate) and the admin token. Sessions and
+//! lockouts are untouched.
+//!
+//! [`RestartOnly`]: crate::config::RestartOnly
+
+mod load;
+
+pub use load::Loaded;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,16 +26,17 @@ use arc_swap::ArcSwap;
 
 use crate::admin::{AdminApi, AdminServer};
 use crate::audit::AuditLog;
+use crate::auth::file::Users;
 use crate::auth::Directory;
 use crate::clock::SystemClock;
-use crate::config::{AuthBackend, Config};
+use crate::config::{AuthBackend, Config, Reload};
 use crate::metrics::Metrics;
 use crate::policy::{CheckRules, LogObserver, Observer, Observers, Policy};
 use crate::proxy::ends::SessionEnds;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::Gateway;
-use crate::server::tls::CertStore;
-use crate::server::{signal_control, Control, Server};
+
+use crate::server::{signal_control, CertStore, Control, Server};
 use crate::store::embedded::EmbeddedStore;
 
 /// The policy engine over its store, with its sweeper running, and the credential backend.
@@ -45,16 +54,18 @@ impl PolicyState {
     /// Open `store.path` (refusing a corrupt, unwritable, locked or newer-schema file, by name),
     /// end what expired while the gateway was down, and start the sweeper. `observers` hear the
     /// engine's events besides the log and the metrics.
-    /// `faspex` checks Faspex's own accounts (`auth.local_accounts = "faspex"`).
+    /// `faspex` checks Faspex's own accounts (`auth.local_accounts = "faspex"`); `users` is the
+    /// users file, read.
     pub async fn open(
         cfg: &Config,
+        users: &Users,
         metrics: Arc<Metrics>,
         observers: Vec<Arc<dyn Observer>>,
         faspex: Option<Arc<dyn Directory>>,
     ) -> anyhow::Result<Self> {
         let directory =
-            crate::auth::build(&cfg.auth, faspex).context("cannot set up auth.backend")?;
-        log_backend(cfg);
+            crate::auth::build(&cfg.auth, users, faspex).context("cannot set up auth.backend")?;
+        log_backend(cfg, users);
         let store = Arc::new(EmbeddedStore::open(&cfg.store.path)?);
         let policy = Policy::new(
             cfg.policy.clone(),
@@ -100,7 +111,7 @@ impl PolicyState {
     }
 }
 
-fn log_backend(cfg: &Config) {
+fn log_backend(cfg: &Config, users: &Users) {
     let a = &cfg.auth;
     if a.backend == AuthBackend::Ldap && !a.ldap.starttls {
         for u in a.ldap.urls.iter().filter(|u| u.scheme() == "ldap") {
@@ -135,7 +146,7 @@ fn log_backend(cfg: &Config) {
             "credential checks: LDAP"
         ),
         AuthBackend::File => tracing::info!(
-            accounts = a.file.users.0.len(),
+            accounts = users.0.len(),
             max_concurrent_hashes = a.max_concurrent_hashes,
             max_checks_per_second = a.max_checks_per_second,
             "credential checks: users file"
@@ -157,6 +168,8 @@ pub struct App {
     logout_path: Arc<ArcSwap<String>>,
     /// Faspex as the checker of its own accounts, for a reload that turns them on.
     faspex_check: Arc<dyn Directory>,
+    /// The HTTPS listener's certificate, which a reload swaps (`None` when the listener is off).
+    pub certs: Option<Arc<CertStore>>,
 }
 
 /// Reads a configuration file (for a reload).
@@ -164,13 +177,15 @@ pub type Loader =
     Arc<dyn Fn(&std::path::Path) -> Result<Config, crate::config::ConfigError> + Send + Sync>;
 
 /// Build the [`App`] for `cfg`; a reload will read the file with [`Config::load`]. Errors are
-/// start-up errors.
+/// start-up errors; one in a file the configuration names (the users file, a certificate) is the
+/// [`ConfigError`](crate::config::ConfigError) that [`Loaded::load`] gives, naming its key.
 pub async fn build(cfg: &Config) -> anyhow::Result<App> {
     build_with(cfg, Arc::new(|p: &std::path::Path| Config::load(p))).await
 }
 
 /// Build the [`App`] for `cfg`, reloading with `loader`.
 pub async fn build_with(cfg: &Config, loader: Loader) -> anyhow::Result<App> {
+    let loaded = Loaded::load(cfg)?;
     let audit = Arc::new(AuditLog::open(&cfg.audit, Arc::new(SystemClock))?);
     let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
     let upstream = Upstream::new(&cfg.upstream, &cfg.server)?;
@@ -186,6 +201,7 @@ pub async fn build_with(cfg: &Config, loader: Loader) -> anyhow::Result<App> {
     ));
     let state = PolicyState::open(
         cfg,
+        &loaded.users,
         Arc::clone(&metrics),
         vec![ends, Arc::clone(&audit) as Arc<dyn Observer>],
         Some(Arc::clone(&faspex_check)),
@@ -206,6 +222,7 @@ pub async fn build_with(cfg: &Config, loader: Loader) -> anyhow::Result<App> {
         audit,
         logout_path,
         faspex_check,
+        certs: loaded.cert.map(CertStore::new),
     })
 }
 
@@ -229,13 +246,8 @@ impl App {
     ///
     /// The audit log is reopened in every case, so that a logrotate's SIGHUP is never lost to
     /// a configuration file that someone is half-way through editing.
-    pub fn reload(
-        &self,
-        running: &Config,
-        certs: Option<&CertStore>,
-        admin: Option<&AdminApi>,
-    ) -> Config {
-        match self.try_reload(running, certs, admin) {
+    pub fn reload(&self, running: &Config, admin: Option<&AdminApi>) -> Config {
+        match self.try_reload(running, admin) {
             Some(c) => c,
             None => {
                 if let Err(e) = self.audit.reopen(&running.audit) {
@@ -246,12 +258,7 @@ impl App {
         }
     }
 
-    fn try_reload(
-        &self,
-        running: &Config,
-        certs: Option<&CertStore>,
-        admin: Option<&AdminApi>,
-    ) -> Option<Config> {
+    fn try_reload(&self, running: &Config, admin: Option<&AdminApi>) -> Option<Config> {
         let new = match (self.loader)(&running.file) {
             Ok(c) => c,
             Err(e) => {
@@ -259,23 +266,30 @@ impl App {
                 return None;
             }
         };
-        // Everything that can fail first; nothing changes until all of it has worked.
-        let directory = match crate::auth::build(&new.auth, Some(Arc::clone(&self.faspex_check))) {
+        // Everything that can fail first; nothing changes until all of it has worked. The files
+        // are read as a start would read them, the certificate if the running HTTPS listener
+        // will serve it.
+        let loaded = match Loaded::load_for(&new, self.certs.is_some()) {
+            Ok(l) => l,
+            Err(e) if e.key.starts_with("tls.") => {
+                tracing::error!(error = %e, "reload refused: the certificate cannot be loaded; the running configuration stays");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the new configuration is not valid; the running one stays");
+                return None;
+            }
+        };
+        let directory = match crate::auth::build(
+            &new.auth,
+            &loaded.users,
+            Some(Arc::clone(&self.faspex_check)),
+        ) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "reload refused: auth cannot be set up; the running configuration stays");
                 return None;
             }
-        };
-        let cert = match (certs, &new.tls.cert_file, &new.tls.key_file) {
-            (Some(_), Some(c), Some(k)) => match CertStore::prepare(c, k) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "reload refused: the certificate cannot be loaded; the running configuration stays");
-                    return None;
-                }
-            },
-            _ => None,
         };
         let audit_changed = new.audit.sink != running.audit.sink;
         if let Err(e) = self.audit.reopen(&new.audit) {
@@ -283,14 +297,16 @@ impl App {
             return None;
         }
 
-        let effective = keep_restart_only(running, new);
-        for key in restart_only_changes(running, &effective.1) {
+        let Reload {
+            effective,
+            needs_restart,
+        } = Reload::new(running, new);
+        for key in needs_restart {
             tracing::warn!(
                 key,
                 "reload: this key changed but needs a restart; the running value stays"
             );
         }
-        let effective = effective.0;
         self.state
             .policy
             .reload(effective.policy.clone(), CheckRules::from(&effective.auth));
@@ -308,14 +324,14 @@ impl App {
             tokio::time::sleep(settle).await;
             policy.cache().clear();
         });
-        if let (Some(certs), Some(p)) = (certs, cert) {
-            certs.install(p);
+        if let (Some(certs), Some(key)) = (&self.certs, loaded.cert) {
+            certs.install(key);
             tracing::info!("certificate reloaded");
         }
         if let (Some(admin), Some(token)) = (admin, &effective.admin.token) {
             admin.set_token(token);
         }
-        log_backend(&effective);
+        log_backend(&effective, &loaded.users);
         tracing::info!(
             max_sessions = effective.policy.max_sessions,
             audit_reopened = true,
@@ -332,112 +348,6 @@ impl App {
 fn old_checks_settle(cfg: &Config) -> std::time::Duration {
     let step = 2 * cfg.auth.ldap.timeout + std::time::Duration::from_secs(1);
     (3 * step + std::time::Duration::from_secs(5)).max(std::time::Duration::from_secs(30))
-}
-
-/// `new` with every restart-only key (see [`restart_only_changes`]) at `running`'s value, and
-/// `new` as it was read.
-fn keep_restart_only(running: &Config, new: Config) -> (Config, Config) {
-    let read = new.clone();
-    let mut eff = new;
-    eff.server = crate::config::ServerConfig {
-        trusted_proxies: eff.server.trusted_proxies,
-        ..running.server.clone()
-    };
-    eff.upstream = running.upstream.clone();
-    eff.admin.listen = running.admin.listen;
-    if eff.admin.token.is_none() {
-        // (the listener stays on: it keeps its token rather than run without one)
-        eff.admin.token = running.admin.token.clone();
-        eff.admin.token_file = running.admin.token_file.clone();
-    }
-    eff.session = running.session.clone();
-    eff.store = running.store.clone();
-    (eff, read)
-}
-
-/// The keys that need a restart (the one list of them) whose value differs between `running`
-/// and `new`. A reload keeps their running values.
-pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
-    let (a, b) = (running, new);
-    let checks: [(&'static str, bool); 24] = [
-        ("server.listen", a.server.listen != b.server.listen),
-        (
-            "server.http_listen",
-            a.server.http_listen != b.server.http_listen,
-        ),
-        (
-            "server.tls_handshake_timeout",
-            a.server.tls_handshake_timeout != b.server.tls_handshake_timeout,
-        ),
-        (
-            "server.header_read_timeout",
-            a.server.header_read_timeout != b.server.header_read_timeout,
-        ),
-        (
-            "server.max_header_bytes",
-            a.server.max_header_bytes != b.server.max_header_bytes,
-        ),
-        (
-            "server.max_connections",
-            a.server.max_connections != b.server.max_connections,
-        ),
-        (
-            "server.max_connections_per_ip",
-            a.server.max_connections_per_ip != b.server.max_connections_per_ip,
-        ),
-        (
-            "server.ipv6_prefix_len",
-            a.server.ipv6_prefix_len != b.server.ipv6_prefix_len,
-        ),
-        ("server.hsts", a.server.hsts != b.server.hsts),
-        (
-            "server.strip_response_headers",
-            a.server.strip_response_headers != b.server.strip_response_headers,
-        ),
-        ("server.workers", a.server.workers != b.server.workers),
-        (
-            "server.shutdown_timeout",
-            a.server.shutdown_timeout != b.server.shutdown_timeout,
-        ),
-        (
-            "server.body_idle_timeout",
-            a.server.body_idle_timeout != b.server.body_idle_timeout,
-        ),
-        ("upstream.url", a.upstream.url != b.upstream.url),
-        ("upstream.ca_file", a.upstream.ca_file != b.upstream.ca_file),
-        (
-            "upstream.connect_timeout",
-            a.upstream.connect_timeout != b.upstream.connect_timeout,
-        ),
-        (
-            "upstream.response_timeout",
-            a.upstream.response_timeout != b.upstream.response_timeout,
-        ),
-        (
-            "upstream.preserve_host",
-            a.upstream.preserve_host != b.upstream.preserve_host,
-        ),
-        (
-            "upstream.max_connections",
-            a.upstream.max_connections != b.upstream.max_connections,
-        ),
-        ("admin.listen", a.admin.listen != b.admin.listen),
-        (
-            "session.cookie_name",
-            a.session.cookie_name != b.session.cookie_name,
-        ),
-        (
-            "session.secret_file",
-            a.session.secret_file != b.session.secret_file
-                || a.session.secret.expose() != b.session.secret.expose(),
-        ),
-        ("store.kind", a.store.kind != b.store.kind),
-        ("store.path", a.store.path != b.store.path),
-    ];
-    checks
-        .into_iter()
-        .filter_map(|(k, changed)| changed.then_some(k))
-        .collect()
 }
 
 /// Where a started gateway listens.
@@ -468,8 +378,7 @@ pub async fn serve_with(
     ready: impl FnOnce(Listening),
 ) -> anyhow::Result<()> {
     let app = build_with(&cfg, loader).await?;
-    let server = Server::bind(&cfg, app.gateway.clone()).await?;
-    let certs = server.certs();
+    let server = Server::bind(&cfg, app.gateway.clone(), app.certs.clone()).await?;
     let api = app.admin_api(&cfg);
     let admin = match (cfg.admin.listen, &api) {
         (Some(addr), Some(api)) => Some(AdminServer::bind(addr, api.clone()).await?),
@@ -493,7 +402,7 @@ pub async fn serve_with(
         match cmd {
             Control::Reload => {
                 tracing::info!(file = %running.file.display(), "SIGHUP: reloading the configuration");
-                running = app.reload(&running, certs.as_deref(), api.as_ref());
+                running = app.reload(&running, api.as_ref());
             }
             Control::Shutdown => break,
         }

@@ -96,7 +96,8 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => {
             let path = config.unwrap_or_else(config::default_path);
-            match Config::load(&path) {
+            // What `run` would read besides: the users file and the certificates.
+            match Config::load(&path).and_then(|cfg| crate::app::Loaded::load(&cfg).map(|_| cfg)) {
                 Ok(cfg) => {
                     print!("{}", cfg.redacted());
                     ExitCode::SUCCESS
@@ -127,7 +128,11 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             match runtime(cfg.server.workers).and_then(|rt| rt.block_on(crate::app::serve(cfg))) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => failure(&e),
+                // (a file the configuration names, read when the app is built)
+                Err(e) => match e.downcast_ref::<ConfigError>() {
+                    Some(ce) => config_failure(ce),
+                    None => failure(&e),
+                },
             }
         }
         Command::Admin {

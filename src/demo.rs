@@ -46,7 +46,7 @@ pub fn write_demo_files(
     admin_listen: SocketAddr,
     upstream: SocketAddr,
 ) -> anyhow::Result<std::path::PathBuf> {
-    let (cert, key) = crate::server::tls::write_self_signed(dir, &["localhost", "127.0.0.1"])?;
+    let (cert, key) = crate::tls::write_self_signed(dir, &["localhost", "127.0.0.1"])?;
     let secret = dir.join("session-secret");
     crate::util::write_private(&secret, crate::util::random_hex(32)?.as_bytes())?;
     let token = dir.join("admin-token");

@@ -62,4 +62,5 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod util;

@@ -323,6 +323,33 @@ fn run_refuses_a_bad_configuration_with_exit_2() {
     );
 }
 
+/// The users file and the certificate are read when the app is built: a bad one stops `run`
+/// with exit 2 naming its key, as `check-config` does.
+#[test]
+fn run_refuses_a_bad_users_file_or_certificate_with_exit_2() {
+    let cases: [(&str, fn(&TestFiles)); 2] = [
+        ("auth.file.path", |f| {
+            std::fs::write(f.path("users.toml"), "[users.ann]\nhash = \"plain\"\n").unwrap();
+        }),
+        ("tls.cert_file", |f| {
+            std::fs::write(&f.cert, "not a certificate").unwrap();
+        }),
+    ];
+    for (key, spoil) in cases {
+        let files = TestFiles::new();
+        let cfg = ConfigBuilder::new(&files, "http://127.0.0.1:9");
+        spoil(&files);
+        for out in [run_to_exit(&files, &cfg), check_config(&files, &cfg, &[])] {
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{key}: {err}");
+            assert!(
+                err.contains(key) && err.contains("faspex-gate.toml"),
+                "{err}"
+            );
+        }
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let out = Command::new(bin()).arg("frobnicate").output().unwrap();

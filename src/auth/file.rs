@@ -8,8 +8,9 @@
 //! hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
 //! ```
 //!
-//! It is parsed and checked with the configuration ([`parse_users`]), so a bad entry stops the
-//! gateway at start with exit 2. Hashing is deliberately slow (about 20 ms and 19 MiB each), so it
+//! It is parsed and checked ([`parse_users`]) when the app is built or reloaded
+//! ([`crate::app::Loaded`]), so a bad entry stops the gateway at start with exit 2, naming
+//! `auth.file.path`, and a reload refuses it. Hashing is deliberately slow (about 20 ms and 19 MiB each), so it
 //! runs on the blocking pool behind a semaphore of `auth.max_concurrent_hashes`: a flood queues
 //! instead of taking every core and all memory. An unknown account is verified against a dummy
 //! hash with the same parameters, so its answer and its cost are those of a wrong password.

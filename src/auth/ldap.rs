@@ -343,7 +343,7 @@ impl LdapDirectory {
         if cfg.urls.is_empty() {
             anyhow::bail!("auth.ldap.urls: no directory server is configured");
         }
-        let tls = crate::server::tls::client_config(cfg.ca_file.as_deref())?;
+        let tls = crate::tls::client_config(cfg.ca_file.as_deref())?;
         let settings = LdapConnSettings::new()
             .set_conn_timeout(cfg.timeout)
             .set_starttls(cfg.starttls)

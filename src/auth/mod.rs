@@ -114,11 +114,13 @@ pub trait Directory: Send + Sync + 'static {
 /// The backend `auth.backend` names, with the accounts outside it that `auth.local_accounts`
 /// adds. `faspex` checks Faspex's own accounts' passwords (for HTTP Basic callers; a login form
 /// is checked by Faspex's answer to it); it is used only with `local_accounts = "faspex"`.
+/// `users` is the users file, read when the app was built ([`crate::app::Loaded`]).
 pub fn build(
     cfg: &AuthConfig,
+    users: &file::Users,
     faspex: Option<Arc<dyn Directory>>,
 ) -> anyhow::Result<Arc<dyn Directory>> {
-    let file = || file::FileDirectory::new(cfg.file.users.clone(), cfg.max_concurrent_hashes);
+    let file = || file::FileDirectory::new(users.clone(), cfg.max_concurrent_hashes);
     let base: Arc<dyn Directory> = match cfg.backend {
         AuthBackend::Ldap => Arc::new(ldap::LdapDirectory::new(&cfg.ldap)?),
         AuthBackend::File => Arc::new(file()?),
@@ -131,7 +133,7 @@ pub fn build(
         })?),
     };
     let known = match cfg.backend {
-        AuthBackend::File => Some(cfg.file.users.clone()),
+        AuthBackend::File => Some(users.clone()),
         AuthBackend::Ldap => None,
     };
     Ok(Arc::new(local::WithLocal::new(base, known, local)))

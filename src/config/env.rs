@@ -109,6 +109,22 @@ impl EnvLayer {
             .map(|v| v.name.as_str())
     }
 
+    /// The same variables with their values dropped: enough for [`EnvLayer::source_of`], and
+    /// nothing a configuration should carry around.
+    pub fn names_only(&self) -> Self {
+        EnvLayer {
+            vars: self
+                .vars
+                .iter()
+                .map(|v| EnvVar {
+                    name: v.name.clone(),
+                    key: v.key.clone(),
+                    value: String::new(),
+                })
+                .collect(),
+        }
+    }
+
     /// Add this layer to a builder, after the file.
     pub fn apply(
         &self,

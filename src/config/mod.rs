@@ -1,5 +1,11 @@
-//! faspex-gate's configuration: loading the TOML file and the `FASPEX_GATE__…` environment,
+//! faspex-gate's configuration: reading the TOML file and the `FASPEX_GATE__…` environment,
 //! validating every value, and the typed [`Config`] the rest of the gateway reads.
+//!
+//! It sits at the bottom of the crate and checks syntax, values, and that the files it names
+//! exist and can be read; the secret files (`session.secret_file`, `admin.token_file`,
+//! `auth.ldap.bind_password_file`) are read too, since their contents are values. It parses
+//! nothing else: the users file and the certificates are read when the app is built
+//! (`app::Loaded`), and an error there names its key like any other ([`Config::error`]).
 //!
 //! The keys and defaults are the contract in `docs/interface.md` (`## Configuration`), plus
 //! `server.shutdown_timeout` and `server.body_idle_timeout`; `config/faspex-gate.example.toml` documents each of them.
@@ -10,11 +16,14 @@
 //! - `validate.rs`: raw values to typed ones ([`Config`]); every bad value is an error naming its
 //!   key, never a silent default;
 //! - `secret.rs`: [`Secret`] and the checks on secret files;
-//! - `redact.rs`: [`Config::redacted`], the effective configuration without secrets.
+//! - `redact.rs`: [`Config::redacted`], the effective configuration without secrets;
+//! - `reload.rs`: what a reload may change, said once: the [`RestartOnly`] keys, and a new
+//!   configuration applied over the running one ([`Reload`]).
 
 mod env;
 mod raw;
 mod redact;
+mod reload;
 mod secret;
 mod validate;
 
@@ -25,6 +34,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use reload::{Reload, RestartOnly};
 pub use secret::Secret;
 
 /// The environment variable that names the configuration file.
@@ -52,6 +62,21 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl ConfigError {
+    /// An error about `key` of `file`, saying which environment variable set the key, if one did.
+    fn new(file: &Path, env: &env::EnvLayer, key: &str, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if let Some(var) = env.source_of(key) {
+            reason.push_str(&format!(" (set by {var})"));
+        }
+        ConfigError {
+            file: file.to_path_buf(),
+            key: key.to_owned(),
+            reason,
+        }
+    }
+}
+
 fn render(file: &Path, key: &str, reason: &str) -> String {
     if key.is_empty() {
         format!("{}: {reason}", file.display())
@@ -76,6 +101,8 @@ pub struct Config {
     pub pages: PagesConfig,
     pub audit: AuditConfig,
     pub store: StoreConfig,
+    /// Which keys the environment set (names only, no values), for [`Config::error`].
+    env: env::EnvLayer,
 }
 
 impl Config {
@@ -93,6 +120,13 @@ impl Config {
     /// variables without the `FASPEX_GATE__` prefix are ignored.
     pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
         validate::load(path, env)
+    }
+
+    /// An error about `key` found after validation, when what the key names is read (the users
+    /// file, a certificate): worded as validation's, with the file, the key, and the
+    /// environment variable that set the key, if one did.
+    pub fn error(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::new(&self.file, &self.env, key, reason)
     }
 
     /// The effective configuration as TOML, for `check-config`. Secret files are shown by path
@@ -290,9 +324,9 @@ pub struct LdapConfig {
 /// `[auth.file]`
 #[derive(Clone, Debug)]
 pub struct FileAuthConfig {
+    /// The users file; it exists and is readable when `backend` is [`AuthBackend::File`] or
+    /// `local_accounts` is [`LocalAccounts::File`]. It is parsed when the app is built.
     pub path: Option<PathBuf>,
-    /// The users file, parsed and checked (empty unless `backend` is [`AuthBackend::File`]).
-    pub users: crate::auth::file::Users,
 }
 
 /// One `faspex.deny` entry: `"METHOD PATH-PREFIX"`.

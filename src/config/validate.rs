@@ -4,7 +4,9 @@
 //!
 //! Each check fails with a [`ConfigError`] naming the key and what to do about it. Checks that
 //! only make sense for a feature in use (the TLS files when `server.listen` is on, the LDAP files
-//! when `auth.backend = "ldap"`, …) run only then; syntax is always checked.
+//! when `auth.backend = "ldap"`, …) run only then; syntax is always checked. Files are checked to
+//! exist and be readable; only the secret files are read here (the users file and the
+//! certificates are parsed when the app is built).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -109,15 +111,7 @@ type Result<T, E = ConfigError> = std::result::Result<T, E>;
 impl Ctx<'_> {
     /// An error for `key`, saying which environment variable set it, if one did.
     fn err(&self, key: &str, reason: impl Into<String>) -> ConfigError {
-        let mut reason = reason.into();
-        if let Some(var) = self.env.source_of(key) {
-            reason.push_str(&format!(" (set by {var})"));
-        }
-        ConfigError {
-            file: self.file.to_path_buf(),
-            key: key.to_owned(),
-            reason,
-        }
+        ConfigError::new(self.file, self.env, key, reason)
     }
 
     /// Turn the raw layer into the validated configuration.
@@ -128,7 +122,7 @@ impl Ctx<'_> {
         let admin = self.admin(&raw.admin, &server)?;
         let policy = self.policy(&raw.policy)?;
         let session = self.session(&raw.session)?;
-        let auth = self.auth(&raw.auth, &policy.username_domains)?;
+        let auth = self.auth(&raw.auth)?;
         let faspex = self.faspex(&raw.faspex)?;
         let pages = self.pages(&raw.pages)?;
         let audit = self.audit(&raw.audit)?;
@@ -146,6 +140,7 @@ impl Ctx<'_> {
             pages,
             audit,
             store,
+            env: self.env.names_only(),
         })
     }
 
@@ -233,7 +228,7 @@ impl Ctx<'_> {
         let url = self.upstream_url(&raw.url)?;
         let ca_file = optional_path(&raw.ca_file);
         if let Some(ca) = &ca_file {
-            self.ca_file("upstream.ca_file", ca)?;
+            self.readable_file("upstream.ca_file", ca)?;
         }
         Ok(UpstreamConfig {
             url,
@@ -484,7 +479,7 @@ impl Ctx<'_> {
         })
     }
 
-    fn auth(&self, raw: &RawAuth, domains: &[String]) -> Result<AuthConfig> {
+    fn auth(&self, raw: &RawAuth) -> Result<AuthConfig> {
         let backend = match raw.backend.as_str() {
             "ldap" => AuthBackend::Ldap,
             "file" => AuthBackend::File,
@@ -498,7 +493,6 @@ impl Ctx<'_> {
         let ldap = self.ldap(&raw.ldap, backend == AuthBackend::Ldap)?;
         let local_accounts = self.local_accounts(&raw.local_accounts, backend, &ldap)?;
         let path = optional_path(&raw.file.path);
-        let mut users = crate::auth::file::Users::default();
         if backend == AuthBackend::File || local_accounts == LocalAccounts::File {
             let Some(path) = &path else {
                 return Err(self.err(
@@ -509,16 +503,6 @@ impl Ctx<'_> {
                 ));
             };
             self.readable_file("auth.file.path", path)?;
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                self.err(
-                    "auth.file.path",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            users = crate::auth::file::parse_users(&text, |name| {
-                crate::policy::account::normalize(name, domains).ok()
-            })
-            .map_err(|why| self.err("auth.file.path", format!("{}: {why}", path.display())))?;
         }
         Ok(AuthConfig {
             backend,
@@ -529,7 +513,7 @@ impl Ctx<'_> {
                 .at_least_one("auth.max_concurrent_hashes", raw.max_concurrent_hashes)?,
             local_accounts,
             ldap,
-            file: FileAuthConfig { path, users },
+            file: FileAuthConfig { path },
         })
     }
 
@@ -649,7 +633,7 @@ impl Ctx<'_> {
         let mut bind_password = None;
         if in_use {
             if let Some(ca) = &ca_file {
-                self.ca_file("auth.ldap.ca_file", ca)?;
+                self.readable_file("auth.ldap.ca_file", ca)?;
             }
             if search_on {
                 if let Some((missing, _)) = search.iter().find(|(_, set)| !set) {
@@ -701,8 +685,8 @@ impl Ctx<'_> {
     }
 
     /// `auth.ldap.timeout`: each operation's limit, and what a silent server costs a check before
-    /// the next is tried. At most 15 s: the engine gives a whole check
-    /// [`crate::policy::CHECK_TIMEOUT`] (60 s).
+    /// the next is tried. At most 15 s: the engine gives a whole check 60 s
+    /// (`policy::CHECK_TIMEOUT`).
     fn ldap_timeout(&self, value: &str) -> Result<Duration> {
         let d = self.duration("auth.ldap.timeout", value)?;
         if d > Duration::from_secs(15) {
@@ -1150,27 +1134,6 @@ impl Ctx<'_> {
         std::fs::File::open(path)
             .map(drop)
             .map_err(|e| self.err(key, format!("cannot read {shown}: {e}")))
-    }
-
-    /// A readable PEM file of CA certificates, each usable as a trust anchor.
-    fn ca_file(&self, key: &str, path: &Path) -> Result<()> {
-        self.readable_file(key, path)?;
-        let certs =
-            crate::server::tls::load_certs(path).map_err(|e| self.err(key, format!("{e:#}")))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for (i, cert) in certs.into_iter().enumerate() {
-            roots.add(cert).map_err(|e| {
-                self.err(
-                    key,
-                    format!(
-                        "{}: certificate #{} is not a usable CA certificate: {e}",
-                        path.display(),
-                        i + 1
-                    ),
-                )
-            })?;
-        }
-        Ok(())
     }
 
     /// The trimmed contents of a private, non-empty secret file.

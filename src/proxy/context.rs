@@ -103,16 +103,16 @@ impl Context {
         }
     }
 
-    /// The reloadable settings of `cfg`, and the credential backend, over this context's state:
-    /// the route profile (public paths, deny list, login and logout paths), Faspex's field and
-    /// cookie names, trusted proxies, the pages. The rest (listeners, upstream, session cookie,
-    /// store) needs a restart.
+    /// The settings of `cfg`, the configuration in force after a reload (its restart-only keys,
+    /// [`crate::config::RestartOnly`], are the running ones), and the new credential backend,
+    /// over this context's state: what was built from the restart-only keys and lives on (the
+    /// upstream pool, the session cookie's key) is kept.
     pub(super) fn reloaded(&self, cfg: &Config, directory: Arc<dyn Directory>) -> Context {
         let old = self;
         Context {
             gate: gate(cfg),
             upstream: old.upstream.clone(),
-            body_idle_timeout: old.body_idle_timeout,
+            body_idle_timeout: cfg.server.body_idle_timeout,
             trusted_proxies: cfg.server.trusted_proxies.clone(),
             policy: old.policy.clone(),
             directory,
@@ -123,9 +123,9 @@ impl Context {
             inflight: Arc::clone(&old.inflight),
             public_inflight_per_ip: cfg.policy.public_inflight_per_ip,
             public_upstream: Arc::clone(&old.public_upstream),
-            address_share: old.address_share,
-            ipv6_prefix_len: old.ipv6_prefix_len,
-            hsts: old.hsts.clone(),
+            address_share: upstream::slots::address_share(cfg.upstream.max_connections),
+            ipv6_prefix_len: cfg.server.ipv6_prefix_len,
+            hsts: cfg.server.hsts.clone(),
             site: site(cfg),
             faspex: cfg.faspex.clone(),
             metrics: Arc::clone(&old.metrics),

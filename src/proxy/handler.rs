@@ -69,10 +69,10 @@ impl Gateway {
         }
     }
 
-    /// Take the reloadable settings of `cfg`: the route profile (public paths, deny list, login
-    /// and logout paths), Faspex's field and cookie names, trusted proxies, the pages, and the
-    /// credential backend. Requests in flight finish on the settings they started with; sessions
-    /// are untouched. The rest (listeners, upstream, session cookie, store) needs a restart.
+    /// Take the settings of `cfg`, the configuration in force after a reload (its restart-only
+    /// keys, [`crate::config::RestartOnly`], are the running ones), and the new credential
+    /// backend. Requests in flight finish on the settings they started with; sessions are
+    /// untouched.
     pub fn reload(&self, cfg: &Config, directory: Arc<dyn Directory>) {
         let old = self.current.load_full();
         self.current.store(Arc::new(old.reloaded(cfg, directory)));

@@ -53,7 +53,7 @@ use crate::config::Config;
 use crate::conn::{ConnInfo, ConnPermit};
 use crate::proxy::Gateway;
 use per_ip::{Admission, PerIpGuard, PerIpLimit};
-use tls::CertStore;
+pub use tls::CertStore;
 
 /// A connection's places: one of `server.max_connections` and, unless its peer is a trusted
 /// proxy, one of its address's `server.max_connections_per_ip`. Held (through [`ConnPermit`]) by
@@ -87,7 +87,6 @@ pub struct Server {
     shared: Arc<Shared>,
     https: Option<(TcpListener, TlsAcceptor)>,
     http: Option<TcpListener>,
-    certs: Option<Arc<CertStore>>,
     max_connections: u32,
     shutdown_timeout: Duration,
 }
@@ -102,8 +101,13 @@ pub enum Control {
 }
 
 impl Server {
-    /// Bind the listeners and load the certificate. Errors here are start-up errors.
-    pub async fn bind(cfg: &Config, gateway: Gateway) -> anyhow::Result<Server> {
+    /// Bind the listeners; the HTTPS listener serves `certs` (loaded when the app was built,
+    /// required when `server.listen` is on). Errors here are start-up errors.
+    pub async fn bind(
+        cfg: &Config,
+        gateway: Gateway,
+        certs: Option<Arc<CertStore>>,
+    ) -> anyhow::Result<Server> {
         let s = &cfg.server;
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
@@ -130,20 +134,16 @@ impl Server {
             ),
         });
 
-        let (https, certs) = match s.listen {
+        let https = match s.listen {
             Some(addr) => {
-                let (cert, key) = match (&cfg.tls.cert_file, &cfg.tls.key_file) {
-                    (Some(c), Some(k)) => (c, k),
-                    _ => anyhow::bail!(
-                        "tls.cert_file and tls.key_file are required for server.listen"
-                    ),
+                let Some(certs) = certs else {
+                    anyhow::bail!("tls.cert_file and tls.key_file are required for server.listen")
                 };
-                let certs = CertStore::load(cert, key)?;
-                let acceptor = TlsAcceptor::from(tls::server_config(certs.clone())?);
+                let acceptor = TlsAcceptor::from(tls::server_config(certs)?);
                 let listener = bind(addr, "server.listen").await?;
-                (Some((listener, acceptor)), Some(certs))
+                Some((listener, acceptor))
             }
-            None => (None, None),
+            None => None,
         };
         let http = match s.http_listen {
             Some(addr) => Some(bind(addr, "server.http_listen").await?),
@@ -153,15 +153,9 @@ impl Server {
             shared,
             https,
             http,
-            certs,
             max_connections,
             shutdown_timeout: s.shutdown_timeout,
         })
-    }
-
-    /// The certificate the HTTPS listener serves (`None` when it is off), for a reload.
-    pub fn certs(&self) -> Option<Arc<CertStore>> {
-        self.certs.clone()
     }
 
     /// The address of the HTTPS listener, if on.
@@ -170,7 +164,7 @@ impl Server {
     }
 
     /// Serve until `stop` turns true (or its sender is gone), then drain. Reloads are the
-    /// app's: it swaps the certificate through [`Server::certs`].
+    /// app's: it swaps the certificate in the [`CertStore`] it gave [`Server::bind`].
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut loops = Vec::new();

@@ -130,7 +130,7 @@ impl Upstream {
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
 
-        let tls = crate::server::tls::client_config(cfg.ca_file.as_deref())?;
+        let tls = crate::tls::client_config(cfg.ca_file.as_deref())?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

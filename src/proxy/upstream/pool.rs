@@ -284,7 +284,7 @@ mod tests {
     fn pool(target: Uri) -> Arc<Pool> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        let tls = crate::server::tls::client_config(None).unwrap();
+        let tls = crate::tls::client_config(None).unwrap();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

@@ -1,0 +1,111 @@
+//! What a reload may change, said once. [`RestartOnly`] is the value of every key that needs a
+//! restart, gathered from a validated [`Config`]: the listeners and everything read when they are
+//! bound or a connection is set up (`[server]` but `trusted_proxies`), the upstream and its
+//! connection pool (`[upstream]`), the admin listener's address, the session cookie and the key
+//! that signs it (`[session]`), and the state store (`[store]`). Every other key is reloadable.
+//!
+//! A reload ([`Reload::new`]) takes the new file's configuration, names each restart-only key
+//! whose value changed, and puts the running values back, so that the configuration in force is
+//! always one the running listeners, pool, cookies and store were built from.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Config, Secret, StoreKind};
+
+/// One line per restart-only key: its dotted name, a field of [`RestartOnly`], its type, and where
+/// it is in [`Config`]. A key may take two lines (`session.secret_file`: the path and the
+/// secret read from it); it is named once.
+macro_rules! restart_only {
+    ($( $key:literal => $field:ident: $ty:ty = $($path:ident).+; )*) => {
+        /// The restart-only keys' values in one configuration (see the module documentation).
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct RestartOnly {
+            $( $field: $ty, )*
+        }
+
+        impl RestartOnly {
+            /// The restart-only part of `cfg`.
+            pub fn of(cfg: &Config) -> Self {
+                RestartOnly {
+                    $( $field: cfg.$($path).+.clone(), )*
+                }
+            }
+
+            /// The keys whose value differs in `new`, each once, in the order of the list.
+            pub fn changes(&self, new: &RestartOnly) -> Vec<&'static str> {
+                let mut keys = Vec::new();
+                $(
+                    if self.$field != new.$field && !keys.contains(&$key) {
+                        keys.push($key);
+                    }
+                )*
+                keys
+            }
+
+            /// Set these values in `cfg`.
+            fn restore(self, cfg: &mut Config) {
+                $( cfg.$($path).+ = self.$field; )*
+            }
+        }
+    };
+}
+
+restart_only! {
+    "server.listen" => listen: Option<SocketAddr> = server.listen;
+    "server.http_listen" => http_listen: Option<SocketAddr> = server.http_listen;
+    "server.tls_handshake_timeout" => tls_handshake_timeout: Duration = server.tls_handshake_timeout;
+    "server.header_read_timeout" => header_read_timeout: Duration = server.header_read_timeout;
+    "server.max_header_bytes" => max_header_bytes: usize = server.max_header_bytes;
+    "server.max_connections" => max_connections: usize = server.max_connections;
+    "server.max_connections_per_ip" => max_connections_per_ip: usize = server.max_connections_per_ip;
+    "server.ipv6_prefix_len" => ipv6_prefix_len: u8 = server.ipv6_prefix_len;
+    "server.hsts" => hsts: Option<http::HeaderValue> = server.hsts;
+    "server.strip_response_headers" => strip_response_headers: Vec<http::HeaderName> = server.strip_response_headers;
+    "server.workers" => workers: usize = server.workers;
+    "server.shutdown_timeout" => shutdown_timeout: Duration = server.shutdown_timeout;
+    "server.body_idle_timeout" => body_idle_timeout: Duration = server.body_idle_timeout;
+    "upstream.url" => upstream_url: url::Url = upstream.url;
+    "upstream.ca_file" => upstream_ca_file: Option<PathBuf> = upstream.ca_file;
+    "upstream.connect_timeout" => connect_timeout: Duration = upstream.connect_timeout;
+    "upstream.response_timeout" => response_timeout: Duration = upstream.response_timeout;
+    "upstream.preserve_host" => preserve_host: bool = upstream.preserve_host;
+    "upstream.max_connections" => upstream_max_connections: usize = upstream.max_connections;
+    "admin.listen" => admin_listen: Option<SocketAddr> = admin.listen;
+    "session.cookie_name" => cookie_name: String = session.cookie_name;
+    "session.secret_file" => secret_file: PathBuf = session.secret_file;
+    "session.secret_file" => secret: Secret = session.secret;
+    "store.kind" => store_kind: StoreKind = store.kind;
+    "store.path" => store_path: PathBuf = store.path;
+}
+
+/// A new configuration as a reload applies it.
+#[derive(Debug)]
+pub struct Reload {
+    /// The configuration in force from now on: the new file's reloadable keys, the running
+    /// restart-only ones.
+    pub effective: Config,
+    /// The restart-only keys that the file changed and that keep their running values.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl Reload {
+    /// Apply `new` (a configuration just read and validated) over `running`.
+    pub fn new(running: &Config, new: Config) -> Reload {
+        let kept = RestartOnly::of(running);
+        let needs_restart = kept.changes(&RestartOnly::of(&new));
+        let mut effective = new;
+        kept.restore(&mut effective);
+        if effective.admin.token.is_none() {
+            // The file turned the admin listener off (so no token was read), but the listener
+            // stays on until a restart: it keeps its token rather than run without one.
+            effective.admin.token = running.admin.token.clone();
+            effective.admin.token_file = running.admin.token_file.clone();
+        }
+        Reload {
+            effective,
+            needs_restart,
+        }
+    }
+}
