@@ -327,7 +327,8 @@ fn run_refuses_a_bad_configuration_with_exit_2() {
 /// with exit 2 naming its key, as `check-config` does.
 #[test]
 fn run_refuses_a_bad_users_file_or_certificate_with_exit_2() {
-    let cases: [(&str, fn(&TestFiles)); 2] = [
+    type Spoil = fn(&TestFiles);
+    let cases: [(&str, Spoil); 2] = [
         ("auth.file.path", |f| {
             std::fs::write(f.path("users.toml"), "[users.ann]\nhash = \"plain\"\n").unwrap();
         }),
