@@ -2,7 +2,7 @@
 //! certificate chains, private keys and CA files, pairing a chain with its key, and the rustls
 //! client configuration (the system's roots plus an optional CA file) that the directory
 //! (LDAPS/StartTLS, [`crate::auth::ldap`]) and the upstream (HTTPS to Faspex,
-//! [`crate::proxy::forward`]) use.
+//! [`crate::proxy::upstream`]) use.
 //!
 //! It sits at the bottom: it knows files and rustls, not the configuration. The listener's side,
 //! the certificate a reload swaps and the server configuration with its ALPN, is the server's
