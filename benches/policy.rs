@@ -2,38 +2,21 @@
 //! over the real embedded store (redb, durable commits) in a temporary folder.
 //!
 //! `cargo bench --bench policy`. This is a measurement, not a test: it asserts only that the work
-//! it timed really happened. The directory is an in-memory table, so the figures are the
+//! it timed really happened. The directory is an in-memory one (`TestDirectory`), so the figures are the
 //! engine's and the store's, not LDAP's.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[path = "support/mod.rs"]
 mod support;
 
-use async_trait::async_trait;
-use faspex_gate::auth::{Directory, DirectoryError, Verdict};
+use faspex_gate::auth::testing::TestDirectory;
+use faspex_gate::auth::Directory;
 use faspex_gate::clock::SystemClock;
 use faspex_gate::config::PolicyConfig;
 use faspex_gate::policy::{LoginRefused, LoginRequest, Observer, Policy, PolicyEvent};
 use faspex_gate::store::embedded::EmbeddedStore;
 use faspex_gate::store::{ClientId, ClientKind, EndReason};
-
-/// Accepts `pw-<account>`; counts checks.
-struct Table(AtomicUsize);
-
-#[async_trait]
-impl Directory for Table {
-    async fn verify(&self, account: &str, password: &str) -> Result<Verdict, DirectoryError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        let ok = password.strip_prefix("pw-") == Some(account);
-        Ok(if ok {
-            Verdict::Accepted
-        } else {
-            Verdict::Rejected
-        })
-    }
-}
 
 struct Quiet;
 impl Observer for Quiet {
@@ -108,7 +91,7 @@ async fn main() {
     // (also durable) so the seat frees again.
     for workers in [1, 16, 64] {
         let (policy, store, _tmp) = engine(1_000_000);
-        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let dir = TestDirectory::any_account();
         let directory: Arc<dyn Directory> = dir.clone();
         let total = if workers == 1 { 500 } else { 5_000 };
         let p = policy.clone();
@@ -123,7 +106,7 @@ async fn main() {
             }
         })
         .await;
-        assert_eq!(dir.0.load(Ordering::Relaxed), total);
+        assert_eq!(dir.checks(), total);
         row(
             "login + logout (admission and end, both durable)",
             workers,
@@ -135,7 +118,7 @@ async fn main() {
     // The hot path: a request carrying a session cookie (lookup, deadline check, activity).
     {
         let (policy, store, _tmp) = engine(10);
-        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let dir = TestDirectory::any_account();
         let directory: Arc<dyn Directory> = dir.clone();
         let mut tokens = Vec::new();
         for u in 0..10 {
@@ -173,7 +156,7 @@ async fn main() {
     // check, count; written behind).
     for workers in [1, 16] {
         let (policy, store, _tmp) = engine(10);
-        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let dir = TestDirectory::any_account();
         let directory: Arc<dyn Directory> = dir.clone();
         let p = policy.clone();
         let d = directory.clone();
@@ -189,7 +172,7 @@ async fn main() {
             }
         })
         .await;
-        assert_eq!(dir.0.load(Ordering::Relaxed), total);
+        assert_eq!(dir.checks(), total);
         row(
             "wrong guess: reserve, check, count a failure",
             workers,
@@ -201,7 +184,7 @@ async fn main() {
     // Lockout decisions that refuse without a check: attempts on locked accounts.
     {
         let (policy, store, _tmp) = engine(10);
-        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let dir = TestDirectory::any_account();
         let directory: Arc<dyn Directory> = dir.clone();
         for a in 0..100 {
             policy.lock(&format!("locked{a}"), None).await.unwrap();
@@ -223,14 +206,14 @@ async fn main() {
                 rate,
             );
         }
-        assert_eq!(dir.0.load(Ordering::Relaxed), 0);
+        assert_eq!(dir.checks(), 0);
         store.close().await.unwrap();
     }
 
     // Memory: fill every failure window with the longest names, and see what it costs.
     {
         let (policy, store, _tmp) = engine(10);
-        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let dir = TestDirectory::any_account();
         let directory: Arc<dyn Directory> = dir.clone();
         let before = rss_kib();
         let (p, d) = (policy.clone(), directory.clone());
@@ -263,7 +246,7 @@ async fn main() {
     // Refusals at a full cap (a check, then admission says no).
     {
         let (policy, store, _tmp) = engine(10);
-        let dir = Arc::new(Table(AtomicUsize::new(0)));
+        let dir = TestDirectory::any_account();
         let directory: Arc<dyn Directory> = dir.clone();
         for u in 0..10 {
             let user = format!("user{u}");

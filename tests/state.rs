@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use faspex_gate::auth::{Directory, DirectoryError, Verdict};
+use faspex_gate::auth::testing::TestDirectory;
+use faspex_gate::auth::Directory;
 use faspex_gate::clock::{SystemClock, Timestamp};
 use faspex_gate::config::PolicyConfig;
 use faspex_gate::policy::{LoginRefused, LoginRequest, Observer, Policy, PolicyEvent};
@@ -20,21 +20,6 @@ use crate::util::{run_to_exit, ConfigBuilder, TestFiles};
 const PHASE: &str = "FASPEX_GATE_TEST_CHILD_PHASE";
 const STORE: &str = "FASPEX_GATE_TEST_CHILD_STORE";
 const TOKEN: &str = "FASPEX_GATE_TEST_CHILD_TOKEN";
-
-/// Two users, passwords `pw-<name>`.
-struct Users;
-
-#[async_trait]
-impl Directory for Users {
-    async fn verify(&self, account: &str, password: &str) -> Result<Verdict, DirectoryError> {
-        let ok = matches!((account, password), ("ann", "pw-ann") | ("bob", "pw-bob"));
-        Ok(if ok {
-            Verdict::Accepted
-        } else {
-            Verdict::Rejected
-        })
-    }
-}
 
 struct Quiet;
 impl Observer for Quiet {
@@ -57,8 +42,9 @@ fn open(dir: &std::path::Path) -> (Policy, Arc<EmbeddedStore>) {
     (policy, store)
 }
 
+/// Two users, passwords `pw-<name>`.
 fn users() -> Arc<dyn Directory> {
-    Arc::new(Users)
+    TestDirectory::with_accounts(&["ann", "bob"])
 }
 
 fn request<'a>(user: &'a str, password: &'a str) -> LoginRequest<'a> {

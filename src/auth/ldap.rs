@@ -49,6 +49,7 @@
 //! An empty password is refused before anything is sent: an empty simple bind is an
 //! unauthenticated bind, which many servers answer "success".
 
+#[cfg(any(test, feature = "test-support"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -316,12 +317,37 @@ struct Conn {
     idle_for: Option<Duration>,
 }
 
-/// Counters, for tests and the benchmark.
+/// Connections opened, binds and searches sent, for tests ([`LdapDirectory::stats`]). Only test
+/// builds count (`cfg(test)` or the `test-support` feature); elsewhere this is empty and each
+/// count compiles to nothing.
 #[derive(Default)]
 struct Stats {
+    #[cfg(any(test, feature = "test-support"))]
     connects: AtomicU64,
+    #[cfg(any(test, feature = "test-support"))]
     binds: AtomicU64,
+    #[cfg(any(test, feature = "test-support"))]
     searches: AtomicU64,
+}
+
+impl Stats {
+    /// A connection was opened.
+    fn connected(&self) {
+        #[cfg(any(test, feature = "test-support"))]
+        self.connects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A bind was sent.
+    fn bound(&self) {
+        #[cfg(any(test, feature = "test-support"))]
+        self.binds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A search was sent.
+    fn searched(&self) {
+        #[cfg(any(test, feature = "test-support"))]
+        self.searches.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// See the module documentation.
@@ -398,7 +424,8 @@ impl LdapDirectory {
         })
     }
 
-    /// Connections opened, binds and searches sent, since start.
+    /// Connections opened, binds and searches sent, since start. Test builds only.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn stats(&self) -> (u64, u64, u64) {
         (
             self.stats.connects.load(Ordering::Relaxed),
@@ -442,7 +469,7 @@ impl LdapDirectory {
     }
 
     async fn connect_to(&self, i: usize, service: bool) -> Result<Ldap, StepError> {
-        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        self.stats.connected();
         let (conn, mut ldap) =
             LdapConnAsync::with_settings(self.settings.clone(), &self.servers[i].url)
                 .await
@@ -458,7 +485,7 @@ impl LdapDirectory {
                 let password = std::str::from_utf8(password.expose()).map_err(|_| {
                     StepError::Fatal("auth.ldap.bind_password_file is not UTF-8".into())
                 })?;
-                self.stats.binds.fetch_add(1, Ordering::Relaxed);
+                self.stats.bound();
                 let r = ldap
                     .with_timeout(self.timeout)
                     .simple_bind(bind_dn, password)
@@ -643,7 +670,7 @@ impl LdapDirectory {
                 let filter = filter.clone();
                 let attrs = attrs.clone();
                 Box::pin(async move {
-                    self.stats.searches.fetch_add(1, Ordering::Relaxed);
+                    self.stats.searched();
                     let r = ldap
                         .with_search_options(SearchOptions::new().sizelimit(2))
                         .with_timeout(self.timeout)
@@ -694,7 +721,7 @@ impl LdapDirectory {
     ) -> Result<Verdict, DirectoryError> {
         self.run(&self.bind_pool, |mut ldap| {
             Box::pin(async move {
-                self.stats.binds.fetch_add(1, Ordering::Relaxed);
+                self.stats.bound();
                 let r = ldap
                     .with_timeout(self.timeout)
                     .simple_bind(dn, password)
@@ -724,7 +751,7 @@ impl LdapDirectory {
     }
 
     async fn member(&self, ldap: &mut Ldap, q: &GroupQuery) -> Result<Verdict, StepError> {
-        self.stats.searches.fetch_add(1, Ordering::Relaxed);
+        self.stats.searched();
         let r = ldap
             .with_timeout(self.timeout)
             .search(&q.base, Scope::Base, &q.filter, vec!["1.1"])

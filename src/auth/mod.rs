@@ -5,6 +5,8 @@
 //! - `file.rs`: a users file of argon2id hashes, behind a hashing semaphore;
 //! - `cache.rs`: the verification cache for HTTP Basic callers (keyed digests, never passwords);
 //! - `password.rs`: making argon2id hashes (`faspex-gate hash-password`).
+//! - `testing.rs`: [`testing::TestDirectory`], the in-memory directory of the tests and benches
+//!   (test builds only: `cfg(test)` or the `test-support` feature).
 //!
 //! The policy engine decides *whether* a check may run (throttle, lockout, the global
 //! `max_checks_per_second` ceiling) and what its answer means; a backend only answers.
@@ -14,6 +16,8 @@ pub mod file;
 pub mod ldap;
 pub mod local;
 pub mod password;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 use std::sync::Arc;
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::*;
+use crate::auth::testing::TestDirectory;
 use crate::auth::Lookup;
 use crate::auth::{Directory, DirectoryError, Verdict};
 use crate::clock::ManualClock;
@@ -68,55 +69,6 @@ fn the_defaults_are_the_sites_policy() {
         ),
         (30, 600, 100_000)
     );
-}
-
-/// Passwords by account; counts every check it runs.
-#[derive(Default)]
-struct TestDirectory {
-    users: Mutex<HashMap<String, String>>,
-    checks: AtomicUsize,
-    down: AtomicBool,
-    delay: Mutex<Duration>,
-}
-
-impl TestDirectory {
-    fn with_users(n: usize) -> Arc<Self> {
-        let d = Self::default();
-        {
-            let mut u = d.users.lock().unwrap();
-            for name in ["ann", "bob", "cat", "dan"] {
-                u.insert(name.into(), format!("pw-{name}"));
-            }
-            for i in 0..n {
-                u.insert(format!("user{i}"), format!("pw-user{i}"));
-            }
-        }
-        Arc::new(d)
-    }
-
-    fn checks(&self) -> usize {
-        self.checks.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Directory for TestDirectory {
-    async fn verify(&self, account: &str, password: &str) -> Result<Verdict, DirectoryError> {
-        self.checks.fetch_add(1, Ordering::SeqCst);
-        let delay = *self.delay.lock().unwrap();
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        if self.down.load(Ordering::SeqCst) {
-            return Err(DirectoryError("connection refused".into()));
-        }
-        let ok = self.users.lock().unwrap().get(account).map(String::as_str) == Some(password);
-        Ok(if ok {
-            Verdict::Accepted
-        } else {
-            Verdict::Rejected
-        })
-    }
 }
 
 /// Keeps a line per event.
@@ -476,7 +428,7 @@ async fn a_guess_whose_caller_goes_away_mid_check_is_still_counted() {
     let mut cfg = contract_defaults();
     cfg.login_attempts_per_ip_per_minute = 1000;
     let h = Arc::new(Harness::new(cfg));
-    *h.dir.delay.lock().unwrap() = Duration::from_millis(200);
+    h.dir.set_delay(Duration::from_millis(200));
     for i in 0..5 {
         let h2 = h.clone();
         let t = tokio::spawn(async move {
@@ -512,7 +464,7 @@ async fn a_guess_whose_caller_goes_away_mid_check_is_still_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_lock_placed_during_a_check_wins_over_its_right_password() {
     let h = Arc::new(Harness::new(contract_defaults()));
-    *h.dir.delay.lock().unwrap() = Duration::from_millis(100);
+    h.dir.set_delay(Duration::from_millis(100));
     let h2 = h.clone();
     let login = tokio::spawn(async move { h2.browser("ann", "c1").await });
     wait_for_checks(&h, 1).await;
@@ -606,7 +558,7 @@ async fn bad_usernames_get_a_clear_answer_and_count_nothing() {
 #[tokio::test]
 async fn a_directory_outage_counts_nothing_and_locks_nobody() {
     let h = Harness::new(contract_defaults());
-    h.dir.down.store(true, Ordering::SeqCst);
+    h.dir.set_down(true);
     for _ in 0..20 {
         assert!(matches!(
             h.browser("ann", "c1").await,
@@ -618,7 +570,7 @@ async fn a_directory_outage_counts_nothing_and_locks_nobody() {
     // Each outage is reported, for the directory-errors metric and alert.
     assert_eq!(h.events.count("directory error"), 20);
     assert_eq!(h.events.count("login ann directory_error"), 20);
-    h.dir.down.store(false, Ordering::SeqCst);
+    h.dir.set_down(false);
     assert!(h.browser("ann", "c1").await.is_ok());
     assert_eq!(h.events.count("directory ok"), 1);
 }
@@ -1074,9 +1026,7 @@ async fn lowering_the_cap_cuts_nobody_and_admits_nobody_until_below_it() {
     for s in &live {
         assert!(h.live(s, "/").await.is_ok(), "no live session is cut");
     }
-    let mut users = TestDirectory::with_users(0).users.lock().unwrap().clone();
-    users.insert("eve".into(), "pw-eve".into());
-    *h.dir.users.lock().unwrap() = users;
+    h.dir.add_user("eve", "pw-eve");
     assert!(matches!(
         h.browser("eve", "e").await,
         Err(LoginRefused::LicenseFull { .. })
@@ -1183,7 +1133,7 @@ async fn public_requests_have_their_own_budget() {
 async fn two_hundred_parallel_logins_against_a_cap_of_ten_admit_exactly_ten() {
     for round in 0..5 {
         let h = Arc::new(Harness::with_users(contract_defaults(), 200));
-        *h.dir.delay.lock().unwrap() = Duration::from_millis(1);
+        h.dir.set_delay(Duration::from_millis(1));
         let mut tasks = Vec::new();
         for i in 0..200 {
             let h = h.clone();
@@ -1220,7 +1170,7 @@ async fn a_hundred_parallel_wrong_guesses_reach_the_directory_at_most_five_times
         let mut cfg = contract_defaults();
         cfg.login_attempts_per_ip_per_minute = 1000;
         let h = Arc::new(Harness::new(cfg));
-        *h.dir.delay.lock().unwrap() = Duration::from_millis(5);
+        h.dir.set_delay(Duration::from_millis(5));
         let mut tasks = Vec::new();
         for i in 0..100 {
             let h = h.clone();
@@ -1258,7 +1208,7 @@ async fn a_hundred_parallel_wrong_guesses_reach_the_directory_at_most_five_times
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_parallel_identical_logins_all_succeed_with_one_check() {
     let h = Arc::new(Harness::new(contract_defaults()));
-    *h.dir.delay.lock().unwrap() = Duration::from_millis(20);
+    h.dir.set_delay(Duration::from_millis(20));
     let client = LoginRequest::basic_client("192.0.2.44".parse().unwrap(), "curl/8.5");
     let mut tasks = Vec::new();
     for _ in 0..32 {
@@ -1844,7 +1794,7 @@ async fn a_caller_after_an_admin_action_never_joins_a_check_begun_before_it() {
     // A check in flight; the administrator acts; an identical request arrives. Joining the old
     // check could cache its success past the action, so the newcomer runs a check of its own.
     let h = Arc::new(Harness::new(contract_defaults()));
-    *h.dir.delay.lock().unwrap() = Duration::from_millis(100);
+    h.dir.set_delay(Duration::from_millis(100));
     let h2 = h.clone();
     let first = tokio::spawn(async move { h2.recheck("ann", "pw-ann").await });
     wait_for_checks(&h, 1).await;
