@@ -100,7 +100,10 @@ async fn main() {
         (true, "search, bind, group search"),
     ] {
         for workers in [1, 8] {
-            let d = Arc::new(LdapDirectory::new(&ldap_config(s.url(), search, 8)).unwrap());
+            let d = Arc::new(
+                LdapDirectory::new(&ldap_config(s.url(), search, 8), Arc::new(SystemClock))
+                    .unwrap(),
+            );
             let total = if workers == 1 { 1_000 } else { 4_000 } / scale;
             let dd = d.clone();
             let rate = support::run(workers, total, move |i| {
@@ -118,7 +121,9 @@ async fn main() {
 
     // A wrong password: the same operations, refused.
     {
-        let d = Arc::new(LdapDirectory::new(&ldap_config(s.url(), true, 8)).unwrap());
+        let d = Arc::new(
+            LdapDirectory::new(&ldap_config(s.url(), true, 8), Arc::new(SystemClock)).unwrap(),
+        );
         let total = 4_000 / scale;
         let dd = d.clone();
         let rate = support::run(8, total, move |i| {
@@ -165,8 +170,9 @@ async fn main() {
         for workers in [1, 8] {
             let tmp = tempfile::tempdir().unwrap();
             let policy = engine(tmp.path(), ttl);
-            let directory: Arc<dyn Directory> =
-                Arc::new(LdapDirectory::new(&ldap_config(s.url(), true, 8)).unwrap());
+            let directory: Arc<dyn Directory> = Arc::new(
+                LdapDirectory::new(&ldap_config(s.url(), true, 8), Arc::new(SystemClock)).unwrap(),
+            );
             // Each caller logs in once (and is cached, when the cache is on).
             for i in 0..USERS {
                 let u = format!("user{i}");

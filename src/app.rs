@@ -28,7 +28,7 @@ use crate::admin::{AdminApi, AdminServer};
 use crate::audit::AuditLog;
 use crate::auth::file::Users;
 use crate::auth::Directory;
-use crate::clock::SystemClock;
+use crate::clock::{Clock, TimeSource};
 use crate::config::{AuthBackend, Config, Reload};
 use crate::metrics::Metrics;
 use crate::policy::{CheckRules, LogObserver, Observer, Observers, Policy};
@@ -55,23 +55,24 @@ impl PolicyState {
     /// end what expired while the gateway was down, and start the sweeper. `observers` hear the
     /// engine's events besides the log and the metrics.
     /// `faspex` checks Faspex's own accounts (`auth.local_accounts = "faspex"`); `users` is the
-    /// users file, read.
+    /// users file, read. `clock` is the one every decision that depends on time reads.
     pub async fn open(
         cfg: &Config,
         users: &Users,
         metrics: Arc<Metrics>,
         observers: Vec<Arc<dyn Observer>>,
         faspex: Option<Arc<dyn Directory>>,
+        clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
-        let directory =
-            crate::auth::build(&cfg.auth, users, faspex).context("cannot set up auth.backend")?;
+        let directory = crate::auth::build(&cfg.auth, users, faspex, Arc::clone(&clock))
+            .context("cannot set up auth.backend")?;
         log_backend(cfg, users);
         let store = Arc::new(EmbeddedStore::open(&cfg.store.path)?);
         let policy = Policy::new(
             cfg.policy.clone(),
             CheckRules::from(&cfg.auth),
             store.clone(),
-            Arc::new(SystemClock),
+            clock,
             Arc::new(Observers(
                 [
                     vec![Arc::new(LogObserver) as Arc<dyn Observer>, metrics.clone()],
@@ -170,6 +171,9 @@ pub struct App {
     faspex_check: Arc<dyn Directory>,
     /// The HTTPS listener's certificate, which a reload swaps (`None` when the listener is off).
     pub certs: Option<Arc<CertStore>>,
+    /// The clock the app runs on (a manual one is moved through the admin API).
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
+    time: TimeSource,
 }
 
 /// Reads a configuration file (for a reload).
@@ -180,13 +184,19 @@ pub type Loader =
 /// start-up errors; one in a file the configuration names (the users file, a certificate) is the
 /// [`ConfigError`](crate::config::ConfigError) that [`Loaded::load`] gives, naming its key.
 pub async fn build(cfg: &Config) -> anyhow::Result<App> {
-    build_with(cfg, Arc::new(|p: &std::path::Path| Config::load(p))).await
+    build_with(
+        cfg,
+        Arc::new(|p: &std::path::Path| Config::load(p)),
+        TimeSource::Wall,
+    )
+    .await
 }
 
-/// Build the [`App`] for `cfg`, reloading with `loader`.
-pub async fn build_with(cfg: &Config, loader: Loader) -> anyhow::Result<App> {
+/// Build the [`App`] for `cfg`, reloading with `loader`, on the clock `time` gives.
+pub async fn build_with(cfg: &Config, loader: Loader, time: TimeSource) -> anyhow::Result<App> {
     let loaded = Loaded::load(cfg)?;
-    let audit = Arc::new(AuditLog::open(&cfg.audit, Arc::new(SystemClock))?);
+    let clock = time.clock();
+    let audit = Arc::new(AuditLog::open(&cfg.audit, Arc::clone(&clock))?);
     let metrics = Arc::new(Metrics::new().context("cannot register the metrics")?);
     let upstream = Upstream::new(&cfg.upstream, &cfg.server)?;
     let logout_path = Arc::new(ArcSwap::from_pointee(cfg.faspex.logout_path.clone()));
@@ -205,6 +215,7 @@ pub async fn build_with(cfg: &Config, loader: Loader) -> anyhow::Result<App> {
         Arc::clone(&metrics),
         vec![ends, Arc::clone(&audit) as Arc<dyn Observer>],
         Some(Arc::clone(&faspex_check)),
+        clock,
     )
     .await?;
     let gateway = Gateway::new(
@@ -223,6 +234,7 @@ pub async fn build_with(cfg: &Config, loader: Loader) -> anyhow::Result<App> {
         logout_path,
         faspex_check,
         certs: loaded.cert.map(CertStore::new),
+        time,
     })
 }
 
@@ -230,13 +242,19 @@ impl App {
     /// The admin API over this app, with `cfg`'s token (`None` when the listener is off).
     pub fn admin_api(&self, cfg: &Config) -> Option<AdminApi> {
         let token = cfg.admin.token.as_ref()?;
-        Some(AdminApi::new(
+        let api = AdminApi::new(
             self.state.policy.clone(),
             self.gateway.clone(),
             Arc::clone(&self.state.metrics),
             Arc::clone(&self.audit),
             token,
-        ))
+        );
+        #[cfg(feature = "test-support")]
+        let api = match self.time.manual_clock() {
+            Some(c) => api.with_manual_clock(c.clone()),
+            None => api,
+        };
+        Some(api)
     }
 
     /// Read `running.file` again and apply what can change safely (see the module
@@ -284,6 +302,7 @@ impl App {
             &new.auth,
             &loaded.users,
             Some(Arc::clone(&self.faspex_check)),
+            self.state.policy.clock(),
         ) {
             Ok(d) => d,
             Err(e) => {
@@ -357,11 +376,13 @@ pub struct Listening {
     pub admin: Option<SocketAddr>,
 }
 
-/// Serve with `cfg` until SIGTERM/SIGINT; SIGHUP reloads the configuration.
-pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+/// Serve with `cfg` on the clock `time` gives until SIGTERM/SIGINT; SIGHUP reloads the
+/// configuration.
+pub async fn serve(cfg: Config, time: TimeSource) -> anyhow::Result<()> {
     let control = signal_control()?;
-    serve_with(
+    serve_on(
         cfg,
+        time,
         Arc::new(|p: &std::path::Path| Config::load(p)),
         control,
         |_| {},
@@ -374,10 +395,21 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 pub async fn serve_with(
     cfg: Config,
     loader: Loader,
+    control: tokio::sync::mpsc::Receiver<Control>,
+    ready: impl FnOnce(Listening),
+) -> anyhow::Result<()> {
+    serve_on(cfg, TimeSource::Wall, loader, control, ready).await
+}
+
+/// [`serve_with`] on the clock `time` gives.
+pub async fn serve_on(
+    cfg: Config,
+    time: TimeSource,
+    loader: Loader,
     mut control: tokio::sync::mpsc::Receiver<Control>,
     ready: impl FnOnce(Listening),
 ) -> anyhow::Result<()> {
-    let app = build_with(&cfg, loader).await?;
+    let app = build_with(&cfg, loader, time).await?;
     let server = Server::bind(&cfg, app.gateway.clone(), app.certs.clone()).await?;
     let api = app.admin_api(&cfg);
     let admin = match (cfg.admin.listen, &api) {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::clock::TimeSource;
 use crate::config::{self, Config, ConfigError};
 
 #[derive(Debug, Parser)]
@@ -29,6 +30,10 @@ pub enum Command {
         /// The configuration file [default: $FASPEX_GATE_CONFIG, else /etc/faspex-gate/faspex-gate.toml]
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// FOR TESTS ONLY: run on a manual clock that stands still until `POST /admin/v1/clock`
+        /// moves it. Only builds with the `test-support` cargo feature accept it.
+        #[arg(long, hide = !MANUAL_CLOCK_BUILT_IN)]
+        manual_clock: bool,
     },
     /// A self-contained demo: a self-signed certificate, the built-in Faspex 4 emulator and demo users.
     Demo {
@@ -91,6 +96,29 @@ pub enum AdminCommand {
 /// Exit code 2: usage or configuration error.
 pub const EXIT_CONFIG: u8 = 2;
 
+/// Whether this binary can run on a manual clock (`run --manual-clock`): test builds only.
+const MANUAL_CLOCK_BUILT_IN: bool = cfg!(feature = "test-support");
+
+/// What a binary without the `test-support` feature says to `run --manual-clock`.
+pub const MANUAL_CLOCK_REFUSED: &str = "--manual-clock is for tests only, and this binary was \
+     built without them (cargo feature test-support); a gateway in service runs on the wall clock";
+
+/// The clock `run` serves on: the wall's, or with `--manual-clock` (in a build that has it) a
+/// manual one. `built_in` is [`MANUAL_CLOCK_BUILT_IN`], a parameter so that the refusal is tested
+/// in the builds that have the option.
+fn time_source(manual_clock: bool, built_in: bool) -> Result<TimeSource, &'static str> {
+    if !manual_clock {
+        return Ok(TimeSource::Wall);
+    }
+    if !built_in {
+        return Err(MANUAL_CLOCK_REFUSED);
+    }
+    #[cfg(feature = "test-support")]
+    return Ok(TimeSource::manual());
+    #[cfg(not(feature = "test-support"))]
+    Err(MANUAL_CLOCK_REFUSED)
+}
+
 /// Run the parsed command; the binary's `main` is just this.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
@@ -119,14 +147,31 @@ pub fn run(cli: Cli) -> ExitCode {
             },
             Err(e) => failure(&e),
         },
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            manual_clock,
+        } => {
+            let time = match time_source(manual_clock, MANUAL_CLOCK_BUILT_IN) {
+                Ok(t) => t,
+                Err(why) => {
+                    eprintln!("faspex-gate: {why}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             init_tracing();
             let path = config.unwrap_or_else(config::default_path);
             let cfg = match Config::load(&path) {
                 Ok(cfg) => cfg,
                 Err(e) => return config_failure(&e),
             };
-            match runtime(cfg.server.workers).and_then(|rt| rt.block_on(crate::app::serve(cfg))) {
+            if manual_clock {
+                tracing::warn!(
+                    "running on a manual clock, moved by POST /admin/v1/clock: for tests only"
+                );
+            }
+            match runtime(cfg.server.workers)
+                .and_then(|rt| rt.block_on(crate::app::serve(cfg, time)))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 // (a file the configuration names, read when the app is built)
                 Err(e) => match e.downcast_ref::<ConfigError>() {
@@ -276,4 +321,47 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .event_format(crate::proxy::access::LogFormat::default())
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_without_test_support_refuses_the_manual_clock() {
+        assert_eq!(
+            time_source(true, false).err(),
+            Some(MANUAL_CLOCK_REFUSED),
+            "refused, with the reason"
+        );
+        assert!(
+            MANUAL_CLOCK_REFUSED.contains("--manual-clock")
+                && MANUAL_CLOCK_REFUSED.contains("test-support")
+        );
+        assert!(matches!(time_source(false, false), Ok(TimeSource::Wall)));
+        assert!(matches!(time_source(false, true), Ok(TimeSource::Wall)));
+    }
+
+    #[cfg(feature = "test-support")]
+    #[test]
+    fn a_test_build_starts_the_manual_clock_at_the_walls_time() {
+        use crate::clock::Clock as _;
+        let wall = crate::clock::SystemClock.now();
+        let Ok(TimeSource::Manual(c)) = time_source(true, true) else {
+            panic!("a manual clock");
+        };
+        assert!(c.now() >= wall && c.now().since(wall) < std::time::Duration::from_secs(60));
+    }
+
+    #[test]
+    fn run_takes_the_manual_clock_flag() {
+        let cli = Cli::try_parse_from(["faspex-gate", "run", "--manual-clock"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Run {
+                manual_clock: true,
+                ..
+            }
+        ));
+    }
 }

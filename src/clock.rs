@@ -1,5 +1,10 @@
-//! Time, injected: the [`Clock`] every policy decision takes `now` from, the wall clock that
-//! production uses, and a [`ManualClock`] that tests move an hour forward in a microsecond.
+//! Time, injected: the [`Clock`] every decision that depends on time takes `now` from (the
+//! policies, the session cookie's `iat`/`exp`, LDAP down-marking, the audit log's stamps), the
+//! wall clock that production uses, and a [`ManualClock`] that tests move an hour forward in a
+//! microsecond. [`TimeSource`] says which one a gateway runs on: a build with the
+//! `test-support` feature can start the whole gateway on a manual clock
+//! (`faspex-gate run --manual-clock`, moved with `POST /admin/clock`), so that integration
+//! tests see idle and lockout expiry without sleeping; a release build cannot.
 //!
 //! Policy state outlives the process (a lockout must hold across a restart), so time is wall time:
 //! a [`Timestamp`] is milliseconds since the Unix epoch, the unit the store persists.
@@ -111,6 +116,44 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// The clock a whole gateway runs on.
+#[derive(Clone, Debug, Default)]
+pub enum TimeSource {
+    /// The host's wall clock: production.
+    #[default]
+    Wall,
+    /// A manual clock, started at the wall's time, that only the admin API's `POST /admin/clock`
+    /// moves. Tests only: it exists in builds with the `test-support` feature.
+    #[cfg(feature = "test-support")]
+    Manual(ManualClock),
+}
+
+impl TimeSource {
+    /// A manual clock standing at the wall's time now.
+    #[cfg(feature = "test-support")]
+    pub fn manual() -> Self {
+        TimeSource::Manual(ManualClock::new(SystemClock.now()))
+    }
+
+    /// The clock to hand to every part that decides by time (one for the whole gateway).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        match self {
+            TimeSource::Wall => Arc::new(SystemClock),
+            #[cfg(feature = "test-support")]
+            TimeSource::Manual(c) => Arc::new(c.clone()),
+        }
+    }
+
+    /// The manual clock, when the gateway runs on one.
+    #[cfg(feature = "test-support")]
+    pub fn manual_clock(&self) -> Option<&ManualClock> {
+        match self {
+            TimeSource::Wall => None,
+            TimeSource::Manual(c) => Some(c),
+        }
     }
 }
 

@@ -62,7 +62,8 @@ fn both_modes_in_the_group(s: &Slapd) -> [(&'static str, LdapConfig); 2] {
 }
 
 fn dir(cfg: &LdapConfig) -> LdapDirectory {
-    LdapDirectory::new(cfg).expect("the LDAP backend builds")
+    LdapDirectory::new(cfg, std::sync::Arc::new(faspex_gate::clock::SystemClock))
+        .expect("the LDAP backend builds")
 }
 
 async fn verdict(d: &LdapDirectory, user: &str, pw: &str) -> Verdict {

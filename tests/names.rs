@@ -17,7 +17,7 @@ use std::sync::Arc;
 use faspex_emulator::LoginFailureStyle;
 use faspex_gate::auth::ldap::LdapDirectory;
 use faspex_gate::auth::Directory;
-use faspex_gate::clock::ManualClock;
+use faspex_gate::clock::{ManualClock, SystemClock};
 use faspex_gate::config::{LdapConfig, PolicyConfig};
 use faspex_gate::policy::{
     CheckRules, InvalidUsername, LogObserver, LoginRefused, LoginRequest, Policy,
@@ -155,7 +155,7 @@ fn engine(s: &Slapd, mode: Mode, tmp: &std::path::Path) -> (Policy, Arc<dyn Dire
         Arc::new(LogObserver),
     );
     let directory: Arc<dyn Directory> =
-        Arc::new(LdapDirectory::new(&ldap_config(s, mode)).unwrap());
+        Arc::new(LdapDirectory::new(&ldap_config(s, mode), Arc::new(SystemClock)).unwrap());
     (policy, directory)
 }
 

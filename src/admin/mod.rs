@@ -13,6 +13,7 @@
 //! | `GET /admin/v1/lockouts` | bearer | locks in force |
 //! | `DELETE /admin/v1/lockouts/{user}` | bearer | unlock |
 //! | `POST /admin/v1/lockouts/{user}` | bearer | lock, body optional `{"for":"1h"}` |
+//! | `POST /admin/v1/clock` | bearer | test builds on a manual clock only ([`clock`]): `{"advance_secs":3600}` |
 //!
 //! The bearer token (`admin.token_file`) is compared in constant time (as SHA-256 digests, so
 //! not even its length shows). A missing or wrong token gets `401` and an `admin_refused` audit
@@ -20,6 +21,8 @@
 //! caller's address. Bodies are JSON; an error is `{"error": "…"}` with a 4xx or 5xx status.
 
 pub mod client;
+#[cfg(feature = "test-support")]
+mod clock;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -86,6 +89,9 @@ struct ApiInner {
     /// The last readiness answer and when it was made: checks run at most once a second,
     /// one at a time, whoever asks.
     readiness: tokio::sync::Mutex<Option<(Instant, StatusCode, String)>>,
+    /// The manual clock that `POST /admin/v1/clock` moves (`faspex-gate run --manual-clock`).
+    #[cfg(feature = "test-support")]
+    manual_clock: std::sync::OnceLock<crate::clock::ManualClock>,
 }
 
 /// Refused admin calls recorded in the audit log per second, at most.
@@ -121,8 +127,17 @@ impl AdminApi {
                 )),
                 refusals_dropped: AtomicU64::new(0),
                 readiness: tokio::sync::Mutex::new(None),
+                #[cfg(feature = "test-support")]
+                manual_clock: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Serve `POST /admin/v1/clock`, which moves `clock` (tests only).
+    #[cfg(feature = "test-support")]
+    pub fn with_manual_clock(self, clock: crate::clock::ManualClock) -> Self {
+        let _ = self.inner.manual_clock.set(clock);
+        self
     }
 
     /// Take a new token (a reload of `admin.token_file`).
@@ -192,6 +207,14 @@ impl AdminApi {
                     Err(e) => Err(e),
                 },
                 _ => Err(Refused::Method("DELETE, POST")),
+            },
+            #[cfg(feature = "test-support")]
+            Ok(("clock", None)) if self.inner.manual_clock.get().is_some() => match method {
+                Method::POST => match self.inner.manual_clock.get() {
+                    Some(c) => clock::advance(c, req.into_body()).await,
+                    None => Err(Refused::NotFound),
+                },
+                _ => Err(Refused::Method("POST")),
             },
             Ok(_) => Err(Refused::NotFound),
         };

@@ -28,7 +28,8 @@
 //! with their meaning and never shown. `busy`, `unavailable`, transport errors and silence past
 //! `timeout` mean the server is not answering: the next URL is tried, and the failed one is
 //! skipped for [`DOWN_FOR`]. If no server answers, the check fails with [`DirectoryError`], which
-//! the engine counts against no one (503).
+//! the engine counts against no one (503). Down-marking reads the gateway's injected [`Clock`],
+//! as every decision that depends on time does.
 //!
 //! **Connections.** Two pools of `pool_size` reusable connections each: one bound as the service
 //! account for searches, one for user binds (a bind resets a connection's identity, so they are
@@ -61,6 +62,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{Directory, DirectoryError, Lookup, Verdict};
+use crate::clock::{Clock, Timestamp};
 use crate::config::{LdapConfig, Secret};
 
 /// How long a server that failed is skipped before it is tried again.
@@ -256,7 +258,8 @@ struct Group {
 
 struct Server {
     url: String,
-    down_until: Mutex<Option<Instant>>,
+    /// Skipped (tried only after the others) until then, by the injected clock.
+    down_until: Mutex<Option<Timestamp>>,
 }
 
 /// Why a step did not give an answer.
@@ -360,12 +363,14 @@ pub struct LdapDirectory {
     service_pool: Pool,
     bind_pool: Pool,
     stats: Stats,
+    /// The `now` that down-marking reads.
+    clock: Arc<dyn Clock>,
 }
 
 impl LdapDirectory {
     /// Build from the validated configuration. Nothing is contacted yet: a directory that is
     /// down at start makes checks fail (503), not the gateway.
-    pub fn new(cfg: &LdapConfig) -> anyhow::Result<Self> {
+    pub fn new(cfg: &LdapConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         if cfg.urls.is_empty() {
             anyhow::bail!("auth.ldap.urls: no directory server is configured");
         }
@@ -421,6 +426,7 @@ impl LdapDirectory {
             service_pool: pool("service", true),
             bind_pool: pool("bind", false),
             stats: Stats::default(),
+            clock,
         })
     }
 
@@ -438,7 +444,7 @@ impl LdapDirectory {
 
     fn mark_down(&self, i: usize, why: &str) {
         let s = &self.servers[i];
-        *lock(&s.down_until) = Some(Instant::now() + DOWN_FOR);
+        *lock(&s.down_until) = Some(self.clock.now() + DOWN_FOR);
         tracing::warn!(
             target: "faspex_gate::auth",
             server = %s.url,
@@ -452,7 +458,7 @@ impl LdapDirectory {
     /// marked down, in configured order, then the others, the one that failed longest ago first
     /// (something may have come back).
     fn order(&self, tried: &[usize]) -> Vec<usize> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let untried = (0..self.servers.len()).filter(|i| !tried.contains(i));
         let mut up = Vec::new();
         let mut down = Vec::new();
@@ -978,6 +984,42 @@ impl Directory for LdapDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_marked_down_is_tried_last_until_the_clock_passes_down_for() {
+        let clock = crate::clock::ManualClock::at_2026();
+        let cfg = LdapConfig {
+            urls: vec![
+                "ldap://a.invalid".parse().unwrap(),
+                "ldap://b.invalid".parse().unwrap(),
+            ],
+            starttls: false,
+            ca_file: None,
+            user_dn_template: Some("uid={username},dc=example".into()),
+            bind_dn: None,
+            bind_password_file: None,
+            bind_password: None,
+            base_dn: None,
+            user_filter: "(uid={username})".into(),
+            require_group: None,
+            nested_groups: false,
+            pool_size: 1,
+            timeout: Duration::from_secs(1),
+        };
+        let d = LdapDirectory::new(&cfg, Arc::new(clock.clone())).unwrap();
+        assert_eq!(d.order(&[]), [0, 1]);
+        d.mark_down(0, "test");
+        assert_eq!(d.order(&[]), [1, 0]);
+        assert_eq!(d.order(&[1]), [0], "a down server is still tried last");
+        clock.advance(DOWN_FOR - Duration::from_millis(1));
+        assert_eq!(d.order(&[]), [1, 0]);
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(
+            d.order(&[]),
+            [0, 1],
+            "back in order once DOWN_FOR has passed"
+        );
+    }
 
     #[test]
     fn hostile_names_are_escaped_in_dns_and_filters() {

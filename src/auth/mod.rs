@@ -123,10 +123,11 @@ pub fn build(
     cfg: &AuthConfig,
     users: &file::Users,
     faspex: Option<Arc<dyn Directory>>,
+    clock: Arc<dyn crate::clock::Clock>,
 ) -> anyhow::Result<Arc<dyn Directory>> {
     let file = || file::FileDirectory::new(users.clone(), cfg.max_concurrent_hashes);
     let base: Arc<dyn Directory> = match cfg.backend {
-        AuthBackend::Ldap => Arc::new(ldap::LdapDirectory::new(&cfg.ldap)?),
+        AuthBackend::Ldap => Arc::new(ldap::LdapDirectory::new(&cfg.ldap, clock)?),
         AuthBackend::File => Arc::new(file()?),
     };
     let local = match cfg.local_accounts {

@@ -121,6 +121,11 @@ impl Policy {
         self.inner.clock.now()
     }
 
+    /// The clock the engine decides by, for the other parts whose decisions depend on time.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.inner.clock)
+    }
+
     pub(super) fn cfg(&self) -> arc_swap::Guard<Arc<PolicyConfig>> {
         self.inner.cfg.load()
     }

@@ -77,6 +77,7 @@ impl Context {
         ends: Ends,
         metrics: Arc<Metrics>,
     ) -> Context {
+        let clock = policy.clock();
         Context {
             gate: gate(cfg),
             upstream,
@@ -87,6 +88,7 @@ impl Context {
             cookies: Arc::new(SessionCookies::new(
                 &cfg.session.cookie_name,
                 cfg.session.secret.expose(),
+                clock,
             )),
             memo: ends.memo,
             logouts: ends.logouts,

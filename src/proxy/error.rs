@@ -367,7 +367,11 @@ mod tests {
 
     #[test]
     fn browser_detection_follows_the_contract() {
-        let cookies = SessionCookies::new("__Host-faspex-gate", &[7u8; 32]);
+        let cookies = SessionCookies::new(
+            "__Host-faspex-gate",
+            &[7u8; 32],
+            std::sync::Arc::new(crate::clock::SystemClock),
+        );
         let mut h = HeaderMap::new();
         assert!(!is_browser(&h, &cookies));
         h.insert(header::ACCEPT, HeaderValue::from_static("application/xml"));

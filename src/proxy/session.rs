@@ -11,9 +11,12 @@
 //! The cookie is `Secure; HttpOnly; SameSite=Lax; Path=/` with no `Domain`, which is what the
 //! `__Host-` prefix of the default name requires. It has no `Max-Age`: the browser forgets it
 //! when it closes, and the server-side session ends on its own timeouts. Its signed lifetime
-//! ([`COOKIE_LIFETIME`]) only bounds how long a copy stays worth presenting at all.
+//! ([`COOKIE_LIFETIME`]) only bounds how long a copy stays worth presenting at all. Its `iat`
+//! and `exp` come from the gateway's injected [`Clock`], and `exp` is checked against that same
+//! clock (not by jsonwebtoken, which would read the wall), so a test that moves time moves the
+//! cookie's lifetime too.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::{header, HeaderMap, HeaderValue};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -21,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::store::{ClientId, SessionKey, SessionToken};
 
 /// How long a signed cookie is accepted, whatever its session's state.
@@ -53,6 +57,12 @@ impl Claims {
     pub fn client(&self) -> ClientId {
         ClientId(self.cid.clone())
     }
+
+    /// Whether the signed lifetime still covers `now` (seconds since the epoch): through the
+    /// second `exp` itself, as jsonwebtoken counts it.
+    fn live_at(&self, now: u64) -> bool {
+        self.exp >= now
+    }
 }
 
 /// How many verified cookies [`SessionCookies`] remembers before it starts afresh.
@@ -63,7 +73,10 @@ pub struct SessionCookies {
     name: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Signature and required claims; `exp` is checked here against [`SessionCookies::clock`].
     validation: Validation,
+    /// Where `iat`, and the `now` that `exp` is checked against, come from.
+    clock: Arc<dyn Clock>,
     /// Cookies whose signature has been checked, by their exact text: a busy session's requests
     /// skip the base64, JSON and HMAC work (about 5 % of a small request). Only the lifetime is
     /// checked again; whether the session lives is, as always, the store's answer. Keyed with
@@ -76,16 +89,19 @@ pub struct SessionCookies {
 }
 
 impl SessionCookies {
-    pub fn new(name: &str, secret: &[u8]) -> Self {
+    pub fn new(name: &str, secret: &[u8], clock: Arc<dyn Clock>) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.validate_aud = false;
+        // `exp` must be there, and is compared with the injected clock in `verify`.
+        validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp"]);
         Self {
             name: name.to_owned(),
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            clock,
             verified: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
             finder: memchr::memmem::Finder::new(name.as_bytes()).into_owned(),
         }
@@ -105,10 +121,7 @@ impl SessionCookies {
 
     /// The `Set-Cookie` value that hands `token` to the browser `client`.
     pub fn issue(&self, token: &SessionToken, client: &ClientId) -> Option<HeaderValue> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = self.now_secs();
         let claims = Claims {
             sid: token.expose().to_owned(),
             cid: client.0.clone(),
@@ -157,9 +170,9 @@ impl SessionCookies {
     /// The claims of the request's cookie when its signature and lifetime check out.
     pub fn verify(&self, headers: &HeaderMap) -> Option<Arc<Claims>> {
         let raw = self.raw_bytes(headers)?;
+        let now = self.now_secs();
         if let Some(c) = self.verified.get(raw) {
-            if c.exp.saturating_add(self.validation.leeway) >= jsonwebtoken::get_current_timestamp()
-            {
+            if c.live_at(now) {
                 return Some(Arc::clone(&c));
             }
         }
@@ -168,6 +181,9 @@ impl SessionCookies {
         let claims = jsonwebtoken::decode::<Claims>(text, &self.decoding, &self.validation)
             .ok()?
             .claims;
+        if !claims.live_at(now) {
+            return None;
+        }
         claims.key();
         let claims = Arc::new(claims);
         if self.verified.len() >= VERIFIED_CAP {
@@ -175,6 +191,11 @@ impl SessionCookies {
         }
         self.verified.insert(raw.into(), Arc::clone(&claims));
         Some(claims)
+    }
+
+    /// The clock's `now` in whole seconds, the unit of `iat` and `exp`.
+    fn now_secs(&self) -> u64 {
+        self.clock.now().as_millis() / 1000
     }
 
     /// The value of the request's cookie named exactly `session.cookie_name`. Cookies are read
@@ -343,7 +364,11 @@ mod tests {
     use super::*;
 
     fn cookies() -> SessionCookies {
-        SessionCookies::new("__Host-faspex-gate", &[7u8; 32])
+        SessionCookies::new(
+            "__Host-faspex-gate",
+            &[7u8; 32],
+            Arc::new(crate::clock::SystemClock),
+        )
     }
 
     fn request_with(cookie: &str) -> HeaderMap {
@@ -378,7 +403,11 @@ mod tests {
         let set = c.issue(&token, &ClientId("web:x".into())).unwrap();
         let value = set.to_str().unwrap().split(';').next().unwrap().to_owned();
         // Another secret's signature.
-        let other = SessionCookies::new("__Host-faspex-gate", &[8u8; 32]);
+        let other = SessionCookies::new(
+            "__Host-faspex-gate",
+            &[8u8; 32],
+            Arc::new(crate::clock::SystemClock),
+        );
         assert!(other.verify(&request_with(&value)).is_none());
         // A tampered payload.
         let mut parts: Vec<String> = value.split('.').map(str::to_owned).collect();
@@ -436,6 +465,32 @@ mod tests {
             .verify(&request_with("__Host-faspex-gate=a.b.c"))
             .is_none());
         assert!(!c.verified.contains_key(&b"a.b.c"[..]));
+    }
+
+    #[test]
+    fn a_cookie_lives_by_the_injected_clock() {
+        let clock = crate::clock::ManualClock::at_2026();
+        let c = SessionCookies::new("__Host-faspex-gate", &[7u8; 32], Arc::new(clock.clone()));
+        let token = SessionToken::generate().unwrap();
+        let set = c.issue(&token, &ClientId("web:x".into())).unwrap();
+        let value = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+        // Issued at the clock's time, not the wall's.
+        let claims = c.verify(&request_with(&value)).unwrap();
+        let now = clock.now().as_millis() / 1000;
+        assert_eq!(
+            (claims.iat, claims.exp),
+            (now, now + COOKIE_LIFETIME.as_secs())
+        );
+        // To the last second of its lifetime, remembered or read afresh ...
+        clock.advance(COOKIE_LIFETIME);
+        assert!(c.verify(&request_with(&value)).is_some());
+        let fresh = SessionCookies::new("__Host-faspex-gate", &[7u8; 32], Arc::new(clock.clone()));
+        assert!(fresh.verify(&request_with(&value)).is_some());
+        // ... and not a second after, either way.
+        clock.advance(Duration::from_secs(1));
+        assert!(c.verify(&request_with(&value)).is_none());
+        let fresh = SessionCookies::new("__Host-faspex-gate", &[7u8; 32], Arc::new(clock.clone()));
+        assert!(fresh.verify(&request_with(&value)).is_none());
     }
 
     #[test]
