@@ -158,12 +158,12 @@ pub fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_tracing();
             let path = config.unwrap_or_else(config::default_path);
             let cfg = match Config::load(&path) {
                 Ok(cfg) => cfg,
                 Err(e) => return config_failure(&e),
             };
+            crate::log::init(cfg.log.format);
             if manual_clock {
                 tracing::warn!(
                     "running on a manual clock, moved by POST /admin/v1/clock: for tests only"
@@ -203,7 +203,7 @@ pub fn run(cli: Cli) -> ExitCode {
 /// `faspex-gate demo`, in a build with the Faspex emulator (the default).
 #[cfg(feature = "emulator")]
 fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
-    init_tracing();
+    crate::log::init(config::LogFormat::Text);
     match runtime(0).and_then(|rt| rt.block_on(crate::demo::run(listen, admin_listen))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ConfigError>() {
@@ -310,18 +310,6 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(b.enable_all().build()?)
 }
 
-/// Human-readable logs on stderr; `RUST_LOG` picks the level (default `info`).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .event_format(crate::proxy::access::LogFormat::default())
-        .try_init();
-}
 
 #[cfg(test)]
 mod tests {

@@ -37,9 +37,12 @@
 //!   rules; it persists and decides nothing) and the durable embedded backend.
 //! - [`metrics`]: the Prometheus registry, fed by the engine's events and the proxy's requests.
 //! - [`audit`]: the audit log (JSON lines) of logins, lockouts, session ends and admin actions.
+//! - [`log`]: the service log on stderr, text or JSON (`log.format`), and the access log's
+//!   writer.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`, the admin API) and the
 //!   `faspex-gate admin` client.
-//! - [`clock`]: the injected clock every policy decision takes `now` from.
+//! - [`clock`]: the injected clock every decision that depends on time takes `now` from, and
+//!   the manual clock that tests move.
 //! - [`config`]: raw configuration structs, validated into typed ones.
 //! - [`faspex`]: Faspex knowledge (how Rack reads parameters). The Faspex 4 emulator the demo
 //!   and tests run against is the workspace's `faspex-emulator` crate.
@@ -57,6 +60,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod faspex;
+pub mod log;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -101,6 +101,7 @@ pub struct Config {
     pub pages: PagesConfig,
     pub audit: AuditConfig,
     pub store: StoreConfig,
+    pub log: LogConfig,
     /// Which keys the environment set (names only, no values), for [`Config::error`].
     env: env::EnvLayer,
 }
@@ -387,6 +388,22 @@ pub enum AuditSink {
 #[derive(Clone, Debug)]
 pub struct AuditConfig {
     pub sink: AuditSink,
+}
+
+/// `log.format`: how the service log on stderr is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `"text"`: tracing's human-readable lines, `key=value` fields.
+    #[default]
+    Text,
+    /// `"json"`: one JSON object per line, with stable field names (README, "Logs").
+    Json,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
 }
 
 /// `store.kind`.

@@ -23,6 +23,7 @@ pub(crate) struct RawConfig {
     pub pages: RawPages,
     pub audit: RawAudit,
     pub store: RawStore,
+    pub log: RawLog,
 }
 
 /// `[server]`
@@ -398,6 +399,22 @@ pub(crate) struct RawAudit {
 impl Default for RawAudit {
     fn default() -> Self {
         Self { path: "-".into() }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table of keys")]
+pub(crate) struct RawLog {
+    #[serde(deserialize_with = "strict::string")]
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+        }
     }
 }
 

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::{
-    RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawFileAuth, RawLdap, RawPages, RawPolicy,
-    RawServer, RawSession, RawStore, RawTls, RawUpstream,
+    RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawFileAuth, RawLdap, RawLog, RawPages,
+    RawPolicy, RawServer, RawSession, RawStore, RawTls, RawUpstream,
 };
-use super::{AuditSink, AuthBackend, Config, LockoutKey, OneClient, StoreKind};
+use super::{AuditSink, AuthBackend, Config, LockoutKey, LogFormat, OneClient, StoreKind};
 
 /// The TOML text for [`Config::redacted`].
 pub(crate) fn render(config: &Config) -> String {
@@ -179,6 +179,13 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
             }
             .into(),
             path: path(&c.store.path),
+        },
+        log: RawLog {
+            format: match c.log.format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            }
+            .into(),
         },
     }
 }

@@ -78,6 +78,7 @@ restart_only! {
     "session.secret_file" => secret: Secret = session.secret;
     "store.kind" => store_kind: StoreKind = store.kind;
     "store.path" => store_path: PathBuf = store.path;
+    "log.format" => log_format: super::LogFormat = log.format;
 }
 
 /// A new configuration as a reload applies it.

@@ -2097,4 +2097,19 @@ fn every_key_of_the_restart_only_sections_is_classified() {
         secret: _,
     } = c.session;
     let StoreConfig { kind: _, path: _ } = c.store;
+#[test]
+fn log_format_is_text_or_json() {
+    let f = Fixture::new();
+    assert_eq!(f.load(&[]).unwrap().log.format, LogFormat::Text);
+    let c = f.load(&[("log.format", s("json"))]).unwrap();
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert!(c.redacted().contains("format = \"json\""));
+    for bad in ["JSON", "", "logfmt"] {
+        f.fails(
+            &[("log.format", s(bad))],
+            "log.format",
+            "\"text\" or \"json\"",
+        );
+    }
+    f.fails(&[("log.format", i(1))], "log.format", "");
 }

@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use super::env::EnvLayer;
 use super::raw::{
-    RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawLdap, RawPages, RawPolicy, RawServer,
-    RawSession, RawStore, RawTls, RawUpstream,
+    RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawLdap, RawLog, RawPages, RawPolicy,
+    RawServer, RawSession, RawStore, RawTls, RawUpstream,
 };
 use super::secret::{admin_token, read_secret_file, session_secret, Secret};
 use super::{
     AdminConfig, AuditConfig, AuditSink, AuthBackend, AuthConfig, Config, ConfigError, DenyRule,
-    FaspexConfig, FileAuthConfig, LdapConfig, LocalAccounts, LockoutKey, OneClient, PagesConfig,
-    PasswordFormRule, PolicyConfig, ServerConfig, SessionConfig, StoreConfig, StoreKind, TlsConfig,
-    UpstreamConfig,
+    FaspexConfig, FileAuthConfig, LdapConfig, LocalAccounts, LockoutKey, LogConfig, LogFormat,
+    OneClient, PagesConfig, PasswordFormRule, PolicyConfig, ServerConfig, SessionConfig,
+    StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
 };
 
 /// The smallest and largest `server.max_header_bytes`.
@@ -127,6 +127,7 @@ impl Ctx<'_> {
         let pages = self.pages(&raw.pages)?;
         let audit = self.audit(&raw.audit)?;
         let store = self.store(&raw.store)?;
+        let log = self.log(&raw.log)?;
         Ok(Config {
             file: self.file.to_path_buf(),
             server,
@@ -140,6 +141,7 @@ impl Ctx<'_> {
             pages,
             audit,
             store,
+            log,
             env: self.env.names_only(),
         })
     }
@@ -978,6 +980,20 @@ impl Ctx<'_> {
             }
         };
         Ok(AuditConfig { sink })
+    }
+
+    fn log(&self, raw: &RawLog) -> Result<LogConfig> {
+        let format = match raw.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(self.err(
+                    "log.format",
+                    format!("{other:?} is not a log format; use \"text\" or \"json\""),
+                ))
+            }
+        };
+        Ok(LogConfig { format })
     }
 
     fn store(&self, raw: &RawStore) -> Result<StoreConfig> {

@@ -1,31 +1,25 @@
-//! The access log: what one line says about a request, and how the line reaches stderr.
+//! The access log: the fields of the line written for every request, and writing it.
 //!
-//! A line is written for every request, so it is made in one string (tracing's per-field
-//! formatting and escaping cost about a tenth of a small request's instructions) and handed to
-//! tracing as the field `line` of an event with target [`TARGET`]. [`LogFormat`] writes such an
-//! event as tracing's own text format would (`<time>  INFO faspex_gate::access: method=GET …`),
-//! and every other event with tracing's format unchanged. `RUST_LOG` filters the target as
-//! before.
+//! A line's fields are `method`, `route`, `path`, `status`, then `bytes` (or, for a tunnel,
+//! `tunnel`, `bytes_up` and `bytes_down`), `duration_ms`, `client_ip` and `complete`, under the
+//! target [`TARGET`] at level INFO. [`crate::log`] writes them in `log.format`: as tracing's text
+//! format would (`<time>  INFO faspex_gate::access: method=GET …`), or as one JSON object with
+//! the same names. `RUST_LOG` filters the target as it filters any other.
 //!
 //! The line never holds credentials, cookies, tokens or the query string (passcodes and
-//! transfer tokens travel there), and nothing in it needs escaping: the path is written with
-//! spaces, controls, `%`, `"` and non-ASCII percent-encoded, so no request can forge a field or
-//! a line.
+//! transfer tokens travel there). The path is written with spaces, controls, `%`, `"` and
+//! non-ASCII percent-encoded, so that no request can forge a field or a line in either format.
 
-use std::fmt;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Instant;
 
 use http::{Method, StatusCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::FmtContext;
-use tracing_subscriber::registry::LookupSpan;
+use tracing::Level;
 
 use super::classify::Route;
+use crate::log::Fields;
 
 /// The access log's tracing target.
 pub const TARGET: &str = "faspex_gate::access";
@@ -44,59 +38,48 @@ pub(crate) struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// The line: `key=value` pairs, as tracing prints fields. Built with plain pushes: the
-    /// formatting machinery (`write!`) cost a third of the line's instructions.
-    pub fn line(&self, bytes: u64, complete: bool) -> String {
-        self.line_of(Moved::Body(bytes), complete)
-    }
-
-    /// The line of a tunnel (an upgraded connection), written when it closes: its bytes each
-    /// way and how long it was open, from the request's arrival.
-    pub fn tunnel_line(&self, up: u64, down: u64, complete: bool) -> String {
-        self.line_of(Moved::Tunnel { up, down }, complete)
-    }
-
-    fn line_of(&self, moved: Moved, complete: bool) -> String {
-        let micros = self.started.elapsed().as_micros();
-        let mut digits = itoa::Buffer::new();
-        let mut line = String::with_capacity(128 + self.path.len());
-        line.push_str("method=");
-        line.push_str(self.method.as_str());
-        line.push_str(" route=");
-        line.push_str(self.route.map(Route::as_str).unwrap_or("-"));
-        line.push_str(" path=");
-        for piece in utf8_percent_encode(&self.path, PATH_ESCAPES) {
-            line.push_str(piece);
+    /// Write the line of a request whose response sent `bytes` (when `RUST_LOG` lets it through).
+    pub fn log(&self, bytes: u64, complete: bool) {
+        if tracing::enabled!(target: TARGET, Level::INFO) {
+            let micros = self.micros();
+            crate::log::write(Level::INFO, TARGET, |f| {
+                self.fields(f, Moved::Body(bytes), micros, complete)
+            });
         }
-        line.push_str(" status=");
-        line.push_str(self.status.as_str());
+    }
+
+    /// Write the line of a tunnel (an upgraded connection) when it closes: its bytes each way,
+    /// and how long it was open, from the request's arrival.
+    pub fn log_tunnel(&self, up: u64, down: u64, complete: bool) {
+        if tracing::enabled!(target: TARGET, Level::INFO) {
+            let micros = self.micros();
+            crate::log::write(Level::INFO, TARGET, |f| {
+                self.fields(f, Moved::Tunnel { up, down }, micros, complete)
+            });
+        }
+    }
+
+    fn micros(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn fields(&self, f: &mut Fields<'_>, moved: Moved, micros: u64, complete: bool) {
+        f.str("method", self.method.as_str());
+        f.str("route", self.route.map(Route::as_str).unwrap_or("-"));
+        let path: Cow<'_, str> = utf8_percent_encode(&self.path, PATH_ESCAPES).into();
+        f.str("path", &path);
+        f.number("status", self.status.as_str());
         match moved {
-            Moved::Body(bytes) => {
-                line.push_str(" bytes=");
-                line.push_str(digits.format(bytes));
-            }
+            Moved::Body(bytes) => f.u64("bytes", bytes),
             Moved::Tunnel { up, down } => {
-                line.push_str(" tunnel=true bytes_up=");
-                line.push_str(digits.format(up));
-                line.push_str(" bytes_down=");
-                line.push_str(digits.format(down));
+                f.bool("tunnel", true);
+                f.u64("bytes_up", up);
+                f.u64("bytes_down", down);
             }
         }
-        line.push_str(" duration_ms=");
-        line.push_str(digits.format(micros / 1000));
-        let frac = (micros % 1000) as u16;
-        line.push('.');
-        for d in [frac / 100, frac / 10 % 10, frac % 10] {
-            line.push(char::from(b'0' + d as u8));
-        }
-        line.push_str(" client_ip=");
-        crate::util::push_ip(&mut line, self.client_ip);
-        line.push_str(if complete {
-            " complete=true"
-        } else {
-            " complete=false"
-        });
-        line
+        f.millis("duration_ms", micros);
+        f.ip("client_ip", self.client_ip);
+        f.bool("complete", complete);
     }
 }
 
@@ -104,102 +87,6 @@ impl AccessRecord {
 enum Moved {
     Body(u64),
     Tunnel { up: u64, down: u64 },
-}
-
-/// tracing's `SystemTime` timestamp (`2026-11-23T07:41:58.123456Z`), with the date and time of
-/// day made once a second rather than formatted for every line.
-struct CachedTime;
-
-impl CachedTime {
-    fn push_now(out: &mut String) {
-        use std::cell::RefCell;
-        thread_local! {
-            static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let secs = now.as_secs();
-        SECOND.with(|cell| {
-            let mut cached = cell.borrow_mut();
-            if cached.0 != secs {
-                let mut text = String::with_capacity(20);
-                let _ = tracing_subscriber::fmt::time::SystemTime
-                    .format_time(&mut Writer::new(&mut text));
-                // `YYYY-MM-DDTHH:MM:SS`, the part before the fraction.
-                text.truncate(text.find('.').unwrap_or(text.len()));
-                *cached = (secs, text);
-            }
-            out.push_str(&cached.1);
-        });
-        let micros = now.subsec_micros();
-        out.push('.');
-        let mut div = 100_000;
-        while div > 0 {
-            out.push(char::from(b'0' + (micros / div % 10) as u8));
-            div /= 10;
-        }
-        out.push('Z');
-    }
-}
-
-/// tracing's full text format, except that an access-log event's `line` is written as it is.
-#[derive(Default)]
-pub struct LogFormat {
-    full: format::Format<format::Full, SystemTime>,
-}
-
-impl<S, N> FormatEvent<S, N> for LogFormat
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let meta = event.metadata();
-        if meta.target() != TARGET || meta.fields().field("line").is_none() {
-            return self.full.format_event(ctx, writer, event);
-        }
-        let mut head = String::with_capacity(64);
-        CachedTime::push_now(&mut head);
-        head.push(' ');
-        let level = meta.level().as_str();
-        for _ in level.len()..5 {
-            head.push(' ');
-        }
-        head.push_str(level);
-        head.push(' ');
-        head.push_str(TARGET);
-        head.push_str(": ");
-        writer.write_str(&head)?;
-        let mut line = LineField {
-            writer: &mut writer,
-            result: Ok(()),
-        };
-        event.record(&mut line);
-        line.result?;
-        writer.write_char('\n')
-    }
-}
-
-/// Writes the `line` field's text and ignores any other field.
-struct LineField<'a, 'w> {
-    writer: &'a mut Writer<'w>,
-    result: fmt::Result,
-}
-
-impl Visit for LineField<'_, '_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "line" {
-            self.result = self.writer.write_str(value);
-        }
-    }
-
-    fn record_debug(&mut self, _: &Field, _: &dyn fmt::Debug) {}
 }
 
 #[cfg(test)]
@@ -214,6 +101,31 @@ mod tests {
             status: StatusCode::OK,
             client_ip: "192.0.2.7".parse().unwrap(),
             started: Instant::now(),
+        }
+    }
+
+    /// The line's fields as text (what follows `faspex_gate::access: `), or as JSON.
+    fn render(r: &AccessRecord, moved: Moved, complete: bool, json: bool) -> String {
+        let mut out = String::new();
+        let micros = r.micros();
+        crate::log::render(&mut out, json, Level::INFO, TARGET, |f| {
+            r.fields(f, moved, micros, complete)
+        });
+        if json {
+            out
+        } else {
+            let (_, fields) = out.split_once(": ").unwrap();
+            fields.trim_end_matches('\n').to_owned()
+        }
+    }
+
+    impl AccessRecord {
+        fn line(&self, bytes: u64, complete: bool) -> String {
+            render(self, Moved::Body(bytes), complete, false)
+        }
+
+        fn tunnel_line(&self, up: u64, down: u64, complete: bool) -> String {
+            render(self, Moved::Tunnel { up, down }, complete, false)
         }
     }
 
@@ -248,29 +160,6 @@ mod tests {
     }
 
     #[test]
-    fn the_cached_timestamp_reads_as_tracings_own() {
-        let theirs = || {
-            let mut s = String::new();
-            SystemTime.format_time(&mut Writer::new(&mut s)).unwrap();
-            s
-        };
-        for _ in 0..3 {
-            let before = theirs();
-            let mut ours = String::new();
-            CachedTime::push_now(&mut ours);
-            let after = theirs();
-            assert_eq!(ours.len(), before.len(), "{ours} against {before}");
-            assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");
-            assert!(ours[20..26].bytes().all(|b| b.is_ascii_digit()), "{ours}");
-            assert!(
-                ours[..19] == before[..19] || ours[..19] == after[..19],
-                "{ours} against {before} and {after}"
-            );
-            assert!(before <= ours && ours <= after, "{before} {ours} {after}");
-        }
-    }
-
-    #[test]
     fn a_line_counts_milliseconds_with_three_decimals() {
         let mut r = record("/");
         r.started = Instant::now() - std::time::Duration::from_micros(12_034);
@@ -301,5 +190,26 @@ mod tests {
         );
         assert_eq!(line.split(' ').count(), 8, "{line}");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn a_json_line_has_the_same_fields_as_values() {
+        let mut r = record("/aspera/http-gwy/ws\\x\"y");
+        r.status = StatusCode::SWITCHING_PROTOCOLS;
+        let line = render(&r, Moved::Tunnel { up: 10, down: 2048 }, false, true);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["target"], TARGET);
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["route"], "protected");
+        assert_eq!(v["path"], "/aspera/http-gwy/ws\\x%22y");
+        assert_eq!(v["status"], 101);
+        assert_eq!(v["tunnel"], true);
+        assert_eq!(v["bytes_up"], 10);
+        assert_eq!(v["bytes_down"], 2048);
+        assert!(v["duration_ms"].as_f64().unwrap() >= 0.0);
+        assert_eq!(v["client_ip"], "192.0.2.7");
+        assert_eq!(v["complete"], false);
+        assert_eq!(v.as_object().unwrap().len(), 13, "{line}");
     }
 }

@@ -15,7 +15,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use super::access::{self, AccessRecord};
+use super::access::AccessRecord;
 use super::inflight::InflightGuard;
 
 /// Errors from any body the gateway streams.
@@ -142,10 +142,7 @@ impl LoggedBody {
 
     fn finish(&mut self, complete: bool) {
         if let Some(r) = self.record.take() {
-            if tracing::enabled!(target: access::TARGET, tracing::Level::INFO) {
-                let line = r.line(self.bytes, complete && !self.failed);
-                tracing::info!(target: access::TARGET, line = line.as_str());
-            }
+            r.log(self.bytes, complete && !self.failed);
         }
     }
 }

@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
-use super::access::{self, AccessRecord};
+use super::access::AccessRecord;
 use super::body::{full, ProxyBody};
 use super::context::Context;
 use super::error::GatewayError;
@@ -105,12 +105,9 @@ pub(super) async fn pass(
                 }
             };
             if let Ok(record) = log_rx.await {
-                if tracing::enabled!(target: access::TARGET, tracing::Level::INFO) {
-                    let line = match &end {
-                        Some(e) => record.tunnel_line(e.up, e.down, e.outcome.is_ok()),
-                        None => record.tunnel_line(0, 0, false),
-                    };
-                    tracing::info!(target: access::TARGET, line = line.as_str());
+                match &end {
+                    Some(e) => record.log_tunnel(e.up, e.down, e.outcome.is_ok()),
+                    None => record.log_tunnel(0, 0, false),
                 }
             }
         });
