@@ -42,6 +42,50 @@ impl Site {
         failure: LoginFailureStyle,
         tweak: impl FnOnce(&mut ConfigBuilder),
     ) -> Site {
+        Self::start_with(users, failure, &[], tweak).await
+    }
+
+    /// A site whose gateway runs on a manual clock (`run --manual-clock`, a test build's
+    /// option), with the admin listener on so that [`Site::advance_clock`] can move it.
+    pub async fn on_manual_clock(
+        users: Vec<(String, String)>,
+        failure: LoginFailureStyle,
+        tweak: impl FnOnce(&mut ConfigBuilder),
+    ) -> Site {
+        Self::start_with(users, failure, &["--manual-clock"], |c| {
+            c.set("admin", "listen", "\"127.0.0.1:0\"");
+            c.set(
+                "admin",
+                "token_file",
+                &format!(
+                    "{:?}",
+                    crate::ops::c_path(c, "admin-token").display().to_string()
+                ),
+            );
+            tweak(c);
+        })
+        .await
+    }
+
+    /// Move the manual clock of a site made with [`Site::on_manual_clock`] forward by `by`.
+    pub async fn advance_clock(&self, by: Duration) {
+        let (status, _, body) = crate::ops::admin_req(
+            "POST",
+            &format!("{}/admin/v1/clock", self.gw.admin_url()),
+            &[("authorization", "Bearer test-admin-token-0123456789")],
+            &format!("{{\"advance_secs\": {}}}", by.as_secs()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// [`Site::start`] with more arguments to `faspex-gate run`.
+    pub async fn start_with(
+        users: Vec<(String, String)>,
+        failure: LoginFailureStyle,
+        args: &[&str],
+        tweak: impl FnOnce(&mut ConfigBuilder),
+    ) -> Site {
         let emu = Emulator::new(EmulatorConfig {
             users: users.clone(),
             login_failure: failure,
@@ -73,7 +117,7 @@ impl Site {
         );
         cfg.set("pages", "timezone", "\"UTC\"");
         tweak(&mut cfg);
-        let gw = GatewayProcess::start(files, &cfg);
+        let gw = GatewayProcess::start_with(files, &cfg, args);
         let client = https_client(&gw.files.cert_pem, false);
         Site {
             gw,
@@ -591,9 +635,9 @@ async fn replace_mode_signs_the_older_client_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_expiry_shows_the_page_frees_the_seat_and_logs_faspex_out() {
-    let s = Site::start(users(2), LoginFailureStyle::Rerender, |c| {
+    let s = Site::on_manual_clock(users(2), LoginFailureStyle::Rerender, |c| {
         c.set("policy", "max_sessions", "1");
-        c.set("policy", "idle_timeout", "\"2s\"");
+        c.set("policy", "idle_timeout", "\"30m\"");
     })
     .await;
     let cookie = s.browser_login("user0", "pass0").await;
@@ -601,6 +645,8 @@ async fn idle_expiry_shows_the_page_frees_the_seat_and_logs_faspex_out() {
         s.browse("/aspera/faspex/inbox", &cookie).await.0,
         StatusCode::OK
     );
+    // Half an hour and a second later, by the gateway's clock.
+    s.advance_clock(Duration::from_secs(30 * 60 + 1)).await;
     // The sweeper ends the session with no request at all, and logs Faspex out with the
     // cookie it kept.
     assert!(
@@ -824,8 +870,8 @@ async fn faspex_refusing_a_login_the_directory_accepted_keeps_no_seat() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bearer_token_works_until_its_session_ends() {
-    let s = Site::start(users(1), LoginFailureStyle::Rerender, |c| {
-        c.set("policy", "api_idle_timeout", "\"2s\"");
+    let s = Site::on_manual_clock(users(1), LoginFailureStyle::Rerender, |c| {
+        c.set("policy", "api_idle_timeout", "\"30m\"");
     })
     .await;
     let (status, _, body) = s
@@ -853,8 +899,8 @@ async fn bearer_token_works_until_its_session_ends() {
             .await;
         assert_eq!(status, StatusCode::OK);
         assert!(text(&body).contains("user0"));
-        // Bearer requests are the session's activity: it outlives its 2 s idle timeout.
-        tokio::time::sleep(Duration::from_millis(900)).await;
+        // Bearer requests are the session's activity: it outlives its 30 min idle timeout.
+        s.advance_clock(Duration::from_secs(20 * 60)).await;
     }
     // An unknown token is refused before Faspex sees it.
     let (status, h, _) = s
@@ -866,7 +912,7 @@ async fn bearer_token_works_until_its_session_ends() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(h.contains_key(header::WWW_AUTHENTICATE));
     // Idle past the timeout: the session ends, and the token with it (Faspex would still take it).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.advance_clock(Duration::from_secs(31 * 60)).await;
     let (status, _, _) = s
         .get_plain(
             "/aspera/faspex/api/v1/me",
@@ -1311,4 +1357,88 @@ async fn an_unreachable_faspex_is_502_and_keeps_no_seat() {
         StatusCode::BAD_GATEWAY,
         "no seat was kept by the failed logins"
     );
+}
+
+/// `log.format = "json"`: every line on stderr is one JSON object, tracing's lines and the
+/// access log alike, with the fields README lists.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_a_line_with_the_access_fields() {
+    let s = Site::start(users(1), LoginFailureStyle::Rerender, |c| {
+        c.set("log", "format", "\"json\"");
+    })
+    .await;
+    let cookie = s.browser_login("user0", "pass0").await;
+    assert_eq!(
+        s.browse("/aspera/faspex/inbox", &cookie).await.0,
+        StatusCode::OK
+    );
+    let access_line = |logs: &str| {
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["target"] == "faspex_gate::access" && v["path"] == "/aspera/faspex/inbox")
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || access_line(&s.gw.logs())
+            .is_some())
+        .await,
+        "no access line; the log:\n{}",
+        s.gw.logs()
+    );
+    let logs = s.gw.logs();
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}"));
+        if v.get("event").is_some() {
+            continue; // an audit record (audit.path = "-"), JSON lines of their own
+        }
+        for key in ["timestamp", "level", "target"] {
+            assert!(v[key].is_string(), "{key} in {line}");
+        }
+    }
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("\"message\":\"HTTPS listener ready\"")),
+        "{logs}"
+    );
+    let v = access_line(&logs).unwrap();
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["route"], "protected");
+    assert_eq!(v["status"], 200);
+    assert!(v["bytes"].as_u64().unwrap() > 0);
+    assert!(v["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(v["client_ip"], "127.0.0.1");
+    assert_eq!(v["complete"], true);
+    assert!(!logs.contains("pass0"), "no password in the log");
+}
+
+/// The manual clock is a test build's option, moved only through the admin API with the token;
+/// a gateway on the wall clock has no such route.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_manual_clock_moves_only_through_the_admin_api() {
+    let s = Site::on_manual_clock(users(1), LoginFailureStyle::Rerender, |_| {}).await;
+    assert!(s.gw.logs().contains("running on a manual clock"));
+    let url = format!("{}/admin/v1/clock", s.gw.admin_url());
+    let (st, _, _) = crate::ops::admin_req("POST", &url, &[], "{\"advance_secs\": 60}").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let auth = ("authorization", "Bearer test-admin-token-0123456789");
+    let (st, _, a) = crate::ops::admin_req("POST", &url, &[auth], "{\"advance_secs\": 0}").await;
+    assert_eq!(st, StatusCode::OK, "{a}");
+    let (st, _, b) = crate::ops::admin_req("POST", &url, &[auth], "{\"advance_secs\": 3600}").await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let ms = |t: &str| {
+        crate::util::json(&Bytes::from(t.to_owned()))["now_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(ms(&b) - ms(&a), 3_600_000);
+    let (st, _, _) = crate::ops::admin_req("POST", &url, &[auth], "{\"advance_secs\": -1}").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _, _) = crate::ops::admin_req("GET", &url, &[auth], "").await;
+    assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
+
+    let (wall, _) = crate::ops::ops_site(1, |_| {}).await;
+    let url = format!("{}/admin/v1/clock", wall.gw.admin_url());
+    let (st, _, _) = crate::ops::admin_req("POST", &url, &[auth], "{\"advance_secs\": 60}").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
 }

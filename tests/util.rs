@@ -449,11 +449,17 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn start(files: TestFiles, cfg: &ConfigBuilder) -> GatewayProcess {
+        Self::start_with(files, cfg, &[])
+    }
+
+    /// [`GatewayProcess::start`] with more arguments to `run`, e.g. `--manual-clock`.
+    pub fn start_with(files: TestFiles, cfg: &ConfigBuilder, args: &[&str]) -> GatewayProcess {
         let config = files.path("faspex-gate.toml");
         cfg.write(&config);
         let mut child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&config)
+            .args(args)
             .env("RUST_LOG", "info,faspex_gate=debug")
             .env_remove("FASPEX_GATE_CONFIG")
             .stdout(Stdio::null())
@@ -510,10 +516,19 @@ impl GatewayProcess {
                     );
                 }
             };
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .and_then(|a| a.parse::<SocketAddr>().ok());
+            // (a text line's `addr=…`, or a JSON line's "addr" with `log.format = "json"`)
+            let json: Option<serde_json::Value> = line
+                .starts_with('{')
+                .then(|| serde_json::from_str(&line).ok())
+                .flatten();
+            let addr = match &json {
+                Some(v) => v["addr"].as_str().map(str::to_owned),
+                None => line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .map(str::to_owned),
+            }
+            .and_then(|a| a.parse::<SocketAddr>().ok());
             if line.contains("HTTPS listener ready") {
                 https = addr;
             } else if line.contains("plain-HTTP listener ready") {
