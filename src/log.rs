@@ -81,6 +81,7 @@ pub fn render(
     fill: impl FnOnce(&mut Fields<'_>),
 ) {
     let level = level.as_str();
+    out.reserve(256);
     if json {
         out.push_str("{\"timestamp\":\"");
         push_timestamp(out);
@@ -108,14 +109,39 @@ pub fn render(
     if json {
         out.push_str(",\"target\":");
         push_json_str(out, target);
-        out.push('}');
+        out.push_str("}\n");
+    } else {
+        out.push('\n');
     }
-    out.push('\n');
 }
 
-/// The fields of a line: `key=value` in text, `"key":value` in JSON. Keys are the caller's
-/// constants. A text value is written as it is, so a caller passes only values that need no
-/// quoting (no spaces, quotes or controls); in JSON every string is escaped.
+/// A field's name as it is written before its value: ` name=` in text, `,"name":` in JSON. Made
+/// by [`key!`](crate::log::key) from the name, so that writing one is a single copy.
+#[derive(Clone, Copy, Debug)]
+pub struct Key {
+    text: &'static str,
+    json: &'static str,
+}
+
+impl Key {
+    #[doc(hidden)]
+    pub const fn new(text: &'static str, json: &'static str) -> Key {
+        Key { text, json }
+    }
+}
+
+/// The [`Key`] of a field named by a string literal: `key!("status")`.
+macro_rules! key {
+    ($name:literal) => {
+        $crate::log::Key::new(concat!(" ", $name, "="), concat!(",\"", $name, "\":"))
+    };
+}
+pub(crate) use key;
+
+/// The fields of a line: `key=value` in text, `"key":value` in JSON. A text value is written as
+/// it is, so a caller passes only values that need no quoting (no spaces, quotes or controls);
+/// in JSON a string is escaped, except one that the caller vouches needs none
+/// ([`Fields::token`]).
 pub struct Fields<'a> {
     out: &'a mut String,
     json: bool,
@@ -123,23 +149,19 @@ pub struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    fn key(&mut self, key: &str) {
+    fn key(&mut self, key: Key) {
         if self.json {
-            self.out.push_str(",\"");
-            self.out.push_str(key);
-            self.out.push_str("\":");
-        } else {
-            if !self.first {
-                self.out.push(' ');
-            }
+            self.out.push_str(key.json);
+        } else if self.first {
             self.first = false;
-            self.out.push_str(key);
-            self.out.push('=');
+            self.out.push_str(&key.text[1..]);
+        } else {
+            self.out.push_str(key.text);
         }
     }
 
     /// A string.
-    pub fn str(&mut self, key: &str, value: &str) {
+    pub fn str(&mut self, key: Key, value: &str) {
         self.key(key);
         if self.json {
             push_json_str(self.out, value);
@@ -148,22 +170,40 @@ impl Fields<'_> {
         }
     }
 
+    /// A string that needs no escaping in JSON either: no `"`, `\` or control character (an
+    /// HTTP token, a name the code chose, a path already percent-encoded but for `\`...). A
+    /// debug build checks.
+    pub fn token(&mut self, key: Key, value: &str) {
+        debug_assert!(
+            !value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20),
+            "{value:?} needs escaping"
+        );
+        self.key(key);
+        if self.json {
+            self.out.push('"');
+            self.out.push_str(value);
+            self.out.push('"');
+        } else {
+            self.out.push_str(value);
+        }
+    }
+
     /// A number, given as its decimal digits.
-    pub fn number(&mut self, key: &str, digits: &str) {
+    pub fn number(&mut self, key: Key, digits: &str) {
         self.key(key);
         self.out.push_str(digits);
     }
 
-    pub fn u64(&mut self, key: &str, value: u64) {
+    pub fn u64(&mut self, key: Key, value: u64) {
         self.number(key, itoa::Buffer::new().format(value));
     }
 
-    pub fn bool(&mut self, key: &str, value: bool) {
+    pub fn bool(&mut self, key: Key, value: bool) {
         self.number(key, if value { "true" } else { "false" });
     }
 
     /// Milliseconds with three decimals, from microseconds: `12.034`.
-    pub fn millis(&mut self, key: &str, micros: u64) {
+    pub fn millis(&mut self, key: Key, micros: u64) {
         self.key(key);
         self.out.push_str(itoa::Buffer::new().format(micros / 1000));
         let frac = (micros % 1000) as u16;
@@ -174,12 +214,29 @@ impl Fields<'_> {
     }
 
     /// An address, as a string.
-    pub fn ip(&mut self, key: &str, ip: std::net::IpAddr) {
+    pub fn ip(&mut self, key: Key, ip: std::net::IpAddr) {
         self.key(key);
         if self.json {
             self.out.push('"');
         }
-        crate::util::push_ip(self.out, ip);
+        match ip {
+            // (digit by digit: a quarter of what formatting each octet costs)
+            std::net::IpAddr::V4(v4) => {
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.out.push('.');
+                    }
+                    if o >= 100 {
+                        self.out.push(char::from(b'0' + o / 100));
+                    }
+                    if o >= 10 {
+                        self.out.push(char::from(b'0' + o / 10 % 10));
+                    }
+                    self.out.push(char::from(b'0' + o % 10));
+                }
+            }
+            std::net::IpAddr::V6(_) => crate::util::push_ip(self.out, ip),
+        }
         if self.json {
             self.out.push('"');
         }
@@ -188,6 +245,15 @@ impl Fields<'_> {
 
 /// `value` as a JSON string, quoted and escaped.
 fn push_json_str(out: &mut String, value: &str) {
+    if !value
+        .bytes()
+        .any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f)
+    {
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     out.push('"');
     let bytes = value.as_bytes();
     let mut start = 0;
@@ -258,13 +324,13 @@ mod tests {
     fn line(json: bool) -> String {
         let mut out = String::new();
         render(&mut out, json, Level::INFO, "faspex_gate::access", |f| {
-            f.str("method", "GET");
-            f.str("path", "/a\\b\"c\u{1}");
-            f.number("status", "200");
-            f.u64("bytes", 1024);
-            f.millis("duration_ms", 12_034);
-            f.ip("client_ip", "192.0.2.7".parse().unwrap());
-            f.bool("complete", true);
+            f.token(key!("method"), "GET");
+            f.str(key!("path"), "/a\\b\"c\u{1}");
+            f.number(key!("status"), "200");
+            f.u64(key!("bytes"), 1024);
+            f.millis(key!("duration_ms"), 12_034);
+            f.ip(key!("client_ip"), "192.0.2.7".parse().unwrap());
+            f.bool(key!("complete"), true);
         });
         out
     }
@@ -311,6 +377,33 @@ mod tests {
         assert_eq!(v["duration_ms"], 12.034);
         assert_eq!(v["client_ip"], "192.0.2.7");
         assert_eq!(v["complete"], true);
+    }
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.20.30.40",
+            "192.0.2.7",
+            "255.255.255.255",
+            "8.80.100.9",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            for json in [false, true] {
+                let mut out = String::new();
+                render(&mut out, json, Level::INFO, "t", |f| {
+                    f.ip(key!("client_ip"), ip)
+                });
+                let want = if json {
+                    format!("\"client_ip\":\"{ip}\"")
+                } else {
+                    format!(": client_ip={ip}\n")
+                };
+                assert!(out.contains(&want), "{out} lacks {want}");
+            }
+        }
     }
 
     #[test]

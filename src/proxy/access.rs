@@ -19,7 +19,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use tracing::Level;
 
 use super::classify::Route;
-use crate::log::Fields;
+use crate::log::{key, Fields};
 
 /// The access log's tracing target.
 pub const TARGET: &str = "faspex_gate::access";
@@ -64,22 +64,32 @@ impl AccessRecord {
     }
 
     fn fields(&self, f: &mut Fields<'_>, moved: Moved, micros: u64, complete: bool) {
-        f.str("method", self.method.as_str());
-        f.str("route", self.route.map(Route::as_str).unwrap_or("-"));
-        let path: Cow<'_, str> = utf8_percent_encode(&self.path, PATH_ESCAPES).into();
-        f.str("path", &path);
-        f.number("status", self.status.as_str());
+        // (an HTTP method is a token: no quote, backslash or control)
+        f.token(key!("method"), self.method.as_str());
+        f.token(key!("route"), self.route.map(Route::as_str).unwrap_or("-"));
+        // Nearly every path has nothing to encode or escape: one look at its bytes says so.
+        let plain = self
+            .path
+            .bytes()
+            .all(|b| b > b' ' && b < 0x7f && b != b'%' && b != b'"' && b != b'\\');
+        if plain {
+            f.token(key!("path"), &self.path);
+        } else {
+            let path: Cow<'_, str> = utf8_percent_encode(&self.path, PATH_ESCAPES).into();
+            f.str(key!("path"), &path);
+        }
+        f.number(key!("status"), self.status.as_str());
         match moved {
-            Moved::Body(bytes) => f.u64("bytes", bytes),
+            Moved::Body(bytes) => f.u64(key!("bytes"), bytes),
             Moved::Tunnel { up, down } => {
-                f.bool("tunnel", true);
-                f.u64("bytes_up", up);
-                f.u64("bytes_down", down);
+                f.bool(key!("tunnel"), true);
+                f.u64(key!("bytes_up"), up);
+                f.u64(key!("bytes_down"), down);
             }
         }
-        f.millis("duration_ms", micros);
-        f.ip("client_ip", self.client_ip);
-        f.bool("complete", complete);
+        f.millis(key!("duration_ms"), micros);
+        f.ip(key!("client_ip"), self.client_ip);
+        f.bool(key!("complete"), complete);
     }
 }
 
