@@ -310,7 +310,6 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(b.enable_all().build()?)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
