@@ -2097,6 +2097,9 @@ fn every_key_of_the_restart_only_sections_is_classified() {
         secret: _,
     } = c.session;
     let StoreConfig { kind: _, path: _ } = c.store;
+    let LogConfig { format: _ } = c.log;
+}
+
 #[test]
 fn log_format_is_text_or_json() {
     let f = Fixture::new();
