@@ -11,6 +11,7 @@ mod demo;
 mod flows;
 mod h2stall;
 mod holding;
+mod layers;
 mod ldap;
 mod limits;
 mod local;
