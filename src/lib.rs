@@ -50,6 +50,7 @@
 //!   configuration on SIGHUP.
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod admin;
 pub mod app;
 pub mod audit;

@@ -456,7 +456,7 @@ async fn hostile_usernames_through_the_engine_get_a_clear_answer() {
     assert_eq!((s.searches().len(), s.all_binds().len()), (searches, binds));
     // Raw bytes that are not UTF-8 are refused before they become a name at all.
     assert_eq!(
-        faspex_gate::policy::account::from_bytes(b"ann\xff\xfe"),
+        faspex_gate::account::from_bytes(b"ann\xff\xfe"),
         Err(faspex_gate::policy::InvalidUsername::NotUtf8)
     );
     // The others are names no entry has: a plain wrong password, counted.

@@ -413,7 +413,7 @@ async fn through_the_gateway(mode: Mode) {
             let same = slapd_entry(&ldap, mode, a, pw).await.is_some()
                 && slapd_entry(&ldap, mode, a, pw).await == slapd_entry(&ldap, mode, b, pw).await;
             let (st, _, _) = s.form_login(b, pw, None, &[]).await;
-            match faspex_gate::policy::account::prepare(b) {
+            match faspex_gate::account::prepare(b) {
                 Ok(_) => {
                     assert_eq!(
                         st == StatusCode::FORBIDDEN,

@@ -4,7 +4,7 @@
 //! `config` only checks that these files exist; here they are parsed, and an error is a
 //! [`ConfigError`] naming the key, as validation's are (`check-config` and `run` exit 2 on it,
 //! and a reload refuses the file). A users-file entry must be written as a login's account name
-//! arrives after [`crate::policy::account::normalize`], or it could never log in.
+//! arrives after [`crate::account::normalize`], or it could never log in.
 
 use rustls::sign::CertifiedKey;
 
@@ -65,10 +65,8 @@ fn users(cfg: &Config) -> Result<Users, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| cfg.error(KEY, format!("cannot read {}: {e}", path.display())))?;
     let domains = &cfg.policy.username_domains;
-    parse_users(&text, |name| {
-        crate::policy::account::normalize(name, domains).ok()
-    })
-    .map_err(|why| cfg.error(KEY, format!("{}: {why}", path.display())))
+    parse_users(&text, |name| crate::account::normalize(name, domains).ok())
+        .map_err(|why| cfg.error(KEY, format!("{}: {why}", path.display())))
 }
 
 #[cfg(test)]

@@ -263,7 +263,7 @@ mod tests {
 
     #[tokio::test]
     async fn users_file_names_are_prepared_as_logins_are() {
-        use crate::policy::account::normalize;
+        use crate::account::normalize;
         let cheap = argon2::Params::new(1024, 1, 1, None).unwrap();
         let salt = argon2::password_hash::SaltString::encode_b64(b"0123456789abcdef").unwrap();
         let hash = phc(cheap, b"pw", &salt).unwrap();

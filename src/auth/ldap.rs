@@ -186,7 +186,7 @@ fn entry_name(
     attr: &str,
     attrs: &std::collections::HashMap<String, Vec<String>>,
 ) -> Option<String> {
-    use crate::policy::account::prepare;
+    use crate::account::prepare;
     let values = attrs
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(attr))

@@ -61,7 +61,7 @@ impl Directory for WithLocal {
 
     async fn lookup(&self, name: &str) -> Result<Lookup, DirectoryError> {
         match &self.known {
-            Some(users) => Ok(match crate::policy::account::prepare(name) {
+            Some(users) => Ok(match crate::account::prepare(name) {
                 Ok(prepared) if users.0.contains_key(&prepared) => Lookup::Known,
                 _ => Lookup::NoEntry,
             }),

@@ -74,7 +74,7 @@ pub struct DirectoryError(pub String);
 /// [`Directory::looks_up`] (LDAP with a service account), so that failures, locks, seats and
 /// sessions are counted by entry whatever the spelling; then [`Directory::verify_login`] with
 /// that answer. Backends that cannot say key accounts by the prepared name
-/// ([`crate::policy::account`]) and only implement [`Directory::verify`].
+/// ([`crate::account`]) and only implement [`Directory::verify`].
 #[async_trait]
 pub trait Directory: Send + Sync + 'static {
     /// Check `password` for `account`, a prepared account name (or, called directly, any name

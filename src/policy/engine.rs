@@ -53,7 +53,7 @@ pub(super) struct Inner {
     pub(super) checks: ArcSwap<CheckRules>,
     pub(super) cache: VerificationCache,
     /// Which account names were found to be lately ([`crate::auth::Directory::lookup`]).
-    pub(super) names: account::Names,
+    pub(super) names: super::names::Names,
     pub(super) observer: Arc<dyn Observer>,
 }
 
@@ -80,7 +80,7 @@ impl Policy {
                 attempt_finished: Notify::new(),
                 checks: ArcSwap::from_pointee(checks),
                 cache: VerificationCache::default(),
-                names: account::Names::default(),
+                names: super::names::Names::default(),
                 observer,
             }),
         }

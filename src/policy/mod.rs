@@ -27,8 +27,9 @@
 //! Everything takes `now` from the injected [`crate::clock::Clock`]. Events go to an
 //! [`Observer`]: the log ([`LogObserver`]), and, as the app wires them, metrics and the audit log.
 
-pub mod account;
+pub use crate::account;
 pub mod lockout;
+pub mod names;
 pub mod one_client;
 pub mod seats;
 pub mod singleflight;

@@ -14,7 +14,7 @@
 //! It also says how its account names are spelt ([`ACCOUNT_KEYS_VERSION`], a schema step of its
 //! own so that an older build can still read the file): a file from a build that keyed accounts
 //! by names as typed (`ann  lee`, `ann lee` apart) is re-keyed at open to prepared names
-//! ([`crate::policy::account::rekey_stored`], [`super::tables::rekey`]), in the same transaction
+//! ([`crate::account::rekey_stored`], [`super::tables::rekey`]), in the same transaction
 //! that proves the file writable. Merged accounts keep their longest lock and all their failures;
 //! sessions keep working under the one account.
 
@@ -319,8 +319,7 @@ fn rekey_records(
         .map(|l| l.key.encode())
         .chain(records.2.iter().map(|(k, _)| k.encode()))
         .collect();
-    let (sessions, locks, windows) =
-        super::tables::rekey(records, crate::policy::account::rekey_stored);
+    let (sessions, locks, windows) = super::tables::rekey(records, crate::account::rekey_stored);
     let mut moved = 0;
     for (s, old) in sessions.iter().zip(&old_sessions) {
         if s.account != *old {

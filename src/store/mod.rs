@@ -161,7 +161,7 @@ pub struct ClientId(pub String);
 pub struct Session {
     pub key: SessionKey,
     /// The account: the prepared name, or with search-then-bind the directory entry's own
-    /// ([`crate::policy::account`]).
+    /// ([`crate::account`]).
     pub account: String,
     pub client: ClientId,
     pub kind: ClientKind,

@@ -1,7 +1,7 @@
 //! Username preparation (RFC 4518): never a panic, bounded, and idempotent.
 #![no_main]
 
-use faspex_gate::policy::account::prepare;
+use faspex_gate::account::prepare;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
