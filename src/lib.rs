@@ -1,53 +1,65 @@
 //! faspex-gate: a policy-enforcing authentication gateway for IBM Aspera Faspex.
 //!
-//! # Layout
-//!
-//! A request flows through the modules in this order:
+//! # The path of a request
 //!
 //! ```text
-//!  accept ──► TLS ──► HTTP/1.1 or HTTP/2 ──► classify ──► credential gate ──► credentials / session ──► policy ──► forward ──► log
-//!  server     server::tls   server            proxy::classify  proxy::gate        auth (Directory)      policy      proxy::upstream proxy (access log)
+//!  accept ─► TLS ─► HTTP/1.1 or /2 ─► classify ───────► gate ──────────────┬─► route ──────────────────────────────► Permit ─► forward ─► Faspex
+//!  server    server::tls  server      proxy::classify    proxy::gate         │   proxy::routes                    proxy::permit  proxy::upstream
+//!  (conn: per-address and total caps)  (route, path)     (reads as Rack does;│
+//!                                                         a credential passes│ public ──────────────────────────────► Permit::public
+//!                                                         only where checked)│ protected: cookie / Basic / bearer
+//!                                                                            │   proxy::request ─► policy::sessions ─► Permit::cookie/basic/bearer
+//!                                                                            │   (Basic: auth::cache, or a recheck that is a login)
+//!                                                                            │ login: policy::login
+//!                                                                            │   throttle ─► lockout ─► auth::Directory ─► seats ─► one_client
+//!                                                                            │   ─► PendingLogin ─────────────────────► Permit::login
+//!                                                                            └ logout: policy ends the session ─► Faspex's logout (proxy::ends)
+//!
+//!  Faspex's answer ─► a login's seat is kept or given back (PendingLogin::confirm / reject / refuse);
+//!                     a Basic session whose credentials Faspex stops taking ends (proxy::routes::basic)
+//!                  ─► proxy::error maps any refusal to its status, once ─► the access log (proxy::access, log)
 //! ```
 //!
-//! - [`server`]: listeners, the connection cap, TLS with a handshake timeout, header limits and
-//!   timeouts, the swappable certificate and graceful shutdown.
-//! - [`proxy`]: the request handler, laid out along the request. [`proxy::classify`] decides
-//!   the route on the normalised path (public, login, logout, protected, denied, the gateway's
-//!   own) and the path that is forwarded; [`proxy::gate`] reads the query and any form-type body
-//!   as Rails would ([`faspex::rack`]) and lets a credential through only where the gateway
-//!   checks it (the login form, the token grant's Basic credentials, a configured password form
-//!   with a live session), refusing every other request that carries one; [`proxy::request`]
-//!   reads the credentials (HTTP Basic, a bearer token, the gateway's cookie from
-//!   [`proxy::session`]); a route of [`proxy::routes`] runs its check (a live session from the
-//!   engine, or a login through it) and makes the [`proxy::permit::Permit`] without which
-//!   nothing is forwarded; [`proxy::upstream`] streams the request to Faspex and the response
-//!   back, over keep-alive connections; [`proxy::error`] is the one place that turns a refusal
-//!   into a response; [`proxy::pages`] renders what people see; [`proxy::ends`] logs Faspex out
-//!   when the gateway ends a session.
-//! - [`conn`]: what a client connection is to both the server and the proxy (its address, its
-//!   places under the connection caps).
-//! - [`auth`]: the [`auth::Directory`] seam where one credential check runs, and its backends:
-//!   LDAP / Active Directory ([`auth::ldap`]) and a users file of argon2id hashes
-//!   ([`auth::file`]); the verification cache for HTTP Basic callers ([`auth::cache`]).
-//! - [`policy`]: the engine, independent of HTTP and LDAP, over a [`store`]; each policy's rule
-//!   in a file named after it: [`policy::seats`], [`policy::one_client`], [`policy::timeouts`],
-//!   [`policy::lockout`], and [`policy::throttle`] (per-address throttles and the global ceiling
-//!   on credential checks).
-//! - [`store`]: the [`store::PolicyStore`] trait (one atomic step per operation, applying the
-//!   rules; it persists and decides nothing) and the durable embedded backend.
-//! - [`metrics`]: the Prometheus registry, fed by the engine's events and the proxy's requests.
-//! - [`audit`]: the audit log (JSON lines) of logins, lockouts, session ends and admin actions.
-//! - [`log`]: the service log on stderr, text or JSON (`log.format`), and the access log's
-//!   writer.
+//! The forwarder takes a [`proxy::permit::Permit`], and only the checks can make one, so a route
+//! that skips its check does not compile. The four policies are each one file, one hop from
+//! here: [`policy::seats`], [`policy::one_client`], [`policy::timeouts`], [`policy::lockout`]
+//! (and [`policy::throttle`]); the [`store`] keeps their state and applies them atomically, and
+//! [`store::conformance`](store) is the suite every store must pass.
+//!
+//! # Modules, top down
+//!
+//! - [`cli`], [`app`] (building the gateway from a configuration, loading its files, SIGHUP
+//!   reload), [`demo`]: the commands a person runs.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`, the admin API) and the
 //!   `faspex-gate admin` client.
-//! - [`clock`]: the injected clock every decision that depends on time takes `now` from, and
-//!   the manual clock that tests move.
-//! - [`config`]: raw configuration structs, validated into typed ones.
+//! - [`server`]: listeners, the connection caps, TLS with a handshake timeout, header limits and
+//!   timeouts, the swappable certificate and graceful shutdown.
+//! - [`proxy`]: the request handler, laid out along the request: body types ([`proxy::body`])
+//!   and request reading ([`proxy::request`], [`proxy::classify`], [`proxy::gate`]) at the
+//!   bottom; one file a route ([`proxy::routes`]); the upstream ([`proxy::upstream`]: pool,
+//!   slots, header rules, streaming); the handler ([`proxy::handler`]) on top. [`proxy::error`]
+//!   is the one place that turns a refusal into a response; [`proxy::pages`] renders what people
+//!   see; [`proxy::session`] is the gateway's cookie.
+//! - [`conn`]: what a client connection is to both the server and the proxy.
+//! - [`policy`]: the engine, independent of HTTP and LDAP: the login pipeline, session lookups,
+//!   admin operations and the rules above.
+//! - [`auth`]: the [`auth::Directory`] seam where one credential check runs, and its backends:
+//!   LDAP / Active Directory ([`auth::ldap`]), a users file of argon2id hashes ([`auth::file`]),
+//!   Faspex's own local accounts ([`auth::local`]); the verification cache ([`auth::cache`]).
+//! - [`store`]: the [`store::PolicyStore`] trait (one atomic step per operation) and the durable
+//!   embedded backend.
+//! - [`metrics`], [`audit`], [`log`]: what operators read: Prometheus metrics, the audit log,
+//!   the service and access logs (text or JSON, `log.format`).
 //! - [`faspex`]: Faspex knowledge (how Rack reads parameters). The Faspex 4 emulator the demo
-//!   and tests run against is the workspace's `faspex-emulator` crate.
-//! - [`demo`], [`app`], [`cli`]: the commands a person runs; [`app`] also applies a new
-//!   configuration on SIGHUP.
+//!   and tests run against is the workspace's `faspex-emulator` crate (the default-on
+//!   `emulator` feature).
+//! - At the bottom, imported by the rest and importing none of it: [`config`] (checks syntax,
+//!   values and that files exist; loads nothing), [`account`] (names as the directory compares
+//!   them), [`tls`] (certificates and the client TLS configuration), [`clock`] (the injected
+//!   clock every decision that depends on time takes `now` from), [`util`].
+//!
+//! `tests/layers.rs` checks that no file imports, through others, back into itself, and that
+//! `config/` stays at the bottom.
 #![forbid(unsafe_code)]
 
 pub mod account;
