@@ -7,7 +7,8 @@
 //! - [`Permit::public`]: the credential gate's [`PublicPass`] for a public path;
 //! - [`Permit::cookie`], [`Permit::basic`], [`Permit::bearer`]: the gate's [`Passed`] mark and a
 //!   [`LiveSession`], which only the session lookups here make, by the gateway's cookie, by a
-//!   Basic caller's client, or by a bearer token Faspex issued to a session;
+//!   Basic caller's client once its password is [`Confirmed`] (by the verification cache or a
+//!   fresh check), or by a bearer token Faspex issued to a session;
 //! - [`Permit::login`]: the gate's mark and the login pipeline's [`PendingLogin`], a login the
 //!   engine checked and admitted and that waits for Faspex's word.
 //!
@@ -54,9 +55,11 @@
 //! [`Upstream::forward`]: super::upstream::Upstream::forward
 
 use std::ops::Deref;
+use std::sync::Arc;
 
 use super::gate::{Passed, PublicPass};
-use crate::policy::{PendingLogin, Policy, SessionGone};
+use crate::auth::Directory;
+use crate::policy::{LoginRefused, LoginRequest, PendingLogin, Policy, SessionGone};
 use crate::store::{ClientId, Session, SessionKey, StoreError};
 
 /// Whose request a connection to Faspex is for: public requests may not take the slots kept
@@ -98,15 +101,16 @@ impl LiveSession {
         Ok(policy.session_by_key(key, path).await?.map(LiveSession))
     }
 
-    /// The live session of a Basic caller's `client` on `account`.
+    /// The live session of a Basic caller's `client` on the account whose credentials were
+    /// [`Confirmed`]: without that evidence there is no Basic session to find.
     pub async fn of_client(
         policy: &Policy,
-        account: &str,
+        confirmed: &Confirmed,
         client: &ClientId,
         path: &str,
     ) -> Lookup {
         Ok(policy
-            .client_session(account, client, path)
+            .client_session(&confirmed.account, client, path)
             .await?
             .map(LiveSession))
     }
@@ -114,6 +118,45 @@ impl LiveSession {
     /// The live session a bearer token Faspex issued belongs to.
     pub async fn by_bearer(policy: &Policy, token: &str, path: &str) -> Lookup {
         Ok(policy.bearer_session(token, path).await?.map(LiveSession))
+    }
+}
+
+/// Evidence that an HTTP Basic caller's password is right for its account now: the verification
+/// cache holds it, or a fresh check under the lockout accepted it. Only [`Confirmed::by_cache`]
+/// and [`Confirmed::by_recheck`] make one, and [`LiveSession::of_client`] takes it.
+#[derive(Debug)]
+pub struct Confirmed {
+    account: String,
+}
+
+impl Confirmed {
+    /// The verification cache holds `password` for `account` (the account the engine keys
+    /// `login.username` by).
+    pub fn by_cache(policy: &Policy, account: &str, password: &str) -> Option<Confirmed> {
+        policy
+            .cache()
+            .hit(account, password, policy.now())
+            .then(|| Confirmed {
+                account: account.to_owned(),
+            })
+    }
+
+    /// A fresh credential check of `login`, under the lockout, accepted it for `account`.
+    pub async fn by_recheck(
+        policy: &Policy,
+        login: &LoginRequest<'_>,
+        account: &str,
+        directory: &Arc<dyn Directory>,
+    ) -> Result<Confirmed, LoginRefused> {
+        policy.recheck(login, directory).await?;
+        Ok(Confirmed {
+            account: account.to_owned(),
+        })
+    }
+
+    /// The account the credentials were confirmed for.
+    pub fn account(&self) -> &str {
+        &self.account
     }
 }
 

@@ -12,7 +12,7 @@ use crate::proxy::context::Context;
 use crate::proxy::dispatch;
 use crate::proxy::error::GatewayError;
 use crate::proxy::gate::Passed;
-use crate::proxy::permit::{LiveSession, Permit};
+use crate::proxy::permit::{Confirmed, LiveSession, Permit};
 use crate::proxy::request::{basic_challenge, user_agent, ClientSide};
 use crate::proxy::routes::bearer::{self, Named};
 use crate::proxy::routes::login::refused_upstream;
@@ -94,17 +94,15 @@ async fn live_session(
         return Ok(None);
     };
     let client = &login.client;
-    let live = if policy.cache().hit(&account, login.password, policy.now()) {
-        LiveSession::of_client(policy, &account, client, path)
-            .await?
-            .ok()
-    } else if policy.client_session_peek(&account, client).await?.is_ok() {
-        policy.recheck(login, &cx.directory).await?;
-        LiveSession::of_client(policy, &account, client, path)
-            .await?
-            .ok()
-    } else {
-        None
+    let confirmed = match Confirmed::by_cache(policy, &account, login.password) {
+        Some(c) => c,
+        None if policy.client_session_peek(&account, client).await?.is_ok() => {
+            Confirmed::by_recheck(policy, login, &account, &cx.directory).await?
+        }
+        None => return Ok(None),
     };
+    let live = LiveSession::of_client(policy, &confirmed, client, path)
+        .await?
+        .ok();
     Ok(live.map(|session| (account, session)))
 }

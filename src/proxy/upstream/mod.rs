@@ -270,7 +270,7 @@ impl Upstream {
 
     /// Log a Faspex session out: `GET logout_path` with its cookie, as the browser would have.
     /// The response is read and dropped. Faspex's own licence count thereby stays in step.
-    pub async fn logout(
+    pub(crate) async fn logout(
         &self,
         logout_path: &str,
         cookie: &str,
@@ -290,7 +290,7 @@ impl Upstream {
     /// Ask Faspex whether `user` and `password` are one of its accounts': `GET path` (its
     /// `/aspera/faspex/me`) with them as HTTP Basic credentials, as an API client would. The
     /// status is returned; the body is read and dropped. Nothing of the credentials is logged.
-    pub async fn check_basic(
+    pub(crate) async fn check_basic(
         &self,
         path: &str,
         user: &str,
