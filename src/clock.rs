@@ -82,7 +82,13 @@ impl Clock for SystemClock {
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        Timestamp(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        // (as `as_millis`, saturating, without its 128-bit arithmetic)
+        Timestamp(
+            since
+                .as_secs()
+                .saturating_mul(1000)
+                .saturating_add(u64::from(since.subsec_millis())),
+        )
     }
 }
 
