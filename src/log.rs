@@ -10,12 +10,12 @@
 //! [`Fields`]): the same line as those formatters would make from its fields, built with plain
 //! pushes in a buffer kept per thread and written with one `write` on stderr, without the
 //! formatting machinery, the per-field dispatch and the allocations, which cost several hundred
-//! instructions per request (`benches/instructions.sh`). Its callers ask
-//! `tracing::enabled!` first, so `RUST_LOG` filters it as it filters the rest.
+//! instructions per request (`benches/instructions.sh`). Its callers ask [`access_enabled`]
+//! first, so `RUST_LOG` filters it as it filters the rest.
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use tracing::Level;
 use tracing_subscriber::fmt::format::Writer;
@@ -23,8 +23,18 @@ use tracing_subscriber::fmt::time::FormatTime;
 
 use crate::config::LogFormat;
 
+/// The access log's tracing target (`proxy::access` writes under it).
+pub const ACCESS_TARGET: &str = "faspex_gate::access";
+
 /// Whether lines are JSON (`log.format = "json"`); set once, at start.
 static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Whether the filter lets the access log through: [`ASK`] tracing on every line, or its answer
+/// taken once, at start ([`ON`], [`OFF`]).
+static ACCESS: AtomicU8 = AtomicU8::new(ASK);
+const ASK: u8 = 0;
+const ON: u8 = 1;
+const OFF: u8 = 2;
 
 /// Install the service log in `format`: tracing's subscriber on stderr, and the format that
 /// [`write`] uses. A second call changes nothing but [`write`]'s format.
@@ -32,7 +42,7 @@ pub fn init(format: LogFormat) {
     JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = match format {
+    let installed = match format {
         LogFormat::Text => {
             use std::io::IsTerminal;
             tracing_subscriber::fmt()
@@ -49,18 +59,37 @@ pub fn init(format: LogFormat) {
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .try_init(),
-    };
+    }
+    .is_ok();
+    // The filter is RUST_LOG as it was at start, and never changes: its answer for the access
+    // target holds for the process's life, unless a span directive (`[...]`) makes it depend on
+    // where the line is written.
+    let per_span = std::env::var("RUST_LOG").is_ok_and(|v| v.contains('['));
+    if installed && !per_span {
+        let on = tracing::enabled!(target: ACCESS_TARGET, Level::INFO);
+        ACCESS.store(if on { ON } else { OFF }, Ordering::Relaxed);
+    }
+}
+
+/// Whether an access-log line would be written (`RUST_LOG` filters it as it filters the rest).
+#[inline]
+pub fn access_enabled() -> bool {
+    match ACCESS.load(Ordering::Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => tracing::enabled!(target: ACCESS_TARGET, Level::INFO),
+    }
 }
 
 /// Write one line of `target` at `level` to stderr, in the format [`init`] set, with the fields
 /// `fill` adds. The line is made in a buffer kept per thread and written whole, in one `write`.
 pub fn write(level: Level, target: &'static str, fill: impl FnOnce(&mut Fields<'_>)) {
     thread_local! {
-        static LINE: RefCell<String> = RefCell::new(String::with_capacity(256));
+        static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
     }
     let json = JSON.load(Ordering::Relaxed);
     LINE.with(|cell| {
-        let mut fresh = String::new();
+        let mut fresh = Vec::new();
         let mut kept = cell.try_borrow_mut();
         let out = match kept.as_deref_mut() {
             Ok(kept) => kept,
@@ -68,72 +97,94 @@ pub fn write(level: Level, target: &'static str, fill: impl FnOnce(&mut Fields<'
         };
         out.clear();
         render(out, json, level, target, fill);
-        let _ = std::io::stderr().lock().write_all(out.as_bytes());
+        let _ = std::io::stderr().lock().write_all(out);
     });
 }
 
-/// One line, as [`write`] writes it.
+/// One line, as [`write`] writes it. `target` is a Rust path, which JSON writes as it is.
 pub fn render(
-    out: &mut String,
+    out: &mut Vec<u8>,
     json: bool,
     level: Level,
     target: &str,
     fill: impl FnOnce(&mut Fields<'_>),
 ) {
+    debug_assert!(
+        !target.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20),
+        "{target:?} needs escaping"
+    );
+    // (INFO, the access log's level, in one piece with what surrounds it)
+    let info = level == Level::INFO;
     let level = level.as_str();
     out.reserve(256);
     if json {
-        out.push_str("{\"timestamp\":\"");
+        out.extend_from_slice(b"{\"timestamp\":\"");
         push_timestamp(out);
-        out.push_str("\",\"level\":\"");
-        out.push_str(level);
-        out.push('"');
+        if info {
+            out.extend_from_slice(b"\",\"level\":\"INFO\"");
+        } else {
+            out.extend_from_slice(b"\",\"level\":\"");
+            out.extend_from_slice(level.as_bytes());
+            out.push(b'"');
+        }
     } else {
         push_timestamp(out);
-        out.push(' ');
-        for _ in level.len()..5 {
-            out.push(' ');
+        if info {
+            out.extend_from_slice(b"  INFO ");
+        } else {
+            // (a space, and the level right-aligned in five)
+            out.extend_from_slice(&b"      "[..6usize.saturating_sub(level.len())]);
+            out.extend_from_slice(level.as_bytes());
+            out.push(b' ');
         }
-        out.push_str(level);
-        out.push(' ');
-        out.push_str(target);
-        out.push_str(": ");
+        out.extend_from_slice(target.as_bytes());
+        // (the space after the colon comes with the first field's name)
+        out.push(b':');
     }
-    let mut fields = Fields {
-        out,
-        json,
-        first: !json,
-    };
+    let bare = out.len();
+    let mut fields = Fields { out, json };
     fill(&mut fields);
     let out = fields.out;
     if json {
-        out.push_str(",\"target\":");
-        push_json_str(out, target);
-        out.push_str("}\n");
+        out.extend_from_slice(b",\"target\":\"");
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b"\"}\n");
+    } else if out.len() == bare {
+        out.extend_from_slice(b" \n");
     } else {
-        out.push('\n');
+        out.push(b'\n');
     }
 }
 
-/// A field's name as it is written before its value: ` name=` in text, `,"name":` in JSON. Made
-/// by [`key!`](crate::log::key) from the name, so that writing one is a single copy.
+/// A field's name as it is written before its value: ` name=` in text, `,"name":` in JSON (and
+/// `,"name":"` before a string). Made by [`key!`](crate::log::key) from the name, so that writing
+/// one is a single copy.
 #[derive(Clone, Copy, Debug)]
 pub struct Key {
     text: &'static str,
     json: &'static str,
+    json_str: &'static str,
 }
 
 impl Key {
     #[doc(hidden)]
-    pub const fn new(text: &'static str, json: &'static str) -> Key {
-        Key { text, json }
+    pub const fn new(text: &'static str, json: &'static str, json_str: &'static str) -> Key {
+        Key {
+            text,
+            json,
+            json_str,
+        }
     }
 }
 
 /// The [`Key`] of a field named by a string literal: `key!("status")`.
 macro_rules! key {
     ($name:literal) => {
-        $crate::log::Key::new(concat!(" ", $name, "="), concat!(",\"", $name, "\":"))
+        $crate::log::Key::new(
+            concat!(" ", $name, "="),
+            concat!(",\"", $name, "\":"),
+            concat!(",\"", $name, "\":\""),
+        )
     };
 }
 pub(crate) use key;
@@ -143,147 +194,171 @@ pub(crate) use key;
 /// in JSON a string is escaped, except one that the caller vouches needs none
 /// ([`Fields::token`]).
 pub struct Fields<'a> {
-    out: &'a mut String,
+    out: &'a mut Vec<u8>,
     json: bool,
-    first: bool,
 }
 
+// (every method inlined: a field's name is then a constant, copied without a call)
 impl Fields<'_> {
+    #[inline(always)]
     fn key(&mut self, key: Key) {
-        if self.json {
-            self.out.push_str(key.json);
-        } else if self.first {
-            self.first = false;
-            self.out.push_str(&key.text[1..]);
-        } else {
-            self.out.push_str(key.text);
-        }
+        let name = if self.json { key.json } else { key.text };
+        self.out.extend_from_slice(name.as_bytes());
     }
 
     /// A string.
+    #[inline(always)]
     pub fn str(&mut self, key: Key, value: &str) {
-        self.key(key);
         if self.json {
-            push_json_str(self.out, value);
+            self.out.extend_from_slice(key.json_str.as_bytes());
+            push_json_body(self.out, value);
+            self.out.push(b'"');
         } else {
-            self.out.push_str(value);
+            self.out.extend_from_slice(key.text.as_bytes());
+            self.out.extend_from_slice(value.as_bytes());
         }
     }
 
     /// A string that needs no escaping in JSON either: no `"`, `\` or control character (an
     /// HTTP token, a name the code chose, a path already percent-encoded but for `\`...). A
     /// debug build checks.
+    #[inline(always)]
     pub fn token(&mut self, key: Key, value: &str) {
         debug_assert!(
             !value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20),
             "{value:?} needs escaping"
         );
-        self.key(key);
         if self.json {
-            self.out.push('"');
-            self.out.push_str(value);
-            self.out.push('"');
+            self.out.extend_from_slice(key.json_str.as_bytes());
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.push(b'"');
         } else {
-            self.out.push_str(value);
+            self.out.extend_from_slice(key.text.as_bytes());
+            self.out.extend_from_slice(value.as_bytes());
         }
     }
 
     /// A number, given as its decimal digits.
+    #[inline(always)]
     pub fn number(&mut self, key: Key, digits: &str) {
         self.key(key);
-        self.out.push_str(digits);
+        self.out.extend_from_slice(digits.as_bytes());
     }
 
+    #[inline(always)]
     pub fn u64(&mut self, key: Key, value: u64) {
         self.number(key, itoa::Buffer::new().format(value));
     }
 
+    #[inline(always)]
     pub fn bool(&mut self, key: Key, value: bool) {
         self.number(key, if value { "true" } else { "false" });
     }
 
     /// Milliseconds with three decimals, from microseconds: `12.034`.
+    #[inline(always)]
     pub fn millis(&mut self, key: Key, micros: u64) {
         self.key(key);
-        self.out.push_str(itoa::Buffer::new().format(micros / 1000));
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
         let frac = (micros % 1000) as u16;
-        self.out.push('.');
-        for d in [frac / 100, frac / 10 % 10, frac % 10] {
-            self.out.push(char::from(b'0' + d as u8));
-        }
+        self.out.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
     }
 
     /// An address, as a string.
+    #[inline(always)]
     pub fn ip(&mut self, key: Key, ip: std::net::IpAddr) {
-        self.key(key);
-        if self.json {
-            self.out.push('"');
-        }
         match ip {
-            // (digit by digit: a quarter of what formatting each octet costs)
+            // (digit by digit, in one piece: a quarter of what formatting each octet costs)
             std::net::IpAddr::V4(v4) => {
+                self.key(key);
+                let mut buf = [0u8; 17];
+                let mut n = 0;
+                if self.json {
+                    buf[0] = b'"';
+                    n = 1;
+                }
                 for (i, o) in v4.octets().into_iter().enumerate() {
                     if i > 0 {
-                        self.out.push('.');
+                        buf[n] = b'.';
+                        n += 1;
                     }
                     if o >= 100 {
-                        self.out.push(char::from(b'0' + o / 100));
+                        buf[n] = b'0' + o / 100;
+                        n += 1;
                     }
                     if o >= 10 {
-                        self.out.push(char::from(b'0' + o / 10 % 10));
+                        buf[n] = b'0' + o / 10 % 10;
+                        n += 1;
                     }
-                    self.out.push(char::from(b'0' + o % 10));
+                    buf[n] = b'0' + o % 10;
+                    n += 1;
                 }
+                if self.json {
+                    buf[n] = b'"';
+                    n += 1;
+                }
+                self.out.extend_from_slice(&buf[..n]);
             }
-            std::net::IpAddr::V6(_) => crate::util::push_ip(self.out, ip),
-        }
-        if self.json {
-            self.out.push('"');
+            std::net::IpAddr::V6(_) => {
+                let mut text = String::new();
+                crate::util::push_ip(&mut text, ip);
+                self.token(key, &text);
+            }
         }
     }
 }
 
 /// `value` as a JSON string, quoted and escaped.
-fn push_json_str(out: &mut String, value: &str) {
-    if !value
-        .bytes()
-        .any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f)
+#[cfg(test)]
+fn push_json_str(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
+    push_json_body(out, value);
+    out.push(b'"');
+}
+
+/// `value` escaped as JSON requires, without the quotes.
+fn push_json_body(out: &mut Vec<u8>, value: &str) {
+    let bytes = value.as_bytes();
+    if !bytes
+        .iter()
+        .any(|&b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f)
     {
-        out.push('"');
-        out.push_str(value);
-        out.push('"');
+        out.extend_from_slice(bytes);
         return;
     }
-    out.push('"');
-    let bytes = value.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escaped = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f | 0x7f => "",
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f | 0x7f => b"",
             _ => continue,
         };
-        out.push_str(&value[start..i]);
+        out.extend_from_slice(&bytes[start..i]);
         if escaped.is_empty() {
-            out.push_str("\\u00");
-            out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-            out.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+            out.extend_from_slice(b"\\u00");
+            out.push(b"0123456789abcdef"[usize::from(b >> 4)]);
+            out.push(b"0123456789abcdef"[usize::from(b & 0xf)]);
         } else {
-            out.push_str(escaped);
+            out.extend_from_slice(escaped);
         }
         start = i + 1;
     }
-    out.push_str(&value[start..]);
-    out.push('"');
+    out.extend_from_slice(&bytes[start..]);
 }
 
 /// tracing's `SystemTime` timestamp (`2026-11-23T07:41:58.123456Z`), the date and time of day
 /// made once a second (per thread) rather than formatted for every line.
-fn push_timestamp(out: &mut String) {
+fn push_timestamp(out: &mut Vec<u8>) {
     thread_local! {
         static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
@@ -293,7 +368,10 @@ fn push_timestamp(out: &mut String) {
     let secs = now.as_secs();
     SECOND.with(|cell| {
         let Ok(mut cached) = cell.try_borrow_mut() else {
-            let _ = tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(out));
+            let mut text = String::with_capacity(32);
+            let _ =
+                tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut text));
+            out.extend_from_slice(text.as_bytes());
             return;
         };
         if cached.0 != secs {
@@ -304,15 +382,20 @@ fn push_timestamp(out: &mut String) {
             text.truncate(text.find('.').unwrap_or(text.len()));
             *cached = (secs, text);
         }
-        out.push_str(&cached.1);
-        let micros = now.subsec_micros();
-        out.push('.');
-        let mut div = 100_000;
-        while div > 0 {
-            out.push(char::from(b'0' + (micros / div % 10) as u8));
-            div /= 10;
-        }
-        out.push('Z');
+        out.extend_from_slice(cached.1.as_bytes());
+        // The fraction, `.123456Z`, in one piece.
+        let m = now.subsec_micros();
+        let digit = |d: u32| b'0' + (d % 10) as u8;
+        out.extend_from_slice(&[
+            b'.',
+            digit(m / 100_000),
+            digit(m / 10_000),
+            digit(m / 1000),
+            digit(m / 100),
+            digit(m / 10),
+            digit(m),
+            b'Z',
+        ]);
     });
 }
 
@@ -322,7 +405,7 @@ mod tests {
     use tracing_subscriber::fmt::time::SystemTime;
 
     fn line(json: bool) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
         render(&mut out, json, Level::INFO, "faspex_gate::access", |f| {
             f.token(key!("method"), "GET");
             f.str(key!("path"), "/a\\b\"c\u{1}");
@@ -332,7 +415,7 @@ mod tests {
             f.ip(key!("client_ip"), "192.0.2.7".parse().unwrap());
             f.bool(key!("complete"), true);
         });
-        out
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -380,6 +463,28 @@ mod tests {
     }
 
     #[test]
+    fn every_level_reads_as_tracings_own() {
+        for (level, text) in [
+            (Level::TRACE, "Z TRACE t: a=1\n"),
+            (Level::DEBUG, "Z DEBUG t: a=1\n"),
+            (Level::INFO, "Z  INFO t: a=1\n"),
+            (Level::WARN, "Z  WARN t: a=1\n"),
+            (Level::ERROR, "Z ERROR t: a=1\n"),
+        ] {
+            let mut out = Vec::new();
+            render(&mut out, false, level, "t", |f| f.number(key!("a"), "1"));
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.ends_with(text), "{out:?}");
+            let mut out = Vec::new();
+            render(&mut out, true, level, "t", |f| f.number(key!("a"), "1"));
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["level"], level.as_str());
+            assert_eq!(v["a"], 1);
+            assert_eq!(v["target"], "t");
+        }
+    }
+
+    #[test]
     fn addresses_read_as_display_writes_them() {
         for ip in [
             "0.0.0.0",
@@ -392,10 +497,11 @@ mod tests {
         ] {
             let ip: std::net::IpAddr = ip.parse().unwrap();
             for json in [false, true] {
-                let mut out = String::new();
+                let mut out = Vec::new();
                 render(&mut out, json, Level::INFO, "t", |f| {
                     f.ip(key!("client_ip"), ip)
                 });
+                let out = String::from_utf8(out).unwrap();
                 let want = if json {
                     format!("\"client_ip\":\"{ip}\"")
                 } else {
@@ -417,8 +523,9 @@ mod tests {
             "\u{0}\u{1f}\u{7f}",
             "é✓",
         ] {
-            let mut out = String::new();
+            let mut out = Vec::new();
             push_json_str(&mut out, s);
+            let out = String::from_utf8(out).unwrap();
             let back: String = serde_json::from_str(&out).unwrap();
             assert_eq!(back, s, "{out}");
             assert!(!out.bytes().any(|b| b < 0x20), "{out:?}");
@@ -434,8 +541,9 @@ mod tests {
         };
         for _ in 0..3 {
             let before = theirs();
-            let mut ours = String::new();
+            let mut ours = Vec::new();
             push_timestamp(&mut ours);
+            let ours = String::from_utf8(ours).unwrap();
             let after = theirs();
             assert_eq!(ours.len(), before.len(), "{ours} against {before}");
             assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");

@@ -22,10 +22,22 @@ use super::classify::Route;
 use crate::log::{key, Fields};
 
 /// The access log's tracing target.
-pub const TARGET: &str = "faspex_gate::access";
+pub const TARGET: &str = crate::log::ACCESS_TARGET;
 
 /// Bytes of the (decoded, normalised) path that the line percent-encodes again.
 const PATH_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'"');
+
+/// The bytes of a path that the line writes as they are, in either format: printable ASCII but
+/// for space, `%`, `"` and `\` (a table: one look per byte).
+const PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = b'!';
+    while b < 0x7f {
+        table[b as usize] = b != b'%' && b != b'"' && b != b'\\';
+        b += 1;
+    }
+    table
+};
 
 /// What the access-log line says about one request.
 pub(crate) struct AccessRecord {
@@ -40,7 +52,7 @@ pub(crate) struct AccessRecord {
 impl AccessRecord {
     /// Write the line of a request whose response sent `bytes` (when `RUST_LOG` lets it through).
     pub fn log(&self, bytes: u64, complete: bool) {
-        if tracing::enabled!(target: TARGET, Level::INFO) {
+        if crate::log::access_enabled() {
             let micros = self.micros();
             crate::log::write(Level::INFO, TARGET, |f| {
                 self.fields(f, Moved::Body(bytes), micros, complete)
@@ -51,7 +63,7 @@ impl AccessRecord {
     /// Write the line of a tunnel (an upgraded connection) when it closes: its bytes each way,
     /// and how long it was open, from the request's arrival.
     pub fn log_tunnel(&self, up: u64, down: u64, complete: bool) {
-        if tracing::enabled!(target: TARGET, Level::INFO) {
+        if crate::log::access_enabled() {
             let micros = self.micros();
             crate::log::write(Level::INFO, TARGET, |f| {
                 self.fields(f, Moved::Tunnel { up, down }, micros, complete)
@@ -60,7 +72,12 @@ impl AccessRecord {
     }
 
     fn micros(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+        // (as `as_micros`, saturating, without its 128-bit arithmetic)
+        let elapsed = self.started.elapsed();
+        elapsed
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(elapsed.subsec_micros()))
     }
 
     fn fields(&self, f: &mut Fields<'_>, moved: Moved, micros: u64, complete: bool) {
@@ -68,10 +85,7 @@ impl AccessRecord {
         f.token(key!("method"), self.method.as_str());
         f.token(key!("route"), self.route.map(Route::as_str).unwrap_or("-"));
         // Nearly every path has nothing to encode or escape: one look at its bytes says so.
-        let plain = self
-            .path
-            .bytes()
-            .all(|b| b > b' ' && b < 0x7f && b != b'%' && b != b'"' && b != b'\\');
+        let plain = self.path.bytes().all(|b| PLAIN[usize::from(b)]);
         if plain {
             f.token(key!("path"), &self.path);
         } else {
@@ -116,11 +130,12 @@ mod tests {
 
     /// The line's fields as text (what follows `faspex_gate::access: `), or as JSON.
     fn render(r: &AccessRecord, moved: Moved, complete: bool, json: bool) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
         let micros = r.micros();
         crate::log::render(&mut out, json, Level::INFO, TARGET, |f| {
             r.fields(f, moved, micros, complete)
         });
+        let out = String::from_utf8(out).unwrap();
         if json {
             out
         } else {
@@ -200,6 +215,14 @@ mod tests {
         );
         assert_eq!(line.split(' ').count(), 8, "{line}");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn plain_bytes_are_printable_ascii_but_space_percent_quote_and_backslash() {
+        for b in 0..=255u8 {
+            let want = b > b' ' && b < 0x7f && b != b'%' && b != b'"' && b != b'\\';
+            assert_eq!(PLAIN[usize::from(b)], want, "{b:#x}");
+        }
     }
 
     #[test]
