@@ -413,7 +413,7 @@ impl Gate {
 
     /// [`Gate::decide`], with the gate's marks on what it lets on: a refusal is an error, and
     /// what passes carries the proof that it did ([`Pass`]).
-    pub fn pass(
+    pub(crate) fn pass(
         &self,
         method: &Method,
         c: &Classified,
