@@ -6,10 +6,10 @@
 //! its longest module prefix (`src/a/b.rs` or `src/a/b/mod.rs`), which is where a reader goes to
 //! find the name. A module's `mod` line is not an import, and neither are doc comments or the
 //! unit-test modules (`tests.rs`, `#[cfg(test)] mod tests`), which look at their parent by design.
-//! Nor is a file's look up to a module that contains it (`super::Directory` in `auth/ldap.rs`):
-//! a module and the files it is made of are one room; what is checked is that no file reaches,
-//! through other files, back to itself sideways or downwards: `a.rs -> b.rs -> a.rs`, or a child
-//! that imports a sibling that imports it.
+//! A module's own `mod.rs` counts like any other file: a child that looks up to it (`super::X`,
+//! with `X` defined or re-exported there) imports it, and when the `mod.rs` uses or re-exports
+//! that child, the two are a cycle. So what a module's children share lives in a sibling file of
+//! theirs (`auth/directory.rs`, `config/model.rs`), and the `mod.rs` lays the module out.
 //! Two files that reach each other, however indirectly, form a cycle: the test prints every edge of
 //! it, so the fix is plain.
 //!
@@ -76,9 +76,7 @@ impl Crate {
                     continue;
                 };
                 if let Some(target) = self.resolve(&absolute) {
-                    let upward = module_of(&self.root, target)
-                        .is_some_and(|t| t.len() < module.len() && module.starts_with(&t));
-                    if target != file && !is_test_file(target) && !upward {
+                    if target != file && !is_test_file(target) {
                         edges
                             .entry((file.clone(), target.clone()))
                             .or_insert_with(|| path.join("::"));
@@ -508,5 +506,31 @@ mod tests { use crate::test_only::X; }
             &["super".into(), "classify".into(), "Route".into()]
         ),
         Some(vec!["proxy".into(), "classify".into(), "Route".into()])
+    );
+}
+
+/// A child that looks up to its own `mod.rs`, which re-exports it, is a cycle like any other.
+#[test]
+fn a_child_looking_up_to_its_mod_rs_is_a_cycle() {
+    let root = std::env::temp_dir().join(format!("layers-{}", std::process::id()));
+    let module = root.join("a");
+    std::fs::create_dir_all(&module).expect("a temporary directory");
+    let write = |path: &Path, text: &str| std::fs::write(path, text).expect("a temporary file");
+    write(&root.join("lib.rs"), "mod a;\n");
+    write(
+        &module.join("mod.rs"),
+        "mod b;\npub use b::B;\npub struct Shared;\n",
+    );
+    write(
+        &module.join("b.rs"),
+        "use super::Shared;\npub struct B(Shared);\n",
+    );
+    let krate = Crate::read(&root);
+    let found = describe(&krate, &krate.edges());
+    std::fs::remove_dir_all(&root).expect("the temporary directory removed");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("a/b.rs -> ") && found[0].contains("(super::Shared)"),
+        "{found:?}"
     );
 }

@@ -15,8 +15,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::base::stopped;
+use crate::emulator::Emulator;
 use crate::http::EmulatorBody;
-use crate::{h2c, routes, Emulator};
+use crate::{h2c, routes};
 
 /// How long [`Emulator::serve`] waits for open connections to finish after the shutdown signal,
 /// before it aborts them (a 4 GiB download would otherwise hold the stop for minutes).

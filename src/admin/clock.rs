@@ -9,12 +9,11 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Refused, MAX_BODY};
+use super::body::{self, Refused};
 use crate::clock::{Clock, ManualClock};
 
 /// The longest one call moves the clock.
@@ -28,11 +27,7 @@ struct Advance {
 
 /// Move `clock` forward by the body's `advance_secs`, and say where it stands now.
 pub(super) async fn advance(clock: &ManualClock, body: Incoming) -> Result<Value, Refused> {
-    let bytes = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Refused::TooLarge),
-        Err(_) => return Err(Refused::BadRequest("the body could not be read".into())),
-    };
+    let bytes = body::read(body).await?;
     let by = parse(&bytes)?;
     clock.advance(by);
     let now = clock.now();
@@ -41,17 +36,7 @@ pub(super) async fn advance(clock: &ManualClock, body: Incoming) -> Result<Value
 }
 
 fn parse(bytes: &[u8]) -> Result<Duration, Refused> {
-    let bad = |e: String| {
-        Refused::BadRequest(format!(
-            "the body must be a JSON object like {{\"advance_secs\": 3600}}: {e}"
-        ))
-    };
-    // (serde would read the struct from an array too)
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    if !value.is_object() {
-        return Err(bad("not an object".into()));
-    }
-    let a: Advance = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    let a: Advance = body::json_object(bytes, r#"{"advance_secs": 3600}"#)?;
     let by = Duration::from_secs(a.advance_secs);
     if by > MAX_ADVANCE {
         return Err(Refused::BadRequest(

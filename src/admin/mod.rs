@@ -20,6 +20,7 @@
 //! record. Every unlock, lock and kick is audited with the operator (`X-Admin-Actor`) and the
 //! caller's address. Bodies are JSON; an error is `{"error": "…"}` with a 4xx or 5xx status.
 
+mod body;
 pub mod client;
 #[cfg(feature = "test-support")]
 mod clock;
@@ -35,7 +36,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -51,6 +52,7 @@ use crate::metrics::Metrics;
 use crate::policy::{AdminError, Policy};
 use crate::proxy::Gateway;
 use crate::store::{Lock, Session};
+use body::{Refused, MAX_BODY};
 
 /// The API's path prefix.
 pub const API_PREFIX: &str = "/admin/v1/";
@@ -60,9 +62,6 @@ pub const ACTOR_HEADER: &str = "x-admin-actor";
 
 /// The most admin connections open at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 64;
-
-/// The largest request body read (a lock's `{"for": …}`).
-const MAX_BODY: usize = 4096;
 
 /// How long each readiness check may take.
 const READY_LIMIT: Duration = Duration::from_secs(5);
@@ -448,14 +447,6 @@ impl<'a> Call<'a> {
     }
 }
 
-enum Refused {
-    BadRequest(String),
-    NotFound,
-    Method(&'static str),
-    TooLarge,
-    Store(String),
-}
-
 fn store_err(e: crate::store::StoreError) -> Refused {
     Refused::Store(e.to_string())
 }
@@ -546,28 +537,14 @@ struct LockBody {
     duration: Option<String>,
 }
 
-/// A lock's JSON body: an object, `{"for": "1h"}`, and nothing else (serde would read a
-/// struct from an array too, `["1h"]`, which README says gets 400).
+/// A lock's JSON body: an object, `{"for": "1h"}`, and nothing else.
 fn lock_body(bytes: &[u8]) -> Result<LockBody, Refused> {
-    let bad = |e: String| {
-        Refused::BadRequest(format!(
-            "the body must be a JSON object like {{\"for\": \"1h\"}}: {e}"
-        ))
-    };
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    if !value.is_object() {
-        return Err(bad("not an object".into()));
-    }
-    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+    body::json_object(bytes, r#"{"for": "1h"}"#)
 }
 
 /// A lock's body: empty, or `{"for": "1h"}` (a duration from 1 s to 366 days).
 async fn lock_for(body: Incoming) -> Result<Option<Duration>, Refused> {
-    let bytes = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Refused::TooLarge),
-        Err(_) => return Err(Refused::BadRequest("the body could not be read".into())),
-    };
+    let bytes = body::read(body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::{Directory, DirectoryError, Verdict};
+use super::directory::{Directory, DirectoryError, Verdict};
 
 /// The parsed users file: account → PHC hash string. `Debug` shows only the count.
 #[derive(Clone, Default, PartialEq, Eq)]

@@ -61,7 +61,7 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, SearchOpt
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{Directory, DirectoryError, Lookup, Verdict};
+use super::directory::{Directory, DirectoryError, Lookup, Verdict};
 use crate::clock::{Clock, Timestamp};
 use crate::config::{LdapConfig, Secret};
 

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::directory::{Directory, DirectoryError, Lookup, Verdict};
 use super::file::Users;
-use super::{Directory, DirectoryError, Lookup, Verdict};
 
 /// Who checks a name the directory does not know.
 pub enum Local {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Directory, DirectoryError, Verdict};
+use super::directory::{Directory, DirectoryError, Verdict};
 
 /// The accounts every table starts with, each with the password `pw-<name>`.
 pub const TEST_ACCOUNTS: [&str; 4] = ["ann", "bob", "cat", "dan"];

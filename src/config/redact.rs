@@ -7,11 +7,19 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::model::{AuditSink, AuthBackend, Config, LockoutKey, LogFormat, OneClient, StoreKind};
 use super::raw::{
     RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawFileAuth, RawLdap, RawLog, RawPages,
     RawPolicy, RawServer, RawSession, RawStore, RawTls, RawUpstream,
 };
-use super::{AuditSink, AuthBackend, Config, LockoutKey, LogFormat, OneClient, StoreKind};
+
+impl Config {
+    /// The effective configuration as TOML, for `check-config`. Secret files are shown by path
+    /// only, and a password in a URL is replaced by `redacted`.
+    pub fn redacted(&self) -> String {
+        render(self)
+    }
+}
 
 /// The TOML text for [`Config::redacted`].
 pub(crate) fn render(config: &Config) -> String {

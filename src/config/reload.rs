@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Config, Secret, StoreKind};
+use super::model::{Config, StoreKind};
+use super::secret::Secret;
 
 /// One line per restart-only key: its dotted name, a field of [`RestartOnly`], its type, and where
 /// it is in [`Config`]. A key may take two lines (`session.secret_file`: the path and the
@@ -78,7 +79,7 @@ restart_only! {
     "session.secret_file" => secret: Secret = session.secret;
     "store.kind" => store_kind: StoreKind = store.kind;
     "store.path" => store_path: PathBuf = store.path;
-    "log.format" => log_format: super::LogFormat = log.format;
+    "log.format" => log_format: super::model::LogFormat = log.format;
 }
 
 /// A new configuration as a reload applies it.

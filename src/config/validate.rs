@@ -13,21 +13,47 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::env::EnvLayer;
-use super::raw::{
-    RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawLdap, RawLog, RawPages, RawPolicy,
-    RawServer, RawSession, RawStore, RawTls, RawUpstream,
-};
-use super::secret::{admin_token, read_secret_file, session_secret, Secret};
-use super::{
+use super::model::{
     AdminConfig, AuditConfig, AuditSink, AuthBackend, AuthConfig, Config, ConfigError, DenyRule,
     FaspexConfig, FileAuthConfig, LdapConfig, LocalAccounts, LockoutKey, LogConfig, LogFormat,
     OneClient, PagesConfig, PasswordFormRule, PolicyConfig, ServerConfig, SessionConfig,
     StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
 };
+use super::raw::{
+    RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawLdap, RawLog, RawPages, RawPolicy,
+    RawServer, RawSession, RawStore, RawTls, RawUpstream,
+};
+use super::secret::{admin_token, read_secret_file, session_secret, Secret};
 
 /// The smallest and largest `server.max_header_bytes`.
 const MAX_HEADER_BYTES: (u64, u64) = (1024, 1024 * 1024);
 const DURATION_HINT: &str = r#"write a number with a unit, e.g. "500ms", "30s", "5m", "1h""#;
+
+impl Config {
+    /// Load `path` and apply the process environment's `FASPEX_GATE__…` overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let env = super::env::process_env().map_err(|reason| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            reason,
+        })?;
+        Self::load_with_env(path, &env)
+    }
+
+    /// Load `path` and apply the overrides of an explicit environment (name, value pairs);
+    /// variables without the `FASPEX_GATE__` prefix are ignored.
+    pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        load(path, env)
+    }
+}
+
+impl Default for PolicyConfig {
+    /// The contract's defaults: what an empty `[policy]` section means.
+    fn default() -> Self {
+        #[allow(clippy::expect_used)]
+        default_policy().expect("the built-in [policy] defaults are valid")
+    }
+}
 
 /// Load `path`, apply `env`, and validate.
 pub(crate) fn load(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
@@ -93,7 +119,7 @@ fn read_config_file(path: &Path) -> Result<String, String> {
         std::io::ErrorKind::NotFound => format!(
             "the configuration file does not exist; give its path with --config or \
              ${}",
-            super::CONFIG_ENV
+            super::model::CONFIG_ENV
         ),
         std::io::ErrorKind::InvalidData => "the configuration file is not UTF-8 text".into(),
         _ => format!("cannot read the configuration file: {e}"),

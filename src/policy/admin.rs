@@ -5,11 +5,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::account::{self, InvalidUsername};
 use super::engine::{Policy, CHECK_TIMEOUT};
 use super::events::PolicyEvent;
 use super::timeouts;
 use super::types::Status;
+use crate::account::{self, InvalidUsername};
 use crate::auth::{Directory, Lookup};
 use crate::config::LocalAccounts;
 use crate::store::{AccountKind, Counts, EndReason, Lock, Session, StoreError, Unlocked};

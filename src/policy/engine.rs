@@ -11,12 +11,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use super::account::{self, normalize, InvalidUsername};
 use super::events::{Observer, PolicyEvent};
 use super::lockout;
 use super::singleflight::SingleFlight;
 use super::throttle::Throttle;
 use super::types::{Check, CheckRules};
+use crate::account::{self, normalize, InvalidUsername};
 use crate::auth::cache::VerificationCache;
 use crate::clock::{Clock, Timestamp};
 use crate::config::{LocalAccounts, PolicyConfig};

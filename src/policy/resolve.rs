@@ -1,6 +1,6 @@
 //! Which account a login's name is.
 //!
-//! A name is prepared as LDAP prepares it (RFC 4518; [`super::account`]), so that `Ann  Lee` and
+//! A name is prepared as LDAP prepares it (RFC 4518; [`crate::account`]), so that `Ann  Lee` and
 //! `ann\u{A0}lee` are `ann lee`. With search-then-bind (`auth.ldap.bind_dn`), the directory itself
 //! says which entry a name belongs to ([`Directory::lookup`], remembered for `auth.cache_ttl`),
 //! and failures, locks, seats and sessions are keyed by that entry: its own name, prepared
@@ -11,10 +11,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::account;
 use super::engine::{Policy, CHECK_TIMEOUT};
 use super::events::{DirectoryResult, PolicyEvent};
 use super::types::{retry_after, LoginRefused};
+use crate::account;
 use crate::auth::{Directory, Lookup};
 use crate::config::LocalAccounts;
 use crate::store::AccountKind;

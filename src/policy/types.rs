@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::account::InvalidUsername;
+use crate::account::InvalidUsername;
 use crate::clock::Timestamp;
 use crate::config::{AuthConfig, LocalAccounts};
 use crate::store::{

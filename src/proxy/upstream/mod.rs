@@ -12,9 +12,12 @@
 //! proof that it was checked. The gateway's own requests ([`Upstream::logout`],
 //! [`Upstream::check_basic`], [`Upstream::probe`]) carry no client's request.
 //!
+//! `failure.rs` says how forwarding fails.
+//!
 //! Since the pool opens a connection only for a request that holds a slot, and keeps idle only
 //! connections such requests opened, the connections open to Faspex never outnumber the slots.
 
+mod failure;
 pub mod headers;
 pub mod pool;
 pub mod slots;
@@ -31,7 +34,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::config::{ServerConfig, UpstreamConfig};
-use crate::proxy::body::{full, BoxError, ClientBodyError, ProxyBody};
+use crate::proxy::body::{full, ProxyBody};
 use crate::proxy::permit::{Lane, Permit};
 use crate::proxy::request::ClientSide;
 use headers::{any_of, set_forwarded, strip_hop_by_hop, upgrade_protocol, HTTP2_SETTINGS};
@@ -39,65 +42,7 @@ use pool::{ClientError, Pool};
 use slots::{AddressShare, SlotBody, Slots};
 use transfer::TransferBody;
 
-/// Why the upstream did not give us response headers. Mapped to 502/504 by the error module.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("could not connect to the upstream: {0}")]
-    Connect(#[source] BoxError),
-    #[error("the upstream did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the upstream broke the protocol or the connection: {0}")]
-    Protocol(#[source] BoxError),
-    /// Every connection to Faspex this request may use was taken for `{0:?}`.
-    #[error("all connections to the upstream were busy for {0:?}")]
-    Busy(Duration),
-}
-
-/// Why a forwarded request failed: the upstream's fault, or the client's own body.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    /// The client's request body stood still for the idle timeout.
-    #[error("the client sent nothing for {0:?}")]
-    ClientStalled(Duration),
-    /// The client's request body broke off (the client went away, or sent a bad chunk).
-    #[error("the client's request body broke off: {0}")]
-    ClientAborted(#[source] BoxError),
-}
-
-impl ForwardError {
-    /// Sort a failed request upstream: a cause in the client's own body is the client's fault.
-    fn classify(e: ClientError) -> ForwardError {
-        let e = match e {
-            ClientError::Connect(e) => return UpstreamError::Connect(e).into(),
-            ClientError::Http(e) => e,
-        };
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            if let Some(idle) = c.downcast_ref::<transfer::BodyIdle>() {
-                return ForwardError::ClientStalled(idle.0);
-            }
-            if let Some(ClientBodyError(inner)) = c.downcast_ref::<ClientBodyError>() {
-                return ForwardError::ClientAborted(inner.to_string().into());
-            }
-            cause = c.source();
-        }
-        UpstreamError::Protocol(e.into()).into()
-    }
-}
-
-impl UpstreamError {
-    /// The `kind` label of `faspex_gate_upstream_errors_total`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            UpstreamError::Connect(_) => "connect",
-            UpstreamError::Timeout(_) => "timeout",
-            UpstreamError::Protocol(_) => "protocol",
-            UpstreamError::Busy(_) => "busy",
-        }
-    }
-}
+pub use failure::{ForwardError, UpstreamError};
 
 /// The upstream Faspex server: a cheap-to-clone handle over its connection pool.
 #[derive(Clone)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::UpstreamError;
+use super::failure::UpstreamError;
 use crate::proxy::body::BoxError;
 use crate::proxy::permit::Lane;
 
