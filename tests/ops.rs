@@ -176,8 +176,18 @@ fn audit_events<'a>(
 
 /// A site with the admin listener on an ephemeral port and the audit log in a file.
 pub async fn ops_site(n: usize, tweak: impl FnOnce(&mut ConfigBuilder)) -> (Site, PathBuf) {
+    ops_site_with(n, &[], tweak).await
+}
+
+/// [`ops_site`] with more arguments to `faspex-gate run` (`--manual-clock`: the admin token is
+/// the one [`Site::advance_clock`] sends).
+pub async fn ops_site_with(
+    n: usize,
+    args: &[&str],
+    tweak: impl FnOnce(&mut ConfigBuilder),
+) -> (Site, PathBuf) {
     let mut audit_path = PathBuf::new();
-    let s = Site::start(users(n), LoginFailureStyle::Rerender, |c| {
+    let s = Site::start_with(users(n), LoginFailureStyle::Rerender, args, |c| {
         c.set("admin", "listen", "\"127.0.0.1:0\"");
         c.set(
             "admin",
@@ -225,10 +235,8 @@ const CONTRACT_METRICS: [&str; 11] = [
 /// `/metrics` after each step, value by value; the gauges go back to zero.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_follow_every_policy_exactly() {
-    let (mut s, _audit) = ops_site(5, |c| {
+    let (mut s, _audit) = ops_site_with(5, &["--manual-clock"], |c| {
         c.set("policy", "max_sessions", "3");
-        c.set("policy", "idle_timeout", "\"4s\"");
-        c.set("policy", "api_idle_timeout", "\"4s\"");
         c.set("upstream", "connect_timeout", "\"1s\"");
     })
     .await;
@@ -303,13 +311,6 @@ async fn metrics_follow_every_policy_exactly() {
         ) >= 8.0
     );
 
-    // (activity, so that a slow machine cannot let the idle timeout overtake the next steps)
-    for c in [&c0, &c1] {
-        let (st, _, _) = s.browse(ME, c).await;
-        assert_eq!(st, StatusCode::OK);
-    }
-    let (st, _, _) = s.basic("GET", ME, "user2", "pass2", &[], "").await;
-    assert_eq!(st, StatusCode::OK);
     // The helpdesk: unlock user4 and kick user0; the gauges follow at once.
     let (code, _, err) = cli(&s.gw, &["unlock", "user4"]);
     assert_eq!(code, 0, "{err}");
@@ -323,9 +324,10 @@ async fn metrics_follow_every_policy_exactly() {
     let (st, _, _) = s.browse(ME, &c0).await;
     assert_eq!(st, StatusCode::FOUND);
 
-    // Idle: after 4 s without activity the sweeper ends the rest, and the gauge reaches zero.
-    // (the gauge is read from the store at the scrape, the counter follows the sweeper's
-    // events: wait for both)
+    // Idle: an hour without activity (on the gateway's manual clock) and the sweeper ends the
+    // rest, and the gauge reaches zero. (the gauge is read from the store at the scrape, the
+    // counter follows the sweeper's events: wait for both)
+    s.advance_clock(Duration::from_secs(3600 + 1)).await;
     let t = scrape_until(&s.gw, "every seat free after the idle timeout", |t| {
         value(t, "faspex_gate_sessions_active") == 0.0 && ended(t, "idle") >= 2.0
     })
