@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use faspex_emulator::LoginFailureStyle;
 
 use crate::flows::{users, Site};
@@ -92,8 +93,8 @@ async fn browser(driver: &Driver) -> Client {
             ]
         }),
     );
-    ClientBuilder::rustls()
-        .unwrap()
+    // chromedriver listens on plain HTTP on loopback: no TLS stack for the WebDriver client.
+    ClientBuilder::new(HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{}", driver.port))
         .await
