@@ -83,7 +83,10 @@ pub enum Checked {
     Basic,
     /// A live session found by a bearer token Faspex issued to it.
     Bearer,
-    /// A login the engine checked and admitted, on its way to Faspex.
+    /// A login the engine admitted (lockout, seats, one client), on its way to Faspex. The
+    /// directory checked its password; for an account only Faspex knows
+    /// (`auth.local_accounts = "faspex"`) the check is Faspex's answer to this very request,
+    /// which confirms the admission or undoes it.
     Login,
 }
 
@@ -215,7 +218,8 @@ impl<'a> Permit<'a> {
         Permit::of(gate, Checked::Bearer, live)
     }
 
-    /// A login the engine checked and admitted, on its way to Faspex for its word.
+    /// A login the engine admitted, on its way to Faspex for its word (for an account only
+    /// Faspex knows, that word is the password check: see [`Checked::Login`]).
     pub fn login(gate: Passed, pending: &'a PendingLogin) -> Self {
         let Passed { .. } = gate;
         let session = &pending.admitted().session;
