@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use super::failing::FailingStore;
 use super::{
     AccountKind, Admission, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, AttemptTicket,
-    ClientId, ClientKind, EndReason, LockKey, LockoutRules, OneClient, PolicyStore, SeatRules,
-    SessionKey, SessionState, Timeouts,
+    ClientId, ClientKind, EndReason, Lock, LockKey, LockoutRules, OneClient, PolicyStore,
+    SeatRules, SessionKey, SessionState, Timeouts,
 };
 use crate::clock::{Clock, ManualClock, Timestamp};
 
@@ -140,11 +140,80 @@ fn admitted(outcome: AdmitOutcome) -> (super::Session, Option<SessionKey>, Vec<S
     }
 }
 
+/// `a` admitted under `rules`, or a panic naming what happened instead.
+async fn admit(
+    store: &Arc<dyn PolicyStore>,
+    a: Admission,
+    rules: SeatRules,
+) -> (super::Session, Option<SessionKey>, Vec<SessionKey>) {
+    admitted(store.admit(a, rules).await.unwrap().outcome)
+}
+
+/// A fresh store, and the instant a check starts at.
+async fn open(b: &mut impl Backend) -> (Arc<dyn PolicyStore>, Timestamp) {
+    (b.open().await, t0())
+}
+
+/// A fresh store where `ann` holds session `k1` from client `c1`, admitted under `rules` at the
+/// instant the check starts, which is returned with it.
+async fn open_with_ann(
+    b: &mut impl Backend,
+    rules: SeatRules,
+) -> (Arc<dyn PolicyStore>, Timestamp) {
+    let (store, now) = open(b).await;
+    admit(&store, admission("k1", "ann", "c1", now), rules).await;
+    (store, now)
+}
+
+/// The keys of the sessions a call ended, each with why.
+fn keys_ended(ended: &[(super::Session, EndReason)]) -> Vec<(&str, EndReason)> {
+    ended
+        .iter()
+        .map(|(s, why)| (s.key.0.as_str(), *why))
+        .collect()
+}
+
 async fn state(store: &Arc<dyn PolicyStore>, key: &str, now: Timestamp) -> SessionState {
     store
         .session(&SessionKey(key.into()), now, false, timeouts())
         .await
         .unwrap()
+}
+
+/// Session `key` is live a millisecond before `from + after`, and at that instant the lookup
+/// finds it ended for `reason`.
+async fn assert_ends_at(
+    store: &Arc<dyn PolicyStore>,
+    key: &str,
+    (from, after): (Timestamp, Duration),
+    reason: EndReason,
+) {
+    let before = state(store, key, from + (after - MS)).await;
+    assert!(matches!(before, SessionState::Live(_)), "{key}: {before:?}");
+    let at = state(store, key, from + after).await;
+    assert!(
+        matches!(at, SessionState::Ended(_, why) if why == reason),
+        "{key} at {}: {at:?}",
+        from + after
+    );
+}
+
+/// The lock in force on `key` at `now`, if any.
+async fn lock_at(store: &Arc<dyn PolicyStore>, key: &LockKey, now: Timestamp) -> Option<Lock> {
+    store.lock_state(key, now).await.unwrap()
+}
+
+/// Ask for a place for a credential check under `key` at `now`.
+async fn begin(store: &Arc<dyn PolicyStore>, key: &LockKey, now: Timestamp) -> AttemptStart {
+    store.begin_attempt(key, now, lockout()).await.unwrap()
+}
+
+/// A place for a credential check under `key` at `now`, or a panic naming what happened instead.
+async fn ticket(store: &Arc<dyn PolicyStore>, key: &LockKey, now: Timestamp) -> AttemptTicket {
+    match begin(store, key, now).await {
+        AttemptStart::Proceed(ticket) => ticket,
+        other => panic!("no place for a check at {now}: {other:?}"),
+    }
 }
 
 /// One credential check under `key` at `now`: reserved, then finished with `result`.
@@ -154,13 +223,11 @@ async fn attempt(
     result: AttemptResult,
     now: Timestamp,
 ) -> AttemptEnd {
-    match store.begin_attempt(key, now, lockout()).await.unwrap() {
-        AttemptStart::Proceed(ticket) => store
-            .finish_attempt(ticket, result, now, lockout())
-            .await
-            .unwrap(),
-        other => panic!("no place for a check at {now}: {other:?}"),
-    }
+    let ticket = ticket(store, key, now).await;
+    store
+        .finish_attempt(ticket, result, now, lockout())
+        .await
+        .unwrap()
 }
 
 /// `failures` wrong passwords under `key`, one a second from `from`.
@@ -172,8 +239,7 @@ async fn fail(store: &Arc<dyn PolicyStore>, key: &LockKey, failures: u32, from: 
 
 /// Seats: the cap is exact however many admissions of different accounts arrive at once.
 pub async fn seats_cap_is_exact_under_many_parallel_admissions(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
+    let (store, now) = open(&mut b).await;
     let tasks: Vec<_> = (0..40)
         .map(|i| {
             let store = Arc::clone(&store);
@@ -201,30 +267,17 @@ pub async fn seats_cap_is_exact_under_many_parallel_admissions(mut b: impl Backe
 
 /// Seats: an account holding a seat logs in from another client with every seat taken.
 pub async fn seats_a_held_seat_needs_no_free_one(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
+    let (store, now) = open(&mut b).await;
     let rules = seats(2, OneClient::Replace);
     for (k, user) in [("k1", "ann"), ("k2", "bob")] {
-        admitted(
-            store
-                .admit(admission(k, user, k, now), rules)
-                .await
-                .unwrap()
-                .outcome,
-        );
+        admit(&store, admission(k, user, k, now), rules).await;
     }
     let refused = store.admit(admission("k3", "cat", "c3", now), rules).await;
     assert!(matches!(
         refused.unwrap().outcome,
         AdmitOutcome::LicenseFull { .. }
     ));
-    let (_, _, replaces) = admitted(
-        store
-            .admit(admission("k4", "ann", "c4", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (_, _, replaces) = admit(&store, admission("k4", "ann", "c4", now), rules).await;
     assert_eq!(replaces, vec![SessionKey("k1".into())]);
     let counts = store.counts(now).await.unwrap();
     assert_eq!(
@@ -237,16 +290,8 @@ pub async fn seats_a_held_seat_needs_no_free_one(mut b: impl Backend) {
 /// Seats: a session past its deadline holds no seat; the admission that finds the seats full
 /// ends it and takes the seat.
 pub async fn seats_expired_sessions_hold_no_seat(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
     let rules = seats(1, OneClient::Reject);
-    admitted(
-        store
-            .admit(admission("k1", "ann", "c1", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (store, now) = open_with_ann(&mut b, rules).await;
     let early = store
         .admit(admission("k2", "bob", "c2", now + (HOUR - MS)), rules)
         .await
@@ -260,26 +305,13 @@ pub async fn seats_expired_sessions_hold_no_seat(mut b: impl Backend) {
         .await
         .unwrap();
     admitted(at.outcome);
-    let ended: Vec<_> = at
-        .ended
-        .iter()
-        .map(|(s, why)| (s.key.0.as_str(), *why))
-        .collect();
-    assert_eq!(ended, vec![("k1", EndReason::Idle)]);
+    assert_eq!(keys_ended(&at.ended), vec![("k1", EndReason::Idle)]);
 }
 
 /// One client: under `reject`, a second client of a live account is refused, naming the first.
 pub async fn one_client_a_second_client_is_refused_under_reject(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
     let rules = seats(10, OneClient::Reject);
-    admitted(
-        store
-            .admit(admission("k1", "ann", "c1", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (store, now) = open_with_ann(&mut b, rules).await;
     match store
         .admit(admission("k2", "ann", "c2", now + SEC), rules)
         .await
@@ -310,19 +342,11 @@ pub async fn one_client_a_second_client_is_refused_under_reject(mut b: impl Back
 /// One client: under `replace`, or with a take-over under `reject`, the second client is
 /// admitted and told which sessions it replaces; they stay live until the engine ends them.
 pub async fn one_client_a_second_client_replaces_under_replace_or_takeover(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
     let reject = seats(10, OneClient::Reject);
-    admitted(
-        store
-            .admit(admission("k1", "ann", "c1", now), reject)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (store, now) = open_with_ann(&mut b, reject).await;
     let mut takeover = admission("k2", "ann", "c2", now);
     takeover.takeover = true;
-    let (_, renewed, replaces) = admitted(store.admit(takeover, reject).await.unwrap().outcome);
+    let (_, renewed, replaces) = admit(&store, takeover, reject).await;
     assert_eq!((renewed, replaces), (None, vec![SessionKey("k1".into())]));
     assert!(matches!(
         state(&store, "k1", now).await,
@@ -334,35 +358,16 @@ pub async fn one_client_a_second_client_replaces_under_replace_or_takeover(mut b
         .unwrap();
 
     let replace = seats(10, OneClient::Replace);
-    let (_, _, replaces) = admitted(
-        store
-            .admit(admission("k3", "ann", "c3", now), replace)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (_, _, replaces) = admit(&store, admission("k3", "ann", "c3", now), replace).await;
     assert_eq!(replaces, vec![SessionKey("k2".into())]);
 }
 
 /// One client: the same client logging in again renews its session under the new key.
 pub async fn one_client_the_same_client_renews_its_session(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
     let rules = seats(10, OneClient::Reject);
-    admitted(
-        store
-            .admit(admission("k1", "ann", "c1", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
-    let (session, renewed, replaces) = admitted(
-        store
-            .admit(admission("k2", "ann", "c1", now + MIN), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (store, now) = open_with_ann(&mut b, rules).await;
+    let (session, renewed, replaces) =
+        admit(&store, admission("k2", "ann", "c1", now + MIN), rules).await;
     assert_eq!(renewed, Some(SessionKey("k1".into())));
     assert!(replaces.is_empty());
     assert_eq!(session.started, now + MIN);
@@ -377,28 +382,13 @@ pub async fn one_client_the_same_client_renews_its_session(mut b: impl Backend) 
 /// Timeouts: a browser session ends at exactly `idle` after its last activity, an API session
 /// at `api_idle`; the lookup that finds it ended ends it.
 pub async fn idle_expiry_at_the_exact_instant(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
     let rules = seats(10, OneClient::Reject);
-    admitted(
-        store
-            .admit(admission("k1", "ann", "c1", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (store, now) = open_with_ann(&mut b, rules).await;
     let mut api = admission("k2", "bob", "c2", now);
     api.kind = ClientKind::Basic;
-    admitted(store.admit(api, rules).await.unwrap().outcome);
+    admit(&store, api, rules).await;
 
-    assert!(matches!(
-        state(&store, "k1", now + (HOUR - MS)).await,
-        SessionState::Live(_)
-    ));
-    assert!(matches!(
-        state(&store, "k1", now + HOUR).await,
-        SessionState::Ended(_, EndReason::Idle)
-    ));
+    assert_ends_at(&store, "k1", (now, HOUR), EndReason::Idle).await;
     assert!(matches!(
         state(&store, "k1", now + HOUR).await,
         SessionState::Unknown
@@ -423,16 +413,7 @@ pub async fn idle_expiry_at_the_exact_instant(mut b: impl Backend) {
 
 /// Timeouts: activity moves the idle deadline; a lookup without activity does not.
 pub async fn idle_activity_moves_the_deadline(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
-    let rules = seats(10, OneClient::Reject);
-    admitted(
-        store
-            .admit(admission("k1", "ann", "c1", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (store, now) = open_with_ann(&mut b, seats(10, OneClient::Reject)).await;
     let key = SessionKey("k1".into());
     let peek = store
         .session(&key, now + 30 * MIN, false, timeouts())
@@ -444,28 +425,12 @@ pub async fn idle_activity_moves_the_deadline(mut b: impl Backend) {
         .await
         .unwrap();
     assert!(matches!(touch, SessionState::Live(s) if s.last_activity == now + 40 * MIN));
-    assert!(matches!(
-        state(&store, "k1", now + (40 * MIN + HOUR - MS)).await,
-        SessionState::Live(_)
-    ));
-    assert!(matches!(
-        state(&store, "k1", now + 40 * MIN + HOUR).await,
-        SessionState::Ended(_, EndReason::Idle)
-    ));
+    assert_ends_at(&store, "k1", (now, 40 * MIN + HOUR), EndReason::Idle).await;
 }
 
 /// Timeouts: however busy, a session ends at exactly `absolute` after it began.
 pub async fn absolute_expiry_at_the_exact_instant(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
-    let rules = seats(10, OneClient::Reject);
-    admitted(
-        store
-            .admit(admission("k1", "ann", "c1", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (store, now) = open_with_ann(&mut b, seats(10, OneClient::Reject)).await;
     let key = SessionKey("k1".into());
     let mut t = now;
     while t + 30 * MIN < now + 12 * HOUR {
@@ -473,28 +438,12 @@ pub async fn absolute_expiry_at_the_exact_instant(mut b: impl Backend) {
         let s = store.session(&key, t, true, timeouts()).await.unwrap();
         assert!(matches!(s, SessionState::Live(_)), "{t}");
     }
-    assert!(matches!(
-        state(&store, "k1", now + (12 * HOUR - MS)).await,
-        SessionState::Live(_)
-    ));
-    assert!(matches!(
-        state(&store, "k1", now + 12 * HOUR).await,
-        SessionState::Ended(_, EndReason::Absolute)
-    ));
+    assert_ends_at(&store, "k1", (now, 12 * HOUR), EndReason::Absolute).await;
 }
 
 /// The sweep ends sessions at their deadline and lifts locks at their end, with no request.
 pub async fn sweep_ends_expired_sessions_and_lifts_locks(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
-    let rules = seats(10, OneClient::Reject);
-    admitted(
-        store
-            .admit(admission("k1", "ann", "c1", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (store, now) = open_with_ann(&mut b, seats(10, OneClient::Reject)).await;
     fail(&store, &LockKey::account("bob"), 5, now).await;
     let locked_at = now + 4 * SEC;
 
@@ -504,12 +453,7 @@ pub async fn sweep_ends_expired_sessions_and_lifts_locks(mut b: impl Backend) {
         .unwrap();
     assert!(early.ended.is_empty() && early.lifted.is_empty());
     let swept = store.sweep(now + HOUR, timeouts(), MIN).await.unwrap();
-    let ended: Vec<_> = swept
-        .ended
-        .iter()
-        .map(|(s, why)| (s.key.0.as_str(), *why))
-        .collect();
-    assert_eq!(ended, vec![("k1", EndReason::Idle)]);
+    assert_eq!(keys_ended(&swept.ended), vec![("k1", EndReason::Idle)]);
     assert!(
         swept.lifted.is_empty(),
         "the lock ends at {}",
@@ -527,8 +471,7 @@ pub async fn sweep_ends_expired_sessions_and_lifts_locks(mut b: impl Backend) {
 /// Lockout: five failures within a minute lock for an hour, from the fifth; the lock lifts at
 /// exactly its end, and the window starts afresh.
 pub async fn lockout_five_failures_in_a_minute_lock_for_an_hour(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
+    let (store, now) = open(&mut b).await;
     let key = LockKey::account("ann");
     for i in 0..4u32 {
         let end = attempt(&store, &key, AttemptResult::Rejected, now + SEC * i).await;
@@ -543,16 +486,10 @@ pub async fn lockout_five_failures_in_a_minute_lock_for_an_hour(mut b: impl Back
         (lock.since, lock.until, lock.failures, lock.by_admin),
         (fifth, fifth + HOUR, 5, false)
     );
-    let during = store
-        .begin_attempt(&key, fifth + (HOUR - MS), lockout())
-        .await
-        .unwrap();
+    let during = begin(&store, &key, fifth + (HOUR - MS)).await;
     assert!(matches!(during, AttemptStart::Locked(l) if l == lock));
-    assert_eq!(
-        store.lock_state(&key, fifth + (HOUR - MS)).await.unwrap(),
-        Some(lock)
-    );
-    assert_eq!(store.lock_state(&key, fifth + HOUR).await.unwrap(), None);
+    assert_eq!(lock_at(&store, &key, fifth + (HOUR - MS)).await, Some(lock));
+    assert_eq!(lock_at(&store, &key, fifth + HOUR).await, None);
     let after = attempt(&store, &key, AttemptResult::Rejected, fifth + HOUR).await;
     assert_eq!(after, AttemptEnd::Counted { failures: 1 });
 }
@@ -560,8 +497,7 @@ pub async fn lockout_five_failures_in_a_minute_lock_for_an_hour(mut b: impl Back
 /// Lockout: the window slides (a failure a minute old no longer counts), and a right password
 /// does not clear it.
 pub async fn lockout_the_window_slides(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
+    let (store, now) = open(&mut b).await;
     let key = LockKey::account("ann");
     for s in [0u32, 10, 20, 30] {
         attempt(&store, &key, AttemptResult::Rejected, now + SEC * s).await;
@@ -584,28 +520,17 @@ pub async fn lockout_the_window_slides(mut b: impl Backend) {
 /// Lockout: failures plus checks in flight never exceed the threshold; a check that gives no
 /// verdict counts nothing and frees its place.
 pub async fn lockout_checks_in_flight_hold_places(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
+    let (store, now) = open(&mut b).await;
     let key = LockKey::account("ann");
     fail(&store, &key, 2, now).await;
     let mut tickets: Vec<AttemptTicket> = Vec::new();
     for _ in 0..3 {
-        match store
-            .begin_attempt(&key, now + 5 * SEC, lockout())
-            .await
-            .unwrap()
-        {
-            AttemptStart::Proceed(t) => tickets.push(t),
-            other => panic!("{other:?}"),
-        }
+        tickets.push(ticket(&store, &key, now + 5 * SEC).await);
     }
     let ids: HashSet<u64> = tickets.iter().map(|t| t.id).collect();
     assert_eq!(ids.len(), 3, "each place is its own");
     assert!(matches!(
-        store
-            .begin_attempt(&key, now + 5 * SEC, lockout())
-            .await
-            .unwrap(),
+        begin(&store, &key, now + 5 * SEC).await,
         AttemptStart::Busy
     ));
     let aborted = tickets.pop().unwrap();
@@ -615,10 +540,7 @@ pub async fn lockout_checks_in_flight_hold_places(mut b: impl Backend) {
         .unwrap();
     assert_eq!(end, AttemptEnd::Done);
     assert!(matches!(
-        store
-            .begin_attempt(&key, now + 6 * SEC, lockout())
-            .await
-            .unwrap(),
+        begin(&store, &key, now + 6 * SEC).await,
         AttemptStart::Proceed(_)
     ));
 }
@@ -626,15 +548,10 @@ pub async fn lockout_checks_in_flight_hold_places(mut b: impl Backend) {
 /// Lockout: an administrator's lock holds for its time (never shortening a longer one), and
 /// an unlock lifts every lock of the account and clears its failures.
 pub async fn lockout_admin_lock_and_unlock(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
+    let (store, now) = open(&mut b).await;
     let key = LockKey::account("ann");
     fail(&store, &key, 5, now).await;
-    let by_failures = store
-        .lock_state(&key, now + 5 * SEC)
-        .await
-        .unwrap()
-        .unwrap();
+    let by_failures = lock_at(&store, &key, now + 5 * SEC).await.unwrap();
     let admin = store
         .lock_account(
             "ann",
@@ -652,7 +569,7 @@ pub async fn lockout_admin_lock_and_unlock(mut b: impl Backend) {
 
     let u = store.unlock_account("ann").await.unwrap();
     assert_eq!(u.lifted.len(), 1);
-    assert_eq!(store.lock_state(&key, now + 6 * SEC).await.unwrap(), None);
+    assert_eq!(lock_at(&store, &key, now + 6 * SEC).await, None);
     fail(&store, &key, 3, now + 10 * SEC).await;
     let u = store.unlock_account("ann").await.unwrap();
     assert_eq!((u.lifted.len(), u.windows_cleared), (0, 1));
@@ -670,49 +587,34 @@ pub async fn lockout_admin_lock_and_unlock(mut b: impl Backend) {
         (lock.since, lock.until, lock.failures),
         (now, now + 2 * HOUR, 0)
     );
-    let start = store
-        .begin_attempt(&LockKey::account("bob"), now + HOUR, lockout())
-        .await;
-    assert!(matches!(start.unwrap(), AttemptStart::Locked(l) if l.by_admin));
+    let start = begin(&store, &LockKey::account("bob"), now + HOUR).await;
+    assert!(matches!(start, AttemptStart::Locked(l) if l.by_admin));
 }
 
 /// Lockout: under `account+ip`, failures lock one address; an account-wide lock holds for all.
 pub async fn lockout_account_wide_lock_holds_for_every_address(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
+    let (store, now) = open(&mut b).await;
     let from = |ip: &str| LockKey {
         account: "ann".into(),
         ip: Some(ip.parse().unwrap()),
     };
     fail(&store, &from("192.0.2.1"), 5, now).await;
-    assert!(store
-        .lock_state(&from("192.0.2.1"), now + 5 * SEC)
+    assert!(lock_at(&store, &from("192.0.2.1"), now + 5 * SEC)
         .await
-        .unwrap()
         .is_some());
-    assert!(store
-        .lock_state(&from("192.0.2.2"), now + 5 * SEC)
+    assert!(lock_at(&store, &from("192.0.2.2"), now + 5 * SEC)
         .await
-        .unwrap()
         .is_none());
-    assert!(store
-        .lock_state(&LockKey::account("ann"), now)
+    assert!(lock_at(&store, &LockKey::account("ann"), now)
         .await
-        .unwrap()
         .is_none());
     store
         .lock_account("ann", AccountKind::Directory, now, now + 2 * HOUR)
         .await
         .unwrap();
-    let other = store
-        .lock_state(&from("192.0.2.2"), now + HOUR)
-        .await
-        .unwrap();
+    let other = lock_at(&store, &from("192.0.2.2"), now + HOUR).await;
     assert!(matches!(other, Some(l) if l.by_admin));
-    let one = store
-        .lock_state(&from("192.0.2.1"), now + 5 * SEC)
-        .await
-        .unwrap();
+    let one = lock_at(&store, &from("192.0.2.1"), now + 5 * SEC).await;
     assert_eq!(
         one.unwrap().until,
         now + 2 * HOUR,
@@ -727,65 +629,37 @@ pub async fn lockout_and_sessions_survive_a_restart(mut b: impl Backend) {
     if !b.durable() {
         return;
     }
-    let store = b.open().await;
-    let now = t0();
+    let (store, now) = open(&mut b).await;
     fail(&store, &LockKey::account("ann"), 5, now).await;
     store
         .lock_account("bob", AccountKind::Local, now, now + 2 * HOUR)
         .await
         .unwrap();
     let rules = seats(10, OneClient::Reject);
-    admitted(
-        store
-            .admit(admission("k1", "cat", "c1", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    admit(&store, admission("k1", "cat", "c1", now), rules).await;
     let before = store.lockouts(now + 10 * SEC).await.unwrap();
     assert_eq!(before.len(), 2);
     drop(store);
 
     let store = b.open().await;
     assert_eq!(store.lockouts(now + 10 * SEC).await.unwrap(), before);
-    assert!(matches!(
-        state(&store, "k1", now + (HOUR - MS)).await,
-        SessionState::Live(_)
-    ));
-    assert!(matches!(
-        state(&store, "k1", now + HOUR).await,
-        SessionState::Ended(_, EndReason::Idle)
-    ));
+    assert_ends_at(&store, "k1", (now, HOUR), EndReason::Idle).await;
 }
 
 /// Account kinds: a session and a lock keep whose account they are, and the gauges count local
 /// accounts apart.
 pub async fn account_kinds_are_kept_and_counted(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
+    let (store, now) = open(&mut b).await;
     let rules = seats(10, OneClient::Reject);
     let mut local = admission("k1", "ann", "c1", now);
     local.account_kind = AccountKind::Local;
-    let (s, _, _) = admitted(store.admit(local, rules).await.unwrap().outcome);
+    let (s, _, _) = admit(&store, local, rules).await;
     assert_eq!(s.account_kind, AccountKind::Local);
-    admitted(
-        store
-            .admit(admission("k2", "bob", "c2", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    admit(&store, admission("k2", "bob", "c2", now), rules).await;
 
     let key = LockKey::account("cat");
     for i in 0..5u32 {
-        let mut ticket = match store
-            .begin_attempt(&key, now + SEC * i, lockout())
-            .await
-            .unwrap()
-        {
-            AttemptStart::Proceed(t) => t,
-            other => panic!("{other:?}"),
-        };
+        let mut ticket = ticket(&store, &key, now + SEC * i).await;
         ticket.account_kind = AccountKind::Local;
         let end = store
             .finish_attempt(ticket, AttemptResult::Rejected, now + SEC * i, lockout())
@@ -813,23 +687,9 @@ pub async fn account_kinds_are_kept_and_counted(mut b: impl Backend) {
 
 /// Counts: seats are accounts, sessions are sessions, locks and windows as they stand at `now`.
 pub async fn counts_seats_sessions_locks_and_windows(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
     let rules = seats(10, OneClient::Replace);
-    admitted(
-        store
-            .admit(admission("k1", "ann", "c1", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
-    admitted(
-        store
-            .admit(admission("k2", "ann", "c2", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (store, now) = open_with_ann(&mut b, rules).await;
+    admit(&store, admission("k2", "ann", "c2", now), rules).await;
     fail(&store, &LockKey::account("bob"), 2, now).await;
     let ip_key = LockKey {
         account: "cat".into(),
@@ -859,16 +719,7 @@ pub async fn counts_seats_sessions_locks_and_windows(mut b: impl Backend) {
 /// Bearer tokens: a token leads to the session it was tied to, counts as its activity, and ends
 /// with it.
 pub async fn bearer_tokens_lead_to_their_session_and_die_with_it(mut b: impl Backend) {
-    let store = b.open().await;
-    let now = t0();
-    let rules = seats(10, OneClient::Reject);
-    admitted(
-        store
-            .admit(admission("k1", "ann", "c1", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    let (store, now) = open_with_ann(&mut b, seats(10, OneClient::Reject)).await;
     let key = SessionKey("k1".into());
     let bearer = SessionKey("b1".into());
     assert!(store.add_bearer(&key, bearer.clone()).await.unwrap());
@@ -925,32 +776,22 @@ pub async fn fail_closed_when_writes_fail(mut b: impl Backend) {
         SessionState::Unknown
     ));
     fail(&dyn_store, &LockKey::account("bob"), 5, now).await;
-    assert!(store
-        .lock_state(&LockKey::account("bob"), now + 5 * SEC)
+    assert!(lock_at(&dyn_store, &LockKey::account("bob"), now + 5 * SEC)
         .await
-        .unwrap()
         .is_some());
     assert!(store
         .lock_account("cat", AccountKind::Directory, now, now + HOUR)
         .await
         .is_err());
-    assert!(store
-        .lock_state(&LockKey::account("cat"), now)
+    assert!(lock_at(&dyn_store, &LockKey::account("cat"), now)
         .await
-        .unwrap()
         .is_some());
     assert!(store.probe().await.is_err());
     assert!(store.flush().await.is_err());
 
     store.refuse_writes(false);
     store.flush().await.unwrap();
-    admitted(
-        store
-            .admit(admission("k2", "ann", "c1", now), rules)
-            .await
-            .unwrap()
-            .outcome,
-    );
+    admit(&dyn_store, admission("k2", "ann", "c1", now), rules).await;
     let locks = store.lockouts(now + 10 * SEC).await.unwrap();
     assert_eq!(locks.len(), 2);
     drop((store, dyn_store));
