@@ -118,6 +118,26 @@ impl Observer for Recorder {
     }
 }
 
+/// A login request of `user` with `password`, from `ip` and `client`, by the tests' agent and
+/// with no take-over.
+fn request<'a>(
+    user: &'a str,
+    password: &'a str,
+    ip: &str,
+    client: &str,
+    kind: ClientKind,
+) -> LoginRequest<'a> {
+    LoginRequest {
+        username: user,
+        password,
+        ip: ip.parse().unwrap(),
+        agent: "test-agent/1.0",
+        client: ClientId(client.into()),
+        kind,
+        takeover: false,
+    }
+}
+
 struct Harness {
     policy: Policy,
     clock: ManualClock,
@@ -234,13 +254,8 @@ impl Harness {
         self.policy
             .login(
                 LoginRequest {
-                    username: user,
-                    password,
-                    ip: ip.parse().unwrap(),
-                    agent: "test-agent/1.0",
-                    client: ClientId(client.into()),
-                    kind,
                     takeover,
+                    ..request(user, password, ip, client, kind)
                 },
                 &self.directory,
             )
@@ -264,6 +279,13 @@ impl Harness {
             false,
         )
         .await
+    }
+
+    /// `n` wrong passwords for `user`, whatever each is answered.
+    async fn wrongs(&self, user: &str, n: usize) {
+        for _ in 0..n {
+            self.wrong(user).await.ok();
+        }
     }
 
     async fn seats(&self) -> usize {
@@ -367,9 +389,7 @@ async fn exactly_sixty_seconds_apart_is_outside_the_window() {
 #[tokio::test]
 async fn the_lock_lifts_at_exactly_one_hour_by_itself() {
     let h = Harness::new(contract_defaults());
-    for _ in 0..5 {
-        h.wrong("ann").await.ok();
-    }
+    h.wrongs("ann", 5).await;
     let lock = h.locked("ann").await.expect("locked");
     assert_eq!(lock.until, lock.since + HOUR);
     assert_eq!(lock.failures, 5);
@@ -395,9 +415,7 @@ async fn the_lock_lifts_at_exactly_one_hour_by_itself() {
 #[tokio::test]
 async fn after_a_lock_lifts_the_count_starts_afresh() {
     let h = Harness::new(contract_defaults());
-    for _ in 0..5 {
-        h.wrong("ann").await.ok();
-    }
+    h.wrongs("ann", 5).await;
     h.advance(HOUR);
     for _ in 0..4 {
         assert!(is_bad(&h.wrong("ann").await));
@@ -410,9 +428,7 @@ async fn a_right_password_does_not_reset_the_window() {
     // Every wrong attempt inside the window counts: an attacker gains no guesses from the
     // owner's logins in between.
     let h = Harness::new(contract_defaults());
-    for _ in 0..4 {
-        h.wrong("ann").await.ok();
-    }
+    h.wrongs("ann", 4).await;
     let s = h.browser("ann", "c1").await.unwrap();
     h.policy
         .end(&s.session.key, EndReason::Logout)
@@ -480,9 +496,7 @@ async fn an_admin_lock_placed_during_a_check_wins_over_its_right_password() {
 #[tokio::test]
 async fn a_failure_lock_never_shortens_an_admin_lock() {
     let h = Harness::new(contract_defaults());
-    for _ in 0..5 {
-        h.wrong("ann").await.ok();
-    }
+    h.wrongs("ann", 5).await;
     let failure_lock = h.locked("ann").await.unwrap();
     let admin = h
         .policy
@@ -579,9 +593,7 @@ async fn a_directory_outage_counts_nothing_and_locks_nobody() {
 async fn a_lockout_does_not_end_live_sessions() {
     let h = Harness::new(contract_defaults());
     let s = h.browser("ann", "c1").await.unwrap();
-    for _ in 0..5 {
-        h.wrong("ann").await.ok();
-    }
+    h.wrongs("ann", 5).await;
     assert!(h.locked("ann").await.is_some());
     assert!(h.live(&s, "/aspera/faspex/inbox").await.is_ok());
     assert_eq!(h.seats().await, 1);
@@ -661,12 +673,8 @@ async fn account_plus_ip_keeps_other_addresses_out_of_the_lock() {
 #[tokio::test]
 async fn unlock_clears_the_lock_and_the_failure_windows() {
     let h = Harness::new(contract_defaults());
-    for _ in 0..5 {
-        h.wrong("ann").await.ok();
-    }
-    for _ in 0..3 {
-        h.wrong("bob").await.ok();
-    }
+    h.wrongs("ann", 5).await;
+    h.wrongs("bob", 3).await;
     let u = h.policy.unlock("ANN").await.unwrap();
     assert_eq!(u.lifted.len(), 1);
     assert_eq!(h.events.count("unlock ann 1"), 1);
@@ -767,9 +775,7 @@ async fn the_sweeper_task_runs_on_its_own_within_a_second() {
     let h = Harness::new(contract_defaults());
     let sweeper = h.policy.spawn_sweeper();
     h.browser("ann", "c1").await.unwrap();
-    for _ in 0..5 {
-        h.wrong("bob").await.ok();
-    }
+    h.wrongs("bob", 5).await;
     assert_eq!(h.policy.status().await.unwrap().accounts_locked, 1);
     h.advance(HOUR);
     let started = std::time::Instant::now();
@@ -1326,12 +1332,8 @@ async fn churn_of_logins_logouts_and_expiries_leaves_seats_equal_to_live_session
 #[tokio::test]
 async fn locks_sessions_and_windows_survive_a_restart() {
     let h = Harness::new(contract_defaults());
-    for _ in 0..5 {
-        h.wrong("ann").await.ok();
-    }
-    for _ in 0..3 {
-        h.wrong("bob").await.ok();
-    }
+    h.wrongs("ann", 5).await;
+    h.wrongs("bob", 3).await;
     let lock = h.locked("ann").await.unwrap();
     let s = h.browser("cat", "c1").await.unwrap();
     h.advance(Duration::from_secs(10));
@@ -1370,9 +1372,7 @@ async fn a_million_sprayed_usernames_stay_under_the_bound_and_a_victims_lock_sta
     let mut cfg = contract_defaults();
     cfg.max_tracked_usernames = 100_000;
     let h = Harness::new(cfg.clone());
-    for _ in 0..5 {
-        h.wrong("victim").await.ok();
-    }
+    h.wrongs("victim", 5).await;
     let lock = h.locked("victim").await.unwrap();
     // The spray goes straight at the store's lockout steps: the engine's throttles would stop a
     // real spray long before a million.
@@ -1409,36 +1409,44 @@ async fn a_million_sprayed_usernames_stay_under_the_bound_and_a_victims_lock_sta
     assert_eq!(h.locked("victim").await, Some(lock));
 }
 
+/// Why the store in `folder` will not open.
+fn open_refused(folder: &std::path::Path) -> String {
+    EmbeddedStore::open(folder)
+        .err()
+        .expect("refused")
+        .to_string()
+}
+
+/// Write `key` = `value` into `table` of the store file in `folder`, behind the store's back.
+fn write_raw<V: redb::Value + 'static>(
+    folder: &std::path::Path,
+    table: &str,
+    key: &str,
+    value: V::SelfType<'_>,
+) {
+    let db = redb::Database::create(folder.join("state.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(redb::TableDefinition::<&str, V>::new(table))
+        .unwrap()
+        .insert(key, value)
+        .unwrap();
+    txn.commit().unwrap();
+}
+
 #[tokio::test]
 async fn a_bad_store_file_is_refused_by_name() {
     // Corrupt.
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join(crate::store::embedded::FILE_NAME);
     std::fs::write(&file, vec![0x5a; 64 * 1024]).unwrap();
-    let err = EmbeddedStore::open(tmp.path())
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = open_refused(tmp.path());
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert!(err.contains("corrupt") || err.contains("cannot"), "{err}");
 
     // From a future schema.
     let tmp = tempfile::tempdir().unwrap();
-    {
-        let db = redb::Database::create(tmp.path().join("state.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut meta = txn
-                .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
-                .unwrap();
-            meta.insert("schema_version", 99).unwrap();
-        }
-        txn.commit().unwrap();
-    }
-    let err = EmbeddedStore::open(tmp.path())
-        .err()
-        .expect("refused")
-        .to_string();
+    write_raw::<u64>(tmp.path(), "meta", "schema_version", 99);
+    let err = open_refused(tmp.path());
     assert!(err.contains("newer faspex-gate (schema 99"), "{err}");
 
     // A record that does not parse.
@@ -1446,38 +1454,21 @@ async fn a_bad_store_file_is_refused_by_name() {
     {
         let s = EmbeddedStore::open(tmp.path()).unwrap();
         s.close().await.unwrap();
-        let db = redb::Database::create(tmp.path().join("state.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut t = txn
-                .open_table(redb::TableDefinition::<&str, &[u8]>::new("locks"))
-                .unwrap();
-            t.insert("ann", b"{not json".as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
+        write_raw::<&[u8]>(tmp.path(), "locks", "ann", b"{not json");
     }
-    let err = EmbeddedStore::open(tmp.path())
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = open_refused(tmp.path());
     assert!(err.contains("is corrupt: lock \"ann\""), "{err}");
 
     // Unwritable: the folder cannot be made (its parent is a file).
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("file"), b"x").unwrap();
-    let err = EmbeddedStore::open(&tmp.path().join("file/store"))
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = open_refused(&tmp.path().join("file/store"));
     assert!(err.contains("state.redb"), "{err}");
 
     // In use by another process (or another store in this one).
     let tmp = tempfile::tempdir().unwrap();
     let _first = EmbeddedStore::open(tmp.path()).unwrap();
-    let err = EmbeddedStore::open(tmp.path())
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = open_refused(tmp.path());
     assert!(err.contains("in use"), "{err}");
 }
 
@@ -1557,13 +1548,8 @@ async fn forty_addresses_at_once_get_exactly_the_ceiling_and_the_rest_429_uncoun
                 let r = policy
                     .login(
                         LoginRequest {
-                            username: &user,
-                            password: "wrong",
-                            ip: ip.parse().unwrap(),
                             agent: "spray",
-                            client: ClientId(format!("c{i}")),
-                            kind: ClientKind::Browser,
-                            takeover: false,
+                            ..request(&user, "wrong", &ip, &format!("c{i}"), ClientKind::Browser)
                         },
                         &dir,
                     )
@@ -1691,13 +1677,8 @@ impl Harness {
         self.policy
             .recheck(
                 &LoginRequest {
-                    username: user,
-                    password,
-                    ip: "192.0.2.50".parse().unwrap(),
                     agent: "curl/8",
-                    client: ClientId("api".into()),
-                    kind: ClientKind::Basic,
-                    takeover: false,
+                    ..request(user, password, "192.0.2.50", "api", ClientKind::Basic)
                 },
                 &self.directory,
             )
@@ -1778,9 +1759,7 @@ async fn an_automatic_lockout_leaves_the_real_users_api_session_working() {
     // cut the real user off.
     let h = Harness::new(contract_defaults());
     h.basic("ann", "pw-ann").await.unwrap();
-    for _ in 0..5 {
-        h.wrong("ann").await.ok();
-    }
+    h.wrongs("ann", 5).await;
     assert!(h.locked("ann").await.is_some());
     assert_eq!(h.recheck("ann", "pw-ann").await.unwrap(), Rechecked::Cached);
     assert!(matches!(
@@ -1904,13 +1883,8 @@ impl Harness {
         self.policy
             .login_pending(
                 LoginRequest {
-                    username: user,
-                    password: &pw,
-                    ip: "192.0.2.60".parse().unwrap(),
                     agent: "curl/8",
-                    client: ClientId(format!("c-{user}")),
-                    kind,
-                    takeover: false,
+                    ..request(user, &pw, "192.0.2.60", &format!("c-{user}"), kind)
                 },
                 &self.directory,
             )
@@ -2049,13 +2023,8 @@ async fn a_take_over_faspex_refuses_leaves_the_other_client_signed_in() {
     let h = Harness::new(contract_defaults());
     let first = h.browser("ann", "a").await.unwrap();
     let takeover = |client: &'static str| LoginRequest {
-        username: "ann",
-        password: "pw-ann",
-        ip: "192.0.2.1".parse().unwrap(),
-        agent: "test-agent/1.0",
-        client: ClientId(client.into()),
-        kind: ClientKind::Browser,
         takeover: true,
+        ..request("ann", "pw-ann", "192.0.2.1", client, ClientKind::Browser)
     };
     // Faspex refuses the new login: the first client keeps its session.
     let p = h
@@ -2198,15 +2167,7 @@ async fn login_to(
     let directory: Arc<dyn Directory> = d.clone();
     h.policy
         .login(
-            LoginRequest {
-                username: user,
-                password,
-                ip: "192.0.2.1".parse().unwrap(),
-                agent: "test-agent/1.0",
-                client: ClientId(client.into()),
-                kind: ClientKind::Browser,
-                takeover: false,
-            },
+            request(user, password, "192.0.2.1", client, ClientKind::Browser),
             &directory,
         )
         .await
@@ -2334,13 +2295,14 @@ async fn names_are_looked_up_again_after_the_cache_ttl_and_basic_callers_ride_th
     let d = EntryDirectory::new();
     let directory: Arc<dyn Directory> = d.clone();
     let req = LoginRequest {
-        username: "Bob Jones",
-        password: "pw-bob",
-        ip: "192.0.2.1".parse().unwrap(),
         agent: "curl/8",
-        client: ClientId("basic:1".into()),
-        kind: ClientKind::Basic,
-        takeover: false,
+        ..request(
+            "Bob Jones",
+            "pw-bob",
+            "192.0.2.1",
+            "basic:1",
+            ClientKind::Basic,
+        )
     };
     assert_eq!(
         h.policy.account("Bob Jones").as_deref(),
@@ -2461,14 +2423,26 @@ fn local_login(
     password: &'static str,
     kind: ClientKind,
 ) -> LoginRequest<'static> {
-    LoginRequest {
-        username: user,
+    request(
+        user,
         password,
-        ip: "192.0.2.1".parse().unwrap(),
-        agent: "test-agent/1.0",
-        client: ClientId(format!("c-{user}-{password}")),
+        "192.0.2.1",
+        &format!("c-{user}-{password}"),
         kind,
-        takeover: false,
+    )
+}
+
+impl Harness {
+    /// A login of `user` with `password` by [`local_login`], up to Faspex's verdict.
+    async fn local_pending(
+        &self,
+        user: &'static str,
+        password: &'static str,
+        kind: ClientKind,
+    ) -> Result<PendingLogin, LoginRefused> {
+        self.policy
+            .login_pending(local_login(user, password, kind), &self.directory)
+            .await
     }
 }
 
@@ -2531,11 +2505,7 @@ async fn parallel_guesses_at_a_faspex_account_reach_faspex_at_most_the_threshold
     // Spellings Faspex takes for the same account are locked with it.
     for spelling in ["collab", "COLLAB ", "cöllab"] {
         let r = h
-            .policy
-            .login_pending(
-                local_login(spelling, "pw-collab", ClientKind::Browser),
-                &h.directory,
-            )
+            .local_pending(spelling, "pw-collab", ClientKind::Browser)
             .await;
         assert!(
             matches!(r, Err(LoginRefused::AccountLocked { .. })),
@@ -2545,11 +2515,7 @@ async fn parallel_guesses_at_a_faspex_account_reach_faspex_at_most_the_threshold
     // The administrator lifts it by any of them.
     assert_eq!(h.policy.unlock("Cöllab").await.unwrap().lifted.len(), 1);
     let p = h
-        .policy
-        .login_pending(
-            local_login("collab", "pw-collab", ClientKind::Browser),
-            &h.directory,
-        )
+        .local_pending("collab", "pw-collab", ClientKind::Browser)
         .await
         .unwrap();
     let admitted = p.confirm().await;
@@ -2563,10 +2529,7 @@ async fn parallel_guesses_at_a_faspex_account_reach_faspex_at_most_the_threshold
 async fn directory_accounts_never_fall_through_to_the_local_check() {
     let (h, d, f) = local_harness(LocalAccounts::Faspex);
     for kind in [ClientKind::Basic, ClientKind::Browser] {
-        let r = h
-            .policy
-            .login_pending(local_login("bob", "faspex-only-bob", kind), &h.directory)
-            .await;
+        let r = h.local_pending("bob", "faspex-only-bob", kind).await;
         assert!(matches!(r, Err(LoginRefused::BadCredentials)), "{r:?}");
     }
     assert_eq!(f.asked(), 0, "Faspex never saw a directory user's guess");
@@ -2574,13 +2537,7 @@ async fn directory_accounts_never_fall_through_to_the_local_check() {
     d.down.store(true, Ordering::SeqCst);
     h.advance(HOUR);
     for user in ["bob", "collab", "nobody"] {
-        let r = h
-            .policy
-            .login_pending(
-                local_login(user, "pw-collab", ClientKind::Basic),
-                &h.directory,
-            )
-            .await;
+        let r = h.local_pending(user, "pw-collab", ClientKind::Basic).await;
         assert!(
             matches!(r, Err(LoginRefused::DirectoryUnavailable)),
             "{user}: {r:?}"
@@ -2595,11 +2552,7 @@ async fn directory_accounts_never_fall_through_to_the_local_check() {
 async fn basic_callers_with_faspex_accounts_are_checked_by_faspex() {
     let (h, _d, f) = local_harness(LocalAccounts::Faspex);
     let p = h
-        .policy
-        .login_pending(
-            local_login("collab", "pw-collab", ClientKind::Basic),
-            &h.directory,
-        )
+        .local_pending("collab", "pw-collab", ClientKind::Basic)
         .await
         .unwrap();
     assert!(
@@ -2613,13 +2566,7 @@ async fn basic_callers_with_faspex_accounts_are_checked_by_faspex() {
 
     f.down.store(true, Ordering::SeqCst);
     for _ in 0..10 {
-        let r = h
-            .policy
-            .login_pending(
-                local_login("collab", "wrong", ClientKind::Basic),
-                &h.directory,
-            )
-            .await;
+        let r = h.local_pending("collab", "wrong", ClientKind::Basic).await;
         assert!(matches!(r, Err(LoginRefused::FaspexUnavailable)), "{r:?}");
         assert_eq!(
             refusal_status(&r.unwrap_err()).0,
@@ -2632,13 +2579,7 @@ async fn basic_callers_with_faspex_accounts_are_checked_by_faspex() {
     );
     f.down.store(false, Ordering::SeqCst);
     for i in 0..5 {
-        let r = h
-            .policy
-            .login_pending(
-                local_login("collab", "wrong", ClientKind::Basic),
-                &h.directory,
-            )
-            .await;
+        let r = h.local_pending("collab", "wrong", ClientKind::Basic).await;
         if i < 4 {
             assert!(matches!(r, Err(LoginRefused::BadCredentials)), "{r:?}");
         } else {
@@ -2657,22 +2598,14 @@ async fn a_faspex_error_on_a_local_login_counts_nothing() {
     let (h, _d, _f) = local_harness(LocalAccounts::Faspex);
     for _ in 0..10 {
         let p = h
-            .policy
-            .login_pending(
-                local_login("collab", "guess", ClientKind::Browser),
-                &h.directory,
-            )
+            .local_pending("collab", "guess", ClientKind::Browser)
             .await
             .unwrap();
         p.refuse().await.unwrap();
     }
     // The client went away before Faspex answered: the same.
     let p = h
-        .policy
-        .login_pending(
-            local_login("collab", "guess", ClientKind::Browser),
-            &h.directory,
-        )
+        .local_pending("collab", "guess", ClientKind::Browser)
         .await
         .unwrap();
     drop(p);
@@ -2682,11 +2615,7 @@ async fn a_faspex_error_on_a_local_login_counts_nothing() {
     // And five real refusals still lock, as ever.
     for i in 0..5 {
         let p = h
-            .policy
-            .login_pending(
-                local_login("collab", "guess", ClientKind::Browser),
-                &h.directory,
-            )
+            .local_pending("collab", "guess", ClientKind::Browser)
             .await
             .unwrap();
         let r = p.reject().await;
@@ -2703,11 +2632,7 @@ async fn a_faspex_error_on_a_local_login_counts_nothing() {
 async fn the_users_file_checks_names_the_directory_does_not_know() {
     let (h, d, f) = local_harness(LocalAccounts::File);
     let p = h
-        .policy
-        .login_pending(
-            local_login("collab", "pw-collab", ClientKind::Browser),
-            &h.directory,
-        )
+        .local_pending("collab", "pw-collab", ClientKind::Browser)
         .await
         .unwrap();
     assert!(!p.faspex_checks());
@@ -2720,11 +2645,7 @@ async fn the_users_file_checks_names_the_directory_does_not_know() {
         "the directory was only asked whether it knows the name"
     );
     let r = h
-        .policy
-        .login_pending(
-            local_login("bob", "faspex-only-bob", ClientKind::Browser),
-            &h.directory,
-        )
+        .local_pending("bob", "faspex-only-bob", ClientKind::Browser)
         .await;
     assert!(matches!(r, Err(LoginRefused::BadCredentials)));
     assert_eq!(f.asked(), 1);
