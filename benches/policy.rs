@@ -7,21 +7,17 @@
 
 use std::sync::Arc;
 
+#[path = "../tests/engine.rs"]
+mod engine;
 #[path = "support/mod.rs"]
 mod support;
 
 use faspex_gate::auth::testing::TestDirectory;
 use faspex_gate::auth::Directory;
-use faspex_gate::clock::SystemClock;
 use faspex_gate::config::PolicyConfig;
-use faspex_gate::policy::{LoginRefused, LoginRequest, Observer, Policy, PolicyEvent};
+use faspex_gate::policy::{CheckRules, LoginRefused, LoginRequest, Policy};
 use faspex_gate::store::embedded::EmbeddedStore;
-use faspex_gate::store::{ClientId, ClientKind, EndReason};
-
-struct Quiet;
-impl Observer for Quiet {
-    fn event(&self, _: &PolicyEvent<'_>) {}
-}
+use faspex_gate::store::{EndReason, SessionToken};
 
 fn config(max_sessions: u32) -> PolicyConfig {
     PolicyConfig {
@@ -33,32 +29,47 @@ fn config(max_sessions: u32) -> PolicyConfig {
     }
 }
 
-fn engine(max_sessions: u32) -> (Policy, Arc<EmbeddedStore>, tempfile::TempDir) {
+/// What a measurement runs on: an engine over a fresh store in a temporary folder, and a
+/// directory that knows every account (it counts the checks it runs).
+struct Setup {
+    policy: Policy,
+    store: Arc<EmbeddedStore>,
+    dir: Arc<TestDirectory>,
+    directory: Arc<dyn Directory>,
+    _tmp: tempfile::TempDir,
+}
+
+fn setup(max_sessions: u32) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(tmp.path()).unwrap());
-    let policy = Policy::new(
-        config(max_sessions),
-        faspex_gate::policy::CheckRules {
-            max_checks_per_second: u32::MAX / 2,
-            ..Default::default()
-        },
-        store.clone(),
-        Arc::new(SystemClock),
-        Arc::new(Quiet),
-    );
-    (policy, store, tmp)
+    let checks = CheckRules {
+        max_checks_per_second: u32::MAX / 2,
+        ..Default::default()
+    };
+    let (policy, store) = engine::open(tmp.path(), config(max_sessions), checks);
+    let dir = TestDirectory::any_account();
+    Setup {
+        policy,
+        store,
+        directory: dir.clone(),
+        dir,
+        _tmp: tmp,
+    }
 }
 
 fn req<'a>(user: &'a str, password: &'a str, client: String) -> LoginRequest<'a> {
-    LoginRequest {
-        username: user,
-        password,
-        ip: "10.0.0.1".parse().unwrap(),
-        agent: "bench",
-        client: ClientId(client),
-        kind: ClientKind::Browser,
-        takeover: false,
+    engine::browser_login(user, password, "10.0.0.1", "bench", client)
+}
+
+/// Log `user0` to `user{n-1}` in with their right passwords, from clients `c0`, `c1` and so on.
+async fn log_in_users(s: &Setup, n: usize) -> Vec<SessionToken> {
+    let mut tokens = Vec::new();
+    for u in 0..n {
+        let user = format!("user{u}");
+        let pw = format!("pw-{user}");
+        let login = req(&user, &pw, format!("c{u}"));
+        tokens.push(s.policy.login(login, &s.directory).await.unwrap().token);
     }
+    tokens
 }
 
 fn rss_kib() -> u64 {
@@ -90,12 +101,9 @@ async fn main() {
     // Admissions: check + seat admission, each made durable before it returns, then a logout
     // (also durable) so the seat frees again.
     for workers in [1, 16, 64] {
-        let (policy, store, _tmp) = engine(1_000_000);
-        let dir = TestDirectory::any_account();
-        let directory: Arc<dyn Directory> = dir.clone();
+        let s = setup(1_000_000);
         let total = if workers == 1 { 500 } else { 5_000 };
-        let p = policy.clone();
-        let d = directory.clone();
+        let (p, d) = (s.policy.clone(), s.directory.clone());
         let rate = support::run(workers, total, move |i| {
             let (p, d) = (p.clone(), d.clone());
             async move {
@@ -106,35 +114,26 @@ async fn main() {
             }
         })
         .await;
-        assert_eq!(dir.checks(), total);
+        assert_eq!(s.dir.checks(), total);
         row(
             "login + logout (admission and end, both durable)",
             workers,
             rate,
         );
-        store.close().await.unwrap();
+        s.store.close().await.unwrap();
     }
 
     // The hot path: a request carrying a session cookie (lookup, deadline check, activity).
     {
-        let (policy, store, _tmp) = engine(10);
-        let dir = TestDirectory::any_account();
-        let directory: Arc<dyn Directory> = dir.clone();
-        let mut tokens = Vec::new();
-        for u in 0..10 {
-            let user = format!("user{u}");
-            let pw = format!("pw-{user}");
-            tokens.push(Arc::new(
-                policy
-                    .login(req(&user, &pw, format!("c{u}")), &directory)
-                    .await
-                    .unwrap()
-                    .token,
-            ));
-        }
+        let s = setup(10);
+        let tokens: Vec<_> = log_in_users(&s, 10)
+            .await
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         let tokens = Arc::new(tokens);
         for workers in [1, 16] {
-            let (p, t) = (policy.clone(), tokens.clone());
+            let (p, t) = (s.policy.clone(), tokens.clone());
             let rate = support::run(workers, 1_000_000, move |i| {
                 let (p, t) = (p.clone(), t.clone());
                 async move {
@@ -149,17 +148,14 @@ async fn main() {
                 rate,
             );
         }
-        store.close().await.unwrap();
+        s.store.close().await.unwrap();
     }
 
     // Lockout decisions that run a check: wrong guesses spread over many accounts (reserve,
     // check, count; written behind).
     for workers in [1, 16] {
-        let (policy, store, _tmp) = engine(10);
-        let dir = TestDirectory::any_account();
-        let directory: Arc<dyn Directory> = dir.clone();
-        let p = policy.clone();
-        let d = directory.clone();
+        let s = setup(10);
+        let (p, d) = (s.policy.clone(), s.directory.clone());
         let total = 200_000;
         let rate = support::run(workers, total, move |i| {
             let (p, d) = (p.clone(), d.clone());
@@ -172,25 +168,23 @@ async fn main() {
             }
         })
         .await;
-        assert_eq!(dir.checks(), total);
+        assert_eq!(s.dir.checks(), total);
         row(
             "wrong guess: reserve, check, count a failure",
             workers,
             rate,
         );
-        store.close().await.unwrap();
+        s.store.close().await.unwrap();
     }
 
     // Lockout decisions that refuse without a check: attempts on locked accounts.
     {
-        let (policy, store, _tmp) = engine(10);
-        let dir = TestDirectory::any_account();
-        let directory: Arc<dyn Directory> = dir.clone();
+        let s = setup(10);
         for a in 0..100 {
-            policy.lock(&format!("locked{a}"), None).await.unwrap();
+            s.policy.lock(&format!("locked{a}"), None).await.unwrap();
         }
         for workers in [1, 16] {
-            let (p, d) = (policy.clone(), directory.clone());
+            let (p, d) = (s.policy.clone(), s.directory.clone());
             let rate = support::run(workers, 500_000, move |i| {
                 let (p, d) = (p.clone(), d.clone());
                 async move {
@@ -206,17 +200,15 @@ async fn main() {
                 rate,
             );
         }
-        assert_eq!(dir.checks(), 0);
-        store.close().await.unwrap();
+        assert_eq!(s.dir.checks(), 0);
+        s.store.close().await.unwrap();
     }
 
     // Memory: fill every failure window with the longest names, and see what it costs.
     {
-        let (policy, store, _tmp) = engine(10);
-        let dir = TestDirectory::any_account();
-        let directory: Arc<dyn Directory> = dir.clone();
+        let s = setup(10);
         let before = rss_kib();
-        let (p, d) = (policy.clone(), directory.clone());
+        let (p, d) = (s.policy.clone(), s.directory.clone());
         let rate = support::run(16, 300_000, move |i| {
             let (p, d) = (p.clone(), d.clone());
             async move {
@@ -227,8 +219,8 @@ async fn main() {
             }
         })
         .await;
-        policy.flush().await.unwrap();
-        let st = policy.status().await.unwrap();
+        s.policy.flush().await.unwrap();
+        let st = s.policy.status().await.unwrap();
         let grown = rss_kib().saturating_sub(before);
         row(
             "spray of 300,000 distinct 256-byte names (wrong guesses)",
@@ -240,23 +232,14 @@ async fn main() {
             st.tracked_windows,
             grown / 1024
         );
-        store.close().await.unwrap();
+        s.store.close().await.unwrap();
     }
 
     // Refusals at a full cap (a check, then admission says no).
     {
-        let (policy, store, _tmp) = engine(10);
-        let dir = TestDirectory::any_account();
-        let directory: Arc<dyn Directory> = dir.clone();
-        for u in 0..10 {
-            let user = format!("user{u}");
-            let pw = format!("pw-{user}");
-            policy
-                .login(req(&user, &pw, format!("c{u}")), &directory)
-                .await
-                .unwrap();
-        }
-        let (p, d) = (policy.clone(), directory.clone());
+        let s = setup(10);
+        log_in_users(&s, 10).await;
+        let (p, d) = (s.policy.clone(), s.directory.clone());
         let rate = support::run(16, 200_000, move |i| {
             let (p, d) = (p.clone(), d.clone());
             async move {
@@ -272,6 +255,6 @@ async fn main() {
             16,
             rate,
         );
-        store.close().await.unwrap();
+        s.store.close().await.unwrap();
     }
 }

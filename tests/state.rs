@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use faspex_gate::auth::testing::TestDirectory;
 use faspex_gate::auth::Directory;
-use faspex_gate::clock::{SystemClock, Timestamp};
+use faspex_gate::clock::Timestamp;
 use faspex_gate::config::PolicyConfig;
-use faspex_gate::policy::{LoginRefused, LoginRequest, Observer, Policy, PolicyEvent};
+use faspex_gate::policy::{CheckRules, LoginRefused, LoginRequest, Policy};
 use faspex_gate::store::embedded::EmbeddedStore;
-use faspex_gate::store::{ClientId, ClientKind, SessionToken};
+use faspex_gate::store::SessionToken;
 
 use crate::util::{run_to_exit, ConfigBuilder, TestFiles};
 
@@ -21,25 +21,8 @@ const PHASE: &str = "FASPEX_GATE_TEST_CHILD_PHASE";
 const STORE: &str = "FASPEX_GATE_TEST_CHILD_STORE";
 const TOKEN: &str = "FASPEX_GATE_TEST_CHILD_TOKEN";
 
-struct Quiet;
-impl Observer for Quiet {
-    fn event(&self, _: &PolicyEvent<'_>) {}
-}
-
-fn policy_config() -> PolicyConfig {
-    PolicyConfig::default()
-}
-
 fn open(dir: &std::path::Path) -> (Policy, Arc<EmbeddedStore>) {
-    let store = Arc::new(EmbeddedStore::open(dir).expect("the store opens"));
-    let policy = Policy::new(
-        policy_config(),
-        faspex_gate::policy::CheckRules::default(),
-        store.clone(),
-        Arc::new(SystemClock),
-        Arc::new(Quiet),
-    );
-    (policy, store)
+    crate::engine::open(dir, PolicyConfig::default(), CheckRules::default())
 }
 
 /// Two users, passwords `pw-<name>`.
@@ -48,15 +31,13 @@ fn users() -> Arc<dyn Directory> {
 }
 
 fn request<'a>(user: &'a str, password: &'a str) -> LoginRequest<'a> {
-    LoginRequest {
-        username: user,
+    crate::engine::browser_login(
+        user,
         password,
-        ip: "192.0.2.1".parse().unwrap(),
-        agent: "test",
-        client: ClientId(format!("browser-{user}")),
-        kind: ClientKind::Browser,
-        takeover: false,
-    }
+        "192.0.2.1",
+        "test",
+        format!("browser-{user}"),
+    )
 }
 
 /// The "write" phase: five wrong guesses lock `ann`, and `bob` logs in. Returns the unlock time,

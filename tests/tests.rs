@@ -1,6 +1,7 @@
 //! The one integration-test binary: every module below runs the real `faspex-gate` binary against
 //! real sockets, real TLS and real peers.
 
+mod engine;
 mod slapd;
 mod util;
 
