@@ -24,6 +24,9 @@ use super::*;
 
 type ClientBody = BoxBody<Bytes, Infallible>;
 
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+const ACCEPT_JSON: (&str, &str) = ("accept", "application/json");
+
 /// An emulator serving on a loopback port.
 struct Running {
     emulator: Emulator,
@@ -126,15 +129,39 @@ impl Running {
         self.fetch(Method::GET, path, headers, empty_body()).await
     }
 
+    /// POST `request_body` to `path`.
+    async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        request_body: impl Into<Bytes>,
+    ) -> Reply {
+        self.fetch(Method::POST, path, headers, body(request_body))
+            .await
+    }
+
+    /// POST the form `form` to `path` in the session `cookie`.
+    async fn post_form(&self, path: &str, cookie: &str, form: impl Into<Bytes>) -> Reply {
+        self.post(path, &[FORM, ("cookie", cookie)], form).await
+    }
+
+    /// `/aspera/faspex/me` with HTTP Basic credentials (the check the gateway runs for an API
+    /// caller), and the `more` headers after them.
+    async fn me(&self, user: &str, password: &str, more: &[(&str, &str)]) -> Reply {
+        let auth = basic(user, password);
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend_from_slice(more);
+        self.get("/aspera/faspex/me", &headers).await
+    }
+
+    /// Whether the emulator has recorded `event`.
+    fn recorded(&self, event: &EmulatorEvent) -> bool {
+        self.emulator.events().contains(event)
+    }
+
     async fn login(&self, user: &str, password: &str) -> Reply {
         let form = format!("utf8=%E2%9C%93&authenticity_token=abc%3D&user%5Bname%5D={user}&user%5Bpassword%5D={password}&commit=Login");
-        self.fetch(
-            Method::POST,
-            "/aspera/faspex/login",
-            &[("content-type", "application/x-www-form-urlencoded")],
-            body(form),
-        )
-        .await
+        self.post("/aspera/faspex/login", &[FORM], form).await
     }
 
     async fn shutdown(mut self) {
@@ -208,10 +235,7 @@ async fn login_success_sets_the_cookie_and_redirects_to_the_inbox() {
     assert_eq!(root.status, StatusCode::FOUND);
     assert!(root.header("location").ends_with("/aspera/faspex/inbox"));
 
-    assert!(emu
-        .emulator
-        .events()
-        .contains(&EmulatorEvent::Login { user: "ann".into() }));
+    assert!(emu.recorded(&EmulatorEvent::Login { user: "ann".into() }));
     emu.shutdown().await;
 }
 
@@ -220,15 +244,14 @@ async fn absolute_redirects_follow_the_forwarded_host_and_proto() {
     let emu = start_default().await;
     let form = "user%5Bname%5D=ANN&user%5Bpassword%5D=apple";
     let reply = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/login",
             &[
-                ("content-type", "application/x-www-form-urlencoded"),
+                FORM,
                 ("x-forwarded-proto", "https"),
                 ("x-forwarded-host", "faspex.example.org"),
             ],
-            body(form),
+            form,
         )
         .await;
     assert_eq!(reply.status, StatusCode::FOUND);
@@ -237,10 +260,7 @@ async fn absolute_redirects_follow_the_forwarded_host_and_proto() {
         "https://faspex.example.org/aspera/faspex/inbox"
     );
     // Usernames match whatever their case; the event names the account as configured.
-    assert!(emu
-        .emulator
-        .events()
-        .contains(&EmulatorEvent::Login { user: "ann".into() }));
+    assert!(emu.recorded(&EmulatorEvent::Login { user: "ann".into() }));
     emu.shutdown().await;
 }
 
@@ -252,10 +272,7 @@ async fn failed_login_rerenders_the_form() {
     assert!(reply.body.contains(LOGIN_FAILED_TEXT));
     assert!(reply.body.contains("name=\"user[password]\""));
     assert!(reply.headers.get("set-cookie").is_none());
-    assert!(emu
-        .emulator
-        .events()
-        .contains(&EmulatorEvent::LoginRefused { user: "ann".into() }));
+    assert!(emu.recorded(&EmulatorEvent::LoginRefused { user: "ann".into() }));
     emu.shutdown().await;
 }
 
@@ -273,12 +290,9 @@ async fn failed_login_can_redirect_back_to_the_login_page() {
         format!("http://{}/aspera/faspex/login", emu.addr)
     );
     assert!(reply.headers.get("set-cookie").is_none());
-    assert!(emu
-        .emulator
-        .events()
-        .contains(&EmulatorEvent::LoginRefused {
-            user: "nobody".into()
-        }));
+    assert!(emu.recorded(&EmulatorEvent::LoginRefused {
+        user: "nobody".into()
+    }));
     emu.shutdown().await;
 }
 
@@ -289,12 +303,7 @@ async fn refused_logins_fail_even_with_the_right_password() {
     let reply = emu.login("bob", "banana").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body.contains(LOGIN_FAILED_TEXT));
-    let api = emu
-        .get(
-            "/aspera/faspex/me",
-            &[("authorization", &basic("bob", "banana"))],
-        )
-        .await;
+    let api = emu.me("bob", "banana", &[]).await;
     assert_eq!(api.status, StatusCode::UNAUTHORIZED);
 
     emu.emulator.refuse_logins(false);
@@ -372,14 +381,9 @@ async fn requests_without_credentials_get_401_or_the_login_page() {
     assert_eq!(reply.header("www-authenticate"), "Basic realm=\"Faspex\"");
     assert_eq!(reply.header("x-ibm-aspera"), "F4.4.1");
     // Wrong credentials too, and the check is recorded.
-    let reply = emu
-        .get(
-            "/aspera/faspex/me",
-            &[("authorization", &basic("ann", "pear"))],
-        )
-        .await;
+    let reply = emu.me("ann", "pear", &[]).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-    assert!(emu.emulator.events().contains(&EmulatorEvent::BasicAuth {
+    assert!(emu.recorded(&EmulatorEvent::BasicAuth {
         user: "ann".into(),
         ok: false
     }));
@@ -437,7 +441,7 @@ async fn basic_xml_received_entry_carries_the_faspe_link() {
     assert!(reply
         .body
         .contains("<recipient_delivery_id>4045</recipient_delivery_id>"));
-    assert!(emu.emulator.events().contains(&EmulatorEvent::BasicAuth {
+    assert!(emu.recorded(&EmulatorEvent::BasicAuth {
         user: "ann".into(),
         ok: true
     }));
@@ -530,10 +534,7 @@ async fn atom_feeds_page_through_the_mailbox() {
 async fn json_documents_answer_basic_clients() {
     let emu = start_default().await;
     let auth = basic("dan", "damson");
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("accept", "application/json"),
-    ];
+    let headers = [("authorization", auth.as_str()), ACCEPT_JSON];
     let me = emu.get("/aspera/faspex/me", &headers).await;
     let me: serde_json::Value = serde_json::from_str(&me.body).unwrap();
     assert_eq!(me["name"], "dan");
@@ -557,15 +558,14 @@ async fn issue_token_returns_a_plain_text_transfer_token() {
     let auth = basic("ann", "apple");
     let payload = r#"<?xml version="1.0" encoding="UTF-8"?><url-list xmlns="http://schemas.asperasoft.com/xml/url-list"><url href="faspe://127.0.0.1/x?cookie=a&amp;port=33001"/></url-list>"#;
     let reply = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/issue-token?direction=down",
             &[
                 ("authorization", &auth),
                 ("content-type", "application/vnd.aspera.url-list+xml"),
                 ("accept", "text/plain"),
             ],
-            body(payload),
+            payload,
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -574,32 +574,29 @@ async fn issue_token_returns_a_plain_text_transfer_token() {
     assert!(reply.body.len() > 60);
 
     let wrong_type = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/issue-token?direction=down",
             &[("authorization", &auth), ("content-type", "text/plain")],
-            body(payload),
+            payload,
         )
         .await;
     assert_eq!(wrong_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let no_direction = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/issue-token",
             &[
                 ("authorization", &auth),
                 ("content-type", "application/vnd.aspera.url-list+xml"),
             ],
-            body(payload),
+            payload,
         )
         .await;
     assert_eq!(no_direction.status, StatusCode::BAD_REQUEST);
     let anonymous = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/issue-token?direction=down",
             &[("content-type", "application/vnd.aspera.url-list+xml")],
-            body(payload),
+            payload,
         )
         .await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
@@ -613,13 +610,11 @@ async fn send_returns_a_transfer_spec_or_a_200_error() {
     let headers = [
         ("authorization", auth.as_str()),
         ("content-type", "application/json"),
-        ("accept", "application/json"),
+        ACCEPT_JSON,
     ];
     let good =
         r#"{"delivery":{"title":"Results","recipients":["ann"],"sources":[{"paths":["a.txt"]}]}}"#;
-    let reply = emu
-        .fetch(Method::POST, "/aspera/faspex/send", &headers, body(good))
-        .await;
+    let reply = emu.post("/aspera/faspex/send", &headers, good).await;
     assert_eq!(reply.status, StatusCode::OK);
     let spec: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(spec["xfer_sessions"][0]["direction"], "send");
@@ -633,9 +628,7 @@ async fn send_returns_a_transfer_spec_or_a_200_error() {
         r#"{"nothing":1}"#,
         r#"{"delivery":{"title":"x","recipients":[]}}"#,
     ] {
-        let reply = emu
-            .fetch(Method::POST, "/aspera/faspex/send", &headers, body(bad))
-            .await;
+        let reply = emu.post("/aspera/faspex/send", &headers, bad).await;
         assert_eq!(reply.status, StatusCode::OK, "{bad}");
         let error: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
         assert!(
@@ -651,14 +644,10 @@ async fn send_returns_a_transfer_spec_or_a_200_error() {
 async fn oauth2_tokens_open_the_api() {
     let emu = start_default().await;
     let reply = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/auth/oauth2/token",
-            &[
-                ("authorization", &basic("ann", "apple")),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
-            body("grant_type=password&scope=admin"),
+            &[("authorization", &basic("ann", "apple")), FORM],
+            "grant_type=password&scope=admin",
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -685,14 +674,10 @@ async fn oauth2_tokens_open_the_api() {
         .await;
     assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
     let wrong_password = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/auth/oauth2/token",
-            &[
-                ("authorization", &basic("ann", "pear")),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
-            body("grant_type=password"),
+            &[("authorization", &basic("ann", "pear")), FORM],
+            "grant_type=password",
         )
         .await;
     assert_eq!(wrong_password.status, StatusCode::UNAUTHORIZED);
@@ -759,11 +744,10 @@ async fn invitations_and_dropboxes_take_uploads_of_any_size() {
 
         let size = 3 * 1024 * 1024 + 17;
         let reply = emu
-            .fetch(
-                Method::POST,
+            .post(
                 post,
                 &[("content-type", "multipart/form-data; boundary=x")],
-                body(vec![b'x'; size]),
+                vec![b'x'; size],
             )
             .await;
         assert_eq!(reply.status, StatusCode::OK);
@@ -946,12 +930,7 @@ async fn assets_unknown_paths_and_events() {
         assert_eq!(reply.header("x-ibm-aspera"), "F4.4.1", "{path}");
     }
     let relay = emu
-        .fetch(
-            Method::POST,
-            "/aspera/faspex/package_relay/relay_package",
-            &[],
-            body("x"),
-        )
+        .post("/aspera/faspex/package_relay/relay_package", &[], "x")
         .await;
     assert_eq!(relay.status, StatusCode::NOT_FOUND);
     let events = emu.emulator.events();
@@ -998,7 +977,8 @@ async fn the_service_answers_without_serve() {
 // ------------------------------------------------------------------------------------------------
 // Rails' reading of a request (see `rails.rs`, and `tests/rails.rs` for the oracle behind it)
 
-const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+/// The administrator's form that creates the local account `visitor`, password `s3cret`.
+const CREATE_VISITOR: &str = "user[login]=visitor&user[email]=v%40example.org&user[password]=s3cret&user[password_confirmation]=s3cret";
 
 /// The `name=value` of a reply's `Set-Cookie`.
 fn cookie_of(reply: &Reply) -> String {
@@ -1102,9 +1082,7 @@ async fn login_bodies_are_read_as_rails_reads_them() {
             .map(|ct| ("content-type", ct))
             .into_iter()
             .collect();
-        let reply = emu
-            .fetch(Method::POST, path, &headers, body(body_text.clone()))
-            .await;
+        let reply = emu.post(path, &headers, body_text.clone()).await;
         assert_eq!(
             reply.status,
             StatusCode::FOUND,
@@ -1113,31 +1091,24 @@ async fn login_bodies_are_read_as_rails_reads_them() {
     }
     // The query replaces the body's whole `user`: its password is never read.
     let reply = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/login?user[name]=cat",
             &[FORM],
-            body("user[name]=cat&user[password]=cherry"),
+            "user[name]=cat&user[password]=cherry",
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body.contains(LOGIN_FAILED_TEXT));
     // Malformed parameters are a 400 before any check; an array password is checked and fails.
     let bad = emu
-        .fetch(
-            Method::POST,
-            "/aspera/faspex/login",
-            &[FORM],
-            body("user[password]=%"),
-        )
+        .post("/aspera/faspex/login", &[FORM], "user[password]=%")
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     let array = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/login",
             &[FORM],
-            body("user[name]=cat&user[password][]=cherry"),
+            "user[name]=cat&user[password][]=cherry",
         )
         .await;
     assert_eq!(array.status, StatusCode::OK);
@@ -1165,11 +1136,10 @@ async fn unknown_methods_and_method_override() {
     // `_method=get` turns the POST to /send into the "New Package" page.
     let auth = basic("ann", "apple");
     let reply = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/send",
             &[("authorization", &auth), FORM],
-            body("_method=get"),
+            "_method=get",
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -1201,11 +1171,10 @@ async fn unknown_methods_and_method_override() {
 async fn oauth2_tokens_take_username_and_password_parameters() {
     let emu = start_default().await;
     let reply = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/auth/oauth2/token.json/",
             &[FORM],
-            body("grant_type=password&username=dan&password=damson"),
+            "grant_type=password&username=dan&password=damson",
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
@@ -1232,11 +1201,10 @@ async fn a_login_issues_a_fresh_session_and_the_account_page_rotates_it() {
     let first = cookie_of(&emu.login("ann", "apple").await);
     // Logging in again with the old cookie: a new value, and the old one ends (reset_session).
     let again = emu
-        .fetch(
-            Method::POST,
+        .post_form(
             "/aspera/faspex/login",
-            &[FORM, ("cookie", &first)],
-            body("user[name]=ann&user[password]=apple"),
+            &first,
+            "user[name]=ann&user[password]=apple",
         )
         .await;
     let second = cookie_of(&again);
@@ -1303,14 +1271,12 @@ async fn sessions_rotate_every_n_requests_when_configured() {
 #[tokio::test]
 async fn an_administrator_creates_a_local_account_that_can_log_in_and_change_its_password() {
     let emu = start_default().await;
-    let create = "user[login]=visitor&user[email]=v%40example.org&user[password]=s3cret&user[password_confirmation]=s3cret";
     // Without a session: the login page, nothing created.
     let reply = emu
-        .fetch(
-            Method::POST,
+        .post(
             "/aspera/faspex/admin/users",
             &[FORM, ("accept", "text/html")],
-            body(create),
+            CREATE_VISITOR,
         )
         .await;
     assert_eq!(reply.status, StatusCode::FOUND);
@@ -1319,37 +1285,24 @@ async fn an_administrator_creates_a_local_account_that_can_log_in_and_change_its
 
     let admin = cookie_of(&emu.login("ann", "apple").await);
     let reply = emu
-        .fetch(
-            Method::POST,
-            "/aspera/faspex/admin/users",
-            &[FORM, ("cookie", &admin)],
-            body(create),
-        )
+        .post_form("/aspera/faspex/admin/users", &admin, CREATE_VISITOR)
         .await;
     assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.body);
     assert_eq!(emu.emulator.local_accounts(), ["extern.collab", "visitor"]);
-    assert!(emu
-        .emulator
-        .events()
-        .contains(&EmulatorEvent::LocalAccountCreated {
-            by: "ann".into(),
-            login: "visitor".into()
-        }));
+    assert!(emu.recorded(&EmulatorEvent::LocalAccountCreated {
+        by: "ann".into(),
+        login: "visitor".into()
+    }));
     // Taken logins and mismatched confirmations are refused.
     for bad in [
-        create.to_owned(),
+        CREATE_VISITOR.to_owned(),
         "user[login]=ANN&user[email]=a%40b&user[password]=x&user[password_confirmation]=x"
             .to_owned(),
         "user[login]=new&user[email]=a%40b&user[password]=x&user[password_confirmation]=y"
             .to_owned(),
     ] {
         let reply = emu
-            .fetch(
-                Method::POST,
-                "/aspera/faspex/admin/users",
-                &[FORM, ("cookie", &admin)],
-                body(bad.clone()),
-            )
+            .post_form("/aspera/faspex/admin/users", &admin, bad.clone())
             .await;
         assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     }
@@ -1357,12 +1310,7 @@ async fn an_administrator_creates_a_local_account_that_can_log_in_and_change_its
     // The local account logs in (form and Basic); the directory never heard of it.
     let visitor = cookie_of(&emu.login("visitor", "s3cret").await);
     assert!(visitor.starts_with("_faspex_session="));
-    let me = emu
-        .get(
-            "/aspera/faspex/me",
-            &[("authorization", &basic("visitor", "s3cret"))],
-        )
-        .await;
+    let me = emu.me("visitor", "s3cret", &[]).await;
     assert_eq!(me.status, StatusCode::OK);
 
     // A wrong current password is refused (and was a guess that reached Faspex).
@@ -1370,31 +1318,22 @@ async fn an_administrator_creates_a_local_account_that_can_log_in_and_change_its
         format!("_method=put&user[current_password]={current}&user[password]=n3w&user[password_confirmation]=n3w")
     };
     let reply = emu
-        .fetch(
-            Method::POST,
-            "/aspera/faspex/account/password",
-            &[FORM, ("cookie", &visitor)],
-            body(change("wrong")),
-        )
+        .post_form("/aspera/faspex/account/password", &visitor, change("wrong"))
         .await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(attempts(&emu).contains(&("visitor".into(), false, LoginVia::CurrentPassword)));
     // The right one changes it: the old password fails, the new one works.
     let reply = emu
-        .fetch(
-            Method::POST,
+        .post_form(
             "/aspera/faspex/account/password",
-            &[FORM, ("cookie", &visitor)],
-            body(change("s3cret")),
+            &visitor,
+            change("s3cret"),
         )
         .await;
     assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.body);
-    assert!(emu
-        .emulator
-        .events()
-        .contains(&EmulatorEvent::PasswordChanged {
-            user: "visitor".into()
-        }));
+    assert!(emu.recorded(&EmulatorEvent::PasswordChanged {
+        user: "visitor".into()
+    }));
     assert_eq!(emu.login("visitor", "s3cret").await.status, StatusCode::OK);
     assert_eq!(emu.login("visitor", "n3w").await.status, StatusCode::FOUND);
     // A PUT works as the form's POST does; a directory user's password is the directory's.
@@ -1421,11 +1360,7 @@ async fn every_password_check_is_recorded() {
     let emu = start_default().await;
     emu.login("ann", "pear").await;
     emu.login("ann", "apple").await;
-    emu.get(
-        "/aspera/faspex/me",
-        &[("authorization", &basic("eve", "fig"))],
-    )
-    .await;
+    emu.me("eve", "fig", &[]).await;
     emu.emulator.refuse_logins(true);
     emu.login("bob", "banana").await;
     assert_eq!(
@@ -1518,7 +1453,7 @@ async fn the_default_config_has_one_local_collaborator() {
     let reply = emu.login("extern.collab", "collab-pass").await;
     assert_eq!(reply.status, StatusCode::FOUND);
     assert!(reply.header("location").ends_with("/aspera/faspex/inbox"));
-    assert!(emu.emulator.events().contains(&EmulatorEvent::Login {
+    assert!(emu.recorded(&EmulatorEvent::Login {
         user: "extern.collab".into()
     }));
     emu.shutdown().await;
@@ -1551,15 +1486,7 @@ async fn local_users_log_in_by_form_and_basic_matched_as_mysql_matches() {
         .count();
     assert_eq!(logins, 4);
     // HTTP Basic on /me, the check the gateway runs for a local account.
-    let me = emu
-        .get(
-            "/aspera/faspex/me",
-            &[
-                ("authorization", &basic("JOSE ", "Secret-1")),
-                ("accept", "application/json"),
-            ],
-        )
-        .await;
+    let me = emu.me("JOSE ", "Secret-1", &[ACCEPT_JSON]).await;
     assert_eq!(me.status, StatusCode::OK);
     assert!(me.header("content-type").starts_with("application/json"));
     let doc: serde_json::Value = serde_json::from_str(&me.body).unwrap();
@@ -1572,37 +1499,18 @@ async fn basic_checks_on_me_answer_200_or_401_and_each_is_one_recorded_guess() {
     let emu = start(with_locals(&[("extern.collab", "collab-pass")])).await;
     // A local account made at run time by an administrator.
     let admin = cookie_of(&emu.login("ann", "apple").await);
-    let create = "user[login]=visitor&user[email]=v%40example.org&user[password]=s3cret&user[password_confirmation]=s3cret";
     let reply = emu
-        .fetch(
-            Method::POST,
-            "/aspera/faspex/admin/users",
-            &[FORM, ("cookie", &admin)],
-            body(create),
-        )
+        .post_form("/aspera/faspex/admin/users", &admin, CREATE_VISITOR)
         .await;
     assert_eq!(reply.status, StatusCode::FOUND);
     let before = attempts(&emu).len();
 
-    let me = |user: &'static str, password: &'static str| {
-        let emu = &emu;
-        async move {
-            emu.get(
-                "/aspera/faspex/me",
-                &[
-                    ("authorization", &basic(user, password)),
-                    ("accept", "application/json"),
-                ],
-            )
-            .await
-        }
-    };
     for (user, password) in [
         ("ann", "apple"),
         ("extern.collab", "collab-pass"),
         ("visitor", "s3cret"),
     ] {
-        let reply = me(user, password).await;
+        let reply = emu.me(user, password, &[ACCEPT_JSON]).await;
         assert_eq!(reply.status, StatusCode::OK, "{user}");
         assert!(
             reply.header("content-type").starts_with("application/json"),
@@ -1620,7 +1528,7 @@ async fn basic_checks_on_me_answer_200_or_401_and_each_is_one_recorded_guess() {
         ("visitor", "S3CRET"),
         ("nobody", "s3cret"),
     ] {
-        let reply = me(user, password).await;
+        let reply = emu.me(user, password, &[ACCEPT_JSON]).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{user}");
         assert_eq!(reply.header("www-authenticate"), "Basic realm=\"Faspex\"");
     }
@@ -1669,11 +1577,7 @@ async fn faspex_s_own_lockout_locks_after_n_wrong_passwords_until_an_admin_unloc
     assert!(emu.emulator.faspex_locked_accounts().is_empty());
     // Three in a row, by form and Basic alike, lock it.
     emu.login("extern.collab", "x3").await;
-    emu.get(
-        "/aspera/faspex/me",
-        &[("authorization", &basic("extern.collab", "x4"))],
-    )
-    .await;
+    emu.me("extern.collab", "x4", &[]).await;
     assert!(emu.emulator.faspex_locked_accounts().is_empty());
     let reply = emu.login("Extern.Collab ", "x5").await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -1700,12 +1604,7 @@ async fn faspex_s_own_lockout_locks_after_n_wrong_passwords_until_an_admin_unloc
     let reply = emu.login("extern.collab", "collab-pass").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body.contains(ACCOUNT_LOCKED_TEXT));
-    let me = emu
-        .get(
-            "/aspera/faspex/me",
-            &[("authorization", &basic("extern.collab", "collab-pass"))],
-        )
-        .await;
+    let me = emu.me("extern.collab", "collab-pass", &[]).await;
     assert_eq!(me.status, StatusCode::UNAUTHORIZED);
     let inbox = emu
         .get("/aspera/faspex/inbox", &[("cookie", &session)])
@@ -1720,12 +1619,9 @@ async fn faspex_s_own_lockout_locks_after_n_wrong_passwords_until_an_admin_unloc
     // The administrator's unlock, by any spelling, lifts it and the count.
     assert!(emu.emulator.unlock_faspex_account("EXTERN.COLLAB"));
     assert!(!emu.emulator.unlock_faspex_account("extern.collab"));
-    assert!(emu
-        .emulator
-        .events()
-        .contains(&EmulatorEvent::FaspexAccountUnlocked {
-            user: "extern.collab".into()
-        }));
+    assert!(emu.recorded(&EmulatorEvent::FaspexAccountUnlocked {
+        user: "extern.collab".into()
+    }));
     assert_eq!(
         emu.login("extern.collab", "collab-pass").await.status,
         StatusCode::FOUND
@@ -1776,25 +1672,13 @@ async fn prevent_concurrent_login_refuses_a_second_session_until_the_first_logs_
         &("EXTERN.COLLAB".to_owned(), false, LoginVia::Form)
     );
     // Basic opens no session: not affected. Another account is not affected either.
-    let me = emu
-        .get(
-            "/aspera/faspex/me",
-            &[("authorization", &basic("extern.collab", "collab-pass"))],
-        )
-        .await;
+    let me = emu.me("extern.collab", "collab-pass", &[]).await;
     assert_eq!(me.status, StatusCode::OK);
     assert_eq!(emu.login("ann", "apple").await.status, StatusCode::FOUND);
 
     // The same client logging in again (its own cookie, any value of it) is not another one.
     let form = "user%5Bname%5D=extern.collab&user%5Bpassword%5D=collab-pass";
-    let again = emu
-        .fetch(
-            Method::POST,
-            "/aspera/faspex/login",
-            &[FORM, ("cookie", &first)],
-            body(form),
-        )
-        .await;
+    let again = emu.post_form("/aspera/faspex/login", &first, form).await;
     assert_eq!(again.status, StatusCode::FOUND);
     let second = cookie_of(&again);
 
