@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::Request;
 
+use crate::flows::cookies_from;
 use crate::util::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -123,7 +124,7 @@ async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
     assert_eq!(st, 302, "{}", String::from_utf8_lossy(&body));
     let location = headers[http::header::LOCATION].to_str().unwrap();
     assert!(location.ends_with("/aspera/faspex/inbox"), "{location}");
-    let collab = cookies_of(&headers);
+    let collab = cookies_from(&headers);
     let inbox = Request::get(format!("{base}/aspera/faspex/inbox"))
         .header("cookie", &collab)
         .header("accept", "text/html")
@@ -231,18 +232,6 @@ async fn form_login(
         req = req.header("cookie", cookie);
     }
     send(c, req.body(full(form)).unwrap()).await
-}
-
-/// The `name=value` pairs of a response's `Set-Cookie` headers, as a browser would send them.
-fn cookies_of(headers: &http::HeaderMap) -> String {
-    headers
-        .get_all(http::header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next())
-        .filter(|pair| pair.split_once('=').is_some_and(|(_, v)| !v.is_empty()))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// A client that skips certificate verification, like `curl -k`, for the demo's fresh certificate.

@@ -18,6 +18,8 @@ use crate::util::{
 
 pub const COOKIE: &str = "__Host-faspex-gate";
 const LOGIN: &str = "/aspera/faspex/login";
+const TOKEN: &str = "/aspera/faspex/auth/oauth2/token";
+const ME: &str = "/aspera/faspex/me";
 
 /// A gateway in front of a running emulator that knows the same users.
 pub struct Site {
@@ -43,6 +45,15 @@ impl Site {
         tweak: impl FnOnce(&mut ConfigBuilder),
     ) -> Site {
         Self::start_with(users, failure, &[], tweak).await
+    }
+
+    /// [`Site::start`] with `n` [`users`], Faspex re-rendering a refused login, and one
+    /// `[policy]` setting.
+    pub async fn with_policy(n: usize, key: &str, value: &str) -> Site {
+        Self::start(users(n), LoginFailureStyle::Rerender, |c| {
+            c.set("policy", key, value);
+        })
+        .await
     }
 
     /// A site whose gateway runs on a manual clock (`run --manual-clock`, a test build's
@@ -108,14 +119,18 @@ impl Site {
         }
         std::fs::write(files.path("users.toml"), file).unwrap();
         let mut cfg = ConfigBuilder::new(&files, &format!("http://{addr}"));
-        cfg.set("policy", "login_attempts_per_ip_per_minute", "1000");
-        cfg.set("auth", "max_checks_per_second", "1000");
-        cfg.set(
-            "pages",
-            "helpdesk",
-            "\"the Research IT helpdesk, ext. 4357\"",
-        );
-        cfg.set("pages", "timezone", "\"UTC\"");
+        for (section, key, value) in [
+            ("policy", "login_attempts_per_ip_per_minute", "1000"),
+            ("auth", "max_checks_per_second", "1000"),
+            (
+                "pages",
+                "helpdesk",
+                "\"the Research IT helpdesk, ext. 4357\"",
+            ),
+            ("pages", "timezone", "\"UTC\""),
+        ] {
+            cfg.set(section, key, value);
+        }
         tweak(&mut cfg);
         let gw = GatewayProcess::start_with(files, &cfg, args);
         let client = https_client(&gw.files.cert_pem, false);
@@ -217,6 +232,43 @@ impl Site {
         send(&self.client, req.body(full(body.to_owned())).unwrap()).await
     }
 
+    /// An API client's GET of `path` as XML, with HTTP Basic credentials.
+    pub async fn basic_xml(
+        &self,
+        path: &str,
+        user: &str,
+        password: &str,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let xml = [("Accept", "application/xml")];
+        self.basic("GET", path, user, password, &xml, "").await
+    }
+
+    /// An API client's POST of `form` to the OAuth2 token endpoint, with HTTP Basic credentials.
+    pub async fn token(
+        &self,
+        user: &str,
+        password: &str,
+        form: &str,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let ct = [("Content-Type", "application/x-www-form-urlencoded")];
+        self.basic("POST", TOKEN, user, password, &ct, form).await
+    }
+
+    /// A form POSTed to `path` with no credentials: only its Content-Type, and `cookie` if any.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        form: impl Into<Bytes>,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let mut req = Request::post(self.url(path))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(c) = cookie {
+            req = req.header(header::COOKIE, c);
+        }
+        send(&self.client, req.body(full(form)).unwrap()).await
+    }
+
     pub async fn get_plain(
         &self,
         path: &str,
@@ -277,6 +329,12 @@ pub fn location(h: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+/// A 401 that asks for HTTP Basic credentials, as Faspex's own does.
+fn assert_basic_challenge(status: StatusCode, h: &HeaderMap) {
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h[header::WWW_AUTHENTICATE], "Basic realm=\"Faspex\"");
+}
+
 fn retry_after(h: &HeaderMap) -> u64 {
     h.get(header::RETRY_AFTER)
         .expect("Retry-After")
@@ -284,6 +342,26 @@ fn retry_after(h: &HeaderMap) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// A browser's form login of `user` refused with `status`, a Retry-After, and a page that says
+/// `says`.
+async fn assert_form_refused(s: &Site, user: &str, password: &str, status: StatusCode, says: &str) {
+    let (got, h, body) = s.form_login(user, password, None, &[]).await;
+    assert_eq!(got, status);
+    assert!(retry_after(&h) >= 1);
+    assert!(text(&body).contains(says));
+}
+
+/// The browser with `second` is in, and the one with `first` was replaced and is told so.
+async fn assert_replaced(s: &Site, first: &str, second: &str) {
+    assert_eq!(
+        s.browse("/aspera/faspex/inbox", second).await.0,
+        StatusCode::OK
+    );
+    let (status, h, _) = s.browse("/aspera/faspex/inbox", first).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(location(&h), "/_faspex-gate/expired?reason=replaced");
 }
 
 /// Wait until `f` holds, for at most `within`.
@@ -300,20 +378,10 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_curl_flows_work_unchanged_and_hold_one_seat() {
-    let s = Site::start(users(2), LoginFailureStyle::Rerender, |c| {
-        c.set("policy", "max_sessions", "1");
-    })
-    .await;
+    let s = Site::with_policy(2, "max_sessions", "1").await;
     // Step 1 of the tutorial: the package's XML with its faspe:// link.
     let (status, _, body) = s
-        .basic(
-            "GET",
-            "/aspera/faspex/received/4044",
-            "user0",
-            "pass0",
-            &[("Accept", "application/xml")],
-            "",
-        )
+        .basic_xml("/aspera/faspex/received/4044", "user0", "pass0")
         .await;
     assert_eq!(status, StatusCode::OK, "{}", text(&body));
     assert!(text(&body).contains("faspe://"), "{}", text(&body));
@@ -335,20 +403,11 @@ async fn seed_curl_flows_work_unchanged_and_hold_one_seat() {
     assert!(!text(&body).trim().is_empty());
     // The other calls API users make.
     let (status, _, body) = s
-        .basic(
-            "GET",
-            "/aspera/faspex/inbox.atom",
-            "user0",
-            "pass0",
-            &[("Accept", "application/xml")],
-            "",
-        )
+        .basic_xml("/aspera/faspex/inbox.atom", "user0", "pass0")
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(text(&body).contains("<feed"));
-    let (status, _, body) = s
-        .basic("GET", "/aspera/faspex/me", "user0", "pass0", &[], "")
-        .await;
+    let (status, _, body) = s.basic("GET", ME, "user0", "pass0", &[], "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(text(&body).contains("user0"));
     let (status, _, body) = s
@@ -366,9 +425,7 @@ async fn seed_curl_flows_work_unchanged_and_hold_one_seat() {
     // One login, then the verification cache: one credential check for five requests.
     s.assert_checks(1).await;
     // That caller holds the only seat: another account is refused with 503 and Retry-After.
-    let (status, h, _) = s
-        .basic("GET", "/aspera/faspex/me", "user1", "pass1", &[], "")
-        .await;
+    let (status, h, _) = s.basic("GET", ME, "user1", "pass1", &[], "").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(retry_after(&h) >= 1);
     // The same account from another client (another User-Agent) is one client too many.
@@ -376,7 +433,7 @@ async fn seed_curl_flows_work_unchanged_and_hold_one_seat() {
     let creds = base64::engine::general_purpose::STANDARD.encode("user0:pass0");
     let (status, _, _) = s
         .get_plain(
-            "/aspera/faspex/me",
+            ME,
             &[
                 ("Authorization", &format!("Basic {creds}")),
                 ("User-Agent", "other-tool/1.0"),
@@ -385,19 +442,13 @@ async fn seed_curl_flows_work_unchanged_and_hold_one_seat() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     // A wrong password on the live client is refused, not forwarded.
-    let (status, h, _) = s
-        .basic("GET", "/aspera/faspex/me", "user0", "wrong", &[], "")
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(h[header::WWW_AUTHENTICATE], "Basic realm=\"Faspex\"");
+    let (status, h, _) = s.basic("GET", ME, "user0", "wrong", &[], "").await;
+    assert_basic_challenge(status, &h);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn form_login_inbox_logout_frees_the_seat() {
-    let s = Site::start(users(2), LoginFailureStyle::Rerender, |c| {
-        c.set("policy", "max_sessions", "1");
-    })
-    .await;
+    let s = Site::with_policy(2, "max_sessions", "1").await;
     let (status, headers, _) = s.form_login("user0", "pass0", None, &[]).await;
     assert_eq!(status, StatusCode::FOUND);
     assert!(location(&headers).ends_with("/aspera/faspex/inbox"));
@@ -481,14 +532,10 @@ async fn eleventh_account_is_refused_while_ten_hold_seats() {
                 .await,
         );
     }
-    let (status, h, body) = s.form_login("user10", "pass10", None, &[]).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(retry_after(&h) >= 1);
-    assert!(text(&body).contains("All licences are in use"));
+    let busy = StatusCode::SERVICE_UNAVAILABLE;
+    assert_form_refused(&s, "user10", "pass10", busy, "All licences are in use").await;
     // An API caller gets the plain 503.
-    let (status, h, _) = s
-        .basic("GET", "/aspera/faspex/me", "user10", "pass10", &[], "")
-        .await;
+    let (status, h, _) = s.basic("GET", ME, "user10", "pass10", &[], "").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(h.contains_key(header::RETRY_AFTER));
     assert!(!h.contains_key(header::WWW_AUTHENTICATE));
@@ -513,16 +560,9 @@ async fn parallel_logins_of_thirty_accounts_admit_exactly_ten() {
                     .await
                     .0
             } else {
-                s.basic(
-                    "GET",
-                    "/aspera/faspex/me",
-                    &format!("user{i}"),
-                    &format!("pass{i}"),
-                    &[],
-                    "",
-                )
-                .await
-                .0
+                s.basic("GET", ME, &format!("user{i}"), &format!("pass{i}"), &[], "")
+                    .await
+                    .0
             }
         }));
     }
@@ -557,9 +597,7 @@ async fn second_client_gets_409_and_can_take_over() {
         "the password is never echoed: {page}"
     );
     // An API client gets the bare 409.
-    let (status, _, _) = s
-        .basic("GET", "/aspera/faspex/me", "user0", "pass0", &[], "")
-        .await;
+    let (status, _, _) = s.basic("GET", ME, "user0", "pass0", &[], "").await;
     assert_eq!(status, StatusCode::CONFLICT);
     // The take-over asks for the password again: a wrong one fails and changes nothing.
     let (status, _, _) = s
@@ -592,13 +630,7 @@ async fn second_client_gets_409_and_can_take_over() {
         .iter()
         .any(|e| matches!(e, EmulatorEvent::Login { user } if user == "user0")));
     let second = cookies_from(&h);
-    assert_eq!(
-        s.browse("/aspera/faspex/inbox", &second).await.0,
-        StatusCode::OK
-    );
-    let (status, h, _) = s.browse("/aspera/faspex/inbox", &first).await;
-    assert_eq!(status, StatusCode::FOUND);
-    assert_eq!(location(&h), "/_faspex-gate/expired?reason=replaced");
+    assert_replaced(&s, &first, &second).await;
     // The replaced session's Faspex session was logged out by the gateway.
     assert!(
         eventually(Duration::from_secs(5), || s.events().contains(
@@ -615,19 +647,10 @@ async fn second_client_gets_409_and_can_take_over() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replace_mode_signs_the_older_client_out() {
-    let s = Site::start(users(1), LoginFailureStyle::Rerender, |c| {
-        c.set("policy", "one_client_per_account", "\"replace\"");
-    })
-    .await;
+    let s = Site::with_policy(1, "one_client_per_account", "\"replace\"").await;
     let first = s.browser_login("user0", "pass0").await;
     let second = s.browser_login("user0", "pass0").await;
-    assert_eq!(
-        s.browse("/aspera/faspex/inbox", &second).await.0,
-        StatusCode::OK
-    );
-    let (status, h, _) = s.browse("/aspera/faspex/inbox", &first).await;
-    assert_eq!(status, StatusCode::FOUND);
-    assert_eq!(location(&h), "/_faspex-gate/expired?reason=replaced");
+    assert_replaced(&s, &first, &second).await;
     let (status, _, body) = s.browse("/_faspex-gate/expired?reason=replaced", "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(text(&body).contains("Signed in somewhere else"));
@@ -702,9 +725,7 @@ async fn five_wrong_passwords_lock_and_nothing_more_reaches_the_directory() {
     let (status, _, body) = s.form_login("user0", "pass0", None, &[]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(text(&body).contains("Account locked"));
-    let (status, h, _) = s
-        .basic("GET", "/aspera/faspex/me", "user0", "pass0", &[], "")
-        .await;
+    let (status, h, _) = s.basic("GET", ME, "user0", "pass0", &[], "").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(retry_after(&h) > 3000);
     // No attempt reached the directory after the lock.
@@ -718,10 +739,7 @@ async fn five_wrong_passwords_lock_and_nothing_more_reaches_the_directory() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn public_links_need_no_login_and_hold_no_seat() {
-    let s = Site::start(users(2), LoginFailureStyle::Rerender, |c| {
-        c.set("policy", "max_sessions", "1");
-    })
-    .await;
+    let s = Site::with_policy(2, "max_sessions", "1").await;
     let cookie = s.browser_login("user0", "pass0").await;
     let ext = format!(
         "/aspera/faspex/external_deliveries/{EXTERNAL_DELIVERY_ID}?passcode={EXTERNAL_DELIVERY_PASSCODE}"
@@ -807,16 +825,12 @@ async fn public_links_need_no_login_and_hold_no_seat() {
             &[("Accept", "application/xml")],
         )
         .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(h[header::WWW_AUTHENTICATE], "Basic realm=\"Faspex\"");
+    assert_basic_challenge(status, &h);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn public_requests_are_limited_per_address() {
-    let s = Site::start(users(1), LoginFailureStyle::Rerender, |c| {
-        c.set("policy", "public_requests_per_ip_per_minute", "5");
-    })
-    .await;
+    let s = Site::with_policy(1, "public_requests_per_ip_per_minute", "5").await;
     for _ in 0..5 {
         assert_eq!(s.get_plain(LOGIN, &[]).await.0, StatusCode::OK);
     }
@@ -852,18 +866,14 @@ async fn faspex_refusing_a_login_the_directory_accepted_keeps_no_seat() {
             "no gateway cookie for a refused login"
         );
         // An API caller whose credentials Faspex answers with 401.
-        let (status, _, _) = s
-            .basic("GET", "/aspera/faspex/me", "user1", "pass1", &[], "")
-            .await;
+        let (status, _, _) = s.basic("GET", ME, "user1", "pass1", &[], "").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         s.emu.refuse_logins(false);
         // No seat was kept: with one seat, both can now log in in turn, and neither attempt
         // counted as a wrong password.
         let cookie = s.browser_login("user0", "pass0").await;
         s.logout(&cookie).await;
-        let (status, _, _) = s
-            .basic("GET", "/aspera/faspex/me", "user1", "pass1", &[], "")
-            .await;
+        let (status, _, _) = s.basic("GET", ME, "user1", "pass1", &[], "").await;
         assert_eq!(status, StatusCode::OK);
     }
 }
@@ -874,16 +884,7 @@ async fn bearer_token_works_until_its_session_ends() {
         c.set("policy", "api_idle_timeout", "\"30m\"");
     })
     .await;
-    let (status, _, body) = s
-        .basic(
-            "POST",
-            "/aspera/faspex/auth/oauth2/token",
-            "user0",
-            "pass0",
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            "grant_type=password",
-        )
-        .await;
+    let (status, _, body) = s.token("user0", "pass0", "grant_type=password").await;
     assert_eq!(status, StatusCode::OK, "{}", text(&body));
     let token = crate::util::json(&body)["access_token"]
         .as_str()
@@ -931,20 +932,15 @@ async fn only_api_clients_are_ever_challenged() {
         base64::engine::general_purpose::STANDARD.encode("user0:wrong")
     );
     // An API client: 401 with the Basic challenge.
-    let (status, h, _) = s
-        .get_plain("/aspera/faspex/me", &[("Authorization", &wrong)])
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(h[header::WWW_AUTHENTICATE], "Basic realm=\"Faspex\"");
+    let (status, h, _) = s.get_plain(ME, &[("Authorization", &wrong)]).await;
+    assert_basic_challenge(status, &h);
     // The same from a browser (HTML accepted, or script, or a gateway cookie): no challenge.
     for extra in [
         ("Accept", "text/html"),
         ("X-Requested-With", "XMLHttpRequest"),
         ("Cookie", "__Host-faspex-gate=forged"),
     ] {
-        let (status, h, _) = s
-            .get_plain("/aspera/faspex/me", &[("Authorization", &wrong), extra])
-            .await;
+        let (status, h, _) = s.get_plain(ME, &[("Authorization", &wrong), extra]).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{extra:?}");
         assert!(!h.contains_key(header::WWW_AUTHENTICATE), "{extra:?}");
     }
@@ -976,14 +972,7 @@ async fn login_form_bad_input_gets_clear_answers() {
         "user[name]=user0&user[password]=pass0&pad={}",
         "a".repeat(70_000)
     );
-    let (status, _, _) = send(
-        &s.client,
-        Request::post(s.url(LOGIN))
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(full(big))
-            .unwrap(),
-    )
-    .await;
+    let (status, _, _) = s.post_form(LOGIN, None, big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     // Not a form.
     let (status, _, _) = send(
@@ -996,9 +985,7 @@ async fn login_form_bad_input_gets_clear_answers() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Malformed Basic credentials.
-    let (status, _, _) = s
-        .get_plain("/aspera/faspex/me", &[("Authorization", "Basic !!!")])
-        .await;
+    let (status, _, _) = s.get_plain(ME, &[("Authorization", "Basic !!!")]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // An unknown gateway page.
     let (status, _, _) = s.get_plain("/_faspex-gate/nothing", &[]).await;
@@ -1040,14 +1027,13 @@ async fn faspex_never_checks_a_password_the_gateway_has_not() {
 
     // Credentials in the login POST's query string never reach Faspex (Rails would prefer
     // them): the request is refused.
-    let (status, _, _) = send(
-        &s.client,
-        Request::post(s.url("/aspera/faspex/login?user[name]=user1&user[password]=guess"))
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(full("user[name]=user0&user[password]=pass0"))
-            .unwrap(),
-    )
-    .await;
+    let (status, _, _) = s
+        .post_form(
+            "/aspera/faspex/login?user[name]=user1&user[password]=guess",
+            None,
+            "user[name]=user0&user[password]=pass0",
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(!requests(&s).iter().any(|r| r.contains("login")));
     assert!(!requests(&s).iter().any(|r| r.contains("guess")));
@@ -1064,29 +1050,12 @@ async fn faspex_never_checks_a_password_the_gateway_has_not() {
         "user[name]=user0&user[password]=pass0&[user][password]=guess",
         "user[name]=user0&user[password]=pass0&_method=delete",
     ] {
-        let (status, _, _) = send(
-            &s.client,
-            Request::post(s.url(LOGIN))
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(full(body))
-                .unwrap(),
-        )
-        .await;
+        let (status, _, _) = s.post_form(LOGIN, None, body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     }
 
     // Other fields, even repeated ones (a Rails checkbox), go through.
-    let (status, _, _) = send(
-        &s.client,
-        Request::post(s.url(LOGIN))
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::COOKIE, cookies_from(&h))
-            .body(full(
-                "utf8=%E2%9C%93&user[name]=user0&user[password]=pass0&user[remember_me]=0&user[remember_me]=1",
-            ))
-            .unwrap(),
-    )
-    .await;
+    let (status, _, _) = s.post_form(LOGIN, Some(&cookies_from(&h)), "utf8=%E2%9C%93&user[name]=user0&user[password]=pass0&user[remember_me]=0&user[remember_me]=1").await;
     assert_eq!(status, StatusCode::FOUND);
     // The login action takes no other method; the token endpoint only POST, and only a form.
     let (status, _, _) = send(
@@ -1125,7 +1094,7 @@ async fn faspex_never_checks_a_password_the_gateway_has_not() {
         let (status, _, _) = s
             .basic(
                 "POST",
-                "/aspera/faspex/auth/oauth2/token",
+                TOKEN,
                 "user0",
                 "pass0",
                 &[("Content-Type", ct)],
@@ -1158,14 +1127,14 @@ async fn faspex_never_checks_a_password_the_gateway_has_not() {
     // On protected paths an unknown scheme, or Basic with a tab, is not passed on unchecked.
     let (status, _, _) = s
         .get_plain(
-            "/aspera/faspex/me",
+            ME,
             &[("Authorization", &format!("Digest {}", b64("user1:guess")))],
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _, _) = s
         .get_plain(
-            "/aspera/faspex/me",
+            ME,
             &[("Authorization", &format!("Basic\t{}", b64("user1:guess")))],
         )
         .await;
@@ -1178,23 +1147,18 @@ async fn faspex_never_checks_a_password_the_gateway_has_not() {
 
     // The token endpoint takes only checked Basic credentials, and no others in its form.
     let cookie = cookies_from(&h);
-    let (status, _, _) = send(
-        &s.client,
-        Request::post(s.url("/aspera/faspex/auth/oauth2/token"))
-            .header(header::COOKIE, &cookie)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(full("grant_type=password&username=user1&password=guess"))
-            .unwrap(),
-    )
-    .await;
+    let (status, _, _) = s
+        .post_form(
+            TOKEN,
+            Some(&cookie),
+            "grant_type=password&username=user1&password=guess",
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _, _) = s
-        .basic(
-            "POST",
-            "/aspera/faspex/auth/oauth2/token",
+        .token(
             "user0",
             "pass0",
-            &[("Content-Type", "application/x-www-form-urlencoded")],
             "grant_type=password&username=user1&password=guess",
         )
         .await;
@@ -1265,38 +1229,26 @@ async fn a_browser_never_sees_faspexs_own_password_challenge() {
     );
     // Faspex answers 401 with its challenge; a browser gets the 401 without it.
     let (status, h, _) = s
-        .get_plain(
-            "/aspera/faspex/me",
-            &[("Authorization", &creds), ("Accept", "text/html")],
-        )
+        .get_plain(ME, &[("Authorization", &creds), ("Accept", "text/html")])
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(!h.contains_key(header::WWW_AUTHENTICATE));
     // An API client gets Faspex's answer as it is.
-    let (status, h, _) = s
-        .get_plain("/aspera/faspex/me", &[("Authorization", &creds)])
-        .await;
+    let (status, h, _) = s.get_plain(ME, &[("Authorization", &creds)]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(h.contains_key(header::WWW_AUTHENTICATE));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn too_many_attempts_from_one_address_get_429_with_retry_after() {
-    let s = Site::start(users(1), LoginFailureStyle::Rerender, |c| {
-        c.set("policy", "login_attempts_per_ip_per_minute", "3");
-    })
-    .await;
+    let s = Site::with_policy(1, "login_attempts_per_ip_per_minute", "3").await;
     for i in 0..3 {
         let (status, _, _) = s.form_login("user0", &format!("bad{i}"), None, &[]).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    let (status, h, body) = s.form_login("user0", "pass0", None, &[]).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert!(retry_after(&h) >= 1);
-    assert!(text(&body).contains("Too many attempts"));
-    let (status, h, _) = s
-        .basic("GET", "/aspera/faspex/me", "user0", "pass0", &[], "")
-        .await;
+    let throttled = StatusCode::TOO_MANY_REQUESTS;
+    assert_form_refused(&s, "user0", "pass0", throttled, "Too many attempts").await;
+    let (status, h, _) = s.basic("GET", ME, "user0", "pass0", &[], "").await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(retry_after(&h) >= 1);
     // (throttled attempts reach no directory)
@@ -1321,9 +1273,7 @@ async fn an_unreachable_directory_is_503_and_counts_against_no_one() {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(text(&body).contains("did not count as a failed login"));
     }
-    let (status, h, _) = s
-        .basic("GET", "/aspera/faspex/me", "user0", "pass0", &[], "")
-        .await;
+    let (status, h, _) = s.basic("GET", ME, "user0", "pass0", &[], "").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(!h.contains_key(header::WWW_AUTHENTICATE));
     // Six tries and no lock: still 503, never 403.
@@ -1349,9 +1299,7 @@ async fn an_unreachable_faspex_is_502_and_keeps_no_seat() {
         let (status, _, body) = s.form_login(u, p, None, &[]).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{u}: {}", text(&body));
     }
-    let (status, _, _) = s
-        .basic("GET", "/aspera/faspex/me", "user1", "pass1", &[], "")
-        .await;
+    let (status, _, _) = s.basic("GET", ME, "user1", "pass1", &[], "").await;
     assert_eq!(
         status,
         StatusCode::BAD_GATEWAY,

@@ -151,6 +151,17 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// [`start`] with `auth.local_accounts = "faspex"` and one local account, `extern.collab`.
+async fn start_collab(tweak: impl FnOnce(&mut ConfigBuilder)) -> LocalSite {
+    start(
+        "faspex",
+        &[],
+        faspex_with(&[("extern.collab", "collab-pass")]),
+        tweak,
+    )
+    .await
+}
+
 /// Faspex knowing the directory's people and `local` accounts of its own.
 fn faspex_with(local: &[(&str, &str)]) -> EmulatorConfig {
     EmulatorConfig {
@@ -313,6 +324,18 @@ async fn lockouts(s: &Site) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// The only lock in force, as its user, account kind and failures.
+async fn only_lock(s: &Site) -> (Value, Value, Value) {
+    let locks = lockouts(s).await;
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    let l = &locks[0];
+    (
+        l["user"].clone(),
+        l["account_kind"].clone(),
+        l["failures"].clone(),
+    )
 }
 
 async fn sessions(s: &Site) -> Vec<Value> {
@@ -536,14 +559,7 @@ async fn a_local_account_logs_in_by_form_and_basic_takes_a_seat_and_counts_again
 
     // A directory user takes the second seat.
     let (st, _, _) = s
-        .basic(
-            "GET",
-            "/aspera/faspex/inbox.atom",
-            "ann",
-            "ann-pw",
-            &[("Accept", "application/xml")],
-            "",
-        )
+        .basic_xml("/aspera/faspex/inbox.atom", "ann", "ann-pw")
         .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(seats(&s).await, (2, 1));
@@ -574,16 +590,7 @@ async fn a_local_account_logs_in_by_form_and_basic_takes_a_seat_and_counts_again
 
     // By HTTP Basic, on a protected API path: Faspex checks it with GET /me first, then the
     // request itself goes (and Faspex reads its Basic credentials too).
-    let (st, _, body) = s
-        .basic(
-            "GET",
-            PACKAGE,
-            "extern.collab",
-            "collab-pass",
-            &[("Accept", "application/xml")],
-            "",
-        )
-        .await;
+    let (st, _, body) = s.basic_xml(PACKAGE, "extern.collab", "collab-pass").await;
     assert_eq!(st, StatusCode::OK, "{}", text(&body));
     assert!(text(&body).contains("faspe://"), "{}", text(&body));
     assert_eq!(account_checks(&s, "extern.collab"), 1);
@@ -596,14 +603,7 @@ async fn a_local_account_logs_in_by_form_and_basic_takes_a_seat_and_counts_again
     assert_eq!(basic(&s), 2, "the /me check and the request");
     // The next request is in the verification cache: no second check.
     let (st, _, _) = s
-        .basic(
-            "GET",
-            "/aspera/faspex/inbox.atom",
-            "extern.collab",
-            "collab-pass",
-            &[("Accept", "application/xml")],
-            "",
-        )
+        .basic_xml("/aspera/faspex/inbox.atom", "extern.collab", "collab-pass")
         .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(
@@ -751,12 +751,8 @@ async fn a_directory_users_wrong_password_never_reaches_faspex_and_the_directory
         0,
         "no /me check for a directory name"
     );
-    let locks = lockouts(&s).await;
-    assert_eq!(locks.len(), 1, "{locks:?}");
-    assert_eq!(
-        (&locks[0]["user"], &locks[0]["account_kind"]),
-        (&"bob".into(), &"directory".into())
-    );
+    let (user, kind, _) = only_lock(&s).await;
+    assert_eq!((user, kind), ("bob".into(), "directory".into()));
     let m = scrape(&s.gw).await;
     assert_eq!(by_kind(&m, "locked", "directory"), 1.0);
     assert_eq!(by_kind(&m, "locked", "local"), 0.0);
@@ -821,15 +817,9 @@ async fn unlock_kick_and_lock_work_for_local_accounts_by_any_spelling_faspex_mat
         assert_eq!(st, want, "try {i}");
     }
     assert_eq!(attempts(&s, "josé").len(), 5);
-    let locks = lockouts(&s).await;
-    assert_eq!(locks.len(), 1, "{locks:?}");
     assert_eq!(
-        (
-            &locks[0]["user"],
-            &locks[0]["account_kind"],
-            &locks[0]["failures"]
-        ),
-        (&"jose".into(), &"local".into(), &Value::from(5))
+        only_lock(&s).await,
+        ("jose".into(), "local".into(), Value::from(5))
     );
     assert_eq!(status(&s).await["local_accounts_locked"], 1);
     let (st, _, _) = s.form_login("jose", "jose-pw", None, &[]).await;
@@ -1038,13 +1028,7 @@ async fn faspex_gives_no_verdict(
 /// Faspex down during a local account's login: 502, not a failed login, and no lock.
 #[tokio::test(flavor = "multi_thread")]
 async fn faspex_down_during_a_local_login_is_502_and_no_lock() {
-    let s = start(
-        "faspex",
-        &[],
-        faspex_with(&[("extern.collab", "collab-pass")]),
-        |_| {},
-    )
-    .await;
+    let s = start_collab(|_| {}).await;
     faspex_gives_no_verdict(
         &s,
         DOWN,
@@ -1059,13 +1043,7 @@ async fn faspex_down_during_a_local_login_is_502_and_no_lock() {
 /// rolled back, 502.
 #[tokio::test(flavor = "multi_thread")]
 async fn faspex_answering_500_to_a_local_login_is_not_counted() {
-    let s = start(
-        "faspex",
-        &[],
-        faspex_with(&[("extern.collab", "collab-pass")]),
-        |_| {},
-    )
-    .await;
+    let s = start_collab(|_| {}).await;
     // README says the client gets 502; a form login is given Faspex's own 500 page as it
     // is (src/proxy/mod.rs, `form_login`): either is no verdict. (Reported; tighten once decided.)
     faspex_gives_no_verdict(
@@ -1082,14 +1060,9 @@ async fn faspex_answering_500_to_a_local_login_is_not_counted() {
 /// counted, rolled back.
 #[tokio::test(flavor = "multi_thread")]
 async fn faspex_not_answering_a_local_login_is_not_counted() {
-    let s = start(
-        "faspex",
-        &[],
-        faspex_with(&[("extern.collab", "collab-pass")]),
-        |c| {
-            c.set("upstream", "response_timeout", "\"1s\"");
-        },
-    )
+    let s = start_collab(|c| {
+        c.set("upstream", "response_timeout", "\"1s\"");
+    })
     .await;
     // README says 502; a form login that times out is the forward's 504. (Reported.)
     faspex_gives_no_verdict(
@@ -1107,14 +1080,9 @@ async fn faspex_not_answering_a_local_login_is_not_counted() {
 /// refills while the spray runs: one every 2 s).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spray_of_unknown_names_from_one_address_is_bounded_by_the_per_address_throttle() {
-    let s = start(
-        "faspex",
-        &[],
-        faspex_with(&[("extern.collab", "collab-pass")]),
-        |c| {
-            c.set("policy", "login_attempts_per_ip_per_minute", "30");
-        },
-    )
+    let s = start_collab(|c| {
+        c.set("policy", "login_attempts_per_ip_per_minute", "30");
+    })
     .await;
     let started = Instant::now();
     let mut statuses = Vec::new();
@@ -1157,17 +1125,12 @@ async fn a_spray_of_unknown_names_from_one_address_is_bounded_by_the_per_address
 /// second's worth, then 10 a second).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spray_of_unknown_names_from_many_addresses_is_bounded_by_max_checks_per_second() {
-    let s = start(
-        "faspex",
-        &[],
-        faspex_with(&[("extern.collab", "collab-pass")]),
-        |c| {
-            c.set("auth", "max_checks_per_second", "10");
-            // (two names per address: had the addresses been one, 2 would be all that passed)
-            c.set("policy", "login_attempts_per_ip_per_minute", "2");
-            c.set("policy", "max_sessions", "500");
-        },
-    )
+    let s = start_collab(|c| {
+        c.set("auth", "max_checks_per_second", "10");
+        // (two names per address: had the addresses been one, 2 would be all that passed)
+        c.set("policy", "login_attempts_per_ip_per_minute", "2");
+        c.set("policy", "max_sessions", "500");
+    })
     .await;
     let (statuses, took) = in_parallel(
         &s,
@@ -1233,16 +1196,7 @@ async fn with_the_users_file_local_accounts_log_in_lock_and_the_directory_still_
     wait_seats(&s, (0, 0)).await;
 
     // By Basic, on a protected API path; no /me check (the file is the check).
-    let (st, _, body) = s
-        .basic(
-            "GET",
-            PACKAGE,
-            "extern.collab",
-            "collab-pass",
-            &[("Accept", "application/xml")],
-            "",
-        )
-        .await;
+    let (st, _, body) = s.basic_xml(PACKAGE, "extern.collab", "collab-pass").await;
     assert_eq!(st, StatusCode::OK, "{}", text(&body));
     assert_eq!(account_checks(&s, "extern.collab"), 0);
     let list = sessions(&s).await;
@@ -1286,15 +1240,9 @@ async fn with_the_users_file_local_accounts_log_in_lock_and_the_directory_still_
         assert_eq!(st, want, "try {i}");
     }
     assert_eq!(attempts(&s, "extern.collab").len(), faspex_before);
-    let locks = lockouts(&s).await;
-    assert_eq!(locks.len(), 1, "{locks:?}");
     assert_eq!(
-        (
-            &locks[0]["user"],
-            &locks[0]["account_kind"],
-            &locks[0]["failures"]
-        ),
-        (&"extern.collab".into(), &"local".into(), &Value::from(5))
+        only_lock(&s).await,
+        ("extern.collab".into(), "local".into(), Value::from(5))
     );
     let (st, _, _) = s
         .form_login("extern.collab", "collab-pass", None, &[])
