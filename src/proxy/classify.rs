@@ -583,6 +583,20 @@ mod tests {
         profile().classify(&method, path).unwrap().route
     }
 
+    /// Each path, asked for with GET, takes its route.
+    fn assert_get_routes(cases: &[(&str, Route)]) {
+        for (p, want) in cases {
+            assert_eq!(route(Method::GET, p), *want, "{p}");
+        }
+    }
+
+    /// Each path, asked for with GET, is refused with `e` before any route is decided.
+    fn assert_refused(paths: &[&str], e: PathError) {
+        for p in paths {
+            assert_eq!(profile().classify(&Method::GET, p), Err(e.clone()), "{p}");
+        }
+    }
+
     #[test]
     fn normalises_segments() {
         let n = |p: &str| {
@@ -624,22 +638,17 @@ mod tests {
             assert_eq!(route(Method::GET, p), Route::Denied, "{p}");
         }
         // Encoded separators and dot segments are refused before any route is decided.
-        for (p, e) in [
-            (
-                "/aspera%2Ffaspex%2Fpackage_relay%2Frelay_package",
-                PathError::EncodedSlash,
-            ),
-            (
+        assert_refused(
+            &["/aspera%2Ffaspex%2Fpackage_relay%2Frelay_package"],
+            PathError::EncodedSlash,
+        );
+        assert_refused(
+            &[
                 "/aspera/faspex/%252e%252e/faspex/package_relay/x",
-                PathError::EncodedDot,
-            ),
-            (
                 "/aspera/faspex/%2e/package_relay/relay_package",
-                PathError::EncodedDot,
-            ),
-        ] {
-            assert_eq!(profile().classify(&Method::GET, p), Err(e), "{p}");
-        }
+            ],
+            PathError::EncodedDot,
+        );
     }
 
     /// Issue 19: a deny rule holds against a server that folds case or drops `;params` from a
@@ -667,17 +676,14 @@ mod tests {
             }
         }
         // `..;` is `..` to a server that drops params and a name to Rails: refused outright.
-        for p in [
-            "/aspera/faspex/inbox/..;/package_relay/relay_package",
-            "/aspera/faspex/x;y/..;z/PACKAGE_RELAY/relay_package",
-            "/aspera/faspex/package_relay/..;/inbox",
-        ] {
-            assert_eq!(
-                profile().classify(&Method::GET, p),
-                Err(PathError::DotSegmentParams),
-                "{p}"
-            );
-        }
+        assert_refused(
+            &[
+                "/aspera/faspex/inbox/..;/package_relay/relay_package",
+                "/aspera/faspex/x;y/..;z/PACKAGE_RELAY/relay_package",
+                "/aspera/faspex/package_relay/..;/inbox",
+            ],
+            PathError::DotSegmentParams,
+        );
         // Methods match as before: a rule for one method still leaves the others alone.
         let post_only = RouteProfile {
             deny: vec![DenyPrefix {
@@ -774,66 +780,45 @@ mod tests {
 
     #[test]
     fn matching_is_case_sensitive() {
-        assert_eq!(
-            route(Method::GET, "/aspera/faspex/External/x"),
-            Route::Protected
-        );
-        assert_eq!(
-            route(Method::GET, "/aspera/faspex/external/x"),
-            Route::Public
-        );
+        assert_get_routes(&[
+            ("/aspera/faspex/External/x", Route::Protected),
+            ("/aspera/faspex/external/x", Route::Public),
+        ]);
     }
 
     #[test]
     fn public_paths_need_every_reading_to_agree() {
-        assert_eq!(
-            route(Method::GET, "/aspera/faspex/external_deliveries/4822"),
-            Route::Public
-        );
-        assert_eq!(
-            route(Method::GET, "/aspera/http-gwy/v1/download/1"),
-            Route::Public
-        );
-        // Escaping the public prefix with dot segments lands on a protected path.
-        assert_eq!(
-            route(Method::GET, "/aspera/faspex/external/../received/4044"),
-            Route::Protected
-        );
+        assert_get_routes(&[
+            ("/aspera/faspex/external_deliveries/4822", Route::Public),
+            ("/aspera/http-gwy/v1/download/1", Route::Public),
+            // Escaping the public prefix with dot segments lands on a protected path.
+            ("/aspera/faspex/external/../received/4044", Route::Protected),
+        ]);
         // Encoded dot segments, once or twice encoded, are refused.
-        for p in [
-            "/aspera/faspex/external/%2e%2e/received/4044",
-            "/aspera/faspex/external/%252e%252e/received/4044",
-            "/aspera/faspex/external/%252e%252e/received/4044%25",
-            "/aspera/faspex/inbox/%2e%2e/javascripts/x",
-            "/aspera/faspex/inbox/.%2e/javascripts/x",
-        ] {
-            assert_eq!(
-                profile().classify(&Method::GET, p),
-                Err(PathError::EncodedDot),
-                "{p}"
-            );
-        }
-        for p in [
-            "/aspera/faspex/received/1%2f..%2f..%2fjavascripts%2fx",
-            "/aspera/faspex/received/1%252f..",
-            "/aspera/faspex/received/1%5C..",
-            "/aspera/faspex/received/1%255c..",
-        ] {
-            assert_eq!(
-                profile().classify(&Method::GET, p),
-                Err(PathError::EncodedSlash),
-                "{p}"
-            );
-        }
+        assert_refused(
+            &[
+                "/aspera/faspex/external/%2e%2e/received/4044",
+                "/aspera/faspex/external/%252e%252e/received/4044",
+                "/aspera/faspex/external/%252e%252e/received/4044%25",
+                "/aspera/faspex/inbox/%2e%2e/javascripts/x",
+                "/aspera/faspex/inbox/.%2e/javascripts/x",
+            ],
+            PathError::EncodedDot,
+        );
+        assert_refused(
+            &[
+                "/aspera/faspex/received/1%2f..%2f..%2fjavascripts%2fx",
+                "/aspera/faspex/received/1%252f..",
+                "/aspera/faspex/received/1%5C..",
+                "/aspera/faspex/received/1%255c..",
+            ],
+            PathError::EncodedSlash,
+        );
         // A prefix is a whole segment.
-        assert_eq!(
-            route(Method::GET, "/aspera/faspex/externalx"),
-            Route::Protected
-        );
-        assert_eq!(
-            route(Method::GET, "/aspera/faspex/received/4044"),
-            Route::Protected
-        );
+        assert_get_routes(&[
+            ("/aspera/faspex/externalx", Route::Protected),
+            ("/aspera/faspex/received/4044", Route::Protected),
+        ]);
     }
 
     /// (method, path, what Rails runs, what the gateway makes of it)
