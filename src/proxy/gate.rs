@@ -758,13 +758,49 @@ mod tests {
     use super::*;
 
     fn plan(method: Method, target: &str, ct: Option<&str>, body: &str) -> Plan {
+        encoded_plan(method, target, ct, None, body)
+    }
+
+    fn encoded_plan(
+        method: Method,
+        target: &str,
+        ct: Option<&str>,
+        encoding: Option<&str>,
+        body: &str,
+    ) -> Plan {
         Gate::for_tests().plan(&Probe {
             method: &method,
             target,
             content_type: ct,
-            content_encoding: None,
+            content_encoding: encoding,
             body: body.as_bytes(),
         })
+    }
+
+    /// A GET of `target` with no body.
+    fn get(target: &str) -> Plan {
+        plan(Method::GET, target, None, "")
+    }
+
+    /// Each of `bodies`, POSTed as a form to `target`, is refused.
+    fn assert_forms_refused(target: &str, bodies: &[&str]) {
+        for body in bodies {
+            assert!(
+                matches!(plan(Method::POST, target, FORM, body), Plan::Refuse(_)),
+                "{body}"
+            );
+        }
+    }
+
+    fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
     }
 
     const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
@@ -819,7 +855,7 @@ mod tests {
             "/aspera/faspex/external/x?password=1",
             "/aspera/faspex/logout?user[name]=a",
         ] {
-            assert_eq!(plan(Method::GET, target, None, ""), refused, "{target}");
+            assert_eq!(get(target), refused, "{target}");
         }
         // In a body to a protected or public path, in every type.
         for (ct, body) in [
@@ -902,23 +938,18 @@ mod tests {
 
     #[test]
     fn login_forms_faspex_could_read_otherwise_are_refused() {
-        for body in [
-            "user[name]=a&user[name]=b&user[password]=x",
-            "user[name]=a&user]password=x",
-            "user[name]=a&user[password][]=x",
-            "user[name]=a&user[password]=x&_method=get",
-            "user[name]=a;user[password]=x",
-            "user[name]=a&user[password]=%FF",
-            "user[name]=a&password=x",
-        ] {
-            assert!(
-                matches!(
-                    plan(Method::POST, "/aspera/faspex/login", FORM, body),
-                    Plan::Refuse(_)
-                ),
-                "{body}"
-            );
-        }
+        assert_forms_refused(
+            "/aspera/faspex/login",
+            &[
+                "user[name]=a&user[name]=b&user[password]=x",
+                "user[name]=a&user]password=x",
+                "user[name]=a&user[password][]=x",
+                "user[name]=a&user[password]=x&_method=get",
+                "user[name]=a;user[password]=x",
+                "user[name]=a&user[password]=%FF",
+                "user[name]=a&password=x",
+            ],
+        );
         assert!(matches!(
             plan(
                 Method::POST,
@@ -953,22 +984,17 @@ mod tests {
                 password: Some("b".into())
             }
         );
-        for body in [
-            "refresh_token=x",
-            "client_secret=x",
-            "user[password]=x",
-            "username=a&username=b",
-        ] {
-            assert!(
-                matches!(
-                    plan(Method::POST, "/aspera/faspex/auth/oauth2/token", FORM, body),
-                    Plan::Refuse(_)
-                ),
-                "{body}"
-            );
-        }
+        assert_forms_refused(
+            "/aspera/faspex/auth/oauth2/token",
+            &[
+                "refresh_token=x",
+                "client_secret=x",
+                "user[password]=x",
+                "username=a&username=b",
+            ],
+        );
         assert_eq!(
-            plan(Method::GET, "/aspera/faspex/auth/oauth2/token", None, ""),
+            get("/aspera/faspex/auth/oauth2/token"),
             Plan::Refuse(Refusal::MethodNotAllowed)
         );
     }
@@ -1005,32 +1031,26 @@ mod tests {
         );
         // Not by GET with a query.
         assert_eq!(
-            plan(
-                Method::GET,
-                "/aspera/faspex/admin/users?user[password]=x",
-                None,
-                ""
-            ),
+            get("/aspera/faspex/admin/users?user[password]=x"),
             Plan::Refuse(Refusal::CredentialField)
         );
     }
 
     #[test]
     fn bodies_the_gate_cannot_read_are_not_forwarded() {
-        let gate = Gate::for_tests();
         let big = "a".repeat(1024 * 1024 + 1);
         assert_eq!(
             plan(Method::POST, "/aspera/faspex/send", FORM, &big),
             Plan::Refuse(Refusal::TooLarge(1024 * 1024))
         );
         assert_eq!(
-            gate.plan(&Probe {
-                method: &Method::POST,
-                target: "/aspera/faspex/send",
-                content_type: FORM,
-                content_encoding: Some("gzip"),
-                body: b"x=1",
-            }),
+            encoded_plan(
+                Method::POST,
+                "/aspera/faspex/send",
+                FORM,
+                Some("gzip"),
+                "x=1"
+            ),
             Plan::Refuse(Refusal::Encoded)
         );
         assert!(matches!(
@@ -1062,17 +1082,9 @@ mod tests {
             Plan::Public
         );
         // Plain requests pass.
+        assert_eq!(get("/aspera/faspex/inbox"), Plan::Protected);
         assert_eq!(
-            plan(Method::GET, "/aspera/faspex/inbox", None, ""),
-            Plan::Protected
-        );
-        assert_eq!(
-            plan(
-                Method::GET,
-                "/aspera/faspex/external_deliveries/1?passcode=ab",
-                None,
-                ""
-            ),
+            get("/aspera/faspex/external_deliveries/1?passcode=ab"),
             Plan::Public
         );
         assert_eq!(
@@ -1091,14 +1103,7 @@ mod tests {
         let gate = Gate::for_tests();
         let check = |method: Method, path: &str, headers: &[(&str, &str)]| {
             let c = gate.classify(&method, path).unwrap();
-            let mut h = HeaderMap::new();
-            for (k, v) in headers {
-                h.append(
-                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    v.parse().unwrap(),
-                );
-            }
-            gate.upgrade(&method, &c, &h)
+            gate.upgrade(&method, &c, &header_map(headers))
         };
         let ws = [("connection", "Upgrade"), ("upgrade", "websocket")];
         assert_eq!(
@@ -1155,24 +1160,14 @@ mod tests {
     #[test]
     fn headers_are_made_what_every_reader_reads_alike() {
         let gate = Gate::for_tests();
-        let map = |pairs: &[(&str, &str)]| {
-            let mut h = HeaderMap::new();
-            for (k, v) in pairs {
-                h.append(
-                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    v.parse().unwrap(),
-                );
-            }
-            h
-        };
         for bad in [
             &[("connection", "keep-alive, Content-Type")][..],
             &[("connection", "close"), ("connection", "authorization")][..],
             &[("content-type", "a/b"), ("content-type", "c/d")][..],
         ] {
-            assert!(gate.headers(&mut map(bad)).is_err(), "{bad:?}");
+            assert!(gate.headers(&mut header_map(bad)).is_err(), "{bad:?}");
         }
-        let mut h = map(&[
+        let mut h = header_map(&[
             ("x-post-data-format", "xml"),
             ("x_forwarded_for", "1.2.3.4"),
             ("x_http_method_override", "GET"),
@@ -1194,7 +1189,7 @@ mod tests {
         let token = gate
             .classify(&Method::POST, "/aspera/faspex/auth/oauth2/token")
             .unwrap();
-        let octet = map(&[("content-type", "application/octet-stream")]);
+        let octet = header_map(&[("content-type", "application/octet-stream")]);
         let rule = gate.body(&Method::POST, &token, &octet, false).unwrap();
         assert!(matches!(rule, BodyRule::Inspect { .. }), "{rule:?}");
         assert!(matches!(
