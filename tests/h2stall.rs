@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::flows::eventually;
-use crate::limits::{frame, get_block, PREFACE};
+use crate::limits::{
+    frame, get_block, get_on, h1, CANCEL, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE,
+    RST_STREAM, SETTINGS,
+};
 use crate::util::*;
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
@@ -50,34 +52,17 @@ async fn setup() -> (TestUpstream, GatewayProcess) {
 async fn public_get_from(from: IpAddr, gw: &GatewayProcess) -> StatusCode {
     let addr = gw.https.unwrap();
     let tls = tls_from(from, addr, &gw.files.cert_pem, &[b"http/1.1"]).await;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get("/echo")
-        .header("host", format!("localhost:{}", addr.port()))
-        .body(empty())
-        .unwrap();
-    let resp = send.send_request(req).await.expect("request failed");
-    let status = resp.status();
-    resp.into_body().collect().await.expect("body failed");
-    status
+    get_on(&mut h1(tls).await, addr.port(), "/echo").await
 }
 
 // ---------------------------------------------------------------------------------------------
 // HTTP/2 written by hand
 // ---------------------------------------------------------------------------------------------
 
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
+// (the frame types and flags both files need are `limits.rs`'s)
 const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
-const CANCEL: u32 = 0x8;
 
 /// A TLS connection from the local address `from` (see `limits::tls_from`).
 async fn tls_from(from: IpAddr, to: SocketAddr, pem: &str, alpn: &[&[u8]]) -> Tls {

@@ -34,12 +34,7 @@ async fn setup(tweak: impl FnOnce(&mut ConfigBuilder)) -> (TestUpstream, Gateway
     let mut cfg = ConfigBuilder::new(&files, &upstream.url());
     cfg.set("faspex", "public_paths", r#"["/slow", "/sink", "/never"]"#);
     cfg.set("policy", "public_requests_per_ip_per_minute", "1000000");
-    cfg.set("admin", "listen", "\"127.0.0.1:0\"");
-    cfg.set(
-        "admin",
-        "token_file",
-        &format!("{:?}", files.path("admin-token").display().to_string()),
-    );
+    cfg.admin("127.0.0.1:0", &files.path("admin-token"));
     tweak(&mut cfg);
     let gw = tokio::task::block_in_place(|| GatewayProcess::start(files, &cfg));
     (upstream, gw)

@@ -39,12 +39,7 @@ async fn setup(tweak: impl FnOnce(&mut ConfigBuilder)) -> (TestUpstream, Gateway
     let mut cfg = ConfigBuilder::new(&files, &upstream.url());
     cfg.set("faspex", "public_paths", "[\"/\"]");
     cfg.set("policy", "public_requests_per_ip_per_minute", "1000000");
-    cfg.set("admin", "listen", "\"127.0.0.1:0\"");
-    cfg.set(
-        "admin",
-        "token_file",
-        &format!("{:?}", files.path("admin-token").display().to_string()),
-    );
+    cfg.admin("127.0.0.1:0", &files.path("admin-token"));
     tweak(&mut cfg);
     let gw = tokio::task::block_in_place(|| GatewayProcess::start(files, &cfg));
     (upstream, gw)
@@ -77,7 +72,7 @@ pub(crate) async fn tls_from(
 }
 
 /// An HTTP/1.1 client on one connection (keep-alive).
-async fn h1(tls: Tls) -> SendRequest<TestBody> {
+pub(crate) async fn h1(tls: Tls) -> SendRequest<TestBody> {
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -86,7 +81,7 @@ async fn h1(tls: Tls) -> SendRequest<TestBody> {
 }
 
 /// GET `path` on `send`'s connection; the status, the body read to its end.
-async fn get_on(send: &mut SendRequest<TestBody>, port: u16, path: &str) -> StatusCode {
+pub(crate) async fn get_on(send: &mut SendRequest<TestBody>, port: u16, path: &str) -> StatusCode {
     send.ready().await.expect("connection closed");
     let req = Request::get(path)
         .header("host", format!("localhost:{port}"))
@@ -327,13 +322,15 @@ async fn a_websocket_tunnel_keeps_its_address_slot_until_closed() {
 // ---------------------------------------------------------------------------------------------
 
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA_HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
+pub(crate) const HEADERS: u8 = 0x1;
+pub(crate) const RST_STREAM: u8 = 0x3;
+pub(crate) const SETTINGS: u8 = 0x4;
+pub(crate) const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
+pub(crate) const END_STREAM: u8 = 0x1;
+pub(crate) const END_HEADERS: u8 = 0x4;
+/// The `RST_STREAM` error code a client gives up a stream with.
+pub(crate) const CANCEL: u32 = 0x8;
 
 /// One frame: the 9-byte header (24-bit length, type, flags, 31-bit stream id) and `payload`.
 pub(crate) fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -423,8 +420,8 @@ async fn http2_rapid_reset_gets_goaway_and_others_are_served() {
     out.extend(frame(SETTINGS, 0, 0, &[]));
     for i in 0..PAIRS {
         let id = 2 * i + 1;
-        out.extend(frame(DATA_HEADERS, END_STREAM | END_HEADERS, id, &block));
-        out.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
+        out.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
+        out.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
     }
     let t = Instant::now();
     let mut written = 0usize;
@@ -473,7 +470,7 @@ async fn http2_continuation_flood_is_cut_off_and_others_are_served() {
     let mut frames = block.chunks(16 * 1024);
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
-    out.extend(frame(DATA_HEADERS, END_STREAM, 1, frames.next().unwrap()));
+    out.extend(frame(HEADERS, END_STREAM, 1, frames.next().unwrap()));
     let first = out.len();
     let t = Instant::now();
     let mut written = 0usize;

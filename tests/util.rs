@@ -401,6 +401,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// The admin listener on `listen`, its bearer token read from `token_file`.
+    pub fn admin(&mut self, listen: &str, token_file: &Path) -> &mut Self {
+        self.set("admin", "listen", &format!("{listen:?}"));
+        let token_file = format!("{:?}", token_file.display().to_string());
+        self.set("admin", "token_file", &token_file)
+    }
+
     pub fn unset(&mut self, section: &str, key: &str) -> &mut Self {
         if let Some(s) = self.sections.get_mut(section) {
             s.remove(key);
