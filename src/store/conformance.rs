@@ -100,7 +100,9 @@ fn seats(max_sessions: u32, one_client: OneClient) -> SeatRules {
     }
 }
 
-fn lockout() -> LockoutRules {
+/// The lockout rules the checks run under (the contract's: five failures in a minute lock for an
+/// hour); the embedded store's own tests use them too.
+pub(crate) fn lockout() -> LockoutRules {
     LockoutRules {
         threshold: 5,
         window: MIN,

@@ -706,9 +706,9 @@ mod tests {
 
     use super::*;
     use crate::clock::{Clock, ManualClock};
+    use crate::store::conformance::lockout;
     use crate::store::{ClientKind, SessionState};
 
-    const MIN: Duration = Duration::from_secs(60);
     const HOUR: Duration = Duration::from_secs(3600);
 
     /// A store file as a build before account keys were prepared wrote it: schema 1, no
@@ -783,16 +783,6 @@ mod tests {
             failures,
             by_admin,
             account_kind: AccountKind::Directory,
-        }
-    }
-
-    fn rules() -> LockoutRules {
-        LockoutRules {
-            threshold: 5,
-            window: MIN,
-            duration: HOUR,
-            max_tracked: 1000,
-            ticket_ttl: Duration::from_secs(180),
         }
     }
 
@@ -887,7 +877,7 @@ mod tests {
             if round == 0 {
                 // The joined window holds five failures in the minute: the next attempt locks.
                 match store
-                    .begin_attempt(&LockKey::account("carl jr"), now, rules())
+                    .begin_attempt(&LockKey::account("carl jr"), now, lockout())
                     .await
                     .unwrap()
                 {
@@ -898,7 +888,7 @@ mod tests {
                 }
                 assert!(matches!(
                     store
-                        .begin_attempt(&LockKey::account("dee"), now, rules())
+                        .begin_attempt(&LockKey::account("dee"), now, lockout())
                         .await
                         .unwrap(),
                     AttemptStart::Proceed(_)
