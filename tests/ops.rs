@@ -263,7 +263,7 @@ async fn metrics_follow_every_policy_exactly() {
 
     // Three seats: two browsers and one Basic caller.
     let c0 = s.browser_login("user0", "pass0").await;
-    let c1 = s.browser_login("user1", "pass1").await;
+    s.browser_login("user1", "pass1").await;
     let (st, _, _) = s.basic("GET", ME, "user2", "pass2", &[], "").await;
     assert_eq!(st, StatusCode::OK);
     let t = scrape(&s.gw).await;
