@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
 use faspex_emulator::LoginFailureStyle;
+use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::flows::{users, Site};
 
