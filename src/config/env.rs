@@ -28,6 +28,8 @@ pub(crate) const LIST_KEYS: &[&str] = &[
     "auth.ldap.urls",
     "faspex.public_paths",
     "faspex.deny",
+    "store.redis.urls",
+    "store.redis.sentinels",
 ];
 const LIST_SEPARATOR: &str = ",";
 

@@ -32,5 +32,6 @@ mod validate;
 mod tests;
 
 pub use model::*;
+pub(crate) use redact::url as redact_url;
 pub use reload::{Reload, RestartOnly};
 pub use secret::Secret;

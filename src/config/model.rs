@@ -358,6 +358,8 @@ pub struct LogConfig {
 pub enum StoreKind {
     /// `"embedded"`: durable, on this host.
     Embedded,
+    /// `"redis"`: shared by several gateways, in Redis 7.0 or later (`[store.redis]`).
+    Redis,
 }
 
 /// `[store]`: where sessions and lockouts are kept.
@@ -365,4 +367,30 @@ pub enum StoreKind {
 pub struct StoreConfig {
     pub kind: StoreKind,
     pub path: PathBuf,
+    pub redis: RedisConfig,
+}
+
+/// `[store.redis]`: the shared store. Checked whatever `store.kind` says; its files are read only
+/// when `store.kind = "redis"`. Nothing here contacts Redis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedisConfig {
+    /// One master (`redis://` or `rediss://`), or none with `sentinels`.
+    pub urls: Vec<url::Url>,
+    /// Sentinels as `host:port`, with `master_name`.
+    pub sentinels: Vec<String>,
+    pub master_name: Option<String>,
+    /// The ACL user; `None` = the default user.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Read from `password_file` when the store is Redis.
+    pub password: Option<Secret>,
+    /// An extra trust anchor for `rediss://` (and TLS to sentinels).
+    pub ca_file: Option<PathBuf>,
+    /// Every key starts with it (inside a `{...}` hash tag) and `:`.
+    pub key_prefix: String,
+    /// Replicas that must acknowledge a lock, an unlock, a kick or an admission (`WAIT`).
+    pub wait_replicas: u32,
+    pub wait_timeout: Duration,
+    pub session_cache: Duration,
+    pub outage_grace: Duration,
 }

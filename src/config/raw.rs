@@ -418,7 +418,7 @@ impl Default for RawLog {
     }
 }
 
-/// `[store]`
+/// `[store]`, with its `[store.redis]` table.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default, expecting = "a table of keys")]
 pub(crate) struct RawStore {
@@ -426,6 +426,7 @@ pub(crate) struct RawStore {
     pub kind: String,
     #[serde(deserialize_with = "strict::string")]
     pub path: String,
+    pub redis: RawRedis,
 }
 
 impl Default for RawStore {
@@ -433,6 +434,53 @@ impl Default for RawStore {
         Self {
             kind: "embedded".into(),
             path: "/var/lib/faspex-gate".into(),
+            redis: RawRedis::default(),
+        }
+    }
+}
+
+/// `[store.redis]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table of keys")]
+pub(crate) struct RawRedis {
+    #[serde(deserialize_with = "strict::string_list")]
+    pub urls: Vec<String>,
+    #[serde(deserialize_with = "strict::string_list")]
+    pub sentinels: Vec<String>,
+    #[serde(deserialize_with = "strict::string")]
+    pub master_name: String,
+    #[serde(deserialize_with = "strict::string")]
+    pub username: String,
+    #[serde(deserialize_with = "strict::string")]
+    pub password_file: String,
+    #[serde(deserialize_with = "strict::string")]
+    pub ca_file: String,
+    #[serde(deserialize_with = "strict::string")]
+    pub key_prefix: String,
+    #[serde(deserialize_with = "strict::uint")]
+    pub wait_replicas: u64,
+    #[serde(deserialize_with = "strict::string")]
+    pub wait_timeout: String,
+    #[serde(deserialize_with = "strict::string")]
+    pub session_cache: String,
+    #[serde(deserialize_with = "strict::string")]
+    pub outage_grace: String,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: String::new(),
+            username: String::new(),
+            password_file: String::new(),
+            ca_file: String::new(),
+            key_prefix: "faspex-gate".into(),
+            wait_replicas: 0,
+            wait_timeout: "100ms".into(),
+            session_cache: "1s".into(),
+            outage_grace: "30s".into(),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::model::{AuditSink, AuthBackend, Config, LockoutKey, LogFormat, OneClient, StoreKind};
 use super::raw::{
     RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawFileAuth, RawLdap, RawLog, RawPages,
-    RawPolicy, RawServer, RawSession, RawStore, RawTls, RawUpstream,
+    RawPolicy, RawRedis, RawServer, RawSession, RawStore, RawTls, RawUpstream,
 };
 
 impl Config {
@@ -184,9 +184,23 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
         store: RawStore {
             kind: match c.store.kind {
                 StoreKind::Embedded => "embedded",
+                StoreKind::Redis => "redis",
             }
             .into(),
             path: path(&c.store.path),
+            redis: RawRedis {
+                urls: c.store.redis.urls.iter().map(url).collect(),
+                sentinels: c.store.redis.sentinels.clone(),
+                master_name: c.store.redis.master_name.clone().unwrap_or_default(),
+                username: c.store.redis.username.clone().unwrap_or_default(),
+                password_file: opt_path(c.store.redis.password_file.as_deref()),
+                ca_file: opt_path(c.store.redis.ca_file.as_deref()),
+                key_prefix: c.store.redis.key_prefix.clone(),
+                wait_replicas: u64::from(c.store.redis.wait_replicas),
+                wait_timeout: duration(c.store.redis.wait_timeout),
+                session_cache: duration(c.store.redis.session_cache),
+                outage_grace: duration(c.store.redis.outage_grace),
+            },
         },
         log: RawLog {
             format: match c.log.format {

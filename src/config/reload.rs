@@ -2,7 +2,7 @@
 //! restart, gathered from a validated [`Config`]: the listeners and everything read when they are
 //! bound or a connection is set up (`[server]` but `trusted_proxies`), the upstream and its
 //! connection pool (`[upstream]`), the admin listener's address, the session cookie and the key
-//! that signs it (`[session]`), and the state store (`[store]`). Every other key is reloadable.
+//! that signs it (`[session]`), and the state store (`[store]`, `[store.redis]` included). Every other key is reloadable.
 //!
 //! A reload ([`Reload::new`]) takes the new file's configuration, names each restart-only key
 //! whose value changed, and puts the running values back, so that the configuration in force is
@@ -79,6 +79,18 @@ restart_only! {
     "session.secret_file" => secret: Secret = session.secret;
     "store.kind" => store_kind: StoreKind = store.kind;
     "store.path" => store_path: PathBuf = store.path;
+    "store.redis.urls" => redis_urls: Vec<url::Url> = store.redis.urls;
+    "store.redis.sentinels" => redis_sentinels: Vec<String> = store.redis.sentinels;
+    "store.redis.master_name" => redis_master_name: Option<String> = store.redis.master_name;
+    "store.redis.username" => redis_username: Option<String> = store.redis.username;
+    "store.redis.password_file" => redis_password_file: Option<PathBuf> = store.redis.password_file;
+    "store.redis.password_file" => redis_password: Option<Secret> = store.redis.password;
+    "store.redis.ca_file" => redis_ca_file: Option<PathBuf> = store.redis.ca_file;
+    "store.redis.key_prefix" => redis_key_prefix: String = store.redis.key_prefix;
+    "store.redis.wait_replicas" => redis_wait_replicas: u32 = store.redis.wait_replicas;
+    "store.redis.wait_timeout" => redis_wait_timeout: Duration = store.redis.wait_timeout;
+    "store.redis.session_cache" => redis_session_cache: Duration = store.redis.session_cache;
+    "store.redis.outage_grace" => redis_outage_grace: Duration = store.redis.outage_grace;
     "log.format" => log_format: super::model::LogFormat = log.format;
 }
 

@@ -1813,18 +1813,214 @@ fn audit_path_rules() {
 fn store_rules() {
     let f = Fixture::new();
     f.fails(
-        &[("store.kind", s("redis"))],
-        "store.kind",
-        "Redis backend is not in this version",
-    );
-    f.fails(
         &[("store.kind", s("sqlite"))],
         "store.kind",
-        r#"use "embedded""#,
+        r#"use "embedded" or "redis""#,
     );
     f.fails(&[("store.path", s(""))], "store.path", "must not be empty");
     let c = f.load(&[("store.path", f.p("store"))]).unwrap();
     assert_eq!(c.store.path, f.path("store"));
+}
+
+#[test]
+fn redis_store_rules() {
+    let f = Fixture::new();
+    fn redis<'a>(edits: &[(&'a str, Value)]) -> Vec<(&'a str, Value)> {
+        let mut all = vec![("store.kind", s("redis"))];
+        all.extend(edits.iter().cloned());
+        all
+    }
+    let url = ("store.redis.urls", list(&["redis://127.0.0.1:6379"]));
+    // The defaults, and a Redis store with one master.
+    let c = f.load(&[]).unwrap();
+    assert_eq!(c.store.redis.key_prefix, "faspex-gate");
+    assert_eq!(
+        (
+            c.store.redis.wait_replicas,
+            c.store.redis.wait_timeout,
+            c.store.redis.session_cache,
+            c.store.redis.outage_grace
+        ),
+        (
+            0,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            Duration::from_secs(30)
+        )
+    );
+    let c = f.load(&redis(&[url.clone()])).unwrap();
+    assert_eq!(c.store.kind, StoreKind::Redis);
+    assert_eq!(c.store.redis.urls[0].port(), Some(6379));
+    f.fails(&redis(&[]), "store.redis", "needs urls");
+    // One master; urls or sentinels.
+    f.fails(
+        &redis(&[(
+            "store.redis.urls",
+            list(&["redis://a:6379", "redis://b:6379"]),
+        )]),
+        "store.redis",
+        "one master, not 2",
+    );
+    f.fails(
+        &redis(&[
+            url.clone(),
+            ("store.redis.sentinels", list(&["s1:26379"])),
+            ("store.redis.master_name", s("m")),
+        ]),
+        "store.redis",
+        "not both",
+    );
+    for (bad, needle) in [
+        ("http://a:6379", "redis or rediss"),
+        ("a:6379", "redis or rediss"),
+        ("redis://", "no host"),
+        ("redis://:pw@a:6379", "password_file"),
+        ("redis://user@a:6379", "password_file"),
+        ("redis://a:6379/x", "database number"),
+        ("redis://a:6379/?x=1", "database number"),
+    ] {
+        f.fails(
+            &redis(&[("store.redis.urls", list(&[bad]))]),
+            "store.redis.urls[0]",
+            needle,
+        );
+    }
+    let c = f
+        .load(&redis(&[(
+            "store.redis.urls",
+            list(&["rediss://r.example.org/2"]),
+        )]))
+        .unwrap();
+    assert_eq!(c.store.redis.urls[0].scheme(), "rediss");
+    // Sentinels are host:port, with a master name.
+    let c = f
+        .load(&redis(&[
+            (
+                "store.redis.sentinels",
+                list(&[
+                    "s1.example.org:26379",
+                    "[2001:db8::1]:26379",
+                    "192.0.2.1:26379",
+                ]),
+            ),
+            ("store.redis.master_name", s("faspex")),
+        ]))
+        .unwrap();
+    assert_eq!(c.store.redis.sentinels.len(), 3);
+    assert_eq!(c.store.redis.master_name.as_deref(), Some("faspex"));
+    for bad in ["s1", "s1:0", "s1:x", ":26379", "s 1:26379", "[::1:26379"] {
+        f.fails(
+            &redis(&[
+                ("store.redis.sentinels", list(&["s0:26379", bad])),
+                ("store.redis.master_name", s("m")),
+            ]),
+            "store.redis.sentinels[1]",
+            "host:port",
+        );
+    }
+    f.fails(
+        &redis(&[("store.redis.sentinels", list(&["s1:26379"]))]),
+        "store.redis.master_name",
+        "must name the master",
+    );
+    f.fails(
+        &redis(&[url.clone(), ("store.redis.master_name", s("m"))]),
+        "store.redis.master_name",
+        "only with sentinels",
+    );
+    // The prefix, the user, and the bounds.
+    for (bad, needle) in [
+        ("", "must not be empty"),
+        ("a b", "spaces"),
+        ("a{b}", "without { or }"),
+    ] {
+        f.fails(
+            &redis(&[url.clone(), ("store.redis.key_prefix", s(bad))]),
+            "store.redis.key_prefix",
+            needle,
+        );
+    }
+    f.fails(
+        &redis(&[url.clone(), ("store.redis.username", s("gate keeper"))]),
+        "store.redis.username",
+        "spaces",
+    );
+    f.fails(
+        &redis(&[url.clone(), ("store.redis.wait_replicas", i(17))]),
+        "store.redis.wait_replicas",
+        "at most 16",
+    );
+    for (key, bad, needle) in [
+        ("store.redis.wait_timeout", "0s", "longer than zero"),
+        ("store.redis.wait_timeout", "3s", "at most 2s"),
+        ("store.redis.wait_timeout", "soon", "not a duration"),
+        ("store.redis.session_cache", "0s", "longer than zero"),
+        ("store.redis.session_cache", "11s", "at most 10s"),
+        ("store.redis.outage_grace", "2h", "at most 1h"),
+    ] {
+        f.fails(&redis(&[url.clone(), (key, s(bad))]), key, needle);
+    }
+    let c = f
+        .load(&redis(&[
+            url.clone(),
+            ("store.redis.outage_grace", s("0s")),
+        ]))
+        .unwrap();
+    assert_eq!(c.store.redis.outage_grace, Duration::ZERO);
+    // The password file follows the secret files' rules, and is read only for a Redis store.
+    f.fails(
+        &redis(&[url.clone(), ("store.redis.password_file", f.p("missing"))]),
+        "store.redis.password_file",
+        "does not exist",
+    );
+    let open = f.file("redis.open", b"pw\n");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
+    f.fails(
+        &redis(&[
+            url.clone(),
+            ("store.redis.password_file", f.p("redis.open")),
+        ]),
+        "store.redis.password_file",
+        "",
+    );
+    f.secret("redis.password", b"redis pw\n");
+    let c = f
+        .load(&redis(&[
+            url.clone(),
+            ("store.redis.password_file", f.p("redis.password")),
+            ("store.redis.username", s("gate")),
+        ]))
+        .unwrap();
+    assert_eq!(
+        c.store.redis.password.as_ref().map(|p| p.expose().to_vec()),
+        Some(b"redis pw".to_vec())
+    );
+    let shown = c.redacted();
+    assert!(shown.contains("redis.password"), "{shown}");
+    assert!(!shown.contains("redis pw"), "{shown}");
+    assert!(!format!("{c:?}").contains("redis pw"));
+    let c = f
+        .load(&[("store.redis.password_file", f.p("missing"))])
+        .unwrap();
+    assert!(
+        c.store.redis.password.is_none(),
+        "an embedded store reads no Redis file"
+    );
+    f.fails(
+        &redis(&[url.clone(), ("store.redis.ca_file", f.p("missing.pem"))]),
+        "store.redis.ca_file",
+        "does not exist",
+    );
+    // From the environment too, naming the variable.
+    let c = f
+        .load_env(&[
+            ("FASPEX_GATE__STORE__KIND", "redis"),
+            ("FASPEX_GATE__STORE__REDIS__URLS", "redis://127.0.0.1:6380"),
+            ("FASPEX_GATE__STORE__REDIS__WAIT_REPLICAS", "1"),
+        ])
+        .unwrap();
+    assert_eq!(c.store.redis.urls[0].port(), Some(6380));
+    assert_eq!(c.store.redis.wait_replicas, 1);
 }
 
 // ---------------------------------------------------------------- redaction
@@ -2096,7 +2292,25 @@ fn every_key_of_the_restart_only_sections_is_classified() {
         secret_file: _,
         secret: _,
     } = c.session;
-    let StoreConfig { kind: _, path: _ } = c.store;
+    let StoreConfig {
+        kind: _,
+        path: _,
+        redis,
+    } = c.store;
+    let RedisConfig {
+        urls: _,
+        sentinels: _,
+        master_name: _,
+        username: _,
+        password_file: _,
+        password: _,
+        ca_file: _,
+        key_prefix: _,
+        wait_replicas: _,
+        wait_timeout: _,
+        session_cache: _,
+        outage_grace: _,
+    } = redis;
     let LogConfig { format: _ } = c.log;
 }
 

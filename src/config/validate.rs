@@ -16,12 +16,12 @@ use super::env::EnvLayer;
 use super::model::{
     AdminConfig, AuditConfig, AuditSink, AuthBackend, AuthConfig, Config, ConfigError, DenyRule,
     FaspexConfig, FileAuthConfig, LdapConfig, LocalAccounts, LockoutKey, LogConfig, LogFormat,
-    OneClient, PagesConfig, PasswordFormRule, PolicyConfig, ServerConfig, SessionConfig,
-    StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
+    OneClient, PagesConfig, PasswordFormRule, PolicyConfig, RedisConfig, ServerConfig,
+    SessionConfig, StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
 };
 use super::raw::{
     RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawLdap, RawLog, RawPages, RawPolicy,
-    RawServer, RawSession, RawStore, RawTls, RawUpstream,
+    RawRedis, RawServer, RawSession, RawStore, RawTls, RawUpstream,
 };
 use super::secret::{admin_token, read_secret_file, session_secret, Secret};
 
@@ -1023,30 +1023,228 @@ impl Ctx<'_> {
     }
 
     fn store(&self, raw: &RawStore) -> Result<StoreConfig> {
-        let kind =
-            match raw.kind.as_str() {
-                "embedded" => StoreKind::Embedded,
-                "redis" => return Err(self.err(
+        let kind = match raw.kind.as_str() {
+            "embedded" => StoreKind::Embedded,
+            "redis" => StoreKind::Redis,
+            other => {
+                return Err(self.err(
                     "store.kind",
-                    r#"the Redis backend is not in this version of faspex-gate; use "embedded""#,
-                )),
-                other => {
-                    return Err(self.err(
-                        "store.kind",
-                        format!(r#"unknown store "{other}"; use "embedded""#),
-                    ))
-                }
-            };
+                    format!(r#"unknown store "{other}"; use "embedded" or "redis""#),
+                ))
+            }
+        };
         if raw.path.is_empty() {
             return Err(self.err(
                 "store.path",
                 r#"must not be empty: the directory of the store, e.g. "/var/lib/faspex-gate""#,
             ));
         }
+        let redis = self.redis(&raw.redis, kind == StoreKind::Redis)?;
         Ok(StoreConfig {
             kind,
             path: PathBuf::from(&raw.path),
+            redis,
         })
+    }
+
+    /// `[store.redis]`: its form is checked always, its files only when it is `in_use`. Redis is
+    /// never contacted here.
+    fn redis(&self, raw: &RawRedis, in_use: bool) -> Result<RedisConfig> {
+        const TABLE: &str = "store.redis";
+        if raw.urls.len() > 1 {
+            return Err(self.err(
+                TABLE,
+                format!(
+                    "urls holds one master, not {}; for several Redis servers use sentinels \
+                     and master_name",
+                    raw.urls.len()
+                ),
+            ));
+        }
+        if !raw.urls.is_empty() && !raw.sentinels.is_empty() {
+            return Err(self.err(
+                TABLE,
+                "set either urls (one master) or sentinels and master_name, not both",
+            ));
+        }
+        if in_use && raw.urls.is_empty() && raw.sentinels.is_empty() {
+            return Err(self.err(
+                TABLE,
+                r#"store.kind = "redis" needs urls = ["redis://host:6379"] (one master), or sentinels and master_name"#,
+            ));
+        }
+        let urls = raw
+            .urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| self.redis_url(&format!("store.redis.urls[{i}]"), u))
+            .collect::<Result<Vec<_>>>()?;
+        let sentinels = raw
+            .sentinels
+            .iter()
+            .enumerate()
+            .map(|(i, h)| self.host_port(&format!("store.redis.sentinels[{i}]"), h))
+            .collect::<Result<Vec<_>>>()?;
+        let master_name = non_empty(&raw.master_name);
+        match (&master_name, sentinels.is_empty()) {
+            (None, false) => {
+                return Err(self.err(
+                    "store.redis.master_name",
+                    "must name the master the sentinels watch, e.g. \"faspex-gate\"",
+                ))
+            }
+            (Some(_), true) => {
+                return Err(self.err(
+                    "store.redis.master_name",
+                    "is used only with sentinels; leave it empty with urls",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(m) = &master_name {
+            self.plain_word("store.redis.master_name", m)?;
+        }
+        let username = non_empty(&raw.username);
+        if let Some(u) = &username {
+            self.plain_word("store.redis.username", u)?;
+        }
+        if raw.key_prefix.is_empty() {
+            return Err(self.err(
+                "store.redis.key_prefix",
+                r#"must not be empty, e.g. "faspex-gate""#,
+            ));
+        }
+        self.plain_word("store.redis.key_prefix", &raw.key_prefix)?;
+        if raw.key_prefix.contains(['{', '}']) || raw.key_prefix.len() > 64 {
+            return Err(self.err(
+                "store.redis.key_prefix",
+                "must be at most 64 bytes without { or } (the gateway puts it in a {...} hash tag)",
+            ));
+        }
+        let wait_replicas = self.count("store.redis.wait_replicas", raw.wait_replicas, 0, 16)?;
+        let wait_timeout = self.duration("store.redis.wait_timeout", &raw.wait_timeout)?;
+        if wait_timeout > Duration::from_secs(2) {
+            return Err(self.err(
+                "store.redis.wait_timeout",
+                "must be at most 2s: a login waits for it, and no client waits more than 5s on \
+                 the store",
+            ));
+        }
+        let session_cache = self.duration("store.redis.session_cache", &raw.session_cache)?;
+        if session_cache > Duration::from_secs(10) {
+            return Err(self.err(
+                "store.redis.session_cache",
+                "must be at most 10s: a kick, lock or logout takes effect on every gateway \
+                 within it",
+            ));
+        }
+        let outage_grace = self.parse_duration("store.redis.outage_grace", &raw.outage_grace)?;
+        if outage_grace > Duration::from_secs(3600) {
+            return Err(self.err(
+                "store.redis.outage_grace",
+                "must be at most 1h (0s = no grace: protected requests get 503 while Redis is \
+                 unreachable)",
+            ));
+        }
+        let password_file = optional_path(&raw.password_file);
+        let ca_file = optional_path(&raw.ca_file);
+        let mut password = None;
+        if in_use {
+            if let Some(path) = &password_file {
+                let contents = self.secret_file("store.redis.password_file", path)?;
+                password = Some(Secret::new(contents));
+            }
+            if let Some(ca) = &ca_file {
+                self.readable_file("store.redis.ca_file", ca)?;
+            }
+        }
+        Ok(RedisConfig {
+            urls,
+            sentinels,
+            master_name,
+            username,
+            password_file,
+            password,
+            ca_file,
+            key_prefix: raw.key_prefix.clone(),
+            wait_replicas,
+            wait_timeout,
+            session_cache,
+            outage_grace,
+        })
+    }
+
+    /// A Redis master's URL: `redis://` or `rediss://`, a host, no credentials, no path but an
+    /// optional database number.
+    fn redis_url(&self, key: &str, value: &str) -> Result<url::Url> {
+        let url = url::Url::parse(value).map_err(|e| {
+            self.err(
+                key,
+                format!(r#""{value}" is not a valid URL ({e}); write e.g. "redis://redis.example.org:6379""#),
+            )
+        })?;
+        if !matches!(url.scheme(), "redis" | "rediss") {
+            return Err(self.err(
+                key,
+                format!(
+                    "the scheme must be redis or rediss (TLS), not {}",
+                    url.scheme()
+                ),
+            ));
+        }
+        if url.host_str().unwrap_or("").is_empty() {
+            return Err(self.err(key, "has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.err(
+                key,
+                "must not hold a user name or password; use store.redis.username and \
+                 store.redis.password_file",
+            ));
+        }
+        let path = url.path().trim_start_matches('/');
+        if !path.is_empty() && path.parse::<u16>().is_err()
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(self.err(
+                key,
+                "names the server only (and at most a database number, \"/0\"), no path or query",
+            ));
+        }
+        Ok(url)
+    }
+
+    /// `host:port`, the host a name or an address (`[v6]:port`), the port 1 to 65535.
+    fn host_port(&self, key: &str, value: &str) -> Result<String> {
+        let bad = || {
+            self.err(
+                key,
+                format!(r#""{value}" is not host:port; write e.g. "sentinel1.example.org:26379""#),
+            )
+        };
+        let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            v6.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        };
+        if port == 0 || !host_ok {
+            return Err(bad());
+        }
+        Ok(value.to_owned())
+    }
+
+    /// A name without spaces or control characters.
+    fn plain_word(&self, key: &str, value: &str) -> Result<()> {
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.err(key, "must not contain spaces or control characters"));
+        }
+        Ok(())
     }
 
     // ---- value checks shared by the sections ----
