@@ -16,12 +16,17 @@
 //! authoritative while the process runs) and is persisted to a redb file. Session creation and
 //! end, lockouts, unlocks and admin locks are written through (durable before the call returns);
 //! failure windows and last-activity times are written behind, at most [`WRITE_BEHIND`] late.
+//!
+//! [`redis::RedisStore`] is the shared store (`store.kind = "redis"`, Redis 7.0 or later): every
+//! step is one function of a Redis function library, run atomically on the master, everything
+//! written through.
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 pub mod embedded;
 #[cfg(any(test, feature = "test-support"))]
 pub mod failing;
+pub mod redis;
 pub mod tables;
 
 use std::net::IpAddr;
@@ -55,6 +60,14 @@ pub enum StoreError {
     /// The store has shut down.
     #[error("the state store is closed")]
     Closed,
+    /// The shared store (Redis) cannot be reached, refused a step, or failed it. The caller fails
+    /// closed: nothing is admitted, counted or unlocked from local state.
+    #[error("the Redis store: {reason}")]
+    Remote { reason: String },
+    /// A setting does not fit the server found (its version, the ACL user's rights, the
+    /// password, the session secret's fingerprint): the gateway exits 2 naming `key`.
+    #[error("{key}: {reason}")]
+    Setting { key: &'static str, reason: String },
 }
 
 /// The public handle of a session: what the client's cookie (or bearer mapping) leads to. Only its

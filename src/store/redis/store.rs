@@ -1,0 +1,553 @@
+//! [`RedisStore`]: the [`PolicyStore`] whose state lives in Redis, shared by every gateway of a
+//! site. Each trait method is one call of a function in the library [`policy.lua`](./policy.lua)
+//! (loaded at connect), so each decision is one atomic step on the master; this file only packs
+//! the arguments, unpacks the answer, and waits for replicas where the contract says so.
+//!
+//! - Everything is written through; nothing is written behind, so [`PolicyStore::flush`] has
+//!   nothing to do.
+//! - Retrying a call is safe: a check's ticket id is its attempt id (finishing it twice answers
+//!   the same, one failure counted), an admission is keyed by its session key.
+//! - After an admission, a lock, an unlock or a kick, with `wait_replicas` set, the store sends
+//!   `WAIT`. Short of replicas, an admission is undone and answered
+//!   [`AdmitOutcome::Unsaved`] (the engine answers 503); a lock, unlock or kick stays in force,
+//!   and the shortfall is counted ([`RedisStore::wait_shortfalls`]) and told to the hook set with
+//!   [`RedisStore::on_wait_shortfall`] (for `store_errors_total{op="wait"}`).
+//! - Any failure is a [`StoreError`]: there is no in-memory fallback.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::conn::{Conn, RedisOptions};
+use super::wire::{
+    self, Admitted, WireAdmit, WireCounts, WireEnd, WireFound, WireLockState, WireLocks,
+    WireOneSession, WireSessions, WireStart, WireState, WireSwept, WireUnlocked,
+};
+use crate::clock::Timestamp;
+use crate::config::OneClient;
+use crate::store::{
+    AccountKind, Admission, Admit, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart,
+    AttemptTicket, ClientId, Counts, EndReason, Lock, LockKey, LockoutRules, PolicyStore,
+    SeatRules, Session, SessionKey, SessionState, StoreError, Swept, Timeouts, Unlocked,
+    MAX_BEARER_TOKENS,
+};
+
+/// Told the operation (`"admit"`, `"lock"`, `"unlock"`, `"kick"`) whose `WAIT` fell short.
+pub type WaitHook = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// How long a finished check's answer is kept for a retry, at least.
+const DONE_TTL: Duration = Duration::from_secs(600);
+
+/// The Redis store. Cheap to share behind an `Arc`.
+pub struct RedisStore {
+    conn: Conn,
+    hook: Mutex<Option<WaitHook>>,
+    shortfalls: AtomicU64,
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+fn timeouts(t: &Timeouts) -> [String; 3] {
+    [
+        ms(t.idle),
+        ms(t.api_idle),
+        t.absolute.map_or("0".into(), ms),
+    ]
+}
+
+fn flag(b: bool) -> String {
+    if b { "1" } else { "0" }.into()
+}
+
+fn bytes(args: &[String]) -> Vec<&[u8]> {
+    args.iter().map(|a| a.as_bytes()).collect()
+}
+
+impl RedisStore {
+    /// Connect to the master, check it (Redis 7.0 or later, the ACL user's rights) and load the
+    /// library. An error naming a key ([`StoreError::Setting`]) is a configuration error.
+    pub async fn connect(opts: RedisOptions) -> Result<Self, StoreError> {
+        let conn = Conn::new(opts)?;
+        conn.prepare().await?;
+        let store = Self {
+            conn,
+            hook: Mutex::new(None),
+            shortfalls: AtomicU64::new(0),
+        };
+        // Calling a function proves the user may run the library on the prefix's keys.
+        store.probe().await?;
+        Ok(store)
+    }
+
+    /// The options it was made with.
+    pub fn options(&self) -> &RedisOptions {
+        self.conn.opts()
+    }
+
+    /// Be told of every `WAIT` that fell short.
+    pub fn on_wait_shortfall(&self, hook: WaitHook) {
+        *self.hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// How many `WAIT`s fell short so far.
+    pub fn wait_shortfalls(&self) -> u64 {
+        self.shortfalls.load(Ordering::Relaxed)
+    }
+
+    fn shortfall(&self, op: &'static str, e: &StoreError) {
+        self.shortfalls.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(op, error = %e, "the replicas did not acknowledge in time");
+        let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(hook) = hook {
+            hook(op);
+        }
+    }
+
+    /// Store the session secret's fingerprint under the prefix, or compare it with the one there:
+    /// every gateway of a site must sign cookies with the same secret. The fingerprint is SHA-256
+    /// over a label and the secret, never the secret. A mismatch is
+    /// [`StoreError::Setting`] naming `session.secret_file`.
+    pub async fn check_secret_fingerprint(&self, secret: &[u8]) -> Result<(), StoreError> {
+        let fp = fingerprint(secret);
+        let key = format!("{}secret", self.conn.opts().root());
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key).arg(&fp).arg("NX").arg("GET");
+        let old: Option<String> = self
+            .conn
+            .command(&cmd, "checking the session secret's fingerprint")
+            .await?;
+        match old {
+            None => Ok(()),
+            Some(o) if o == fp => Ok(()),
+            Some(_) => Err(StoreError::Setting {
+                key: "session.secret_file",
+                reason: format!(
+                    "is not the secret the other gateways on this Redis sign cookies with (its \
+                     fingerprint under {key} differs); every gateway of a site needs the same \
+                     session.secret_file"
+                ),
+            }),
+        }
+    }
+
+    async fn call(
+        &self,
+        name: &str,
+        keys: &[&str],
+        now: Option<Timestamp>,
+        args: &[String],
+    ) -> Result<String, StoreError> {
+        self.conn.fcall(name, keys, now, &bytes(args), false).await
+    }
+
+    async fn read(
+        &self,
+        name: &str,
+        keys: &[&str],
+        now: Option<Timestamp>,
+        args: &[String],
+    ) -> Result<String, StoreError> {
+        self.conn.fcall(name, keys, now, &bytes(args), true).await
+    }
+
+    /// A call followed by `WAIT` when `needs_wait` says its answer changed something that must
+    /// reach the replicas; a shortfall is counted under `op` and returned.
+    async fn waited(
+        &self,
+        op: &'static str,
+        name: &str,
+        keys: &[&str],
+        now: Option<Timestamp>,
+        args: &[String],
+        needs_wait: impl Fn(&str) -> bool,
+    ) -> Result<(String, Option<StoreError>), StoreError> {
+        let (reply, waited) = self
+            .conn
+            .fcall_waited(name, keys, now, &bytes(args), needs_wait)
+            .await?;
+        let short = match waited {
+            Some(Err(e)) => {
+                self.shortfall(op, &e);
+                Some(e)
+            }
+            _ => None,
+        };
+        Ok((reply, short))
+    }
+}
+
+/// The session secret's fingerprint: hex SHA-256 of a label and the secret.
+pub fn fingerprint(secret: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"faspex-gate session secret fingerprint v1\0");
+    ctx.update(secret);
+    crate::util::hex(ctx.finish().as_ref())
+}
+
+fn account_kind(k: AccountKind) -> String {
+    k.as_str().into()
+}
+
+#[async_trait]
+impl PolicyStore for RedisStore {
+    async fn admit(&self, a: Admission, rules: SeatRules) -> Result<Admit, StoreError> {
+        let [idle, api_idle, abs] = timeouts(&rules.timeouts);
+        let rule = match rules.one_client {
+            OneClient::Reject => "reject",
+            OneClient::Replace => "replace",
+        };
+        let key = a.key.0.clone();
+        let args = [
+            key.clone(),
+            a.account,
+            account_kind(a.account_kind),
+            a.client.0,
+            a.kind.as_str().into(),
+            a.ip.to_string(),
+            a.agent,
+            flag(a.takeover),
+            rules.max_sessions.to_string(),
+            rule.into(),
+            idle,
+            api_idle,
+            abs,
+        ];
+        let (reply, short) = self
+            .waited(
+                "admit",
+                "admit",
+                &[&format!("s:{key}")],
+                Some(a.now),
+                &args,
+                |r| r.contains("\"outcome\":\"admitted\""),
+            )
+            .await?;
+        let (outcome, ended) = wire::parse::<WireAdmit>("an admission", &reply)?.decode()?;
+        let outcome = match outcome {
+            Admitted::Admitted {
+                session,
+                renewed_from,
+                replaces,
+            } => match short {
+                Some(error) => {
+                    // Not on enough replicas: a failover could lose it, so nobody is admitted.
+                    self.call("end_session", &[&format!("s:{key}")], None, &[key])
+                        .await?;
+                    AdmitOutcome::Unsaved { error }
+                }
+                None => AdmitOutcome::Admitted {
+                    session,
+                    renewed_from,
+                    replaces,
+                },
+            },
+            Admitted::LicenseFull { soonest_end } => AdmitOutcome::LicenseFull { soonest_end },
+            Admitted::OtherClient { active } => AdmitOutcome::OtherClient { active },
+        };
+        Ok(Admit { outcome, ended })
+    }
+
+    async fn session(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+    ) -> Result<SessionState, StoreError> {
+        let [idle, api_idle, abs] = timeouts(&t);
+        let args = [key.0.clone(), flag(activity), idle, api_idle, abs];
+        let reply = self
+            .call("session", &[&format!("s:{}", key.0)], Some(now), &args)
+            .await?;
+        wire::parse::<WireState>("a session lookup", &reply)?.decode()
+    }
+
+    async fn client_session(
+        &self,
+        account: &str,
+        client: &ClientId,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+    ) -> Result<SessionState, StoreError> {
+        let [idle, api_idle, abs] = timeouts(&t);
+        let args = [
+            account.to_owned(),
+            client.0.clone(),
+            flag(activity),
+            idle,
+            api_idle,
+            abs,
+        ];
+        let reply = self
+            .call(
+                "client_session",
+                &[&format!("a:{account}")],
+                Some(now),
+                &args,
+            )
+            .await?;
+        wire::parse::<WireState>("a session lookup", &reply)?.decode()
+    }
+
+    async fn set_upstream_cookie(
+        &self,
+        key: &SessionKey,
+        cookie: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let args = [
+            key.0.clone(),
+            flag(cookie.is_some()),
+            cookie.unwrap_or_default(),
+        ];
+        let reply = self
+            .call(
+                "set_upstream_cookie",
+                &[&format!("s:{}", key.0)],
+                None,
+                &args,
+            )
+            .await?;
+        Ok(wire::parse::<WireFound>("a cookie", &reply)?.found)
+    }
+
+    async fn add_bearer(&self, key: &SessionKey, bearer: SessionKey) -> Result<bool, StoreError> {
+        let args = [
+            key.0.clone(),
+            bearer.0.clone(),
+            MAX_BEARER_TOKENS.to_string(),
+        ];
+        let reply = self
+            .call(
+                "add_bearer",
+                &[&format!("s:{}", key.0), &format!("b:{}", bearer.0)],
+                None,
+                &args,
+            )
+            .await?;
+        Ok(wire::parse::<WireFound>("a bearer token", &reply)?.found)
+    }
+
+    async fn bearer_session(
+        &self,
+        bearer: &SessionKey,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+    ) -> Result<SessionState, StoreError> {
+        let [idle, api_idle, abs] = timeouts(&t);
+        let args = [bearer.0.clone(), flag(activity), idle, api_idle, abs];
+        let reply = self
+            .call(
+                "bearer_session",
+                &[&format!("b:{}", bearer.0)],
+                Some(now),
+                &args,
+            )
+            .await?;
+        wire::parse::<WireState>("a session lookup", &reply)?.decode()
+    }
+
+    async fn end_session(
+        &self,
+        key: &SessionKey,
+        _reason: EndReason,
+    ) -> Result<Option<Session>, StoreError> {
+        let (reply, _) = self
+            .waited(
+                "kick",
+                "end_session",
+                &[&format!("s:{}", key.0)],
+                None,
+                std::slice::from_ref(&key.0),
+                |r| r.contains("\"session\""),
+            )
+            .await?;
+        wire::parse::<WireOneSession>("a session end", &reply)?.decode()
+    }
+
+    async fn end_account(
+        &self,
+        account: &str,
+        _reason: EndReason,
+    ) -> Result<Vec<Session>, StoreError> {
+        let (reply, _) = self
+            .waited(
+                "kick",
+                "end_account",
+                &[&format!("a:{account}")],
+                None,
+                &[account.to_owned()],
+                |r| r.contains("\"key\""),
+            )
+            .await?;
+        wire::parse::<WireSessions>("a kick", &reply)?.decode()
+    }
+
+    async fn sessions(&self) -> Result<Vec<Session>, StoreError> {
+        let reply = self.read("sessions", &["sessions"], None, &[]).await?;
+        wire::parse::<WireSessions>("the sessions", &reply)?.decode()
+    }
+
+    async fn sweep(
+        &self,
+        now: Timestamp,
+        t: Timeouts,
+        window: Duration,
+    ) -> Result<Swept, StoreError> {
+        let [idle, api_idle, abs] = timeouts(&t);
+        let args = [idle, api_idle, abs, ms(window)];
+        let reply = self
+            .call("sweep", &["sessions", "locks", "windows"], Some(now), &args)
+            .await?;
+        wire::parse::<WireSwept>("a sweep", &reply)?.decode()
+    }
+
+    async fn begin_attempt(
+        &self,
+        key: &LockKey,
+        now: Timestamp,
+        rules: LockoutRules,
+    ) -> Result<AttemptStart, StoreError> {
+        let lk = key.encode();
+        let args = [
+            lk.clone(),
+            rules.threshold.to_string(),
+            ms(rules.window),
+            ms(rules.duration),
+            rules.max_tracked.to_string(),
+            ms(rules.ticket_ttl),
+        ];
+        let (reply, _) = self
+            .waited(
+                "lock",
+                "begin_attempt",
+                &[&format!("l:{lk}"), &format!("wf:{lk}"), &format!("wt:{lk}")],
+                Some(now),
+                &args,
+                |r| r.contains("\"placed\":true"),
+            )
+            .await?;
+        wire::parse::<WireStart>("a check's start", &reply)?.decode(key)
+    }
+
+    async fn finish_attempt(
+        &self,
+        ticket: AttemptTicket,
+        result: AttemptResult,
+        now: Timestamp,
+        rules: LockoutRules,
+    ) -> Result<AttemptEnd, StoreError> {
+        let lk = ticket.key.encode();
+        let result = match result {
+            AttemptResult::Accepted => "accepted",
+            AttemptResult::Rejected => "rejected",
+            AttemptResult::Aborted => "aborted",
+        };
+        let args = [
+            lk.clone(),
+            ticket.id.to_string(),
+            account_kind(ticket.account_kind),
+            result.into(),
+            rules.threshold.to_string(),
+            ms(rules.window),
+            ms(rules.duration),
+            rules.max_tracked.to_string(),
+            ms(DONE_TTL.max(rules.ticket_ttl)),
+        ];
+        let (reply, _) = self
+            .waited(
+                "lock",
+                "finish_attempt",
+                &[&format!("l:{lk}"), &format!("wf:{lk}"), &format!("wt:{lk}")],
+                Some(now),
+                &args,
+                |r| r.contains("\"end\":\"locked\""),
+            )
+            .await?;
+        wire::parse::<WireEnd>("a check's end", &reply)?.decode()
+    }
+
+    async fn lock_state(&self, key: &LockKey, now: Timestamp) -> Result<Option<Lock>, StoreError> {
+        let lk = key.encode();
+        let reply = self
+            .read(
+                "lock_state",
+                &[&format!("l:{lk}"), &format!("l:{}", key.account)],
+                Some(now),
+                &[lk.clone()],
+            )
+            .await?;
+        Ok(wire::parse::<WireLockState>("a lock", &reply)?.decode())
+    }
+
+    async fn lock_account(
+        &self,
+        account: &str,
+        kind: AccountKind,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Lock, StoreError> {
+        // The length, not the end: with time from Redis, the lock runs from Redis's now.
+        let args = [account.to_owned(), account_kind(kind), ms(until.since(now))];
+        let (reply, _) = self
+            .waited(
+                "lock",
+                "lock_account",
+                &[&format!("l:{account}")],
+                Some(now),
+                &args,
+                |_| true,
+            )
+            .await?;
+        wire::parse::<WireLockState>("a lock", &reply)?
+            .decode()
+            .ok_or_else(|| StoreError::Remote {
+                reason: "answered a lock without the lock".into(),
+            })
+    }
+
+    async fn unlock_account(&self, account: &str) -> Result<Unlocked, StoreError> {
+        let (reply, _) = self
+            .waited(
+                "unlock",
+                "unlock_account",
+                &[&format!("la:{account}"), &format!("wa:{account}")],
+                None,
+                &[account.to_owned()],
+                |_| true,
+            )
+            .await?;
+        Ok(wire::parse::<WireUnlocked>("an unlock", &reply)?.decode())
+    }
+
+    async fn lockouts(&self, now: Timestamp) -> Result<Vec<Lock>, StoreError> {
+        let reply = self.read("lockouts", &["locks"], Some(now), &[]).await?;
+        Ok(wire::parse::<WireLocks>("the locks", &reply)?.decode())
+    }
+
+    async fn counts(&self, now: Timestamp) -> Result<Counts, StoreError> {
+        let reply = self
+            .read(
+                "counts",
+                &["seats", "sessions", "locks", "windows"],
+                Some(now),
+                &[],
+            )
+            .await?;
+        Ok(wire::parse::<WireCounts>("the gauges", &reply)?.decode())
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Everything is written through.
+        Ok(())
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.call("probe", &["probe"], None, &[]).await.map(drop)
+    }
+}

@@ -1,0 +1,490 @@
+//! The Redis store on a real `redis-server`: the conformance suite twice (time given, and time
+//! from Redis), then what only a shared store must show: retries count once, no lock or window
+//! key lives forever, the library comes back after `FUNCTION FLUSH`, two prefixes share nothing,
+//! Redis's clock beats the caller's, `WAIT` short of replicas undoes an admission and keeps a
+//! lock, the ACL user's rights and password are checked at connect naming their keys, the session
+//! secret's fingerprint, and a restart of Redis itself keeps the locks.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::server::RedisServer;
+use super::{RedisOptions, RedisStore, Time};
+use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
+use crate::config::{OneClient, Secret};
+use crate::store::conformance::Backend;
+use crate::store::{
+    AccountKind, Admission, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, ClientId,
+    ClientKind, LockKey, LockoutRules, PolicyStore, SeatRules, SessionKey, StoreError, Timeouts,
+};
+
+const SEC: Duration = Duration::from_secs(1);
+const MIN: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A `redis-server` of its own, and the store opened on it again at each [`Backend::open`]: a
+/// restart of the gateway's store on the same Redis, which keeps the state.
+struct OnRedis {
+    server: RedisServer,
+    time: Time,
+    open: Option<Arc<RedisStore>>,
+}
+
+impl OnRedis {
+    fn new(time: Time) -> Self {
+        Self {
+            server: RedisServer::start(),
+            time,
+            open: None,
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for OnRedis {
+    async fn open(&mut self) -> Arc<dyn PolicyStore> {
+        self.open = None;
+        let opts = RedisOptions::new(self.server.url(), "conformance", self.time);
+        let store = Arc::new(RedisStore::connect(opts).await.unwrap());
+        self.open = Some(Arc::clone(&store));
+        store
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+}
+
+/// The suite with the time each check passes.
+mod given {
+    use super::*;
+    crate::store_conformance!(OnRedis::new(Time::Given));
+}
+
+/// The suite with time from Redis's `TIME` (shifted by an offset tied to its second, so the
+/// checks can move time by hours; see [`Time::ServerShifted`]).
+mod server_time {
+    use super::*;
+    crate::store_conformance!(OnRedis::new(Time::ServerShifted));
+}
+
+fn t0() -> Timestamp {
+    ManualClock::at_2026().now()
+}
+
+fn rules() -> LockoutRules {
+    LockoutRules {
+        threshold: 5,
+        window: MIN,
+        duration: HOUR,
+        max_tracked: 1000,
+        ticket_ttl: Duration::from_secs(180),
+    }
+}
+
+fn seats(max_sessions: u32) -> SeatRules {
+    SeatRules {
+        max_sessions,
+        one_client: OneClient::Reject,
+        timeouts: Timeouts {
+            idle: HOUR,
+            api_idle: HOUR,
+            absolute: None,
+        },
+    }
+}
+
+fn admission(key: &str, account: &str, now: Timestamp) -> Admission {
+    Admission {
+        key: SessionKey(key.into()),
+        account: account.into(),
+        account_kind: AccountKind::Directory,
+        client: ClientId(format!("client-{key}")),
+        kind: ClientKind::Browser,
+        ip: "192.0.2.1".parse().unwrap(),
+        agent: "test".into(),
+        takeover: false,
+        now,
+    }
+}
+
+async fn store(server: &RedisServer, prefix: &str, time: Time) -> RedisStore {
+    RedisStore::connect(RedisOptions::new(server.url(), prefix, time))
+        .await
+        .unwrap()
+}
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn keys(server: &RedisServer, prefix: &str) -> Vec<String> {
+    let mut c = raw(server).await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn a_retried_check_or_admission_counts_once() {
+    let server = RedisServer::start();
+    let store = store(&server, "retry", Time::Given).await;
+    let now = t0();
+    let key = LockKey::account("ann");
+    for i in 1..=5u32 {
+        let ticket = match store.begin_attempt(&key, now, rules()).await.unwrap() {
+            AttemptStart::Proceed(t) => t,
+            other => panic!("{other:?}"),
+        };
+        let at = now + SEC * i;
+        let first = store
+            .finish_attempt(ticket.clone(), AttemptResult::Rejected, at, rules())
+            .await
+            .unwrap();
+        // The same ticket again (a retry after a lost answer): the same answer, nothing counted.
+        let again = store
+            .finish_attempt(ticket, AttemptResult::Rejected, at + SEC, rules())
+            .await
+            .unwrap();
+        assert_eq!(first, again);
+        if i < 5 {
+            assert_eq!(first, AttemptEnd::Counted { failures: i });
+        } else {
+            assert!(
+                matches!(first, AttemptEnd::Locked(ref l) if l.failures == 5),
+                "{first:?}"
+            );
+        }
+    }
+    // An admission sent twice takes one seat and answers the same session.
+    let a = admission("k1", "bob", now);
+    let first = store.admit(a.clone(), seats(1)).await.unwrap();
+    let again = store.admit(a, seats(1)).await.unwrap();
+    for outcome in [first.outcome, again.outcome] {
+        assert!(
+            matches!(outcome, AdmitOutcome::Admitted { ref session, .. } if session.key.0 == "k1" && session.started == now),
+            "{outcome:?}"
+        );
+    }
+    let c = store.counts(now).await.unwrap();
+    assert_eq!((c.seats, c.sessions), (1, 1));
+}
+
+#[tokio::test]
+async fn no_lock_or_window_key_lives_forever() {
+    let server = RedisServer::start();
+    let store = store(&server, "ttl", Time::Given).await;
+    let now = t0();
+    // Failures in a window, a lock by failures (account and account+ip), an admin lock, a check
+    // in flight, a finished check's answer, an unlock.
+    for (key, n) in [
+        (LockKey::account("ann"), 5u32),
+        (LockKey::account("bob"), 2),
+        (
+            LockKey {
+                account: "cat".into(),
+                ip: Some("192.0.2.7".parse().unwrap()),
+            },
+            5,
+        ),
+    ] {
+        for i in 0..n {
+            if let AttemptStart::Proceed(t) = store.begin_attempt(&key, now, rules()).await.unwrap()
+            {
+                store
+                    .finish_attempt(t, AttemptResult::Rejected, now + SEC * i, rules())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let in_flight = store
+        .begin_attempt(&LockKey::account("dan"), now, rules())
+        .await
+        .unwrap();
+    assert!(matches!(in_flight, AttemptStart::Proceed(_)));
+    store
+        .lock_account("eve", AccountKind::Directory, now, now + HOUR)
+        .await
+        .unwrap();
+    store
+        .lock_account("fay", AccountKind::Directory, now, now + HOUR)
+        .await
+        .unwrap();
+    store.unlock_account("fay").await.unwrap();
+    assert_eq!(store.lockouts(now + 10 * SEC).await.unwrap().len(), 3);
+
+    let mut c = raw(&server).await;
+    let all = keys(&server, "ttl").await;
+    assert!(all.len() > 10, "{all:?}");
+    let mut immortal = Vec::new();
+    for k in &all {
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut c).await.unwrap();
+        if ttl < 0 {
+            immortal.push(k.clone());
+        }
+    }
+    // Only the counters live on: ticket ids and lock epochs must never repeat.
+    assert_eq!(immortal, vec!["{ttl}:epoch", "{ttl}:tickets"], "{all:?}");
+}
+
+#[tokio::test]
+async fn the_library_comes_back_after_function_flush() {
+    let server = RedisServer::start();
+    let store = store(&server, "flush", Time::Given).await;
+    let now = t0();
+    store
+        .lock_account("ann", AccountKind::Directory, now, now + HOUR)
+        .await
+        .unwrap();
+    let mut c = raw(&server).await;
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // The next call finds its function gone, loads the library again and runs once.
+    assert_eq!(store.lockouts(now).await.unwrap().len(), 1);
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let lock = store
+        .lock_account("bob", AccountKind::Directory, now, now + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(lock.until, now + HOUR);
+    assert_eq!(store.lockouts(now).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn two_prefixes_on_one_redis_share_nothing() {
+    let server = RedisServer::start();
+    let a = store(&server, "site-a", Time::Given).await;
+    let b = store(&server, "site-b", Time::Given).await;
+    let now = t0();
+    for s in [&a, &b] {
+        let admit = s
+            .admit(admission("k1", "ann", now), seats(1))
+            .await
+            .unwrap();
+        assert!(matches!(admit.outcome, AdmitOutcome::Admitted { .. }));
+    }
+    a.lock_account("bob", AccountKind::Directory, now, now + HOUR)
+        .await
+        .unwrap();
+    assert!(b
+        .lock_state(&LockKey::account("bob"), now)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(a.counts(now).await.unwrap().seats, 1);
+    assert_eq!(b.counts(now).await.unwrap().seats, 1);
+    let ka = keys(&server, "site-a").await;
+    let kb = keys(&server, "site-b").await;
+    assert!(ka.iter().all(|k| k.starts_with("{site-a}:")));
+    assert!(kb.iter().all(|k| k.starts_with("{site-b}:")));
+    let mut c = raw(&server).await;
+    let every: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(every.len(), ka.len() + kb.len(), "{every:?}");
+}
+
+#[tokio::test]
+async fn time_comes_from_redis_not_from_the_caller() {
+    let server = RedisServer::start();
+    let store = store(&server, "clock", Time::Server).await;
+    // A caller whose clock is years off.
+    let wrong = Timestamp::from_millis(1_000_000_000_000);
+    let before = SystemClock.now();
+    let admit = store
+        .admit(admission("k1", "ann", wrong), seats(1))
+        .await
+        .unwrap();
+    let after = SystemClock.now();
+    let started = match admit.outcome {
+        AdmitOutcome::Admitted { session, .. } => session.started,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        before <= started && started <= after,
+        "{before} <= {started} <= {after}"
+    );
+    let lock = store
+        .lock_account("bob", AccountKind::Directory, wrong, wrong + HOUR)
+        .await
+        .unwrap();
+    assert!(before <= lock.since && lock.until == lock.since + HOUR);
+}
+
+#[tokio::test]
+async fn wait_short_of_replicas_undoes_an_admission_and_keeps_a_lock() {
+    let server = RedisServer::start();
+    let mut opts = RedisOptions::new(server.url(), "wait", Time::Given);
+    opts.wait_replicas = 1;
+    opts.wait_timeout = Duration::from_millis(50);
+    let store = RedisStore::connect(opts).await.unwrap();
+    let heard = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&heard);
+    store.on_wait_shortfall(Arc::new(move |op| {
+        assert!(matches!(op, "admit" | "lock" | "unlock" | "kick"), "{op}");
+        h.fetch_add(1, Ordering::SeqCst);
+    }));
+    let now = t0();
+    // A Redis without replicas never reaches one.
+    let admit = store
+        .admit(admission("k1", "ann", now), seats(5))
+        .await
+        .unwrap();
+    match admit.outcome {
+        AdmitOutcome::Unsaved { error } => {
+            assert!(error.to_string().contains("0 of the 1 replicas"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.counts(now).await.unwrap().seats, 0);
+    let lock = store
+        .lock_account("bob", AccountKind::Directory, now, now + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .lock_state(&LockKey::account("bob"), now)
+            .await
+            .unwrap(),
+        Some(lock)
+    );
+    assert_eq!(store.wait_shortfalls(), 2);
+    assert_eq!(heard.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_acl_user_without_rights_or_a_wrong_password_is_named() {
+    let server = RedisServer::start();
+    let mut c = raw(&server).await;
+    for user in [
+        vec![
+            "ACL",
+            "SETUSER",
+            "nofn",
+            "on",
+            ">nofn-pw",
+            "~*",
+            "+@all",
+            "-function",
+            "-fcall",
+            "-fcall_ro",
+        ],
+        vec!["ACL", "SETUSER", "gate", "on", ">gate-pw", "~*", "+@all"],
+    ] {
+        let mut cmd = redis::cmd(user[0]);
+        for a in &user[1..] {
+            cmd.arg(*a);
+        }
+        let _: () = cmd.query_async(&mut c).await.unwrap();
+    }
+    let with = |user: &str, pw: &str| {
+        let mut o = RedisOptions::new(server.url(), "acl", Time::Server);
+        o.username = Some(user.into());
+        o.password = Some(Secret::new(pw.as_bytes().to_vec()));
+        o
+    };
+    let err = RedisStore::connect(with("nofn", "nofn-pw"))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            StoreError::Setting {
+                key: "store.redis.username",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = RedisStore::connect(with("gate", "wrong"))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            StoreError::Setting {
+                key: "store.redis.password_file",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("wrong"), "{err}");
+    let ok = RedisStore::connect(with("gate", "gate-pw")).await.unwrap();
+    ok.probe().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_gateway_of_a_site_needs_the_same_session_secret() {
+    let server = RedisServer::start();
+    let one = store(&server, "secret", Time::Server).await;
+    let two = store(&server, "secret", Time::Server).await;
+    let secret = [7u8; 32];
+    one.check_secret_fingerprint(&secret).await.unwrap();
+    two.check_secret_fingerprint(&secret).await.unwrap();
+    let err = two.check_secret_fingerprint(&[8u8; 32]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Setting {
+                key: "session.secret_file",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Only the fingerprint is kept.
+    let mut c = raw(&server).await;
+    let kept: String = redis::cmd("GET")
+        .arg("{secret}:secret")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(kept, super::fingerprint(&secret));
+    assert_eq!(kept.len(), 64);
+}
+
+#[tokio::test]
+async fn locks_and_sessions_survive_a_restart_of_redis() {
+    let mut server = RedisServer::start();
+    let now = t0();
+    let (locks,) = {
+        let store = store(&server, "restart", Time::Given).await;
+        store
+            .lock_account("ann", AccountKind::Local, now, now + HOUR)
+            .await
+            .unwrap();
+        store
+            .admit(admission("k1", "bob", now), seats(5))
+            .await
+            .unwrap();
+        (store.lockouts(now).await.unwrap(),)
+    };
+    server.restart();
+    let store = store(&server, "restart", Time::Given).await;
+    assert_eq!(store.lockouts(now).await.unwrap(), locks);
+    assert_eq!(store.counts(now).await.unwrap().seats, 1);
+}

@@ -1,0 +1,433 @@
+//! What the Redis store's functions answer ([`policy.lua`](./policy.lua)): one JSON document a
+//! call, read here into the store's own types. Nothing here talks to Redis.
+//!
+//! Lua's `cjson` writes an empty array as `{}`, so every list here also accepts an empty object;
+//! numbers arrive as JSON numbers (milliseconds fit a double exactly).
+
+use std::net::IpAddr;
+
+use serde::de::{DeserializeOwned, Deserializer};
+use serde::Deserialize;
+
+use crate::clock::Timestamp;
+use crate::store::tables::decode_lock_key;
+use crate::store::{
+    AccountKind, AttemptEnd, AttemptStart, AttemptTicket, ClientId, ClientKind, Counts, EndReason,
+    Lock, Session, SessionKey, SessionState, StoreError, Swept, Unlocked,
+};
+
+/// A reply that is not what the library sends: a library of another version, or a bug.
+fn garbled(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Remote {
+        reason: format!("answered {what} in a form this build does not understand ({e})"),
+    }
+}
+
+pub(crate) fn parse<T: DeserializeOwned>(what: &str, reply: &str) -> Result<T, StoreError> {
+    serde_json::from_str(reply).map_err(|e| garbled(what, e))
+}
+
+/// A list, or `{}` (cjson's empty array).
+fn list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    match v {
+        serde_json::Value::Object(ref m) if m.is_empty() => Ok(Vec::new()),
+        other => serde_json::from_value(other).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Milliseconds, as a JSON number.
+fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+    let f = f64::deserialize(d)?;
+    if !(0.0..=9.0e15).contains(&f) {
+        return Err(serde::de::Error::custom("a time out of range"));
+    }
+    Ok(Timestamp::from_millis(f.round() as u64))
+}
+
+fn opt_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+    millis(d).map(Some)
+}
+
+fn account_kind(s: &str) -> AccountKind {
+    match s {
+        "local" => AccountKind::Local,
+        _ => AccountKind::Directory,
+    }
+}
+
+fn end_reason(s: &str) -> Result<EndReason, StoreError> {
+    match s {
+        "idle" => Ok(EndReason::Idle),
+        "absolute" => Ok(EndReason::Absolute),
+        other => Err(garbled("an end reason", other)),
+    }
+}
+
+/// A session as a hash of the library holds it.
+#[derive(Deserialize)]
+pub(crate) struct WireSession {
+    key: String,
+    account: String,
+    client: String,
+    kind: String,
+    ip: String,
+    agent: String,
+    #[serde(deserialize_with = "millis")]
+    started: Timestamp,
+    #[serde(deserialize_with = "millis")]
+    last: Timestamp,
+    #[serde(default)]
+    cookie: Option<String>,
+    #[serde(default)]
+    bearer: String,
+    akind: String,
+}
+
+impl WireSession {
+    pub(crate) fn into_session(self) -> Result<Session, StoreError> {
+        let kind = match self.kind.as_str() {
+            "browser" => ClientKind::Browser,
+            "basic" => ClientKind::Basic,
+            "bearer" => ClientKind::Bearer,
+            other => return Err(garbled("a client kind", other)),
+        };
+        let ip: IpAddr = self.ip.parse().map_err(|e| garbled("an address", e))?;
+        Ok(Session {
+            key: SessionKey(self.key),
+            account: self.account,
+            client: ClientId(self.client),
+            kind,
+            ip,
+            agent: self.agent,
+            started: self.started,
+            last_activity: self.last,
+            upstream_cookie: self.cookie,
+            bearer: self
+                .bearer
+                .split(',')
+                .filter(|b| !b.is_empty())
+                .map(|b| SessionKey(b.to_owned()))
+                .collect(),
+            account_kind: account_kind(&self.akind),
+        })
+    }
+}
+
+/// A lock as the library holds it; `epoch` orders lock writes (for re-writing locks after a
+/// failover, a later step).
+#[derive(Deserialize)]
+pub(crate) struct WireLock {
+    key: String,
+    #[serde(deserialize_with = "millis")]
+    since: Timestamp,
+    #[serde(rename = "until", deserialize_with = "millis")]
+    until: Timestamp,
+    failures: u32,
+    admin: bool,
+    akind: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    epoch: u64,
+}
+
+impl WireLock {
+    pub(crate) fn into_lock(self) -> Lock {
+        Lock {
+            key: decode_lock_key(&self.key),
+            since: self.since,
+            until: self.until,
+            failures: self.failures,
+            by_admin: self.admin,
+            account_kind: account_kind(&self.akind),
+        }
+    }
+}
+
+fn locks(v: Vec<WireLock>) -> Vec<Lock> {
+    let mut v: Vec<Lock> = v.into_iter().map(WireLock::into_lock).collect();
+    v.sort_by(|a, b| a.key.cmp(&b.key));
+    v
+}
+
+#[derive(Deserialize)]
+struct WireEnded {
+    session: WireSession,
+    why: String,
+}
+
+fn ended(v: Vec<WireEnded>) -> Result<Vec<(Session, EndReason)>, StoreError> {
+    let mut out = v
+        .into_iter()
+        .map(|e| Ok((e.session.into_session()?, end_reason(&e.why)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    out.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+    Ok(out)
+}
+
+/// An admission's answer.
+#[derive(Deserialize)]
+pub(crate) struct WireAdmit {
+    outcome: String,
+    #[serde(default)]
+    session: Option<WireSession>,
+    #[serde(default)]
+    renewed: Option<String>,
+    #[serde(default, deserialize_with = "list")]
+    replaces: Vec<String>,
+    #[serde(default)]
+    active: Option<WireSession>,
+    #[serde(default, deserialize_with = "opt_millis")]
+    soonest: Option<Timestamp>,
+    #[serde(default, deserialize_with = "list")]
+    ended: Vec<WireEnded>,
+}
+
+/// An admission's decision, as [`crate::store::Admit`] has it.
+pub(crate) enum Admitted {
+    Admitted {
+        session: Session,
+        renewed_from: Option<SessionKey>,
+        replaces: Vec<SessionKey>,
+    },
+    LicenseFull {
+        soonest_end: Option<Timestamp>,
+    },
+    OtherClient {
+        active: Session,
+    },
+}
+
+impl WireAdmit {
+    pub(crate) fn decode(self) -> Result<(Admitted, Vec<(Session, EndReason)>), StoreError> {
+        let outcome = match (self.outcome.as_str(), self.session, self.active) {
+            ("admitted", Some(s), _) => Admitted::Admitted {
+                session: s.into_session()?,
+                renewed_from: self.renewed.map(SessionKey),
+                replaces: self.replaces.into_iter().map(SessionKey).collect(),
+            },
+            ("full", _, _) => Admitted::LicenseFull {
+                soonest_end: self.soonest,
+            },
+            ("other", _, Some(a)) => Admitted::OtherClient {
+                active: a.into_session()?,
+            },
+            (other, _, _) => return Err(garbled("an admission", other)),
+        };
+        Ok((outcome, ended(self.ended)?))
+    }
+}
+
+/// A lookup's answer.
+#[derive(Deserialize)]
+pub(crate) struct WireState {
+    state: String,
+    #[serde(default)]
+    session: Option<WireSession>,
+    #[serde(default)]
+    why: Option<String>,
+}
+
+impl WireState {
+    pub(crate) fn decode(self) -> Result<SessionState, StoreError> {
+        match (self.state.as_str(), self.session, self.why) {
+            ("unknown", _, _) => Ok(SessionState::Unknown),
+            ("live", Some(s), _) => Ok(SessionState::Live(s.into_session()?)),
+            ("ended", Some(s), Some(why)) => {
+                Ok(SessionState::Ended(s.into_session()?, end_reason(&why)?))
+            }
+            (other, _, _) => Err(garbled("a session lookup", other)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WireFound {
+    pub found: bool,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WireOneSession {
+    #[serde(default)]
+    session: Option<WireSession>,
+}
+
+impl WireOneSession {
+    pub(crate) fn decode(self) -> Result<Option<Session>, StoreError> {
+        self.session.map(WireSession::into_session).transpose()
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WireSessions {
+    #[serde(default, deserialize_with = "list")]
+    sessions: Vec<WireSession>,
+}
+
+impl WireSessions {
+    pub(crate) fn decode(self) -> Result<Vec<Session>, StoreError> {
+        let mut v = self
+            .sessions
+            .into_iter()
+            .map(WireSession::into_session)
+            .collect::<Result<Vec<_>, _>>()?;
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(v)
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WireSwept {
+    #[serde(default, deserialize_with = "list")]
+    ended: Vec<WireEnded>,
+    #[serde(default, deserialize_with = "list")]
+    lifted: Vec<WireLock>,
+    dropped: usize,
+}
+
+impl WireSwept {
+    pub(crate) fn decode(self) -> Result<Swept, StoreError> {
+        Ok(Swept {
+            ended: ended(self.ended)?,
+            lifted: locks(self.lifted),
+            windows_dropped: self.dropped,
+        })
+    }
+}
+
+/// `begin_attempt`'s answer (`placed`, when it placed a lock, is read by the store as text).
+#[derive(Deserialize)]
+pub(crate) struct WireStart {
+    start: String,
+    #[serde(default)]
+    lock: Option<WireLock>,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+impl WireStart {
+    pub(crate) fn decode(self, key: &crate::store::LockKey) -> Result<AttemptStart, StoreError> {
+        match (self.start.as_str(), self.lock, self.id) {
+            ("locked", Some(l), _) => Ok(AttemptStart::Locked(l.into_lock())),
+            ("busy", _, _) => Ok(AttemptStart::Busy),
+            ("proceed", _, Some(id)) => Ok(AttemptStart::Proceed(AttemptTicket {
+                key: key.clone(),
+                id,
+                account_kind: AccountKind::default(),
+            })),
+            (other, _, _) => Err(garbled("a check's start", other)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WireEnd {
+    #[serde(rename = "end")]
+    end: String,
+    #[serde(default)]
+    failures: Option<u32>,
+    #[serde(default)]
+    lock: Option<WireLock>,
+}
+
+impl WireEnd {
+    pub(crate) fn decode(self) -> Result<AttemptEnd, StoreError> {
+        match (self.end.as_str(), self.failures, self.lock) {
+            ("done", _, _) => Ok(AttemptEnd::Done),
+            ("counted", Some(failures), _) => Ok(AttemptEnd::Counted { failures }),
+            ("locked", _, Some(l)) => Ok(AttemptEnd::Locked(l.into_lock())),
+            ("already", _, Some(l)) => Ok(AttemptEnd::AlreadyLocked(l.into_lock())),
+            (other, _, _) => Err(garbled("a check's end", other)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WireLockState {
+    #[serde(default)]
+    lock: Option<WireLock>,
+}
+
+impl WireLockState {
+    pub(crate) fn decode(self) -> Option<Lock> {
+        self.lock.map(WireLock::into_lock)
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WireUnlocked {
+    #[serde(default, deserialize_with = "list")]
+    lifted: Vec<WireLock>,
+    cleared: usize,
+}
+
+impl WireUnlocked {
+    pub(crate) fn decode(self) -> Unlocked {
+        Unlocked {
+            lifted: locks(self.lifted),
+            windows_cleared: self.cleared,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WireLocks {
+    #[serde(default, deserialize_with = "list")]
+    locks: Vec<WireLock>,
+}
+
+impl WireLocks {
+    pub(crate) fn decode(self) -> Vec<Lock> {
+        locks(self.locks)
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct WireCounts {
+    seats: usize,
+    sessions: usize,
+    accounts_locked: usize,
+    local_seats: usize,
+    local_accounts_locked: usize,
+    locks: usize,
+    tracked_windows: usize,
+}
+
+impl WireCounts {
+    pub(crate) fn decode(self) -> Counts {
+        Counts {
+            seats: self.seats,
+            sessions: self.sessions,
+            accounts_locked: self.accounts_locked,
+            local_seats: self.local_seats,
+            local_accounts_locked: self.local_accounts_locked,
+            locks: self.locks,
+            tracked_windows: self.tracked_windows,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cjson_empty_arrays_and_locks_read_back() {
+        let u: WireUnlocked = parse("x", r#"{"lifted":{},"cleared":0}"#).unwrap();
+        assert!(u.decode().lifted.is_empty());
+        let l: WireLockState = parse(
+            "x",
+            r#"{"lock":{"key":"ann\u0000192.0.2.1","since":1767225600000,"until":1767229200000,"failures":5,"admin":false,"akind":"local","epoch":3}}"#,
+        )
+        .unwrap();
+        let l = l.decode().unwrap();
+        assert_eq!(l.key.ip, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(l.until, Timestamp::from_millis(1_767_229_200_000));
+        assert_eq!(l.account_kind, AccountKind::Local);
+        assert!(parse::<WireCounts>("counts", "{}").is_err());
+    }
+}
