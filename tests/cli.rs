@@ -220,6 +220,39 @@ fn each_configuration_error_exits_2_naming_the_key() {
             }),
             "auth.ldap.ca_file",
         ),
+        (
+            "two Redis masters",
+            Box::new(|c, _| {
+                c.set("store", "kind", "\"redis\"");
+                c.set(
+                    "store.redis",
+                    "urls",
+                    "[\"redis://127.0.0.1:1\", \"redis://127.0.0.1:2\"]",
+                );
+            }),
+            "store.redis",
+        ),
+        (
+            "a Redis URL of another scheme",
+            Box::new(|c, _| {
+                c.set("store", "kind", "\"redis\"");
+                c.set("store.redis", "urls", "[\"http://127.0.0.1:1\"]");
+            }),
+            "store.redis.urls[0]",
+        ),
+        (
+            "a Redis password file that does not exist",
+            Box::new(|c, f| {
+                c.set("store", "kind", "\"redis\"");
+                c.set("store.redis", "urls", "[\"redis://127.0.0.1:1\"]");
+                c.set(
+                    "store.redis",
+                    "password_file",
+                    &format!("{:?}", f.path("redis.password").display().to_string()),
+                );
+            }),
+            "store.redis.password_file",
+        ),
     ];
     for (name, tweak, key) in cases {
         let files = TestFiles::new();
@@ -376,4 +409,31 @@ fn hash_password_prints_an_argon2id_hash() {
     let hash = String::from_utf8(out.stdout).unwrap();
     assert!(hash.trim().starts_with("$argon2id$v=19$"), "{hash}");
     assert!(!hash.contains("s3cret"));
+}
+
+/// `check-config` checks a Redis store's settings without contacting Redis; `run` refuses the
+/// Redis store, naming `store.kind`, until the gateway is wired to it.
+#[test]
+fn check_config_never_contacts_redis() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let files = TestFiles::new();
+    let mut cfg = ConfigBuilder::new(&files, "http://127.0.0.1:9");
+    cfg.set("store", "kind", "\"redis\"");
+    cfg.set(
+        "store.redis",
+        "urls",
+        &format!("[\"redis://127.0.0.1:{port}\"]"),
+    );
+    let out = check_config(&files, &cfg, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "check-config connected to Redis"
+    );
+    let out = run_to_exit(&files, &cfg);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("store.kind"), "{err}");
 }

@@ -1848,7 +1848,7 @@ fn redis_store_rules() {
             Duration::from_secs(30)
         )
     );
-    let c = f.load(&redis(&[url.clone()])).unwrap();
+    let c = f.load(&redis(std::slice::from_ref(&url))).unwrap();
     assert_eq!(c.store.kind, StoreKind::Redis);
     assert_eq!(c.store.redis.urls[0].port(), Some(6379));
     f.fails(&redis(&[]), "store.redis", "needs urls");

@@ -7,9 +7,9 @@
 //! end only once Faspex confirms the new login: the store hands them back, the engine ends them.
 //!
 //! The rule is [`decide`]. The embedded store's admission ([`crate::store::tables`]) calls it
-//! inside its one atomic step, over the account's live sessions. A second backend (the Redis store
-//! of the next issue, one Lua script per operation) must mirror this rule exactly, and the one
-//! place where it must agree is the store conformance suite, `src/store/conformance.rs` (its
+//! inside its one atomic step, over the account's live sessions. The Redis store's library
+//! (`src/store/redis/policy.lua`) mirrors it in `faspex_gate_v1_admit`, exactly, and the one place
+//! where it must agree is the store conformance suite, `src/store/conformance.rs` (its
 //! `one_client_*` checks).
 
 use crate::config::OneClient;

@@ -7,8 +7,8 @@
 //!
 //! The rule is these functions. The embedded store's admission ([`crate::store::tables`]) calls
 //! [`decide`] inside its one atomic step, so the cap is exact however many logins arrive at once.
-//! A second backend (the Redis store of the next issue, one Lua script per operation) must mirror
-//! this rule exactly, and the one place where it must agree is the store conformance suite,
+//! The Redis store's library (`src/store/redis/policy.lua`) mirrors it in `faspex_gate_v1_admit`,
+//! exactly, and the one place where it must agree is the store conformance suite,
 //! `src/store/conformance.rs` (its `seats_*` checks).
 
 use std::time::Duration;

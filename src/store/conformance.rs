@@ -10,7 +10,8 @@
 //! faspex_gate::store_conformance!(MyBackend::new());
 //! ```
 //!
-//! The embedded store runs it in [`super::embedded`]'s tests.
+//! The embedded store runs it in [`super::embedded`]'s tests; the Redis store runs it twice on a
+//! real `redis-server` (time given, and time from Redis) in `super::redis`'s tests.
 
 use std::collections::HashSet;
 use std::net::IpAddr;

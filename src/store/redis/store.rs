@@ -22,7 +22,7 @@ use async_trait::async_trait;
 
 use super::conn::{Conn, RedisOptions};
 use super::wire::{
-    self, Admitted, WireAdmit, WireCounts, WireEnd, WireFound, WireLockState, WireLocks,
+    self, Decision, WireAdmit, WireCounts, WireEnd, WireFound, WireLockState, WireLocks,
     WireOneSession, WireSessions, WireStart, WireState, WireSwept, WireUnlocked,
 };
 use crate::clock::Timestamp;
@@ -228,7 +228,7 @@ impl PolicyStore for RedisStore {
             .await?;
         let (outcome, ended) = wire::parse::<WireAdmit>("an admission", &reply)?.decode()?;
         let outcome = match outcome {
-            Admitted::Admitted {
+            Decision::Admitted {
                 session,
                 renewed_from,
                 replaces,
@@ -245,8 +245,8 @@ impl PolicyStore for RedisStore {
                     replaces,
                 },
             },
-            Admitted::LicenseFull { soonest_end } => AdmitOutcome::LicenseFull { soonest_end },
-            Admitted::OtherClient { active } => AdmitOutcome::OtherClient { active },
+            Decision::LicenseFull { soonest_end } => AdmitOutcome::LicenseFull { soonest_end },
+            Decision::OtherClient { active } => AdmitOutcome::OtherClient { active },
         };
         Ok(Admit { outcome, ended })
     }
@@ -479,7 +479,7 @@ impl PolicyStore for RedisStore {
                 "lock_state",
                 &[&format!("l:{lk}"), &format!("l:{}", key.account)],
                 Some(now),
-                &[lk.clone()],
+                std::slice::from_ref(&lk),
             )
             .await?;
         Ok(wire::parse::<WireLockState>("a lock", &reply)?.decode())

@@ -188,7 +188,7 @@ pub(crate) struct WireAdmit {
 }
 
 /// An admission's decision, as [`crate::store::Admit`] has it.
-pub(crate) enum Admitted {
+pub(crate) enum Decision {
     Admitted {
         session: Session,
         renewed_from: Option<SessionKey>,
@@ -203,17 +203,17 @@ pub(crate) enum Admitted {
 }
 
 impl WireAdmit {
-    pub(crate) fn decode(self) -> Result<(Admitted, Vec<(Session, EndReason)>), StoreError> {
+    pub(crate) fn decode(self) -> Result<(Decision, Vec<(Session, EndReason)>), StoreError> {
         let outcome = match (self.outcome.as_str(), self.session, self.active) {
-            ("admitted", Some(s), _) => Admitted::Admitted {
+            ("admitted", Some(s), _) => Decision::Admitted {
                 session: s.into_session()?,
                 renewed_from: self.renewed.map(SessionKey),
                 replaces: self.replaces.into_iter().map(SessionKey).collect(),
             },
-            ("full", _, _) => Admitted::LicenseFull {
+            ("full", _, _) => Decision::LicenseFull {
                 soonest_end: self.soonest,
             },
-            ("other", _, Some(a)) => Admitted::OtherClient {
+            ("other", _, Some(a)) => Decision::OtherClient {
                 active: a.into_session()?,
             },
             (other, _, _) => return Err(garbled("an admission", other)),
