@@ -197,7 +197,7 @@ async fn main() {
                     let n = i % USERS;
                     let u = format!("user{n}");
                     let pw = format!("pw-{u}");
-                    match p.recheck(&request(&u, &pw, n), &d).await.unwrap() {
+                    match p.recheck(&request(&u, &pw, n), &d).await.unwrap().1 {
                         Rechecked::Cached => {
                             c.fetch_add(1, Ordering::Relaxed);
                         }

@@ -94,12 +94,13 @@ impl Policy {
     /// Confirm a Basic caller's credentials on a request to its live session: a hit in the
     /// verification cache needs no check; otherwise a full credential check runs, under the same
     /// throttle, lockout and ceiling as a login, and a success is cached. (Without a live
-    /// session, the caller logs in with [`Policy::login`] instead.)
+    /// session, the caller logs in with [`Policy::login`] instead.) Answers the account the
+    /// credentials were confirmed for, as the engine resolved the name.
     pub async fn recheck(
         &self,
         req: &LoginRequest<'_>,
         directory: &Arc<dyn Directory>,
-    ) -> Result<Rechecked, LoginRefused> {
+    ) -> Result<(String, Rechecked), LoginRefused> {
         let account = match self.account(req.username) {
             Ok(a) => a,
             Err(e) => {
@@ -113,7 +114,7 @@ impl Policy {
         };
         let now = self.now();
         if self.inner.cache.hit(&account, req.password, now) {
-            return Ok(Rechecked::Cached);
+            return Ok((account, Rechecked::Cached));
         }
         let epoch = self.inner.cache.epoch();
         let (account, result) = match self
@@ -140,7 +141,7 @@ impl Policy {
                 Err(e) => e.result(),
             },
         });
-        result
+        result.map(|r| (account, r))
     }
 
     async fn login_account(

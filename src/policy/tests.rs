@@ -1683,6 +1683,14 @@ impl Harness {
                 &self.directory,
             )
             .await
+            .map(|(account, r)| {
+                assert_eq!(
+                    Ok(account.as_str()),
+                    self.policy.account(user).as_deref(),
+                    "confirmed for the account the name resolves to"
+                );
+                r
+            })
     }
 }
 
@@ -2309,21 +2317,22 @@ async fn names_are_looked_up_again_after_the_cache_ttl_and_basic_callers_ride_th
         Ok("bob jones"),
         "not looked up yet"
     );
+    // Confirmed for the account the directory's entry names, not the name as typed.
     assert_eq!(
         h.policy.recheck(&req, &directory).await.unwrap(),
-        Rechecked::Checked
+        ("bob".to_string(), Rechecked::Checked)
     );
     assert_eq!(h.policy.account("Bob Jones").as_deref(), Ok("bob"));
     assert_eq!(
         h.policy.recheck(&req, &directory).await.unwrap(),
-        Rechecked::Cached
+        ("bob".to_string(), Rechecked::Cached)
     );
     assert_eq!(d.lookups(), 1);
     h.advance(CheckRules::default().cache_ttl);
     assert_eq!(h.policy.account("Bob Jones").as_deref(), Ok("bob jones"));
     assert_eq!(
         h.policy.recheck(&req, &directory).await.unwrap(),
-        Rechecked::Checked
+        ("bob".to_string(), Rechecked::Checked)
     );
     assert_eq!(d.lookups(), 2);
     // A reload forgets what was looked up.

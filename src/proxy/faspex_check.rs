@@ -10,7 +10,7 @@
 //!   the verification cache, so a Basic caller's later requests ask no one.
 //!
 //! A browser's login form is not checked here: Faspex's answer to the login itself is the check
-//! (see `Handler::form_login`), so a local account signs in once.
+//! (see `routes/login.rs`), so a local account signs in once.
 
 use std::time::Duration;
 

@@ -144,17 +144,15 @@ impl Confirmed {
             })
     }
 
-    /// A fresh credential check of `login`, under the lockout, accepted it for `account`.
+    /// A fresh credential check of `login`, under the lockout, accepted it: confirmed for the
+    /// account the check itself resolved the name to, never one the caller names.
     pub async fn by_recheck(
         policy: &Policy,
         login: &LoginRequest<'_>,
-        account: &str,
         directory: &Arc<dyn Directory>,
     ) -> Result<Confirmed, LoginRefused> {
-        policy.recheck(login, directory).await?;
-        Ok(Confirmed {
-            account: account.to_owned(),
-        })
+        let (account, _) = policy.recheck(login, directory).await?;
+        Ok(Confirmed { account })
     }
 
     /// The account the credentials were confirmed for.

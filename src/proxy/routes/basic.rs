@@ -97,7 +97,7 @@ async fn live_session(
     let confirmed = match Confirmed::by_cache(policy, &account, login.password) {
         Some(c) => c,
         None if policy.client_session_peek(&account, client).await?.is_ok() => {
-            Confirmed::by_recheck(policy, login, &account, &cx.directory).await?
+            Confirmed::by_recheck(policy, login, &cx.directory).await?
         }
         None => return Ok(None),
     };

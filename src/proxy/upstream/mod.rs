@@ -19,7 +19,7 @@
 
 mod failure;
 pub mod headers;
-pub mod pool;
+mod pool;
 pub mod slots;
 pub mod transfer;
 
