@@ -9,13 +9,16 @@
 //!                                                         a credential passes│ public ──────────────────────────────► Permit::public
 //!                                                         only where checked)│ protected: cookie / Basic / bearer
 //!                                                                            │   proxy::request ─► policy::sessions ─► Permit::cookie/basic/bearer
-//!                                                                            │   (Basic: auth::cache, or a recheck that is a login)
+//!                                                                            │   (Basic with a session: auth::cache or policy::login's recheck ─► Confirmed;
+//!                                                                            │    Basic without one: a login, as below, ─► Permit::login)
 //!                                                                            │ login: policy::login
-//!                                                                            │   throttle ─► lockout ─► auth::Directory ─► seats ─► one_client
+//!                                                                            │   resolve ─► throttle ─► lockout ─► auth::Directory ─► one_client ─► seats
 //!                                                                            │   ─► PendingLogin ─────────────────────► Permit::login
 //!                                                                            └ logout: policy ends the session ─► Faspex's logout (proxy::ends)
 //!
 //!  Faspex's answer ─► a login's seat is kept or given back (PendingLogin::confirm / reject / refuse);
+//!                     a bearer token Faspex issues is tied to its session, Faspex's cookie kept
+//!                     (policy: add_bearer, set_upstream_cookie);
 //!                     a Basic session whose credentials Faspex stops taking ends (proxy::routes::basic)
 //!                  ─► proxy::error maps any refusal to its status, once ─► the access log (proxy::access, log)
 //! ```
@@ -46,8 +49,9 @@
 //! - [`auth`]: the [`auth::Directory`] seam where one credential check runs, and its backends:
 //!   LDAP / Active Directory ([`auth::ldap`]), a users file of argon2id hashes ([`auth::file`]),
 //!   Faspex's own local accounts ([`auth::local`]); the verification cache ([`auth::cache`]).
-//! - [`store`]: the [`store::PolicyStore`] trait (one atomic step per operation) and the durable
-//!   embedded backend.
+//! - [`store`]: the [`store::PolicyStore`] trait (one atomic step per operation), the durable
+//!   embedded backend, and the Redis backend (a function library that mirrors the rules, for
+//!   several gateways; not yet wired into `run`).
 //! - [`metrics`], [`audit`], [`log`]: what operators read: Prometheus metrics, the audit log,
 //!   the service and access logs (text or JSON, `log.format`).
 //! - [`faspex`]: Faspex knowledge (how Rack reads parameters). The Faspex 4 emulator the demo
