@@ -39,6 +39,17 @@ impl std::fmt::Debug for PendingLogin {
 }
 
 impl PendingLogin {
+    /// Tell the observers how the login ended.
+    fn report(&self, result: LoginResult) {
+        self.policy.emit(PolicyEvent::Login {
+            account: Some(&self.account),
+            account_kind: Some(self.admitted.session.account_kind),
+            ip: self.ip,
+            kind: self.kind,
+            result,
+        });
+    }
+
     /// The session being admitted, and its token.
     pub fn admitted(&self) -> &Admitted {
         &self.admitted
@@ -75,13 +86,7 @@ impl PendingLogin {
                 .cache
                 .insert(&self.account, &self.password, p.now(), ttl, self.epoch);
         }
-        p.emit(PolicyEvent::Login {
-            account: Some(&self.account),
-            account_kind: Some(self.admitted.session.account_kind),
-            ip: self.ip,
-            kind: self.kind,
-            result: LoginResult::Success,
-        });
+        self.report(LoginResult::Success);
         self.admitted.clone()
     }
 
@@ -111,13 +116,7 @@ impl PendingLogin {
             },
             None => LoginRefused::BadCredentials,
         };
-        self.policy.emit(PolicyEvent::Login {
-            account: Some(&self.account),
-            account_kind: Some(self.admitted.session.account_kind),
-            ip: self.ip,
-            kind: self.kind,
-            result: refused.result(),
-        });
+        self.report(refused.result());
         if let Err(e) = self
             .policy
             .end(&self.admitted.session.key, EndReason::Rollback)
@@ -136,13 +135,7 @@ impl PendingLogin {
         if let Some(ticket) = self.verdict.as_mut().and_then(|g| g.ticket.take()) {
             self.policy.finish(ticket, AttemptResult::Aborted).await?;
         }
-        self.policy.emit(PolicyEvent::Login {
-            account: Some(&self.account),
-            account_kind: Some(self.admitted.session.account_kind),
-            ip: self.ip,
-            kind: self.kind,
-            result: LoginResult::UpstreamRefused,
-        });
+        self.report(LoginResult::UpstreamRefused);
         self.policy
             .end(&self.admitted.session.key, EndReason::Rollback)
             .await
@@ -155,13 +148,7 @@ impl Drop for PendingLogin {
         if self.decided {
             return;
         }
-        self.policy.emit(PolicyEvent::Login {
-            account: Some(&self.account),
-            account_kind: Some(self.admitted.session.account_kind),
-            ip: self.ip,
-            kind: self.kind,
-            result: LoginResult::UpstreamRefused,
-        });
+        self.report(LoginResult::UpstreamRefused);
         let policy = self.policy.clone();
         let key = self.admitted.session.key.clone();
         spawn_detached(async move {
