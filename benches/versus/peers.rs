@@ -257,7 +257,7 @@ pub fn relay(args: &[String]) {
             let tls = tls.clone();
             tokio::spawn(async move {
                 let _ = client.set_nodelay(true);
-                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                     return;
                 };
                 let _ = server.set_nodelay(true);
