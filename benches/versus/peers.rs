@@ -263,30 +263,23 @@ pub fn relay(args: &[String]) {
                 let _ = server.set_nodelay(true);
                 match tls {
                     Some(acceptor) => {
-                        if let Ok(mut client) = acceptor.accept(client).await {
-                            let _ = tokio::io::copy_bidirectional_with_sizes(
-                                &mut client,
-                                &mut server,
-                                CHUNK,
-                                CHUNK,
-                            )
-                            .await;
+                        if let Ok(client) = acceptor.accept(client).await {
+                            copy_both_ways(client, server).await;
                         }
                     }
-                    None => {
-                        let mut client = client;
-                        let _ = tokio::io::copy_bidirectional_with_sizes(
-                            &mut client,
-                            &mut server,
-                            CHUNK,
-                            CHUNK,
-                        )
-                        .await;
-                    }
+                    None => copy_both_ways(client, server).await,
                 }
             });
         }
     });
+}
+
+/// Copy bytes between `client` and `server` both ways, `CHUNK` at a time, until either closes.
+async fn copy_both_ways<C>(mut client: C, mut server: tokio::net::TcpStream)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, CHUNK, CHUNK).await;
 }
 
 fn acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
