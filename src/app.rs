@@ -32,6 +32,7 @@ use crate::clock::{Clock, TimeSource};
 use crate::config::{AuthBackend, Config, Reload};
 use crate::metrics::Metrics;
 use crate::policy::{CheckRules, LogObserver, Observer, Observers, Policy};
+use crate::proxy::context::Context;
 use crate::proxy::ends::SessionEnds;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::Gateway;
@@ -228,14 +229,14 @@ pub async fn build_with(cfg: &Config, loader: Loader, time: TimeSource) -> anyho
         clock,
     )
     .await?;
-    let gateway = Gateway::new(
+    let gateway = Gateway::new(Context::new(
         cfg,
         state.policy.clone(),
         Arc::clone(&state.directory),
         upstream,
         shared_ends,
         metrics,
-    );
+    ));
     Ok(App {
         state,
         loader,

@@ -69,7 +69,7 @@ impl Context {
     /// the memo, the Faspex logouts and the streams the engine's [`SessionEnds`] observer feeds.
     ///
     /// [`SessionEnds`]: super::ends::SessionEnds
-    pub(super) fn new(
+    pub fn new(
         cfg: &Config,
         policy: Policy,
         directory: Arc<dyn Directory>,

@@ -24,19 +24,17 @@ use super::body::{LoggedBody, ProxyBody};
 use super::classify::Route;
 use super::context::Context;
 use super::dispatch::TunnelLog;
-use super::ends::Ends;
 use super::error::{self, Answer, GatewayError};
 use super::gate::{self, BodyRule, Pass};
 use super::intake;
 use super::request::{self, forward_path, public_origin, request_host, ClientSide, Inspected};
 use super::routes::bearer::Named;
 use super::routes::{login, logout, own, protected, public};
-use super::upstream::{self, Upstream};
+use super::upstream;
 use crate::auth::Directory;
 use crate::config::Config;
 use crate::conn::ConnInfo;
 use crate::metrics::Metrics;
-use crate::policy::Policy;
 
 /// The gateway's request handler: a cheap-to-clone handle shared by every connection. Its
 /// settings are swapped whole by [`Gateway::reload`]; each request runs on the settings it found
@@ -52,20 +50,10 @@ struct Handler {
 }
 
 impl Gateway {
-    /// The handler over an engine, a credential backend and the upstream. `ends` holds what the
-    /// engine's [`SessionEnds`](super::ends::SessionEnds) observer fills.
-    pub fn new(
-        cfg: &Config,
-        policy: Policy,
-        directory: Arc<dyn Directory>,
-        upstream: Upstream,
-        ends: Ends,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// The handler, on its first settings and state ([`Context::new`]).
+    pub fn new(cx: Context) -> Self {
         Gateway {
-            current: Arc::new(ArcSwap::from_pointee(Context::new(
-                cfg, policy, directory, upstream, ends, metrics,
-            ))),
+            current: Arc::new(ArcSwap::from_pointee(cx)),
         }
     }
 
