@@ -243,86 +243,49 @@ struct Route {
     action: Action,
 }
 
-const fn route(pattern: &'static str, via: Via, action: Action) -> Route {
-    Route {
-        pattern,
-        via,
-        action,
-    }
+/// A route table: one `VIA "pattern" => Action,` line a route, in Rails' order of precedence.
+macro_rules! routes {
+    ($($via:ident $pattern:literal => $action:ident,)*) => {
+        &[$(Route {
+            pattern: $pattern,
+            via: Via::$via,
+            action: Action::$action,
+        }),*]
+    };
 }
 
 /// Faspex 4's routes in Rails' order of precedence (as `tests/rails/oracle.rb` declares them).
-const ROUTES: &[Route] = &[
-    route("aspera/faspex", Via::All, Action::Home),
-    route("aspera/faspex/login", Via::All, Action::Login),
-    route("aspera/faspex/login/new", Via::All, Action::LoginForm),
-    route("aspera/faspex/logout", Via::All, Action::Logout),
-    route(
-        "aspera/faspex/auth/oauth2/token",
-        Via::All,
-        Action::OauthToken,
-    ),
-    route("aspera/faspex/inbox", Via::All, Action::Inbox),
-    route("aspera/faspex/sent", Via::All, Action::Sent),
-    route("aspera/faspex/archive", Via::All, Action::Archive),
-    route(
-        "aspera/faspex/received/:id",
-        Via::All,
-        Action::ReceivedPackage,
-    ),
-    route("aspera/faspex/sent/:id", Via::All, Action::SentPackage),
-    route("aspera/faspex/me", Via::All, Action::Me),
-    route("aspera/faspex/dropboxes", Via::All, Action::Dropboxes),
-    route("aspera/faspex/address-book", Via::All, Action::AddressBook),
-    route("aspera/faspex/issue-token", Via::All, Action::IssueToken),
-    route("aspera/faspex/send", Via::Get, Action::NewDelivery),
-    route("aspera/faspex/send", Via::Post, Action::CreateDelivery),
-    route(
-        "aspera/faspex/external_deliveries/:id",
-        Via::All,
-        Action::ExternalDelivery,
-    ),
-    route(
-        "aspera/faspex/external/submissions/new",
-        Via::All,
-        Action::NewSubmission,
-    ),
-    route(
-        "aspera/faspex/external/submissions",
-        Via::Post,
-        Action::CreateSubmission,
-    ),
-    route(
-        "aspera/faspex/external/dropbox_submissions/new",
-        Via::All,
-        Action::NewDropboxSubmission,
-    ),
-    route(
-        "aspera/faspex/external/dropbox_submissions",
-        Via::Post,
-        Action::CreateDropboxSubmission,
-    ),
-    route("aspera/faspex/admin/users", Via::Get, Action::AdminUsers),
-    route("aspera/faspex/admin/users", Via::Post, Action::CreateUser),
-    route("aspera/faspex/account", Via::All, Action::Account),
-    route(
-        "aspera/faspex/account/password",
-        Via::Get,
-        Action::EditPassword,
-    ),
-    route(
-        "aspera/faspex/account/password",
-        Via::PutPatch,
-        Action::UpdatePassword,
-    ),
-    route(
-        "aspera/faspex/package_relay/relay_package",
-        Via::All,
-        Action::RelayPackage,
-    ),
-    route("aspera/faspex/api/*path", Via::All, Action::Api),
-    route("*path", Via::All, Action::NotFound),
-];
+const ROUTES: &[Route] = routes! {
+    All      "aspera/faspex"                                  => Home,
+    All      "aspera/faspex/login"                            => Login,
+    All      "aspera/faspex/login/new"                        => LoginForm,
+    All      "aspera/faspex/logout"                           => Logout,
+    All      "aspera/faspex/auth/oauth2/token"                => OauthToken,
+    All      "aspera/faspex/inbox"                            => Inbox,
+    All      "aspera/faspex/sent"                             => Sent,
+    All      "aspera/faspex/archive"                          => Archive,
+    All      "aspera/faspex/received/:id"                     => ReceivedPackage,
+    All      "aspera/faspex/sent/:id"                         => SentPackage,
+    All      "aspera/faspex/me"                               => Me,
+    All      "aspera/faspex/dropboxes"                        => Dropboxes,
+    All      "aspera/faspex/address-book"                     => AddressBook,
+    All      "aspera/faspex/issue-token"                      => IssueToken,
+    Get      "aspera/faspex/send"                             => NewDelivery,
+    Post     "aspera/faspex/send"                             => CreateDelivery,
+    All      "aspera/faspex/external_deliveries/:id"          => ExternalDelivery,
+    All      "aspera/faspex/external/submissions/new"         => NewSubmission,
+    Post     "aspera/faspex/external/submissions"             => CreateSubmission,
+    All      "aspera/faspex/external/dropbox_submissions/new" => NewDropboxSubmission,
+    Post     "aspera/faspex/external/dropbox_submissions"     => CreateDropboxSubmission,
+    Get      "aspera/faspex/admin/users"                      => AdminUsers,
+    Post     "aspera/faspex/admin/users"                      => CreateUser,
+    All      "aspera/faspex/account"                          => Account,
+    Get      "aspera/faspex/account/password"                 => EditPassword,
+    PutPatch "aspera/faspex/account/password"                 => UpdatePassword,
+    All      "aspera/faspex/package_relay/relay_package"      => RelayPackage,
+    All      "aspera/faspex/api/*path"                        => Api,
+    All      "*path"                                          => NotFound,
+};
 
 /// A path as the router matches it: percent-decoded and its dot segments resolved (as a front
 /// end such as Apache passes `PATH_INFO`), then Journey's `normalize_path`.
