@@ -3,6 +3,7 @@
 //! that carry them ([`html`], [`text`]), with the headers every answer the gateway writes
 //! itself has ([`page_headers`]).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -231,20 +232,10 @@ pub fn unavailable(site: &Site) -> String {
     )
 }
 
-/// Escape text for HTML element content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// Escape text for HTML element content and double- or single-quoted attribute values: `&`, `<`,
+/// `>`, `"` and `'` (as `&#x27;`). Text with none of them is borrowed, not copied.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    html_escape::encode_quoted_attribute(s)
 }
 
 /// The pages' one style sheet, inline so that a page needs nothing else from the gateway. The
@@ -411,7 +402,7 @@ mod tests {
     fn escapes_everything_it_echoes() {
         let p = page("<b>", "a \"quote\" & 'tick' <script>", "");
         assert!(p.contains("&lt;b&gt;"));
-        assert!(p.contains("a &quot;quote&quot; &amp; &#39;tick&#39; &lt;script&gt;"));
+        assert!(p.contains("a &quot;quote&quot; &amp; &#x27;tick&#x27; &lt;script&gt;"));
         assert!(!p.contains("<script>"));
     }
 }
