@@ -15,11 +15,15 @@ use std::time::Duration;
 use super::model::{Config, StoreKind};
 use super::secret::Secret;
 
-/// One line per restart-only key: its dotted name, a field of [`RestartOnly`], its type, and where
-/// it is in [`Config`]. A key may take two lines (`session.secret_file`: the path and the
-/// secret read from it); it is named once.
+/// One line per restart-only value: a field of [`RestartOnly`], its type, and where it is in
+/// [`Config`], whose dotted path is the key's name unless `as` gives another. A key may take two
+/// lines (`session.secret_file`: the path and the secret read from it); it is named once.
 macro_rules! restart_only {
-    ($( $key:literal => $field:ident: $ty:ty = $($path:ident).+; )*) => {
+    (@key [$key:literal] $($path:ident).+) => { $key };
+    (@key [] $first:ident $(. $rest:ident)*) => {
+        concat!(stringify!($first) $(, ".", stringify!($rest))*)
+    };
+    ($( $field:ident: $ty:ty = $($path:ident).+ $(as $key:literal)?; )*) => {
         /// The restart-only keys' values in one configuration (see the module documentation).
         #[derive(Clone, Debug, PartialEq)]
         pub struct RestartOnly {
@@ -38,8 +42,9 @@ macro_rules! restart_only {
             pub fn changes(&self, new: &RestartOnly) -> Vec<&'static str> {
                 let mut keys = Vec::new();
                 $(
-                    if self.$field != new.$field && !keys.contains(&$key) {
-                        keys.push($key);
+                    let key = restart_only!(@key [$($key)?] $($path).+);
+                    if self.$field != new.$field && !keys.contains(&key) {
+                        keys.push(key);
                     }
                 )*
                 keys
@@ -54,44 +59,44 @@ macro_rules! restart_only {
 }
 
 restart_only! {
-    "server.listen" => listen: Option<SocketAddr> = server.listen;
-    "server.http_listen" => http_listen: Option<SocketAddr> = server.http_listen;
-    "server.tls_handshake_timeout" => tls_handshake_timeout: Duration = server.tls_handshake_timeout;
-    "server.header_read_timeout" => header_read_timeout: Duration = server.header_read_timeout;
-    "server.max_header_bytes" => max_header_bytes: usize = server.max_header_bytes;
-    "server.max_connections" => max_connections: usize = server.max_connections;
-    "server.max_connections_per_ip" => max_connections_per_ip: usize = server.max_connections_per_ip;
-    "server.ipv6_prefix_len" => ipv6_prefix_len: u8 = server.ipv6_prefix_len;
-    "server.hsts" => hsts: Option<http::HeaderValue> = server.hsts;
-    "server.strip_response_headers" => strip_response_headers: Vec<http::HeaderName> = server.strip_response_headers;
-    "server.workers" => workers: usize = server.workers;
-    "server.shutdown_timeout" => shutdown_timeout: Duration = server.shutdown_timeout;
-    "server.body_idle_timeout" => body_idle_timeout: Duration = server.body_idle_timeout;
-    "upstream.url" => upstream_url: url::Url = upstream.url;
-    "upstream.ca_file" => upstream_ca_file: Option<PathBuf> = upstream.ca_file;
-    "upstream.connect_timeout" => connect_timeout: Duration = upstream.connect_timeout;
-    "upstream.response_timeout" => response_timeout: Duration = upstream.response_timeout;
-    "upstream.preserve_host" => preserve_host: bool = upstream.preserve_host;
-    "upstream.max_connections" => upstream_max_connections: usize = upstream.max_connections;
-    "admin.listen" => admin_listen: Option<SocketAddr> = admin.listen;
-    "session.cookie_name" => cookie_name: String = session.cookie_name;
-    "session.secret_file" => secret_file: PathBuf = session.secret_file;
-    "session.secret_file" => secret: Secret = session.secret;
-    "store.kind" => store_kind: StoreKind = store.kind;
-    "store.path" => store_path: PathBuf = store.path;
-    "store.redis.urls" => redis_urls: Vec<url::Url> = store.redis.urls;
-    "store.redis.sentinels" => redis_sentinels: Vec<String> = store.redis.sentinels;
-    "store.redis.master_name" => redis_master_name: Option<String> = store.redis.master_name;
-    "store.redis.username" => redis_username: Option<String> = store.redis.username;
-    "store.redis.password_file" => redis_password_file: Option<PathBuf> = store.redis.password_file;
-    "store.redis.password_file" => redis_password: Option<Secret> = store.redis.password;
-    "store.redis.ca_file" => redis_ca_file: Option<PathBuf> = store.redis.ca_file;
-    "store.redis.key_prefix" => redis_key_prefix: String = store.redis.key_prefix;
-    "store.redis.wait_replicas" => redis_wait_replicas: u32 = store.redis.wait_replicas;
-    "store.redis.wait_timeout" => redis_wait_timeout: Duration = store.redis.wait_timeout;
-    "store.redis.session_cache" => redis_session_cache: Duration = store.redis.session_cache;
-    "store.redis.outage_grace" => redis_outage_grace: Duration = store.redis.outage_grace;
-    "log.format" => log_format: super::model::LogFormat = log.format;
+    listen: Option<SocketAddr> = server.listen;
+    http_listen: Option<SocketAddr> = server.http_listen;
+    tls_handshake_timeout: Duration = server.tls_handshake_timeout;
+    header_read_timeout: Duration = server.header_read_timeout;
+    max_header_bytes: usize = server.max_header_bytes;
+    max_connections: usize = server.max_connections;
+    max_connections_per_ip: usize = server.max_connections_per_ip;
+    ipv6_prefix_len: u8 = server.ipv6_prefix_len;
+    hsts: Option<http::HeaderValue> = server.hsts;
+    strip_response_headers: Vec<http::HeaderName> = server.strip_response_headers;
+    workers: usize = server.workers;
+    shutdown_timeout: Duration = server.shutdown_timeout;
+    body_idle_timeout: Duration = server.body_idle_timeout;
+    upstream_url: url::Url = upstream.url;
+    upstream_ca_file: Option<PathBuf> = upstream.ca_file;
+    connect_timeout: Duration = upstream.connect_timeout;
+    response_timeout: Duration = upstream.response_timeout;
+    preserve_host: bool = upstream.preserve_host;
+    upstream_max_connections: usize = upstream.max_connections;
+    admin_listen: Option<SocketAddr> = admin.listen;
+    cookie_name: String = session.cookie_name;
+    secret_file: PathBuf = session.secret_file;
+    secret: Secret = session.secret as "session.secret_file";
+    store_kind: StoreKind = store.kind;
+    store_path: PathBuf = store.path;
+    redis_urls: Vec<url::Url> = store.redis.urls;
+    redis_sentinels: Vec<String> = store.redis.sentinels;
+    redis_master_name: Option<String> = store.redis.master_name;
+    redis_username: Option<String> = store.redis.username;
+    redis_password_file: Option<PathBuf> = store.redis.password_file;
+    redis_password: Option<Secret> = store.redis.password as "store.redis.password_file";
+    redis_ca_file: Option<PathBuf> = store.redis.ca_file;
+    redis_key_prefix: String = store.redis.key_prefix;
+    redis_wait_replicas: u32 = store.redis.wait_replicas;
+    redis_wait_timeout: Duration = store.redis.wait_timeout;
+    redis_session_cache: Duration = store.redis.session_cache;
+    redis_outage_grace: Duration = store.redis.outage_grace;
+    log_format: super::model::LogFormat = log.format;
 }
 
 /// A new configuration as a reload applies it.
