@@ -69,12 +69,11 @@ impl FailingStore {
             Ok(v)
         }
     }
-}
 
-#[async_trait]
-impl PolicyStore for FailingStore {
-    async fn admit(&self, a: Admission, rules: SeatRules) -> Result<Admit, StoreError> {
-        let admit = self.inner.admit(a, rules).await?;
+    // What a refused write makes of the store below's answer.
+
+    /// An admission: one that admitted is undone and answered [`AdmitOutcome::Unsaved`].
+    async fn admission(&self, admit: Admit) -> Result<Admit, StoreError> {
         match admit.outcome {
             AdmitOutcome::Admitted { session, .. } if self.refusing() => {
                 // Fail closed: a session that might not survive a restart is not handed out.
@@ -92,35 +91,13 @@ impl PolicyStore for FailingStore {
         }
     }
 
-    async fn session(
-        &self,
-        key: &SessionKey,
-        now: Timestamp,
-        activity: bool,
-        t: Timeouts,
-    ) -> Result<SessionState, StoreError> {
-        self.inner.session(key, now, activity, t).await
+    /// A write that always writes: the write error.
+    async fn written<T: Send>(&self, v: T) -> Result<T, StoreError> {
+        self.saved(v)
     }
 
-    async fn client_session(
-        &self,
-        account: &str,
-        client: &ClientId,
-        now: Timestamp,
-        activity: bool,
-        t: Timeouts,
-    ) -> Result<SessionState, StoreError> {
-        self.inner
-            .client_session(account, client, now, activity, t)
-            .await
-    }
-
-    async fn set_upstream_cookie(
-        &self,
-        key: &SessionKey,
-        cookie: Option<String>,
-    ) -> Result<bool, StoreError> {
-        let found = self.inner.set_upstream_cookie(key, cookie).await?;
+    /// A write to a session, which writes only when the session was found.
+    async fn written_if_found(&self, found: bool) -> Result<bool, StoreError> {
         if found {
             self.saved(found)
         } else {
@@ -128,113 +105,80 @@ impl PolicyStore for FailingStore {
         }
     }
 
-    async fn add_bearer(&self, key: &SessionKey, bearer: SessionKey) -> Result<bool, StoreError> {
-        let found = self.inner.add_bearer(key, bearer).await?;
-        if found {
-            self.saved(found)
-        } else {
-            Ok(found)
-        }
-    }
-
-    async fn bearer_session(
-        &self,
-        bearer: &SessionKey,
-        now: Timestamp,
-        activity: bool,
-        t: Timeouts,
-    ) -> Result<SessionState, StoreError> {
-        self.inner.bearer_session(bearer, now, activity, t).await
-    }
-
-    async fn end_session(
-        &self,
-        key: &SessionKey,
-        reason: EndReason,
-    ) -> Result<Option<Session>, StoreError> {
-        self.inner.end_session(key, reason).await
-    }
-
-    async fn end_account(
-        &self,
-        account: &str,
-        reason: EndReason,
-    ) -> Result<Vec<Session>, StoreError> {
-        let ended = self.inner.end_account(account, reason).await?;
+    /// Sessions ended now, which writes only when there were any.
+    async fn written_if_any(&self, ended: Vec<Session>) -> Result<Vec<Session>, StoreError> {
         if ended.is_empty() {
             Ok(ended)
         } else {
             self.saved(ended)
         }
     }
+}
 
-    async fn sessions(&self) -> Result<Vec<Session>, StoreError> {
-        self.inner.sessions().await
+/// The [`PolicyStore`] impl, by what each step does while writes are refused: under `pass`, the
+/// store below's answer as it is; under `then`, the store below's answer as the named method of
+/// [`FailingStore`] makes it; under `first`, the write error before the store below is asked.
+macro_rules! failing_store {
+    (
+        pass { $($pass:ident($($parg:ident: $pty:ty),*) -> $pout:ty;)* }
+        then { $($then:ident: $step:ident($($targ:ident: $tty:ty),*) -> $tout:ty;)* }
+        first { $($first:ident() -> $fout:ty;)* }
+    ) => {
+        #[async_trait]
+        impl PolicyStore for FailingStore {
+            $(
+                async fn $pass(&self, $($parg: $pty),*) -> Result<$pout, StoreError> {
+                    self.inner.$pass($($parg),*).await
+                }
+            )*
+            $(
+                async fn $step(&self, $($targ: $tty),*) -> Result<$tout, StoreError> {
+                    let answer = self.inner.$step($($targ),*).await?;
+                    self.$then(answer).await
+                }
+            )*
+            $(
+                async fn $first(&self) -> Result<$fout, StoreError> {
+                    self.saved(())?;
+                    self.inner.$first().await
+                }
+            )*
+        }
+    };
+}
+
+failing_store! {
+    pass {
+        session(key: &SessionKey, now: Timestamp, activity: bool, t: Timeouts) -> SessionState;
+        client_session(
+            account: &str, client: &ClientId, now: Timestamp, activity: bool, t: Timeouts
+        ) -> SessionState;
+        bearer_session(
+            bearer: &SessionKey, now: Timestamp, activity: bool, t: Timeouts
+        ) -> SessionState;
+        end_session(key: &SessionKey, reason: EndReason) -> Option<Session>;
+        sessions() -> Vec<Session>;
+        sweep(now: Timestamp, t: Timeouts, window: Duration) -> Swept;
+        begin_attempt(key: &LockKey, now: Timestamp, rules: LockoutRules) -> AttemptStart;
+        finish_attempt(
+            ticket: AttemptTicket, result: AttemptResult, now: Timestamp, rules: LockoutRules
+        ) -> AttemptEnd;
+        lock_state(key: &LockKey, now: Timestamp) -> Option<Lock>;
+        lockouts(now: Timestamp) -> Vec<Lock>;
+        counts(now: Timestamp) -> Counts;
     }
-
-    async fn sweep(
-        &self,
-        now: Timestamp,
-        t: Timeouts,
-        window: Duration,
-    ) -> Result<Swept, StoreError> {
-        self.inner.sweep(now, t, window).await
+    then {
+        admission: admit(a: Admission, rules: SeatRules) -> Admit;
+        written_if_found: set_upstream_cookie(key: &SessionKey, cookie: Option<String>) -> bool;
+        written_if_found: add_bearer(key: &SessionKey, bearer: SessionKey) -> bool;
+        written_if_any: end_account(account: &str, reason: EndReason) -> Vec<Session>;
+        written: lock_account(
+            account: &str, kind: AccountKind, now: Timestamp, until: Timestamp
+        ) -> Lock;
+        written: unlock_account(account: &str) -> Unlocked;
     }
-
-    async fn begin_attempt(
-        &self,
-        key: &LockKey,
-        now: Timestamp,
-        rules: LockoutRules,
-    ) -> Result<AttemptStart, StoreError> {
-        self.inner.begin_attempt(key, now, rules).await
-    }
-
-    async fn finish_attempt(
-        &self,
-        ticket: AttemptTicket,
-        result: AttemptResult,
-        now: Timestamp,
-        rules: LockoutRules,
-    ) -> Result<AttemptEnd, StoreError> {
-        self.inner.finish_attempt(ticket, result, now, rules).await
-    }
-
-    async fn lock_state(&self, key: &LockKey, now: Timestamp) -> Result<Option<Lock>, StoreError> {
-        self.inner.lock_state(key, now).await
-    }
-
-    async fn lock_account(
-        &self,
-        account: &str,
-        kind: AccountKind,
-        now: Timestamp,
-        until: Timestamp,
-    ) -> Result<Lock, StoreError> {
-        let lock = self.inner.lock_account(account, kind, now, until).await?;
-        self.saved(lock)
-    }
-
-    async fn unlock_account(&self, account: &str) -> Result<Unlocked, StoreError> {
-        let u = self.inner.unlock_account(account).await?;
-        self.saved(u)
-    }
-
-    async fn lockouts(&self, now: Timestamp) -> Result<Vec<Lock>, StoreError> {
-        self.inner.lockouts(now).await
-    }
-
-    async fn counts(&self, now: Timestamp) -> Result<Counts, StoreError> {
-        self.inner.counts(now).await
-    }
-
-    async fn flush(&self) -> Result<(), StoreError> {
-        self.saved(())?;
-        self.inner.flush().await
-    }
-
-    async fn probe(&self) -> Result<(), StoreError> {
-        self.saved(())?;
-        self.inner.probe().await
+    first {
+        flush() -> ();
+        probe() -> ();
     }
 }
