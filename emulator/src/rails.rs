@@ -516,7 +516,9 @@ impl std::fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
-/// A request as Rails receives it.
+/// A request as Rails receives it. (The gateway's `Probe` holds much the same parts for its own
+/// reading, kept apart on purpose: the emulator, what the gateway is tested against, must not
+/// read requests with the gateway's code.)
 #[derive(Clone, Copy, Debug)]
 pub struct RailsRequest<'a> {
     /// The method on the request line.
