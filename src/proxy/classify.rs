@@ -293,7 +293,7 @@ fn refuse_encoded_separators(raw: &[u8]) -> Result<(), PathError> {
         if !cur.contains(&b'%') {
             break;
         }
-        let next = decode_lenient(&cur);
+        let (next, _) = decode_escapes(&cur);
         if next == *cur {
             break;
         }
@@ -305,7 +305,7 @@ fn refuse_encoded_separators(raw: &[u8]) -> Result<(), PathError> {
         }
         let mut s = seg.to_vec();
         for _ in 0..5 {
-            let next = decode_lenient(&s);
+            let (next, _) = decode_escapes(&s);
             if next == s {
                 break;
             }
@@ -415,25 +415,10 @@ fn decode_once(raw: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
     if !raw.contains(&b'%') {
         return Ok(Cow::Borrowed(raw));
     }
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'%' {
-            let hi = raw.get(i + 1).copied().and_then(hex);
-            let lo = raw.get(i + 2).copied().and_then(hex);
-            match (hi, lo) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi << 4 | lo);
-                    i += 3;
-                }
-                _ => return Err(PathError::BadPercentEncoding),
-            }
-        } else {
-            out.push(raw[i]);
-            i += 1;
-        }
+    match decode_escapes(raw) {
+        (out, false) => Ok(Cow::Owned(out)),
+        (_, true) => Err(PathError::BadPercentEncoding),
     }
-    Ok(Cow::Owned(out))
 }
 
 /// From the once-decoded path, decode until nothing changes (at most a few rounds): the most
@@ -449,7 +434,7 @@ fn decode_further(once: &[u8]) -> Cow<'_, [u8]> {
         if !cur.contains(&b'%') {
             break;
         }
-        let next = decode_lenient(&cur);
+        let (next, _) = decode_escapes(&cur);
         if next == cur {
             break;
         }
@@ -458,9 +443,11 @@ fn decode_further(once: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(cur)
 }
 
-/// Percent-decode the valid escapes, keeping any other `%` as it is.
-fn decode_lenient(raw: &[u8]) -> Vec<u8> {
+/// Percent-decode the valid escapes, keeping any other `%` as it is; and whether there was such
+/// a `%`.
+fn decode_escapes(raw: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::with_capacity(raw.len());
+    let mut stray = false;
     let mut i = 0;
     while i < raw.len() {
         if raw[i] == b'%' {
@@ -471,11 +458,12 @@ fn decode_lenient(raw: &[u8]) -> Vec<u8> {
                 i += 3;
                 continue;
             }
+            stray = true;
         }
         out.push(raw[i]);
         i += 1;
     }
-    out
+    (out, stray)
 }
 
 /// Collapse empty and `.` segments, resolve `..` (never above the root), keep a trailing slash.
