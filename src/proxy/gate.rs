@@ -411,18 +411,18 @@ impl Gate {
         Ok(BodyRule::Inspect { kind, limit })
     }
 
-    /// [`Gate::decide`], with the gate's marks on what it lets on: a refusal is an error, and
-    /// what passes carries the proof that it did ([`Pass`]).
+    /// [`Gate::decide`] on a request's head (its method, headers and query), with the gate's marks
+    /// on what it lets on: a refusal is an error, and what passes carries the proof that it did
+    /// ([`Pass`]).
     pub(crate) fn pass(
         &self,
-        method: &Method,
+        head: &http::request::Parts,
         c: &Classified,
-        headers: &HeaderMap,
-        query: Option<&str>,
         body: Option<(&BodyKind, &[u8])>,
     ) -> Result<Pass, Refusal> {
         let gate = || Passed { _sealed: () };
-        Ok(match self.decide(method, c, headers, query, body) {
+        let plan = self.decide(&head.method, c, &head.headers, head.uri.query(), body);
+        Ok(match plan {
             Plan::Refuse(r) => return Err(r),
             Plan::Login { username, password } => Pass::Login {
                 username,

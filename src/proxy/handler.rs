@@ -262,19 +262,12 @@ impl Handler {
         };
         let (mut parts, body) = req.into_parts();
         forward_path(&mut parts.uri, &classified)?;
-        let query = parts.uri.query();
         let (pass, body) = match rule {
             BodyRule::Inspect { kind, limit } => {
                 let bytes = intake::read_client(body, limit, cx.body_idle_timeout).await?;
                 // (it has arrived)
                 inflight = None;
-                let pass = gate.pass(
-                    &parts.method,
-                    &classified,
-                    &parts.headers,
-                    query,
-                    Some((&kind, &bytes)),
-                )?;
+                let pass = gate.pass(&parts, &classified, Some((&kind, &bytes)))?;
                 // Faspex gets the bytes inspected here, whole, with their length.
                 parts.headers.remove(header::TRANSFER_ENCODING);
                 parts
@@ -283,7 +276,7 @@ impl Handler {
                 (pass, Inspected::Read(bytes))
             }
             BodyRule::Empty | BodyRule::Stream => (
-                gate.pass(&parts.method, &classified, &parts.headers, query, None)?,
+                gate.pass(&parts, &classified, None)?,
                 Inspected::Stream(body),
             ),
         };
