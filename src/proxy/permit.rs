@@ -50,10 +50,35 @@
 //! }
 //! ```
 //!
+//! Nor can a route pass off one check as another: a session found by a bearer token is not one
+//! found by the gateway's cookie, and cannot make a cookie's permit (which would carry the
+//! session's Faspex cookie along):
+//!
+//! ```compile_fail,E0308
+//! use faspex_gate::proxy::gate::Passed;
+//! use faspex_gate::proxy::permit::{ByBearer, LiveSession, Permit};
+//!
+//! fn cookie<'a>(gate: Passed, found_by_bearer: &'a LiveSession<ByBearer>) -> Permit<'a> {
+//!     Permit::cookie(gate, found_by_bearer)
+//! }
+//! ```
+//!
+//! while the bearer's own permit compiles:
+//!
+//! ```no_run
+//! use faspex_gate::proxy::gate::Passed;
+//! use faspex_gate::proxy::permit::{ByBearer, LiveSession, Permit};
+//!
+//! fn bearer<'a>(gate: Passed, found_by_bearer: &'a LiveSession<ByBearer>) -> Permit<'a> {
+//!     Permit::bearer(gate, found_by_bearer)
+//! }
+//! ```
+//!
 //! A permit is a few references, moved along with the request: it costs no allocation.
 //!
 //! [`Upstream::forward`]: super::upstream::Upstream::forward
 
+use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -90,20 +115,49 @@ pub enum Checked {
     Login,
 }
 
-/// A session the engine found live for this request. Only the lookups below make one.
+/// A session the engine found live for this request, marked with how it was found (`K`: a
+/// [`ByCookie`], [`ByBasic`] or [`ByBearer`] lookup). Only the lookups below make one, and each
+/// permit takes the kind its check makes: a session found by a bearer token cannot become a
+/// cookie's permit (and carry the session's Faspex cookie), nor one found by the gateway's
+/// cookie a Basic caller's.
 #[derive(Debug)]
-pub struct LiveSession(Session);
+pub struct LiveSession<K> {
+    session: Session,
+    found: PhantomData<K>,
+}
+
+/// A [`LiveSession`] found by the gateway's cookie ([`LiveSession::by_cookie`]).
+#[derive(Debug)]
+pub enum ByCookie {}
+/// A [`LiveSession`] of a Basic caller whose credentials were [`Confirmed`]
+/// ([`LiveSession::of_client`]).
+#[derive(Debug)]
+pub enum ByBasic {}
+/// A [`LiveSession`] found by a bearer token Faspex issued to it ([`LiveSession::by_bearer`]).
+#[derive(Debug)]
+pub enum ByBearer {}
 
 /// What a session lookup answers: a live session, why there is none, or the store's failure.
-pub type Lookup = Result<Result<LiveSession, SessionGone>, StoreError>;
+pub type Lookup<K> = Result<Result<LiveSession<K>, SessionGone>, StoreError>;
 
-impl LiveSession {
+impl<K> LiveSession<K> {
+    fn found(session: Session) -> Self {
+        LiveSession {
+            session,
+            found: PhantomData,
+        }
+    }
+}
+
+impl LiveSession<ByCookie> {
     /// The session the gateway's cookie names, when it is live (a request on `path` counts as
     /// activity unless the engine says otherwise).
-    pub async fn by_cookie(policy: &Policy, key: &SessionKey, path: &str) -> Lookup {
-        Ok(policy.session_by_key(key, path).await?.map(LiveSession))
+    pub async fn by_cookie(policy: &Policy, key: &SessionKey, path: &str) -> Lookup<ByCookie> {
+        Ok(policy.session_by_key(key, path).await?.map(Self::found))
     }
+}
 
+impl LiveSession<ByBasic> {
     /// The live session of a Basic caller's `client` on the account whose credentials were
     /// [`Confirmed`]: without that evidence there is no Basic session to find.
     pub async fn of_client(
@@ -111,16 +165,18 @@ impl LiveSession {
         confirmed: &Confirmed,
         client: &ClientId,
         path: &str,
-    ) -> Lookup {
+    ) -> Lookup<ByBasic> {
         Ok(policy
             .client_session(&confirmed.account, client, path)
             .await?
-            .map(LiveSession))
+            .map(Self::found))
     }
+}
 
+impl LiveSession<ByBearer> {
     /// The live session a bearer token Faspex issued belongs to.
-    pub async fn by_bearer(policy: &Policy, token: &str, path: &str) -> Lookup {
-        Ok(policy.bearer_session(token, path).await?.map(LiveSession))
+    pub async fn by_bearer(policy: &Policy, token: &str, path: &str) -> Lookup<ByBearer> {
+        Ok(policy.bearer_session(token, path).await?.map(Self::found))
     }
 }
 
@@ -161,11 +217,11 @@ impl Confirmed {
     }
 }
 
-impl Deref for LiveSession {
+impl<K> Deref for LiveSession<K> {
     type Target = Session;
 
     fn deref(&self) -> &Session {
-        &self.0
+        &self.session
     }
 }
 
@@ -197,7 +253,7 @@ impl<'a> Permit<'a> {
 
     /// A request with the gateway's cookie of a live session: the session's own Faspex session
     /// goes along, whatever Faspex cookie the browser sent.
-    pub fn cookie(gate: Passed, live: &'a LiveSession) -> Self {
+    pub fn cookie(gate: Passed, live: &'a LiveSession<ByCookie>) -> Self {
         Permit {
             faspex_cookie: live.upstream_cookie.as_deref(),
             ..Permit::of(gate, Checked::Cookie, live)
@@ -206,13 +262,13 @@ impl<'a> Permit<'a> {
 
     /// An HTTP Basic caller's request on its live session: its credentials are its own, no
     /// Faspex session rides along.
-    pub fn basic(gate: Passed, live: &'a LiveSession) -> Self {
+    pub fn basic(gate: Passed, live: &'a LiveSession<ByBasic>) -> Self {
         Permit::of(gate, Checked::Basic, live)
     }
 
     /// An API client's request with a bearer token tied to a live session: the token is its
     /// credential, no Faspex session rides along.
-    pub fn bearer(gate: Passed, live: &'a LiveSession) -> Self {
+    pub fn bearer(gate: Passed, live: &'a LiveSession<ByBearer>) -> Self {
         Permit::of(gate, Checked::Bearer, live)
     }
 
@@ -229,7 +285,7 @@ impl<'a> Permit<'a> {
         }
     }
 
-    fn of(gate: Passed, checked: Checked, live: &'a LiveSession) -> Self {
+    fn of<K>(gate: Passed, checked: Checked, live: &'a LiveSession<K>) -> Self {
         let Passed { .. } = gate;
         Permit {
             checked,

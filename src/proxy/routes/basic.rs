@@ -12,7 +12,7 @@ use crate::proxy::context::Context;
 use crate::proxy::dispatch;
 use crate::proxy::error::GatewayError;
 use crate::proxy::gate::Passed;
-use crate::proxy::permit::{Confirmed, LiveSession, Permit};
+use crate::proxy::permit::{ByBasic, Confirmed, LiveSession, Permit};
 use crate::proxy::request::{basic_challenge, user_agent, ClientSide};
 use crate::proxy::routes::bearer::{self, Named};
 use crate::proxy::routes::login::refused_upstream;
@@ -88,7 +88,7 @@ async fn live_session(
     cx: &Context,
     login: &LoginRequest<'_>,
     path: &str,
-) -> Result<Option<(String, LiveSession)>, GatewayError> {
+) -> Result<Option<(String, LiveSession<ByBasic>)>, GatewayError> {
     let policy = &cx.policy;
     let Ok(account) = policy.account(login.username) else {
         return Ok(None);
