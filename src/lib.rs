@@ -62,8 +62,9 @@
 //!   them), [`tls`] (certificates and the client TLS configuration), [`clock`] (the injected
 //!   clock every decision that depends on time takes `now` from), [`util`].
 //!
-//! `tests/layers.rs` checks that no file imports, through others, back into itself, and that
-//! `config/` stays at the bottom.
+//! `tests/layers.rs` checks that no file imports, through others, back into itself (a `mod.rs`
+//! and its own files included), and that the bottom (`config`, `account`, `tls`, `clock`,
+//! `util`) imports nothing above it.
 #![forbid(unsafe_code)]
 
 pub mod account;

@@ -1,5 +1,6 @@
 //! The shape of the source, checked: no file-level import cycles in `src/` or in the emulator's
-//! crate, and `config/` at the bottom of the stack.
+//! crate, and the bottom of the stack (`config/`, `account`, `tls`, `clock`, `util`) importing
+//! nothing above it.
 //!
 //! A file imports another when it names a path into it: `use crate::a::b::X`, `super::X`,
 //! `self::b::X`, or a path written inline (`crate::a::b::f()`). The path is resolved to the file of
@@ -443,27 +444,35 @@ fn no_file_level_import_cycles() {
     );
 }
 
-/// `config/` checks the configuration and loads nothing: it may use the bottom modules (`util`,
-/// `clock`, `tls`) and itself, never the layers that are built from it.
+/// The bottom of the stack imports nothing above it: `config/` (which checks the configuration
+/// and loads nothing), `account` (names as the directory compares them), `tls`, `clock` and
+/// `util` may use each other, never the layers that are built from them.
 #[test]
-fn config_is_at_the_bottom() {
-    const BOTTOM: [&str; 4] = ["config", "util", "clock", "tls"];
+fn the_bottom_stays_at_the_bottom() {
+    const BOTTOM: [&str; 5] = ["config", "account", "util", "clock", "tls"];
+    let at_bottom = |krate: &Crate, file: &Path| {
+        module_of(&krate.root, file)
+            .is_some_and(|m| m.first().is_some_and(|f| BOTTOM.contains(&f.as_str())))
+    };
     let krate = Crate::read(&manifest_dir().join("src"));
+    let bottom_files = krate
+        .modules
+        .values()
+        .filter(|f| at_bottom(&krate, f))
+        .count();
+    assert!(
+        bottom_files >= 10,
+        "the bottom modules were not found: {bottom_files} files"
+    );
     let up: Vec<String> = krate
         .edges()
         .iter()
-        .filter(|((from, _), _)| {
-            module_of(&krate.root, from).is_some_and(|m| m.first().is_some_and(|f| f == "config"))
-        })
-        .filter(|((_, to), _)| {
-            module_of(&krate.root, to)
-                .is_some_and(|m| !m.first().is_some_and(|f| BOTTOM.contains(&f.as_str())))
-        })
+        .filter(|((from, to), _)| at_bottom(&krate, from) && !at_bottom(&krate, to))
         .map(|((a, b), path)| format!("  {} -> {} ({path})", krate.name(a), krate.name(b)))
         .collect();
     assert!(
         up.is_empty(),
-        "config/ reaches up the stack:\n{}",
+        "the bottom reaches up the stack:\n{}",
         up.join("\n")
     );
 }
