@@ -94,14 +94,23 @@ end
 
 -- ----- sessions -----
 
-local function load_session(key)
-  local h = redis.call('HGETALL', R .. 's:' .. key)
+-- The hash under `R .. kind .. key` as a table (its fields and `key`), or nil when there is none.
+local function load_hash(kind, key)
+  local h = redis.call('HGETALL', R .. kind .. key)
   if #h == 0 then
     return nil
   end
-  local s = {key = key}
+  local t = {key = key}
   for i = 1, #h, 2 do
-    s[h[i]] = h[i + 1]
+    t[h[i]] = h[i + 1]
+  end
+  return t
+end
+
+local function load_session(key)
+  local s = load_hash('s:', key)
+  if not s then
+    return nil
   end
   s.started = tonumber(s.started)
   s.last = tonumber(s.last)
@@ -397,13 +406,9 @@ end
 -- ----- locks and failure windows -----
 
 local function load_lock(lk)
-  local h = redis.call('HGETALL', R .. 'l:' .. lk)
-  if #h == 0 then
+  local l = load_hash('l:', lk)
+  if not l then
     return nil
-  end
-  local l = {key = lk}
-  for i = 1, #h, 2 do
-    l[h[i]] = h[i + 1]
   end
   return {key = lk, since = tonumber(l.since), ['until'] = tonumber(l['until']),
     failures = tonumber(l.failures), admin = l.admin == '1', akind = l.akind,

@@ -15,14 +15,13 @@ use super::server::RedisServer;
 use super::{RedisOptions, RedisStore, Time};
 use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
 use crate::config::{OneClient, Secret};
-use crate::store::conformance::Backend;
+use crate::store::conformance::{lockout, Backend};
 use crate::store::{
     AccountKind, Admission, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, ClientId,
-    ClientKind, LockKey, LockoutRules, PolicyStore, SeatRules, SessionKey, StoreError, Timeouts,
+    ClientKind, LockKey, PolicyStore, SeatRules, SessionKey, StoreError, Timeouts,
 };
 
 const SEC: Duration = Duration::from_secs(1);
-const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// A `redis-server` of its own, and the store opened on it again at each [`Backend::open`]: a
@@ -73,16 +72,6 @@ mod server_time {
 
 fn t0() -> Timestamp {
     ManualClock::at_2026().now()
-}
-
-fn rules() -> LockoutRules {
-    LockoutRules {
-        threshold: 5,
-        window: MIN,
-        duration: HOUR,
-        max_tracked: 1000,
-        ticket_ttl: Duration::from_secs(180),
-    }
 }
 
 fn seats(max_sessions: u32) -> SeatRules {
@@ -143,18 +132,18 @@ async fn a_retried_check_or_admission_counts_once() {
     let now = t0();
     let key = LockKey::account("ann");
     for i in 1..=5u32 {
-        let ticket = match store.begin_attempt(&key, now, rules()).await.unwrap() {
+        let ticket = match store.begin_attempt(&key, now, lockout()).await.unwrap() {
             AttemptStart::Proceed(t) => t,
             other => panic!("{other:?}"),
         };
         let at = now + SEC * i;
         let first = store
-            .finish_attempt(ticket.clone(), AttemptResult::Rejected, at, rules())
+            .finish_attempt(ticket.clone(), AttemptResult::Rejected, at, lockout())
             .await
             .unwrap();
         // The same ticket again (a retry after a lost answer): the same answer, nothing counted.
         let again = store
-            .finish_attempt(ticket, AttemptResult::Rejected, at + SEC, rules())
+            .finish_attempt(ticket, AttemptResult::Rejected, at + SEC, lockout())
             .await
             .unwrap();
         assert_eq!(first, again);
@@ -200,17 +189,18 @@ async fn no_lock_or_window_key_lives_forever() {
         ),
     ] {
         for i in 0..n {
-            if let AttemptStart::Proceed(t) = store.begin_attempt(&key, now, rules()).await.unwrap()
+            if let AttemptStart::Proceed(t) =
+                store.begin_attempt(&key, now, lockout()).await.unwrap()
             {
                 store
-                    .finish_attempt(t, AttemptResult::Rejected, now + SEC * i, rules())
+                    .finish_attempt(t, AttemptResult::Rejected, now + SEC * i, lockout())
                     .await
                     .unwrap();
             }
         }
     }
     let in_flight = store
-        .begin_attempt(&LockKey::account("dan"), now, rules())
+        .begin_attempt(&LockKey::account("dan"), now, lockout())
         .await
         .unwrap();
     assert!(matches!(in_flight, AttemptStart::Proceed(_)));
