@@ -169,29 +169,30 @@ local function insert_session(s)
   redis.call('SADD', R .. 'sessions', s.key)
 end
 
+-- End the session under `k` when it is past its deadline (adding it to `ended`); false when
+-- there is no such session.
+local function expire_one(k, now, t, ended)
+  local s = load_session(k)
+  if not s then
+    return false
+  end
+  local why = expired(s, now, t)
+  if why then
+    remove_session(k)
+    ended[#ended + 1] = {session = s, why = why}
+  end
+  return true
+end
+
 local function expire_account(account, now, t, ended)
   for _, k in ipairs(redis.call('LRANGE', R .. 'a:' .. account, 0, -1)) do
-    local s = load_session(k)
-    if s then
-      local why = expired(s, now, t)
-      if why then
-        remove_session(k)
-        ended[#ended + 1] = {session = s, why = why}
-      end
-    end
+    expire_one(k, now, t, ended)
   end
 end
 
 local function expire_all(now, t, ended)
   for _, k in ipairs(redis.call('SMEMBERS', R .. 'sessions')) do
-    local s = load_session(k)
-    if s then
-      local why = expired(s, now, t)
-      if why then
-        remove_session(k)
-        ended[#ended + 1] = {session = s, why = why}
-      end
-    else
+    if not expire_one(k, now, t, ended) then
       redis.call('SREM', R .. 'sessions', k)
     end
   end
