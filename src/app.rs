@@ -29,7 +29,7 @@ use crate::audit::AuditLog;
 use crate::auth::file::Users;
 use crate::auth::Directory;
 use crate::clock::{Clock, TimeSource};
-use crate::config::{AuthBackend, Config, Reload};
+use crate::config::{AuthBackend, Config, Reload, StoreKind};
 use crate::metrics::Metrics;
 use crate::policy::{CheckRules, LogObserver, Observer, Observers, Policy};
 use crate::proxy::context::Context;
@@ -39,24 +39,157 @@ use crate::proxy::Gateway;
 
 use crate::server::{signal_control, CertStore, Control, Server};
 use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::{RedisOptions, RedisStore, Time};
+use crate::store::{PolicyStore, StoreError};
 
-/// The policy engine over its store, with its sweeper running, and the credential backend.
+/// The policy engine over its store, with its sweeper and store monitor running, and the
+/// credential backend.
 pub struct PolicyState {
     pub policy: Policy,
     /// `auth.backend`: where credential checks go.
     pub directory: Arc<dyn Directory>,
     /// Fed by the engine's events (served by the admin listener with the operations work).
     pub metrics: Arc<Metrics>,
-    store: Arc<EmbeddedStore>,
-    sweeper: tokio::task::JoinHandle<()>,
+    store: Store,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+/// `store.kind`: the state store the engine runs on.
+#[derive(Clone)]
+enum Store {
+    Embedded(Arc<EmbeddedStore>),
+    Redis(Arc<RedisStore>),
+}
+
+/// How often the store monitor checks the store (`faspex_gate_store_up` follows within 5 s).
+const STORE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a gateway waits for Redis at start before serving without it (public paths work,
+/// `/readyz` says the store is not ready).
+const REDIS_AT_START: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Store {
+    /// Open `store.kind`'s store. The embedded one refuses a corrupt, unwritable, locked or
+    /// newer-schema file, by name. The Redis one is checked if it answers within
+    /// [`REDIS_AT_START`]: a setting it refuses (its version, the ACL user, the password, the
+    /// session secret's fingerprint) is a configuration error naming the key; one that cannot be
+    /// reached is not (the gateway starts, not ready).
+    async fn open(cfg: &Config, metrics: &Arc<Metrics>, time: Time) -> anyhow::Result<Self> {
+        match cfg.store.kind {
+            StoreKind::Embedded => Ok(Store::Embedded(Arc::new(EmbeddedStore::open(
+                &cfg.store.path,
+            )?))),
+            StoreKind::Redis => {
+                let r = &cfg.store.redis;
+                let mut opts = RedisOptions::from_config(r).map_err(|e| setting(cfg, e))?;
+                opts.time = time;
+                let store = RedisStore::new(opts)
+                    .map_err(|e| setting(cfg, e))?
+                    .with_session_view(r.session_cache, r.outage_grace)
+                    .with_secret(cfg.session.secret.expose());
+                let m = Arc::clone(metrics);
+                store.on_error(Arc::new(move |op| m.store_error(op)));
+                match tokio::time::timeout(REDIS_AT_START, store.ready()).await {
+                    Ok(Ok(())) => metrics.store_up(true),
+                    Ok(Err(e @ StoreError::Setting { .. })) => return Err(setting(cfg, e).into()),
+                    Ok(Err(e)) => tracing::error!(
+                        error = %e,
+                        "the Redis store cannot be reached; serving public paths only, and \
+                         /readyz says the store is not ready, until it answers"
+                    ),
+                    Err(_) => tracing::error!(
+                        "the Redis store did not answer within {REDIS_AT_START:?}; serving public \
+                         paths only, and /readyz says the store is not ready, until it answers"
+                    ),
+                }
+                Ok(Store::Redis(Arc::new(store)))
+            }
+        }
+    }
+
+    fn shared(&self) -> Arc<dyn PolicyStore> {
+        match self {
+            Store::Embedded(s) => Arc::clone(s) as Arc<dyn PolicyStore>,
+            Store::Redis(s) => Arc::clone(s) as Arc<dyn PolicyStore>,
+        }
+    }
+
+    /// Whether the store answers now (a write; for Redis also the secret's fingerprint, and the
+    /// replay of what an outage queued).
+    async fn check(&self, now: crate::clock::Timestamp) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.probe().await,
+            Store::Redis(s) => s.check(now).await,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Store::Embedded(s) => format!("embedded {}", s.file().display()),
+            Store::Redis(s) => format!("redis {}", s.describe()),
+        }
+    }
+
+    async fn close(&self) {
+        if let Store::Embedded(s) = self {
+            if let Err(e) = s.close().await {
+                tracing::error!(error = %e, "the state store could not be saved at shutdown");
+            }
+        }
+    }
+}
+
+/// A store's refusal of a setting, as the configuration error naming its key.
+fn setting(cfg: &Config, e: StoreError) -> crate::config::ConfigError {
+    match e {
+        StoreError::Setting { key, reason } => cfg.error(key, reason),
+        other => cfg.error("store.redis", other.to_string()),
+    }
+}
+
+/// Check the store every [`STORE_CHECK_EVERY`] (each check bounded by it too), keep
+/// `faspex_gate_store_up` on it, and log each change.
+fn spawn_store_monitor(
+    store: Store,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    let describe = store.describe();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STORE_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_up: Option<bool> = None;
+        loop {
+            tick.tick().await;
+            let r = match tokio::time::timeout(STORE_CHECK_EVERY, store.check(clock.now())).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Remote {
+                    reason: format!("no answer within {STORE_CHECK_EVERY:?}"),
+                }),
+            };
+            let up = r.is_ok();
+            metrics.store_up(up);
+            if was_up != Some(up) {
+                match r {
+                    Ok(()) => tracing::info!(store = %describe, "the state store answers"),
+                    Err(e) => {
+                        tracing::error!(store = %describe, error = %e, "the state store does not answer")
+                    }
+                }
+            }
+            was_up = Some(up);
+        }
+    })
 }
 
 impl PolicyState {
-    /// Open `store.path` (refusing a corrupt, unwritable, locked or newer-schema file, by name),
-    /// end what expired while the gateway was down, and start the sweeper. `observers` hear the
-    /// engine's events besides the log and the metrics.
+    /// Open the store (see [`Store::open`]), end what expired while the gateway was down, and
+    /// start the sweeper and the store monitor. `observers` hear the engine's events besides the
+    /// log and the metrics.
     /// `faspex` checks Faspex's own accounts (`auth.local_accounts = "faspex"`); `users` is the
-    /// users file, read. `clock` is the one every decision that depends on time reads.
+    /// users file, read. `clock` is the one every decision that depends on time reads; `redis_time`
+    /// says whether Redis's functions take their time from Redis (production) or from it (a
+    /// manual clock's tests).
     pub async fn open(
         cfg: &Config,
         users: &Users,
@@ -64,26 +197,17 @@ impl PolicyState {
         observers: Vec<Arc<dyn Observer>>,
         faspex: Option<Arc<dyn Directory>>,
         clock: Arc<dyn Clock>,
+        redis_time: Time,
     ) -> anyhow::Result<Self> {
         let directory = crate::auth::build(&cfg.auth, users, faspex, Arc::clone(&clock))
             .context("cannot set up auth.backend")?;
         log_backend(cfg, users);
-        if cfg.store.kind == crate::config::StoreKind::Redis {
-            // The Redis store (crate::store::redis) is built and checked, but the gateway does not
-            // run on it yet: say so rather than quietly using the embedded one.
-            return Err(cfg
-                .error(
-                    "store.kind",
-                    r#"the gateway cannot run on "redis" yet (the store exists, the wiring comes next); use "embedded""#,
-                )
-                .into());
-        }
-        let store = Arc::new(EmbeddedStore::open(&cfg.store.path)?);
+        let store = Store::open(cfg, &metrics, redis_time).await?;
         let policy = Policy::new(
             cfg.policy.clone(),
             CheckRules::from(&cfg.auth),
-            store.clone(),
-            clock,
+            store.shared(),
+            Arc::clone(&clock),
             Arc::new(Observers(
                 [
                     vec![Arc::new(LogObserver) as Arc<dyn Observer>, metrics.clone()],
@@ -92,34 +216,46 @@ impl PolicyState {
                 .concat(),
             )),
         );
-        policy
-            .sweep()
-            .await
-            .context("cannot sweep the state store")?;
-        let status = policy.status().await?;
-        tracing::info!(
-            file = %store.file().display(),
-            sessions = status.sessions,
-            seats_limit = status.seats_limit,
-            accounts_locked = status.accounts_locked,
-            "state store opened"
-        );
+        match (&store, policy.sweep().await) {
+            (_, Ok(_)) => {}
+            (Store::Embedded(_), Err(e)) => {
+                return Err(anyhow::Error::new(e).context("cannot sweep the state store"))
+            }
+            // (the sweeper tries again; nothing is decided from local state meanwhile)
+            (Store::Redis(_), Err(e)) => tracing::warn!(error = %e, "first sweep failed"),
+        }
+        match policy.status().await {
+            Ok(status) => tracing::info!(
+                store = %store.describe(),
+                sessions = status.sessions,
+                seats_limit = status.seats_limit,
+                accounts_locked = status.accounts_locked,
+                "state store opened"
+            ),
+            Err(e) => match store {
+                Store::Embedded(_) => return Err(e.into()),
+                Store::Redis(_) => {
+                    tracing::warn!(store = %store.describe(), error = %e, "state store not ready")
+                }
+            },
+        }
         let sweeper = policy.spawn_sweeper();
+        let monitor = spawn_store_monitor(store.clone(), clock, Arc::clone(&metrics));
         Ok(Self {
             policy,
             directory,
             metrics,
             store,
-            sweeper,
+            tasks: [sweeper, monitor],
         })
     }
 
-    /// Stop the sweeper and write everything written behind.
+    /// Stop the sweeper and the monitor, and write everything written behind.
     pub async fn close(self) {
-        self.sweeper.abort();
-        if let Err(e) = self.store.close().await {
-            tracing::error!(error = %e, "the state store could not be saved at shutdown");
+        for t in &self.tasks {
+            t.abort();
         }
+        self.store.close().await;
     }
 }
 
@@ -227,6 +363,11 @@ pub async fn build_with(cfg: &Config, loader: Loader, time: TimeSource) -> anyho
         vec![ends, Arc::clone(&audit) as Arc<dyn Observer>],
         Some(Arc::clone(&faspex_check)),
         clock,
+        if time.is_manual() {
+            Time::Given
+        } else {
+            Time::Server
+        },
     )
     .await?;
     let gateway = Gateway::new(Context::new(

@@ -96,7 +96,17 @@ enum Writer {
 /// The audit log. Cheap to share behind an `Arc`.
 pub struct AuditLog {
     out: Mutex<(AuditSink, Writer)>,
+    /// `audit.gateway`, which every line carries.
+    gateway: arc_swap::ArcSwap<String>,
     clock: Arc<dyn Clock>,
+}
+
+/// A record as written: its fields, then which gateway wrote it.
+#[derive(Serialize)]
+struct Line<'a, 'r> {
+    #[serde(flatten)]
+    rec: &'r Record<'a>,
+    gateway: &'r str,
 }
 
 impl AuditLog {
@@ -106,6 +116,7 @@ impl AuditLog {
         let writer = open_sink(&cfg.sink)?;
         Ok(Self {
             out: Mutex::new((cfg.sink.clone(), writer)),
+            gateway: arc_swap::ArcSwap::from_pointee(cfg.gateway.clone()),
             clock,
         })
     }
@@ -116,6 +127,7 @@ impl AuditLog {
         let writer = open_sink(&cfg.sink)?;
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         *out = (cfg.sink.clone(), writer);
+        self.gateway.store(Arc::new(cfg.gateway.clone()));
         Ok(())
     }
 
@@ -130,7 +142,11 @@ impl AuditLog {
 
     /// Write one record as one line.
     pub fn write(&self, rec: &Record<'_>) {
-        let mut line = match serde_json::to_vec(rec) {
+        let gateway = self.gateway.load();
+        let mut line = match serde_json::to_vec(&Line {
+            rec,
+            gateway: gateway.as_str(),
+        }) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, event = rec.event, "an audit record could not be encoded");
@@ -258,6 +274,7 @@ mod tests {
         let log = AuditLog::open(
             &AuditConfig {
                 sink: AuditSink::File(path.clone()),
+                gateway: "gw-1".into(),
             },
             clock,
         )
@@ -301,6 +318,10 @@ mod tests {
         assert_eq!(v[2]["until"], "2026-11-18T12:06:40.123Z");
         assert_eq!(v[2]["by_admin"], false);
         for r in &v {
+            assert_eq!(
+                r["gateway"], "gw-1",
+                "every record names the gateway that wrote it"
+            );
             for (k, val) in r.as_object().unwrap() {
                 assert!(!val.is_null(), "{k} is null in {r}");
             }
@@ -313,6 +334,7 @@ mod tests {
         let path = dir.path().join("audit.log");
         let cfg = AuditConfig {
             sink: AuditSink::File(path.clone()),
+            gateway: "gw-1".into(),
         };
         let log = AuditLog::open(&cfg, Arc::new(crate::clock::SystemClock)).unwrap();
         log.write(&log.record("kick"));

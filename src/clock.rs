@@ -153,6 +153,12 @@ impl TimeSource {
         }
     }
 
+    /// Whether time is moved by hand (tests): then a shared store takes its time from this clock
+    /// too, not from its server, so that tests move time for every decision.
+    pub fn is_manual(&self) -> bool {
+        !matches!(self, TimeSource::Wall)
+    }
+
     /// The manual clock, when the gateway runs on one.
     #[cfg(feature = "test-support")]
     pub fn manual_clock(&self) -> Option<&ManualClock> {

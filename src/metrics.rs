@@ -99,6 +99,8 @@ pub struct Metrics {
     sessions_active: IntGauge,
     sessions_limit: IntGauge,
     accounts_locked: IntGauge,
+    store_up: IntGauge,
+    store_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -217,6 +219,18 @@ impl Metrics {
             "faspex_gate_accounts_locked",
             "Distinct accounts locked now, by failed logins or by an administrator.",
         )?;
+        let store_up = IntGauge::new(
+            "faspex_gate_store_up",
+            "1 when the state store answers (checked every 2 s), 0 when it does not.",
+        )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "faspex_gate_store_errors_total",
+                "Failed calls to the state store, by operation; op=\"wait\" counts replicas \
+                 that did not acknowledge within store.redis.wait_timeout.",
+            ),
+            &["op"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "faspex_gate_build_info",
@@ -243,6 +257,8 @@ impl Metrics {
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(sessions_limit.clone()))?;
         registry.register(Box::new(accounts_locked.clone()))?;
+        registry.register(Box::new(store_up.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(build_info))?;
         let requests: Vec<[IntCounter; 4]> = ROUTES
             .iter()
@@ -293,7 +309,20 @@ impl Metrics {
             sessions_active,
             sessions_limit,
             accounts_locked,
+            store_up,
+            store_errors,
         })
+    }
+
+    /// Whether the state store answered its last check.
+    pub fn store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+
+    /// One failed call to the state store; `op` is the operation (a store function's name, or
+    /// `wait`).
+    pub fn store_error(&self, op: &str) {
+        self.store_errors.with_label_values(&[op]).inc();
     }
 
     /// One answered request: `route` is a [`ROUTES`] value (anything else counts as

@@ -11,6 +11,7 @@ mod cli;
 mod demo;
 mod flows;
 mod h2stall;
+mod ha;
 mod holding;
 mod layers;
 mod ldap;

@@ -760,3 +760,16 @@ pub fn json(body: &Bytes) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
+
+/// An API client's GET of `url` with HTTP Basic credentials, as the seed's curl sends it: the
+/// status only.
+pub async fn basic_get(client: &HttpsClient, url: &str, user: &str, password: &str) -> StatusCode {
+    use base64::Engine as _;
+    let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let req = Request::get(url)
+        .header(http::header::AUTHORIZATION, format!("Basic {creds}"))
+        .header(http::header::USER_AGENT, "curl/8.5.0")
+        .body(empty())
+        .unwrap();
+    send(client, req).await.0
+}

@@ -335,6 +335,9 @@ pub enum AuditSink {
 #[derive(Clone, Debug)]
 pub struct AuditConfig {
     pub sink: AuditSink,
+    /// `audit.gateway`: the name every record carries in its `gateway` field, so that several
+    /// gateways' records can be told apart; the host name when the key is empty.
+    pub gateway: String,
 }
 
 /// `log.format`: how the service log on stderr is written.

@@ -394,11 +394,16 @@ impl Default for RawPages {
 pub(crate) struct RawAudit {
     #[serde(deserialize_with = "strict::string")]
     pub path: String,
+    #[serde(deserialize_with = "strict::string")]
+    pub gateway: String,
 }
 
 impl Default for RawAudit {
     fn default() -> Self {
-        Self { path: "-".into() }
+        Self {
+            path: "-".into(),
+            gateway: String::new(),
+        }
     }
 }
 

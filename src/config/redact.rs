@@ -180,6 +180,7 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
                 AuditSink::Stderr => "-".into(),
                 AuditSink::File(p) => path(p),
             },
+            gateway: c.audit.gateway.clone(),
         },
         store: RawStore {
             kind: match c.store.kind {

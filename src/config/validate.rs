@@ -1005,7 +1005,17 @@ impl Ctx<'_> {
                 AuditSink::File(path)
             }
         };
-        Ok(AuditConfig { sink })
+        let gateway = match raw.gateway.as_str() {
+            "" => host_name(),
+            name => {
+                self.plain_word("audit.gateway", name)?;
+                if name.len() > 64 {
+                    return Err(self.err("audit.gateway", "is longer than 64 bytes"));
+                }
+                name.to_owned()
+            }
+        };
+        Ok(AuditConfig { sink, gateway })
     }
 
     fn log(&self, raw: &RawLog) -> Result<LogConfig> {
@@ -1403,4 +1413,18 @@ fn optional_path(value: &str) -> Option<PathBuf> {
 
 fn non_empty(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// This host's name (for `audit.gateway` left empty), or `faspex-gate` when it cannot be read.
+fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| {
+            !s.is_empty()
+                && s.len() <= 64
+                && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        })
+        .unwrap_or_else(|| "faspex-gate".into())
 }

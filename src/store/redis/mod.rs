@@ -17,6 +17,7 @@
 //! failover and the wiring into the gateway come in later steps; [`conn`]'s one "find the master"
 //! step and the locks' `epoch` field are where they slot in.
 
+mod cache;
 pub mod conn;
 #[cfg(any(test, feature = "test-support"))]
 pub mod server;
@@ -27,4 +28,4 @@ mod wire;
 mod tests;
 
 pub use conn::{RedisOptions, Time};
-pub use store::{fingerprint, RedisStore, WaitHook};
+pub use store::{fingerprint, ErrorHook, RedisStore, WaitHook};

@@ -120,6 +120,20 @@ impl RedisServer {
         assert!(self.spawn(), "redis-server did not come back on its port");
     }
 
+    /// Shut it down cleanly, its port and data kept for [`RedisServer::start_again`]: Redis
+    /// down.
+    pub fn stop(&mut self) {
+        let _ = send(self.port, "SHUTDOWN");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again after [`RedisServer::stop`], on the same port and data.
+    pub fn start_again(&mut self) {
+        assert!(self.spawn(), "redis-server did not come back on its port");
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::cache::{Answer, Lookup, SessionCache};
 use super::conn::{Conn, RedisOptions};
 use super::wire::{
     self, Decision, WireAdmit, WireCounts, WireEnd, WireFound, WireLockState, WireLocks,
@@ -40,10 +41,20 @@ pub type WaitHook = Arc<dyn Fn(&'static str) + Send + Sync>;
 /// How long a finished check's answer is kept for a retry, at least.
 const DONE_TTL: Duration = Duration::from_secs(600);
 
+/// Told the operation (a function's name, or `"wait"`) whose call failed.
+pub type ErrorHook = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 /// The Redis store. Cheap to share behind an `Arc`.
 pub struct RedisStore {
     conn: Conn,
+    /// Set once the server was checked, the library loaded and the secret's fingerprint
+    /// compared ([`RedisStore::ready`]).
+    ready: tokio::sync::OnceCell<()>,
+    /// The session secret's fingerprint, when this store checks it.
+    secret: Option<String>,
+    cache: SessionCache,
     hook: Mutex<Option<WaitHook>>,
+    errors: Mutex<Option<ErrorHook>>,
     shortfalls: AtomicU64,
 }
 
@@ -68,19 +79,140 @@ fn bytes(args: &[String]) -> Vec<&[u8]> {
 }
 
 impl RedisStore {
+    /// The store for `opts`, with no session view and no secret check; nothing is sent until
+    /// the first call (or [`RedisStore::ready`]).
+    pub fn new(opts: RedisOptions) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: Conn::new(opts)?,
+            ready: tokio::sync::OnceCell::new(),
+            secret: None,
+            cache: SessionCache::new(Duration::ZERO, Duration::ZERO),
+            hook: Mutex::new(None),
+            errors: Mutex::new(None),
+            shortfalls: AtomicU64::new(0),
+        })
+    }
+
+    /// Keep a view of sessions at most `fresh` old, and serve sessions confirmed within `grace`
+    /// while Redis cannot be reached (`store.redis.session_cache`, `outage_grace`; see
+    /// [`super::cache`]).
+    pub fn with_session_view(mut self, fresh: Duration, grace: Duration) -> Self {
+        self.cache = SessionCache::new(fresh, grace);
+        self
+    }
+
+    /// Check, when first ready and at every [`RedisStore::check`], that the other gateways sign
+    /// cookies with the same `secret`.
+    pub fn with_secret(mut self, secret: &[u8]) -> Self {
+        self.secret = Some(fingerprint(secret));
+        self
+    }
+
     /// Connect to the master, check it (Redis 7.0 or later, the ACL user's rights) and load the
     /// library. An error naming a key ([`StoreError::Setting`]) is a configuration error.
     pub async fn connect(opts: RedisOptions) -> Result<Self, StoreError> {
-        let conn = Conn::new(opts)?;
-        conn.prepare().await?;
-        let store = Self {
-            conn,
-            hook: Mutex::new(None),
-            shortfalls: AtomicU64::new(0),
-        };
-        // Calling a function proves the user may run the library on the prefix's keys.
-        store.probe().await?;
+        let store = Self::new(opts)?;
+        store.ready().await?;
         Ok(store)
+    }
+
+    /// Check the server, load the library, compare the secret's fingerprint and call one
+    /// function (proving the user may run the library on the prefix's keys); once. Every call
+    /// does this first, so a gateway started while Redis was away gets ready when it answers.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.ready
+            .get_or_try_init(|| async {
+                self.conn.prepare().await?;
+                self.compare_secret().await?;
+                self.conn
+                    .fcall("probe", &["probe"], None, &[], false)
+                    .await
+                    .map(drop)
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Whether the store answers now: ready, the secret's fingerprint still the same (it is
+    /// written again if Redis lost it), one write; then what an outage queued is sent. For the
+    /// store monitor (`faspex_gate_store_up`).
+    pub async fn check(&self, now: Timestamp) -> Result<(), StoreError> {
+        self.ready().await?;
+        self.compare_secret().await?;
+        self.probe().await?;
+        self.replay(now).await;
+        Ok(())
+    }
+
+    /// Send the ends and touches answered from the session view during an outage, at `now`. An
+    /// end sent twice ends the session once; a touch only moves its last activity forward.
+    async fn replay(&self, now: Timestamp) {
+        if !self.cache.has_queued() {
+            return;
+        }
+        let mut failed = Vec::new();
+        for key in self.cache.take_queued() {
+            if self.end_session(&key, EndReason::Logout).await.is_err() {
+                failed.push(key);
+            }
+        }
+        if !failed.is_empty() {
+            self.cache.requeue(failed);
+        }
+        for (lookup, t) in self.cache.take_touches() {
+            let r = match &lookup {
+                Lookup::Key(k) => {
+                    self.session_from_redis(&SessionKey(k.clone()), now, true, t)
+                        .await
+                }
+                Lookup::Client(a, c) => {
+                    self.client_from_redis(a, &ClientId(c.clone()), now, true, t)
+                        .await
+                }
+                Lookup::Bearer(b) => {
+                    self.bearer_from_redis(&SessionKey(b.clone()), now, true, t)
+                        .await
+                }
+            };
+            if let Ok(state) = r {
+                self.cache.learn(lookup, now, &state);
+            }
+        }
+    }
+
+    /// Be told of every failed call, by operation (`store_errors_total{op}`).
+    pub fn on_error(&self, hook: ErrorHook) {
+        *self.errors.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    fn failed(&self, op: &'static str, e: &StoreError) {
+        if matches!(e, StoreError::Remote { .. } | StoreError::Setting { .. }) {
+            let hook = self
+                .errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook(op);
+            }
+        }
+    }
+
+    async fn compare_secret(&self) -> Result<(), StoreError> {
+        match &self.secret {
+            Some(fp) => self.check_fingerprint(fp).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Where it is, for the log: the master's URL (without credentials) and the key prefix.
+    pub fn describe(&self) -> String {
+        let o = self.conn.opts();
+        format!(
+            "{} prefix {}",
+            crate::config::redact_url(&o.url),
+            o.key_prefix
+        )
     }
 
     /// The options it was made with.
@@ -105,6 +237,14 @@ impl RedisStore {
         if let Some(hook) = hook {
             hook(op);
         }
+        let errors = self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(errors) = errors {
+            errors("wait");
+        }
     }
 
     /// Store the session secret's fingerprint under the prefix, or compare it with the one there:
@@ -112,10 +252,13 @@ impl RedisStore {
     /// over a label and the secret, never the secret. A mismatch is
     /// [`StoreError::Setting`] naming `session.secret_file`.
     pub async fn check_secret_fingerprint(&self, secret: &[u8]) -> Result<(), StoreError> {
-        let fp = fingerprint(secret);
+        self.check_fingerprint(&fingerprint(secret)).await
+    }
+
+    async fn check_fingerprint(&self, fp: &str) -> Result<(), StoreError> {
         let key = format!("{}secret", self.conn.opts().root());
         let mut cmd = redis::cmd("SET");
-        cmd.arg(&key).arg(&fp).arg("NX").arg("GET");
+        cmd.arg(&key).arg(fp).arg("NX").arg("GET");
         let old: Option<String> = self
             .conn
             .command(&cmd, "checking the session secret's fingerprint")
@@ -136,22 +279,44 @@ impl RedisStore {
 
     async fn call(
         &self,
-        name: &str,
+        name: &'static str,
         keys: &[&str],
         now: Option<Timestamp>,
         args: &[String],
     ) -> Result<String, StoreError> {
-        self.conn.fcall(name, keys, now, &bytes(args), false).await
+        self.fcall(name, keys, now, args, false).await
     }
 
     async fn read(
         &self,
-        name: &str,
+        name: &'static str,
         keys: &[&str],
         now: Option<Timestamp>,
         args: &[String],
     ) -> Result<String, StoreError> {
-        self.conn.fcall(name, keys, now, &bytes(args), true).await
+        self.fcall(name, keys, now, args, true).await
+    }
+
+    async fn fcall(
+        &self,
+        name: &'static str,
+        keys: &[&str],
+        now: Option<Timestamp>,
+        args: &[String],
+        read_only: bool,
+    ) -> Result<String, StoreError> {
+        let r = match self.ready().await {
+            Ok(()) => {
+                self.conn
+                    .fcall(name, keys, now, &bytes(args), read_only)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &r {
+            self.failed(name, e);
+        }
+        r
     }
 
     /// A call followed by `WAIT` when `needs_wait` says its answer changed something that must
@@ -159,16 +324,21 @@ impl RedisStore {
     async fn waited(
         &self,
         op: &'static str,
-        name: &str,
+        name: &'static str,
         keys: &[&str],
         now: Option<Timestamp>,
         args: &[String],
         needs_wait: impl Fn(&str) -> bool,
     ) -> Result<(String, Option<StoreError>), StoreError> {
-        let (reply, waited) = self
-            .conn
-            .fcall_waited(name, keys, now, &bytes(args), needs_wait)
-            .await?;
+        let r = match self.ready().await {
+            Ok(()) => {
+                self.conn
+                    .fcall_waited(name, keys, now, &bytes(args), needs_wait)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let (reply, waited) = r.inspect_err(|e| self.failed(name, e))?;
         let short = match waited {
             Some(Err(e)) => {
                 self.shortfall(op, &e);
@@ -177,6 +347,100 @@ impl RedisStore {
             _ => None,
         };
         Ok((reply, short))
+    }
+}
+
+/// The lookups, straight from Redis, and the session view in front of them.
+impl RedisStore {
+    /// Answer `lookup` from the view when it is fresh; otherwise ask Redis (`ask`) and learn the
+    /// answer, or, when Redis fails, answer a session still within `outage_grace`.
+    async fn viewed(
+        &self,
+        lookup: Lookup,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+        ask: impl std::future::Future<Output = Result<SessionState, StoreError>>,
+    ) -> Result<SessionState, StoreError> {
+        if let Answer::Fresh(s) = self.cache.get(&lookup, now, activity, &t) {
+            return Ok(SessionState::Live(s));
+        }
+        match ask.await {
+            Ok(state) => {
+                self.cache.learn(lookup, now, &state);
+                Ok(state)
+            }
+            Err(e @ StoreError::Remote { .. }) => {
+                match self.cache.in_grace(&lookup, now, activity, &t) {
+                    Some(s) => Ok(SessionState::Live(s)),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn session_from_redis(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+    ) -> Result<SessionState, StoreError> {
+        let [idle, api_idle, abs] = timeouts(&t);
+        let args = [key.0.clone(), flag(activity), idle, api_idle, abs];
+        let reply = self
+            .call("session", &[&format!("s:{}", key.0)], Some(now), &args)
+            .await?;
+        wire::parse::<WireState>("a session lookup", &reply)?.decode()
+    }
+
+    async fn client_from_redis(
+        &self,
+        account: &str,
+        client: &ClientId,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+    ) -> Result<SessionState, StoreError> {
+        let [idle, api_idle, abs] = timeouts(&t);
+        let args = [
+            account.to_owned(),
+            client.0.clone(),
+            flag(activity),
+            idle,
+            api_idle,
+            abs,
+        ];
+        let reply = self
+            .call(
+                "client_session",
+                &[&format!("a:{account}")],
+                Some(now),
+                &args,
+            )
+            .await?;
+        wire::parse::<WireState>("a session lookup", &reply)?.decode()
+    }
+
+    async fn bearer_from_redis(
+        &self,
+        bearer: &SessionKey,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+    ) -> Result<SessionState, StoreError> {
+        let [idle, api_idle, abs] = timeouts(&t);
+        let args = [bearer.0.clone(), flag(activity), idle, api_idle, abs];
+        let reply = self
+            .call(
+                "bearer_session",
+                &[&format!("b:{}", bearer.0)],
+                Some(now),
+                &args,
+            )
+            .await?;
+        wire::parse::<WireState>("a session lookup", &reply)?.decode()
     }
 }
 
@@ -201,6 +465,7 @@ impl PolicyStore for RedisStore {
             OneClient::Replace => "replace",
         };
         let key = a.key.0.clone();
+        let a_account = a.account.clone();
         let args = [
             key.clone(),
             a.account,
@@ -227,6 +492,11 @@ impl PolicyStore for RedisStore {
             )
             .await?;
         let (outcome, ended) = wire::parse::<WireAdmit>("an admission", &reply)?.decode()?;
+        // A replace ended the account's other session; an expired one may have ended too.
+        self.cache.forget_account(&a_account);
+        for (s, _) in &ended {
+            self.cache.forget_session(&s.key);
+        }
         let outcome = match outcome {
             Decision::Admitted {
                 session,
@@ -258,12 +528,15 @@ impl PolicyStore for RedisStore {
         activity: bool,
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
-        let [idle, api_idle, abs] = timeouts(&t);
-        let args = [key.0.clone(), flag(activity), idle, api_idle, abs];
-        let reply = self
-            .call("session", &[&format!("s:{}", key.0)], Some(now), &args)
-            .await?;
-        wire::parse::<WireState>("a session lookup", &reply)?.decode()
+        let lookup = Lookup::key(key);
+        self.viewed(
+            lookup,
+            now,
+            activity,
+            t,
+            self.session_from_redis(key, now, activity, t),
+        )
+        .await
     }
 
     async fn client_session(
@@ -274,24 +547,33 @@ impl PolicyStore for RedisStore {
         activity: bool,
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
-        let [idle, api_idle, abs] = timeouts(&t);
-        let args = [
-            account.to_owned(),
-            client.0.clone(),
-            flag(activity),
-            idle,
-            api_idle,
-            abs,
-        ];
-        let reply = self
-            .call(
-                "client_session",
-                &[&format!("a:{account}")],
-                Some(now),
-                &args,
-            )
-            .await?;
-        wire::parse::<WireState>("a session lookup", &reply)?.decode()
+        let lookup = Lookup::client(account, client);
+        self.viewed(
+            lookup,
+            now,
+            activity,
+            t,
+            self.client_from_redis(account, client, now, activity, t),
+        )
+        .await
+    }
+
+    async fn bearer_session(
+        &self,
+        bearer: &SessionKey,
+        now: Timestamp,
+        activity: bool,
+        t: Timeouts,
+    ) -> Result<SessionState, StoreError> {
+        let lookup = Lookup::bearer(bearer);
+        self.viewed(
+            lookup,
+            now,
+            activity,
+            t,
+            self.bearer_from_redis(bearer, now, activity, t),
+        )
+        .await
     }
 
     async fn set_upstream_cookie(
@@ -312,6 +594,7 @@ impl PolicyStore for RedisStore {
                 &args,
             )
             .await?;
+        self.cache.forget_session(key);
         Ok(wire::parse::<WireFound>("a cookie", &reply)?.found)
     }
 
@@ -329,27 +612,8 @@ impl PolicyStore for RedisStore {
                 &args,
             )
             .await?;
+        self.cache.forget_session(key);
         Ok(wire::parse::<WireFound>("a bearer token", &reply)?.found)
-    }
-
-    async fn bearer_session(
-        &self,
-        bearer: &SessionKey,
-        now: Timestamp,
-        activity: bool,
-        t: Timeouts,
-    ) -> Result<SessionState, StoreError> {
-        let [idle, api_idle, abs] = timeouts(&t);
-        let args = [bearer.0.clone(), flag(activity), idle, api_idle, abs];
-        let reply = self
-            .call(
-                "bearer_session",
-                &[&format!("b:{}", bearer.0)],
-                Some(now),
-                &args,
-            )
-            .await?;
-        wire::parse::<WireState>("a session lookup", &reply)?.decode()
     }
 
     async fn end_session(
@@ -357,7 +621,7 @@ impl PolicyStore for RedisStore {
         key: &SessionKey,
         _reason: EndReason,
     ) -> Result<Option<Session>, StoreError> {
-        let (reply, _) = self
+        let r = self
             .waited(
                 "kick",
                 "end_session",
@@ -366,7 +630,20 @@ impl PolicyStore for RedisStore {
                 std::slice::from_ref(&key.0),
                 |r| r.contains("\"session\""),
             )
-            .await?;
+            .await;
+        let reply = match r {
+            Ok((reply, _)) => reply,
+            // A logout during an outage, of a session this gateway still serves: it ends here
+            // now (Faspex is logged out once), and in Redis when it answers again.
+            Err(e @ StoreError::Remote { .. }) => {
+                return match self.cache.end_in_outage(key) {
+                    Some(s) => Ok(Some(s)),
+                    None => Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        self.cache.forget_session(key);
         wire::parse::<WireOneSession>("a session end", &reply)?.decode()
     }
 
@@ -385,6 +662,7 @@ impl PolicyStore for RedisStore {
                 |r| r.contains("\"key\""),
             )
             .await?;
+        self.cache.forget_account(account);
         wire::parse::<WireSessions>("a kick", &reply)?.decode()
     }
 
@@ -404,7 +682,11 @@ impl PolicyStore for RedisStore {
         let reply = self
             .call("sweep", &["sessions", "locks", "windows"], Some(now), &args)
             .await?;
-        wire::parse::<WireSwept>("a sweep", &reply)?.decode()
+        let swept = wire::parse::<WireSwept>("a sweep", &reply)?.decode()?;
+        for (s, _) in &swept.ended {
+            self.cache.forget_session(&s.key);
+        }
+        Ok(swept)
     }
 
     async fn begin_attempt(
@@ -494,6 +776,7 @@ impl PolicyStore for RedisStore {
     ) -> Result<Lock, StoreError> {
         // The length, not the end: with time from Redis, the lock runs from Redis's now.
         let args = [account.to_owned(), account_kind(kind), ms(until.since(now))];
+        self.cache.forget_account(account);
         let (reply, _) = self
             .waited(
                 "lock",

@@ -1,0 +1,386 @@
+//! Several gateways on one Redis (`store.kind = "redis"`): real gateway processes, one real
+//! `redis-server`, one Faspex emulator. One licence cap, one failure count per account, one
+//! client per account, and kicks, locks and unlocks that reach every gateway.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use faspex_gate::store::redis::server::RedisServer;
+use http::StatusCode;
+
+use crate::flows::{users, Site};
+use crate::ops::{admin_req, c_path, scrape, value};
+use crate::util::{https_client, ConfigBuilder, GatewayProcess, TestFiles};
+use faspex_emulator::LoginFailureStyle;
+
+const ME: &str = "/aspera/faspex/me";
+const TOKEN: &str = "Bearer test-admin-token-0123456789";
+
+/// Two gateways (`a`, `b`) in front of one emulator, on one Redis.
+pub struct Ha {
+    pub a: Site,
+    pub b: Site,
+    pub redis: RedisServer,
+    pub audit: [std::path::PathBuf; 2],
+}
+
+/// Point `c` at `redis` under `prefix`, with the admin listener and an audit file named for
+/// `gateway`.
+fn on_redis(c: &mut ConfigBuilder, redis: &RedisServer, gateway: &str) -> std::path::PathBuf {
+    c.set("store", "kind", "\"redis\"");
+    c.set("store.redis", "urls", &format!("[\"{}\"]", redis.url()));
+    c.set("admin", "listen", "\"127.0.0.1:0\"");
+    c.set(
+        "admin",
+        "token_file",
+        &format!("{:?}", c_path(c, "admin-token").display().to_string()),
+    );
+    let audit = c_path(c, &format!("audit-{gateway}.log"));
+    c.set(
+        "audit",
+        "path",
+        &format!("{:?}", audit.display().to_string()),
+    );
+    c.set("audit", "gateway", &format!("{gateway:?}"));
+    audit
+}
+
+impl Ha {
+    /// `n` users; `args` to both gateways' `run`; `tweak` applied to both configurations.
+    pub async fn start(n: usize, args: &[&str], tweak: impl Fn(&mut ConfigBuilder)) -> Ha {
+        let redis = RedisServer::start();
+        let mut a_cfg = None;
+        let mut audit_a = Default::default();
+        let a = Site::start_with(users(n), LoginFailureStyle::Rerender, args, |c| {
+            audit_a = on_redis(c, &redis, "gw-a");
+            tweak(c);
+            a_cfg = Some(c.clone());
+        })
+        .await;
+        // Gateway b: the same configuration (the same users file, the same session secret), its
+        // own files, listeners and audit.
+        let files = TestFiles::new();
+        std::fs::copy(a.gw.files.path("users.toml"), files.path("users.toml")).unwrap();
+        let mut b_cfg = a_cfg.expect("the site was configured");
+        let q = |p: std::path::PathBuf| format!("{:?}", p.display().to_string());
+        b_cfg.set("tls", "cert_file", &q(files.cert.clone()));
+        b_cfg.set("tls", "key_file", &q(files.key.clone()));
+        b_cfg.set("session", "secret_file", &q(files.path("session-secret")));
+        b_cfg.set("auth.file", "path", &q(files.path("users.toml")));
+        b_cfg.set("store", "path", &q(files.path("state")));
+        let audit_b = on_redis(&mut b_cfg, &redis, "gw-b");
+        let gw = GatewayProcess::start_with(files, &b_cfg, args);
+        let client = https_client(&gw.files.cert_pem, false);
+        let (stop, _) = tokio::sync::oneshot::channel();
+        let b = Site {
+            gw,
+            emu: a.emu.clone(),
+            emu_addr: a.emu_addr,
+            client,
+            _emu_stop: stop,
+        };
+        Ha {
+            a,
+            b,
+            redis,
+            audit: [audit_a, audit_b],
+        }
+    }
+
+    fn both(&self) -> [&Site; 2] {
+        [&self.a, &self.b]
+    }
+}
+
+async fn admin(s: &Site, method: &str, path: &str, body: &str) -> (StatusCode, String) {
+    let (st, _, body) = admin_req(
+        method,
+        &format!("{}/admin/v1/{path}", s.gw.admin_url()),
+        &[("authorization", TOKEN), ("x-admin-actor", "helpdesk")],
+        body,
+    )
+    .await;
+    (st, body)
+}
+
+async fn status(s: &Site) -> serde_json::Value {
+    let (st, body) = admin(s, "GET", "status", "").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The sum of every series of `name` (all its labels).
+fn sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// 200 parallel logins by 30 accounts, spread over both gateways, admit exactly 10 accounts;
+/// both gateways' gauges and status say 10; each audit record names its gateway.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gateways_admit_exactly_the_cap() {
+    let ha = Ha::start(30, &[], |_| {}).await;
+    let mut tasks = Vec::new();
+    for i in 0..200usize {
+        let site = if i % 2 == 0 { &ha.a } else { &ha.b };
+        let (u, p) = (format!("user{}", i % 30), format!("pass{}", i % 30));
+        let (base, client) = (site.gw.base(), site.client.clone());
+        tasks.push(tokio::spawn(async move {
+            let st = crate::util::basic_get(&client, &format!("{base}{ME}"), &u, &p).await;
+            (u, st)
+        }));
+    }
+    let mut by_account: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
+    for t in tasks {
+        let (u, st) = t.await.unwrap();
+        by_account.entry(u).or_default().insert(st.as_u16());
+    }
+    let admitted: Vec<_> = by_account
+        .iter()
+        .filter(|(_, codes)| codes.contains(&200))
+        .map(|(u, _)| u.clone())
+        .collect();
+    assert_eq!(admitted.len(), 10, "{by_account:?}");
+    for (u, codes) in &by_account {
+        if !admitted.contains(u) {
+            assert_eq!(codes, &BTreeSet::from([503]), "{u} was never seated");
+        }
+    }
+    for s in ha.both() {
+        let v = status(s).await;
+        assert_eq!(v["seats_used"], 10, "{v}");
+        let m = scrape(&s.gw).await;
+        assert_eq!(value(&m, "faspex_gate_sessions_active"), 10.0);
+        assert_eq!(value(&m, "faspex_gate_store_up"), 1.0);
+    }
+    // Every audit line names the gateway that wrote it; both wrote logins.
+    for (path, name) in ha.audit.iter().zip(["gw-a", "gw-b"]) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(lines.iter().any(|l| l["event"] == "login"), "{text}");
+        assert!(lines.iter().all(|l| l["gateway"] == name), "{text}");
+    }
+}
+
+/// 100 parallel wrong guesses (each a different password) for one account over both gateways
+/// make at most 5 credential checks in all, and lock the account on both.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_guesses_over_two_gateways_lock_after_five_checks() {
+    let ha = Ha::start(2, &[], |_| {}).await;
+    let mut tasks = Vec::new();
+    for i in 0..100usize {
+        let site = if i % 2 == 0 { &ha.a } else { &ha.b };
+        let (base, client) = (site.gw.base(), site.client.clone());
+        tasks.push(tokio::spawn(async move {
+            let guess = format!("wrong{i}");
+            crate::util::basic_get(&client, &format!("{base}{ME}"), "user1", &guess).await
+        }));
+    }
+    for t in tasks {
+        let st = t.await.unwrap();
+        assert!(
+            [
+                StatusCode::UNAUTHORIZED,
+                StatusCode::FORBIDDEN,
+                StatusCode::TOO_MANY_REQUESTS
+            ]
+            .contains(&st),
+            "{st}"
+        );
+    }
+    let mut checks = 0.0;
+    for s in ha.both() {
+        let m = scrape(&s.gw).await;
+        checks += sum(&m, "faspex_gate_directory_duration_seconds_count");
+        assert_eq!(
+            value(&m, "faspex_gate_accounts_locked"),
+            1.0,
+            "{m}\n{}",
+            s.gw.logs()
+        );
+    }
+    assert!(checks <= 5.0, "{checks} credential checks for 100 guesses");
+    assert!(checks >= 1.0);
+    for s in ha.both() {
+        let st = crate::util::basic_get(&s.client, &s.url(ME), "user1", "pass1").await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "locked on both gateways");
+    }
+}
+
+/// A kick on one gateway ends the session on the other within `session_cache` (the manual
+/// clocks move by exactly that); an unlock on one lets the user in at once on the other; one
+/// client per account holds across the two.
+#[tokio::test(flavor = "multi_thread")]
+async fn kicks_unlocks_and_one_client_reach_every_gateway() {
+    let ha = Ha::start(3, &["--manual-clock"], |c| {
+        c.set("store.redis", "session_cache", "\"1s\"");
+    })
+    .await;
+    // user0 logs in through a, and its cookie works through b (one session secret, one store).
+    let cookie = ha.a.browser_login("user0", "pass0").await;
+    let (st, _, _) = ha.b.browse(ME, &cookie).await;
+    assert_eq!(st, StatusCode::OK, "the session is served by b");
+    // One client per account: another browser logging user0 in through b is refused.
+    let (st, _, _) = ha.b.form_login("user0", "pass0", None, &[]).await;
+    assert_ne!(st, StatusCode::FOUND, "a second client of user0 through b");
+    // Kick through a: b still serves its view for less than session_cache, then refuses.
+    let (st, body) = admin(&ha.a, "DELETE", "sessions/user0", "").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let (st, _, _) = ha.a.browse(ME, &cookie).await;
+    assert_ne!(st, StatusCode::OK, "a ended it at once");
+    for s in ha.both() {
+        s.advance_clock(Duration::from_secs(1)).await;
+    }
+    let (st, _, _) = ha.b.browse(ME, &cookie).await;
+    assert_ne!(st, StatusCode::OK, "b ended it within session_cache");
+
+    // Lock user1 through b: refused through a at once. Unlock through a: in at once through b.
+    let (st, body) = admin(&ha.b, "POST", "lockouts/user1", "{\"for\": \"10m\"}").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let st = crate::util::basic_get(&ha.a.client, &ha.a.url(ME), "user1", "pass1").await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "b's lock holds on a");
+    let (st, body) = admin(&ha.a, "DELETE", "lockouts/user1", "").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let st = crate::util::basic_get(&ha.b.client, &ha.b.url(ME), "user1", "pass1").await;
+    assert_eq!(st, StatusCode::OK, "a's unlock holds on b at once");
+}
+
+/// Idle sessions are ended once, whichever gateway's sweep gets them, with one Faspex logout
+/// each; the seats come back on both.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_sessions_are_swept_once_with_one_logout_each() {
+    let ha = Ha::start(4, &["--manual-clock"], |_| {}).await;
+    let mut cookies = Vec::new();
+    for (i, s) in ha.both().into_iter().enumerate() {
+        for j in 0..2 {
+            let n = 2 * i + j;
+            cookies.push(
+                s.browser_login(&format!("user{n}"), &format!("pass{n}"))
+                    .await,
+            );
+        }
+    }
+    assert_eq!(status(&ha.a).await["seats_used"], 4);
+    for s in ha.both() {
+        s.advance_clock(Duration::from_secs(3600 + 5)).await;
+    }
+    // Both sweepers run every second; wait (real time) for the seats to come back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if status(&ha.a).await["seats_used"] == 0 && status(&ha.b).await["seats_used"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep never ended them"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let any second delivery arrive before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logouts: Vec<_> =
+        ha.a.emu
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                faspex_emulator::EmulatorEvent::Logout { user: Some(u) } => Some(u),
+                _ => None,
+            })
+            .collect();
+    let mut once: Vec<_> = logouts.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), 4, "{logouts:?}");
+    assert_eq!(logouts.len(), 4, "one logout each: {logouts:?}");
+    let mut idle = 0.0;
+    for s in ha.both() {
+        idle += crate::ops::value(
+            &scrape(&s.gw).await,
+            "faspex_gate_sessions_ended_total{reason=\"idle\"}",
+        );
+    }
+    assert_eq!(idle, 4.0, "each ended once, by one gateway");
+    for c in &cookies {
+        let (st, _, _) = ha.b.browse(ME, c).await;
+        assert_ne!(st, StatusCode::OK);
+    }
+}
+
+/// A gateway whose session secret differs from the one the site's gateways sign with refuses to
+/// start (exit 2 naming `session.secret_file`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_with_another_session_secret_is_refused() {
+    let ha = Ha::start(1, &[], |_| {}).await;
+    let files = TestFiles::new();
+    crate::util::write_private(
+        &files.path("session-secret"),
+        b"another-secret-another-secret-another-secret",
+    );
+    let mut cfg = ConfigBuilder::new(&files, &format!("http://{}", ha.a.emu_addr));
+    cfg.set("store", "kind", "\"redis\"");
+    cfg.set("store.redis", "urls", &format!("[\"{}\"]", ha.redis.url()));
+    let out = crate::util::run_to_exit(&files, &cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("session.secret_file"), "{err}");
+}
+
+/// A gateway started while Redis is down runs: public paths work, `/readyz` names the store and
+/// `faspex_gate_store_up` is 0, logins get 503; once Redis answers, it is ready within seconds
+/// and logins work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_started_without_redis_serves_public_paths_and_gets_ready() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.stop();
+    let s = Site::start_with(users(1), LoginFailureStyle::Rerender, &[], |c| {
+        c.set("store", "kind", "\"redis\"");
+        c.set("store.redis", "urls", &format!("[\"{url}\"]"));
+        c.set("admin", "listen", "\"127.0.0.1:0\"");
+        c.set(
+            "admin",
+            "token_file",
+            &format!("{:?}", c_path(c, "admin-token").display().to_string()),
+        );
+    })
+    .await;
+    let (st, _, body) = admin_req("GET", &format!("{}/readyz", s.gw.admin_url()), &[], "").await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("store"), "{body}");
+    let m = scrape(&s.gw).await;
+    assert_eq!(value(&m, "faspex_gate_store_up"), 0.0);
+    let (st, _, _) = crate::util::get(
+        &s.client,
+        &s.url("/aspera/faspex/external_deliveries/17?passcode=abc"),
+    )
+    .await;
+    assert_ne!(st, StatusCode::SERVICE_UNAVAILABLE, "public paths work");
+    let st = crate::util::basic_get(&s.client, &s.url(ME), "user0", "pass0").await;
+    assert_eq!(
+        st,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no login without the store"
+    );
+
+    redis.start_again();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (st, _, _) = admin_req("GET", &format!("{}/readyz", s.gw.admin_url()), &[], "").await;
+        let m = scrape(&s.gw).await;
+        if st == StatusCode::OK && value(&m, "faspex_gate_store_up") == 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let st = crate::util::basic_get(&s.client, &s.url(ME), "user0", "pass0").await;
+    assert_eq!(st, StatusCode::OK);
+}
