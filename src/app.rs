@@ -51,7 +51,8 @@ pub struct PolicyState {
     /// Fed by the engine's events (served by the admin listener with the operations work).
     pub metrics: Arc<Metrics>,
     store: Store,
-    tasks: [tokio::task::JoinHandle<()>; 2],
+    /// The sweeper, the store monitor and, on Redis, the owed logouts' sender.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// `store.kind`: the state store the engine runs on.
@@ -246,7 +247,7 @@ impl PolicyState {
             directory,
             metrics,
             store,
-            tasks: [sweeper, monitor],
+            tasks: vec![sweeper, monitor],
         })
     }
 
@@ -351,12 +352,13 @@ pub async fn build_with(cfg: &Config, loader: Loader, time: TimeSource) -> anyho
         upstream.clone(),
         Arc::clone(&logout_path),
         Arc::clone(&metrics),
+        cfg.store.kind == StoreKind::Redis,
     );
     let faspex_check: Arc<dyn Directory> = Arc::new(crate::proxy::faspex_check::FaspexCheck::new(
         upstream.clone(),
         cfg.upstream.response_timeout,
     ));
-    let state = PolicyState::open(
+    let mut state = PolicyState::open(
         cfg,
         &loaded.users,
         Arc::clone(&metrics),
@@ -370,6 +372,16 @@ pub async fn build_with(cfg: &Config, loader: Loader, time: TimeSource) -> anyho
         },
     )
     .await?;
+    if let Store::Redis(r) = &state.store {
+        let consumer = format!("{}-{}", cfg.audit.gateway, std::process::id());
+        state.tasks.push(crate::proxy::ends::send_owed_logouts(
+            Arc::clone(r),
+            consumer,
+            upstream.clone(),
+            Arc::clone(&logout_path),
+            Arc::clone(&metrics),
+        ));
+    }
     let gateway = Gateway::new(Context::new(
         cfg,
         state.policy.clone(),

@@ -101,6 +101,7 @@ pub struct Metrics {
     accounts_locked: IntGauge,
     store_up: IntGauge,
     store_errors: IntCounterVec,
+    logout_duplicates: IntCounter,
 }
 
 impl Metrics {
@@ -231,6 +232,11 @@ impl Metrics {
             ),
             &["op"],
         )?;
+        let logout_duplicates = IntCounter::new(
+            "faspex_gate_logout_duplicates_total",
+            "Faspex logouts owed for an ended session that were sent a second time (Redis store: \
+             a gateway sent one, then stopped before recording it, and another sent it again).",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "faspex_gate_build_info",
@@ -259,6 +265,7 @@ impl Metrics {
         registry.register(Box::new(accounts_locked.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
+        registry.register(Box::new(logout_duplicates.clone()))?;
         registry.register(Box::new(build_info))?;
         let requests: Vec<[IntCounter; 4]> = ROUTES
             .iter()
@@ -311,7 +318,13 @@ impl Metrics {
             accounts_locked,
             store_up,
             store_errors,
+            logout_duplicates,
         })
+    }
+
+    /// A Faspex logout sent a second time.
+    pub fn logout_duplicate(&self) {
+        self.logout_duplicates.inc();
     }
 
     /// Whether the state store answered its last check.

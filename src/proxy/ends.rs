@@ -5,7 +5,10 @@
 //! told ("signed out after inactivity") instead of being sent to the login page without a word.
 //!
 //! Both hang off the engine as an [`Observer`], which must not block: logouts go through a
-//! bounded queue to one worker task.
+//! bounded queue to one worker task. On the Redis store the logouts owed are not this gateway's
+//! to send: the store records them in the step that ends the session, and every gateway sends
+//! them from there ([`send_owed_logouts`]; [`crate::store::redis::outbox`]), so that one survives
+//! the gateway that ended the session dying.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,10 +17,14 @@ use tokio::sync::mpsc;
 
 use arc_swap::ArcSwap;
 
+use std::time::Duration;
+
 use super::streams::SessionStreams;
 use super::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::policy::{Observer, PolicyEvent};
+use crate::store::redis::outbox::{Delivered, CLAIM_AFTER};
+use crate::store::redis::RedisStore;
 use crate::store::{EndReason, SessionKey};
 
 /// How many ended sessions are remembered for the "why" pages.
@@ -81,6 +88,8 @@ pub struct SessionEnds {
     memo: Arc<EndedMemo>,
     logouts: FaspexLogouts,
     streams: Arc<SessionStreams>,
+    /// The store records the logouts owed (Redis): this observer does not send them.
+    owed_in_store: bool,
 }
 
 /// What the request handler shares with the observer.
@@ -98,11 +107,13 @@ impl SessionEnds {
     /// Start the logout worker on the current runtime. It runs until the observer and every
     /// [`FaspexLogouts`] handle are dropped.
     /// `logout_path` is `faspex.logout_path`, swapped on a reload; failures count in
-    /// `metrics`.
+    /// `metrics`. With `owed_in_store`, the logouts owed for the ends the gateway made are sent
+    /// by [`send_owed_logouts`], not by this observer.
     pub fn start(
         upstream: Upstream,
         logout_path: Arc<ArcSwap<String>>,
         metrics: Arc<Metrics>,
+        owed_in_store: bool,
     ) -> (Arc<Self>, Ends) {
         let memo = Arc::new(EndedMemo::default());
         let streams = Arc::new(SessionStreams::default());
@@ -131,6 +142,7 @@ impl SessionEnds {
                 memo: Arc::clone(&memo),
                 logouts: logouts.clone(),
                 streams: Arc::clone(&streams),
+                owed_in_store,
             }),
             Ends {
                 memo,
@@ -152,10 +164,61 @@ impl Observer for SessionEnds {
             why,
             EndReason::Idle | EndReason::Absolute | EndReason::Admin | EndReason::Replaced
         );
-        if let (true, Some(cookie)) = (gateway_ended, &s.upstream_cookie) {
+        if let (true, false, Some(cookie)) = (gateway_ended, self.owed_in_store, &s.upstream_cookie)
+        {
             self.logouts.queue(cookie.clone());
         }
     }
+}
+
+/// How often the owed logouts are read when there were none.
+const OWED_EVERY: Duration = Duration::from_secs(1);
+
+/// Send the Faspex logouts the Redis store records as owed (see
+/// [`crate::store::redis::outbox`]), as `consumer`, until aborted: each is sent, then marked
+/// sent; a second sending is counted in `faspex_gate_logout_duplicates_total`.
+pub fn send_owed_logouts(
+    store: Arc<RedisStore>,
+    consumer: String,
+    upstream: Upstream,
+    logout_path: Arc<ArcSwap<String>>,
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let owed = match store.owed_logouts(&consumer, CLAIM_AFTER).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::debug!(error = %e, "owed Faspex logouts cannot be read now");
+                    Vec::new()
+                }
+            };
+            if owed.is_empty() {
+                tokio::time::sleep(OWED_EVERY).await;
+                continue;
+            }
+            for o in owed {
+                if !o.cookie.is_empty() {
+                    let path = logout_path.load_full();
+                    if let Err(e) = upstream.logout(&path, &o.cookie).await {
+                        metrics.upstream_error(e.kind());
+                        tracing::warn!(error = %e, "could not log a Faspex session out after the gateway ended it");
+                    }
+                }
+                match store.logout_sent(&o.id).await {
+                    Ok(Delivered::First) => {}
+                    Ok(Delivered::Again) => {
+                        metrics.logout_duplicate();
+                        tracing::info!("a Faspex logout was sent a second time (another gateway had sent it, then stopped before recording it)");
+                    }
+                    // Not recorded: another gateway sends it again after CLAIM_AFTER.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a sent Faspex logout could not be recorded")
+                    }
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 
 mod cache;
 pub mod conn;
+pub mod outbox;
 #[cfg(any(test, feature = "test-support"))]
 pub mod server;
 pub mod store;

@@ -31,6 +31,10 @@ Keys under the root R:
   done:<ticket id>  string: a finished check's answer, for a retry (expires)
   tickets, epoch    counters (never expire: ticket ids and lock epochs must not repeat)
   probe, secret     the readiness probe (expires) and the session secret's fingerprint
+  logouts           stream: the Faspex logouts owed for sessions the gateway ended (idle, absolute,
+                    admin, replaced) that had a Faspex cookie, each entry `cookie`; read by the
+                    consumer group `gateways` (crate::store::redis::outbox), capped at ~10000
+  lo:<entry id>     string: that entry's logout was sent once (expires after a day)
 A lock key is the account, or "account\0address" (crate::store::LockKey::encode).
 
 Retries are safe: a ticket finished twice answers the same (done:<id>); an admission of a session
@@ -139,10 +143,19 @@ local function expired(s, now, t)
   return nil
 end
 
-local function remove_session(key)
+-- The ends after which the gateway owes Faspex a logout (crate::proxy::ends): the person did
+-- not log out through the gateway.
+local OWED = {idle = true, absolute = true, admin = true, replaced = true}
+
+-- End the session under `key`, for `why` (nil: a renewal, a rollback or the person's own logout);
+-- when the gateway owes Faspex its logout, the entry goes into `logouts` in this same step.
+local function remove_session(key, why)
   local s = load_session(key)
   if not s then
     return nil
+  end
+  if why and OWED[why] and s.cookie and s.cookie ~= '' then
+    redis.call('XADD', R .. 'logouts', 'MAXLEN', '~', 10000, '*', 'cookie', s.cookie)
   end
   for _, b in ipairs(split(s.bearer)) do
     if redis.call('GET', R .. 'b:' .. b) == key then
@@ -178,7 +191,7 @@ local function expire_one(k, now, t, ended)
   end
   local why = expired(s, now, t)
   if why then
-    remove_session(k)
+    remove_session(k, why)
     ended[#ended + 1] = {session = s, why = why}
   end
   return true
@@ -293,7 +306,7 @@ local function lookup(key, now, activity, t)
   end
   local why = expired(s, now, t)
   if why then
-    remove_session(key)
+    remove_session(key, why)
     return cjson.encode({state = 'ended', session = s, why = why})
   end
   if activity and now > s.last then
@@ -376,10 +389,10 @@ local function add_bearer(keys, args)
   return cjson.encode({found = true})
 end
 
--- ARGV: clock key
+-- ARGV: clock key [why]
 local function end_session(keys, args)
   R = keys[1]
-  return cjson.encode({session = remove_session(args[2])})
+  return cjson.encode({session = remove_session(args[2], args[3])})
 end
 
 -- ARGV: clock account
@@ -387,7 +400,7 @@ local function end_account(keys, args)
   R = keys[1]
   local ended = {}
   for _, k in ipairs(redis.call('LRANGE', R .. 'a:' .. args[2], 0, -1)) do
-    local s = remove_session(k)
+    local s = remove_session(k, 'admin')
     if s then ended[#ended + 1] = s end
   end
   return cjson.encode({sessions = ended})

@@ -180,6 +180,15 @@ impl RedisStore {
         }
     }
 
+    /// A plain command (the logouts' stream, [`super::outbox`]), after [`RedisStore::ready`].
+    pub(crate) async fn command<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        what: &str,
+    ) -> Result<T, StoreError> {
+        self.conn.command(cmd, what).await
+    }
+
     /// Be told of every failed call, by operation (`store_errors_total{op}`).
     pub fn on_error(&self, hook: ErrorHook) {
         *self.errors.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
@@ -619,7 +628,7 @@ impl PolicyStore for RedisStore {
     async fn end_session(
         &self,
         key: &SessionKey,
-        _reason: EndReason,
+        reason: EndReason,
     ) -> Result<Option<Session>, StoreError> {
         let r = self
             .waited(
@@ -627,7 +636,7 @@ impl PolicyStore for RedisStore {
                 "end_session",
                 &[&format!("s:{}", key.0)],
                 None,
-                std::slice::from_ref(&key.0),
+                &[key.0.clone(), reason.as_str().into()],
                 |r| r.contains("\"session\""),
             )
             .await;

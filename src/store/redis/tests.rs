@@ -70,11 +70,11 @@ mod server_time {
     crate::store_conformance!(OnRedis::new(Time::ServerShifted));
 }
 
-fn t0() -> Timestamp {
+pub(super) fn t0() -> Timestamp {
     ManualClock::at_2026().now()
 }
 
-fn seats(max_sessions: u32) -> SeatRules {
+pub(super) fn seats(max_sessions: u32) -> SeatRules {
     SeatRules {
         max_sessions,
         one_client: OneClient::Reject,
@@ -86,7 +86,7 @@ fn seats(max_sessions: u32) -> SeatRules {
     }
 }
 
-fn admission(key: &str, account: &str, now: Timestamp) -> Admission {
+pub(super) fn admission(key: &str, account: &str, now: Timestamp) -> Admission {
     Admission {
         key: SessionKey(key.into()),
         account: account.into(),
@@ -100,7 +100,7 @@ fn admission(key: &str, account: &str, now: Timestamp) -> Admission {
     }
 }
 
-async fn store(server: &RedisServer, prefix: &str, time: Time) -> RedisStore {
+pub(super) async fn store(server: &RedisServer, prefix: &str, time: Time) -> RedisStore {
     RedisStore::connect(RedisOptions::new(server.url(), prefix, time))
         .await
         .unwrap()
