@@ -384,3 +384,80 @@ async fn a_gateway_started_without_redis_serves_public_paths_and_gets_ready() {
     let st = crate::util::basic_get(&s.client, &s.url(ME), "user0", "pass0").await;
     assert_eq!(st, StatusCode::OK);
 }
+
+/// Redis goes away: a session a gateway confirmed within `outage_grace` keeps working there,
+/// nothing is admitted or kicked (503), the store's metrics and `/readyz` say so; after the
+/// grace, the session gets 503 too. A logout made during the outage is sent when Redis is back,
+/// and the seat is freed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn during_an_outage_recent_sessions_keep_working_and_nothing_is_admitted() {
+    let mut ha = Ha::start(3, &["--manual-clock"], |c| {
+        c.set("store.redis", "outage_grace", "\"30s\"");
+    })
+    .await;
+    let ann = ha.a.browser_login("user0", "pass0").await;
+    let bob = ha.b.browser_login("user1", "pass1").await;
+    for (s, c) in [(&ha.a, &ann), (&ha.b, &bob)] {
+        let (st, _, _) = s.browse(ME, c).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    ha.redis.stop();
+    for s in ha.both() {
+        s.advance_clock(Duration::from_secs(2)).await;
+    }
+    let (st, _, _) = ha.a.browse(ME, &ann).await;
+    assert_eq!(st, StatusCode::OK, "within outage_grace");
+    let st = crate::util::basic_get(&ha.b.client, &ha.b.url(ME), "user2", "pass2").await;
+    assert_eq!(
+        st,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no admission without Redis"
+    );
+    let (st, _) = admin(&ha.a, "DELETE", "sessions/user1", "").await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "no kick without Redis");
+    // bob logs out through b during the outage: answered now, sent to Redis later.
+    let (st, _, _) = ha.b.logout(&bob).await;
+    assert!(st.is_redirection(), "{st}");
+    let (st, _, _) = ha.b.browse(ME, &bob).await;
+    assert_ne!(st, StatusCode::OK, "logged out at once");
+    // The monitor notices within 5 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = scrape(&ha.a.gw).await;
+        if value(&m, "faspex_gate_store_up") == 0.0 {
+            assert!(sum(&m, "faspex_gate_store_errors_total") >= 1.0, "{m}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "store_up stayed 1");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (st, _, body) = admin_req("GET", &format!("{}/readyz", ha.a.gw.admin_url()), &[], "").await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("store"), "{body}");
+    // Past the grace: 503, not the login page (the session may well be alive in Redis).
+    ha.a.advance_clock(Duration::from_secs(30)).await;
+    let (st, _, _) = ha.a.browse(ME, &ann).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "past outage_grace");
+
+    // Redis is back (its append-only file kept everything): ann goes on, bob's logout is sent,
+    // one seat is left.
+    ha.redis.start_again();
+    ha.b.advance_clock(Duration::from_secs(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = status(&ha.b).await;
+        if v["seats_used"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queued logout never reached Redis: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (st, _, _) = ha.a.browse(ME, &ann).await;
+    assert_eq!(st, StatusCode::OK, "ann's session lived on in Redis");
+    let (code, body) = admin(&ha.a, "GET", "sessions", "").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(body.contains("user0") && !body.contains("user1"), "{body}");
+}

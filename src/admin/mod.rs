@@ -63,6 +63,9 @@ pub const ACTOR_HEADER: &str = "x-admin-actor";
 /// The most admin connections open at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 64;
 
+/// The longest a scrape of `/metrics` waits on the store.
+const SCRAPE_WAIT: Duration = Duration::from_secs(1);
+
 /// How long each readiness check may take.
 const READY_LIMIT: Duration = Duration::from_secs(5);
 
@@ -275,10 +278,15 @@ impl AdminApi {
     }
 
     async fn metrics(&self) -> Response<Full<Bytes>> {
-        match self.inner.policy.status().await {
-            Ok(s) => self.inner.metrics.set_state(&s),
-            // (served anyway: every other series is still right; the gauges keep their last value)
-            Err(e) => tracing::error!(error = %e, "metrics: the state store could not be read"),
+        // A scrape never waits on the store for more than SCRAPE_WAIT; the gauges then keep the
+        // last value read (every other series is still right).
+        match tokio::time::timeout(SCRAPE_WAIT, self.inner.policy.status()).await {
+            Ok(Ok(s)) => self.inner.metrics.set_state(&s),
+            Ok(Err(e)) => tracing::error!(error = %e, "metrics: the state store could not be read"),
+            Err(_) => tracing::warn!(
+                "metrics: the state store did not answer within {SCRAPE_WAIT:?}; the gauges \
+                 show the last value read"
+            ),
         }
         let mut r = Response::new(Full::new(Bytes::from(self.inner.metrics.render())));
         r.headers_mut().insert(
