@@ -257,4 +257,65 @@ async fn main() {
         );
         s.store.close().await.unwrap();
     }
+
+    login_latency_by_store().await;
+}
+
+/// One login's latency (a check with an in-memory directory, plus the admission, made durable),
+/// one at a time, on the embedded store and on a local `redis-server` (functions, time from
+/// Redis, loopback): medians and 99th percentiles, and what Redis adds.
+async fn login_latency_by_store() {
+    use faspex_gate::store::redis::server::RedisServer;
+    use faspex_gate::store::redis::{RedisOptions, RedisStore, Time};
+    use faspex_gate::store::PolicyStore;
+
+    const N: usize = 2_000;
+    let redis = RedisServer::start();
+    let mut rows = Vec::new();
+    for on_redis in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let store: Arc<dyn PolicyStore> = if on_redis {
+            let opts = RedisOptions::new(redis.url(), "bench", Time::Server);
+            Arc::new(RedisStore::connect(opts).await.unwrap())
+        } else {
+            Arc::new(EmbeddedStore::open(tmp.path()).unwrap())
+        };
+        let policy = Policy::new(
+            config(1_000_000),
+            CheckRules {
+                max_checks_per_second: u32::MAX / 2,
+                ..Default::default()
+            },
+            Arc::clone(&store),
+            Arc::new(faspex_gate::clock::SystemClock),
+            Arc::new(engine::Quiet),
+        );
+        let dir: Arc<dyn Directory> = TestDirectory::any_account();
+        let mut us = Vec::with_capacity(N);
+        for i in 0..N {
+            let user = format!("user{i}");
+            let pw = format!("pw-{user}");
+            let t = std::time::Instant::now();
+            let a = policy
+                .login(req(&user, &pw, format!("c{i}")), &dir)
+                .await
+                .unwrap();
+            us.push(t.elapsed().as_secs_f64() * 1e6);
+            policy.end(&a.session.key, EndReason::Logout).await.unwrap();
+        }
+        us.sort_by(f64::total_cmp);
+        let q = |p: f64| us[((us.len() as f64 - 1.0) * p) as usize];
+        rows.push((if on_redis { "redis" } else { "embedded" }, q(0.5), q(0.99)));
+    }
+    println!("\nlogin latency (check + admission, durable), one at a time, {N} logins");
+    println!("| store    | median µs | p99 µs |");
+    println!("|----------|----------:|-------:|");
+    for (name, p50, p99) in &rows {
+        println!("| {name:<8} | {p50:>9.0} | {p99:>6.0} |");
+    }
+    println!(
+        "added by Redis on loopback: median {:+.0} µs, p99 {:+.0} µs",
+        rows[1].1 - rows[0].1,
+        rows[1].2 - rows[0].2
+    );
 }

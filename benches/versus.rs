@@ -68,6 +68,9 @@ struct Opts {
     only: Option<Vec<String>>,
     /// Start the peers, print where they are, and wait (for profiling by hand).
     hold: bool,
+    /// `--store redis`: the gateways keep their state in a `redis-server` of their own (started
+    /// here) instead of the embedded store.
+    redis: bool,
 }
 
 impl Opts {
@@ -118,6 +121,11 @@ impl Opts {
                 .unwrap_or_else(|| PathBuf::from("oha")),
             hold: args.iter().any(|a| a == "--hold"),
             only: val("--only").map(|v| v.split(',').map(str::to_owned).collect()),
+            redis: match val("--store").as_deref() {
+                None | Some("embedded") => false,
+                Some("redis") => true,
+                Some(other) => panic!("--store {other}: use embedded or redis"),
+            },
         }
     }
 }
@@ -204,6 +212,20 @@ struct Rig {
     _relay_proc: Proc,
     /// user0's gateway session: every small GET carries it.
     cookie: String,
+    /// The gateways' Redis (`--store redis`).
+    redis: Option<faspex_gate::store::redis::server::RedisServer>,
+}
+
+/// The `[store]` lines (and `[store.redis]` table) for the gateways: embedded, or `redis`.
+fn store_lines(redis: Option<&faspex_gate::store::redis::server::RedisServer>) -> String {
+    match redis {
+        None => String::new(),
+        Some(r) => format!(
+            "kind = \"redis\"\n[store.redis]\nurls = [\"{}\"]\nkey_prefix = \"bench-{}\"\n",
+            r.url(),
+            std::process::id()
+        ),
+    }
 }
 
 fn me() -> PathBuf {
@@ -227,6 +249,7 @@ fn gateway_config(
     workers: usize,
     policy: &str,
     auth: &str,
+    store: &str,
 ) -> PathBuf {
     let state = dir.join(format!("{name}-state"));
     std::fs::create_dir_all(&state).expect("state folder");
@@ -257,6 +280,7 @@ secret_file = "{secret}"
 {policy}
 [store]
 path = "{state}"
+{store}
 [audit]
 path = "{audit}"
 {auth}
@@ -417,6 +441,9 @@ impl Rig {
         // The directory: user0..user199 (password pw-userN).
         let slapd = slapd::Slapd::start_with(&slapd::bulk_people(200));
 
+        let redis = opts
+            .redis
+            .then(faspex_gate::store::redis::server::RedisServer::start);
         let gateway = tools::free_addr();
         let gateway_admin = tools::free_addr();
         let config = gateway_config(
@@ -435,6 +462,7 @@ impl Rig {
                 slapd.url(),
                 slapd::DIRECT_TEMPLATE
             ),
+            &store_lines(redis.as_ref()),
         );
         let gateway_proc = start_gateway(d, "gateway", &config, gateway);
 
@@ -501,6 +529,7 @@ impl Rig {
             relay,
             _relay_proc: relay_proc,
             cookie,
+            redis,
         }
     }
 
@@ -1236,6 +1265,7 @@ fn sessions_memory(
             "[auth]\nbackend = \"file\"\nmax_checks_per_second = 1000000\n[auth.file]\npath = \"{}\"\n",
             users.display()
         ),
+        &store_lines(rig.redis.as_ref()),
     );
     let mut proc = start_gateway(d, "members", &config, listen);
     let pid = proc.pid();
@@ -1404,6 +1434,7 @@ fn run(opts: &Opts) -> Vec<String> {
         "smoke": opts.smoke,
         "rounds": opts.rounds,
         "workers": opts.workers,
+        "store": if opts.redis { "redis" } else { "embedded" },
         "tools": {
             "nginx": version(&nginx_binary().to_string_lossy(), "-v"),
             "wrk": version("wrk", "-v"),
@@ -1453,10 +1484,11 @@ fn print_summary(r: &Value) {
     let na = &s["peers"]["nginx+auth_request"];
     let d = &s["peers"]["direct"];
     println!(
-        "\n# Summary: {}, {}, {} worker(s), medians of {} rounds [range]\n",
+        "\n# Summary: {}, {}, {} worker(s), the {} store, medians of {} rounds [range]\n",
         r["date"].as_str().unwrap_or("").get(..10).unwrap_or(""),
         r["machine"].as_str().unwrap_or(""),
         r["workers"],
+        r["store"].as_str().unwrap_or("embedded"),
         r["rounds"]
     );
     println!("| scenario | faspex-gate | nginx | ratio | target |");

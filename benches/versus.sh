@@ -4,6 +4,7 @@
 #   benches/versus.sh            # 5 rounds of every scenario (about 30 minutes on 2 cores)
 #   benches/versus.sh --smoke    # one short round, only to prove the benchmark still works
 #   benches/versus.sh --rounds 3 --workers 2 --json /tmp/versus.json
+#   benches/versus.sh --store redis   # the gateway on a redis-server of its own (Debian's redis-server)
 #
 # It installs what it needs and is missing (Debian's nginx-light, wrk, curl, sqlite3 to read
 # oha's per-request records, slapd and ldap-utils; oha with `cargo install`), builds
@@ -23,6 +24,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 [ -x /usr/sbin/slapd ] || need+=(slapd)
+command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v ldapwhoami >/dev/null || need+=(ldap-utils)
 if [ ${#need[@]} -gt 0 ]; then
     echo "versus: installing ${need[*]}" >&2
@@ -32,7 +34,7 @@ if [ ${#need[@]} -gt 0 ]; then
         "${need[@]}" >/dev/null
 fi
 # Debian starts the packaged services: the benchmark runs its own, on its own ports.
-for svc in nginx slapd; do
+for svc in nginx slapd redis-server; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
         as_root systemctl stop "$svc" || true
     fi
