@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
@@ -29,21 +29,22 @@ use crate::conn::ConnPermit;
 /// to (its tunnels and long responses end with it) and the Faspex cookie that goes with it.
 pub(super) async fn pass(
     cx: &Context,
-    mut req: Request<ProxyBody>,
     side: &ClientSide,
-    permit: Permit<'_>,
+    mut permit: Permit<'_>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    let public = permit.lane() == Lane::Public;
+    let req = permit.request_mut();
     // A WebSocket upgrade (the gate lets no other ask): keep hold of the client's side of
     // the connection so that, once Faspex agrees with a 101, the two can be joined.
     let client_upgrade =
         if req.version() <= http::Version::HTTP_11 && upgrade_protocol(req.headers()).is_some() {
-            Some(hyper::upgrade::on(&mut req))
+            Some(hyper::upgrade::on(&mut *req))
         } else {
             None
         };
 
     let conn_permit = req.extensions_mut().remove::<ConnPermit>();
-    if permit.lane() == Lane::Public && client_upgrade.is_some() {
+    if public && client_upgrade.is_some() {
         // One address's public tunnels may hold only its share of the connections to
         // Faspex: a tunnel lasts as long as a byte crosses it now and then. (Short requests
         // are not held to it: 50 browsers behind one NAT address load a page's assets at
@@ -57,7 +58,7 @@ pub(super) async fn pass(
     }
     // Whose request it is: its tunnels and long responses end with its session.
     let owner = permit.session();
-    let mut resp = send(cx, req, side, permit).await?;
+    let mut resp = send(cx, side, permit).await?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -131,16 +132,16 @@ pub(super) async fn pass(
 /// gateway's own and every other cookie stay here.
 pub(super) async fn send(
     cx: &Context,
-    mut req: Request<ProxyBody>,
     side: &ClientSide,
-    permit: Permit<'_>,
+    mut permit: Permit<'_>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    let cookie = permit.faspex_cookie();
     session::allow_cookies(
-        req.headers_mut(),
+        permit.request_mut().headers_mut(),
         &cx.faspex.forward_cookies,
-        permit.faspex_cookie(),
+        cookie,
     );
-    Ok(cx.upstream.forward(req, side, permit).await?)
+    Ok(cx.upstream.forward(permit, side).await?)
 }
 
 /// Put on a 101 response by [`pass`]: the outer handler hands the request's access

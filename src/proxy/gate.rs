@@ -25,9 +25,11 @@
 //! steps ([`Gate::body`], then [`Gate::decide`]) on a streamed one, so the property test that
 //! holds the plan against the real Rails router holds the handler too.
 
-use http::{header, HeaderMap, Method};
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Method};
 
 use super::classify::{self, Action, Classified, PathError, Route, RouteProfile};
+use super::request::{credentials, BadRequest, Credentials};
 use crate::faspex::rack::{self, BodyKind, Param, ParamError};
 
 /// The most the gateway reads of a login form or a token request.
@@ -146,8 +148,9 @@ pub enum Plan {
 
 /// The gate's word that it read a request and let it on, as the handler acts on it: the
 /// [`Plan`] of a request the gate did not refuse, each variant that may reach Faspex with the
-/// mark only [`Gate::pass`] gives out. A [`Permit`](super::permit::Permit) is made from these
-/// marks: a request the gate has not passed cannot become one.
+/// mark only [`Gate::pass`] gives out, typed by its plan and holding the head it judged. A
+/// [`Permit`](super::permit::Permit) is made from these marks: a request the gate has not passed
+/// cannot become one, nor can one plan's mark stand in for another's.
 #[derive(Debug)]
 pub enum Pass {
     /// A public path: it goes on with no credentials.
@@ -156,36 +159,196 @@ pub enum Pass {
     Login {
         username: String,
         password: String,
-        gate: Passed,
+        gate: Passed<plan::Login>,
     },
-    /// The token grant: the credentials it names must be its Basic ones.
-    Token {
-        username: Option<String>,
-        password: Option<String>,
-        gate: Passed,
-    },
+    /// The token grant: the credentials it names (held in its mark) must be its Basic ones.
+    Token(Passed<plan::Token>),
     /// A `faspex.password_forms` form: forwarded only with a live session.
-    PasswordForm(Passed),
-    /// The logout path (answered by the gateway itself).
-    Logout,
+    PasswordForm(Passed<plan::PasswordForm>),
+    /// The logout path (answered by the gateway itself), and its head.
+    Logout(Parts),
     /// A protected request: forwarded only with a live session or a checked login.
-    Protected(Passed),
+    Protected(Passed<plan::Protected>),
     /// The gateway's own pages.
     Gateway,
 }
 
-/// The gate's mark on a request it read and let on to the credential checks. Only
-/// [`Gate::pass`] makes one; each [`Permit`](super::permit::Permit) but a public one takes one.
+/// The plans whose requests may reach Faspex once a check has passed, one mark type each:
+/// [`Passed<Login>`](Passed), [`Passed<Token>`](Passed), [`Passed<PasswordForm>`](Passed) and
+/// [`Passed<Protected>`](Passed). Only the gate makes them.
+pub mod plan {
+    /// The login form's POST ([`Plan::Login`](super::Plan::Login)).
+    #[derive(Debug)]
+    pub struct Login(pub(super) ());
+
+    /// The token grant ([`Plan::Token`](super::Plan::Token)), with the credentials its form
+    /// names. It forwards nothing itself: only once the bearer grant has held those credentials
+    /// to its Basic ones ([`Passed::grant`](super::Passed::grant)) does it go on, as a
+    /// [`Protected`] request.
+    #[derive(Debug)]
+    pub struct Token {
+        pub(super) username: Option<String>,
+        pub(super) password: Option<String>,
+    }
+
+    /// A `faspex.password_forms` form ([`Plan::PasswordForm`](super::Plan::PasswordForm)).
+    #[derive(Debug)]
+    pub struct PasswordForm(pub(super) ());
+
+    /// A protected request ([`Plan::Protected`](super::Plan::Protected)), or a token grant the
+    /// bearer grant let on.
+    #[derive(Debug)]
+    pub struct Protected(pub(super) ());
+
+    /// The plans a request forwarded with a live session may come under: a protected request
+    /// and a password form. Sealed: no other type is one.
+    pub trait Session: sealed::Sealed {
+        /// Whether the request carries a password of its own (a password form): Faspex's
+        /// answer to it is never taken as a rotation of the session's cookie.
+        const PASSWORD_FORM: bool;
+    }
+
+    /// The plans a request forwarded as a login may come under: the login form, and a Basic
+    /// caller's request under a session plan (its first request logs it in). Sealed.
+    pub trait Admits: sealed::Sealed {}
+
+    impl Session for Protected {
+        const PASSWORD_FORM: bool = false;
+    }
+    impl Session for PasswordForm {
+        const PASSWORD_FORM: bool = true;
+    }
+    impl Admits for Login {}
+    impl Admits for Protected {}
+    impl Admits for PasswordForm {}
+
+    mod sealed {
+        pub trait Sealed {}
+        impl Sealed for super::Login {}
+        impl Sealed for super::PasswordForm {}
+        impl Sealed for super::Protected {}
+    }
+}
+
+/// The gate's mark on a request it read and let on to the credential checks, typed by its plan
+/// (`P`, one of [`plan`]'s), holding the head it judged. Only [`Gate::pass`] makes one; each
+/// [`Permit`](super::permit::Permit) but a public one takes one, of the plans it serves, and
+/// forwards the head the gate judged: a mark made for one request cannot forward another.
+///
+/// The routes may remove headers from the head ([`Passed::remove_header`]), never replace it.
 #[derive(Debug)]
-pub struct Passed {
-    _sealed: (),
+pub struct Passed<P> {
+    head: Parts,
+    plan: P,
 }
 
 /// The gate's mark on a public request: it may go to Faspex as it is, with no credentials.
-/// Only [`Gate::pass`] makes one.
+/// Only [`Gate::pass`] makes one; it holds the head the gate judged.
 #[derive(Debug)]
 pub struct PublicPass {
-    _sealed: (),
+    head: Parts,
+}
+
+impl<P> Passed<P> {
+    /// The request's head, as the gate judged it.
+    pub fn head(&self) -> &Parts {
+        &self.head
+    }
+
+    /// Remove a header the gateway does not send on.
+    pub fn remove_header(&mut self, name: header::HeaderName) {
+        self.head.headers.remove(name);
+    }
+
+    /// The head, to forward: only a permit takes it apart.
+    pub(super) fn into_head(self) -> Parts {
+        self.head
+    }
+}
+
+impl Passed<plan::Login> {
+    /// The login form as Faspex gets it: `len` bytes of the form rebuilt from the fields the
+    /// gate read, URL-encoded, with no query string (Rails would let a query parameter override
+    /// the form's credentials), no `Content-Encoding`, no credentials in `Authorization`, and no
+    /// method override (Rack would turn the POST into another method on request).
+    pub fn as_form(&mut self, len: usize) -> Result<(), BadRequest> {
+        let head = &mut self.head;
+        head.uri = head
+            .uri
+            .path()
+            .parse()
+            .map_err(|_| BadRequest("the login path is not valid"))?;
+        let headers = &mut head.headers;
+        headers.remove(header::HeaderName::from_static("x-http-method-override"));
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.remove(header::CONTENT_ENCODING);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        Ok(())
+    }
+}
+
+impl Passed<plan::Token> {
+    /// The bearer grant's check ([`routes::bearer::grant`](super::routes::bearer::grant)): a
+    /// token grant names no other credentials than those of its own HTTP Basic header (an
+    /// account name counts as the same when `account` maps both to one account). Only then
+    /// does it go on, as a protected request of a Basic caller, with those credentials (user,
+    /// password); Faspex is never asked for a token for credentials the gateway does not check.
+    pub fn grant(
+        self,
+        account: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Passed<plan::Protected>, String, String), BadRequest> {
+        let (user, password) = match credentials(&self.head.headers) {
+            Credentials::Basic { user, password } => (user, password),
+            Credentials::Malformed => {
+                return Err(BadRequest(
+                    "the Authorization header is malformed, not UTF-8, or of an unknown scheme",
+                ))
+            }
+            Credentials::Bearer(_) | Credentials::None => {
+                return Err(BadRequest(
+                    "the token endpoint takes HTTP Basic credentials",
+                ))
+            }
+        };
+        let named = &self.plan;
+        let same_user = named
+            .username
+            .as_deref()
+            .is_none_or(|v| account(v) == account(&user));
+        let same_password = named.password.as_deref().is_none_or(|v| v == password);
+        if !same_user || !same_password {
+            return Err(BadRequest(
+                "the token request names other credentials than its Authorization",
+            ));
+        }
+        let granted = Passed {
+            head: self.head,
+            plan: plan::Protected(()),
+        };
+        Ok((granted, user, password))
+    }
+}
+
+impl PublicPass {
+    /// The request's head, as the gate judged it.
+    pub fn head(&self) -> &Parts {
+        &self.head
+    }
+
+    /// Remove a header the gateway does not send on.
+    pub fn remove_header(&mut self, name: header::HeaderName) {
+        self.head.headers.remove(name);
+    }
+
+    /// The head, to forward: only a permit takes it apart.
+    pub(super) fn into_head(self) -> Parts {
+        self.head
+    }
 }
 
 /// What to do with a request's body before deciding.
@@ -411,33 +574,40 @@ impl Gate {
         Ok(BodyRule::Inspect { kind, limit })
     }
 
-    /// [`Gate::decide`] on a request's head (its method, headers and query), with the gate's marks
-    /// on what it lets on: a refusal is an error, and what passes carries the proof that it did
-    /// ([`Pass`]).
+    /// [`Gate::decide`] on a request's head (its method, headers and query), with the gate's
+    /// marks on what it lets on: a refusal is an error, and what passes carries the proof that
+    /// it did ([`Pass`]), and the head it judged.
     pub(crate) fn pass(
         &self,
-        head: &http::request::Parts,
+        head: Parts,
         c: &Classified,
         body: Option<(&BodyKind, &[u8])>,
     ) -> Result<Pass, Refusal> {
-        let gate = || Passed { _sealed: () };
         let plan = self.decide(&head.method, c, &head.headers, head.uri.query(), body);
         Ok(match plan {
             Plan::Refuse(r) => return Err(r),
             Plan::Login { username, password } => Pass::Login {
                 username,
                 password,
-                gate: gate(),
+                gate: Passed {
+                    head,
+                    plan: plan::Login(()),
+                },
             },
-            Plan::Token { username, password } => Pass::Token {
-                username,
-                password,
-                gate: gate(),
-            },
-            Plan::PasswordForm => Pass::PasswordForm(gate()),
-            Plan::Logout => Pass::Logout,
-            Plan::Public => Pass::Public(PublicPass { _sealed: () }),
-            Plan::Protected => Pass::Protected(gate()),
+            Plan::Token { username, password } => Pass::Token(Passed {
+                head,
+                plan: plan::Token { username, password },
+            }),
+            Plan::PasswordForm => Pass::PasswordForm(Passed {
+                head,
+                plan: plan::PasswordForm(()),
+            }),
+            Plan::Logout => Pass::Logout(head),
+            Plan::Public => Pass::Public(PublicPass { head }),
+            Plan::Protected => Pass::Protected(Passed {
+                head,
+                plan: plan::Protected(()),
+            }),
             Plan::Gateway => Pass::Gateway,
         })
     }

@@ -28,7 +28,6 @@ use super::error::{self, Answer, GatewayError};
 use super::gate::{self, BodyRule, Pass};
 use super::intake;
 use super::request::{self, forward_path, public_origin, request_host, ClientSide, Inspected};
-use super::routes::bearer::Named;
 use super::routes::{login, logout, own, protected, public};
 use super::upstream;
 use crate::auth::Directory;
@@ -267,16 +266,16 @@ impl Handler {
                 let bytes = intake::read_client(body, limit, cx.body_idle_timeout).await?;
                 // (it has arrived)
                 inflight = None;
-                let pass = gate.pass(&parts, &classified, Some((&kind, &bytes)))?;
                 // Faspex gets the bytes inspected here, whole, with their length.
                 parts.headers.remove(header::TRANSFER_ENCODING);
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                let pass = gate.pass(parts, &classified, Some((&kind, &bytes)))?;
                 (pass, Inspected::Read(bytes))
             }
             BodyRule::Empty | BodyRule::Stream => (
-                gate.pass(&parts, &classified, None)?,
+                gate.pass(parts, &classified, None)?,
                 Inspected::Stream(body),
             ),
         };
@@ -284,49 +283,28 @@ impl Handler {
         match pass {
             // (answered above, before any body was read)
             Pass::Gateway => Err(GatewayError::NotFound),
-            Pass::Public(pass) => public::serve(cx, parts, body, path, pass, &side, inflight).await,
+            Pass::Public(pass) => public::serve(cx, pass, body, path, &side, inflight).await,
             Pass::Login {
                 username,
                 password,
                 gate,
             } => {
-                parts.headers.remove(header::AUTHORIZATION);
                 let Inspected::Read(bytes) = body else {
                     return Err(GatewayError::BadRequest(
                         "a login must be sent as a form (application/x-www-form-urlencoded)",
                     ));
                 };
-                Box::pin(login::serve(
-                    cx, parts, &bytes, username, password, gate, &side,
-                ))
-                .await
+                Box::pin(login::serve(cx, gate, &bytes, username, password, &side)).await
             }
-            Pass::Logout => Box::pin(logout::serve(cx, &parts, &side)).await,
-            Pass::Token {
-                username,
-                password,
-                gate,
-            } => {
-                let named = Named { username, password };
-                let req = body.into_request(parts);
-                Box::pin(protected::serve(
-                    cx,
-                    req,
-                    &side,
-                    path,
-                    gate,
-                    Some(named),
-                    false,
-                ))
-                .await
+            Pass::Logout(parts) => Box::pin(logout::serve(cx, &parts, &side)).await,
+            Pass::Token(gate) => {
+                Box::pin(protected::token(cx, gate, body.into_body(), &side, path)).await
             }
             Pass::PasswordForm(gate) => {
-                let req = body.into_request(parts);
-                Box::pin(protected::serve(cx, req, &side, path, gate, None, true)).await
+                Box::pin(protected::serve(cx, gate, body.into_body(), &side, path)).await
             }
             Pass::Protected(gate) => {
-                let req = body.into_request(parts);
-                protected::serve(cx, req, &side, path, gate, None, false).await
+                protected::serve(cx, gate, body.into_body(), &side, path).await
             }
         }
     }

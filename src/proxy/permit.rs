@@ -5,33 +5,30 @@
 //! make one:
 //!
 //! - [`Permit::public`]: the credential gate's [`PublicPass`] for a public path;
-//! - [`Permit::cookie`], [`Permit::basic`], [`Permit::bearer`]: the gate's [`Passed`] mark and a
-//!   [`LiveSession`], which only the session lookups here make, by the gateway's cookie, by a
-//!   Basic caller's client once its password is [`Confirmed`] (by the verification cache or a
-//!   fresh check), or by a bearer token Faspex issued to a session;
-//! - [`Permit::login`]: the gate's mark and the login pipeline's [`PendingLogin`], a login the
-//!   engine checked and admitted and that waits for Faspex's word.
+//! - [`Permit::cookie`], [`Permit::basic`], [`Permit::bearer`]: the gate's [`Passed`] mark of a
+//!   session plan (a protected request or a password form) and a [`LiveSession`], which only
+//!   the session lookups here make, by the gateway's cookie, by a Basic caller's client once its
+//!   password is [`Confirmed`] (by the verification cache or a fresh check), or by a bearer
+//!   token Faspex issued to a session;
+//! - [`Permit::login`]: the gate's mark of the login form (or of a Basic caller's first
+//!   request) and the login pipeline's [`PendingLogin`], a login the engine checked and admitted
+//!   and that waits for Faspex's word.
 //!
-//! Only [`Gate::pass`](super::gate::Gate::pass) makes the gate's marks, so a request the gate
-//! has not passed cannot become a permit either. [`Upstream::forward`] takes the permit by value,
-//! and with it what was checked: the [`Lane`] of connections to Faspex the request may use, and
-//! the session it belongs to. A route that skips its check has nothing to forward with:
+//! Only [`Gate::pass`](super::gate::Gate::pass) makes the gate's marks, one type per plan
+//! ([`plan`]), each holding the head of the request it judged. So a request the gate has not
+//! passed cannot become a permit, one plan's mark cannot stand in for another's (a token grant's
+//! becomes a protected request's only in the bearer grant, once its credentials are held to its
+//! Basic ones: [`Passed::grant`]), and a permit forwards the request it was made for and no
+//! other. [`Upstream::forward`] takes the permit by value, and with it the request and what was
+//! checked: the [`Lane`] of connections to Faspex the request may use, and the session it
+//! belongs to. A route that skips its check has nothing to forward with:
 //!
-//! ```compile_fail,E0061
+//! ```compile_fail,E0308
 //! use faspex_gate::proxy::{body::ProxyBody, request::ClientSide, upstream::Upstream};
 //!
 //! async fn public(upstream: &Upstream, req: http::Request<ProxyBody>, side: &ClientSide) {
 //!     let _ = upstream.forward(req, side).await;
 //! }
-//! ```
-//!
-//! and cannot forge the evidence:
-//!
-//! ```compile_fail,E0451
-//! use faspex_gate::proxy::gate::PublicPass;
-//! use faspex_gate::proxy::permit::Permit;
-//!
-//! let permit = Permit::public(PublicPass { _sealed: () });
 //! ```
 //!
 //! The same route with the gate's pass compiles:
@@ -40,13 +37,32 @@
 //! use faspex_gate::proxy::{body::ProxyBody, request::ClientSide, upstream::Upstream};
 //! use faspex_gate::proxy::{gate::PublicPass, permit::Permit};
 //!
-//! async fn public(
-//!     upstream: &Upstream,
-//!     req: http::Request<ProxyBody>,
-//!     side: &ClientSide,
-//!     pass: PublicPass,
-//! ) {
-//!     let _ = upstream.forward(req, side, Permit::public(pass)).await;
+//! async fn public(upstream: &Upstream, pass: PublicPass, body: ProxyBody, side: &ClientSide) {
+//!     let _ = upstream.forward(Permit::public(pass, body), side).await;
+//! }
+//! ```
+//!
+//! A route cannot forge the evidence, nor attach it to a request of its own choosing:
+//!
+//! ```compile_fail,E0451
+//! use faspex_gate::proxy::gate::PublicPass;
+//! use faspex_gate::proxy::permit::Permit;
+//!
+//! fn forge(req: http::Request<()>, body: faspex_gate::proxy::body::ProxyBody) -> Permit<'static> {
+//!     let (head, _) = req.into_parts();
+//!     Permit::public(PublicPass { head }, body)
+//! }
+//! ```
+//!
+//! while the head a pass holds is the one its permit forwards:
+//!
+//! ```no_run
+//! use faspex_gate::proxy::gate::PublicPass;
+//! use faspex_gate::proxy::permit::Permit;
+//!
+//! fn forward(pass: PublicPass, body: faspex_gate::proxy::body::ProxyBody) -> Permit<'static> {
+//!     assert!(pass.head().uri.path().starts_with('/'));
+//!     Permit::public(pass, body)
 //! }
 //! ```
 //!
@@ -55,26 +71,69 @@
 //! session's Faspex cookie along):
 //!
 //! ```compile_fail,E0308
-//! use faspex_gate::proxy::gate::Passed;
+//! use faspex_gate::proxy::body::ProxyBody;
+//! use faspex_gate::proxy::gate::{plan::Protected, Passed};
 //! use faspex_gate::proxy::permit::{ByBearer, LiveSession, Permit};
 //!
-//! fn cookie<'a>(gate: Passed, found_by_bearer: &'a LiveSession<ByBearer>) -> Permit<'a> {
-//!     Permit::cookie(gate, found_by_bearer)
+//! fn cookie<'a>(
+//!     gate: Passed<Protected>,
+//!     body: ProxyBody,
+//!     found_by_bearer: &'a LiveSession<ByBearer>,
+//! ) -> Permit<'a> {
+//!     Permit::cookie(gate, body, found_by_bearer)
 //! }
 //! ```
 //!
 //! while the bearer's own permit compiles:
 //!
 //! ```no_run
-//! use faspex_gate::proxy::gate::Passed;
+//! use faspex_gate::proxy::body::ProxyBody;
+//! use faspex_gate::proxy::gate::{plan::Protected, Passed};
 //! use faspex_gate::proxy::permit::{ByBearer, LiveSession, Permit};
 //!
-//! fn bearer<'a>(gate: Passed, found_by_bearer: &'a LiveSession<ByBearer>) -> Permit<'a> {
-//!     Permit::bearer(gate, found_by_bearer)
+//! fn bearer<'a>(
+//!     gate: Passed<Protected>,
+//!     body: ProxyBody,
+//!     found_by_bearer: &'a LiveSession<ByBearer>,
+//! ) -> Permit<'a> {
+//!     Permit::bearer(gate, body, found_by_bearer)
 //! }
 //! ```
 //!
-//! A permit is a few references, moved along with the request: it costs no allocation.
+//! And a token grant's mark is not a protected request's: it cannot make a cookie's permit (nor
+//! any other) before the bearer grant has checked what it names.
+//!
+//! ```compile_fail,E0277
+//! use faspex_gate::proxy::body::ProxyBody;
+//! use faspex_gate::proxy::gate::{plan::Token, Passed};
+//! use faspex_gate::proxy::permit::{ByCookie, LiveSession, Permit};
+//!
+//! fn cookie<'a>(
+//!     gate: Passed<Token>,
+//!     body: ProxyBody,
+//!     found_by_cookie: &'a LiveSession<ByCookie>,
+//! ) -> Permit<'a> {
+//!     Permit::cookie(gate, body, found_by_cookie)
+//! }
+//! ```
+//!
+//! while a protected request's mark makes one:
+//!
+//! ```no_run
+//! use faspex_gate::proxy::body::ProxyBody;
+//! use faspex_gate::proxy::gate::{plan::Protected, Passed};
+//! use faspex_gate::proxy::permit::{ByCookie, LiveSession, Permit};
+//!
+//! fn cookie<'a>(
+//!     gate: Passed<Protected>,
+//!     body: ProxyBody,
+//!     found_by_cookie: &'a LiveSession<ByCookie>,
+//! ) -> Permit<'a> {
+//!     Permit::cookie(gate, body, found_by_cookie)
+//! }
+//! ```
+//!
+//! A permit is the request and a few references, moved along together: it costs no allocation.
 //!
 //! [`Upstream::forward`]: super::upstream::Upstream::forward
 
@@ -82,7 +141,10 @@ use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use super::gate::{Passed, PublicPass};
+use http::Request;
+
+use super::body::ProxyBody;
+use super::gate::{plan, Passed, PublicPass};
 use crate::auth::Directory;
 use crate::policy::{LoginRefused, LoginRequest, PendingLogin, Policy, SessionGone};
 use crate::store::{ClientId, Session, SessionKey, StoreError};
@@ -225,8 +287,10 @@ impl<K> Deref for LiveSession<K> {
     }
 }
 
-/// The proof that a request was checked, which forwarding it to Faspex takes. Its fields are
-/// private; its constructors take the checks' evidence (see the [module](self) docs).
+/// The proof that a request was checked, which forwarding it to Faspex takes, together with the
+/// request it was made for: the head the gate judged (taken from the gate's mark) and its body.
+/// Its fields are private; its constructors take the checks' evidence (see the [module](self)
+/// docs).
 #[derive(Debug)]
 #[must_use = "a permit is the only way to forward a request"]
 pub struct Permit<'a> {
@@ -237,62 +301,99 @@ pub struct Permit<'a> {
     account: Option<&'a str>,
     /// The session's own Faspex cookie, when it goes along.
     faspex_cookie: Option<&'a str>,
+    /// The request the checks were made for.
+    request: Request<ProxyBody>,
 }
 
 impl<'a> Permit<'a> {
-    /// A public path, as the gate let it on.
-    pub fn public(pass: PublicPass) -> Permit<'static> {
-        let PublicPass { .. } = pass;
+    /// A public path, as the gate let it on, with its body.
+    pub fn public(pass: PublicPass, body: ProxyBody) -> Permit<'static> {
         Permit {
             checked: Checked::Public,
             session: None,
             account: None,
             faspex_cookie: None,
+            request: Request::from_parts(pass.into_head(), body),
         }
     }
 
     /// A request with the gateway's cookie of a live session: the session's own Faspex session
     /// goes along, whatever Faspex cookie the browser sent.
-    pub fn cookie(gate: Passed, live: &'a LiveSession<ByCookie>) -> Self {
+    pub fn cookie<P: plan::Session>(
+        gate: Passed<P>,
+        body: ProxyBody,
+        live: &'a LiveSession<ByCookie>,
+    ) -> Self {
         Permit {
             faspex_cookie: live.upstream_cookie.as_deref(),
-            ..Permit::of(gate, Checked::Cookie, live)
+            ..Permit::of(gate, body, Checked::Cookie, live)
         }
     }
 
     /// An HTTP Basic caller's request on its live session: its credentials are its own, no
     /// Faspex session rides along.
-    pub fn basic(gate: Passed, live: &'a LiveSession<ByBasic>) -> Self {
-        Permit::of(gate, Checked::Basic, live)
+    pub fn basic<P: plan::Session>(
+        gate: Passed<P>,
+        body: ProxyBody,
+        live: &'a LiveSession<ByBasic>,
+    ) -> Self {
+        Permit::of(gate, body, Checked::Basic, live)
     }
 
     /// An API client's request with a bearer token tied to a live session: the token is its
     /// credential, no Faspex session rides along.
-    pub fn bearer(gate: Passed, live: &'a LiveSession<ByBearer>) -> Self {
-        Permit::of(gate, Checked::Bearer, live)
+    pub fn bearer<P: plan::Session>(
+        gate: Passed<P>,
+        body: ProxyBody,
+        live: &'a LiveSession<ByBearer>,
+    ) -> Self {
+        Permit::of(gate, body, Checked::Bearer, live)
     }
 
     /// A login the engine admitted, on its way to Faspex for its word (for an account only
-    /// Faspex knows, that word is the password check: see [`Checked::Login`]).
-    pub fn login(gate: Passed, pending: &'a PendingLogin) -> Self {
-        let Passed { .. } = gate;
+    /// Faspex knows, that word is the password check: see [`Checked::Login`]): the login form,
+    /// or a Basic caller's first request.
+    pub fn login<P: plan::Admits>(
+        gate: Passed<P>,
+        body: ProxyBody,
+        pending: &'a PendingLogin,
+    ) -> Self {
         let session = &pending.admitted().session;
         Permit {
             checked: Checked::Login,
             session: Some(&session.key),
             account: Some(&session.account),
             faspex_cookie: None,
+            request: Request::from_parts(gate.into_head(), body),
         }
     }
 
-    fn of<K>(gate: Passed, checked: Checked, live: &'a LiveSession<K>) -> Self {
-        let Passed { .. } = gate;
+    fn of<P, K>(
+        gate: Passed<P>,
+        body: ProxyBody,
+        checked: Checked,
+        live: &'a LiveSession<K>,
+    ) -> Self {
         Permit {
             checked,
             session: Some(&live.key),
             account: Some(&live.account),
             faspex_cookie: None,
+            request: Request::from_parts(gate.into_head(), body),
         }
+    }
+
+    /// The request it was made for, for the forwarding verbs' own edits (the upgrade they
+    /// join, the cookies they allow, the connection they hold).
+    pub(super) fn request_mut(&mut self) -> &mut Request<ProxyBody> {
+        &mut self.request
+    }
+
+    /// The request it was made for, and what the checks found of it: only the forwarder takes
+    /// a permit apart.
+    pub(super) fn into_request(self) -> (Request<ProxyBody>, Lane) {
+        let lane = self.lane();
+        (self.request, lane)
     }
 
     /// Which check this permit stands for.

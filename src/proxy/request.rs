@@ -367,10 +367,11 @@ pub enum Inspected {
 }
 
 impl Inspected {
-    pub fn into_request(self, parts: http::request::Parts) -> Request<ProxyBody> {
+    /// The body to forward: the bytes read, or the stream.
+    pub fn into_body(self) -> ProxyBody {
         match self {
-            Inspected::Read(bytes) => Request::from_parts(parts, full(bytes)),
-            Inspected::Stream(body) => Request::from_parts(parts, client_body(body)),
+            Inspected::Read(bytes) => full(bytes),
+            Inspected::Stream(body) => client_body(body),
         }
     }
 }

@@ -4,35 +4,36 @@
 //! once the credentials are confirmed, by the verification cache or by a fresh check under the
 //! same lockout ([`live_session`]). A Basic session whose credentials Faspex stops taking ends.
 
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 
 use crate::policy::LoginRequest;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::context::Context;
 use crate::proxy::dispatch;
 use crate::proxy::error::GatewayError;
-use crate::proxy::gate::Passed;
+use crate::proxy::gate::{plan, Passed};
 use crate::proxy::permit::{ByBasic, Confirmed, LiveSession, Permit};
 use crate::proxy::request::{basic_challenge, user_agent, ClientSide};
-use crate::proxy::routes::bearer::{self, Named};
+use crate::proxy::routes::bearer;
 use crate::proxy::routes::login::refused_upstream;
 use crate::store::{ClientKind, EndReason};
 
-/// Serve a Basic caller's request on `path` (as classified). `token` holds what a token grant
-/// names, which must be these credentials.
+/// Serve a Basic caller's request on `path` (as classified), with the credentials (`user`,
+/// `password`) of its `Authorization`. `token_request` marks a token grant the bearer grant let
+/// on: the token Faspex answers with is tied to the caller's session.
 #[allow(clippy::too_many_arguments)]
-pub async fn serve(
+pub async fn serve<P: plan::Session + plan::Admits>(
     cx: &Context,
-    mut req: Request<ProxyBody>,
+    gate: Passed<P>,
+    body: ProxyBody,
     side: &ClientSide,
     path: &str,
     user: &str,
     password: &str,
-    token: Option<Named>,
-    gate: Passed,
+    token_request: bool,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let policy = &cx.policy;
-    let agent = user_agent(req.headers());
+    let agent = user_agent(&gate.head().headers);
     let client = LoginRequest::basic_client(side.client_ip, &agent);
     let login = LoginRequest {
         username: user,
@@ -43,13 +44,9 @@ pub async fn serve(
         kind: ClientKind::Basic,
         takeover: false,
     };
-    let token_request = token.is_some();
-    if let Some(named) = token {
-        bearer::grant(cx, &mut req, named, user, password)?;
-    }
 
     if let Some((account, session)) = live_session(cx, &login, path).await? {
-        let resp = dispatch::pass(cx, req, side, Permit::basic(gate, &session)).await?;
+        let resp = dispatch::pass(cx, side, Permit::basic(gate, body, &session)).await?;
         if basic_challenge(&resp) {
             // Faspex no longer takes these credentials: neither may the gateway.
             policy.cache().forget(&account);
@@ -63,7 +60,7 @@ pub async fn serve(
 
     let pending = policy.login_pending(login, &cx.directory).await?;
     let key = pending.admitted().session.key.clone();
-    let sent = dispatch::pass(cx, req, side, Permit::login(gate, &pending)).await;
+    let sent = dispatch::pass(cx, side, Permit::login(gate, body, &pending)).await;
     let resp = match sent {
         Ok(resp) => resp,
         Err(e) => {

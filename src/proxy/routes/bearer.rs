@@ -3,13 +3,13 @@
 //! name only its own checked credentials, and the token Faspex answers with is tied to the
 //! caller's session, to die with it.
 
-use http::{header, Request, Response};
+use http::{header, Response};
 
 use crate::proxy::body::{full, read_limited, ProxyBody, ReadError};
 use crate::proxy::context::Context;
 use crate::proxy::dispatch;
 use crate::proxy::error::GatewayError;
-use crate::proxy::gate::{Passed, LOGIN_READ_LIMIT};
+use crate::proxy::gate::{plan, Passed, LOGIN_READ_LIMIT};
 use crate::proxy::permit::{LiveSession, Permit};
 use crate::proxy::request::ClientSide;
 use crate::proxy::upstream::UpstreamError;
@@ -18,51 +18,35 @@ use crate::store::SessionKey;
 /// The most the gateway reads of a token response.
 pub const READ_LIMIT: usize = LOGIN_READ_LIMIT;
 
-/// The credentials a token grant names in its form.
-pub struct Named {
-    pub username: Option<String>,
-    pub password: Option<String>,
-}
-
 /// A request with a bearer token: it goes on with the session the token belongs to. An API
 /// client's credentials are its token: no Faspex session rides along.
-pub async fn serve(
+pub async fn serve<P: plan::Session>(
     cx: &Context,
-    req: Request<ProxyBody>,
+    gate: Passed<P>,
+    body: ProxyBody,
     side: &ClientSide,
     path: &str,
     token: &str,
-    gate: Passed,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     match LiveSession::by_bearer(&cx.policy, token, path).await? {
-        Ok(session) => dispatch::pass(cx, req, side, Permit::bearer(gate, &session)).await,
+        Ok(session) => dispatch::pass(cx, side, Permit::bearer(gate, body, &session)).await,
         Err(_) => Err(GatewayError::NoSession(None)),
     }
 }
 
-/// A token grant's request, before it goes on with the Basic caller's credentials (`user`,
-/// `password`): Faspex is never asked for a token for other credentials than the ones the
-/// gateway checks. The gateway reads the answer, so it must come as plain JSON.
+/// A token grant's request, before it goes on as its Basic caller's: the gate's mark for it
+/// becomes one a request may be forwarded with only here, once the credentials it names are
+/// found to be the ones in its `Authorization` ([`Passed::grant`]): Faspex is never asked for a
+/// token for other credentials than the ones the gateway checks. The gateway reads the answer,
+/// so it must come as plain JSON. Returns the mark and the Basic credentials (user, password).
 pub fn grant(
     cx: &Context,
-    req: &mut Request<ProxyBody>,
-    named: Named,
-    user: &str,
-    password: &str,
-) -> Result<(), GatewayError> {
+    gate: Passed<plan::Token>,
+) -> Result<(Passed<plan::Protected>, String, String), GatewayError> {
     let policy = &cx.policy;
-    let same_user = named
-        .username
-        .as_deref()
-        .is_none_or(|v| policy.account(v).ok() == policy.account(user).ok());
-    let same_password = named.password.as_deref().is_none_or(|v| v == password);
-    if !same_user || !same_password {
-        return Err(GatewayError::BadRequest(
-            "the token request names other credentials than its Authorization",
-        ));
-    }
-    req.headers_mut().remove(header::ACCEPT_ENCODING);
-    Ok(())
+    let (mut gate, user, password) = gate.grant(|name| policy.account(name).ok())?;
+    gate.remove_header(header::ACCEPT_ENCODING);
+    Ok((gate, user, password))
 }
 
 /// After an API request on session `key`: a token response ties its access token to it.

@@ -3,15 +3,14 @@
 //! set only when Faspex confirms; else the seat is given back ([`refused_upstream`]).
 
 use bytes::Bytes;
-use http::request::Parts;
-use http::{header, HeaderValue, Request, Response};
+use http::{header, Response};
 
 use crate::policy::{LoginRequest, PendingLogin};
 use crate::proxy::body::{full, ProxyBody};
 use crate::proxy::context::Context;
 use crate::proxy::dispatch;
 use crate::proxy::error::{GatewayError, Refusal};
-use crate::proxy::gate::Passed;
+use crate::proxy::gate::{plan, Passed};
 use crate::proxy::pages::{LoginForm, TAKEOVER_FIELD};
 use crate::proxy::permit::Permit;
 use crate::proxy::request::{user_agent, ClientSide};
@@ -26,17 +25,12 @@ use crate::store::{ClientKind, EndReason};
 /// query string and no `Content-Encoding`.
 pub async fn serve(
     cx: &Context,
-    mut parts: Parts,
+    mut gate: Passed<plan::Login>,
     bytes: &[u8],
     username: String,
     password: String,
-    gate: Passed,
     side: &ClientSide,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    // (Rack would turn the POST into another method on request)
-    parts
-        .headers
-        .remove(header::HeaderName::from_static("x-http-method-override"));
     let f = &cx.faspex;
     // The fields as the gate read them (Rack's reading: spaces after a separator dropped),
     // so that the form Faspex gets is the one checked.
@@ -73,10 +67,9 @@ pub async fn serve(
         }
         Bytes::from(out.finish())
     };
-    parts.uri = match parts.uri.path().parse() {
-        Ok(uri) => uri,
-        Err(_) => return Err(GatewayError::BadRequest("the login path is not valid")),
-    };
+    // No query string, no `Content-Encoding`, no method override: the form as rebuilt here.
+    gate.as_form(forward_body.len())?;
+    let parts = gate.head();
 
     let previous = cx.cookies.verify(&parts.headers);
     let client = match &previous {
@@ -103,22 +96,12 @@ pub async fn serve(
         }
     };
 
-    parts.headers.remove(header::TRANSFER_ENCODING);
-    parts.headers.remove(header::CONTENT_ENCODING);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-www-form-urlencoded"),
-    );
-    parts.headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(forward_body.len()),
-    );
     // No Faspex cookie goes along: one the browser sent could name another account's live
     // Faspex session, which a login action that skips an already signed-in session would
     // hand back as this login's. (Rails 3 answers a form whose authenticity token has no
     // session by resetting the session and going on with the login.)
-    let req = Request::from_parts(parts, full(forward_body));
-    let sent = dispatch::send(cx, req, side, Permit::login(gate, &pending)).await;
+    let permit = Permit::login(gate, full(forward_body), &pending);
+    let sent = dispatch::send(cx, side, permit).await;
     let mut resp = match sent {
         Ok(resp) => resp,
         Err(e) => {

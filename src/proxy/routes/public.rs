@@ -1,8 +1,7 @@
 //! A public path (or the login page): no session, no credentials. It counts under
 //! `policy.public_requests_per_ip_per_minute`, and goes on with the gate's [`PublicPass`].
 
-use http::request::Parts;
-use http::{header, Request, Response};
+use http::{header, Response};
 
 use crate::proxy::body::{full, ProxyBody};
 use crate::proxy::classify;
@@ -19,10 +18,9 @@ use crate::proxy::request::{basic_credentials, ClientSide, Inspected};
 /// address's public requests still arriving, held until its body has come.
 pub async fn serve(
     cx: &Context,
-    mut parts: Parts,
+    mut pass: PublicPass,
     body: Inspected,
     path: &str,
-    pass: PublicPass,
     side: &ClientSide,
     inflight: Option<InflightGuard>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -35,18 +33,12 @@ pub async fn serve(
     // Only the HTTP Gateway, a separate service that takes Faspex's transfer tokens there,
     // keeps its non-Basic ones.
     let transfer = classify::under_prefix(path, HTTP_GATEWAY_PREFIX);
-    if !transfer || basic_credentials(&parts.headers) {
-        parts.headers.remove(header::AUTHORIZATION);
+    if !transfer || basic_credentials(&pass.head().headers) {
+        pass.remove_header(header::AUTHORIZATION);
     }
     let body = match body {
         Inspected::Read(bytes) => full(bytes),
         Inspected::Stream(body) => intake::read_ahead(body, cx.body_idle_timeout, inflight).await?,
     };
-    dispatch::pass(
-        cx,
-        Request::from_parts(parts, body),
-        side,
-        Permit::public(pass),
-    )
-    .await
+    dispatch::pass(cx, side, Permit::public(pass, body)).await
 }

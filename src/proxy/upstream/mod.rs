@@ -9,7 +9,8 @@
 //! a body may stream for hours as long as it keeps moving (`server.body_idle_timeout`).
 //!
 //! [`Upstream::forward`] takes a [`Permit`]: a client's request reaches Faspex only with the
-//! proof that it was checked. The gateway's own requests ([`Upstream::logout`],
+//! proof that it was checked, and only the request that proof was made for (the permit holds
+//! it). The gateway's own requests ([`Upstream::logout`],
 //! [`Upstream::check_basic`], [`Upstream::probe`]) carry no client's request.
 //!
 //! `failure.rs` says how forwarding fails.
@@ -122,19 +123,19 @@ impl Upstream {
         })
     }
 
-    /// Forward one request that `permit` says was checked, and wait (bounded) for the response
+    /// Forward the request `permit` was made for, and says was checked, and wait (bounded) for the response
     /// headers. The request's URI path and query go upstream exactly as the client sent them;
     /// both bodies stream, each under the idle timeout. The request holds a connection slot of
     /// the permit's [`Lane`] until its response body ends; after a 101 the slot is in the
     /// response's extensions, for the tunnel to hold.
     pub async fn forward(
         &self,
-        mut req: Request<ProxyBody>,
-        side: &ClientSide,
         permit: Permit<'_>,
+        side: &ClientSide,
     ) -> Result<Response<ProxyBody>, ForwardError> {
+        let (mut req, lane) = permit.into_request();
         let address = req.extensions_mut().remove::<AddressShare>();
-        let mut slot = self.inner.slots.take(permit.lane()).await?;
+        let mut slot = self.inner.slots.take(lane).await?;
         slot._address = address;
         let idle = self.inner.body_idle_timeout;
         let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
