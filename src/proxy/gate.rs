@@ -177,6 +177,11 @@ pub enum Pass {
 /// [`Passed<Login>`](Passed), [`Passed<Token>`](Passed), [`Passed<PasswordForm>`](Passed) and
 /// [`Passed<Protected>`](Passed). Only the gate makes them.
 pub mod plan {
+    /// A public path ([`Plan::Public`](super::Plan::Public)): its mark is a
+    /// [`PublicPass`](super::PublicPass).
+    #[derive(Debug)]
+    pub struct Public(pub(super) ());
+
     /// The login form's POST ([`Plan::Login`](super::Plan::Login)).
     #[derive(Debug)]
     pub struct Login(pub(super) ());
@@ -202,7 +207,7 @@ pub mod plan {
 
     /// The plans a request forwarded with a live session may come under: a protected request
     /// and a password form. Sealed: no other type is one.
-    pub trait Session: sealed::Sealed {
+    pub trait Session: crate::proxy::gate::sealed::Sealed {
         /// Whether the request carries a password of its own (a password form): Faspex's
         /// answer to it is never taken as a rotation of the session's cookie.
         const PASSWORD_FORM: bool;
@@ -210,7 +215,7 @@ pub mod plan {
 
     /// The plans a request forwarded as a login may come under: the login form, and a Basic
     /// caller's request under a session plan (its first request logs it in). Sealed.
-    pub trait Admits: sealed::Sealed {}
+    pub trait Admits: crate::proxy::gate::sealed::Sealed {}
 
     impl Session for Protected {
         const PASSWORD_FORM: bool = false;
@@ -221,14 +226,16 @@ pub mod plan {
     impl Admits for Login {}
     impl Admits for Protected {}
     impl Admits for PasswordForm {}
-
-    mod sealed {
-        pub trait Sealed {}
-        impl Sealed for super::Login {}
-        impl Sealed for super::PasswordForm {}
-        impl Sealed for super::Protected {}
-    }
 }
+
+/// What keeps [`plan::Session`] and [`plan::Admits`] to the plans the gate names: no other
+/// module can name it, so none can add a plan to them.
+mod sealed {
+    pub trait Sealed {}
+}
+impl sealed::Sealed for plan::Login {}
+impl sealed::Sealed for plan::PasswordForm {}
+impl sealed::Sealed for plan::Protected {}
 
 /// The gate's mark on a request it read and let on to the credential checks, typed by its plan
 /// (`P`, one of [`plan`]'s), holding the head it judged. Only [`Gate::pass`] makes one; each
@@ -244,10 +251,7 @@ pub struct Passed<P> {
 
 /// The gate's mark on a public request: it may go to Faspex as it is, with no credentials.
 /// Only [`Gate::pass`] makes one; it holds the head the gate judged.
-#[derive(Debug)]
-pub struct PublicPass {
-    head: Parts,
-}
+pub type PublicPass = Passed<plan::Public>;
 
 impl<P> Passed<P> {
     /// The request's head, as the gate judged it.
@@ -331,23 +335,6 @@ impl Passed<plan::Token> {
             plan: plan::Protected(()),
         };
         Ok((granted, user, password))
-    }
-}
-
-impl PublicPass {
-    /// The request's head, as the gate judged it.
-    pub fn head(&self) -> &Parts {
-        &self.head
-    }
-
-    /// Remove a header the gateway does not send on.
-    pub fn remove_header(&mut self, name: header::HeaderName) {
-        self.head.headers.remove(name);
-    }
-
-    /// The head, to forward: only a permit takes it apart.
-    pub(super) fn into_head(self) -> Parts {
-        self.head
     }
 }
 
@@ -603,7 +590,10 @@ impl Gate {
                 plan: plan::PasswordForm(()),
             }),
             Plan::Logout => Pass::Logout(head),
-            Plan::Public => Pass::Public(PublicPass { head }),
+            Plan::Public => Pass::Public(Passed {
+                head,
+                plan: plan::Public(()),
+            }),
             Plan::Protected => Pass::Protected(Passed {
                 head,
                 plan: plan::Protected(()),

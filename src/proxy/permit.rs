@@ -45,12 +45,13 @@
 //! A route cannot forge the evidence, nor attach it to a request of its own choosing:
 //!
 //! ```compile_fail,E0451
-//! use faspex_gate::proxy::gate::PublicPass;
+//! use faspex_gate::proxy::body::ProxyBody;
+//! use faspex_gate::proxy::gate::{plan::Public, Passed, PublicPass};
 //! use faspex_gate::proxy::permit::Permit;
 //!
-//! fn forge(req: http::Request<()>, body: faspex_gate::proxy::body::ProxyBody) -> Permit<'static> {
-//!     let (head, _) = req.into_parts();
-//!     Permit::public(PublicPass { head }, body)
+//! fn forge(head: http::request::Parts, plan: Public, body: ProxyBody) -> Permit<'static> {
+//!     let pass: PublicPass = Passed { head, plan };
+//!     Permit::public(pass, body)
 //! }
 //! ```
 //!
@@ -358,26 +359,14 @@ impl<'a> Permit<'a> {
         body: ProxyBody,
         pending: &'a PendingLogin,
     ) -> Self {
-        let session = &pending.admitted().session;
-        Permit {
-            checked: Checked::Login,
-            session: Some(&session.key),
-            account: Some(&session.account),
-            faspex_cookie: None,
-            request: Request::from_parts(gate.into_head(), body),
-        }
+        Permit::of(gate, body, Checked::Login, &pending.admitted().session)
     }
 
-    fn of<P, K>(
-        gate: Passed<P>,
-        body: ProxyBody,
-        checked: Checked,
-        live: &'a LiveSession<K>,
-    ) -> Self {
+    fn of<P>(gate: Passed<P>, body: ProxyBody, checked: Checked, session: &'a Session) -> Self {
         Permit {
             checked,
-            session: Some(&live.key),
-            account: Some(&live.account),
+            session: Some(&session.key),
+            account: Some(&session.account),
             faspex_cookie: None,
             request: Request::from_parts(gate.into_head(), body),
         }
