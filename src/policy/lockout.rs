@@ -9,9 +9,17 @@
 //! - The failure that reaches the threshold locks the key; the lock carries the count and the
 //!   window starts afresh when it lifts ([`after_failure`]).
 //! - A right password does not clear the window ([`counts_failure`]).
+//! - A check's reservation is presumed dead `ticket_ttl` after it was made, should the check
+//!   never finish ([`ticket_expires`], [`ticket_live`]).
+//! - A window keeps at most the threshold's worth of failures, the newest ([`failures_kept`]).
 //! - An account-wide lock (an administrator's, or failures under `account`) holds for every
 //!   address; of two locks in force, the longer answers ([`in_force`]). An administrator's lock
-//!   never shortens one in force ([`admin_lock`]).
+//!   never shortens one in force ([`admin_lock`]). Two locks that become one key (two spellings
+//!   of an account, when an old store is re-keyed) keep the longer ([`merge`]).
+//! - At most `policy.max_tracked_usernames` failure windows are tracked. To make room for one
+//!   more, windows that slid empty go first, then those whose last failure is oldest, an eighth
+//!   of the bound at a time; a window with a check in flight stays, so that its ticket finds it,
+//!   and locks are never evicted ([`must_make_room`], [`evictable`], [`eviction_cutoff`]).
 //!
 //! The rule is these functions. The embedded store ([`crate::store::tables`]) calls them inside
 //! each atomic step (`begin_attempt`, `finish_attempt`, `lock_state`, `lock_account`, the sweep).
@@ -64,6 +72,69 @@ pub fn in_force(own: Option<&Lock>, account_wide: Option<&Lock>, now: Timestamp)
         (Some(a), Some(b)) => Some(if a.until >= b.until { a } else { b }.clone()),
         (a, b) => a.or(b).cloned(),
     }
+}
+
+/// When a check's reservation made at `now` is presumed dead: a check that never finishes (its
+/// task gone) gives its place back then.
+pub fn ticket_expires(now: Timestamp, rules: &LockoutRules) -> Timestamp {
+    now + rules.ticket_ttl
+}
+
+/// Whether a reservation presumed dead at `expires` still holds its place at `now`.
+pub fn ticket_live(expires: Timestamp, now: Timestamp) -> bool {
+    expires > now
+}
+
+/// How many failures a window keeps, the newest: the threshold's worth (the one that reaches it
+/// locks, and clears the window).
+pub fn failures_kept(rules: &LockoutRules) -> usize {
+    rules.threshold as usize
+}
+
+/// Of two locks on one key (two spellings of one account, joined when an old store is
+/// re-keyed), the one that lasts longer, an administrator's when they end together, carrying the
+/// most failures either counted. No lock is lost.
+pub fn merge(a: Lock, b: Lock) -> Lock {
+    let failures = a.failures.max(b.failures);
+    let mut kept = if (a.until, a.by_admin) >= (b.until, b.by_admin) {
+        a
+    } else {
+        b
+    };
+    kept.failures = failures;
+    kept
+}
+
+/// Whether `tracked` failure windows leave no room for one more.
+pub fn must_make_room(tracked: usize, rules: &LockoutRules) -> bool {
+    tracked >= rules.max_tracked.max(1)
+}
+
+/// Whether a window with `in_flight` checks running may be evicted to make room: not while a
+/// check holds a place in it (its ticket must find it).
+pub fn evictable(in_flight: usize) -> bool {
+    in_flight == 0
+}
+
+/// Which live windows go to make room, when `tracked` windows are still too many once those that
+/// slid empty went: given the last failure of each [`evictable`] one (`last_failures`, in any
+/// order; reordered here), the oldest eighth of the bound (or as many as it takes to make room
+/// for one, if more), so that the scan is amortised. `Some((cutoff, n))`: evict `n` windows
+/// whose last failure is at or before `cutoff`; `None`: none can go.
+pub fn eviction_cutoff(
+    last_failures: &mut [Timestamp],
+    tracked: usize,
+    rules: &LockoutRules,
+) -> Option<(Timestamp, usize)> {
+    let max = rules.max_tracked.max(1);
+    let n = (max / 8)
+        .max((tracked + 1).saturating_sub(max))
+        .min(last_failures.len());
+    if n == 0 {
+        return None;
+    }
+    let (_, cutoff, _) = last_failures.select_nth_unstable(n - 1);
+    Some((*cutoff, n))
 }
 
 /// What a credential check under a key may do.
@@ -210,6 +281,55 @@ mod tests {
             before_check(&key, &full, 0, t0 + HOUR, &rules()),
             BeforeCheck::Reset
         );
+    }
+
+    #[test]
+    fn the_oldest_eighth_of_evictable_windows_goes() {
+        let t0 = Timestamp::from_millis(1_000_000);
+        let r = LockoutRules {
+            max_tracked: 16,
+            ..rules()
+        };
+        assert!(!must_make_room(15, &r));
+        assert!(must_make_room(16, &r));
+        assert!(evictable(0) && !evictable(1));
+        let s = Duration::from_secs(1);
+        let mut last = [t0 + 5 * s, t0 + s, t0 + 3 * s, t0 + 2 * s, t0 + 4 * s];
+        // An eighth of 16: two go, those whose last failure is oldest.
+        assert_eq!(eviction_cutoff(&mut last, 16, &r), Some((t0 + 2 * s, 2)));
+        // Far over the bound (it was lowered): enough to make room for one.
+        assert_eq!(eviction_cutoff(&mut last, 19, &r), Some((t0 + 4 * s, 4)));
+        assert_eq!(eviction_cutoff(&mut [], 16, &r), None);
+        assert_eq!(failures_kept(&r), 5);
+        assert!(ticket_live(
+            ticket_expires(t0, &r),
+            t0 + Duration::from_secs(179)
+        ));
+        assert!(!ticket_live(
+            ticket_expires(t0, &r),
+            t0 + Duration::from_secs(180)
+        ));
+    }
+
+    #[test]
+    fn merged_locks_keep_the_longer_and_the_most_failures() {
+        let t0 = Timestamp::from_millis(1_000_000);
+        let key = LockKey::account("ann");
+        let failed = after_failure(&key, 5, t0, &rules(), AccountKind::Directory).unwrap();
+        let admin = Lock {
+            failures: 2,
+            ..admin_lock("ann", AccountKind::Directory, 2, None, t0, t0 + HOUR)
+        };
+        // They end together: the administrator's is kept, with the failures counted.
+        let kept = merge(failed.clone(), admin.clone());
+        assert!(kept.by_admin);
+        assert_eq!(kept.failures, 5);
+        assert_eq!(merge(admin.clone(), failed.clone()), kept);
+        let longer = Lock {
+            until: t0 + 2 * HOUR,
+            ..failed.clone()
+        };
+        assert_eq!(merge(admin, longer.clone()), longer);
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! An account with at least one live session holds one seat, however many clients it has. A login
 //! of an account that holds a seat already never needs a new one; any other login takes a free
 //! seat or is refused as licence full, and is told when the soonest session would end. Sessions
-//! past their deadline ([`super::timeouts`]) hold no seat: before refusing, the store ends them.
+//! past their deadline ([`super::timeouts`]) hold no seat: before refusing, they are ended ([`decide_after_ending`]).
 //!
 //! The rule is these functions. The embedded store's admission ([`crate::store::tables`]) calls
-//! [`decide`] inside its one atomic step, so the cap is exact however many logins arrive at once.
-//! The Redis store's library (`src/store/redis/policy.lua`) mirrors it in `faspex_gate_v1_admit`,
+//! [`decide_after_ending`] inside its one atomic step, so the cap is exact however many logins
+//! arrive at once. The Redis store's library (`src/store/redis/policy.lua`) mirrors it in `faspex_gate_v1_admit`,
 //! exactly, and the one place where it must agree is the store conformance suite,
 //! `src/store/conformance.rs` (its `seats_*` checks).
 
@@ -36,6 +36,21 @@ pub fn decide(holds_seat: bool, in_use: usize, max_sessions: u32) -> Seat {
         Seat::Full
     } else {
         Seat::Free
+    }
+}
+
+/// [`decide`] for a login that would otherwise be refused as licence full: sessions past their
+/// deadline still hold seats until they are ended, so `end_expired` ends them (and says how many
+/// seats are then in use), and the login is decided again. `in_use` is the seats in use before.
+pub fn decide_after_ending(
+    holds_seat: bool,
+    in_use: usize,
+    max_sessions: u32,
+    end_expired: impl FnOnce() -> usize,
+) -> Seat {
+    match decide(holds_seat, in_use, max_sessions) {
+        Seat::Full => decide(holds_seat, end_expired(), max_sessions),
+        seat => seat,
     }
 }
 
@@ -71,6 +86,15 @@ mod tests {
         assert_eq!(decide(false, 9, 10), Seat::Free);
         assert_eq!(decide(false, 10, 10), Seat::Full);
         assert_eq!(decide(false, 0, 0), Seat::Full);
+    }
+
+    #[test]
+    fn expired_sessions_are_ended_only_before_a_refusal() {
+        let never = || -> usize { panic!("ended sessions while a seat was free") };
+        assert_eq!(decide_after_ending(false, 9, 10, never), Seat::Free);
+        assert_eq!(decide_after_ending(true, 10, 10, never), Seat::Held);
+        assert_eq!(decide_after_ending(false, 10, 10, || 9), Seat::Free);
+        assert_eq!(decide_after_ending(false, 10, 10, || 10), Seat::Full);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! `policy.absolute_timeout` after it began, whichever comes first. A deadline is reached at
 //! exactly its instant: a request at `last_activity + idle` finds the session ended.
 //!
+//! A session a login admits begins then, both clocks: a login from the client whose session it
+//! renews starts the absolute timeout afresh too, as a new login would ([`begins`]).
+//!
 //! The rule is these functions. The embedded store ([`crate::store::tables`]) calls them inside
 //! each atomic step (every session lookup, admission and sweep); the engine uses them to list live
 //! sessions. The Redis store's library (`src/store/redis/policy.lua`) mirrors it in the lookups
@@ -37,6 +40,14 @@ pub fn deadline(s: &Session, t: &Timeouts) -> (Timestamp, EndReason) {
 pub fn expired(s: &Session, now: Timestamp, t: &Timeouts) -> Option<EndReason> {
     let (at, why) = deadline(s, t);
     (now >= at).then_some(why)
+}
+
+/// When a session a login admits at `now` begins, and when it was last active: both now, also
+/// when it renews the client's session (one client, [`super::one_client`]): the renewed
+/// session's start is not kept, the absolute timeout counts from the login that checked the
+/// password.
+pub fn begins(now: Timestamp) -> (Timestamp, Timestamp) {
+    (now, now)
 }
 
 /// Whether a request at `now` moves `s`'s last activity (time never runs back).

@@ -5,7 +5,11 @@
 //!
 //! The tables decide nothing themselves: each step reads the state it needs and asks the rule,
 //! one file per policy ([`crate::policy::seats`], [`crate::policy::one_client`],
-//! [`crate::policy::timeouts`], [`crate::policy::lockout`]), then writes what the rule said.
+//! [`crate::policy::timeouts`], [`crate::policy::lockout`]), then writes what the rule said:
+//! which sessions end and when, whether a seat is free (after ending the expired ones), when a
+//! session begins, when a check's reservation dies, how many failures a window keeps, which
+//! windows make room, and which of two merged locks is kept. What is left here is bookkeeping:
+//! indexes, dirty marks, and the order of the writes.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -44,7 +48,8 @@ impl Window {
                 break;
             }
         }
-        self.in_flight.retain(|&(_, expires)| expires > now);
+        self.in_flight
+            .retain(|&(_, expires)| lockout::ticket_live(expires, now));
         if self.in_flight.is_empty() {
             // Most windows never have a check in flight again: give the buffer back.
             self.in_flight = Vec::new();
@@ -211,16 +216,17 @@ impl Tables {
         };
 
         let holds_seat = self.by_account.contains_key(&a.account);
-        if seats::decide(holds_seat, self.by_account.len(), rules.max_sessions) == Seat::Full {
-            // Sessions past their deadline still hold seats until swept: sweep now.
+        let in_use = self.by_account.len();
+        let seat = seats::decide_after_ending(holds_seat, in_use, rules.max_sessions, || {
             ended.extend(self.expire_all(now, &t));
-            if seats::decide(holds_seat, self.by_account.len(), rules.max_sessions) == Seat::Full {
-                let soonest_end = seats::soonest_end(self.sessions.values(), &t);
-                return Admit {
-                    outcome: AdmitOutcome::LicenseFull { soonest_end },
-                    ended,
-                };
-            }
+            self.by_account.len()
+        });
+        if seat == Seat::Full {
+            let soonest_end = seats::soonest_end(self.sessions.values(), &t);
+            return Admit {
+                outcome: AdmitOutcome::LicenseFull { soonest_end },
+                ended,
+            };
         }
 
         // Other clients' sessions are not ended here: the new login may still be refused by
@@ -230,6 +236,7 @@ impl Tables {
             self.remove_session(&k);
             renewed_from = Some(k);
         }
+        let (started, last_activity) = timeouts::begins(now);
         let session = Session {
             key: a.key,
             account: a.account,
@@ -237,8 +244,8 @@ impl Tables {
             kind: a.kind,
             ip: a.ip,
             agent: a.agent,
-            started: now,
-            last_activity: now,
+            started,
+            last_activity,
             upstream_cookie: None,
             bearer: Vec::new(),
             account_kind: a.account_kind,
@@ -373,12 +380,12 @@ impl Tables {
         lockout::in_force(self.locks.get(key), wide, now)
     }
 
-    /// Keep the number of windows under the bound before adding one: windows that slid empty go
-    /// first, then the ones whose last failure is oldest. Windows with a check in flight stay
-    /// (so a ticket always finds its window), and locks are a separate table, never evicted.
+    /// Keep the number of windows under the bound before adding one, as the lockout's rule
+    /// says which go ([`lockout::must_make_room`], [`lockout::evictable`],
+    /// [`lockout::eviction_cutoff`]): windows that slid empty first, then the oldest evictable
+    /// ones. Locks are a separate table, never evicted.
     fn make_room(&mut self, now: Timestamp, rules: &LockoutRules) {
-        let max = rules.max_tracked.max(1);
-        if self.windows.len() < max {
+        if !lockout::must_make_room(self.windows.len(), rules) {
             return;
         }
         let mut gone = Vec::new();
@@ -392,28 +399,26 @@ impl Tables {
             self.windows.remove(&k);
             self.dirty_windows.insert(k);
         }
-        if self.windows.len() < max {
+        if !lockout::must_make_room(self.windows.len(), rules) {
             return;
         }
-        // Still full of live windows: evict the oldest eighth, so this scan is amortised. Find the
-        // cut-off time from the timestamps alone, then remove (cloning only the evicted keys).
+        // The cut-off comes from the timestamps alone; only the evicted keys are cloned.
         let mut times: Vec<Timestamp> = self
             .windows
             .values()
-            .filter(|w| w.in_flight.is_empty())
+            .filter(|w| lockout::evictable(w.in_flight.len()))
             .map(Window::last_failure)
             .collect();
-        let n = (max / 8).max(self.windows.len() + 1 - max).min(times.len());
-        if n == 0 {
+        let Some((cutoff, n)) = lockout::eviction_cutoff(&mut times, self.windows.len(), rules)
+        else {
             return;
-        }
-        let (_, cutoff, _) = times.select_nth_unstable(n - 1);
-        let cutoff = *cutoff;
+        };
         drop(times);
         let mut left = n;
         let dirty = &mut self.dirty_windows;
         self.windows.retain(|k, w| {
-            let evict = left > 0 && w.in_flight.is_empty() && w.last_failure() <= cutoff;
+            let evict =
+                left > 0 && lockout::evictable(w.in_flight.len()) && w.last_failure() <= cutoff;
             if evict {
                 left -= 1;
                 dirty.insert(k.clone());
@@ -468,7 +473,7 @@ impl Tables {
         }
         self.next_ticket += 1;
         let id = self.next_ticket;
-        w.in_flight.push((id, now + rules.ticket_ttl));
+        w.in_flight.push((id, lockout::ticket_expires(now, &rules)));
         (
             AttemptStart::Proceed(AttemptTicket {
                 key: key.clone(),
@@ -510,7 +515,8 @@ impl Tables {
             let w = self.windows.entry(key.clone()).or_default();
             w.prune(now, rules.window);
             w.failures.push_back(now);
-            while w.failures.len() > rules.threshold as usize {
+            let kept = lockout::failures_kept(&rules);
+            while w.failures.len() > kept {
                 w.failures.pop_front();
             }
             let failures = w.failures.len() as u32;
@@ -740,9 +746,8 @@ impl Tables {
 pub type Records = (Vec<Session>, Vec<Lock>, Vec<(LockKey, Vec<Timestamp>)>);
 
 /// Records whose account names are re-keyed with `rekey` (the store's schema step from names as
-/// typed to prepared names). Where two accounts become one, no lock is lost: the one that lasts
-/// longest is kept (an administrator's when they end together), with the most failures either
-/// counted; failure windows are joined (a window that then holds the threshold locks at the next
+/// typed to prepared names). Where two accounts become one, no lock is lost ([`lockout::merge`]
+/// keeps one); failure windows are joined (a window that then holds the threshold locks at the next
 /// attempt, see [`Tables::begin_attempt`]); sessions keep their keys and tokens, now under the
 /// one account.
 pub fn rekey(records: Records, rekey: impl Fn(&str) -> String) -> Records {
@@ -762,13 +767,7 @@ pub fn rekey(records: Records, rekey: impl Fn(&str) -> String) -> Records {
                 merged.insert(l.key.clone(), l);
             }
             Some(other) => {
-                let failures = l.failures.max(other.failures);
-                let mut kept = if (l.until, l.by_admin) >= (other.until, other.by_admin) {
-                    l
-                } else {
-                    other
-                };
-                kept.failures = failures;
+                let kept = lockout::merge(l, other);
                 merged.insert(kept.key.clone(), kept);
             }
         }

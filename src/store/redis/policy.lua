@@ -270,7 +270,8 @@ local function admit(keys, args)
     return (not holds_seat) and redis.call('SCARD', R .. 'seats') >= max_sessions
   end
   if full() then
-    -- Sessions past their deadline still hold seats until swept: sweep now.
+    -- Sessions past their deadline still hold seats until swept: sweep now, and decide again
+    -- (crate::policy::seats::decide_after_ending).
     expire_all(now, t, ended)
     if full() then
       local soonest = nil
@@ -291,6 +292,7 @@ local function admit(keys, args)
     remove_session(s.key)
     renewed = s.key
   end
+  -- A renewal starts both clocks afresh too (crate::policy::timeouts::begins).
   local s = {key = key, account = account, client = client, kind = args[6], ip = args[7],
     agent = args[8], started = now, last = now, bearer = '', akind = args[4]}
   insert_session(s)
@@ -511,6 +513,7 @@ local function prune(lk, now, window)
   if first > 1 then
     redis.call('LTRIM', wf, first - 1, -1)
   end
+  -- (a reservation holds its place while now < its end: crate::policy::lockout::ticket_live)
   redis.call('ZREMRANGEBYSCORE', R .. 'wt:' .. lk, '-inf', now)
   local left = {}
   for i = first, #failures do
@@ -519,9 +522,10 @@ local function prune(lk, now, window)
   return left
 end
 
--- Keep the number of windows under `max` before adding one (crate::store::tables' make_room):
--- windows that slid empty go first, then those whose last failure is oldest; windows with a
--- check in flight stay, and locks are never evicted.
+-- Keep the number of windows under `max` before adding one, as crate::policy::lockout's
+-- must_make_room, evictable and eviction_cutoff say: windows that slid empty go first, then
+-- those whose last failure is oldest (the index orders them by when they slide empty, which is
+-- the same order); windows with a check in flight stay, and locks are never evicted.
 local function make_room(now, max)
   if max < 1 then max = 1 end
   local idx = R .. 'windows'
@@ -577,6 +581,7 @@ local function begin_attempt(keys, args)
       return cjson.encode({start = 'busy'})
     else
       local id = redis.call('INCR', R .. 'tickets')
+      -- (crate::policy::lockout::ticket_expires)
       redis.call('ZADD', R .. 'wt:' .. lk, now + ticket_ttl, id)
       settle_window(lk, now, window)
       return cjson.encode({start = 'proceed', id = id})
@@ -614,6 +619,7 @@ local function finish_attempt(keys, args)
     prune(lk, now, window)
     local wf = R .. 'wf:' .. lk
     redis.call('RPUSH', wf, string.format('%.0f', now))
+    -- (the newest threshold's worth: crate::policy::lockout::failures_kept)
     if threshold >= 1 then
       redis.call('LTRIM', wf, -threshold, -1)
     end
