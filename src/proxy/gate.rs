@@ -173,9 +173,11 @@ pub enum Pass {
     Gateway,
 }
 
-/// The plans whose requests may reach Faspex once a check has passed, one mark type each:
-/// [`Passed<Login>`](Passed), [`Passed<Token>`](Passed), [`Passed<PasswordForm>`](Passed) and
-/// [`Passed<Protected>`](Passed). Only the gate makes them.
+/// The plans whose requests may reach Faspex, one mark type each: `Passed<Public>` (a
+/// [`PublicPass`](crate::proxy::gate::PublicPass)), `Passed<Login>`, `Passed<Token>`,
+/// `Passed<PasswordForm>` and `Passed<Protected>` ([`Passed`](crate::proxy::gate::Passed)).
+/// Only the gate makes them; each [`Permit`](crate::proxy::permit::Permit) constructor takes the
+/// marks of the plans it serves.
 pub mod plan {
     /// A public path ([`Plan::Public`](super::Plan::Public)): its mark is a
     /// [`PublicPass`](super::PublicPass).
@@ -1156,6 +1158,60 @@ mod tests {
         assert_eq!(
             get("/aspera/faspex/auth/oauth2/token"),
             Plan::Refuse(Refusal::MethodNotAllowed)
+        );
+    }
+
+    /// The token grant's mark goes on only as the request of its own Basic credentials, and
+    /// holds the head it was made for.
+    #[test]
+    fn a_token_grant_forwards_only_with_the_credentials_of_its_authorization() {
+        use base64::Engine as _;
+        let gate = Gate::for_tests();
+        let token = |auth: Option<&str>, form: &str| {
+            let mut req = http::Request::post("/aspera/faspex/auth/oauth2/token?x=1");
+            if let Some(a) = auth {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            let (head, ()) = req.body(()).unwrap().into_parts();
+            let c = gate.classify(&head.method, head.uri.path()).unwrap();
+            match gate.pass(head, &c, Some((&BodyKind::UrlEncoded, form.as_bytes()))) {
+                Ok(Pass::Token(mark)) => mark,
+                other => panic!("not a token grant: {other:?}"),
+            }
+        };
+        let basic = |cred: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(cred)
+            )
+        };
+        let account = |name: &str| Some(name.to_ascii_lowercase());
+        let ann = basic("Ann:secret");
+        let form = "grant_type=password&username=ann&password=secret";
+        let (mark, user, password) = token(Some(&ann), form).grant(account).unwrap();
+        assert_eq!((user.as_str(), password.as_str()), ("Ann", "secret"));
+        assert_eq!(mark.head().uri, "/aspera/faspex/auth/oauth2/token?x=1");
+        assert!(token(Some(&ann), "grant_type=client_credentials")
+            .grant(account)
+            .is_ok());
+        let refused = |auth: Option<&str>, form: &str| token(auth, form).grant(account).err();
+        let other = BadRequest("the token request names other credentials than its Authorization");
+        assert_eq!(refused(Some(&basic("bob:secret")), form), Some(other));
+        assert_eq!(refused(Some(&basic("ann:guess")), form), Some(other));
+        assert_eq!(
+            refused(Some("Bearer abc"), form),
+            Some(BadRequest(
+                "the token endpoint takes HTTP Basic credentials"
+            ))
+        );
+        assert_eq!(
+            refused(None, form),
+            Some(BadRequest(
+                "the token endpoint takes HTTP Basic credentials"
+            ))
+        );
+        assert!(
+            matches!(refused(Some("Basic %%%"), form), Some(BadRequest(why)) if why.contains("malformed"))
         );
     }
 
