@@ -1,0 +1,358 @@
+#!/usr/bin/env bash
+# Checks the HA kit in deploy/ha for real, on this machine, on loopback:
+#
+# - Redis: from redis/redis-master.conf, redis-replica.conf (twice), sentinel.conf (three times)
+#   and users.acl, copied to a temporary folder with ports moved to free loopback ports, paths
+#   moved into the folder and every password placeholder replaced by a generated password, it
+#   starts a master, two replicas and three sentinels. Then: replication is up; every sentinel
+#   knows the master, both replicas and the other two sentinels; the sentinels' default user (the
+#   gateways' discovery) may ask where the master is but not start a failover; the faspex-gate
+#   ACL user may load src/store/redis/policy.lua (FUNCTION LOAD), call its functions under its
+#   prefix (FCALL, FCALL_RO), run TIME, WAIT, ROLE, INFO and SET its secret fingerprint, and is
+#   refused keys outside its prefix and commands it does not need; users.acl grants every
+#   command policy.lua runs (ACL DRYRUN); the library replicates. Then a failover (SENTINEL
+#   FAILOVER): the sentinels agree on the new master, the old one follows it as a replica with
+#   the replica user, and the gateway's data and functions are there and writable.
+# - haproxy.cfg: `haproxy -c` (with a generated certificate) when haproxy is installed.
+# - faspex-gate.toml.example: `faspex-gate check-config` when a built faspex-gate is at hand
+#   ($FASPEX_GATE, else target/{debug,release}/faspex-gate under $CARGO_TARGET_DIR or target).
+# - deploy/faspex-gate.service still lets the gateway open TCP connections to Redis.
+#
+# Everything it starts is stopped, and the folder removed, however it ends. Needs redis-server
+# (7.0 or later), redis-cli and openssl; .ci/test installs them. Exit 0 = every check passed.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+lua="$repo/src/store/redis/policy.lua"
+prefix="faspex-gate"
+root="{$prefix}:"
+
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+ok() { echo "ok - $*"; }
+
+for cmd in redis-server redis-cli openssl; do
+  command -v "$cmd" >/dev/null || fail "$cmd is not installed (.ci/test installs it: apt-get install redis-server openssl)"
+done
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/faspex-gate-ha-check.XXXXXX")"
+pids=()
+cleanup() {
+  local code=$?
+  set +e
+  if [ "$code" -ne 0 ] && [ -d "$tmp" ]; then
+    for log in "$tmp"/*/*.log; do
+      [ -f "$log" ] || continue
+      echo "--- last lines of ${log#"$tmp"/}" >&2
+      tail -n 15 "$log" >&2
+    done
+  fi
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
+  rm -rf "$tmp"
+  exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ----- ports, passwords -----
+used=" "
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 40000))
+    [[ "$used" == *" $p "* ]] && continue
+    # Nothing answers there (bash's /dev/tcp connects, or fails at once on loopback).
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      used+="$p "
+      echo "$p"
+      return
+    fi
+  done
+}
+password() { head -c 24 /dev/urandom | base64 | tr -d '/+=\n'; }
+sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+
+pw_admin="$(password)" pw_gate="$(password)" pw_replica="$(password)"
+pw_sentinel="$(password)" pw_sentinel_admin="$(password)"
+redis_ports=("$(free_port)" "$(free_port)" "$(free_port)")
+sentinel_ports=("$(free_port)" "$(free_port)" "$(free_port)")
+master_port=${redis_ports[0]}
+
+# Every placeholder and host-specific line of the shipped files, rewritten. A line that still
+# names a documentation address, an /etc or /var path or a placeholder afterwards means the files
+# gained something this script does not know: it fails rather than test something else.
+rewrite() { # src dest node-dir port
+  local src=$1 dest=$2 dir=$3 port=$4
+  sed -e "s/^bind .*/bind 127.0.0.1/" \
+    -e "s/^port [0-9]*/port $port/" \
+    -e "s/^replicaof 192\.0\.2\.21 6379$/replicaof 127.0.0.1 $master_port/" \
+    -e "s/^sentinel monitor faspex-gate 192\.0\.2\.21 6379 2$/sentinel monitor faspex-gate 127.0.0.1 $master_port 2/" \
+    -e "s#^aclfile /etc/redis/users.acl#aclfile $tmp/users.acl#" \
+    -e "s#^dir /var/lib/redis#dir $dir#" \
+    -e "s#^pidfile .*#pidfile $dir/pid#" \
+    -e "s#^logfile .*#logfile $dir/$(basename "$dir").log#" \
+    -e "s/CHANGE-ME-REPLICA-PASSWORD/$pw_replica/" \
+    -e "s/CHANGE-ME-SENTINEL-PASSWORD/$pw_sentinel/" \
+    -e "s/CHANGE-ME-SENTINEL-ADMIN-PASSWORD/$pw_sentinel_admin/" \
+    -e "s/#SHA256-OF-SENTINEL-ADMIN-PASSWORD/#$(sha "$pw_sentinel_admin")/" \
+    "$src" >"$dest"
+  if grep -v '^\s*#' "$dest" | grep -nE '192\.0\.2\.|/etc/|/var/|/run/|CHANGE-ME|SHA256-OF'; then
+    fail "$(basename "$src"): the lines above were not rewritten for the check; teach deploy/ha/check.sh about them"
+  fi
+}
+
+sed -e "s/#SHA256-OF-ADMIN-PASSWORD/#$(sha "$pw_admin")/" \
+  -e "s/#SHA256-OF-FASPEX-GATE-PASSWORD/#$(sha "$pw_gate")/" \
+  -e "s/#SHA256-OF-REPLICA-PASSWORD/#$(sha "$pw_replica")/" \
+  -e "s/#SHA256-OF-SENTINEL-PASSWORD/#$(sha "$pw_sentinel")/" \
+  "$here/redis/users.acl" >"$tmp/users.acl"
+grep -n 'SHA256-OF' "$tmp/users.acl" && fail "users.acl: a password placeholder this script does not know"
+
+for i in 0 1 2; do
+  mkdir -p "$tmp/redis$i" "$tmp/sentinel$i"
+  conf=redis-replica.conf
+  [ "$i" -eq 0 ] && conf=redis-master.conf
+  rewrite "$here/redis/$conf" "$tmp/redis$i/redis.conf" "$tmp/redis$i" "${redis_ports[$i]}"
+  rewrite "$here/redis/sentinel.conf" "$tmp/sentinel$i/sentinel.conf" "$tmp/sentinel$i" "${sentinel_ports[$i]}"
+done
+
+# ----- clients -----
+as_admin() { local port=$1; shift; REDISCLI_AUTH="$pw_admin" redis-cli --no-auth-warning --user admin -p "$port" "$@"; }
+as_gate() { local port=$1; shift; REDISCLI_AUTH="$pw_gate" redis-cli --no-auth-warning --user faspex-gate -p "$port" "$@"; }
+# The gateways' view of a sentinel: no user, no password.
+as_anyone() { local port=$1; shift; redis-cli -p "$port" "$@"; }
+as_sentinel_admin() { local port=$1; shift; REDISCLI_AUTH="$pw_sentinel_admin" redis-cli --no-auth-warning --user sentinel-admin -p "$port" "$@"; }
+
+# Poll until "$@" succeeds, for at most $1 seconds.
+until_ok() {
+  local secs=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "$what (waited ${secs}s)"
+    sleep 0.2
+  done
+}
+# redis-cli exits 0 on a server error; these look at the answer.
+answers() { # expected-substring command...
+  local want=$1
+  shift
+  local got
+  got="$("$@" 2>&1)" || return 1
+  [[ "$got" == *"$want"* ]]
+}
+refused() { # what command...
+  local what=$1 got
+  shift
+  got="$("$@" 2>&1)" || true
+  [[ "$got" == *NOPERM* || "$got" == *"no permissions"* || "$got" == *NOAUTH* ]] || fail "$what was not refused: $got"
+  ok "$what is refused"
+}
+field() { # name text: the value of "name:value" in INFO output
+  sed -n "s/^$1:\([^\r]*\)\r*$/\1/p" <<<"$2" | head -n1
+}
+
+# ----- start -----
+version="$(redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')"
+[ "${version%%.*}" -ge 7 ] || fail "redis-server $version: faspex-gate needs Redis 7.0 or later"
+for i in 0 1 2; do
+  redis-server "$tmp/redis$i/redis.conf" >/dev/null 2>&1 &
+  pids+=($!)
+done
+for i in 0 1 2; do
+  until_ok 20 "redis$i (port ${redis_ports[$i]}) did not start" answers PONG as_admin "${redis_ports[$i]}" PING
+done
+ok "redis-server $version: a master and two replicas run from the shipped files (users.acl loads)"
+refused "the default user (no password)" redis-cli -p "$master_port" GET x
+
+slaves_up() {
+  local info
+  info="$(as_admin "$master_port" INFO replication)"
+  [ "$(field connected_slaves "$info")" = 2 ] || return 1
+  for i in 1 2; do
+    info="$(as_admin "${redis_ports[$i]}" INFO replication)"
+    [ "$(field master_link_status "$info")" = up ] || return 1
+  done
+}
+until_ok 30 "replication did not come up (connected_slaves:2)" slaves_up
+ok "replication: connected_slaves:2, both replicas' link up (user replica)"
+
+for i in 0 1 2; do
+  redis-server "$tmp/sentinel$i/sentinel.conf" --sentinel >/dev/null 2>&1 &
+  pids+=($!)
+done
+sentinel_knows_all() { # port
+  local m
+  m="$(as_anyone "$1" SENTINEL master faspex-gate)" || return 1
+  [ "$(sed -n '/^num-slaves$/{n;p}' <<<"$m")" = 2 ] &&
+    [ "$(sed -n '/^num-other-sentinels$/{n;p}' <<<"$m")" = 2 ] &&
+    [ "$(sed -n '/^flags$/{n;p}' <<<"$m")" = master ]
+}
+for i in 0 1 2; do
+  until_ok 60 "sentinel$i does not know the master, both replicas and both other sentinels" \
+    sentinel_knows_all "${sentinel_ports[$i]}"
+done
+ok "three sentinels, each knows the master, 2 replicas and 2 other sentinels (users sentinel, sentinel-admin)"
+for i in 0 1 2; do
+  answers "$master_port" as_anyone "${sentinel_ports[$i]}" SENTINEL get-master-addr-by-name faspex-gate ||
+    fail "sentinel$i does not answer get-master-addr-by-name with the master"
+done
+ok "the gateways' discovery: every sentinel answers get-master-addr-by-name, without a password"
+refused "SENTINEL FAILOVER without a password" as_anyone "${sentinel_ports[0]}" SENTINEL FAILOVER faspex-gate
+refused "SENTINEL SET without a password" as_anyone "${sentinel_ports[0]}" SENTINEL SET faspex-gate quorum 1
+refused "SENTINEL RESET without a password" as_anyone "${sentinel_ports[0]}" SENTINEL RESET '*'
+
+# ----- the faspex-gate user -----
+info="$(as_gate "$master_port" INFO server)"
+[ -n "$(field redis_version "$info")" ] || fail "faspex-gate may not read INFO server: $info"
+ok "faspex-gate: INFO server (redis_version $(field redis_version "$info"))"
+library="$(sed -n '1s/^#!lua name=//p' "$lua")"
+[ -n "$library" ] || fail "$lua does not start with #!lua name=..."
+answers "$library" as_gate "$master_port" -x FUNCTION LOAD REPLACE <"$lua" ||
+  fail "faspex-gate cannot FUNCTION LOAD $lua: $(as_gate "$master_port" -x FUNCTION LOAD REPLACE <"$lua" 2>&1)"
+ok "faspex-gate: FUNCTION LOAD REPLACE of policy.lua ($library)"
+answers "$library" as_gate "$master_port" FUNCTION LIST LIBRARYNAME "$library" || fail "FUNCTION LIST"
+answers master as_gate "$master_port" ROLE || fail "faspex-gate may not run ROLE"
+answers PONG as_gate "$master_port" PING || fail "faspex-gate may not PING"
+[ "$(as_gate "$master_port" TIME | wc -l)" -eq 2 ] || fail "faspex-gate may not run TIME"
+ok "faspex-gate: ROLE (master), PING, TIME"
+answers '"now"' as_gate "$master_port" FCALL "${library}_probe" 2 "$root" "${root}probe" s ||
+  fail "FCALL ${library}_probe: $(as_gate "$master_port" FCALL "${library}_probe" 2 "$root" "${root}probe" s 2>&1)"
+answers 2 as_gate "$master_port" WAIT 2 2000 || fail "WAIT 2 did not see both replicas acknowledge"
+ok "faspex-gate: FCALL ${library}_probe under ${root}, then WAIT 2 -> 2"
+answers '"seats"' as_gate "$master_port" FCALL_RO "${library}_counts" 1 "$root" s ||
+  fail "FCALL_RO ${library}_counts: $(as_gate "$master_port" FCALL_RO "${library}_counts" 1 "$root" s 2>&1)"
+ok "faspex-gate: FCALL_RO ${library}_counts"
+fp="check-$(password)"
+as_gate "$master_port" SET "${root}secret" "$fp" NX GET >/dev/null
+answers "$fp" as_gate "$master_port" SET "${root}secret" "$fp" NX GET || fail "SET ${root}secret NX GET"
+ok "faspex-gate: SET ${root}secret NX GET (the session secret's fingerprint)"
+refused "a key outside the prefix (GET other:key)" as_gate "$master_port" GET other:key
+refused "the prefix without its hash tag (SET $prefix:x)" as_gate "$master_port" SET "$prefix:x" 1
+refused "FCALL with another site's root ({other}:)" as_gate "$master_port" FCALL "${library}_probe" 2 "{other}:" "{other}:probe" s
+set -f # (KEYS *)
+for cmd in "FLUSHALL" "FUNCTION FLUSH" "FUNCTION DELETE $library" "CONFIG GET maxmemory" "KEYS *" "ACL LIST" "SHUTDOWN" "REPLICAOF NO ONE"; do
+  # shellcheck disable=SC2086 # the words of one command
+  refused "faspex-gate: $cmd" as_gate "$master_port" $cmd
+done
+set +f
+
+# Every command policy.lua runs inside its functions must be granted (ACLs apply there too).
+lua_cmds="$(grep -o "redis\.p\?call('[A-Za-z_|]*'" "$lua" | sed "s/.*('//; s/'//" | tr 'A-Z' 'a-z' | sort -u)"
+[ -n "$lua_cmds" ] || fail "found no redis.call in $lua"
+n=0
+for c in $lua_cmds; do
+  arity="$(as_admin "$master_port" --raw COMMAND INFO "$c" | sed -n 2p)"
+  [[ "$arity" =~ ^-?[0-9]+$ ]] || fail "policy.lua runs $c, which this Redis does not know"
+  argc=$((${arity#-} - 1))
+  args=()
+  for _ in $(seq "$argc"); do args+=("${root}dryrun"); done
+  got="$(as_admin "$master_port" ACL DRYRUN faspex-gate "$c" "${args[@]}" 2>&1)"
+  [ "$got" = OK ] || fail "policy.lua runs ${c^^}, which users.acl does not grant the faspex-gate user ($got): add +$c"
+  n=$((n + 1))
+done
+ok "users.acl grants faspex-gate each of the $n commands policy.lua runs (ACL DRYRUN)"
+
+# The library replicates (unlike EVALSHA's script cache); so does the data.
+for i in 1 2; do
+  until_ok 10 "redis$i has no $library" answers "$library" as_admin "${redis_ports[$i]}" FUNCTION LIST LIBRARYNAME "$library"
+  until_ok 10 "redis$i does not have ${root}secret" answers "$fp" as_admin "${redis_ports[$i]}" GET "${root}secret"
+done
+ok "both replicas have the library and the data"
+
+# ----- a failover -----
+as_sentinel_admin "${sentinel_ports[0]}" SENTINEL FAILOVER faspex-gate >/dev/null
+new_master=""
+moved() {
+  local addr port i
+  for i in 0 1 2; do
+    addr="$(as_anyone "${sentinel_ports[$i]}" SENTINEL get-master-addr-by-name faspex-gate)" || return 1
+    port="$(sed -n 2p <<<"$addr")"
+    [ -n "$port" ] && [ "$port" != "$master_port" ] || return 1
+    [ -z "$new_master" ] || [ "$port" = "$new_master" ] || return 1
+    new_master=$port
+  done
+}
+until_ok 60 "the sentinels did not agree on a new master after SENTINEL FAILOVER" moved
+answers master as_gate "$new_master" ROLE || fail "the sentinels' new master (port $new_master) does not say ROLE master"
+new_master_ok() {
+  local info
+  info="$(as_admin "$new_master" INFO replication)"
+  [ "$(field role "$info")" = master ] && [ "$(grep -c '^slave[0-9]*:.*state=online' <<<"$info")" = 2 ]
+}
+until_ok 60 "the new master does not have both replicas online (the old master should follow it)" new_master_ok
+old="$(as_admin "$master_port" INFO replication)"
+[ "$(field role "$old")" = slave ] && [ "$(field master_port "$old")" = "$new_master" ] ||
+  fail "the old master did not become a replica of the new one"
+grep -q "^replicaof 127.0.0.1 $new_master" "$tmp/redis0/redis.conf" ||
+  fail "Sentinel could not rewrite the old master's configuration (CONFIG REWRITE)"
+ok "SENTINEL FAILOVER: all three sentinels name port $new_master, which says ROLE master with 2 replicas; the old master follows it and its file was rewritten"
+answers "$fp" as_gate "$new_master" GET "${root}secret" || fail "the new master lost ${root}secret"
+answers '"now"' as_gate "$new_master" FCALL "${library}_probe" 2 "$root" "${root}probe" s ||
+  fail "FCALL on the new master: $(as_gate "$new_master" FCALL "${library}_probe" 2 "$root" "${root}probe" s 2>&1)"
+answers 2 as_gate "$new_master" WAIT 2 2000 ||
+  fail "WAIT 2 on the new master: $(as_gate "$new_master" WAIT 2 2000 2>&1)"
+answers READONLY as_gate "$master_port" FCALL "${library}_probe" 2 "$root" "${root}probe" s ||
+  fail "the demoted master still takes the gateway's writes"
+ok "after the failover: the data and the library are on the new master, which takes FCALL and WAIT; the demoted one answers READONLY"
+
+# ----- HAProxy -----
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=faspex.example.org -addext subjectAltName=DNS:faspex.example.org \
+  -keyout "$tmp/privkey.pem" -out "$tmp/fullchain.pem" 2>/dev/null
+if command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ]; then
+  haproxy_bin="$(command -v haproxy || echo /usr/sbin/haproxy)"
+  cat "$tmp/fullchain.pem" "$tmp/privkey.pem" >"$tmp/lb.pem"
+  sed -e "s#/etc/haproxy/certs/faspex.example.org.pem#$tmp/lb.pem#" \
+    -e "s/192\.0\.2\.10:\([0-9]*\)/127.0.0.1:$(free_port)/" "$here/haproxy.cfg" >"$tmp/haproxy.cfg"
+  out="$("$haproxy_bin" -c -f "$tmp/haproxy.cfg" 2>&1)" || fail "haproxy -c -f haproxy.cfg: $out"
+  ok "haproxy -c: haproxy.cfg is valid ($("$haproxy_bin" -v | head -n1 | cut -d' ' -f1-3))"
+else
+  echo "not checked - haproxy.cfg: haproxy is not installed (apt-get install haproxy)"
+fi
+
+# ----- the gateway's configuration -----
+gate="${FASPEX_GATE:-}"
+if [ -z "$gate" ]; then
+  for c in "${CARGO_TARGET_DIR:-$repo/target}"/{debug,release}/faspex-gate; do
+    [ -x "$c" ] && gate=$c && break
+  done
+fi
+if [ -n "$gate" ]; then
+  mkdir -p "$tmp/etc/tls" "$tmp/log"
+  (
+    umask 077
+    head -c 32 /dev/urandom | base64 >"$tmp/etc/session.key"
+    password >"$tmp/etc/admin.token"
+    password >"$tmp/etc/ldap-bind.password"
+    printf '%s\n' "$pw_gate" >"$tmp/etc/redis.password"
+  )
+  cp "$tmp/fullchain.pem" "$tmp/privkey.pem" "$tmp/etc/tls/"
+  sed -e "s#/etc/faspex-gate/#$tmp/etc/#g" -e "s#/var/log/faspex-gate/#$tmp/log/#g" \
+    "$here/faspex-gate.toml.example" >"$tmp/gw1.toml"
+  out="$("$gate" check-config --config "$tmp/gw1.toml" 2>&1)" || fail "faspex-gate check-config faspex-gate.toml.example: $out"
+  grep -q '^kind = "redis"' <<<"$out" || fail "check-config did not show store.kind = \"redis\": $out"
+  ok "faspex-gate check-config accepts faspex-gate.toml.example ($gate)"
+else
+  echo "not checked - faspex-gate.toml.example: no built faspex-gate (cargo build, or set FASPEX_GATE)"
+fi
+
+# ----- the unit's hardening, for a gateway that talks to Redis -----
+unit="$repo/deploy/faspex-gate.service"
+families="$(sed -n 's/^RestrictAddressFamilies=//p' "$unit")"
+[[ " $families " == *" AF_INET "* && " $families " == *" AF_INET6 "* ]] ||
+  fail "faspex-gate.service: RestrictAddressFamilies=$families leaves out TCP over IPv4 or IPv6 (Redis, sentinels)"
+if grep -qE '^(PrivateNetwork=(yes|true)|IPAddressDeny=)' "$unit"; then
+  fail "faspex-gate.service cuts the gateway off the network (PrivateNetwork= or IPAddressDeny=): it must reach Redis and the sentinels"
+fi
+ok "faspex-gate.service lets the gateway reach Redis (AF_INET, AF_INET6; no PrivateNetwork, no IPAddressDeny)"
+
+echo "deploy/ha/check.sh: all checks passed"
