@@ -163,10 +163,13 @@ field() { # name text: the value of "name:value" in INFO output
 # ----- start -----
 version="$(redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')"
 [ "${version%%.*}" -ge 7 ] || fail "redis-server $version: faspex-gate needs Redis 7.0 or later"
-for i in 0 1 2; do
-  redis-server "$tmp/redis$i/redis.conf" >/dev/null 2>&1 &
+redis_pids=()
+start_redis() { # index
+  redis-server "$tmp/redis$1/redis.conf" >/dev/null 2>&1 &
   pids+=($!)
-done
+  redis_pids[$1]=$!
+}
+for i in 0 1 2; do start_redis "$i"; done
 for i in 0 1 2; do
   until_ok 20 "redis$i (port ${redis_ports[$i]}) did not start" answers PONG as_admin "${redis_ports[$i]}" PING
 done
@@ -303,6 +306,43 @@ answers 2 as_gate "$new_master" WAIT 2 2000 ||
 answers READONLY as_gate "$master_port" FCALL "${library}_probe" 2 "$root" "${root}probe" s ||
   fail "the demoted master still takes the gateway's writes"
 ok "after the failover: the data and the library are on the new master, which takes FCALL and WAIT; the demoted one answers READONLY"
+
+# ----- the master dies: the sentinels agree by themselves (quorum 2, down-after-milliseconds) -----
+dead=$new_master
+for i in 0 1 2; do [ "${redis_ports[$i]}" = "$dead" ] && dead_index=$i; done
+down_after="$(sed -n 's/^sentinel down-after-milliseconds faspex-gate //p' "$here/redis/sentinel.conf")"
+kill -KILL "${redis_pids[$dead_index]}"
+{ wait "${redis_pids[$dead_index]}"; } 2>/dev/null || true
+started=$EPOCHREALTIME
+newest=""
+moved_from_dead() {
+  local addr port i
+  newest=""
+  for i in 0 1 2; do
+    addr="$(as_anyone "${sentinel_ports[$i]}" SENTINEL get-master-addr-by-name faspex-gate)" || return 1
+    port="$(sed -n 2p <<<"$addr")"
+    [ -n "$port" ] && [ "$port" != "$dead" ] || return 1
+    [ -z "$newest" ] || [ "$port" = "$newest" ] || return 1
+    newest=$port
+  done
+  answers master as_gate "$newest" ROLE
+}
+until_ok 60 "the sentinels did not fail over by themselves after kill -9 of the master" moved_from_dead
+gap_ms=$(( (${EPOCHREALTIME/./} - ${started/./}) / 1000 ))
+ok "kill -9 of the master: all three sentinels agreed on port $newest, which says ROLE master, ${gap_ms} ms later (down-after-milliseconds $down_after)"
+# The dead master comes back from its own file, still believing it is the master: with no
+# replica it refuses writes (min-replicas-to-write), and Sentinel turns it into a replica.
+start_redis "$dead_index"
+until_ok 20 "the old master did not start again" answers PONG as_admin "$dead" PING
+got="$(as_gate "$dead" FCALL "${library}_probe" 2 "$root" "${root}probe" s 2>&1)" || true
+[[ "$got" == *NOREPLICAS* || "$got" == *READONLY* || "$got" == *LOADING* ]] ||
+  fail "the returning old master took the gateway's write: $got"
+new_master=$newest
+until_ok 60 "the returning old master did not become a replica of the new one (both replicas online)" new_master_ok
+answers '"now"' as_gate "$newest" FCALL "${library}_probe" 2 "$root" "${root}probe" s || fail "FCALL on the newest master"
+answers 2 as_gate "$newest" WAIT 2 2000 || fail "WAIT 2 on the newest master"
+answers "$fp" as_gate "$newest" GET "${root}secret" || fail "the newest master lost ${root}secret"
+ok "the returning old master refused the write ($(cut -d' ' -f1 <<<"$got")), then followed the new master; FCALL, WAIT 2 and the data are fine there"
 
 # ----- HAProxy -----
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
