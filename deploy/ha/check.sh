@@ -89,11 +89,13 @@ master_port=${redis_ports[0]}
 # Every placeholder and host-specific line of the shipped files, rewritten. A line that still
 # names a documentation address, an /etc or /var path or a placeholder afterwards means the files
 # gained something this script does not know: it fails rather than test something else.
-rewrite() { # src dest node-dir port
-  local src=$1 dest=$2 dir=$3 port=$4
+rewrite() { # src dest node-dir port [master-port]
+  local src=$1 dest=$2 dir=$3 port=$4 master=${5:-$master_port}
   sed -e "s/^bind .*/bind 127.0.0.1/" \
-    -e "s/^port [0-9]*/port $port/" \
-    -e "s/^replicaof 192\.0\.2\.21 6379$/replicaof 127.0.0.1 $master_port/" \
+    -e "s/^port [1-9][0-9]*/port $port/" \
+    -e "s/^tls-port [0-9]*/tls-port $port/" \
+    -e "s#/etc/redis/tls/#$tmp/tls/#" \
+    -e "s/^replicaof 192\.0\.2\.21 6379$/replicaof 127.0.0.1 $master/" \
     -e "s/^sentinel monitor faspex-gate 192\.0\.2\.21 6379 2$/sentinel monitor faspex-gate 127.0.0.1 $master_port 2/" \
     -e "s#^aclfile /etc/redis/users.acl#aclfile $tmp/users.acl#" \
     -e "s#^dir /var/lib/redis#dir $dir#" \
@@ -165,7 +167,7 @@ version="$(redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')"
 [ "${version%%.*}" -ge 7 ] || fail "redis-server $version: faspex-gate needs Redis 7.0 or later"
 redis_pids=()
 start_redis() { # index
-  redis-server "$tmp/redis$1/redis.conf" >/dev/null 2>&1 &
+  redis-server "$tmp/redis$1/redis.conf" >>"$tmp/redis$1/stderr.log" 2>&1 &
   pids+=($!)
   redis_pids[$1]=$!
 }
@@ -180,6 +182,7 @@ slaves_up() {
   local info
   info="$(as_admin "$master_port" INFO replication)"
   [ "$(field connected_slaves "$info")" = 2 ] || return 1
+  [ "$(grep -c '^slave[0-9]*:.*state=online' <<<"$info")" = 2 ] || return 1
   for i in 1 2; do
     info="$(as_admin "${redis_ports[$i]}" INFO replication)"
     [ "$(field master_link_status "$info")" = up ] || return 1
@@ -189,7 +192,7 @@ until_ok 30 "replication did not come up (connected_slaves:2)" slaves_up
 ok "replication: connected_slaves:2, both replicas' link up (user replica)"
 
 for i in 0 1 2; do
-  redis-server "$tmp/sentinel$i/sentinel.conf" --sentinel >/dev/null 2>&1 &
+  redis-server "$tmp/sentinel$i/sentinel.conf" --sentinel >"$tmp/sentinel$i/stderr.log" 2>&1 &
   pids+=($!)
 done
 sentinel_knows_all() { # port
@@ -343,6 +346,46 @@ answers '"now"' as_gate "$newest" FCALL "${library}_probe" 2 "$root" "${root}pro
 answers 2 as_gate "$newest" WAIT 2 2000 || fail "WAIT 2 on the newest master"
 answers "$fp" as_gate "$newest" GET "${root}secret" || fail "the newest master lost ${root}secret"
 ok "the returning old master refused the write ($(cut -d' ' -f1 <<<"$got")), then followed the new master; FCALL, WAIT 2 and the data are fine there"
+
+# ----- the TLS variant: one master for rediss:// URLs, and its replicas -----
+# The commented TLS lines of the Redis files, uncommented, with a generated CA and certificate.
+mkdir -p "$tmp/tls"
+(
+  cd "$tmp/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=check-ca -keyout ca.key -out ca.crt
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+    -keyout redis.key -out redis.csr
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.ext
+  openssl x509 -req -in redis.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+    -extfile san.ext -out redis.crt
+) >/dev/null 2>&1 || fail "openssl could not make a test certificate"
+tls_ports=("$(free_port)" "$(free_port)" "$(free_port)")
+for i in 0 1 2; do
+  mkdir -p "$tmp/tls$i"
+  conf=redis-replica.conf
+  [ "$i" -eq 0 ] && conf=redis-master.conf
+  sed -e 's/^# \(port 0\)$/\1/' -e 's/^# \(tls-[a-z-]* [^ ]*\)$/\1/' "$here/redis/$conf" >"$tmp/tls$i/shipped.conf"
+  grep -q '^tls-port' "$tmp/tls$i/shipped.conf" || fail "$conf has no commented TLS variant (# tls-port ...)"
+  rewrite "$tmp/tls$i/shipped.conf" "$tmp/tls$i/redis.conf" "$tmp/tls$i" "${tls_ports[$i]}" "${tls_ports[0]}"
+  redis-server "$tmp/tls$i/redis.conf" >"$tmp/tls$i/stderr.log" 2>&1 &
+  pids+=($!)
+done
+tls_admin() { local port=$1; shift; as_admin "$port" --tls --cacert "$tmp/tls/ca.crt" "$@"; }
+tls_gate() { local port=$1; shift; as_gate "$port" --tls --cacert "$tmp/tls/ca.crt" "$@"; }
+for i in 0 1 2; do
+  until_ok 20 "tls$i (the TLS variant, port ${tls_ports[$i]}) did not start" answers PONG tls_admin "${tls_ports[$i]}" PING
+done
+answers PONG as_admin "${tls_ports[0]}" PING && fail "the TLS variant still answers plain TCP"
+tls_slaves_up() {
+  [ "$(grep -c '^slave[0-9]*:.*state=online' <<<"$(tls_admin "${tls_ports[0]}" INFO replication)")" = 2 ]
+}
+until_ok 30 "the TLS variant's replication did not come up (tls-replication)" tls_slaves_up
+answers "$library" tls_gate "${tls_ports[0]}" -x FUNCTION LOAD REPLACE <"$lua" ||
+  fail "FUNCTION LOAD over TLS: $(tls_gate "${tls_ports[0]}" -x FUNCTION LOAD REPLACE <"$lua" 2>&1)"
+answers '"now"' tls_gate "${tls_ports[0]}" FCALL "${library}_probe" 2 "$root" "${root}probe" s || fail "FCALL over TLS"
+answers 2 tls_gate "${tls_ports[0]}" WAIT 2 2000 || fail "WAIT 2 over TLS"
+ok "the TLS variant: TLS only (no plain port), replication over TLS (2 replicas), the faspex-gate user without a client certificate (tls-auth-clients no): FUNCTION LOAD, FCALL, WAIT 2"
 
 # ----- HAProxy -----
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
