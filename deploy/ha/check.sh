@@ -13,7 +13,12 @@
 #   command policy.lua runs (ACL DRYRUN); the library replicates. Then a failover (SENTINEL
 #   FAILOVER): the sentinels agree on the new master, the old one follows it as a replica with
 #   the replica user, and the gateway's data and functions are there and writable.
-# - haproxy.cfg: `haproxy -c` (with a generated certificate) when haproxy is installed.
+# - haproxy.cfg, when haproxy is installed: `haproxy -c` (with a generated certificate), then
+#   HAProxy runs it in front of two stand-in gateways (HAProxy too): TLS to them verified by
+#   name, X-Forwarded-For the client's address only, a gateway whose /readyz is 503 taken out,
+#   the living gateways still served when none is ready, port 80 redirected.
+# - the Redis files' TLS variant (uncommented): TLS only, replication over TLS, the gateway's user
+#   without a client certificate.
 # - faspex-gate.toml.example: `faspex-gate check-config` when a built faspex-gate is at hand
 #   ($FASPEX_GATE, else target/{debug,release}/faspex-gate under $CARGO_TARGET_DIR or target).
 # - deploy/faspex-gate.service still lets the gateway open TCP connections to Redis.
@@ -63,17 +68,19 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ----- ports, passwords -----
+# ports NAME N: N free loopback ports in the array NAME, none of them handed out before.
 used=" "
-free_port() {
+ports() {
+  local -n out=$1
   local p
-  while :; do
+  out=()
+  while [ "${#out[@]}" -lt "$2" ]; do
     p=$((20000 + RANDOM % 40000))
     [[ "$used" == *" $p "* ]] && continue
     # Nothing answers there (bash's /dev/tcp connects, or fails at once on loopback).
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       used+="$p "
-      echo "$p"
-      return
+      out+=("$p")
     fi
   done
 }
@@ -82,8 +89,8 @@ sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 
 pw_admin="$(password)" pw_gate="$(password)" pw_replica="$(password)"
 pw_sentinel="$(password)" pw_sentinel_admin="$(password)"
-redis_ports=("$(free_port)" "$(free_port)" "$(free_port)")
-sentinel_ports=("$(free_port)" "$(free_port)" "$(free_port)")
+ports redis_ports 3
+ports sentinel_ports 3
 master_port=${redis_ports[0]}
 
 # Every placeholder and host-specific line of the shipped files, rewritten. A line that still
@@ -360,7 +367,7 @@ mkdir -p "$tmp/tls"
   openssl x509 -req -in redis.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
     -extfile san.ext -out redis.crt
 ) >/dev/null 2>&1 || fail "openssl could not make a test certificate"
-tls_ports=("$(free_port)" "$(free_port)" "$(free_port)")
+ports tls_ports 3
 for i in 0 1 2; do
   mkdir -p "$tmp/tls$i"
   conf=redis-replica.conf
@@ -394,10 +401,100 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 if command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ]; then
   haproxy_bin="$(command -v haproxy || echo /usr/sbin/haproxy)"
   cat "$tmp/fullchain.pem" "$tmp/privkey.pem" >"$tmp/lb.pem"
+  mkdir -p "$tmp/haproxy"
+  # lb: https, http; g1, g2: the two gateways' HTTPS; a1, a2: their admin listeners; ctl: the
+  # stand-ins' runtime API.
+  ports hp 6
+  lb=${hp[0]} lb80=${hp[1]} g1=${hp[2]} g2=${hp[3]} a1=${hp[4]} a2=${hp[5]}
+  ports hp 2
+  ctl=${hp[0]} lbctl=${hp[1]}
+  # The shipped file, with its addresses, certificate paths and check interval moved for the
+  # check, and without chroot, user and daemon (it runs in the foreground, as whoever runs this).
   sed -e "s#/etc/haproxy/certs/faspex.example.org.pem#$tmp/lb.pem#" \
-    -e "s/192\.0\.2\.10:\([0-9]*\)/127.0.0.1:$(free_port)/" "$here/haproxy.cfg" >"$tmp/haproxy.cfg"
-  out="$("$haproxy_bin" -c -f "$tmp/haproxy.cfg" 2>&1)" || fail "haproxy -c -f haproxy.cfg: $out"
+    -e "s/192\.0\.2\.10:443 /127.0.0.1:$lb /" -e "s/192\.0\.2\.10:80$/127.0.0.1:$lb80/" \
+    -e "s/^    server gw1 192\.0\.2\.11:443$/    server gw1 127.0.0.1:$g1 port $a1/" \
+    -e "s/^    server gw2 192\.0\.2\.12:443$/    server gw2 127.0.0.1:$g2 port $a2/" \
+    -e "s#ca-file @system-ca#ca-file $tmp/fullchain.pem#" -e "s/ inter 2s / inter 100ms /" \
+    -e "s/^    maxconn [0-9]*$/    maxconn 500/" \
+    -e "s#^    stats socket /run/haproxy/admin.sock .*#    stats socket ipv4@127.0.0.1:$lbctl level admin#" \
+    -e '/^    chroot /d' -e '/^    user /d' -e '/^    group /d' -e '/^    daemon$/d' -e '/^    log \/dev\/log/d' \
+    "$here/haproxy.cfg" >"$tmp/haproxy/haproxy.cfg"
+  if grep -v '^\s*#' "$tmp/haproxy/haproxy.cfg" | grep -nE '192\.0\.2\.|/etc/|/run/|@system-ca| inter 2s'; then
+    fail "haproxy.cfg: the lines above were not rewritten for the check; teach deploy/ha/check.sh about them"
+  fi
+  out="$("$haproxy_bin" -c -f "$tmp/haproxy/haproxy.cfg" 2>&1)" || fail "haproxy -c -f haproxy.cfg: $out"
   ok "haproxy -c: haproxy.cfg is valid ($("$haproxy_bin" -v | head -n1 | cut -d' ' -f1-3))"
+
+  # Two stand-in gateways (HAProxy too): HTTPS answering with their name and the forwarding
+  # headers they got, and an admin listener whose /readyz is 503 while the runtime map says so.
+  : >"$tmp/haproxy/unready.map"
+  stand_in() { # name https-port admin-port
+    cat <<CONF
+frontend $1
+    bind 127.0.0.1:$2 ssl crt $tmp/lb.pem
+    http-request return status 200 content-type text/plain lf-string "$1 xff=%[req.fhdr(x-forwarded-for)] proto=%[req.fhdr(x-forwarded-proto)]"
+frontend $1-admin
+    bind 127.0.0.1:$3
+    http-request return status 503 content-type text/plain string "store: down" if { path /readyz } { str($1),map($tmp/haproxy/unready.map) -m found }
+    http-request return status 200 content-type text/plain string "ok"
+CONF
+  }
+  {
+    printf 'global\n    stats socket ipv4@127.0.0.1:%s level admin\n' "$ctl"
+    printf 'defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n'
+    stand_in gw1 "$g1" "$a1"
+    stand_in gw2 "$g2" "$a2"
+  } >"$tmp/haproxy/gateways.cfg"
+  "$haproxy_bin" -db -f "$tmp/haproxy/gateways.cfg" >"$tmp/haproxy/gateways.log" 2>&1 &
+  pids+=($!)
+  "$haproxy_bin" -db -f "$tmp/haproxy/haproxy.cfg" >"$tmp/haproxy/haproxy.log" 2>&1 &
+  pids+=($!)
+  runtime() { # port command: one command to an HAProxy runtime API, its answer on stdout
+    exec 5<>"/dev/tcp/127.0.0.1/$1"
+    printf '%s\n' "$2" >&5
+    cat <&5
+    exec 5<&-
+  }
+  unready() { # name: the stand-in's /readyz says 503 from now on
+    runtime "$ctl" "add map $tmp/haproxy/unready.map $1 1" >/dev/null
+  }
+  ready_in_lb() { # the servers of backend "gateways" that HAProxy has UP, by name
+    runtime "$lbctl" "show stat" | awk -F, '$1 == "gateways" && $2 ~ /^gw/ && $18 ~ /^UP/ { print $2 }' |
+      sort | tr '\n' ' '
+  }
+  lb_ready_is() { [ "$(ready_in_lb)" = "$1" ]; }
+  # One HTTPS request through the balancer, as a client claiming another address.
+  through_lb() {
+    printf 'GET /aspera/faspex/ HTTP/1.1\r\nHost: faspex.example.org\r\nX-Forwarded-For: 203.0.113.66\r\nConnection: close\r\n\r\n' |
+      timeout 5 openssl s_client -quiet -connect "127.0.0.1:$lb" -servername faspex.example.org 2>/dev/null
+  }
+  served_by() { # what: every one of 6 requests is answered 200 by a gateway in the pattern
+    local i got
+    for i in 1 2 3 4 5 6; do
+      got="$(through_lb)" || return 1
+      [[ "$got" == "HTTP/1.1 200"* ]] || return 1
+      grep -qE "^($1) xff=127\.0\.0\.1 proto=https" <<<"$got" || return 1
+    done
+  }
+  until_ok 20 "HAProxy does not serve through both gateways once they are ready" served_by 'gw1|gw2'
+  got="$(through_lb)"
+  ok "HAProxy: TLS to the gateways checked by name; X-Forwarded-For is the client's address only (a forged one dropped), X-Forwarded-Proto https ($(grep -o 'gw[12] xff=.*' <<<"$got"))"
+  until_ok 20 "HAProxy does not see both gateways ready: $(ready_in_lb)" lb_ready_is "gw1 gw2 "
+  unready gw1
+  until_ok 20 "HAProxy still has gw1 ready while its /readyz is 503" lb_ready_is "gw2 "
+  served_by gw2 || fail "HAProxy still sends requests to gw1 while its /readyz is 503"
+  ok "HAProxy: a gateway whose /readyz is 503 is taken out, and gets no requests"
+  unready gw2
+  until_ok 20 "HAProxy still has gw2 ready while its /readyz is 503" lb_ready_is ""
+  served_by 'gw1|gw2' || fail "HAProxy answers nothing when no gateway is ready"
+  ok "HAProxy: when no gateway is ready, the living ones still get the requests (gateways_alive)"
+  exec 5<>"/dev/tcp/127.0.0.1/$lb80"
+  printf 'GET /x HTTP/1.1\r\nHost: faspex.example.org\r\nConnection: close\r\n\r\n' >&5
+  got="$(timeout 5 cat <&5)" || true
+  exec 5<&-
+  [[ "$got" == "HTTP/1.1 301"* && "$got" == *"location: https://faspex.example.org/x"* ]] ||
+    fail "port 80 does not redirect to https: $got"
+  ok "HAProxy: port 80 redirects to https"
 else
   echo "not checked - haproxy.cfg: haproxy is not installed (apt-get install haproxy)"
 fi
