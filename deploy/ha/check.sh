@@ -68,14 +68,17 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ----- ports, passwords -----
-# ports NAME N: N free loopback ports in the array NAME, none of them handed out before.
+# ports NAME N: N free loopback ports in the array NAME, none of them handed out before. They are
+# below the kernel's range for outgoing connections' local ports, which no listener check sees.
 used=" "
+low=10000 high="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+[ "$high" -gt $((low + 2000)) ] || high=65000
 ports() {
   local -n out=$1
   local p
   out=()
   while [ "${#out[@]}" -lt "$2" ]; do
-    p=$((20000 + RANDOM % 40000))
+    p=$((low + (RANDOM * 32768 + RANDOM) % (high - low)))
     [[ "$used" == *" $p "* ]] && continue
     # Nothing answers there (bash's /dev/tcp connects, or fails at once on loopback).
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
