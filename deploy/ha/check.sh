@@ -10,9 +10,11 @@
 #   ACL user may load src/store/redis/policy.lua (FUNCTION LOAD), call its functions under its
 #   prefix (FCALL, FCALL_RO), run TIME, WAIT, ROLE, INFO and SET its secret fingerprint, and is
 #   refused keys outside its prefix and commands it does not need; users.acl grants every
-#   command policy.lua runs (ACL DRYRUN); the library replicates. Then a failover (SENTINEL
-#   FAILOVER): the sentinels agree on the new master, the old one follows it as a replica with
-#   the replica user, and the gateway's data and functions are there and writable.
+#   command policy.lua runs and every command src/store/redis sends (ACL DRYRUN); the library
+#   replicates. Then a failover (SENTINEL FAILOVER): the sentinels agree on the new master, the
+#   old one follows it as a replica with the replica user, and the gateway's data and functions
+#   are there and writable. Then kill -9 of the master: the sentinels fail over by themselves,
+#   and the killed master, started again, refuses writes until it follows the new one.
 # - haproxy.cfg, when haproxy is installed: `haproxy -c` (with a generated certificate), then
 #   HAProxy runs it in front of two stand-in gateways (HAProxy too): TLS to them verified by
 #   name, X-Forwarded-For the client's address only, a gateway whose /readyz is 503 taken out,
@@ -276,6 +278,45 @@ for c in $lua_cmds; do
   n=$((n + 1))
 done
 ok "users.acl grants faspex-gate each of the $n commands policy.lua runs (ACL DRYRUN)"
+
+# And every command the gateway sends itself: redis::cmd("...") in src/store/redis (with its
+# subcommand, where it has one), leaving out the modules mod.rs compiles for tests only, and
+# SENTINEL, which goes to the sentinels (their default user is checked above).
+redis_src="$repo/src/store/redis"
+test_mods=" $(awk '/#\[cfg\(.*test/ { t = 1; next }
+  t && match($0, /mod [a-z_]+;/) { print substr($0, RSTART + 4, RLENGTH - 5) } { t = 0 }' "$redis_src/mod.rs" | tr '\n' ' ') "
+rust_cmds=""
+for f in "$redis_src"/*.rs; do
+  m="$(basename "$f" .rs)"
+  [[ "$test_mods" == *" $m "* ]] && continue
+  while IFS=: read -r line match; do
+    c="$(sed 's/cmd("\(.*\)")/\1/' <<<"$match" | tr 'A-Z' 'a-z')"
+    [ "$c" = sentinel ] && continue
+    sub="$(sed -n "$line,$((line + 3))p" "$f" | grep -o '\.arg("[A-Za-z-]*")' | head -n1 | sed 's/.arg("\(.*\)")/\1/' | tr 'A-Z' 'a-z')" || true
+    if [ -n "$sub" ] && [ -n "$(as_admin "$master_port" --raw COMMAND INFO "$c|$sub")" ]; then
+      c="$c|$sub"
+    fi
+    rust_cmds+="$c "
+  done < <(grep -n -o 'cmd("[A-Z_]*")' "$f")
+done
+rust_cmds="$(tr ' ' '\n' <<<"$rust_cmds" | sed '/^$/d' | sort -u)"
+[ -n "$rust_cmds" ] || fail "found no redis::cmd(...) in $redis_src"
+n=0
+for c in $rust_cmds; do
+  arity="$(as_admin "$master_port" --raw COMMAND INFO "$c" | sed -n 2p)"
+  [[ "$arity" =~ ^-?[0-9]+$ ]] || fail "the gateway sends ${c^^}, which this Redis does not know"
+  words=(${c//|/ })
+  argc=$((${arity#-} - ${#words[@]}))
+  args=()
+  case "$c" in
+    fcall | fcall_ro) args=(f 0) ;; # FUNCTION, NUMKEYS
+    *) for _ in $(seq "$argc"); do args+=("${root}dryrun"); done ;;
+  esac
+  got="$(as_admin "$master_port" ACL DRYRUN faspex-gate "${words[@]}" "${args[@]}" 2>&1)"
+  [ "$got" = OK ] || fail "the gateway sends ${c^^}, which users.acl does not grant the faspex-gate user ($got): add +$c"
+  n=$((n + 1))
+done
+ok "users.acl grants faspex-gate each of the $n commands the gateway sends itself: $(tr '\n' ' ' <<<"$rust_cmds")(ACL DRYRUN)"
 
 # The library replicates (unlike EVALSHA's script cache); so does the data.
 for i in 1 2; do
