@@ -79,6 +79,31 @@ const DIRECTORY_RESULTS: [DirectoryResult; 3] = [
 ];
 
 /// The registry and the metrics fed by policy events.
+/// `faspex_gate_store_errors_total`'s `op` values: the Redis store's steps (its functions'
+/// names), `wait` (replicas short of `store.redis.wait_replicas`), and `other`.
+pub const STORE_OPS: [&str; 20] = [
+    "admit",
+    "session",
+    "client_session",
+    "bearer_session",
+    "set_upstream_cookie",
+    "add_bearer",
+    "end_session",
+    "end_account",
+    "sessions",
+    "sweep",
+    "begin_attempt",
+    "finish_attempt",
+    "lock_state",
+    "lock_account",
+    "unlock_account",
+    "lockouts",
+    "counts",
+    "probe",
+    "wait",
+    "other",
+];
+
 pub struct Metrics {
     registry: Registry,
     logins: IntCounterVec,
@@ -295,6 +320,9 @@ impl Metrics {
         for r in END_REASONS {
             sessions_ended.with_label_values(&[r.as_str()]);
         }
+        for op in STORE_OPS {
+            store_errors.with_label_values(&[op]);
+        }
         for r in DIRECTORY_RESULTS {
             directory.with_label_values(&[r.as_str()]);
         }
@@ -332,9 +360,10 @@ impl Metrics {
         self.store_up.set(i64::from(up));
     }
 
-    /// One failed call to the state store; `op` is the operation (a store function's name, or
-    /// `wait`).
+    /// One failed call to the state store; `op` is a [`STORE_OPS`] value (anything else counts
+    /// as `other`).
     pub fn store_error(&self, op: &str) {
+        let op = if STORE_OPS.contains(&op) { op } else { "other" };
         self.store_errors.with_label_values(&[op]).inc();
     }
 
