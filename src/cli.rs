@@ -1,6 +1,6 @@
-//! The command line: `run`, `demo`, `check-config`, `hash-password` and `admin`, with the
-//! contract's exit codes (0 done, 1 failed, 2 usage or configuration error, and for `admin` 3
-//! the gateway could not be reached).
+//! The command line: `run`, `demo`, `check-config`, `hash-password`, `admin` and
+//! `migrate-store`, with the contract's exit codes (0 done, 1 failed, 2 usage or configuration
+//! error, and for `admin` 3 the gateway could not be reached).
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -43,6 +43,10 @@ pub enum Command {
         /// Where the demo's admin listener listens.
         #[arg(long, default_value = "127.0.0.1:9180")]
         admin_listen: SocketAddr,
+        /// Two gateways on one Redis (started from `redis-server`, which must be installed):
+        /// the second listens one port above each of the first's.
+        #[arg(long)]
+        ha: bool,
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig {
@@ -68,6 +72,18 @@ pub enum Command {
         json: bool,
         #[command(subcommand)]
         action: AdminCommand,
+    },
+    /// Copy the embedded store's sessions and locks into the Redis store the configuration
+    /// names (store.kind = "redis"), with no gateway running on the embedded store. Safe to run
+    /// again.
+    MigrateStore {
+        /// The configuration file, naming the Redis store [default: $FASPEX_GATE_CONFIG, else
+        /// /etc/faspex-gate/faspex-gate.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The embedded store's folder [default: store.path]
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
     },
 }
 
@@ -196,15 +212,59 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Demo {
             listen,
             admin_listen,
-        } => demo(listen, admin_listen),
+            ha,
+        } => demo(listen, admin_listen, ha),
+        Command::MigrateStore { config, from } => migrate_store(config, from),
+    }
+}
+
+/// `faspex-gate migrate-store`: prints what it copied and what it skipped.
+fn migrate_store(config: Option<PathBuf>, from: Option<PathBuf>) -> ExitCode {
+    use crate::clock::Clock as _;
+    let path = config.unwrap_or_else(config::default_path);
+    let cfg = match Config::load(&path) {
+        Ok(cfg) => cfg,
+        Err(e) => return config_failure(&e),
+    };
+    let now = crate::clock::SystemClock.now();
+    let copied = runtime(1)
+        .and_then(|rt| rt.block_on(crate::store::migrate::run(&cfg, from.as_deref(), now)));
+    match copied {
+        Ok(report) => {
+            print!("{}", report.render());
+            ExitCode::SUCCESS
+        }
+        Err(e) => match e.downcast_ref::<ConfigError>() {
+            Some(ce) => config_failure(ce),
+            None => failure(&e),
+        },
     }
 }
 
 /// `faspex-gate demo`, in a build with the Faspex emulator (the default).
 #[cfg(feature = "emulator")]
-fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
+fn demo(listen: SocketAddr, admin_listen: SocketAddr, ha: bool) -> ExitCode {
+    let redis = if ha {
+        match crate::demo::redis_server() {
+            Some(p) => Some(p),
+            None => {
+                eprintln!("{}", crate::demo::NO_REDIS_SERVER);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    } else {
+        None
+    };
     crate::log::init(config::LogFormat::Text);
-    match runtime(0).and_then(|rt| rt.block_on(crate::demo::run(listen, admin_listen))) {
+    let served = runtime(0).and_then(|rt| {
+        rt.block_on(async {
+            match redis {
+                Some(program) => crate::demo::run_ha(listen, admin_listen, &program).await,
+                None => crate::demo::run(listen, admin_listen).await,
+            }
+        })
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ConfigError>() {
             Some(ce) => config_failure(ce),
@@ -217,7 +277,7 @@ fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> ExitCode {
 /// package is built): the subcommand stays, so that its help is the same everywhere, and says why
 /// it cannot run. Exit 2, a usage error: nothing was started.
 #[cfg(not(feature = "emulator"))]
-fn demo(_listen: SocketAddr, _admin_listen: SocketAddr) -> ExitCode {
+fn demo(_listen: SocketAddr, _admin_listen: SocketAddr, _ha: bool) -> ExitCode {
     eprintln!("{DEMO_LEFT_OUT}");
     ExitCode::from(EXIT_CONFIG)
 }

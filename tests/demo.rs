@@ -198,6 +198,141 @@ async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
     assert!(exited, "the demo did not stop on SIGTERM");
 }
 
+/// `faspex-gate demo --ha`: two gateways on the Redis it starts itself. Both serve; a login
+/// through one shows on the other's status (one cap); on SIGTERM it stops, and its redis-server
+/// with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_ha_runs_two_gateways_on_one_redis_and_stops_it() {
+    let mut child = Reap(
+        Command::new(bin())
+            .args([
+                "demo",
+                "--ha",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut banner = Vec::new();
+    while !banner.iter().any(|l: &String| l.contains("Files")) {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the demo printed its banner:\n{}", banner.join("\n")));
+        banner.push(line);
+    }
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+        banner.push(line);
+    }
+    let banner = banner.join("\n");
+    let fields = |label: &str| -> Vec<String> {
+        banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label} line in\n{banner}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    // "Gateway A   https://…/aspera/faspex/   admin http://…   config …"
+    let gateway = |label: &str| {
+        let f = fields(label);
+        let base = f[0].strip_suffix("/aspera/faspex/").unwrap().to_owned();
+        (base, f[2].clone())
+    };
+    let (base_a, admin_a) = gateway("Gateway A");
+    let (base_b, admin_b) = gateway("Gateway B");
+    assert_ne!(base_a, base_b);
+    // "Redis       redis-server at 127.0.0.1:PORT (pid N), …"
+    let redis = fields("Redis");
+    let redis_addr: std::net::SocketAddr = redis[2].parse().unwrap();
+    let redis_pid = redis[4].trim_end_matches("),").to_owned();
+    let token_file = std::path::Path::new(&fields("Files")[0]).join("admin-token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(banner.contains("admin/v1/status"), "{banner}");
+
+    let c = insecure_client();
+    let seats = |admin: String| {
+        let token = token.clone();
+        async move {
+            let (st, _, body) = crate::ops::admin_req(
+                "GET",
+                &format!("{admin}/admin/v1/status"),
+                &[("authorization", &format!("Bearer {}", token.trim()))],
+                "",
+            )
+            .await;
+            assert_eq!(st, 200, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["seats_used"].clone()
+        }
+    };
+    assert_eq!(seats(admin_a.clone()).await, 0);
+    let st = basic_get(&c, &format!("{base_a}/aspera/faspex/me"), "ann", "demo-ann").await;
+    assert_eq!(st, 200);
+    assert_eq!(seats(admin_b.clone()).await, 1, "A's login on B's status");
+    let st = basic_get(&c, &format!("{base_b}/aspera/faspex/me"), "bob", "demo-bob").await;
+    assert_eq!(st, 200);
+    assert_eq!(seats(admin_a.clone()).await, 2, "B's login on A's status");
+    let st = basic_get(&c, &format!("{base_b}/aspera/faspex/me"), "cat", "demo-cat").await;
+    assert_eq!(st, 200);
+    let st = basic_get(&c, &format!("{base_a}/aspera/faspex/me"), "dan", "demo-dan").await;
+    assert_eq!(st, 503, "3 seats across both");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    let mut exited = false;
+    for _ in 0..400 {
+        if child.0.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(exited, "the demo did not stop on SIGTERM");
+    assert!(
+        std::net::TcpStream::connect(redis_addr).is_err(),
+        "its redis-server is gone"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{redis_pid}")).exists(),
+        "redis-server pid {redis_pid} is gone"
+    );
+}
+
+/// Without `redis-server` on the PATH, `demo --ha` says how to get it and starts nothing (exit 2).
+#[test]
+fn demo_ha_without_redis_server_says_how_to_get_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args([
+            "demo",
+            "--ha",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("apt install redis-server"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
 /// The demo's process, killed if the test ends without stopping it (a failed assertion), so that
 /// no demo outlives the test run.
 struct Reap(std::process::Child);

@@ -461,3 +461,154 @@ async fn during_an_outage_recent_sessions_keep_working_and_nothing_is_admitted()
     assert_eq!(code, StatusCode::OK);
     assert!(body.contains("user0") && !body.contains("user1"), "{body}");
 }
+
+/// `faspex-gate migrate-store`, run as a site moves from one gateway on the embedded store to
+/// Redis: refused while the gateway runs; then the sessions (a browser's and a Basic caller's)
+/// and a lock are copied; a gateway on Redis with the same session secret serves the old cookie,
+/// holds the lock and counts the same seats. Run again, it changes nothing, and it brings back
+/// neither a session kicked nor a lock lifted in Redis since. Its cap, its configuration error
+/// and an unreachable Redis are checked too.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_store_moves_sessions_and_locks_into_redis_and_can_run_again() {
+    let redis = RedisServer::start();
+    let mut site = Site::start_with(users(4), LoginFailureStyle::Rerender, &[], |c| {
+        c.set("admin", "listen", "\"127.0.0.1:0\"");
+        c.set(
+            "admin",
+            "token_file",
+            &format!("{:?}", c_path(c, "admin-token").display().to_string()),
+        );
+        c.set("policy", "max_sessions", "3");
+    })
+    .await;
+    let cookie = site.browser_login("user0", "pass0").await;
+    let st = crate::util::basic_get(&site.client, &site.url(ME), "user1", "pass1").await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, body) = admin(&site, "POST", "lockouts/user2", "{\"for\": \"1h\"}").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(status(&site).await["seats_used"], 2);
+
+    // The site's configuration, switched to Redis.
+    let files = &site.gw.files;
+    let mut cfg = ConfigBuilder::new(files, &format!("http://{}", site.emu_addr));
+    cfg.set("policy", "max_sessions", "3");
+    cfg.set("store", "kind", "\"redis\"");
+    cfg.set("store.redis", "urls", &format!("[\"{}\"]", redis.url()));
+    let redis_cfg = files.path("redis.toml");
+    cfg.write(&redis_cfg);
+    let embedded_cfg = files.path("faspex-gate.toml");
+    let migrate = |config: &std::path::Path, env: &[(&str, &str)]| {
+        let out = std::process::Command::new(crate::util::bin())
+            .args(["migrate-store", "--config"])
+            .arg(config)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+
+    // While the gateway runs on the file: refused.
+    let (code, text) = migrate(&redis_cfg, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("stop the gateway first"), "{text}");
+    // A configuration that does not name a Redis store: exit 2 naming store.kind.
+    let (code, text) = migrate(&embedded_cfg, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("store.kind"), "{text}");
+
+    site.gw.signal("TERM");
+    assert!(site.gw.wait_exit(Duration::from_secs(30)).is_some());
+
+    // Redis unreachable: exit 1, saying so.
+    let (code, text) = migrate(
+        &redis_cfg,
+        &[("FASPEX_GATE__STORE__REDIS__URLS", "redis://127.0.0.1:1")],
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("cannot reach the Redis store"), "{text}");
+
+    let (code, text) = migrate(&redis_cfg, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("Copied 2 of 2 sessions and 1 of 1 locks"),
+        "{text}"
+    );
+    // Again: nothing doubled, nothing changed.
+    let (code, text) = migrate(&redis_cfg, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(
+            "Copied 0 of 2 sessions and 0 of 1 locks; 2 sessions and 1 locks were already there"
+        ),
+        "{text}"
+    );
+    // Into a Redis (another prefix) with fewer seats than sessions: the cap holds, the rest is
+    // reported.
+    let (code, text) = migrate(
+        &redis_cfg,
+        &[
+            ("FASPEX_GATE__POLICY__MAX_SESSIONS", "1"),
+            ("FASPEX_GATE__STORE__REDIS__KEY_PREFIX", "capped"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("Copied 1 of 2 sessions"), "{text}");
+    assert!(
+        text.contains("every licence seat in Redis is taken"),
+        "{text}"
+    );
+
+    // A gateway on Redis, with the same session secret (and its own files).
+    let files = TestFiles::new();
+    std::fs::copy(site.gw.files.path("users.toml"), files.path("users.toml")).unwrap();
+    let mut on_redis_cfg = cfg.clone();
+    let q = |p: std::path::PathBuf| format!("{:?}", p.display().to_string());
+    on_redis_cfg.set("tls", "cert_file", &q(files.cert.clone()));
+    on_redis_cfg.set("tls", "key_file", &q(files.key.clone()));
+    on_redis_cfg.set("session", "secret_file", &q(files.path("session-secret")));
+    on_redis_cfg.set("auth.file", "path", &q(files.path("users.toml")));
+    on_redis_cfg.set("store", "path", &q(files.path("state")));
+    on_redis_cfg.set("admin", "listen", "\"127.0.0.1:0\"");
+    on_redis_cfg.set("admin", "token_file", &q(files.path("admin-token")));
+    let gw = GatewayProcess::start(files, &on_redis_cfg);
+    let client = https_client(&gw.files.cert_pem, false);
+    let (stop, _) = tokio::sync::oneshot::channel();
+    let moved = Site {
+        gw,
+        emu: site.emu.clone(),
+        emu_addr: site.emu_addr,
+        client,
+        _emu_stop: stop,
+    };
+    let v = status(&moved).await;
+    assert_eq!(v["seats_used"], 2, "{v}");
+    assert_eq!(v["accounts_locked"], 1, "{v}");
+    let (st, _, _) = moved.browse(ME, &cookie).await;
+    assert_eq!(st, StatusCode::OK, "the old cookie works on Redis");
+    let st = crate::util::basic_get(&moved.client, &moved.url(ME), "user2", "pass2").await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "the lock holds");
+    assert_eq!(status(&moved).await["seats_used"], 2);
+
+    // A kick and an unlock in Redis stand when the move is run again.
+    let (st, body) = admin(&moved, "DELETE", "sessions/user0", "").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let (st, body) = admin(&moved, "DELETE", "lockouts/user2", "").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let (code, text) = migrate(&redis_cfg, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("copied before and ended in Redis since"),
+        "{text}"
+    );
+    assert!(text.contains("the unlock stands"), "{text}");
+    let v = status(&moved).await;
+    assert_eq!(v["seats_used"], 1, "{v}");
+    assert_eq!(v["accounts_locked"], 0, "{v}");
+    let (st, _, _) = moved.browse(ME, &cookie).await;
+    assert_ne!(st, StatusCode::OK, "the kicked session stays ended");
+}

@@ -20,12 +20,15 @@
 //! [`redis::RedisStore`] is the shared store (`store.kind = "redis"`, Redis 7.0 or later): every
 //! step is one function of a Redis function library, run atomically on the master, everything
 //! written through.
+//!
+//! [`migrate`] moves a site from the first to the second (`faspex-gate migrate-store`).
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 pub mod embedded;
 #[cfg(any(test, feature = "test-support"))]
 pub mod failing;
+pub mod migrate;
 pub mod redis;
 pub mod tables;
 

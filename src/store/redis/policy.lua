@@ -782,6 +782,92 @@ local function probe(keys, args)
   return cjson.encode({now = now})
 end
 
+-- ----- moving an embedded store in (`faspex-gate migrate-store`, crate::store::migrate) -----
+-- Each record is copied in at most once, so the move can be run again: a marker remembers each
+-- copy until the record would have ended anyway, and a record ended or lifted here since is not
+-- brought back. Keys (under R, as above):
+--   m:s:<session key>  a session copied in (expires at the deadline it had when copied)
+--   m:l:<lock key>     a lock copied in: its `until` (expires then)
+
+-- One session of an embedded store. A session already here is left as it is; one past its
+-- deadline (crate::policy::timeouts::expired), one whose account holds a seat here on another
+-- client (crate::policy::one_client), and one that would take a seat over `max_sessions`
+-- (crate::policy::seats) are skipped. Nothing here ends a session: that would owe Faspex a logout.
+-- ARGV: clock key account akind client kind ip agent started last has_cookie cookie bearer
+--       max_sessions idle api_idle abs
+local function import_session(keys, args)
+  R = keys[1]
+  local now = clock(args[1])
+  local key, account, client = args[2], args[3], args[5]
+  local t = timeouts(args[15], args[16], args[17])
+  if redis.call('EXISTS', R .. 's:' .. key) == 1 then
+    return cjson.encode({result = 'present'})
+  end
+  local marker = R .. 'm:s:' .. key
+  if redis.call('EXISTS', marker) == 1 then
+    return cjson.encode({result = 'ended'})
+  end
+  local s = {key = key, account = account, client = client, kind = args[6], ip = args[7],
+    agent = args[8], started = tonumber(args[9]), last = tonumber(args[10]), bearer = args[13],
+    akind = args[4]}
+  local at = deadline(s, t)
+  if now >= at then
+    return cjson.encode({result = 'expired'})
+  end
+  local seats = redis.call('SCARD', R .. 'seats')
+  if redis.call('EXISTS', R .. 'a:' .. account) == 1 then
+    local _, others = clients(account, client)
+    if #others > 0 then
+      return cjson.encode({result = 'other_client'})
+    end
+  elseif seats >= tonumber(args[14]) then
+    return cjson.encode({result = 'full', seats = seats})
+  end
+  insert_session(s)
+  if args[11] == '1' then
+    redis.call('HSET', R .. 's:' .. key, 'cookie', args[12])
+  end
+  for _, b in ipairs(split(s.bearer)) do
+    redis.call('SET', R .. 'b:' .. b, key)
+  end
+  redis.call('SET', marker, '1', 'PX', math.max(at - now, 1))
+  return cjson.encode({result = 'copied'})
+end
+
+-- One lock of an embedded store, merged by the lockout rule (crate::policy::lockout::admin_lock):
+-- the longer lock stands, and a lock here is never shortened. A lock copied before and lifted
+-- here since stays lifted: an unlock stands.
+-- ARGV: clock lock_key since until failures admin akind
+local function import_lock(keys, args)
+  R = keys[1]
+  local now = clock(args[1])
+  local lk = args[2]
+  local l = {key = lk, since = tonumber(args[3]), ['until'] = tonumber(args[4]),
+    failures = tonumber(args[5]), admin = args[6] == '1', akind = args[7]}
+  if l['until'] <= now then
+    return cjson.encode({result = 'expired'})
+  end
+  local cur = load_lock(lk)
+  if not holds(cur, now) then cur = nil end
+  local marker = R .. 'm:l:' .. lk
+  local copied = redis.call('GET', marker)
+  if copied and tonumber(copied) >= l['until'] then
+    if cur then
+      return cjson.encode({result = 'present'})
+    end
+    return cjson.encode({result = 'lifted'})
+  end
+  if cur and cur['until'] >= l['until'] then
+    return cjson.encode({result = 'present'})
+  end
+  place_lock(l, now)
+  redis.call('SET', marker, string.format('%.0f', l['until']), 'PX', math.max(l['until'] - now, 1))
+  if cur then
+    return cjson.encode({result = 'extended'})
+  end
+  return cjson.encode({result = 'copied'})
+end
+
 local function register(name, callback, read_only)
   local f = {function_name = 'faspex_gate_v1_' .. name, callback = callback}
   if read_only then
@@ -808,3 +894,5 @@ register('unlock_account', unlock_account)
 register('lockouts', lockouts, true)
 register('counts', counts, true)
 register('probe', probe)
+register('import_session', import_session)
+register('import_lock', import_lock)

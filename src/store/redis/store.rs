@@ -843,3 +843,119 @@ impl PolicyStore for RedisStore {
         self.call("probe", &["probe"], None, &[]).await.map(drop)
     }
 }
+
+/// What copying one record of an embedded store in did (`faspex-gate migrate-store`,
+/// [`RedisStore::import_session`] and [`RedisStore::import_lock`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Imported {
+    /// Copied in.
+    Copied,
+    /// A lock here that ended sooner now runs as long as the copied one.
+    Extended,
+    /// Already here (copied before, or a lock here lasts as long or longer): left as it is.
+    Present,
+    /// Not copied, for this reason.
+    Skipped(Skip),
+}
+
+/// Why a record was not copied in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Past its deadline (a session) or its end (a lock).
+    Expired,
+    /// Copied before and ended (a session) or lifted (a lock) here since: it stays so.
+    EndedSince,
+    /// The account holds a seat here on another client (one client per account).
+    OtherClient,
+    /// Every licence seat here is taken (`policy.max_sessions`).
+    LicenseFull,
+}
+
+#[derive(serde::Deserialize)]
+struct WireImported {
+    result: String,
+}
+
+impl WireImported {
+    fn decode(self) -> Result<Imported, StoreError> {
+        Ok(match self.result.as_str() {
+            "copied" => Imported::Copied,
+            "extended" => Imported::Extended,
+            "present" => Imported::Present,
+            "expired" => Imported::Skipped(Skip::Expired),
+            "ended" | "lifted" => Imported::Skipped(Skip::EndedSince),
+            "other_client" => Imported::Skipped(Skip::OtherClient),
+            "full" => Imported::Skipped(Skip::LicenseFull),
+            other => {
+                return Err(StoreError::Remote {
+                    reason: format!(
+                        "answered a copy with {other:?}, which this build does not know"
+                    ),
+                })
+            }
+        })
+    }
+}
+
+/// Moving an embedded store in: one record a call, each one atomic step of `policy.lua`
+/// (`import_session`, `import_lock`), safe to repeat.
+impl RedisStore {
+    /// Copy one session in, with its Faspex cookie and bearer tokens, at most once: one already
+    /// here is left as it is, and one past its deadline under `rules.timeouts`, one whose
+    /// account holds a seat here on another client, or one over `rules.max_sessions` seats is
+    /// skipped. A session copied before and ended here since is not brought back.
+    pub async fn import_session(
+        &self,
+        s: &Session,
+        rules: SeatRules,
+        now: Timestamp,
+    ) -> Result<Imported, StoreError> {
+        let [idle, api_idle, abs] = timeouts(&rules.timeouts);
+        let bearer: Vec<&str> = s.bearer.iter().map(|b| b.0.as_str()).collect();
+        let args = [
+            s.key.0.clone(),
+            s.account.clone(),
+            account_kind(s.account_kind),
+            s.client.0.clone(),
+            s.kind.as_str().into(),
+            s.ip.to_string(),
+            s.agent.clone(),
+            s.started.as_millis().to_string(),
+            s.last_activity.as_millis().to_string(),
+            flag(s.upstream_cookie.is_some()),
+            s.upstream_cookie.clone().unwrap_or_default(),
+            bearer.join(","),
+            rules.max_sessions.to_string(),
+            idle,
+            api_idle,
+            abs,
+        ];
+        let reply = self
+            .call(
+                "import_session",
+                &[&format!("s:{}", s.key.0), &format!("a:{}", s.account)],
+                Some(now),
+                &args,
+            )
+            .await?;
+        wire::parse::<WireImported>("a copied session", &reply)?.decode()
+    }
+
+    /// Copy one lock in, merged by the lockout rule: the longer lock stands, a lock here is
+    /// never shortened, and a lock copied before and lifted here since stays lifted.
+    pub async fn import_lock(&self, l: &Lock, now: Timestamp) -> Result<Imported, StoreError> {
+        let lk = l.key.encode();
+        let args = [
+            lk.clone(),
+            l.since.as_millis().to_string(),
+            l.until.as_millis().to_string(),
+            l.failures.to_string(),
+            flag(l.by_admin),
+            account_kind(l.account_kind),
+        ];
+        let reply = self
+            .call("import_lock", &[&format!("l:{lk}")], Some(now), &args)
+            .await?;
+        wire::parse::<WireImported>("a copied lock", &reply)?.decode()
+    }
+}
