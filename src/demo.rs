@@ -156,6 +156,7 @@ pub fn write_demo_files(
 
 /// `demo --ha`'s two gateways' configuration files in `dir`: the same users, certificate, secret
 /// and admin token, one Redis at `redis`, gateway b listening at `second`.
+#[cfg(feature = "emulator")]
 fn write_ha_files(
     dir: &Path,
     first: (SocketAddr, SocketAddr),
@@ -361,6 +362,7 @@ No login needed, and no seat held:
 
 /// The address one above `a`'s port, for `demo --ha`'s second gateway (port 0 stays 0: any free
 /// port).
+#[cfg(feature = "emulator")]
 fn next_port(a: SocketAddr, flag: &str) -> anyhow::Result<SocketAddr> {
     if a.port() == 0 {
         return Ok(a);
