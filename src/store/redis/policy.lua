@@ -13,7 +13,8 @@ tag keeps them in one slot), further KEYS name the record the step is about. ARG
 "s" (Redis's TIME: production, so gateways with skewed clocks agree), "g:<ms>" (a time the caller
 gives: tests), or "t:<offset ms>:<unix second>" (tests: TIME plus an offset, refused with CLOCKMOVED
 unless TIME is still in that second, so the step's time is exact). Every function returns one JSON
-document (cjson). Durations are milliseconds; 0 for `abs` means no absolute timeout.
+document (cjson), with `wait = true` when what it changed must reach the replicas (the store then
+sends WAIT). Durations are milliseconds; 0 for `abs` means no absolute timeout.
 
 Keys under the root R:
   s:<session key>   hash: account client kind ip agent started last [cookie] bearer akind
@@ -22,6 +23,8 @@ Keys under the root R:
   sessions          set: every session key
   b:<bearer key>    string: the session key a bearer token is tied to
   l:<lock key>      hash: since until failures admin akind epoch (expires GRACE after `until`)
+  u:<account>       string: the epoch of the account's last unlock, its tombstone (expires after
+                    every lock it lifted could have ended, and not before TOMBSTONE)
   la:<account>      set: the account's lock keys          (expires with its last lock)
   locks             zset: lock key -> until                (expires with the last lock)
   wf:<lock key>     list: failure times in the window, oldest first (expires as it slides empty)
@@ -37,12 +40,20 @@ Keys under the root R:
   lo:<entry id>     string: that entry's logout was sent once (expires after a day)
 A lock key is the account, or "account\0address" (crate::store::LockKey::encode).
 
+Epochs order every lock and unlock: each takes the next one, never less than Redis's TIME in ms
+(a hybrid clock), so that after Redis came back empty, new epochs still follow the ones gateways
+remember. `restore_locks` writes back the locks a gateway remembers after a failover or a Redis
+that came back empty, and the unlocks it made (tombstones); a lock whose epoch is not above its
+account's tombstone is never written back, so an unlock is never undone.
+
 Retries are safe: a ticket finished twice answers the same (done:<id>); an admission of a session
 key that exists already answers that session and takes no second seat. No key that should die is
 written without its expiry in the same call.
 ]]
 
 local GRACE = 600000 -- a lifted lock's record outlives `until` by this, so a sweep can report it
+local TOMBSTONE = 86400000 -- an unlock's tombstone lives at least this long (and past every lock
+                           -- it lifted): no gateway remembers a lock it could undo for longer
 local R
 
 local function clock(spec)
@@ -256,7 +267,7 @@ local function admit(keys, args)
     end
     local _, others = clients(account, existing.client)
     return cjson.encode({outcome = 'admitted', session = existing, replaces = keys_of(others),
-      ended = {}, retried = true})
+      ended = {}, retried = true, wait = true})
   end
 
   local ended = {}
@@ -297,7 +308,7 @@ local function admit(keys, args)
     agent = args[8], started = now, last = now, bearer = '', akind = args[4]}
   insert_session(s)
   return cjson.encode({outcome = 'admitted', session = s, renewed = renewed,
-    replaces = keys_of(others), ended = ended})
+    replaces = keys_of(others), ended = ended, wait = true})
 end
 
 -- A lookup: crate::policy::timeouts::expired ends it, timeouts::touches moves its activity.
@@ -394,7 +405,8 @@ end
 -- ARGV: clock key [why]
 local function end_session(keys, args)
   R = keys[1]
-  return cjson.encode({session = remove_session(args[2], args[3])})
+  local s = remove_session(args[2], args[3])
+  return cjson.encode({session = s, wait = s ~= nil})
 end
 
 -- ARGV: clock account
@@ -405,7 +417,7 @@ local function end_account(keys, args)
     local s = remove_session(k, 'admin')
     if s then ended[#ended + 1] = s end
   end
-  return cjson.encode({sessions = ended})
+  return cjson.encode({sessions = ended, wait = #ended > 0})
 end
 
 -- ARGV: clock
@@ -453,13 +465,30 @@ local function lock_in_force(lk, now)
   return own or wide
 end
 
-local function place_lock(l, now)
-  l.epoch = redis.call('INCR', R .. 'epoch')
+-- The next epoch: above every one handed out on this Redis and every one `floor` names, and not
+-- below Redis's TIME in ms (so that a Redis that came back empty still counts on from there).
+local function next_epoch(floor)
+  local t = redis.call('TIME')
+  local e = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local last = tonumber(redis.call('GET', R .. 'epoch') or '0')
+  if last + 1 > e then e = last + 1 end
+  if floor and floor + 1 > e then e = floor + 1 end
+  redis.call('SET', R .. 'epoch', string.format('%.0f', e))
+  return e
+end
+
+-- The account's tombstone: the epoch of its last unlock (0 when none is remembered).
+local function tombstone(account)
+  return tonumber(redis.call('GET', R .. 'u:' .. account) or '0')
+end
+
+-- Write lock `l` (with `l.epoch` set) and its indexes, each with its expiry.
+local function write_lock(l, now)
   local h = R .. 'l:' .. l.key
   redis.call('DEL', h)
   redis.call('HSET', h, 'since', string.format('%.0f', l.since),
     'until', string.format('%.0f', l['until']), 'failures', l.failures,
-    'admin', l.admin and '1' or '0', 'akind', l.akind, 'epoch', l.epoch)
+    'admin', l.admin and '1' or '0', 'akind', l.akind, 'epoch', string.format('%.0f', l.epoch))
   local ttl = l['until'] - now + GRACE
   redis.call('PEXPIRE', h, math.max(ttl, 1))
   local la = R .. 'la:' .. account_of(l.key)
@@ -467,6 +496,12 @@ local function place_lock(l, now)
   extend(la, ttl)
   redis.call('ZADD', R .. 'locks', l['until'], l.key)
   extend(R .. 'locks', ttl)
+end
+
+-- A new lock: the next epoch, then written.
+local function place_lock(l, now)
+  l.epoch = next_epoch()
+  write_lock(l, now)
 end
 
 local function drop_window(lk)
@@ -574,7 +609,7 @@ local function begin_attempt(keys, args)
         local l = {key = lk, since = since, ['until'] = since + duration,
           failures = #failures, admin = false, akind = 'directory'}
         place_lock(l, now)
-        return cjson.encode({start = 'locked', lock = l, placed = true})
+        return cjson.encode({start = 'locked', lock = l, wait = true})
       end
     elseif #failures + in_flight >= threshold then
       settle_window(lk, now, window)
@@ -629,7 +664,7 @@ local function finish_attempt(keys, args)
         admin = false, akind = akind}
       redis.call('DEL', wf)
       place_lock(l, now)
-      answer = {['end'] = 'locked', lock = l}
+      answer = {['end'] = 'locked', lock = l, wait = true}
     else
       answer = {['end'] = 'counted', failures = failures}
     end
@@ -643,7 +678,8 @@ end
 -- ARGV: clock lock_key
 local function lock_state(keys, args)
   R = keys[1]
-  return cjson.encode({lock = lock_in_force(args[2], clock(args[1]))})
+  return cjson.encode({lock = lock_in_force(args[2], clock(args[1])),
+    unlocked = tombstone(account_of(args[2]))})
 end
 
 -- An administrator's lock: crate::policy::lockout::admin_lock (never shortens one in force).
@@ -660,26 +696,53 @@ local function lock_account(keys, args)
   local l = {key = account, since = now, ['until'] = till,
     failures = redis.call('LLEN', R .. 'wf:' .. account), admin = true, akind = args[3]}
   place_lock(l, now)
-  return cjson.encode({lock = l})
+  return cjson.encode({lock = l, wait = true})
 end
 
 -- Every lock of the account lifted, its failures cleared (reservations stay, so their tickets
 -- still find their window).
 -- ARGV: clock account
-local function unlock_account(keys, args)
-  R = keys[1]
-  local account = args[2]
-  local lifted = {}
+-- The account's locks with an epoch below `epoch` lifted (all of them without one); returns them
+-- and the longest any of them ran (since to until).
+local function lift_locks(account, epoch)
+  local lifted, longest = {}, 0
   local la = R .. 'la:' .. account
   for _, lk in ipairs(redis.call('SMEMBERS', la)) do
     local l = load_lock(lk)
-    if l then
-      lifted[#lifted + 1] = l
-      redis.call('DEL', R .. 'l:' .. lk)
+    if l == nil or epoch == nil or l.epoch < epoch then
+      if l then
+        lifted[#lifted + 1] = l
+        if l['until'] - l.since > longest then longest = l['until'] - l.since end
+        redis.call('DEL', R .. 'l:' .. lk)
+      end
+      redis.call('ZREM', R .. 'locks', lk)
+      redis.call('SREM', la, lk)
     end
-    redis.call('ZREM', R .. 'locks', lk)
   end
-  redis.call('DEL', la)
+  return lifted, longest
+end
+
+-- Set the account's tombstone to `epoch` (never lower it), living `keep` ms at least.
+local function set_tombstone(account, epoch, keep)
+  local u = R .. 'u:' .. account
+  if tombstone(account) < epoch then
+    redis.call('SET', u, string.format('%.0f', epoch))
+  end
+  extend(u, keep)
+end
+
+-- Every lock of the account lifted, its failures cleared (reservations stay, so their tickets
+-- still find their window), and its tombstone set to a new epoch: a lock older than this unlock
+-- is never written back. The tombstone outlives every lock it lifted could have lasted.
+-- ARGV: clock account
+local function unlock_account(keys, args)
+  R = keys[1]
+  local now = clock(args[1])
+  local account = args[2]
+  local lifted, longest = lift_locks(account, nil)
+  local keep = math.max(TOMBSTONE, longest + GRACE)
+  local epoch = next_epoch()
+  set_tombstone(account, epoch, keep)
   local cleared = 0
   for _, lk in ipairs(redis.call('SMEMBERS', R .. 'wa:' .. account)) do
     if redis.call('LLEN', R .. 'wf:' .. lk) > 0 then
@@ -693,8 +756,50 @@ local function unlock_account(keys, args)
       drop_window(lk)
     end
   end
-  redis.call('INCR', R .. 'epoch')
-  return cjson.encode({lifted = lifted, cleared = cleared})
+  return cjson.encode({lifted = lifted, cleared = cleared, epoch = epoch, now = now,
+    keep = keep, wait = true})
+end
+
+-- Write back what a gateway remembers, after a failover or a Redis that came back empty: first
+-- its unlocks (a tombstone lifts the account's older locks), then its locks, each only when it
+-- has not ended, its epoch is above its account's tombstone, and the lock here (if any) is older
+-- and ends sooner. Epochs handed out later follow every epoch written back. Running it twice, or
+-- from two gateways in either order, ends the same.
+-- ARGV: clock {"locks": [lock...], "unlocks": [{account, epoch, keep}...]}
+local function restore_locks(keys, args)
+  R = keys[1]
+  local now = clock(args[1])
+  local given = cjson.decode(args[2])
+  local highest = 0
+  local written, refused, kept = 0, 0, 0
+  for _, u in ipairs(given.unlocks or {}) do
+    local epoch, keep = tonumber(u.epoch), tonumber(u.keep)
+    if epoch > highest then highest = epoch end
+    if keep > 0 then
+      set_tombstone(u.account, epoch, keep)
+      lift_locks(u.account, epoch)
+    end
+  end
+  for _, g in ipairs(given.locks or {}) do
+    local l = {key = g.key, since = tonumber(g.since), ['until'] = tonumber(g['until']),
+      failures = tonumber(g.failures), admin = g.admin == true, akind = g.akind,
+      epoch = tonumber(g.epoch)}
+    if l.epoch > highest then highest = l.epoch end
+    local here = load_lock(l.key)
+    if not holds(l, now) or l.epoch <= tombstone(account_of(l.key)) then
+      refused = refused + 1
+    elseif here and (here.epoch >= l.epoch or (holds(here, now) and here['until'] >= l['until'])) then
+      kept = kept + 1
+    else
+      write_lock(l, now)
+      written = written + 1
+    end
+  end
+  if highest > 0 then
+    next_epoch(highest)
+  end
+  return cjson.encode({written = written, refused = refused, kept = kept,
+    wait = written > 0})
 end
 
 -- Locks in force (crate::policy::lockout::holds).
@@ -896,3 +1001,4 @@ register('counts', counts, true)
 register('probe', probe)
 register('import_session', import_session)
 register('import_lock', import_lock)
+register('restore_locks', restore_locks)

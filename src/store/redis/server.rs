@@ -1,6 +1,8 @@
 //! [`RedisServer`]: a real `redis-server` for tests, on a free loopback port with its own
-//! temporary folder, durable (`appendonly yes`, `appendfsync always`, no RDB snapshots), killed
-//! when dropped. Test builds only.
+//! temporary folder, durable (`appendonly yes`, `appendfsync always`, no RDB snapshots) or
+//! [volatile](RedisServer::start_volatile) (no persistence: a restart comes back empty), killed
+//! when dropped. Test builds only. [`super::sentinel`] builds a master, replicas and sentinels
+//! from the same pieces.
 //!
 //! Without `redis-server` (Debian's `redis-server`, 7.0 or later) starting one panics: the Redis
 //! tests fail, they never skip. `.ci/test` installs it.
@@ -16,9 +18,11 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    durable: bool,
 }
 
-fn program() -> PathBuf {
+/// `redis-server`'s path.
+pub(crate) fn program() -> PathBuf {
     for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
         let p = Path::new(dir).join("redis-server");
         if p.exists() {
@@ -28,7 +32,8 @@ fn program() -> PathBuf {
     panic!("`redis-server` is not installed: the Redis tests need Debian's redis-server (.ci/test installs it)");
 }
 
-fn free_port() -> u16 {
+/// A loopback port nobody listens on now.
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -36,7 +41,7 @@ fn free_port() -> u16 {
 }
 
 /// Send one inline command and read what comes back (enough for PING and SHUTDOWN).
-fn send(port: u16, line: &str) -> std::io::Result<String> {
+pub(crate) fn send(port: u16, line: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(format!("{line}\r\n").as_bytes())?;
@@ -48,11 +53,21 @@ fn send(port: u16, line: &str) -> std::io::Result<String> {
 impl RedisServer {
     /// Start one and wait until it answers PING.
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Start one that keeps nothing on disk: a restart comes back empty.
+    pub fn start_volatile() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(durable: bool) -> Self {
         for _ in 0..5 {
             let mut s = Self {
                 child: None,
                 dir: tempfile::tempdir().unwrap_or_else(|e| panic!("a temporary folder: {e}")),
                 port: free_port(),
+                durable,
             };
             if s.spawn() {
                 return s;
@@ -67,7 +82,11 @@ impl RedisServer {
             .arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--daemonize", "no", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(if self.durable {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -111,7 +130,7 @@ impl RedisServer {
     }
 
     /// Shut it down cleanly (its append-only file complete) and start it again on the same port
-    /// and data: what a restart of the Redis host does.
+    /// and data: what a restart of the Redis host does. A volatile one comes back empty.
     pub fn restart(&mut self) {
         let _ = send(self.port, "SHUTDOWN");
         if let Some(mut c) = self.child.take() {

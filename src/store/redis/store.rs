@@ -7,12 +7,14 @@
 //!   nothing to do.
 //! - Retrying a call is safe: a check's ticket id is its attempt id (finishing it twice answers
 //!   the same, one failure counted), an admission is keyed by its session key.
-//! - After an admission, a lock, an unlock or a kick, with `wait_replicas` set, the store sends
-//!   `WAIT`. Short of replicas, an admission is undone and answered
+//! - After an admission, a lock, an unlock or a kick (the function's answer says so with its
+//!   `wait` flag), with `wait_replicas` set, the store sends `WAIT`. Short of replicas, an admission is undone and answered
 //!   [`AdmitOutcome::Unsaved`] (the engine answers 503); a lock, unlock or kick stays in force,
 //!   and the shortfall is counted ([`RedisStore::wait_shortfalls`]) and told to the hook set with
 //!   [`RedisStore::on_wait_shortfall`] (for `store_errors_total{op="wait"}`).
 //! - Any failure is a [`StoreError`]: there is no in-memory fallback.
+//! - The locks and unlocks it answers with are remembered (`super::memory`) until they end, and
+//!   written back by the connection after a failover or a Redis that came back empty.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -214,14 +216,11 @@ impl RedisStore {
         }
     }
 
-    /// Where it is, for the log: the master's URL (without credentials) and the key prefix.
+    /// Where it is, for the log: the master's URL (without credentials) or its sentinels, and
+    /// the key prefix.
     pub fn describe(&self) -> String {
         let o = self.conn.opts();
-        format!(
-            "{} prefix {}",
-            crate::config::redact_url(&o.url),
-            o.key_prefix
-        )
+        format!("{} prefix {}", o.describe(), o.key_prefix)
     }
 
     /// The options it was made with.
@@ -328,8 +327,8 @@ impl RedisStore {
         r
     }
 
-    /// A call followed by `WAIT` when `needs_wait` says its answer changed something that must
-    /// reach the replicas; a shortfall is counted under `op` and returned.
+    /// A call followed by `WAIT` when its answer's `wait` flag says it changed something that
+    /// must reach the replicas; a shortfall is counted under `op` and returned.
     async fn waited(
         &self,
         op: &'static str,
@@ -337,14 +336,9 @@ impl RedisStore {
         keys: &[&str],
         now: Option<Timestamp>,
         args: &[String],
-        needs_wait: impl Fn(&str) -> bool,
     ) -> Result<(String, Option<StoreError>), StoreError> {
         let r = match self.ready().await {
-            Ok(()) => {
-                self.conn
-                    .fcall_waited(name, keys, now, &bytes(args), needs_wait)
-                    .await
-            }
+            Ok(()) => self.conn.fcall_waited(name, keys, now, &bytes(args)).await,
             Err(e) => Err(e),
         };
         let (reply, waited) = r.inspect_err(|e| self.failed(name, e))?;
@@ -453,6 +447,25 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Remember locks Redis answered with, to write them back after a failover or a Redis that
+    /// came back empty (see [`super::memory`]).
+    fn remember(&self, locks: Vec<wire::SeenLock>, now: Timestamp) {
+        self.conn.memory().saw_locks(locks, now.as_millis());
+    }
+
+    /// How many locks and unlocks this gateway remembers.
+    pub fn remembered(&self) -> (usize, usize) {
+        self.conn.memory().len()
+    }
+
+    /// What writing back remembered locks has done so far: locks written, refused (ended, or
+    /// older than an unlock) and kept (Redis's own was newer).
+    pub fn written_back(&self) -> wire::Restored {
+        self.conn.written_back()
+    }
+}
+
 /// The session secret's fingerprint: hex SHA-256 of a label and the secret.
 pub fn fingerprint(secret: &[u8]) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -491,14 +504,7 @@ impl PolicyStore for RedisStore {
             abs,
         ];
         let (reply, short) = self
-            .waited(
-                "admit",
-                "admit",
-                &[&format!("s:{key}")],
-                Some(a.now),
-                &args,
-                |r| r.contains("\"outcome\":\"admitted\""),
-            )
+            .waited("admit", "admit", &[&format!("s:{key}")], Some(a.now), &args)
             .await?;
         let (outcome, ended) = wire::parse::<WireAdmit>("an admission", &reply)?.decode()?;
         // A replace ended the account's other session; an expired one may have ended too.
@@ -637,7 +643,6 @@ impl PolicyStore for RedisStore {
                 &[&format!("s:{}", key.0)],
                 None,
                 &[key.0.clone(), reason.as_str().into()],
-                |r| r.contains("\"session\""),
             )
             .await;
         let reply = match r {
@@ -668,7 +673,6 @@ impl PolicyStore for RedisStore {
                 &[&format!("a:{account}")],
                 None,
                 &[account.to_owned()],
-                |r| r.contains("\"key\""),
             )
             .await?;
         self.cache.forget_account(account);
@@ -691,7 +695,9 @@ impl PolicyStore for RedisStore {
         let reply = self
             .call("sweep", &["sessions", "locks", "windows"], Some(now), &args)
             .await?;
-        let swept = wire::parse::<WireSwept>("a sweep", &reply)?.decode()?;
+        let swept = wire::parse::<WireSwept>("a sweep", &reply)?;
+        self.conn.memory().forget(&swept.lifted());
+        let swept = swept.decode()?;
         for (s, _) in &swept.ended {
             self.cache.forget_session(&s.key);
         }
@@ -720,10 +726,11 @@ impl PolicyStore for RedisStore {
                 &[&format!("l:{lk}"), &format!("wf:{lk}"), &format!("wt:{lk}")],
                 Some(now),
                 &args,
-                |r| r.contains("\"placed\":true"),
             )
             .await?;
-        wire::parse::<WireStart>("a check's start", &reply)?.decode(key)
+        let start = wire::parse::<WireStart>("a check's start", &reply)?;
+        self.remember(start.seen(), now);
+        start.decode(key)
     }
 
     async fn finish_attempt(
@@ -757,10 +764,11 @@ impl PolicyStore for RedisStore {
                 &[&format!("l:{lk}"), &format!("wf:{lk}"), &format!("wt:{lk}")],
                 Some(now),
                 &args,
-                |r| r.contains("\"end\":\"locked\""),
             )
             .await?;
-        wire::parse::<WireEnd>("a check's end", &reply)?.decode()
+        let end = wire::parse::<WireEnd>("a check's end", &reply)?;
+        self.remember(end.seen(), now);
+        end.decode()
     }
 
     async fn lock_state(&self, key: &LockKey, now: Timestamp) -> Result<Option<Lock>, StoreError> {
@@ -773,7 +781,12 @@ impl PolicyStore for RedisStore {
                 std::slice::from_ref(&lk),
             )
             .await?;
-        Ok(wire::parse::<WireLockState>("a lock", &reply)?.decode())
+        let state = wire::parse::<WireLockState>("a lock", &reply)?;
+        self.conn
+            .memory()
+            .saw_tombstone(&key.account, state.unlocked());
+        self.remember(state.seen(), now);
+        Ok(state.decode())
     }
 
     async fn lock_account(
@@ -793,14 +806,13 @@ impl PolicyStore for RedisStore {
                 &[&format!("l:{account}")],
                 Some(now),
                 &args,
-                |_| true,
             )
             .await?;
-        wire::parse::<WireLockState>("a lock", &reply)?
-            .decode()
-            .ok_or_else(|| StoreError::Remote {
-                reason: "answered a lock without the lock".into(),
-            })
+        let state = wire::parse::<WireLockState>("a lock", &reply)?;
+        self.remember(state.seen(), now);
+        state.decode().ok_or_else(|| StoreError::Remote {
+            reason: "answered a lock without the lock".into(),
+        })
     }
 
     async fn unlock_account(&self, account: &str) -> Result<Unlocked, StoreError> {
@@ -811,15 +823,18 @@ impl PolicyStore for RedisStore {
                 &[&format!("la:{account}"), &format!("wa:{account}")],
                 None,
                 &[account.to_owned()],
-                |_| true,
             )
             .await?;
-        Ok(wire::parse::<WireUnlocked>("an unlock", &reply)?.decode())
+        let unlocked = wire::parse::<WireUnlocked>("an unlock", &reply)?;
+        self.conn.memory().saw_unlock(unlocked.seen(account));
+        Ok(unlocked.decode())
     }
 
     async fn lockouts(&self, now: Timestamp) -> Result<Vec<Lock>, StoreError> {
         let reply = self.read("lockouts", &["locks"], Some(now), &[]).await?;
-        Ok(wire::parse::<WireLocks>("the locks", &reply)?.decode())
+        let locks = wire::parse::<WireLocks>("the locks", &reply)?;
+        self.remember(locks.seen(), now);
+        Ok(locks.decode())
     }
 
     async fn counts(&self, now: Timestamp) -> Result<Counts, StoreError> {

@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use serde::de::{DeserializeOwned, Deserializer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::store::tables::decode_lock_key;
@@ -118,8 +118,7 @@ impl WireSession {
     }
 }
 
-/// A lock as the library holds it; `epoch` orders lock writes (for re-writing locks after a
-/// failover, a later step).
+/// A lock as the library holds it; `epoch` orders it against the account's unlocks.
 #[derive(Deserialize)]
 pub(crate) struct WireLock {
     key: String,
@@ -131,11 +130,43 @@ pub(crate) struct WireLock {
     admin: bool,
     akind: String,
     #[serde(default)]
-    #[allow(dead_code)]
     epoch: u64,
 }
 
+/// A lock as a gateway remembers it and `restore_locks` takes it back: the library's own fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct SeenLock {
+    pub key: String,
+    pub since: u64,
+    #[serde(rename = "until")]
+    pub until: u64,
+    pub failures: u32,
+    pub admin: bool,
+    pub akind: String,
+    pub epoch: u64,
+}
+
+/// An unlock as a gateway remembers it: the account's tombstone, and until when it must last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SeenUnlock {
+    pub account: String,
+    pub epoch: u64,
+    pub until: u64,
+}
+
 impl WireLock {
+    pub(crate) fn seen(&self) -> SeenLock {
+        SeenLock {
+            key: self.key.clone(),
+            since: self.since.as_millis(),
+            until: self.until.as_millis(),
+            failures: self.failures,
+            admin: self.admin,
+            akind: self.akind.clone(),
+            epoch: self.epoch,
+        }
+    }
+
     pub(crate) fn into_lock(self) -> Lock {
         Lock {
             key: decode_lock_key(&self.key),
@@ -146,6 +177,10 @@ impl WireLock {
             account_kind: account_kind(&self.akind),
         }
     }
+}
+
+fn seen(v: &[WireLock]) -> Vec<SeenLock> {
+    v.iter().map(WireLock::seen).collect()
 }
 
 fn locks(v: Vec<WireLock>) -> Vec<Lock> {
@@ -290,6 +325,11 @@ pub(crate) struct WireSwept {
 }
 
 impl WireSwept {
+    /// The locks it lifted (to forget).
+    pub(crate) fn lifted(&self) -> Vec<SeenLock> {
+        seen(&self.lifted)
+    }
+
     pub(crate) fn decode(self) -> Result<Swept, StoreError> {
         Ok(Swept {
             ended: ended(self.ended)?,
@@ -299,7 +339,7 @@ impl WireSwept {
     }
 }
 
-/// `begin_attempt`'s answer (`placed`, when it placed a lock, is read by the store as text).
+/// `begin_attempt`'s answer.
 #[derive(Deserialize)]
 pub(crate) struct WireStart {
     start: String,
@@ -310,6 +350,10 @@ pub(crate) struct WireStart {
 }
 
 impl WireStart {
+    pub(crate) fn seen(&self) -> Vec<SeenLock> {
+        self.lock.iter().map(WireLock::seen).collect()
+    }
+
     pub(crate) fn decode(self, key: &crate::store::LockKey) -> Result<AttemptStart, StoreError> {
         match (self.start.as_str(), self.lock, self.id) {
             ("locked", Some(l), _) => Ok(AttemptStart::Locked(l.into_lock())),
@@ -335,6 +379,10 @@ pub(crate) struct WireEnd {
 }
 
 impl WireEnd {
+    pub(crate) fn seen(&self) -> Vec<SeenLock> {
+        self.lock.iter().map(WireLock::seen).collect()
+    }
+
     pub(crate) fn decode(self) -> Result<AttemptEnd, StoreError> {
         match (self.end.as_str(), self.failures, self.lock) {
             ("done", _, _) => Ok(AttemptEnd::Done),
@@ -350,9 +398,21 @@ impl WireEnd {
 pub(crate) struct WireLockState {
     #[serde(default)]
     lock: Option<WireLock>,
+    /// The account's tombstone (`lock_state` only).
+    #[serde(default)]
+    unlocked: u64,
 }
 
 impl WireLockState {
+    pub(crate) fn seen(&self) -> Vec<SeenLock> {
+        self.lock.iter().map(WireLock::seen).collect()
+    }
+
+    /// The epoch of the account's last unlock that Redis remembers, 0 for none.
+    pub(crate) fn unlocked(&self) -> u64 {
+        self.unlocked
+    }
+
     pub(crate) fn decode(self) -> Option<Lock> {
         self.lock.map(WireLock::into_lock)
     }
@@ -363,9 +423,24 @@ pub(crate) struct WireUnlocked {
     #[serde(default, deserialize_with = "list")]
     lifted: Vec<WireLock>,
     cleared: usize,
+    #[serde(default)]
+    epoch: u64,
+    #[serde(default)]
+    now: u64,
+    #[serde(default)]
+    keep: u64,
 }
 
 impl WireUnlocked {
+    /// The unlock as the gateway remembers it: its tombstone for `account`.
+    pub(crate) fn seen(&self, account: &str) -> SeenUnlock {
+        SeenUnlock {
+            account: account.to_owned(),
+            epoch: self.epoch,
+            until: self.now.saturating_add(self.keep),
+        }
+    }
+
     pub(crate) fn decode(self) -> Unlocked {
         Unlocked {
             lifted: locks(self.lifted),
@@ -381,6 +456,10 @@ pub(crate) struct WireLocks {
 }
 
 impl WireLocks {
+    pub(crate) fn seen(&self) -> Vec<SeenLock> {
+        seen(&self.locks)
+    }
+
     pub(crate) fn decode(self) -> Vec<Lock> {
         locks(self.locks)
     }
@@ -411,6 +490,26 @@ impl WireCounts {
     }
 }
 
+/// Whether a function's answer asks for `WAIT` (its `wait` flag); an answer that cannot be read
+/// asks for it, so that nothing that changed goes unacknowledged.
+pub(crate) fn wants_wait(reply: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Flag {
+        #[serde(default)]
+        wait: bool,
+    }
+    serde_json::from_str::<Flag>(reply).map_or(true, |f| f.wait)
+}
+
+/// `restore_locks`' answer: locks written back, refused (ended, or older than an unlock), and
+/// kept (Redis's own was newer or longer).
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    pub written: u64,
+    pub refused: u64,
+    pub kept: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,5 +528,8 @@ mod tests {
         assert_eq!(l.until, Timestamp::from_millis(1_767_229_200_000));
         assert_eq!(l.account_kind, AccountKind::Local);
         assert!(parse::<WireCounts>("counts", "{}").is_err());
+        assert!(wants_wait(r#"{"outcome":"admitted","wait":true}"#));
+        assert!(!wants_wait(r#"{"outcome":"full"}"#));
+        assert!(wants_wait("not json"));
     }
 }
