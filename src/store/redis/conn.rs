@@ -1151,6 +1151,8 @@ mod tests {
             "counts",
             "probe",
             "restore_locks",
+            "import_session",
+            "import_lock",
         ] {
             assert!(LIBRARY.contains(&format!("register('{f}', {f}")), "{f}");
         }
