@@ -17,6 +17,7 @@ use prometheus::{
 };
 
 use crate::policy::{DirectoryResult, LoginResult, Observer, PolicyEvent, Status};
+use crate::store::redis::conn::FUNCTIONS;
 use crate::store::EndReason;
 
 /// `faspex_gate_requests_total{route}` and `faspex_gate_request_duration_seconds{route}` values.
@@ -79,30 +80,10 @@ const DIRECTORY_RESULTS: [DirectoryResult; 3] = [
 ];
 
 /// The registry and the metrics fed by policy events.
-/// `faspex_gate_store_errors_total`'s `op` values: the Redis store's steps (its functions'
-/// names), `wait` (replicas short of `store.redis.wait_replicas`), and `other`.
-pub const STORE_OPS: [&str; 20] = [
-    "admit",
-    "session",
-    "client_session",
-    "bearer_session",
-    "set_upstream_cookie",
-    "add_bearer",
-    "end_session",
-    "end_account",
-    "sessions",
-    "sweep",
-    "begin_attempt",
-    "finish_attempt",
-    "lock_state",
-    "lock_account",
-    "unlock_account",
-    "lockouts",
-    "counts",
-    "probe",
-    "wait",
-    "other",
-];
+/// `faspex_gate_store_errors_total`'s `op` values besides the store's functions
+/// ([`crate::store::redis::conn::FUNCTIONS`]): `wait` (replicas short of
+/// `store.redis.wait_replicas`) and `other`.
+const STORE_OPS_ALSO: [&str; 2] = ["wait", "other"];
 
 pub struct Metrics {
     registry: Registry,
@@ -320,7 +301,7 @@ impl Metrics {
         for r in END_REASONS {
             sessions_ended.with_label_values(&[r.as_str()]);
         }
-        for op in STORE_OPS {
+        for op in FUNCTIONS.iter().chain(&STORE_OPS_ALSO) {
             store_errors.with_label_values(&[op]);
         }
         for r in DIRECTORY_RESULTS {
@@ -360,10 +341,14 @@ impl Metrics {
         self.store_up.set(i64::from(up));
     }
 
-    /// One failed call to the state store; `op` is a [`STORE_OPS`] value (anything else counts
-    /// as `other`).
+    /// One failed call to the state store; `op` is a store function's name or `wait` (anything
+    /// else counts as `other`).
     pub fn store_error(&self, op: &str) {
-        let op = if STORE_OPS.contains(&op) { op } else { "other" };
+        let op = if FUNCTIONS.contains(&op) || op == "wait" {
+            op
+        } else {
+            "other"
+        };
         self.store_errors.with_label_values(&[op]).inc();
     }
 
@@ -609,7 +594,10 @@ mod tests {
             ),
             3.0
         );
-        assert!(!text.contains("store_error"), "only the contract's labels");
+        assert!(
+            !text.contains("result=\"store_error\""),
+            "only the contract's labels"
+        );
         assert!(!text.contains("ann"), "never a username");
     }
 }

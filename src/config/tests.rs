@@ -1928,6 +1928,16 @@ fn redis_store_rules() {
         "store.redis.master_name",
         "only with sentinels",
     );
+    // TLS with Sentinel is not built: check-config refuses it as run would.
+    f.fails(
+        &redis(&[
+            ("store.redis.sentinels", list(&["s1:26379"])),
+            ("store.redis.master_name", s("m")),
+            ("store.redis.ca_file", f.p("missing-ca.pem")),
+        ]),
+        "store.redis.ca_file",
+        "not supported yet",
+    );
     // The prefix, the user, and the bounds.
     for (bad, needle) in [
         ("", "must not be empty"),
