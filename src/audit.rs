@@ -59,6 +59,10 @@ pub struct Record<'a> {
     /// Failed logins in the window when a lock began.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failures: Option<u32>,
+    /// Lock events of a lock made by failures: where the window's last failures came from,
+    /// at most five distinct addresses, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<&'a [IpAddr]>,
     /// When an ended session began.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
@@ -198,6 +202,7 @@ fn lock_record<'a>(log: &AuditLog, event: &'static str, l: &'a Lock) -> Record<'
         since: Some(time(l.since)),
         until: Some(time(l.until)),
         failures: (!l.by_admin).then_some(l.failures),
+        sources: (!l.by_admin).then_some(l.sources.as_slice()),
         by_admin: Some(l.by_admin),
         ..log.record(event)
     }
@@ -301,6 +306,7 @@ mod tests {
             failures: 5,
             by_admin: false,
             account_kind: AccountKind::Directory,
+            sources: vec![ip, "192.0.2.8".parse().unwrap()],
         };
         log.event(&PolicyEvent::LockedOut(&lock));
         let v = lines(&path);
@@ -315,6 +321,10 @@ mod tests {
         assert_eq!(v[1]["result"], "invalid");
         assert_eq!(v[2]["event"], "lockout");
         assert_eq!(v[2]["failures"], 5);
+        assert_eq!(
+            v[2]["sources"],
+            serde_json::json!(["192.0.2.7", "192.0.2.8"])
+        );
         assert_eq!(v[2]["until"], "2026-11-18T12:06:40.123Z");
         assert_eq!(v[2]["by_admin"], false);
         for r in &v {

@@ -354,7 +354,7 @@ pub fn human(action: &Action, v: &Value) -> String {
             if list.is_empty() {
                 return "No account is locked.\n".into();
             }
-            let rows: Vec<[String; 7]> = list
+            let rows: Vec<[String; 8]> = list
                 .into_iter()
                 .map(|l| {
                     [
@@ -365,6 +365,11 @@ pub fn human(action: &Action, v: &Value) -> String {
                         l.unlocks_at,
                         l.failures.to_string(),
                         if l.by_admin { "admin" } else { "failed logins" }.into(),
+                        if l.sources.is_empty() {
+                            "-".into()
+                        } else {
+                            l.sources.join(",")
+                        },
                     ]
                 })
                 .collect();
@@ -377,6 +382,7 @@ pub fn human(action: &Action, v: &Value) -> String {
                     "UNLOCKS AT",
                     "FAILURES",
                     "BY",
+                    "SOURCES",
                 ],
                 &rows,
             )
@@ -478,9 +484,11 @@ mod tests {
         let v = serde_json::json!({"user": "ann", "was_locked": true});
         assert!(human(&Action::Unlock("ann".into()), &v).contains("can log in now"));
         let v = serde_json::json!({"lockouts": [{"user": "bob", "account_kind": "local",
-            "locked_since": "t0", "unlocks_at": "t1", "failures": 5, "by_admin": false}]});
+            "locked_since": "t0", "unlocks_at": "t1", "failures": 5, "by_admin": false,
+            "sources": ["192.0.2.9", "2001:db8::1"]}]});
         let t = human(&Action::Lockouts, &v);
         assert!(t.starts_with("USER  ACCOUNT  FROM   LOCKED SINCE"), "{t}");
         assert!(t.contains("bob   local    (any)  t0"), "{t}");
+        assert!(t.contains("failed logins  192.0.2.9,2001:db8::1"), "{t}");
     }
 }

@@ -612,6 +612,10 @@ pub struct LockView {
     pub unlocks_at: String,
     pub failures: u32,
     pub by_admin: bool,
+    /// Where the failures that made the lock came from: at most five distinct addresses, newest
+    /// first (none for an administrator's lock).
+    #[serde(default)]
+    pub sources: Vec<String>,
 }
 
 impl From<&Lock> for LockView {
@@ -624,6 +628,7 @@ impl From<&Lock> for LockView {
             unlocks_at: l.until.rfc3339(),
             failures: l.failures,
             by_admin: l.by_admin,
+            sources: l.sources.iter().map(ToString::to_string).collect(),
         }
     }
 }

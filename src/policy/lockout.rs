@@ -11,7 +11,11 @@
 //! - A right password does not clear the window ([`counts_failure`]).
 //! - A check's reservation is presumed dead `ticket_ttl` after it was made, should the check
 //!   never finish ([`ticket_expires`], [`ticket_live`]).
-//! - A window keeps at most the threshold's worth of failures, the newest ([`failures_kept`]).
+//! - A window keeps at most the threshold's worth of failures, the newest ([`failures_kept`]),
+//!   and the source addresses of its latest failures: at most [`MAX_SOURCES`] distinct, newest
+//!   first, one seen again moving to the front ([`remember_source`]). They go when its failures
+//!   do (slid out, cleared by a lock or an unlock); a lock made by failures carries them, an
+//!   administrator's none.
 //! - An account-wide lock (an administrator's, or failures under `account`) holds for every
 //!   address; of two locks in force, the longer answers ([`in_force`]). An administrator's lock
 //!   never shortens one in force ([`admin_lock`]). Two locks that become one key (two spellings
@@ -89,6 +93,17 @@ pub fn ticket_live(expires: Timestamp, now: Timestamp) -> bool {
 /// locks, and clears the window).
 pub fn failures_kept(rules: &LockoutRules) -> usize {
     rules.threshold as usize
+}
+
+/// The most distinct source addresses a failure window (and the lock it makes) keeps.
+pub const MAX_SOURCES: usize = 5;
+
+/// Remember that a failure came from `ip`: `sources` is newest first, each address once, at most
+/// [`MAX_SOURCES`] of them.
+pub fn remember_source(sources: &mut Vec<IpAddr>, ip: IpAddr) {
+    sources.retain(|s| *s != ip);
+    sources.insert(0, ip);
+    sources.truncate(MAX_SOURCES);
 }
 
 /// Of two locks on one key (two spellings of one account, joined when an old store is
@@ -171,6 +186,7 @@ pub fn before_check(
             failures: failures.len() as u32,
             by_admin: false,
             account_kind: AccountKind::default(),
+            sources: Vec::new(),
         };
         return if holds(&lock, now) {
             BeforeCheck::Lock(lock)
@@ -201,6 +217,7 @@ pub fn after_failure(
         failures,
         by_admin: false,
         account_kind: kind,
+        sources: Vec::new(),
     })
 }
 
@@ -225,6 +242,7 @@ pub fn admin_lock(
         failures,
         by_admin: true,
         account_kind: kind,
+        sources: Vec::new(),
     }
 }
 
@@ -309,6 +327,20 @@ mod tests {
             ticket_expires(t0, &r),
             t0 + Duration::from_secs(180)
         ));
+    }
+
+    #[test]
+    fn a_window_keeps_five_distinct_sources_newest_first() {
+        let ip = |i: u8| IpAddr::from([192, 0, 2, i]);
+        let mut s = Vec::new();
+        for i in 1..=7 {
+            remember_source(&mut s, ip(i));
+        }
+        assert_eq!(s, [ip(7), ip(6), ip(5), ip(4), ip(3)]);
+        remember_source(&mut s, ip(4));
+        assert_eq!(s, [ip(4), ip(7), ip(6), ip(5), ip(3)]);
+        remember_source(&mut s, ip(4));
+        assert_eq!(s.len(), MAX_SOURCES);
     }
 
     #[test]

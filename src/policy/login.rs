@@ -179,6 +179,7 @@ impl Policy {
             .await
             .map_err(|c| c.refusal(self.now()))?;
         ticket.account_kind = r.kind;
+        ticket.source = Some(req.ip);
         let mut guard = TicketGuard {
             policy: self.clone(),
             ticket: Some(ticket),
@@ -263,6 +264,7 @@ impl Policy {
             Err(c) => return c,
         };
         ticket.account_kind = r.kind;
+        ticket.source = Some(ip);
         let mut guard = TicketGuard {
             policy: self.clone(),
             ticket: Some(ticket),

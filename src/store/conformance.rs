@@ -64,6 +64,7 @@ macro_rules! store_conformance {
             lockout_checks_in_flight_hold_places,
             lockout_admin_lock_and_unlock,
             lockout_account_wide_lock_holds_for_every_address,
+            lockout_windows_keep_their_last_sources,
             lockout_and_sessions_survive_a_restart,
             account_kinds_are_kept_and_counted,
             counts_seats_sessions_locks_and_windows,
@@ -624,6 +625,140 @@ pub async fn lockout_account_wide_lock_holds_for_every_address(mut b: impl Backe
         "the longer lock answers"
     );
     assert_eq!(store.unlock_account("ann").await.unwrap().lifted.len(), 2);
+}
+
+/// One credential check under `key` at `now` from `source`, under `rules`, finished with `result`.
+async fn attempt_from(
+    store: &Arc<dyn PolicyStore>,
+    key: &LockKey,
+    source: &str,
+    result: AttemptResult,
+    now: Timestamp,
+    rules: LockoutRules,
+) -> AttemptEnd {
+    let mut ticket = match store.begin_attempt(key, now, rules).await.unwrap() {
+        AttemptStart::Proceed(ticket) => ticket,
+        other => panic!("no place for a check at {now}: {other:?}"),
+    };
+    ticket.source = Some(source.parse().unwrap());
+    store
+        .finish_attempt(ticket, result, now, rules)
+        .await
+        .unwrap()
+}
+
+/// Lockout: a window keeps the source addresses of its last failures (at most five distinct,
+/// newest first, one seen again moving to the front), the lock it makes carries them, and they go
+/// with the window's failures (an unlock, a lock, or sliding out). An administrator's lock has
+/// none.
+pub async fn lockout_windows_keep_their_last_sources(mut b: impl Backend) {
+    let (store, now) = open(&mut b).await;
+    let ten = LockoutRules {
+        threshold: 10,
+        ..lockout()
+    };
+    let key = LockKey::account("ann");
+    let net = |i: u32| format!("192.0.2.{i}");
+    let ips = |v: &[u32]| -> Vec<IpAddr> { v.iter().map(|i| net(*i).parse().unwrap()).collect() };
+    // Nine failures from 1, 2, 3, 4, 5, 6, 3 again, 7 and 8; an accepted and an aborted check
+    // from 20 and 21 in between count no address.
+    for (n, i) in [1, 2, 3, 4, 5, 6, 3, 7, 8].into_iter().enumerate() {
+        let end = attempt_from(&store, &key, &net(i), AttemptResult::Rejected, now, ten).await;
+        assert_eq!(
+            end,
+            AttemptEnd::Counted {
+                failures: n as u32 + 1
+            }
+        );
+    }
+    for (i, result) in [(20, AttemptResult::Accepted), (21, AttemptResult::Aborted)] {
+        attempt_from(&store, &key, &net(i), result, now + SEC, ten).await;
+    }
+    let eight = net(8);
+    let tenth = attempt_from(
+        &store,
+        &key,
+        &eight,
+        AttemptResult::Rejected,
+        now + SEC,
+        ten,
+    );
+    let lock = match tenth.await {
+        AttemptEnd::Locked(l) => l,
+        other => panic!("the tenth failure locks: {other:?}"),
+    };
+    assert_eq!(
+        lock.sources,
+        ips(&[8, 7, 3, 6, 5]),
+        "five, newest first, each once"
+    );
+    assert_eq!(
+        lock_at(&store, &key, now + 2 * SEC).await,
+        Some(lock.clone())
+    );
+    assert_eq!(
+        store.lockouts(now + 2 * SEC).await.unwrap(),
+        vec![lock.clone()]
+    );
+    // It is kept with the lock (where the backend is durable).
+    let store = if b.durable() {
+        drop(store);
+        let store = b.open().await;
+        assert_eq!(
+            lock_at(&store, &key, now + 2 * SEC).await,
+            Some(lock.clone())
+        );
+        store
+    } else {
+        store
+    };
+
+    // The unlock lifts the lock with them; the window starts afresh.
+    let u = store.unlock_account("ann").await.unwrap();
+    assert_eq!(u.lifted, vec![lock]);
+    let two = LockoutRules {
+        threshold: 2,
+        ..lockout()
+    };
+    let at = now + 10 * SEC;
+    attempt_from(&store, &key, &net(9), AttemptResult::Rejected, at, ten).await;
+    // An unlock clears the window's addresses with its failures.
+    store.unlock_account("ann").await.unwrap();
+    attempt_from(&store, &key, &net(10), AttemptResult::Rejected, at, two).await;
+    let end = attempt_from(&store, &key, &net(11), AttemptResult::Rejected, at, two).await;
+    assert!(
+        matches!(&end, AttemptEnd::Locked(l) if l.sources == ips(&[11, 10])),
+        "{end:?}"
+    );
+    store.unlock_account("ann").await.unwrap();
+
+    // Failures that slid out of the window take their addresses with them.
+    attempt_from(&store, &key, &net(12), AttemptResult::Rejected, at, two).await;
+    let later = at + MIN;
+    attempt_from(&store, &key, &net(13), AttemptResult::Rejected, later, two).await;
+    let end = attempt_from(&store, &key, &net(13), AttemptResult::Rejected, later, two).await;
+    assert!(
+        matches!(&end, AttemptEnd::Locked(l) if l.sources == ips(&[13])),
+        "{end:?}"
+    );
+
+    // An administrator's lock has none, even over a window with failures.
+    attempt_from(
+        &store,
+        &LockKey::account("bob"),
+        &net(14),
+        AttemptResult::Rejected,
+        at,
+        ten,
+    )
+    .await;
+    let admin = store
+        .lock_account("bob", AccountKind::Directory, at, at + HOUR)
+        .await
+        .unwrap();
+    assert_eq!((admin.failures, admin.sources.len()), (1, 0));
+    let shown = lock_at(&store, &LockKey::account("bob"), at).await.unwrap();
+    assert!(shown.sources.is_empty());
 }
 
 /// Durability: locks, and sessions with their deadlines, survive a restart (where the backend

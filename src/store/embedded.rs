@@ -783,7 +783,29 @@ mod tests {
             failures,
             by_admin,
             account_kind: AccountKind::Directory,
+            sources: Vec::new(),
         }
+    }
+
+    /// A lock written before locks kept their failures' source addresses still reads.
+    #[test]
+    fn a_lock_without_sources_reads() {
+        let old = r#"{"key":{"account":"ann"},"since":1000,"until":2000,"failures":5,"by_admin":false,"account_kind":"local"}"#;
+        let l: Lock = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            l,
+            Lock {
+                account_kind: AccountKind::Local,
+                ..lock(
+                    "ann",
+                    None,
+                    Timestamp::from_millis(1000),
+                    Timestamp::from_millis(2000),
+                    5,
+                    false
+                )
+            }
+        );
     }
 
     fn timeouts() -> Timeouts {

@@ -366,6 +366,11 @@ pub struct Lock {
     /// Whose account is locked.
     #[serde(default)]
     pub account_kind: AccountKind,
+    /// Where the failures that made it came from: the window's last few distinct source
+    /// addresses, newest first ([`crate::policy::lockout::remember_source`]). None for an
+    /// administrator's lock, nor for one recorded before they were kept.
+    #[serde(default)]
+    pub sources: Vec<IpAddr>,
 }
 
 /// The rules for lockout, from `[policy]`: the parameters of [`crate::policy::lockout`].
@@ -388,6 +393,10 @@ pub struct AttemptTicket {
     /// Whose account the check is for: a lock it sets says so. The engine sets it; the store
     /// makes tickets for the directory's.
     pub account_kind: AccountKind,
+    /// The end client's address (what the engine has as the login's source): a failure this
+    /// check reports is remembered as coming from it. The engine sets it; the store makes
+    /// tickets without one.
+    pub source: Option<IpAddr>,
 }
 
 /// The answer to "may a credential check run now?".

@@ -12,6 +12,7 @@
 //! indexes, dirty marks, and the order of the writes.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::clock::Timestamp;
@@ -36,6 +37,10 @@ struct Window {
     failures: VecDeque<Timestamp>,
     /// Checks in flight: ticket id and when the reservation is presumed dead.
     in_flight: Vec<(u64, Timestamp)>,
+    /// Where the latest failures came from, newest first, at most
+    /// [`lockout::MAX_SOURCES`]; empty whenever `failures` is. Kept in memory only: a restart
+    /// forgets them (a lock keeps its own).
+    sources: Vec<IpAddr>,
 }
 
 impl Window {
@@ -48,12 +53,21 @@ impl Window {
                 break;
             }
         }
+        if self.failures.is_empty() {
+            self.sources = Vec::new();
+        }
         self.in_flight
             .retain(|&(_, expires)| lockout::ticket_live(expires, now));
         if self.in_flight.is_empty() {
             // Most windows never have a check in flight again: give the buffer back.
             self.in_flight = Vec::new();
         }
+    }
+
+    /// Forget every failure (a lock or an unlock cleared the window), and where they came from.
+    fn clear_failures(&mut self) {
+        self.failures.clear();
+        self.sources = Vec::new();
     }
 
     fn is_empty(&self) -> bool {
@@ -126,6 +140,7 @@ impl Tables {
                 Window {
                     failures: f.into(),
                     in_flight: Vec::new(),
+                    sources: Vec::new(),
                 },
             );
         }
@@ -460,10 +475,12 @@ impl Tables {
             BeforeCheck::Proceed => {}
             BeforeCheck::Busy => return (AttemptStart::Busy, false),
             decision => {
-                w.failures.clear();
+                let sources = std::mem::take(&mut w.sources);
+                w.clear_failures();
                 self.dirty_windows.insert(key.clone());
                 self.drop_if_empty(key);
-                if let BeforeCheck::Lock(lock) = decision {
+                if let BeforeCheck::Lock(mut lock) = decision {
+                    lock.sources = sources;
                     self.locks.insert(key.clone(), lock.clone());
                     self.dirty_locks.insert(key.clone());
                     return (AttemptStart::Locked(lock), true);
@@ -479,6 +496,7 @@ impl Tables {
                 key: key.clone(),
                 id,
                 account_kind: AccountKind::default(),
+                source: None,
             }),
             false,
         )
@@ -515,6 +533,9 @@ impl Tables {
             let w = self.windows.entry(key.clone()).or_default();
             w.prune(now, rules.window);
             w.failures.push_back(now);
+            if let Some(ip) = ticket.source {
+                lockout::remember_source(&mut w.sources, ip);
+            }
             let kept = lockout::failures_kept(&rules);
             while w.failures.len() > kept {
                 w.failures.pop_front();
@@ -522,8 +543,9 @@ impl Tables {
             let failures = w.failures.len() as u32;
             self.dirty_windows.insert(key.clone());
             match lockout::after_failure(&key, failures, now, &rules, ticket_kind) {
-                Some(lock) => {
-                    w.failures.clear();
+                Some(mut lock) => {
+                    lock.sources = std::mem::take(&mut w.sources);
+                    w.clear_failures();
                     self.locks.insert(key.clone(), lock.clone());
                     self.dirty_locks.insert(key.clone());
                     AttemptEnd::Locked(lock)
@@ -581,7 +603,7 @@ impl Tables {
                     windows_cleared += 1;
                 }
                 // Keep reservations so their tickets still find the window.
-                w.failures.clear();
+                w.clear_failures();
                 if w.is_empty() {
                     self.windows.remove(&k);
                 }

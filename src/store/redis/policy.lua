@@ -22,12 +22,15 @@ Keys under the root R:
   seats             set: accounts holding a seat
   sessions          set: every session key
   b:<bearer key>    string: the session key a bearer token is tied to
-  l:<lock key>      hash: since until failures admin akind epoch (expires GRACE after `until`)
+  l:<lock key>      hash: since until failures admin akind epoch [sources] (expires GRACE after
+                    `until`; sources: the window's, newest first, comma-joined)
   u:<account>       string: the epoch of the account's last unlock, its tombstone (expires after
                     every lock it lifted could have ended, and not before TOMBSTONE)
   la:<account>      set: the account's lock keys          (expires with its last lock)
   locks             zset: lock key -> until                (expires with the last lock)
   wf:<lock key>     list: failure times in the window, oldest first (expires as it slides empty)
+  ws:<lock key>     list: the latest failures' distinct source addresses, oldest first, at most
+                    SOURCES (expires with wf:, goes when wf: does)
   wt:<lock key>     zset: ticket id -> when the reservation is presumed dead (expires likewise)
   wa:<account>      set: the account's failure windows     (expires with its last window)
   windows           zset: lock key -> when its window is empty (expires with the last window)
@@ -54,6 +57,7 @@ written without its expiry in the same call.
 local GRACE = 600000 -- a lifted lock's record outlives `until` by this, so a sweep can report it
 local TOMBSTONE = 86400000 -- an unlock's tombstone lives at least this long (and past every lock
                            -- it lifted): no gateway remembers a lock it could undo for longer
+local SOURCES = 5 -- crate::policy::lockout::MAX_SOURCES
 local R
 
 local function clock(spec)
@@ -440,7 +444,7 @@ local function load_lock(lk)
   end
   return {key = lk, since = tonumber(l.since), ['until'] = tonumber(l['until']),
     failures = tonumber(l.failures), admin = l.admin == '1', akind = l.akind,
-    epoch = tonumber(l.epoch or '0')}
+    epoch = tonumber(l.epoch or '0'), sources = l.sources or ''}
 end
 
 -- crate::policy::lockout::holds: a lock lifts at exactly its end.
@@ -489,6 +493,9 @@ local function write_lock(l, now)
   redis.call('HSET', h, 'since', string.format('%.0f', l.since),
     'until', string.format('%.0f', l['until']), 'failures', l.failures,
     'admin', l.admin and '1' or '0', 'akind', l.akind, 'epoch', string.format('%.0f', l.epoch))
+  if l.sources and l.sources ~= '' then
+    redis.call('HSET', h, 'sources', l.sources)
+  end
   local ttl = l['until'] - now + GRACE
   redis.call('PEXPIRE', h, math.max(ttl, 1))
   local la = R .. 'la:' .. account_of(l.key)
@@ -498,6 +505,29 @@ local function write_lock(l, now)
   extend(R .. 'locks', ttl)
 end
 
+-- The window's source addresses, newest first, comma-joined; and they are forgotten
+-- (crate::policy::lockout: a lock made by failures carries them, its window starts afresh).
+local function take_sources(lk)
+  local ws = R .. 'ws:' .. lk
+  local list = redis.call('LRANGE', ws, 0, -1)
+  redis.call('DEL', ws)
+  local out = {}
+  for i = #list, 1, -1 do
+    out[#out + 1] = list[i]
+  end
+  return table.concat(out, ',')
+end
+
+-- A failure came from `ip`: crate::policy::lockout::remember_source (each address once, the
+-- newest SOURCES kept).
+local function remember_source(lk, ip)
+  if ip == nil or ip == '' then return end
+  local ws = R .. 'ws:' .. lk
+  redis.call('LREM', ws, 0, ip)
+  redis.call('RPUSH', ws, ip)
+  redis.call('LTRIM', ws, -SOURCES, -1)
+end
+
 -- A new lock: the next epoch, then written.
 local function place_lock(l, now)
   l.epoch = next_epoch()
@@ -505,7 +535,7 @@ local function place_lock(l, now)
 end
 
 local function drop_window(lk)
-  redis.call('DEL', R .. 'wf:' .. lk, R .. 'wt:' .. lk)
+  redis.call('DEL', R .. 'wf:' .. lk, R .. 'wt:' .. lk, R .. 'ws:' .. lk)
   redis.call('ZREM', R .. 'windows', lk)
   redis.call('SREM', R .. 'wa:' .. account_of(lk), lk)
 end
@@ -518,6 +548,9 @@ local function settle_window(lk, now, window)
   if last then
     empty_at = tonumber(last) + window
     redis.call('PEXPIRE', wf, math.max(empty_at - now, 1))
+    redis.call('PEXPIRE', R .. 'ws:' .. lk, math.max(empty_at - now, 1))
+  else
+    redis.call('DEL', R .. 'ws:' .. lk)
   end
   local top = redis.call('ZRANGE', wt, -1, -1, 'WITHSCORES')
   if #top == 2 then
@@ -547,6 +580,10 @@ local function prune(lk, now, window)
   end
   if first > 1 then
     redis.call('LTRIM', wf, first - 1, -1)
+  end
+  if first > #failures then
+    -- (no failure left: nor where they came from)
+    redis.call('DEL', R .. 'ws:' .. lk)
   end
   -- (a reservation holds its place while now < its end: crate::policy::lockout::ticket_live)
   redis.call('ZREMRANGEBYSCORE', R .. 'wt:' .. lk, '-inf', now)
@@ -604,10 +641,11 @@ local function begin_attempt(keys, args)
       -- it would have, or (that lock over already) starts afresh and asks again.
       local since = failures[#failures]
       redis.call('DEL', R .. 'wf:' .. lk)
+      local sources = take_sources(lk)
       settle_window(lk, now, window)
       if since + duration > now then
         local l = {key = lk, since = since, ['until'] = since + duration,
-          failures = #failures, admin = false, akind = 'directory'}
+          failures = #failures, admin = false, akind = 'directory', sources = sources}
         place_lock(l, now)
         return cjson.encode({start = 'locked', lock = l, wait = true})
       end
@@ -629,6 +667,7 @@ end
 -- failure that reaches the threshold locks; an administrator's lock placed meanwhile answers).
 -- Finishing a ticket twice answers the same and counts once.
 -- ARGV: clock lock_key ticket akind result threshold window duration max_tracked done_ttl
+--       [source address]
 local function finish_attempt(keys, args)
   R = keys[1]
   local done_key = R .. 'done:' .. args[3]
@@ -654,6 +693,7 @@ local function finish_attempt(keys, args)
     prune(lk, now, window)
     local wf = R .. 'wf:' .. lk
     redis.call('RPUSH', wf, string.format('%.0f', now))
+    remember_source(lk, args[11])
     -- (the newest threshold's worth: crate::policy::lockout::failures_kept)
     if threshold >= 1 then
       redis.call('LTRIM', wf, -threshold, -1)
@@ -661,7 +701,7 @@ local function finish_attempt(keys, args)
     local failures = redis.call('LLEN', wf)
     if failures >= threshold then
       local l = {key = lk, since = now, ['until'] = now + duration, failures = failures,
-        admin = false, akind = akind}
+        admin = false, akind = akind, sources = take_sources(lk)}
       redis.call('DEL', wf)
       place_lock(l, now)
       answer = {['end'] = 'locked', lock = l, wait = true}
@@ -694,7 +734,8 @@ local function lock_account(keys, args)
     till = existing['until']
   end
   local l = {key = account, since = now, ['until'] = till,
-    failures = redis.call('LLEN', R .. 'wf:' .. account), admin = true, akind = args[3]}
+    failures = redis.call('LLEN', R .. 'wf:' .. account), admin = true, akind = args[3],
+    sources = ''}
   place_lock(l, now)
   return cjson.encode({lock = l, wait = true})
 end
@@ -748,7 +789,7 @@ local function unlock_account(keys, args)
     if redis.call('LLEN', R .. 'wf:' .. lk) > 0 then
       cleared = cleared + 1
     end
-    redis.call('DEL', R .. 'wf:' .. lk)
+    redis.call('DEL', R .. 'wf:' .. lk, R .. 'ws:' .. lk)
     local top = redis.call('ZRANGE', R .. 'wt:' .. lk, -1, -1, 'WITHSCORES')
     if #top == 2 then
       redis.call('ZADD', R .. 'windows', tonumber(top[2]), lk)

@@ -723,7 +723,12 @@ impl PolicyStore for RedisStore {
             .waited(
                 "lock",
                 "begin_attempt",
-                &[&format!("l:{lk}"), &format!("wf:{lk}"), &format!("wt:{lk}")],
+                &[
+                    &format!("l:{lk}"),
+                    &format!("wf:{lk}"),
+                    &format!("ws:{lk}"),
+                    &format!("wt:{lk}"),
+                ],
                 Some(now),
                 &args,
             )
@@ -756,12 +761,18 @@ impl PolicyStore for RedisStore {
             ms(rules.duration),
             rules.max_tracked.to_string(),
             ms(DONE_TTL.max(rules.ticket_ttl)),
+            ticket.source.map(|ip| ip.to_string()).unwrap_or_default(),
         ];
         let (reply, _) = self
             .waited(
                 "lock",
                 "finish_attempt",
-                &[&format!("l:{lk}"), &format!("wf:{lk}"), &format!("wt:{lk}")],
+                &[
+                    &format!("l:{lk}"),
+                    &format!("wf:{lk}"),
+                    &format!("ws:{lk}"),
+                    &format!("wt:{lk}"),
+                ],
                 Some(now),
                 &args,
             )

@@ -131,6 +131,9 @@ pub(crate) struct WireLock {
     akind: String,
     #[serde(default)]
     epoch: u64,
+    /// The window's source addresses, newest first, comma-joined (none: empty).
+    #[serde(default)]
+    sources: String,
 }
 
 /// A lock as a gateway remembers it and `restore_locks` takes it back: the library's own fields.
@@ -175,6 +178,11 @@ impl WireLock {
             failures: self.failures,
             by_admin: self.admin,
             account_kind: account_kind(&self.akind),
+            sources: self
+                .sources
+                .split(',')
+                .filter_map(|a| a.parse().ok())
+                .collect(),
         }
     }
 }
@@ -362,6 +370,7 @@ impl WireStart {
                 key: key.clone(),
                 id,
                 account_kind: AccountKind::default(),
+                source: None,
             })),
             (other, _, _) => Err(garbled("a check's start", other)),
         }
