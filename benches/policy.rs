@@ -90,6 +90,11 @@ fn row(what: &str, workers: usize, per_sec: f64) {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    // `cargo bench --bench policy -- login-latency`: only the stores' login latency.
+    if std::env::args().any(|a| a == "login-latency") {
+        login_latency_by_store().await;
+        return;
+    }
     println!("policy engine over the embedded store (redb, durable group commits)");
     println!(
         "| operation                                                  | workers |   per second |"
