@@ -10,41 +10,22 @@ use std::time::{Duration, Instant};
 use super::conn::WATCH_EVERY;
 use super::sentinel::{SentinelSet, DOWN_AFTER_MS, MASTER_NAME};
 use super::server::RedisServer;
+use super::tests::seats;
 use super::{RedisOptions, RedisStore, Target, Time};
 use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::config::{OneClient, RedisConfig};
+use crate::config::RedisConfig;
 use crate::store::conformance::lockout;
 use crate::store::{
-    AccountKind, Admission, AdmitOutcome, AttemptResult, AttemptStart, ClientId, ClientKind,
-    LockKey, PolicyStore, SeatRules, SessionKey, StoreError, Timeouts,
+    AccountKind, Admission, AdmitOutcome, AttemptResult, AttemptStart, LockKey, PolicyStore,
+    StoreError,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-fn seats(max_sessions: u32) -> SeatRules {
-    SeatRules {
-        max_sessions,
-        one_client: OneClient::Reject,
-        timeouts: Timeouts {
-            idle: HOUR,
-            api_idle: HOUR,
-            absolute: None,
-        },
-    }
-}
-
+/// The shared test admission (`tests.rs`), at the wall clock's now: the functions here take time
+/// from Redis.
 fn admission(key: &str, account: &str) -> Admission {
-    Admission {
-        key: SessionKey(key.into()),
-        account: account.into(),
-        account_kind: AccountKind::Directory,
-        client: ClientId(format!("client-{key}")),
-        kind: ClientKind::Browser,
-        ip: "192.0.2.1".parse().unwrap(),
-        agent: "test".into(),
-        takeover: false,
-        now: now(),
-    }
+    super::tests::admission(key, account, now())
 }
 
 fn now() -> Timestamp {

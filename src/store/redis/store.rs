@@ -162,21 +162,7 @@ impl RedisStore {
             self.cache.requeue(failed);
         }
         for (lookup, t) in self.cache.take_touches() {
-            let r = match &lookup {
-                Lookup::Key(k) => {
-                    self.session_from_redis(&SessionKey(k.clone()), now, true, t)
-                        .await
-                }
-                Lookup::Client(a, c) => {
-                    self.client_from_redis(a, &ClientId(c.clone()), now, true, t)
-                        .await
-                }
-                Lookup::Bearer(b) => {
-                    self.bearer_from_redis(&SessionKey(b.clone()), now, true, t)
-                        .await
-                }
-            };
-            if let Ok(state) = r {
+            if let Ok(state) = self.ask_redis(&lookup, now, true, t).await {
                 self.cache.learn(lookup, now, &state);
             }
         }
@@ -355,7 +341,7 @@ impl RedisStore {
 
 /// The lookups, straight from Redis, and the session view in front of them.
 impl RedisStore {
-    /// Answer `lookup` from the view when it is fresh; otherwise ask Redis (`ask`) and learn the
+    /// Answer `lookup` from the view when it is fresh; otherwise ask Redis and learn the
     /// answer, or, when Redis fails, answer a session still within `outage_grace`.
     async fn viewed(
         &self,
@@ -363,12 +349,11 @@ impl RedisStore {
         now: Timestamp,
         activity: bool,
         t: Timeouts,
-        ask: impl std::future::Future<Output = Result<SessionState, StoreError>>,
     ) -> Result<SessionState, StoreError> {
         if let Answer::Fresh(s) = self.cache.get(&lookup, now, activity, &t) {
             return Ok(SessionState::Live(s));
         }
-        match ask.await {
+        match self.ask_redis(&lookup, now, activity, t).await {
             Ok(state) => {
                 self.cache.learn(lookup, now, &state);
                 Ok(state)
@@ -383,66 +368,27 @@ impl RedisStore {
         }
     }
 
-    async fn session_from_redis(
+    /// The lookup `lookup`, straight from Redis: one call of `session`, `client_session` or
+    /// `bearer_session`.
+    async fn ask_redis(
         &self,
-        key: &SessionKey,
+        lookup: &Lookup,
         now: Timestamp,
         activity: bool,
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
         let [idle, api_idle, abs] = timeouts(&t);
-        let args = [key.0.clone(), flag(activity), idle, api_idle, abs];
-        let reply = self
-            .call("session", &[&format!("s:{}", key.0)], Some(now), &args)
-            .await?;
-        wire::parse::<WireState>("a session lookup", &reply)?.decode()
-    }
-
-    async fn client_from_redis(
-        &self,
-        account: &str,
-        client: &ClientId,
-        now: Timestamp,
-        activity: bool,
-        t: Timeouts,
-    ) -> Result<SessionState, StoreError> {
-        let [idle, api_idle, abs] = timeouts(&t);
-        let args = [
-            account.to_owned(),
-            client.0.clone(),
-            flag(activity),
-            idle,
-            api_idle,
-            abs,
-        ];
-        let reply = self
-            .call(
+        let (name, key, mut args): (&'static str, String, Vec<String>) = match lookup {
+            Lookup::Key(k) => ("session", format!("s:{k}"), vec![k.clone()]),
+            Lookup::Client(a, c) => (
                 "client_session",
-                &[&format!("a:{account}")],
-                Some(now),
-                &args,
-            )
-            .await?;
-        wire::parse::<WireState>("a session lookup", &reply)?.decode()
-    }
-
-    async fn bearer_from_redis(
-        &self,
-        bearer: &SessionKey,
-        now: Timestamp,
-        activity: bool,
-        t: Timeouts,
-    ) -> Result<SessionState, StoreError> {
-        let [idle, api_idle, abs] = timeouts(&t);
-        let args = [bearer.0.clone(), flag(activity), idle, api_idle, abs];
-        let reply = self
-            .call(
-                "bearer_session",
-                &[&format!("b:{}", bearer.0)],
-                Some(now),
-                &args,
-            )
-            .await?;
+                format!("a:{a}"),
+                vec![a.clone(), c.clone()],
+            ),
+            Lookup::Bearer(b) => ("bearer_session", format!("b:{b}"), vec![b.clone()]),
+        };
+        args.extend([flag(activity), idle, api_idle, abs]);
+        let reply = self.call(name, &[&key], Some(now), &args).await?;
         wire::parse::<WireState>("a session lookup", &reply)?.decode()
     }
 }
@@ -543,15 +489,7 @@ impl PolicyStore for RedisStore {
         activity: bool,
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
-        let lookup = Lookup::key(key);
-        self.viewed(
-            lookup,
-            now,
-            activity,
-            t,
-            self.session_from_redis(key, now, activity, t),
-        )
-        .await
+        self.viewed(Lookup::key(key), now, activity, t).await
     }
 
     async fn client_session(
@@ -562,15 +500,8 @@ impl PolicyStore for RedisStore {
         activity: bool,
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
-        let lookup = Lookup::client(account, client);
-        self.viewed(
-            lookup,
-            now,
-            activity,
-            t,
-            self.client_from_redis(account, client, now, activity, t),
-        )
-        .await
+        self.viewed(Lookup::client(account, client), now, activity, t)
+            .await
     }
 
     async fn bearer_session(
@@ -580,15 +511,7 @@ impl PolicyStore for RedisStore {
         activity: bool,
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
-        let lookup = Lookup::bearer(bearer);
-        self.viewed(
-            lookup,
-            now,
-            activity,
-            t,
-            self.bearer_from_redis(bearer, now, activity, t),
-        )
-        .await
+        self.viewed(Lookup::bearer(bearer), now, activity, t).await
     }
 
     async fn set_upstream_cookie(
