@@ -4,7 +4,7 @@
 //! [`AuditLog`] is an engine [`Observer`]: logins and Basic re-checks with their result,
 //! lockouts, locks that ran out, and every session end with its reason. The admin API writes
 //! what only it knows: who asked for an unlock, a lock or a kick, from where, and every refused
-//! admin call. README.md ("Audit log") documents every field.
+//! admin call. docs/operations.md ("Audit log") documents every field.
 //!
 //! A record never holds a password, a cookie, a token or a session key. Lines are written whole
 //! with one `write` on a file opened for appending, so they never interleave; a write that fails

@@ -1,5 +1,5 @@
 //! The service log on stderr, as `log.format` says: `text` (tracing's human-readable lines,
-//! `key=value` fields) or `json` (one JSON object per line). README.md ("Logs") lists the fields.
+//! `key=value` fields) or `json` (one JSON object per line). docs/operations.md ("Logs") lists the fields.
 //!
 //! tracing's own events are written by tracing-subscriber's formatters: `Full` for text, and for
 //! JSON its `Json` format flattened, so that every line has the same shape: `timestamp`, `level`,

@@ -1308,7 +1308,7 @@ async fn an_unreachable_faspex_is_502_and_keeps_no_seat() {
 }
 
 /// `log.format = "json"`: every line on stderr is one JSON object, tracing's lines and the
-/// access log alike, with the fields README lists.
+/// access log alike, with the fields docs/operations.md lists.
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_are_one_object_a_line_with_the_access_fields() {
     let s = Site::start(users(1), LoginFailureStyle::Rerender, |c| {

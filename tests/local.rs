@@ -1044,7 +1044,7 @@ async fn faspex_down_during_a_local_login_is_502_and_no_lock() {
 #[tokio::test(flavor = "multi_thread")]
 async fn faspex_answering_500_to_a_local_login_is_not_counted() {
     let s = start_collab(|_| {}).await;
-    // README says the client gets 502; a form login is given Faspex's own 500 page as it
+    // docs/policies.md says the client gets 502; a form login is given Faspex's own 500 page as it
     // is (src/proxy/mod.rs, `form_login`): either is no verdict. (Reported; tighten once decided.)
     faspex_gives_no_verdict(
         &s,
@@ -1064,7 +1064,7 @@ async fn faspex_not_answering_a_local_login_is_not_counted() {
         c.set("upstream", "response_timeout", "\"1s\"");
     })
     .await;
-    // README says 502; a form login that times out is the forward's 504. (Reported.)
+    // docs/policies.md says 502; a form login that times out is the forward's 504. (Reported.)
     faspex_gives_no_verdict(
         &s,
         HUNG,

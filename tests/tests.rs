@@ -9,6 +9,7 @@ mod browser;
 mod bypass;
 mod cli;
 mod demo;
+mod docs;
 mod flows;
 mod h2stall;
 mod ha;

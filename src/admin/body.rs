@@ -28,7 +28,7 @@ pub(super) async fn read(body: Incoming) -> Result<Bytes, Refused> {
 }
 
 /// A JSON body read as `T`: an object and nothing else (serde would read a struct from an array
-/// too, `["1h"]`, which README says gets 400). `example` is the object the refusal shows.
+/// too, `["1h"]`, which docs/operations.md says gets 400). `example` is the object the refusal shows.
 pub(super) fn json_object<T: DeserializeOwned>(bytes: &[u8], example: &str) -> Result<T, Refused> {
     let bad = |e: String| {
         Refused::BadRequest(format!(

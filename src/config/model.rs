@@ -346,7 +346,7 @@ pub enum LogFormat {
     /// `"text"`: tracing's human-readable lines, `key=value` fields.
     #[default]
     Text,
-    /// `"json"`: one JSON object per line, with stable field names (README, "Logs").
+    /// `"json"`: one JSON object per line, with stable field names (docs/operations.md, "Logs").
     Json,
 }
 

@@ -28,7 +28,7 @@
 //! - a path is public only when both decodings say it is public.
 //!
 //! The table of spellings, what Rails routes each to and what the gateway does, is the test
-//! `rails_spellings` below, and README's "Faspex through the gateway" section.
+//! `rails_spellings` below, and docs/security.md's "Faspex's routes as Rails sees them".
 
 use std::borrow::Cow;
 
@@ -818,7 +818,7 @@ mod tests {
     );
 
     /// The spellings of the three actions: the path, what Rails routes it to, and what the
-    /// gateway does. README's table of spellings follows this one.
+    /// gateway does. docs/security.md's table of spellings follows this one.
     #[test]
     fn rails_spellings() {
         use Route::*;

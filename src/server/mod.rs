@@ -226,7 +226,7 @@ fn http2_builder(
     exec: StreamExec,
 ) -> hyper::server::conn::http2::Builder<StreamExec> {
     // Every HTTP/2 limit is set here rather than left to hyper's and h2's defaults, which
-    // are documented as liable to change in a minor release (README, "How a request is
+    // are documented as liable to change in a minor release (docs/security.md, "How a request is
     // handled", lists them). Not offered at all: extended CONNECT (RFC 8441), so WebSocket
     // tunnels exist only over HTTP/1.1 (hyper leaves it off unless asked).
     let mut http2 = hyper::server::conn::http2::Builder::new(exec);
