@@ -379,7 +379,8 @@ pub struct StoreConfig {
 pub struct RedisConfig {
     /// One master (`redis://` or `rediss://`), or none with `sentinels`.
     pub urls: Vec<url::Url>,
-    /// Sentinels as `host:port`, with `master_name`.
+    /// Sentinels as written: all `host:port` (plain TCP) or all `rediss://host:port` (TLS, to
+    /// them and to the master they name), with `master_name`.
     pub sentinels: Vec<String>,
     pub master_name: Option<String>,
     /// The ACL user; `None` = the default user.
@@ -396,4 +397,27 @@ pub struct RedisConfig {
     pub wait_timeout: Duration,
     pub session_cache: Duration,
     pub outage_grace: Duration,
+}
+
+impl RedisConfig {
+    /// Whether the sentinels, and the master they name, are spoken to over TLS (`rediss://`).
+    pub fn sentinel_tls(&self) -> bool {
+        self.sentinels.iter().any(|s| split_sentinel(s).0)
+    }
+
+    /// The sentinels' `host:port`, without a scheme.
+    pub fn sentinel_addrs(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| split_sentinel(s).1.to_owned())
+            .collect()
+    }
+}
+
+/// A sentinel entry as (TLS, `host:port`): `rediss://host:port` is TLS, `host:port` plain TCP.
+pub fn split_sentinel(entry: &str) -> (bool, &str) {
+    match entry.strip_prefix("rediss://") {
+        Some(addr) => (true, addr),
+        None => (false, entry),
+    }
 }

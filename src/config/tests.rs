@@ -1928,15 +1928,100 @@ fn redis_store_rules() {
         "store.redis.master_name",
         "only with sentinels",
     );
-    // TLS with Sentinel is not built: check-config refuses it as run would.
+    // Sentinels over TLS: every entry rediss://host:port, with or without a ca_file.
+    let c = f
+        .load(&redis(&[
+            (
+                "store.redis.sentinels",
+                list(&[
+                    "rediss://s1.example.org:26379",
+                    "rediss://[2001:db8::1]:26379",
+                ]),
+            ),
+            ("store.redis.master_name", s("faspex")),
+        ]))
+        .unwrap();
+    assert!(c.store.redis.sentinel_tls());
+    assert_eq!(
+        c.store.redis.sentinel_addrs(),
+        ["s1.example.org:26379", "[2001:db8::1]:26379"]
+    );
+    let c = f
+        .load(&redis(&[
+            ("store.redis.sentinels", list(&["rediss://s1:26379"])),
+            ("store.redis.master_name", s("m")),
+            ("store.redis.ca_file", f.p("ca.pem")),
+        ]))
+        .unwrap();
+    assert_eq!(c.store.redis.ca_file, Some(f.path("ca.pem")));
+    assert_eq!(c.store.redis.sentinels, ["rediss://s1:26379"]);
+    let plain = f
+        .load(&redis(&[
+            ("store.redis.sentinels", list(&["s1:26379"])),
+            ("store.redis.master_name", s("m")),
+        ]))
+        .unwrap();
+    assert!(!plain.store.redis.sentinel_tls());
+    // One scheme for all; no other scheme; the address checked as for host:port.
+    f.fails(
+        &redis(&[
+            (
+                "store.redis.sentinels",
+                list(&["rediss://s1:26379", "s2:26379"]),
+            ),
+            ("store.redis.master_name", s("m")),
+        ]),
+        "store.redis.sentinels",
+        "mixes rediss:// (TLS) and plain",
+    );
+    for bad in [
+        "redis://s1:26379",
+        "sentinel://s1:26379",
+        "rediss://rediss://s1:26379",
+    ] {
+        f.fails(
+            &redis(&[
+                ("store.redis.sentinels", list(&[bad])),
+                ("store.redis.master_name", s("m")),
+            ]),
+            "store.redis.sentinels[0]",
+            "rediss://host:port",
+        );
+    }
+    for bad in [
+        "rediss://s1",
+        "rediss://s1:0",
+        "rediss://:26379",
+        "rediss://s1:26379/",
+    ] {
+        f.fails(
+            &redis(&[
+                ("store.redis.sentinels", list(&[bad])),
+                ("store.redis.master_name", s("m")),
+            ]),
+            "store.redis.sentinels[0]",
+            "host:port",
+        );
+    }
+    // ca_file is a trust anchor for TLS: next to plain sentinels check-config refuses it, as run
+    // does; a missing one is named.
     f.fails(
         &redis(&[
             ("store.redis.sentinels", list(&["s1:26379"])),
             ("store.redis.master_name", s("m")),
+            ("store.redis.ca_file", f.p("ca.pem")),
+        ]),
+        "store.redis.ca_file",
+        "write them rediss://host:port",
+    );
+    f.fails(
+        &redis(&[
+            ("store.redis.sentinels", list(&["rediss://s1:26379"])),
+            ("store.redis.master_name", s("m")),
             ("store.redis.ca_file", f.p("missing-ca.pem")),
         ]),
         "store.redis.ca_file",
-        "not supported yet",
+        "does not exist",
     );
     // The prefix, the user, and the bounds.
     for (bad, needle) in [

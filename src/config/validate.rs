@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use super::env::EnvLayer;
 use super::model::{
-    AdminConfig, AuditConfig, AuditSink, AuthBackend, AuthConfig, Config, ConfigError, DenyRule,
-    FaspexConfig, FileAuthConfig, LdapConfig, LocalAccounts, LockoutKey, LogConfig, LogFormat,
-    OneClient, PagesConfig, PasswordFormRule, PolicyConfig, RedisConfig, ServerConfig,
-    SessionConfig, StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
+    split_sentinel, AdminConfig, AuditConfig, AuditSink, AuthBackend, AuthConfig, Config,
+    ConfigError, DenyRule, FaspexConfig, FileAuthConfig, LdapConfig, LocalAccounts, LockoutKey,
+    LogConfig, LogFormat, OneClient, PagesConfig, PasswordFormRule, PolicyConfig, RedisConfig,
+    ServerConfig, SessionConfig, StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
 };
 use super::raw::{
     RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawLdap, RawLog, RawPages, RawPolicy,
@@ -1093,8 +1093,19 @@ impl Ctx<'_> {
             .sentinels
             .iter()
             .enumerate()
-            .map(|(i, h)| self.host_port(&format!("store.redis.sentinels[{i}]"), h))
+            .map(|(i, h)| self.sentinel(&format!("store.redis.sentinels[{i}]"), h))
             .collect::<Result<Vec<_>>>()?;
+        let sentinel_tls = sentinels.first().is_some_and(|s| split_sentinel(s).0);
+        if sentinels
+            .iter()
+            .any(|s| split_sentinel(s).0 != sentinel_tls)
+        {
+            return Err(self.err(
+                "store.redis.sentinels",
+                "mixes rediss:// (TLS) and plain host:port entries; write every sentinel the same \
+                 way",
+            ));
+        }
         let master_name = non_empty(&raw.master_name);
         match (&master_name, sentinels.is_empty()) {
             (None, false) => {
@@ -1158,12 +1169,12 @@ impl Ctx<'_> {
         }
         let password_file = optional_path(&raw.password_file);
         let ca_file = optional_path(&raw.ca_file);
-        if ca_file.is_some() && !sentinels.is_empty() {
+        if ca_file.is_some() && !sentinels.is_empty() && !sentinel_tls {
             return Err(self.err(
                 "store.redis.ca_file",
-                "this build reaches sentinels, and the master they name, over plain TCP: TLS with \
-                 Sentinel is not supported yet; leave ca_file empty, or give one rediss:// master \
-                 in urls",
+                "is a trust anchor for TLS, but the sentinels are plain host:port (TCP without \
+                 TLS, to them and to the master they name); write them rediss://host:port for \
+                 TLS, or leave ca_file empty",
             ));
         }
         let mut password = None;
@@ -1231,6 +1242,21 @@ impl Ctx<'_> {
             ));
         }
         Ok(url)
+    }
+
+    /// A sentinel: `host:port` (plain TCP), or `rediss://host:port` (TLS).
+    fn sentinel(&self, key: &str, value: &str) -> Result<String> {
+        let (_, addr) = split_sentinel(value);
+        if addr.contains("://") {
+            return Err(self.err(
+                key,
+                format!(
+                    r#""{value}" is not host:port or rediss://host:port; write e.g. "sentinel1.example.org:26379", or "rediss://sentinel1.example.org:26379" for TLS"#
+                ),
+            ));
+        }
+        self.host_port(key, addr)?;
+        Ok(value.to_owned())
     }
 
     /// `host:port`, the host a name or an address (`[v6]:port`), the port 1 to 65535.

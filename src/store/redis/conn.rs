@@ -8,8 +8,13 @@
 //!   until [`FIND_BUDGET`] is spent (no client waits more than 5 s on the store). Sentinels that
 //!   all answer that they know no such master are a configuration error naming
 //!   `store.redis.master_name`; sentinels that cannot be reached are [`StoreError::Remote`].
-//!   Sentinels are spoken to in plain TCP without a password (`password_file` is for Redis
-//!   itself), and so is the master they name: TLS (`rediss://`, `ca_file`) is for `urls`.
+//!   Sentinels are spoken to without a password (`password_file` is for Redis itself).
+//! - **TLS.** A `rediss://` master in `urls`, and sentinels written `rediss://host:port`, are
+//!   spoken to over TLS; with TLS sentinels the master they name is too (the usual deployment,
+//!   `tls-replication yes`). Every TLS connection is verified, by the name or address in its URL
+//!   or the one the sentinel gave, against the system's trust anchors plus `ca_file`: one client
+//!   builder ([`client`]) for all of them. A certificate that is not trusted is a
+//!   [`StoreError::Remote`] that says so and names `store.redis.ca_file`.
 //! - **Checking a new master.** Every connection to a master, the first and each one after, is
 //!   checked before any call uses it: Redis 7.0 or later, the library loaded (`FUNCTION LOAD
 //!   REPLACE`; it replicates, but a replica promoted before it arrived, or a Redis that came back
@@ -94,10 +99,12 @@ pub enum Time {
 pub enum Target {
     /// One master (`urls`).
     Url(url::Url),
-    /// The master the sentinels (`host:port`) name `master_name`.
+    /// The master the sentinels (`host:port`) name `master_name`; with `tls`, the sentinels and
+    /// that master over TLS.
     Sentinel {
         sentinels: Vec<String>,
         master_name: String,
+        tls: bool,
     },
 }
 
@@ -131,17 +138,19 @@ impl RedisOptions {
                 key: "store.redis.master_name",
                 reason: "must name the master the sentinels watch".into(),
             })?;
-            if c.ca_file.is_some() {
+            let tls = c.sentinel_tls();
+            if c.ca_file.is_some() && !tls {
                 return Err(StoreError::Setting {
                     key: "store.redis.ca_file",
-                    reason: "this build speaks plain TCP to sentinels and the master they name; \
-                             for TLS give one master as a rediss:// URL in urls"
+                    reason: "is a trust anchor for TLS, but the sentinels are plain host:port; \
+                             write them rediss://host:port for TLS"
                         .into(),
                 });
             }
             Target::Sentinel {
-                sentinels: c.sentinels.clone(),
+                sentinels: c.sentinel_addrs(),
                 master_name,
+                tls,
             }
         };
         Ok(Self {
@@ -170,7 +179,8 @@ impl RedisOptions {
         }
     }
 
-    /// Options for the master `master_name` behind `sentinels` with defaults (tests).
+    /// Options for the master `master_name` behind `sentinels` (`host:port`, plain TCP) with
+    /// defaults (tests).
     pub fn sentinel(
         sentinels: Vec<String>,
         master_name: &str,
@@ -181,6 +191,7 @@ impl RedisOptions {
             target: Target::Sentinel {
                 sentinels,
                 master_name: master_name.to_owned(),
+                tls: false,
             },
             username: None,
             password: None,
@@ -204,7 +215,12 @@ impl RedisOptions {
             Target::Sentinel {
                 sentinels,
                 master_name,
-            } => format!("master {master_name} of sentinels {}", sentinels.join(", ")),
+                tls,
+            } => format!(
+                "master {master_name} of sentinels {}{}",
+                sentinels.join(", "),
+                if *tls { " (TLS)" } else { "" }
+            ),
         }
     }
 
@@ -268,6 +284,12 @@ fn missing_function(e: &RedisError) -> bool {
     e.code() == Some("NOSCRIPT") || e.to_string().contains("Function not found")
 }
 
+/// Whether a connection failed because the server's certificate was refused (rustls's
+/// "invalid peer certificate": an unknown CA, another name, expired).
+fn untrusted_certificate(e: &RedisError) -> bool {
+    e.to_string().contains("invalid peer certificate")
+}
+
 fn no_permission(e: &RedisError) -> bool {
     e.code() == Some("NOPERM") || e.to_string().contains("NOPERM")
 }
@@ -281,6 +303,10 @@ pub(crate) fn failed(what: &str, e: &RedisError) -> StoreError {
         Some("BUSY") => format!("{what}: Redis is busy running a script (BUSY)"),
         Some("NOREPLICAS") => format!("{what}: not enough replicas (NOREPLICAS)"),
         _ if e.is_timeout() => format!("{what}: Redis did not answer in time"),
+        _ if untrusted_certificate(e) => format!(
+            "{what}: the server's TLS certificate is not trusted ({e}); store.redis.ca_file \
+             names the CA that signs the Redis and Sentinel certificates, next to the system's"
+        ),
         _ if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() => {
             format!("{what}: Redis cannot be reached ({e})")
         }
@@ -385,6 +411,8 @@ pub(crate) struct Inner {
     config: AsyncConnectionConfig,
     /// The client for `urls`' one master.
     url_client: Option<Client>,
+    /// `ca_file`'s trust anchors and the system's, read once, when a connection is TLS.
+    anchors: Option<Vec<u8>>,
     sentinels: Vec<Sentinel>,
     current: tokio::sync::Mutex<Option<Master>>,
     /// The last failed search for the master, and when.
@@ -405,21 +433,36 @@ impl Conn {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT + opts.wait_timeout));
+        let tls = match &opts.target {
+            Target::Url(url) => url.scheme() == "rediss",
+            Target::Sentinel { tls, .. } => *tls,
+        };
+        let anchors = match &opts.ca_file {
+            Some(ca) if tls => Some(trust_anchors(ca)?),
+            _ => None,
+        };
         let (url_client, sentinels) = match &opts.target {
             Target::Url(url) => (
-                Some(client(url.as_str(), &opts, "store.redis.urls")?),
+                Some(client(
+                    url.as_str(),
+                    &opts,
+                    anchors.as_deref(),
+                    "store.redis.urls",
+                    true,
+                )?),
                 vec![],
             ),
-            Target::Sentinel { sentinels, .. } => {
+            Target::Sentinel { sentinels, tls, .. } => {
                 let s = sentinels
                     .iter()
                     .map(|addr| {
-                        let client = Client::open(format!("redis://{addr}")).map_err(|e| {
-                            StoreError::Setting {
-                                key: "store.redis.sentinels",
-                                reason: format!("{addr} cannot be used: {e}"),
-                            }
-                        })?;
+                        let client = client(
+                            &format!("{}://{addr}", scheme(*tls)),
+                            &opts,
+                            anchors.as_deref(),
+                            "store.redis.sentinels",
+                            false,
+                        )?;
                         Ok(Sentinel {
                             addr: addr.clone(),
                             client,
@@ -435,6 +478,7 @@ impl Conn {
                 opts,
                 config,
                 url_client,
+                anchors,
                 sentinels,
                 current: tokio::sync::Mutex::new(None),
                 failed: Mutex::new(None),
@@ -615,6 +659,7 @@ impl Inner {
         &self,
         master_name: &str,
     ) -> Result<(Client, MultiplexedConnection, String), StoreError> {
+        let tls = matches!(self.opts.target, Target::Sentinel { tls: true, .. });
         let deadline = Instant::now() + FIND_BUDGET * 4 / 5;
         loop {
             let (mut answered, mut unknown) = (0, 0);
@@ -637,9 +682,11 @@ impl Inner {
                 };
                 let addr = host_port(&host, port);
                 let client = client(
-                    &format!("redis://{addr}"),
+                    &format!("{}://{addr}", scheme(tls)),
                     &self.opts,
+                    self.anchors.as_deref(),
                     "store.redis.sentinels",
+                    true,
                 )?;
                 let left = deadline
                     .saturating_duration_since(Instant::now())
@@ -1064,19 +1111,37 @@ async fn role(c: &mut MultiplexedConnection) -> Result<String, RedisError> {
         .unwrap_or_default())
 }
 
-/// The redis client for `url`: the ACL user and password, and for `rediss://` the system's trust
-/// anchors plus `ca_file`. A URL that cannot be used names `key`.
-fn client(url: &str, opts: &RedisOptions, key: &'static str) -> Result<Client, StoreError> {
+/// `rediss` (TLS) or `redis`.
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "rediss"
+    } else {
+        "redis"
+    }
+}
+
+/// The redis client for `url`, the one builder of every connection (the master, in `urls` or
+/// named by a sentinel, and the sentinels): `as_user` (Redis itself, not a sentinel) with the
+/// ACL user and password; for `rediss://`, verified by the URL's host against the system's trust
+/// anchors plus `anchors` (`ca_file`'s, [`trust_anchors`]) when given, else the system's alone.
+/// A URL that cannot be used names `key`.
+fn client(
+    url: &str,
+    opts: &RedisOptions,
+    anchors: Option<&[u8]>,
+    key: &'static str,
+    as_user: bool,
+) -> Result<Client, StoreError> {
     let bad_url = |e: RedisError| StoreError::Setting {
         key,
-        reason: format!("cannot be used: {e}"),
+        reason: format!("{url} cannot be used: {e}"),
     };
     let info = url.into_connection_info().map_err(bad_url)?;
     let mut redis_settings = info.redis_settings().clone();
-    if let Some(user) = &opts.username {
+    if let (true, Some(user)) = (as_user, &opts.username) {
         redis_settings = redis_settings.set_username(user);
     }
-    if let Some(pw) = &opts.password {
+    if let (true, Some(pw)) = (as_user, &opts.password) {
         let pw = std::str::from_utf8(pw.expose()).map_err(|_| StoreError::Setting {
             key: "store.redis.password_file",
             reason: "the password is not UTF-8 text".into(),
@@ -1085,8 +1150,8 @@ fn client(url: &str, opts: &RedisOptions, key: &'static str) -> Result<Client, S
     }
     let info = info.set_redis_settings(redis_settings);
     if url.starts_with("rediss://") {
-        if let Some(ca) = &opts.ca_file {
-            let root_cert = trust_anchors(ca)?;
+        if let Some(root_cert) = anchors {
+            let root_cert = root_cert.to_vec();
             return Client::build_with_tls(
                 info,
                 redis::TlsCertificates {

@@ -1,9 +1,11 @@
 //! The Redis store through faults, on real processes: a master, two replicas and three sentinels
 //! ([`SentinelSet`]) with the master killed (`kill -9`) or stopped (`SIGSTOP`, then `SIGCONT`);
 //! a Redis restarted empty with two gateways remembering locks and an unlock; a lock older than
-//! the last unlock never written back; and `[store.redis]` with Sentinel (an unknown
-//! `master_name`, sentinels that cannot be reached, TLS refused). Test builds only.
+//! the last unlock never written back; Sentinel over TLS (a failover followed, a CA that signed
+//! nothing refused at once); and `[store.redis]` with Sentinel (an unknown `master_name`,
+//! sentinels that cannot be reached, `ca_file` only with `rediss://` sentinels). Test builds only.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,6 +86,7 @@ async fn a_killed_master_fails_over_with_seats_locks_and_unlocks_intact() {
     unknown.target = Target::Sentinel {
         sentinels: set.sentinel_addrs(),
         master_name: "no-such-master".into(),
+        tls: false,
     };
     match RedisStore::connect(unknown).await {
         Err(StoreError::Setting {
@@ -186,7 +189,7 @@ async fn a_killed_master_fails_over_with_seats_locks_and_unlocks_intact() {
     assert_eq!(store.lockouts(now()).await.unwrap(), vec![lock_a]);
     // The new master had them already (replicated with WAIT): nothing needed writing back.
     assert_eq!(store.written_back().written, 0);
-    let mut c = SentinelSet::connection(new);
+    let mut c = set.connection(new);
     let tombstone: Option<String> = redis::cmd("GET").arg("{ha}:u:bob").query(&mut c).unwrap();
     assert!(tombstone.is_some());
 }
@@ -202,7 +205,7 @@ async fn a_stopped_master_is_never_written_to_once_replaced() {
         .await
         .unwrap();
     let old = set.master_port();
-    let fcalls_before = SentinelSet::calls(old, "fcall");
+    let fcalls_before = set.calls(old, "fcall");
     assert!(fcalls_before > 0);
     set.stop(old);
     let watching = Arc::clone(&set);
@@ -221,7 +224,7 @@ async fn a_stopped_master_is_never_written_to_once_replaced() {
         redis::cmd("HGET")
             .arg(format!("{{stop}}:l:{account}"))
             .arg("until")
-            .query(&mut SentinelSet::connection(port))
+            .query(&mut set.connection(port))
             .unwrap()
     };
     assert_eq!(until(new, "bob"), Some(lock.until.as_millis().to_string()));
@@ -246,13 +249,13 @@ async fn a_stopped_master_is_never_written_to_once_replaced() {
         );
     }
     assert_eq!(
-        SentinelSet::calls(old, "fcall"),
+        set.calls(old, "fcall"),
         fcalls_before,
         "the gateway called a function on the demoted master"
     );
     // The demoted one becomes a replica of the new master and gets the writes from it.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while SentinelSet::role(old).as_deref() != Some("slave") {
+    while set.role(old).as_deref() != Some("slave") {
         assert!(Instant::now() < deadline, "the old master was not demoted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -261,7 +264,7 @@ async fn a_stopped_master_is_never_written_to_once_replaced() {
         assert!(Instant::now() < deadline, "the demoted master did not sync");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(SentinelSet::calls(old, "fcall"), fcalls_before);
+    assert_eq!(set.calls(old, "fcall"), fcalls_before);
 }
 
 #[tokio::test]
@@ -483,7 +486,8 @@ async fn sentinel_settings_are_taken_and_unreachable_sentinels_are_remote() {
         opts.target,
         Target::Sentinel {
             sentinels: c.sentinels.clone(),
-            master_name: "gate".into()
+            master_name: "gate".into(),
+            tls: false,
         }
     );
     assert_eq!(opts.time, Time::Server);
@@ -499,6 +503,7 @@ async fn sentinel_settings_are_taken_and_unreachable_sentinels_are_remote() {
         "{:?}",
         began.elapsed()
     );
+    // ca_file is for TLS: refused next to plain sentinels, taken with rediss:// ones.
     c.ca_file = Some("/etc/ssl/certs/ca-certificates.crt".into());
     assert!(matches!(
         RedisOptions::from_config(&c),
@@ -507,4 +512,124 @@ async fn sentinel_settings_are_taken_and_unreachable_sentinels_are_remote() {
             ..
         })
     ));
+    c.sentinels = vec!["rediss://127.0.0.1:1".into(), "rediss://[::1]:1".into()];
+    let opts = RedisOptions::from_config(&c).unwrap();
+    assert_eq!(
+        opts.target,
+        Target::Sentinel {
+            sentinels: vec!["127.0.0.1:1".into(), "[::1]:1".into()],
+            master_name: "gate".into(),
+            tls: true,
+        }
+    );
+    assert!(opts.describe().contains("(TLS)"), "{}", opts.describe());
+}
+
+/// Sentinels, master and replicas on TLS only (`rediss://` sentinels, `ca_file` the test CA): the
+/// store admits and locks through them; a client trusting another CA gets an error naming the
+/// certificate and `store.redis.ca_file` within the search's budget, not a hang; `kill -9` of the
+/// master is followed to the new one (over TLS too), with the seats and the lock intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_tls_sentinels_a_failover_is_followed_and_another_ca_is_refused() {
+    let mut set = SentinelSet::start_tls();
+    let ca = set.ca_file().map(Path::to_path_buf);
+    let config = |ca_file: Option<PathBuf>| RedisConfig {
+        urls: vec![],
+        sentinels: set.sentinel_entries(),
+        master_name: Some(MASTER_NAME.into()),
+        username: None,
+        password_file: None,
+        password: None,
+        ca_file,
+        key_prefix: "tls".into(),
+        wait_replicas: 1,
+        wait_timeout: Duration::from_millis(500),
+        session_cache: Duration::from_secs(1),
+        outage_grace: Duration::from_secs(30),
+    };
+    assert!(set.sentinel_entries()[0].starts_with("rediss://127.0.0.1:"));
+
+    // A CA that signed nothing here: refused at once (a Remote error, so a gateway starts not
+    // ready and says why), naming the certificate and the key.
+    let began = Instant::now();
+    let wrong =
+        RedisOptions::from_config(&config(set.other_ca_file().map(Path::to_path_buf))).unwrap();
+    match RedisStore::connect(wrong).await {
+        Err(StoreError::Remote { reason }) => {
+            eprintln!("trusting another CA: {reason}");
+            assert!(reason.contains("not trusted"), "{reason}");
+            assert!(reason.contains("store.redis.ca_file"), "{reason}");
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("trusted a certificate its CA did not sign"),
+    }
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+
+    let store = RedisStore::connect(RedisOptions::from_config(&config(ca)).unwrap())
+        .await
+        .unwrap();
+    for i in 0..2 {
+        let a = store
+            .admit(admission(&format!("k{i}"), &format!("user{i}")), seats(3))
+            .await
+            .unwrap();
+        assert!(
+            matches!(a.outcome, AdmitOutcome::Admitted { .. }),
+            "{:?}",
+            a.outcome
+        );
+    }
+    let lock = store
+        .lock_account("ann", AccountKind::Directory, now(), now() + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.wait_shortfalls(),
+        0,
+        "the replicas acknowledged over TLS"
+    );
+
+    let old = set.kill_master();
+    let killed = Instant::now();
+    let set = Arc::new(set);
+    let watching = Arc::clone(&set);
+    let failover =
+        tokio::task::spawn_blocking(move || watching.wait_failover(old, Duration::from_secs(30)));
+    let ((), refused) = first_ok(Duration::from_secs(30), || async {
+        let a = store.admit(admission("k2", "user2"), seats(3)).await?;
+        assert!(
+            matches!(a.outcome, AdmitOutcome::Admitted { .. }),
+            "{:?}",
+            a.outcome
+        );
+        Ok(())
+    })
+    .await;
+    let (new, took) = failover.await.unwrap();
+    assert_ne!(new, old);
+    assert!(refused > 0, "no call noticed the dead master");
+    eprintln!(
+        "TLS failover (down-after-milliseconds {DOWN_AFTER_MS}): sentinels agreed after {took:?}; \
+         the store refused {refused} admissions, the first admitted {:?} after the kill",
+        killed.elapsed()
+    );
+    let c = store.counts(now()).await.unwrap();
+    assert_eq!((c.seats, c.sessions), (3, 3), "{c:?}");
+    assert_eq!(
+        store
+            .lock_state(&LockKey::account("ann"), now())
+            .await
+            .unwrap(),
+        Some(lock)
+    );
+    // The new master (TLS only: it has no plain port) holds them.
+    let seats_there: u64 = redis::cmd("SCARD")
+        .arg("{tls}:seats")
+        .query(&mut set.connection(new))
+        .unwrap();
+    assert_eq!(seats_there, 3);
 }

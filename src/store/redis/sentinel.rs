@@ -8,10 +8,15 @@
 //! Faults: `kill -9` the master, `SIGSTOP` and `SIGCONT` it; then [`SentinelSet::wait_failover`]
 //! until every sentinel names a new master that says `master` (`ROLE`).
 //!
+//! [`SentinelSet::start_tls`] is the same set on TLS only (`port 0`, `tls-port`,
+//! `tls-replication yes`, `tls-auth-clients no`): every server and sentinel presents one
+//! certificate for `127.0.0.1` and `localhost`, signed by a test CA made with rcgen
+//! ([`SentinelSet::ca_file`]; [`SentinelSet::other_ca_file`] is a CA that signed nothing).
+//!
 //! The servers keep nothing on disk. Every process is killed when the set is dropped. Without
 //! `redis-server` it panics: the tests fail, they never skip.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -50,6 +55,68 @@ pub struct SentinelSet {
     dir: tempfile::TempDir,
     servers: Vec<Proc>,
     sentinels: Vec<Proc>,
+    tls: Option<Tls>,
+}
+
+/// The TLS variant's files and the CA's PEM (for the set's own connections).
+struct Tls {
+    ca_file: PathBuf,
+    other_ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    ca_pem: Vec<u8>,
+}
+
+impl Tls {
+    /// A test CA, a certificate it signs for 127.0.0.1 and localhost, and another CA, in `dir`.
+    fn make(dir: &Path) -> Tls {
+        let ca = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+                .unwrap_or_else(|e| panic!("{e}"));
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let cert = params.self_signed(&key).unwrap_or_else(|e| panic!("{e}"));
+            (cert, key)
+        };
+        let (ca_cert, ca_key) = ca("faspex-gate Redis test CA");
+        let (other, _) = ca("faspex-gate another test CA");
+        let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .and_then(|p| p.signed_by(&key, &ca_cert, &ca_key))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tls = Tls {
+            ca_file: dir.join("ca.pem"),
+            other_ca_file: dir.join("other-ca.pem"),
+            cert_file: dir.join("redis.pem"),
+            key_file: dir.join("redis.key"),
+            ca_pem: ca_cert.pem().into_bytes(),
+        };
+        for (path, pem) in [
+            (&tls.ca_file, ca_cert.pem()),
+            (&tls.other_ca_file, other.pem()),
+            (&tls.cert_file, cert.pem()),
+            (&tls.key_file, key.serialize_pem()),
+        ] {
+            std::fs::write(path, pem).unwrap_or_else(|e| panic!("{e}"));
+        }
+        tls
+    }
+
+    /// `redis-server`'s settings for TLS only, as `(name, value)`.
+    fn settings(&self, port: u16) -> Vec<(&'static str, String)> {
+        vec![
+            ("port", "0".into()),
+            ("tls-port", port.to_string()),
+            ("tls-cert-file", self.cert_file.display().to_string()),
+            ("tls-key-file", self.key_file.display().to_string()),
+            ("tls-ca-cert-file", self.ca_file.display().to_string()),
+            ("tls-auth-clients", "no".into()),
+            ("tls-replication", "yes".into()),
+        ]
+    }
 }
 
 fn spawn(args: &[String], log: &Path) -> Child {
@@ -60,18 +127,6 @@ fn spawn(args: &[String], log: &Path) -> Child {
         .stderr(std::fs::File::create(log).map_or_else(|_| Stdio::null(), Stdio::from))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run redis-server: {e}"))
-}
-
-/// A synchronous connection to a local port, short time-outs.
-fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
-    let c = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
-        .get_connection_with_timeout(Duration::from_millis(500))?;
-    c.set_read_timeout(Some(Duration::from_secs(2)))?;
-    Ok(c)
-}
-
-fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-    cmd.query(&mut connect(port)?)
 }
 
 /// Poll `ok` every 50 ms until it holds or `within` passed; whether it held.
@@ -100,37 +155,55 @@ impl SentinelSet {
     /// Start the servers and the sentinels, and wait until the sentinels know each other and
     /// both replicas.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// [`SentinelSet::start`] with every server and sentinel on TLS only.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("a temporary folder: {e}"));
+        let tls = tls.then(|| Tls::make(dir.path()));
         let mut set = Self {
             dir,
             servers: Vec::new(),
             sentinels: Vec::new(),
+            tls,
         };
         let master = free_port();
         for i in 0..3 {
             let port = if i == 0 { master } else { free_port() };
             let data = set.dir.path().join(format!("redis-{i}"));
             std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
-            let mut args: Vec<String> = [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--daemonize",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--repl-diskless-sync",
-                "yes",
-                "--repl-diskless-sync-delay",
-                "0",
-                "--dir",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let mut args: Vec<String> = match &set.tls {
+                Some(tls) => tls
+                    .settings(port)
+                    .into_iter()
+                    .flat_map(|(k, v)| [format!("--{k}"), v])
+                    .collect(),
+                None => vec!["--port".into(), port.to_string()],
+            };
+            args.extend(
+                [
+                    "--bind",
+                    "127.0.0.1",
+                    "--daemonize",
+                    "no",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--repl-diskless-sync",
+                    "yes",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    "--dir",
+                ]
+                .iter()
+                .map(|s| s.to_string()),
+            );
             args.push(data.display().to_string());
             args.push("--logfile".into());
             args.push(data.join("redis.log").display().to_string());
@@ -147,14 +220,14 @@ impl SentinelSet {
             let port = s.port;
             assert!(
                 until(Duration::from_secs(10), || {
-                    query::<String>(port, &redis::cmd("PING")).is_ok()
+                    set.query::<String>(port, &redis::cmd("PING")).is_ok()
                 }),
                 "redis-server on {port} did not start"
             );
         }
         assert!(
             until(Duration::from_secs(15), || {
-                query::<String>(master, redis::cmd("INFO").arg("replication"))
+                set.query::<String>(master, redis::cmd("INFO").arg("replication"))
                     .is_ok_and(|i| i.matches("state=online").count() == 2)
             }),
             "the replicas did not sync with the master"
@@ -163,8 +236,16 @@ impl SentinelSet {
             let port = free_port();
             let conf = set.dir.path().join(format!("sentinel-{i}.conf"));
             let log = set.dir.path().join(format!("sentinel-{i}.log"));
+            let listen: String = match &set.tls {
+                Some(tls) => tls
+                    .settings(port)
+                    .into_iter()
+                    .map(|(k, v)| format!("{k} {v}\n"))
+                    .collect(),
+                None => format!("port {port}\n"),
+            };
             let text = format!(
-                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
+                "{listen}bind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
                  dir {dir}\nlogfile {log}\n\
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
                  sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
@@ -193,19 +274,65 @@ impl SentinelSet {
         set
     }
 
+    /// A synchronous connection to a local port (TLS trusting the test CA in the TLS variant),
+    /// short time-outs.
+    fn connect(&self, port: u16) -> redis::RedisResult<redis::Connection> {
+        let client = match &self.tls {
+            Some(tls) => redis::Client::build_with_tls(
+                format!("rediss://127.0.0.1:{port}"),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(tls.ca_pem.clone()),
+                },
+            )?,
+            None => redis::Client::open(format!("redis://127.0.0.1:{port}"))?,
+        };
+        let c = client.get_connection_with_timeout(Duration::from_millis(500))?;
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok(c)
+    }
+
+    fn query<T: redis::FromRedisValue>(
+        &self,
+        port: u16,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        cmd.query(&mut self.connect(port)?)
+    }
+
+    /// The test CA that signed every certificate of the TLS variant (`None` without TLS).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.ca_file.as_path())
+    }
+
+    /// A CA that signed none of them (`None` without TLS).
+    pub fn other_ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.other_ca_file.as_path())
+    }
+
+    /// The sentinels as `store.redis.sentinels` writes them: `127.0.0.1:port`, or
+    /// `rediss://127.0.0.1:port` in the TLS variant.
+    pub fn sentinel_entries(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "rediss://" } else { "" };
+        self.sentinel_addrs()
+            .into_iter()
+            .map(|a| format!("{scheme}{a}"))
+            .collect()
+    }
+
     /// Whether the sentinel on `port` knows `replicas` healthy replicas and `others` sentinels.
     fn sentinel_knows(&self, port: u16, replicas: usize, others: usize) -> bool {
         let healthy = |flat: &Vec<String>| {
             field(flat, "flags").is_some_and(|f| !f.contains("down") && !f.contains("disconnected"))
         };
-        let r: Vec<Vec<String>> = match query(
+        let r: Vec<Vec<String>> = match self.query(
             port,
             redis::cmd("SENTINEL").arg("replicas").arg(MASTER_NAME),
         ) {
             Ok(r) => r,
             Err(_) => return false,
         };
-        let s: Vec<Vec<String>> = match query(
+        let s: Vec<Vec<String>> = match self.query(
             port,
             redis::cmd("SENTINEL").arg("sentinels").arg(MASTER_NAME),
         ) {
@@ -227,7 +354,7 @@ impl SentinelSet {
     /// The master's port as the first sentinel that answers names it.
     pub fn master_port(&self) -> u16 {
         for s in &self.sentinels {
-            let named: redis::RedisResult<Option<(String, u16)>> = query(
+            let named: redis::RedisResult<Option<(String, u16)>> = self.query(
                 s.port,
                 redis::cmd("SENTINEL")
                     .arg("get-master-addr-by-name")
@@ -293,7 +420,7 @@ impl SentinelSet {
                 .sentinels
                 .iter()
                 .map(|s| {
-                    query::<Option<(String, u16)>>(
+                    self.query::<Option<(String, u16)>>(
                         s.port,
                         redis::cmd("SENTINEL")
                             .arg("get-master-addr-by-name")
@@ -311,23 +438,24 @@ impl SentinelSet {
                 return false;
             }
             new = first;
-            Self::role(first).is_some_and(|r| r == "master")
+            self.role(first).is_some_and(|r| r == "master")
         });
         assert!(done, "no failover from {old} within {within:?}");
         (new, began.elapsed())
     }
 
     /// What `ROLE` says the server on `port` is, if it answers.
-    pub fn role(port: u16) -> Option<String> {
-        let reply: Vec<redis::Value> = query(port, &redis::cmd("ROLE")).ok()?;
+    pub fn role(&self, port: u16) -> Option<String> {
+        let reply: Vec<redis::Value> = self.query(port, &redis::cmd("ROLE")).ok()?;
         reply
             .first()
             .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
     }
 
     /// `cmdstat_<command>`'s calls from `INFO commandstats` on `port` (0 when never called).
-    pub fn calls(port: u16, command: &str) -> u64 {
-        let info: String = query(port, redis::cmd("INFO").arg("commandstats"))
+    pub fn calls(&self, port: u16, command: &str) -> u64 {
+        let info: String = self
+            .query(port, redis::cmd("INFO").arg("commandstats"))
             .unwrap_or_else(|e| panic!("INFO commandstats on {port}: {e}"));
         let prefix = format!("cmdstat_{command}:calls=");
         info.lines()
@@ -338,8 +466,9 @@ impl SentinelSet {
     }
 
     /// A synchronous connection to `port` (for looking at a server's keys directly).
-    pub fn connection(port: u16) -> redis::Connection {
-        connect(port).unwrap_or_else(|e| panic!("connecting to {port}: {e}"))
+    pub fn connection(&self, port: u16) -> redis::Connection {
+        self.connect(port)
+            .unwrap_or_else(|e| panic!("connecting to {port}: {e}"))
     }
 }
 
