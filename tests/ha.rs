@@ -1,10 +1,15 @@
 //! Several gateways on one Redis (`store.kind = "redis"`): real gateway processes, one real
 //! `redis-server`, one Faspex emulator. One licence cap, one failure count per account, one
-//! client per account, and kicks, locks and unlocks that reach every gateway.
+//! client per account, and kicks, locks and unlocks that reach every gateway. Then the same two
+//! gateways on Sentinel (a master, two replicas, three sentinels: [`SentinelSet`]) through a
+//! `kill -9` and a `SIGSTOP` of the master.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use faspex_gate::store::redis::conn::WATCH_EVERY;
+use faspex_gate::store::redis::sentinel::{SentinelSet, DOWN_AFTER_MS, MASTER_NAME};
 use faspex_gate::store::redis::server::RedisServer;
 use http::StatusCode;
 
@@ -16,19 +21,24 @@ use faspex_emulator::LoginFailureStyle;
 const ME: &str = "/aspera/faspex/me";
 const TOKEN: &str = "Bearer test-admin-token-0123456789";
 
-/// Two gateways (`a`, `b`) in front of one emulator, on one Redis.
-pub struct Ha {
+/// Two gateways (`a`, `b`) in front of one emulator, on one Redis (`redis`: one
+/// `redis-server`, or what the test keeps of a [`SentinelSet`] it drives itself).
+pub struct Ha<R = RedisServer> {
     pub a: Site,
     pub b: Site,
-    pub redis: RedisServer,
+    pub redis: R,
     pub audit: [std::path::PathBuf; 2],
 }
 
-/// Point `c` at `redis` under `prefix`, with the admin listener and an audit file named for
-/// `gateway`.
-fn on_redis(c: &mut ConfigBuilder, redis: &RedisServer, gateway: &str) -> std::path::PathBuf {
+/// Point `c` at Redis (`point` sets `[store.redis]`'s `urls` or sentinels), with the admin
+/// listener and an audit file named for `gateway`.
+fn on_redis(
+    c: &mut ConfigBuilder,
+    point: &dyn Fn(&mut ConfigBuilder),
+    gateway: &str,
+) -> std::path::PathBuf {
     c.set("store", "kind", "\"redis\"");
-    c.set("store.redis", "urls", &format!("[\"{}\"]", redis.url()));
+    point(c);
     c.set("admin", "listen", "\"127.0.0.1:0\"");
     c.set(
         "admin",
@@ -49,10 +59,27 @@ impl Ha {
     /// `n` users; `args` to both gateways' `run`; `tweak` applied to both configurations.
     pub async fn start(n: usize, args: &[&str], tweak: impl Fn(&mut ConfigBuilder)) -> Ha {
         let redis = RedisServer::start();
+        let url = redis.url();
+        let point = move |c: &mut ConfigBuilder| {
+            c.set("store.redis", "urls", &format!("[\"{url}\"]"));
+        };
+        Ha::start_on(redis, point, n, args, tweak).await
+    }
+}
+
+impl<R> Ha<R> {
+    /// [`Ha::start`] on `redis`, which `point` sets `[store.redis]` to reach.
+    pub async fn start_on(
+        redis: R,
+        point: impl Fn(&mut ConfigBuilder),
+        n: usize,
+        args: &[&str],
+        tweak: impl Fn(&mut ConfigBuilder),
+    ) -> Ha<R> {
         let mut a_cfg = None;
         let mut audit_a = Default::default();
         let a = Site::start_with(users(n), LoginFailureStyle::Rerender, args, |c| {
-            audit_a = on_redis(c, &redis, "gw-a");
+            audit_a = on_redis(c, &point, "gw-a");
             tweak(c);
             a_cfg = Some(c.clone());
         })
@@ -68,7 +95,7 @@ impl Ha {
         b_cfg.set("session", "secret_file", &q(files.path("session-secret")));
         b_cfg.set("auth.file", "path", &q(files.path("users.toml")));
         b_cfg.set("store", "path", &q(files.path("state")));
-        let audit_b = on_redis(&mut b_cfg, &redis, "gw-b");
+        let audit_b = on_redis(&mut b_cfg, &point, "gw-b");
         let gw = GatewayProcess::start_with(files, &b_cfg, args);
         let client = https_client(&gw.files.cert_pem, false);
         let (stop, _) = tokio::sync::oneshot::channel();
@@ -613,4 +640,342 @@ async fn migrate_store_moves_sessions_and_locks_into_redis_and_can_run_again() {
     assert_eq!(v["accounts_locked"], 0, "{v}");
     let (st, _, _) = moved.browse(ME, &cookie).await;
     assert_ne!(st, StatusCode::OK, "the kicked session stays ended");
+}
+
+/// Set `[store.redis]` to find the master through `set`'s sentinels, with `wait_replicas = 1`.
+fn through_sentinels(set: &SentinelSet) -> impl Fn(&mut ConfigBuilder) {
+    let sentinels = serde_json::to_string(&set.sentinel_entries()).unwrap();
+    move |c: &mut ConfigBuilder| {
+        c.set("store.redis", "sentinels", &sentinels);
+        c.set("store.redis", "master_name", &format!("{MASTER_NAME:?}"));
+        c.set("store.redis", "wait_replicas", "1");
+        c.set("store.redis", "wait_timeout", "\"500ms\"");
+        c.set("store.redis", "outage_grace", "\"30s\"");
+    }
+}
+
+/// `GET status` on `s` once it answers 200: a gateway's first calls after a failover may get
+/// 503 while it finds the new master (within 15 s).
+async fn settled_status(s: &Site) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (st, body) = admin(s, "GET", "status", "").await;
+        if st == StatusCode::OK {
+            return serde_json::from_str(&body).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never answered: {st} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The accounts of `GET sessions`, and of `GET lockouts`, on `s`.
+async fn accounts(s: &Site) -> (Vec<String>, Vec<String>) {
+    let mut lists = Vec::new();
+    for what in ["sessions", "lockouts"] {
+        let (st, body) = admin(s, "GET", what, "").await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut users: Vec<String> = v[what]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["user"].as_str().unwrap().to_owned())
+            .collect();
+        users.sort();
+        lists.push(users);
+    }
+    let lockouts = lists.pop().unwrap();
+    (lists.pop().unwrap(), lockouts)
+}
+
+/// What clients saw of a failover: logins refused from `first_refused` (after the fault) until
+/// the first admitted one, `first_in`.
+struct Gap {
+    first_refused: Duration,
+    first_in: [Duration; 2],
+    refused: usize,
+    slowest: Duration,
+}
+
+impl Gap {
+    fn seen(&self) -> Duration {
+        self.first_in
+            .iter()
+            .min()
+            .unwrap()
+            .saturating_sub(self.first_refused)
+    }
+}
+
+/// From `fault` on, log `users[0]` in through a and `users[1]` through b (HTTP Basic, fresh
+/// accounts) every 50 ms until each got in. Every answer is 503 or 200, within 10 s (no hang);
+/// while neither is in, the browser sessions `cookies` (confirmed on both gateways before the
+/// fault) keep working on both.
+async fn log_in_through_the_gap(
+    ha: &Ha<()>,
+    fault: Instant,
+    users: [&str; 2],
+    cookies: &[&str],
+) -> Gap {
+    let mut first_refused = None;
+    let mut first_in = [None; 2];
+    let (mut refused, mut slowest) = (0, Duration::ZERO);
+    while first_in.iter().any(Option::is_none) {
+        assert!(
+            fault.elapsed() < Duration::from_secs(40),
+            "no login got in since the fault: {first_in:?}"
+        );
+        for (i, s) in ha.both().into_iter().enumerate() {
+            if first_in[i].is_some() {
+                continue;
+            }
+            let (user, password) = (users[i], users[i].replace("user", "pass"));
+            let began = Instant::now();
+            let st = tokio::time::timeout(
+                Duration::from_secs(10),
+                crate::util::basic_get(&s.client, &s.url(ME), user, &password),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("a login through {i} hung"));
+            slowest = slowest.max(began.elapsed());
+            match st {
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    refused += 1;
+                    first_refused.get_or_insert(fault.elapsed());
+                }
+                StatusCode::OK => first_in[i] = Some(fault.elapsed()),
+                other => panic!("a login during the failover got {other}"),
+            }
+        }
+        if first_in.iter().all(Option::is_none) {
+            for s in ha.both() {
+                for c in cookies {
+                    let (st, _, _) = s.browse(ME, c).await;
+                    assert_eq!(st, StatusCode::OK, "a session within outage_grace");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Gap {
+        first_refused: first_refused.expect("no login noticed the fault"),
+        first_in: first_in.map(|t| t.unwrap_or_default()),
+        refused,
+        slowest,
+    }
+}
+
+/// Issue 22's Sentinel checks through two gateway processes. With `wait_replicas = 1`: seats
+/// taken through both gateways, one account locked by failed guesses, another locked through one
+/// gateway's admin API and unlocked through the other's; then `kill -9` the master. During the
+/// gap logins get 503, and sessions both gateways confirmed keep working on both
+/// (`outage_grace`). After the failover the seats and the lock are intact, the unlocked account
+/// stays unlocked and logs in, the cap holds (one more login is refused), and seats = accounts =
+/// sessions, the same on both gateways. Prints the gap clients saw (first 503 to first 200).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sentinel_failover_under_two_gateways_keeps_seats_locks_and_unlocks() {
+    let mut set = SentinelSet::start();
+    let ha = Ha::start_on((), through_sentinels(&set), 8, &[], |c| {
+        c.set("policy", "max_sessions", "6");
+    })
+    .await;
+    let ann = ha.a.browser_login("user0", "pass0").await;
+    let bob = ha.b.browser_login("user1", "pass1").await;
+    ha.b.browser_login("user2", "pass2").await;
+    for s in ha.both() {
+        for c in [&ann, &bob] {
+            let (st, _, _) = s.browse(ME, c).await;
+            assert_eq!(st, StatusCode::OK);
+        }
+    }
+    // user3 guesses wrong five times, over both gateways: locked on both.
+    for i in 0..5 {
+        let s = if i % 2 == 0 { &ha.a } else { &ha.b };
+        let st = crate::util::basic_get(&s.client, &s.url(ME), "user3", &format!("no{i}")).await;
+        assert_ne!(st, StatusCode::OK);
+    }
+    for s in ha.both() {
+        let st = crate::util::basic_get(&s.client, &s.url(ME), "user3", "pass3").await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "user3 is locked");
+    }
+    // user4 is locked through a and unlocked through b.
+    let (st, body) = admin(&ha.a, "POST", "lockouts/user4", "{\"for\": \"1h\"}").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let (st, body) = admin(&ha.b, "DELETE", "lockouts/user4", "").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    for s in ha.both() {
+        let v = status(s).await;
+        assert_eq!(
+            (v["seats_used"].as_u64(), v["accounts_locked"].as_u64()),
+            (Some(3), Some(1)),
+            "{v}"
+        );
+    }
+
+    let old = set.kill_master();
+    let killed = Instant::now();
+    let set = Arc::new(set);
+    let watching = Arc::clone(&set);
+    let failover =
+        tokio::task::spawn_blocking(move || watching.wait_failover(old, Duration::from_secs(30)));
+    let gap = log_in_through_the_gap(&ha, killed, ["user5", "user6"], &[&ann, &bob]).await;
+    let (new, agreed) = failover.await.unwrap();
+    assert_ne!(new, old);
+    eprintln!(
+        "kill -9 of the master under two gateways (down-after-milliseconds {DOWN_AFTER_MS}): \
+         logins refused (503) from {:?} after the kill, the first let in {:?} after it: a gap \
+         of {:?} (a {:?}, b {:?}); {} logins refused, the slowest answer {:?}; the sentinels \
+         agreed on the new master {agreed:?} after the kill",
+        gap.first_refused,
+        gap.first_in.iter().min().unwrap(),
+        gap.seen(),
+        gap.first_in[0],
+        gap.first_in[1],
+        gap.refused,
+        gap.slowest
+    );
+
+    // After the failover: the seats (three, and the two let in since) and user3's lock intact.
+    for s in ha.both() {
+        let v = settled_status(s).await;
+        assert_eq!(
+            (v["seats_used"].as_u64(), v["accounts_locked"].as_u64()),
+            (Some(5), Some(1)),
+            "{v}"
+        );
+        let st = crate::util::basic_get(&s.client, &s.url(ME), "user3", "pass3").await;
+        assert_eq!(
+            st,
+            StatusCode::FORBIDDEN,
+            "user3's lock survived the failover"
+        );
+        for c in [&ann, &bob] {
+            let (st, _, _) = s.browse(ME, c).await;
+            assert_eq!(st, StatusCode::OK);
+        }
+    }
+    // user4's unlock stands: user4 logs in, taking the last seat; the cap holds on both.
+    ha.a.browser_login("user4", "pass4").await;
+    for s in ha.both() {
+        let st = crate::util::basic_get(&s.client, &s.url(ME), "user7", "pass7").await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "no seat over the cap");
+    }
+    // Seats = accounts = sessions, and both gateways say the same.
+    let (va, vb) = (status(&ha.a).await, status(&ha.b).await);
+    for k in ["seats_used", "sessions", "accounts_locked", "seats_limit"] {
+        assert_eq!(va[k], vb[k], "{k}: {va} {vb}");
+    }
+    assert_eq!(
+        (va["seats_used"].as_u64(), va["sessions"].as_u64()),
+        (Some(6), Some(6)),
+        "{va}"
+    );
+    let (sessions, lockouts) = accounts(&ha.a).await;
+    assert_eq!(
+        sessions,
+        ["user0", "user1", "user2", "user4", "user5", "user6"]
+    );
+    assert_eq!(lockouts, ["user3"]);
+    assert_eq!(accounts(&ha.b).await, (sessions, lockouts));
+}
+
+/// `SIGSTOP` the master under two gateways until Sentinel has replaced it, then `SIGCONT`: it
+/// wakes still believing it is the master, but no gateway writes to it. Once the calls sent to
+/// it before and during the stop have run, its `FCALL` count does not move again, and the locks
+/// and the login made through both gateways after it woke are all on the new master. Logins
+/// while it is stopped get 503 (prints the gap); seats = sessions on both gateways after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_master_is_never_written_to_through_two_gateways() {
+    let set = SentinelSet::start();
+    let ha = Ha::start_on((), through_sentinels(&set), 6, &[], |_| {}).await;
+    let ann = ha.a.browser_login("user0", "pass0").await;
+    let bob = ha.b.browser_login("user1", "pass1").await;
+    for s in ha.both() {
+        for c in [&ann, &bob] {
+            let (st, _, _) = s.browse(ME, c).await;
+            assert_eq!(st, StatusCode::OK);
+        }
+    }
+    let (st, body) = admin(&ha.a, "POST", "lockouts/user2", "{\"for\": \"1h\"}").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+
+    let old = set.master_port();
+    set.stop(old);
+    let stopped = Instant::now();
+    let set = Arc::new(set);
+    let watching = Arc::clone(&set);
+    let failover =
+        tokio::task::spawn_blocking(move || watching.wait_failover(old, Duration::from_secs(30)));
+    let gap = log_in_through_the_gap(&ha, stopped, ["user3", "user4"], &[&ann, &bob]).await;
+    let (new, agreed) = failover.await.unwrap();
+    assert_ne!(new, old);
+    eprintln!(
+        "SIGSTOP of the master under two gateways (down-after-milliseconds {DOWN_AFTER_MS}): \
+         logins refused (503) from {:?} after the stop, the first let in {:?} after it: a gap \
+         of {:?}; {} logins refused, the slowest answer {:?}; the sentinels agreed on the new \
+         master {agreed:?} after the stop",
+        gap.first_refused,
+        gap.first_in.iter().min().unwrap(),
+        gap.seen(),
+        gap.refused,
+        gap.slowest
+    );
+
+    // The gateways' watchers ask a sentinel every WATCH_EVERY; then the old master wakes.
+    tokio::time::sleep(WATCH_EVERY * 3).await;
+    set.resume(old);
+    // What was sent to it before and during the stop runs now (its callers had their 503s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fcalls = set.calls(old, "fcall");
+    let woke_as = set.role(old);
+    // Writes through both gateways while it may still think it is the master.
+    for i in 0..10 {
+        let s = if i % 2 == 0 { &ha.a } else { &ha.b };
+        let (st, body) = admin(s, "POST", &format!("lockouts/cat{i}"), "{\"for\": \"1h\"}").await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ha.b.browser_login("user5", "pass5").await;
+    assert_eq!(
+        set.calls(old, "fcall"),
+        fcalls,
+        "a gateway called a function on the demoted master (it woke as {woke_as:?})"
+    );
+    let mut c = set.connection(new);
+    for i in 0..10 {
+        let until: Option<u64> = redis::cmd("HGET")
+            .arg(format!("{{faspex-gate}}:l:cat{i}"))
+            .arg("until")
+            .query(&mut c)
+            .unwrap();
+        assert!(until.is_some(), "cat{i}'s lock is on the new master");
+    }
+    let seats: u64 = redis::cmd("SCARD")
+        .arg("{faspex-gate}:seats")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        seats, 5,
+        "ann, bob, the two let in after the stop, and user5"
+    );
+    for s in ha.both() {
+        let v = settled_status(s).await;
+        assert_eq!(
+            (v["seats_used"].as_u64(), v["sessions"].as_u64()),
+            (Some(5), Some(5)),
+            "{v}"
+        );
+        assert_eq!(v["accounts_locked"], 11, "{v}");
+    }
+    // Sentinel turns it into a replica; still nothing called on it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while set.role(old).as_deref() != Some("slave") {
+        assert!(Instant::now() < deadline, "the old master was not demoted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(set.calls(old, "fcall"), fcalls);
+    eprintln!("the stopped master woke as {woke_as:?}; {fcalls} FCALLs on it, none after");
 }
