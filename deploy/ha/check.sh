@@ -20,8 +20,10 @@
 #   name, X-Forwarded-For the client's address only, a gateway whose /readyz is 503 taken out,
 #   the living gateways still served when none is ready, port 80 redirected.
 # - the Redis files' TLS variant (uncommented): TLS only, replication over TLS, the gateway's user
-#   without a client certificate.
-# - faspex-gate.toml.example: `faspex-gate check-config` when a built faspex-gate is at hand
+#   without a client certificate; sentinel.conf's TLS variant watching it (three sentinels on TLS
+#   only, answering the gateways' discovery without a password).
+# - faspex-gate.toml.example: `faspex-gate check-config` when a built faspex-gate is at hand (also
+#   with its sentinels written rediss:// and ca_file set)
 #   ($FASPEX_GATE, else target/{debug,release}/faspex-gate under $CARGO_TARGET_DIR or target).
 # - deploy/faspex-gate.service still lets the gateway open TCP connections to Redis.
 #
@@ -207,9 +209,9 @@ for i in 0 1 2; do
   redis-server "$tmp/sentinel$i/sentinel.conf" --sentinel >"$tmp/sentinel$i/stderr.log" 2>&1 &
   pids+=($!)
 done
-sentinel_knows_all() { # port
+sentinel_knows_all() { # port [client]
   local m
-  m="$(as_anyone "$1" SENTINEL master faspex-gate)" || return 1
+  m="$("${2:-as_anyone}" "$1" SENTINEL master faspex-gate)" || return 1
   [ "$(sed -n '/^num-slaves$/{n;p}' <<<"$m")" = 2 ] &&
     [ "$(sed -n '/^num-other-sentinels$/{n;p}' <<<"$m")" = 2 ] &&
     [ "$(sed -n '/^flags$/{n;p}' <<<"$m")" = master ]
@@ -438,6 +440,31 @@ answers '"now"' tls_gate "${tls_ports[0]}" FCALL "${library}_probe" 2 "$root" "$
 answers 2 tls_gate "${tls_ports[0]}" WAIT 2 2000 || fail "WAIT 2 over TLS"
 ok "the TLS variant: TLS only (no plain port), replication over TLS (2 replicas), the faspex-gate user without a client certificate (tls-auth-clients no): FUNCTION LOAD, FCALL, WAIT 2"
 
+# sentinel.conf's TLS variant watching it: "port 0" and the tls- lines uncommented, as the
+# gateways' rediss:// sentinels.
+ports tls_sentinel_ports 3
+for i in 0 1 2; do
+  d="$tmp/tls-sentinel$i"
+  mkdir -p "$d"
+  sed -e 's/^port 26379$/port 0/' -e 's/^# \(tls-[a-z-]* [^ ]*\)$/\1/' "$here/redis/sentinel.conf" >"$d/shipped.conf"
+  grep -q '^tls-port' "$d/shipped.conf" || fail "sentinel.conf has no commented TLS variant (# tls-port ...)"
+  grep -q '^port 0$' "$d/shipped.conf" || fail "sentinel.conf: no \"port 26379\" line for the TLS variant to close"
+  rewrite "$d/shipped.conf" "$d/sentinel.conf" "$d" "${tls_sentinel_ports[$i]}"
+  sed -i "s/^sentinel monitor faspex-gate 127\.0\.0\.1 [0-9]* 2$/sentinel monitor faspex-gate 127.0.0.1 ${tls_ports[0]} 2/" "$d/sentinel.conf"
+  redis-server "$d/sentinel.conf" --sentinel >"$d/stderr.log" 2>&1 &
+  pids+=($!)
+done
+tls_anyone() { local port=$1; shift; as_anyone "$port" --tls --cacert "$tmp/tls/ca.crt" "$@"; }
+for i in 0 1 2; do
+  until_ok 60 "TLS sentinel$i does not know the master, both replicas and both other sentinels" \
+    sentinel_knows_all "${tls_sentinel_ports[$i]}" tls_anyone
+  answers "${tls_ports[0]}" tls_anyone "${tls_sentinel_ports[$i]}" SENTINEL get-master-addr-by-name faspex-gate ||
+    fail "TLS sentinel$i does not answer get-master-addr-by-name with the TLS master"
+done
+answers PONG as_anyone "${tls_sentinel_ports[0]}" PING && fail "sentinel.conf's TLS variant still answers plain TCP"
+refused "SENTINEL FAILOVER without a password (TLS)" tls_anyone "${tls_sentinel_ports[0]}" SENTINEL FAILOVER faspex-gate
+ok "sentinel.conf's TLS variant: three sentinels on TLS only watch the TLS master (2 replicas, 2 other sentinels each, over TLS) and answer the gateways' get-master-addr-by-name without a password"
+
 # ----- HAProxy -----
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj /CN=faspex.example.org -addext subjectAltName=DNS:faspex.example.org \
@@ -565,6 +592,13 @@ if [ -n "$gate" ]; then
   out="$("$gate" check-config --config "$tmp/gw1.toml" 2>&1)" || fail "faspex-gate check-config faspex-gate.toml.example: $out"
   grep -q '^kind = "redis"' <<<"$out" || fail "check-config did not show store.kind = \"redis\": $out"
   ok "faspex-gate check-config accepts faspex-gate.toml.example ($gate)"
+  # With TLS: the sentinels written rediss://, ca_file the CA.
+  sed -e 's#^sentinels = \["\([^"]*\)", "\([^"]*\)", "\([^"]*\)"\]$#sentinels = ["rediss://\1", "rediss://\2", "rediss://\3"]#' \
+    -e "s#^ca_file = \"\"#ca_file = \"$tmp/tls/ca.crt\"#" "$tmp/gw1.toml" >"$tmp/gw1-tls.toml"
+  grep -q '^sentinels = \["rediss://' "$tmp/gw1-tls.toml" || fail "faspex-gate.toml.example: no sentinels line to write rediss://"
+  out="$("$gate" check-config --config "$tmp/gw1-tls.toml" 2>&1)" || fail "faspex-gate check-config with rediss:// sentinels: $out"
+  grep -q 'rediss://192.0.2.21:26379' <<<"$out" || fail "check-config did not show the rediss:// sentinels: $out"
+  ok "faspex-gate check-config accepts it with TLS: rediss:// sentinels and ca_file"
 else
   echo "not checked - faspex-gate.toml.example: no built faspex-gate (cargo build, or set FASPEX_GATE)"
 fi
