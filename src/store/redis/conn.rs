@@ -681,13 +681,27 @@ impl Inner {
                     }
                 };
                 let addr = host_port(&host, port);
-                let client = client(
+                // A host this sentinel names that makes no URL (e.g. `0.0.0.0`) is this
+                // sentinel's bad answer: ask the next one rather than end the search.
+                let client = match client(
                     &format!("{}://{addr}", scheme(tls)),
                     &self.opts,
                     self.anchors.as_deref(),
                     "store.redis.sentinels",
                     true,
-                )?;
+                ) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = Some(StoreError::Remote {
+                            reason: format!(
+                                "sentinel {} named master {addr}, which cannot be connected \
+                                 to: {e}",
+                                s.addr
+                            ),
+                        });
+                        continue;
+                    }
+                };
                 let left = deadline
                     .saturating_duration_since(Instant::now())
                     .min(CONNECT_TIMEOUT);

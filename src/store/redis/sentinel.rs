@@ -452,16 +452,25 @@ impl SentinelSet {
             .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
     }
 
-    /// `cmdstat_<command>`'s calls from `INFO commandstats` on `port` (0 when never called).
+    /// How many times `command` reached the server on `port`, from `INFO commandstats`: run,
+    /// rejected or failed (0 when never sent).
     pub fn calls(&self, port: u16, command: &str) -> u64 {
         let info: String = self
             .query(port, redis::cmd("INFO").arg("commandstats"))
             .unwrap_or_else(|e| panic!("INFO commandstats on {port}: {e}"));
-        let prefix = format!("cmdstat_{command}:calls=");
+        // `calls` counts what ran; `rejected_calls` (READONLY, NOREPLICAS, …) and `failed_calls`
+        // what reached the server and was refused: all three are a client writing to it.
+        let prefix = format!("cmdstat_{command}:");
         info.lines()
             .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
+            .map(|fields| {
+                fields
+                    .split(',')
+                    .filter_map(|f| f.split_once('='))
+                    .filter(|(k, _)| matches!(*k, "calls" | "rejected_calls" | "failed_calls"))
+                    .filter_map(|(_, v)| v.parse::<u64>().ok())
+                    .sum()
+            })
             .unwrap_or(0)
     }
 
