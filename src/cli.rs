@@ -1,13 +1,15 @@
-//! The command line: `run`, `demo`, `check-config`, `hash-password`, `admin` and
-//! `migrate-store`, with the contract's exit codes (0 done, 1 failed, 2 usage or configuration
-//! error, and for `admin` 3 the gateway could not be reached).
+//! The command line: `run`, `demo`, `check-config`, `hash-password`, `admin`, `migrate-store`
+//! and `completions` (and the hidden `man`), with the contract's exit codes (0 done, 1 failed, 2
+//! usage or configuration error, and for `admin` 3 the gateway could not be reached).
 
-use std::io::BufRead;
+pub mod manual;
+
+use std::io::{BufRead, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 use crate::clock::TimeSource;
 use crate::config::{self, Config, ConfigError};
@@ -25,7 +27,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve.
+    /// Serve: the gateway itself, as the systemd unit runs it.
     Run {
         /// The configuration file [default: $FASPEX_GATE_CONFIG, else /etc/faspex-gate/faspex-gate.toml]
         #[arg(long, value_name = "FILE")]
@@ -50,6 +52,7 @@ pub enum Command {
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig {
+        /// The configuration file [default: $FASPEX_GATE_CONFIG, else /etc/faspex-gate/faspex-gate.toml]
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
@@ -85,6 +88,15 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         from: Option<PathBuf>,
     },
+    /// Print the shell completion script for bash, zsh or fish (the Debian package installs
+    /// all three).
+    Completions {
+        #[arg(value_enum)]
+        shell: manual::Shell,
+    },
+    /// Print the manual page faspex-gate(1), in roff (the package build installs it).
+    #[command(hide = true)]
+    Man,
 }
 
 /// `faspex-gate admin …`
@@ -215,6 +227,23 @@ pub fn run(cli: Cli) -> ExitCode {
             ha,
         } => demo(listen, admin_listen, ha),
         Command::MigrateStore { config, from } => migrate_store(config, from),
+        Command::Completions { shell } => print(&manual::completions(&Cli::command(), shell)),
+        Command::Man => match manual::man_page(&Cli::command()) {
+            Ok(page) => print(&page),
+            Err(e) => failure(&e.into()),
+        },
+    }
+}
+
+/// Write generated text to standard output; a closed or full stdout is exit 1, not a panic.
+fn print(bytes: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faspex-gate: cannot write to standard output: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
