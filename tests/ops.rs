@@ -502,7 +502,7 @@ fn the_systemd_unit_verifies() {
     let copy: String = unit
         .lines()
         .map(|l| {
-            if l.starts_with("ExecStart=/usr/local/bin/faspex-gate ") {
+            if l.starts_with("ExecStart=/usr/bin/faspex-gate ") {
                 "ExecStart=/bin/true".to_owned()
             } else {
                 l.to_owned()
