@@ -15,7 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 CARGO_DEB_VERSION=3.8.0
-target="${CARGO_TARGET_DIR:-target}"
+# Where cargo builds ($CARGO_TARGET_DIR, a configured target-dir, or target/).
+target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+[ -d "$target" ] || mkdir -p "$target"
 assets="$target/release/deb-assets"
 
 if [ "$(cargo deb --version 2>/dev/null || true)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
