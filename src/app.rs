@@ -30,6 +30,7 @@ use crate::auth::file::Users;
 use crate::auth::Directory;
 use crate::clock::{Clock, TimeSource};
 use crate::config::{AuthBackend, Config, Reload, StoreKind};
+use crate::helpdesk::{Console, HelpdeskServer};
 use crate::metrics::Metrics;
 use crate::policy::{CheckRules, LogObserver, Observer, Observers, Policy};
 use crate::proxy::context::Context;
@@ -319,6 +320,8 @@ pub struct App {
     faspex_check: Arc<dyn Directory>,
     /// The HTTPS listener's certificate, which a reload swaps (`None` when the listener is off).
     pub certs: Option<Arc<CertStore>>,
+    /// The helpdesk console, when `helpdesk.listen` and `helpdesk.group` are set.
+    pub helpdesk: Option<Console>,
     /// The clock the app runs on (a manual one is moved through the admin API).
     #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     time: TimeSource,
@@ -390,7 +393,25 @@ pub async fn build_with(cfg: &Config, loader: Loader, time: TimeSource) -> anyho
         shared_ends,
         metrics,
     ));
+    let helpdesk = match cfg.helpdesk.on() {
+        Some(_) => Some(Console::new(
+            cfg,
+            state.policy.clone(),
+            gateway.clone(),
+            Arc::clone(&audit),
+        )?),
+        None => {
+            if cfg.helpdesk.listen.is_some() != cfg.helpdesk.group.is_some() {
+                tracing::warn!(
+                    "the helpdesk console is off: it needs both helpdesk.listen and \
+                     helpdesk.group, and only one is set"
+                );
+            }
+            None
+        }
+    };
     Ok(App {
+        helpdesk,
         state,
         loader,
         gateway,
@@ -496,6 +517,9 @@ impl App {
         self.logout_path
             .store(Arc::new(effective.faspex.logout_path.clone()));
         self.gateway.reload(&effective, directory);
+        if let Some(console) = &self.helpdesk {
+            console.reload(&effective);
+        }
         // A password changed or an account removed in the users file or directory must not live
         // on in the verification cache: empty it now the new backend is in place, and once more
         // when every check that began on the old backend has surely ended (one that started
@@ -538,6 +562,8 @@ fn old_checks_settle(cfg: &Config) -> std::time::Duration {
 pub struct Listening {
     pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// The helpdesk console's listener, when on.
+    pub helpdesk: Option<SocketAddr>,
 }
 
 /// Serve with `cfg` on the clock `time` gives until SIGTERM/SIGINT; SIGHUP reloads the
@@ -580,9 +606,16 @@ pub async fn serve_on(
         (Some(addr), Some(api)) => Some(AdminServer::bind(addr, api.clone()).await?),
         _ => None,
     };
+    let helpdesk = match (cfg.helpdesk.on(), &app.helpdesk, &app.certs) {
+        (Some((addr, _)), Some(console), Some(certs)) => {
+            Some(HelpdeskServer::bind(&cfg, addr, Arc::clone(certs), console.clone()).await?)
+        }
+        _ => None,
+    };
     ready(Listening {
         https: server.https_addr(),
         admin: admin.as_ref().and_then(AdminServer::local_addr),
+        helpdesk: helpdesk.as_ref().and_then(HelpdeskServer::local_addr),
     });
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -591,6 +624,7 @@ pub async fn serve_on(
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let admin_task = admin.map(|a| tokio::spawn(a.run(stopped.clone())));
+    let helpdesk_task = helpdesk.map(|h| tokio::spawn(h.run(stopped.clone())));
     let server_task = tokio::spawn(server.run(stopped));
 
     let mut running = cfg;
@@ -608,7 +642,7 @@ pub async fn serve_on(
         Ok(r) => r,
         Err(e) => Err(anyhow::anyhow!("the server task failed: {e}")),
     };
-    if let Some(t) = admin_task {
+    for t in [admin_task, helpdesk_task].into_iter().flatten() {
         let _ = t.await;
     }
     app.state.close().await;

@@ -30,7 +30,9 @@ pub struct Record<'a> {
     /// When it happened, RFC 3339 in UTC with milliseconds.
     pub ts: String,
     /// What happened: `login`, `recheck`, `lockout`, `lock_expired`, `unlock`, `admin_lock`,
-    /// `kick`, `session_end`, `admin_refused`.
+    /// `kick`, `session_end`, `admin_refused`; the helpdesk console's `helpdesk_signin`,
+    /// `helpdesk_signout`, `helpdesk_refused` (and its unlocks, locks and kicks, as above, with
+    /// `via = "helpdesk"`).
     pub event: &'static str,
     /// The normalised account name.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,7 +88,10 @@ pub struct Record<'a> {
     /// Lock events: `true` when an administrator set the lock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub by_admin: Option<bool>,
-    /// `admin_refused`: refused calls left out of the log since the last one recorded (over the
+    /// `"helpdesk"` on an unlock, lock or kick made from the helpdesk console.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
+    /// `admin_refused`, `helpdesk_refused`: refused calls left out of the log since the last one recorded (over the
     /// budget of 10 a second).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<u64>,

@@ -40,6 +40,10 @@ pub const DEMO_USERS: [(&str, &str); 4] = [
     ("dan", "demo-dan"),
 ];
 
+/// The demo's helpdesk person: in the users file with `helpdesk = true`, so a member of the
+/// helpdesk console's group (not a Faspex user).
+pub const DEMO_HELPDESK: (&str, &str) = ("helen", "demo-helen");
+
 /// The demo's external collaborator: a local account in Faspex (the emulator) only, not in the
 /// users file, so the gateway has Faspex check its password (`auth.local_accounts = "faspex"`).
 pub const DEMO_COLLABORATOR: (&str, &str) = ("extern.collab", "demo-collab");
@@ -70,6 +74,11 @@ fn write_shared_files(dir: &Path) -> anyhow::Result<DemoFiles> {
             crate::auth::password::hash(password)?
         ));
     }
+    let (name, password) = DEMO_HELPDESK;
+    users.push_str(&format!(
+        "# The helpdesk console's member.\n[users.{name}]\nhash = \"{}\"\nhelpdesk = true\n",
+        crate::auth::password::hash(password)?
+    ));
     let users_file = dir.join("users.toml");
     crate::util::write_private(&users_file, users.as_bytes())?;
     let state = dir.join("state");
@@ -127,14 +136,35 @@ local_accounts = "faspex"
 path = "{users_file}"
 
 [pages]
-helpdesk = "the demo's helpdesk (there is none: run `faspex-gate demo` again)"
+helpdesk = "the demo's helpdesk console, {helpdesk_url}"
+
+[helpdesk]
+listen = "{helpdesk}"
+# With the users file, the console's members are the users marked `helpdesk = true`; the group
+# is a label that turns the console on.
+group = "helpdesk"
 {more}"#,
+        helpdesk = helpdesk_addr(listen),
+        helpdesk_url = match helpdesk_addr(listen) {
+            a if a.port() == 0 => "on the port the banner shows".to_owned(),
+            a => format!("https://{a}/"),
+        },
         cert = f.cert.display(),
         key = f.key.display(),
         token = f.token.display(),
         secret = f.secret.display(),
         users_file = f.users_file.display(),
     )
+}
+
+/// The helpdesk console of a demo gateway listening at `listen`: 1000 ports above it (8443 ->
+/// 9443), or any free port when `listen`'s is 0 or too high.
+fn helpdesk_addr(listen: SocketAddr) -> SocketAddr {
+    let port = match listen.port() {
+        0 => 0,
+        p => p.checked_add(1000).unwrap_or(0),
+    };
+    SocketAddr::new(listen.ip(), port)
 }
 
 /// Write every file the demo needs into `dir` and return the configuration file's path.
@@ -270,6 +300,7 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result
         print_banner(
             l.https.unwrap_or(listen),
             l.admin.unwrap_or(admin_listen),
+            l.helpdesk.unwrap_or(helpdesk_addr(listen)),
             emu_addr,
             &banner_dir,
             &banner_config,
@@ -281,7 +312,14 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result
 }
 
 #[cfg(feature = "emulator")]
-fn print_banner(addr: SocketAddr, admin: SocketAddr, emu: SocketAddr, dir: &Path, config: &Path) {
+fn print_banner(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    helpdesk: SocketAddr,
+    emu: SocketAddr,
+    dir: &Path,
+    config: &Path,
+) {
     let base = format!("https://{addr}");
     let token = dir.join("admin-token");
     let users: Vec<String> = DEMO_USERS
@@ -300,6 +338,8 @@ faspex-gate demo is running. Stop it with Ctrl-C.
   Files       {dir} (configuration, certificate, users, session secret, admin token)
   Config      faspex-gate check-config --config {config}
   Admin       http://{admin} (metrics, health, the admin API); token in {token}
+  Helpdesk    https://{helpdesk}/   the helpdesk console in a browser; sign in as {hd_user} / {hd_pass}
+              (seats, sessions, locks, "why can't dan log in?", Unlock, Kick, Lock)
 
 The helpdesk's command (it reads the URL and token from the demo's configuration):
     faspex-gate admin --config {config} status
@@ -339,6 +379,7 @@ The four policies, small enough to watch:
     for i in 1 2 3 4 5; do curl -k -s -o /dev/null -w "%{{http_code}} " -u dan:wrong {base}/aspera/faspex/me; done
               -> 401 401 401 401 403; dan's right password now gets 403 too, with Retry-After.
               In the browser the login form shows "Account locked ... unlocks at HH:MM".
+              The helpdesk console shows dan under "Locked accounts": Unlock lets him in at once.
 
 No login needed, and no seat held:
   An external collaborator's download link:
@@ -349,6 +390,8 @@ No login needed, and no seat held:
     curl -k -i -X POST {base}/aspera/faspex/package_relay/relay_package
 "#,
         users = users.join(", "),
+        hd_user = DEMO_HELPDESK.0,
+        hd_pass = DEMO_HELPDESK.1,
         collab = DEMO_COLLABORATOR.0,
         collab_pass = DEMO_COLLABORATOR.1,
         dir = dir.display(),
@@ -555,6 +598,8 @@ impl HaBanner {
         let gb = b.https.unwrap_or(self.gateways[1].0);
         let aa = a.admin.unwrap_or(self.gateways[0].1);
         let ab = b.admin.unwrap_or(self.gateways[1].1);
+        let ha = a.helpdesk.unwrap_or(helpdesk_addr(self.gateways[0].0));
+        let hb = b.helpdesk.unwrap_or(helpdesk_addr(self.gateways[1].0));
         let (ca, cb) = (self.configs[0].display(), self.configs[1].display());
         let token = self.dir.join("admin-token");
         let token = token.display();
@@ -570,6 +615,8 @@ faspex-gate demo --ha is running: two gateways on one Redis. Stop it with Ctrl-C
   Gateway B   https://{gb}/aspera/faspex/   admin http://{ab}   config {cb}
   Redis       redis-server at {redis} (pid {pid}), started for the demo and stopped with it; keys under {{{prefix}}}:
   Users       {users}
+  Helpdesk    https://{ha}/ (A) and https://{hb}/ (B), the console, as {hd_user} / {hd_pass}: either
+              shows and acts on the shared state; a console sign-in holds on its own gateway only
   Upstream    the built-in Faspex 4 emulator at http://{emu}, behind both gateways
   Files       {dir} (both configurations, certificate, users, the one session secret and admin token)
   (a self-signed certificate made just now: accept the browser's warning, or use curl -k)
@@ -600,6 +647,8 @@ works on the other (one session secret, one store).
             pid = self.redis_pid,
             prefix = DEMO_KEY_PREFIX,
             users = users.join(", "),
+            hd_user = DEMO_HELPDESK.0,
+            hd_pass = DEMO_HELPDESK.1,
             emu = self.emu,
             dir = self.dir.display(),
         );

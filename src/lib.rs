@@ -35,6 +35,8 @@
 //!   reload), [`demo`]: the commands a person runs.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`, the admin API) and the
 //!   `faspex-gate admin` client.
+//! - [`helpdesk`]: the helpdesk console, a browser page on its own HTTPS listener for unlocks,
+//!   kicks and locks, signed in with a directory account in `helpdesk.group`.
 //! - [`server`]: listeners, the connection caps, TLS with a handshake timeout, header limits and
 //!   timeouts, the swappable certificate and graceful shutdown.
 //! - [`proxy`]: the request handler, laid out along the request: body types ([`proxy::body`])
@@ -78,6 +80,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod faspex;
+pub mod helpdesk;
 pub mod log;
 pub mod metrics;
 pub mod policy;

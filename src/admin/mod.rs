@@ -509,9 +509,36 @@ fn split_user(rest: &str) -> Result<(&str, Option<String>), String> {
         .decode_utf8()
         .map_err(|_| "the user in the path is not UTF-8".to_owned())?;
     if decoded.contains(['/', '\\']) {
-        return Err("the user in the path may not contain '/' or '\\', encoded or not".into());
+        return Err(SLASH_IN_USER.into());
     }
     Ok((what, Some(decoded.into_owned())))
+}
+
+/// The API's refusal of a user name with a slash or backslash in it.
+const SLASH_IN_USER: &str = "the user in the path may not contain '/' or '\\', encoded or not";
+
+/// Why the admin API refuses `user` (decoded) as the user of an unlock, kick or lock, in its
+/// own words, or `None` when it takes it. The helpdesk console refuses the same names with the
+/// same message.
+pub fn user_refused(policy: &Policy, user: &str) -> Option<String> {
+    if user.is_empty() {
+        return Some("the user is missing from the path".into());
+    }
+    if user.contains(['/', '\\']) {
+        return Some(SLASH_IN_USER.into());
+    }
+    policy.account(user).err().map(|e| format!("user: {e}"))
+}
+
+/// A lock's `for`: a duration from 1 s to 366 days, as `admin lock --for` and the API read it,
+/// or the API's refusal.
+pub fn lock_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("for: {e} (use e.g. \"30m\", \"1h\", \"2d\")"))?;
+    if d < Duration::from_secs(1) || d > MAX_LOCK {
+        return Err("for: a lock lasts from 1s to 366d".into());
+    }
+    Ok(d)
 }
 
 /// `X-Admin-Actor`: the operator's login name, for the audit log. Optional (`"-"` when absent);
@@ -560,14 +587,7 @@ async fn lock_for(body: Incoming) -> Result<Option<Duration>, Refused> {
     let Some(text) = b.duration else {
         return Ok(None);
     };
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| Refused::BadRequest(format!("for: {e} (use e.g. \"30m\", \"1h\", \"2d\")")))?;
-    if d < Duration::from_secs(1) || d > MAX_LOCK {
-        return Err(Refused::BadRequest(
-            "for: a lock lasts from 1s to 366d".into(),
-        ));
-    }
-    Ok(Some(d))
+    lock_duration(&text).map(Some).map_err(Refused::BadRequest)
 }
 
 /// A session as the API shows it: no token, no cookie, no key.

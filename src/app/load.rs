@@ -20,10 +20,13 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Read what `cfg` names, as a start with it would: the certificate when `server.listen` is
-    /// on.
+    /// Read what `cfg` names, as a start with it would: the certificate when `server.listen` or
+    /// the helpdesk console is on.
     pub fn load(cfg: &Config) -> Result<Loaded, ConfigError> {
-        Self::load_for(cfg, cfg.server.listen.is_some())
+        Self::load_for(
+            cfg,
+            cfg.server.listen.is_some() || cfg.helpdesk.on().is_some(),
+        )
     }
 
     /// Read what `cfg` names; the certificate when `https` (the HTTPS listener that will serve

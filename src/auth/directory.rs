@@ -87,6 +87,24 @@ pub trait Directory: Send + Sync + 'static {
         self.verify(account, password).await
     }
 
+    /// Whether the person `name` (as typed, a listed domain removed; `account` the account it
+    /// counts as) is a member of `group`: the helpdesk console's `helpdesk.group`, asked the way
+    /// `auth.ldap.require_group` is (nested groups as `auth.ldap.nested_groups` says), as the
+    /// service account, with no password. The users file answers from its `helpdesk = true`
+    /// flags (`group` is then only a label). A backend that cannot say answers an error, which
+    /// admits no one.
+    async fn member_of(
+        &self,
+        name: &str,
+        account: &str,
+        group: &str,
+    ) -> Result<bool, DirectoryError> {
+        let _ = (name, account, group);
+        Err(DirectoryError(
+            "this credential backend cannot check group membership".into(),
+        ))
+    }
+
     /// Whether the directory answers now (`/readyz`), without checking anyone's password. A
     /// backend with nothing remote to ask (the users file, loaded at start) is always ready.
     async fn probe(&self) -> Result<(), DirectoryError> {

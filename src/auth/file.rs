@@ -6,6 +6,7 @@
 //! ```toml
 //! [users.ann]
 //! hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+//! helpdesk = true   # optional: ann may use the helpdesk console (`[helpdesk]`)
 //! ```
 //!
 //! It is parsed and checked ([`parse_users`]) when the app is built or reloaded
@@ -26,9 +27,13 @@ use tokio::sync::Semaphore;
 
 use super::directory::{Directory, DirectoryError, Verdict};
 
-/// The parsed users file: account → PHC hash string. `Debug` shows only the count.
+/// The parsed users file: account → PHC hash string, and the accounts marked `helpdesk = true`
+/// (the helpdesk console's members with this backend). `Debug` shows only the count.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Users(pub Arc<BTreeMap<String, String>>);
+pub struct Users(
+    pub Arc<BTreeMap<String, String>>,
+    pub Arc<std::collections::BTreeSet<String>>,
+);
 
 impl std::fmt::Debug for Users {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,6 +52,8 @@ struct RawUsersFile {
 #[serde(deny_unknown_fields)]
 struct RawUser {
     hash: String,
+    #[serde(default)]
+    helpdesk: bool,
 }
 
 /// Parse a users file. `normal` gives the form a login name takes after normalisation; every
@@ -60,6 +67,7 @@ pub fn parse_users(text: &str, normal: impl Fn(&str) -> Option<String>) -> Resul
         )
     })?;
     let mut users = BTreeMap::new();
+    let mut helpdesk = std::collections::BTreeSet::new();
     for (name, user) in raw.users {
         match normal(&name) {
             Some(n) if n == name => {}
@@ -72,9 +80,12 @@ pub fn parse_users(text: &str, normal: impl Fn(&str) -> Option<String>) -> Resul
             None => return Err(format!("users.{name}: not a valid account name")),
         }
         check_hash(&user.hash).map_err(|why| format!("users.{name}.hash: {why}"))?;
+        if user.helpdesk {
+            helpdesk.insert(name.clone());
+        }
         users.insert(name, user.hash);
     }
-    Ok(Users(Arc::new(users)))
+    Ok(Users(Arc::new(users), Arc::new(helpdesk)))
 }
 
 fn check_hash(hash: &str) -> Result<(), String> {
@@ -226,6 +237,16 @@ impl Directory for FileDirectory {
         } else {
             Verdict::Rejected
         })
+    }
+
+    /// The users file's `helpdesk = true` flag on `account` (`group` is only a label here).
+    async fn member_of(
+        &self,
+        _name: &str,
+        account: &str,
+        _group: &str,
+    ) -> Result<bool, DirectoryError> {
+        Ok(self.users.1.contains(account))
     }
 }
 

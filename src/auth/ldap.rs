@@ -360,6 +360,8 @@ pub struct LdapDirectory {
     timeout: Duration,
     mode: Mode,
     group: Option<Group>,
+    /// `auth.ldap.nested_groups`, for the helpdesk console's group too.
+    nested_groups: bool,
     service_pool: Pool,
     bind_pool: Pool,
     stats: Stats,
@@ -423,6 +425,7 @@ impl LdapDirectory {
                 dn: dn.clone(),
                 nested: cfg.nested_groups,
             }),
+            nested_groups: cfg.nested_groups,
             service_pool: pool("service", true),
             bind_pool: pool("bind", false),
             stats: Stats::default(),
@@ -927,6 +930,34 @@ impl Directory for LdapDirectory {
 
     fn looks_up(&self) -> bool {
         matches!(self.mode, Mode::Search { .. })
+    }
+
+    /// With a service account: find `name`'s entry, then ask the membership question as
+    /// `auth.ldap.require_group` is asked (`nested_groups` included), as the service account.
+    /// No entry (or more than one) is no member. Without a service account there is no one to
+    /// ask as (configuration refuses the console then).
+    async fn member_of(
+        &self,
+        name: &str,
+        _account: &str,
+        group: &str,
+    ) -> Result<bool, DirectoryError> {
+        if !matches!(self.mode, Mode::Search { .. }) {
+            return Err(DirectoryError(
+                "group membership needs the service account (auth.ldap.bind_dn)".into(),
+            ));
+        }
+        let Lookup::Entry { dn, .. } = self.find(name).await? else {
+            return Ok(false);
+        };
+        let q = group_query(group, self.nested_groups, &dn);
+        let verdict = self
+            .run(&self.service_pool, |mut ldap| {
+                let q = q.clone();
+                Box::pin(async move { self.member(&mut ldap, &q).await.map(Done::keep) })
+            })
+            .await?;
+        Ok(verdict == Verdict::Accepted)
     }
 
     async fn lookup(&self, name: &str) -> Result<Lookup, DirectoryError> {

@@ -87,6 +87,19 @@ impl Directory for WithLocal {
         }
     }
 
+    /// The directory's answer: an account outside it is in none of its groups.
+    async fn member_of(
+        &self,
+        name: &str,
+        account: &str,
+        group: &str,
+    ) -> Result<bool, DirectoryError> {
+        if let Some(users) = &self.known {
+            return Ok(users.1.contains(account));
+        }
+        self.base.member_of(name, account, group).await
+    }
+
     async fn probe(&self) -> Result<(), DirectoryError> {
         self.base.probe().await?;
         // (Faspex's readiness is the upstream's, probed on its own)

@@ -79,6 +79,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub helpdesk: HelpdeskConfig,
     /// Which keys the environment set (names only, no values), for [`Config::error`].
     pub(super) env: env::EnvLayer,
 }
@@ -354,6 +355,29 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Default)]
 pub struct LogConfig {
     pub format: LogFormat,
+}
+
+/// `[helpdesk]`: the helpdesk console, on its own HTTPS listener. On only when both `listen`
+/// and `group` are set ([`HelpdeskConfig::on`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HelpdeskConfig {
+    /// `None` when `helpdesk.listen = ""`.
+    pub listen: Option<SocketAddr>,
+    /// The directory group DN whose members may use the console; with `auth.backend = "file"`,
+    /// any non-empty label (members are the users with `helpdesk = true`). `None` when empty.
+    pub group: Option<String>,
+    /// Who may reach the listener; empty = any address.
+    pub allowed_networks: Vec<ipnet::IpNet>,
+}
+
+impl HelpdeskConfig {
+    /// The console's address and group, when both are set (the console is on).
+    pub fn on(&self) -> Option<(SocketAddr, &str)> {
+        match (self.listen, self.group.as_deref()) {
+            (Some(addr), Some(group)) => Some((addr, group)),
+            _ => None,
+        }
+    }
 }
 
 /// `store.kind`.

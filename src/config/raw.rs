@@ -24,6 +24,7 @@ pub(crate) struct RawConfig {
     pub audit: RawAudit,
     pub store: RawStore,
     pub log: RawLog,
+    pub helpdesk: RawHelpdesk,
 }
 
 /// `[server]`
@@ -421,6 +422,18 @@ impl Default for RawLog {
             format: "text".into(),
         }
     }
+}
+
+/// `[helpdesk]`: the helpdesk console.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table of keys")]
+pub(crate) struct RawHelpdesk {
+    #[serde(deserialize_with = "strict::string")]
+    pub listen: String,
+    #[serde(deserialize_with = "strict::string")]
+    pub group: String,
+    #[serde(deserialize_with = "strict::string_list")]
+    pub allowed_networks: Vec<String>,
 }
 
 /// `[store]`, with its `[store.redis]` table.

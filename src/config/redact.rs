@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::model::{AuditSink, AuthBackend, Config, LockoutKey, LogFormat, OneClient, StoreKind};
 use super::raw::{
-    RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawFileAuth, RawLdap, RawLog, RawPages,
-    RawPolicy, RawRedis, RawServer, RawSession, RawStore, RawTls, RawUpstream,
+    RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawFileAuth, RawHelpdesk, RawLdap, RawLog,
+    RawPages, RawPolicy, RawRedis, RawServer, RawSession, RawStore, RawTls, RawUpstream,
 };
 
 impl Config {
@@ -209,6 +209,16 @@ pub(crate) fn to_raw(c: &Config) -> RawConfig {
                 LogFormat::Json => "json",
             }
             .into(),
+        },
+        helpdesk: RawHelpdesk {
+            listen: addr(c.helpdesk.listen),
+            group: c.helpdesk.group.clone().unwrap_or_default(),
+            allowed_networks: c
+                .helpdesk
+                .allowed_networks
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         },
     }
 }

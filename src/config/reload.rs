@@ -2,7 +2,9 @@
 //! restart, gathered from a validated [`Config`]: the listeners and everything read when they are
 //! bound or a connection is set up (`[server]` but `trusted_proxies`), the upstream and its
 //! connection pool (`[upstream]`), the admin listener's address, the session cookie and the key
-//! that signs it (`[session]`), and the state store (`[store]`, `[store.redis]` included). Every other key is reloadable.
+//! that signs it (`[session]`), the state store (`[store]`, `[store.redis]` included), and the
+//! helpdesk console's listener and group (`helpdesk.listen`, `helpdesk.group`;
+//! `helpdesk.allowed_networks` is reloadable). Every other key is reloadable.
 //!
 //! A reload ([`Reload::new`]) takes the new file's configuration, names each restart-only key
 //! whose value changed, and puts the running values back, so that the configuration in force is
@@ -97,6 +99,8 @@ restart_only! {
     redis_session_cache: Duration = store.redis.session_cache;
     redis_outage_grace: Duration = store.redis.outage_grace;
     log_format: super::model::LogFormat = log.format;
+    helpdesk_listen: Option<SocketAddr> = helpdesk.listen;
+    helpdesk_group: Option<String> = helpdesk.group;
 }
 
 /// A new configuration as a reload applies it.

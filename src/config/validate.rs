@@ -15,13 +15,13 @@ use std::time::Duration;
 use super::env::EnvLayer;
 use super::model::{
     split_sentinel, AdminConfig, AuditConfig, AuditSink, AuthBackend, AuthConfig, Config,
-    ConfigError, DenyRule, FaspexConfig, FileAuthConfig, LdapConfig, LocalAccounts, LockoutKey,
-    LogConfig, LogFormat, OneClient, PagesConfig, PasswordFormRule, PolicyConfig, RedisConfig,
-    ServerConfig, SessionConfig, StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
+    ConfigError, DenyRule, FaspexConfig, FileAuthConfig, HelpdeskConfig, LdapConfig, LocalAccounts,
+    LockoutKey, LogConfig, LogFormat, OneClient, PagesConfig, PasswordFormRule, PolicyConfig,
+    RedisConfig, ServerConfig, SessionConfig, StoreConfig, StoreKind, TlsConfig, UpstreamConfig,
 };
 use super::raw::{
-    RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawLdap, RawLog, RawPages, RawPolicy,
-    RawRedis, RawServer, RawSession, RawStore, RawTls, RawUpstream,
+    RawAdmin, RawAudit, RawAuth, RawConfig, RawFaspex, RawHelpdesk, RawLdap, RawLog, RawPages,
+    RawPolicy, RawRedis, RawServer, RawSession, RawStore, RawTls, RawUpstream,
 };
 use super::secret::{admin_token, read_secret_file, session_secret, Secret};
 
@@ -143,7 +143,9 @@ impl Ctx<'_> {
     /// Turn the raw layer into the validated configuration.
     pub fn config(&self, raw: RawConfig) -> Result<Config> {
         let server = self.server(&raw.server)?;
-        let tls = self.tls(&raw.tls, server.listen.is_some())?;
+        // (the helpdesk console serves the gateway's certificate too)
+        let console_on = !raw.helpdesk.listen.is_empty() && !raw.helpdesk.group.is_empty();
+        let tls = self.tls(&raw.tls, server.listen.is_some(), console_on)?;
         let upstream = self.upstream(&raw.upstream)?;
         let admin = self.admin(&raw.admin, &server)?;
         let policy = self.policy(&raw.policy)?;
@@ -154,6 +156,7 @@ impl Ctx<'_> {
         let audit = self.audit(&raw.audit)?;
         let store = self.store(&raw.store)?;
         let log = self.log(&raw.log)?;
+        let helpdesk = self.helpdesk(&raw.helpdesk, &server, &admin, &auth)?;
         Ok(Config {
             file: self.file.to_path_buf(),
             server,
@@ -168,6 +171,7 @@ impl Ctx<'_> {
             audit,
             store,
             log,
+            helpdesk,
             env: self.env.names_only(),
         })
     }
@@ -229,18 +233,25 @@ impl Ctx<'_> {
         })
     }
 
-    fn tls(&self, raw: &RawTls, https_on: bool) -> Result<TlsConfig> {
-        if https_on {
+    fn tls(&self, raw: &RawTls, https_on: bool, console_on: bool) -> Result<TlsConfig> {
+        if https_on || console_on {
             for (key, value) in [
                 ("tls.cert_file", &raw.cert_file),
                 ("tls.key_file", &raw.key_file),
             ] {
-                if value.is_empty() {
+                if value.is_empty() && https_on {
                     return Err(self.err(
                         key,
                         "required while server.listen is on: the PEM file of the HTTPS \
                             listener (or set server.listen = \"\" and use http_listen behind a \
                             TLS-terminating balancer)",
+                    ));
+                }
+                if value.is_empty() {
+                    return Err(self.err(
+                        key,
+                        "required while the helpdesk console is on (helpdesk.listen and \
+                            helpdesk.group): the PEM file its HTTPS listener serves",
                     ));
                 }
                 self.readable_file(key, Path::new(value))?;
@@ -1030,6 +1041,67 @@ impl Ctx<'_> {
             }
         };
         Ok(LogConfig { format })
+    }
+
+    /// `[helpdesk]`: the console is on when both `listen` and `group` are set. With LDAP it
+    /// needs the service account (membership is asked again while a console session lives);
+    /// with the users file, `group` is a label and the members are the users marked
+    /// `helpdesk = true`.
+    fn helpdesk(
+        &self,
+        raw: &RawHelpdesk,
+        server: &ServerConfig,
+        admin: &AdminConfig,
+        auth: &AuthConfig,
+    ) -> Result<HelpdeskConfig> {
+        let listen = self.listen_addr("helpdesk.listen", &raw.listen)?;
+        let group = non_empty(raw.group.trim());
+        let allowed_networks = raw
+            .allowed_networks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.cidr(&format!("helpdesk.allowed_networks[{i}]"), s))
+            .collect::<Result<_>>()?;
+        if let (Some(addr), Some(group)) = (listen, &group) {
+            for (name, other) in [
+                ("server.listen", server.listen),
+                ("server.http_listen", server.http_listen),
+                ("admin.listen", admin.listen),
+            ] {
+                if let Some(other) = other.filter(|other| clash(addr, *other)) {
+                    return Err(self.err(
+                        "helpdesk.listen",
+                        format!("{addr} is the same port as {name} ({other}); use another port"),
+                    ));
+                }
+            }
+            if auth.backend == AuthBackend::Ldap {
+                if auth.ldap.bind_dn.is_none() {
+                    return Err(self.err(
+                        "auth.ldap.bind_dn",
+                        "the helpdesk console needs the directory service account (bind_dn, \
+                         bind_password_file and base_dn): it checks membership of \
+                         helpdesk.group again, as that account, at least every auth.cache_ttl \
+                         while a console session lives; set them, or turn the console off \
+                         (helpdesk.listen = \"\")",
+                    ));
+                }
+                if !group.contains('=') {
+                    return Err(self.err(
+                        "helpdesk.group",
+                        format!(
+                            "{group:?} is not a group DN; with auth.backend = \"ldap\" write \
+                             the group's DN, e.g. \"cn=helpdesk,ou=groups,dc=example,dc=org\""
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(HelpdeskConfig {
+            listen,
+            group,
+            allowed_networks,
+        })
     }
 
     fn store(&self, raw: &RawStore) -> Result<StoreConfig> {

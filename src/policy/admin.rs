@@ -8,10 +8,10 @@ use std::time::Duration;
 use super::engine::{Policy, CHECK_TIMEOUT};
 use super::events::PolicyEvent;
 use super::timeouts;
-use super::types::Status;
+use super::types::{Diagnosis, Status};
 use crate::account::{self, InvalidUsername};
 use crate::auth::{Directory, Lookup};
-use crate::config::LocalAccounts;
+use crate::config::{LocalAccounts, OneClient};
 use crate::store::{AccountKind, Counts, EndReason, Lock, Session, StoreError, Unlocked};
 
 impl Policy {
@@ -131,6 +131,37 @@ impl Policy {
         self.inner.cache.forget(&account);
         self.emit(PolicyEvent::AdminLocked(&lock));
         Ok(lock)
+    }
+
+    /// Why `user` may not get in now, as far as the engine knows: the locks in force on it, its
+    /// live sessions, and whether the seats are all taken (the helpdesk's "why can't ann log
+    /// in?"). Every account `user` may be stored under is looked at.
+    pub async fn diagnose(&self, user: &str) -> Result<Diagnosis, AdminError> {
+        let accounts = self.accounts(user)?;
+        let now = self.now();
+        let locks = self
+            .inner
+            .store
+            .lockouts(now)
+            .await?
+            .into_iter()
+            .filter(|l| accounts.contains(&l.key.account))
+            .collect();
+        let sessions = self
+            .sessions()
+            .await?
+            .into_iter()
+            .filter(|s| accounts.contains(&s.account))
+            .collect();
+        let status = self.status().await?;
+        Ok(Diagnosis {
+            account: accounts.first().cloned().unwrap_or_default(),
+            locks,
+            sessions,
+            seats_used: status.seats_used,
+            seats_limit: status.seats_limit,
+            one_client_rejects: self.cfg().one_client_per_account == OneClient::Reject,
+        })
     }
 
     /// The lock in force on `user` (from `ip`, under `account+ip`), if any.

@@ -14,7 +14,7 @@ use super::events::{DirectoryResult, PolicyEvent};
 use super::pending::PendingLogin;
 use super::resolve::Resolved;
 use super::seats;
-use super::types::{Admitted, Check, LoginRefused, LoginRequest, LoginResult, Rechecked};
+use super::types::{Admitted, Check, LoginRefused, LoginRequest, LoginResult, Rechecked, Verified};
 use crate::auth::{Directory, Verdict};
 use crate::store::{
     AccountKind, Admission, AdmitOutcome, AttemptEnd, AttemptResult, ClientKind, EndReason,
@@ -142,6 +142,29 @@ impl Policy {
             },
         });
         result.map(|r| (account, r))
+    }
+
+    /// A credential check and nothing else: the same name resolution, per-address throttle,
+    /// lockout (a wrong password counts as a failure, a lock refuses) and global ceiling as a
+    /// login, but no seat and no session, and nothing cached (the helpdesk console's sign-in).
+    /// Answers the name as the directory is given it and the account it counts as. No login
+    /// event is reported: the caller audits its own; a lock this check makes is reported as any.
+    pub async fn verify(
+        &self,
+        username: &str,
+        password: &str,
+        ip: IpAddr,
+        directory: &Arc<dyn Directory>,
+    ) -> Result<Verified, (Option<String>, LoginRefused)> {
+        let epoch = self.inner.cache.epoch();
+        let r = self.resolve(username, password, ip, directory).await?;
+        match self.check(&r, password, ip, directory, epoch).await {
+            Check::Verified => Ok(Verified {
+                name: r.name,
+                account: r.account,
+            }),
+            refused => Err((Some(r.account), refused.refusal(self.now()))),
+        }
     }
 
     async fn login_account(

@@ -55,5 +55,6 @@ pub use engine::{Policy, CHECK_TIMEOUT, SWEEP_EVERY};
 pub use events::{DirectoryResult, LogObserver, Observer, Observers, PolicyEvent};
 pub use pending::PendingLogin;
 pub use types::{
-    Admitted, CheckRules, LoginRefused, LoginRequest, LoginResult, Rechecked, SessionGone, Status,
+    Admitted, CheckRules, Diagnosis, LoginRefused, LoginRequest, LoginResult, Rechecked,
+    SessionGone, Status, Verified,
 };

@@ -173,6 +173,31 @@ impl LoginRequest<'_> {
     }
 }
 
+/// Credentials [`Policy::verify`](super::Policy::verify) accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// As typed, a listed domain removed: what the directory is given.
+    pub name: String,
+    /// The account it counts as.
+    pub account: String,
+}
+
+/// What the engine knows about why an account may not get in now
+/// ([`Policy::diagnose`](super::Policy::diagnose)).
+#[derive(Clone, Debug)]
+pub struct Diagnosis {
+    /// The account the name counts as.
+    pub account: String,
+    /// Locks in force on it (one per address under `account+ip`).
+    pub locks: Vec<Lock>,
+    /// Its live sessions.
+    pub sessions: Vec<Session>,
+    pub seats_used: usize,
+    pub seats_limit: u32,
+    /// `policy.one_client_per_account` refuses a second client (`reject`).
+    pub one_client_rejects: bool,
+}
+
 /// A successful login: the new session and the token that names it.
 #[derive(Clone, Debug)]
 pub struct Admitted {

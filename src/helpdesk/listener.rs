@@ -1,0 +1,145 @@
+//! The console's own HTTPS listener (`helpdesk.listen`): its own origin, so that a script in a
+//! Faspex page can never drive it. TLS with the gateway's certificate (the same
+//! [`CertStore`], so a SIGHUP's new certificate serves here too), HTTP/1.1 only, at most
+//! [`MAX_CONNECTIONS`] connections and `server.max_connections_per_ip` from one address, the
+//! TLS handshake and header timeouts of `[server]`. `helpdesk.allowed_networks` is checked per
+//! connection: one from elsewhere gets a 403 page for every request, never the console.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::server::per_ip::{Admission, PerIpLimit};
+use crate::server::CertStore;
+
+use super::console::Console;
+
+/// The most console connections open at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The bound console listener.
+pub struct HelpdeskServer {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    console: Console,
+    per_ip: Arc<PerIpLimit>,
+    handshake_timeout: Duration,
+    header_timeout: Duration,
+}
+
+impl HelpdeskServer {
+    /// Bind `helpdesk.listen` with the certificate in `certs`. An address in use is a start-up
+    /// error naming the key.
+    pub async fn bind(
+        cfg: &Config,
+        addr: SocketAddr,
+        certs: Arc<CertStore>,
+        console: Console,
+    ) -> anyhow::Result<Self> {
+        let mut tls = (*crate::server::tls::server_config(certs)?).clone();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("helpdesk.listen: cannot listen on {addr}"))?;
+        let s = &cfg.server;
+        Ok(Self {
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            console,
+            per_ip: PerIpLimit::new(s.max_connections_per_ip, s.ipv6_prefix_len, Vec::new()),
+            handshake_timeout: s.tls_handshake_timeout,
+            header_timeout: s.header_read_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serve until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        if let Some(addr) = self.local_addr() {
+            tracing::info!(%addr, "helpdesk console ready");
+        }
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = stop.changed() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "helpdesk listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::warn!(%peer, "helpdesk listener: too many connections; one refused");
+                continue;
+            };
+            let per_ip = match self.per_ip.admit(peer.ip()) {
+                Admission::Counted(g) => Some(g),
+                Admission::Exempt => None,
+                Admission::Refused => {
+                    tracing::debug!(%peer, "helpdesk listener: server.max_connections_per_ip reached; connection closed");
+                    continue;
+                }
+            };
+            let console = self.console.clone();
+            let acceptor = self.acceptor.clone();
+            let mut stop = stop.clone();
+            let (handshake_timeout, header_timeout) = (self.handshake_timeout, self.header_timeout);
+            tokio::spawn(async move {
+                let _slot = (slot, per_ip);
+                let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "helpdesk listener: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let allowed = console.allows(peer);
+                if !allowed {
+                    console.refuse_network(peer);
+                }
+                let service = service_fn(move |req| {
+                    let console = console.clone();
+                    async move {
+                        Ok::<_, Infallible>(if allowed {
+                            console.handle(req, peer).await
+                        } else {
+                            console.network_page()
+                        })
+                    }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+    }
+}
