@@ -13,6 +13,7 @@ mod docs;
 mod flows;
 mod h2stall;
 mod ha;
+mod helpdesk;
 mod holding;
 mod layers;
 mod ldap;

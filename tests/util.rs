@@ -450,6 +450,8 @@ pub struct GatewayProcess {
     pub http: Option<SocketAddr>,
     /// The admin listener, when `admin.listen` is on.
     pub admin: Option<SocketAddr>,
+    /// The helpdesk console, when `helpdesk.listen` and `helpdesk.group` are set.
+    pub helpdesk: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub files: TestFiles,
 }
@@ -504,13 +506,22 @@ impl GatewayProcess {
             .and_then(|s| s.get("listen"))
             .map(|v| v != "\"\"")
             .unwrap_or(true);
+        let set = |key: &str| {
+            cfg.sections
+                .get("helpdesk")
+                .and_then(|s| s.get(key))
+                .is_some_and(|v| v != "\"\"")
+        };
+        let want_helpdesk = set("listen") && set("group");
         let mut https = None;
         let mut http = None;
         let mut admin = None;
+        let mut helpdesk = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         while (want_https && https.is_none())
             || (want_http && http.is_none())
             || (want_admin && admin.is_none())
+            || (want_helpdesk && helpdesk.is_none())
         {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
@@ -542,6 +553,8 @@ impl GatewayProcess {
                 http = addr;
             } else if line.contains("admin listener ready") {
                 admin = addr;
+            } else if line.contains("helpdesk console ready") {
+                helpdesk = addr;
             }
         }
         GatewayProcess {
@@ -549,6 +562,7 @@ impl GatewayProcess {
             https,
             http,
             admin,
+            helpdesk,
             logs,
             files,
         }
