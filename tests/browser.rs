@@ -3,6 +3,9 @@
 //! form, an inbox page, the 409 page and the lockout page, and checks the words a person reads;
 //! and it shows that the gateway's own pages work under their Content-Security-Policy: styled,
 //! their forms sent, nothing else allowed.
+//! The helpdesk console too: a helpdesk person signs in, finds `dan` locked, unlocks him, and
+//! `dan` gets in at once; a non-member is refused; the console's screenshot is saved to
+//! `docs/images/helpdesk-console.png` (README shows it).
 //! Nothing here downloads a browser: both binaries must be installed (the test command does).
 
 use std::net::TcpListener;
@@ -14,6 +17,7 @@ use faspex_emulator::LoginFailureStyle;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::flows::{users, Site};
+use crate::helpdesk::{console_on, HELEN};
 
 /// `chromedriver` on a free loopback port, killed when dropped.
 struct Driver {
@@ -73,24 +77,31 @@ async fn start_driver() -> Driver {
 }
 
 async fn browser(driver: &Driver) -> Client {
+    browser_with(driver, &[]).await
+}
+
+/// [`browser`] with more Chromium arguments (a fixed window size for a screenshot).
+async fn browser_with(driver: &Driver, extra: &[&str]) -> Client {
     // fantoccini's rustls wants a process-wide provider; the gateway's is ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let chromium = find_binary(&["chromium", "chromium-browser"]);
     let profile = tempfile::tempdir().unwrap().keep();
+    let mut args = vec![
+        "--headless=new".to_owned(),
+        "--no-sandbox".to_owned(),
+        "--disable-gpu".to_owned(),
+        "--disable-dev-shm-usage".to_owned(),
+        // The test gateway's certificate is made for this test run.
+        "--ignore-certificate-errors".to_owned(),
+        format!("--user-data-dir={}", profile.display()),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
         serde_json::json!({
             "binary": chromium,
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                // The test gateway's certificate is made for this test run.
-                "--ignore-certificate-errors",
-                format!("--user-data-dir={}", profile.display()),
-            ]
+            "args": args,
         }),
     );
     // chromedriver listens on plain HTTP on loopback: no TLS stack for the WebDriver client.
@@ -339,4 +350,133 @@ async fn the_gateways_own_pages_work_under_their_csp() {
     for c in [first, second] {
         c.close().await.unwrap();
     }
+}
+
+/// Wait until the body's text contains `words`, across a navigation (an element of the page
+/// being left may go stale while it is read).
+async fn settled_text(c: &Client, words: &str) -> String {
+    let mut text = String::new();
+    for _ in 0..100 {
+        if let Ok(body) = c.find(Locator::Css("body")).await {
+            if let Ok(t) = body.text().await {
+                text = t;
+                if text.contains(words) {
+                    return text;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {words:?} on the page: {text}");
+}
+
+/// Fill the console's sign-in form and send it.
+async fn console_sign_in(c: &Client, user: &str, password: &str) {
+    c.find(Locator::Id("username"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    c.find(Locator::Id("password"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[action='/signin'] button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// The helpdesk console in Chromium: a non-member is refused; a member signs in, sees the seats
+/// and `dan` locked (five wrong passwords), clicks Unlock, and `dan`'s right password gets in at
+/// once. The console is styled from its own style sheet under its strict CSP. A screenshot of it
+/// (fixed window size, seats and a lock shown) goes to `docs/images/helpdesk-console.png`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helpdesk_person_unlocks_dan_in_chromium() {
+    let people: Vec<(String, String)> = [("ann", "ann-pw"), ("bob", "bob-pw"), ("dan", "dan-pw")]
+        .iter()
+        .map(|(u, p)| (u.to_string(), p.to_string()))
+        .collect();
+    let s = Site::start(people, LoginFailureStyle::Rerender, |c| {
+        console_on(c);
+        c.set("policy", "max_sessions", "5");
+    })
+    .await;
+    let console = format!(
+        "https://localhost:{}/",
+        s.gw.helpdesk.expect("the console is on").port()
+    );
+    // Two people hold seats; dan locks himself out with five wrong passwords.
+    s.browser_login("ann", "ann-pw").await;
+    s.browser_login("bob", "bob-pw").await;
+    for i in 0..5 {
+        s.form_login("dan", &format!("wrong{i}"), None, &[]).await;
+    }
+    let (status, _, _) = s.form_login("dan", "dan-pw", None, &[]).await;
+    assert_eq!(status, http::StatusCode::FORBIDDEN, "dan is locked");
+
+    let driver = start_driver().await;
+    // A non-member (ann, right password) is refused.
+    let outsider = browser(&driver).await;
+    outsider.goto(&console).await.unwrap();
+    settled_text(&outsider, "Helpdesk sign-in").await;
+    console_sign_in(&outsider, "ann", "ann-pw").await;
+    let text = settled_text(&outsider, "not in the helpdesk group").await;
+    assert!(!text.contains("Helpdesk console"), "{text}");
+    outsider.close().await.unwrap();
+
+    // helen signs in and asks why dan cannot log in.
+    let c = browser_with(
+        &driver,
+        &["--window-size=1100,1300", "--force-device-scale-factor=1"],
+    )
+    .await;
+    c.goto(&console).await.unwrap();
+    console_sign_in(&c, HELEN.0, HELEN.1).await;
+    let text = settled_text(&c, "Helpdesk console").await;
+    assert!(text.contains("2 of 5 seats in use"), "{text}");
+    assert_eq!(
+        computed(&c, "main", "background-color").await,
+        "rgb(255, 255, 255)",
+        "the console's style sheet was not applied"
+    );
+    assert_eq!(
+        fetch_allowed(&c).await,
+        "blocked",
+        "the CSP is not in force"
+    );
+    let why = c.find(Locator::Css("input[name='why']")).await.unwrap();
+    why.send_keys("dan").await.unwrap();
+    c.find(Locator::Css("form[action='/'] button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let text = settled_text(&c, "after 5 failed logins").await;
+    assert!(text.contains("Locked accounts (1)"), "{text}");
+    // The screenshot README shows: seats, the answer about dan, the sessions and the lock.
+    let png = c.screenshot().await.unwrap();
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/images");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("helpdesk-console.png"), png).unwrap();
+
+    // Unlock, from the keyboard's point of view a real button in a real form.
+    c.find(Locator::Css("form[action='/unlock'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let text = settled_text(&c, "dan is unlocked").await;
+    assert!(text.contains("Locked accounts (0)"), "{text}");
+    // dan's right password gets in at once.
+    let (status, _, _) = s.form_login("dan", "dan-pw", None, &[]).await;
+    assert_eq!(status, http::StatusCode::FOUND);
+    c.close().await.unwrap();
 }

@@ -21,12 +21,12 @@ use crate::util::{empty, full, https_client, run_to_exit, ConfigBuilder, HttpsCl
 const TOKEN: &str = "Bearer test-admin-token-0123456789";
 
 /// The helpdesk people added to a site's users file: (name, password).
-const HELEN: (&str, &str) = ("helen", "helen-pw");
+pub const HELEN: (&str, &str) = ("helen", "helen-pw");
 const HAL: (&str, &str) = ("hal", "hal-pw");
 
 /// Turn the console on in `c` (any free port, the users file's `helpdesk = true` as members),
 /// and add [`HELEN`] and [`HAL`] to the users file with that flag.
-fn console_on(c: &mut ConfigBuilder) {
+pub fn console_on(c: &mut ConfigBuilder) {
     c.set("helpdesk", "listen", "\"127.0.0.1:0\"");
     c.set("helpdesk", "group", "\"helpdesk\"");
     let path = c_path(c, "users.toml");
