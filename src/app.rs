@@ -9,8 +9,8 @@
 //! running values, each named in the log): `[policy]`, `[auth]` (the directory or users file is
 //! opened anew and the verification cache emptied), `[faspex]`, `[pages]`,
 //! `server.trusted_proxies`, `tls` (the certificate, read again even when its paths did not
-//! change), `audit.path` (the file is reopened, for logrotate) and the admin token. Sessions and
-//! lockouts are untouched.
+//! change), `audit.path` (the file is reopened, for logrotate), the admin token and
+//! `helpdesk.allowed_networks`. Sessions and lockouts are untouched (console sessions too).
 //!
 //! [`RestartOnly`]: crate::config::RestartOnly
 
