@@ -148,6 +148,7 @@ fn readme_is_a_front_door() {
         "docs/ha.md",
         "docs/security.md",
         "docs/benchmarks.md",
+        "docs/helpdesk.md",
     ] {
         assert!(
             text.contains(&format!("]({page})")),

@@ -76,6 +76,8 @@ pub const IDLE_MAX: Duration = Duration::from_secs(120);
 /// silently by a firewall: it gets one retry on a new connection before its server is blamed.
 /// (One used more recently that times out means the server stopped answering.)
 const MAYBE_DROPPED_AFTER: Duration = Duration::from_secs(30);
+/// The setting that names the group a login needs, for errors about it.
+const REQUIRE_GROUP: &str = "auth.ldap.require_group";
 
 /// Active Directory's bind subcodes (the `data NNN` in the diagnostic text of result 49).
 pub fn ad_subcode_meaning(code: &str) -> &'static str {
@@ -737,14 +739,17 @@ impl LdapDirectory {
                     .await
                     .map_err(transport)?;
                 match (bind_outcome(r.rc, &r.text, account)?, group) {
-                    (Verdict::Accepted, Some(q)) => self.member(&mut ldap, q).await.map(Done::keep),
+                    (Verdict::Accepted, Some(q)) => self
+                        .member(&mut ldap, q, REQUIRE_GROUP)
+                        .await
+                        .map(Done::keep),
                     (Verdict::Rejected, Some(q)) => {
                         // Ask anyway (now anonymously), answer ignored, so that a wrong password
                         // costs about what a non-member's right one does. The bind answered, so
                         // the verdict stands even if this fails; a connection that then stopped
                         // answering is not pooled again.
                         let keep = !matches!(
-                            self.member(&mut ldap, q).await,
+                            self.member(&mut ldap, q, REQUIRE_GROUP).await,
                             Err(StepError::Silent | StepError::Transport(_))
                         );
                         Ok(Done {
@@ -759,14 +764,20 @@ impl LdapDirectory {
         .await
     }
 
-    async fn member(&self, ldap: &mut Ldap, q: &GroupQuery) -> Result<Verdict, StepError> {
+    /// Is the entry in `q`'s group? `key` is the setting that named the group, for errors.
+    async fn member(
+        &self,
+        ldap: &mut Ldap,
+        q: &GroupQuery,
+        key: &'static str,
+    ) -> Result<Verdict, StepError> {
         self.stats.searched();
         let r = ldap
             .with_timeout(self.timeout)
             .search(&q.base, Scope::Base, &q.filter, vec!["1.1"])
             .await
             .map_err(transport)?;
-        search_outcome(r.1.rc, &r.1.text, "auth.ldap.require_group")?;
+        search_outcome(r.1.rc, &r.1.text, key)?;
         let hits =
             r.0.iter()
                 .filter(|e| !e.is_ref() && !e.is_intermediate())
@@ -892,7 +903,11 @@ impl LdapDirectory {
                 let member = self
                     .run(&self.service_pool, |mut ldap| {
                         let q = q.clone();
-                        Box::pin(async move { self.member(&mut ldap, &q).await.map(Done::keep) })
+                        Box::pin(async move {
+                            self.member(&mut ldap, &q, REQUIRE_GROUP)
+                                .await
+                                .map(Done::keep)
+                        })
                     })
                     .await;
                 match bound {
@@ -954,7 +969,11 @@ impl Directory for LdapDirectory {
         let verdict = self
             .run(&self.service_pool, |mut ldap| {
                 let q = q.clone();
-                Box::pin(async move { self.member(&mut ldap, &q).await.map(Done::keep) })
+                Box::pin(async move {
+                    self.member(&mut ldap, &q, "helpdesk.group")
+                        .await
+                        .map(Done::keep)
+                })
             })
             .await?;
         Ok(verdict == Verdict::Accepted)
