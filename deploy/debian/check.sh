@@ -23,6 +23,9 @@ fi
 for there in /etc/faspex-gate /var/lib/faspex-gate /var/log/faspex-gate; do
   [ ! -e "$there" ] || fail "$there exists (a faspex-gate installed by hand?): refusing to touch it"
 done
+for there in /usr/bin/faspex-gate /usr/local/bin/faspex-gate /etc/systemd/system/faspex-gate.service; do
+  [ ! -e "$there" ] || fail "$there exists (a faspex-gate installed by hand?): refusing to touch it"
+done
 if getent passwd faspex-gate >/dev/null || getent group faspex-gate >/dev/null; then
   fail "a faspex-gate user or group exists (installed by hand?): refusing to touch it"
 fi
@@ -34,7 +37,6 @@ machine_state() {
   { find /etc/systemd /var/lib/systemd/deb-systemd-helper-enabled \
          /var/lib/systemd/deb-systemd-helper-masked 2>/dev/null || true; } | sort
 }
-before=$(machine_state)
 
 work=$(mktemp -d /tmp/faspex-gate-deb-check.XXXXXX)
 chmod 755 "$work"
@@ -64,6 +66,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# The machine as it is once the tools are there: what must be the same afterwards.
+before=$(machine_state)
 
 # ---------------------------------------------------------------------------- build, lintian
 echo "==> bash deploy/debian/build.sh"
@@ -269,13 +274,22 @@ echo "$out"
   || fail "the upgrade left a .dpkg-new or .dpkg-dist beside the conffile"
 [ "$(sha256sum /etc/faspex-gate/session.key /etc/faspex-gate/admin.token)" = "$secrets" ] || fail "the upgrade replaced a secret"
 grep -q "the service is not started" <<<"$out" && fail "the configured upgrade still says the service is not started"
-[ -L /etc/systemd/system/multi-user.target.wants/faspex-gate.service ] || fail "the configured unit was not enabled"
+# The package never enables the unit itself: it says how, now that the configuration passes.
+grep -q "systemctl enable --now faspex-gate.service" <<<"$out" || fail "the configured upgrade does not say how to start the service"
 state=$(systemctl is-enabled faspex-gate.service 2>&1 || true)
-[ "$state" = enabled ] || fail "systemctl is-enabled faspex-gate.service after the configured upgrade: $state"
+[ "$state" = disabled ] || fail "the package enabled the unit on its own: $state"
+# The admin enables it, later disables it (a standby gateway, say): an upgrade keeps it disabled.
+systemctl enable faspex-gate.service >/dev/null 2>&1 || fail "systemctl enable"
+state=$(systemctl is-enabled faspex-gate.service 2>&1 || true)
+[ "$state" = enabled ] || fail "systemctl enable did not enable it: $state"
+systemctl disable faspex-gate.service >/dev/null 2>&1 || fail "systemctl disable"
+out=$(DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" </dev/null 2>&1) || { echo "$out"; fail "dpkg -i (second upgrade)"; }
+state=$(systemctl is-enabled faspex-gate.service 2>&1 || true)
+[ "$state" = disabled ] || fail "an upgrade re-enabled the unit the admin disabled: $state"
 expect root:faspex-gate 750 /etc/faspex-gate
 expect root:faspex-gate 640 /etc/faspex-gate/faspex-gate.toml
 [ -f /var/lib/faspex-gate/state.redb ] || fail "the upgrade lost the state"
-ok "upgrade: the conffile edit and the secrets kept, the configured unit enabled"
+ok "upgrade: the conffile edit and the secrets kept, the unit left as the admin set it (not enabled by the package; disabled stays disabled)"
 
 # ---------------------------------------------------------------------------- remove, purge
 files=$(dpkg -L faspex-gate | while read -r f; do [ -f "$f" ] && echo "$f"; done)
