@@ -87,7 +87,9 @@ impl Directory for WithLocal {
         }
     }
 
-    /// The directory's answer: an account outside it is in none of its groups.
+    /// The directory's answer: an account outside it is in none of its groups. With the users
+    /// file as the directory, only a name it holds is asked about: a local account whose key
+    /// folds to a member's (Faspex's `hélen` counts as `helen`) is not that member.
     async fn member_of(
         &self,
         name: &str,
@@ -95,7 +97,14 @@ impl Directory for WithLocal {
         group: &str,
     ) -> Result<bool, DirectoryError> {
         if let Some(users) = &self.known {
-            return Ok(users.1.contains(account));
+            return Ok(match crate::account::prepare(name) {
+                Ok(prepared) => {
+                    prepared == account
+                        && users.0.contains_key(&prepared)
+                        && users.1.contains(&prepared)
+                }
+                Err(_) => false,
+            });
         }
         self.base.member_of(name, account, group).await
     }
@@ -107,5 +116,44 @@ impl Directory for WithLocal {
             Local::File(_) => self.local().probe().await,
             Local::Faspex(_) => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// Answers every check "accepted": only which names reach it matters here.
+    struct Yes;
+
+    #[async_trait]
+    impl Directory for Yes {
+        async fn verify(&self, _: &str, _: &str) -> Result<Verdict, DirectoryError> {
+            Ok(Verdict::Accepted)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_account_folding_to_a_members_key_is_not_that_member() {
+        let users = Users(
+            Arc::new(BTreeMap::from([
+                ("helen".to_owned(), "hash".to_owned()),
+                ("hal".to_owned(), "hash".to_owned()),
+            ])),
+            Arc::new(BTreeSet::from(["helen".to_owned()])),
+        );
+        let d = WithLocal::new(Arc::new(Yes), Some(users), Local::Faspex(Arc::new(Yes)));
+        // helen herself, however typed: a member.
+        assert!(d.member_of("helen", "helen", "helpdesk").await.unwrap());
+        assert!(d.member_of("HELEN", "helen", "helpdesk").await.unwrap());
+        // Faspex's own `hélen` counts as `helen` (its folded key), but is no users-file entry.
+        assert_eq!(d.lookup("hélen").await.unwrap(), Lookup::NoEntry);
+        assert!(!d.member_of("hélen", "helen", "helpdesk").await.unwrap());
+        // An entry without the flag, a name no one has, a name that cannot be an account.
+        assert!(!d.member_of("hal", "hal", "helpdesk").await.unwrap());
+        assert!(!d.member_of("zed", "zed", "helpdesk").await.unwrap());
+        assert!(!d.member_of("a\u{7}b", "helen", "helpdesk").await.unwrap());
     }
 }
