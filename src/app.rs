@@ -30,7 +30,7 @@ use crate::auth::file::Users;
 use crate::auth::Directory;
 use crate::clock::{Clock, TimeSource};
 use crate::config::{AuthBackend, Config, Reload, StoreKind};
-use crate::helpdesk::{Console, HelpdeskServer};
+use crate::helpdesk::{Console, HelpdeskServer, Revoker};
 use crate::metrics::Metrics;
 use crate::policy::{CheckRules, LogObserver, Observer, Observers, Policy};
 use crate::proxy::context::Context;
@@ -361,11 +361,20 @@ pub async fn build_with(cfg: &Config, loader: Loader, time: TimeSource) -> anyho
         upstream.clone(),
         cfg.upstream.response_timeout,
     ));
+    // (the console's sessions hear the engine's kicks and administrators' locks)
+    let revoker = match cfg.helpdesk.on() {
+        Some(_) => Some(Revoker::new(Arc::clone(&audit))?),
+        None => None,
+    };
+    let mut observers = vec![ends, Arc::clone(&audit) as Arc<dyn Observer>];
+    if let Some(r) = &revoker {
+        observers.push(Arc::clone(r) as Arc<dyn Observer>);
+    }
     let mut state = PolicyState::open(
         cfg,
         &loaded.users,
         Arc::clone(&metrics),
-        vec![ends, Arc::clone(&audit) as Arc<dyn Observer>],
+        observers,
         Some(Arc::clone(&faspex_check)),
         clock,
         if time.is_manual() {
@@ -393,13 +402,15 @@ pub async fn build_with(cfg: &Config, loader: Loader, time: TimeSource) -> anyho
         shared_ends,
         metrics,
     ));
-    let helpdesk = match cfg.helpdesk.on() {
-        Some(_) => Some(Console::new(
+    let helpdesk = match &revoker {
+        Some(revoker) => Some(Console::new(
             cfg,
             state.policy.clone(),
             gateway.clone(),
             Arc::clone(&audit),
-        )?),
+            Arc::clone(&state.metrics),
+            revoker,
+        )),
         None => {
             if cfg.helpdesk.listen.is_some() != cfg.helpdesk.group.is_some() {
                 tracing::warn!(

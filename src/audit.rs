@@ -255,6 +255,7 @@ impl Observer for AuditLog {
             // Unlocks, admin locks and kicks are written by the admin API, which knows who asked.
             PolicyEvent::Unlocked { .. }
             | PolicyEvent::AdminLocked(_)
+            | PolicyEvent::Kicked { .. }
             | PolicyEvent::SessionStarted { .. }
             | PolicyEvent::DirectoryCheck { .. } => {}
         }

@@ -70,6 +70,20 @@ pub const REFUSAL_REASONS: [&str; 6] = [
     "public_inflight",
 ];
 
+/// `faspex_gate_helpdesk_signins_total{result}` values: the helpdesk console's sign-ins, kept
+/// out of `faspex_gate_logins_total`, whose labels the contract fixes.
+pub const HELPDESK_SIGNIN_RESULTS: [&str; 9] = [
+    "success",
+    "bad_credentials",
+    "locked",
+    "throttled",
+    "invalid",
+    "directory_error",
+    "store_error",
+    "not_member",
+    "full",
+];
+
 /// The `reason` label of `faspex_gate_connections_refused_total`.
 pub const CONNECTION_REFUSALS: [&str; 2] = ["per_ip", "total"];
 
@@ -108,6 +122,7 @@ pub struct Metrics {
     store_up: IntGauge,
     store_errors: IntCounterVec,
     logout_duplicates: IntCounter,
+    helpdesk_signins: IntCounterVec,
 }
 
 impl Metrics {
@@ -192,6 +207,14 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let helpdesk_signins = IntCounterVec::new(
+            Opts::new(
+                "faspex_gate_helpdesk_signins_total",
+                "Sign-ins to the helpdesk console, by result (not counted in \
+                 faspex_gate_logins_total).",
+            ),
+            &["result"],
+        )?;
         let upstream_busy = IntCounter::new(
             "faspex_gate_upstream_busy_total",
             "Requests answered 503 because every connection to Faspex they could use \
@@ -272,6 +295,10 @@ impl Metrics {
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(logout_duplicates.clone()))?;
+        registry.register(Box::new(helpdesk_signins.clone()))?;
+        for r in HELPDESK_SIGNIN_RESULTS {
+            helpdesk_signins.with_label_values(&[r]);
+        }
         registry.register(Box::new(build_info))?;
         let requests: Vec<[IntCounter; 4]> = ROUTES
             .iter()
@@ -328,6 +355,7 @@ impl Metrics {
             store_up,
             store_errors,
             logout_duplicates,
+            helpdesk_signins,
         })
     }
 
@@ -386,6 +414,13 @@ impl Metrics {
     pub fn connection_refused(&self, reason: &str) {
         if CONNECTION_REFUSALS.contains(&reason) {
             self.connections_refused.with_label_values(&[reason]).inc();
+        }
+    }
+
+    /// One helpdesk console sign-in; `result` is a [`HELPDESK_SIGNIN_RESULTS`] value.
+    pub fn helpdesk_signin(&self, result: &str) {
+        if HELPDESK_SIGNIN_RESULTS.contains(&result) {
+            self.helpdesk_signins.with_label_values(&[result]).inc();
         }
     }
 
@@ -595,9 +630,14 @@ mod tests {
             3.0
         );
         assert!(
-            !text.contains("result=\"store_error\""),
+            !text.contains("faspex_gate_logins_total{result=\"store_error\"}"),
             "only the contract's labels"
         );
+        // The helpdesk console's sign-ins have their own counter, every result at zero.
+        for r in HELPDESK_SIGNIN_RESULTS {
+            let series = format!("faspex_gate_helpdesk_signins_total{{result=\"{r}\"}}");
+            assert_eq!(value(&text, &series), 0.0, "{series}");
+        }
         assert!(!text.contains("ann"), "never a username");
     }
 }

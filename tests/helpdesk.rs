@@ -215,6 +215,19 @@ async fn console_site(args: &[&str], tweak: impl FnOnce(&mut ConfigBuilder)) -> 
     .await
 }
 
+/// A browser that kept the old session cookie (`jar`) posts a kick with that session's real
+/// CSRF token: the server refuses it (403, "Not signed in") and nothing happens.
+async fn assert_replay_refused(site: &Site, jar: Vec<(String, String)>, token: &str) {
+    assert!(jar.iter().any(|(k, _)| k == faspex_gate::helpdesk::COOKIE));
+    let mut replay = desk(site);
+    replay.jar = jar;
+    let (status, body) = replay
+        .post("/kick", &[("user", "user0"), ("csrf", token)])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("Not signed in"), "{body}");
+}
+
 fn desk(site: &Site) -> Desk {
     Desk::new(
         site.gw.helpdesk.expect("the helpdesk console is on"),
@@ -444,10 +457,33 @@ async fn sign_in_shares_the_lockout_takes_no_seat_and_refuses_non_members() {
         .unwrap()
         .starts_with("127.0.0.1:"));
     println!("audit: {}", raw_line(&audit_path, "\"event\":\"unlock\""));
-    // No Faspex login was counted for the console's sign-ins.
-    assert!(events(&records, "login")
+    // The console's sign-ins are not `login` events (they are `helpdesk_signin`, above): the
+    // only logins are the two wrong passwords typed at Faspex's form.
+    let logins: Vec<(&str, &str)> = events(&records, "login")
         .iter()
-        .all(|r| r["user"] == "helen" && r["result"] == "bad_credentials"));
+        .map(|r| (r["user"].as_str().unwrap(), r["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        logins,
+        [("helen", "bad_credentials"), ("helen", "bad_credentials")]
+    );
+    // They have their own counter, beside faspex_gate_logins_total.
+    let metrics = crate::ops::scrape(&s.gw).await;
+    for (result, n) in [
+        ("success", 2),
+        ("bad_credentials", 2),
+        ("locked", 2),
+        ("not_member", 1),
+    ] {
+        let line = format!("faspex_gate_helpdesk_signins_total{{result=\"{result}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "faspex_gate_logins_total{result=\"success\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -580,12 +616,14 @@ async fn forged_posts_change_nothing_and_names_and_no_ops_are_answered_plainly()
     assert_eq!(lock[0]["actor"], "hal");
     assert_eq!(lock[0]["by_admin"], true);
 
-    // Sign out: the cookie no longer works.
+    // Sign out: the cookie no longer works, even replayed with its real token.
     let token = d.token().await;
+    let old_jar = d.jar.clone();
     let (status, _) = d.post("/signout", &[("csrf", &token)]).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let (_, _, page) = d.get("/").await;
     assert!(page.contains("Helpdesk sign-in"), "{page}");
+    assert_replay_refused(&s, old_jar, &token).await;
     let out = events(&audit(&audit_path), "helpdesk_signout")
         .into_iter()
         .cloned()
@@ -595,37 +633,116 @@ async fn forged_posts_change_nothing_and_names_and_no_ops_are_answered_plainly()
     assert_eq!(out[0]["user"], "hal");
 }
 
+/// Whether the server closes a fresh TCP connection to `addr` at once, before any TLS.
+async fn closed_at_once(addr: SocketAddr) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) | Err(_) => false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn outside_allowed_networks_gets_a_403_never_the_console() {
+async fn outside_allowed_networks_is_closed_at_accept_and_a_reload_reaches_open_connections() {
     let (s, audit_path) = console_site(&[], |c| {
         c.set("helpdesk", "allowed_networks", "[\"192.0.2.0/24\"]");
     })
     .await;
-    let mut d = desk(&s);
-    for path in ["/", "/console.css", "/signin"] {
-        let (status, _, page) = d.get(path).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
-        assert!(
-            page.contains("cannot be reached from your network"),
-            "{page}"
-        );
-        assert!(!page.contains("csrf"));
+    let addr = s.gw.helpdesk.unwrap();
+    // From outside: closed before TLS, every time, never the console.
+    for _ in 0..3 {
+        assert!(closed_at_once(addr).await);
     }
-    let (status, _) = d
-        .post("/signin", &[("username", HAL.0), ("password", HAL.1)])
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
     let refused = events(&audit(&audit_path), "helpdesk_refused")
         .into_iter()
         .cloned()
         .collect::<Vec<_>>();
-    assert!(!refused.is_empty());
+    assert_eq!(refused.len(), 3, "{refused:?}");
     assert!(refused.iter().all(|r| r["reason"] == "network"));
     assert!(refused[0]["source"]
         .as_str()
         .unwrap()
         .starts_with("127.0.0.1:"));
     assert!(events(&audit(&audit_path), "helpdesk_signin").is_empty());
+
+    // Allowed by a reload: served. Narrowed again by a reload: the open keep-alive connection
+    // gets a 403 for its next request, and is closed.
+    let config = s.gw.files.path("faspex-gate.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let reload = |text: String, n: usize| {
+        std::fs::write(&config, text).unwrap();
+        s.gw.signal("HUP");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while s.gw.logs().matches("configuration reloaded").count() < n {
+            assert!(std::time::Instant::now() < deadline, "{}", s.gw.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    reload(original.replace("192.0.2.0/24", "127.0.0.0/8"), 1);
+    let mut d = desk(&s);
+    let (status, _) = d.sign_in(HAL.0, HAL.1).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    reload(original.clone(), 2);
+    let (status, h, page) = d.get("/").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(
+        page.contains("cannot be reached from your network"),
+        "{page}"
+    );
+    assert!(!page.contains("csrf"));
+    assert_eq!(h[header::CONNECTION], "close");
+    assert!(closed_at_once(addr).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_holds_at_most_8_connections_and_a_slow_form_is_cut_off() {
+    let (s, _audit_path) = console_site(&[], |c| {
+        c.set("server", "header_read_timeout", "\"2s\"");
+    })
+    .await;
+    let addr = s.gw.helpdesk.unwrap();
+    // Eight connections held open (no TLS yet), from 127.0.0.1: a ninth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(closed_at_once(addr).await, "a ninth connection");
+    {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(300), held[0].read(&mut buf)).await;
+        assert!(r.is_err(), "the held ones are still open");
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut d = desk(&s);
+    let (status, _, _) = d.get("/").await;
+    assert_eq!(status, StatusCode::OK, "room again");
+
+    // A form whose body stalls: cut off after the read limit (2 s here) with a 408, and the
+    // connection closed.
+    let started = std::time::Instant::now();
+    let answer = crate::util::raw_exchange(
+        addr,
+        &s.gw.files.cert_pem,
+        b"POST /signin HTTP/1.1\r\nHost: localhost\r\nContent-Type: \
+          application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nusername=a",
+        Duration::from_secs(15),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -634,6 +751,8 @@ async fn a_console_session_ends_after_15_idle_minutes_on_the_gateways_clock() {
     let mut d = desk(&s);
     let (status, _) = d.sign_in(HAL.0, HAL.1).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    let token = d.token().await;
+    let old_jar = d.jar.clone();
     s.advance_clock(Duration::from_secs(14 * 60)).await;
     let (_, _, page) = d.get("/").await;
     assert!(page.contains("Helpdesk console"), "still signed in: {page}");
@@ -651,9 +770,8 @@ async fn a_console_session_ends_after_15_idle_minutes_on_the_gateways_clock() {
         page.contains("signed out after 15 minutes without activity"),
         "{page}"
     );
-    // The old cookie is gone for good: an action with it is refused.
-    let (status, _) = d.post("/kick", &[("user", "user0"), ("csrf", "x")]).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    // The old cookie is gone for good on the server: replayed with its real token, refused.
+    assert_replay_refused(&s, old_jar, &token).await;
     let out = events(&audit(&audit_path), "helpdesk_signout")
         .into_iter()
         .cloned()
@@ -661,6 +779,111 @@ async fn a_console_session_ends_after_15_idle_minutes_on_the_gateways_clock() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0]["reason"], "idle");
     assert_eq!(out[0]["user"], "hal");
+}
+
+/// A helpdesk person's console sessions end at once when their account is kicked (the admin
+/// API, as `faspex-gate admin kick` sends it) or locked by an administrator (here from the
+/// console), and at the next re-check (`auth.cache_ttl`) when failed logins lock it; nobody acts
+/// on their own account; an account's fifth console session ends its oldest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kick_or_a_lock_ends_a_helpdesk_persons_console_sessions() {
+    let (s, audit_path) = console_site(&["--manual-clock"], |_| {}).await;
+    let mut hal = desk(&s);
+    assert_eq!(hal.sign_in(HAL.0, HAL.1).await.0, StatusCode::SEE_OTHER);
+    let mut helen = desk(&s);
+    assert_eq!(
+        helen.sign_in(HELEN.0, HELEN.1).await.0,
+        StatusCode::SEE_OTHER
+    );
+
+    // Nobody acts on their own account, however they spell it.
+    for (path, name) in [
+        ("/unlock", "helen"),
+        ("/kick", "HELEN"),
+        ("/lock", " Helen "),
+    ] {
+        let n = helen.act(path, &[("user", name)]).await;
+        assert!(n.starts_with("That is your own account"), "{path}: {n}");
+    }
+    let (_, body) = admin(&s, "GET", "lockouts", "").await;
+    assert!(!body.contains("helen"), "{body}");
+
+    // The admin API's kick ends her console session at once; hal's goes on.
+    let (status, body) = admin(&s, "DELETE", "sessions/helen", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, _, page) = helen.get("/").await;
+    assert!(page.contains("Helpdesk sign-in"), "{page}");
+    let (_, _, page) = hal.get("/").await;
+    assert!(page.contains("Helpdesk console"), "{page}");
+
+    // Back in; hal locks her from the console: ended at once, and she cannot sign in.
+    assert_eq!(
+        helen.sign_in(HELEN.0, HELEN.1).await.0,
+        StatusCode::SEE_OTHER
+    );
+    let n = hal.act("/lock", &[("user", "helen"), ("for", "10m")]).await;
+    assert!(n.starts_with("helen is locked until"), "{n}");
+    let (_, _, page) = helen.get("/").await;
+    assert!(page.contains("Helpdesk sign-in"), "{page}");
+    let (status, page) = helen.sign_in(HELEN.0, HELEN.1).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert_eq!(
+        hal.act("/unlock", &[("user", "helen")]).await,
+        "helen is unlocked; they can log in now."
+    );
+
+    // Locked by failed logins at Faspex's form: found at the next re-check, not before.
+    assert_eq!(
+        helen.sign_in(HELEN.0, HELEN.1).await.0,
+        StatusCode::SEE_OTHER
+    );
+    for i in 0..5 {
+        s.form_login("helen", &format!("bad{i}"), None, &[]).await;
+    }
+    let (_, _, page) = helen.get("/").await;
+    assert!(
+        page.contains("Helpdesk console"),
+        "within cache_ttl: {page}"
+    );
+    s.advance_clock(Duration::from_secs(5 * 60 + 1)).await;
+    let (status, _, page) = helen.get("/").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("Your account is locked until"), "{page}");
+    let (_, _, page) = helen.get("/").await;
+    assert!(page.contains("Helpdesk sign-in"), "{page}");
+
+    // Four console sessions per account: hal's fifth sign-in ends his oldest.
+    let mut more = Vec::new();
+    for _ in 0..4 {
+        let mut d = desk(&s);
+        assert_eq!(d.sign_in(HAL.0, HAL.1).await.0, StatusCode::SEE_OTHER);
+        more.push(d);
+    }
+    let (_, _, page) = hal.get("/").await;
+    assert!(
+        page.contains("Helpdesk sign-in"),
+        "the oldest ended: {page}"
+    );
+    for d in &mut more {
+        let (_, _, page) = d.get("/").await;
+        assert!(page.contains("Helpdesk console"), "{page}");
+    }
+
+    let records = audit(&audit_path);
+    let out: Vec<(&str, &str)> = events(&records, "helpdesk_signout")
+        .iter()
+        .map(|r| (r["user"].as_str().unwrap(), r["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        out,
+        [
+            ("helen", "kicked"),
+            ("helen", "locked"),
+            ("helen", "locked"),
+            ("hal", "replaced")
+        ]
+    );
+    println!("audit: {}", raw_line(&audit_path, "\"reason\":\"kicked\""));
 }
 
 /// Members of `slapd::GROUP_DN` (ann, not bob) sign in with their directory password; ann,

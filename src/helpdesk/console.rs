@@ -14,14 +14,18 @@
 //! **Signing in** runs [`Policy::verify`]: the throttle, lockout and ceiling of any login (a
 //! wrong password counts towards the lock), and no seat. Then membership of `helpdesk.group`
 //! ([`crate::auth::Directory::member_of`]), asked again at least every `auth.cache_ttl` while the
-//! session lives: a person taken out of the group is signed out on their next request after
-//! that. The names the admin API refuses are refused here with its words
+//! session lives, with the lock state of the person's account: a person taken out of the group
+//! (or out of the directory) or whose account is locked is signed out on their next request
+//! after that; an administrator's kick or lock ends it at once ([`super::revoke`]). Nobody acts
+//! on their own account here. The names the admin API refuses are refused here with its words
 //! ([`crate::admin::user_refused`]), and the actions are the admin API's ([`Policy::unlock`],
 //! [`Policy::kick`], [`Policy::lock_with`]), audited as its are (`unlock`, `kick`,
 //! `admin_lock`) with `actor` the helpdesk person's account, `source` their address and
 //! `via = "helpdesk"`. Sign-ins are audited as `helpdesk_signin` (with their `result`),
 //! sign-outs as `helpdesk_signout` (with their `reason`), and requests refused for their network
-//! or a missing or wrong CSRF token as `helpdesk_refused` (at most 10 a second).
+//! or a missing or wrong CSRF token as `helpdesk_refused` (at most 10 a second for each reason).
+//! A request's body must arrive within the request read limit, and every refusal closes its
+//! connection (`Connection: close`).
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -38,12 +42,14 @@ use hyper::body::Incoming;
 use crate::admin::{lock_duration, user_refused};
 use crate::audit::{AuditLog, Record};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::policy::{LoginRefused, Policy, CHECK_TIMEOUT};
 use crate::proxy::pages::Site;
 use crate::proxy::Gateway;
 
 use super::pages::{self, View};
-use super::sessions::{csrf_ok, random_token, ConsoleSession, Found, Notice, Sessions};
+use super::revoke::{audit_signout, Revoker};
+use super::sessions::{csrf_ok, random_token, ConsoleSession, Created, Found, Notice, Sessions};
 
 /// The console session's cookie.
 pub const COOKIE: &str = "__Host-faspex-gate-helpdesk";
@@ -53,8 +59,12 @@ pub const SIGNIN_COOKIE: &str = "__Host-faspex-gate-helpdesk-signin";
 /// The largest form read.
 const MAX_FORM: usize = 8 * 1024;
 
-/// Refused requests recorded in the audit log per second, at most.
+/// Refused requests recorded in the audit log per second, at most, for each reason.
 const REFUSALS_PER_SECOND: u32 = 10;
+
+/// The longest a request may take to arrive, headers and body each (`server.header_read_timeout`
+/// when that is shorter).
+pub const MAX_REQUEST_READ: Duration = Duration::from_secs(10);
 
 /// The console's Content-Security-Policy: its own style sheet, forms to itself, nothing else.
 const CSP: &str = "default-src 'none'; style-src 'self'; form-action 'self'; \
@@ -68,6 +78,8 @@ struct Settings {
     allowed: Vec<ipnet::IpNet>,
     cache_ttl: Duration,
     hsts: Option<HeaderValue>,
+    /// How long a request's headers, and then its body, may take to arrive.
+    read_timeout: Duration,
 }
 
 impl Settings {
@@ -82,6 +94,7 @@ impl Settings {
             allowed: cfg.helpdesk.allowed_networks.clone(),
             cache_ttl: cfg.auth.cache_ttl,
             hsts: cfg.server.hsts.clone(),
+            read_timeout: read_timeout(cfg),
         }
     }
 }
@@ -97,35 +110,61 @@ struct Inner {
     /// For the credential backend in force (a reload swaps it).
     gateway: Gateway,
     audit: Arc<AuditLog>,
-    sessions: Sessions,
+    metrics: Arc<Metrics>,
+    sessions: Arc<Sessions>,
     settings: ArcSwap<Settings>,
-    refusals: governor::DefaultDirectRateLimiter,
-    refusals_dropped: AtomicU64,
+    /// The audit budget for refusals, one for each reason, so that a flood of one kind cannot
+    /// hide the other.
+    refusals: [Budget; 2],
+}
+
+/// At most [`REFUSALS_PER_SECOND`] audit records a second, and how many were left out.
+struct Budget {
+    limiter: governor::DefaultDirectRateLimiter,
+    dropped: AtomicU64,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Budget {
+            limiter: governor::RateLimiter::direct(governor::Quota::per_second(
+                NonZeroU32::new(REFUSALS_PER_SECOND).unwrap_or(NonZeroU32::MIN),
+            )),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The request read limit for `cfg`: `server.header_read_timeout`, at most [`MAX_REQUEST_READ`].
+pub(super) fn read_timeout(cfg: &Config) -> Duration {
+    cfg.server.header_read_timeout.min(MAX_REQUEST_READ)
 }
 
 /// A response of the console.
 pub type Answer = Response<Full<Bytes>>;
 
 impl Console {
+    /// The console over `policy`; its sessions are `revoker`'s, which the engine's kicks and
+    /// administrators' locks reach.
     pub fn new(
         cfg: &Config,
         policy: Policy,
         gateway: Gateway,
         audit: Arc<AuditLog>,
-    ) -> anyhow::Result<Self> {
-        Ok(Console {
+        metrics: Arc<Metrics>,
+        revoker: &Revoker,
+    ) -> Self {
+        Console {
             inner: Arc::new(Inner {
                 policy,
                 gateway,
                 audit,
-                sessions: Sessions::new()?,
+                metrics,
+                sessions: Arc::clone(&revoker.sessions),
                 settings: ArcSwap::from_pointee(Settings::of(cfg)),
-                refusals: governor::RateLimiter::direct(governor::Quota::per_second(
-                    NonZeroU32::new(REFUSALS_PER_SECOND).unwrap_or(NonZeroU32::MIN),
-                )),
-                refusals_dropped: AtomicU64::new(0),
+                refusals: [Budget::new(), Budget::new()],
             }),
-        })
+        }
     }
 
     /// Take the reloadable settings of `cfg`: `helpdesk.allowed_networks`, the pages' words and
@@ -141,51 +180,71 @@ impl Console {
         s.allowed.is_empty() || s.allowed.iter().any(|n| n.contains(&ip))
     }
 
-    /// The answer to every request on a connection from outside `helpdesk.allowed_networks`:
-    /// 403, never the console. Audited once per connection (`reason = "network"`).
+    /// A connection or request from outside `helpdesk.allowed_networks` refused: audited
+    /// (`reason = "network"`, within its own budget) and logged at most as often.
     pub fn refuse_network(&self, peer: SocketAddr) {
         let mut rec = self.inner.audit.record("helpdesk_refused");
         rec.reason = Some("network");
         rec.source = Some(peer);
-        self.write_refusal(rec);
-        tracing::warn!(source = %peer, "helpdesk console: a connection from outside helpdesk.allowed_networks refused (403)");
+        if self.write_refusal(rec, 0) {
+            tracing::warn!(source = %peer, "helpdesk console: a connection from outside helpdesk.allowed_networks refused");
+        }
     }
 
-    /// The page a connection outside the allowed networks gets.
+    /// The answer to a request, on a connection opened while its network was allowed, after a
+    /// reload took the network out of `helpdesk.allowed_networks`: 403, and the connection closes.
     pub fn network_page(&self) -> Answer {
-        self.page(
+        closing(self.page(
             StatusCode::FORBIDDEN,
             pages::refusal(
                 "Not from this network",
                 "The helpdesk console cannot be reached from your network.",
                 false,
             ),
-        )
+        ))
     }
 
-    /// Answer one request from `peer`. Never fails.
+    /// Answer one request from `peer`. Never fails. `helpdesk.allowed_networks` is checked
+    /// again for every request, so that a reload narrowing it reaches open connections.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+        if !self.allows(peer) {
+            self.refuse_network(peer);
+            return self.network_page();
+        }
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         match (method.clone(), path.as_str()) {
             (Method::GET | Method::HEAD, pages::STYLE_PATH) => self.style(),
             (Method::GET | Method::HEAD, "/") => {
                 let why = why_param(req.uri().query());
-                self.get(req.headers(), why.as_deref()).await
+                self.get(req.headers(), why.as_deref(), peer).await
             }
             (Method::POST, "/signin" | "/signout" | "/unlock" | "/kick" | "/lock") => {
                 let headers = req.headers().clone();
-                let form = match read_form(req.into_body()).await {
-                    Ok(f) => f,
-                    Err(status) => {
-                        return self.page(
+                let within = self.inner.settings.load().read_timeout;
+                let read = tokio::time::timeout(within, read_form(req.into_body())).await;
+                let form = match read {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(status)) => {
+                        return closing(self.page(
                             status,
                             pages::refusal(
                                 "Form not read",
                                 "The form could not be read (too large, or not a form).",
                                 true,
                             ),
-                        )
+                        ))
+                    }
+                    Err(_) => {
+                        tracing::debug!(source = %peer, "helpdesk console: a form did not arrive in time");
+                        return closing(self.page(
+                            StatusCode::REQUEST_TIMEOUT,
+                            pages::refusal(
+                                "Too slow",
+                                "The form did not arrive in time. Please send it again.",
+                                true,
+                            ),
+                        ));
                     }
                 };
                 if path == "/signin" {
@@ -218,10 +277,10 @@ impl Console {
 
     // ----- pages -----
 
-    async fn get(&self, headers: &HeaderMap, why: Option<&str>) -> Answer {
+    async fn get(&self, headers: &HeaderMap, why: Option<&str>, peer: SocketAddr) -> Answer {
         let now = self.inner.policy.now();
         let cookie = cookie(headers, COOKIE);
-        let (cookie, session) = match self.session(cookie.as_deref(), headers, now).await {
+        let (cookie, session) = match self.session(cookie.as_deref(), headers, now, peer).await {
             Ok(Some(found)) => found,
             Ok(None) => return self.signin_page(headers, StatusCode::OK, None, ""),
             Err(answer) => return answer,
@@ -353,14 +412,16 @@ impl Console {
 
     // ----- sessions -----
 
-    /// The live session the request's cookie names, its membership confirmed within
-    /// `auth.cache_ttl`: `Ok(None)` without one (the sign-in page follows), `Err` with the
-    /// answer when it ended now (idle, or no longer a member) or cannot be confirmed.
+    /// The live session the request's cookie names, its membership and its account's lock
+    /// state confirmed within `auth.cache_ttl`: `Ok(None)` without one (the sign-in page
+    /// follows), `Err` with the answer when it ended now (idle, no longer a member, locked) or
+    /// cannot be confirmed.
     async fn session(
         &self,
         cookie: Option<&str>,
         headers: &HeaderMap,
         now: crate::clock::Timestamp,
+        peer: SocketAddr,
     ) -> Result<Option<(String, ConsoleSession)>, Answer> {
         let Some(cookie) = cookie else {
             return Ok(None);
@@ -368,7 +429,7 @@ impl Console {
         let s = match self.inner.sessions.find(cookie, now) {
             Found::None => return Ok(None),
             Found::Idle(s) => {
-                self.audit_signout(&s, "idle", None);
+                audit_signout(&self.inner.audit, &s, "idle", None);
                 let mut r = self.signin_page(
                     headers,
                     StatusCode::OK,
@@ -382,18 +443,53 @@ impl Console {
         };
         let settings = self.inner.settings.load();
         if now.since(s.checked_at) >= settings.cache_ttl {
+            let locked = match self.inner.policy.account_lock(&s.account, peer.ip()).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(account = %s.account, error = %e, "helpdesk console: the account's lock state could not be read");
+                    return Err(self.page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        pages::refusal(
+                            "State store unavailable",
+                            "Your account's state cannot be confirmed right now, so the console \
+                             cannot be used. Try again in a minute.",
+                            false,
+                        ),
+                    ));
+                }
+            };
+            if let Some(lock) = locked {
+                self.inner.sessions.remove(cookie);
+                audit_signout(&self.inner.audit, &s, "locked", None);
+                tracing::warn!(account = %s.account, "helpdesk console: the account is locked; signed out");
+                let site = &settings.site;
+                let mut r = self.page(
+                    StatusCode::FORBIDDEN,
+                    pages::refusal(
+                        "Signed out",
+                        &format!(
+                            "Your account is locked until {}, so you have been signed out of \
+                             the console.",
+                            site.clock(lock.until, now)
+                        ),
+                        false,
+                    ),
+                );
+                clear_cookie(&mut r, COOKIE);
+                return Err(r);
+            }
             match self.member(&s.name, &s.account, &settings.group).await {
                 Ok(true) => self.inner.sessions.confirmed(cookie, now),
                 Ok(false) => {
                     self.inner.sessions.remove(cookie);
-                    self.audit_signout(&s, "not_member", None);
+                    audit_signout(&self.inner.audit, &s, "not_member", None);
                     tracing::warn!(account = %s.account, "helpdesk console: no longer in helpdesk.group; signed out");
                     let mut r = self.page(
                         StatusCode::FORBIDDEN,
                         pages::refusal(
                             "Signed out",
-                            "Your account is no longer in the helpdesk group, so you have been \
-                             signed out of the console.",
+                            "Your account is no longer in the helpdesk group (or no longer in \
+                             the directory), so you have been signed out of the console.",
                             false,
                         ),
                     );
@@ -436,18 +532,19 @@ impl Console {
             .is_some_and(|pre| self.inner.sessions.signin_token_ok(pre, token));
         if !bound {
             self.refuse_csrf(peer, "/signin");
-            return self.signin_page(
+            return closing(self.signin_page(
                 headers,
                 StatusCode::FORBIDDEN,
                 Some("The sign-in form had expired or was not sent from this page. Please try again."),
                 "",
-            );
+            ));
         }
         let username = form.get("username").unwrap_or("");
         let password = form.get("password").unwrap_or("");
         let policy = &self.inner.policy;
         let directory = self.inner.gateway.directory();
         let audit = |result: &'static str, user: Option<&str>| {
+            self.inner.metrics.helpdesk_signin(result);
             let mut rec = self.inner.audit.record("helpdesk_signin");
             rec.user = user;
             rec.result = Some(result);
@@ -531,7 +628,12 @@ impl Console {
             .sessions
             .create(&verified.name, &verified.account, now)
         {
-            Ok(Some(c)) => c,
+            Ok(Some(Created { cookie, ended })) => {
+                if let Some(old) = ended {
+                    audit_signout(&self.inner.audit, &old, "replaced", None);
+                }
+                cookie
+            }
             Ok(None) | Err(_) => {
                 audit("full", Some(&verified.account));
                 return self.signin_page(
@@ -565,24 +667,24 @@ impl Console {
     ) -> Answer {
         let now = self.inner.policy.now();
         let cookie = cookie(headers, COOKIE);
-        let (cookie, s) = match self.session(cookie.as_deref(), headers, now).await {
+        let (cookie, s) = match self.session(cookie.as_deref(), headers, now, peer).await {
             Ok(Some(found)) => found,
             Ok(None) => {
                 self.refuse_csrf(peer, path);
-                return self.page(
+                return closing(self.page(
                     StatusCode::FORBIDDEN,
                     pages::refusal(
                         "Not signed in",
                         "This needs a console session. Sign in first.",
                         true,
                     ),
-                );
+                ));
             }
             Err(answer) => return answer,
         };
         if !csrf_ok(&s, form.get("csrf").unwrap_or("")) {
             self.refuse_csrf(peer, path);
-            return self.page(
+            return closing(self.page(
                 StatusCode::FORBIDDEN,
                 pages::refusal(
                     "Refused",
@@ -590,11 +692,11 @@ impl Console {
                      wrong). Nothing was changed.",
                     true,
                 ),
-            );
+            ));
         }
         if path == "/signout" {
             self.inner.sessions.remove(&cookie);
-            self.audit_signout(&s, "signed_out", Some(peer));
+            audit_signout(&self.inner.audit, &s, "signed_out", Some(peer));
             let mut r = self.see_other("/");
             clear_cookie(&mut r, COOKIE);
             return r;
@@ -604,6 +706,12 @@ impl Console {
             Some(reason) => Notice {
                 done: false,
                 text: reason,
+            },
+            None if self.own(user, &s) => Notice {
+                done: false,
+                text: "That is your own account: the console does not unlock, kick or lock the \
+                       account of the person signed in. Ask another helpdesk member."
+                    .to_owned(),
             },
             None => match path {
                 "/unlock" => self.unlock(user, &s, peer).await,
@@ -622,6 +730,14 @@ impl Console {
         };
         self.inner.sessions.set_notice(&cookie, notice);
         self.see_other("/")
+    }
+
+    /// Whether `user` names the signed-in person's own account.
+    fn own(&self, user: &str, s: &ConsoleSession) -> bool {
+        let policy = &self.inner.policy;
+        policy
+            .account(user)
+            .is_ok_and(|a| a == s.account || policy.account(&s.name).is_ok_and(|mine| mine == a))
     }
 
     fn stamp<'a>(&self, rec: &mut Record<'a>, s: &'a ConsoleSession, peer: SocketAddr) {
@@ -719,36 +835,40 @@ impl Console {
 
     // ----- audit -----
 
-    fn audit_signout(&self, s: &ConsoleSession, reason: &'static str, peer: Option<SocketAddr>) {
-        let mut rec = self.inner.audit.record("helpdesk_signout");
-        rec.user = Some(&s.account);
-        rec.reason = Some(reason);
-        rec.started = Some(s.since.rfc3339());
-        rec.source = peer;
-        self.inner.audit.write(&rec);
-    }
-
     fn refuse_csrf(&self, peer: SocketAddr, path: &str) {
         let mut rec = self.inner.audit.record("helpdesk_refused");
         rec.reason = Some("csrf");
         rec.source = Some(peer);
         rec.method = Some("POST");
         rec.path = Some(path);
-        self.write_refusal(rec);
-        tracing::warn!(source = %peer, path, "helpdesk console: a POST without its CSRF token refused (403)");
+        if self.write_refusal(rec, 1) {
+            tracing::warn!(source = %peer, path, "helpdesk console: a POST without its CSRF token refused (403)");
+        }
     }
 
-    /// Audit a refusal, at most [`REFUSALS_PER_SECOND`] a second; the next record written says
-    /// how many were left out.
-    fn write_refusal(&self, mut rec: Record<'_>) {
-        if self.inner.refusals.check().is_err() {
-            self.inner.refusals_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+    /// Audit a refusal within budget `which` (0: network, 1: CSRF), at most
+    /// [`REFUSALS_PER_SECOND`] a second each; the next record written says how many of its
+    /// kind were left out. Whether it was written.
+    fn write_refusal(&self, mut rec: Record<'_>, which: usize) -> bool {
+        let Some(budget) = self.inner.refusals.get(which) else {
+            return false;
+        };
+        if budget.limiter.check().is_err() {
+            budget.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
-        let dropped = self.inner.refusals_dropped.swap(0, Ordering::Relaxed);
+        let dropped = budget.dropped.swap(0, Ordering::Relaxed);
         rec.suppressed = (dropped > 0).then_some(dropped);
         self.inner.audit.write(&rec);
+        true
     }
+}
+
+/// `r`, closing its connection after it (a refusal: the client gets no second try on it).
+fn closing(mut r: Answer) -> Answer {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 fn failed(reason: &str) -> Notice {

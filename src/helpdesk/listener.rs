@@ -1,9 +1,14 @@
-//! The console's own HTTPS listener (`helpdesk.listen`): its own origin, so that a script in a
-//! Faspex page can never drive it. TLS with the gateway's certificate (the same
-//! [`CertStore`], so a SIGHUP's new certificate serves here too), HTTP/1.1 only, at most
-//! [`MAX_CONNECTIONS`] connections and `server.max_connections_per_ip` from one address, the
-//! TLS handshake and header timeouts of `[server]`. `helpdesk.allowed_networks` is checked per
-//! connection: one from elsewhere gets a 403 page for every request, never the console.
+//! The console's own HTTPS listener (`helpdesk.listen`): its own port, and so its own origin.
+//! TLS with the gateway's certificate (the same [`CertStore`], so a SIGHUP's new certificate
+//! serves here too), HTTP/1.1 only.
+//!
+//! Against a flood: a connection from outside `helpdesk.allowed_networks` is closed at accept,
+//! before TLS and before it takes a place (audited at most 10 a second); then at most
+//! [`MAX_PER_ADDRESS`] connections from one address (fewer if `server.max_connections_per_ip`
+//! says so) and [`MAX_CONNECTIONS`] in all; the TLS handshake within
+//! `server.tls_handshake_timeout`, a request's headers, and then its body, each within
+//! `server.header_read_timeout` but never more than 10 s. The network is checked again for
+//! every request ([`Console::handle`]), so a reload narrowing it reaches open connections.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +30,10 @@ use super::console::Console;
 
 /// The most console connections open at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// The most console connections open from one address (an IPv6 prefix of
+/// `server.ipv6_prefix_len` bits); more are closed on accept.
+pub const MAX_PER_ADDRESS: usize = 8;
 
 /// The bound console listener.
 pub struct HelpdeskServer {
@@ -55,9 +64,15 @@ impl HelpdeskServer {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             console,
-            per_ip: PerIpLimit::new(s.max_connections_per_ip, s.ipv6_prefix_len, Vec::new()),
-            handshake_timeout: s.tls_handshake_timeout,
-            header_timeout: s.header_read_timeout,
+            per_ip: PerIpLimit::new(
+                s.max_connections_per_ip.min(MAX_PER_ADDRESS),
+                s.ipv6_prefix_len,
+                Vec::new(),
+            ),
+            handshake_timeout: s
+                .tls_handshake_timeout
+                .min(super::console::MAX_REQUEST_READ),
+            header_timeout: super::console::read_timeout(cfg),
         })
     }
 
@@ -84,17 +99,22 @@ impl HelpdeskServer {
                     continue;
                 }
             };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::warn!(%peer, "helpdesk listener: too many connections; one refused");
+            // (the network first: nothing from elsewhere costs a place or a handshake)
+            if !self.console.allows(peer) {
+                self.console.refuse_network(peer);
                 continue;
-            };
+            }
             let per_ip = match self.per_ip.admit(peer.ip()) {
                 Admission::Counted(g) => Some(g),
                 Admission::Exempt => None,
                 Admission::Refused => {
-                    tracing::debug!(%peer, "helpdesk listener: server.max_connections_per_ip reached; connection closed");
+                    tracing::debug!(%peer, "helpdesk listener: the address has its most connections open; one closed");
                     continue;
                 }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::warn!(%peer, "helpdesk listener: too many connections; one refused");
+                continue;
             };
             let console = self.console.clone();
             let acceptor = self.acceptor.clone();
@@ -112,19 +132,9 @@ impl HelpdeskServer {
                     }
                     Err(_) => return,
                 };
-                let allowed = console.allows(peer);
-                if !allowed {
-                    console.refuse_network(peer);
-                }
                 let service = service_fn(move |req| {
                     let console = console.clone();
-                    async move {
-                        Ok::<_, Infallible>(if allowed {
-                            console.handle(req, peer).await
-                        } else {
-                            console.network_page()
-                        })
-                    }
+                    async move { Ok::<_, Infallible>(console.handle(req, peer).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())

@@ -6,7 +6,9 @@
 //!
 //! - `listener.rs`: the HTTPS listener, its caps and `helpdesk.allowed_networks`;
 //! - `console.rs`: the requests (sign-in, the page, the actions), their CSRF checks and audit;
-//! - `sessions.rs`: console sessions, in this gateway's memory (15-minute idle timeout);
+//! - `sessions.rs`: console sessions, in this gateway's memory (15-minute idle timeout, at most
+//!   four per account);
+//! - `revoke.rs`: an administrator's kick or lock of a helpdesk person ends their sessions;
 //! - `pages.rs`: the HTML and the style sheet.
 //!
 //! It adds no policy of its own: the sign-in is [`crate::policy::Policy::verify`] (the throttle
@@ -16,8 +18,10 @@
 mod console;
 mod listener;
 mod pages;
+mod revoke;
 mod sessions;
 
 pub use console::{Console, COOKIE, SIGNIN_COOKIE};
 pub use listener::HelpdeskServer;
+pub use revoke::Revoker;
 pub use sessions::IDLE_TIMEOUT;

@@ -1,6 +1,8 @@
 //! The console's own sessions, in this gateway's memory: who signed in, their CSRF token, when
 //! they were last seen (the 15-minute idle timeout) and when their group membership was last
-//! confirmed; and the sign-in form's token, bound to a pre-session cookie.
+//! confirmed; and the sign-in form's token, bound to a pre-session cookie. At most
+//! [`MAX_PER_ACCOUNT`] sessions per account (a new sign-in ends the oldest), and
+//! [`Sessions::end_account`] for an administrator's kick or lock of the person.
 //!
 //! A session is named by a random 256-bit token in the `__Host-faspex-gate-helpdesk` cookie and
 //! kept under its SHA-256 digest, so the map never holds a usable cookie. The sign-in form's
@@ -22,6 +24,18 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// The most console sessions one gateway keeps at once; a sign-in past it is refused (503).
 pub const MAX_SESSIONS: usize = 256;
+
+/// The most console sessions one account holds; a sign-in past it ends that account's oldest.
+pub const MAX_PER_ACCOUNT: usize = 4;
+
+/// What [`Sessions::create`] made.
+#[derive(Debug)]
+pub struct Created {
+    /// The new session's cookie value.
+    pub cookie: String,
+    /// The account's oldest session, ended to keep it within [`MAX_PER_ACCOUNT`].
+    pub ended: Option<ConsoleSession>,
+}
 
 /// One signed-in helpdesk person.
 #[derive(Clone, Debug)]
@@ -107,21 +121,30 @@ impl Sessions {
         ring::hmac::verify(&self.key, pre.as_bytes(), &tag).is_ok()
     }
 
-    /// Start a session for `name` (`account`) at `now`: its cookie value. `None` when
-    /// [`MAX_SESSIONS`] live sessions are held already.
+    /// Start a session for `name` (`account`) at `now`. `None` when [`MAX_SESSIONS`] live
+    /// sessions are held already; an account at [`MAX_PER_ACCOUNT`] loses its oldest.
     pub fn create(
         &self,
         name: &str,
         account: &str,
         now: Timestamp,
-    ) -> anyhow::Result<Option<String>> {
+    ) -> anyhow::Result<Option<Created>> {
         let token = random_token()?;
         let csrf = random_token()?;
         let mut map = self.map();
         map.retain(|_, s| !idle(s, now));
-        if map.len() >= MAX_SESSIONS {
+        let mine: Vec<([u8; 32], Timestamp)> = map
+            .iter()
+            .filter(|(_, s)| s.account == account)
+            .map(|(k, s)| (*k, s.since))
+            .collect();
+        let oldest = (mine.len() >= MAX_PER_ACCOUNT)
+            .then(|| mine.iter().min_by_key(|(_, since)| *since).map(|(k, _)| *k))
+            .flatten();
+        if oldest.is_none() && map.len() >= MAX_SESSIONS {
             return Ok(None);
         }
+        let ended = oldest.and_then(|k| map.remove(&k));
         map.insert(
             digest(&token),
             ConsoleSession {
@@ -134,7 +157,21 @@ impl Sessions {
                 notice: None,
             },
         );
-        Ok(Some(token))
+        Ok(Some(Created {
+            cookie: token,
+            ended,
+        }))
+    }
+
+    /// End every session of `account` (an administrator kicked or locked it): the ended ones.
+    pub fn end_account(&self, account: &str) -> Vec<ConsoleSession> {
+        let mut map = self.map();
+        let keys: Vec<[u8; 32]> = map
+            .iter()
+            .filter(|(_, s)| s.account == account)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().filter_map(|k| map.remove(k)).collect()
     }
 
     /// The session `cookie` names at `now`, marked seen; one past its idle timeout is removed.
@@ -205,7 +242,7 @@ mod tests {
     fn a_session_lives_while_used_and_ends_after_15_idle_minutes() {
         let s = Sessions::new().unwrap();
         let t0 = Timestamp::from_millis(1_795_000_000_000);
-        let cookie = s.create("ann", "ann", t0).unwrap().unwrap();
+        let cookie = s.create("ann", "ann", t0).unwrap().unwrap().cookie;
         assert!(matches!(s.find("nope", t0), Found::None));
         let t1 = t0 + Duration::from_secs(14 * 60);
         assert!(matches!(s.find(&cookie, t1), Found::Live(_)));
@@ -238,9 +275,10 @@ mod tests {
     fn sessions_are_capped_and_notices_shown_once() {
         let s = Sessions::new().unwrap();
         let t = Timestamp::from_millis(1_795_000_000_000);
-        let first = s.create("a", "a", t).unwrap().unwrap();
+        let first = s.create("a", "a", t).unwrap().unwrap().cookie;
         for i in 1..MAX_SESSIONS {
-            assert!(s.create(&format!("u{i}"), "u", t).unwrap().is_some());
+            let name = format!("u{i}");
+            assert!(s.create(&name, &name, t).unwrap().is_some());
         }
         assert!(s.create("late", "late", t).unwrap().is_none());
         assert_eq!(s.live(t), MAX_SESSIONS);
@@ -250,7 +288,7 @@ mod tests {
         assert!(s.remove(&first).is_none(), "swept when idle");
         assert_eq!(s.live(later), 1);
         let fresh = Sessions::new().unwrap();
-        let c = fresh.create("b", "b", later).unwrap().unwrap();
+        let c = fresh.create("b", "b", later).unwrap().unwrap().cookie;
         fresh.set_notice(
             &c,
             Notice {
@@ -260,5 +298,35 @@ mod tests {
         );
         assert_eq!(fresh.take_notice(&c).map(|n| n.text), Some("ok".into()));
         assert_eq!(fresh.take_notice(&c), None);
+    }
+
+    #[test]
+    fn an_account_holds_at_most_four_sessions_the_oldest_ends_and_a_kick_ends_all() {
+        let s = Sessions::new().unwrap();
+        let t = Timestamp::from_millis(1_795_000_000_000);
+        let mut cookies = Vec::new();
+        for i in 0..MAX_PER_ACCOUNT as u64 {
+            let c = s
+                .create("helen", "helen", t + Duration::from_secs(i))
+                .unwrap()
+                .unwrap();
+            assert!(c.ended.is_none());
+            cookies.push(c.cookie);
+        }
+        let other = s.create("hal", "hal", t).unwrap().unwrap().cookie;
+        let later = t + Duration::from_secs(60);
+        let fifth = s.create("helen", "helen", later).unwrap().unwrap();
+        let ended = fifth.ended.expect("the oldest ended");
+        assert_eq!(ended.since, t);
+        assert!(matches!(s.find(&cookies[0], later), Found::None));
+        for c in &cookies[1..] {
+            assert!(matches!(s.find(c, later), Found::Live(_)));
+        }
+        assert_eq!(s.live(later), MAX_PER_ACCOUNT + 1);
+        // A kick or lock of helen ends all of hers, and nobody else's.
+        assert_eq!(s.end_account("helen").len(), MAX_PER_ACCOUNT);
+        assert!(matches!(s.find(&fifth.cookie, later), Found::None));
+        assert!(matches!(s.find(&other, later), Found::Live(_)));
+        assert!(s.end_account("nobody").is_empty());
     }
 }

@@ -56,7 +56,8 @@ impl Policy {
     /// End every session of `user` now, freeing its seat. An unknown user is a no-op.
     pub async fn kick(&self, user: &str) -> Result<Vec<Session>, AdminError> {
         let mut ended = Vec::new();
-        for account in self.accounts(user)? {
+        let accounts = self.accounts(user)?;
+        for account in accounts.iter().cloned() {
             // Its Basic callers' cached passwords go too: their next request is checked afresh.
             self.inner.cache.forget(&account);
             ended.extend(
@@ -69,6 +70,9 @@ impl Policy {
         for s in &ended {
             self.emit(PolicyEvent::SessionEnded(s, EndReason::Admin));
         }
+        self.emit(PolicyEvent::Kicked {
+            accounts: &accounts,
+        });
         Ok(ended)
     }
 
@@ -162,6 +166,19 @@ impl Policy {
             seats_limit: status.seats_limit,
             one_client_rejects: self.cfg().one_client_per_account == OneClient::Reject,
         })
+    }
+
+    /// The lock in force on the account key `account` as stored (not a name to prepare), from
+    /// `ip` under `account+ip`: the helpdesk console's re-check of a signed-in person.
+    pub async fn account_lock(
+        &self,
+        account: &str,
+        ip: IpAddr,
+    ) -> Result<Option<Lock>, StoreError> {
+        self.inner
+            .store
+            .lock_state(&self.lock_key(account, ip), self.now())
+            .await
     }
 
     /// The lock in force on `user` (from `ip`, under `account+ip`), if any.

@@ -40,6 +40,11 @@ pub enum PolicyEvent<'a> {
     },
     /// An administrator locked an account.
     AdminLocked(&'a Lock),
+    /// An administrator kicked an account (every key it may be stored under), whether or not
+    /// it had a session: the helpdesk console ends that person's console sessions too.
+    Kicked {
+        accounts: &'a [String],
+    },
     /// A session began. `renewed` when it continues the same client's earlier session, whose
     /// token it replaces (no end is reported for that one).
     SessionStarted {
@@ -146,6 +151,11 @@ impl Observer for LogObserver {
                 account = %l.key.account,
                 until = %l.until,
                 "account locked by an administrator"
+            ),
+            PolicyEvent::Kicked { accounts } => tracing::info!(
+                target: "faspex_gate::policy",
+                account = accounts.first().map_or("", String::as_str),
+                "account kicked by an administrator"
             ),
             PolicyEvent::SessionStarted {
                 session: s,

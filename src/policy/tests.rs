@@ -101,6 +101,7 @@ impl Observer for Recorder {
                 format!("unlock {account} {}", lifted.len())
             }
             PolicyEvent::AdminLocked(l) => format!("admin-lock {}", l.key),
+            PolicyEvent::Kicked { accounts } => format!("kicked {}", accounts.join(" ")),
             PolicyEvent::SessionStarted { session, renewed } => {
                 format!(
                     "start {}{}",
