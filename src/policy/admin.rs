@@ -57,13 +57,13 @@ impl Policy {
     pub async fn kick(&self, user: &str) -> Result<Vec<Session>, AdminError> {
         let mut ended = Vec::new();
         let accounts = self.accounts(user)?;
-        for account in accounts.iter().cloned() {
+        for account in &accounts {
             // Its Basic callers' cached passwords go too: their next request is checked afresh.
-            self.inner.cache.forget(&account);
+            self.inner.cache.forget(account);
             ended.extend(
                 self.inner
                     .store
-                    .end_account(&account, EndReason::Admin)
+                    .end_account(account, EndReason::Admin)
                     .await?,
             );
         }
