@@ -16,9 +16,10 @@ pub struct ConnInfo {
 }
 
 /// A connection's places under `server.max_connections` and `server.max_connections_per_ip`,
-/// shared by the connection task and any tunnel it upgrades into. The server puts it in each
-/// HTTP/1.1 request's extensions; the places are freed when the last holder is gone. The proxy
-/// only holds it: what the places are is the server's business.
+/// shared by the connection task and any tunnel it upgrades into. The server puts it in the
+/// extensions of each HTTP/1.1 request that carries `Upgrade` (only those can become tunnels);
+/// the places are freed when the last holder is gone. The proxy only holds it: what the places
+/// are is the server's business.
 #[derive(Clone)]
 pub struct ConnPermit {
     _places: Arc<dyn Send + Sync>,
