@@ -61,18 +61,17 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub(super) const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// The protocol a request or response asks to upgrade to, when `Connection` lists `upgrade`.
+/// `Upgrade` is looked for first: nearly every message has none, and then `Connection` (which
+/// most do carry) need not be read at all.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let proto = headers.get(header::UPGRADE)?;
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+    asks.then(|| proto.clone())
 }
 
 /// Whether any of `names` is among `headers`. One pass over the few names a message has, with
