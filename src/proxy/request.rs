@@ -246,24 +246,28 @@ fn is_authority(v: &[u8]) -> bool {
             .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
             .is_some(),
         h => {
+            // One pass: letters, digits, `-` and `.`, never a `.` first or after another `.`.
+            let mut after_dot = true;
             !h.is_empty()
                 && h.len() <= 253
-                && h.iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                && !h.starts_with(b".")
-                && !h.windows(2).any(|w| w == b"..")
+                && h.iter().all(|&b| {
+                    let dot = b == b'.';
+                    let ok = b.is_ascii_alphanumeric() || b == b'-' || (dot && !after_dot);
+                    after_dot = dot;
+                    ok
+                })
         }
     };
     let port_ok = match port {
         [] => true,
         [b':', digits @ ..] => {
-            !digits.is_empty()
-                && digits.len() <= 5
+            (1..=5).contains(&digits.len())
                 && digits.iter().all(u8::is_ascii_digit)
-                && std::str::from_utf8(digits)
-                    .ok()
-                    .and_then(|d| d.parse::<u32>().ok())
-                    .is_some_and(|p| (1..=65535).contains(&p))
+                && (1..=65535).contains(
+                    &digits
+                        .iter()
+                        .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')),
+                )
         }
         _ => false,
     };
@@ -467,6 +471,62 @@ mod tests {
             "%65vil",
         ] {
             assert!(!is_authority(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    /// The checks as first written (several passes, `str::parse`): the one-pass version must
+    /// answer as they do.
+    fn authority_as_first_written(v: &[u8]) -> bool {
+        let (host, port) = match v.first() {
+            Some(b'[') => match v.iter().position(|&b| b == b']') {
+                Some(end) => (&v[..=end], &v[end + 1..]),
+                None => return false,
+            },
+            _ => match v.iter().rposition(|&b| b == b':') {
+                Some(i) => (&v[..i], &v[i..]),
+                None => (v, &v[v.len()..]),
+            },
+        };
+        let host_ok = match host {
+            [b'[', inner @ .., b']'] => std::str::from_utf8(inner)
+                .ok()
+                .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
+                .is_some(),
+            h => {
+                !h.is_empty()
+                    && h.len() <= 253
+                    && h.iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                    && !h.starts_with(b".")
+                    && !h.windows(2).any(|w| w == b"..")
+            }
+        };
+        let port_ok = match port {
+            [] => true,
+            [b':', digits @ ..] => {
+                !digits.is_empty()
+                    && digits.len() <= 5
+                    && digits.iter().all(u8::is_ascii_digit)
+                    && std::str::from_utf8(digits)
+                        .ok()
+                        .and_then(|d| d.parse::<u32>().ok())
+                        .is_some_and(|p| (1..=65535).contains(&p))
+            }
+            _ => false,
+        };
+        host_ok && port_ok
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_authority_check_answers_as_the_first(
+            v in "[a-z0-9.:_%,\\-\\[\\]]{0,12}(:[0-9]{0,6})?"
+        ) {
+            proptest::prop_assert_eq!(
+                is_authority(v.as_bytes()),
+                authority_as_first_written(v.as_bytes()),
+                "{}", v
+            );
         }
     }
 }
