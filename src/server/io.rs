@@ -20,7 +20,9 @@ use tokio::time::{Instant, Sleep};
 pub struct WriteStallGuard<T> {
     io: T,
     limit: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Made at the first stall: most connections never have one, and an idle connection then
+    /// holds no timer.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Whether `timer` runs for the current stall.
     armed: bool,
 }
@@ -30,7 +32,7 @@ impl<T> WriteStallGuard<T> {
         WriteStallGuard {
             io,
             limit,
-            timer: Box::pin(tokio::time::sleep(limit)),
+            timer: None,
             armed: false,
         }
     }
@@ -41,11 +43,20 @@ impl<T> WriteStallGuard<T> {
 
     /// Called when a write could not proceed: start (or keep) the stall clock.
     fn stalled<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        if !self.armed {
-            self.armed = true;
-            self.timer.as_mut().reset(Instant::now() + self.limit);
-        }
-        match self.timer.as_mut().poll(cx) {
+        let deadline = Instant::now() + self.limit;
+        let timer = match &mut self.timer {
+            Some(t) => {
+                if !self.armed {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = true;
+        match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("the peer read nothing for {:?}", self.limit),
