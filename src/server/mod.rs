@@ -399,9 +399,7 @@ async fn serve_connection(
                 scheme: "https",
             };
             if h2 {
-                // Boxed: the HTTP/2 connection's future is the largest, and the connection task
-                // would otherwise be that large for every HTTP/1.1 connection too.
-                Box::pin(serve_http2(TokioIo::new(stream), info, shared, stop)).await;
+                serve_http2(TokioIo::new(stream), info, shared, stop).await;
             } else {
                 serve_http1(TokioIo::new(stream), info, shared, stop, permit).await;
             }
@@ -428,10 +426,7 @@ async fn serve_http1<I>(
             if req.headers().contains_key(hyper::header::UPGRADE) {
                 req.extensions_mut().insert(permit.clone());
             }
-            // Boxed: hyper keeps the space for a request's future, pinned, for the connection's
-            // whole life, and this one is some 8 KiB. An idle keep-alive connection then holds
-            // a pointer instead (benches/versus.sh's idle connections: see docs/benchmarks.md).
-            Box::pin(async move { Ok::<_, Infallible>(gateway.handle(req, info).await) })
+            async move { Ok::<_, Infallible>(gateway.handle(req, info).await) }
         })
     };
     let conn = shared.http1.serve_connection(io, service).with_upgrades();
