@@ -645,21 +645,42 @@ async fn closed_at_once(addr: SocketAddr) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn outside_allowed_networks_is_closed_at_accept_and_a_reload_reaches_open_connections() {
+async fn outside_allowed_networks_gets_a_403_never_the_console_and_a_reload_reaches_open_connections(
+) {
     let (s, audit_path) = console_site(&[], |c| {
         c.set("helpdesk", "allowed_networks", "[\"192.0.2.0/24\"]");
     })
     .await;
     let addr = s.gw.helpdesk.unwrap();
-    // From outside: closed before TLS, every time, never the console.
+    // From outside: a 403 page, never the console, and the connection closes.
     for _ in 0..3 {
-        assert!(closed_at_once(addr).await);
+        let mut d = desk(&s);
+        let (status, h, page) = d.get("/").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+        assert!(
+            page.contains("cannot be reached from your network"),
+            "{page}"
+        );
+        assert!(
+            !page.contains("csrf") && !page.contains("Sign in"),
+            "{page}"
+        );
+        assert_eq!(h[header::CONNECTION], "close");
     }
+    // Outsiders have 4 places of their own (never the console's): with 4 held open, a fifth
+    // is closed at accept, before TLS.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(closed_at_once(addr).await, "a fifth outsider got a place");
+    drop(held);
     let refused = events(&audit(&audit_path), "helpdesk_refused")
         .into_iter()
         .cloned()
         .collect::<Vec<_>>();
-    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(refused.len(), 4, "{refused:?}");
     assert!(refused.iter().all(|r| r["reason"] == "network"));
     assert!(refused[0]["source"]
         .as_str()
@@ -693,7 +714,12 @@ async fn outside_allowed_networks_is_closed_at_accept_and_a_reload_reaches_open_
     );
     assert!(!page.contains("csrf"));
     assert_eq!(h[header::CONNECTION], "close");
-    assert!(closed_at_once(addr).await);
+    let (status, _, page) = desk(&s).get("/").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a new connection after the reload: {page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

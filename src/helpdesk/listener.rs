@@ -2,10 +2,12 @@
 //! TLS with the gateway's certificate (the same [`CertStore`], so a SIGHUP's new certificate
 //! serves here too), HTTP/1.1 only.
 //!
-//! Against a flood: a connection from outside `helpdesk.allowed_networks` is closed at accept,
-//! before TLS and before it takes a place (audited at most 10 a second); then at most
-//! [`MAX_PER_ADDRESS`] connections from one address (fewer if `server.max_connections_per_ip`
-//! says so) and [`MAX_CONNECTIONS`] in all; the TLS handshake within
+//! Against a flood: at most [`MAX_PER_ADDRESS`] connections from one address (fewer if
+//! `server.max_connections_per_ip` says so). A connection from outside
+//! `helpdesk.allowed_networks` never takes one of the console's [`MAX_CONNECTIONS`] places: it
+//! gets one of [`MAX_OUTSIDERS`] places of its own, where its one request is answered 403 and
+//! the connection closed (no keep-alive), and when those are taken it is closed at accept,
+//! before TLS (audited at most 10 a second). The TLS handshake within
 //! `server.tls_handshake_timeout`, a request's headers, and then its body, each within
 //! `server.header_read_timeout` but never more than 10 s. The network is checked again for
 //! every request ([`Console::handle`]), so a reload narrowing it reaches open connections.
@@ -30,6 +32,10 @@ use super::console::Console;
 
 /// The most console connections open at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// The most connections from outside `helpdesk.allowed_networks` being answered 403 at once;
+/// more are closed on accept. They never take the console's places.
+pub const MAX_OUTSIDERS: usize = 4;
 
 /// The most console connections open from one address (an IPv6 prefix of
 /// `server.ipv6_prefix_len` bits); more are closed on accept.
@@ -86,6 +92,7 @@ impl HelpdeskServer {
             tracing::info!(%addr, "helpdesk console ready");
         }
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let outsiders = Arc::new(Semaphore::new(MAX_OUTSIDERS));
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
@@ -99,11 +106,9 @@ impl HelpdeskServer {
                     continue;
                 }
             };
-            // (the network first: nothing from elsewhere costs a place or a handshake)
-            if !self.console.allows(peer) {
-                self.console.refuse_network(peer);
-                continue;
-            }
+            // A network outside the list is answered 403 from places of its own, never the
+            // console's, and only while there are some.
+            let outsider = !self.console.allows(peer);
             let per_ip = match self.per_ip.admit(peer.ip()) {
                 Admission::Counted(g) => Some(g),
                 Admission::Exempt => None,
@@ -112,8 +117,13 @@ impl HelpdeskServer {
                     continue;
                 }
             };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::warn!(%peer, "helpdesk listener: too many connections; one refused");
+            let pool = if outsider { &outsiders } else { &slots };
+            let Ok(slot) = Arc::clone(pool).try_acquire_owned() else {
+                if outsider {
+                    self.console.refuse_network(peer);
+                } else {
+                    tracing::warn!(%peer, "helpdesk listener: too many connections; one refused");
+                }
                 continue;
             };
             let console = self.console.clone();
@@ -139,6 +149,7 @@ impl HelpdeskServer {
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(header_timeout)
+                    .keep_alive(!outsider)
                     .max_buf_size(64 * 1024)
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
