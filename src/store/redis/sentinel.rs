@@ -219,14 +219,14 @@ impl SentinelSet {
         for s in &set.servers {
             let port = s.port;
             assert!(
-                until(Duration::from_secs(10), || {
+                until(Duration::from_secs(30), || {
                     set.query::<String>(port, &redis::cmd("PING")).is_ok()
                 }),
                 "redis-server on {port} did not start"
             );
         }
         assert!(
-            until(Duration::from_secs(15), || {
+            until(Duration::from_secs(60), || {
                 set.query::<String>(master, redis::cmd("INFO").arg("replication"))
                     .is_ok_and(|i| i.matches("state=online").count() == 2)
             }),
@@ -266,7 +266,7 @@ impl SentinelSet {
         }
         let ports: Vec<u16> = set.sentinels.iter().map(|s| s.port).collect();
         assert!(
-            until(Duration::from_secs(30), || {
+            until(Duration::from_secs(60), || {
                 ports.iter().all(|p| set.sentinel_knows(*p, 2, 2))
             }),
             "the sentinels did not come to know both replicas and each other"
