@@ -710,17 +710,10 @@ impl AdminServer {
         }
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let accepted = tokio::select! {
-                a = self.listener.accept() => a,
-                _ = stop.changed() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let Some((stream, peer)) =
+                crate::server::accept(&self.listener, &mut stop, "admin").await
+            else {
+                break;
             };
             let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                 tracing::warn!(%peer, "admin listener: too many connections; one refused");

@@ -94,17 +94,10 @@ impl HelpdeskServer {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let outsiders = Arc::new(Semaphore::new(MAX_OUTSIDERS));
         loop {
-            let accepted = tokio::select! {
-                a = self.listener.accept() => a,
-                _ = stop.changed() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "helpdesk listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let Some((stream, peer)) =
+                crate::server::accept(&self.listener, &mut stop, "helpdesk").await
+            else {
+                break;
             };
             // A network outside the list is answered 403 from places of its own, never the
             // console's, and only while there are some.

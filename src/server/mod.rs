@@ -297,6 +297,30 @@ pub fn signal_control() -> anyhow::Result<tokio::sync::mpsc::Receiver<Control>> 
     Ok(rx)
 }
 
+/// The next connection on `listener`, or `None` once `stop` changes. A failed accept (out of
+/// file descriptors and the like) is logged, naming `listener_name`, and retried after 50 ms
+/// instead of spinning. Every listener's loop (gateway, admin, helpdesk) takes its connections
+/// here.
+pub async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+    listener_name: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return None,
+        };
+        match accepted {
+            Ok(a) => return Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, listener = listener_name, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -321,18 +345,8 @@ async fn accept_loop(
                 }
             }
         };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, peer)) = accept(&listener, &mut stop, "server").await else {
+            return;
         };
         let per_ip = match shared.per_ip.admit(peer.ip()) {
             Admission::Counted(guard) => Some(guard),
