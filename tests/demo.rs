@@ -10,17 +10,15 @@ use http::Request;
 use crate::flows::cookies_from;
 use crate::util::*;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
+/// `faspex-gate demo` with `extra` arguments, on free loopback ports; its stdout's lines arrive
+/// on the receiver as it prints them.
+fn start_demo(extra: &[&str]) -> (Reap, std::sync::mpsc::Receiver<String>) {
+    let mut args = vec!["demo"];
+    args.extend_from_slice(extra);
+    args.extend(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
     let mut child = Reap(
         Command::new(bin())
-            .args([
-                "demo",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
+            .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -33,6 +31,12 @@ async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
             let _ = tx.send(line);
         }
     });
+    (child, rx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
+    let (mut child, rx) = start_demo(&[]);
     let mut banner = Vec::new();
     let mut base = None;
     while base.is_none() {
@@ -203,28 +207,7 @@ async fn demo_starts_and_serves_the_emulator_through_the_gateway() {
 /// with it.
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_ha_runs_two_gateways_on_one_redis_and_stops_it() {
-    let mut child = Reap(
-        Command::new(bin())
-            .args([
-                "demo",
-                "--ha",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) = start_demo(&["--ha"]);
     let mut banner = Vec::new();
     while !banner.iter().any(|l: &String| l.contains("Files")) {
         let line = rx
