@@ -42,6 +42,21 @@ fn through_sentinels(set: &SentinelSet, prefix: &str, wait_replicas: u32) -> Red
 }
 
 /// Lock `account` by failed checks (the path a directory account takes), as `store` sees it.
+/// Admit `user0`… `user{n-1}` (sessions `k0`…) under a cap of 3, each one admitted.
+async fn admit_users(store: &RedisStore, n: usize) {
+    for i in 0..n {
+        let a = store
+            .admit(admission(&format!("k{i}"), &format!("user{i}")), seats(3))
+            .await
+            .unwrap();
+        assert!(
+            matches!(a.outcome, AdmitOutcome::Admitted { .. }),
+            "{:?}",
+            a.outcome
+        );
+    }
+}
+
 async fn lock_by_failures(store: &RedisStore, account: &str) {
     let key = LockKey::account(account);
     for _ in 0..lockout().threshold {
@@ -100,17 +115,7 @@ async fn a_killed_master_fails_over_with_seats_locks_and_unlocks_intact() {
     let store = RedisStore::connect(through_sentinels(&set, "ha", 1))
         .await
         .unwrap();
-    for i in 0..3 {
-        let a = store
-            .admit(admission(&format!("k{i}"), &format!("user{i}")), seats(3))
-            .await
-            .unwrap();
-        assert!(
-            matches!(a.outcome, AdmitOutcome::Admitted { .. }),
-            "{:?}",
-            a.outcome
-        );
-    }
+    admit_users(&store, 3).await;
     let lock_a = store
         .lock_account("ann", AccountKind::Directory, now(), now() + HOUR)
         .await
@@ -572,17 +577,7 @@ async fn through_tls_sentinels_a_failover_is_followed_and_another_ca_is_refused(
     let store = RedisStore::connect(RedisOptions::from_config(&config(ca)).unwrap())
         .await
         .unwrap();
-    for i in 0..2 {
-        let a = store
-            .admit(admission(&format!("k{i}"), &format!("user{i}")), seats(3))
-            .await
-            .unwrap();
-        assert!(
-            matches!(a.outcome, AdmitOutcome::Admitted { .. }),
-            "{:?}",
-            a.outcome
-        );
-    }
+    admit_users(&store, 2).await;
     let lock = store
         .lock_account("ann", AccountKind::Directory, now(), now() + HOUR)
         .await
