@@ -74,6 +74,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # The gateway as it ships: `cargo bench` would build it with the dev-dependencies' features too.
 cargo build --release --locked --bin faspex-gate
 target_dir="${CARGO_TARGET_DIR:-target}"
+# (a new file, not written over: the old one may be running, or hard-linked into another tree)
+rm -f "$target_dir/release/faspex-gate-versus"
 cp "$target_dir/release/faspex-gate" "$target_dir/release/faspex-gate-versus"
 export FASPEX_GATE_BIN="$PWD/$target_dir/release/faspex-gate-versus"
 case "$target_dir" in /*) export FASPEX_GATE_BIN="$target_dir/release/faspex-gate-versus" ;; esac

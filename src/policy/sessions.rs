@@ -160,7 +160,7 @@ impl Policy {
                     tracing::error!(error = %e, "sweep failed");
                 }
                 n += 1;
-                if n % 240 == 0 {
+                if n.is_multiple_of(240) {
                     policy.inner.throttle.load().forget_idle();
                     policy.inner.cache.sweep(policy.now());
                 }

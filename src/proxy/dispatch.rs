@@ -3,6 +3,8 @@
 //! and [`pass`] (a client's request as the gate read it: a WebSocket upgrade joined once Faspex
 //! agrees, a session's tunnels and long responses bound to its session).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,7 +29,24 @@ use crate::conn::ConnPermit;
 /// Forward a client's request as the gate read it, body streaming or read, with a WebSocket
 /// upgrade joined once Faspex agrees. `permit` says whose request it is: the session it belongs
 /// to (its tunnels and long responses end with it) and the Faspex cookie that goes with it.
-pub(super) async fn pass(
+///
+/// Boxed: forwarding's state (the upstream exchange, about 3.7 KB) would otherwise sit inside
+/// every future that awaits it, up to the request's own, which hyper keeps in a slot of that size
+/// for as long as the connection is open, requests or none. Boxed here, it takes that room only
+/// while a request is being forwarded (one allocation per request).
+pub(super) fn pass<'a>(
+    cx: &'a Context,
+    side: &'a ClientSide,
+    permit: Permit<'a>,
+) -> Pin<Box<impl Future<Output = Result<Response<ProxyBody>, GatewayError>> + Send + 'a>> {
+    // (allocated first and the future written into it: `Box::pin(forward(..))` would build the
+    // whole 3.7 KB on the stack and copy it over, where this writes the few hundred bytes of its
+    // start in place)
+    Box::into_pin(Box::write(Box::new_uninit(), forward(cx, side, permit)))
+}
+
+/// [`pass`]'s work.
+async fn forward(
     cx: &Context,
     side: &ClientSide,
     mut permit: Permit<'_>,

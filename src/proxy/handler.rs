@@ -124,10 +124,13 @@ impl Handler {
             started,
         };
 
-        let resp = match self
-            .handle_inner(req, conn, client_ip, peer_trusted, &mut log)
-            .await
-        {
+        // Boxed, as forwarding is ([`super::dispatch::pass`], which says how): hyper keeps a
+        // slot the size of this future for every open connection, idle ones too.
+        let inner = Box::write(
+            Box::new_uninit(),
+            self.handle_inner(req, conn, client_ip, peer_trusted, &mut log),
+        );
+        let resp = match Box::into_pin(inner).await {
             Ok(resp) => resp,
             Err(err) => {
                 match &err {
