@@ -6,7 +6,9 @@
 //! returns only once every sentinel knows both replicas (`SENTINEL replicas`) and the two other
 //! sentinels (`SENTINEL sentinels`), so that a fault injected next is one Sentinel can act on.
 //! Faults: `kill -9` the master, `SIGSTOP` and `SIGCONT` it; then [`SentinelSet::wait_failover`]
-//! until every sentinel names a new master that says `master` (`ROLE`).
+//! until every sentinel names a new master that says `master` (`ROLE`); and
+//! [`SentinelSet::restart`] a killed server as a replica, for the next failover (the benchmark's
+//! repeated failovers).
 //!
 //! [`SentinelSet::start_tls`] is the same set on TLS only (`port 0`, `tls-port`,
 //! `tls-replication yes`, `tls-auth-clients no`): every server and sentinel presents one
@@ -28,10 +30,12 @@ pub const MASTER_NAME: &str = "gate-master";
 pub const DOWN_AFTER_MS: u64 = 1000;
 const FAILOVER_TIMEOUT_MS: u64 = 3000;
 
-/// One process: a Redis server or a sentinel.
+/// One process: a Redis server or a sentinel, with what it was started with (for a restart).
 struct Proc {
     child: Option<Child>,
     port: u16,
+    args: Vec<String>,
+    log: PathBuf,
 }
 
 impl Proc {
@@ -210,10 +214,13 @@ impl SentinelSet {
             if i > 0 {
                 args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
             }
-            let child = spawn(&args, &data.join("stderr"));
+            let log = data.join("stderr");
+            let child = spawn(&args, &log);
             set.servers.push(Proc {
                 child: Some(child),
                 port,
+                args,
+                log,
             });
         }
         for s in &set.servers {
@@ -255,13 +262,14 @@ impl SentinelSet {
                 log = log.display(),
             );
             std::fs::write(&conf, text).unwrap_or_else(|e| panic!("{e}"));
-            let child = spawn(
-                &[conf.display().to_string(), "--sentinel".into()],
-                &set.dir.path().join(format!("sentinel-{i}.stderr")),
-            );
+            let args = vec![conf.display().to_string(), "--sentinel".into()];
+            let log = set.dir.path().join(format!("sentinel-{i}.stderr"));
+            let child = spawn(&args, &log);
             set.sentinels.push(Proc {
                 child: Some(child),
                 port,
+                args,
+                log,
             });
         }
         let ports: Vec<u16> = set.sentinels.iter().map(|s| s.port).collect();
@@ -398,6 +406,47 @@ impl SentinelSet {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// Start the killed server on `port` again, empty, as a replica of the current master, and
+    /// wait until that master has two replicas in sync and every sentinel knows both (and the
+    /// two other sentinels): the set can fail over again.
+    pub fn restart(&mut self, port: u16) {
+        let master = self.master_port();
+        let server = self.server(port);
+        assert!(server.child.is_none(), "the server on {port} is running");
+        let mut args: Vec<String> = Vec::new();
+        let mut it = server.args.iter();
+        while let Some(a) = it.next() {
+            if a == "--replicaof" {
+                it.next();
+                it.next();
+            } else {
+                args.push(a.clone());
+            }
+        }
+        args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
+        server.child = Some(spawn(&args, &server.log));
+        assert!(
+            until(Duration::from_secs(30), || {
+                self.query::<String>(port, &redis::cmd("PING")).is_ok()
+            }),
+            "redis-server on {port} did not start again"
+        );
+        assert!(
+            until(Duration::from_secs(60), || {
+                self.query::<String>(master, redis::cmd("INFO").arg("replication"))
+                    .is_ok_and(|i| i.matches("state=online").count() == 2)
+            }),
+            "the replicas did not sync with the master on {master}"
+        );
+        let ports: Vec<u16> = self.sentinels.iter().map(|s| s.port).collect();
+        assert!(
+            until(Duration::from_secs(60), || {
+                ports.iter().all(|p| self.sentinel_knows(*p, 2, 2))
+            }),
+            "the sentinels did not come to know the restarted replica on {port}"
+        );
     }
 
     /// `SIGSTOP` the server on `port`.
