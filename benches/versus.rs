@@ -16,12 +16,15 @@
 //! Scenarios, each over `--rounds` rounds with the peers in rotated order: small authenticated
 //! GETs (wrk for saturation, each round in turns of 2 s per peer so that the peers it compares
 //! ran seconds apart; oha at a fixed rate for latency, its percentiles taken after a 1 s
-//! warm-up), 2 GiB downloads and uploads (curl; Content-Length and chunked), twenty slow
-//! readers, a password spray against fifty working users, memory per session and per idle
-//! connection, and full TLS handshakes. Any non-2xx answer or socket error fails the run. The
+//! warm-up), 2 GiB downloads and uploads (curl; Content-Length and chunked; the gateway over
+//! HTTP/2 as well), twenty slow readers, a password spray against fifty working users, memory
+//! per session and per idle connection, full TLS handshakes, and the gap clients see when the
+//! Redis master is killed under Sentinel (a set and a gateway of its own). Any non-2xx answer or socket error fails the run. The
 //! hypervisor's steal time is printed beside the small GETs' figures, for how much the
 //! machine's neighbours disturbed them. Results print as tables and go to a JSON file.
 
+#[path = "versus/failover.rs"]
+mod failover;
 #[path = "versus/load.rs"]
 mod load;
 #[path = "versus/peers.rs"]
@@ -57,6 +60,7 @@ struct Opts {
     slice_secs: u64,
     /// Small GETs' latency runs, warm-up included.
     latency_secs: u64,
+    /// Bytes per stream (`--stream-mib N`; 2 GiB, 32 MiB in the smoke run).
     stream: u64,
     sessions: usize,
     idle: usize,
@@ -64,10 +68,12 @@ struct Opts {
     spray_rate: f64,
     json: PathBuf,
     oha: PathBuf,
-    /// Only these scenarios (`--only small,streams,spray,idle,handshakes,sessions`).
+    /// Only these scenarios (`--only small,streams,spray,idle,handshakes,sessions,failover`).
     only: Option<Vec<String>>,
     /// Start the peers, print where they are, and wait (for profiling by hand).
     hold: bool,
+    /// Failovers in the failover scenario (`--failovers N`; 5, 1 in the smoke run).
+    failovers: usize,
     /// `--store redis`: the gateways keep their state in a `redis-server` of their own (started
     /// here) instead of the embedded store.
     redis: bool,
@@ -107,7 +113,10 @@ impl Opts {
             slices: if smoke { 1 } else { 3 },
             slice_secs: if smoke { 1 } else { 2 },
             latency_secs: if smoke { 3 } else { 10 },
-            stream: if smoke { 32 * MIB } else { 2 * GIB },
+            stream: val("--stream-mib")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|m| m * MIB)
+                .unwrap_or(if smoke { 32 * MIB } else { 2 * GIB }),
             sessions: if smoke { 2_000 } else { 100_000 },
             idle: if smoke { 200 } else { 2_000 },
             spray_secs: if smoke { 2.0 } else { 10.0 },
@@ -119,6 +128,9 @@ impl Opts {
                 .map(PathBuf::from)
                 .or_else(|| std::env::var_os("OHA").map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from("oha")),
+            failovers: val("--failovers")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(if smoke { 1 } else { 5 }),
             hold: args.iter().any(|a| a == "--hold"),
             only: val("--only").map(|v| v.split(',').map(str::to_owned).collect()),
             redis: match val("--store").as_deref() {
@@ -622,6 +634,33 @@ impl Peer {
     }
 }
 
+/// A peer and the HTTP version a stream to it takes: every peer over HTTP/1.1, the gateway
+/// over HTTP/2 as well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Leg {
+    peer: Peer,
+    h2: bool,
+}
+
+impl Leg {
+    fn h1(peer: Peer) -> Leg {
+        Leg { peer, h2: false }
+    }
+
+    fn h2(peer: Peer) -> Leg {
+        Leg { peer, h2: true }
+    }
+
+    /// The peer's name, with " h2" for HTTP/2 (the JSON's keys).
+    fn name(self) -> String {
+        if self.h2 {
+            format!("{} h2", self.peer.name())
+        } else {
+            self.peer.name().to_owned()
+        }
+    }
+}
+
 const SMALL_PATH: &str = "/aspera/faspex/small";
 const WRK_CONNS: usize = 32;
 
@@ -829,7 +868,15 @@ fn streams(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
     std::fs::File::open(&file)
         .and_then(|mut f| std::io::copy(&mut f, &mut std::io::sink()))
         .expect("read the upload file once");
-    let peers = [Peer::Gate, Peer::Nginx, Peer::Relay];
+    // Every peer over HTTP/1.1, and the gateway over HTTP/2 as well (curl `--http2`, h2 by
+    // ALPN), in the same rounds: its h2 streams compare with its HTTP/1.1 ones and the relay's
+    // measured seconds apart.
+    let legs = [
+        Leg::h1(Peer::Gate),
+        Leg::h2(Peer::Gate),
+        Leg::h1(Peer::Nginx),
+        Leg::h1(Peer::Relay),
+    ];
     let kinds = [
         ("download", false),
         ("download chunked", true),
@@ -845,7 +892,7 @@ fn streams(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
     let eighth = {
         let sampler = tools::RssPeak::start(vec![rig.gateway_proc.pid()]);
         let url = Peer::Gate.url(rig, &format!("/big?bytes={}&chunked=0", size / 8));
-        let c = tools::curl(&url, &rig.cookie, None, false);
+        let c = tools::curl(&url, &rig.cookie, None, false, false);
         if c.status != 200 || c.bytes != size / 8 {
             failures.push(format!(
                 "the 1/8 download got {} with {} bytes",
@@ -857,13 +904,16 @@ fn streams(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
     let mut out = serde_json::Map::new();
     let mut peak_all = 0u64;
     for (kind, chunked) in kinds {
-        let mut gbps: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
+        let mut gbps: BTreeMap<Leg, Vec<f64>> = BTreeMap::new();
         let mut r_n = Vec::new();
         let mut r_relay = Vec::new();
+        let mut r_h2 = Vec::new();
+        let mut r_h2_relay = Vec::new();
         let mut peak = 0u64;
         for round in 0..opts.rounds {
             let mut this = BTreeMap::new();
-            for peer in rotated(&peers, round) {
+            for leg in rotated(&legs, round) {
+                let peer = leg.peer;
                 let upload = kind.starts_with("upload");
                 let url = if upload {
                     peer.url(rig, "/aspera/faspex/upload")
@@ -876,7 +926,13 @@ fn streams(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
                 let before = rig.stats();
                 let sampler = (peer == Peer::Gate)
                     .then(|| tools::RssPeak::start(vec![rig.gateway_proc.pid()]));
-                let c = tools::curl(&url, &rig.cookie, upload.then_some(file.as_path()), chunked);
+                let c = tools::curl(
+                    &url,
+                    &rig.cookie,
+                    upload.then_some(file.as_path()),
+                    chunked,
+                    leg.h2,
+                );
                 if let Some(s) = sampler {
                     peak = peak.max(s.finish());
                 }
@@ -892,34 +948,45 @@ fn streams(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
                 } else {
                     c.bytes == size
                 };
-                if c.status != 200 || !sent_ok || moved != size {
+                let version = if leg.h2 { "2" } else { "1.1" };
+                if c.status != 200 || !sent_ok || moved != size || c.version != version {
                     failures.push(format!(
-                        "{kind} via {}: status {}, {} bytes sent/received, {moved} at the far end \
-                         (expected {size})",
-                        peer.name(),
+                        "{kind} via {}: status {} over HTTP/{} (expected HTTP/{version}), {} \
+                         bytes sent/received, {moved} at the far end (expected {size})",
+                        leg.name(),
                         c.status,
+                        c.version,
                         c.bytes
                     ));
                 }
                 let rate = size as f64 / c.secs / 1e9;
                 println!(
-                    "round {round}: {kind:<17} {:<12} {rate:>6.3} GB/s",
-                    peer.name()
+                    "round {round}: {kind:<17} {:<15} {rate:>6.3} GB/s",
+                    leg.name()
                 );
-                this.insert(peer, rate);
-                gbps.entry(peer).or_default().push(rate);
+                this.insert(leg, rate);
+                gbps.entry(leg).or_default().push(rate);
             }
-            r_n.push(this[&Peer::Gate] / this[&Peer::Nginx]);
-            r_relay.push(this[&Peer::Gate] / this[&Peer::Relay]);
+            let gate = this[&Leg::h1(Peer::Gate)];
+            let gate_h2 = this[&Leg::h2(Peer::Gate)];
+            let relay = this[&Leg::h1(Peer::Relay)];
+            r_n.push(gate / this[&Leg::h1(Peer::Nginx)]);
+            r_relay.push(gate / relay);
+            r_h2.push(gate_h2 / gate);
+            r_h2_relay.push(gate_h2 / relay);
         }
         peak_all = peak_all.max(peak);
         println!("{kind}: gateway peak RSS {:.1} MiB", peak as f64 / 1024.0);
         let mut row = serde_json::Map::new();
-        for p in peers {
-            row.insert(p.name().into(), range_json(&gbps[&p]));
+        for leg in legs {
+            row.insert(leg.name(), range_json(&gbps[&leg]));
         }
         row.insert("ratio_vs_nginx".into(), range_json(&r_n));
         row.insert("ratio_vs_relay".into(), range_json(&r_relay));
+        row.insert("ratio_h2_vs_h1".into(), range_json(&r_h2));
+        row.insert("ratio_h2_vs_h1_by_round".into(), json!(r_h2));
+        row.insert("ratio_h2_vs_relay".into(), range_json(&r_h2_relay));
+        row.insert("ratio_h2_vs_relay_by_round".into(), json!(r_h2_relay));
         row.insert("gateway_peak_rss_kib".into(), json!(peak));
         out.insert(kind.into(), Value::Object(row));
     }
@@ -1359,6 +1426,198 @@ fn handshakes(
 
 // ------------------------------------------------------------------------------------- report
 
+/// Scenario 7: the failover gap on Redis as clients see it (issue 24: a median under 5 s with
+/// Sentinel's `down-after-milliseconds = 1000`). Whatever `--store` says, it starts its own
+/// Redis master, two replicas and three sentinels (`SentinelSet`, the failover tests' set) and a
+/// gateway of its own on them (`store.redis.sentinels`), against the rig's upstream and
+/// directory. Then, `--failovers` times (5; 1 in the smoke run): two clients GET a small page on
+/// a session cookie (200 a second in all) and one logs accounts in (20 a second; a login writes
+/// to the store: seat, session), the master is killed (`kill -9`), and the clients go on until
+/// the sentinels have promoted a replica and a few seconds more; then the old master comes back
+/// as a replica, so that the next failover has two replicas again. Non-2xx answers in the gap
+/// are what is measured, not failures of the run; a kind of request that never succeeds again
+/// is one.
+fn failovers(
+    rig: &Rig,
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    failures: &mut Vec<String>,
+) -> Value {
+    use faspex_gate::store::redis::sentinel::{SentinelSet, DOWN_AFTER_MS, MASTER_NAME};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let times = opts.failovers;
+    println!(
+        "\n## Failover: {times} × kill -9 of the Redis master (Sentinel, down-after-milliseconds \
+         {DOWN_AFTER_MS}), small GETs and logins going on"
+    );
+    let mut set = SentinelSet::start();
+    let d = rig.dir.path();
+    let (listen, admin) = (tools::free_addr(), tools::free_addr());
+    let sentinels: Vec<String> = set
+        .sentinel_entries()
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect();
+    let config = gateway_config(
+        d,
+        "failover",
+        listen,
+        admin,
+        rig.upstream,
+        &rig.cert,
+        &rig.key,
+        opts.workers,
+        "max_sessions = 1000\none_client_per_account = \"replace\"\n\
+         login_attempts_per_ip_per_minute = 100000000\n\
+         public_requests_per_ip_per_minute = 100000000",
+        &format!(
+            "[auth]\nbackend = \"ldap\"\nmax_checks_per_second = 50\n[auth.ldap]\n\
+             urls = [\"{}\"]\nuser_dn_template = \"{}\"\n",
+            rig._slapd.url(),
+            slapd::DIRECT_TEMPLATE
+        ),
+        &format!(
+            "kind = \"redis\"\n[store.redis]\nsentinels = [{}]\nmaster_name = \"{MASTER_NAME}\"\n\
+             key_prefix = \"failover-{}\"\n",
+            sentinels.join(", "),
+            std::process::id()
+        ),
+    );
+    let gateway = start_gateway(d, "failover", &config, listen);
+    let tls = load::connector(&rig.cert_pem, true);
+    let cookie = match rt.block_on(async {
+        let mut s = load::connect(&tls, listen, None).await?;
+        load::login(&mut s, "user0", "pw-user0", COOKIE).await
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            failures.push(format!("failover: user0 could not log in: {e}"));
+            return Value::Null;
+        }
+    };
+    // Accounts other than user0, whose session the GETs use.
+    let users: Arc<Vec<(String, String)>> = Arc::new(
+        (1..=50)
+            .map(|i| (format!("user{i}"), format!("pw-user{i}")))
+            .collect(),
+    );
+    let settle = Duration::from_secs(if opts.smoke { 2 } else { 3 });
+    let mut runs = Vec::new();
+    let (mut gaps, mut get_gaps, mut login_gaps, mut longest, mut agreed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for n in 0..times {
+        let stop = Arc::new(AtomicBool::new(false));
+        let spawn = |work: failover::Work, pause: Duration| {
+            rt.spawn(failover::client(
+                tls.clone(),
+                listen,
+                work,
+                pause,
+                stop.clone(),
+            ))
+        };
+        let get = failover::Work::Get {
+            path: SMALL_PATH.into(),
+            cookie: cookie.clone(),
+        };
+        let gets: Vec<_> = (0..2)
+            .map(|_| spawn(get.clone(), Duration::from_millis(10)))
+            .collect();
+        let logins = spawn(
+            failover::Work::Login {
+                users: users.clone(),
+            },
+            Duration::from_millis(50),
+        );
+        // Steady traffic first.
+        std::thread::sleep(settle);
+        let kill = Instant::now();
+        let old = set.kill_master();
+        let (new, took) = set.wait_failover(old, Duration::from_secs(60));
+        // Time for the gateway to follow, and for the clients to show they are served again.
+        std::thread::sleep(Duration::from_secs(5).max(settle * 2));
+        stop.store(true, Ordering::Relaxed);
+        let collect = |hs: Vec<tokio::task::JoinHandle<Vec<failover::Outcome>>>| {
+            hs.into_iter()
+                .flat_map(|h| rt.block_on(h).unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        let get_out = collect(gets);
+        let login_out = collect(vec![logins]);
+        let before_kill = |o: &[failover::Outcome]| o.iter().filter(|o| o.done < kill).count();
+        let warm_failures = get_out
+            .iter()
+            .chain(&login_out)
+            .filter(|o| o.done < kill && !o.ok)
+            .count();
+        if warm_failures > 0 {
+            failures.push(format!(
+                "failover {n}: {warm_failures} requests failed before the master was killed"
+            ));
+        }
+        let (g, l) = (
+            failover::gap(&get_out, kill),
+            failover::gap(&login_out, kill),
+        );
+        let (Some(g), Some(l)) = (g, l) else {
+            failures.push(format!(
+                "failover {n}: GETs or logins never succeeded again after the kill"
+            ));
+            break;
+        };
+        let worst = g.gap_s.max(l.gap_s);
+        println!(
+            "failover {n}: sentinels agreed after {:.2} s ({old} -> {new}); gap as clients saw \
+             it {worst:.2} s (GETs {:.2} s, logins {:.2} s; longest without a success: GETs \
+             {:.2} s, logins {:.2} s; slowest answer: GETs {:.2} s, logins {:.2} s); \
+             non-successes: GETs {:?}, logins {:?}; stalled > 1 s: GETs {}, logins {} (of {} \
+             and {} after the kill; {} and {} before)",
+            took.as_secs_f64(),
+            g.gap_s,
+            l.gap_s,
+            g.longest_without_success_s,
+            l.longest_without_success_s,
+            g.slowest_s,
+            l.slowest_s,
+            g.failures,
+            l.failures,
+            g.stalled,
+            l.stalled,
+            g.requests,
+            l.requests,
+            before_kill(&get_out),
+            before_kill(&login_out),
+        );
+        gaps.push(worst);
+        get_gaps.push(g.gap_s);
+        login_gaps.push(l.gap_s);
+        longest.push(g.longest_without_success_s.max(l.longest_without_success_s));
+        agreed.push(took.as_secs_f64());
+        runs.push(json!({
+            "killed_port": old,
+            "new_master_port": new,
+            "sentinels_agreed_s": took.as_secs_f64(),
+            "gap_s": worst,
+            "gets": g,
+            "logins": l,
+        }));
+        if n + 1 < times {
+            set.restart(old);
+        }
+    }
+    drop(gateway);
+    json!({
+        "down_after_milliseconds": DOWN_AFTER_MS,
+        "failovers": runs,
+        "gap_s": range_json(&gaps),
+        "get_gap_s": range_json(&get_gaps),
+        "login_gap_s": range_json(&login_gaps),
+        "longest_without_success_s": range_json(&longest),
+        "sentinels_agreed_s": range_json(&agreed),
+    })
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -1427,6 +1686,7 @@ fn run(opts: &Opts) -> Vec<String> {
     let sessions = opts.scenario("sessions", || {
         sessions_memory(&rig, opts, &rt, &mut failures)
     });
+    let failover = opts.scenario("failover", || failovers(&rig, opts, &rt, &mut failures));
     let gw_hwm = tools::status_kib(rig.gateway_proc.pid(), "VmHWM:");
     let report = json!({
         "date": started.to_string(),
@@ -1448,6 +1708,7 @@ fn run(opts: &Opts) -> Vec<String> {
         "idle_connections": idle,
         "sessions": sessions,
         "handshakes": handshakes,
+        "failover": failover,
         "gateway_vm_hwm_kib": gw_hwm,
         "failures": failures,
     });
@@ -1555,6 +1816,26 @@ fn print_summary(r: &Value) {
                 verdict(f(&rn["median"]) >= 0.95 && f(&rr["median"]) >= 0.85)
             );
         }
+        // Issue 24: the gateway's streams over HTTP/2 against its own over HTTP/1.1 and the
+        // relay's (HTTP/1.1), from the same rounds.
+        for (kind, k) in kinds {
+            let rh = &k["ratio_h2_vs_h1"];
+            let rr = &k["ratio_h2_vs_relay"];
+            println!(
+                "| {kind} {:.0} MiB over HTTP/2, GB/s (HTTP/1.1: {:.3}) | {:.3} | | h2/h1.1 {:.2} [{:.2}–{:.2}]; h2/relay {:.2} [{:.2}–{:.2}] | ≥ 0.95 of h1.1: {}; ≥ 1.0 of relay: {} |",
+                f(&st["bytes"]) / MIB as f64,
+                f(&k["faspex-gate"]["median"]),
+                f(&k["faspex-gate h2"]["median"]),
+                f(&rh["median"]),
+                f(&rh["min"]),
+                f(&rh["max"]),
+                f(&rr["median"]),
+                f(&rr["min"]),
+                f(&rr["max"]),
+                verdict(f(&rh["median"]) >= 0.95),
+                verdict(f(&rr["median"]) >= 1.0)
+            );
+        }
     }
     let peak = f(&st["gateway_peak_rss_kib"]) / 1024.0;
     if !st.is_null() {
@@ -1604,6 +1885,23 @@ fn print_summary(r: &Value) {
         f(&sp["directory_checks_allowed"]),
         verdict(f(&sp["directory_checks"]) <= f(&sp["directory_checks_allowed"]))
     );
+    }
+    let fo = &r["failover"];
+    if !fo.is_null() {
+        let g = &fo["gap_s"];
+        println!(
+            "| Redis failover gap as clients saw it, s, over {} kill -9 (down-after {} ms; sentinels agreed {:.2}) | {:.2} [{:.2}–{:.2}] (GETs {:.2}, logins {:.2}; longest without a success {:.2}) | | | median < 5: {} |",
+            fo["failovers"].as_array().map_or(0, Vec::len),
+            fo["down_after_milliseconds"],
+            f(&fo["sentinels_agreed_s"]["median"]),
+            f(&g["median"]),
+            f(&g["min"]),
+            f(&g["max"]),
+            f(&fo["get_gap_s"]["median"]),
+            f(&fo["login_gap_s"]["median"]),
+            f(&fo["longest_without_success_s"]["median"]),
+            verdict(f(&g["median"]) < 5.0)
+        );
     }
     let h = &r["handshakes"];
     if !h.is_null() {

@@ -5,6 +5,8 @@
 #   benches/versus.sh --smoke    # one short round, only to prove the benchmark still works
 #   benches/versus.sh --rounds 3 --workers 2 --json /tmp/versus.json
 #   benches/versus.sh --store redis   # the gateway on a redis-server of its own (Debian's redis-server)
+#   benches/versus.sh --only streams --stream-mib 256 --rounds 1   # streams (HTTP/1.1 and HTTP/2), shorter
+#   benches/versus.sh --only failover   # 5 × kill -9 of a Sentinel-watched Redis master, the gap clients see
 #
 # It installs what it needs and is missing (Debian's nginx-light, wrk, curl, sqlite3 to read
 # oha's per-request records, slapd and ldap-utils; oha with `cargo install`), builds

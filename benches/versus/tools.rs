@@ -345,12 +345,17 @@ pub struct Curl {
     pub status: u16,
     pub bytes: u64,
     pub secs: f64,
+    /// The HTTP version curl used: "1.1" or "2".
+    pub version: String,
 }
 
-/// Download `url` to /dev/null, or upload `upload` to it (PUT; `chunked` without a length).
-pub fn curl(url: &str, cookie: &str, upload: Option<&Path>, chunked: bool) -> Curl {
+/// Download `url` to /dev/null, or upload `upload` to it (PUT; `chunked` without a length:
+/// over HTTP/2, where `Transfer-Encoding` does not exist, curl drops that header and sends a
+/// stream without `content-length`). `http2`: HTTP/2 by ALPN (`--http2`), else HTTP/1.1.
+pub fn curl(url: &str, cookie: &str, upload: Option<&Path>, chunked: bool, http2: bool) -> Curl {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-k", "--http1.1", "-o", "/dev/null"])
+    cmd.args(["-sS", "-k", if http2 { "--http2" } else { "--http1.1" }])
+        .args(["-o", "/dev/null"])
         .args(["-H", &format!("Cookie: {cookie}")]);
     match upload {
         Some(file) => {
@@ -362,10 +367,16 @@ pub fn curl(url: &str, cookie: &str, upload: Option<&Path>, chunked: bool) -> Cu
             if chunked {
                 cmd.args(["-H", "Transfer-Encoding: chunked"]);
             }
-            cmd.args(["-w", "%{http_code} %{size_upload} %{time_total}"]);
+            cmd.args([
+                "-w",
+                "%{http_code} %{size_upload} %{time_total} %{http_version}",
+            ]);
         }
         None => {
-            cmd.args(["-w", "%{http_code} %{size_download} %{time_total}"]);
+            cmd.args([
+                "-w",
+                "%{http_code} %{size_download} %{time_total} %{http_version}",
+            ]);
         }
     }
     let out = cmd.arg(url).output().expect("curl runs");
@@ -375,6 +386,7 @@ pub fn curl(url: &str, cookie: &str, upload: Option<&Path>, chunked: bool) -> Cu
         status: f.first().and_then(|s| s.parse().ok()).unwrap_or(0),
         bytes: f.get(1).and_then(|s| s.parse().ok()).unwrap_or(0),
         secs: f.get(2).and_then(|s| s.parse().ok()).unwrap_or(f64::NAN),
+        version: f.get(3).copied().unwrap_or("").to_owned(),
     }
 }
 
