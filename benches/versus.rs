@@ -14,14 +14,15 @@
 //! - **R**: `versus relay`, a TLS-terminating byte relay: the ceiling for streams.
 //!
 //! Scenarios, each over `--rounds` rounds with the peers in rotated order: small authenticated
-//! GETs (wrk for saturation, each round in turns of 2 s per peer so that the peers it compares
-//! ran seconds apart; oha at a fixed rate for latency, its percentiles taken after a 1 s
-//! warm-up), 2 GiB downloads and uploads (curl; Content-Length and chunked; the gateway over
+//! GETs with a session cookie and with HTTP Basic (verification-cache hits), over HTTP/1.1 and
+//! HTTP/2 (wrk and h2load for saturation, each round in turns of 2 s per peer so that the peers
+//! it compares ran seconds apart; oha at a fixed rate for latency, its percentiles taken after a
+//! 1 s warm-up), 2 GiB downloads and uploads (curl; Content-Length and chunked; the gateway over
 //! HTTP/2 as well), twenty slow readers, a password spray against fifty working users, memory
 //! per session and per idle connection, full TLS handshakes, and the gap clients see when the
-//! Redis master is killed under Sentinel (a set and a gateway of its own). Any non-2xx answer or socket error fails the run. The
-//! hypervisor's steal time is printed beside the small GETs' figures, for how much the
-//! machine's neighbours disturbed them. Results print as tables and go to a JSON file.
+//! Redis master is killed under Sentinel (a set and a gateway of its own). Any non-2xx answer or
+//! socket error fails the run. The hypervisor's steal time is printed beside the small GETs'
+//! figures, for how much the machine's neighbours disturbed them. Results print as tables and go to a JSON file.
 
 #[path = "versus/failover.rs"]
 mod failover;
@@ -110,7 +111,8 @@ impl Opts {
                 .unwrap_or(if smoke { 1 } else { 5 }),
             workers: val("--workers").and_then(|v| v.parse().ok()).unwrap_or(1),
             secs: if smoke { 1 } else { 5 },
-            slices: if smoke { 1 } else { 3 },
+            // Two turns (not three) per peer per round: the small GETs have four variants now.
+            slices: if smoke { 1 } else { 2 },
             slice_secs: if smoke { 1 } else { 2 },
             latency_secs: if smoke { 3 } else { 10 },
             stream: val("--stream-mib")
@@ -222,8 +224,11 @@ struct Rig {
     nginx_proc: Proc,
     relay: SocketAddr,
     _relay_proc: Proc,
-    /// user0's gateway session: every small GET carries it.
+    /// user0's gateway session: every small GET with a cookie carries it.
     cookie: String,
+    /// user1's `Authorization` value (`Basic …`): the Basic small GETs send it, with
+    /// `User-Agent: versus-basic`; the rig's first such request logged the caller in.
+    basic: String,
     /// The gateways' Redis (`--store redis`).
     redis: Option<faspex_gate::store::redis::server::RedisServer>,
 }
@@ -391,13 +396,13 @@ http {{
         keepalive_requests 100000000;
     }}
     server {{
-        listen {n} ssl;
+        listen {n} ssl http2;
         location / {{
             {proxy}
         }}
     }}
     server {{
-        listen {na} ssl;
+        listen {na} ssl http2;
         location / {{
             auth_request /_auth;
             {proxy}
@@ -469,7 +474,8 @@ impl Rig {
             opts.workers,
             "max_sessions = 100\npublic_requests_per_ip_per_minute = 100000000",
             &format!(
-                "[auth]\nbackend = \"ldap\"\nmax_checks_per_second = 50\n[auth.ldap]\n\
+                "[auth]\nbackend = \"ldap\"\nmax_checks_per_second = 50\ncache_ttl = \"2h\"\n\
+                 [auth.ldap]\n\
                  urls = [\"{}\"]\nuser_dn_template = \"{}\"\n",
                 slapd.url(),
                 slapd::DIRECT_TEMPLATE
@@ -523,6 +529,32 @@ impl Rig {
                 load::login(&mut s, "user0", "pw-user0", COOKIE).await
             })
             .expect("user0 logs in through the gateway");
+        // The Basic caller: its first request logs it in (a directory check, then the request
+        // goes to the upstream, which answers 200 as Faspex does to good credentials); every
+        // later one is a verification-cache hit (`cache_ttl` above outlasts the run).
+        let basic = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{}:{}", BASIC_USER.0, BASIC_USER.1)
+            )
+        );
+        rt.block_on(async {
+            let mut s = load::connect(&tls, gateway, None).await?;
+            let req = http::Request::get(SMALL_PATH)
+                .header(http::header::HOST, "localhost")
+                .header(http::header::AUTHORIZATION, &basic)
+                .header(http::header::USER_AGENT, BASIC_AGENT)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+            let (status, _, n) = load::call(&mut s, req).await?;
+            anyhow::ensure!(
+                status == http::StatusCode::OK && n == peers::SMALL,
+                "{}'s first Basic GET got {status} with {n} bytes",
+                BASIC_USER.0
+            );
+            anyhow::Ok(())
+        })
+        .expect("user1 logs in with HTTP Basic through the gateway");
 
         Rig {
             dir,
@@ -541,6 +573,7 @@ impl Rig {
             relay,
             _relay_proc: relay_proc,
             cookie,
+            basic,
             redis,
         }
     }
@@ -663,187 +696,400 @@ impl Leg {
 
 const SMALL_PATH: &str = "/aspera/faspex/small";
 const WRK_CONNS: usize = 32;
+/// The Basic caller's account (user0 holds the browser session) and User-Agent: the gateway
+/// tells Basic callers apart by source address and User-Agent, so every tool sends this one.
+const BASIC_USER: (&str, &str) = ("user1", "pw-user1");
+const BASIC_AGENT: &str = "versus-basic";
 
-/// Scenario 1: small authenticated GETs: saturation (wrk), CPU per request, then latency at
-/// half the lowest proxy's saturation rate (oha, fixed rate).
+/// How a small GET proves who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Creds {
+    /// The gateway's session cookie (user0's browser session).
+    Cookie,
+    /// HTTP Basic (user1): after the first request, every one a verification-cache hit.
+    Basic,
+}
+
+/// The client's protocol, over TLS to every proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    /// HTTP/1.1: wrk for saturation.
+    Http1,
+    /// HTTP/2 by ALPN, one stream per connection: h2load for saturation, oha `--http2` for
+    /// latency. The direct peer (plain HTTP/1.1) has no HTTP/2 rows.
+    Http2,
+}
+
+/// One cell of the small GETs' matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Variant {
+    creds: Creds,
+    proto: Proto,
+}
+
+const VARIANTS: [Variant; 4] = [
+    Variant {
+        creds: Creds::Cookie,
+        proto: Proto::Http1,
+    },
+    Variant {
+        creds: Creds::Basic,
+        proto: Proto::Http1,
+    },
+    Variant {
+        creds: Creds::Cookie,
+        proto: Proto::Http2,
+    },
+    Variant {
+        creds: Creds::Basic,
+        proto: Proto::Http2,
+    },
+];
+
+impl Variant {
+    /// `cookie/http1.1`, `basic/h2`, …: its key in the JSON.
+    fn name(self) -> String {
+        format!(
+            "{}/{}",
+            match self.creds {
+                Creds::Cookie => "cookie",
+                Creds::Basic => "basic",
+            },
+            match self.proto {
+                Proto::Http1 => "http1.1",
+                Proto::Http2 => "h2",
+            }
+        )
+    }
+
+    fn peers(self) -> &'static [Peer] {
+        match self.proto {
+            Proto::Http1 => &[Peer::Direct, Peer::Gate, Peer::Nginx, Peer::NginxAuth],
+            Proto::Http2 => &[Peer::Gate, Peer::Nginx, Peer::NginxAuth],
+        }
+    }
+
+    /// The request headers every tool sends (`Name: value`).
+    fn headers(self, rig: &Rig) -> Vec<String> {
+        match self.creds {
+            Creds::Cookie => vec![format!("Cookie: {}", rig.cookie)],
+            Creds::Basic => vec![
+                format!("Authorization: {}", rig.basic),
+                format!("User-Agent: {BASIC_AGENT}"),
+            ],
+        }
+    }
+
+    fn tool(self) -> &'static str {
+        match self.proto {
+            Proto::Http1 => "wrk",
+            Proto::Http2 => "h2load",
+        }
+    }
+
+    /// Saturate `url` for `secs` with `WRK_CONNS` connections.
+    fn saturate(self, url: &str, secs: u64, headers: &[String]) -> tools::Wrk {
+        match self.proto {
+            Proto::Http1 => tools::wrk(url, WRK_CONNS, secs, headers),
+            Proto::Http2 => tools::h2load(url, WRK_CONNS, secs, headers),
+        }
+    }
+
+    /// The variant whose direct peer is this one's latency baseline: itself over HTTP/1.1.
+    fn baseline(self) -> Variant {
+        Variant {
+            creds: self.creds,
+            proto: Proto::Http1,
+        }
+    }
+}
+
+/// The directory checks the gateway has made so far (logins and Basic rechecks): a turn of
+/// verification-cache hits makes none.
+fn directory_checks(rig: &Rig) -> f64 {
+    metric(
+        &rig.metrics(),
+        "faspex_gate_directory_duration_seconds_count",
+    )
+}
+
+/// One variant's figures over the rounds.
+#[derive(Default)]
+struct Cell {
+    rates: BTreeMap<Peer, Vec<f64>>,
+    cpu_us: BTreeMap<Peer, Vec<f64>>,
+    steal: BTreeMap<Peer, Vec<f64>>,
+    ratio_n: Vec<f64>,
+    ratio_na: Vec<f64>,
+    cpu_ratio: Vec<f64>,
+    latency_rate: f64,
+    p50: BTreeMap<Peer, Vec<f64>>,
+    p99: BTreeMap<Peer, Vec<f64>>,
+}
+
+/// One saturation turn of `peer` in `variant`: requests, seconds, CPU seconds, steal percent.
+fn small_turn(
+    rig: &Rig,
+    opts: &Opts,
+    variant: Variant,
+    peer: Peer,
+    failures: &mut Vec<String>,
+) -> (u64, f64, f64, f64) {
+    let what = format!("small GETs ({}) via {}", variant.name(), peer.name());
+    let headers = variant.headers(rig);
+    let checks0 = (peer == Peer::Gate).then(|| directory_checks(rig));
+    let before = rig.stats();
+    let pids = peer.pids(rig);
+    let cpu0 = tools::cpu_seconds(&pids);
+    let times0 = tools::CpuTimes::now();
+    let w = variant.saturate(&peer.url(rig, SMALL_PATH), opts.slice_secs, &headers);
+    let stolen = tools::CpuTimes::now().steal_since(&times0);
+    let cpu = tools::cpu_seconds(&pids) - cpu0;
+    let after = rig.stats();
+    let served = after["small"] - before["small"];
+    if w.non_2xx_3xx > 0 || w.socket_errors > 0 {
+        failures.push(format!(
+            "{what}: {} non-2xx answers, {} failed or socket errors",
+            w.non_2xx_3xx, w.socket_errors
+        ));
+    }
+    // wrk counts a 3xx as a success: every answer must have been the upstream's 200.
+    if served < w.requests {
+        failures.push(format!(
+            "{what}: {} answers but the upstream served {served}",
+            w.requests
+        ));
+    }
+    if peer == Peer::NginxAuth && after["auth"] - before["auth"] < w.requests {
+        failures.push(format!(
+            "{what}: nginx auth_request did not ask /auth for every request"
+        ));
+    }
+    if let Some(checks0) = checks0 {
+        let checks = directory_checks(rig) - checks0;
+        if checks > 0.0 {
+            failures.push(format!(
+                "{what}: {checks} directory checks during the turn: not every request was a \
+                 live session's (Basic: a verification-cache hit)"
+            ));
+        }
+    }
+    (w.requests, w.requests as f64 / w.per_second, cpu, stolen)
+}
+
+/// Scenario 1: small authenticated GETs, for a session cookie and for HTTP Basic, over HTTP/1.1
+/// and HTTP/2: saturation (wrk, h2load), CPU per request, then latency at half the lowest
+/// proxy's saturation rate (oha, fixed rate).
 ///
 /// This shared 2-core VM's speed swings from second to second (the hypervisor's steal time
 /// went from 2 % to 36 % within a minute), so one round does not run each peer for its whole
-/// time at once: it runs them in turn, `slices` times, for `slice_secs` each, in rotated order,
-/// and a peer's rate for the round is its requests over its seconds. The round's ratios then
-/// compare peers measured within seconds of each other.
+/// time at once: for each variant in turn it runs the peers in turn, `slices` times, for
+/// `slice_secs` each, in rotated order, and a peer's rate for the round is its requests over
+/// its seconds. The round's ratios then compare peers measured within seconds of each other.
+/// The gateway's turns must make no directory check: for Basic, every request a
+/// verification-cache hit (the rig's first Basic request logged the caller in).
 fn small_gets(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
-    let peers = [Peer::Direct, Peer::Gate, Peer::Nginx, Peer::NginxAuth];
-    let mut rates: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
-    let mut cpu_us: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
-    let mut steal: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
-    let mut ratio_n = Vec::new();
-    let mut ratio_na = Vec::new();
+    let mut cells: Vec<Cell> = VARIANTS.iter().map(|_| Cell::default()).collect();
+    // The rig's two logins (user0's form, user1's first Basic GET) were directory checks: if the
+    // metric does not show them, the turns' "no directory check" test would prove nothing.
+    let checks = directory_checks(rig);
+    if checks < 2.0 {
+        failures.push(format!(
+            "the gateway's metrics count {checks} directory checks after two logins: the \
+             verification-cache check cannot be trusted"
+        ));
+    }
     println!(
-        "\n## Small authenticated GETs (1 KiB, keep-alive, {WRK_CONNS} connections, wrk; \
-         each round {} turns of {} s per peer)",
-        opts.slices, opts.slice_secs
+        "\n## Small authenticated GETs (1 KiB, keep-alive, {WRK_CONNS} connections, one stream \
+         each; cookie and Basic ({}, verification-cache hits), HTTP/1.1 (wrk) and HTTP/2 \
+         (h2load); each round, per variant, {} turns of {} s per peer)",
+        BASIC_USER.0, opts.slices, opts.slice_secs
     );
     for round in 0..opts.rounds {
-        // Per peer this round: requests, seconds, CPU seconds, steal percent per turn.
-        let mut this: BTreeMap<Peer, (u64, f64, f64, Vec<f64>)> = BTreeMap::new();
-        for slice in 0..opts.slices {
-            for peer in rotated(&peers, round + slice) {
-                let before = rig.stats();
-                let pids = peer.pids(rig);
-                let cpu0 = tools::cpu_seconds(&pids);
-                let times0 = tools::CpuTimes::now();
-                let w = tools::wrk(
-                    &peer.url(rig, SMALL_PATH),
-                    WRK_CONNS,
-                    opts.slice_secs,
-                    &rig.cookie,
-                );
-                let stolen = tools::CpuTimes::now().steal_since(&times0);
-                let cpu = tools::cpu_seconds(&pids) - cpu0;
-                let after = rig.stats();
-                let served = after["small"] - before["small"];
-                if w.non_2xx_3xx > 0 || w.socket_errors > 0 {
-                    failures.push(format!(
-                        "small GETs via {}: {} non-2xx answers, {} socket errors",
-                        peer.name(),
-                        w.non_2xx_3xx,
-                        w.socket_errors
-                    ));
+        for (variant, cell) in VARIANTS.iter().copied().zip(cells.iter_mut()) {
+            let peers = variant.peers();
+            // Per peer this round: requests, seconds, CPU seconds, steal percent per turn.
+            let mut this: BTreeMap<Peer, (u64, f64, f64, Vec<f64>)> = BTreeMap::new();
+            for slice in 0..opts.slices {
+                for peer in rotated(peers, round + slice) {
+                    let (requests, secs, cpu, stolen) =
+                        small_turn(rig, opts, variant, peer, failures);
+                    let e = this.entry(peer).or_default();
+                    e.0 += requests;
+                    e.1 += secs;
+                    e.2 += cpu;
+                    e.3.push(stolen);
                 }
-                // wrk counts a 3xx as a success: every answer must have been the upstream's 200.
-                if served < w.requests {
-                    failures.push(format!(
-                        "small GETs via {}: {} answers but the upstream served {served}",
-                        peer.name(),
-                        w.requests
-                    ));
-                }
-                if peer == Peer::NginxAuth && after["auth"] - before["auth"] < w.requests {
-                    failures.push("nginx auth_request did not ask /auth for every request".into());
-                }
-                let e = this.entry(peer).or_default();
-                e.0 += w.requests;
-                e.1 += w.requests as f64 / w.per_second;
-                e.2 += cpu;
-                e.3.push(stolen);
             }
-        }
-        let mut rate = BTreeMap::new();
-        for peer in peers {
-            let (requests, secs, cpu, stolen) = &this[&peer];
-            let per_second = *requests as f64 / secs;
-            let us = cpu * 1e6 / *requests as f64;
-            let st = stolen.iter().sum::<f64>() / stolen.len() as f64;
-            println!(
-                "round {round}: {:<20} {:>9.0} req/s  {:>6.1} µs CPU/req  (steal {:>4.1} %: {})",
-                peer.name(),
-                per_second,
-                us,
-                st,
-                stolen
-                    .iter()
-                    .map(|s| format!("{s:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+            let mut rate = BTreeMap::new();
+            let mut us_now = BTreeMap::new();
+            for &peer in peers {
+                let (requests, secs, cpu, stolen) = &this[&peer];
+                let per_second = *requests as f64 / secs;
+                let us = cpu * 1e6 / *requests as f64;
+                let st = stolen.iter().sum::<f64>() / stolen.len() as f64;
+                println!(
+                    "round {round} {:<14} {:<20} {:>9.0} req/s  {:>6.1} µs CPU/req  \
+                     (steal {:>4.1} %: {})",
+                    variant.name(),
+                    peer.name(),
+                    per_second,
+                    us,
+                    st,
+                    stolen
+                        .iter()
+                        .map(|s| format!("{s:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                rate.insert(peer, per_second);
+                us_now.insert(peer, us);
+                cell.rates.entry(peer).or_default().push(per_second);
+                cell.cpu_us.entry(peer).or_default().push(us);
+                cell.steal.entry(peer).or_default().push(st);
+            }
+            let (rn, rna) = (
+                rate[&Peer::Gate] / rate[&Peer::Nginx],
+                rate[&Peer::Gate] / rate[&Peer::NginxAuth],
             );
-            rate.insert(peer, per_second);
-            rates.entry(peer).or_default().push(per_second);
-            cpu_us.entry(peer).or_default().push(us);
-            steal.entry(peer).or_default().push(st);
+            let cr = us_now[&Peer::Gate] / us_now[&Peer::Nginx];
+            cell.ratio_n.push(rn);
+            cell.ratio_na.push(rna);
+            cell.cpu_ratio.push(cr);
+            println!(
+                "round {round} {:<14} faspex-gate / nginx {rn:.2}, / nginx+auth_request {rna:.2}; \
+                 CPU per request / nginx's {cr:.2}",
+                variant.name()
+            );
         }
-        ratio_n.push(rate[&Peer::Gate] / rate[&Peer::Nginx]);
-        ratio_na.push(rate[&Peer::Gate] / rate[&Peer::NginxAuth]);
-        println!(
-            "round {round}: faspex-gate / nginx {:.2}, / nginx+auth_request {:.2}",
-            ratio_n[round], ratio_na[round]
-        );
     }
 
-    // Latency at half of the lowest proxy saturation rate, fixed rate, corrected.
-    let lowest = [Peer::Gate, Peer::Nginx, Peer::NginxAuth]
-        .iter()
-        .map(|p| summary(&rates[p]).0)
-        .fold(f64::INFINITY, f64::min);
-    let rate = (lowest / 2.0).max(100.0);
+    // Latency at half of the variant's lowest proxy saturation rate, fixed rate, corrected.
+    for cell in cells.iter_mut() {
+        let lowest = [Peer::Gate, Peer::Nginx, Peer::NginxAuth]
+            .iter()
+            .map(|p| summary(&cell.rates[p]).0)
+            .fold(f64::INFINITY, f64::min);
+        cell.latency_rate = (lowest / 2.0).max(100.0);
+    }
     println!(
-        "\n## Latency at {rate:.0} req/s (half the lowest saturation rate; oha, 16 connections, \
-         corrected; {} s, the first {} s left out)",
+        "\n## Latency at half each variant's lowest saturation rate (oha, 16 connections, one \
+         stream each, corrected; {} s, the first {} s left out; HTTP/2 rows' added latency is \
+         over the direct peer's HTTP/1.1 figure)",
         opts.latency_secs, LATENCY_WARMUP
     );
-    let mut p50: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
-    let mut p99: BTreeMap<Peer, Vec<f64>> = BTreeMap::new();
     for round in 0..opts.rounds {
-        for peer in rotated(&peers, round) {
-            let times0 = tools::CpuTimes::now();
-            let o = tools::oha(
-                &opts.oha,
-                &peer.url(rig, SMALL_PATH),
-                rate,
-                16,
-                opts.latency_secs,
-                LATENCY_WARMUP,
-                &rig.cookie,
-            );
-            let stolen = tools::CpuTimes::now().steal_since(&times0);
-            if o.non_2xx > 0 || o.errors > 0 || o.measured == 0 {
-                failures.push(format!(
-                    "latency via {}: {} requests ({} after the warm-up), {} non-2xx, {} errors",
+        for (variant, cell) in VARIANTS.iter().copied().zip(cells.iter_mut()) {
+            let headers = variant.headers(rig);
+            for peer in rotated(variant.peers(), round) {
+                let checks0 = (peer == Peer::Gate).then(|| directory_checks(rig));
+                let times0 = tools::CpuTimes::now();
+                let o = tools::oha(
+                    &opts.oha,
+                    &peer.url(rig, SMALL_PATH),
+                    cell.latency_rate,
+                    16,
+                    opts.latency_secs,
+                    LATENCY_WARMUP,
+                    &headers,
+                    variant.proto == Proto::Http2,
+                );
+                let stolen = tools::CpuTimes::now().steal_since(&times0);
+                if o.non_2xx > 0 || o.errors > 0 || o.measured == 0 {
+                    failures.push(format!(
+                        "latency ({}) via {}: {} requests ({} after the warm-up), {} non-2xx, \
+                         {} errors",
+                        variant.name(),
+                        peer.name(),
+                        o.requests,
+                        o.measured,
+                        o.non_2xx,
+                        o.errors
+                    ));
+                }
+                if let Some(checks0) = checks0 {
+                    let checks = directory_checks(rig) - checks0;
+                    if checks > 0.0 {
+                        failures.push(format!(
+                            "latency ({}) via faspex-gate: {checks} directory checks: not every \
+                             request was a live session's",
+                            variant.name()
+                        ));
+                    }
+                }
+                println!(
+                    "round {round} {:<14} {:<20} at {:>6.0} req/s: p50 {:>7.3} ms  p99 {:>7.3} ms  \
+                     ({} requests measured; steal {stolen:.1} %)",
+                    variant.name(),
                     peer.name(),
-                    o.requests,
-                    o.measured,
-                    o.non_2xx,
-                    o.errors
-                ));
+                    cell.latency_rate,
+                    o.p50_ms,
+                    o.p99_ms,
+                    o.measured
+                );
+                cell.p50.entry(peer).or_default().push(o.p50_ms);
+                cell.p99.entry(peer).or_default().push(o.p99_ms);
             }
-            println!(
-                "round {round}: {:<20} p50 {:>7.3} ms  p99 {:>7.3} ms  ({} requests measured; \
-                 steal {stolen:.1} %)",
-                peer.name(),
-                o.p50_ms,
-                o.p99_ms,
-                o.measured
-            );
-            p50.entry(peer).or_default().push(o.p50_ms);
-            p99.entry(peer).or_default().push(o.p99_ms);
         }
     }
-    let d50 = summary(&p50[&Peer::Direct]).0;
-    let d99 = summary(&p99[&Peer::Direct]).0;
-    let added = |m: &BTreeMap<Peer, Vec<f64>>, p: Peer, base: f64| summary(&m[&p]).0 - base;
 
-    let mut peers_json = serde_json::Map::new();
-    for p in peers {
-        let (m, lo, hi) = summary(&rates[&p]);
-        peers_json.insert(
-            p.name().into(),
+    let mut out = serde_json::Map::new();
+    for (variant, cell) in VARIANTS.iter().copied().zip(cells.iter()) {
+        let base = &cells[VARIANTS
+            .iter()
+            .position(|v| *v == variant.baseline())
+            .unwrap_or(0)];
+        let d50 = summary(&base.p50[&Peer::Direct]).0;
+        let d99 = summary(&base.p99[&Peer::Direct]).0;
+        let mut peers_json = serde_json::Map::new();
+        for &p in variant.peers() {
+            let (p50, p99) = (summary(&cell.p50[&p]).0, summary(&cell.p99[&p]).0);
+            peers_json.insert(
+                p.name().into(),
+                json!({
+                    "requests_per_second": range_json(&cell.rates[&p]),
+                    "requests_per_second_by_round": cell.rates[&p],
+                    "cpu_us_per_request": range_json(&cell.cpu_us[&p]),
+                    "cpu_us_per_request_by_round": cell.cpu_us[&p],
+                    "steal_percent_by_round": cell.steal[&p],
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                    "p99_ms_by_round": cell.p99[&p],
+                    "added_p50_ms": p50 - d50,
+                    "added_p99_ms": p99 - d99,
+                }),
+            );
+        }
+        out.insert(
+            variant.name(),
             json!({
-                "requests_per_second": {"median": m, "min": lo, "max": hi},
-                "requests_per_second_by_round": rates[&p],
-                "cpu_us_per_request": summary(&cpu_us[&p]).0,
-                "cpu_us_per_request_by_round": cpu_us[&p],
-                "steal_percent_by_round": steal[&p],
-                "p50_ms": summary(&p50[&p]).0,
-                "p99_ms": summary(&p99[&p]).0,
-                "p99_ms_by_round": p99[&p],
-                "added_p50_ms": added(&p50, p, d50),
-                "added_p99_ms": added(&p99, p, d99),
+                "credentials": match variant.creds {
+                    Creds::Cookie => "session cookie (user0)",
+                    Creds::Basic => "HTTP Basic (user1), verification-cache hits",
+                },
+                "protocol": match variant.proto {
+                    Proto::Http1 => "HTTP/1.1",
+                    Proto::Http2 => "HTTP/2 (ALPN h2), one stream per connection",
+                },
+                "tool": variant.tool(),
+                "connections": WRK_CONNS,
+                "turns_per_round": opts.slices,
+                "turn_seconds": opts.slice_secs,
+                "latency_rate": cell.latency_rate,
+                "latency_seconds": opts.latency_secs,
+                "latency_warmup_seconds": LATENCY_WARMUP,
+                "latency_baseline": format!("direct, {}", variant.baseline().name()),
+                "peers": peers_json,
+                "ratio_vs_nginx": range_json(&cell.ratio_n),
+                "ratio_vs_nginx_by_round": cell.ratio_n,
+                "ratio_vs_nginx_auth_request": range_json(&cell.ratio_na),
+                "ratio_vs_nginx_auth_request_by_round": cell.ratio_na,
+                "cpu_ratio_vs_nginx": range_json(&cell.cpu_ratio),
+                "cpu_ratio_vs_nginx_by_round": cell.cpu_ratio,
             }),
         );
     }
-    json!({
-        "connections": WRK_CONNS,
-        "turns_per_round": opts.slices,
-        "turn_seconds": opts.slice_secs,
-        "latency_rate": rate,
-        "latency_seconds": opts.latency_secs,
-        "latency_warmup_seconds": LATENCY_WARMUP,
-        "peers": peers_json,
-        "ratio_vs_nginx": range_json(&ratio_n),
-        "ratio_vs_nginx_by_round": ratio_n,
-        "ratio_vs_nginx_auth_request": range_json(&ratio_na),
-        "ratio_vs_nginx_auth_request_by_round": ratio_na,
-    })
+    Value::Object(out)
 }
 
 /// Seconds at the start of a latency run left out of its percentiles.
@@ -1654,24 +1900,32 @@ fn run(opts: &Opts) -> Vec<String> {
         .expect("runtime");
     let started = jiff::Timestamp::now();
     println!(
-        "# faspex-gate against nginx: {} rounds, {} worker(s) each, {}{}",
+        "# faspex-gate against nginx: {} rounds, {} worker(s) each, the {} store, {}{}; small \
+         GETs in {} variants (cookie and Basic, HTTP/1.1 and HTTP/2), {} turns of {} s per peer \
+         per variant per round",
         opts.rounds,
         opts.workers,
+        if opts.redis { "redis" } else { "embedded" },
         machine(),
-        if opts.smoke { " (smoke run)" } else { "" }
+        if opts.smoke { " (smoke run)" } else { "" },
+        VARIANTS.len(),
+        opts.slices,
+        opts.slice_secs
     );
     let rig = Rig::start(opts, &rt);
     if opts.hold {
         // For profiling by hand: the peers stay up until this process is stopped.
         println!(
             "holding: gateway pid {} https://localhost:{}  nginx https://localhost:{}  \
-             nginx+auth https://localhost:{}  direct http://{}\ncookie: {}",
+             nginx+auth https://localhost:{}  direct http://{}\ncookie: {}\n\
+             basic: {} (with User-Agent: {BASIC_AGENT})",
             rig.gateway_proc.pid(),
             rig.gateway.port(),
             rig.nginx.port(),
             rig.nginx_auth.port(),
             rig.upstream,
-            rig.cookie
+            rig.cookie,
+            rig.basic
         );
         loop {
             std::thread::sleep(Duration::from_secs(3600));
@@ -1737,13 +1991,68 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// A small GETs variant's rows, with issue 24's targets: req/s at least 1.25× nginx
+/// `proxy_pass`'s and 1.5× nginx `auth_request`'s, CPU per request at most 0.8× nginx's, the
+/// added p99 at half load no more than nginx's.
+fn small_rows(name: &str, v: &Value) {
+    let p = &v["peers"];
+    let (g, n, na) = (&p["faspex-gate"], &p["nginx"], &p["nginx+auth_request"]);
+    let med = |x: &Value| f(&x["median"]);
+    let range = |x: &Value| {
+        format!(
+            "{:.2} [{:.2}–{:.2}]",
+            f(&x["median"]),
+            f(&x["min"]),
+            f(&x["max"])
+        )
+    };
+    let direct = match p.get("direct") {
+        Some(d) => format!(" (direct: {:.0})", med(&d["requests_per_second"])),
+        None => String::new(),
+    };
+    let (rn, rna, cpu) = (
+        &v["ratio_vs_nginx"],
+        &v["ratio_vs_nginx_auth_request"],
+        &v["cpu_ratio_vs_nginx"],
+    );
+    println!(
+        "| small GET {name}, req/s vs nginx proxy_pass{direct} | {:.0} | {:.0} | {} | ≥ 1.25: {} |",
+        med(&g["requests_per_second"]),
+        med(&n["requests_per_second"]),
+        range(rn),
+        verdict(med(rn) >= 1.25)
+    );
+    println!(
+        "| small GET {name}, req/s vs nginx auth_request | {:.0} | {:.0} | {} | ≥ 1.5: {} |",
+        med(&g["requests_per_second"]),
+        med(&na["requests_per_second"]),
+        range(rna),
+        verdict(med(rna) >= 1.5)
+    );
+    println!(
+        "| small GET {name}, CPU µs per request vs nginx proxy_pass | {:.1} | {:.1} | {} | ≤ 0.8: {} |",
+        med(&g["cpu_us_per_request"]),
+        med(&n["cpu_us_per_request"]),
+        range(cpu),
+        verdict(med(cpu) <= 0.8)
+    );
+    println!(
+        "| small GET {name}, added p50 at {:.0} req/s, ms | {:.3} | {:.3} | | |",
+        f(&v["latency_rate"]),
+        f(&g["added_p50_ms"]),
+        f(&n["added_p50_ms"])
+    );
+    println!(
+        "| small GET {name}, added p99 at {:.0} req/s, ms | {:.3} | {:.3} | | ≤ nginx: {} |",
+        f(&v["latency_rate"]),
+        f(&g["added_p99_ms"]),
+        f(&n["added_p99_ms"]),
+        verdict(f(&g["added_p99_ms"]) <= f(&n["added_p99_ms"]))
+    );
+}
+
 /// The README table and the targets, from the report.
 fn print_summary(r: &Value) {
-    let s = &r["small_gets"];
-    let g = &s["peers"]["faspex-gate"];
-    let n = &s["peers"]["nginx"];
-    let na = &s["peers"]["nginx+auth_request"];
-    let d = &s["peers"]["direct"];
     println!(
         "\n# Summary: {}, {}, {} worker(s), the {} store, medians of {} rounds [range]\n",
         r["date"].as_str().unwrap_or("").get(..10).unwrap_or(""),
@@ -1754,49 +2063,13 @@ fn print_summary(r: &Value) {
     );
     println!("| scenario | faspex-gate | nginx | ratio | target |");
     println!("|---|---:|---:|---:|---|");
-    let rps = |p: &Value| f(&p["requests_per_second"]["median"]);
     // A scenario left out with --only has no rows.
-    if !s.is_null() {
-        let rn = &s["ratio_vs_nginx"];
-        let rna = &s["ratio_vs_nginx_auth_request"];
-        println!(
-        "| small GET, req/s (direct: {:.0}) | {:.0} | {:.0} | {:.2} [{:.2}–{:.2}] | ≥ 1.0: {} |",
-        rps(d),
-        rps(g),
-        rps(n),
-        f(&rn["median"]),
-        f(&rn["min"]),
-        f(&rn["max"]),
-        verdict(f(&rn["median"]) >= 1.0)
-    );
-        println!(
-        "| small GET vs nginx auth_request, req/s | {:.0} | {:.0} | {:.2} [{:.2}–{:.2}] | ≥ 1.2: {} |",
-        rps(g),
-        rps(na),
-        f(&rna["median"]),
-        f(&rna["min"]),
-        f(&rna["max"]),
-        verdict(f(&rna["median"]) >= 1.2)
-    );
-        println!(
-            "| CPU per small GET, µs | {:.1} | {:.1} | {:.2} | |",
-            f(&g["cpu_us_per_request"]),
-            f(&n["cpu_us_per_request"]),
-            f(&g["cpu_us_per_request"]) / f(&n["cpu_us_per_request"])
-        );
-        println!(
-            "| added p50 at {:.0} req/s, ms | {:.3} | {:.3} | | |",
-            f(&s["latency_rate"]),
-            f(&g["added_p50_ms"]),
-            f(&n["added_p50_ms"])
-        );
-        println!(
-            "| added p99 at {:.0} req/s, ms | {:.3} | {:.3} | | ≤ nginx: {} |",
-            f(&s["latency_rate"]),
-            f(&g["added_p99_ms"]),
-            f(&n["added_p99_ms"]),
-            verdict(f(&g["added_p99_ms"]) <= f(&n["added_p99_ms"]))
-        );
+    if let Some(small) = r["small_gets"].as_object() {
+        for variant in VARIANTS {
+            if let Some(v) = small.get(&variant.name()) {
+                small_rows(&variant.name(), v);
+            }
+        }
     }
     let st = &r["streams"];
     if let Some(kinds) = st["kinds"].as_object() {

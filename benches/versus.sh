@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # faspex-gate against nginx, side by side: the one command.
 #
-#   benches/versus.sh            # 5 rounds of every scenario (about 30 minutes on 2 cores)
+#   benches/versus.sh            # 5 rounds of every scenario (about 45 minutes on 2 cores)
+#   benches/versus.sh --only small   # only the small GETs' matrix: cookie and Basic, HTTP/1.1
+#                                    # and HTTP/2 (about 20 minutes)
 #   benches/versus.sh --smoke    # one short round, only to prove the benchmark still works
 #   benches/versus.sh --rounds 3 --workers 2 --json /tmp/versus.json
 #   benches/versus.sh --store redis   # the gateway on a redis-server of its own (Debian's redis-server)
 #   benches/versus.sh --only streams --stream-mib 256 --rounds 1   # streams (HTTP/1.1 and HTTP/2), shorter
 #   benches/versus.sh --only failover   # 5 × kill -9 of a Sentinel-watched Redis master, the gap clients see
 #
-# It installs what it needs and is missing (Debian's nginx-light, wrk, curl, sqlite3 to read
-# oha's per-request records, slapd and ldap-utils; oha with `cargo install`), builds
-# faspex-gate in release mode, and runs `cargo bench --bench versus`, which prints the tables
+# It installs what it needs and is missing (Debian's nginx-light, wrk, nghttp2-client for
+# h2load (HTTP/2), curl, sqlite3 to read oha's per-request records, slapd and ldap-utils; oha
+# with `cargo install`), builds faspex-gate in release mode, and runs `cargo bench --bench versus`, which prints the tables
 # and writes the results as JSON (target/versus.json by default). A run with any non-2xx
 # answer or socket error exits 1.
 set -euo pipefail
@@ -23,6 +25,7 @@ as_root() {
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v curl >/dev/null || need+=(curl)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 [ -x /usr/sbin/slapd ] || need+=(slapd)

@@ -1,4 +1,4 @@
-//! Running the outside tools (wrk, oha, curl, nginx) and reading what the kernel knows about a
+//! Running the outside tools (wrk, h2load, oha, curl, nginx) and reading what the kernel knows about a
 //! process: CPU seconds from `/proc/<pid>/stat`, resident memory from `/proc/<pid>/status`.
 
 use std::net::{SocketAddr, TcpListener};
@@ -161,14 +161,15 @@ pub struct Wrk {
     pub socket_errors: u64,
 }
 
-/// `wrk` closed-loop: saturation throughput. Panics on output it cannot read.
-pub fn wrk(url: &str, conns: usize, secs: u64, cookie: &str) -> Wrk {
-    let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s")])
-        .args(["-H", &format!("Cookie: {cookie}")])
-        .arg(url)
-        .output()
-        .expect("wrk runs");
+/// `wrk` closed-loop over HTTP/1.1: saturation throughput, each request with `headers`
+/// (`Name: value`). Panics on output it cannot read.
+pub fn wrk(url: &str, conns: usize, secs: u64, headers: &[String]) -> Wrk {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s")]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().expect("wrk runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "wrk failed: {text}");
     let mut w = Wrk::default();
@@ -195,6 +196,79 @@ pub fn wrk(url: &str, conns: usize, secs: u64, cookie: &str) -> Wrk {
     w
 }
 
+/// `h2load` closed-loop over HTTP/2 (ALPN `h2`): `conns` connections of one stream each, for
+/// `secs`, each request with `headers`. Answers other than 2xx and requests that failed, errored
+/// or timed out all count in `non_2xx_3xx` or `socket_errors`; a connection that did not
+/// negotiate `h2` fails the run. Panics on output it cannot read.
+pub fn h2load(url: &str, conns: usize, secs: u64, headers: &[String]) -> Wrk {
+    let mut cmd = Command::new("h2load");
+    cmd.args([
+        "-t1",
+        "-c",
+        &conns.to_string(),
+        "-m1",
+        "-D",
+        &secs.to_string(),
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("h2load runs (benches/versus.sh installs nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "h2load failed: {text}");
+    let h2 = text.lines().any(|l| l.trim() == "Application protocol: h2");
+    assert!(h2, "h2load did not negotiate HTTP/2 with {url}: {text}");
+    let mut w = Wrk::default();
+    // "requests: 9 total, 9 started, 9 done, 9 succeeded, 0 failed, 0 errored, 0 timeout" and
+    // "status codes: 9 2xx, 0 3xx, 0 4xx, 0 5xx": each figure before its word.
+    let figures = |rest: &str| -> Vec<(String, u64)> {
+        rest.split(',')
+            .filter_map(|p| {
+                let mut it = p.split_whitespace();
+                let n = it.next()?.parse().ok()?;
+                Some((it.next()?.to_owned(), n))
+            })
+            .collect()
+    };
+    let mut seen = (false, false);
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("finished in") {
+            // "finished in 2.00s, 12345.50 req/s, 1.23MB/s"
+            w.per_second = rest
+                .split(',')
+                .find(|p| p.trim_end().ends_with("req/s"))
+                .and_then(|p| p.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
+        } else if let Some(rest) = l.strip_prefix("requests:") {
+            seen.0 = true;
+            for (word, n) in figures(rest) {
+                match word.as_str() {
+                    "succeeded" => w.requests = n,
+                    "failed" | "errored" | "timeout" => w.socket_errors += n,
+                    _ => {}
+                }
+            }
+        } else if let Some(rest) = l.strip_prefix("status codes:") {
+            seen.1 = true;
+            for (word, n) in figures(rest) {
+                if word != "2xx" {
+                    w.non_2xx_3xx += n;
+                }
+            }
+        }
+    }
+    assert!(
+        seen.0 && seen.1 && w.requests > 0 && w.per_second > 0.0,
+        "h2load printed no request count or rate: {text}"
+    );
+    w
+}
+
 /// What one oha run measured (fixed rate, latency corrected for coordinated omission).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Oha {
@@ -207,12 +281,14 @@ pub struct Oha {
     pub p99_ms: f64,
 }
 
-/// oha at a fixed rate on `conns` keep-alive connections for `secs`, its latencies corrected
+/// oha at a fixed rate on `conns` keep-alive connections (HTTP/2 with one stream each when
+/// `http2`) for `secs`, each request with `headers`, its latencies corrected
 /// for coordinated omission (counted from when each request was due, not from when it went).
 /// The percentiles leave out the requests due in the first `warmup` seconds: in those the
 /// connections are still shaking hands, and a proxy's latency on keep-alive connections is not
 /// what they measure (the handshakes have a scenario of their own). oha writes every answered
 /// request to an SQLite file (`--db-url`), read back with the `sqlite3` command.
+#[allow(clippy::too_many_arguments)]
 pub fn oha(
     oha: &Path,
     url: &str,
@@ -220,7 +296,8 @@ pub fn oha(
     conns: usize,
     secs: u64,
     warmup: f64,
-    cookie: &str,
+    headers: &[String],
+    http2: bool,
 ) -> Oha {
     let dir = tempfile::tempdir().expect("a folder for oha's records");
     let db = dir.path().join("oha.db");
@@ -234,7 +311,8 @@ pub fn oha(
             ])
             .args(["--insecure", "-z", &format!("{secs}s")])
             .args(["-q", &format!("{rate:.0}"), "-c", &conns.to_string()])
-            .args(["-H", &format!("Cookie: {cookie}")])
+            .args(headers.iter().flat_map(|h| ["-H", h.as_str()]))
+            .args(if http2 { &["--http2"][..] } else { &[][..] })
             .arg("--db-url")
             .arg(&db)
             .arg(url),
