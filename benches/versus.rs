@@ -226,7 +226,7 @@ struct Rig {
     _relay_proc: Proc,
     /// user0's gateway session: every small GET with a cookie carries it.
     cookie: String,
-    /// user1's `Authorization` value (`Basic …`): the Basic small GETs send it, with
+    /// user60's `Authorization` value (`Basic …`): the Basic small GETs send it, with
     /// `User-Agent: versus-basic`; the rig's first such request logged the caller in.
     basic: String,
     /// The gateways' Redis (`--store redis`).
@@ -554,7 +554,7 @@ impl Rig {
             );
             anyhow::Ok(())
         })
-        .expect("user1 logs in with HTTP Basic through the gateway");
+        .expect("the Basic caller logs in through the gateway");
 
         Rig {
             dir,
@@ -696,9 +696,11 @@ impl Leg {
 
 const SMALL_PATH: &str = "/aspera/faspex/small";
 const WRK_CONNS: usize = 32;
-/// The Basic caller's account (user0 holds the browser session) and User-Agent: the gateway
-/// tells Basic callers apart by source address and User-Agent, so every tool sends this one.
-const BASIC_USER: (&str, &str) = ("user1", "pw-user1");
+/// The Basic caller's account (user0 holds the browser session, and the spray scenario logs
+/// user1..user50 in from addresses of their own: an account holds one client's seat).
+const BASIC_USER: (&str, &str) = ("user60", "pw-user60");
+/// The Basic caller's User-Agent: the gateway tells Basic callers apart by source address and
+/// User-Agent, so every tool sends this one.
 const BASIC_AGENT: &str = "versus-basic";
 
 /// How a small GET proves who it is.
@@ -706,7 +708,7 @@ const BASIC_AGENT: &str = "versus-basic";
 enum Creds {
     /// The gateway's session cookie (user0's browser session).
     Cookie,
-    /// HTTP Basic (user1): after the first request, every one a verification-cache hit.
+    /// HTTP Basic (user60): after the first request, every one a verification-cache hit.
     Basic,
 }
 
@@ -890,7 +892,7 @@ fn small_turn(
 /// verification-cache hit (the rig's first Basic request logged the caller in).
 fn small_gets(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
     let mut cells: Vec<Cell> = VARIANTS.iter().map(|_| Cell::default()).collect();
-    // The rig's two logins (user0's form, user1's first Basic GET) were directory checks: if the
+    // The rig's two logins (user0's form, user60's first Basic GET) were directory checks: if the
     // metric does not show them, the turns' "no directory check" test would prove nothing.
     let checks = directory_checks(rig);
     if checks < 2.0 {
@@ -1065,7 +1067,7 @@ fn small_gets(rig: &Rig, opts: &Opts, failures: &mut Vec<String>) -> Value {
             json!({
                 "credentials": match variant.creds {
                     Creds::Cookie => "session cookie (user0)",
-                    Creds::Basic => "HTTP Basic (user1), verification-cache hits",
+                    Creds::Basic => "HTTP Basic (user60), verification-cache hits",
                 },
                 "protocol": match variant.proto {
                     Proto::Http1 => "HTTP/1.1",

@@ -12,9 +12,9 @@
 #
 # It installs what it needs and is missing (Debian's nginx-light, wrk, nghttp2-client for
 # h2load (HTTP/2), curl, sqlite3 to read oha's per-request records, slapd and ldap-utils; oha
-# with `cargo install`), builds faspex-gate in release mode, and runs `cargo bench --bench versus`, which prints the tables
-# and writes the results as JSON (target/versus.json by default). A run with any non-2xx
-# answer or socket error exits 1.
+# with `cargo install`), builds faspex-gate in release mode, and runs
+# `cargo bench --bench versus`, which prints the tables and writes the results as JSON
+# (target/versus.json by default). A run with any non-2xx answer or socket error exits 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
