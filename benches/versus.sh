@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # faspex-gate against nginx, side by side: the one command.
 #
-#   benches/versus.sh            # 5 rounds of every scenario (about 45 minutes on 2 cores)
+#   benches/versus.sh            # 5 rounds of every scenario (well over half an hour on 2 cores)
 #   benches/versus.sh --only small   # only the small GETs' matrix: cookie and Basic, HTTP/1.1
 #                                    # and HTTP/2 (about 20 minutes)
 #   benches/versus.sh --smoke    # one short round, only to prove the benchmark still works

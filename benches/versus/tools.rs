@@ -1,5 +1,5 @@
-//! Running the outside tools (wrk, h2load, oha, curl, nginx) and reading what the kernel knows about a
-//! process: CPU seconds from `/proc/<pid>/stat`, resident memory from `/proc/<pid>/status`.
+//! Running the outside tools (wrk, h2load, oha, curl, nginx) and reading what the kernel knows
+//! about a process: CPU seconds from `/proc/<pid>/stat`, resident memory from `/proc/<pid>/status`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
