@@ -3,7 +3,10 @@
 # callgrind: a figure that repeats on a shared machine, where requests/s drift by a fifth from
 # run to run. Use it to compare two builds; the nginx comparison is benches/versus.sh.
 #
-#   benches/instructions.sh [REQUESTS]     # default 10000; about 3 minutes
+#   benches/instructions.sh [REQUESTS] [cookie|basic]   # default 10000 with the session cookie
+#
+# `basic` sends HTTP Basic credentials instead (the rig's Basic caller, with its User-Agent), each
+# request a hit of the gateway's verification cache after the warm-up.
 #
 # It starts the benchmark's rig (`benches/versus.sh --hold`: upstream, slapd, gateway, nginx),
 # restarts the rig's gateway under callgrind with the same configuration and state (the
@@ -13,6 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-10000}"
+credentials="${2:-cookie}"
+case "$credentials" in cookie | basic) ;; *) echo "instructions: cookie or basic, not $credentials" >&2; exit 2 ;; esac
 
 if ! command -v valgrind >/dev/null; then
     if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
@@ -38,6 +43,10 @@ holding="$(grep '^holding:' "$work/rig.log")" || { cat "$work/rig.log" >&2; exit
 gateway_pid="$(sed -E 's/.*gateway pid ([0-9]+) .*/\1/' <<<"$holding")"
 port="$(sed -E 's/.*gateway pid [0-9]+ https:\/\/localhost:([0-9]+) .*/\1/' <<<"$holding")"
 cookie="$(grep '^cookie:' "$work/rig.log" | cut -d' ' -f2)"
+# ("basic: Basic <base64> (with User-Agent: <agent>)")
+basic_line="$(grep '^basic:' "$work/rig.log")"
+basic="$(sed -E 's/^basic: (Basic [^ ]+) .*/\1/' <<<"$basic_line")"
+agent="$(sed -E 's/.*User-Agent: ([^)]+)\).*/\1/' <<<"$basic_line")"
 mapfile -d '' -t cmd <"/proc/$gateway_pid/cmdline"
 
 kill "$gateway_pid"
@@ -55,8 +64,13 @@ for _ in $(seq 1 120); do
 done
 
 oha="${OHA:-$(command -v oha || echo "${CARGO_TARGET_DIR:-target}/bench-tools/bin/oha")}"
+if [ "$credentials" = basic ]; then
+    headers=(-H "Authorization: $basic" -H "User-Agent: $agent")
+else
+    headers=(-H "Cookie: $cookie")
+fi
 load() {
-    "$oha" -n "$1" -c 32 --no-tui --insecure -H "Cookie: $cookie" "$url"
+    "$oha" -n "$1" -c 32 --no-tui --insecure "${headers[@]}" "$url"
 }
 load 500 >/dev/null
 callgrind_control -z "$vg" >/dev/null
@@ -69,5 +83,5 @@ grep -q "\[200\] $n responses" <<<"$report" || {
 }
 dump="$(ls -t "$work"/callgrind.out.* | head -1)"
 total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
-echo "faspex-gate: $((total / n)) user-space instructions per small authenticated GET ($n requests; $dump)"
+echo "faspex-gate: $((total / n)) user-space instructions per small authenticated GET ($credentials, $n requests; $dump)"
 echo "top functions: callgrind_annotate --inclusive=yes $dump | head -60"

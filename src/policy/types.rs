@@ -166,10 +166,30 @@ impl std::fmt::Debug for LoginRequest<'_> {
 
 impl LoginRequest<'_> {
     /// The client id of an HTTP Basic caller: its source address and User-Agent.
+    ///
+    /// Made for every Basic request: the User-Agent's digest is remembered for the last agent
+    /// seen on this thread (a caller sends the same one every time), and the id is written with
+    /// pushes, not `format!` (the two were 5,200 of a Basic GET's 72,500 instructions).
     pub fn basic_client(ip: IpAddr, agent: &str) -> ClientId {
-        let d = ring::digest::digest(&ring::digest::SHA256, agent.as_bytes());
-        let short = crate::util::hex(&d.as_ref()[..8]);
-        ClientId(format!("basic:{ip}:{short}"))
+        thread_local! {
+            /// The last agent this thread saw, and the hex of its digest's first 8 bytes.
+            static LAST: std::cell::RefCell<(String, String)> =
+                const { std::cell::RefCell::new((String::new(), String::new())) };
+        }
+        let mut id = String::with_capacity(64);
+        id.push_str("basic:");
+        crate::util::push_ip(&mut id, ip);
+        id.push(':');
+        LAST.with_borrow_mut(|(last, short)| {
+            if short.is_empty() || last != agent {
+                let d = ring::digest::digest(&ring::digest::SHA256, agent.as_bytes());
+                *short = crate::util::hex(&d.as_ref()[..8]);
+                last.clear();
+                last.push_str(agent);
+            }
+            id.push_str(short);
+        });
+        ClientId(id)
     }
 }
 
@@ -268,4 +288,52 @@ impl Check {
 /// A `Retry-After` worth sending: whole seconds, at least one.
 pub(super) fn retry_after(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The id as it was first written (sessions in a shared store carry it): `format!` over the
+    /// digest, with no memory of the last agent.
+    fn oracle(ip: IpAddr, agent: &str) -> ClientId {
+        let d = ring::digest::digest(&ring::digest::SHA256, agent.as_bytes());
+        let short = crate::util::hex(&d.as_ref()[..8]);
+        ClientId(format!("basic:{ip}:{short}"))
+    }
+
+    #[test]
+    fn a_basic_clients_id_is_the_same_whatever_came_before() {
+        let ips: [IpAddr; 3] = [
+            "192.0.2.44".parse().unwrap(),
+            "2001:db8::7".parse().unwrap(),
+            "::ffff:192.0.2.1".parse().unwrap(),
+        ];
+        // Repeated and alternating agents, the empty one and one that is a prefix of another:
+        // the remembered digest must never answer for another agent.
+        let agents = [
+            "curl/8.5",
+            "curl/8.5",
+            "",
+            "curl/8",
+            "curl/8.5",
+            "Mozilla/5.0 (X11)",
+            "",
+        ];
+        for ip in ips {
+            for agent in agents {
+                assert_eq!(LoginRequest::basic_client(ip, agent), oracle(ip, agent));
+            }
+        }
+        // Another thread starts with nothing remembered.
+        let ip = ips[0];
+        std::thread::spawn(move || {
+            assert_eq!(
+                LoginRequest::basic_client(ip, "curl/8.5"),
+                oracle(ip, "curl/8.5")
+            );
+        })
+        .join()
+        .unwrap();
+    }
 }
