@@ -164,6 +164,10 @@ impl std::fmt::Debug for LoginRequest<'_> {
     }
 }
 
+/// The longest User-Agent [`LoginRequest::basic_client`] remembers (browsers' and curl's are far
+/// shorter).
+const REMEMBERED_AGENT: usize = 512;
+
 impl LoginRequest<'_> {
     /// The client id of an HTTP Basic caller: its source address and User-Agent.
     ///
@@ -180,6 +184,12 @@ impl LoginRequest<'_> {
         id.push_str("basic:");
         crate::util::push_ip(&mut id, ip);
         id.push(':');
+        // (a long agent is not remembered: a thread would keep the longest one it saw)
+        if agent.len() > REMEMBERED_AGENT {
+            let d = ring::digest::digest(&ring::digest::SHA256, agent.as_bytes());
+            id.push_str(&crate::util::hex(&d.as_ref()[..8]));
+            return ClientId(id);
+        }
         LAST.with_borrow_mut(|(last, short)| {
             if short.is_empty() || last != agent {
                 let d = ring::digest::digest(&ring::digest::SHA256, agent.as_bytes());
@@ -311,11 +321,14 @@ mod tests {
         ];
         // Repeated and alternating agents, the empty one and one that is a prefix of another:
         // the remembered digest must never answer for another agent.
+        let long = "x".repeat(REMEMBERED_AGENT + 1);
         let agents = [
             "curl/8.5",
             "curl/8.5",
             "",
             "curl/8",
+            "curl/8.5",
+            &long,
             "curl/8.5",
             "Mozilla/5.0 (X11)",
             "",
