@@ -224,21 +224,9 @@ impl SentinelSet {
             });
         }
         for s in &set.servers {
-            let port = s.port;
-            assert!(
-                until(Duration::from_secs(30), || {
-                    set.query::<String>(port, &redis::cmd("PING")).is_ok()
-                }),
-                "redis-server on {port} did not start"
-            );
+            set.wait_answers(s.port);
         }
-        assert!(
-            until(Duration::from_secs(60), || {
-                set.query::<String>(master, redis::cmd("INFO").arg("replication"))
-                    .is_ok_and(|i| i.matches("state=online").count() == 2)
-            }),
-            "the replicas did not sync with the master"
-        );
+        set.wait_replicas_online(master);
         for i in 0..3 {
             let port = free_port();
             let conf = set.dir.path().join(format!("sentinel-{i}.conf"));
@@ -272,14 +260,40 @@ impl SentinelSet {
                 log,
             });
         }
-        let ports: Vec<u16> = set.sentinels.iter().map(|s| s.port).collect();
+        set.wait_sentinels_know_all();
+        set
+    }
+
+    /// Wait (30 s at most) until the redis-server on `port` answers `PING`.
+    fn wait_answers(&self, port: u16) {
+        assert!(
+            until(Duration::from_secs(30), || {
+                self.query::<String>(port, &redis::cmd("PING")).is_ok()
+            }),
+            "redis-server on {port} did not start"
+        );
+    }
+
+    /// Wait (60 s at most) until the master on `master` has both replicas online.
+    fn wait_replicas_online(&self, master: u16) {
         assert!(
             until(Duration::from_secs(60), || {
-                ports.iter().all(|p| set.sentinel_knows(*p, 2, 2))
+                self.query::<String>(master, redis::cmd("INFO").arg("replication"))
+                    .is_ok_and(|i| i.matches("state=online").count() == 2)
+            }),
+            "the replicas did not sync with the master on {master}"
+        );
+    }
+
+    /// Wait (60 s at most) until every sentinel knows both replicas and the other sentinels.
+    fn wait_sentinels_know_all(&self) {
+        let ports: Vec<u16> = self.sentinels.iter().map(|s| s.port).collect();
+        assert!(
+            until(Duration::from_secs(60), || {
+                ports.iter().all(|p| self.sentinel_knows(*p, 2, 2))
             }),
             "the sentinels did not come to know both replicas and each other"
         );
-        set
     }
 
     /// A synchronous connection to a local port (TLS trusting the test CA in the TLS variant),
@@ -427,26 +441,9 @@ impl SentinelSet {
         }
         args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
         server.child = Some(spawn(&args, &server.log));
-        assert!(
-            until(Duration::from_secs(30), || {
-                self.query::<String>(port, &redis::cmd("PING")).is_ok()
-            }),
-            "redis-server on {port} did not start again"
-        );
-        assert!(
-            until(Duration::from_secs(60), || {
-                self.query::<String>(master, redis::cmd("INFO").arg("replication"))
-                    .is_ok_and(|i| i.matches("state=online").count() == 2)
-            }),
-            "the replicas did not sync with the master on {master}"
-        );
-        let ports: Vec<u16> = self.sentinels.iter().map(|s| s.port).collect();
-        assert!(
-            until(Duration::from_secs(60), || {
-                ports.iter().all(|p| self.sentinel_knows(*p, 2, 2))
-            }),
-            "the sentinels did not come to know the restarted replica on {port}"
-        );
+        self.wait_answers(port);
+        self.wait_replicas_online(master);
+        self.wait_sentinels_know_all();
     }
 
     /// `SIGSTOP` the server on `port`.
