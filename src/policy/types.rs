@@ -164,6 +164,13 @@ impl std::fmt::Debug for LoginRequest<'_> {
     }
 }
 
+/// The part of a Basic caller's client id that stands for its User-Agent: the hex of the first 8
+/// bytes of its SHA-256.
+fn agent_digest(agent: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, agent.as_bytes());
+    crate::util::hex(&d.as_ref()[..8])
+}
+
 /// The longest User-Agent [`LoginRequest::basic_client`] remembers (browsers' and curl's are far
 /// shorter).
 const REMEMBERED_AGENT: usize = 512;
@@ -186,14 +193,12 @@ impl LoginRequest<'_> {
         id.push(':');
         // (a long agent is not remembered: a thread would keep the longest one it saw)
         if agent.len() > REMEMBERED_AGENT {
-            let d = ring::digest::digest(&ring::digest::SHA256, agent.as_bytes());
-            id.push_str(&crate::util::hex(&d.as_ref()[..8]));
+            id.push_str(&agent_digest(agent));
             return ClientId(id);
         }
         LAST.with_borrow_mut(|(last, short)| {
             if short.is_empty() || last != agent {
-                let d = ring::digest::digest(&ring::digest::SHA256, agent.as_bytes());
-                *short = crate::util::hex(&d.as_ref()[..8]);
+                *short = agent_digest(agent);
                 last.clear();
                 last.push_str(agent);
             }
