@@ -152,9 +152,8 @@ impl Body for SessionBound {
     }
 }
 
-/// Whether a body may run long enough to be worth ending with its session (a response), or
-/// worth a task of its own upstream ([`super::upstream`]'s pool).
-pub fn long(body: &impl Body) -> bool {
+/// Whether a response body may run long enough to be worth ending with its session.
+pub fn long(body: &ProxyBody) -> bool {
     !body.is_end_stream() && body.size_hint().upper().is_none_or(|n| n > SHORT_BODY)
 }
 
