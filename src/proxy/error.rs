@@ -344,15 +344,12 @@ impl BrowserSigns {
         // Built once: building a searcher costs more than a search.
         static HTML: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
             std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"text/html"));
-        let accepts_html = || {
-            headers
-                .get_all(header::ACCEPT)
-                .iter()
-                .any(|v| HTML.find(v.as_bytes()).is_some())
-        };
-        BrowserSigns(
-            headers.contains_key(X_REQUESTED_WITH) || accepts_html() || cookies.carried(headers),
-        )
+        // One pass over the headers, with no hashing.
+        BrowserSigns(headers.iter().any(|(k, v)| {
+            *k == X_REQUESTED_WITH
+                || (*k == header::ACCEPT && HTML.find(v.as_bytes()).is_some())
+                || (*k == header::COOKIE && cookies.carried_in(v))
+        }))
     }
 
     pub fn is_browser(&self) -> bool {

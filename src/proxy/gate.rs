@@ -43,6 +43,9 @@ pub const HTTP_GATEWAY_PREFIX: &str = "/aspera/http-gwy/";
 const X_POST_DATA_FORMAT: header::HeaderName =
     header::HeaderName::from_static("x-post-data-format");
 
+/// HTTP/1.1's `h2c` upgrade settings (RFC 7540 §3.2.1).
+const HTTP2_SETTINGS: header::HeaderName = header::HeaderName::from_static("http2-settings");
+
 /// Headers some servers and frameworks take as the request's real URL (IIS URL Rewrite,
 /// Symfony, Zend): Rails ignores them, but the path Faspex acts on must be the one classified.
 const URL_OVERRIDES: [header::HeaderName; 5] = [
@@ -440,15 +443,41 @@ impl Gate {
     /// would remove, say, the `Content-Type` the gate decided on), and more than one
     /// `Content-Type`. Returns how many headers were dropped.
     pub fn headers(&self, headers: &mut HeaderMap) -> Result<usize, Refusal> {
-        let mut dropped = 0;
-        // Nearly every request has none of these: one look at the names first.
+        // Every name to drop but the `_` ones begins `x-`: most names are done after a look at
+        // their first bytes.
         let drop = |k: &header::HeaderName| {
-            k.as_str().contains('_')
-                || *k == X_POST_DATA_FORMAT
-                || URL_OVERRIDES.contains(k)
-                || METHOD_OVERRIDES.contains(k)
+            let s = k.as_str();
+            s.contains('_')
+                || (s.starts_with("x-")
+                    && (*k == X_POST_DATA_FORMAT
+                        || URL_OVERRIDES.contains(k)
+                        || METHOD_OVERRIDES.contains(k)))
         };
-        let odd = headers.keys().any(drop);
+        // One pass over every header, with no hashing: nearly every request has no name to
+        // drop, one `Content-Type` at most and a `Connection` of hop-by-hop tokens, if any.
+        let mut odd = false;
+        let mut end_to_end = false;
+        let mut content_types = 0usize;
+        for (k, v) in headers.iter() {
+            if *k == header::CONNECTION {
+                const HOP: [&[u8]; 5] = [
+                    b"keep-alive",
+                    b"close",
+                    b"upgrade",
+                    b"te",
+                    b"http2-settings",
+                ];
+                end_to_end |= v.as_bytes().split(|&b| b == b',').any(|token| {
+                    let t = token.trim_ascii();
+                    !(t.is_empty() || HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+                });
+            } else if *k == header::CONTENT_TYPE {
+                content_types += 1;
+            } else {
+                odd |= drop(k);
+            }
+        }
+        let mut dropped = 0;
         if odd {
             let names: Vec<header::HeaderName> =
                 headers.keys().filter(|k| drop(k)).cloned().collect();
@@ -457,26 +486,12 @@ impl Gate {
                 headers.remove(&name);
             }
         }
-        for v in headers.get_all(header::CONNECTION) {
-            for token in v.as_bytes().split(|&b| b == b',') {
-                let t = token.trim_ascii().to_ascii_lowercase();
-                let hop = matches!(
-                    t.as_slice(),
-                    b"" | b"keep-alive" | b"close" | b"upgrade" | b"te" | b"http2-settings"
-                );
-                if !hop {
-                    return Err(Refusal::Header(
-                        "the Connection header names an end-to-end header",
-                    ));
-                }
-            }
+        if end_to_end {
+            return Err(Refusal::Header(
+                "the Connection header names an end-to-end header",
+            ));
         }
-        if headers
-            .get_all(header::CONTENT_TYPE)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
+        if content_types > 1 {
             return Err(Refusal::Header("more than one Content-Type"));
         }
         Ok(dropped)
@@ -492,6 +507,13 @@ impl Gate {
         c: &Classified,
         headers: &HeaderMap,
     ) -> Result<(), Refusal> {
+        // (one pass over the names first, with no hashing: nearly every request names none)
+        let names_any = headers
+            .keys()
+            .any(|k| *k == header::CONNECTION || *k == header::UPGRADE || *k == HTTP2_SETTINGS);
+        if !names_any {
+            return Ok(());
+        }
         let connection_upgrade = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -499,7 +521,7 @@ impl Gate {
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
         let asks = connection_upgrade
             || headers.contains_key(header::UPGRADE)
-            || headers.contains_key("http2-settings");
+            || headers.contains_key(HTTP2_SETTINGS);
         if !asks {
             return Ok(());
         }
@@ -513,7 +535,7 @@ impl Gate {
         if *method == Method::GET
             && connection_upgrade
             && websocket
-            && !headers.contains_key("http2-settings")
+            && !headers.contains_key(HTTP2_SETTINGS)
             && place
         {
             Ok(())
@@ -1417,5 +1439,166 @@ mod tests {
             ),
             Plan::Refuse(Refusal::Form(_))
         ));
+    }
+
+    /// The header rules as first written (one hashed lookup per rule), kept to check the one-pass
+    /// rules against.
+    fn headers_as_first_written(headers: &mut HeaderMap) -> Result<usize, Refusal> {
+        let mut dropped = 0;
+        let drop = |k: &header::HeaderName| {
+            k.as_str().contains('_')
+                || *k == X_POST_DATA_FORMAT
+                || URL_OVERRIDES.contains(k)
+                || METHOD_OVERRIDES.contains(k)
+        };
+        if headers.keys().any(drop) {
+            let names: Vec<header::HeaderName> =
+                headers.keys().filter(|k| drop(k)).cloned().collect();
+            for name in names {
+                dropped += headers.get_all(&name).iter().count();
+                headers.remove(&name);
+            }
+        }
+        for v in headers.get_all(header::CONNECTION) {
+            for token in v.as_bytes().split(|&b| b == b',') {
+                let t = token.trim_ascii().to_ascii_lowercase();
+                let hop = matches!(
+                    t.as_slice(),
+                    b"" | b"keep-alive" | b"close" | b"upgrade" | b"te" | b"http2-settings"
+                );
+                if !hop {
+                    return Err(Refusal::Header(
+                        "the Connection header names an end-to-end header",
+                    ));
+                }
+            }
+        }
+        if headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(Refusal::Header("more than one Content-Type"));
+        }
+        Ok(dropped)
+    }
+
+    /// [`Gate::upgrade`] as first written, with no pass over the names before the lookups.
+    fn upgrade_as_first_written(
+        method: &Method,
+        c: &Classified,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        let connection_upgrade = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+        let asks = connection_upgrade
+            || headers.contains_key(header::UPGRADE)
+            || headers.contains_key("http2-settings");
+        if !asks {
+            return Ok(());
+        }
+        let mut tokens = headers.get_all(header::UPGRADE).iter();
+        let websocket = tokens
+            .next()
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+            && tokens.next().is_none();
+        let place = classify::under_prefix(&c.path, HTTP_GATEWAY_PREFIX)
+            || (c.route == Route::Protected && c.action.is_none());
+        if *method == Method::GET
+            && connection_upgrade
+            && websocket
+            && !headers.contains_key("http2-settings")
+            && place
+        {
+            Ok(())
+        } else {
+            Err(Refusal::Upgrade)
+        }
+    }
+
+    const NAMES: [&str; 18] = [
+        "connection",
+        "Connection",
+        "content-type",
+        "upgrade",
+        "http2-settings",
+        "x-post-data-format",
+        "x_forwarded_for",
+        "content_type",
+        "x-original-url",
+        "x-forwarded-uri",
+        "x-http-method",
+        "x-method-override",
+        "x-http-method-override",
+        "x-forwarded-for",
+        "accept",
+        "cookie",
+        "host",
+        "te",
+    ];
+    const VALUES: [&str; 14] = [
+        "",
+        "keep-alive",
+        "Keep-Alive, Upgrade",
+        "close,  te ,",
+        "UPGRADE",
+        "upgrade, content-type",
+        "HTTP2-Settings, Upgrade",
+        "websocket",
+        " WebSocket ",
+        "h2c",
+        "x-kept",
+        "keep-alive,x-forwarded-for",
+        "application/x-www-form-urlencoded",
+        ",,",
+    ];
+
+    fn arbitrary_headers(picks: &[(usize, usize)]) -> HeaderMap {
+        let pairs: Vec<(&str, &str)> = picks
+            .iter()
+            .map(|&(n, v)| (NAMES[n % NAMES.len()], VALUES[v % VALUES.len()]))
+            .collect();
+        header_map(&pairs)
+    }
+
+    proptest::proptest! {
+        /// The one-pass header rules answer, and leave the headers, as the first rules did.
+        #[test]
+        fn the_one_pass_header_rules_answer_as_the_first(
+            picks in proptest::collection::vec((0usize..64, 0usize..64), 0..8)
+        ) {
+            let gate = Gate::for_tests();
+            let (mut new, mut old) = (arbitrary_headers(&picks), arbitrary_headers(&picks));
+            let (a, b) = (gate.headers(&mut new), headers_as_first_written(&mut old));
+            proptest::prop_assert_eq!(&a, &b, "{:?}", picks);
+            proptest::prop_assert_eq!(new, old);
+        }
+
+        /// The upgrade rule with its first pass over the names answers as it did without.
+        #[test]
+        fn the_upgrade_rule_answers_as_the_first(
+            picks in proptest::collection::vec((0usize..64, 0usize..64), 0..6),
+            at in 0usize..3,
+            get in proptest::bool::ANY,
+        ) {
+            let gate = Gate::for_tests();
+            let path = [
+                "/aspera/http-gwy/v1/upload",
+                "/aspera/faspex/",
+                "/aspera/faspex/login",
+            ][at];
+            let method = if get { Method::GET } else { Method::POST };
+            let c = gate.classify(&method, path).unwrap();
+            let h = arbitrary_headers(&picks);
+            proptest::prop_assert_eq!(
+                gate.upgrade(&method, &c, &h),
+                upgrade_as_first_written(&method, &c, &h),
+                "{:?} {}", picks, path
+            );
+        }
     }
 }

@@ -176,7 +176,7 @@ impl Handler {
             resp.headers_mut()
                 .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
-        if resp.headers().contains_key(header::WWW_AUTHENTICATE) && browser.is_browser() {
+        if browser.is_browser() && resp.headers().contains_key(header::WWW_AUTHENTICATE) {
             // Whoever produced it (Faspex too): a browser must never show a password prompt.
             resp.headers_mut().remove(header::WWW_AUTHENTICATE);
         }

@@ -147,18 +147,16 @@ impl SessionCookies {
         .ok()
     }
 
-    /// Whether a `;`-separated pair of the request's cookies is named exactly
+    /// Whether a `;`-separated pair of one of the request's `Cookie` values is named exactly
     /// `session.cookie_name` (with or without a value): a SIMD search finds the name, and a hit
     /// counts when it starts a pair and ends at its `=` or the pair's end. A sign of a browser.
-    pub fn carried(&self, headers: &HeaderMap) -> bool {
+    pub fn carried_in(&self, v: &HeaderValue) -> bool {
         let name = self.name.len();
-        headers.get_all(header::COOKIE).iter().any(|v| {
-            let v = v.as_bytes();
-            self.finder.find_iter(v).any(|i| {
-                let before = v[..i].trim_ascii_end();
-                (before.is_empty() || before.ends_with(b";"))
-                    && matches!(v.get(i + name), None | Some(b'=' | b';'))
-            })
+        let v = v.as_bytes();
+        self.finder.find_iter(v).any(|i| {
+            let before = v[..i].trim_ascii_end();
+            (before.is_empty() || before.ends_with(b";"))
+                && matches!(v.get(i + name), None | Some(b'=' | b';'))
         })
     }
 

@@ -9,9 +9,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::proxy::request::{ClientSide, X_FORWARDED_FOR};
 
-/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
-/// proxy-authorisation pair, which is meant for us and not for Faspex.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1; `HTTP2-Settings`,
+/// RFC 7540 §3.2.1), plus `Proxy-Authorization`, which is meant for us and not for Faspex.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -20,6 +20,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
+    HTTP2_SETTINGS,
 ];
 
 /// Client-address headers that an untrusted client could use to lie to Faspex about who it is.
@@ -58,7 +59,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// HTTP/1.1's `h2c` upgrade settings (RFC 7540 §3.2.1).
-pub(super) const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// The protocol a request or response asks to upgrade to, when `Connection` lists `upgrade`.
 /// `Upgrade` is looked for first: nearly every message has none, and then `Connection` (which
@@ -179,6 +180,21 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    /// `HTTP2-Settings` never goes on, even when no `Connection` names it (the gate refuses a
+    /// request that carries it; this is the forwarder's own rule).
+    #[test]
+    fn http2_settings_goes_unnamed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"),
+        );
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);

@@ -38,7 +38,7 @@ use crate::config::{ServerConfig, UpstreamConfig};
 use crate::proxy::body::{full, ProxyBody};
 use crate::proxy::permit::{Lane, Permit};
 use crate::proxy::request::ClientSide;
-use headers::{any_of, set_forwarded, strip_hop_by_hop, upgrade_protocol, HTTP2_SETTINGS};
+use headers::{any_of, set_forwarded, strip_hop_by_hop, upgrade_protocol};
 use pool::{ClientError, Pool};
 use slots::{AddressShare, SlotBody, Slots};
 use transfer::TransferBody;
@@ -54,7 +54,8 @@ pub struct Upstream {
 struct UpstreamInner {
     pool: Arc<Pool>,
     slots: Slots,
-    /// Response headers no client sees (`server.strip_response_headers`).
+    /// Response headers no client sees: `server.strip_response_headers`, and
+    /// `Proxy-Authenticate` (meant for the proxy, never for the client).
     strip: Vec<HeaderName>,
     authority: Authority,
     /// `scheme://authority` as the upstream writes it in `Location` headers.
@@ -113,7 +114,13 @@ impl Upstream {
             inner: Arc::new(UpstreamInner {
                 pool,
                 slots: Slots::new(cfg.max_connections, cfg.connect_timeout),
-                strip: server.strip_response_headers.clone(),
+                strip: {
+                    let mut strip = server.strip_response_headers.clone();
+                    if !strip.contains(&header::PROXY_AUTHENTICATE) {
+                        strip.push(header::PROXY_AUTHENTICATE);
+                    }
+                    strip
+                },
                 authority,
                 origins,
                 response_timeout: cfg.response_timeout,
@@ -153,9 +160,8 @@ impl Upstream {
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
+        // (`HTTP2-Settings` is one of them: the gate refuses any request that carries it)
         strip_hop_by_hop(headers);
-        // (the gate refuses any request that carries it; it never goes upstream)
-        headers.remove(HTTP2_SETTINGS);
         if let Some(proto) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
@@ -187,14 +193,14 @@ impl Upstream {
         let resp_upgrade = upgrade_protocol(resp.headers());
         let headers = resp.headers_mut();
         strip_hop_by_hop(headers);
-        headers.remove(header::PROXY_AUTHENTICATE);
         if switching {
             if let Some(proto) = resp_upgrade {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 headers.insert(header::UPGRADE, proto);
             }
         }
-        // (one pass over the answer's few names first: most carry none of them)
+        // (`Proxy-Authenticate` among them; one pass over the answer's few names first: most
+        // carry none of them)
         if any_of(headers, &inner.strip) {
             for name in &inner.strip {
                 headers.remove(name);
