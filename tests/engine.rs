@@ -45,7 +45,7 @@ pub fn browser_login<'a>(
         password,
         ip: ip.parse().unwrap(),
         agent,
-        client: ClientId(client),
+        client: ClientId(client.into()),
         kind: ClientKind::Browser,
         takeover: false,
     }

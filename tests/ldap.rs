@@ -313,7 +313,7 @@ fn login<'a>(user: &'a str, pw: &'a str, ip: &str) -> LoginRequest<'a> {
         password: pw,
         ip: ip.parse().unwrap(),
         agent: "test",
-        client: ClientId(format!("browser-{ip}")),
+        client: ClientId(format!("browser-{ip}").into()),
         kind: ClientKind::Browser,
         takeover: false,
     }

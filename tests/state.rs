@@ -182,7 +182,7 @@ async fn a_lock_and_a_session_survive_kill_9_and_activity_is_at_most_a_second_la
             .await
             .unwrap()
             .expect("the session is still valid");
-        assert_eq!(s.account, "bob");
+        assert_eq!(&*s.account, "bob");
         assert_eq!(s.started.as_millis(), started);
         assert_eq!(policy.status().await.unwrap().seats_used, 1);
         store.close().await.unwrap();
@@ -205,7 +205,7 @@ async fn a_lock_and_a_session_survive_kill_9_and_activity_is_at_most_a_second_la
         .await
         .unwrap()
         .into_iter()
-        .find(|s| s.account == "bob")
+        .find(|s| &*s.account == "bob")
         .unwrap();
     assert_eq!(s.last_activity.as_millis(), touched);
     store.close().await.unwrap();

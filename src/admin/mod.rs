@@ -607,10 +607,10 @@ pub struct SessionView {
 impl From<&Session> for SessionView {
     fn from(s: &Session) -> Self {
         Self {
-            user: s.account.clone(),
+            user: s.account.to_string(),
             account_kind: s.account_kind.as_str().into(),
             client_ip: s.ip.to_string(),
-            user_agent: s.agent.clone(),
+            user_agent: s.agent.to_string(),
             kind: s.kind.as_str().into(),
             started: s.started.rfc3339(),
             last_activity: s.last_activity.rfc3339(),

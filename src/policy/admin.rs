@@ -155,7 +155,7 @@ impl Policy {
             .sessions()
             .await?
             .into_iter()
-            .filter(|s| accounts.contains(&s.account))
+            .filter(|s| accounts.iter().any(|a| **a == *s.account))
             .collect();
         let status = self.status().await?;
         Ok(Diagnosis {
@@ -228,7 +228,7 @@ impl Policy {
     /// its live sessions', or a lock's, or the names it resolved lately; else the directory's.
     async fn kind_of(&self, account: &str) -> AccountKind {
         if let Ok(sessions) = self.inner.store.sessions().await {
-            if let Some(s) = sessions.iter().find(|s| s.account == account) {
+            if let Some(s) = sessions.iter().find(|s| *s.account == *account) {
                 return s.account_kind;
             }
         }

@@ -2226,7 +2226,7 @@ async fn with_a_service_account_every_name_of_an_entry_is_one_account() {
 
     // One seat, one client: the entry's, whichever name each client typed.
     let a = login_to(&h, &d, "Ann Smith", "pw-ann", "c1").await.unwrap();
-    assert_eq!(a.session.account, "ann lee");
+    assert_eq!(&*a.session.account, "ann lee");
     match login_to(&h, &d, "ann  lee", "pw-ann", "c2").await {
         Err(LoginRefused::OtherClientActive { .. }) => {}
         other => panic!("a second client of the entry: {other:?}"),
@@ -2480,7 +2480,7 @@ async fn parallel_guesses_at_a_faspex_account_reach_faspex_at_most_the_threshold
         let directory = h.directory.clone();
         let reached = reached.clone();
         tasks.push(tokio::spawn(async move {
-            let client = ClientId(format!("c{i}"));
+            let client = ClientId(format!("c{i}").into());
             let ip: IpAddr = format!("198.51.100.{i}").parse().unwrap();
             let req = LoginRequest {
                 client,
@@ -2571,7 +2571,7 @@ async fn basic_callers_with_faspex_accounts_are_checked_by_faspex() {
     );
     let a = p.confirm().await;
     assert_eq!(a.session.account_kind, AccountKind::Local);
-    assert_eq!(a.session.account, "collab");
+    assert_eq!(&*a.session.account, "collab");
     assert_eq!(f.asked(), 1);
 
     f.down.store(true, Ordering::SeqCst);

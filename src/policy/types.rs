@@ -194,7 +194,7 @@ impl LoginRequest<'_> {
         // (a long agent is not remembered: a thread would keep the longest one it saw)
         if agent.len() > REMEMBERED_AGENT {
             id.push_str(&agent_digest(agent));
-            return ClientId(id);
+            return ClientId(id.into());
         }
         LAST.with_borrow_mut(|(last, short)| {
             if short.is_empty() || last != agent {
@@ -204,7 +204,7 @@ impl LoginRequest<'_> {
             }
             id.push_str(short);
         });
-        ClientId(id)
+        ClientId(id.into())
     }
 }
 
@@ -314,7 +314,7 @@ mod tests {
     fn oracle(ip: IpAddr, agent: &str) -> ClientId {
         let d = ring::digest::digest(&ring::digest::SHA256, agent.as_bytes());
         let short = crate::util::hex(&d.as_ref()[..8]);
-        ClientId(format!("basic:{ip}:{short}"))
+        ClientId(format!("basic:{ip}:{short}").into())
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl Observer for SessionEnds {
         );
         if let (true, false, Some(cookie)) = (gateway_ended, self.owed_in_store, &s.upstream_cookie)
         {
-            self.logouts.queue(cookie.clone());
+            self.logouts.queue(cookie.to_string());
         }
     }
 }
@@ -229,12 +229,12 @@ mod tests {
     fn memo_forgets_the_oldest() {
         let m = EndedMemo::default();
         for i in 0..(MEMO_ENTRIES + 5) {
-            m.remember(&SessionKey(i.to_string()), EndReason::Idle);
+            m.remember(&SessionKey(i.to_string().into()), EndReason::Idle);
         }
         assert_eq!(m.why(&SessionKey("0".into())), None);
         assert_eq!(m.why(&SessionKey("5".into())), Some(EndReason::Idle));
         assert_eq!(
-            m.why(&SessionKey((MEMO_ENTRIES + 4).to_string())),
+            m.why(&SessionKey((MEMO_ENTRIES + 4).to_string().into())),
             Some(EndReason::Idle)
         );
     }

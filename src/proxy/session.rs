@@ -55,7 +55,7 @@ impl Claims {
     }
 
     pub fn client(&self) -> ClientId {
-        ClientId(self.cid.clone())
+        ClientId(self.cid.as_str().into())
     }
 
     /// Whether the signed lifetime still covers `now` (seconds since the epoch): through the
@@ -113,10 +113,9 @@ impl SessionCookies {
 
     /// A fresh client id for a browser that has none yet.
     pub fn new_client() -> Result<ClientId, crate::store::StoreError> {
-        Ok(ClientId(format!(
-            "web:{}",
-            SessionToken::generate()?.key().0
-        )))
+        Ok(ClientId(
+            format!("web:{}", SessionToken::generate()?.key().0).into(),
+        ))
     }
 
     /// The `Set-Cookie` value that hands `token` to the browser `client`.
@@ -124,7 +123,7 @@ impl SessionCookies {
         let now = self.now_secs();
         let claims = Claims {
             sid: token.expose().to_owned(),
-            cid: client.0.clone(),
+            cid: client.0.to_string(),
             iat: now,
             exp: now + COOKIE_LIFETIME.as_secs(),
             key: std::sync::OnceLock::new(),

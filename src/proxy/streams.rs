@@ -163,7 +163,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     fn key(n: u8) -> SessionKey {
-        SessionKey(format!("session-{n}"))
+        SessionKey(format!("session-{n}").into())
     }
 
     #[tokio::test]

@@ -171,10 +171,7 @@ async fn open_with_ann(
 
 /// The keys of the sessions a call ended, each with why.
 fn keys_ended(ended: &[(super::Session, EndReason)]) -> Vec<(&str, EndReason)> {
-    ended
-        .iter()
-        .map(|(s, why)| (s.key.0.as_str(), *why))
-        .collect()
+    ended.iter().map(|(s, why)| (&*s.key.0, *why)).collect()
 }
 
 async fn state(store: &Arc<dyn PolicyStore>, key: &str, now: Timestamp) -> SessionState {
@@ -323,7 +320,7 @@ pub async fn one_client_a_second_client_is_refused_under_reject(mut b: impl Back
         .outcome
     {
         AdmitOutcome::OtherClient { active } => {
-            assert_eq!((active.key.0.as_str(), active.started), ("k1", now))
+            assert_eq!((&*active.key.0, active.started), ("k1", now))
         }
         other => panic!("{other:?}"),
     }

@@ -312,7 +312,7 @@ fn rekey_records(
 ) -> Result<Records, String> {
     let fail = |e: &dyn std::fmt::Display| format!("cannot be written: {e}");
     let before = (records.1.len(), records.2.len());
-    let old_sessions: Vec<String> = records.0.iter().map(|s| s.account.clone()).collect();
+    let old_sessions: Vec<String> = records.0.iter().map(|s| s.account.to_string()).collect();
     let old_keys: Vec<String> = records
         .1
         .iter()
@@ -322,11 +322,11 @@ fn rekey_records(
     let (sessions, locks, windows) = super::tables::rekey(records, crate::account::rekey_stored);
     let mut moved = 0;
     for (s, old) in sessions.iter().zip(&old_sessions) {
-        if s.account != *old {
+        if *s.account != **old {
             moved += 1;
             let bytes = serde_json::to_vec(s).map_err(|e| fail(&e))?;
             sessions_t
-                .insert(s.key.0.as_str(), bytes.as_slice())
+                .insert(&*s.key.0, bytes.as_slice())
                 .map_err(|e| fail(&e))?;
         }
     }
@@ -399,11 +399,11 @@ fn write(db: &Database, d: &Dirty) -> Result<(), String> {
                 Some(s) => {
                     let bytes = serde_json::to_vec(s).map_err(|e| fail(&e))?;
                     sessions
-                        .insert(k.0.as_str(), bytes.as_slice())
+                        .insert(&*k.0, bytes.as_slice())
                         .map_err(|e| fail(&e))?;
                 }
                 None => {
-                    sessions.remove(k.0.as_str()).map_err(|e| fail(&e))?;
+                    sessions.remove(&*k.0).map_err(|e| fail(&e))?;
                 }
             }
         }
@@ -726,7 +726,7 @@ mod tests {
             meta.insert("schema_version", 1).unwrap();
             let mut t = txn.open_table(SESSIONS).unwrap();
             for s in sessions {
-                t.insert(s.key.0.as_str(), serde_json::to_vec(s).unwrap().as_slice())
+                t.insert(&*s.key.0, serde_json::to_vec(s).unwrap().as_slice())
                     .unwrap();
             }
             let mut t = txn.open_table(LOCKS).unwrap();
@@ -760,7 +760,7 @@ mod tests {
             started: at,
             last_activity: at,
             upstream_cookie: Some("faspex=1".into()),
-            bearer: vec![SessionKey(format!("bearer-{key}"))],
+            bearer: vec![SessionKey(format!("bearer-{key}").into())],
             account_kind: AccountKind::Directory,
         }
     }
@@ -881,11 +881,16 @@ mod tests {
                     .await
                     .unwrap();
                 assert!(
-                    matches!(state, SessionState::Live(ref s) if s.key.0 == key),
+                    matches!(state, SessionState::Live(ref s) if &*s.key.0 == key),
                     "{state:?}"
                 );
                 let by_bearer = store
-                    .bearer_session(&SessionKey(format!("bearer-{key}")), now, false, timeouts())
+                    .bearer_session(
+                        &SessionKey(format!("bearer-{key}").into()),
+                        now,
+                        false,
+                        timeouts(),
+                    )
                     .await
                     .unwrap();
                 assert!(matches!(by_bearer, SessionState::Live(_)));

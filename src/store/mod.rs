@@ -34,6 +34,7 @@ pub mod tables;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -100,7 +101,7 @@ impl SessionToken {
     /// The key the store files this session under.
     pub fn key(&self) -> SessionKey {
         let d = ring::digest::digest(&ring::digest::SHA256, self.0.as_bytes());
-        SessionKey(crate::util::hex(&d.as_ref()[..16]))
+        SessionKey(crate::util::hex(&d.as_ref()[..16]).into())
     }
 }
 
@@ -113,7 +114,7 @@ impl std::fmt::Debug for SessionToken {
 /// A session's identity in the store and in logs: 32 hex digits of SHA-256 of its token.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct SessionKey(pub String);
+pub struct SessionKey(pub Arc<str>);
 
 impl std::fmt::Display for SessionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,7 +170,7 @@ impl ClientKind {
 /// Basic caller. Opaque to the store; two requests are the same client when these are equal.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ClientId(pub String);
+pub struct ClientId(pub Arc<str>);
 
 /// One logged-in session. An account with a live session holds one licence seat. `Debug` leaves
 /// Faspex's cookie out.
@@ -178,17 +179,17 @@ pub struct Session {
     pub key: SessionKey,
     /// The account: the prepared name, or with search-then-bind the directory entry's own
     /// ([`crate::account`]).
-    pub account: String,
+    pub account: Arc<str>,
     pub client: ClientId,
     pub kind: ClientKind,
     pub ip: IpAddr,
     /// The User-Agent, cut to 256 bytes.
-    pub agent: String,
+    pub agent: Arc<str>,
     pub started: Timestamp,
     pub last_activity: Timestamp,
     /// Faspex's own session cookie, kept to log Faspex out when the gateway ends the session.
     #[serde(default)]
-    pub upstream_cookie: Option<String>,
+    pub upstream_cookie: Option<Arc<str>>,
     /// The keys (hashes) of the OAuth2 bearer tokens Faspex issued to this session, newest last,
     /// at most [`MAX_BEARER_TOKENS`]. They die with the session.
     #[serde(default)]

@@ -151,7 +151,7 @@ impl Tables {
 
     fn insert_session(&mut self, s: Session) {
         self.by_account
-            .entry(s.account.clone())
+            .entry(s.account.to_string())
             .or_default()
             .push(s.key.clone());
         for b in &s.bearer {
@@ -166,10 +166,10 @@ impl Tables {
         for b in &s.bearer {
             self.by_bearer.remove(b);
         }
-        if let Some(keys) = self.by_account.get_mut(&s.account) {
+        if let Some(keys) = self.by_account.get_mut(&*s.account) {
             keys.retain(|k| k != key);
             if keys.is_empty() {
-                self.by_account.remove(&s.account);
+                self.by_account.remove(&*s.account);
             }
         }
         self.dirty_sessions.insert(key.clone());
@@ -254,11 +254,11 @@ impl Tables {
         let (started, last_activity) = timeouts::begins(now);
         let session = Session {
             key: a.key,
-            account: a.account,
+            account: a.account.into(),
             client: a.client,
             kind: a.kind,
             ip: a.ip,
-            agent: a.agent,
+            agent: a.agent.into(),
             started,
             last_activity,
             upstream_cookie: None,
@@ -324,7 +324,7 @@ impl Tables {
     pub fn set_upstream_cookie(&mut self, key: &SessionKey, cookie: Option<String>) -> bool {
         match self.sessions.get_mut(key) {
             Some(s) => {
-                s.upstream_cookie = cookie;
+                s.upstream_cookie = cookie.map(Into::into);
                 self.dirty_sessions.insert(key.clone());
                 true
             }
@@ -777,7 +777,7 @@ pub fn rekey(records: Records, rekey: impl Fn(&str) -> String) -> Records {
     let sessions = sessions
         .into_iter()
         .map(|mut s| {
-            s.account = rekey(&s.account);
+            s.account = rekey(&s.account).into();
             s
         })
         .collect();

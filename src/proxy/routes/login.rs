@@ -168,9 +168,9 @@ pub async fn serve(
                 Ok(Some(ended)) => {
                     if let Some(c) = ended
                         .upstream_cookie
-                        .filter(|c| Some(c) != faspex_cookie.as_ref())
+                        .filter(|c| Some(&**c) != faspex_cookie.as_deref())
                     {
-                        cx.logouts.queue(c);
+                        cx.logouts.queue(c.to_string());
                     }
                 }
                 Ok(None) => {}

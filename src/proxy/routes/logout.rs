@@ -41,7 +41,7 @@ pub async fn serve(
     match ended {
         Some(s) => {
             if let Some(c) = s.upstream_cookie {
-                cx.logouts.queue(c);
+                cx.logouts.queue(c.to_string());
             }
         }
         None => cx

@@ -38,13 +38,13 @@ pub(crate) enum Lookup {
 
 impl Lookup {
     pub(crate) fn key(k: &SessionKey) -> Self {
-        Lookup::Key(k.0.clone())
+        Lookup::Key(k.0.to_string())
     }
     pub(crate) fn client(account: &str, c: &ClientId) -> Self {
-        Lookup::Client(account.to_owned(), c.0.clone())
+        Lookup::Client(account.to_owned(), c.0.to_string())
     }
     pub(crate) fn bearer(b: &SessionKey) -> Self {
-        Lookup::Bearer(b.0.clone())
+        Lookup::Bearer(b.0.to_string())
     }
 }
 
@@ -199,7 +199,7 @@ impl SessionCache {
 
     /// Forget every entry of `account`'s sessions (kicked, replaced, locked).
     pub(crate) fn forget_account(&self, account: &str) {
-        self.entries().retain(|_, e| e.session.account != account);
+        self.entries().retain(|_, e| *e.session.account != *account);
     }
 
     /// The cached session `key`, for a logout answered during an outage; it is forgotten here

@@ -174,7 +174,7 @@ async fn a_killed_master_fails_over_with_seats_locks_and_unlocks_intact() {
     let c = store.counts(now()).await.unwrap();
     assert_eq!((c.seats, c.sessions), (3, 3), "{c:?}");
     let sessions = store.sessions().await.unwrap();
-    let mut accounts: Vec<&str> = sessions.iter().map(|s| s.account.as_str()).collect();
+    let mut accounts: Vec<&str> = sessions.iter().map(|s| &*s.account).collect();
     accounts.dedup();
     assert_eq!(accounts, ["user0", "user1", "user2"]);
     assert_eq!(

@@ -432,13 +432,13 @@ impl PolicyStore for RedisStore {
             OneClient::Reject => "reject",
             OneClient::Replace => "replace",
         };
-        let key = a.key.0.clone();
+        let key = a.key.0.to_string();
         let a_account = a.account.clone();
         let args = [
             key.clone(),
             a.account,
             account_kind(a.account_kind),
-            a.client.0,
+            a.client.0.to_string(),
             a.kind.as_str().into(),
             a.ip.to_string(),
             a.agent,
@@ -520,7 +520,7 @@ impl PolicyStore for RedisStore {
         cookie: Option<String>,
     ) -> Result<bool, StoreError> {
         let args = [
-            key.0.clone(),
+            key.0.to_string(),
             flag(cookie.is_some()),
             cookie.unwrap_or_default(),
         ];
@@ -538,8 +538,8 @@ impl PolicyStore for RedisStore {
 
     async fn add_bearer(&self, key: &SessionKey, bearer: SessionKey) -> Result<bool, StoreError> {
         let args = [
-            key.0.clone(),
-            bearer.0.clone(),
+            key.0.to_string(),
+            bearer.0.to_string(),
             MAX_BEARER_TOKENS.to_string(),
         ];
         let reply = self
@@ -565,7 +565,7 @@ impl PolicyStore for RedisStore {
                 "end_session",
                 &[&format!("s:{}", key.0)],
                 None,
-                &[key.0.clone(), reason.as_str().into()],
+                &[key.0.to_string(), reason.as_str().into()],
             )
             .await;
         let reply = match r {
@@ -860,19 +860,19 @@ impl RedisStore {
         now: Timestamp,
     ) -> Result<Imported, StoreError> {
         let [idle, api_idle, abs] = timeouts(&rules.timeouts);
-        let bearer: Vec<&str> = s.bearer.iter().map(|b| b.0.as_str()).collect();
+        let bearer: Vec<&str> = s.bearer.iter().map(|b| &*b.0).collect();
         let args = [
-            s.key.0.clone(),
-            s.account.clone(),
+            s.key.0.to_string(),
+            s.account.to_string(),
             account_kind(s.account_kind),
-            s.client.0.clone(),
+            s.client.0.to_string(),
             s.kind.as_str().into(),
             s.ip.to_string(),
-            s.agent.clone(),
+            s.agent.to_string(),
             s.started.as_millis().to_string(),
             s.last_activity.as_millis().to_string(),
             flag(s.upstream_cookie.is_some()),
-            s.upstream_cookie.clone().unwrap_or_default(),
+            s.upstream_cookie.as_deref().unwrap_or_default().to_owned(),
             bearer.join(","),
             rules.max_sessions.to_string(),
             idle,

@@ -91,7 +91,7 @@ pub(super) fn admission(key: &str, account: &str, now: Timestamp) -> Admission {
         key: SessionKey(key.into()),
         account: account.into(),
         account_kind: AccountKind::Directory,
-        client: ClientId(format!("client-{key}")),
+        client: ClientId(format!("client-{key}").into()),
         kind: ClientKind::Browser,
         ip: "192.0.2.1".parse().unwrap(),
         agent: "test".into(),
@@ -162,7 +162,7 @@ async fn a_retried_check_or_admission_counts_once() {
     let again = store.admit(a, seats(1)).await.unwrap();
     for outcome in [first.outcome, again.outcome] {
         assert!(
-            matches!(outcome, AdmitOutcome::Admitted { ref session, .. } if session.key.0 == "k1" && session.started == now),
+            matches!(outcome, AdmitOutcome::Admitted { ref session, .. } if &*session.key.0 == "k1" && session.started == now),
             "{outcome:?}"
         );
     }

@@ -98,20 +98,20 @@ impl WireSession {
         };
         let ip: IpAddr = self.ip.parse().map_err(|e| garbled("an address", e))?;
         Ok(Session {
-            key: SessionKey(self.key),
-            account: self.account,
-            client: ClientId(self.client),
+            key: SessionKey(self.key.into()),
+            account: self.account.into(),
+            client: ClientId(self.client.into()),
             kind,
             ip,
-            agent: self.agent,
+            agent: self.agent.into(),
             started: self.started,
             last_activity: self.last,
-            upstream_cookie: self.cookie,
+            upstream_cookie: self.cookie.map(Into::into),
             bearer: self
                 .bearer
                 .split(',')
                 .filter(|b| !b.is_empty())
-                .map(|b| SessionKey(b.to_owned()))
+                .map(|b| SessionKey(b.into()))
                 .collect(),
             account_kind: account_kind(&self.akind),
         })
@@ -250,8 +250,12 @@ impl WireAdmit {
         let outcome = match (self.outcome.as_str(), self.session, self.active) {
             ("admitted", Some(s), _) => Decision::Admitted {
                 session: s.into_session()?,
-                renewed_from: self.renewed.map(SessionKey),
-                replaces: self.replaces.into_iter().map(SessionKey).collect(),
+                renewed_from: self.renewed.map(|k| SessionKey(k.into())),
+                replaces: self
+                    .replaces
+                    .into_iter()
+                    .map(|k| SessionKey(k.into()))
+                    .collect(),
             },
             ("full", _, _) => Decision::LicenseFull {
                 soonest_end: self.soonest,
