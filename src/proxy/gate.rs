@@ -1540,8 +1540,11 @@ mod tests {
         "host",
         "te",
     ];
-    const VALUES: [&str; 14] = [
+    const VALUES: [&str; 17] = [
         "",
+        "keep-alive,\tupgrade",
+        "clos\u{e9}",
+        "up\u{e9}grade, te",
         "keep-alive",
         "Keep-Alive, Upgrade",
         "close,  te ,",

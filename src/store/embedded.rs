@@ -765,6 +765,44 @@ mod tests {
         }
     }
 
+    /// A session as the builds before `ec8367d` wrote it, every string a `String`: today's
+    /// `Session` (its strings `Arc<str>`) reads that JSON, and writes it back byte for byte.
+    #[test]
+    fn a_session_written_with_owned_strings_reads_and_writes_the_same() {
+        #[derive(serde::Serialize)]
+        struct Earlier {
+            key: String,
+            account: String,
+            client: String,
+            kind: ClientKind,
+            ip: IpAddr,
+            agent: String,
+            started: Timestamp,
+            last_activity: Timestamp,
+            upstream_cookie: Option<String>,
+            bearer: Vec<String>,
+            account_kind: AccountKind,
+        }
+        let at = Timestamp::from_millis(1_796_000_000_000);
+        let earlier = Earlier {
+            key: "k1".to_owned(),
+            account: "ann".to_owned(),
+            client: "web:1".to_owned(),
+            kind: ClientKind::Browser,
+            ip: "192.0.2.1".parse().unwrap(),
+            agent: "test".to_owned(),
+            started: at,
+            last_activity: at,
+            upstream_cookie: Some("faspex=1".to_owned()),
+            bearer: vec!["bearer-k1".to_owned()],
+            account_kind: AccountKind::Directory,
+        };
+        let written = serde_json::to_vec(&earlier).unwrap();
+        let read: Session = serde_json::from_slice(&written).unwrap();
+        assert_eq!(read, session("k1", "ann", "web:1", at));
+        assert_eq!(serde_json::to_vec(&read).unwrap(), written);
+    }
+
     fn lock(
         account: &str,
         ip: Option<IpAddr>,
