@@ -29,7 +29,7 @@ use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method};
 
 use super::classify::{self, Action, Classified, PathError, Route, RouteProfile};
-use super::request::{credentials, BadRequest, Credentials};
+use super::request::{credentials, BadRequest, Credentials, HTTP2_SETTINGS};
 use crate::faspex::rack::{self, BodyKind, Param, ParamError};
 
 /// The most the gateway reads of a login form or a token request.
@@ -42,9 +42,6 @@ pub const HTTP_GATEWAY_PREFIX: &str = "/aspera/http-gwy/";
 /// Rails 3 read a body as the format this header names (`xml`, `yaml`), whatever its type.
 const X_POST_DATA_FORMAT: header::HeaderName =
     header::HeaderName::from_static("x-post-data-format");
-
-/// HTTP/1.1's `h2c` upgrade settings (RFC 7540 §3.2.1).
-const HTTP2_SETTINGS: header::HeaderName = header::HeaderName::from_static("http2-settings");
 
 /// Headers some servers and frameworks take as the request's real URL (IIS URL Rewrite,
 /// Symfony, Zend): Rails ignores them, but the path Faspex acts on must be the one classified.

@@ -43,6 +43,10 @@ pub struct ClientSide {
 // A constant, not a `&str`: a `&str` name is parsed and lower-case-checked on every lookup.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// HTTP/1.1's `h2c` upgrade settings (RFC 7540 §3.2.1): the gate refuses a request with it, and
+/// the forwarder strips it as hop-by-hop.
+pub(crate) const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
 /// The end client's address. The socket peer, unless the peer is a trusted proxy: then the
 /// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> (IpAddr, bool) {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::proxy::request::{ClientSide, X_FORWARDED_FOR};
+use crate::proxy::request::{ClientSide, HTTP2_SETTINGS, X_FORWARDED_FOR};
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1; `HTTP2-Settings`,
 /// RFC 7540 §3.2.1), plus `Proxy-Authorization`, which is meant for us and not for Faspex.
@@ -57,9 +57,6 @@ const PROXY_ONLY_HEADERS: [HeaderName; 7] = [
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-
-/// HTTP/1.1's `h2c` upgrade settings (RFC 7540 §3.2.1).
-const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// The protocol a request or response asks to upgrade to, when `Connection` lists `upgrade`.
 /// `Upgrade` is looked for first: nearly every message has none, and then `Connection` (which

@@ -18,7 +18,7 @@
 //! Time is the caller's `now` (the engine's clock), so tests move it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::Timestamp;
@@ -31,20 +31,20 @@ const MAX_ENTRIES: usize = 100_000;
 /// How a session was looked up: each way is cached on its own.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Lookup {
-    Key(String),
-    Client(String, String),
-    Bearer(String),
+    Key(Arc<str>),
+    Client(String, Arc<str>),
+    Bearer(Arc<str>),
 }
 
 impl Lookup {
     pub(crate) fn key(k: &SessionKey) -> Self {
-        Lookup::Key(k.0.to_string())
+        Lookup::Key(Arc::clone(&k.0))
     }
     pub(crate) fn client(account: &str, c: &ClientId) -> Self {
-        Lookup::Client(account.to_owned(), c.0.to_string())
+        Lookup::Client(account.to_owned(), Arc::clone(&c.0))
     }
     pub(crate) fn bearer(b: &SessionKey) -> Self {
-        Lookup::Bearer(b.0.to_string())
+        Lookup::Bearer(Arc::clone(&b.0))
     }
 }
 

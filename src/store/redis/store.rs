@@ -379,13 +379,13 @@ impl RedisStore {
     ) -> Result<SessionState, StoreError> {
         let [idle, api_idle, abs] = timeouts(&t);
         let (name, key, mut args): (&'static str, String, Vec<String>) = match lookup {
-            Lookup::Key(k) => ("session", format!("s:{k}"), vec![k.clone()]),
+            Lookup::Key(k) => ("session", format!("s:{k}"), vec![k.to_string()]),
             Lookup::Client(a, c) => (
                 "client_session",
                 format!("a:{a}"),
-                vec![a.clone(), c.clone()],
+                vec![a.clone(), c.to_string()],
             ),
-            Lookup::Bearer(b) => ("bearer_session", format!("b:{b}"), vec![b.clone()]),
+            Lookup::Bearer(b) => ("bearer_session", format!("b:{b}"), vec![b.to_string()]),
         };
         args.extend([flag(activity), idle, api_idle, abs]);
         let reply = self.call(name, &[&key], Some(now), &args).await?;
