@@ -3,10 +3,13 @@
 # callgrind: a figure that repeats on a shared machine, where requests/s drift by a fifth from
 # run to run. Use it to compare two builds; the nginx comparison is benches/versus.sh.
 #
-#   benches/instructions.sh [REQUESTS] [cookie|basic]   # default 10000 with the session cookie
+#   benches/instructions.sh [REQUESTS] [cookie|basic|nginx]   # default 10000 with the session cookie
 #
 # `basic` sends HTTP Basic credentials instead (the rig's Basic caller, with its User-Agent), each
-# request a hit of the gateway's verification cache after the warm-up.
+# request a hit of the gateway's verification cache after the warm-up. `nginx` counts the rig's
+# nginx `proxy_pass` peer instead of the gateway, for the same GET with the same cookie: a copy of
+# its configuration, its one worker in the foreground (`master_process off`) on ports of its own,
+# under callgrind in the same way.
 #
 # It starts the benchmark's rig (`benches/versus.sh --hold`: upstream, slapd, gateway, nginx),
 # restarts the rig's gateway under callgrind with the same configuration and state (the
@@ -17,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-10000}"
 credentials="${2:-cookie}"
-case "$credentials" in cookie | basic) ;; *) echo "instructions: cookie or basic, not $credentials" >&2; exit 2 ;; esac
+case "$credentials" in cookie | basic | nginx) ;; *) echo "instructions: cookie, basic or nginx, not $credentials" >&2; exit 2 ;; esac
 
 if ! command -v valgrind >/dev/null; then
     if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
@@ -49,14 +52,37 @@ basic="$(sed -E 's/^basic: (Basic [^ ]+) .*/\1/' <<<"$basic_line")"
 agent="$(sed -E 's/.*User-Agent: ([^)]+)\).*/\1/' <<<"$basic_line")"
 mapfile -d '' -t cmd <"/proc/$gateway_pid/cmdline"
 
-kill "$gateway_pid"
-# (it stays a zombie until the rig reaps it: wait for it to have exited, not to be gone)
-while [ -e "/proc/$gateway_pid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$gateway_pid/status" 2>/dev/null; do
-    sleep 0.2
-done
-valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "${cmd[@]}" \
-    >"$work/gateway.log" 2>&1 &
-vg=$!
+if [ "$credentials" = nginx ]; then
+    # The rig's nginx.conf, its two servers moved to ports of their own (the rig's nginx keeps
+    # its ports), one worker process and no master, in the foreground.
+    nginx_port="$(sed -E 's/.*  nginx https:\/\/localhost:([0-9]+) .*/\1/' <<<"$holding")"
+    conf="$(dirname "$(sed -E 's/.*--config ([^ ]+).*/\1/' <<<"${cmd[*]}")")/nginx.conf"
+    [ -f "$conf" ] || { echo "instructions: no nginx.conf beside the rig's gateway.toml" >&2; exit 1; }
+    free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+    port="$(free_port)"
+    {
+        echo "daemon off;"
+        echo "master_process off;"
+        sed -E -e "s#^pid .*#pid $work/nginx.pid;#" -e "s#access_log [^;]*;#access_log $work/nginx-access.log;#" "$conf"
+    } >"$work/nginx.conf"
+    while read -r listen; do
+        p="${listen##*:}"
+        if [ "$p" = "$nginx_port" ]; then new="$port"; else new="$(free_port)"; fi
+        sed -i "s/listen 127.0.0.1:$p ssl/listen 127.0.0.1:$new ssl/" "$work/nginx.conf"
+    done < <(grep -oE 'listen 127\.0\.0\.1:[0-9]+' "$conf")
+    valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
+        "$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx.conf" >"$work/nginx.log" 2>&1 &
+    vg=$!
+else
+    kill "$gateway_pid"
+    # (it stays a zombie until the rig reaps it: wait for it to have exited, not to be gone)
+    while [ -e "/proc/$gateway_pid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$gateway_pid/status" 2>/dev/null; do
+        sleep 0.2
+    done
+    valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "${cmd[@]}" \
+        >"$work/gateway.log" 2>&1 &
+    vg=$!
+fi
 url="https://localhost:$port/aspera/faspex/small"
 for _ in $(seq 1 120); do
     curl -sk -o /dev/null "https://localhost:$port/" && break
@@ -83,5 +109,9 @@ grep -q "\[200\] $n responses" <<<"$report" || {
 }
 dump="$(ls -t "$work"/callgrind.out.* | head -1)"
 total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
-echo "faspex-gate: $((total / n)) user-space instructions per small authenticated GET ($credentials, $n requests; $dump)"
+if [ "$credentials" = nginx ]; then
+    echo "nginx proxy_pass: $((total / n)) user-space instructions per small GET (cookie, not checked; $n requests; $dump)"
+else
+    echo "faspex-gate: $((total / n)) user-space instructions per small authenticated GET ($credentials, $n requests; $dump)"
+fi
 echo "top functions: callgrind_annotate --inclusive=yes $dump | head -60"
