@@ -22,41 +22,12 @@ n="${1:-10000}"
 credentials="${2:-cookie}"
 case "$credentials" in cookie | basic | nginx) ;; *) echo "instructions: cookie, basic or nginx, not $credentials" >&2; exit 2 ;; esac
 
-if ! command -v valgrind >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
-fi
-
-work="$(mktemp -d)"
-setsid bash benches/versus.sh --hold >"$work/rig.log" 2>&1 &
-rig=$!
-vg=""
-cleanup() {
-    [ -n "$vg" ] && kill "$vg" 2>/dev/null
-    kill -- -"$rig" 2>/dev/null || true
-}
-trap cleanup EXIT
-
-for _ in $(seq 1 1200); do
-    grep -q '^cookie:' "$work/rig.log" && break
-    kill -0 "$rig" 2>/dev/null || { cat "$work/rig.log" >&2; exit 1; }
-    sleep 1
-done
-holding="$(grep '^holding:' "$work/rig.log")" || { cat "$work/rig.log" >&2; exit 1; }
-gateway_pid="$(sed -E 's/.*gateway pid ([0-9]+) .*/\1/' <<<"$holding")"
-port="$(sed -E 's/.*gateway pid [0-9]+ https:\/\/localhost:([0-9]+) .*/\1/' <<<"$holding")"
-cookie="$(grep '^cookie:' "$work/rig.log" | cut -d' ' -f2)"
-# ("basic: Basic <base64> (with User-Agent: <agent>)")
-basic_line="$(grep '^basic:' "$work/rig.log")"
-basic="$(sed -E 's/^basic: (Basic [^ ]+) .*/\1/' <<<"$basic_line")"
-agent="$(sed -E 's/.*User-Agent: ([^)]+)\).*/\1/' <<<"$basic_line")"
-mapfile -d '' -t cmd <"/proc/$gateway_pid/cmdline"
+. benches/hold.sh valgrind
 
 if [ "$credentials" = nginx ]; then
     # The rig's nginx.conf, its two servers moved to ports of their own (the rig's nginx keeps
     # its ports), one worker process and no master, in the foreground.
-    nginx_port="$(sed -E 's/.*  nginx https:\/\/localhost:([0-9]+) .*/\1/' <<<"$holding")"
-    conf="$(dirname "$(sed -E 's/.*--config ([^ ]+).*/\1/' <<<"${cmd[*]}")")/nginx.conf"
+    conf="$nginx_conf"
     [ -f "$conf" ] || { echo "instructions: no nginx.conf beside the rig's gateway.toml" >&2; exit 1; }
     free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
     port="$(free_port)"
@@ -73,6 +44,7 @@ if [ "$credentials" = nginx ]; then
     valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
         "$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx.conf" >"$work/nginx.log" 2>&1 &
     vg=$!
+    held+=("$vg")
 else
     kill "$gateway_pid"
     # (it stays a zombie until the rig reaps it: wait for it to have exited, not to be gone)
@@ -82,6 +54,7 @@ else
     valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "${cmd[@]}" \
         >"$work/gateway.log" 2>&1 &
     vg=$!
+    held+=("$vg")
 fi
 url="https://localhost:$port/aspera/faspex/small"
 for _ in $(seq 1 120); do
@@ -89,7 +62,6 @@ for _ in $(seq 1 120); do
     sleep 1
 done
 
-oha="${OHA:-$(command -v oha || echo "${CARGO_TARGET_DIR:-target}/bench-tools/bin/oha")}"
 if [ "$credentials" = basic ]; then
     headers=(-H "Authorization: $basic" -H "User-Agent: $agent")
 else

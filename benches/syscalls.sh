@@ -12,39 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-20000}"
 
-if ! command -v strace >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace >/dev/null
-fi
-
-work="$(mktemp -d)"
-setsid bash benches/versus.sh --hold >"$work/rig.log" 2>&1 &
-rig=$!
-st=""
-cleanup() {
-    [ -n "$st" ] && kill "$st" 2>/dev/null
-    kill -- -"$rig" 2>/dev/null || true
-}
-trap cleanup EXIT
-
-for _ in $(seq 1 1200); do
-    grep -q '^cookie:' "$work/rig.log" && break
-    kill -0 "$rig" 2>/dev/null || { cat "$work/rig.log" >&2; exit 1; }
-    sleep 1
-done
-holding="$(grep '^holding:' "$work/rig.log")" || { cat "$work/rig.log" >&2; exit 1; }
-gateway_pid="$(sed -E 's/.*gateway pid ([0-9]+) .*/\1/' <<<"$holding")"
-gateway_port="$(sed -E 's/.*gateway pid [0-9]+ https:\/\/localhost:([0-9]+) .*/\1/' <<<"$holding")"
-nginx_port="$(sed -E 's/.*  nginx https:\/\/localhost:([0-9]+) .*/\1/' <<<"$holding")"
-cookie="$(grep '^cookie:' "$work/rig.log" | cut -d' ' -f2)"
-# (the rig's nginx is the one whose configuration sits beside the gateway's)
-mapfile -d '' -t cmd <"/proc/$gateway_pid/cmdline"
-conf="$(dirname "$(sed -E 's/.*--config ([^ ]+).*/\1/' <<<"${cmd[*]}")")/nginx.conf"
+. benches/hold.sh strace
+gateway_port="$port"
+conf="$nginx_conf"
 master="$(pgrep -f -- "-c $conf" | head -1)"
 worker="$(pgrep -P "$master" | head -1)"
 [ -n "$worker" ] || { echo "syscalls: no nginx worker for $conf" >&2; exit 1; }
 
-oha="${OHA:-$(command -v oha || echo "${CARGO_TARGET_DIR:-target}/bench-tools/bin/oha")}"
 count() {
     local name="$1" pid="$2" port="$3" flags="$4"
     local url="https://localhost:$port/aspera/faspex/small"
@@ -52,11 +26,11 @@ count() {
     # shellcheck disable=SC2086
     strace $flags -c -o "$work/$name.strace" -p "$pid" 2>/dev/null &
     st=$!
+    held+=("$st")
     sleep 1
     report="$("$oha" -n "$n" -c 32 --no-tui --insecure -H "Cookie: $cookie" "$url")"
     kill -INT "$st"
     wait "$st" || true
-    st=""
     grep -q "\[200\] $n responses" <<<"$report" || {
         echo "syscalls: not every request to $name was answered 200:" >&2
         echo "$report" >&2

@@ -1,0 +1,41 @@
+# Sourced by benches/instructions.sh and benches/syscalls.sh (bash, from the repository's root):
+# install `$1` when missing (a Debian package), start the benchmark's rig (`benches/versus.sh
+# --hold`) and read what it holds. Sets: work (a fresh folder), rig (its process group),
+# holding (the rig's line), gateway_pid, port (the gateway's), nginx_port, cookie, basic and
+# agent (the Basic caller's `Authorization` and User-Agent), cmd (the gateway's command line) and
+# nginx_conf (the rig's nginx.conf). Processes added to `held` are killed on exit, with the rig.
+
+tool="$1"
+if ! command -v "$tool" >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$tool" >/dev/null
+fi
+
+work="$(mktemp -d)"
+setsid bash benches/versus.sh --hold >"$work/rig.log" 2>&1 &
+rig=$!
+held=()
+cleanup() {
+    for p in "${held[@]}"; do kill "$p" 2>/dev/null || true; done
+    kill -- -"$rig" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+for _ in $(seq 1 1200); do
+    grep -q '^cookie:' "$work/rig.log" && break
+    kill -0 "$rig" 2>/dev/null || { cat "$work/rig.log" >&2; exit 1; }
+    sleep 1
+done
+holding="$(grep '^holding:' "$work/rig.log")" || { cat "$work/rig.log" >&2; exit 1; }
+gateway_pid="$(sed -E 's/.*gateway pid ([0-9]+) .*/\1/' <<<"$holding")"
+port="$(sed -E 's/.*gateway pid [0-9]+ https:\/\/localhost:([0-9]+) .*/\1/' <<<"$holding")"
+nginx_port="$(sed -E 's/.*  nginx https:\/\/localhost:([0-9]+) .*/\1/' <<<"$holding")"
+cookie="$(grep '^cookie:' "$work/rig.log" | cut -d' ' -f2)"
+# ("basic: Basic <base64> (with User-Agent: <agent>)")
+basic_line="$(grep '^basic:' "$work/rig.log")"
+basic="$(sed -E 's/^basic: (Basic [^ ]+) .*/\1/' <<<"$basic_line")"
+agent="$(sed -E 's/.*User-Agent: ([^)]+)\).*/\1/' <<<"$basic_line")"
+mapfile -d '' -t cmd <"/proc/$gateway_pid/cmdline"
+# (the rig writes nginx.conf beside the gateway's configuration)
+nginx_conf="$(dirname "$(sed -E 's/.*--config ([^ ]+).*/\1/' <<<"${cmd[*]}")")/nginx.conf"
+oha="${OHA:-$(command -v oha || echo "${CARGO_TARGET_DIR:-target}/bench-tools/bin/oha")}"
