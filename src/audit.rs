@@ -165,7 +165,7 @@ impl AuditLog {
         line.push(b'\n');
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let result = match &mut out.1 {
-            Writer::Stderr => std::io::stderr().lock().write_all(&line),
+            Writer::Stderr => crate::log::to_stderr(&line),
             Writer::File(f) => f.write_all(&line),
         };
         if let Err(e) = result {

@@ -197,9 +197,11 @@ pub fn run(cli: Cli) -> ExitCode {
                     "running on a manual clock, moved by POST /admin/v1/clock: for tests only"
                 );
             }
-            match runtime(cfg.server.workers)
-                .and_then(|rt| rt.block_on(crate::app::serve(cfg, time)))
-            {
+            let served = runtime(cfg.server.workers)
+                .and_then(|rt| rt.block_on(crate::app::serve(cfg, time)));
+            // (the runtime is gone: lines its last tasks wrote may be held)
+            crate::log::flush();
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 // (a file the configuration names, read when the app is built)
                 Err(e) => match e.downcast_ref::<ConfigError>() {
@@ -293,6 +295,7 @@ fn demo(listen: SocketAddr, admin_listen: SocketAddr, ha: bool) -> ExitCode {
             }
         })
     });
+    crate::log::flush();
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ConfigError>() {
@@ -375,17 +378,20 @@ fn read_password_line() -> anyhow::Result<String> {
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {
+    crate::log::flush();
     eprintln!("faspex-gate: configuration error: {e}");
     ExitCode::from(EXIT_CONFIG)
 }
 
 fn failure(e: &anyhow::Error) -> ExitCode {
+    crate::log::flush();
     eprintln!("faspex-gate: {e:#}");
     ExitCode::from(1)
 }
 
 /// The request-handling runtime: `workers` threads, or one per core when 0. One worker is a
-/// current-thread runtime: the same single thread without the work-stealing machinery.
+/// current-thread runtime: the same single thread without the work-stealing machinery. Each
+/// worker writes the log lines held ([`crate::log::parked`]) when it runs out of work.
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = match workers {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -396,7 +402,7 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
             b
         }
     };
-    Ok(b.enable_all().build()?)
+    Ok(b.enable_all().on_thread_park(crate::log::parked).build()?)
 }
 
 #[cfg(test)]

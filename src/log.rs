@@ -8,14 +8,25 @@
 //!
 //! The access log, a line for every request, has a writer of its own ([`write`] with
 //! [`Fields`]): the same line as those formatters would make from its fields, built with plain
-//! pushes in a buffer kept per thread and written with one `write` on stderr, without the
-//! formatting machinery, the per-field dispatch and the allocations, which cost several hundred
-//! instructions per request (`benches/instructions.sh`). Its callers ask [`access_enabled`]
-//! first, so `RUST_LOG` filters it as it filters the rest.
+//! pushes in a buffer kept per thread, without the formatting machinery, the per-field dispatch
+//! and the allocations, which cost several hundred instructions per request
+//! (`benches/instructions.sh`). Its callers ask [`access_enabled`] first, so `RUST_LOG` filters
+//! it as it filters the rest.
+//!
+//! Lines are written whole, never split or interleaved. On the request runtime's threads they
+//! are held and written together, as nginx's `access_log ... buffer=` does, since one `write`
+//! per request was the costliest system call a small GET made after the sockets' own: a thread
+//! writes what is held when it runs out of work ([`parked`], tokio's `on_thread_park`), and a
+//! line that brings the held bytes to [`HELD_BYTES`] writes them at once. Anything else written
+//! to stderr (tracing's events, the audit log's `-`, [`flush`] before exit) writes what is held
+//! first, in one `write` with it, so the order of lines is the order they were made. Only a
+//! process killed outright loses what was held: at most [`HELD_BYTES`], and on a busy gateway
+//! a few milliseconds of lines.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use tracing::Level;
 use tracing_subscriber::fmt::format::Writer;
@@ -48,7 +59,7 @@ pub fn init(format: LogFormat) {
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
+                .with_writer(|| Stderr)
                 .try_init()
         }
         LogFormat::Json => tracing_subscriber::fmt()
@@ -57,10 +68,24 @@ pub fn init(format: LogFormat) {
             .with_current_span(false)
             .with_span_list(false)
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(|| Stderr)
             .try_init(),
     }
     .is_ok();
+    // A panic's message goes after the lines held. (`try_lock`: the panic may have come from a
+    // thread that holds them.)
+    static HOOKED: std::sync::Once = std::sync::Once::new();
+    HOOKED.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Ok(mut held) = HELD.try_lock() {
+                if !held.is_empty() {
+                    let _ = write_out(&mut held);
+                }
+            }
+            report(info);
+        }));
+    });
     // The filter is RUST_LOG as it was at start, and never changes: its answer for the access
     // target holds for the process's life, unless a span directive (`[...]`) makes it depend on
     // where the line is written.
@@ -82,7 +107,8 @@ pub fn access_enabled() -> bool {
 }
 
 /// Write one line of `target` at `level` to stderr, in the format [`init`] set, with the fields
-/// `fill` adds. The line is made in a buffer kept per thread and written whole, in one `write`.
+/// `fill` adds. The line is made in a buffer kept per thread and written whole: at once, or on a
+/// thread that has [`parked`], held and written with the lines after it.
 pub fn write(level: Level, target: &'static str, fill: impl FnOnce(&mut Fields<'_>)) {
     thread_local! {
         static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
@@ -97,8 +123,80 @@ pub fn write(level: Level, target: &'static str, fill: impl FnOnce(&mut Fields<'
         };
         out.clear();
         render(out, json, level, target, fill);
-        let _ = std::io::stderr().lock().write_all(out);
+        if PARKS.get() {
+            let mut held = held();
+            held.extend_from_slice(out);
+            if held.len() >= HELD_BYTES {
+                let _ = write_out(&mut held);
+            }
+        } else {
+            let _ = to_stderr(out);
+        }
     });
+}
+
+/// Bytes of lines held, past which the line that adds to them writes them all: about thirty
+/// access-log lines.
+pub const HELD_BYTES: usize = 8 * 1024;
+
+/// Lines made but not yet written, in the order they were made.
+static HELD: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Whether this thread calls [`parked`] when it runs out of work, and so may hold lines.
+    static PARKS: Cell<bool> = const { Cell::new(false) };
+}
+
+fn held() -> MutexGuard<'static, Vec<u8>> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Write `held` out and empty it (its room is kept for the next lines).
+fn write_out(held: &mut Vec<u8>) -> std::io::Result<()> {
+    let written = std::io::stderr().lock().write_all(held);
+    held.clear();
+    written
+}
+
+/// The runtime's `on_thread_park`: this thread has run out of work, so write the lines held.
+/// From then on, this thread's lines are held too: it will call this again before it waits.
+pub fn parked() {
+    PARKS.set(true);
+    flush();
+}
+
+/// Write the lines held, if any: before the process exits, or prints a last message.
+pub fn flush() {
+    let mut held = held();
+    if !held.is_empty() {
+        let _ = write_out(&mut held);
+    }
+}
+
+/// Write `bytes` to stderr after the lines held, in one `write` with them.
+pub fn to_stderr(bytes: &[u8]) -> std::io::Result<()> {
+    let mut held = held();
+    if held.is_empty() {
+        // (under the lock still: a line held meanwhile must come after these bytes)
+        std::io::stderr().lock().write_all(bytes)
+    } else {
+        held.extend_from_slice(bytes);
+        write_out(&mut held)
+    }
+}
+
+/// stderr for tracing's events: each is written after the lines held ([`to_stderr`]).
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        to_stderr(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One line, as [`write`] writes it. `target` is a Rust path, which JSON writes as it is.

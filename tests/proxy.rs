@@ -732,6 +732,71 @@ async fn access_log_has_one_line_per_request_and_no_secrets() {
     );
 }
 
+/// Access-log lines are held and written together on the request runtime's threads: none is
+/// lost or split, whether the gateway goes idle after a burst or is stopped straight after one,
+/// with one worker (a current-thread runtime) or several.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_access_lines_are_all_written_whole() {
+    for workers in ["1", "2"] {
+        let (_up, mut gw) = setup(|c| {
+            c.set("server", "workers", workers);
+        })
+        .await;
+        let access = |logs: &str, path: &str| {
+            logs.lines()
+                .filter(|l| l.contains("faspex_gate::access") && l.contains(path))
+                .count()
+        };
+        let burst = |tag: &'static str, n: usize| {
+            let c = client(&gw);
+            let base = gw.base();
+            async move {
+                let mut set = tokio::task::JoinSet::new();
+                for i in 0..n {
+                    let c = c.clone();
+                    let url = format!("{base}/echo/{tag}/{i}");
+                    set.spawn(async move { get(&c, &url).await.0 });
+                }
+                while let Some(st) = set.join_next().await {
+                    assert_eq!(st.unwrap(), 200);
+                }
+            }
+        };
+        // A burst of 300 (several times the bytes held at most), then the gateway goes idle:
+        // every line is out without another request to push it.
+        burst("idle", 300).await;
+        let until = Instant::now() + Duration::from_secs(5);
+        while access(&gw.logs(), "path=/echo/idle/") < 300 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            access(&gw.logs(), "path=/echo/idle/"),
+            300,
+            "workers = {workers}"
+        );
+        // A burst, then a stop straight after it: no line is lost on the way out.
+        burst("stop", 120).await;
+        gw.signal("TERM");
+        let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(10)));
+        assert!(status.expect("the gateway exited").success());
+        let until = Instant::now() + Duration::from_secs(5);
+        while access(&gw.logs(), "path=/echo/stop/") < 120 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let logs = gw.logs();
+        assert_eq!(
+            access(&logs, "path=/echo/stop/"),
+            120,
+            "workers = {workers}"
+        );
+        // Whole lines: each access line is one line, with its fields, never two run together.
+        for line in logs.lines().filter(|l| l.contains("faspex_gate::access")) {
+            assert_eq!(line.matches("faspex_gate::access").count(), 1, "{line}");
+            assert!(line.ends_with("complete=true"), "{line}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_http_listener_serves_too() {
     let (_up, gw) = setup(|c| {
