@@ -197,10 +197,11 @@ pub fn run(cli: Cli) -> ExitCode {
                     "running on a manual clock, moved by POST /admin/v1/clock: for tests only"
                 );
             }
-            let served = runtime(cfg.server.workers)
-                .and_then(|rt| rt.block_on(crate::app::serve(cfg, time)));
-            // (the runtime is gone: lines its last tasks wrote may be held)
-            crate::log::flush();
+            let served = {
+                // (once the runtime is gone: its last tasks may have held lines as they were dropped)
+                let _flush = crate::log::FlushOnDrop;
+                runtime(cfg.server.workers).and_then(|rt| rt.block_on(crate::app::serve(cfg, time)))
+            };
             match served {
                 Ok(()) => ExitCode::SUCCESS,
                 // (a file the configuration names, read when the app is built)
@@ -287,6 +288,7 @@ fn demo(listen: SocketAddr, admin_listen: SocketAddr, ha: bool) -> ExitCode {
         None
     };
     crate::log::init(config::LogFormat::Text);
+    let flush_at_exit = crate::log::FlushOnDrop;
     let served = runtime(0).and_then(|rt| {
         rt.block_on(async {
             match redis {
@@ -295,7 +297,7 @@ fn demo(listen: SocketAddr, admin_listen: SocketAddr, ha: bool) -> ExitCode {
             }
         })
     });
-    crate::log::flush();
+    drop(flush_at_exit);
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ConfigError>() {
@@ -391,7 +393,8 @@ fn failure(e: &anyhow::Error) -> ExitCode {
 
 /// The request-handling runtime: `workers` threads, or one per core when 0. One worker is a
 /// current-thread runtime: the same single thread without the work-stealing machinery. Each
-/// worker writes the log lines held ([`crate::log::parked`]) when it runs out of work.
+/// worker writes the log lines held ([`crate::log::parked`]) when it runs out of work, and a
+/// task of its own ([`crate::log::flusher`]) those held too long.
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = match workers {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -402,7 +405,9 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
             b
         }
     };
-    Ok(b.enable_all().on_thread_park(crate::log::parked).build()?)
+    let rt = b.enable_all().on_thread_park(crate::log::parked).build()?;
+    rt.spawn(crate::log::flusher());
+    Ok(rt)
 }
 
 #[cfg(test)]

@@ -15,18 +15,19 @@
 //!
 //! Lines are written whole, never split or interleaved. On the request runtime's threads they
 //! are held and written together, as nginx's `access_log ... buffer=` does, since one `write`
-//! per request was the costliest system call a small GET made after the sockets' own: a thread
-//! writes what is held when it runs out of work ([`parked`], tokio's `on_thread_park`), and a
-//! line that brings the held bytes to [`HELD_BYTES`] writes them at once. Anything else written
-//! to stderr (tracing's events, the audit log's `-`, [`flush`] before exit) writes what is held
-//! first, in one `write` with it, so the order of lines is the order they were made. Only a
-//! process killed outright loses what was held: at most [`HELD_BYTES`], and on a busy gateway
-//! a few milliseconds of lines.
-
+//! per request was the costliest system call a small GET made after the sockets' own. What is
+//! held is written when a worker runs out of work ([`parked`], tokio's `on_thread_park`), when a
+//! line brings it to [`HELD_BYTES`], and at the latest [`HELD_AT_MOST`] after the first of it
+//! was held ([`flusher`], a task of the runtime's, for workers kept busy by long transfers).
+//! Anything else written to stderr (tracing's events, the audit log's `-`, [`flush`] at exit,
+//! and as far as it can a panic's message) writes what is held first, with it, so that a
+//! thread's lines keep the order it made them in. A process that dies without unwinding
+//! (`SIGKILL`, an abort) loses what was held then, and a failed write what it carried.
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
 
 use tracing::Level;
 use tracing_subscriber::fmt::format::Writer;
@@ -72,17 +73,13 @@ pub fn init(format: LogFormat) {
             .try_init(),
     }
     .is_ok();
-    // A panic's message goes after the lines held. (`try_lock`: the panic may have come from a
-    // thread that holds them.)
+    // A panic's message goes after the lines held, when they can be had at once (`try_lock`: the
+    // panic may have come from the thread that holds their lock).
     static HOOKED: std::sync::Once = std::sync::Once::new();
     HOOKED.call_once(|| {
         let report = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if let Ok(mut held) = HELD.try_lock() {
-                if !held.is_empty() {
-                    let _ = write_out(&mut held);
-                }
-            }
+            HELD.write_if_free();
             report(info);
         }));
     });
@@ -124,13 +121,9 @@ pub fn write(level: Level, target: &'static str, fill: impl FnOnce(&mut Fields<'
         out.clear();
         render(out, json, level, target, fill);
         if PARKS.get() {
-            let mut held = held();
-            held.extend_from_slice(out);
-            if held.len() >= HELD_BYTES {
-                let _ = write_out(&mut held);
-            }
+            HELD.hold(out);
         } else {
-            let _ = to_stderr(out);
+            let _ = HELD.to_stderr(out);
         }
     });
 }
@@ -139,49 +132,143 @@ pub fn write(level: Level, target: &'static str, fill: impl FnOnce(&mut Fields<'
 /// access-log lines.
 pub const HELD_BYTES: usize = 8 * 1024;
 
-/// Lines made but not yet written, in the order they were made.
-static HELD: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// The longest a line is held on a runtime whose workers never run out of work.
+pub const HELD_AT_MOST: Duration = Duration::from_millis(100);
+
+/// The lines held ([`Held`]), for stderr.
+static HELD: Held = Held::new(stderr);
+
+fn stderr(bytes: &[u8]) -> std::io::Result<()> {
+    std::io::stderr().lock().write_all(bytes)
+}
 
 thread_local! {
     /// Whether this thread calls [`parked`] when it runs out of work, and so may hold lines.
     static PARKS: Cell<bool> = const { Cell::new(false) };
 }
 
-fn held() -> MutexGuard<'static, Vec<u8>> {
-    HELD.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Write `held` out and empty it (its room is kept for the next lines).
-fn write_out(held: &mut Vec<u8>) -> std::io::Result<()> {
-    let written = std::io::stderr().lock().write_all(held);
-    held.clear();
-    written
-}
-
 /// The runtime's `on_thread_park`: this thread has run out of work, so write the lines held.
-/// From then on, this thread's lines are held too: it will call this again before it waits.
+/// From then on, this thread's lines are held too: it will call this again before it waits. It
+/// never waits for the lock (another thread is writing them, or adding to them; [`flusher`]
+/// writes what that leaves).
 pub fn parked() {
     PARKS.set(true);
-    flush();
+    if HELD.any.load(Ordering::Acquire) {
+        HELD.write_if_free();
+    }
+}
+
+/// The runtime's task (spawned with it) that writes lines held for [`HELD_AT_MOST`]: on a
+/// worker kept busy, tokio checks its timers between tasks, where it would not park.
+pub async fn flusher() {
+    HELD.flusher().await
 }
 
 /// Write the lines held, if any: before the process exits, or prints a last message.
 pub fn flush() {
-    let mut held = held();
-    if !held.is_empty() {
-        let _ = write_out(&mut held);
+    HELD.flush();
+}
+
+/// Write `bytes` to stderr after the lines held, with them.
+pub fn to_stderr(bytes: &[u8]) -> std::io::Result<()> {
+    HELD.to_stderr(bytes)
+}
+
+/// Writes the lines held when dropped: at the end of a scope that ran a runtime, however it
+/// ends (a panic's unwinding too, when the runtime's last tasks held lines as they were dropped).
+pub struct FlushOnDrop;
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        flush();
     }
 }
 
-/// Write `bytes` to stderr after the lines held, in one `write` with them.
-pub fn to_stderr(bytes: &[u8]) -> std::io::Result<()> {
-    let mut held = held();
-    if held.is_empty() {
-        // (under the lock still: a line held meanwhile must come after these bytes)
-        std::io::stderr().lock().write_all(bytes)
-    } else {
-        held.extend_from_slice(bytes);
-        write_out(&mut held)
+/// Lines made but not yet written to `out`, in the order they were made.
+struct Held {
+    /// Writes whole: with stderr's lock, so that nothing else on stderr comes between.
+    out: fn(&[u8]) -> std::io::Result<()>,
+    lines: Mutex<Vec<u8>>,
+    /// Whether `lines` has anything in it: read without the lock (a worker's every park, and
+    /// every event of tracing's, asks).
+    any: AtomicBool,
+    /// Told when a line is held where none was: [`Held::flusher`] starts its count.
+    first: tokio::sync::Notify,
+}
+
+impl Held {
+    const fn new(out: fn(&[u8]) -> std::io::Result<()>) -> Held {
+        Held {
+            out,
+            lines: Mutex::new(Vec::new()),
+            any: AtomicBool::new(false),
+            first: tokio::sync::Notify::const_new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hold `line`; write all that is held if that makes [`HELD_BYTES`].
+    fn hold(&self, line: &[u8]) {
+        let mut lines = self.lock();
+        if lines.is_empty() {
+            self.any.store(true, Ordering::Release);
+            self.first.notify_one();
+        }
+        lines.extend_from_slice(line);
+        if lines.len() >= HELD_BYTES {
+            let _ = self.write_out(&mut lines);
+        }
+    }
+
+    /// Write `lines` out and empty them (their room is kept for the next). What a failed write
+    /// carried is lost, as a line written on its own would have been.
+    fn write_out(&self, lines: &mut Vec<u8>) -> std::io::Result<()> {
+        let written = (self.out)(lines);
+        lines.clear();
+        self.any.store(false, Ordering::Release);
+        written
+    }
+
+    /// Write what is held unless another thread has the lock (a park, a panic: never wait).
+    fn write_if_free(&self) {
+        let mut lines = match self.lines.try_lock() {
+            Ok(lines) => lines,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if !lines.is_empty() {
+            let _ = self.write_out(&mut lines);
+        }
+    }
+
+    fn flush(&self) {
+        if self.any.load(Ordering::Acquire) {
+            let mut lines = self.lock();
+            if !lines.is_empty() {
+                let _ = self.write_out(&mut lines);
+            }
+        }
+    }
+
+    fn to_stderr(&self, bytes: &[u8]) -> std::io::Result<()> {
+        if !self.any.load(Ordering::Acquire) {
+            return (self.out)(bytes);
+        }
+        let mut lines = self.lock();
+        lines.extend_from_slice(bytes);
+        self.write_out(&mut lines)
+    }
+
+    /// Write what has been held for [`HELD_AT_MOST`], for as long as the runtime runs.
+    async fn flusher(&self) {
+        loop {
+            self.first.notified().await;
+            tokio::time::sleep(HELD_AT_MOST).await;
+            self.flush();
+        }
     }
 }
 
@@ -514,6 +601,64 @@ mod tests {
             f.bool(key!("complete"), true);
         });
         String::from_utf8(out).unwrap()
+    }
+
+    /// On a worker that never parks again, a held line waits for the flusher: no longer than
+    /// `HELD_AT_MOST`. Past `HELD_BYTES` they go at once, and anything else written goes after
+    /// them, in one piece with them.
+    #[tokio::test(start_paused = true)]
+    async fn held_lines_are_written_in_order_within_the_bounds() {
+        static OUT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+        static MINE: Held = Held::new(|b| {
+            OUT.lock().unwrap().push(b.to_vec());
+            Ok(())
+        });
+        let writes = || OUT.lock().unwrap().clone();
+        let flusher = tokio::spawn(MINE.flusher());
+        tokio::task::yield_now().await;
+        for round in 0..2 {
+            MINE.hold(b"one\n");
+            tokio::time::sleep(HELD_AT_MOST / 2).await;
+            MINE.hold(b"two\n");
+            tokio::time::sleep(HELD_AT_MOST / 2 - Duration::from_millis(5)).await;
+            assert!(
+                MINE.any.load(Ordering::Acquire),
+                "round {round}: still held"
+            );
+            assert_eq!(writes().len(), round);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::task::yield_now().await;
+            assert!(!MINE.any.load(Ordering::Acquire), "round {round}: written");
+            assert_eq!(writes().len(), round + 1);
+            assert_eq!(
+                writes()[round],
+                b"one\ntwo\n",
+                "round {round}: in one write"
+            );
+        }
+        // HELD_BYTES held are written at once, without waiting.
+        let line = [b'x'; 1024];
+        for _ in 0..HELD_BYTES / 1024 - 1 {
+            MINE.hold(&line);
+        }
+        assert!(MINE.any.load(Ordering::Acquire));
+        MINE.hold(&line);
+        assert!(!MINE.any.load(Ordering::Acquire), "written at HELD_BYTES");
+        assert_eq!(writes().len(), 3);
+        assert_eq!(writes()[2].len(), HELD_BYTES);
+        // Anything else goes after what is held, in the same write; with nothing held, alone.
+        MINE.hold(b"three\n");
+        MINE.to_stderr(b"an event\n").unwrap();
+        MINE.to_stderr(b"another\n").unwrap();
+        assert_eq!(writes()[3], b"three\nan event\n");
+        assert_eq!(writes()[4], b"another\n");
+        // A park, or a flush at exit, writes what is held; with nothing held, nothing.
+        MINE.hold(b"four\n");
+        MINE.write_if_free();
+        MINE.flush();
+        assert_eq!(writes()[5], b"four\n");
+        assert_eq!(writes().len(), 6);
+        flusher.abort();
     }
 
     #[test]

@@ -797,6 +797,46 @@ async fn held_access_lines_are_all_written_whole() {
     }
 }
 
+/// A download still running when the shutdown deadline passes is cut as the runtime goes: its
+/// access line (`complete=false`) is made as its task is dropped, after the last park, and
+/// written on the way out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_line_made_as_the_runtime_goes_is_written_before_the_exit() {
+    for workers in ["1", "2"] {
+        let (_up, mut gw) = setup(|c| {
+            c.set("server", "workers", workers);
+            c.set("server", "shutdown_timeout", "\"1s\"");
+        })
+        .await;
+        // A client that asks for 100 MB and reads none of it.
+        let mut s = raw_tls(gw.https.unwrap(), &gw.files.cert_pem).await;
+        s.write_all(b"GET /stream?bytes=100000000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        gw.signal("TERM");
+        let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(10)));
+        assert!(status.expect("the gateway exited").success());
+        let until = Instant::now() + Duration::from_secs(5);
+        let line = loop {
+            let logs = gw.logs();
+            let line = logs
+                .lines()
+                .find(|l| l.contains("faspex_gate::access") && l.contains("path=/stream"))
+                .map(str::to_owned);
+            match line {
+                Some(line) => break line,
+                None if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                None => panic!("workers = {workers}: no access line for the cut download:\n{logs}"),
+            }
+        };
+        assert!(line.ends_with("complete=false"), "{line}");
+        drop(s);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_http_listener_serves_too() {
     let (_up, gw) = setup(|c| {
