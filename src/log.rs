@@ -16,13 +16,15 @@
 //! Lines are written whole, never split or interleaved. On the request runtime's threads they
 //! are held and written together, as nginx's `access_log ... buffer=` does, since one `write`
 //! per request was the costliest system call a small GET made after the sockets' own. What is
-//! held is written when a worker runs out of work ([`parked`], tokio's `on_thread_park`), when a
-//! line brings it to [`HELD_BYTES`], and at the latest [`HELD_AT_MOST`] after the first of it
-//! was held ([`flusher`], a task of the runtime's, for workers kept busy by long transfers).
-//! Anything else written to stderr (tracing's events, the audit log's `-`, [`flush`] at exit,
-//! and as far as it can a panic's message) writes what is held first, with it, so that a
-//! thread's lines keep the order it made them in. A process that dies without unwinding
-//! (`SIGKILL`, an abort) loses what was held then, and a failed write what it carried.
+//! held is written by a task of the runtime's ([`flusher`]) as soon as a worker runs out of work
+//! ([`parked`], tokio's `on_thread_park`), and otherwise about [`HELD_AT_MOST`] after the first
+//! of it was held (for workers kept busy by long transfers); and by the line that brings it to
+//! [`HELD_BYTES`]. Anything else written to stderr (tracing's events, the audit log's `-`,
+//! [`flush`] at exit, and as far as it can a panic's message) writes what is held first, with
+//! it, so that a thread's lines keep the order it made them in. A stderr that blocks (a full
+//! pipe) holds up the writers as it did when each line was written on its own. A process that
+//! dies without unwinding (`SIGKILL`, an abort) loses what was held then, and a failed write
+//! what it carried.
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -147,19 +149,20 @@ thread_local! {
     static PARKS: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The runtime's `on_thread_park`: this thread has run out of work, so write the lines held.
-/// From then on, this thread's lines are held too: it will call this again before it waits. It
-/// never waits for the lock (another thread is writing them, or adding to them; [`flusher`]
-/// writes what that leaves).
+/// The runtime's `on_thread_park`: this thread has run out of work, so have the lines held
+/// written now, by [`flusher`]. From then on, this thread's lines are held too: it will call this
+/// again before it waits. It never writes, nor waits for a lock: a worker about to park still
+/// counts as looking for work, and while one does, tokio wakes no other (so a write stalled on a
+/// full pipe here would hold up the whole runtime, where a task's write holds up one worker).
 pub fn parked() {
     PARKS.set(true);
-    if HELD.any.load(Ordering::Acquire) {
-        HELD.write_if_free();
-    }
+    HELD.parked();
 }
 
-/// The runtime's task (spawned with it) that writes lines held for [`HELD_AT_MOST`]: on a
-/// worker kept busy, tokio checks its timers between tasks, where it would not park.
+/// The runtime's task (spawned with it) that writes the lines held: as soon as a worker runs out
+/// of work ([`parked`]), and at the latest [`HELD_AT_MOST`] after the first of them was held (on
+/// a worker kept busy, tokio checks its timers between tasks, where it would not park). One
+/// runtime at a time runs it.
 pub async fn flusher() {
     HELD.flusher().await
 }
@@ -180,6 +183,8 @@ pub struct FlushOnDrop;
 
 impl Drop for FlushOnDrop {
     fn drop(&mut self) {
+        // (the runtime is gone: this thread writes its lines at once again)
+        PARKS.set(false);
         flush();
     }
 }
@@ -194,6 +199,8 @@ struct Held {
     any: AtomicBool,
     /// Told when a line is held where none was: [`Held::flusher`] starts its count.
     first: tokio::sync::Notify,
+    /// Told when a worker runs out of work with lines held: [`Held::flusher`] writes them now.
+    now: tokio::sync::Notify,
 }
 
 impl Held {
@@ -203,6 +210,7 @@ impl Held {
             lines: Mutex::new(Vec::new()),
             any: AtomicBool::new(false),
             first: tokio::sync::Notify::const_new(),
+            now: tokio::sync::Notify::const_new(),
         }
     }
 
@@ -232,7 +240,7 @@ impl Held {
         written
     }
 
-    /// Write what is held unless another thread has the lock (a park, a panic: never wait).
+    /// Write what is held unless another thread has the lock (a panic's hook: never wait).
     fn write_if_free(&self) {
         let mut lines = match self.lines.try_lock() {
             Ok(lines) => lines,
@@ -262,11 +270,26 @@ impl Held {
         self.write_out(&mut lines)
     }
 
-    /// Write what has been held for [`HELD_AT_MOST`], for as long as the runtime runs.
+    /// A worker has run out of work: if lines are held, wake the flusher to write them.
+    fn parked(&self) {
+        if self.any.load(Ordering::Acquire) {
+            self.now.notify_one();
+        }
+    }
+
+    /// Write what is held when a worker runs out of work, or once it has been held for
+    /// [`HELD_AT_MOST`], for as long as the runtime runs.
     async fn flusher(&self) {
         loop {
-            self.first.notified().await;
-            tokio::time::sleep(HELD_AT_MOST).await;
+            tokio::select! {
+                _ = self.now.notified() => {}
+                _ = self.first.notified() => {
+                    tokio::select! {
+                        _ = self.now.notified() => {}
+                        _ = tokio::time::sleep(HELD_AT_MOST) => {}
+                    }
+                }
+            }
             self.flush();
         }
     }
@@ -652,12 +675,33 @@ mod tests {
         MINE.to_stderr(b"another\n").unwrap();
         assert_eq!(writes()[3], b"three\nan event\n");
         assert_eq!(writes()[4], b"another\n");
-        // A park, or a flush at exit, writes what is held; with nothing held, nothing.
-        MINE.hold(b"four\n");
-        MINE.write_if_free();
+        // A park has the flusher write what is held at once, whether it waits for a first line
+        // or counts towards its bound; with nothing held, a park asks nothing.
+        tokio::time::sleep(HELD_AT_MOST * 2).await;
+        MINE.parked();
+        tokio::task::yield_now().await;
+        assert_eq!(writes().len(), 5);
+        for (round, line) in [&b"four\n"[..], &b"five\n"[..]].into_iter().enumerate() {
+            MINE.hold(line);
+            tokio::task::yield_now().await;
+            assert!(
+                MINE.any.load(Ordering::Acquire),
+                "{round}: held until the park"
+            );
+            MINE.parked();
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            assert!(
+                !MINE.any.load(Ordering::Acquire),
+                "{round}: written at the park"
+            );
+            assert_eq!(writes()[5 + round], line);
+        }
+        // A flush at exit writes what is held.
+        MINE.hold(b"six\n");
         MINE.flush();
-        assert_eq!(writes()[5], b"four\n");
-        assert_eq!(writes().len(), 6);
+        assert_eq!(writes()[7], b"six\n");
+        assert_eq!(writes().len(), 8);
         flusher.abort();
     }
 

@@ -813,7 +813,17 @@ async fn a_line_made_as_the_runtime_goes_is_written_before_the_exit() {
         s.write_all(b"GET /stream?bytes=100000000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // (its response has begun: the request is in flight when the stop comes)
+        let mut head = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut head))
+            .await
+            .expect("the response began")
+            .unwrap();
+        assert!(
+            head[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&head[..n])
+        );
         gw.signal("TERM");
         let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(10)));
         assert!(status.expect("the gateway exited").success());
