@@ -197,12 +197,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     "running on a manual clock, moved by POST /admin/v1/clock: for tests only"
                 );
             }
-            let served = {
-                // (once the runtime is gone: its last tasks may have held lines as they were dropped)
-                let _flush = crate::log::FlushOnDrop;
-                runtime(cfg.server.workers).and_then(|rt| rt.block_on(crate::app::serve(cfg, time)))
-            };
-            match served {
+            match runtime(cfg.server.workers)
+                .and_then(|rt| rt.block_on(crate::app::serve(cfg, time)))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 // (a file the configuration names, read when the app is built)
                 Err(e) => match e.downcast_ref::<ConfigError>() {
@@ -288,7 +285,6 @@ fn demo(listen: SocketAddr, admin_listen: SocketAddr, ha: bool) -> ExitCode {
         None
     };
     crate::log::init(config::LogFormat::Text);
-    let flush_at_exit = crate::log::FlushOnDrop;
     let served = runtime(0).and_then(|rt| {
         rt.block_on(async {
             match redis {
@@ -297,7 +293,6 @@ fn demo(listen: SocketAddr, admin_listen: SocketAddr, ha: bool) -> ExitCode {
             }
         })
     });
-    drop(flush_at_exit);
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ConfigError>() {
@@ -380,13 +375,11 @@ fn read_password_line() -> anyhow::Result<String> {
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {
-    crate::log::flush();
     eprintln!("faspex-gate: configuration error: {e}");
     ExitCode::from(EXIT_CONFIG)
 }
 
 fn failure(e: &anyhow::Error) -> ExitCode {
-    crate::log::flush();
     eprintln!("faspex-gate: {e:#}");
     ExitCode::from(1)
 }
@@ -395,7 +388,7 @@ fn failure(e: &anyhow::Error) -> ExitCode {
 /// current-thread runtime: the same single thread without the work-stealing machinery. Each
 /// worker writes the log lines held ([`crate::log::parked`]) when it runs out of work, and a
 /// task of its own ([`crate::log::flusher`]) those held too long.
-fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+fn runtime(workers: usize) -> anyhow::Result<Runtime> {
     let mut b = match workers {
         1 => tokio::runtime::Builder::new_current_thread(),
         0 => tokio::runtime::Builder::new_multi_thread(),
@@ -407,7 +400,24 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     };
     let rt = b.enable_all().on_thread_park(crate::log::parked).build()?;
     rt.spawn(crate::log::flusher());
-    Ok(rt)
+    Ok(Runtime {
+        rt,
+        _flush: crate::log::FlushOnDrop,
+    })
+}
+
+/// A runtime from [`runtime`] that writes the log lines still held once it is gone, however it
+/// goes (its last tasks may hold lines as they are dropped; a panic may unwind through it).
+struct Runtime {
+    rt: tokio::runtime::Runtime,
+    /// (dropped after `rt`: fields drop in the order they are declared)
+    _flush: crate::log::FlushOnDrop,
+}
+
+impl Runtime {
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.rt.block_on(future)
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 //! ([`parked`], tokio's `on_thread_park`), and otherwise about [`HELD_AT_MOST`] after the first
 //! of it was held (for workers kept busy by long transfers); and by the line that brings it to
 //! [`HELD_BYTES`]. Anything else written to stderr (tracing's events, the audit log's `-`,
-//! [`flush`] at exit, and as far as it can a panic's message) writes what is held first, with
+//! [`FlushOnDrop`] at exit, and as far as it can a panic's message) writes what is held first, with
 //! it, so that a thread's lines keep the order it made them in. A stderr that blocks (a full
 //! pipe) holds up the writers as it did when each line was written on its own. A process that
 //! dies without unwinding (`SIGKILL`, an abort) loses what was held then, and a failed write
@@ -167,8 +167,8 @@ pub async fn flusher() {
     HELD.flusher().await
 }
 
-/// Write the lines held, if any: before the process exits, or prints a last message.
-pub fn flush() {
+/// Write the lines held, if any (a runtime has ended).
+fn flush() {
     HELD.flush();
 }
 
@@ -177,8 +177,8 @@ pub fn to_stderr(bytes: &[u8]) -> std::io::Result<()> {
     HELD.to_stderr(bytes)
 }
 
-/// Writes the lines held when dropped: at the end of a scope that ran a runtime, however it
-/// ends (a panic's unwinding too, when the runtime's last tasks held lines as they were dropped).
+/// Writes the lines held when dropped: after a runtime, however it ends (the CLI's runtimes
+/// hold one, dropped after them).
 pub struct FlushOnDrop;
 
 impl Drop for FlushOnDrop {
