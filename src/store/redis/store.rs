@@ -162,8 +162,9 @@ impl RedisStore {
             self.cache.requeue(failed);
         }
         for (lookup, t) in self.cache.take_touches() {
+            let since = self.cache.generation();
             if let Ok(state) = self.ask_redis(&lookup, now, true, t).await {
-                self.cache.learn(lookup, now, &state);
+                self.cache.learn(lookup, now, &state, since);
             }
         }
     }
@@ -341,8 +342,9 @@ impl RedisStore {
 
 /// The lookups, straight from Redis, and the session view in front of them.
 impl RedisStore {
-    /// Answer `lookup` from the view when it is fresh; otherwise ask Redis and learn the
-    /// answer, or, when Redis fails, answer a session still within `outage_grace`.
+    /// Answer `lookup` from the view when it is fresh; otherwise (or to refresh a busy session's
+    /// view ahead of time) ask Redis and learn the answer, or, when Redis cannot be reached,
+    /// answer a session still within `session_cache` (a refresh) or `outage_grace`.
     async fn viewed(
         &self,
         lookup: Lookup,
@@ -350,20 +352,25 @@ impl RedisStore {
         activity: bool,
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
-        if let Answer::Fresh(s) = self.cache.get(&lookup, now, activity, &t) {
-            return Ok(SessionState::Live(s));
-        }
+        let (since, held) = match self.cache.get(&lookup, now, activity, &t) {
+            Answer::Fresh(s) => return Ok(SessionState::Live(s)),
+            Answer::Refresh(s, since) => (since, Some(s)),
+            Answer::Ask(since) => (since, None),
+        };
         match self.ask_redis(&lookup, now, activity, t).await {
             Ok(state) => {
-                self.cache.learn(lookup, now, &state);
+                self.cache.learn(lookup, now, &state, since);
                 Ok(state)
             }
-            Err(e @ StoreError::Remote { .. }) => {
-                match self.cache.in_grace(&lookup, now, activity, &t) {
+            Err(e @ StoreError::Remote { .. }) => match held {
+                // A refresh that failed: the view is still within `session_cache`, as for the
+                // requests answered from it meanwhile (the call counted and logged the failure).
+                Some(s) => Ok(SessionState::Live(s)),
+                None => match self.cache.in_grace(&lookup, now, activity, &t) {
                     Some(s) => Ok(SessionState::Live(s)),
                     None => Err(e),
-                }
-            }
+                },
+            },
             Err(e) => Err(e),
         }
     }

@@ -18,7 +18,7 @@ use crate::config::{OneClient, Secret};
 use crate::store::conformance::{lockout, Backend};
 use crate::store::{
     AccountKind, Admission, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, ClientId,
-    ClientKind, LockKey, PolicyStore, SeatRules, SessionKey, StoreError, Timeouts,
+    ClientKind, LockKey, PolicyStore, SeatRules, SessionKey, SessionState, StoreError, Timeouts,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -477,4 +477,93 @@ async fn locks_and_sessions_survive_a_restart_of_redis() {
     let store = store(&server, "restart", Time::Given).await;
     assert_eq!(store.lockouts(now).await.unwrap(), locks);
     assert_eq!(store.counts(now).await.unwrap().seats, 1);
+}
+
+/// How many library calls (`FCALL` and `FCALL_RO`) Redis has run (`INFO commandstats`).
+async fn library_calls(server: &RedisServer) -> u64 {
+    let mut c = raw(server).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_fcall:") || l.starts_with("cmdstat_fcall_ro:"))
+        .filter_map(|l| {
+            l.split_once("calls=")?
+                .1
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// A busy session's view is confirmed again by one request past half of `session_cache`, while
+/// the requests beside it are answered from the view: 50 parallel lookups then make exactly one
+/// round trip, and every one is answered live. When that refresh cannot reach Redis, its caller
+/// is answered from the view (still within `session_cache`); past `session_cache`, with no
+/// `outage_grace`, a lookup fails closed.
+#[tokio::test]
+async fn a_busy_sessions_view_is_refreshed_by_one_request_ahead_of_time() {
+    let mut server = RedisServer::start();
+    let store = Arc::new(
+        store(&server, "ahead", Time::Given)
+            .await
+            .with_session_view(SEC, Duration::ZERO),
+    );
+    let now = t0();
+    let t = seats(5).timeouts;
+    let key = SessionKey("k1".into());
+    store
+        .admit(admission("k1", "ann", now), seats(5))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.session(&key, now, true, t).await.unwrap(),
+        SessionState::Live(_)
+    ));
+
+    let parallel = |at: Timestamp| {
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (store, key) = (Arc::clone(&store), key.clone());
+                tokio::spawn(async move { store.session(&key, at, true, t).await })
+            })
+            .collect();
+        async move {
+            let mut live = 0;
+            for task in tasks {
+                if let SessionState::Live(s) = task.await.unwrap().unwrap() {
+                    assert_eq!(&*s.account, "ann");
+                    live += 1;
+                }
+            }
+            live
+        }
+    };
+    for (at, round_trips) in [(600, 1), (700, 0), (1_099, 0), (1_100, 1), (1_599, 0)] {
+        let before = library_calls(&server).await;
+        let live = parallel(now + Duration::from_millis(at)).await;
+        let calls = library_calls(&server).await - before;
+        assert_eq!((live, calls), (50, round_trips), "50 lookups at {at} ms");
+    }
+
+    // The last refresh was at 1,100 ms. Redis goes away: the refresh at 1,600 ms is answered from
+    // the view, as the lookups after it are; at 2,100 ms the view is stale and there is no grace.
+    server.stop();
+    for at in [1_600, 2_099] {
+        let state = store
+            .session(&key, now + Duration::from_millis(at), true, t)
+            .await;
+        assert!(
+            matches!(state, Ok(SessionState::Live(_))),
+            "at {at} ms: {state:?}"
+        );
+    }
+    let stale = store
+        .session(&key, now + Duration::from_millis(2_100), true, t)
+        .await;
+    assert!(matches!(stale, Err(StoreError::Remote { .. })), "{stale:?}");
 }
