@@ -7,13 +7,20 @@
 //!   the contract states; one on this gateway takes effect at once (its entries are dropped).
 //! - A busy session is confirmed again before its view goes stale: the first request past half
 //!   of `session_cache` asks Redis, while the requests beside it are still answered from here.
-//!   One request per busy session waits for Redis, once per half `session_cache` at most,
-//!   instead of every request that comes while the view is stale (on a loaded host such a
-//!   round trip takes milliseconds, and the burst of requests behind it was most of the
-//!   gateway's slowest hundredth on Redis). A view older than `session_cache` is never served.
+//!   One request per busy session (per way of looking it up: key, client, bearer token) waits
+//!   for Redis, once per half `session_cache` at most, instead of every request that comes while
+//!   the view is stale (on a loaded host such a round trip takes milliseconds, and the burst of
+//!   requests behind it made a third to a half of the gateway's slowest hundredth on Redis). If
+//!   the refresh cannot reach Redis, its request is answered from the view when the view is
+//!   still within `session_cache` at the time it gives up and nothing was forgotten meanwhile
+//!   ([`SessionCache::still_fresh`]); otherwise as any lookup Redis did not answer. A view older
+//!   than `session_cache` is never served.
 //! - A view Redis answered before this gateway ended, replaced or changed one of its sessions is
-//!   not kept: every forget moves a generation, and an answer is kept only when none happened
-//!   since its lookup began. So a kick here takes effect at once even for a lookup in flight.
+//!   not kept: every forget is numbered and remembered (the last [`FORGETS_KEPT`]), and a live
+//!   answer is kept only when no forget since its lookup began names its session or account. So
+//!   a kick here takes effect at once even against a lookup in flight. The writes that end
+//!   sessions forget through [`ForgetOnDrop`], so even one whose future is dropped after Redis
+//!   ran it forgets.
 //! - Touches (activity) are coalesced with the same bound: a request answered from here does not
 //!   write its activity; the next lookup that goes to Redis (at most `session_cache` later, on
 //!   the session's next request) carries it. A session's last activity in Redis therefore lags
@@ -67,11 +74,58 @@ struct Entry {
     refreshing: bool,
 }
 
-/// The entries, and how many forgets there have been.
+/// How many of the latest forgets are remembered; an answer to a lookup older than all of them
+/// is not kept.
+const FORGETS_KEPT: usize = 256;
+
+/// What a forget named.
+#[derive(Clone, Debug)]
+pub(crate) enum Forgot {
+    Session(SessionKey),
+    Account(Arc<str>),
+}
+
+impl Forgot {
+    fn covers(&self, s: &Session) -> bool {
+        match self {
+            Forgot::Session(k) => s.key == *k,
+            Forgot::Account(a) => s.account == *a,
+        }
+    }
+}
+
+/// The entries, how many forgets there have been, and the latest of them.
 #[derive(Default)]
 struct View {
     entries: HashMap<Lookup, Entry>,
     generation: u64,
+    forgets: std::collections::VecDeque<(u64, Forgot)>,
+}
+
+impl View {
+    /// Forget the entries `what` names, and remember that it was forgotten.
+    fn forget(&mut self, what: Forgot) {
+        self.entries.retain(|_, e| !what.covers(&e.session));
+        self.generation += 1;
+        self.forgets.push_back((self.generation, what));
+        if self.forgets.len() > FORGETS_KEPT {
+            self.forgets.pop_front();
+        }
+    }
+
+    /// Whether a forget since `since` may cover `s`: one names it, or they are not all known.
+    fn forgotten_since(&self, since: Generation, s: &Session) -> bool {
+        if self.generation == since.0 {
+            return false;
+        }
+        match self.forgets.front() {
+            Some(&(oldest, _)) if oldest <= since.0 + 1 => self
+                .forgets
+                .iter()
+                .any(|(g, what)| *g > since.0 && what.covers(s)),
+            _ => true,
+        }
+    }
 }
 
 /// Where a lookup stood when it began: [`SessionCache::learn`] keeps its answer only when no
@@ -84,11 +138,24 @@ pub(crate) enum Answer {
     /// Live, confirmed recently enough: no round trip.
     Fresh(Session),
     /// Live and still fresh, but past half of `session_cache`: this caller alone asks Redis
-    /// again, and falls back on the session given when Redis cannot answer (it is still within
-    /// `session_cache`).
-    Refresh(Session, Generation),
+    /// again (when Redis cannot answer, see [`SessionCache::still_fresh`]).
+    Refresh(Generation),
     /// Ask Redis.
     Ask(Generation),
+}
+
+/// Forgets what it names when dropped: made before a write that ends sessions, so that their view
+/// is forgotten however the write's future ends (answered, failed, or dropped after Redis ran
+/// it).
+pub(crate) struct ForgetOnDrop<'a> {
+    cache: &'a SessionCache,
+    what: Forgot,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.cache.view().forget(self.what.clone());
+    }
 }
 
 /// The view. See the module documentation.
@@ -145,7 +212,7 @@ impl SessionCache {
                 }
                 if !e.refreshing && now.since(e.confirmed) >= self.fresh / 2 {
                     e.refreshing = true;
-                    return Answer::Refresh(e.session.clone(), generation);
+                    return Answer::Refresh(generation);
                 }
                 Answer::Fresh(e.session.clone())
             }
@@ -159,7 +226,8 @@ impl SessionCache {
     }
 
     /// Take Redis's answer for `lookup` at `now`, to a lookup that began at `since`. A live
-    /// session is kept only when no session was forgotten here since.
+    /// session is kept only when nothing forgotten here since names it (Redis may have answered
+    /// before this gateway ended or changed it).
     pub(crate) fn learn(
         &self,
         lookup: Lookup,
@@ -168,13 +236,13 @@ impl SessionCache {
         since: Generation,
     ) {
         let mut view = self.view();
-        let stale = view.generation != since.0;
+        if let SessionState::Live(s) = state {
+            if view.forgotten_since(since, s) {
+                return;
+            }
+        }
         let entries = &mut view.entries;
         match state {
-            SessionState::Live(_) if stale => {
-                // Redis may have answered before this gateway ended or changed the session.
-                entries.remove(&lookup);
-            }
             SessionState::Live(s) => {
                 if entries.len() >= MAX_ENTRIES && !entries.contains_key(&lookup) {
                     let before = now;
@@ -204,6 +272,25 @@ impl SessionCache {
                 entries.remove(&lookup);
             }
         }
+    }
+
+    /// A refresh of `lookup` (begun at `since`) failed, and it is now `at`: the session, if the
+    /// view still holds it, is still within `session_cache` and its deadline, and nothing
+    /// forgotten since names it.
+    pub(crate) fn still_fresh(
+        &self,
+        lookup: &Lookup,
+        since: Generation,
+        at: Timestamp,
+        t: &Timeouts,
+    ) -> Option<Session> {
+        let view = self.view();
+        let e = view.entries.get(lookup)?;
+        let fresh = at >= e.confirmed
+            && at.since(e.confirmed) < self.fresh
+            && timeouts::expired(&e.session, at, t).is_none()
+            && !view.forgotten_since(since, &e.session);
+        fresh.then(|| e.session.clone())
     }
 
     /// Redis failed on `lookup` at `now`: the session, if this gateway confirmed it within
@@ -249,16 +336,17 @@ impl SessionCache {
 
     /// Forget every entry of session `key` (it ended or changed here).
     pub(crate) fn forget_session(&self, key: &SessionKey) {
-        let mut view = self.view();
-        view.generation += 1;
-        view.entries.retain(|_, e| &e.session.key != key);
+        self.view().forget(Forgot::Session(key.clone()));
     }
 
     /// Forget every entry of `account`'s sessions (kicked, replaced, locked).
     pub(crate) fn forget_account(&self, account: &str) {
-        let mut view = self.view();
-        view.generation += 1;
-        view.entries.retain(|_, e| *e.session.account != *account);
+        self.view().forget(Forgot::Account(account.into()));
+    }
+
+    /// A guard that forgets `what` when dropped (see [`ForgetOnDrop`]).
+    pub(crate) fn forget_on_drop(&self, what: Forgot) -> ForgetOnDrop<'_> {
+        ForgetOnDrop { cache: self, what }
     }
 
     /// The cached session `key`, for a logout answered during an outage; it is forgotten here
@@ -270,8 +358,7 @@ impl SessionCache {
             .values()
             .find(|e| &e.session.key == key)
             .map(|e| e.session.clone())?;
-        view.generation += 1;
-        view.entries.retain(|_, e| &e.session.key != key);
+        view.forget(Forgot::Session(key.clone()));
         drop(view);
         self.queued_ends
             .lock()
@@ -397,17 +484,35 @@ mod tests {
         let c = SessionCache::new(SEC, 300 * SEC);
         let l = Lookup::Key("k1".into());
         live(&c, &l, t0());
-        match c.get(&l, t0() + ms(700), true, &T) {
-            Answer::Refresh(s, _) => {
+        let Answer::Refresh(since) = c.get(&l, t0() + ms(700), true, &T) else {
+            panic!("past half, the first caller refreshes");
+        };
+        match c.get(&l, t0() + ms(800), false, &T) {
+            Answer::Fresh(s) => {
                 assert_eq!(&*s.key.0, "k1");
                 assert_eq!(
                     s.last_activity,
                     t0() + ms(700),
-                    "the activity is taken here too"
+                    "the refresh's activity is kept here"
                 );
             }
-            _ => panic!("past half, the first caller refreshes"),
+            _ => panic!("the others are answered from the view"),
         }
+        // The refresh failed: its caller is answered from the view while that is still fresh,
+        // at the time it gave up.
+        let held = c
+            .still_fresh(&l, since, t0() + ms(999), &T)
+            .map(|s| s.last_activity);
+        assert_eq!(held, Some(t0() + ms(700)));
+        assert!(c.still_fresh(&l, since, t0() + ms(1000), &T).is_none());
+        // Not once the session was forgotten here meanwhile (its entry is gone), nor when
+        // another entry of it was learned after such a forget.
+        c.forget_account("ann");
+        live(&c, &l, t0() + ms(10));
+        assert!(c.still_fresh(&l, since, t0() + ms(900), &T).is_none());
+        assert!(c
+            .still_fresh(&l, c.generation(), t0() + ms(900), &T)
+            .is_some());
         // A session past its deadline is never answered from the view, refresh or not.
         let short = Timeouts { idle: ms(600), ..T };
         let c = SessionCache::new(SEC, 300 * SEC);
@@ -426,10 +531,11 @@ mod tests {
         for forget in [
             (|c: &SessionCache| c.forget_account("ann")) as fn(&SessionCache),
             |c| c.forget_session(&SessionKey("k1".into())),
-            |c| c.forget_session(&SessionKey("another".into())),
             |c| {
                 c.end_in_outage(&SessionKey("k1".into()));
             },
+            |c| drop(c.forget_on_drop(Forgot::Account("ann".into()))),
+            |c| drop(c.forget_on_drop(Forgot::Session(SessionKey("k1".into())))),
         ] {
             // A lookup begins (Redis still says live), the session is kicked here, then Redis's
             // answer arrives: it must not put the session back.
@@ -445,6 +551,41 @@ mod tests {
             assert_eq!(says(&c, &l, t0() + ms(1)), 'F');
             c.forget_account("ann");
         }
+        // Forgets of other sessions and accounts leave the answer alone, as long as every
+        // forget since the lookup began is remembered.
+        let Answer::Ask(since) = c.get(&l, t0(), true, &T) else {
+            panic!("nothing in the view yet");
+        };
+        c.forget_session(&SessionKey("another".into()));
+        c.forget_account("bob");
+        c.learn(l.clone(), t0(), &SessionState::Live(s.clone()), since);
+        assert_eq!(says(&c, &l, t0() + ms(1)), 'F', "kept");
+        c.forget_account("ann");
+        let Answer::Ask(since) = c.get(&l, t0(), true, &T) else {
+            panic!("forgotten");
+        };
+        for i in 0..FORGETS_KEPT {
+            c.forget_account(&format!("user{i}"));
+        }
+        c.learn(l.clone(), t0(), &SessionState::Live(s.clone()), since);
+        assert_eq!(
+            says(&c, &l, t0() + ms(1)),
+            'F',
+            "the last {FORGETS_KEPT} are known"
+        );
+        c.forget_account("ann");
+        let Answer::Ask(since) = c.get(&l, t0(), true, &T) else {
+            panic!("forgotten");
+        };
+        for i in 0..=FORGETS_KEPT {
+            c.forget_account(&format!("user{i}"));
+        }
+        c.learn(l.clone(), t0(), &SessionState::Live(s), since);
+        assert_eq!(
+            says(&c, &l, t0() + ms(1)),
+            'A',
+            "one forget too many to know: not kept"
+        );
     }
 
     #[test]

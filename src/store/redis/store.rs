@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::cache::{Answer, Lookup, SessionCache};
+use super::cache::{Answer, Forgot, Lookup, SessionCache};
 use super::conn::{Conn, RedisOptions};
 use super::wire::{
     self, Decision, WireAdmit, WireCounts, WireEnd, WireFound, WireLockState, WireLocks,
@@ -352,25 +352,30 @@ impl RedisStore {
         activity: bool,
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
-        let (since, held) = match self.cache.get(&lookup, now, activity, &t) {
+        let (since, refresh) = match self.cache.get(&lookup, now, activity, &t) {
             Answer::Fresh(s) => return Ok(SessionState::Live(s)),
-            Answer::Refresh(s, since) => (since, Some(s)),
-            Answer::Ask(since) => (since, None),
+            Answer::Refresh(since) => (since, true),
+            Answer::Ask(since) => (since, false),
         };
+        let asked = std::time::Instant::now();
         match self.ask_redis(&lookup, now, activity, t).await {
             Ok(state) => {
                 self.cache.learn(lookup, now, &state, since);
                 Ok(state)
             }
-            Err(e @ StoreError::Remote { .. }) => match held {
-                // A refresh that failed: the view is still within `session_cache`, as for the
-                // requests answered from it meanwhile (the call counted and logged the failure).
-                Some(s) => Ok(SessionState::Live(s)),
-                None => match self.cache.in_grace(&lookup, now, activity, &t) {
+            Err(e @ StoreError::Remote { .. }) => {
+                // A refresh that failed is answered from the view if it is still within
+                // `session_cache` now, after the wait, and was not forgotten meanwhile, as the
+                // requests answered from it meanwhile were (the call counted the failure).
+                let late = now + asked.elapsed();
+                let fresh = refresh
+                    .then(|| self.cache.still_fresh(&lookup, since, late, &t))
+                    .flatten();
+                match fresh.or_else(|| self.cache.in_grace(&lookup, now, activity, &t)) {
                     Some(s) => Ok(SessionState::Live(s)),
                     None => Err(e),
-                },
-            },
+                }
+            }
             Err(e) => Err(e),
         }
     }
@@ -473,6 +478,9 @@ impl PolicyStore for RedisStore {
             } => match short {
                 Some(error) => {
                     // Not on enough replicas: a failover could lose it, so nobody is admitted.
+                    let _forget = self
+                        .cache
+                        .forget_on_drop(Forgot::Session(SessionKey(key.as_str().into())));
                     self.call("end_session", &[&format!("s:{key}")], None, &[key])
                         .await?;
                     AdmitOutcome::Unsaved { error }
@@ -566,6 +574,8 @@ impl PolicyStore for RedisStore {
         key: &SessionKey,
         reason: EndReason,
     ) -> Result<Option<Session>, StoreError> {
+        // Forgotten however this ends (also once `end_in_outage` below has forgotten it).
+        let _forget = self.cache.forget_on_drop(Forgot::Session(key.clone()));
         let r = self
             .waited(
                 "kick",
@@ -587,7 +597,6 @@ impl PolicyStore for RedisStore {
             }
             Err(e) => return Err(e),
         };
-        self.cache.forget_session(key);
         wire::parse::<WireOneSession>("a session end", &reply)?.decode()
     }
 
@@ -596,6 +605,8 @@ impl PolicyStore for RedisStore {
         account: &str,
         _reason: EndReason,
     ) -> Result<Vec<Session>, StoreError> {
+        // Forgotten however this ends: answered, failed, or dropped after Redis ran it.
+        let _forget = self.cache.forget_on_drop(Forgot::Account(account.into()));
         let (reply, _) = self
             .waited(
                 "kick",
@@ -605,7 +616,6 @@ impl PolicyStore for RedisStore {
                 &[account.to_owned()],
             )
             .await?;
-        self.cache.forget_account(account);
         wire::parse::<WireSessions>("a kick", &reply)?.decode()
     }
 
