@@ -1,6 +1,7 @@
-# Sourced by benches/instructions.sh and benches/syscalls.sh (bash, from the repository's root):
-# install `$1` when missing (a Debian package), start the benchmark's rig (`benches/versus.sh
-# --hold`) and read what it holds. Sets: work (a fresh folder), rig (its process group),
+# Sourced by benches/instructions.sh, benches/syscalls.sh, benches/ab.sh and benches/tails.sh
+# (bash, from the repository's root): install `$1` when missing (a Debian package), start the
+# benchmark's rig (`benches/versus.sh --hold`, with the array `rig_args` if the caller set one,
+# e.g. `--store redis`) and read what it holds. Sets: work (a fresh folder), rig (its process group),
 # holding (the rig's line), gateway_pid, port (the gateway's), nginx_port, cookie, basic and
 # agent (the Basic caller's `Authorization` and User-Agent), cmd (the gateway's command line) and
 # nginx_conf (the rig's nginx.conf). Processes added to `held` are killed on exit, with the rig.
@@ -12,7 +13,7 @@ if ! command -v "$tool" >/dev/null; then
 fi
 
 work="$(mktemp -d)"
-setsid bash benches/versus.sh --hold >"$work/rig.log" 2>&1 &
+setsid bash benches/versus.sh --hold ${rig_args[@]+"${rig_args[@]}"} >"$work/rig.log" 2>&1 &
 rig=$!
 held=()
 cleanup() {
