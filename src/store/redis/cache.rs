@@ -12,15 +12,17 @@
 //!   the view is stale (on a loaded host such a round trip takes milliseconds, and the burst of
 //!   requests behind it made a third to a half of the gateway's slowest hundredth on Redis). If
 //!   the refresh cannot reach Redis, its request is answered from the view when the view is
-//!   still within `session_cache` at the time it gives up and nothing was forgotten meanwhile
-//!   ([`SessionCache::still_fresh`]); otherwise as any lookup Redis did not answer. A view older
+//!   still within `session_cache` at the time it gives up and nothing forgotten meanwhile names
+//!   it ([`SessionCache::still_fresh`]); otherwise as any lookup Redis did not answer. A view older
 //!   than `session_cache` is never served.
 //! - A view Redis answered before this gateway ended, replaced or changed one of its sessions is
 //!   not kept: every forget is numbered and remembered (the last [`FORGETS_KEPT`]), and a live
-//!   answer is kept only when no forget since its lookup began names its session or account. So
-//!   a kick here takes effect at once even against a lookup in flight. The writes that end
-//!   sessions forget through [`ForgetOnDrop`], so even one whose future is dropped after Redis
-//!   ran it forgets.
+//!   answer is kept only when no forget since its lookup began names its session, its account or
+//!   one of its bearer tokens. So a kick here takes effect at once even against a lookup in
+//!   flight. The writes that end, replace or change sessions forget through [`ForgetOnDrop`], so
+//!   even one whose future is dropped after Redis ran it (or that failed) forgets. The sessions
+//!   an admission or the sweep end because their deadline passed are forgotten once the answer
+//!   names them; until then the view refuses them anyway, as it checks every deadline.
 //! - Touches (activity) are coalesced with the same bound: a request answered from here does not
 //!   write its activity; the next lookup that goes to Redis (at most `session_cache` later, on
 //!   the session's next request) carries it. A session's last activity in Redis therefore lags
@@ -83,6 +85,9 @@ const FORGETS_KEPT: usize = 256;
 pub(crate) enum Forgot {
     Session(SessionKey),
     Account(Arc<str>),
+    /// A bearer token (its key), which may have moved to another session: the session that held
+    /// it is forgotten.
+    Bearer(SessionKey),
 }
 
 impl Forgot {
@@ -90,6 +95,7 @@ impl Forgot {
         match self {
             Forgot::Session(k) => s.key == *k,
             Forgot::Account(a) => s.account == *a,
+            Forgot::Bearer(b) => s.bearer.contains(b),
         }
     }
 }
@@ -128,8 +134,8 @@ impl View {
     }
 }
 
-/// Where a lookup stood when it began: [`SessionCache::learn`] keeps its answer only when no
-/// session was forgotten since.
+/// Where a lookup stood when it began: [`SessionCache::learn`] keeps its answer only when
+/// nothing forgotten since names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Generation(u64);
 
@@ -586,6 +592,42 @@ mod tests {
             'A',
             "one forget too many to know: not kept"
         );
+    }
+
+    #[test]
+    fn a_moved_bearer_token_and_a_kicked_account_reach_every_kind_of_lookup() {
+        let c = SessionCache::new(SEC, 300 * SEC);
+        let token = SessionKey("b1".into());
+        let mut holder = session("k1", "ann", t0());
+        holder.bearer.push(token.clone());
+        let lookups = [
+            Lookup::bearer(&token),
+            Lookup::client("ann", &holder.client),
+            Lookup::key(&holder.key),
+        ];
+        for what in [
+            Forgot::Bearer(token.clone()),
+            Forgot::Account("ann".into()),
+            Forgot::Session(holder.key.clone()),
+        ] {
+            for l in &lookups {
+                let before = c.generation();
+                c.learn(l.clone(), t0(), &SessionState::Live(holder.clone()), before);
+                assert_eq!(says(&c, l, t0() + ms(1)), 'F');
+                drop(c.forget_on_drop(what.clone()));
+                assert_eq!(says(&c, l, t0() + ms(1)), 'A', "{what:?} forgets {l:?}");
+                // An answer from before the forget (the token's old holder) is not kept.
+                c.learn(l.clone(), t0(), &SessionState::Live(holder.clone()), before);
+                assert_eq!(says(&c, l, t0() + ms(1)), 'A', "{what:?} keeps {l:?} out");
+            }
+        }
+        // A token's move leaves a session that never held it alone.
+        let other = session("k2", "bob", t0());
+        let l = Lookup::key(&other.key);
+        let before = c.generation();
+        drop(c.forget_on_drop(Forgot::Bearer(token)));
+        c.learn(l.clone(), t0(), &SessionState::Live(other), before);
+        assert_eq!(says(&c, &l, t0() + ms(1)), 'F');
     }
 
     #[test]

@@ -367,11 +367,12 @@ impl RedisStore {
                 // A refresh that failed is answered from the view if it is still within
                 // `session_cache` now, after the wait, and was not forgotten meanwhile, as the
                 // requests answered from it meanwhile were (the call counted the failure).
+                // (So is the grace: it is the time now, not when the lookup began, that counts.)
                 let late = now + asked.elapsed();
                 let fresh = refresh
                     .then(|| self.cache.still_fresh(&lookup, since, late, &t))
                     .flatten();
-                match fresh.or_else(|| self.cache.in_grace(&lookup, now, activity, &t)) {
+                match fresh.or_else(|| self.cache.in_grace(&lookup, late, activity, &t)) {
                     Some(s) => Ok(SessionState::Live(s)),
                     None => Err(e),
                 }
@@ -445,7 +446,10 @@ impl PolicyStore for RedisStore {
             OneClient::Replace => "replace",
         };
         let key = a.key.0.to_string();
-        let a_account = a.account.clone();
+        // A replace ends the account's other session: forgotten however this call ends.
+        let _forget = self
+            .cache
+            .forget_on_drop(Forgot::Account(a.account.as_str().into()));
         let args = [
             key.clone(),
             a.account,
@@ -465,8 +469,7 @@ impl PolicyStore for RedisStore {
             .waited("admit", "admit", &[&format!("s:{key}")], Some(a.now), &args)
             .await?;
         let (outcome, ended) = wire::parse::<WireAdmit>("an admission", &reply)?.decode()?;
-        // A replace ended the account's other session; an expired one may have ended too.
-        self.cache.forget_account(&a_account);
+        // Sessions past their deadline may have ended too (the view refuses them meanwhile).
         for (s, _) in &ended {
             self.cache.forget_session(&s.key);
         }
@@ -534,6 +537,7 @@ impl PolicyStore for RedisStore {
         key: &SessionKey,
         cookie: Option<String>,
     ) -> Result<bool, StoreError> {
+        let _forget = self.cache.forget_on_drop(Forgot::Session(key.clone()));
         let args = [
             key.0.to_string(),
             flag(cookie.is_some()),
@@ -547,11 +551,13 @@ impl PolicyStore for RedisStore {
                 &args,
             )
             .await?;
-        self.cache.forget_session(key);
         Ok(wire::parse::<WireFound>("a cookie", &reply)?.found)
     }
 
     async fn add_bearer(&self, key: &SessionKey, bearer: SessionKey) -> Result<bool, StoreError> {
+        // The token moves here from any session that held it (the newest holder wins).
+        let _forget = self.cache.forget_on_drop(Forgot::Session(key.clone()));
+        let _moved = self.cache.forget_on_drop(Forgot::Bearer(bearer.clone()));
         let args = [
             key.0.to_string(),
             bearer.0.to_string(),
@@ -565,7 +571,6 @@ impl PolicyStore for RedisStore {
                 &args,
             )
             .await?;
-        self.cache.forget_session(key);
         Ok(wire::parse::<WireFound>("a bearer token", &reply)?.found)
     }
 
