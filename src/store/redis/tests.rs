@@ -3,7 +3,9 @@
 //! key lives forever, the library comes back after `FUNCTION FLUSH`, two prefixes share nothing,
 //! Redis's clock beats the caller's, `WAIT` short of replicas undoes an admission and keeps a
 //! lock, the ACL user's rights and password are checked at connect naming their keys, the session
-//! secret's fingerprint, and a restart of Redis itself keeps the locks.
+//! secret's fingerprint, a restart of Redis itself keeps the locks, and the session view: one
+//! refresh ahead of time for many parallel lookups, and a refresh that waits past
+//! `session_cache` failing closed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -566,4 +568,66 @@ async fn a_busy_sessions_view_is_refreshed_by_one_request_ahead_of_time() {
         .session(&key, now + Duration::from_millis(2_100), true, t)
         .await;
     assert!(matches!(stale, Err(StoreError::Remote { .. })), "{stale:?}");
+}
+
+/// A refresh whose wait for Redis outlasts `session_cache` fails closed (with no
+/// `outage_grace`): what counts is the time the wait ended, not when the lookup began. The
+/// lookups beside it are still answered from the view, without waiting, while it is fresh.
+#[tokio::test]
+async fn a_refresh_that_waits_past_session_cache_is_not_answered_from_the_view() {
+    let mut server = RedisServer::start();
+    let store = Arc::new(
+        store(&server, "late", Time::Given)
+            .await
+            .with_session_view(SEC, Duration::ZERO),
+    );
+    let now = t0();
+    let t = seats(5).timeouts;
+    let key = SessionKey("k1".into());
+    store
+        .admit(admission("k1", "ann", now), seats(5))
+        .await
+        .unwrap();
+    let first = store.session(&key, now, true, t).await.unwrap();
+    assert!(matches!(first, SessionState::Live(_)), "{first:?}");
+
+    // Redis goes silent: its port accepts connections and never answers.
+    let port = server.port();
+    server.stop();
+    let silent = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+
+    // The first call finds the old connection dropped and fails at once; the next ones connect
+    // to the silent port and wait.
+    assert!(store.counts(now).await.is_err());
+    let refresh = {
+        let (store, key) = (Arc::clone(&store), key.clone());
+        tokio::spawn(async move {
+            let asked = std::time::Instant::now();
+            let r = store
+                .session(&key, now + Duration::from_millis(600), true, t)
+                .await;
+            (r, asked.elapsed())
+        })
+    };
+    // Meanwhile the view answers at once (the refresh is in flight).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let beside = tokio::time::timeout(
+        Duration::from_millis(200),
+        store.session(&key, now + Duration::from_millis(700), true, t),
+    )
+    .await
+    .expect("answered from the view without waiting for Redis");
+    assert!(matches!(beside, Ok(SessionState::Live(_))), "{beside:?}");
+    let (r, waited) = refresh.await.unwrap();
+    assert!(waited >= SEC, "it waited for Redis: {waited:?}");
+    assert!(
+        matches!(r, Err(StoreError::Remote { .. })),
+        "after {waited:?}: {r:?}"
+    );
 }
