@@ -3,8 +3,11 @@
 # callgrind: a figure that repeats on a shared machine, where requests/s drift by a fifth from
 # run to run. Use it to compare two builds; the nginx comparison is benches/versus.sh.
 #
-#   benches/instructions.sh [REQUESTS] [cookie|basic|nginx]   # default 10000 with the session cookie
+#   benches/instructions.sh [--store redis] [REQUESTS] [cookie|basic|nginx]   # default 10000, cookie
 #
+# `--store redis` runs the rig on a local redis-server (the Redis store and its session view).
+# GATEWAY=path counts that binary instead of the rig's, with the rig's configuration (to compare
+# two builds; build both the same way).
 # `basic` sends HTTP Basic credentials instead (the rig's Basic caller, with its User-Agent), each
 # request a hit of the gateway's verification cache after the warm-up. `nginx` counts the rig's
 # nginx `proxy_pass` peer instead of the gateway, for the same GET with the same cookie: a copy of
@@ -18,6 +21,11 @@
 # (socket calls) is not counted; the 32 TLS handshakes are, spread over the requests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+rig_args=()
+if [ "${1:-}" = --store ]; then
+    rig_args=(--store "$2")
+    shift 2
+fi
 n="${1:-10000}"
 credentials="${2:-cookie}"
 case "$credentials" in cookie | basic | nginx) ;; *) echo "instructions: cookie, basic or nginx, not $credentials" >&2; exit 2 ;; esac
@@ -51,6 +59,7 @@ else
     while [ -e "/proc/$gateway_pid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$gateway_pid/status" 2>/dev/null; do
         sleep 0.2
     done
+    cmd[0]="${GATEWAY:-${cmd[0]}}"
     valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "${cmd[@]}" \
         >"$work/gateway.log" 2>&1 &
     vg=$!

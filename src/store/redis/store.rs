@@ -480,10 +480,8 @@ impl PolicyStore for RedisStore {
                 replaces,
             } => match short {
                 Some(error) => {
-                    // Not on enough replicas: a failover could lose it, so nobody is admitted.
-                    let _forget = self
-                        .cache
-                        .forget_on_drop(Forgot::Session(SessionKey(key.as_str().into())));
+                    // Not on enough replicas: a failover could lose it, so nobody is admitted
+                    // (the account's view is forgotten as this call ends, this session's too).
                     self.call("end_session", &[&format!("s:{key}")], None, &[key])
                         .await?;
                     AdmitOutcome::Unsaved { error }

@@ -502,6 +502,24 @@ async fn library_calls(server: &RedisServer) -> u64 {
         .sum()
 }
 
+/// A store on `server` with a session view of 1 s and no `outage_grace`, with ann's session `k1`
+/// admitted at [`t0`] and in the view (looked up live at [`t0`]); its key and timeouts.
+async fn viewed(server: &RedisServer, prefix: &str) -> (Arc<RedisStore>, SessionKey, Timeouts) {
+    let store = Arc::new(
+        store(server, prefix, Time::Given)
+            .await
+            .with_session_view(SEC, Duration::ZERO),
+    );
+    let (now, t, key) = (t0(), seats(5).timeouts, SessionKey("k1".into()));
+    store
+        .admit(admission("k1", "ann", now), seats(5))
+        .await
+        .unwrap();
+    let first = store.session(&key, now, true, t).await.unwrap();
+    assert!(matches!(first, SessionState::Live(_)), "{first:?}");
+    (store, key, t)
+}
+
 /// A busy session's view is confirmed again by one request past half of `session_cache`, while
 /// the requests beside it are answered from the view: 50 parallel lookups then make exactly one
 /// round trip, and every one is answered live. When that refresh cannot reach Redis, its caller
@@ -510,22 +528,8 @@ async fn library_calls(server: &RedisServer) -> u64 {
 #[tokio::test]
 async fn a_busy_sessions_view_is_refreshed_by_one_request_ahead_of_time() {
     let mut server = RedisServer::start();
-    let store = Arc::new(
-        store(&server, "ahead", Time::Given)
-            .await
-            .with_session_view(SEC, Duration::ZERO),
-    );
+    let (store, key, t) = viewed(&server, "ahead").await;
     let now = t0();
-    let t = seats(5).timeouts;
-    let key = SessionKey("k1".into());
-    store
-        .admit(admission("k1", "ann", now), seats(5))
-        .await
-        .unwrap();
-    assert!(matches!(
-        store.session(&key, now, true, t).await.unwrap(),
-        SessionState::Live(_)
-    ));
 
     let parallel = |at: Timestamp| {
         let tasks: Vec<_> = (0..50)
@@ -576,20 +580,8 @@ async fn a_busy_sessions_view_is_refreshed_by_one_request_ahead_of_time() {
 #[tokio::test]
 async fn a_refresh_that_waits_past_session_cache_is_not_answered_from_the_view() {
     let mut server = RedisServer::start();
-    let store = Arc::new(
-        store(&server, "late", Time::Given)
-            .await
-            .with_session_view(SEC, Duration::ZERO),
-    );
+    let (store, key, t) = viewed(&server, "late").await;
     let now = t0();
-    let t = seats(5).timeouts;
-    let key = SessionKey("k1".into());
-    store
-        .admit(admission("k1", "ann", now), seats(5))
-        .await
-        .unwrap();
-    let first = store.session(&key, now, true, t).await.unwrap();
-    assert!(matches!(first, SessionState::Live(_)), "{first:?}");
 
     // Redis goes silent: its port accepts connections and never answers.
     let port = server.port();
