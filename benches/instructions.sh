@@ -3,8 +3,10 @@
 # callgrind: a figure that repeats on a shared machine, where requests/s drift by a fifth from
 # run to run. Use it to compare two builds; the nginx comparison is benches/versus.sh.
 #
-#   benches/instructions.sh [--store redis] [REQUESTS] [cookie|basic|nginx]   # default 10000, cookie
+#   benches/instructions.sh [--store redis] [REQUESTS] [cookie|basic|nginx] [h1|h2]   # default 10000, cookie, h1
 #
+# `h2` sends the requests over HTTP/2 (oha `--http2`: one stream at a time on each of the 32
+# connections) instead of HTTP/1.1.
 # `--store redis` runs the rig on a local redis-server (the Redis store and its session view).
 # GATEWAY=path counts that binary instead of the rig's, with the rig's configuration (to compare
 # two builds; build both the same way).
@@ -29,6 +31,8 @@ fi
 n="${1:-10000}"
 credentials="${2:-cookie}"
 case "$credentials" in cookie | basic | nginx) ;; *) echo "instructions: cookie, basic or nginx, not $credentials" >&2; exit 2 ;; esac
+protocol="${3:-h1}"
+case "$protocol" in h1) version=() ;; h2) version=(--http2) ;; *) echo "instructions: h1 or h2, not $protocol" >&2; exit 2 ;; esac
 
 . benches/hold.sh valgrind
 
@@ -77,7 +81,7 @@ else
     headers=(-H "Cookie: $cookie")
 fi
 load() {
-    "$oha" -n "$1" -c 32 --no-tui --insecure "${headers[@]}" "$url"
+    "$oha" -n "$1" -c 32 ${version[@]+"${version[@]}"} --no-tui --insecure "${headers[@]}" "$url"
 }
 load 500 >/dev/null
 callgrind_control -z "$vg" >/dev/null
@@ -91,8 +95,8 @@ grep -q "\[200\] $n responses" <<<"$report" || {
 dump="$(ls -t "$work"/callgrind.out.* | head -1)"
 total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
 if [ "$credentials" = nginx ]; then
-    echo "nginx proxy_pass: $((total / n)) user-space instructions per small GET (cookie, not checked; $n requests; $dump)"
+    echo "nginx proxy_pass: $((total / n)) user-space instructions per small GET (cookie, not checked, $protocol; $n requests; $dump)"
 else
-    echo "faspex-gate: $((total / n)) user-space instructions per small authenticated GET ($credentials, $n requests; $dump)"
+    echo "faspex-gate: $((total / n)) user-space instructions per small authenticated GET ($credentials, $protocol, $n requests; $dump)"
 fi
 echo "top functions: callgrind_annotate --inclusive=yes $dump | head -60"
