@@ -13,8 +13,21 @@
 //!   requests behind it made a third to a half of the gateway's slowest hundredth on Redis). If
 //!   the refresh cannot reach Redis, its request is answered from the view when the view is
 //!   still within `session_cache` at the time it gives up and nothing forgotten meanwhile names
-//!   it ([`SessionCache::still_fresh`]); otherwise as any lookup Redis did not answer. A view older
-//!   than `session_cache` is never served.
+//!   it ([`SessionCache::still_fresh`]), and its activity is queued as an outage's is; otherwise
+//!   as any lookup Redis did not answer. A refresh whose request is dropped, or fails otherwise,
+//!   leaves the next request to refresh ([`Refreshing`]). A view older than `session_cache` is
+//!   never served.
+//! - One round trip at a time per lookup ([`Flight`]): the requests that find the view stale (or
+//!   empty) while another request of the same lookup is on its way to Redis wait for that one
+//!   ([`Answer::Wait`]) instead of asking Redis too, so a page's burst after a quiet second
+//!   costs one round trip, not one per request, when Redis answers within `session_cache`.
+//!   A waiter is then answered from the view as that answer left it, by the same rules as any
+//!   other lookup (an answer not kept, such as one from before a forget here, a session Redis
+//!   no longer has, or one already stale because Redis took `session_cache` or more to answer,
+//!   leaves it to ask Redis itself, with what is left of the 5 s a client may wait on the
+//!   store); when Redis could not be reached, as a lookup that failed
+//!   ([`SessionCache::in_grace`]), without a second wait; and when the request it waited on was
+//!   dropped, it asks.
 //! - A view Redis answered before this gateway ended, replaced or changed one of its sessions is
 //!   not kept: every forget is numbered and remembered (the last [`FORGETS_KEPT`]), and a live
 //!   answer is kept only when no forget since its lookup began names its session, its account or
@@ -23,10 +36,14 @@
 //!   even one whose future is dropped after Redis ran it (or that failed) forgets. The sessions
 //!   an admission or the sweep end because their deadline passed are forgotten once the answer
 //!   names them; until then the view refuses them anyway, as it checks every deadline.
-//! - Touches (activity) are coalesced with the same bound: a request answered from here does not
-//!   write its activity; the next lookup that goes to Redis (at most `session_cache` later, on
-//!   the session's next request) carries it. A session's last activity in Redis therefore lags
-//!   the truth by less than `session_cache`, and it ends at most that much early.
+//! - Touches (activity) are coalesced: a request answered from here does not write its
+//!   activity while a lookup with activity went to Redis less than `session_cache` before it
+//!   (this gateway's time; such a lookup's answer, or one begun after, carries it). Otherwise
+//!   the request carries its own ([`Answer::Refresh`], one round trip), even though the view is
+//!   fresh: lookups without activity (an exempt path's polls, which may keep the view fresh, or
+//!   the lookup a page's requests waited for) carry none, and their answers do not wipe the
+//!   activity seen here. A session's last activity in Redis therefore lags the truth by less
+//!   than `session_cache`, and it ends at most that much early.
 //! - When Redis fails, a session this gateway confirmed less than `outage_grace` ago, and whose
 //!   deadline (as [`crate::policy::timeouts`] computes it) has not passed, keeps working. A logout
 //!   or kick of such a session is answered from here (Faspex is logged out once) and queued; it is
@@ -39,9 +56,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::clock::Timestamp;
 use crate::policy::timeouts;
-use crate::store::{ClientId, Session, SessionKey, SessionState, Timeouts};
+use crate::store::{ClientId, Session, SessionKey, SessionState, StoreError, Timeouts};
 
 /// The most entries the view keeps; beyond it, lookups simply go to Redis.
 const MAX_ENTRIES: usize = 100_000;
@@ -71,9 +90,16 @@ struct Entry {
     /// When Redis last said it was live (the engine's clock).
     confirmed: Timestamp,
     /// A request was sent to confirm it again ([`Answer::Refresh`]); the others are answered
-    /// from here meanwhile. Cleared by the answer (a new entry); a refresh that never answers
-    /// (its request was dropped) only means that the entry goes stale as it would have.
+    /// from here meanwhile. Cleared by the answer (a new entry), or by its [`Refreshing`] guard
+    /// when the request was dropped or failed otherwise than by Redis being out of reach; a
+    /// refresh Redis could not answer leaves it set until the entry goes stale, so that an outage
+    /// is not asked about by every request.
     refreshing: bool,
+    /// The refresh on its way carries activity.
+    refreshing_activity: bool,
+    /// When (this gateway's time) the last lookup with activity whose answer this view holds
+    /// began: Redis's activity is at least that. `None` when no such lookup is known here.
+    carried: Option<Timestamp>,
 }
 
 /// How many of the latest forgets are remembered; an answer to a lookup older than all of them
@@ -100,12 +126,15 @@ impl Forgot {
     }
 }
 
-/// The entries, how many forgets there have been, and the latest of them.
+/// The entries, how many forgets there have been, and the latest of them; and the lookups on
+/// their way to Redis (each with its flight's number), for the callers that come meanwhile.
 #[derive(Default)]
 struct View {
     entries: HashMap<Lookup, Entry>,
     generation: u64,
     forgets: std::collections::VecDeque<(u64, Forgot)>,
+    flights: HashMap<Lookup, (u64, watch::Receiver<Landed>)>,
+    flights_begun: u64,
 }
 
 impl View {
@@ -140,14 +169,107 @@ impl View {
 pub(crate) struct Generation(u64);
 
 /// What the view says about one lookup.
-pub(crate) enum Answer {
+pub(crate) enum Answer<'a> {
     /// Live, confirmed recently enough: no round trip.
     Fresh(Session),
-    /// Live and still fresh, but past half of `session_cache`: this caller alone asks Redis
-    /// again (when Redis cannot answer, see [`SessionCache::still_fresh`]).
-    Refresh(Generation),
-    /// Ask Redis.
-    Ask(Generation),
+    /// Live and still fresh, but past half of `session_cache` (or with activity Redis may not
+    /// hold): this caller alone asks Redis again (when Redis cannot answer, see
+    /// [`SessionCache::still_fresh`]).
+    Refresh(Generation, Option<Flight<'a>>, Refreshing<'a>),
+    /// Ask Redis; with a [`Flight`] when the callers that come meanwhile wait for this one.
+    Ask(Generation, Option<Flight<'a>>),
+    /// Another caller is asking Redis for this lookup: wait for it ([`Landing::landed`]), then
+    /// look again ([`SessionCache::get_again`]).
+    Wait(Landing),
+}
+
+/// Held by a refresh's caller: dropped before [`Refreshing::done`] (its request dropped, or
+/// failed otherwise than by Redis being out of reach), it clears the entry's refresh, so that
+/// the next request (with its activity) refreshes instead.
+pub(crate) struct Refreshing<'a> {
+    cache: &'a SessionCache,
+    lookup: Lookup,
+    confirmed: Timestamp,
+}
+
+impl Refreshing<'_> {
+    /// Answered, or Redis out of reach: the refresh stays as the answer (or staleness) leaves it.
+    pub(crate) fn done(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        let mut view = self.cache.view();
+        if let Some(e) = view.entries.get_mut(&self.lookup) {
+            if e.confirmed == self.confirmed {
+                e.refreshing = false;
+                e.refreshing_activity = false;
+            }
+        }
+    }
+}
+
+/// How a [`Flight`] ended, as its waiters see it.
+#[derive(Clone, Debug)]
+pub(crate) enum Landed {
+    /// Not yet, or never: the request was dropped (or failed otherwise than by Redis being out
+    /// of reach). Its waiters ask for themselves.
+    Pending,
+    /// Redis answered, and the view learned what it could of the answer.
+    Answered,
+    /// Redis could not be reached.
+    Unreachable(StoreError),
+}
+
+/// A caller's round trip to Redis for one lookup, which the callers that find the view stale
+/// meanwhile wait for instead of asking too. It leaves the view when it lands or is dropped.
+pub(crate) struct Flight<'a> {
+    cache: &'a SessionCache,
+    lookup: Lookup,
+    number: u64,
+    landing: watch::Sender<Landed>,
+}
+
+impl Flight<'_> {
+    /// Tell the waiters how it ended ([`Landed::Answered`] once the answer was learned).
+    pub(crate) fn land(self, how: Landed) {
+        self.leave();
+        self.landing.send_replace(how);
+    }
+
+    fn leave(&self) {
+        let mut view = self.cache.view();
+        if view
+            .flights
+            .get(&self.lookup)
+            .is_some_and(|(n, _)| *n == self.number)
+        {
+            view.flights.remove(&self.lookup);
+        }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        // (after `land`, a second look that finds nothing; dropped unlanded, its waiters see
+        // `Pending` once the sender is gone)
+        self.leave();
+    }
+}
+
+/// A waiter's end of another caller's [`Flight`].
+pub(crate) struct Landing(watch::Receiver<Landed>);
+
+impl Landing {
+    /// How the flight ended: when it lands, or [`Landed::Pending`] when it was dropped.
+    pub(crate) async fn landed(mut self) -> Landed {
+        // (an error only means the sender is gone: landed or dropped, its last value says which)
+        let _ = self.0.changed().await;
+        let landed = self.0.borrow().clone();
+        landed
+    }
 }
 
 /// Forgets what it names when dropped: made before a write that ends sessions, so that their view
@@ -173,7 +295,9 @@ pub(crate) struct SessionCache {
     queued_ends: Mutex<Vec<SessionKey>>,
     /// Lookups whose activity was answered from here during an outage, to be written when Redis
     /// is back.
-    queued_touches: Mutex<Vec<(Lookup, Timeouts)>>,
+    queued_touches: Mutex<Vec<(Lookup, Timeouts, u64)>>,
+    /// Bumped by every touch queued, so that a replay removes only the touch it sent.
+    touches_queued: std::sync::atomic::AtomicU64,
 }
 
 impl SessionCache {
@@ -184,6 +308,7 @@ impl SessionCache {
             view: Mutex::new(View::default()),
             queued_ends: Mutex::new(Vec::new()),
             queued_touches: Mutex::new(Vec::new()),
+            touches_queued: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -193,19 +318,46 @@ impl SessionCache {
 
     /// The session under `lookup` at `now`, when Redis confirmed it less than `session_cache` ago
     /// and its deadline is still ahead: [`Answer::Fresh`], or [`Answer::Refresh`] to the first
-    /// caller past half of `session_cache`. With `activity`, its last activity here becomes
-    /// `now`.
+    /// caller past half of `session_cache` and to a caller whose activity Redis may not hold
+    /// (see the module documentation). With `activity`, its last activity here becomes `now`.
+    /// Otherwise [`Answer::Wait`] when another caller is asking Redis for `lookup`, or
+    /// [`Answer::Ask`].
     pub(crate) fn get(
         &self,
         lookup: &Lookup,
         now: Timestamp,
         activity: bool,
         t: &Timeouts,
-    ) -> Answer {
-        let mut view = self.view();
+    ) -> Answer<'_> {
+        self.answer(lookup, now, activity, t, true)
+    }
+
+    /// [`SessionCache::get`] for a caller that has waited once already: never [`Answer::Wait`]
+    /// (one wait at most, so that a caller never waits out two round trips).
+    pub(crate) fn get_again(
+        &self,
+        lookup: &Lookup,
+        now: Timestamp,
+        activity: bool,
+        t: &Timeouts,
+    ) -> Answer<'_> {
+        self.answer(lookup, now, activity, t, false)
+    }
+
+    fn answer(
+        &self,
+        lookup: &Lookup,
+        now: Timestamp,
+        activity: bool,
+        t: &Timeouts,
+        may_wait: bool,
+    ) -> Answer<'_> {
+        let mut guard = self.view();
+        let view = &mut *guard;
         let generation = Generation(view.generation);
         if self.fresh.is_zero() {
-            return Answer::Ask(generation);
+            // (no view: every lookup sees Redis's own answer, none another's)
+            return Answer::Ask(generation, None);
         }
         match view.entries.get_mut(lookup) {
             Some(e)
@@ -216,14 +368,45 @@ impl SessionCache {
                 if activity && timeouts::touches(&e.session, now) {
                     e.session.last_activity = now;
                 }
-                if !e.refreshing && now.since(e.confirmed) >= self.fresh / 2 {
+                // Activity Redis may not hold within `session_cache` (no lookup with activity
+                // began that recently, and none is on its way): this request carries it.
+                let uncarried = activity
+                    && !(e.refreshing && e.refreshing_activity)
+                    && e.carried.is_none_or(|c| now.since(c) >= self.fresh);
+                if uncarried || (!e.refreshing && now.since(e.confirmed) >= self.fresh / 2) {
                     e.refreshing = true;
-                    return Answer::Refresh(generation);
+                    e.refreshing_activity |= activity;
+                    let refreshing = Refreshing {
+                        cache: self,
+                        lookup: lookup.clone(),
+                        confirmed: e.confirmed,
+                    };
+                    return Answer::Refresh(generation, self.take_off(view, lookup), refreshing);
                 }
                 Answer::Fresh(e.session.clone())
             }
-            _ => Answer::Ask(generation),
+            _ => match view.flights.get(lookup) {
+                Some((_, landing)) if may_wait => Answer::Wait(Landing(landing.clone())),
+                _ => Answer::Ask(generation, self.take_off(view, lookup)),
+            },
         }
+    }
+
+    /// A flight for `lookup`, unless one is on its way already.
+    fn take_off(&self, view: &mut View, lookup: &Lookup) -> Option<Flight<'_>> {
+        if view.flights.contains_key(lookup) {
+            return None;
+        }
+        view.flights_begun += 1;
+        let number = view.flights_begun;
+        let (landing, waiting) = watch::channel(Landed::Pending);
+        view.flights.insert(lookup.clone(), (number, waiting));
+        Some(Flight {
+            cache: self,
+            lookup: lookup.clone(),
+            number,
+            landing,
+        })
     }
 
     /// Where lookups stand now (for a lookup that does not go through [`SessionCache::get`]).
@@ -231,13 +414,14 @@ impl SessionCache {
         Generation(self.view().generation)
     }
 
-    /// Take Redis's answer for `lookup` at `now`, to a lookup that began at `since`. A live
-    /// session is kept only when nothing forgotten here since names it (Redis may have answered
-    /// before this gateway ended or changed it).
+    /// Take Redis's answer for `lookup` to a lookup that began at `now` (where lookups stood:
+    /// `since`), with or without `activity`. A live session is kept only when nothing forgotten
+    /// here since names it (Redis may have answered before this gateway ended or changed it).
     pub(crate) fn learn(
         &self,
         lookup: Lookup,
         now: Timestamp,
+        activity: bool,
         state: &SessionState,
         since: Generation,
     ) {
@@ -260,12 +444,27 @@ impl SessionCache {
                         return;
                     }
                 }
+                // Activity seen here that this answer does not hold (Redis answered without
+                // activity, or its lookup began before it) stays here.
+                let mut session = s.clone();
+                let mut carried = None;
+                if let Some(old) = entries.get(&lookup).filter(|old| old.session.key == s.key) {
+                    if old.session.last_activity > session.last_activity {
+                        session.last_activity = old.session.last_activity;
+                    }
+                    carried = old.carried;
+                }
+                if activity {
+                    carried = carried.max(Some(now));
+                }
                 entries.insert(
                     lookup,
                     Entry {
-                        session: s.clone(),
+                        session,
                         confirmed: now,
                         refreshing: false,
+                        refreshing_activity: false,
+                        carried,
                     },
                 );
             }
@@ -319,25 +518,26 @@ impl SessionCache {
         }
         if activity && timeouts::touches(&e.session, now) {
             e.session.last_activity = now;
-            let mut touched = self
-                .queued_touches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if !touched.iter().any(|(l, _)| l == lookup) {
-                touched.push((lookup.clone(), *t));
-            }
+            self.queue_touch(lookup.clone(), *t);
         }
         Some(e.session.clone())
     }
 
-    /// The touches queued during an outage, taken out.
-    pub(crate) fn take_touches(&self) -> Vec<(Lookup, Timeouts)> {
-        std::mem::take(
-            &mut *self
-                .queued_touches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        )
+    /// Queue a touch of `lookup` for when Redis answers again ([`SessionCache::first_touch`]).
+    pub(crate) fn queue_touch(&self, lookup: Lookup, t: Timeouts) {
+        let n = self
+            .touches_queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut touched = self
+            .queued_touches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match touched.iter_mut().find(|(l, ..)| *l == lookup) {
+            // (a later touch of one queued: the one queued is sent later than it, which covers it,
+            // unless it is being sent now; then this one stays)
+            Some(queued) => queued.2 = n,
+            None => touched.push((lookup, t, n)),
+        }
     }
 
     /// Forget every entry of session `key` (it ended or changed here).
@@ -373,17 +573,57 @@ impl SessionCache {
         Some(s)
     }
 
-    /// The ends queued during an outage, taken out (the caller puts back what fails).
-    pub(crate) fn take_queued(&self) -> Vec<SessionKey> {
-        std::mem::take(&mut *self.queued_ends.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The oldest end queued during an outage (taken out by [`SessionCache::sent_queued`]).
+    pub(crate) fn first_queued(&self) -> Option<SessionKey> {
+        let ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
+        ends.first().cloned()
     }
 
-    /// Put back ends that could not be sent.
-    pub(crate) fn requeue(&self, keys: Vec<SessionKey>) {
-        self.queued_ends
+    /// Redis has the end of `key`: out of the queue.
+    pub(crate) fn sent_queued(&self, key: &SessionKey) {
+        let mut ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
+        ends.retain(|k| k != key);
+    }
+
+    /// The oldest touch queued, with its number (taken out by [`SessionCache::sent_touch`]).
+    pub(crate) fn first_touch(&self) -> Option<(Lookup, Timeouts, u64)> {
+        let touches = self
+            .queued_touches
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(keys);
+            .unwrap_or_else(|e| e.into_inner());
+        touches.first().cloned()
+    }
+
+    /// Redis has the touch of `lookup` numbered `n`: out of the queue, unless the lookup was
+    /// touched again since (then it stays, to be sent again).
+    pub(crate) fn sent_touch(&self, lookup: &Lookup, n: u64) {
+        let mut touches = self
+            .queued_touches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        touches.retain(|(l, _, m)| l != lookup || *m != n);
+    }
+
+    /// The end of `key` failed: it goes to the back of the queue, so that one end that keeps
+    /// failing does not hold up the others (and the touches behind them).
+    pub(crate) fn end_to_back(&self, key: &SessionKey) {
+        let mut ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = ends.iter().position(|k| k == key) {
+            let k = ends.remove(i);
+            ends.push(k);
+        }
+    }
+
+    /// The touch of `lookup` failed: to the back of the queue.
+    pub(crate) fn touch_to_back(&self, lookup: &Lookup) {
+        let mut touches = self
+            .queued_touches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = touches.iter().position(|(l, ..)| l == lookup) {
+            let item = touches.remove(i);
+            touches.push(item);
+        }
     }
 
     /// Whether any end or touch waits to be sent.
@@ -438,19 +678,24 @@ mod tests {
         }
     }
 
-    /// What `get` says, as a letter: F(resh), R(efresh) or A(sk).
+    /// What `get` says, as a letter: F(resh), R(efresh), A(sk) or W(ait).
     fn says(c: &SessionCache, l: &Lookup, now: Timestamp) -> char {
         match c.get(l, now, true, &T) {
             Answer::Fresh(_) => 'F',
-            Answer::Refresh(..) => 'R',
-            Answer::Ask(_) => 'A',
+            Answer::Refresh(_, _, refreshing) => {
+                // (its request on its way)
+                refreshing.done();
+                'R'
+            }
+            Answer::Ask(..) => 'A',
+            Answer::Wait(_) => 'W',
         }
     }
 
     fn live(c: &SessionCache, l: &Lookup, now: Timestamp) {
         let since = c.generation();
         let s = session("k1", "ann", t0());
-        c.learn(l.clone(), now, &SessionState::Live(s), since);
+        c.learn(l.clone(), now, true, &SessionState::Live(s), since);
     }
 
     #[test]
@@ -490,7 +735,7 @@ mod tests {
         let c = SessionCache::new(SEC, 300 * SEC);
         let l = Lookup::Key("k1".into());
         live(&c, &l, t0());
-        let Answer::Refresh(since) = c.get(&l, t0() + ms(700), true, &T) else {
+        let Answer::Refresh(since, _, _refreshing) = c.get(&l, t0() + ms(700), true, &T) else {
             panic!("past half, the first caller refreshes");
         };
         match c.get(&l, t0() + ms(800), false, &T) {
@@ -525,7 +770,7 @@ mod tests {
         live(&c, &l, t0());
         assert!(matches!(
             c.get(&l, t0() + ms(700), false, &short),
-            Answer::Ask(_)
+            Answer::Ask(..)
         ));
     }
 
@@ -545,12 +790,12 @@ mod tests {
         ] {
             // A lookup begins (Redis still says live), the session is kicked here, then Redis's
             // answer arrives: it must not put the session back.
-            let Answer::Ask(since) = c.get(&l, t0(), true, &T) else {
+            let Answer::Ask(since, _) = c.get(&l, t0(), true, &T) else {
                 panic!("nothing in the view yet");
             };
             live(&c, &l, t0());
             forget(&c);
-            c.learn(l.clone(), t0(), &SessionState::Live(s.clone()), since);
+            c.learn(l.clone(), t0(), true, &SessionState::Live(s.clone()), since);
             assert_eq!(says(&c, &l, t0() + ms(1)), 'A', "the answer was not kept");
             // A lookup that began after the forget is kept.
             live(&c, &l, t0());
@@ -559,34 +804,34 @@ mod tests {
         }
         // Forgets of other sessions and accounts leave the answer alone, as long as every
         // forget since the lookup began is remembered.
-        let Answer::Ask(since) = c.get(&l, t0(), true, &T) else {
+        let Answer::Ask(since, _) = c.get(&l, t0(), true, &T) else {
             panic!("nothing in the view yet");
         };
         c.forget_session(&SessionKey("another".into()));
         c.forget_account("bob");
-        c.learn(l.clone(), t0(), &SessionState::Live(s.clone()), since);
+        c.learn(l.clone(), t0(), true, &SessionState::Live(s.clone()), since);
         assert_eq!(says(&c, &l, t0() + ms(1)), 'F', "kept");
         c.forget_account("ann");
-        let Answer::Ask(since) = c.get(&l, t0(), true, &T) else {
+        let Answer::Ask(since, _) = c.get(&l, t0(), true, &T) else {
             panic!("forgotten");
         };
         for i in 0..FORGETS_KEPT {
             c.forget_account(&format!("user{i}"));
         }
-        c.learn(l.clone(), t0(), &SessionState::Live(s.clone()), since);
+        c.learn(l.clone(), t0(), true, &SessionState::Live(s.clone()), since);
         assert_eq!(
             says(&c, &l, t0() + ms(1)),
             'F',
             "the last {FORGETS_KEPT} are known"
         );
         c.forget_account("ann");
-        let Answer::Ask(since) = c.get(&l, t0(), true, &T) else {
+        let Answer::Ask(since, _) = c.get(&l, t0(), true, &T) else {
             panic!("forgotten");
         };
         for i in 0..=FORGETS_KEPT {
             c.forget_account(&format!("user{i}"));
         }
-        c.learn(l.clone(), t0(), &SessionState::Live(s), since);
+        c.learn(l.clone(), t0(), true, &SessionState::Live(s), since);
         assert_eq!(
             says(&c, &l, t0() + ms(1)),
             'A',
@@ -612,12 +857,24 @@ mod tests {
         ] {
             for l in &lookups {
                 let before = c.generation();
-                c.learn(l.clone(), t0(), &SessionState::Live(holder.clone()), before);
+                c.learn(
+                    l.clone(),
+                    t0(),
+                    true,
+                    &SessionState::Live(holder.clone()),
+                    before,
+                );
                 assert_eq!(says(&c, l, t0() + ms(1)), 'F');
                 drop(c.forget_on_drop(what.clone()));
                 assert_eq!(says(&c, l, t0() + ms(1)), 'A', "{what:?} forgets {l:?}");
                 // An answer from before the forget (the token's old holder) is not kept.
-                c.learn(l.clone(), t0(), &SessionState::Live(holder.clone()), before);
+                c.learn(
+                    l.clone(),
+                    t0(),
+                    true,
+                    &SessionState::Live(holder.clone()),
+                    before,
+                );
                 assert_eq!(says(&c, l, t0() + ms(1)), 'A', "{what:?} keeps {l:?} out");
             }
         }
@@ -626,8 +883,139 @@ mod tests {
         let l = Lookup::key(&other.key);
         let before = c.generation();
         drop(c.forget_on_drop(Forgot::Bearer(token)));
-        c.learn(l.clone(), t0(), &SessionState::Live(other), before);
+        c.learn(l.clone(), t0(), true, &SessionState::Live(other), before);
         assert_eq!(says(&c, &l, t0() + ms(1)), 'F');
+    }
+
+    /// While one caller asks Redis for a lookup the view cannot answer, the next ones wait for
+    /// it, once, and are then answered from the view as the answer left it; a refresh is such a
+    /// flight too. A flight dropped unlanded sends its waiters to ask for themselves.
+    #[tokio::test]
+    async fn callers_that_find_the_view_stale_wait_for_the_one_asking() {
+        let c = SessionCache::new(SEC, 300 * SEC);
+        let l = Lookup::Key("k1".into());
+        let wait = |at: Timestamp| match c.get(&l, at, true, &T) {
+            Answer::Wait(w) => w,
+            _ => panic!("a flight is on its way: wait for it"),
+        };
+        let Answer::Ask(since, Some(flight)) = c.get(&l, t0(), true, &T) else {
+            panic!("nothing in the view: the first caller asks");
+        };
+        let waiters = [wait(t0()), wait(t0() + ms(1))];
+        assert!(
+            matches!(c.get_again(&l, t0(), true, &T), Answer::Ask(_, None)),
+            "one wait at most, and no second flight"
+        );
+        assert!(
+            matches!(
+                c.get(&Lookup::Key("k2".into()), t0(), true, &T),
+                Answer::Ask(_, Some(_))
+            ),
+            "another lookup does not wait for this one"
+        );
+        c.learn(
+            l.clone(),
+            t0(),
+            true,
+            &SessionState::Live(session("k1", "ann", t0())),
+            since,
+        );
+        flight.land(Landed::Answered);
+        for w in waiters {
+            assert!(matches!(w.landed().await, Landed::Answered));
+        }
+        assert_eq!(says(&c, &l, t0() + ms(1)), 'F', "answered from the view");
+
+        // Stale again. Dropped without landing (its request was dropped): its waiter asks.
+        let Answer::Ask(_, Some(flight)) = c.get(&l, t0() + ms(1500), true, &T) else {
+            panic!("stale: ask");
+        };
+        let w = wait(t0() + ms(1500));
+        drop(flight);
+        assert!(matches!(w.landed().await, Landed::Pending));
+        assert!(
+            matches!(
+                c.get_again(&l, t0() + ms(1500), true, &T),
+                Answer::Ask(_, Some(_))
+            ),
+            "the dropped flight left nothing behind"
+        );
+        // Redis out of reach: so its waiters hear.
+        let Answer::Ask(_, Some(flight)) = c.get(&l, t0() + ms(1500), true, &T) else {
+            panic!("stale: ask");
+        };
+        let w = wait(t0() + ms(1500));
+        flight.land(Landed::Unreachable(StoreError::Remote {
+            reason: "refused".into(),
+        }));
+        assert!(matches!(
+            w.landed().await,
+            Landed::Unreachable(StoreError::Remote { .. })
+        ));
+
+        // A refresh: the callers beside it are answered from the view while it is fresh, and
+        // wait for the refresh once it is stale.
+        live(&c, &l, t0() + ms(2000));
+        let Answer::Refresh(_, Some(flight), _refreshing) = c.get(&l, t0() + ms(2600), true, &T)
+        else {
+            panic!("past half: refresh");
+        };
+        assert_eq!(says(&c, &l, t0() + ms(2999)), 'F');
+        assert_eq!(says(&c, &l, t0() + ms(3000)), 'W');
+        drop(flight);
+        assert_eq!(says(&c, &l, t0() + ms(3000)), 'A');
+    }
+
+    /// Activity no lookup with activity has carried within `session_cache` is carried by the
+    /// request that brings it (a refresh: one round trip), however fresh polls keep the view; a
+    /// poll's answer does not wipe the activity seen here.
+    #[test]
+    fn activity_redis_may_not_hold_is_carried_by_its_own_request() {
+        let c = SessionCache::new(SEC, 300 * SEC);
+        let l = Lookup::Key("k1".into());
+        // Redis answers without activity (an exempt path's poll): its activity stays at t0.
+        let polled = |at: Timestamp| {
+            let since = c.generation();
+            let s = SessionState::Live(session("k1", "ann", t0()));
+            c.learn(l.clone(), at, false, &s, since);
+        };
+        let with_activity = |at: Timestamp| {
+            let since = c.generation();
+            let mut s = session("k1", "ann", t0());
+            s.last_activity = at;
+            c.learn(l.clone(), at, true, &SessionState::Live(s), since);
+        };
+        // Within `session_cache` of a lookup with activity the view answers (that lag is the
+        // bound), polls or none.
+        with_activity(t0());
+        assert_eq!(says(&c, &l, t0() + ms(300)), 'F');
+        polled(t0() + ms(900));
+        assert_eq!(says(&c, &l, t0() + ms(999)), 'F');
+        assert_eq!(says(&c, &l, t0() + ms(1000)), 'R', "carried by itself");
+        assert_eq!(says(&c, &l, t0() + ms(1001)), 'F', "one is on its way");
+        // A poll's answer (begun before that refresh) keeps the activity seen here.
+        polled(t0() + ms(1100));
+        match c.get(&l, t0() + ms(1150), false, &T) {
+            Answer::Fresh(s) => assert_eq!(s.last_activity, t0() + ms(1001)),
+            _ => panic!("fresh"),
+        }
+        // The refresh's answer carries it.
+        with_activity(t0() + ms(1000));
+        assert_eq!(says(&c, &l, t0() + ms(1300)), 'F');
+        // A poll past half takes the refresh; activity beside it still carries its own, once.
+        polled(t0() + ms(3000));
+        let poll = c.get(&l, t0() + ms(3500), false, &T);
+        assert!(matches!(poll, Answer::Refresh(..)));
+        assert_eq!(says(&c, &l, t0() + ms(3600)), 'R');
+        assert_eq!(says(&c, &l, t0() + ms(3700)), 'F');
+        drop(poll);
+        // A refresh with activity whose request is dropped: the next request carries its own.
+        polled(t0() + ms(5000));
+        let dropped = c.get(&l, t0() + ms(5100), true, &T);
+        assert!(matches!(dropped, Answer::Refresh(..)));
+        assert_eq!(says(&c, &l, t0() + ms(5200)), 'F', "one is on its way");
+        drop(dropped);
+        assert_eq!(says(&c, &l, t0() + ms(5300)), 'R', "the next carries it");
     }
 
     #[test]
@@ -637,5 +1025,9 @@ mod tests {
         live(&c, &l, t0());
         assert_eq!(says(&c, &l, t0()), 'A');
         assert_eq!(says(&c, &l, t0() + ms(1)), 'A');
+        // Nor does any wait for another's answer: each sees Redis's own.
+        let first = c.get(&l, t0(), true, &T);
+        assert!(matches!(first, Answer::Ask(_, None)));
+        assert!(matches!(c.get(&l, t0(), true, &T), Answer::Ask(_, None)));
     }
 }

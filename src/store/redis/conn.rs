@@ -67,6 +67,9 @@ const MIN_VERSION: (u32, u32) = (7, 0);
 pub const FIND_BUDGET: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most one call waits: finding the master, then its answer. No client waits on the store
+/// longer (a session lookup that first waited for another's round trip has what is left).
+pub(crate) const CALL_BUDGET: Duration = FIND_BUDGET.saturating_add(RESPONSE_TIMEOUT);
 /// Connecting to a sentinel, and its answer, take at most this.
 const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
 /// Between two rounds over the sentinels.

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::cache::{Answer, Forgot, Lookup, SessionCache};
-use super::conn::{Conn, RedisOptions};
+use super::cache::{Answer, Forgot, Landed, Lookup, SessionCache};
+use super::conn::{Conn, RedisOptions, CALL_BUDGET};
 use super::wire::{
     self, Decision, WireAdmit, WireCounts, WireEnd, WireFound, WireLockState, WireLocks,
     WireOneSession, WireSessions, WireStart, WireState, WireSwept, WireUnlocked,
@@ -152,19 +152,28 @@ impl RedisStore {
         if !self.cache.has_queued() {
             return;
         }
-        let mut failed = Vec::new();
-        for key in self.cache.take_queued() {
+        // One at a time, each taken out of its queue only once Redis has it, so that what a
+        // replay cut short (the store monitor bounds a check's time) had not sent stays queued;
+        // sending one twice does no harm (an end ends once, a touch only moves activity forward).
+        // A failure goes to the back of its queue and ends this replay.
+        while let Some(key) = self.cache.first_queued() {
             if self.end_session(&key, EndReason::Logout).await.is_err() {
-                failed.push(key);
+                self.cache.end_to_back(&key);
+                return;
             }
+            self.cache.sent_queued(&key);
         }
-        if !failed.is_empty() {
-            self.cache.requeue(failed);
-        }
-        for (lookup, t) in self.cache.take_touches() {
+        while let Some((lookup, t, n)) = self.cache.first_touch() {
             let since = self.cache.generation();
-            if let Ok(state) = self.ask_redis(&lookup, now, true, t).await {
-                self.cache.learn(lookup, now, &state, since);
+            match self.ask_redis(&lookup, now, true, t).await {
+                Ok(state) => {
+                    self.cache.sent_touch(&lookup, n);
+                    self.cache.learn(lookup, now, true, &state, since);
+                }
+                Err(_) => {
+                    self.cache.touch_to_back(&lookup);
+                    return;
+                }
             }
         }
     }
@@ -344,7 +353,8 @@ impl RedisStore {
 impl RedisStore {
     /// Answer `lookup` from the view when it is fresh; otherwise (or to refresh a busy session's
     /// view ahead of time) ask Redis and learn the answer, or, when Redis cannot be reached,
-    /// answer a session still within `session_cache` (a refresh) or `outage_grace`.
+    /// answer a session still within `session_cache` (a refresh) or `outage_grace`. A lookup
+    /// that another request is already asking Redis for waits for that answer instead (once).
     async fn viewed(
         &self,
         lookup: Lookup,
@@ -352,26 +362,82 @@ impl RedisStore {
         activity: bool,
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
-        let (since, refresh) = match self.cache.get(&lookup, now, activity, &t) {
+        let mut answer = match self.cache.get(&lookup, now, activity, &t) {
             Answer::Fresh(s) => return Ok(SessionState::Live(s)),
-            Answer::Refresh(since) => (since, true),
-            Answer::Ask(since) => (since, false),
+            other => other,
         };
-        let asked = std::time::Instant::now();
-        match self.ask_redis(&lookup, now, activity, t).await {
+        let began = std::time::Instant::now();
+        // What is left of the time a client may wait on the store, after a wait for another's
+        // round trip.
+        let mut budget = None;
+        if let Answer::Wait(landing) = answer {
+            // (the flight's own call is bounded; this bounds the wait however it ends)
+            let landed = tokio::time::timeout(CALL_BUDGET, landing.landed())
+                .await
+                .unwrap_or(Landed::Pending);
+            // (the view is judged at the time the wait ended, as a failed lookup's grace is;
+            // Redis and the view's entries keep the lookup's own time)
+            let late = now + began.elapsed();
+            if let Landed::Unreachable(e) = landed {
+                // As if this lookup had failed itself, without a second wait for Redis.
+                return match self.cache.in_grace(&lookup, late, activity, &t) {
+                    Some(s) => Ok(SessionState::Live(s)),
+                    None => Err(e),
+                };
+            }
+            answer = self.cache.get_again(&lookup, late, activity, &t);
+            budget = Some(CALL_BUDGET.saturating_sub(began.elapsed()));
+        }
+        // (`refreshing`, dropped unsettled if this request is, or fails otherwise than by Redis
+        // being out of reach, lets the next request refresh)
+        let (since, flight, refreshing) = match answer {
+            Answer::Fresh(s) => return Ok(SessionState::Live(s)),
+            Answer::Refresh(since, flight, refreshing) => (since, flight, Some(refreshing)),
+            Answer::Ask(since, flight) => (since, flight, None),
+            // (`get_again` never says to wait)
+            Answer::Wait(_) => (self.cache.generation(), None, None),
+        };
+        let refresh = refreshing.is_some();
+        let answered = match budget {
+            None => self.ask_redis(&lookup, now, activity, t).await,
+            Some(left) => tokio::time::timeout(left, self.ask_redis(&lookup, now, activity, t))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Remote {
+                        reason: format!("no answer within {CALL_BUDGET:?}"),
+                    })
+                }),
+        };
+        match answered {
             Ok(state) => {
-                self.cache.learn(lookup, now, &state, since);
+                self.cache.learn(lookup, now, activity, &state, since);
+                if let Some(refreshing) = refreshing {
+                    refreshing.done();
+                }
+                if let Some(flight) = flight {
+                    flight.land(Landed::Answered);
+                }
                 Ok(state)
             }
             Err(e @ StoreError::Remote { .. }) => {
+                if let Some(refreshing) = refreshing {
+                    refreshing.done();
+                }
+                if let Some(flight) = flight {
+                    flight.land(Landed::Unreachable(e.clone()));
+                }
                 // A refresh that failed is answered from the view if it is still within
                 // `session_cache` now, after the wait, and was not forgotten meanwhile, as the
                 // requests answered from it meanwhile were (the call counted the failure).
                 // (So is the grace: it is the time now, not when the lookup began, that counts.)
-                let late = now + asked.elapsed();
+                let late = now + began.elapsed();
                 let fresh = refresh
                     .then(|| self.cache.still_fresh(&lookup, since, late, &t))
                     .flatten();
+                if activity && fresh.is_some() {
+                    // (its activity, which the view may not have carried, is sent with the rest)
+                    self.cache.queue_touch(lookup.clone(), t);
+                }
                 match fresh.or_else(|| self.cache.in_grace(&lookup, late, activity, &t)) {
                     Some(s) => Ok(SessionState::Live(s)),
                     None => Err(e),

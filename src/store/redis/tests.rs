@@ -4,8 +4,9 @@
 //! Redis's clock beats the caller's, `WAIT` short of replicas undoes an admission and keeps a
 //! lock, the ACL user's rights and password are checked at connect naming their keys, the session
 //! secret's fingerprint, a restart of Redis itself keeps the locks, and the session view: one
-//! refresh ahead of time for many parallel lookups, and a refresh that waits past
-//! `session_cache` failing closed.
+//! refresh ahead of time for many parallel lookups, a refresh that waits past `session_cache`
+//! failing closed, one round trip for a burst on a stale view, and a touch answered from the
+//! view reaching Redis.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -505,10 +506,19 @@ async fn library_calls(server: &RedisServer) -> u64 {
 /// A store on `server` with a session view of 1 s and no `outage_grace`, with ann's session `k1`
 /// admitted at [`t0`] and in the view (looked up live at [`t0`]); its key and timeouts.
 async fn viewed(server: &RedisServer, prefix: &str) -> (Arc<RedisStore>, SessionKey, Timeouts) {
+    viewed_with_grace(server, prefix, Duration::ZERO).await
+}
+
+/// [`viewed`] with an `outage_grace` of `grace`.
+async fn viewed_with_grace(
+    server: &RedisServer,
+    prefix: &str,
+    grace: Duration,
+) -> (Arc<RedisStore>, SessionKey, Timeouts) {
     let store = Arc::new(
         store(server, prefix, Time::Given)
             .await
-            .with_session_view(SEC, Duration::ZERO),
+            .with_session_view(SEC, grace),
     );
     let (now, t, key) = (t0(), seats(5).timeouts, SessionKey("k1".into()));
     store
@@ -574,16 +584,10 @@ async fn a_busy_sessions_view_is_refreshed_by_one_request_ahead_of_time() {
     assert!(matches!(stale, Err(StoreError::Remote { .. })), "{stale:?}");
 }
 
-/// A refresh whose wait for Redis outlasts `session_cache` fails closed (with no
-/// `outage_grace`): what counts is the time the wait ended, not when the lookup began. The
-/// lookups beside it are still answered from the view, without waiting, while it is fresh.
-#[tokio::test]
-async fn a_refresh_that_waits_past_session_cache_is_not_answered_from_the_view() {
-    let mut server = RedisServer::start();
-    let (store, key, t) = viewed(&server, "late").await;
-    let now = t0();
-
-    // Redis goes silent: its port accepts connections and never answers.
+/// Redis goes silent: its port accepts connections and never answers. The first call finds the
+/// store's old connection dropped and fails at once (made here); the next ones connect to the
+/// silent port and wait.
+async fn silence(server: &mut RedisServer, store: &RedisStore) {
     let port = server.port();
     server.stop();
     let silent = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
@@ -593,10 +597,19 @@ async fn a_refresh_that_waits_past_session_cache_is_not_answered_from_the_view()
             held.push(c);
         }
     });
+    assert!(store.counts(t0()).await.is_err());
+}
 
-    // The first call finds the old connection dropped and fails at once; the next ones connect
-    // to the silent port and wait.
-    assert!(store.counts(now).await.is_err());
+/// A refresh whose wait for Redis outlasts `session_cache` fails closed (with no
+/// `outage_grace`): what counts is the time the wait ended, not when the lookup began. The
+/// lookups beside it are still answered from the view, without waiting, while it is fresh.
+#[tokio::test]
+async fn a_refresh_that_waits_past_session_cache_is_not_answered_from_the_view() {
+    let mut server = RedisServer::start();
+    let (store, key, t) = viewed(&server, "late").await;
+    let now = t0();
+
+    silence(&mut server, &store).await;
     let refresh = {
         let (store, key) = (Arc::clone(&store), key.clone());
         tokio::spawn(async move {
@@ -622,4 +635,136 @@ async fn a_refresh_that_waits_past_session_cache_is_not_answered_from_the_view()
         matches!(r, Err(StoreError::Remote { .. })),
         "after {waited:?}: {r:?}"
     );
+}
+
+/// A burst of lookups that find the view stale (a page's requests after a quiet second) makes
+/// one round trip, not one per request: the others wait for it and are answered from the view
+/// it refreshed. When Redis is silent, every one of them fails closed with it (no
+/// `outage_grace` here), all within about one wait for Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_a_stale_view_makes_one_round_trip() {
+    let mut server = RedisServer::start();
+    let (store, key, t) = viewed(&server, "burst").await;
+    // The view of ann's session was confirmed at t0: at 1,500 ms it is stale.
+    let before = library_calls(&server).await;
+    let answers = burst_of_50(&store, &key, t, t0() + Duration::from_millis(1_500)).await;
+    let calls = library_calls(&server).await - before;
+    let live = answers
+        .iter()
+        .filter(|(r, _)| matches!(r, Ok(SessionState::Live(s)) if &*s.account == "ann"))
+        .count();
+    assert_eq!((live, calls), (50, 1), "50 lookups on a stale view");
+    // The view that round trip left serves the next ones.
+    let before = library_calls(&server).await;
+    let answers = burst_of_50(&store, &key, t, t0() + Duration::from_millis(1_600)).await;
+    assert!(answers.iter().all(|(r, _)| r.is_ok()));
+    assert_eq!(library_calls(&server).await - before, 0);
+
+    silence(&mut server, &store).await;
+    let answers = burst_of_50(&store, &key, t, t0() + Duration::from_millis(3_000)).await;
+    let waits: Vec<Duration> = answers
+        .iter()
+        .map(|(r, waited)| {
+            assert!(matches!(r, Err(StoreError::Remote { .. })), "{r:?}");
+            *waited
+        })
+        .collect();
+    let (quickest, slowest) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+    assert!(*quickest >= SEC, "they waited for Redis: {quickest:?}");
+    assert!(
+        *slowest < *quickest + SEC,
+        "about one wait: {quickest:?} to {slowest:?}"
+    );
+}
+
+/// 50 parallel lookups of `key` at `at`, each with how long it took.
+async fn burst_of_50(
+    store: &Arc<RedisStore>,
+    key: &SessionKey,
+    t: Timeouts,
+    at: Timestamp,
+) -> Vec<(Result<SessionState, StoreError>, Duration)> {
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (store, key) = (Arc::clone(store), key.clone());
+            tokio::spawn(async move {
+                let asked = std::time::Instant::now();
+                let r = store.session(&key, at, true, t).await;
+                (r, asked.elapsed())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+/// In an outage, a burst on a stale view that is still within `outage_grace` is answered from
+/// it: the waiters as the lookup they waited for, without a round trip of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_in_an_outage_is_answered_within_outage_grace() {
+    let mut server = RedisServer::start();
+    let (store, key, t) = viewed_with_grace(&server, "grace", 30 * SEC).await;
+    silence(&mut server, &store).await;
+    let answers = burst_of_50(&store, &key, t, t0() + Duration::from_millis(1_500)).await;
+    for (r, _) in &answers {
+        assert!(matches!(r, Ok(SessionState::Live(_))), "{r:?}");
+    }
+    let slowest = answers.iter().map(|(_, waited)| *waited).max().unwrap();
+    assert!(slowest < 4 * SEC, "about one wait: {slowest:?}");
+}
+
+/// Activity reaches Redis even when the lookups that go to Redis carry none (an exempt path's
+/// polls, which keep the view fresh): a request whose activity no lookup with activity carried
+/// within `session_cache` carries its own, and the polls' answers do not wipe it. Without it the
+/// session's idle deadline in Redis would stay where the polls found it.
+#[tokio::test]
+async fn activity_reaches_redis_through_polls_that_keep_the_view_fresh() {
+    let server = RedisServer::start();
+    let (store, key, t) = viewed(&server, "carried").await;
+    // Redis's own answer, with no view in front of it.
+    let direct = self::store(&server, "carried", Time::Given).await;
+    let at = |ms: u64| t0() + Duration::from_millis(ms);
+    let in_redis = |ms: u64| {
+        let (direct, key) = (&direct, key.clone());
+        async move {
+            match direct.session(&key, at(ms), false, t).await.unwrap() {
+                SessionState::Live(s) => s.last_activity,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let lookup = |ms: u64, activity: bool| {
+        let (store, key) = (Arc::clone(&store), key.clone());
+        async move {
+            let s = store.session(&key, at(ms), activity, t).await.unwrap();
+            assert!(matches!(s, SessionState::Live(_)), "{s:?}");
+        }
+    };
+    // ann's view was confirmed with activity at t0; polls every 400 ms keep it fresh.
+    let before = library_calls(&server).await;
+    for ms in [400, 800, 1_200, 1_600] {
+        lookup(ms, false).await;
+    }
+    lookup(1_700, true).await;
+    assert_eq!(
+        in_redis(1_700).await,
+        at(1_700),
+        "carried by its own request"
+    );
+    lookup(1_800, true).await;
+    assert_eq!(
+        in_redis(1_800).await,
+        at(1_700),
+        "within session_cache: from the view"
+    );
+    for ms in [2_000, 2_400, 2_800] {
+        lookup(ms, false).await;
+    }
+    assert_eq!(in_redis(2_800).await, at(1_700), "the polls wiped nothing");
+    // (polls past half of `session_cache` refresh at 800, 1,600 and 2,400 ms, the activity at
+    // 1,700 carries its own: 4 calls; and the 3 direct reads)
+    assert_eq!(library_calls(&server).await - before, 4 + 3);
 }
