@@ -1866,20 +1866,31 @@ fn failovers(
     })
 }
 
+/// The host, as the results name it: cores, the CPU's name, and its family and model (a VM's
+/// CPU name is often only "AMD EPYC", and two generations under that name differ by a factor of
+/// two per request), and the kernel.
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let cpu = field("model name").unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    format!("{cores} cores, {cpu}")
+    let mut machine = format!("{cores} cores, {cpu}");
+    if let (Some(family), Some(model)) = (field("cpu family"), field("model")) {
+        machine.push_str(&format!(" (family {family}, model {model})"));
+    }
+    if let Ok(kernel) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        machine.push_str(&format!(", Linux {}", kernel.trim()));
+    }
+    machine
 }
 
 fn version(cmd: &str, arg: &str) -> String {
