@@ -5,9 +5,11 @@
 #   benches/syscalls.sh [REQUESTS]   # default 20000, with the session cookie, HTTP/1.1
 #
 # It starts the benchmark's rig (`benches/versus.sh --hold`), warms both peers up, then for each
-# attaches strace to the process (the gateway with its threads; nginx's one worker), sends
-# REQUESTS GETs over 32 keep-alive TLS connections with oha, and prints strace's table divided by
-# REQUESTS. strace slows both a great deal: the rates it prints are not the proxies' speed.
+# first splits its CPU time per GET into user and system time (/proc/<pid>/stat, over
+# 10 × REQUESTS GETs without strace: clock ticks are coarse), then attaches strace to the process
+# (the gateway with its threads; nginx's one worker), sends REQUESTS GETs over 32 keep-alive TLS
+# connections with oha, and prints strace's table divided by REQUESTS. strace slows both a great
+# deal: the rates it prints are not the proxies' speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-20000}"
@@ -19,10 +21,27 @@ master="$(pgrep -f -- "-c $conf" | head -1)"
 worker="$(pgrep -P "$master" | head -1)"
 [ -n "$worker" ] || { echo "syscalls: no nginx worker for $conf" >&2; exit 1; }
 
+ticks="$(getconf CLK_TCK)"
+# User and system CPU time of a process (its threads included), in clock ticks.
+cpu_ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
+
 count() {
     local name="$1" pid="$2" port="$3" flags="$4"
     local url="https://localhost:$port/aspera/faspex/small"
     "$oha" -n 1000 -c 32 --no-tui --insecure -H "Cookie: $cookie" "$url" >/dev/null
+    local m=$((10 * n)) u0 s0 u1 s1
+    read -r u0 s0 < <(cpu_ticks "$pid")
+    report="$("$oha" -n "$m" -c 32 --no-tui --insecure -H "Cookie: $cookie" "$url")"
+    read -r u1 s1 < <(cpu_ticks "$pid")
+    grep -q "\[200\] $m responses" <<<"$report" || {
+        echo "syscalls: not every request to $name was answered 200:" >&2
+        echo "$report" >&2
+        exit 1
+    }
+    echo "## $name: CPU per small GET ($m GETs, no strace)"
+    awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v t="$ticks" -v m="$m" 'BEGIN {
+        printf "user %6.1f µs, system %6.1f µs, both %6.1f µs\n", u / t / m * 1e6, s / t / m * 1e6, (u + s) / t / m * 1e6 }'
+    echo
     # shellcheck disable=SC2086
     strace $flags -c -o "$work/$name.strace" -p "$pid" 2>/dev/null &
     st=$!
