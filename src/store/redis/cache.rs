@@ -427,7 +427,7 @@ impl SessionCache {
     ) {
         let mut view = self.view();
         if let SessionState::Live(s) = state {
-            if view.forgotten_since(since, s) {
+            if view.forgotten_since(since, s) || self.end_queued(&s.key) {
                 return;
             }
         }
@@ -571,6 +571,16 @@ impl SessionCache {
             .unwrap_or_else(|e| e.into_inner())
             .push(key.clone());
         Some(s)
+    }
+
+    /// Whether session `key` was logged out here during an outage and Redis does not have its
+    /// end yet: it is not live here again, whatever Redis answers meanwhile. (Locks the queue
+    /// of ends; the view's lock may be held, never the other way round.)
+    pub(crate) fn end_queued(&self, key: &SessionKey) -> bool {
+        self.queued_ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
     }
 
     /// The oldest end queued during an outage (taken out by [`SessionCache::sent_queued`]).
@@ -797,7 +807,8 @@ mod tests {
             forget(&c);
             c.learn(l.clone(), t0(), true, &SessionState::Live(s.clone()), since);
             assert_eq!(says(&c, &l, t0() + ms(1)), 'A', "the answer was not kept");
-            // A lookup that began after the forget is kept.
+            // A lookup that began after the forget is kept (once Redis has a queued end).
+            c.sent_queued(&SessionKey("k1".into()));
             live(&c, &l, t0());
             assert_eq!(says(&c, &l, t0() + ms(1)), 'F');
             c.forget_account("ann");
@@ -836,6 +847,52 @@ mod tests {
             says(&c, &l, t0() + ms(1)),
             'A',
             "one forget too many to know: not kept"
+        );
+    }
+
+    /// A session logged out here during an outage is not live here again, however Redis answers
+    /// a lookup that began after the logout, until Redis has its end; its end stays queued
+    /// until then, once, and a failed send puts it at the back.
+    #[test]
+    fn a_logout_in_an_outage_holds_until_redis_has_its_end() {
+        let c = SessionCache::new(SEC, 300 * SEC);
+        let (l, k1, k2) = (
+            Lookup::Key("k1".into()),
+            SessionKey("k1".into()),
+            SessionKey("k2".into()),
+        );
+        live(&c, &l, t0());
+        assert!(c.end_in_outage(&k1).is_some());
+        assert!(c.end_in_outage(&k1).is_none(), "gone from the view");
+        assert!(c.in_grace(&l, t0() + ms(1), true, &T).is_none());
+        for at in [1, 2_000, 10_000] {
+            live(&c, &l, t0() + ms(at));
+            assert_eq!(says(&c, &l, t0() + ms(at)), 'A', "not live here again");
+            assert!(c.end_queued(&k1));
+        }
+        // Another session's end queued behind it; the first fails and goes to the back.
+        let l2 = Lookup::Key("k2".into());
+        c.learn(
+            l2.clone(),
+            t0(),
+            true,
+            &SessionState::Live(session("k2", "bob", t0())),
+            c.generation(),
+        );
+        assert!(c.end_in_outage(&k2).is_some());
+        assert_eq!(c.first_queued(), Some(k1.clone()));
+        c.end_to_back(&k1);
+        assert_eq!(c.first_queued(), Some(k2.clone()));
+        c.sent_queued(&k2);
+        assert_eq!(c.first_queued(), Some(k1.clone()));
+        c.sent_queued(&k1);
+        assert_eq!(c.first_queued(), None);
+        assert!(!c.end_queued(&k1));
+        live(&c, &l, t0() + ms(20_000));
+        assert_eq!(
+            says(&c, &l, t0() + ms(20_000)),
+            'F',
+            "kept once Redis has it"
         );
     }
 

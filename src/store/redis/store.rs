@@ -155,11 +155,15 @@ impl RedisStore {
         // One at a time, each taken out of its queue only once Redis has it, so that what a
         // replay cut short (the store monitor bounds a check's time) had not sent stays queued;
         // sending one twice does no harm (an end ends once, a touch only moves activity forward).
-        // A failure goes to the back of its queue and ends this replay.
+        // A failure goes to the back of its queue and ends that queue's part of this replay (the
+        // touches are sent even if an end failed: they do not depend on it).
+        // (The ends go to Redis alone: an end that failed is not "answered" from the view again,
+        // which would take it out of the queue unsent.)
         while let Some(key) = self.cache.first_queued() {
-            if self.end_session(&key, EndReason::Logout).await.is_err() {
+            let _forget = self.cache.forget_on_drop(Forgot::Session(key.clone()));
+            if self.end_in_redis(&key, EndReason::Logout).await.is_err() {
                 self.cache.end_to_back(&key);
-                return;
+                break;
             }
             self.cache.sent_queued(&key);
         }
@@ -176,6 +180,28 @@ impl RedisStore {
                 }
             }
         }
+    }
+
+    /// End session `key` in Redis, and nowhere else: an error if Redis does not answer. The
+    /// caller forgets it in the view (a [`ForgetOnDrop`](super::cache::ForgetOnDrop) guard).
+    async fn end_in_redis(
+        &self,
+        key: &SessionKey,
+        reason: EndReason,
+    ) -> Result<Option<Session>, StoreError> {
+        // (Its callers forget the session here through a guard of their own, held across what
+        // they do after: one here, dropped first, would forget the view's entry before
+        // `end_in_outage` could read it.)
+        let (reply, _) = self
+            .waited(
+                "kick",
+                "end_session",
+                &[&format!("s:{}", key.0)],
+                None,
+                &[key.0.to_string(), reason.as_str().into()],
+            )
+            .await?;
+        wire::parse::<WireOneSession>("a session end", &reply)?.decode()
     }
 
     /// A plain command (the logouts' stream, [`super::outbox`]), after [`RedisStore::ready`].
@@ -390,7 +416,7 @@ impl RedisStore {
         }
         // (`refreshing`, dropped unsettled if this request is, or fails otherwise than by Redis
         // being out of reach, lets the next request refresh)
-        let (since, flight, refreshing) = match answer {
+        let (since, mut flight, refreshing) = match answer {
             Answer::Fresh(s) => return Ok(SessionState::Live(s)),
             Answer::Refresh(since, flight, refreshing) => (since, flight, Some(refreshing)),
             Answer::Ask(since, flight) => (since, flight, None),
@@ -400,14 +426,28 @@ impl RedisStore {
         let refresh = refreshing.is_some();
         let answered = match budget {
             None => self.ask_redis(&lookup, now, activity, t).await,
-            Some(left) => tokio::time::timeout(left, self.ask_redis(&lookup, now, activity, t))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StoreError::Remote {
-                        reason: format!("no answer within {CALL_BUDGET:?}"),
-                    })
-                }),
+            Some(left) => {
+                match tokio::time::timeout(left, self.ask_redis(&lookup, now, activity, t)).await {
+                    Ok(answered) => answered,
+                    Err(_) => {
+                        // What ran out is this caller's budget, most of it spent waiting for
+                        // another's round trip, not Redis's: the callers waiting for this one
+                        // are not told Redis is out of reach (they would answer from the view
+                        // within `outage_grace`); they ask for themselves.
+                        drop(flight.take());
+                        Err(StoreError::Remote {
+                            reason: format!("no answer within {CALL_BUDGET:?}"),
+                        })
+                    }
+                }
+            }
         };
+        // A session logged out here during an outage is gone, whatever Redis says before the
+        // replay sends it its end (unknown, as after any logout: its end was reported then).
+        let answered = answered.map(|state| match state {
+            SessionState::Live(s) if self.cache.end_queued(&s.key) => SessionState::Unknown,
+            state => state,
+        });
         match answered {
             Ok(state) => {
                 self.cache.learn(lookup, now, activity, &state, since);
@@ -643,30 +683,17 @@ impl PolicyStore for RedisStore {
         key: &SessionKey,
         reason: EndReason,
     ) -> Result<Option<Session>, StoreError> {
-        // Forgotten however this ends (also once `end_in_outage` below has forgotten it).
+        // Forgotten only once `end_in_outage` below has read the view's entry.
         let _forget = self.cache.forget_on_drop(Forgot::Session(key.clone()));
-        let r = self
-            .waited(
-                "kick",
-                "end_session",
-                &[&format!("s:{}", key.0)],
-                None,
-                &[key.0.to_string(), reason.as_str().into()],
-            )
-            .await;
-        let reply = match r {
-            Ok((reply, _)) => reply,
+        match self.end_in_redis(key, reason).await {
             // A logout during an outage, of a session this gateway still serves: it ends here
             // now (Faspex is logged out once), and in Redis when it answers again.
-            Err(e @ StoreError::Remote { .. }) => {
-                return match self.cache.end_in_outage(key) {
-                    Some(s) => Ok(Some(s)),
-                    None => Err(e),
-                }
-            }
-            Err(e) => return Err(e),
-        };
-        wire::parse::<WireOneSession>("a session end", &reply)?.decode()
+            Err(e @ StoreError::Remote { .. }) => match self.cache.end_in_outage(key) {
+                Some(s) => Ok(Some(s)),
+                None => Err(e),
+            },
+            r => r,
+        }
     }
 
     async fn end_account(

@@ -5,8 +5,8 @@
 //! lock, the ACL user's rights and password are checked at connect naming their keys, the session
 //! secret's fingerprint, a restart of Redis itself keeps the locks, and the session view: one
 //! refresh ahead of time for many parallel lookups, a refresh that waits past `session_cache`
-//! failing closed, one round trip for a burst on a stale view, and a touch answered from the
-//! view reaching Redis.
+//! failing closed, one round trip for a burst on a stale view, a touch answered from the view
+//! reaching Redis, and a logout made in an outage holding until the replay sends it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,7 +21,8 @@ use crate::config::{OneClient, Secret};
 use crate::store::conformance::{lockout, Backend};
 use crate::store::{
     AccountKind, Admission, AdmitOutcome, AttemptEnd, AttemptResult, AttemptStart, ClientId,
-    ClientKind, LockKey, PolicyStore, SeatRules, SessionKey, SessionState, StoreError, Timeouts,
+    ClientKind, EndReason, LockKey, PolicyStore, SeatRules, SessionKey, SessionState, StoreError,
+    Timeouts,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -767,4 +768,96 @@ async fn activity_reaches_redis_through_polls_that_keep_the_view_fresh() {
     // (polls past half of `session_cache` refresh at 800, 1,600 and 2,400 ms, the activity at
     // 1,700 carries its own: 4 calls; and the 3 direct reads)
     assert_eq!(library_calls(&server).await - before, 4 + 3);
+}
+
+/// A logout made during an outage holds when Redis comes back before the store monitor's replay
+/// has sent its end: a lookup that Redis still answers live is answered unknown, and the view
+/// does not keep it. The replay then ends the session in Redis, for every gateway.
+#[tokio::test]
+async fn a_logout_in_an_outage_holds_until_the_replay_sends_it() {
+    let mut server = RedisServer::start();
+    let (store, key, t) = viewed_with_grace(&server, "owed", 30 * SEC).await;
+    server.stop();
+    let ended = store.end_session(&key, EndReason::Logout).await;
+    assert!(
+        matches!(ended, Ok(Some(_))),
+        "answered from the view: {ended:?}"
+    );
+    server.start_again();
+    // (the store's first call may find its old connection dropped)
+    for _ in 0..50 {
+        if store.counts(t0()).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at = t0() + Duration::from_millis(1_500);
+    let direct = self::store(&server, "owed", Time::Given).await;
+    let in_redis = direct.session(&key, at, false, t).await.unwrap();
+    assert!(
+        matches!(in_redis, SessionState::Live(_)),
+        "Redis has not had the end yet: {in_redis:?}"
+    );
+    for ms in [1_500, 1_600] {
+        let r = store
+            .session(&key, t0() + Duration::from_millis(ms), true, t)
+            .await;
+        assert!(matches!(r, Ok(SessionState::Unknown)), "at {ms} ms: {r:?}");
+    }
+    let before = library_calls(&server).await;
+    store.check(at).await.unwrap();
+    assert!(
+        library_calls(&server).await > before,
+        "the replay sent the end"
+    );
+    let in_redis = direct.session(&key, at, false, t).await.unwrap();
+    assert!(
+        !matches!(in_redis, SessionState::Live(_)),
+        "ended in Redis: {in_redis:?}"
+    );
+    let r = store.session(&key, at, true, t).await;
+    assert!(!matches!(r, Ok(SessionState::Live(_))), "{r:?}");
+}
+
+/// An end that keeps failing in the store monitor's replay does not hold back the touches
+/// queued in the same outage: they are sent all the same, so a session in use is not swept.
+#[tokio::test]
+async fn a_failing_end_does_not_hold_back_the_touches_of_an_outage() {
+    let mut server = RedisServer::start();
+    let (store, key, t) = viewed_with_grace(&server, "stuck", 30 * SEC).await;
+    let k2 = SessionKey("k2".into());
+    store
+        .admit(admission("k2", "bob", t0()), seats(5))
+        .await
+        .unwrap();
+    let bob = store.session(&k2, t0(), true, t).await.unwrap();
+    assert!(matches!(bob, SessionState::Live(_)), "{bob:?}");
+    server.stop();
+    // In the outage bob logs out and ann is active, both answered from the view.
+    let ended = store.end_session(&k2, EndReason::Logout).await;
+    assert!(matches!(ended, Ok(Some(_))), "{ended:?}");
+    let active = t0() + Duration::from_millis(1_500);
+    let ann = store.session(&key, active, true, t).await;
+    assert!(matches!(ann, Ok(SessionState::Live(_))), "{ann:?}");
+    server.start_again();
+    for _ in 0..50 {
+        if store.counts(t0()).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // bob's record is now one the library cannot read: his end fails every time.
+    let mut c = raw(&server).await;
+    redis::cmd("SET")
+        .arg("{stuck}:s:k2")
+        .arg("not a session")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    store.check(active).await.unwrap();
+    let direct = self::store(&server, "stuck", Time::Given).await;
+    match direct.session(&key, active, false, t).await.unwrap() {
+        SessionState::Live(s) => assert_eq!(s.last_activity, active, "ann's touch reached Redis"),
+        other => panic!("{other:?}"),
+    }
 }
