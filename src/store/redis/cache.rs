@@ -60,7 +60,7 @@ use tokio::sync::watch;
 
 use crate::clock::Timestamp;
 use crate::policy::timeouts;
-use crate::store::{ClientId, Session, SessionKey, SessionState, StoreError, Timeouts};
+use crate::store::{ClientId, EndReason, Session, SessionKey, SessionState, StoreError, Timeouts};
 
 /// The most entries the view keeps; beyond it, lookups simply go to Redis.
 const MAX_ENTRIES: usize = 100_000;
@@ -291,8 +291,9 @@ pub(crate) struct SessionCache {
     fresh: Duration,
     grace: Duration,
     view: Mutex<View>,
-    /// Ends answered from here during an outage, to be sent when Redis is back.
-    queued_ends: Mutex<Vec<SessionKey>>,
+    /// Ends answered from here during an outage, with their reasons, to be sent when Redis is
+    /// back.
+    queued_ends: Mutex<Vec<(SessionKey, EndReason)>>,
     /// Lookups whose activity was answered from here during an outage, to be written when Redis
     /// is back.
     queued_touches: Mutex<Vec<(Lookup, Timeouts, u64)>>,
@@ -555,36 +556,50 @@ impl SessionCache {
         ForgetOnDrop { cache: self, what }
     }
 
-    /// The cached session `key`, for a logout answered during an outage; it is forgotten here
-    /// and its end queued.
-    pub(crate) fn end_in_outage(&self, key: &SessionKey) -> Option<Session> {
+    /// The cached session `key`, for an end (`reason`) answered during an outage: it is
+    /// forgotten here, the touches queued for its lookups are dropped (a session ended here has
+    /// no activity to send), and its end is queued.
+    pub(crate) fn end_in_outage(&self, key: &SessionKey, reason: EndReason) -> Option<Session> {
         let mut view = self.view();
         let s = view
             .entries
             .values()
             .find(|e| &e.session.key == key)
             .map(|e| e.session.clone())?;
+        let lookups: Vec<Lookup> = view
+            .entries
+            .iter()
+            .filter(|(_, e)| &e.session.key == key)
+            .map(|(l, _)| l.clone())
+            .collect();
+        // (the view's lock, then the touches', as `in_grace` takes them)
+        self.queued_touches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(l, ..)| !lookups.contains(l));
         view.forget(Forgot::Session(key.clone()));
         drop(view);
         self.queued_ends
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(key.clone());
+            .push((key.clone(), reason));
         Some(s)
     }
 
-    /// Whether session `key` was logged out here during an outage and Redis does not have its
-    /// end yet: it is not live here again, whatever Redis answers meanwhile. (Locks the queue
-    /// of ends; the view's lock may be held, never the other way round.)
+    /// Whether session `key` was ended here during an outage and Redis does not have its end
+    /// yet: it is not live here again, whatever Redis answers meanwhile. (Locks the queue of
+    /// ends; the view's lock may be held, never the other way round.)
     pub(crate) fn end_queued(&self, key: &SessionKey) -> bool {
         self.queued_ends
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(key)
+            .iter()
+            .any(|(k, _)| k == key)
     }
 
-    /// The oldest end queued during an outage (taken out by [`SessionCache::sent_queued`]).
-    pub(crate) fn first_queued(&self) -> Option<SessionKey> {
+    /// The oldest end queued during an outage, with its reason (taken out by
+    /// [`SessionCache::sent_queued`]).
+    pub(crate) fn first_queued(&self) -> Option<(SessionKey, EndReason)> {
         let ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
         ends.first().cloned()
     }
@@ -592,7 +607,7 @@ impl SessionCache {
     /// Redis has the end of `key`: out of the queue.
     pub(crate) fn sent_queued(&self, key: &SessionKey) {
         let mut ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
-        ends.retain(|k| k != key);
+        ends.retain(|(k, _)| k != key);
     }
 
     /// The oldest touch queued, with its number (taken out by [`SessionCache::sent_touch`]).
@@ -618,7 +633,7 @@ impl SessionCache {
     /// failing does not hold up the others (and the touches behind them).
     pub(crate) fn end_to_back(&self, key: &SessionKey) {
         let mut ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = ends.iter().position(|k| k == key) {
+        if let Some(i) = ends.iter().position(|(k, _)| k == key) {
             let k = ends.remove(i);
             ends.push(k);
         }
@@ -793,7 +808,7 @@ mod tests {
             (|c: &SessionCache| c.forget_account("ann")) as fn(&SessionCache),
             |c| c.forget_session(&SessionKey("k1".into())),
             |c| {
-                c.end_in_outage(&SessionKey("k1".into()));
+                c.end_in_outage(&SessionKey("k1".into()), EndReason::Logout);
             },
             |c| drop(c.forget_on_drop(Forgot::Account("ann".into()))),
             |c| drop(c.forget_on_drop(Forgot::Session(SessionKey("k1".into())))),
@@ -852,7 +867,8 @@ mod tests {
 
     /// A session logged out here during an outage is not live here again, however Redis answers
     /// a lookup that began after the logout, until Redis has its end; its end stays queued
-    /// until then, once, and a failed send puts it at the back.
+    /// until then, once, with its reason, and a failed send puts it at the back. The touches
+    /// queued for it go.
     #[test]
     fn a_logout_in_an_outage_holds_until_redis_has_its_end() {
         let c = SessionCache::new(SEC, 300 * SEC);
@@ -862,8 +878,18 @@ mod tests {
             SessionKey("k2".into()),
         );
         live(&c, &l, t0());
-        assert!(c.end_in_outage(&k1).is_some());
-        assert!(c.end_in_outage(&k1).is_none(), "gone from the view");
+        // Its activity answered from the view in the outage, then its end: the touch goes.
+        assert!(c.in_grace(&l, t0() + ms(1), true, &T).is_some());
+        assert!(c.first_touch().is_some());
+        assert!(c.end_in_outage(&k1, EndReason::Logout).is_some());
+        assert!(
+            c.first_touch().is_none(),
+            "no activity sent for a session ended here"
+        );
+        assert!(
+            c.end_in_outage(&k1, EndReason::Logout).is_none(),
+            "gone from the view"
+        );
         assert!(c.in_grace(&l, t0() + ms(1), true, &T).is_none());
         for at in [1, 2_000, 10_000] {
             live(&c, &l, t0() + ms(at));
@@ -879,12 +905,16 @@ mod tests {
             &SessionState::Live(session("k2", "bob", t0())),
             c.generation(),
         );
-        assert!(c.end_in_outage(&k2).is_some());
-        assert_eq!(c.first_queued(), Some(k1.clone()));
+        assert!(c.end_in_outage(&k2, EndReason::Replaced).is_some());
+        assert_eq!(c.first_queued(), Some((k1.clone(), EndReason::Logout)));
         c.end_to_back(&k1);
-        assert_eq!(c.first_queued(), Some(k2.clone()));
+        assert_eq!(
+            c.first_queued(),
+            Some((k2.clone(), EndReason::Replaced)),
+            "with its own reason"
+        );
         c.sent_queued(&k2);
-        assert_eq!(c.first_queued(), Some(k1.clone()));
+        assert_eq!(c.first_queued(), Some((k1.clone(), EndReason::Logout)));
         c.sent_queued(&k1);
         assert_eq!(c.first_queued(), None);
         assert!(!c.end_queued(&k1));

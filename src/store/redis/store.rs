@@ -159,9 +159,9 @@ impl RedisStore {
         // touches are sent even if an end failed: they do not depend on it).
         // (The ends go to Redis alone: an end that failed is not "answered" from the view again,
         // which would take it out of the queue unsent.)
-        while let Some(key) = self.cache.first_queued() {
+        while let Some((key, reason)) = self.cache.first_queued() {
             let _forget = self.cache.forget_on_drop(Forgot::Session(key.clone()));
-            if self.end_in_redis(&key, EndReason::Logout).await.is_err() {
+            if self.end_in_redis(&key, reason).await.is_err() {
                 self.cache.end_to_back(&key);
                 break;
             }
@@ -442,10 +442,13 @@ impl RedisStore {
                 }
             }
         };
-        // A session logged out here during an outage is gone, whatever Redis says before the
-        // replay sends it its end (unknown, as after any logout: its end was reported then).
+        // A session ended here during an outage is gone, whatever Redis says before the replay
+        // sends it its end: unknown, as after any logout (its end was reported then, and is not
+        // reported again if Redis has meanwhile ended it otherwise).
         let answered = answered.map(|state| match state {
-            SessionState::Live(s) if self.cache.end_queued(&s.key) => SessionState::Unknown,
+            SessionState::Live(s) | SessionState::Ended(s, _) if self.cache.end_queued(&s.key) => {
+                SessionState::Unknown
+            }
             state => state,
         });
         match answered {
@@ -688,7 +691,7 @@ impl PolicyStore for RedisStore {
         match self.end_in_redis(key, reason).await {
             // A logout during an outage, of a session this gateway still serves: it ends here
             // now (Faspex is logged out once), and in Redis when it answers again.
-            Err(e @ StoreError::Remote { .. }) => match self.cache.end_in_outage(key) {
+            Err(e @ StoreError::Remote { .. }) => match self.cache.end_in_outage(key, reason) {
                 Some(s) => Ok(Some(s)),
                 None => Err(e),
             },

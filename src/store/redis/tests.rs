@@ -6,7 +6,8 @@
 //! secret's fingerprint, a restart of Redis itself keeps the locks, and the session view: one
 //! refresh ahead of time for many parallel lookups, a refresh that waits past `session_cache`
 //! failing closed, one round trip for a burst on a stale view, a touch answered from the view
-//! reaching Redis, and a logout made in an outage holding until the replay sends it.
+//! reaching Redis, and an end made in an outage holding until the replay sends it, with its
+//! reason, without holding back the outage's touches.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -859,5 +860,42 @@ async fn a_failing_end_does_not_hold_back_the_touches_of_an_outage() {
     match direct.session(&key, active, false, t).await.unwrap() {
         SessionState::Live(s) => assert_eq!(s.last_activity, active, "ann's touch reached Redis"),
         other => panic!("{other:?}"),
+    }
+}
+
+/// An end answered from the view in an outage is replayed with its own reason: a session
+/// replaced in the outage owes Faspex its logout (`logouts` gets its cookie), a logout does not
+/// (the gateway logged Faspex out itself).
+#[tokio::test]
+async fn an_end_in_an_outage_is_replayed_with_its_reason() {
+    for (reason, owed) in [(EndReason::Replaced, 1), (EndReason::Logout, 0)] {
+        let mut server = RedisServer::start();
+        let (store, key, t) = viewed_with_grace(&server, "why", 30 * SEC).await;
+        assert!(store
+            .set_upstream_cookie(&key, Some("faspex-cookie".into()))
+            .await
+            .unwrap());
+        let again = store.session(&key, t0(), true, t).await.unwrap();
+        assert!(matches!(again, SessionState::Live(_)), "{again:?}");
+        server.stop();
+        let ended = store.end_session(&key, reason).await;
+        assert!(matches!(ended, Ok(Some(_))), "{ended:?}");
+        server.start_again();
+        let mut checked = false;
+        for _ in 0..50 {
+            if store.check(t0()).await.is_ok() {
+                checked = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(checked, "Redis answered again");
+        let mut c = raw(&server).await;
+        let logouts: u64 = redis::cmd("XLEN")
+            .arg("{why}:logouts")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(logouts, owed, "{reason:?}");
     }
 }
