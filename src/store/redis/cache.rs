@@ -483,11 +483,14 @@ impl SessionCache {
     /// A refresh of `lookup` (begun at `since`) failed, and it is now `at`: the session, if the
     /// view still holds it, is still within `session_cache` and its deadline, and nothing
     /// forgotten since names it.
+    /// With `activity`, its touch is queued for Redis (under the view's lock, so that an end
+    /// answered here meanwhile, which drops the session's touches, cannot come between).
     pub(crate) fn still_fresh(
         &self,
         lookup: &Lookup,
         since: Generation,
         at: Timestamp,
+        activity: bool,
         t: &Timeouts,
     ) -> Option<Session> {
         let view = self.view();
@@ -496,6 +499,10 @@ impl SessionCache {
             && at.since(e.confirmed) < self.fresh
             && timeouts::expired(&e.session, at, t).is_none()
             && !view.forgotten_since(since, &e.session);
+        if fresh && activity {
+            // (its activity, which the view may not have carried, is sent with the rest)
+            self.queue_touch(lookup.clone(), *t);
+        }
         fresh.then(|| e.session.clone())
     }
 
@@ -572,17 +579,19 @@ impl SessionCache {
             .filter(|(_, e)| &e.session.key == key)
             .map(|(l, _)| l.clone())
             .collect();
-        // (the view's lock, then the touches', as `in_grace` takes them)
+        // (the view's lock, then the touches' and the ends', as `in_grace` and `learn` take them)
         self.queued_touches
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(l, ..)| !lookups.contains(l));
         view.forget(Forgot::Session(key.clone()));
-        drop(view);
+        // (queued before the view's lock is let go: a lookup that began after the forget must
+        // find the end queued when it learns)
         self.queued_ends
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((key.clone(), reason));
+        drop(view);
         Some(s)
     }
 
@@ -595,6 +604,20 @@ impl SessionCache {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .any(|(k, _)| k == key)
+    }
+
+    /// Whether `lookup` is by the key of a session whose end is queued ([`Self::end_queued`]):
+    /// it is answered unknown without asking Redis, which would touch the session, or end it a
+    /// second time if it is past its deadline.
+    pub(crate) fn ended_here(&self, lookup: &Lookup) -> bool {
+        let Lookup::Key(k) = lookup else {
+            return false;
+        };
+        self.queued_ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(key, _)| key.0 == *k)
     }
 
     /// The oldest end queued during an outage, with its reason (taken out by
@@ -777,17 +800,21 @@ mod tests {
         // The refresh failed: its caller is answered from the view while that is still fresh,
         // at the time it gave up.
         let held = c
-            .still_fresh(&l, since, t0() + ms(999), &T)
+            .still_fresh(&l, since, t0() + ms(999), false, &T)
             .map(|s| s.last_activity);
         assert_eq!(held, Some(t0() + ms(700)));
-        assert!(c.still_fresh(&l, since, t0() + ms(1000), &T).is_none());
+        assert!(c
+            .still_fresh(&l, since, t0() + ms(1000), false, &T)
+            .is_none());
         // Not once the session was forgotten here meanwhile (its entry is gone), nor when
         // another entry of it was learned after such a forget.
         c.forget_account("ann");
         live(&c, &l, t0() + ms(10));
-        assert!(c.still_fresh(&l, since, t0() + ms(900), &T).is_none());
         assert!(c
-            .still_fresh(&l, c.generation(), t0() + ms(900), &T)
+            .still_fresh(&l, since, t0() + ms(900), false, &T)
+            .is_none());
+        assert!(c
+            .still_fresh(&l, c.generation(), t0() + ms(900), false, &T)
             .is_some());
         // A session past its deadline is never answered from the view, refresh or not.
         let short = Timeouts { idle: ms(600), ..T };

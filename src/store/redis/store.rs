@@ -392,6 +392,11 @@ impl RedisStore {
             Answer::Fresh(s) => return Ok(SessionState::Live(s)),
             other => other,
         };
+        // (a session ended here in an outage, its end not yet in Redis: see the answers' mapping
+        // below for the lookups that name it otherwise)
+        if self.cache.ended_here(&lookup) {
+            return Ok(SessionState::Unknown);
+        }
         let began = std::time::Instant::now();
         // What is left of the time a client may wait on the store, after a wait for another's
         // round trip.
@@ -475,12 +480,8 @@ impl RedisStore {
                 // (So is the grace: it is the time now, not when the lookup began, that counts.)
                 let late = now + began.elapsed();
                 let fresh = refresh
-                    .then(|| self.cache.still_fresh(&lookup, since, late, &t))
+                    .then(|| self.cache.still_fresh(&lookup, since, late, activity, &t))
                     .flatten();
-                if activity && fresh.is_some() {
-                    // (its activity, which the view may not have carried, is sent with the rest)
-                    self.cache.queue_touch(lookup.clone(), t);
-                }
                 match fresh.or_else(|| self.cache.in_grace(&lookup, late, activity, &t)) {
                     Some(s) => Ok(SessionState::Live(s)),
                     None => Err(e),

@@ -771,6 +771,18 @@ async fn activity_reaches_redis_through_polls_that_keep_the_view_fresh() {
     assert_eq!(library_calls(&server).await - before, 4 + 3);
 }
 
+/// Wait until `store` reaches Redis again after [`RedisServer::start_again`] (its first call may
+/// find its old connection dropped).
+async fn reconnected(store: &RedisStore) {
+    for _ in 0..50 {
+        if store.counts(t0()).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the store did not reach Redis again");
+}
+
 /// A logout made during an outage holds when Redis comes back before the store monitor's replay
 /// has sent its end: a lookup that Redis still answers live is answered unknown, and the view
 /// does not keep it. The replay then ends the session in Redis, for every gateway.
@@ -785,13 +797,7 @@ async fn a_logout_in_an_outage_holds_until_the_replay_sends_it() {
         "answered from the view: {ended:?}"
     );
     server.start_again();
-    // (the store's first call may find its old connection dropped)
-    for _ in 0..50 {
-        if store.counts(t0()).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    reconnected(&store).await;
     let at = t0() + Duration::from_millis(1_500);
     let direct = self::store(&server, "owed", Time::Given).await;
     let in_redis = direct.session(&key, at, false, t).await.unwrap();
@@ -799,22 +805,24 @@ async fn a_logout_in_an_outage_holds_until_the_replay_sends_it() {
         matches!(in_redis, SessionState::Live(_)),
         "Redis has not had the end yet: {in_redis:?}"
     );
+    // Unknown here, without asking Redis (which would touch the session).
+    let before = library_calls(&server).await;
     for ms in [1_500, 1_600] {
         let r = store
             .session(&key, t0() + Duration::from_millis(ms), true, t)
             .await;
         assert!(matches!(r, Ok(SessionState::Unknown)), "at {ms} ms: {r:?}");
     }
-    let before = library_calls(&server).await;
+    assert_eq!(library_calls(&server).await, before);
+    match direct.session(&key, at, false, t).await.unwrap() {
+        SessionState::Live(s) => assert_eq!(s.last_activity, t0(), "not touched"),
+        other => panic!("{other:?}"),
+    }
     store.check(at).await.unwrap();
-    assert!(
-        library_calls(&server).await > before,
-        "the replay sent the end"
-    );
     let in_redis = direct.session(&key, at, false, t).await.unwrap();
     assert!(
         !matches!(in_redis, SessionState::Live(_)),
-        "ended in Redis: {in_redis:?}"
+        "the replay ended it in Redis: {in_redis:?}"
     );
     let r = store.session(&key, at, true, t).await;
     assert!(!matches!(r, Ok(SessionState::Live(_))), "{r:?}");
@@ -841,12 +849,7 @@ async fn a_failing_end_does_not_hold_back_the_touches_of_an_outage() {
     let ann = store.session(&key, active, true, t).await;
     assert!(matches!(ann, Ok(SessionState::Live(_))), "{ann:?}");
     server.start_again();
-    for _ in 0..50 {
-        if store.counts(t0()).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    reconnected(&store).await;
     // bob's record is now one the library cannot read: his end fails every time.
     let mut c = raw(&server).await;
     redis::cmd("SET")
@@ -881,15 +884,14 @@ async fn an_end_in_an_outage_is_replayed_with_its_reason() {
         let ended = store.end_session(&key, reason).await;
         assert!(matches!(ended, Ok(Some(_))), "{ended:?}");
         server.start_again();
-        let mut checked = false;
-        for _ in 0..50 {
-            if store.check(t0()).await.is_ok() {
-                checked = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(checked, "Redis answered again");
+        reconnected(&store).await;
+        store.check(t0()).await.unwrap();
+        let direct = self::store(&server, "why", Time::Given).await;
+        let in_redis = direct.session(&key, t0(), false, t).await.unwrap();
+        assert!(
+            !matches!(in_redis, SessionState::Live(_)),
+            "the replay ended it in Redis: {in_redis:?}"
+        );
         let mut c = raw(&server).await;
         let logouts: u64 = redis::cmd("XLEN")
             .arg("{why}:logouts")
