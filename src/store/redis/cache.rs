@@ -627,6 +627,16 @@ impl SessionCache {
         ends.first().cloned()
     }
 
+    /// Whether `key`'s end is queued here, taking it out if so: Redis has ended the session
+    /// otherwise (a sweep, an admission, a kick) before the replay, and this gateway reported
+    /// the end when it was made, so the caller leaves it out of what it reports.
+    pub(crate) fn ended_again(&self, key: &SessionKey) -> bool {
+        let mut ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
+        let queued = ends.iter().any(|(k, _)| k == key);
+        ends.retain(|(k, _)| k != key);
+        queued
+    }
+
     /// Redis has the end of `key`: out of the queue.
     pub(crate) fn sent_queued(&self, key: &SessionKey) {
         let mut ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());

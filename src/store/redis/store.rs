@@ -578,11 +578,13 @@ impl PolicyStore for RedisStore {
         let (reply, short) = self
             .waited("admit", "admit", &[&format!("s:{key}")], Some(a.now), &args)
             .await?;
-        let (outcome, ended) = wire::parse::<WireAdmit>("an admission", &reply)?.decode()?;
+        let (outcome, mut ended) = wire::parse::<WireAdmit>("an admission", &reply)?.decode()?;
         // Sessions past their deadline may have ended too (the view refuses them meanwhile).
         for (s, _) in &ended {
             self.cache.forget_session(&s.key);
         }
+        // (not those ended here in an outage: reported then)
+        ended.retain(|(s, _)| !self.cache.ended_again(&s.key));
         let outcome = match outcome {
             Decision::Admitted {
                 session,
@@ -716,7 +718,10 @@ impl PolicyStore for RedisStore {
                 &[account.to_owned()],
             )
             .await?;
-        wire::parse::<WireSessions>("a kick", &reply)?.decode()
+        let mut ended = wire::parse::<WireSessions>("a kick", &reply)?.decode()?;
+        // (not those ended here in an outage: reported then)
+        ended.retain(|s| !self.cache.ended_again(&s.key));
+        Ok(ended)
     }
 
     async fn sessions(&self) -> Result<Vec<Session>, StoreError> {
@@ -737,10 +742,12 @@ impl PolicyStore for RedisStore {
             .await?;
         let swept = wire::parse::<WireSwept>("a sweep", &reply)?;
         self.conn.memory().forget(&swept.lifted());
-        let swept = swept.decode()?;
+        let mut swept = swept.decode()?;
         for (s, _) in &swept.ended {
             self.cache.forget_session(&s.key);
         }
+        // (not those ended here in an outage: reported then)
+        swept.ended.retain(|(s, _)| !self.cache.ended_again(&s.key));
         Ok(swept)
     }
 

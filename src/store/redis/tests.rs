@@ -901,3 +901,35 @@ async fn an_end_in_an_outage_is_replayed_with_its_reason() {
         assert_eq!(logouts, owed, "{reason:?}");
     }
 }
+
+/// A session ended here in an outage, then ended in Redis otherwise before the replay (here by
+/// the sweep, past its idle deadline), is not reported ended a second time, and its queued end
+/// goes.
+#[tokio::test]
+async fn an_end_made_in_an_outage_is_not_reported_again_by_the_sweep() {
+    let mut server = RedisServer::start();
+    let (store, key, t) = viewed_with_grace(&server, "twice", 30 * SEC).await;
+    store
+        .admit(admission("k2", "bob", t0()), seats(5))
+        .await
+        .unwrap();
+    server.stop();
+    let ended = store.end_session(&key, EndReason::Logout).await;
+    assert!(matches!(ended, Ok(Some(_))), "{ended:?}");
+    server.start_again();
+    reconnected(&store).await;
+    let later = t0() + 2 * HOUR;
+    let swept = store.sweep(later, t, 60 * SEC).await.unwrap();
+    let reported: Vec<&str> = swept.ended.iter().map(|(s, _)| &*s.key.0).collect();
+    assert_eq!(reported, ["k2"], "bob's idle end only");
+    let before = library_calls(&server).await;
+    store.check(later).await.unwrap();
+    // (the check's own calls: ready, the secret, the probe; no end left to replay)
+    let replayed = library_calls(&server).await - before;
+    let again = store.sweep(later, t, 60 * SEC).await.unwrap();
+    assert!(again.ended.is_empty());
+    // A second check makes as many calls as the first: nothing was queued.
+    let before = library_calls(&server).await;
+    store.check(later).await.unwrap();
+    assert_eq!(library_calls(&server).await - before, replayed);
+}
