@@ -637,6 +637,16 @@ impl SessionCache {
         queued
     }
 
+    /// The reason of `key`'s end, if it is queued.
+    pub(crate) fn queued_reason(&self, key: &SessionKey) -> Option<EndReason> {
+        self.queued_ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, why)| *why)
+    }
+
     /// Redis has the end of `key`: out of the queue.
     pub(crate) fn sent_queued(&self, key: &SessionKey) {
         let mut ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());

@@ -691,6 +691,13 @@ impl PolicyStore for RedisStore {
     ) -> Result<Option<Session>, StoreError> {
         // Forgotten only once `end_in_outage` below has read the view's entry.
         let _forget = self.cache.forget_on_drop(Forgot::Session(key.clone()));
+        if let Some(queued) = self.cache.queued_reason(key) {
+            // Ended here in an outage, and reported then: its end goes to Redis now, with the
+            // reason it was made for, and is not reported again.
+            self.end_in_redis(key, queued).await?;
+            self.cache.sent_queued(key);
+            return Ok(None);
+        }
         match self.end_in_redis(key, reason).await {
             // A logout during an outage, of a session this gateway still serves: it ends here
             // now (Faspex is logged out once), and in Redis when it answers again.
@@ -726,7 +733,10 @@ impl PolicyStore for RedisStore {
 
     async fn sessions(&self) -> Result<Vec<Session>, StoreError> {
         let reply = self.read("sessions", &["sessions"], None, &[]).await?;
-        wire::parse::<WireSessions>("the sessions", &reply)?.decode()
+        let mut sessions = wire::parse::<WireSessions>("the sessions", &reply)?.decode()?;
+        // (not those ended here in an outage whose end Redis does not have yet)
+        sessions.retain(|s| !self.cache.end_queued(&s.key));
+        Ok(sessions)
     }
 
     async fn sweep(

@@ -933,3 +933,36 @@ async fn an_end_made_in_an_outage_is_not_reported_again_by_the_sweep() {
     store.check(later).await.unwrap();
     assert_eq!(library_calls(&server).await - before, replayed);
 }
+
+/// A session ended here in an outage and ended again before the replay (a second logout, or an
+/// admission replacing it) is not reported ended again: its queued end goes to Redis then, with
+/// the reason it was made for, and the session lists leave it out meanwhile.
+#[tokio::test]
+async fn an_end_made_in_an_outage_is_sent_not_reported_by_a_second_end() {
+    let mut server = RedisServer::start();
+    let (store, key, t) = viewed_with_grace(&server, "second", 30 * SEC).await;
+    assert!(store
+        .set_upstream_cookie(&key, Some("faspex-cookie".into()))
+        .await
+        .unwrap());
+    let again = store.session(&key, t0(), true, t).await.unwrap();
+    assert!(matches!(again, SessionState::Live(_)), "{again:?}");
+    server.stop();
+    let ended = store.end_session(&key, EndReason::Replaced).await;
+    assert!(matches!(ended, Ok(Some(_))), "{ended:?}");
+    server.start_again();
+    reconnected(&store).await;
+    assert!(store.sessions().await.unwrap().is_empty(), "not listed");
+    let second = store.end_session(&key, EndReason::Logout).await;
+    assert!(matches!(second, Ok(None)), "not reported again: {second:?}");
+    let direct = self::store(&server, "second", Time::Given).await;
+    let in_redis = direct.session(&key, t0(), false, t).await.unwrap();
+    assert!(!matches!(in_redis, SessionState::Live(_)), "{in_redis:?}");
+    let mut c = raw(&server).await;
+    let logouts: u64 = redis::cmd("XLEN")
+        .arg("{second}:logouts")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(logouts, 1, "ended as replaced: Faspex's logout owed");
+}
