@@ -599,25 +599,14 @@ impl SessionCache {
     /// yet: it is not live here again, whatever Redis answers meanwhile. (Locks the queue of
     /// ends; the view's lock may be held, never the other way round.)
     pub(crate) fn end_queued(&self, key: &SessionKey) -> bool {
-        self.queued_ends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|(k, _)| k == key)
+        self.queued_reason(key).is_some()
     }
 
     /// Whether `lookup` is by the key of a session whose end is queued ([`Self::end_queued`]):
     /// it is answered unknown without asking Redis, which would touch the session, or end it a
     /// second time if it is past its deadline.
     pub(crate) fn ended_here(&self, lookup: &Lookup) -> bool {
-        let Lookup::Key(k) = lookup else {
-            return false;
-        };
-        self.queued_ends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|(key, _)| key.0 == *k)
+        matches!(lookup, Lookup::Key(k) if self.end_queued(&SessionKey(Arc::clone(k))))
     }
 
     /// The oldest end queued during an outage, with its reason (taken out by

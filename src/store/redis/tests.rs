@@ -783,6 +783,45 @@ async fn reconnected(store: &RedisStore) {
     panic!("the store did not reach Redis again");
 }
 
+/// Redis stops, `key` ends (`reason`) on `store`, answered from the view, and Redis starts again
+/// on its port and data, before the store monitor's replay.
+async fn ended_in_an_outage(
+    server: &mut RedisServer,
+    store: &RedisStore,
+    key: &SessionKey,
+    reason: EndReason,
+) {
+    server.stop();
+    let ended = store.end_session(key, reason).await;
+    assert!(
+        matches!(ended, Ok(Some(_))),
+        "answered from the view: {ended:?}"
+    );
+    server.start_again();
+    reconnected(store).await;
+}
+
+/// Give `key` Faspex's session cookie (so that an owed end puts a logout in `logouts`) and put
+/// it back in the view, which the grant forgot.
+async fn with_faspex_cookie(store: &RedisStore, key: &SessionKey, t: Timeouts) {
+    assert!(store
+        .set_upstream_cookie(key, Some("faspex-cookie".into()))
+        .await
+        .unwrap());
+    let again = store.session(key, t0(), true, t).await.unwrap();
+    assert!(matches!(again, SessionState::Live(_)), "{again:?}");
+}
+
+/// The Faspex logouts owed under `prefix` (the `logouts` stream's length).
+async fn owed_logouts(server: &RedisServer, prefix: &str) -> u64 {
+    let mut c = raw(server).await;
+    redis::cmd("XLEN")
+        .arg(format!("{{{prefix}}}:logouts"))
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
 /// A logout made during an outage holds when Redis comes back before the store monitor's replay
 /// has sent its end: a lookup that Redis still answers live is answered unknown, and the view
 /// does not keep it. The replay then ends the session in Redis, for every gateway.
@@ -790,14 +829,7 @@ async fn reconnected(store: &RedisStore) {
 async fn a_logout_in_an_outage_holds_until_the_replay_sends_it() {
     let mut server = RedisServer::start();
     let (store, key, t) = viewed_with_grace(&server, "owed", 30 * SEC).await;
-    server.stop();
-    let ended = store.end_session(&key, EndReason::Logout).await;
-    assert!(
-        matches!(ended, Ok(Some(_))),
-        "answered from the view: {ended:?}"
-    );
-    server.start_again();
-    reconnected(&store).await;
+    ended_in_an_outage(&mut server, &store, &key, EndReason::Logout).await;
     let at = t0() + Duration::from_millis(1_500);
     let direct = self::store(&server, "owed", Time::Given).await;
     let in_redis = direct.session(&key, at, false, t).await.unwrap();
@@ -874,17 +906,8 @@ async fn an_end_in_an_outage_is_replayed_with_its_reason() {
     for (reason, owed) in [(EndReason::Replaced, 1), (EndReason::Logout, 0)] {
         let mut server = RedisServer::start();
         let (store, key, t) = viewed_with_grace(&server, "why", 30 * SEC).await;
-        assert!(store
-            .set_upstream_cookie(&key, Some("faspex-cookie".into()))
-            .await
-            .unwrap());
-        let again = store.session(&key, t0(), true, t).await.unwrap();
-        assert!(matches!(again, SessionState::Live(_)), "{again:?}");
-        server.stop();
-        let ended = store.end_session(&key, reason).await;
-        assert!(matches!(ended, Ok(Some(_))), "{ended:?}");
-        server.start_again();
-        reconnected(&store).await;
+        with_faspex_cookie(&store, &key, t).await;
+        ended_in_an_outage(&mut server, &store, &key, reason).await;
         store.check(t0()).await.unwrap();
         let direct = self::store(&server, "why", Time::Given).await;
         let in_redis = direct.session(&key, t0(), false, t).await.unwrap();
@@ -892,13 +915,7 @@ async fn an_end_in_an_outage_is_replayed_with_its_reason() {
             !matches!(in_redis, SessionState::Live(_)),
             "the replay ended it in Redis: {in_redis:?}"
         );
-        let mut c = raw(&server).await;
-        let logouts: u64 = redis::cmd("XLEN")
-            .arg("{why}:logouts")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(logouts, owed, "{reason:?}");
+        assert_eq!(owed_logouts(&server, "why").await, owed, "{reason:?}");
     }
 }
 
@@ -913,11 +930,7 @@ async fn an_end_made_in_an_outage_is_not_reported_again_by_the_sweep() {
         .admit(admission("k2", "bob", t0()), seats(5))
         .await
         .unwrap();
-    server.stop();
-    let ended = store.end_session(&key, EndReason::Logout).await;
-    assert!(matches!(ended, Ok(Some(_))), "{ended:?}");
-    server.start_again();
-    reconnected(&store).await;
+    ended_in_an_outage(&mut server, &store, &key, EndReason::Logout).await;
     let later = t0() + 2 * HOUR;
     let swept = store.sweep(later, t, 60 * SEC).await.unwrap();
     let reported: Vec<&str> = swept.ended.iter().map(|(s, _)| &*s.key.0).collect();
@@ -941,28 +954,17 @@ async fn an_end_made_in_an_outage_is_not_reported_again_by_the_sweep() {
 async fn an_end_made_in_an_outage_is_sent_not_reported_by_a_second_end() {
     let mut server = RedisServer::start();
     let (store, key, t) = viewed_with_grace(&server, "second", 30 * SEC).await;
-    assert!(store
-        .set_upstream_cookie(&key, Some("faspex-cookie".into()))
-        .await
-        .unwrap());
-    let again = store.session(&key, t0(), true, t).await.unwrap();
-    assert!(matches!(again, SessionState::Live(_)), "{again:?}");
-    server.stop();
-    let ended = store.end_session(&key, EndReason::Replaced).await;
-    assert!(matches!(ended, Ok(Some(_))), "{ended:?}");
-    server.start_again();
-    reconnected(&store).await;
+    with_faspex_cookie(&store, &key, t).await;
+    ended_in_an_outage(&mut server, &store, &key, EndReason::Replaced).await;
     assert!(store.sessions().await.unwrap().is_empty(), "not listed");
     let second = store.end_session(&key, EndReason::Logout).await;
     assert!(matches!(second, Ok(None)), "not reported again: {second:?}");
     let direct = self::store(&server, "second", Time::Given).await;
     let in_redis = direct.session(&key, t0(), false, t).await.unwrap();
     assert!(!matches!(in_redis, SessionState::Live(_)), "{in_redis:?}");
-    let mut c = raw(&server).await;
-    let logouts: u64 = redis::cmd("XLEN")
-        .arg("{second}:logouts")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(logouts, 1, "ended as replaced: Faspex's logout owed");
+    assert_eq!(
+        owed_logouts(&server, "second").await,
+        1,
+        "ended as replaced: Faspex's logout owed"
+    );
 }
