@@ -47,8 +47,10 @@
 //! - When Redis fails, a session this gateway confirmed less than `outage_grace` ago, and whose
 //!   deadline (as [`crate::policy::timeouts`] computes it) has not passed, keeps working. A logout
 //!   or kick of such a session is answered from here (Faspex is logged out once) and queued; it is
-//!   replayed when Redis answers again. Ending a session twice ends it once, so a replay has no
-//!   second effect. Nothing is ever admitted, counted or unlocked from here.
+//!   replayed when Redis answers again (an admission sends the queued ends first). Ending a
+//!   session twice ends it once, so a replay has no second effect. A touch queued here is sent
+//!   with its activity's time, which Redis counts only forward and only while the session was
+//!   live then. Nothing is ever admitted, counted or unlocked from here.
 //!
 //! Time is the caller's `now` (the engine's clock), so tests move it.
 
@@ -286,6 +288,18 @@ impl Drop for ForgetOnDrop<'_> {
     }
 }
 
+/// A touch answered from the view during an outage, to be written when Redis is back.
+#[derive(Clone, Debug)]
+pub(crate) struct QueuedTouch {
+    pub(crate) lookup: Lookup,
+    pub(crate) timeouts: Timeouts,
+    /// Its number: a touch of the same lookup queued while this one was sent renumbers it, and
+    /// keeps it queued.
+    pub(crate) n: u64,
+    /// The latest activity it carries: Redis gets the touch at this time, not the replay's.
+    pub(crate) at: Timestamp,
+}
+
 /// The view. See the module documentation.
 pub(crate) struct SessionCache {
     fresh: Duration,
@@ -296,7 +310,7 @@ pub(crate) struct SessionCache {
     queued_ends: Mutex<Vec<(SessionKey, EndReason)>>,
     /// Lookups whose activity was answered from here during an outage, to be written when Redis
     /// is back.
-    queued_touches: Mutex<Vec<(Lookup, Timeouts, u64)>>,
+    queued_touches: Mutex<Vec<QueuedTouch>>,
     /// Bumped by every touch queued, so that a replay removes only the touch it sent.
     touches_queued: std::sync::atomic::AtomicU64,
 }
@@ -501,7 +515,7 @@ impl SessionCache {
             && !view.forgotten_since(since, &e.session);
         if fresh && activity {
             // (its activity, which the view may not have carried, is sent with the rest)
-            self.queue_touch(lookup.clone(), *t);
+            self.queue_touch(lookup.clone(), *t, at);
         }
         fresh.then(|| e.session.clone())
     }
@@ -526,13 +540,14 @@ impl SessionCache {
         }
         if activity && timeouts::touches(&e.session, now) {
             e.session.last_activity = now;
-            self.queue_touch(lookup.clone(), *t);
+            self.queue_touch(lookup.clone(), *t, now);
         }
         Some(e.session.clone())
     }
 
-    /// Queue a touch of `lookup` for when Redis answers again ([`SessionCache::first_touch`]).
-    pub(crate) fn queue_touch(&self, lookup: Lookup, t: Timeouts) {
+    /// Queue a touch of `lookup`, active at `at`, for when Redis answers again
+    /// ([`SessionCache::first_touch`]).
+    pub(crate) fn queue_touch(&self, lookup: Lookup, t: Timeouts, at: Timestamp) {
         let n = self
             .touches_queued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -540,11 +555,19 @@ impl SessionCache {
             .queued_touches
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        match touched.iter_mut().find(|(l, ..)| *l == lookup) {
+        match touched.iter_mut().find(|q| q.lookup == lookup) {
             // (a later touch of one queued: the one queued is sent later than it, which covers it,
             // unless it is being sent now; then this one stays)
-            Some(queued) => queued.2 = n,
-            None => touched.push((lookup, t, n)),
+            Some(queued) => {
+                queued.n = n;
+                queued.at = queued.at.max(at);
+            }
+            None => touched.push(QueuedTouch {
+                lookup,
+                timeouts: t,
+                n,
+                at,
+            }),
         }
     }
 
@@ -583,7 +606,7 @@ impl SessionCache {
         self.queued_touches
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(l, ..)| !lookups.contains(l));
+            .retain(|q| !lookups.contains(&q.lookup));
         view.forget(Forgot::Session(key.clone()));
         // (queued before the view's lock is let go: a lookup that began after the forget must
         // find the end queued when it learns)
@@ -642,8 +665,8 @@ impl SessionCache {
         ends.retain(|(k, _)| k != key);
     }
 
-    /// The oldest touch queued, with its number (taken out by [`SessionCache::sent_touch`]).
-    pub(crate) fn first_touch(&self) -> Option<(Lookup, Timeouts, u64)> {
+    /// The oldest touch queued (taken out by [`SessionCache::sent_touch`]).
+    pub(crate) fn first_touch(&self) -> Option<QueuedTouch> {
         let touches = self
             .queued_touches
             .lock()
@@ -658,7 +681,7 @@ impl SessionCache {
             .queued_touches
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        touches.retain(|(l, _, m)| l != lookup || *m != n);
+        touches.retain(|q| q.lookup != *lookup || q.n != n);
     }
 
     /// The end of `key` failed: it goes to the back of the queue, so that one end that keeps
@@ -677,19 +700,24 @@ impl SessionCache {
             .queued_touches
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = touches.iter().position(|(l, ..)| l == lookup) {
+        if let Some(i) = touches.iter().position(|q| q.lookup == *lookup) {
             let item = touches.remove(i);
             touches.push(item);
         }
     }
 
-    /// Whether any end or touch waits to be sent.
-    pub(crate) fn has_queued(&self) -> bool {
+    /// Whether any end waits to be sent.
+    pub(crate) fn has_queued_ends(&self) -> bool {
         !self
             .queued_ends
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_empty()
+    }
+
+    /// Whether any end or touch waits to be sent.
+    pub(crate) fn has_queued(&self) -> bool {
+        self.has_queued_ends()
             || !self
                 .queued_touches
                 .lock()

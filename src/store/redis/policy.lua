@@ -316,27 +316,45 @@ local function admit(keys, args)
 end
 
 -- A lookup: crate::policy::timeouts::expired ends it, timeouts::touches moves its activity.
-local function lookup(key, now, activity, t)
+-- `active`: the time of the request's activity, or nil. It is `now`, or earlier for a touch a
+-- gateway answered from its view in an outage and sends now; that counts at its own time, if
+-- the session was still live then, so an outage adds nothing to a session's idle time.
+local function lookup(key, now, active, t)
   local s = key and load_session(key)
   if not s then
     return cjson.encode({state = 'unknown'})
+  end
+  if active and active > s.last and not expired(s, active, t) then
+    redis.call('HSET', R .. 's:' .. key, 'last', string.format('%.0f', active))
+    s.last = active
   end
   local why = expired(s, now, t)
   if why then
     remove_session(key, why)
     return cjson.encode({state = 'ended', session = s, why = why})
   end
-  if activity and now > s.last then
-    redis.call('HSET', R .. 's:' .. key, 'last', string.format('%.0f', now))
-    s.last = now
-  end
   return cjson.encode({state = 'live', session = s})
+end
+
+-- A lookup's activity argument: '0' none, '1' now, '-<ms>' that long before now.
+local function activity_at(arg, now)
+  if arg == '0' then
+    return nil
+  elseif arg == '1' then
+    return now
+  end
+  local age = tonumber(string.match(arg, '^%-(%d+)$'))
+  if not age then
+    error({err = 'ERR faspex-gate: bad activity argument'})
+  end
+  return now - age
 end
 
 -- ARGV: clock key activity idle api_idle abs
 local function session(keys, args)
   R = keys[1]
-  return lookup(args[2], clock(args[1]), args[3] == '1', timeouts(args[4], args[5], args[6]))
+  local now = clock(args[1])
+  return lookup(args[2], now, activity_at(args[3], now), timeouts(args[4], args[5], args[6]))
 end
 
 -- ARGV: clock account client activity idle api_idle abs
@@ -350,7 +368,7 @@ local function client_session(keys, args)
       break
     end
   end
-  return lookup(found, now, args[4] == '1', timeouts(args[5], args[6], args[7]))
+  return lookup(found, now, activity_at(args[4], now), timeouts(args[5], args[6], args[7]))
 end
 
 -- ARGV: clock bearer activity idle api_idle abs
@@ -358,7 +376,7 @@ local function bearer_session(keys, args)
   R = keys[1]
   local now = clock(args[1])
   local key = redis.call('GET', R .. 'b:' .. args[2])
-  return lookup(key or nil, now, args[3] == '1', timeouts(args[4], args[5], args[6]))
+  return lookup(key or nil, now, activity_at(args[3], now), timeouts(args[4], args[5], args[6]))
 end
 
 -- ARGV: clock key has_cookie cookie

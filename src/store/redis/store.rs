@@ -157,21 +157,18 @@ impl RedisStore {
         // sending one twice does no harm (an end ends once, a touch only moves activity forward).
         // A failure goes to the back of its queue and ends that queue's part of this replay (the
         // touches are sent even if an end failed: they do not depend on it).
-        // (The ends go to Redis alone: an end that failed is not "answered" from the view again,
-        // which would take it out of the queue unsent.)
-        while let Some((key, reason)) = self.cache.first_queued() {
-            let _forget = self.cache.forget_on_drop(Forgot::Session(key.clone()));
-            if self.end_in_redis(&key, reason).await.is_err() {
-                self.cache.end_to_back(&key);
-                break;
-            }
-            self.cache.sent_queued(&key);
-        }
-        while let Some((lookup, t, n)) = self.cache.first_touch() {
+        self.send_queued_ends().await;
+        while let Some(touch) = self.cache.first_touch() {
             let since = self.cache.generation();
-            match self.ask_redis(&lookup, now, true, t).await {
+            // (at the activity's time, not the replay's: an outage adds nothing to a session's
+            // idle time)
+            let lookup = touch.lookup;
+            match self
+                .ask_redis(&lookup, now, Some(touch.at), touch.timeouts)
+                .await
+            {
                 Ok(state) => {
-                    self.cache.sent_touch(&lookup, n);
+                    self.cache.sent_touch(&lookup, touch.n);
                     self.cache.learn(lookup, now, true, &state, since);
                 }
                 Err(_) => {
@@ -179,6 +176,20 @@ impl RedisStore {
                     return;
                 }
             }
+        }
+    }
+
+    /// Send the ends queued during an outage, oldest first, until one fails (it goes to the
+    /// back of the queue). The ends go to Redis alone: an end that failed is not "answered" from
+    /// the view again, which would take it out of the queue unsent.
+    async fn send_queued_ends(&self) {
+        while let Some((key, reason)) = self.cache.first_queued() {
+            let _forget = self.cache.forget_on_drop(Forgot::Session(key.clone()));
+            if self.end_in_redis(&key, reason).await.is_err() {
+                self.cache.end_to_back(&key);
+                return;
+            }
+            self.cache.sent_queued(&key);
         }
     }
 
@@ -430,9 +441,13 @@ impl RedisStore {
         };
         let refresh = refreshing.is_some();
         let answered = match budget {
-            None => self.ask_redis(&lookup, now, activity, t).await,
+            None => {
+                self.ask_redis(&lookup, now, activity.then_some(now), t)
+                    .await
+            }
             Some(left) => {
-                match tokio::time::timeout(left, self.ask_redis(&lookup, now, activity, t)).await {
+                let asked = self.ask_redis(&lookup, now, activity.then_some(now), t);
+                match tokio::time::timeout(left, asked).await {
                     Ok(answered) => answered,
                     Err(_) => {
                         // What ran out is this caller's budget, most of it spent waiting for
@@ -493,11 +508,13 @@ impl RedisStore {
 
     /// The lookup `lookup`, straight from Redis: one call of `session`, `client_session` or
     /// `bearer_session`.
+    /// Redis's answer for `lookup` at `now`, with the session's activity at `activity` (`now`,
+    /// or earlier for a touch queued in an outage), if any.
     async fn ask_redis(
         &self,
         lookup: &Lookup,
         now: Timestamp,
-        activity: bool,
+        activity: Option<Timestamp>,
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
         let [idle, api_idle, abs] = timeouts(&t);
@@ -510,7 +527,13 @@ impl RedisStore {
             ),
             Lookup::Bearer(b) => ("bearer_session", format!("b:{b}"), vec![b.to_string()]),
         };
-        args.extend([flag(activity), idle, api_idle, abs]);
+        // (`policy.lua`'s `activity_at`: "0" none, "1" now, "-<ms>" that long before now)
+        let activity = match activity {
+            None => "0".into(),
+            Some(at) if at >= now => "1".into(),
+            Some(at) => format!("-{}", now.since(at).as_millis()),
+        };
+        args.extend([activity, idle, api_idle, abs]);
         let reply = self.call(name, &[&key], Some(now), &args).await?;
         wire::parse::<WireState>("a session lookup", &reply)?.decode()
     }
@@ -555,6 +578,13 @@ impl PolicyStore for RedisStore {
             OneClient::Reject => "reject",
             OneClient::Replace => "replace",
         };
+        // An end made here in an outage goes to Redis first, with its reason: a renewal (the
+        // same account and client) removes the session it renews as no end at all, so the
+        // Faspex logout a queued replace or expiry owes would otherwise be lost. One that fails
+        // stays queued and does not hold up the login (the replay sends it later).
+        if self.cache.has_queued_ends() {
+            self.send_queued_ends().await;
+        }
         let key = a.key.0.to_string();
         // A replace ends the account's other session: forgotten however this call ends.
         let _forget = self

@@ -898,6 +898,71 @@ async fn a_failing_end_does_not_hold_back_the_touches_of_an_outage() {
     }
 }
 
+/// A touch answered from the view in an outage reaches Redis at the activity's own time, not
+/// the replay's: a session idle since then ends when its idle timeout after that activity is up,
+/// however long the outage lasted.
+#[tokio::test]
+async fn a_touch_of_an_outage_counts_at_its_own_time() {
+    let mut server = RedisServer::start();
+    let (store, key, t) = viewed_with_grace(&server, "when", 30 * SEC).await;
+    server.stop();
+    let active = t0() + Duration::from_millis(1_500);
+    let ann = store.session(&key, active, true, t).await;
+    assert!(matches!(ann, Ok(SessionState::Live(_))), "{ann:?}");
+    server.start_again();
+    reconnected(&store).await;
+    let replayed = t0() + 20 * 60 * SEC;
+    store.check(replayed).await.unwrap();
+    let direct = self::store(&server, "when", Time::Given).await;
+    match direct.session(&key, replayed, false, t).await.unwrap() {
+        SessionState::Live(s) => assert_eq!(s.last_activity, active, "not the replay's time"),
+        other => panic!("{other:?}"),
+    }
+    let idle_end = active + t.idle;
+    let before = direct
+        .session(&key, active + (t.idle - SEC), false, t)
+        .await
+        .unwrap();
+    assert!(matches!(before, SessionState::Live(_)), "{before:?}");
+    let after = direct.session(&key, idle_end, false, t).await.unwrap();
+    assert!(matches!(after, SessionState::Ended(..)), "{after:?}");
+}
+
+/// A touch replayed after an outage never moves a session's activity back (another gateway saw
+/// later activity meanwhile), and one replayed past the idle timeout after its own time does not
+/// revive the session: it ends then, as it would have with no outage.
+#[tokio::test]
+async fn a_replayed_touch_moves_activity_only_forward_and_revives_nothing() {
+    for late in [false, true] {
+        let mut server = RedisServer::start();
+        let (store, key, t) = viewed_with_grace(&server, "forward", 30 * SEC).await;
+        server.stop();
+        let active = t0() + Duration::from_millis(1_500);
+        let ann = store.session(&key, active, true, t).await;
+        assert!(matches!(ann, Ok(SessionState::Live(_))), "{ann:?}");
+        server.start_again();
+        reconnected(&store).await;
+        let direct = self::store(&server, "forward", Time::Given).await;
+        if late {
+            let replayed = active + t.idle + SEC;
+            store.check(replayed).await.unwrap();
+            let r = direct.session(&key, replayed, false, t).await.unwrap();
+            assert!(matches!(r, SessionState::Unknown), "ended: {r:?}");
+        } else {
+            // Another gateway, which Redis answered all along, saw ann later.
+            let elsewhere = t0() + 10 * SEC;
+            let r = direct.session(&key, elsewhere, true, t).await.unwrap();
+            assert!(matches!(r, SessionState::Live(_)), "{r:?}");
+            let replayed = t0() + 20 * 60 * SEC;
+            store.check(replayed).await.unwrap();
+            match direct.session(&key, replayed, false, t).await.unwrap() {
+                SessionState::Live(s) => assert_eq!(s.last_activity, elsewhere, "never back"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
 /// An end answered from the view in an outage is replayed with its own reason: a session
 /// replaced in the outage owes Faspex its logout (`logouts` gets its cookie), a logout does not
 /// (the gateway logged Faspex out itself).
@@ -917,6 +982,39 @@ async fn an_end_in_an_outage_is_replayed_with_its_reason() {
         );
         assert_eq!(owed_logouts(&server, "why").await, owed, "{reason:?}");
     }
+}
+
+/// A session replaced in an outage, whose person logs in again on the same client before the
+/// replay: the admission renews it in Redis, which ends it as no end at all, so its queued end
+/// goes to Redis first, with its reason, and Faspex is still owed its logout.
+#[tokio::test]
+async fn a_renewal_before_the_replay_keeps_the_logout_an_outage_end_owes() {
+    let mut server = RedisServer::start();
+    let (store, key, t) = viewed_with_grace(&server, "renew", 30 * SEC).await;
+    with_faspex_cookie(&store, &key, t).await;
+    ended_in_an_outage(&mut server, &store, &key, EndReason::Replaced).await;
+    let again = Admission {
+        client: ClientId("client-k1".into()),
+        ..admission("k9", "ann", t0() + Duration::from_millis(1_500))
+    };
+    let admit = store.admit(again, seats(5)).await.unwrap();
+    match admit.outcome {
+        AdmitOutcome::Admitted { renewed_from, .. } => {
+            assert_eq!(renewed_from, None, "k1 had ended before the admission")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(admit.ended.is_empty(), "reported when it was made");
+    assert_eq!(owed_logouts(&server, "renew").await, 1);
+    // The replay has nothing left to send: a check makes as many calls as a second one.
+    let at = t0() + 2 * SEC;
+    let before = library_calls(&server).await;
+    store.check(at).await.unwrap();
+    let first = library_calls(&server).await - before;
+    let before = library_calls(&server).await;
+    store.check(at).await.unwrap();
+    assert_eq!(library_calls(&server).await - before, first);
+    assert_eq!(owed_logouts(&server, "renew").await, 1);
 }
 
 /// A session ended here in an outage, then ended in Redis otherwise before the replay (here by
