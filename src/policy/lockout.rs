@@ -28,7 +28,7 @@
 //! The rule is these functions. The embedded store ([`crate::store::tables`]) calls them inside
 //! each atomic step (`begin_attempt`, `finish_attempt`, `lock_state`, `lock_account`, the sweep).
 //! The Redis store's library (`src/store/redis/policy.lua`) mirrors it in
-//! `faspex_gate_v1_begin_attempt`, `_finish_attempt`, `_lock_state`, `_lock_account`, `_lockouts`
+//! `faspex_gate_v2_begin_attempt`, `_finish_attempt`, `_lock_state`, `_lock_account`, `_lockouts`
 //! and `_sweep`, exactly, and the one place where it must agree is the store conformance suite,
 //! `src/store/conformance.rs` (its `lockout_*` checks).
 

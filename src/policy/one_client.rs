@@ -8,7 +8,7 @@
 //!
 //! The rule is [`decide`]. The embedded store's admission ([`crate::store::tables`]) calls it
 //! inside its one atomic step, over the account's live sessions. The Redis store's library
-//! (`src/store/redis/policy.lua`) mirrors it in `faspex_gate_v1_admit`, exactly, and the one place
+//! (`src/store/redis/policy.lua`) mirrors it in `faspex_gate_v2_admit`, exactly, and the one place
 //! where it must agree is the store conformance suite, `src/store/conformance.rs` (its
 //! `one_client_*` checks).
 

@@ -7,7 +7,7 @@
 //!
 //! The rule is these functions. The embedded store's admission ([`crate::store::tables`]) calls
 //! [`decide_after_ending`] inside its one atomic step, so the cap is exact however many logins
-//! arrive at once. The Redis store's library (`src/store/redis/policy.lua`) mirrors it in `faspex_gate_v1_admit`,
+//! arrive at once. The Redis store's library (`src/store/redis/policy.lua`) mirrors it in `faspex_gate_v2_admit`,
 //! exactly, and the one place where it must agree is the store conformance suite,
 //! `src/store/conformance.rs` (its `seats_*` checks).
 

@@ -11,7 +11,7 @@
 //! The rule is these functions. The embedded store ([`crate::store::tables`]) calls them inside
 //! each atomic step (every session lookup, admission and sweep); the engine uses them to list live
 //! sessions. The Redis store's library (`src/store/redis/policy.lua`) mirrors it in the lookups
-//! (`faspex_gate_v1_session`, `_client_session`, `_bearer_session`), `_admit` and `_sweep`,
+//! (`faspex_gate_v2_session`, `_client_session`, `_bearer_session`), `_admit` and `_sweep`,
 //! exactly, and the one place where it must agree is the store conformance suite,
 //! `src/store/conformance.rs` (its `idle_*` and `absolute_*` checks).
 

@@ -47,10 +47,11 @@
 //! - When Redis fails, a session this gateway confirmed less than `outage_grace` ago, and whose
 //!   deadline (as [`crate::policy::timeouts`] computes it) has not passed, keeps working. A logout
 //!   or kick of such a session is answered from here (Faspex is logged out once) and queued; it is
-//!   replayed when Redis answers again (an admission sends the queued ends first). Ending a
-//!   session twice ends it once, so a replay has no second effect. A touch queued here is sent
-//!   with its activity's time, which Redis counts only forward and only while the session was
-//!   live then. Nothing is ever admitted, counted or unlocked from here.
+//!   replayed when Redis answers again (an admission sends its account's queued ends first).
+//!   Ending a session twice ends it once, so a replay has no second effect. A touch queued here
+//!   is sent with the times of its activity that chain it ([`QueuedTouch`]), which Redis counts
+//!   only forward and only while the session was live then. Nothing is ever admitted, counted
+//!   or unlocked from here.
 //!
 //! Time is the caller's `now` (the engine's clock), so tests move it.
 
@@ -288,6 +289,16 @@ impl Drop for ForgetOnDrop<'_> {
     }
 }
 
+/// An end answered from the view during an outage, to be sent when Redis is back.
+#[derive(Clone, Debug)]
+pub(crate) struct QueuedEnd {
+    pub(crate) key: SessionKey,
+    pub(crate) reason: EndReason,
+    /// The session's account and client: an admission of that account sends it first.
+    pub(crate) account: Arc<str>,
+    pub(crate) client: ClientId,
+}
+
 /// A touch answered from the view during an outage, to be written when Redis is back.
 #[derive(Clone, Debug)]
 pub(crate) struct QueuedTouch {
@@ -296,8 +307,29 @@ pub(crate) struct QueuedTouch {
     /// Its number: a touch of the same lookup queued while this one was sent renumbers it, and
     /// keeps it queued.
     pub(crate) n: u64,
-    /// The latest activity it carries: Redis gets the touch at this time, not the replay's.
-    pub(crate) at: Timestamp,
+    /// The times of the activity it carries, oldest first: Redis counts them at these times,
+    /// not the replay's. Only as many are kept as show the session live all along: each less
+    /// than the shorter idle timeout after the one before the one before it ([`Self::add`]).
+    pub(crate) times: Vec<Timestamp>,
+}
+
+/// The most activity times one queued touch keeps; past it, the latest replaces the last.
+const MAX_TOUCH_TIMES: usize = 64;
+
+impl QueuedTouch {
+    /// Add activity at `at`. A time that the ones around it make redundant goes: with activity
+    /// at a, b and c, each less than the idle timeout after the one before, b is dropped if c is
+    /// less than the idle timeout after a, since a to c then shows the session live as well.
+    fn add(&mut self, at: Timestamp) {
+        let limit = self.timeouts.idle.min(self.timeouts.api_idle);
+        let n = self.times.len();
+        match self.times.last() {
+            Some(last) if at <= *last => {}
+            _ if n >= 2 && at.since(self.times[n - 2]) < limit => self.times[n - 1] = at,
+            _ if n >= MAX_TOUCH_TIMES => self.times[n - 1] = at,
+            _ => self.times.push(at),
+        }
+    }
 }
 
 /// The view. See the module documentation.
@@ -307,7 +339,7 @@ pub(crate) struct SessionCache {
     view: Mutex<View>,
     /// Ends answered from here during an outage, with their reasons, to be sent when Redis is
     /// back.
-    queued_ends: Mutex<Vec<(SessionKey, EndReason)>>,
+    queued_ends: Mutex<Vec<QueuedEnd>>,
     /// Lookups whose activity was answered from here during an outage, to be written when Redis
     /// is back.
     queued_touches: Mutex<Vec<QueuedTouch>>,
@@ -560,13 +592,13 @@ impl SessionCache {
             // unless it is being sent now; then this one stays)
             Some(queued) => {
                 queued.n = n;
-                queued.at = queued.at.max(at);
+                queued.add(at);
             }
             None => touched.push(QueuedTouch {
                 lookup,
                 timeouts: t,
                 n,
-                at,
+                times: vec![at],
             }),
         }
     }
@@ -613,7 +645,12 @@ impl SessionCache {
         self.queued_ends
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((key.clone(), reason));
+            .push(QueuedEnd {
+                key: key.clone(),
+                reason,
+                account: Arc::clone(&s.account),
+                client: s.client.clone(),
+            });
         drop(view);
         Some(s)
     }
@@ -632,11 +669,19 @@ impl SessionCache {
         matches!(lookup, Lookup::Key(k) if self.end_queued(&SessionKey(Arc::clone(k))))
     }
 
-    /// The oldest end queued during an outage, with its reason (taken out by
-    /// [`SessionCache::sent_queued`]).
-    pub(crate) fn first_queued(&self) -> Option<(SessionKey, EndReason)> {
+    /// The oldest end queued during an outage (taken out by [`SessionCache::sent_queued`]).
+    pub(crate) fn first_queued(&self) -> Option<QueuedEnd> {
         let ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
         ends.first().cloned()
+    }
+
+    /// The ends queued for `account`'s sessions.
+    pub(crate) fn queued_for(&self, account: &str) -> Vec<QueuedEnd> {
+        let ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
+        ends.iter()
+            .filter(|q| &*q.account == account)
+            .cloned()
+            .collect()
     }
 
     /// Whether `key`'s end is queued here, taking it out if so: Redis has ended the session
@@ -644,8 +689,8 @@ impl SessionCache {
     /// the end when it was made, so the caller leaves it out of what it reports.
     pub(crate) fn ended_again(&self, key: &SessionKey) -> bool {
         let mut ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
-        let queued = ends.iter().any(|(k, _)| k == key);
-        ends.retain(|(k, _)| k != key);
+        let queued = ends.iter().any(|q| q.key == *key);
+        ends.retain(|q| q.key != *key);
         queued
     }
 
@@ -655,14 +700,14 @@ impl SessionCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, why)| *why)
+            .find(|q| q.key == *key)
+            .map(|q| q.reason)
     }
 
     /// Redis has the end of `key`: out of the queue.
     pub(crate) fn sent_queued(&self, key: &SessionKey) {
         let mut ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
-        ends.retain(|(k, _)| k != key);
+        ends.retain(|q| q.key != *key);
     }
 
     /// The oldest touch queued (taken out by [`SessionCache::sent_touch`]).
@@ -688,7 +733,7 @@ impl SessionCache {
     /// failing does not hold up the others (and the touches behind them).
     pub(crate) fn end_to_back(&self, key: &SessionKey) {
         let mut ends = self.queued_ends.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = ends.iter().position(|(k, _)| k == key) {
+        if let Some(i) = ends.iter().position(|q| q.key == *key) {
             let k = ends.remove(i);
             ends.push(k);
         }
@@ -741,6 +786,31 @@ mod tests {
 
     fn t0() -> Timestamp {
         Timestamp::from_millis(1_000_000)
+    }
+
+    /// A queued touch keeps the activity times that show the session live all along, and no
+    /// more: a time goes when the ones on either side are less than the idle timeout apart.
+    #[test]
+    fn a_queued_touch_keeps_the_times_that_chain_its_activity() {
+        let mut q = QueuedTouch {
+            lookup: Lookup::Key("k".into()),
+            timeouts: T,
+            n: 0,
+            times: vec![t0()],
+        };
+        let at = |m: u64| t0() + Duration::from_secs(m * 60);
+        // (the idle timeout is an hour)
+        for m in [10, 20, 50, 59, 70, 70, 65, 130] {
+            q.add(at(m));
+        }
+        // 0–59 < 1 h dropped 10, 20 and 50; 0–70 is not < 1 h so 59 stays; 59–130 is not
+        // either, so 70 stays; 70 and 65 are no later than 70.
+        assert_eq!(q.times, [t0(), at(59), at(70), at(130)]);
+        for m in 131..300 {
+            q.add(at(m * 61));
+        }
+        assert_eq!(q.times.len(), MAX_TOUCH_TIMES, "bounded");
+        assert_eq!(q.times.last(), Some(&at(299 * 61)), "the latest kept");
     }
 
     fn ms(n: u64) -> Duration {
@@ -970,17 +1040,21 @@ mod tests {
             c.generation(),
         );
         assert!(c.end_in_outage(&k2, EndReason::Replaced).is_some());
-        assert_eq!(c.first_queued(), Some((k1.clone(), EndReason::Logout)));
+        let first = || c.first_queued().map(|q| (q.key, q.reason));
+        assert_eq!(first(), Some((k1.clone(), EndReason::Logout)));
         c.end_to_back(&k1);
         assert_eq!(
-            c.first_queued(),
+            first(),
             Some((k2.clone(), EndReason::Replaced)),
             "with its own reason"
         );
+        let bob = c.queued_for("bob");
+        assert_eq!(bob.len(), 1);
+        assert_eq!((&*bob[0].account, &bob[0].key), ("bob", &k2), "and account");
         c.sent_queued(&k2);
-        assert_eq!(c.first_queued(), Some((k1.clone(), EndReason::Logout)));
+        assert_eq!(first(), Some((k1.clone(), EndReason::Logout)));
         c.sent_queued(&k1);
-        assert_eq!(c.first_queued(), None);
+        assert_eq!(first(), None);
         assert!(!c.end_queued(&k1));
         live(&c, &l, t0() + ms(20_000));
         assert_eq!(

@@ -57,7 +57,7 @@ use crate::store::StoreError;
 /// The library's source, loaded with `FUNCTION LOAD REPLACE` on every new master connection.
 pub const LIBRARY: &str = include_str!("policy.lua");
 /// The library's name: its version, so that gateways of two versions can run side by side.
-pub const LIBRARY_NAME: &str = "faspex_gate_v1";
+pub const LIBRARY_NAME: &str = "faspex_gate_v2";
 
 /// The oldest Redis that has functions.
 const MIN_VERSION: (u32, u32) = (7, 0);
@@ -322,7 +322,7 @@ fn remote(reason: String) -> StoreError {
     StoreError::Remote { reason }
 }
 
-/// Every function of the library (without its `faspex_gate_v1_` prefix): the steps, and the
+/// Every function of the library (without its `faspex_gate_v2_` prefix): the steps, and the
 /// `op` values of `faspex_gate_store_errors_total`.
 pub const FUNCTIONS: [&str; 21] = [
     "admit",

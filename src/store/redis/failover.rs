@@ -410,7 +410,7 @@ async fn a_lock_older_than_the_last_unlock_is_never_written_back() {
         let mut c = c.clone();
         async move {
             let r: String = redis::cmd("FCALL")
-                .arg("faspex_gate_v1_restore_locks")
+                .arg("faspex_gate_v2_restore_locks")
                 .arg(2)
                 .arg("{epoch}:")
                 .arg("{epoch}:locks")

@@ -3,7 +3,7 @@
 //! and unlock.
 //!
 //! Every decision is one atomic step on the server: a function of the library in
-//! `policy.lua` (loaded with `FUNCTION LOAD REPLACE` at connect; its name, `faspex_gate_v1`,
+//! `policy.lua` (loaded with `FUNCTION LOAD REPLACE` at connect; its name, `faspex_gate_v2`,
 //! carries its version), mirroring the Rust rules in [`crate::policy`]. The files:
 //!
 //! - `policy.lua`: the library, and the layout of the keys under `{key_prefix}:`;

@@ -1,4 +1,4 @@
-#!lua name=faspex_gate_v1
+#!lua name=faspex_gate_v2
 --[[
 faspex-gate's policy steps as one Redis function library (Redis 7.0 or later).
 
@@ -316,17 +316,23 @@ local function admit(keys, args)
 end
 
 -- A lookup: crate::policy::timeouts::expired ends it, timeouts::touches moves its activity.
--- `active`: the time of the request's activity, or nil. It is `now`, or earlier for a touch a
--- gateway answered from its view in an outage and sends now; that counts at its own time, if
--- the session was still live then, so an outage adds nothing to a session's idle time.
+-- `active`: the times of the request's activity, oldest first (none: empty). It is `now`, or
+-- earlier times for a touch a gateway answered from its view in an outage and sends now; each
+-- counts at its own time, if the session was still live then, so an outage adds nothing to a
+-- session's idle time.
 local function lookup(key, now, active, t)
   local s = key and load_session(key)
   if not s then
     return cjson.encode({state = 'unknown'})
   end
-  if active and active > s.last and not expired(s, active, t) then
-    redis.call('HSET', R .. 's:' .. key, 'last', string.format('%.0f', active))
-    s.last = active
+  local last = s.last
+  for _, at in ipairs(active) do
+    if at > s.last and not expired(s, at, t) then
+      s.last = at
+    end
+  end
+  if s.last ~= last then
+    redis.call('HSET', R .. 's:' .. key, 'last', string.format('%.0f', s.last))
   end
   local why = expired(s, now, t)
   if why then
@@ -336,18 +342,26 @@ local function lookup(key, now, active, t)
   return cjson.encode({state = 'live', session = s})
 end
 
--- A lookup's activity argument: '0' none, '1' now, '-<ms>' that long before now.
+-- A lookup's activity argument: '0' none, '1' now, '-<ms>,-<ms>...' that long before now
+-- (oldest first). The times, oldest first.
 local function activity_at(arg, now)
   if arg == '0' then
-    return nil
+    return {}
   elseif arg == '1' then
-    return now
+    return {now}
   end
-  local age = tonumber(string.match(arg, '^%-(%d+)$'))
-  if not age then
+  local times = {}
+  for age in string.gmatch(arg, '[^,]+') do
+    local ms = tonumber(string.match(age, '^%-(%d+)$'))
+    if not ms then
+      error({err = 'ERR faspex-gate: bad activity argument'})
+    end
+    times[#times + 1] = now - ms
+  end
+  if #times == 0 then
     error({err = 'ERR faspex-gate: bad activity argument'})
   end
-  return now - age
+  return times
 end
 
 -- ARGV: clock key activity idle api_idle abs
@@ -1033,7 +1047,7 @@ local function import_lock(keys, args)
 end
 
 local function register(name, callback, read_only)
-  local f = {function_name = 'faspex_gate_v1_' .. name, callback = callback}
+  local f = {function_name = 'faspex_gate_v2_' .. name, callback = callback}
   if read_only then
     f.flags = {'no-writes'}
   end

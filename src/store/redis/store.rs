@@ -55,6 +55,9 @@ pub struct RedisStore {
     /// The session secret's fingerprint, when this store checks it.
     secret: Option<String>,
     cache: SessionCache,
+    /// Sessions Redis ended, past their deadline, on a touch the outage replay sent: no request
+    /// is there to report them, so the next sweep does, as it reports its own.
+    replay_ended: Mutex<Vec<(Session, EndReason)>>,
     hook: Mutex<Option<WaitHook>>,
     errors: Mutex<Option<ErrorHook>>,
     shortfalls: AtomicU64,
@@ -89,6 +92,7 @@ impl RedisStore {
             ready: tokio::sync::OnceCell::new(),
             secret: None,
             cache: SessionCache::new(Duration::ZERO, Duration::ZERO),
+            replay_ended: Mutex::new(Vec::new()),
             hook: Mutex::new(None),
             errors: Mutex::new(None),
             shortfalls: AtomicU64::new(0),
@@ -160,14 +164,20 @@ impl RedisStore {
         self.send_queued_ends().await;
         while let Some(touch) = self.cache.first_touch() {
             let since = self.cache.generation();
-            // (at the activity's time, not the replay's: an outage adds nothing to a session's
+            // (at the activity's times, not the replay's: an outage adds nothing to a session's
             // idle time)
             let lookup = touch.lookup;
             match self
-                .ask_redis(&lookup, now, Some(touch.at), touch.timeouts)
+                .ask_redis(&lookup, now, &touch.times, touch.timeouts)
                 .await
             {
                 Ok(state) => {
+                    if let SessionState::Ended(s, why) = &state {
+                        self.replay_ended
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((s.clone(), *why));
+                    }
                     self.cache.sent_touch(&lookup, touch.n);
                     self.cache.learn(lookup, now, true, &state, since);
                 }
@@ -183,13 +193,13 @@ impl RedisStore {
     /// back of the queue). The ends go to Redis alone: an end that failed is not "answered" from
     /// the view again, which would take it out of the queue unsent.
     async fn send_queued_ends(&self) {
-        while let Some((key, reason)) = self.cache.first_queued() {
-            let _forget = self.cache.forget_on_drop(Forgot::Session(key.clone()));
-            if self.end_in_redis(&key, reason).await.is_err() {
-                self.cache.end_to_back(&key);
+        while let Some(q) = self.cache.first_queued() {
+            let _forget = self.cache.forget_on_drop(Forgot::Session(q.key.clone()));
+            if self.end_in_redis(&q.key, q.reason).await.is_err() {
+                self.cache.end_to_back(&q.key);
                 return;
             }
-            self.cache.sent_queued(&key);
+            self.cache.sent_queued(&q.key);
         }
     }
 
@@ -440,13 +450,12 @@ impl RedisStore {
             Answer::Wait(_) => (self.cache.generation(), None, None),
         };
         let refresh = refreshing.is_some();
+        let at = [now];
+        let touched: &[Timestamp] = if activity { &at } else { &[] };
         let answered = match budget {
-            None => {
-                self.ask_redis(&lookup, now, activity.then_some(now), t)
-                    .await
-            }
+            None => self.ask_redis(&lookup, now, touched, t).await,
             Some(left) => {
-                let asked = self.ask_redis(&lookup, now, activity.then_some(now), t);
+                let asked = self.ask_redis(&lookup, now, touched, t);
                 match tokio::time::timeout(left, asked).await {
                     Ok(answered) => answered,
                     Err(_) => {
@@ -508,13 +517,13 @@ impl RedisStore {
 
     /// The lookup `lookup`, straight from Redis: one call of `session`, `client_session` or
     /// `bearer_session`.
-    /// Redis's answer for `lookup` at `now`, with the session's activity at `activity` (`now`,
-    /// or earlier for a touch queued in an outage), if any.
+    /// Redis's answer for `lookup` at `now`, with the session's activity at the times in
+    /// `activity`, oldest first (`now`, or earlier for a touch queued in an outage), if any.
     async fn ask_redis(
         &self,
         lookup: &Lookup,
         now: Timestamp,
-        activity: Option<Timestamp>,
+        activity: &[Timestamp],
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
         let [idle, api_idle, abs] = timeouts(&t);
@@ -527,11 +536,15 @@ impl RedisStore {
             ),
             Lookup::Bearer(b) => ("bearer_session", format!("b:{b}"), vec![b.to_string()]),
         };
-        // (`policy.lua`'s `activity_at`: "0" none, "1" now, "-<ms>" that long before now)
+        // (`policy.lua`'s `activity_at`: "0" none, "1" now, "-<ms>,-<ms>…" that long before now)
         let activity = match activity {
-            None => "0".into(),
-            Some(at) if at >= now => "1".into(),
-            Some(at) => format!("-{}", now.since(at).as_millis()),
+            [] => "0".into(),
+            [at] if *at >= now => "1".into(),
+            times => times
+                .iter()
+                .map(|at| format!("-{}", now.since(*at).as_millis()))
+                .collect::<Vec<_>>()
+                .join(","),
         };
         args.extend([activity, idle, api_idle, abs]);
         let reply = self.call(name, &[&key], Some(now), &args).await?;
@@ -578,12 +591,19 @@ impl PolicyStore for RedisStore {
             OneClient::Reject => "reject",
             OneClient::Replace => "replace",
         };
-        // An end made here in an outage goes to Redis first, with its reason: a renewal (the
-        // same account and client) removes the session it renews as no end at all, so the
-        // Faspex logout a queued replace or expiry owes would otherwise be lost. One that fails
-        // stays queued and does not hold up the login (the replay sends it later).
-        if self.cache.has_queued_ends() {
-            self.send_queued_ends().await;
+        // The account's ends made here in an outage go to Redis first, with their reasons: a
+        // renewal (the same account and client) removes the session it renews as no end at
+        // all, so the Faspex logout a queued replace or expiry owes would be lost. If the end of
+        // a session on this client cannot be sent, nor can the login be admitted (503); one on
+        // another client stays queued for the replay (a replace ends it with a reason of its
+        // own, a refusal leaves it).
+        for q in self.cache.queued_for(&a.account) {
+            let _forget = self.cache.forget_on_drop(Forgot::Session(q.key.clone()));
+            match self.end_in_redis(&q.key, q.reason).await {
+                Ok(_) => self.cache.sent_queued(&q.key),
+                Err(e) if q.client == a.client => return Err(e),
+                Err(_) => {}
+            }
         }
         let key = a.key.0.to_string();
         // A replace ends the account's other session: forgotten however this call ends.
@@ -783,6 +803,10 @@ impl PolicyStore for RedisStore {
         let swept = wire::parse::<WireSwept>("a sweep", &reply)?;
         self.conn.memory().forget(&swept.lifted());
         let mut swept = swept.decode()?;
+        // (and those a replayed touch ended)
+        swept
+            .ended
+            .append(&mut self.replay_ended.lock().unwrap_or_else(|e| e.into_inner()));
         for (s, _) in &swept.ended {
             self.cache.forget_session(&s.key);
         }
