@@ -299,29 +299,36 @@ pub(crate) struct QueuedEnd {
     pub(crate) client: ClientId,
 }
 
-/// A touch answered from the view during an outage, to be written when Redis is back.
+/// The activity answered from the view during an outage for one session (whichever way it was
+/// looked up), to be written when Redis is back.
 #[derive(Clone, Debug)]
 pub(crate) struct QueuedTouch {
+    /// The session, by its key.
     pub(crate) lookup: Lookup,
     pub(crate) timeouts: Timeouts,
-    /// Its number: a touch of the same lookup queued while this one was sent renumbers it, and
+    /// The session's idle timeout (its kind's).
+    limit: Duration,
+    /// Its number: a touch of the same session queued while this one was sent renumbers it, and
     /// keeps it queued.
     pub(crate) n: u64,
     /// The times of the activity it carries, oldest first: Redis counts them at these times,
-    /// not the replay's. Only as many are kept as show the session live all along: each less
-    /// than the shorter idle timeout after the one before the one before it ([`Self::add`]).
+    /// not the replay's, each only if the session was still live then. Only as many are kept as
+    /// show the session live all along: from each kept time to the next one is less than the
+    /// idle timeout, and a time is dropped when the ones on either side of it are less than the
+    /// idle timeout apart ([`Self::add`]).
     pub(crate) times: Vec<Timestamp>,
 }
 
-/// The most activity times one queued touch keeps; past it, the latest replaces the last.
-const MAX_TOUCH_TIMES: usize = 64;
+/// The most activity times one queued touch keeps (an outage of more than 500 idle timeouts;
+/// `outage_grace` is at most an hour); past it, the latest replaces the last.
+const MAX_TOUCH_TIMES: usize = 1024;
 
 impl QueuedTouch {
     /// Add activity at `at`. A time that the ones around it make redundant goes: with activity
     /// at a, b and c, each less than the idle timeout after the one before, b is dropped if c is
     /// less than the idle timeout after a, since a to c then shows the session live as well.
     fn add(&mut self, at: Timestamp) {
-        let limit = self.timeouts.idle.min(self.timeouts.api_idle);
+        let limit = self.limit;
         let n = self.times.len();
         match self.times.last() {
             Some(last) if at <= *last => {}
@@ -547,7 +554,7 @@ impl SessionCache {
             && !view.forgotten_since(since, &e.session);
         if fresh && activity {
             // (its activity, which the view may not have carried, is sent with the rest)
-            self.queue_touch(lookup.clone(), *t, at);
+            self.queue_touch(&e.session, *t, at);
         }
         fresh.then(|| e.session.clone())
     }
@@ -572,14 +579,16 @@ impl SessionCache {
         }
         if activity && timeouts::touches(&e.session, now) {
             e.session.last_activity = now;
-            self.queue_touch(lookup.clone(), *t, now);
+            self.queue_touch(&e.session, *t, now);
         }
         Some(e.session.clone())
     }
 
-    /// Queue a touch of `lookup`, active at `at`, for when Redis answers again
-    /// ([`SessionCache::first_touch`]).
-    pub(crate) fn queue_touch(&self, lookup: Lookup, t: Timeouts, at: Timestamp) {
+    /// Queue a touch of session `s`, active at `at`, for when Redis answers again
+    /// ([`SessionCache::first_touch`]). Touches are queued by the session's key, however it was
+    /// looked up, so that its activity is sent together, and to the session that had it.
+    pub(crate) fn queue_touch(&self, s: &Session, t: Timeouts, at: Timestamp) {
+        let lookup = Lookup::key(&s.key);
         let n = self
             .touches_queued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -597,6 +606,7 @@ impl SessionCache {
             None => touched.push(QueuedTouch {
                 lookup,
                 timeouts: t,
+                limit: timeouts::idle_limit(s.kind, &t),
                 n,
                 times: vec![at],
             }),
@@ -619,8 +629,8 @@ impl SessionCache {
     }
 
     /// The cached session `key`, for an end (`reason`) answered during an outage: it is
-    /// forgotten here, the touches queued for its lookups are dropped (a session ended here has
-    /// no activity to send), and its end is queued.
+    /// forgotten here, its queued touch is dropped (a session ended here has no activity to
+    /// send), and its end is queued.
     pub(crate) fn end_in_outage(&self, key: &SessionKey, reason: EndReason) -> Option<Session> {
         let mut view = self.view();
         let s = view
@@ -628,17 +638,12 @@ impl SessionCache {
             .values()
             .find(|e| &e.session.key == key)
             .map(|e| e.session.clone())?;
-        let lookups: Vec<Lookup> = view
-            .entries
-            .iter()
-            .filter(|(_, e)| &e.session.key == key)
-            .map(|(l, _)| l.clone())
-            .collect();
+        let touched = Lookup::key(key);
         // (the view's lock, then the touches' and the ends', as `in_grace` and `learn` take them)
         self.queued_touches
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|q| !lookups.contains(&q.lookup));
+            .retain(|q| q.lookup != touched);
         view.forget(Forgot::Session(key.clone()));
         // (queued before the view's lock is let go: a lookup that began after the forget must
         // find the end queued when it learns)
@@ -751,6 +756,28 @@ impl SessionCache {
         }
     }
 
+    /// Whether any touch waits to be sent.
+    pub(crate) fn has_queued_touches(&self) -> bool {
+        !self
+            .queued_touches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// The touch queued for `lookup`'s session, if `lookup` is by a session's key (touches are
+    /// queued by key) and one is.
+    pub(crate) fn queued_touch(&self, lookup: &Lookup) -> Option<QueuedTouch> {
+        if !matches!(lookup, Lookup::Key(_)) {
+            return None;
+        }
+        let touches = self
+            .queued_touches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        touches.iter().find(|q| q.lookup == *lookup).cloned()
+    }
+
     /// Whether any end waits to be sent.
     pub(crate) fn has_queued_ends(&self) -> bool {
         !self
@@ -762,12 +789,7 @@ impl SessionCache {
 
     /// Whether any end or touch waits to be sent.
     pub(crate) fn has_queued(&self) -> bool {
-        self.has_queued_ends()
-            || !self
-                .queued_touches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
+        self.has_queued_ends() || self.has_queued_touches()
     }
 }
 
@@ -795,22 +817,23 @@ mod tests {
         let mut q = QueuedTouch {
             lookup: Lookup::Key("k".into()),
             timeouts: T,
+            limit: HOUR,
             n: 0,
             times: vec![t0()],
         };
         let at = |m: u64| t0() + Duration::from_secs(m * 60);
         // (the idle timeout is an hour)
-        for m in [10, 20, 50, 59, 70, 70, 65, 130] {
+        for m in [10, 20, 50, 59, 70, 70, 65, 125] {
             q.add(at(m));
         }
-        // 0–59 < 1 h dropped 10, 20 and 50; 0–70 is not < 1 h so 59 stays; 59–130 is not
+        // 0–59 < 1 h dropped 10, 20 and 50; 0–70 is not < 1 h so 59 stays; 59–125 is not
         // either, so 70 stays; 70 and 65 are no later than 70.
-        assert_eq!(q.times, [t0(), at(59), at(70), at(130)]);
-        for m in 131..300 {
+        assert_eq!(q.times, [t0(), at(59), at(70), at(125)]);
+        for m in 131..1300 {
             q.add(at(m * 61));
         }
         assert_eq!(q.times.len(), MAX_TOUCH_TIMES, "bounded");
-        assert_eq!(q.times.last(), Some(&at(299 * 61)), "the latest kept");
+        assert_eq!(q.times.last(), Some(&at(1299 * 61)), "the latest kept");
     }
 
     fn ms(n: u64) -> Duration {

@@ -55,6 +55,8 @@ pub struct RedisStore {
     /// The session secret's fingerprint, when this store checks it.
     secret: Option<String>,
     cache: SessionCache,
+    /// Held by whoever sends the queued touches ([`RedisStore::send_queued_touches`]).
+    replaying: tokio::sync::Mutex<()>,
     /// Sessions Redis ended, past their deadline, on a touch the outage replay sent: no request
     /// is there to report them, so the next sweep does, as it reports its own.
     replay_ended: Mutex<Vec<(Session, EndReason)>>,
@@ -92,6 +94,7 @@ impl RedisStore {
             ready: tokio::sync::OnceCell::new(),
             secret: None,
             cache: SessionCache::new(Duration::ZERO, Duration::ZERO),
+            replaying: tokio::sync::Mutex::new(()),
             replay_ended: Mutex::new(Vec::new()),
             hook: Mutex::new(None),
             errors: Mutex::new(None),
@@ -162,6 +165,18 @@ impl RedisStore {
         // A failure goes to the back of its queue and ends that queue's part of this replay (the
         // touches are sent even if an end failed: they do not depend on it).
         self.send_queued_ends().await;
+        self.send_queued_touches(now).await;
+    }
+
+    /// Send the touches queued during an outage, one sender at a time. Before anything that
+    /// judges deadlines by the activity Redis holds (this gateway's sweep, an admission, the
+    /// store monitor's check): judged first, a session in use through an outage longer than its
+    /// idle timeout would end (another gateway's sweep still may: see docs/ha.md).
+    async fn send_queued_touches(&self, now: Timestamp) {
+        if !self.cache.has_queued_touches() {
+            return;
+        }
+        let _one = self.replaying.lock().await;
         while let Some(touch) = self.cache.first_touch() {
             let since = self.cache.generation();
             // (at the activity's times, not the replay's: an outage adds nothing to a session's
@@ -450,8 +465,14 @@ impl RedisStore {
             Answer::Wait(_) => (self.cache.generation(), None, None),
         };
         let refresh = refreshing.is_some();
-        let at = [now];
-        let touched: &[Timestamp] = if activity { &at } else { &[] };
+        // Activity queued for this session in an outage goes with the lookup: judged without
+        // it, a session in use through the outage could end.
+        let queued = self.cache.queued_touch(&lookup);
+        let mut touched = queued.as_ref().map_or_else(Vec::new, |q| q.times.clone());
+        if activity {
+            touched.push(now);
+        }
+        let touched = &touched[..];
         let answered = match budget {
             None => self.ask_redis(&lookup, now, touched, t).await,
             Some(left) => {
@@ -482,6 +503,9 @@ impl RedisStore {
         });
         match answered {
             Ok(state) => {
+                if let Some(q) = queued {
+                    self.cache.sent_touch(&lookup, q.n);
+                }
                 self.cache.learn(lookup, now, activity, &state, since);
                 if let Some(refreshing) = refreshing {
                     refreshing.done();
@@ -605,6 +629,8 @@ impl PolicyStore for RedisStore {
                 Err(_) => {}
             }
         }
+        // (and the touches: the admission ends the account's sessions past their deadline)
+        self.send_queued_touches(a.now).await;
         let key = a.key.0.to_string();
         // A replace ends the account's other session: forgotten however this call ends.
         let _forget = self
@@ -795,6 +821,7 @@ impl PolicyStore for RedisStore {
         t: Timeouts,
         window: Duration,
     ) -> Result<Swept, StoreError> {
+        self.send_queued_touches(now).await;
         let [idle, api_idle, abs] = timeouts(&t);
         let args = [idle, api_idle, abs, ms(window)];
         let reply = self
