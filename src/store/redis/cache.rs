@@ -305,6 +305,8 @@ pub(crate) struct QueuedEnd {
 pub(crate) struct QueuedTouch {
     /// The session, by its key.
     pub(crate) lookup: Lookup,
+    /// Its account (an admission of the account sends it first).
+    account: Arc<str>,
     pub(crate) timeouts: Timeouts,
     /// The session's idle timeout (its kind's).
     limit: Duration,
@@ -605,6 +607,7 @@ impl SessionCache {
             }
             None => touched.push(QueuedTouch {
                 lookup,
+                account: Arc::clone(&s.account),
                 timeouts: t,
                 limit: timeouts::idle_limit(s.kind, &t),
                 n,
@@ -765,17 +768,35 @@ impl SessionCache {
             .is_empty()
     }
 
-    /// The touch queued for `lookup`'s session, if `lookup` is by a session's key (touches are
-    /// queued by key) and one is.
+    /// The touch queued for `lookup`'s session, if one is: by the lookup's key, or by the key
+    /// of the session the view holds for a lookup by client or bearer token (touches are queued
+    /// by key).
     pub(crate) fn queued_touch(&self, lookup: &Lookup) -> Option<QueuedTouch> {
-        if !matches!(lookup, Lookup::Key(_)) {
+        if !self.has_queued_touches() {
             return None;
         }
+        let key = match lookup {
+            Lookup::Key(_) => lookup.clone(),
+            _ => Lookup::key(&self.view().entries.get(lookup)?.session.key),
+        };
         let touches = self
             .queued_touches
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        touches.iter().find(|q| q.lookup == *lookup).cloned()
+        touches.iter().find(|q| q.lookup == key).cloned()
+    }
+
+    /// The touches queued for `account`'s sessions.
+    pub(crate) fn touches_of(&self, account: &str) -> Vec<QueuedTouch> {
+        let touches = self
+            .queued_touches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        touches
+            .iter()
+            .filter(|q| &*q.account == account)
+            .cloned()
+            .collect()
     }
 
     /// Whether any end waits to be sent.
@@ -816,6 +837,7 @@ mod tests {
     fn a_queued_touch_keeps_the_times_that_chain_its_activity() {
         let mut q = QueuedTouch {
             lookup: Lookup::Key("k".into()),
+            account: "ann".into(),
             timeouts: T,
             limit: HOUR,
             n: 0,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::cache::{Answer, Forgot, Landed, Lookup, SessionCache};
+use super::cache::{Answer, Forgot, Landed, Lookup, QueuedTouch, SessionCache};
 use super::conn::{Conn, RedisOptions, CALL_BUDGET};
 use super::wire::{
     self, Decision, WireAdmit, WireCounts, WireEnd, WireFound, WireLockState, WireLocks,
@@ -178,28 +178,48 @@ impl RedisStore {
         }
         let _one = self.replaying.lock().await;
         while let Some(touch) = self.cache.first_touch() {
-            let since = self.cache.generation();
-            // (at the activity's times, not the replay's: an outage adds nothing to a session's
-            // idle time)
-            let lookup = touch.lookup;
-            match self
-                .ask_redis(&lookup, now, &touch.times, touch.timeouts)
-                .await
-            {
-                Ok(state) => {
-                    if let SessionState::Ended(s, why) = &state {
-                        self.replay_ended
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((s.clone(), *why));
-                    }
-                    self.cache.sent_touch(&lookup, touch.n);
-                    self.cache.learn(lookup, now, true, &state, since);
+            if self.send_touch(touch, now).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Send the touches queued for `account`'s sessions (before its admission, which ends those
+    /// past their deadline).
+    async fn send_touches_of(&self, account: &str, now: Timestamp) {
+        for touch in self.cache.touches_of(account) {
+            if self.send_touch(touch, now).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Send one queued touch, at the activity's times, not `now`'s: an outage adds nothing to a
+    /// session's idle time. A session Redis then ends is reported by the next sweep; a touch that
+    /// fails goes to the back of the queue.
+    async fn send_touch(&self, touch: QueuedTouch, now: Timestamp) -> Result<(), StoreError> {
+        let since = self.cache.generation();
+        let lookup = touch.lookup;
+        match self
+            .ask_redis(&lookup, now, &touch.times, touch.timeouts)
+            .await
+        {
+            Ok(state) => {
+                if let SessionState::Ended(s, why) = &state {
+                    self.replay_ended
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((s.clone(), *why));
                 }
-                Err(_) => {
-                    self.cache.touch_to_back(&lookup);
-                    return;
-                }
+                self.cache.sent_touch(&lookup, touch.n);
+                // (as a lookup without activity: what Redis got is the activity's times, not
+                // `now`, so the view has carried nothing since them)
+                self.cache.learn(lookup, now, false, &state, since);
+                Ok(())
+            }
+            Err(e) => {
+                self.cache.touch_to_back(&lookup);
+                Err(e)
             }
         }
     }
@@ -465,9 +485,14 @@ impl RedisStore {
             Answer::Wait(_) => (self.cache.generation(), None, None),
         };
         let refresh = refreshing.is_some();
-        // Activity queued for this session in an outage goes with the lookup: judged without
-        // it, a session in use through the outage could end.
-        let queued = self.cache.queued_touch(&lookup);
+        // Activity queued for this session in an outage goes to Redis first: judged without
+        // it, a session in use through the outage could end. With a lookup by key, in the same
+        // call; with one by client or bearer token, by the key of the session the view had for
+        // it, ahead of the lookup (the token may have moved to another session since).
+        let mut queued = self.cache.queued_touch(&lookup);
+        if let Some(other) = queued.take_if(|q| q.lookup != lookup) {
+            let _ = self.send_touch(other, now).await;
+        }
         let mut touched = queued.as_ref().map_or_else(Vec::new, |q| q.times.clone());
         if activity {
             touched.push(now);
@@ -630,7 +655,7 @@ impl PolicyStore for RedisStore {
             }
         }
         // (and the touches: the admission ends the account's sessions past their deadline)
-        self.send_queued_touches(a.now).await;
+        self.send_touches_of(&a.account, a.now).await;
         let key = a.key.0.to_string();
         // A replace ends the account's other session: forgotten however this call ends.
         let _forget = self

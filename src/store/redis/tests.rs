@@ -936,8 +936,9 @@ async fn a_touch_of_an_outage_counts_at_its_own_time() {
 #[tokio::test]
 async fn a_session_in_use_through_a_long_outage_survives_the_replay() {
     // What reaches Redis first when it is back: the store monitor's check, this gateway's
-    // sweep (every 250 ms), or a request of the session itself.
-    for first in ["check", "sweep", "request"] {
+    // sweep (every 250 ms), or a request of the session itself (by its cookie, or as an API
+    // client is, by account and client).
+    for first in ["check", "sweep", "request", "client"] {
         let mut server = RedisServer::start();
         let (store, key, _) = viewed_with_grace(&server, "chain", 30 * 60 * SEC).await;
         let t = Timeouts {
@@ -945,10 +946,23 @@ async fn a_session_in_use_through_a_long_outage_survives_the_replay() {
             api_idle: 5 * 60 * SEC,
             absolute: None,
         };
+        let client = ClientId("client-k1".into());
+        let by_client = |at: Timestamp| {
+            let (store, client) = (Arc::clone(&store), client.clone());
+            async move { store.client_session("ann", &client, at, true, t).await }
+        };
+        if first == "client" {
+            let r = by_client(t0()).await;
+            assert!(matches!(r, Ok(SessionState::Live(_))), "{r:?}");
+        }
         server.stop();
         let minutes = |m: u64| t0() + Duration::from_secs(m * 60);
         for m in [4, 8, 12] {
-            let r = store.session(&key, minutes(m), true, t).await;
+            let r = if first == "client" {
+                by_client(minutes(m)).await
+            } else {
+                store.session(&key, minutes(m), true, t).await
+            };
             assert!(matches!(r, Ok(SessionState::Live(_))), "at {m} min: {r:?}");
         }
         server.start_again();
@@ -963,8 +977,13 @@ async fn a_session_in_use_through_a_long_outage_survives_the_replay() {
                 assert!(swept.ended.is_empty(), "{:?}", swept.ended);
                 minutes(12)
             }
-            _ => {
+            "request" => {
                 let r = store.session(&key, minutes(13), true, t).await;
+                assert!(matches!(r, Ok(SessionState::Live(_))), "{r:?}");
+                minutes(13)
+            }
+            _ => {
+                let r = by_client(minutes(13)).await;
                 assert!(matches!(r, Ok(SessionState::Live(_))), "{r:?}");
                 minutes(13)
             }
