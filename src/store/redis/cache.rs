@@ -305,8 +305,6 @@ pub(crate) struct QueuedEnd {
 pub(crate) struct QueuedTouch {
     /// The session, by its key.
     pub(crate) lookup: Lookup,
-    /// Its account (an admission of the account sends it first).
-    account: Arc<str>,
     pub(crate) timeouts: Timeouts,
     /// The session's idle timeout (its kind's).
     limit: Duration,
@@ -607,7 +605,6 @@ impl SessionCache {
             }
             None => touched.push(QueuedTouch {
                 lookup,
-                account: Arc::clone(&s.account),
                 timeouts: t,
                 limit: timeouts::idle_limit(s.kind, &t),
                 n,
@@ -786,19 +783,6 @@ impl SessionCache {
         touches.iter().find(|q| q.lookup == key).cloned()
     }
 
-    /// The touches queued for `account`'s sessions.
-    pub(crate) fn touches_of(&self, account: &str) -> Vec<QueuedTouch> {
-        let touches = self
-            .queued_touches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        touches
-            .iter()
-            .filter(|q| &*q.account == account)
-            .cloned()
-            .collect()
-    }
-
     /// Whether any end waits to be sent.
     pub(crate) fn has_queued_ends(&self) -> bool {
         !self
@@ -837,7 +821,6 @@ mod tests {
     fn a_queued_touch_keeps_the_times_that_chain_its_activity() {
         let mut q = QueuedTouch {
             lookup: Lookup::Key("k".into()),
-            account: "ann".into(),
             timeouts: T,
             limit: HOUR,
             n: 0,

@@ -55,7 +55,8 @@ pub struct RedisStore {
     /// The session secret's fingerprint, when this store checks it.
     secret: Option<String>,
     cache: SessionCache,
-    /// Held by whoever sends the queued touches ([`RedisStore::send_queued_touches`]).
+    /// Held by the sweeper, the store monitor or an admission while it sends the queued touches
+    /// ([`RedisStore::send_queued_touches`]).
     replaying: tokio::sync::Mutex<()>,
     /// Sessions Redis ended, past their deadline, on a touch the outage replay sent: no request
     /// is there to report them, so the next sweep does, as it reports its own.
@@ -168,26 +169,18 @@ impl RedisStore {
         self.send_queued_touches(now).await;
     }
 
-    /// Send the touches queued during an outage, one sender at a time. Before anything that
-    /// judges deadlines by the activity Redis holds (this gateway's sweep, an admission, the
-    /// store monitor's check): judged first, a session in use through an outage longer than its
-    /// idle timeout would end (another gateway's sweep still may: see docs/ha.md).
+    /// Send the touches queued during an outage: the sweeper, the store monitor and admissions
+    /// one at a time. Before anything that judges deadlines by the activity Redis holds (this
+    /// gateway's sweep, an admission, the store monitor's check): judged first, a session in use
+    /// through an outage longer than its idle timeout would end (another gateway may still judge
+    /// it first: see docs/ha.md). A lookup sends its own session's touch itself
+    /// ([`RedisStore::viewed`]).
     async fn send_queued_touches(&self, now: Timestamp) {
         if !self.cache.has_queued_touches() {
             return;
         }
         let _one = self.replaying.lock().await;
         while let Some(touch) = self.cache.first_touch() {
-            if self.send_touch(touch, now).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// Send the touches queued for `account`'s sessions (before its admission, which ends those
-    /// past their deadline).
-    async fn send_touches_of(&self, account: &str, now: Timestamp) {
-        for touch in self.cache.touches_of(account) {
             if self.send_touch(touch, now).await.is_err() {
                 return;
             }
@@ -489,9 +482,13 @@ impl RedisStore {
         // it, a session in use through the outage could end. With a lookup by key, in the same
         // call; with one by client or bearer token, by the key of the session the view had for
         // it, ahead of the lookup (the token may have moved to another session since).
+        // (That one counts against the lookup's budget: no client waits more than
+        // CALL_BUDGET on the store, however many calls its lookup makes.)
         let mut queued = self.cache.queued_touch(&lookup);
         if let Some(other) = queued.take_if(|q| q.lookup != lookup) {
-            let _ = self.send_touch(other, now).await;
+            let left = CALL_BUDGET.saturating_sub(began.elapsed());
+            let _ = tokio::time::timeout(left, self.send_touch(other, now)).await;
+            budget = Some(CALL_BUDGET.saturating_sub(began.elapsed()));
         }
         let mut touched = queued.as_ref().map_or_else(Vec::new, |q| q.times.clone());
         if activity {
@@ -654,8 +651,9 @@ impl PolicyStore for RedisStore {
                 Err(_) => {}
             }
         }
-        // (and the touches: the admission ends the account's sessions past their deadline)
-        self.send_touches_of(&a.account, a.now).await;
+        // (and the touches: the admission ends the account's sessions past their deadline, and
+        // when the seats are full, every account's)
+        self.send_queued_touches(a.now).await;
         let key = a.key.0.to_string();
         // A replace ends the account's other session: forgotten however this call ends.
         let _forget = self

@@ -936,9 +936,9 @@ async fn a_touch_of_an_outage_counts_at_its_own_time() {
 #[tokio::test]
 async fn a_session_in_use_through_a_long_outage_survives_the_replay() {
     // What reaches Redis first when it is back: the store monitor's check, this gateway's
-    // sweep (every 250 ms), or a request of the session itself (by its cookie, or as an API
-    // client is, by account and client).
-    for first in ["check", "sweep", "request", "client"] {
+    // sweep (every 250 ms), a request of the session itself (by its cookie, or as an API
+    // client is, by account and client), or an admission of the account.
+    for first in ["check", "sweep", "request", "client", "admission"] {
         let mut server = RedisServer::start();
         let (store, key, _) = viewed_with_grace(&server, "chain", 30 * 60 * SEC).await;
         let t = Timeouts {
@@ -975,6 +975,23 @@ async fn a_session_in_use_through_a_long_outage_survives_the_replay() {
             "sweep" => {
                 let swept = store.sweep(minutes(13), t, 60 * SEC).await.unwrap();
                 assert!(swept.ended.is_empty(), "{:?}", swept.ended);
+                minutes(12)
+            }
+            "admission" => {
+                // ann on another client: her session, in use, still holds the account
+                let rules = SeatRules {
+                    timeouts: t,
+                    ..seats(5)
+                };
+                let other = store
+                    .admit(admission("k7", "ann", minutes(13)), rules)
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(other.outcome, AdmitOutcome::OtherClient { .. }),
+                    "{:?}",
+                    other.outcome
+                );
                 minutes(12)
             }
             "request" => {
