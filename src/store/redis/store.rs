@@ -78,6 +78,15 @@ fn timeouts(t: &Timeouts) -> [String; 3] {
     ]
 }
 
+/// The library function that answers `lookup`.
+fn lookup_function(lookup: &Lookup) -> &'static str {
+    match lookup {
+        Lookup::Key(_) => "session",
+        Lookup::Client(..) => "client_session",
+        Lookup::Bearer(_) => "bearer_session",
+    }
+}
+
 fn flag(b: bool) -> String {
     if b { "1" } else { "0" }.into()
 }
@@ -507,9 +516,12 @@ impl RedisStore {
                         // are not told Redis is out of reach (they would answer from the view
                         // within `outage_grace`); they ask for themselves.
                         drop(flight.take());
-                        Err(StoreError::Remote {
+                        let e = StoreError::Remote {
                             reason: format!("no answer within {CALL_BUDGET:?}"),
-                        })
+                        };
+                        // (a failed call to the client all the same: `store_errors_total`)
+                        self.failed(lookup_function(&lookup), &e);
+                        Err(e)
                     }
                 }
             }
@@ -573,14 +585,11 @@ impl RedisStore {
         t: Timeouts,
     ) -> Result<SessionState, StoreError> {
         let [idle, api_idle, abs] = timeouts(&t);
-        let (name, key, mut args): (&'static str, String, Vec<String>) = match lookup {
-            Lookup::Key(k) => ("session", format!("s:{k}"), vec![k.to_string()]),
-            Lookup::Client(a, c) => (
-                "client_session",
-                format!("a:{a}"),
-                vec![a.clone(), c.to_string()],
-            ),
-            Lookup::Bearer(b) => ("bearer_session", format!("b:{b}"), vec![b.to_string()]),
+        let name = lookup_function(lookup);
+        let (key, mut args): (String, Vec<String>) = match lookup {
+            Lookup::Key(k) => (format!("s:{k}"), vec![k.to_string()]),
+            Lookup::Client(a, c) => (format!("a:{a}"), vec![a.clone(), c.to_string()]),
+            Lookup::Bearer(b) => (format!("b:{b}"), vec![b.to_string()]),
         };
         // (`policy.lua`'s `activity_at`: "0" none, "1" now, "-<ms>,-<ms>…" that long before now)
         let activity = match activity {

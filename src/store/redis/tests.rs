@@ -801,6 +801,23 @@ async fn ended_in_an_outage(
     reconnected(store).await;
 }
 
+/// Redis stops, `key` is active at t0 + 1.5 s on `store`, answered from the view (its touch
+/// queued), and Redis starts again on its port and data, before any replay. The activity's time.
+async fn active_in_an_outage(
+    server: &mut RedisServer,
+    store: &RedisStore,
+    key: &SessionKey,
+    t: Timeouts,
+) -> Timestamp {
+    server.stop();
+    let active = t0() + Duration::from_millis(1_500);
+    let r = store.session(key, active, true, t).await;
+    assert!(matches!(r, Ok(SessionState::Live(_))), "{r:?}");
+    server.start_again();
+    reconnected(store).await;
+    active
+}
+
 /// Give `key` Faspex's session cookie (so that an owed end puts a logout in `logouts`) and put
 /// it back in the view, which the grant forgot.
 async fn with_faspex_cookie(store: &RedisStore, key: &SessionKey, t: Timeouts) {
@@ -810,6 +827,30 @@ async fn with_faspex_cookie(store: &RedisStore, key: &SessionKey, t: Timeouts) {
         .unwrap());
     let again = store.session(key, t0(), true, t).await.unwrap();
     assert!(matches!(again, SessionState::Live(_)), "{again:?}");
+}
+
+/// Overwrite session `key`'s record under `prefix` with one the library cannot read: every end
+/// of it then fails (`WRONGTYPE`).
+async fn unreadable(server: &RedisServer, prefix: &str, key: &str) {
+    let mut c = raw(server).await;
+    redis::cmd("SET")
+        .arg(format!("{{{prefix}}}:s:{key}"))
+        .arg("not a session")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+}
+
+/// bob's session `k2`, admitted at t0 and in `store`'s view.
+async fn bob_viewed(store: &RedisStore, t: Timeouts) -> SessionKey {
+    let bob = SessionKey("k2".into());
+    store
+        .admit(admission("k2", "bob", t0()), seats(5))
+        .await
+        .unwrap();
+    let live = store.session(&bob, t0(), true, t).await.unwrap();
+    assert!(matches!(live, SessionState::Live(_)), "{live:?}");
+    bob
 }
 
 /// The Faspex logouts owed under `prefix` (the `logouts` stream's length).
@@ -866,13 +907,7 @@ async fn a_logout_in_an_outage_holds_until_the_replay_sends_it() {
 async fn a_failing_end_does_not_hold_back_the_touches_of_an_outage() {
     let mut server = RedisServer::start();
     let (store, key, t) = viewed_with_grace(&server, "stuck", 30 * SEC).await;
-    let k2 = SessionKey("k2".into());
-    store
-        .admit(admission("k2", "bob", t0()), seats(5))
-        .await
-        .unwrap();
-    let bob = store.session(&k2, t0(), true, t).await.unwrap();
-    assert!(matches!(bob, SessionState::Live(_)), "{bob:?}");
+    let k2 = bob_viewed(&store, t).await;
     server.stop();
     // In the outage bob logs out and ann is active, both answered from the view.
     let ended = store.end_session(&k2, EndReason::Logout).await;
@@ -883,13 +918,7 @@ async fn a_failing_end_does_not_hold_back_the_touches_of_an_outage() {
     server.start_again();
     reconnected(&store).await;
     // bob's record is now one the library cannot read: his end fails every time.
-    let mut c = raw(&server).await;
-    redis::cmd("SET")
-        .arg("{stuck}:s:k2")
-        .arg("not a session")
-        .query_async::<()>(&mut c)
-        .await
-        .unwrap();
+    unreadable(&server, "stuck", "k2").await;
     store.check(active).await.unwrap();
     let direct = self::store(&server, "stuck", Time::Given).await;
     match direct.session(&key, active, false, t).await.unwrap() {
@@ -905,12 +934,7 @@ async fn a_failing_end_does_not_hold_back_the_touches_of_an_outage() {
 async fn a_touch_of_an_outage_counts_at_its_own_time() {
     let mut server = RedisServer::start();
     let (store, key, t) = viewed_with_grace(&server, "when", 30 * SEC).await;
-    server.stop();
-    let active = t0() + Duration::from_millis(1_500);
-    let ann = store.session(&key, active, true, t).await;
-    assert!(matches!(ann, Ok(SessionState::Live(_))), "{ann:?}");
-    server.start_again();
-    reconnected(&store).await;
+    let active = active_in_an_outage(&mut server, &store, &key, t).await;
     let replayed = t0() + 20 * 60 * SEC;
     store.check(replayed).await.unwrap();
     let direct = self::store(&server, "when", Time::Given).await;
@@ -1022,12 +1046,7 @@ async fn a_replayed_touch_moves_activity_only_forward_and_revives_nothing() {
     for late in [false, true] {
         let mut server = RedisServer::start();
         let (store, key, t) = viewed_with_grace(&server, "forward", 30 * SEC).await;
-        server.stop();
-        let active = t0() + Duration::from_millis(1_500);
-        let ann = store.session(&key, active, true, t).await;
-        assert!(matches!(ann, Ok(SessionState::Live(_))), "{ann:?}");
-        server.start_again();
-        reconnected(&store).await;
+        let active = active_in_an_outage(&mut server, &store, &key, t).await;
         let direct = self::store(&server, "forward", Time::Given).await;
         if late {
             let replayed = active + t.idle + SEC;
@@ -1091,13 +1110,7 @@ async fn a_renewal_before_the_replay_keeps_the_logout_an_outage_end_owes() {
     with_faspex_cookie(&store, &key, t).await;
     // bob's end, queued ahead of ann's, fails every time (his record is one the library cannot
     // read): it does not hold up ann's.
-    let bob = SessionKey("k2".into());
-    store
-        .admit(admission("k2", "bob", t0()), seats(5))
-        .await
-        .unwrap();
-    let live = store.session(&bob, t0(), true, t).await.unwrap();
-    assert!(matches!(live, SessionState::Live(_)), "{live:?}");
+    let bob = bob_viewed(&store, t).await;
     server.stop();
     for (k, why) in [(&bob, EndReason::Logout), (&key, EndReason::Replaced)] {
         let ended = store.end_session(k, why).await;
@@ -1105,13 +1118,7 @@ async fn a_renewal_before_the_replay_keeps_the_logout_an_outage_end_owes() {
     }
     server.start_again();
     reconnected(&store).await;
-    let mut c = raw(&server).await;
-    redis::cmd("SET")
-        .arg("{renew}:s:k2")
-        .arg("not a session")
-        .query_async::<()>(&mut c)
-        .await
-        .unwrap();
+    unreadable(&server, "renew", "k2").await;
     let again = Admission {
         client: ClientId("client-k1".into()),
         ..admission("k9", "ann", t0() + Duration::from_millis(1_500))
