@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::cache::{Answer, Forgot, Landed, Lookup, QueuedTouch, SessionCache};
+use super::cache::{Answer, Forgot, Landed, Lookup, QueuedEnd, QueuedTouch, SessionCache};
 use super::conn::{Conn, RedisOptions, CALL_BUDGET};
 use super::wire::{
     self, Decision, WireAdmit, WireCounts, WireEnd, WireFound, WireLockState, WireLocks,
@@ -231,13 +231,20 @@ impl RedisStore {
     /// the view again, which would take it out of the queue unsent.
     async fn send_queued_ends(&self) {
         while let Some(q) = self.cache.first_queued() {
-            let _forget = self.cache.forget_on_drop(Forgot::Session(q.key.clone()));
-            if self.end_in_redis(&q.key, q.reason).await.is_err() {
+            if self.send_end(&q).await.is_err() {
                 self.cache.end_to_back(&q.key);
                 return;
             }
-            self.cache.sent_queued(&q.key);
         }
+    }
+
+    /// Send one end queued during an outage, with its reason, to Redis alone; out of the queue
+    /// once Redis has it. The session is forgotten here however this ends.
+    async fn send_end(&self, q: &QueuedEnd) -> Result<(), StoreError> {
+        let _forget = self.cache.forget_on_drop(Forgot::Session(q.key.clone()));
+        self.end_in_redis(&q.key, q.reason).await?;
+        self.cache.sent_queued(&q.key);
+        Ok(())
     }
 
     /// End session `key` in Redis, and nowhere else: an error if Redis does not answer. The
@@ -573,9 +580,8 @@ impl RedisStore {
         }
     }
 
-    /// The lookup `lookup`, straight from Redis: one call of `session`, `client_session` or
-    /// `bearer_session`.
-    /// Redis's answer for `lookup` at `now`, with the session's activity at the times in
+    /// Redis's answer for `lookup` at `now`, straight from Redis (one call of `session`,
+    /// `client_session` or `bearer_session`), with the session's activity at the times in
     /// `activity`, oldest first (`now`, or earlier for a touch queued in an outage), if any.
     async fn ask_redis(
         &self,
@@ -653,11 +659,9 @@ impl PolicyStore for RedisStore {
         // another client stays queued for the replay (a replace ends it with a reason of its
         // own, a refusal leaves it).
         for q in self.cache.queued_for(&a.account) {
-            let _forget = self.cache.forget_on_drop(Forgot::Session(q.key.clone()));
-            match self.end_in_redis(&q.key, q.reason).await {
-                Ok(_) => self.cache.sent_queued(&q.key),
+            match self.send_end(&q).await {
                 Err(e) if q.client == a.client => return Err(e),
-                Err(_) => {}
+                _ => {}
             }
         }
         // (and the touches: the admission ends the account's sessions past their deadline, and
