@@ -448,6 +448,55 @@ async fn idle_keep_alive_connections_are_closed() {
     assert!(t.elapsed() < Duration::from_secs(3));
 }
 
+/// The header-read timeout counts only while a connection waits for a request's head: a
+/// request that Faspex answers after 2.5 s (the timeout is 1 s) is served, the connection then
+/// carries another, and only once idle is it closed, a timeout after its last response.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_header_timeout_spares_a_connection_serving_a_slow_request() {
+    let (_up, gw) = setup(|c| {
+        c.set("server", "header_read_timeout", "\"1s\"");
+    })
+    .await;
+    let mut s = raw_tls(gw.https.unwrap(), &gw.files.cert_pem).await;
+    let mut buf = vec![0u8; 8192];
+    async fn answer(s: &mut (impl AsyncReadExt + Unpin), buf: &mut [u8], ends: &str) -> String {
+        let mut got = String::new();
+        while !got.ends_with(ends) {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(buf)).await {
+                Ok(Ok(n)) if n > 0 => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                other => panic!("the answer broke off ({other:?}) after {got:?}"),
+            }
+        }
+        got
+    }
+    s.write_all(b"GET /slow?ms=2500 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let slow = answer(&mut s, &mut buf, "slow done").await;
+    assert!(slow.starts_with("HTTP/1.1 200"), "{slow}");
+
+    // The same connection carries the next request.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.write_all(b"GET /slow?ms=10 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let next = answer(&mut s, &mut buf, "slow done").await;
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+
+    // Idle from here: closed about a second later.
+    let t = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "connection still open: {r:?}"
+    );
+    let idle = t.elapsed();
+    assert!(
+        idle > Duration::from_millis(700) && idle < Duration::from_secs(3),
+        "closed after {idle:?} idle"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_cap_holds_new_clients_back() {
     let (_up, gw) = setup(|c| {

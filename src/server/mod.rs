@@ -1,6 +1,7 @@
 //! Listeners and connections: accept, the connection caps, TLS (with a handshake timeout),
 //! HTTP/1.1 or HTTP/2 by ALPN with every HTTP/2 limit set explicitly, the header-read timeout that
-//! also bounds idle keep-alive connections, the header-size limit, the swappable certificate
+//! also bounds idle keep-alive connections (over HTTP/1.1 each connection's one timer, [`head`]),
+//! the header-size limit, the swappable certificate
 //! ([`tls::CertStore`], which a reload refills) and graceful shutdown.
 //!
 //! Every connection holds one permit of a semaphore sized `server.max_connections`; the accept
@@ -32,6 +33,7 @@
 //! Shutdown stops the accept loops, asks every connection to finish its in-flight requests, and
 //! waits for all permits to come back, up to `server.shutdown_timeout`.
 
+mod head;
 pub mod io;
 pub mod per_ip;
 pub mod tls;
@@ -72,8 +74,8 @@ struct Shared {
     /// `server.max_header_bytes`, for the HTTP/2 builder each connection makes ([`http2_builder`]).
     max_header_bytes: usize,
     tls_handshake_timeout: Duration,
-    /// How long an HTTP/2 connection may sit with no open stream (`server.header_read_timeout`,
-    /// which bounds idle HTTP/1.1 keep-alive connections the same way).
+    /// `server.header_read_timeout`: how long an HTTP/1.1 connection may wait for a request's
+    /// head ([`head`]), and an HTTP/2 connection sit with no open stream.
     idle_limit: Duration,
     /// How long a client may leave the gateway's writes unread (`server.body_idle_timeout`).
     write_stall_limit: Duration,
@@ -112,8 +114,9 @@ impl Server {
         let s = &cfg.server;
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(s.header_read_timeout)
+            // `server.header_read_timeout` is each connection's [`head::HeadClock`], not
+            // hyper's timer (which made one per request).
+            .header_read_timeout(None)
             .max_header_size(s.max_header_bytes)
             .max_buf_size(s.max_header_bytes.max(256 * 1024))
             .keep_alive(true);
@@ -466,27 +469,45 @@ fn serve_http1<I>(
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let clock = head::HeadClock::new();
     let service = {
         let gateway = shared.gateway.clone();
+        let clock = clock.clone();
         service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let gateway = gateway.clone();
+            let wait = clock.serving();
             // Only a request that asks to upgrade can become a tunnel, which holds the
             // connection's places after this task ends: the others go without (a map allocated,
             // filled and freed per request, about 1 % of a small GET's instructions).
             if req.headers().contains_key(hyper::header::UPGRADE) {
                 req.extensions_mut().insert(permit.clone());
             }
-            async move { Ok::<_, Infallible>(gateway.handle(req, info).await) }
+            async move {
+                let resp = gateway.handle(req, info).await;
+                Ok::<_, Infallible>(resp.map(|inner| head::Clocked { inner, _wait: wait }))
+            }
         })
     };
     let mut conn = Box::pin(shared.http1.serve_connection(io, service).with_upgrades());
+    let limit = shared.idle_limit;
     async move {
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        let served = async {
+            tokio::select! {
+                biased;
+                r = conn.as_mut() => r,
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
             }
+        };
+        // (also while a graceful shutdown waits: the connection may be mid-head)
+        let Some(result) = head::within(&clock, limit, served).await else {
+            tracing::debug!(
+                peer = %info.peer,
+                "no request head within server.header_read_timeout: connection closed"
+            );
+            return;
         };
         if let Err(e) = result {
             tracing::debug!(peer = %info.peer, error = %e, "HTTP/1 connection ended with an error");
