@@ -497,6 +497,48 @@ async fn the_header_timeout_spares_a_connection_serving_a_slow_request() {
     );
 }
 
+/// Nor is a connection cut while its answer streams: 64 MiB read at most 16 MiB/s, four
+/// seconds or more against a 1 s timeout, the gateway writing all along (past what the sockets
+/// hold).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_header_timeout_spares_a_connection_streaming_a_long_answer() {
+    const BYTES: usize = 64 << 20;
+    let (_up, gw) = setup(|c| {
+        c.set("server", "header_read_timeout", "\"1s\"");
+    })
+    .await;
+    let mut s = raw_tls(gw.https.unwrap(), &gw.files.cert_pem).await;
+    s.write_all(
+        format!("GET /stream?bytes={BYTES} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut head = Vec::new();
+    let mut total = 0;
+    while total < BYTES + head.len() || head.is_empty() {
+        let n = match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            other => panic!("cut after {total} bytes and {:?}: {other:?}", t.elapsed()),
+        };
+        if head.is_empty() {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            let end = text.find("\r\n\r\n").expect("the head in the first read") + 4;
+            head = buf[..end].to_vec();
+        }
+        total += n;
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+    assert_eq!(total, BYTES + head.len());
+    assert!(
+        t.elapsed() > Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_cap_holds_new_clients_back() {
     let (_up, gw) = setup(|c| {

@@ -12,6 +12,12 @@
 //! otherwise it sets itself for the wait's own deadline (or, while a request is being served, for
 //! a whole limit later). So the timer fires at most about twice per limit, however many requests
 //! the connection carries, and never later than the deadline.
+//!
+//! The wait begins when hyper is done with the response's body: its last bytes may still be on
+//! their way to the client (as with hyper's timer), and a request body still arriving after its
+//! answer ended (Faspex refused an upload early) counts as waiting, which hyper's timer, started
+//! only once the request body was read, did not: such a connection is cut a limit after the
+//! answer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -80,9 +86,11 @@ impl HeadClock {
 }
 
 /// [`HeadClock::expired`]'s future. The connection's task polls it at each of its wake-ups
-/// (several per request): it asks its timer only when the timer has fired, or has not yet been
-/// given the task's waker since it was last set (a poll of a set timer costs about a hundred
-/// instructions, a look at whether it fired two).
+/// (several per request): it polls its timer only when the timer has fired, or has not yet
+/// taken the task's waker since it was last set (a poll of a set timer costs about a hundred
+/// instructions, a look at whether it fired two). The timer has taken the waker only from a poll
+/// that returned `Pending` with budget left: tokio's per-task budget may turn a poll away before
+/// it reaches the timer.
 pub(super) struct Expiry<'a> {
     clock: &'a HeadClock,
     limit: Duration,
@@ -104,8 +112,11 @@ impl Future for Expiry<'_> {
             if told && !this.timer.is_elapsed() {
                 return Poll::Pending;
             }
+            // A poll that tokio's per-task budget turns away returns `Pending` without reaching
+            // the timer: the timer then has no waker, and the next wake-up must poll it again.
+            let reaches = tokio::task::coop::has_budget_remaining();
             if this.timer.as_mut().poll(cx).is_pending() {
-                this.registered = Some(cx.waker().clone());
+                this.registered = reaches.then(|| cx.waker().clone());
                 return Poll::Pending;
             }
             let deadline = this.clock.deadline(this.limit);
@@ -246,6 +257,37 @@ mod tests {
         assert!(ended, "the deadline was missed");
         assert_eq!(Instant::now() - t0, limit);
         assert!(wakes >= 12, "{wakes} other wake-ups");
+    }
+
+    /// A first poll that tokio's task budget turns away before it reaches the timer (the task
+    /// spent it all in that poll) leaves the timer without the waker: the clock polls the timer
+    /// again at the next wake-up, and the deadline still ends the wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_the_task_budget_turns_away_does_not_disarm_the_timer() {
+        let limit = Duration::from_secs(3);
+        let clock = HeadClock::new();
+        let t0 = Instant::now();
+        let cut = tokio::spawn(async move {
+            let mut expiry = Box::pin(clock.expired(limit));
+            let mut first = true;
+            std::future::poll_fn(|cx| {
+                if std::mem::take(&mut first) {
+                    while std::pin::pin!(tokio::task::coop::consume_budget())
+                        .poll(cx)
+                        .is_ready()
+                    {}
+                    assert!(!tokio::task::coop::has_budget_remaining());
+                }
+                expiry.as_mut().poll(cx)
+            })
+            .await;
+            Instant::now()
+        });
+        let cut = tokio::time::timeout(Duration::from_secs(3600), cut)
+            .await
+            .expect("never cut")
+            .unwrap();
+        assert_eq!(cut - t0, limit);
     }
 
     #[tokio::test(start_paused = true)]
