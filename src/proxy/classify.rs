@@ -172,18 +172,19 @@ impl RouteProfile {
         // One reading (nearly every path): each question is asked of it once.
         let one_reading = full.is_none();
         let full: &[u8] = full.as_deref().unwrap_or(&once);
-        let path = String::from_utf8_lossy(&once).into_owned();
+        let path = utf8_lossy(&once);
         let forward = match &forward {
             // (normalising can give back the same bytes: `/.x/` has a `/.` but no dot segment)
-            Cow::Owned(f) if f.as_slice() != raw => Some(String::from_utf8_lossy(f).into_owned()),
+            Cow::Owned(f) if f.as_slice() != raw => Some(utf8_lossy(f)),
             _ => None,
         };
-        let done = |route, action| {
+        // (called once, on whichever path returns)
+        let done = move |route, action| {
             Ok(Classified {
                 route,
                 action,
-                path: path.clone(),
-                forward: forward.clone(),
+                path,
+                forward,
             })
         };
 
@@ -512,6 +513,15 @@ fn normalize(decoded: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
         out.push(b'/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// `bytes` as a string, invalid UTF-8 replaced (U+FFFD): checked by the fast check first, as
+/// nearly every path is ASCII (`String::from_utf8_lossy` walks it byte by byte).
+fn utf8_lossy(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -1140,6 +1150,13 @@ mod tests {
         assert_eq!(c("*"), Err(PathError::NotAbsolute));
         assert_eq!(c(""), Err(PathError::NotAbsolute));
         // Non-UTF-8 bytes are not an error, just never public by accident.
-        assert_eq!(c("/aspera/%ff%fe").unwrap().route, Route::Protected);
+        let bytes = c("/aspera/%ff%fe").unwrap();
+        assert_eq!(bytes.route, Route::Protected);
+        // (and the log shows them replaced; a path with `..` to resolve is forwarded so)
+        assert_eq!(bytes.path, "/aspera/\u{fffd}\u{fffd}");
+        assert_eq!(bytes.forward, None);
+        let resolved = c("/aspera/x/../%ff\u{e9}").unwrap();
+        assert_eq!(resolved.path, "/aspera/\u{fffd}\u{e9}");
+        assert_eq!(resolved.forward.as_deref(), Some("/aspera/%ff\u{e9}"));
     }
 }
