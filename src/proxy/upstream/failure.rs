@@ -40,6 +40,7 @@ impl ForwardError {
     pub(super) fn classify(e: ClientError) -> ForwardError {
         let e = match e {
             ClientError::Connect(e) => return UpstreamError::Connect(e).into(),
+            ClientError::Timeout(d) => return UpstreamError::Timeout(d).into(),
             ClientError::Http(e) => e,
         };
         let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);

@@ -39,7 +39,7 @@ use crate::proxy::body::{full, ProxyBody};
 use crate::proxy::permit::{Lane, Permit};
 use crate::proxy::request::ClientSide;
 use headers::{any_of, set_forwarded, strip_hop_by_hop, upgrade_protocol};
-use pool::{ClientError, Pool};
+use pool::{ClientError, Pool, ResponseClock};
 use slots::{AddressShare, SlotBody, Slots};
 use transfer::TransferBody;
 
@@ -176,17 +176,13 @@ impl Upstream {
 
         // Faspex answers an upload after its last byte: the response clock starts once the
         // request body has been sent (or has failed), not before.
-        let fut = inner.pool.send(req);
-        tokio::pin!(fut);
-        let result = tokio::select! {
-            biased;
-            r = &mut fut => Ok(r),
-            _ = sent_rx => tokio::time::timeout(inner.response_timeout, &mut fut).await,
+        let clock = ResponseClock {
+            started: sent_rx,
+            limit: inner.response_timeout,
         };
-        let mut resp = match result {
-            Err(_) => return Err(UpstreamError::Timeout(inner.response_timeout).into()),
-            Ok(Err(e)) => return Err(ForwardError::classify(e)),
-            Ok(Ok(resp)) => resp,
+        let mut resp = match inner.pool.send(req, Some(clock)).await {
+            Err(e) => return Err(ForwardError::classify(e)),
+            Ok(resp) => resp,
         };
 
         let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
@@ -321,12 +317,13 @@ impl Upstream {
         for (name, value) in extra {
             req.headers_mut().insert(name.clone(), value.clone());
         }
-        let resp = tokio::time::timeout(limit, inner.pool.send(req))
+        let resp = tokio::time::timeout(limit, inner.pool.send(req, None))
             .await
             .map_err(|_| UpstreamError::Timeout(limit))?
             .map_err(|e| match e {
                 ClientError::Connect(e) => UpstreamError::Connect(e),
                 ClientError::Http(e) => UpstreamError::Protocol(e.into()),
+                ClientError::Timeout(d) => UpstreamError::Timeout(d),
             })?;
         let status = resp.status();
         if read_body {
