@@ -788,7 +788,8 @@ struct GuardedBody {
 /// `server.body_idle_timeout` (55 bytes/s at the default 5 minutes) counts as stalled.
 ///
 /// 16 KiB less h2's 9-byte frame header, so that each DATA frame (h2 writes and flushes them
-/// one at a time) is exactly one full TLS record. With 64 KiB pieces h2 cut them at the
+/// one at a time) is one full TLS record (the piece after a short one, written with it, is
+/// a full record and a short one: see [`first_piece`]). With 64 KiB pieces h2 cut them at the
 /// client's 16 KiB `SETTINGS_MAX_FRAME_SIZE` (curl's, browsers'), and every 16,393-byte frame
 /// went out as a full record plus a 9-byte one, each encrypted, sent and decrypted on its own:
 /// 256 MiB downloads over HTTP/2 ran at 0.87x-0.93x HTTP/1.1's speed, and 0.95x-0.96x with
@@ -798,11 +799,14 @@ const WATCHED_PIECE: usize = 16 * 1024 - 9;
 /// How much of a `len`-byte data frame (more than [`WATCHED_PIECE`]) goes to hyper first: the
 /// part that does not fill a whole piece, so that everything after it is whole pieces.
 ///
-/// Short part first, because h2 sends a frame small enough to copy (at most 256 bytes) in the
-/// same write as the frame queued after it, while a frame queued after a large one is written
-/// on its own. Faspex's chunked answers come in 64 KiB chunks, each four whole pieces and 36
-/// bytes: the 36 bytes last made every fifth write a 67-byte TLS record of its own (6,907 of
-/// 40,969 `writev`s for a 512 MiB download); first, they go out with the next piece.
+/// Short part first, because h2 copies a frame of less than 256 bytes into its write buffer
+/// and sends it in the same write as the frame queued after it, while a frame queued after a
+/// large one is written on its own (when both are queued before h2's connection task writes,
+/// as a chunk's pieces are). Faspex's chunked answers come in 64 KiB chunks, each four whole
+/// pieces and 36 bytes: last, the 36 bytes made every fifth `writev` a 67-byte TLS record of
+/// its own (6,907 of 40,969 for a 512 MiB download); first, they share the next piece's
+/// `writev` (34,035 in all). They are still a TLS record of their own: rustls cuts the 16,429
+/// bytes of that write into a full record and a 45-byte one.
 fn first_piece(len: usize) -> usize {
     match len % WATCHED_PIECE {
         0 => WATCHED_PIECE,

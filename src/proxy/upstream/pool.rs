@@ -93,8 +93,9 @@ pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
     /// `scheme://authority` of the upstream, for the connector.
     target: Uri,
-    /// How long a pooled connection may take to become ready for its next request.
-    ready_timeout: Duration,
+    /// How long a new connection may take to be opened (TCP, TLS and all), and a pooled one to
+    /// become ready for its next request (`upstream.connect_timeout`).
+    connect_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -107,12 +108,12 @@ impl Pool {
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
         target: Uri,
-        ready_timeout: Duration,
+        connect_timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(Pool {
             connector,
             target,
-            ready_timeout,
+            connect_timeout,
             idle: Mutex::new(Vec::new()),
         })
     }
@@ -143,7 +144,10 @@ impl Pool {
                     if deadline.is_none() {
                         if let Some(c) = &mut clock {
                             if Pin::new(&mut c.started).poll(cx).is_ready() {
-                                deadline = Some(tokio::time::Instant::now() + c.limit);
+                                // (past `Instant`'s range it would panic: capped as tokio caps
+                                // its own timers)
+                                let limit = c.limit.min(Duration::from_secs(30 * 365 * 86_400));
+                                deadline = Some(tokio::time::Instant::now() + limit);
                             }
                         }
                     }
@@ -193,7 +197,8 @@ impl Pool {
                 return Some(conn);
             }
             // Its last response has just ended; its task has yet to take that in.
-            if let Ok(Ok(())) = tokio::time::timeout(self.ready_timeout, conn.sender.ready()).await
+            if let Ok(Ok(())) =
+                tokio::time::timeout(self.connect_timeout, conn.sender.ready()).await
             {
                 return Some(conn);
             }
@@ -223,8 +228,19 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new connection, its task spawned.
+    /// A new connection, its task spawned, within `connect_timeout`: the connector bounds only
+    /// the TCP connect, and an upstream (or a balancer) that accepts and then never completes
+    /// TLS would otherwise hold the request, and its slot, for as long as the client waits.
     async fn connect(&self) -> Result<SendRequest<Outbound>, ClientError> {
+        match tokio::time::timeout(self.connect_timeout, self.open()).await {
+            Ok(opened) => opened,
+            Err(_) => Err(ClientError::Connect(
+                format!("no connection within {:?}", self.connect_timeout).into(),
+            )),
+        }
+    }
+
+    async fn open(&self) -> Result<SendRequest<Outbound>, ClientError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -405,7 +421,7 @@ mod tests {
     async fn each_request_on_a_connection_gets_its_own_response_clock() {
         let (target, accepted) = upstream().await;
         let pool = pool(target.clone());
-        let limit = Duration::from_millis(400);
+        let limit = Duration::from_millis(1000);
         let resp = pool.send(get(&target, "/a"), started(limit)).await.unwrap();
         assert_eq!(text(resp).await, "/a");
         // The connection's timer passes its deadline while the connection is idle...
@@ -419,7 +435,7 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // A response slower than the limit is cut at the limit, and takes its connection.
         let t = Instant::now();
-        let cut = pool.send(get(&target, "/slow/1500"), started(limit)).await;
+        let cut = pool.send(get(&target, "/slow/3000"), started(limit)).await;
         assert!(
             matches!(cut, Err(ClientError::Timeout(d)) if d == limit),
             "{:?}",
@@ -427,13 +443,50 @@ mod tests {
         );
         let took = t.elapsed();
         assert!(
-            took >= limit && took < Duration::from_millis(1200),
+            took >= limit && took < Duration::from_millis(2500),
             "{took:?}"
         );
         assert_eq!(pool.idle_count(), 0);
         let resp = pool.send(get(&target, "/b"), started(limit)).await.unwrap();
         assert_eq!(text(resp).await, "/b");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_never_completes_tls_is_a_connect_error_in_time() {
+        // Accepts TCP, then says nothing: the TLS handshake would wait for ever.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        let target: Uri = format!("https://{addr}/").parse().unwrap();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(crate::tls::client_config(None).unwrap())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let pool = Pool::new(connector, target.clone(), Duration::from_millis(300));
+        let t = Instant::now();
+        // A GET's clock has started already; without its own bound the connect would not end.
+        let got = pool.send(get(&target, "/"), started(Duration::from_secs(3600)));
+        let got = tokio::time::timeout(Duration::from_secs(10), got)
+            .await
+            .expect("the connect never ended");
+        assert!(
+            matches!(got, Err(ClientError::Connect(_))),
+            "{:?}",
+            got.err()
+        );
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        held.abort();
     }
 
     #[tokio::test]
