@@ -4,6 +4,8 @@
 //! ([`address_key`]). It sits below both `server` and `proxy`, so that neither imports the other
 //! for it.
 
+pub mod stall;
+
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 

@@ -1131,6 +1131,40 @@ async fn an_upload_longer_than_the_response_timeout_is_not_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_upload_faspex_stops_reading_is_answered_and_frees_its_connection() {
+    // `/never` neither reads the body nor answers: once the sockets' buffers are full the
+    // gateway cannot write, so no body timer runs and the response clock never starts. The
+    // write-stall guard on the connection to Faspex ends it.
+    let (_up, gw) = setup(|c| {
+        c.set("server", "body_idle_timeout", "\"1s\"");
+        c.set("upstream", "max_connections", "1");
+    })
+    .await;
+    let req = Request::post(format!("{}/never", gw.base()))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(generated_body(1 << 30))
+        .unwrap();
+    let t = Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(30), client(&gw).request(req))
+        .await
+        .expect("the upload Faspex stopped reading was never answered");
+    // The gateway answers while the client is still sending, and closes the connection: the
+    // client sees either the answer or the close.
+    if let Ok(resp) = answered {
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    }
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    assert!(
+        gw.wait_log("upstream request failed", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+    // Its one connection slot is free again.
+    let (st, _, _) = get(&client(&gw), &format!("{}/echo", gw.base())).await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_upload_is_answered_408_and_not_blamed_on_faspex() {
     let (_up, gw) = setup(|c| {
         c.set("server", "body_idle_timeout", "\"1s\"");

@@ -18,7 +18,7 @@
 //! back when the last holder is gone. Both limits are read at start only.
 //!
 //! A client that stops reading is cut off after `server.body_idle_timeout`: by
-//! [`io::WriteStallGuard`] once its socket takes no more bytes. Over HTTP/2 the socket stays
+//! [`WriteStallGuard`] once its socket takes no more bytes. Over HTTP/2 the socket stays
 //! writable when a client simply grants a stream no flow-control window, and hyper just stops
 //! asking that stream's body for more, so each HTTP/2 connection runs a stall watchdog too: every
 //! stream task is spawned with a `StreamWatch` (`StreamExec`), its response body (`GuardedBody`)
@@ -34,7 +34,6 @@
 //! waits for all permits to come back, up to `server.shutdown_timeout`.
 
 mod head;
-pub mod io;
 pub mod per_ip;
 pub mod tls;
 
@@ -53,6 +52,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::conn::stall::WriteStallGuard;
 use crate::conn::{ConnInfo, ConnPermit};
 use crate::proxy::Gateway;
 use per_ip::{Admission, PerIpGuard, PerIpLimit};
@@ -399,7 +399,7 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
     permit: ConnPermit,
 ) {
-    let stream = io::WriteStallGuard::new(stream, shared.write_stall_limit);
+    let stream = WriteStallGuard::new(stream, shared.write_stall_limit);
     let Some(acceptor) = tls else {
         let info = ConnInfo {
             peer,
@@ -440,10 +440,10 @@ async fn serve_connection(
 /// The TLS handshake, within `server.tls_handshake_timeout`; `None` (logged) when it failed.
 async fn handshake(
     acceptor: TlsAcceptor,
-    stream: io::WriteStallGuard<TcpStream>,
+    stream: WriteStallGuard<TcpStream>,
     peer: SocketAddr,
     shared: &Shared,
-) -> Option<tokio_rustls::server::TlsStream<io::WriteStallGuard<TcpStream>>> {
+) -> Option<tokio_rustls::server::TlsStream<WriteStallGuard<TcpStream>>> {
     match tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
@@ -523,7 +523,7 @@ where
     // close it gracefully once it has had no open stream for `header_read_timeout`.
     let idle_limit = shared.idle_limit;
     // Nor does it time a stream whose client grants no flow-control window: the socket stays
-    // writable (so `io::WriteStallGuard` sees nothing) and hyper just stops asking the body for
+    // writable (so `WriteStallGuard` sees nothing) and hyper just stops asking the body for
     // more. The watchdog below cuts such a stream after `body_idle_timeout`.
     let stall_limit = shared.write_stall_limit;
     let tick = (idle_limit.min(stall_limit) / 4).max(Duration::from_millis(10));

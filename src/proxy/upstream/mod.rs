@@ -105,7 +105,7 @@ impl Upstream {
             .build()?;
         // A pooled connection becomes ready as soon as its task has seen the last response end;
         // one that takes as long as a connect would is given up.
-        let pool = Pool::new(connector, target, cfg.connect_timeout);
+        let pool = Pool::new(connector, target, cfg.connect_timeout, body_idle_timeout);
         let mut origins = vec![format!("{}://{}", scheme, authority)];
         if cfg.url.port().is_none() {
             origins.push(format!("{scheme}://{host}:{port}"));

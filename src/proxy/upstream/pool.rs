@@ -32,6 +32,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -41,6 +42,7 @@ use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use super::transfer::TransferBody;
+use crate::conn::stall::WriteStallGuard;
 use crate::proxy::body::{BoxError, ProxyBody};
 
 /// The body of every request the pool sends.
@@ -96,6 +98,8 @@ pub struct Pool {
     /// How long a new connection may take to be opened (TCP, TLS and all), and a pooled one to
     /// become ready for its next request (`upstream.connect_timeout`).
     connect_timeout: Duration,
+    /// How long a connection may wait to write before it fails (`server.body_idle_timeout`).
+    write_stall: Duration,
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -109,11 +113,13 @@ impl Pool {
         connector: HttpsConnector<HttpConnector>,
         target: Uri,
         connect_timeout: Duration,
+        write_stall: Duration,
     ) -> Arc<Self> {
         Arc::new(Pool {
             connector,
             target,
             connect_timeout,
+            write_stall,
             idle: Mutex::new(Vec::new()),
         })
     }
@@ -126,8 +132,10 @@ impl Pool {
         mut clock: Option<ResponseClock>,
     ) -> Result<Response<PooledBody>, ClientError> {
         let mut deadline: Option<tokio::time::Instant> = None;
+        // How long pooled connections may take to become ready, for the whole request.
+        let mut ready_by: Option<tokio::time::Instant> = None;
         loop {
-            let (mut conn, reused) = match self.checkout().await {
+            let (mut conn, reused) = match self.checkout(&mut ready_by).await {
                 Some(conn) => (conn, true),
                 // Boxed: a new connection is rare, and its future, three times the size of the
                 // rest, would make every request's futures (moved several times) that large.
@@ -180,8 +188,10 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that is still open and ready, if any.
-    async fn checkout(&self) -> Option<Conn> {
+    /// The most recently used idle connection that is still open and ready, if any. Those not
+    /// ready at once are waited for until `ready_by`, set `connect_timeout` ahead at the first
+    /// wait: however many there are, a request waits no longer than that for them.
+    async fn checkout(&self, ready_by: &mut Option<tokio::time::Instant>) -> Option<Conn> {
         loop {
             let mut conn = {
                 let mut idle = self.lock();
@@ -196,10 +206,11 @@ impl Pool {
             if conn.sender.is_ready() {
                 return Some(conn);
             }
-            // Its last response has just ended; its task has yet to take that in.
-            if let Ok(Ok(())) =
-                tokio::time::timeout(self.connect_timeout, conn.sender.ready()).await
-            {
+            // Its last response has just ended; its task has yet to take that in (or it is
+            // still sending a request body that Faspex answered before the end).
+            let by =
+                *ready_by.get_or_insert_with(|| tokio::time::Instant::now() + self.connect_timeout);
+            if let Ok(Ok(())) = tokio::time::timeout_at(by, conn.sender.ready()).await {
                 return Some(conn);
             }
         }
@@ -249,6 +260,9 @@ impl Pool {
             .call(self.target.clone())
             .await
             .map_err(ClientError::Connect)?;
+        // Faspex not reading what the gateway writes (an upload it stopped taking, without
+        // answering) fails the connection after `write_stall` (`conn::stall`).
+        let io = TokioIo::new(WriteStallGuard::new(TokioIo::new(io), self.write_stall));
         let (sender, conn) = Builder::new().handshake(io).await?;
         // A combinator, not an `async` block: the compiler cannot prove such a block `Send`
         // over the body's boxed error type.
@@ -377,7 +391,12 @@ mod tests {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Pool::new(connector, target, Duration::from_secs(5))
+        Pool::new(
+            connector,
+            target,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
     }
 
     fn get(target: &Uri, path: &str) -> Request<Outbound> {
@@ -426,11 +445,12 @@ mod tests {
         assert_eq!(text(resp).await, "/a");
         // The connection's timer passes its deadline while the connection is idle...
         tokio::time::sleep(limit + Duration::from_millis(200)).await;
-        // ...and bounds the next request from its own start: 250 ms is within it, and twice
-        // running 250 ms on the same connection too (the deadline moved, not kept).
-        for _ in 0..2 {
-            let resp = pool.send(get(&target, "/slow/250"), started(limit));
-            assert_eq!(text(resp.await.unwrap()).await, "/slow/250");
+        // ...and bounds the next request from its own start: 400 ms is within it, and three
+        // running 400 ms on the same connection too, together past it (the deadline moved,
+        // not kept).
+        for _ in 0..3 {
+            let resp = pool.send(get(&target, "/slow/400"), started(limit));
+            assert_eq!(text(resp.await.unwrap()).await, "/slow/400");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // A response slower than the limit is cut at the limit, and takes its connection.
@@ -471,7 +491,12 @@ mod tests {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let pool = Pool::new(connector, target.clone(), Duration::from_millis(300));
+        let pool = Pool::new(
+            connector,
+            target.clone(),
+            Duration::from_millis(300),
+            Duration::from_secs(5),
+        );
         let t = Instant::now();
         // A GET's clock has started already; without its own bound the connect would not end.
         let got = pool.send(get(&target, "/"), started(Duration::from_secs(3600)));
@@ -490,6 +515,90 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connections_still_sending_are_waited_for_no_longer_than_connect_timeout_in_all() {
+        // Answers each request head at once, reads nothing of any body, never closes.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            got.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let target: Uri = format!("http://{addr}/").parse().unwrap();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(crate::tls::client_config(None).unwrap())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let connect_timeout = Duration::from_millis(700);
+        let pool = Pool::new(
+            connector,
+            target.clone(),
+            connect_timeout,
+            Duration::from_secs(5),
+        );
+        // Three uploads answered before their (endless) bodies: each connection goes back to
+        // the pool with its request still being sent, so it does not become ready.
+        let uploads: Vec<_> = (0..3)
+            .map(|_| {
+                let (pool, target) = (Arc::clone(&pool), target.clone());
+                tokio::spawn(async move {
+                    let endless = http_body_util::StreamBody::new(futures_util::stream::pending::<
+                        Result<Frame<Bytes>, BoxError>,
+                    >());
+                    let body = TransferBody::new(
+                        http_body_util::BodyExt::boxed_unsync(endless),
+                        Duration::from_secs(60),
+                        None,
+                    );
+                    let req = Request::post("/upload")
+                        .header(http::header::HOST, target.authority().unwrap().as_str())
+                        .body(body)
+                        .unwrap();
+                    text(pool.send(req, None).await.unwrap()).await
+                })
+            })
+            .collect();
+        for u in uploads {
+            assert_eq!(u.await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(pool.idle_count(), 3);
+        // A GET waits for them one limit in all (not one each), then opens a connection.
+        let t = Instant::now();
+        let resp = pool.send(get(&target, "/"), started(Duration::from_secs(60)));
+        assert_eq!(text(resp.await.unwrap()).await, "ok");
+        let took = t.elapsed();
+        assert!(took >= connect_timeout, "{took:?}");
+        assert!(took < 2 * connect_timeout, "{took:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
     async fn the_response_clock_runs_only_once_started() {
         let (target, _) = upstream().await;
         let pool = pool(target.clone());
@@ -504,12 +613,31 @@ mod tests {
         let (tx, started) = oneshot::channel::<()>();
         drop(tx);
         let clock = Some(ResponseClock { started, limit });
-        let cut = pool.send(get(&target, "/slow/500"), clock).await;
+        let cut = pool.send(get(&target, "/slow/2000"), clock).await;
         assert!(
             matches!(cut, Err(ClientError::Timeout(_))),
             "{:?}",
             cut.err()
         );
+        // Started while the request is under way (its upload's last byte sent after 300 ms):
+        // the limit counts from then.
+        let limit = Duration::from_millis(500);
+        let (tx, started) = oneshot::channel::<()>();
+        let clock = Some(ResponseClock { started, limit });
+        let t = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = tx.send(());
+        });
+        let cut = pool.send(get(&target, "/slow/3000"), clock).await;
+        let took = t.elapsed();
+        assert!(
+            matches!(cut, Err(ClientError::Timeout(_))),
+            "{:?}",
+            cut.err()
+        );
+        assert!(took >= Duration::from_millis(800), "{took:?}");
+        assert!(took < Duration::from_millis(2500), "{took:?}");
     }
 
     #[tokio::test]

@@ -1,12 +1,17 @@
-//! The stalled-write guard on every client connection: a peer that stops reading while the
-//! gateway has bytes for it (a download nobody drains, a response to a vanished client) is
-//! disconnected after `server.body_idle_timeout`, instead of holding its connection, its
-//! upstream connection and its buffers forever. hyper has no write timeout of its own. (An
-//! HTTP/2 client can also stall one stream while its socket keeps taking bytes, by granting that
-//! stream no flow-control window; the per-stream watchdog in `serve_http2` covers that.)
+//! The stalled-write guard on every connection, the clients' and Faspex's: a peer that stops
+//! reading while the gateway has bytes for it is disconnected after `server.body_idle_timeout`,
+//! instead of holding its connection, its buffers and (for a client) its connection to Faspex
+//! forever. hyper has no write timeout of its own.
+//! - A client: a download nobody drains, a response to a vanished client. (An HTTP/2 client can
+//!   also stall one stream while its socket keeps taking bytes, by granting that stream no
+//!   flow-control window; the per-stream watchdog in `server::serve_http2` covers that.)
+//! - Faspex: an upload it stops reading without answering. hyper then waits to write, and asks
+//!   the request body for nothing more, so neither the body's idle timer nor the response clock
+//!   (which starts after the body's last byte) would ever run: the request, and its connection
+//!   slot, would wait for as long as the client does.
 //!
-//! Reads pass straight through: idle reads are bounded by the header-read timeout and the body
-//! idle timer.
+//! Reads pass straight through: idle reads are bounded by the header-read timeout, the body
+//! idle timer and the response timeout.
 
 use std::future::Future;
 use std::io;
