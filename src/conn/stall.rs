@@ -47,6 +47,7 @@ impl<T> WriteStallGuard<T> {
     }
 
     /// Called when a write could not proceed: start (or keep) the stall clock.
+    #[cold]
     fn stalled<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
         let deadline = Instant::now() + self.limit;
         let timer = match &mut self.timer {
@@ -70,6 +71,7 @@ impl<T> WriteStallGuard<T> {
         }
     }
 
+    #[inline]
     fn progressed<R>(
         &mut self,
         r: Poll<io::Result<R>>,
@@ -118,6 +120,55 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStallGuard<T> {
         self.io.is_write_vectored()
     }
 
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.progressed(r, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+// The same, for an I/O object that speaks hyper's traits (a connection to Faspex, as the
+// connector makes it): no conversion to tokio's and back on every read and write.
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for WriteStallGuard<T> {
+    #[inline]
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for WriteStallGuard<T> {
+    #[inline]
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progressed(r, cx)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.progressed(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    #[inline]
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.io).poll_flush(cx);
         self.progressed(r, cx)

@@ -32,7 +32,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -262,7 +261,7 @@ impl Pool {
             .map_err(ClientError::Connect)?;
         // Faspex not reading what the gateway writes (an upload it stopped taking, without
         // answering) fails the connection after `write_stall` (`conn::stall`).
-        let io = TokioIo::new(WriteStallGuard::new(TokioIo::new(io), self.write_stall));
+        let io = WriteStallGuard::new(io, self.write_stall);
         let (sender, conn) = Builder::new().handshake(io).await?;
         // A combinator, not an `async` block: the compiler cannot prove such a block `Send`
         // over the body's boxed error type.
