@@ -2,7 +2,8 @@
 //! requests see it: where it comes from ([`ConnInfo`]), the places it holds under the connection
 //! caps ([`ConnPermit`]), and which "address" a peer counts as for the per-address limits
 //! ([`address_key`]). It sits below both `server` and `proxy`, so that neither imports the other
-//! for it.
+//! for it. [`stall`] holds the write-stall guard both use, on clients' connections and on the
+//! gateway's own connections to Faspex.
 
 pub mod stall;
 

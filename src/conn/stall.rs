@@ -10,8 +10,12 @@
 //!   (which starts after the body's last byte) would ever run: the request, and its connection
 //!   slot, would wait for as long as the client does.
 //!
-//! Reads pass straight through: idle reads are bounded by the header-read timeout, the body
-//! idle timer and the response timeout.
+//! - A WebSocket tunnel too: one whose far side keeps sending but stops reading is cut, though
+//!   the tunnel's own idle check (any byte either way) would not see it.
+//!
+//! Reads pass straight through. On a client's connection idle reads are bounded by the
+//! header-read timeout and the body idle timer; on Faspex's, by the response timeout, the body
+//! idle timer and the pool's idle limit.
 
 use std::future::Future;
 use std::io;

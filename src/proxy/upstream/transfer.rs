@@ -9,7 +9,8 @@
 //!   and closes it when neither side has sent anything for the idle timeout, or when the session
 //!   it belongs to ends.
 //!
-//! A peer that stops *reading* is caught one layer down, by the server's stalled-write guard.
+//! A peer that stops *reading* is caught one layer down, by the stalled-write guard
+//! (`conn::stall`) on the client's connection and on the connection to Faspex.
 
 use std::future::Future;
 use std::pin::Pin;
