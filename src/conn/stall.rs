@@ -26,6 +26,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// The error a write fails with once it has waited for the guard's limit (inside an
+/// `io::Error` of kind `TimedOut`), so that a caller can tell a peer that stopped reading.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer read nothing for {0:?}")]
+pub struct WriteStalled(pub Duration);
+
 pub struct WriteStallGuard<T> {
     io: T,
     limit: Duration,
@@ -69,7 +75,7 @@ impl<T> WriteStallGuard<T> {
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("the peer read nothing for {:?}", self.limit),
+                WriteStalled(self.limit),
             ))),
             Poll::Pending => Poll::Pending,
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::pool::ClientError;
 use super::transfer;
+use crate::conn::stall::WriteStalled;
 use crate::proxy::body::{BoxError, ClientBodyError};
 
 /// Why the upstream did not give us response headers. Mapped to 502/504 by the error module.
@@ -50,6 +51,15 @@ impl ForwardError {
             }
             if let Some(ClientBodyError(inner)) = c.downcast_ref::<ClientBodyError>() {
                 return ForwardError::ClientAborted(inner.to_string().into());
+            }
+            // Faspex read nothing of the request for `server.body_idle_timeout`, and did not
+            // answer: it did not answer in time (504, `kind=timeout`), not a broken protocol.
+            if let Some(WriteStalled(limit)) = c
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|e| e.downcast_ref::<WriteStalled>())
+            {
+                return UpstreamError::Timeout(*limit).into();
             }
             cause = c.source();
         }
