@@ -1,8 +1,12 @@
-//! Small helpers shared by several modules: private files and random secrets.
+//! Small helpers shared by several modules: private files, random secrets, the timer cap.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+/// The longest a timer is set for (30 years, where tokio stops its own): a configured limit past
+/// `Instant`'s range would otherwise overflow, and panic, when added to now.
+pub const TIMER_CAP: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 86_400);
 
 /// Write `bytes` to a new file only its owner can read (mode 0600), replacing any old file.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -76,8 +76,7 @@ impl HeadClock {
 
     /// Ends once the connection has waited `limit` for a head; never while it serves a request.
     pub(super) fn expired(&self, limit: Duration) -> Expiry<'_> {
-        // (a deadline past `Instant`'s range would panic; tokio's own timers stop at 30 years)
-        let limit = limit.min(Duration::from_secs(30 * 365 * 86_400));
+        let limit = limit.min(crate::util::TIMER_CAP);
         Expiry {
             clock: self,
             limit,

@@ -151,9 +151,7 @@ impl Pool {
                     if deadline.is_none() {
                         if let Some(c) = &mut clock {
                             if Pin::new(&mut c.started).poll(cx).is_ready() {
-                                // (past `Instant`'s range it would panic: capped as tokio caps
-                                // its own timers)
-                                let limit = c.limit.min(Duration::from_secs(30 * 365 * 86_400));
+                                let limit = c.limit.min(crate::util::TIMER_CAP);
                                 deadline = Some(tokio::time::Instant::now() + limit);
                             }
                         }
@@ -384,6 +382,12 @@ mod tests {
     }
 
     fn pool(target: Uri) -> Arc<Pool> {
+        pool_with(target, Duration::from_secs(5))
+    }
+
+    /// A pool for `target` (`http` or `https`) whose connections are made within
+    /// `connect_timeout`.
+    fn pool_with(target: Uri, connect_timeout: Duration) -> Arc<Pool> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let tls = crate::tls::client_config(None).unwrap();
@@ -392,12 +396,44 @@ mod tests {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Pool::new(
-            connector,
-            target,
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-        )
+        Pool::new(connector, target, connect_timeout, Duration::from_secs(5))
+    }
+
+    /// An upstream on loopback that reads each request head (and nothing of any body) and
+    /// answers it `ok`, counting the connections it accepts. With `one_each`, it closes each
+    /// connection after its first answer, without a word (as a balancer's idle timeout does);
+    /// else it keeps them open.
+    async fn raw_upstream(one_each: bool) -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            got.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer).await.is_err() || one_each {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/").parse().unwrap(), accepted)
     }
 
     fn get(target: &Uri, path: &str) -> Request<Outbound> {
@@ -485,19 +521,7 @@ mod tests {
             }
         });
         let target: Uri = format!("https://{addr}/").parse().unwrap();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(crate::tls::client_config(None).unwrap())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let pool = Pool::new(
-            connector,
-            target.clone(),
-            Duration::from_millis(300),
-            Duration::from_secs(5),
-        );
+        let pool = pool_with(target.clone(), Duration::from_millis(300));
         let t = Instant::now();
         // A GET's clock has started already; without its own bound the connect would not end.
         let got = pool.send(get(&target, "/"), started(Duration::from_secs(3600)));
@@ -518,50 +542,9 @@ mod tests {
     #[tokio::test]
     async fn connections_still_sending_are_waited_for_no_longer_than_connect_timeout_in_all() {
         // Answers each request head at once, reads nothing of any body, never closes.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut got = Vec::new();
-                    loop {
-                        let Ok(n) = stream.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        got.extend_from_slice(&buf[..n]);
-                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                            got.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if stream.write_all(answer).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        let target: Uri = format!("http://{addr}/").parse().unwrap();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(crate::tls::client_config(None).unwrap())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let (target, accepted) = raw_upstream(false).await;
         let connect_timeout = Duration::from_millis(700);
-        let pool = Pool::new(
-            connector,
-            target.clone(),
-            connect_timeout,
-            Duration::from_secs(5),
-        );
+        let pool = pool_with(target.clone(), connect_timeout);
         // Four uploads answered before their (endless) bodies: each connection goes back to
         // the pool with its request still being sent, so it does not become ready.
         let uploads: Vec<_> = (0..4)
@@ -692,32 +675,7 @@ mod tests {
     async fn a_connection_closed_while_idle_fails_no_request() {
         // An upstream that answers one request per connection, keep-alive by the protocol's
         // default, and then closes it without a word (as a balancer's idle timeout does).
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut got = Vec::new();
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let Ok(n) = stream.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        got.extend_from_slice(&buf[..n]);
-                    }
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                });
-            }
-        });
-        let target: Uri = format!("http://{addr}/").parse().unwrap();
+        let (target, accepted) = raw_upstream(true).await;
         let pool = pool(target.clone());
         for _ in 0..5 {
             let resp = pool.send(get(&target, "/"), None).await.unwrap();
