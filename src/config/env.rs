@@ -2,7 +2,7 @@
 //!
 //! `FASPEX_GATE__AUTH__LDAP__URLS` is the key `auth.ldap.urls`: the prefix `FASPEX_GATE` and the
 //! separator `__` (also between prefix and key), case-insensitive. `FASPEX_GATE_CONFIG`, with one
-//! underscore, is not a key and is ignored. List keys ([`LIST_KEYS`]) take comma-separated values;
+//! underscore, is not a key and is ignored. List keys ([`list_keys`]: every key that is a list in the file) take comma-separated values;
 //! whitespace around each comma is dropped, and an empty value is an empty list.
 //!
 //! The variables are handed to the `config` crate as two `Environment` sources: list keys with
@@ -16,21 +16,41 @@
 use config::builder::DefaultState;
 use config::{ConfigBuilder, Environment};
 
+use super::raw::RawConfig;
+
 /// The variable-name prefix.
 pub(crate) const PREFIX: &str = "FASPEX_GATE";
 /// Between the prefix and the key, and between a section and its key.
 pub(crate) const SEPARATOR: &str = "__";
-/// The keys that take a comma-separated list in the environment.
-pub(crate) const LIST_KEYS: &[&str] = &[
-    "server.trusted_proxies",
-    "policy.activity_exempt_paths",
-    "policy.username_domains",
-    "auth.ldap.urls",
-    "faspex.public_paths",
-    "faspex.deny",
-    "store.redis.urls",
-    "store.redis.sentinels",
-];
+/// The keys that take a comma-separated list in the environment: every key whose value is a list
+/// in the file, read from the file's own schema (the default [`RawConfig`], serialized), so that a
+/// list key added to the file is one here too. A list that is not in this set would reach the
+/// strict deserializer as a string and be refused.
+pub(crate) fn list_keys() -> Vec<String> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (name, inner) in map {
+                    let key = if prefix.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{prefix}.{name}")
+                    };
+                    walk(&key, inner, out);
+                }
+            }
+            serde_json::Value::Array(_) => out.push(prefix.to_owned()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    // (serializing plain structs of strings, numbers and lists cannot fail; an empty list of keys
+    // would only make every list override refused, never accepted wrongly)
+    if let Ok(schema) = serde_json::to_value(RawConfig::default()) {
+        walk("", &schema, &mut out);
+    }
+    out
+}
 const LIST_SEPARATOR: &str = ",";
 
 /// One `FASPEX_GATE__…` variable.
@@ -132,10 +152,11 @@ impl EnvLayer {
         &self,
         mut builder: ConfigBuilder<DefaultState>,
     ) -> Result<ConfigBuilder<DefaultState>, config::ConfigError> {
+        let list_keys = list_keys();
         let mut scalars = config::Map::new();
         let mut lists = config::Map::new();
         for var in &self.vars {
-            if !LIST_KEYS.contains(&var.key.as_str()) {
+            if !list_keys.contains(&var.key) {
                 scalars.insert(var.name.clone(), var.value.clone());
                 continue;
             }
@@ -159,7 +180,7 @@ impl EnvLayer {
             .try_parsing(true)
             .list_separator(LIST_SEPARATOR)
             .source(Some(lists));
-        for key in LIST_KEYS {
+        for key in &list_keys {
             list_source = list_source.with_list_parse_key(key);
         }
         Ok(builder

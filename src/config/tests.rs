@@ -632,6 +632,83 @@ fn env_comma_lists_and_nested_keys() {
     assert_eq!(c.faspex.public_paths, ["/p/", "/q/"]);
 }
 
+/// Every key that is a list in the file takes a comma-separated list in the environment, read
+/// from the file's schema: a hand-kept list of them had left out four, which then refused any
+/// value from the environment (`FASPEX_GATE__HELPDESK__ALLOWED_NETWORKS=10.0.0.0/8` stopped the
+/// start with exit 2), against the contract's "list keys accept comma-separated values".
+#[test]
+fn every_list_key_takes_a_comma_list_from_the_environment() {
+    let mut keys = super::env::list_keys();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "auth.ldap.urls",
+            "faspex.deny",
+            "faspex.forward_cookies",
+            "faspex.password_forms",
+            "faspex.public_paths",
+            "helpdesk.allowed_networks",
+            "policy.activity_exempt_paths",
+            "policy.username_domains",
+            "server.strip_response_headers",
+            "server.trusted_proxies",
+            "store.redis.sentinels",
+            "store.redis.urls",
+        ]
+    );
+
+    let f = Fixture::new();
+    let c = f
+        .load_env(&[
+            ("FASPEX_GATE__HELPDESK__ALLOWED_NETWORKS", "10.0.0.0/8"),
+            (
+                "FASPEX_GATE__SERVER__STRIP_RESPONSE_HEADERS",
+                "Server, X-Powered-By",
+            ),
+            (
+                "FASPEX_GATE__FASPEX__PASSWORD_FORMS",
+                "POST /aspera/faspex/admin/users,PUT /aspera/faspex/account/password",
+            ),
+            ("FASPEX_GATE__FASPEX__FORWARD_COOKIES", "lang,theme"),
+        ])
+        .unwrap();
+    let networks: Vec<String> = c
+        .helpdesk
+        .allowed_networks
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(networks, ["10.0.0.0/8"]);
+    assert_eq!(c.server.strip_response_headers, ["server", "x-powered-by"]);
+    let forms: Vec<(String, String)> = c
+        .faspex
+        .password_forms
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.clone()))
+        .collect();
+    assert_eq!(
+        forms,
+        [
+            ("POST".into(), "/aspera/faspex/admin/users".into()),
+            ("PUT".into(), "/aspera/faspex/account/password".into()),
+        ]
+    );
+    assert_eq!(c.faspex.forward_cookies, ["lang", "theme"]);
+
+    let c = f
+        .load_env(&[
+            (
+                "FASPEX_GATE__HELPDESK__ALLOWED_NETWORKS",
+                "10.0.0.0/8, 192.0.2.0/24",
+            ),
+            ("FASPEX_GATE__FASPEX__FORWARD_COOKIES", ""),
+        ])
+        .unwrap();
+    assert_eq!(c.helpdesk.allowed_networks.len(), 2);
+    assert!(c.faspex.forward_cookies.is_empty());
+}
+
 #[test]
 fn env_empty_list_is_an_empty_list() {
     let f = Fixture::new();
