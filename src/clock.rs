@@ -46,9 +46,15 @@ impl Timestamp {
         UNIX_EPOCH + Duration::from_millis(self.0)
     }
 
-    /// RFC 3339 in UTC, to the millisecond.
+    /// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z).
+    pub const LAST_PRINTABLE: Timestamp = Timestamp(253_402_300_799_999);
+
+    /// RFC 3339 in UTC, to the millisecond. A time past the year 9999, which RFC 3339 cannot
+    /// write (and which no configuration reaches: durations are at most 100 years), is written
+    /// as the last one it can, rather than fail: an audit line or a log line never panics.
     pub fn rfc3339(self) -> String {
-        humantime::format_rfc3339_millis(self.to_system_time()).to_string()
+        let t = self.min(Self::LAST_PRINTABLE);
+        humantime::format_rfc3339_millis(t.to_system_time()).to_string()
     }
 }
 
@@ -184,6 +190,28 @@ impl governor::clock::Clock for GovernorClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Formatting never panics: past the year 9999 (where humantime fails) the last printable
+    /// millisecond is written.
+    #[test]
+    fn times_past_the_year_9999_print_as_its_last_millisecond() {
+        assert_eq!(
+            Timestamp::LAST_PRINTABLE.rfc3339(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        for t in [
+            Timestamp::from_millis(253_402_300_800_000),
+            Timestamp::from_millis(9_000_000_000_000_000),
+            Timestamp::from_millis(u64::MAX),
+        ] {
+            assert_eq!(t.rfc3339(), "9999-12-31T23:59:59.999Z");
+            assert_eq!(t.to_string(), "9999-12-31T23:59:59.999Z");
+        }
+        assert_eq!(
+            Timestamp::from_millis(1_767_225_600_000).rfc3339(),
+            "2026-01-01T00:00:00.000Z"
+        );
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

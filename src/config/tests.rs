@@ -524,6 +524,29 @@ fn durations_parse_with_units_and_must_be_positive() {
     }
 }
 
+/// No key takes a duration of centuries: past `Instant`'s range one would overflow where it is
+/// added to now, and a lock past the year 9999 could not be written in the audit log.
+#[test]
+fn durations_are_at_most_100_years() {
+    let f = Fixture::new();
+    let c = f.load(&[("policy.lockout_duration", s("100y"))]).unwrap();
+    assert_eq!(
+        c.policy.lockout_duration,
+        Duration::from_secs(3_155_760_000)
+    );
+    for key in [
+        "policy.lockout_duration",
+        "policy.absolute_timeout",
+        "server.body_idle_timeout",
+        "upstream.response_timeout",
+        "store.redis.outage_grace",
+    ] {
+        for value in ["100y 1s", "8000y"] {
+            f.fails(&[(key, s(value))], key, "at most 100 years");
+        }
+    }
+}
+
 #[test]
 fn absolute_timeout_zero_means_never() {
     let f = Fixture::new();

@@ -27,6 +27,9 @@ use super::secret::{admin_token, read_secret_file, session_secret, Secret};
 
 /// The smallest and largest `server.max_header_bytes`.
 const MAX_HEADER_BYTES: (u64, u64) = (1024, 1024 * 1024);
+/// The longest duration any key takes: 100 years of 365.25 days, as humantime counts "100y"
+/// ([`Ctx::parse_duration`]).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 const DURATION_HINT: &str = r#"write a number with a unit, e.g. "500ms", "30s", "5m", "1h""#;
 
 impl Config {
@@ -1380,13 +1383,20 @@ impl Ctx<'_> {
         Ok((!d.is_zero()).then_some(d))
     }
 
+    /// Any duration, at most [`MAX_DURATION`]: a limit of centuries is a typo, and one past
+    /// `Instant`'s range (or past the year 9999, where times stop being printable) would
+    /// overflow wherever it is added to now.
     fn parse_duration(&self, key: &str, value: &str) -> Result<Duration> {
-        humantime::parse_duration(value).map_err(|e| {
+        let d = humantime::parse_duration(value).map_err(|e| {
             self.err(
                 key,
                 format!(r#""{value}" is not a duration ({e}); {DURATION_HINT}"#),
             )
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(self.err(key, format!(r#""{value}" is too long: at most 100 years"#)));
+        }
+        Ok(d)
     }
 
     /// A listener address; `""` = off.

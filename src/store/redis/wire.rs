@@ -40,10 +40,10 @@ where
     }
 }
 
-/// Milliseconds, as a JSON number.
+/// Milliseconds, as a JSON number, no later than the year 9999 (no time the gateway writes is).
 fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
     let f = f64::deserialize(d)?;
-    if !(0.0..=9.0e15).contains(&f) {
+    if !(0.0..=Timestamp::LAST_PRINTABLE.as_millis() as f64).contains(&f) {
         return Err(serde::de::Error::custom("a time out of range"));
     }
     Ok(Timestamp::from_millis(f.round() as u64))
@@ -544,5 +544,20 @@ mod tests {
         assert!(wants_wait(r#"{"outcome":"admitted","wait":true}"#));
         assert!(!wants_wait(r#"{"outcome":"full"}"#));
         assert!(wants_wait("not json"));
+    }
+
+    /// A time past the year 9999 (which no gateway writes, and RFC 3339 cannot print) is a reply
+    /// the store refuses, not a session or lock to carry around.
+    #[test]
+    fn times_past_the_year_9999_are_refused() {
+        let lock = |until: &str| {
+            format!(
+                r#"{{"lock":{{"key":"ann","since":1767225600000,"until":{until},"failures":5,"admin":false,"akind":"directory","epoch":3}}}}"#
+            )
+        };
+        assert!(parse::<WireLockState>("x", &lock("253402300799999")).is_ok());
+        let e = parse::<WireLockState>("x", &lock("253402300800000"));
+        assert!(e.is_err());
+        assert!(parse::<WireLockState>("x", &lock("8.9e15")).is_err());
     }
 }
