@@ -147,7 +147,9 @@ impl Policy {
         Ok(swept)
     }
 
-    /// Sweep every [`SWEEP_EVERY`] until the task is dropped or aborted.
+    /// Sweep every [`SWEEP_EVERY`] until the task is dropped or aborted. Each sweep runs as a
+    /// task of its own, so that one that panicked (a defect, in the sweep or in what observes
+    /// it) costs that sweep, never the expiry of every session and lock after it.
     pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
         let policy = self.clone();
         tokio::spawn(async move {
@@ -156,8 +158,13 @@ impl Policy {
             let mut n: u64 = 0;
             loop {
                 tick.tick().await;
-                if let Err(e) = policy.sweep().await {
-                    tracing::error!(error = %e, "sweep failed");
+                let sweeping = policy.clone();
+                match tokio::spawn(async move { sweeping.sweep().await }).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a sweep panicked; the next runs as usual")
+                    }
                 }
                 n += 1;
                 if n.is_multiple_of(240) {

@@ -71,9 +71,10 @@ fn the_defaults_are_the_sites_policy() {
     );
 }
 
-/// Keeps a line per event.
+/// Keeps a line per event; panics once at an event whose line starts with the prefix it is
+/// told to ([`Recorder::panic_at`]), as a broken observer would.
 #[derive(Default)]
-struct Recorder(Mutex<Vec<String>>);
+struct Recorder(Mutex<Vec<String>>, Mutex<Option<String>>);
 
 impl Recorder {
     fn lines(&self) -> Vec<String> {
@@ -84,6 +85,9 @@ impl Recorder {
             .iter()
             .filter(|l| l.starts_with(prefix))
             .count()
+    }
+    fn panic_at(&self, prefix: &str) {
+        *self.1.lock().unwrap() = Some(prefix.to_owned());
     }
 }
 
@@ -115,6 +119,15 @@ impl Observer for Recorder {
             } => format!("recheck {} {}", account.unwrap_or("-"), result.as_str()),
             PolicyEvent::DirectoryCheck { result, .. } => format!("directory {}", result.as_str()),
         };
+        let panics = {
+            let mut at = self.1.lock().unwrap();
+            let hit = at.as_ref().is_some_and(|p| line.starts_with(p.as_str()));
+            if hit {
+                *at = None;
+            }
+            hit
+        };
+        assert!(!panics, "an observer panicked at {line} (simulated)");
         self.0.lock().unwrap().push(line);
     }
 }
@@ -790,6 +803,39 @@ async fn the_sweeper_task_runs_on_its_own_within_a_second() {
     }
     let st = h.policy.status().await.unwrap();
     assert_eq!((st.seats_used, st.accounts_locked), (0, 0));
+    sweeper.abort();
+}
+
+/// A sweep that panics (here an observer of what it ended) costs that sweep, not the sweeper:
+/// the next sessions to expire still end on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_outlives_a_sweep_that_panics() {
+    let h = Harness::new(contract_defaults());
+    let sweeper = h.policy.spawn_sweeper();
+    h.events.panic_at("end ann");
+    h.browser("ann", "c1").await.unwrap();
+    h.advance(HOUR);
+    let started = std::time::Instant::now();
+    while h.seats().await != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "ann's session was not swept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.events.count("end ann"), 0, "the observer panicked at it");
+    h.browser("bob", "c2").await.unwrap();
+    h.advance(HOUR);
+    let started = std::time::Instant::now();
+    while h.events.count("end bob idle") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the sweeper stopped after a panic: {:?}",
+            h.events.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.seats().await, 0);
     sweeper.abort();
 }
 
