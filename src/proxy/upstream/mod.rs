@@ -51,6 +51,10 @@ pub struct Upstream {
     inner: Arc<UpstreamInner>,
 }
 
+/// The most of an answer the gateway's own requests to Faspex (its logouts and account checks)
+/// read, to keep their connection; their answers are a redirect, a page or a small JSON.
+const DRAINED_BODY: usize = 1024 * 1024;
+
 struct UpstreamInner {
     pool: Arc<Pool>,
     slots: Slots,
@@ -327,7 +331,10 @@ impl Upstream {
             })?;
         let status = resp.status();
         if read_body {
-            let _ = tokio::time::timeout(limit, resp.into_body().collect()).await;
+            // Read to its end so that the connection can serve again, but no more than
+            // `DRAINED_BODY`: a longer answer is dropped with its connection, not held.
+            let body = http_body_util::Limited::new(resp.into_body(), DRAINED_BODY);
+            let _ = tokio::time::timeout(limit, body.collect()).await;
         }
         Ok(status)
     }
@@ -357,5 +364,103 @@ impl Upstream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn upstream_at(url: &str) -> Upstream {
+        let cfg = UpstreamConfig {
+            url: url.parse().unwrap(),
+            ca_file: None,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            preserve_host: false,
+            max_connections: 4,
+        };
+        let server = ServerConfig {
+            listen: None,
+            http_listen: None,
+            trusted_proxies: Vec::new(),
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_connections: 100,
+            max_connections_per_ip: 10,
+            ipv6_prefix_len: 64,
+            hsts: None,
+            strip_response_headers: Vec::new(),
+            workers: 1,
+            shutdown_timeout: Duration::from_secs(1),
+            body_idle_timeout: Duration::from_secs(30),
+        };
+        Upstream::new(&cfg, &server).unwrap()
+    }
+
+    /// A Faspex that answers an account check with a body that never ends (a hostile or broken
+    /// one: its `me` is a small JSON) is read for at most `DRAINED_BODY`, then dropped with its
+    /// connection: the check neither buffers it nor waits out its time limit.
+    #[tokio::test]
+    async fn the_gateways_own_requests_read_at_most_a_mebibyte_of_an_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let cut = Arc::new(AtomicBool::new(false));
+        let (sent2, cut2) = (Arc::clone(&sent), Arc::clone(&cut));
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the check's request never came");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let chunk = {
+                let mut c = b"10000\r\n".to_vec();
+                c.extend(std::iter::repeat_n(b'x', 0x10000));
+                c.extend_from_slice(b"\r\n");
+                c
+            };
+            let start = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            if stream.write_all(start).await.is_err() {
+                return;
+            }
+            while stream.write_all(&chunk).await.is_ok() {
+                sent2.fetch_add(0x10000, Ordering::SeqCst);
+            }
+            cut2.store(true, Ordering::SeqCst);
+        });
+        let up = upstream_at(&format!("http://{addr}"));
+        let started = std::time::Instant::now();
+        let status = up
+            .check_basic("/aspera/faspex/me", "ann", "pw", Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(status, http::StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the check waited {:?} for an endless answer",
+            started.elapsed()
+        );
+        // The connection is closed: Faspex's writes fail soon after, with little more than the
+        // mebibyte (and the sockets' buffers) sent.
+        for _ in 0..100 {
+            if cut.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            cut.load(Ordering::SeqCst),
+            "the connection was kept reading"
+        );
+        let sent = sent.load(Ordering::SeqCst);
+        assert!(sent < 32 * 1024 * 1024, "{sent} bytes were read");
     }
 }
