@@ -53,7 +53,7 @@
 //!   Faspex's own local accounts ([`auth::local`]); the verification cache ([`auth::cache`]).
 //! - [`store`]: the [`store::PolicyStore`] trait (one atomic step per operation), the durable
 //!   embedded backend, and the Redis backend (a function library that mirrors the rules, for
-//!   several gateways; not yet wired into `run`).
+//!   several gateways on one Redis).
 //! - [`metrics`], [`audit`], [`log`]: what operators read: Prometheus metrics, the audit log,
 //!   the service and access logs (text or JSON, `log.format`).
 //! - [`faspex`]: Faspex knowledge (how Rack reads parameters). The Faspex 4 emulator the demo
