@@ -149,7 +149,9 @@ impl Policy {
 
     /// Sweep every [`SWEEP_EVERY`] until the task is dropped or aborted. Each sweep runs as a
     /// task of its own, so that one that panicked (a defect, in the sweep or in what observes
-    /// it) costs that sweep, never the expiry of every session and lock after it.
+    /// it) costs that sweep, never the expiry of every session and lock after it; a sweep in
+    /// flight is aborted with the sweeper, as it was when it ran in the sweeper's own task (at
+    /// shutdown it must not run on past the store's close).
     pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
         let policy = self.clone();
         tokio::spawn(async move {
@@ -159,7 +161,8 @@ impl Policy {
             loop {
                 tick.tick().await;
                 let sweeping = policy.clone();
-                match tokio::spawn(async move { sweeping.sweep().await }).await {
+                let mut sweep = AbortOnDrop(tokio::spawn(async move { sweeping.sweep().await }));
+                match (&mut sweep.0).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
                     Err(e) => {
@@ -183,5 +186,40 @@ impl Policy {
     /// Prove the store can be written now (`/readyz`).
     pub async fn probe_store(&self) -> Result<(), StoreError> {
         self.inner.store.probe().await
+    }
+}
+
+/// A task aborted when this is dropped: the sweep in flight, with the sweeper.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AbortOnDrop;
+    use std::time::Duration;
+
+    /// A sweep in flight ends with the sweeper: aborting the sweeper drops the guard, which
+    /// aborts the sweep's task (a bare `JoinHandle` would leave it running).
+    #[tokio::test]
+    async fn a_sweep_in_flight_is_aborted_with_the_sweeper() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let sweeper = tokio::spawn(async move {
+            let mut sweep = AbortOnDrop(tokio::spawn(async move {
+                let _held = tx;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }));
+            let _ = (&mut sweep.0).await;
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sweeper.abort();
+        let ended = tokio::time::timeout(Duration::from_secs(2), rx)
+            .await
+            .expect("the sweep ran on after the sweeper was aborted");
+        assert!(ended.is_err(), "the sweep's task was dropped, not finished");
     }
 }
