@@ -40,10 +40,12 @@ where
     }
 }
 
-/// Milliseconds, as a JSON number, no later than the year 9999 (no time the gateway writes is).
+/// Milliseconds, as a JSON number (at most 9.0e15, where Lua's numbers stop being exact). A
+/// time past the year 9999 is read as it is (a lock an older build wrote, with a lockout of
+/// millennia, still reads and lifts); it is printed as the last millisecond RFC 3339 can write.
 fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
     let f = f64::deserialize(d)?;
-    if !(0.0..=Timestamp::LAST_PRINTABLE.as_millis() as f64).contains(&f) {
+    if !(0.0..=9.0e15).contains(&f) {
         return Err(serde::de::Error::custom("a time out of range"));
     }
     Ok(Timestamp::from_millis(f.round() as u64))
@@ -546,18 +548,19 @@ mod tests {
         assert!(wants_wait("not json"));
     }
 
-    /// A time past the year 9999 (which no gateway writes, and RFC 3339 cannot print) is a reply
-    /// the store refuses, not a session or lock to carry around.
+    /// A time past the year 9999 (which no gateway writes now, and RFC 3339 cannot print) reads
+    /// back as it is and prints without a panic; past 9.0e15 it is refused.
     #[test]
-    fn times_past_the_year_9999_are_refused() {
+    fn times_past_the_year_9999_read_and_print() {
         let lock = |until: &str| {
             format!(
                 r#"{{"lock":{{"key":"ann","since":1767225600000,"until":{until},"failures":5,"admin":false,"akind":"directory","epoch":3}}}}"#
             )
         };
-        assert!(parse::<WireLockState>("x", &lock("253402300799999")).is_ok());
-        let e = parse::<WireLockState>("x", &lock("253402300800000"));
-        assert!(e.is_err());
-        assert!(parse::<WireLockState>("x", &lock("8.9e15")).is_err());
+        let l: WireLockState = parse("x", &lock("8.9e15")).unwrap();
+        let l = l.decode().unwrap();
+        assert_eq!(l.until, Timestamp::from_millis(8_900_000_000_000_000));
+        assert_eq!(l.until.rfc3339(), "9999-12-31T23:59:59.999Z");
+        assert!(parse::<WireLockState>("x", &lock("9.1e15")).is_err());
     }
 }
