@@ -49,7 +49,7 @@ pub struct PolicyState {
     pub policy: Policy,
     /// `auth.backend`: where credential checks go.
     pub directory: Arc<dyn Directory>,
-    /// Fed by the engine's events (served by the admin listener with the operations work).
+    /// Fed by the engine's events; served on the admin listener's `GET /metrics`.
     pub metrics: Arc<Metrics>,
     store: Store,
     /// The sweeper, the store monitor and, on Redis, the owed logouts' sender.

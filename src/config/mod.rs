@@ -7,7 +7,7 @@
 //! nothing else: the users file and the certificates are read when the app is built
 //! (`app::Loaded`), and an error there names its key like any other ([`Config::error`]).
 //!
-//! The keys and defaults are the contract in `docs/interface.md` (`## Configuration`), plus
+//! The keys and defaults are the interface contract's (`## Configuration`), plus
 //! `server.shutdown_timeout` and `server.body_idle_timeout`; `config/faspex-gate.example.toml` documents each of them.
 //!
 //! Layers:

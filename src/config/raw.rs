@@ -1,5 +1,5 @@
 //! The raw configuration layer: serde structs that mirror the TOML file key for key, with the
-//! defaults of the interface contract (`docs/interface.md`, `## Configuration`).
+//! defaults of the interface contract (its `## Configuration`).
 //!
 //! Every value is kept in the form a person writes it (durations, addresses and enums are
 //! strings); `validate.rs` turns this layer into the typed [`Config`](super::Config). Unknown keys
