@@ -190,7 +190,10 @@ impl Upstream {
         };
 
         let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-        let resp_upgrade = upgrade_protocol(resp.headers());
+        // (read before the hop-by-hop headers go; only a 101 keeps it)
+        let resp_upgrade = switching
+            .then(|| upgrade_protocol(resp.headers()))
+            .flatten();
         let headers = resp.headers_mut();
         strip_hop_by_hop(headers);
         if switching {
