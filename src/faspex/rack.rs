@@ -102,16 +102,20 @@ impl BodyKind {
 }
 
 /// The boundary of a `multipart/form-data` type, only in the one form every Rack reads alike:
-/// exactly one parameter, `boundary=VALUE` (or a quoted value), no space around `=`, and the
-/// word `boundary` nowhere else. Older Racks take the last `boundary=` anywhere in the header
-/// (`; x="boundary=B"`), and miss one with a space before `=` (then reading the body as a
-/// form): both would read another body than the gate.
+/// the type written `multipart/` in lower case, exactly one parameter, `boundary=VALUE` (or a
+/// quoted value) in lower case with no space around `=`, and the word `boundary` nowhere else.
+/// Older Racks take the last `boundary=` anywhere in the header (`; x="boundary=B"`); Rack 1's
+/// pattern (`\Amultipart/.*boundary=`) is case-sensitive, and misses one with a space before
+/// `=`: then, the type still being form data to it, it reads the whole body as a URL-encoded
+/// form, where `&user[password]=…` inside a part's value is a parameter. Each would read
+/// another body than the gate.
 fn boundary(content_type: &str) -> Option<String> {
-    if content_type
-        .to_ascii_lowercase()
-        .matches("boundary")
-        .count()
-        != 1
+    if !content_type.starts_with("multipart/")
+        || content_type
+            .to_ascii_lowercase()
+            .matches("boundary")
+            .count()
+            != 1
     {
         return None;
     }
@@ -121,7 +125,7 @@ fn boundary(content_type: &str) -> Option<String> {
         return None;
     }
     let (key, value) = param.split_at_checked(9)?;
-    if !key.eq_ignore_ascii_case("boundary=") {
+    if key != "boundary=" {
         return None;
     }
     let value = value.trim_end_matches(' ');
@@ -481,8 +485,26 @@ fn multipart_params(boundary: &str, body: &[u8], out: &mut Vec<Param>) -> Result
 }
 
 /// The `name` of a `form-data; name="…"[; filename="…"]` disposition, nothing else accepted.
+///
+/// Rack 1 finds the name with `Content-Disposition:.*\s+name="?([^";]*)`: the last `name=`
+/// after white space anywhere in the line. So `name="x name=password"` or
+/// `filename="a name=b"` names another parameter to it than to a parser of quoted strings,
+/// and `form-data;name="x"` none at all: the line must hold exactly one `name=` after white
+/// space, the name parameter's own.
 fn disposition_name(v: &str) -> Result<String, ParamError> {
     let bad = ParamError::Malformed("multipart");
+    let bytes = v.as_bytes();
+    let spaced_names = (1..bytes.len())
+        .filter(|&i| {
+            bytes[i - 1].is_ascii_whitespace()
+                && bytes
+                    .get(i..i + 5)
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"name="))
+        })
+        .count();
+    if spaced_names != 1 {
+        return Err(bad);
+    }
     let mut params = v.trim().split(';').map(str::trim);
     if !params
         .next()
@@ -610,6 +632,11 @@ mod tests {
             b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv\r\n--XX--\r\n--XX\r\n",
             b"preamble\r\n--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv\r\n--XX--",
             b"--XX\nContent-Disposition: form-data; name=\"a\"\n\nv\n--XX--",
+            // (the fourth review: Rack 1 reads the last `name=` after white space in the line,
+            // here `password`, and none without white space before it)
+            b"--XX\r\nContent-Disposition: form-data; name=\"x name=password\"\r\n\r\nv\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"; filename=\"f name=password\"\r\n\r\nv\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data;name=\"a\"\r\n\r\nv\r\n--XX--",
         ] {
             assert!(
                 body_params(&BodyKind::Multipart("XX".into()), body, &mut Vec::new()).is_err(),
@@ -629,17 +656,42 @@ mod tests {
             "multipart/form-data; charset=utf-8; boundary=AAA",
             "multipart/mixed; boundary=a",
             "application/json, text/plain",
+            // (the fourth review: Rack 1's `\Amultipart/.*boundary=` is case-sensitive; missing
+            // it, Rack 1 reads the whole body as a URL-encoded form)
+            "Multipart/form-data; boundary=AAA",
+            "multipart/form-data; Boundary=AAA",
+            "MULTIPART/FORM-DATA; BOUNDARY=AAA",
         ] {
             let kind = BodyKind::of(Some(ct.as_bytes()));
+            // (a body framed by the boundary read: refused only if that reading is)
             let refused = match kind {
                 Err(_) => true,
                 Ok(BodyKind::Multipart(b)) => {
-                    multipart_params(&b, b"--x\r\n\r\n--x--", &mut Vec::new()).is_err()
+                    let body = format!(
+                        "--{b}\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv\r\n--{b}--"
+                    );
+                    multipart_params(&b, body.as_bytes(), &mut Vec::new()).is_err()
                 }
                 Ok(_) => false,
             };
             assert!(refused, "{ct}");
         }
+    }
+
+    /// What every Rack reads as multipart still is: the subtype in any case (Rack compares the
+    /// media type in lower case), a tab before `name=`.
+    #[test]
+    fn multipart_in_the_forms_every_rack_reads_alike_is_read() {
+        assert_eq!(
+            BodyKind::of(Some(b"multipart/FORM-DATA; boundary=XX")),
+            Ok(BodyKind::Multipart("XX".into()))
+        );
+        let body =
+            b"--XX\r\nContent-Disposition: form-data;\tname=\"user[password]\"\r\n\r\nv\r\n--XX--";
+        assert_eq!(
+            names(&BodyKind::Multipart("XX".into()), body),
+            ["user[password]"]
+        );
     }
 
     #[test]
