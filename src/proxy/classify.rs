@@ -348,12 +348,16 @@ pub fn spells_action(path: &str, base: &str) -> bool {
 }
 
 /// Whether a request with `method` can end up in the upstream action routed for `rule`: Rails
-/// answers HEAD with the GET action, and turns a POST into PUT, PATCH or DELETE on request.
+/// answers HEAD with the GET action, and Rack's `MethodOverride` turns a POST into any of
+/// `GET HEAD PUT POST DELETE OPTIONS PATCH` (Rack 2 adds `LINK UNLINK`) on request, by its
+/// `_method` form field or its `X-HTTP-Method-Override` header.
 pub fn method_may_reach(method: &Method, rule: &Method) -> bool {
+    const OVERRIDES: [&str; 9] = [
+        "GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH", "LINK", "UNLINK",
+    ];
     method == rule
         || (*method == Method::HEAD && *rule == Method::GET)
-        || (*method == Method::POST
-            && (*rule == Method::PUT || *rule == Method::PATCH || *rule == Method::DELETE))
+        || (*method == Method::POST && OVERRIDES.contains(&rule.as_str()))
 }
 
 /// [`under`] for a normalised path as a string.
@@ -767,8 +771,17 @@ mod tests {
         let get = rule(Method::GET);
         assert_eq!(r(&get, Method::GET), Route::Denied);
         assert_eq!(r(&get, Method::HEAD), Route::Denied);
-        assert_eq!(r(&get, Method::POST), Route::Protected);
-        for m in [Method::PUT, Method::PATCH, Method::DELETE] {
+        // (`POST` with `X-HTTP-Method-Override: GET`, or a `_method=get` field, runs the GET
+        // action)
+        assert_eq!(r(&get, Method::POST), Route::Denied);
+        assert_eq!(r(&get, Method::PUT), Route::Protected);
+        for m in [
+            Method::HEAD,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
             let p = rule(m.clone());
             assert_eq!(r(&p, m.clone()), Route::Denied);
             assert_eq!(r(&p, Method::POST), Route::Denied, "POST can become {m}");
