@@ -18,8 +18,9 @@
 //!   parameters, merged the way `ActionDispatch::Request#parameters` merges them: body first, the
 //!   query replacing whole top-level keys (so `?user[name]=x` drops the body's `user[password]`),
 //!   path parameters last. Bodies: urlencoded (also a `POST` with no `Content-Type`, and a
-//!   `multipart/form-data` without a boundary), multipart, JSON (`application/json`, `text/x-json`,
-//!   `application/jsonrequest`, comments allowed as Ruby's parser allows them), and, as Rails 3 did
+//!   `multipart/form-data` without a boundary Rack 1 reads), multipart (Rack 1.4's boundary and
+//!   part-name patterns: a lower-case `boundary=`, the last `name=` after white space), JSON
+//!   (`application/json`, `text/x-json`, `application/jsonrequest`, comments allowed as Ruby's parser allows them), and, as Rails 3 did
 //!   until Rails 4 removed it, XML (`Hash.from_xml`). Keys nest the way Rack's `normalize_params`
 //!   nests them (`user[password]`, `user]password`, `user[password`, `user[][password]`, ...). A
 //!   JSON body is also wrapped under the controller's name (ParamsWrapper, on for JSON in every
@@ -955,15 +956,40 @@ fn slot_or(params: &mut Hash, key: Vec<u8>, default: impl FnOnce() -> Node) -> &
     slot
 }
 
-/// The child key of `after` when it is `[][child]` or `[]child...`.
+/// The child key of `after` by Rack's `/^\[\]\[([^\[\]]+)\]$/`, else `/^\[\](.+)$/`, as Ruby matches
+/// them: `[][child]` or `[]child`.
 fn array_child(after: &[u8]) -> Option<&[u8]> {
-    let rest = after.strip_prefix(b"[]")?;
-    if let Some(inner) = rest.strip_prefix(b"[").and_then(|r| r.strip_suffix(b"]")) {
-        if !inner.is_empty() && !inner.iter().any(|b| *b == b'[' || *b == b']') {
-            return Some(inner);
+    // Each pattern is searched at every line start (`^`); `$` matches before a `\n` or at the
+    // end, and `.` is never a `\n` (a key can hold one: a form's `%0A`, or a part name Rack 1
+    // read over its line's end).
+    let line_starts = || {
+        std::iter::once(0).chain(
+            after
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i + 1),
+        )
+    };
+    let at_line_end = |i: usize| i == after.len() || after[i] == b'\n';
+    for p in line_starts() {
+        let Some(rest) = after[p..].strip_prefix(b"[][") else {
+            continue;
+        };
+        let run = rest
+            .iter()
+            .take_while(|b| **b != b'[' && **b != b']')
+            .count();
+        let close = p + 3 + run;
+        if run > 0 && after.get(close) == Some(&b']') && at_line_end(close + 1) {
+            return Some(&after[p + 3..close]);
         }
     }
-    (!rest.is_empty() && !rest.contains(&b'\n')).then_some(rest)
+    line_starts().find_map(|p| {
+        let rest = after[p..].strip_prefix(b"[]")?;
+        let len = rest.iter().take_while(|b| **b != b'\n').count();
+        (len > 0).then(|| &rest[..len])
+    })
 }
 
 /// `Rack::QueryParser#params_hash_has_key?`.
@@ -1053,37 +1079,24 @@ fn compact(value: Value) -> Value {
 // ------------------------------------------------------------------------------------------------
 // Multipart (Rack::Multipart::Parser)
 
-/// The boundary of a multipart `Content-Type` (`\Amultipart/.*?boundary=("?)([^";,]+)`), `None`
-/// when it has none; Rack gives up on the body (EOF) for a malformed boundary parameter.
+/// The boundary of a multipart `Content-Type` as Rack 1.4 reads it
+/// (`%r|\Amultipart/.*boundary=\"?([^\";,]+)\"?|n`): case-sensitive, the last `boundary=` that
+/// is followed by a value. `None` when there is none: the body is then read as a form.
 fn multipart_boundary(content_type: &str) -> Result<Option<String>, BodyError> {
-    let lower = content_type.to_ascii_lowercase();
-    if !lower.starts_with("multipart/") {
+    if !content_type.starts_with("multipart/") {
         return Ok(None);
     }
-    let Some(at) = lower.find("boundary") else {
-        return Ok(None);
-    };
-    let after = &content_type[at + "boundary".len()..];
-    let spaces = after.len() - after.trim_start().len();
-    let Some(value) = after.trim_start().strip_prefix('=') else {
-        return Ok(None);
-    };
-    if spaces > 0 {
-        return Err(BodyError::Eof);
+    // (`.` stops at a line end; a header value holds none)
+    let line = &content_type[..content_type.find('\n').unwrap_or(content_type.len())];
+    for (at, _) in line.rmatch_indices("boundary=") {
+        let value = &line[at + "boundary=".len()..];
+        let value = value.strip_prefix('"').unwrap_or(value);
+        let end = value.find(['"', ';', ',']).unwrap_or(value.len());
+        if end > 0 {
+            return Ok(Some(value[..end].to_owned()));
+        }
     }
-    let value = value.strip_prefix('"').unwrap_or(value);
-    let end = value.find(['"', ';', ',']).unwrap_or(value.len());
-    if end == 0 {
-        return Ok(None);
-    }
-    let rest = value[end..].to_ascii_lowercase();
-    if rest
-        .match_indices("boundary")
-        .any(|(i, _)| rest[i + 8..].trim_start().starts_with('='))
-    {
-        return Err(BodyError::Eof);
-    }
-    Ok(Some(value[..end].to_owned()))
+    Ok(None)
 }
 
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
@@ -1204,6 +1217,41 @@ fn head_line<'h>(head: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
     Some(&rest[..end])
 }
 
+/// A part's name as Rack 1.4 reads it from the part's head (its header lines, each with its
+/// CRLF): `/Content-Disposition:.*\s+name="?([^";]*)"?/ni`, that is, at the first
+/// `Content-Disposition:` where it matches, the last `name=` after white space before that line
+/// ends (the white space may run on over line ends), and its value up to a `"` or `;` (an
+/// unquoted one runs on over line ends too).
+fn rack1_part_name(head: &[u8]) -> Option<Vec<u8>> {
+    const LABEL: &[u8] = b"content-disposition:";
+    let mut from = 0;
+    while let Some(rel) = find_ci(&head[from..], LABEL) {
+        let start = from + rel + LABEL.len();
+        let line_end = find(head, b"\n", start).unwrap_or(head.len());
+        let named = (start..=line_end).rev().find_map(|a| {
+            if !head.get(a)?.is_ascii_whitespace() {
+                return None;
+            }
+            let q = a + head[a..]
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
+            let after = head.get(q..q + 5)?;
+            after.eq_ignore_ascii_case(b"name=").then_some(q + 5)
+        });
+        if let Some(at) = named {
+            let value = head[at..].strip_prefix(b"\"").unwrap_or(&head[at..]);
+            let end = value
+                .iter()
+                .position(|b| *b == b'"' || *b == b';')
+                .unwrap_or(value.len());
+            return Some(value[..end].to_vec());
+        }
+        from = start;
+    }
+    None
+}
+
 /// The last `; name=VALUE` of the `Content-Disposition` parameters (up to the next colon).
 fn disposition_param(head: &[u8], param: &[u8]) -> Option<Vec<u8>> {
     let at = find_ci(head, b"content-disposition:")?;
@@ -1230,7 +1278,7 @@ fn add_part(params: &mut Hash, head: &[u8], content: &[u8]) -> Result<(), BodyEr
         let rest = &head[at + b"content-type: ".len()..];
         rest[..find(rest, b"\r\n", 0).unwrap_or(rest.len())].to_vec()
     });
-    let mut name = match disposition_param(head, b"name") {
+    let mut name = match rack1_part_name(head) {
         Some(value) => Some(dequote(&value)),
         None => head_line(head, b"content-id:").map(|v| v.trim_ascii_start().to_vec()),
     };
@@ -1940,9 +1988,26 @@ mod tests {
             body,
         );
         let params = reading.params.unwrap();
-        // An unquoted name stops at the first bracket: `user` replaces the hash.
-        assert_eq!(params["user"], "ann");
+        // Rack 1 reads an unquoted name up to a `"` or `;`, over the line's end: `user[name]\r\n`.
+        assert_eq!(params["user"]["password"], "apple");
+        assert_eq!(params["user"]["name"]["\r\n"], "ann");
         assert_eq!(params["f"]["content"], "hello");
+        // Rack 1's patterns: the last `name=` after white space, and a boundary in lower case
+        // (else the body is read as a form, `&`-separated pairs inside a part included).
+        let reading = req(
+            "POST",
+            "/aspera/faspex/login",
+            Some("multipart/form-data; boundary=XX"),
+            "--XX\r\nContent-Disposition: form-data; name=\"x name=password\"\r\n\r\nguess\r\n--XX--\r\n",
+        );
+        assert_eq!(reading.param(&["password"]), Some("guess"));
+        let reading = req(
+            "POST",
+            "/aspera/faspex/login",
+            Some("multipart/form-data; Boundary=XX"),
+            "--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n&user[password]=guess&\r\n--XX--\r\n",
+        );
+        assert_eq!(reading.param(&["user", "password"]), Some("guess"));
         // No boundary: the body is read as a urlencoded form.
         let reading = req(
             "POST",

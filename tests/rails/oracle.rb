@@ -26,10 +26,11 @@
 # raised (bad parameter syntax, invalid encoding, nesting too deep, a JSON body that does not
 # parse, an unknown method).
 #
-# `legacy` is the same request read as Rails 3 on Rack 1.x read it: request bodies also split on
+# `legacy` is the same request read as Rails 3 on Rack 1.x read it (multipart bodies with Rack 1.4's
+# boundary and part-name patterns, see RACK1_MULTIPART): request bodies also split on
 # `;` (Rack 1's default separator) and XML bodies parsed into parameters with Hash.from_xml
 # (Rails 3's default XML parameter parser, removed in Rails 4). Both readings run through the same
-# Rails code; only those two switches differ. `xml_params` repeats the legacy params when the body
+# Rails code; only those switches differ. `xml_params` repeats the legacy params when the body
 # is XML.
 #
 # `decode_path: true` reads the path as a front end that percent-decodes PATH_INFO and resolves
@@ -65,6 +66,30 @@ module LegacyBodySeparators
 end
 Rack::Request.prepend(LegacyBodySeparators)
 ActionDispatch::Request.prepend(LegacyBodySeparators)
+
+# Rack 1.4's multipart patterns (lib/rack/multipart.rb), where Rack 2 changed them: the boundary
+# pattern is case-sensitive and takes the last `boundary=` (a type it does not match is not
+# multipart to the parser, and Request#POST then reads the body as a URL-encoded form, as Rack 2
+# does too), and a part's name is the last `name=` after white space in its head. The rest of
+# the multipart parser is Rack 2.2's.
+RACK1_MULTIPART = %r|\Amultipart/.*boundary=\"?([^\";,]+)\"?|n
+RACK1_CONTENT_DISPOSITION = /Content-Disposition:.*\s+name="?([^\";]*)"?/ni
+RACK2_CONTENT_DISPOSITION = Rack::Multipart::MULTIPART_CONTENT_DISPOSITION
+
+module LegacyMultipartBoundary
+  def parse_boundary(content_type)
+    return super unless $legacy
+    return unless content_type
+
+    content_type.match(RACK1_MULTIPART)&.[](1)
+  end
+end
+Rack::Multipart::Parser.singleton_class.prepend(LegacyMultipartBoundary)
+
+def use_content_disposition(pattern)
+  Rack::Multipart.send(:remove_const, :MULTIPART_CONTENT_DISPOSITION)
+  Rack::Multipart.const_set(:MULTIPART_CONTENT_DISPOSITION, pattern)
+end
 
 MODERN_PARSERS = ActionDispatch::Request.parameter_parsers.dup
 # Rails 3's ParamsParser: `Mime::XML => :xml_simple`, i.e. Hash.from_xml(raw_post) || {}.
@@ -265,6 +290,7 @@ end
 def read_once(request, body, legacy)
   $legacy = legacy
   ActionDispatch::Request.parameter_parsers = legacy ? LEGACY_PARSERS : MODERN_PARSERS
+  use_content_disposition(legacy ? RACK1_CONTENT_DISPOSITION : RACK2_CONTENT_DISPOSITION)
   $captured = nil
   error = nil
   begin
@@ -286,6 +312,7 @@ def read_once(request, body, legacy)
 ensure
   $legacy = false
   ActionDispatch::Request.parameter_parsers = MODERN_PARSERS
+  use_content_disposition(RACK2_CONTENT_DISPOSITION)
 end
 
 def xml_body?(request)
