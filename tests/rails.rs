@@ -1100,13 +1100,24 @@ fn xml_body(fields: &[(Vec<&'static str>, Value)], style: u8) -> String {
     }
 }
 
-fn multipart_body(pairs: &[Pair], quote: bool, files: bool) -> Vec<u8> {
+/// A multipart body of `pairs`. `trick` 1 writes each name as `"x name=KEY"` (Rack 1 reads the
+/// last `name=` after white space: `KEY`), 2 each part named `aN` with the value `&KEY=VALUE&` (a
+/// form, to a Rack that reads the body as one when it misses the boundary). The boundary is
+/// Rack's own `AaB03x`: one holding the word "boundary", as `BOUNDARY` did, makes the gateway
+/// refuse every body, and no accepted multipart body was ever checked.
+fn multipart_body(pairs: &[Pair], quote: bool, files: bool, trick: u8) -> Vec<u8> {
     let mut body = Vec::new();
     for (i, (key, value)) in pairs.iter().enumerate() {
-        let name = if quote {
-            format!("\"{key}\"")
-        } else {
-            key.clone()
+        let name = match (quote, trick) {
+            (true, 1) => format!("\"x name={key}\""),
+            (true, 2) => format!("\"a{i}\""),
+            (false, 2) => format!("a{i}"),
+            (true, _) => format!("\"{key}\""),
+            (false, _) => key.clone(),
+        };
+        let value = match trick {
+            2 => Some(format!("&{key}={}&", value.as_deref().unwrap_or(""))),
+            _ => value.clone(),
         };
         let file = if files && i % 2 == 1 {
             "; filename=\"f.txt\"\r\nContent-Type: text/plain"
@@ -1115,13 +1126,13 @@ fn multipart_body(pairs: &[Pair], quote: bool, files: bool) -> Vec<u8> {
         };
         body.extend_from_slice(
             format!(
-                "--BOUNDARY\r\nContent-Disposition: form-data; name={name}{file}\r\n\r\n{}\r\n",
+                "--AaB03x\r\nContent-Disposition: form-data; name={name}{file}\r\n\r\n{}\r\n",
                 value.as_deref().unwrap_or("")
             )
             .as_bytes(),
         );
     }
-    body.extend_from_slice(b"--BOUNDARY--\r\n");
+    body.extend_from_slice(b"--AaB03x--\r\n");
     body
 }
 
@@ -1150,16 +1161,22 @@ fn arb_body() -> impl Strategy<Value = (Option<String>, Vec<u8>)> {
             .prop_map(|(ct, pairs, seps)| (ct, join_pairs(&pairs, &seps).into_bytes())),
         2 => (
             ct(&[
-                Some("multipart/form-data; boundary=BOUNDARY"),
-                Some("multipart/form-data; boundary=\"BOUNDARY\""),
-                Some("multipart/mixed; boundary=BOUNDARY"),
-                Some("Multipart/Form-Data; charset=utf-8; boundary=BOUNDARY"),
+                Some("multipart/form-data; boundary=AaB03x"),
+                Some("multipart/form-data; boundary=\"AaB03x\""),
+                Some("multipart/mixed; boundary=AaB03x"),
+                Some("Multipart/Form-Data; charset=utf-8; boundary=AaB03x"),
+                // (Rack 1's boundary pattern is case-sensitive)
+                Some("multipart/form-data; Boundary=AaB03x"),
+                Some("Multipart/form-data; boundary=AaB03x"),
             ]),
             prop::collection::vec(arb_pair(), 0..5),
             any::<bool>(),
             any::<bool>(),
+            0u8..3,
         )
-            .prop_map(|(ct, pairs, quote, files)| (ct, multipart_body(&pairs, quote, files))),
+            .prop_map(|(ct, pairs, quote, files, trick)| {
+                (ct, multipart_body(&pairs, quote, files, trick))
+            }),
         3 => (
             ct(&[
                 Some("application/json"),
@@ -1321,6 +1338,57 @@ fn check(gate: &faspex_gate::proxy::gate::Gate, req: &Req) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+/// A hostile review's two multipart bodies that Rack 1 reads otherwise than Rack 2: the oracle's
+/// Rails 3 reading sees the password in each (on a public path and on a protected one), the
+/// emulator reads them as it does, and the gateway's plan lets no reading see it unchecked.
+#[test]
+fn multipart_that_rack_1_reads_otherwise_carries_no_unchecked_password() {
+    let gate = faspex_gate::proxy::gate::Gate::for_tests();
+    let hidden_form = "--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n&user[name]=admin&user[password]=guess&\r\n--XX--\r\n";
+    let hidden_name = "--XX\r\nContent-Disposition: form-data; name=\"x name=password\"\r\n\r\nguess\r\n--XX--\r\n";
+    let mut failures = Vec::new();
+    for target in [
+        "/aspera/faspex/external/submissions",
+        "/aspera/faspex/received/4044",
+    ] {
+        for (content_type, body, keys) in [
+            (
+                "multipart/form-data; Boundary=XX",
+                hidden_form,
+                &["user", "password"][..],
+            ),
+            (
+                "Multipart/form-data; boundary=XX",
+                hidden_form,
+                &["user", "password"][..],
+            ),
+            (
+                "multipart/form-data; boundary=XX",
+                hidden_name,
+                &["password"][..],
+            ),
+        ] {
+            let req = Req::new("POST", target).body(Some(content_type), body);
+            let readings = ask(&req);
+            let legacy = readings
+                .raw
+                .legacy
+                .params
+                .as_ref()
+                .expect("Rails 3 read the body");
+            let mut at = legacy;
+            for k in keys {
+                at = &at[*k];
+            }
+            assert_eq!(at, "guess", "Rack 1 reads the password:\n{req}\n{readings}");
+            if let Err(why) = check(&gate, &req) {
+                failures.push(why);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]
