@@ -455,6 +455,15 @@ fn multipart_params(boundary: &str, body: &[u8], out: &mut Vec<Param>) -> Result
             .ok_or(bad)?;
         let split = memchr::memmem::find(part, b"\r\n\r\n").ok_or(bad)?;
         let (head, value) = (&part[..split], &part[split + 4..]);
+        // Rack finds the name after the first `Content-Disposition:` anywhere in the head, a
+        // `Content-Type` value's included: the head holds the one label, as a field's name.
+        let labels = head
+            .windows(20)
+            .filter(|w| w.eq_ignore_ascii_case(b"content-disposition:"))
+            .count();
+        if labels != 1 {
+            return Err(bad);
+        }
         let mut name = None;
         let mut content_type = false;
         let mut lines = Vec::new();
@@ -493,10 +502,12 @@ fn multipart_params(boundary: &str, body: &[u8], out: &mut Vec<Param>) -> Result
 /// space, the name parameter's own.
 fn disposition_name(v: &str) -> Result<String, ParamError> {
     let bad = ParamError::Malformed("multipart");
+    // (Ruby's `\s`)
+    let space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r');
     let bytes = v.as_bytes();
     let spaced_names = (1..bytes.len())
         .filter(|&i| {
-            bytes[i - 1].is_ascii_whitespace()
+            space(bytes[i - 1])
                 && bytes
                     .get(i..i + 5)
                     .is_some_and(|w| w.eq_ignore_ascii_case(b"name="))
@@ -505,32 +516,38 @@ fn disposition_name(v: &str) -> Result<String, ParamError> {
     if spaced_names != 1 {
         return Err(bad);
     }
-    let mut params = v.trim().split(';').map(str::trim);
-    if !params
-        .next()
-        .is_some_and(|t| t.eq_ignore_ascii_case("form-data"))
-    {
-        return Err(bad);
-    }
-    let quoted = |p: &str, key: &str| -> Option<String> {
-        let (k, rest) = p.split_once('=')?;
-        if !k.eq_ignore_ascii_case(key) {
-            return None;
+    // The one spelling: `form-data; name="N"`, optionally `; filename="F"`, each `;` followed by
+    // exactly one space, so that the one `name=` after white space is the name parameter's own
+    // (`form-data;name="x name=password"` has its one inside the quotes).
+    let rest = v.strip_prefix(' ').unwrap_or(v);
+    let rest = rest
+        .get(..9)
+        .filter(|t| t.eq_ignore_ascii_case("form-data"))
+        .map(|_| &rest[9..])
+        .ok_or(bad)?;
+    let (name, rest) = quoted_param(rest, "; name=\"").ok_or(bad)?;
+    if !rest.is_empty() {
+        let (_, rest) = quoted_param(rest, "; filename=\"").ok_or(bad)?;
+        if !rest.is_empty() {
+            return Err(bad);
         }
-        let inner = rest.strip_prefix('"')?.strip_suffix('"')?;
-        let clean = !inner
-            .chars()
-            .any(|c| c == '"' || c == '\\' || c.is_control());
-        clean.then(|| inner.to_owned())
-    };
-    let name = params.next().and_then(|p| quoted(p, "name")).ok_or(bad)?;
-    if let Some(p) = params.next() {
-        quoted(p, "filename").ok_or(bad)?;
-    }
-    if params.next().is_some() {
-        return Err(bad);
     }
     Ok(name)
+}
+
+/// `open` (a parameter up to its opening quote, in any case) at the start of `s`, then a quoted
+/// value without `\` or control characters: the value and what follows its closing quote.
+fn quoted_param<'a>(s: &'a str, open: &str) -> Option<(String, &'a str)> {
+    if !s.get(..open.len())?.eq_ignore_ascii_case(open) {
+        return None;
+    }
+    let after = &s[open.len()..];
+    let close = after.find('"')?;
+    let inner = &after[..close];
+    if inner.chars().any(|c| c == '\\' || c.is_control()) {
+        return None;
+    }
+    Some((inner.to_owned(), &after[close + 1..]))
 }
 
 #[cfg(test)]
@@ -637,6 +654,15 @@ mod tests {
             b"--XX\r\nContent-Disposition: form-data; name=\"x name=password\"\r\n\r\nv\r\n--XX--",
             b"--XX\r\nContent-Disposition: form-data; name=\"a\"; filename=\"f name=password\"\r\n\r\nv\r\n--XX--",
             b"--XX\r\nContent-Disposition: form-data;name=\"a\"\r\n\r\nv\r\n--XX--",
+            // (the fifth review: a `;` without its space, so the one `name=` after white space
+            // is inside the quotes; a vertical tab, which Ruby's `\s` counts; the label inside a
+            // `Content-Type` value, before or after the disposition)
+            b"--XX\r\nContent-Disposition: form-data;name=\"x name=password\"\r\n\r\nv\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data;\x0bname=\"x name=password\"\r\n\r\nv\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data;\tname=\"user[password]\"\r\n\r\nv\r\n--XX--",
+            b"--XX\r\nContent-Type: text/plain; x=\"Content-Disposition: y; name=password\"\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Type: text/plain; x=\"content-disposition: y; name=password\"\r\n\r\nv\r\n--XX--",
+            b"--XX\r\nContent-Disposition: form-data; name=\"a\" \r\n\r\nv\r\n--XX--",
         ] {
             assert!(
                 body_params(&BodyKind::Multipart("XX".into()), body, &mut Vec::new()).is_err(),
@@ -678,16 +704,15 @@ mod tests {
         }
     }
 
-    /// What every Rack reads as multipart still is: the subtype in any case (Rack compares the
-    /// media type in lower case), a tab before `name=`.
+    /// What every Rack reads as multipart alike still is: the subtype in any case (Rack compares
+    /// the media type in lower case), the disposition's label and parameters in any case.
     #[test]
     fn multipart_in_the_forms_every_rack_reads_alike_is_read() {
         assert_eq!(
             BodyKind::of(Some(b"multipart/FORM-DATA; boundary=XX")),
             Ok(BodyKind::Multipart("XX".into()))
         );
-        let body =
-            b"--XX\r\nContent-Disposition: form-data;\tname=\"user[password]\"\r\n\r\nv\r\n--XX--";
+        let body = b"--XX\r\ncontent-disposition: FORM-DATA; NAME=\"user[password]\"; Filename=\"a b.txt\"\r\n\r\nv\r\n--XX--";
         assert_eq!(
             names(&BodyKind::Multipart("XX".into()), body),
             ["user[password]"]
