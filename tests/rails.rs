@@ -1102,31 +1102,45 @@ fn xml_body(fields: &[(Vec<&'static str>, Value)], style: u8) -> String {
 
 /// A multipart body of `pairs`. `trick` 1 writes each name as `"x name=KEY"` (Rack 1 reads the
 /// last `name=` after white space: `KEY`), 2 each part named `aN` with the value `&KEY=VALUE&` (a
-/// form, to a Rack that reads the body as one when it misses the boundary). The boundary is
+/// form, to a Rack that reads the body as one when it misses the boundary), 3 each disposition as
+/// `form-data;name="x name=KEY"` (no space after `;`), 4 a `Content-Type` line first whose value
+/// holds `Content-Disposition: y; name=KEY` before each disposition (Rack reads the name after
+/// the first label). The boundary is
 /// Rack's own `AaB03x`: one holding the word "boundary", as `BOUNDARY` did, makes the gateway
 /// refuse every body, and no accepted multipart body was ever checked.
 fn multipart_body(pairs: &[Pair], quote: bool, files: bool, trick: u8) -> Vec<u8> {
     let mut body = Vec::new();
     for (i, (key, value)) in pairs.iter().enumerate() {
         let name = match (quote, trick) {
-            (true, 1) => format!("\"x name={key}\""),
-            (true, 2) => format!("\"a{i}\""),
-            (false, 2) => format!("a{i}"),
+            (true, 1 | 3) => format!("\"x name={key}\""),
+            (true, 2 | 4) => format!("\"a{i}\""),
+            (false, 2 | 4) => format!("a{i}"),
             (true, _) => format!("\"{key}\""),
             (false, _) => key.clone(),
+        };
+        // 3: no space after `;`; 4: the label and a `name=` inside a `Content-Type` before it
+        let (before, sep) = match trick {
+            3 => (String::new(), ";"),
+            4 => (
+                format!("Content-Type: text/plain; x=\"Content-Disposition: y; name={key}\"\r\n"),
+                "; ",
+            ),
+            _ => (String::new(), "; "),
         };
         let value = match trick {
             2 => Some(format!("&{key}={}&", value.as_deref().unwrap_or(""))),
             _ => value.clone(),
         };
-        let file = if files && i % 2 == 1 {
+        // (not with 4: the emulator does not model where Rack 2's filename pattern finds a
+        // filename when a label sits inside another header; the gateway refuses such a part)
+        let file = if files && trick != 4 && i % 2 == 1 {
             "; filename=\"f.txt\"\r\nContent-Type: text/plain"
         } else {
             ""
         };
         body.extend_from_slice(
             format!(
-                "--AaB03x\r\nContent-Disposition: form-data; name={name}{file}\r\n\r\n{}\r\n",
+                "--AaB03x\r\n{before}Content-Disposition: form-data{sep}name={name}{file}\r\n\r\n{}\r\n",
                 value.as_deref().unwrap_or("")
             )
             .as_bytes(),
@@ -1172,7 +1186,7 @@ fn arb_body() -> impl Strategy<Value = (Option<String>, Vec<u8>)> {
             prop::collection::vec(arb_pair(), 0..5),
             any::<bool>(),
             any::<bool>(),
-            0u8..3,
+            0u8..5,
         )
             .prop_map(|(ct, pairs, quote, files, trick)| {
                 (ct, multipart_body(&pairs, quote, files, trick))

@@ -1177,7 +1177,7 @@ fn header_value(s: &[u8]) -> Option<Vec<u8>> {
     }
     let token: Vec<u8> = s
         .iter()
-        .take_while(|b| !b.is_ascii_whitespace() && !b"()<>,;:\\\"/[]?=".contains(b))
+        .take_while(|b| !ruby_space(b) && !b"()<>,;:\\\"/[]?=".contains(b))
         .copied()
         .collect();
     (!token.is_empty()).then_some(token)
@@ -1201,6 +1201,12 @@ fn dequote(value: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Ruby's `\s`: ASCII white space, the vertical tab included (which `is_ascii_whitespace` leaves
+/// out).
+fn ruby_space(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r')
 }
 
 fn find_ci(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -1229,13 +1235,10 @@ fn rack1_part_name(head: &[u8]) -> Option<Vec<u8>> {
         let start = from + rel + LABEL.len();
         let line_end = find(head, b"\n", start).unwrap_or(head.len());
         let named = (start..=line_end).rev().find_map(|a| {
-            if !head.get(a)?.is_ascii_whitespace() {
+            if !ruby_space(head.get(a)?) {
                 return None;
             }
-            let q = a + head[a..]
-                .iter()
-                .take_while(|b| b.is_ascii_whitespace())
-                .count();
+            let q = a + head[a..].iter().take_while(|b| ruby_space(b)).count();
             let after = head.get(q..q + 5)?;
             after.eq_ignore_ascii_case(b"name=").then_some(q + 5)
         });
@@ -1260,7 +1263,7 @@ fn disposition_param(head: &[u8], param: &[u8]) -> Option<Vec<u8>> {
     let mut found = None;
     for (i, _) in span.iter().enumerate().filter(|(_, b)| **b == b';') {
         let after = &rest[i + 1..];
-        let trimmed = &after[after.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
+        let trimmed = &after[after.iter().take_while(|b| ruby_space(b)).count()..];
         if trimmed.len() > param.len()
             && trimmed[..param.len()].eq_ignore_ascii_case(param)
             && trimmed[param.len()] == b'='
