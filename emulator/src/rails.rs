@@ -2011,6 +2011,14 @@ mod tests {
             "--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n&user[password]=guess&\r\n--XX--\r\n",
         );
         assert_eq!(reading.param(&["user", "password"]), Some("guess"));
+        // Ruby's `\s` takes a vertical tab too.
+        let reading = req(
+            "POST",
+            "/aspera/faspex/login",
+            Some("multipart/form-data; boundary=XX"),
+            "--XX\r\nContent-Disposition: form-data;\x0bname=\"password\"\r\n\r\nguess\r\n--XX--\r\n",
+        );
+        assert_eq!(reading.param(&["password"]), Some("guess"));
         // No boundary: the body is read as a urlencoded form.
         let reading = req(
             "POST",
