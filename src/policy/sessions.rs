@@ -3,6 +3,8 @@
 //! and the sweeper, which ends sessions and lifts locks within [`SWEEP_EVERY`] of their deadline
 //! with no traffic at all, so seats and gauges are always right.
 
+use tokio_util::task::AbortOnDropHandle;
+
 use super::engine::{Policy, SWEEP_EVERY};
 use super::events::PolicyEvent;
 use super::types::SessionGone;
@@ -161,8 +163,9 @@ impl Policy {
             loop {
                 tick.tick().await;
                 let sweeping = policy.clone();
-                let mut sweep = AbortOnDrop(tokio::spawn(async move { sweeping.sweep().await }));
-                match (&mut sweep.0).await {
+                let sweep =
+                    AbortOnDropHandle::new(tokio::spawn(async move { sweeping.sweep().await }));
+                match sweep.await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "sweep failed"),
                     Err(e) => {
@@ -189,19 +192,10 @@ impl Policy {
     }
 }
 
-/// A task aborted when this is dropped: the sweep in flight, with the sweeper.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::AbortOnDrop;
     use std::time::Duration;
+    use tokio_util::task::AbortOnDropHandle;
 
     /// A sweep in flight ends with the sweeper: aborting the sweeper drops the guard, which
     /// aborts the sweep's task (a bare `JoinHandle` would leave it running).
@@ -209,11 +203,11 @@ mod tests {
     async fn a_sweep_in_flight_is_aborted_with_the_sweeper() {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let sweeper = tokio::spawn(async move {
-            let mut sweep = AbortOnDrop(tokio::spawn(async move {
+            let sweep = AbortOnDropHandle::new(tokio::spawn(async move {
                 let _held = tx;
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }));
-            let _ = (&mut sweep.0).await;
+            let _ = sweep.await;
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         sweeper.abort();
