@@ -1995,30 +1995,29 @@ mod tests {
         assert_eq!(params["user"]["password"], "apple");
         assert_eq!(params["user"]["name"]["\r\n"], "ann");
         assert_eq!(params["f"]["content"], "hello");
-        // Rack 1's patterns: the last `name=` after white space, and a boundary in lower case
-        // (else the body is read as a form, `&`-separated pairs inside a part included).
-        let reading = req(
-            "POST",
-            "/aspera/faspex/login",
-            Some("multipart/form-data; boundary=XX"),
-            "--XX\r\nContent-Disposition: form-data; name=\"x name=password\"\r\n\r\nguess\r\n--XX--\r\n",
-        );
-        assert_eq!(reading.param(&["password"]), Some("guess"));
-        let reading = req(
-            "POST",
-            "/aspera/faspex/login",
-            Some("multipart/form-data; Boundary=XX"),
-            "--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n&user[password]=guess&\r\n--XX--\r\n",
-        );
-        assert_eq!(reading.param(&["user", "password"]), Some("guess"));
-        // Ruby's `\s` takes a vertical tab too.
-        let reading = req(
-            "POST",
-            "/aspera/faspex/login",
-            Some("multipart/form-data; boundary=XX"),
-            "--XX\r\nContent-Disposition: form-data;\x0bname=\"password\"\r\n\r\nguess\r\n--XX--\r\n",
-        );
-        assert_eq!(reading.param(&["password"]), Some("guess"));
+        // Rack 1's patterns: the last `name=` after white space (Ruby's `\s`, a vertical tab
+        // included), and a boundary in lower case (else the body is read as a form,
+        // `&`-separated pairs inside a part included).
+        for (content_type, body, keys) in [
+            (
+                "multipart/form-data; boundary=XX",
+                "--XX\r\nContent-Disposition: form-data; name=\"x name=password\"\r\n\r\nguess\r\n--XX--\r\n",
+                &["password"][..],
+            ),
+            (
+                "multipart/form-data; Boundary=XX",
+                "--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n&user[password]=guess&\r\n--XX--\r\n",
+                &["user", "password"][..],
+            ),
+            (
+                "multipart/form-data; boundary=XX",
+                "--XX\r\nContent-Disposition: form-data;\x0bname=\"password\"\r\n\r\nguess\r\n--XX--\r\n",
+                &["password"][..],
+            ),
+        ] {
+            let reading = req("POST", "/aspera/faspex/login", Some(content_type), body);
+            assert_eq!(reading.param(keys), Some("guess"), "{content_type}: {body:?}");
+        }
         // No boundary: the body is read as a urlencoded form.
         let reading = req(
             "POST",
