@@ -3,7 +3,7 @@
 # callgrind: a figure that repeats on a shared machine, where requests/s drift by a fifth from
 # run to run. Use it to compare two builds; the nginx comparison is benches/versus.sh.
 #
-#   benches/instructions.sh [--store redis] [REQUESTS] [cookie|basic|nginx] [h1|h2]   # default 10000, cookie, h1
+#   benches/instructions.sh [--store redis] [REQUESTS] [cookie|basic|nginx|floor] [h1|h2]   # default 10000, cookie, h1
 #
 # `h2` sends the requests over HTTP/2 (oha `--http2`: one stream at a time on each of the 32
 # connections) instead of HTTP/1.1.
@@ -14,7 +14,10 @@
 # request a hit of the gateway's verification cache after the warm-up. `nginx` counts the rig's
 # nginx `proxy_pass` peer instead of the gateway, for the same GET with the same cookie: a copy of
 # its configuration, its one worker in the foreground (`master_process off`) on ports of its own,
-# under callgrind in the same way.
+# under callgrind in the same way. `floor` counts `versus floor` instead (benches/versus/peers.rs):
+# the least an HTTP/1.1 proxy on the gateway's own libraries (tokio, rustls on ring, hyper's server
+# and client) does, with the rig's certificate and upstream, for the same GET with the same cookie,
+# unchecked: what the gateway's count would be with no policy path and no safeguards.
 #
 # It starts the benchmark's rig (`benches/versus.sh --hold`: upstream, slapd, gateway, nginx),
 # restarts the rig's gateway under callgrind with the same configuration and state (the
@@ -30,7 +33,7 @@ if [ "${1:-}" = --store ]; then
 fi
 n="${1:-10000}"
 credentials="${2:-cookie}"
-case "$credentials" in cookie | basic | nginx) ;; *) echo "instructions: cookie, basic or nginx, not $credentials" >&2; exit 2 ;; esac
+case "$credentials" in cookie | basic | nginx | floor) ;; *) echo "instructions: cookie, basic, nginx or floor, not $credentials" >&2; exit 2 ;; esac
 protocol="${3:-h1}"
 case "$protocol" in h1) version=() ;; h2) version=(--http2) ;; *) echo "instructions: h1 or h2, not $protocol" >&2; exit 2 ;; esac
 
@@ -55,6 +58,21 @@ if [ "$credentials" = nginx ]; then
     done < <(grep -oE 'listen 127\.0\.0\.1:[0-9]+' "$conf")
     valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
         "$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx.conf" >"$work/nginx.log" 2>&1 &
+    vg=$!
+    held+=("$vg")
+elif [ "$credentials" = floor ]; then
+    [ "$protocol" = h1 ] || { echo "instructions: the floor speaks HTTP/1.1 only" >&2; exit 2; }
+    toml="$(sed -E 's/.*--config ([^ ]+).*/\1/' <<<"${cmd[*]}")"
+    upstream="$(sed -nE 's#^url = "http://([^"/]+)/?"#\1#p' "$toml" | head -1)"
+    cert="$(sed -nE 's#^cert_file = "([^"]+)"#\1#p' "$toml" | head -1)"
+    key="$(sed -nE 's#^key_file = "([^"]+)"#\1#p' "$toml" | head -1)"
+    # (the rig's upstream is `versus upstream`: the same binary has the floor)
+    upstream_pid="$(pgrep -n -f -- " upstream --listen $upstream")"
+    versus="$(readlink "/proc/$upstream_pid/exe")"
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
+        "$versus" floor --listen "127.0.0.1:$port" --upstream "$upstream" --cert "$cert" --key "$key" \
+        >"$work/floor.log" 2>&1 &
     vg=$!
     held+=("$vg")
 else
@@ -94,7 +112,9 @@ grep -q "\[200\] $n responses" <<<"$report" || {
 }
 dump="$(ls -t "$work"/callgrind.out.* | head -1)"
 total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
-if [ "$credentials" = nginx ]; then
+if [ "$credentials" = floor ]; then
+    echo "floor (versus floor): $((total / n)) user-space instructions per small GET (cookie, not checked, $protocol; $n requests; $dump)"
+elif [ "$credentials" = nginx ]; then
     echo "nginx proxy_pass: $((total / n)) user-space instructions per small GET (cookie, not checked, $protocol; $n requests; $dump)"
 else
     echo "faspex-gate: $((total / n)) user-space instructions per small authenticated GET ($credentials, $protocol, $n requests; $dump)"

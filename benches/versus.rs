@@ -153,6 +153,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("upstream") => peers::upstream(&args[1..]),
         Some("relay") => peers::relay(&args[1..]),
+        Some("floor") => peers::floor(&args[1..]),
         Some("spray") => spray_role(&args[1..]),
         _ => {
             let opts = Opts::parse(&args);

@@ -1,6 +1,8 @@
 //! The benchmark's own processes besides the proxies: the fast upstream every proxy forwards to,
-//! and the minimal relay that is the ceiling for streams. Both run as `versus upstream …` and
-//! `versus relay …`, separate processes, so that their CPU is not the orchestrator's.
+//! the minimal relay that is the ceiling for streams, and the minimal HTTP proxy on the gateway's
+//! own libraries that is the floor under its instruction count. They run as `versus upstream …`,
+//! `versus relay …` and `versus floor …`, separate processes, so that their CPU is not the
+//! orchestrator's.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -269,6 +271,61 @@ pub fn relay(args: &[String]) {
                     }
                     None => copy_both_ways(client, server).await,
                 }
+            });
+        }
+    });
+}
+
+// --------------------------------------------------------------------------------------- floor
+
+/// `versus floor --listen ADDR --upstream ADDR --cert PEM --key PEM`: the least an HTTP proxy on
+/// the gateway's own libraries does. TLS (rustls, ring) and HTTP/1.1 (hyper's server) towards the
+/// client, and for each client connection one hyper HTTP/1.1 client connection to the upstream,
+/// driven by a task of its own as hyper's client is; each request forwarded as it came, with no
+/// check, no header rule, no pool, no timer and no log. `benches/instructions.sh 10000 floor`
+/// counts it as it counts the gateway: the floor under the gateway's count that its policy path
+/// and its safeguards add to.
+pub fn floor(args: &[String]) {
+    let listen: SocketAddr = parsed(args, "--listen").expect("--listen ADDR");
+    let upstream: SocketAddr = parsed(args, "--upstream").expect("--upstream ADDR");
+    let cert = arg(args, "--cert").expect("--cert PEM");
+    let key = arg(args, "--key").expect("--key PEM");
+    let tls = acceptor(&cert, &key);
+    runtime(1).block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+        println!("ready");
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let _ = client.set_nodelay(true);
+                let Ok(client) = tls.accept(client).await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = server.set_nodelay(true);
+                let Ok((sender, conn)) =
+                    hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(server))
+                        .await
+                else {
+                    return;
+                };
+                tokio::spawn(conn);
+                let sender = Arc::new(tokio::sync::Mutex::new(sender));
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let sender = sender.clone();
+                    async move {
+                        let mut sender = sender.lock().await;
+                        sender.send_request(req).await
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(client), service)
+                    .await;
             });
         }
     });
