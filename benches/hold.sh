@@ -5,6 +5,7 @@
 # holding (the rig's line), gateway_pid, port (the gateway's), nginx_port, cookie, basic and
 # agent (the Basic caller's `Authorization` and User-Agent), cmd (the gateway's command line) and
 # nginx_conf (the rig's nginx.conf). Processes added to `held` are killed on exit, with the rig.
+# `start_floor [COMMAND...]` starts `versus floor` beside them (see below).
 
 tool="$1"
 if ! command -v "$tool" >/dev/null; then
@@ -40,3 +41,22 @@ mapfile -d '' -t cmd <"/proc/$gateway_pid/cmdline"
 # (the rig writes nginx.conf beside the gateway's configuration)
 nginx_conf="$(dirname "$(sed -E 's/.*--config ([^ ]+).*/\1/' <<<"${cmd[*]}")")/nginx.conf"
 oha="${OHA:-$(command -v oha || echo "${CARGO_TARGET_DIR:-target}/bench-tools/bin/oha")}"
+
+# Start `versus floor` (benches/versus/peers.rs: the least an HTTP/1.1 proxy on the gateway's own
+# libraries does) in the background on a port of its own, with the rig's certificate and upstream,
+# under COMMAND if one is given (e.g. valgrind and its options). Sets floor_pid and floor_port.
+start_floor() {
+    local toml upstream cert key upstream_pid versus
+    toml="$(sed -E 's/.*--config ([^ ]+).*/\1/' <<<"${cmd[*]}")"
+    upstream="$(sed -nE 's#^url = "http://([^"/]+)/?"#\1#p' "$toml" | head -1)"
+    cert="$(sed -nE 's#^cert_file = "([^"]+)"#\1#p' "$toml" | head -1)"
+    key="$(sed -nE 's#^key_file = "([^"]+)"#\1#p' "$toml" | head -1)"
+    # (the rig's upstream is `versus upstream`: the same binary has the floor)
+    upstream_pid="$(pgrep -n -f -- " upstream --listen $upstream")"
+    versus="$(readlink "/proc/$upstream_pid/exe")"
+    floor_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    "$@" "$versus" floor --listen "127.0.0.1:$floor_port" --upstream "$upstream" \
+        --cert "$cert" --key "$key" >"$work/floor.log" 2>&1 &
+    floor_pid=$!
+    held+=("$floor_pid")
+}

@@ -62,19 +62,9 @@ if [ "$credentials" = nginx ]; then
     held+=("$vg")
 elif [ "$credentials" = floor ]; then
     [ "$protocol" = h1 ] || { echo "instructions: the floor speaks HTTP/1.1 only" >&2; exit 2; }
-    toml="$(sed -E 's/.*--config ([^ ]+).*/\1/' <<<"${cmd[*]}")"
-    upstream="$(sed -nE 's#^url = "http://([^"/]+)/?"#\1#p' "$toml" | head -1)"
-    cert="$(sed -nE 's#^cert_file = "([^"]+)"#\1#p' "$toml" | head -1)"
-    key="$(sed -nE 's#^key_file = "([^"]+)"#\1#p' "$toml" | head -1)"
-    # (the rig's upstream is `versus upstream`: the same binary has the floor)
-    upstream_pid="$(pgrep -n -f -- " upstream --listen $upstream")"
-    versus="$(readlink "/proc/$upstream_pid/exe")"
-    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-    valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
-        "$versus" floor --listen "127.0.0.1:$port" --upstream "$upstream" --cert "$cert" --key "$key" \
-        >"$work/floor.log" 2>&1 &
-    vg=$!
-    held+=("$vg")
+    start_floor valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out"
+    vg="$floor_pid"
+    port="$floor_port"
 else
     kill "$gateway_pid"
     # (it stays a zombie until the rig reaps it: wait for it to have exited, not to be gone)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System calls per small GET, faspex-gate beside nginx `proxy_pass`, counted by `strace -c`:
+# System calls per small GET, faspex-gate beside nginx `proxy_pass` and `versus floor` (the least an
+# HTTP/1.1 proxy on the gateway's own libraries does, nothing checked), counted by `strace -c`:
 # where each proxy's kernel time goes (on loopback most of a small GET's CPU is the kernel's).
 #
 #   benches/syscalls.sh [REQUESTS]   # default 20000, with the session cookie, HTTP/1.1
@@ -65,5 +66,8 @@ count() {
         END { printf "%-14s %6.2f\n", "all", total / n }' "$work/$name.strace"
     echo
 }
+start_floor
+for _ in $(seq 1 50); do grep -q '^ready' "$work/floor.log" && break; sleep 0.2; done
 count faspex-gate "$gateway_pid" "$gateway_port" -f
 count "nginx proxy_pass" "$worker" "$nginx_port" ""
+count "floor (versus floor)" "$floor_pid" "$floor_port" ""
