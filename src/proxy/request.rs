@@ -234,12 +234,22 @@ pub fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, BadReque
 /// allows in a host (`,`, `_`, `!`, `%`-escapes...) is refused: Rack reads a comma list in a
 /// host header by its last element, and what Faspex writes into its links must be a plain name.
 fn is_authority(v: &[u8]) -> bool {
+    /// A host name's bytes but the dot: ASCII letters, digits and `-` (a table: one look a byte).
+    const NAME_BYTE: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = (b as u8).is_ascii_alphanumeric() || b == b'-' as usize;
+            b += 1;
+        }
+        table
+    };
     let (host, port) = match v.first() {
         Some(b'[') => match v.iter().position(|&b| b == b']') {
             Some(end) => (&v[..=end], &v[end + 1..]),
             None => return false,
         },
-        _ => match v.iter().rposition(|&b| b == b':') {
+        _ => match memchr::memrchr(b':', v) {
             Some(i) => (&v[..i], &v[i..]),
             None => (v, &v[v.len()..]),
         },
@@ -255,10 +265,12 @@ fn is_authority(v: &[u8]) -> bool {
             !h.is_empty()
                 && h.len() <= 253
                 && h.iter().all(|&b| {
-                    let dot = b == b'.';
-                    let ok = b.is_ascii_alphanumeric() || b == b'-' || (dot && !after_dot);
-                    after_dot = dot;
-                    ok
+                    if b == b'.' {
+                        !std::mem::replace(&mut after_dot, true)
+                    } else {
+                        after_dot = false;
+                        NAME_BYTE[usize::from(b)]
+                    }
                 })
         }
     };
@@ -486,7 +498,7 @@ mod tests {
                 Some(end) => (&v[..=end], &v[end + 1..]),
                 None => return false,
             },
-            _ => match v.iter().rposition(|&b| b == b':') {
+            _ => match memchr::memrchr(b':', v) {
                 Some(i) => (&v[..i], &v[i..]),
                 None => (v, &v[v.len()..]),
             },
