@@ -46,13 +46,17 @@ oha="${OHA:-$(command -v oha || echo "${CARGO_TARGET_DIR:-target}/bench-tools/bi
 # libraries does) in the background on a port of its own, with the rig's certificate and upstream,
 # under COMMAND if one is given (e.g. valgrind and its options). Sets floor_pid and floor_port.
 start_floor() {
-    local toml upstream cert key upstream_pid versus
-    toml="$(sed -E 's/.*--config ([^ ]+).*/\1/' <<<"${cmd[*]}")"
+    local toml="" upstream cert key upstream_pid versus i
+    for i in "${!cmd[@]}"; do
+        if [ "${cmd[$i]}" = --config ]; then toml="${cmd[$((i + 1))]}"; fi
+    done
     upstream="$(sed -nE 's#^url = "http://([^"/]+)/?"#\1#p' "$toml" | head -1)"
     cert="$(sed -nE 's#^cert_file = "([^"]+)"#\1#p' "$toml" | head -1)"
     key="$(sed -nE 's#^key_file = "([^"]+)"#\1#p' "$toml" | head -1)"
-    # (the rig's upstream is `versus upstream`: the same binary has the floor)
-    upstream_pid="$(pgrep -n -f -- " upstream --listen $upstream")"
+    # (the rig's upstream is `versus upstream`, a child of the rig's `versus`: the same binary
+    # has the floor)
+    upstream_pid="$(pgrep -s "$rig" -f -- " upstream --listen ${upstream//./\\.}( |\$)" | head -1 || true)"
+    [ -n "$upstream_pid" ] || { echo "start_floor: no rig upstream at $upstream" >&2; exit 1; }
     versus="$(readlink "/proc/$upstream_pid/exe")"
     floor_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
     "$@" "$versus" floor --listen "127.0.0.1:$floor_port" --upstream "$upstream" \

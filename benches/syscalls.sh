@@ -5,12 +5,13 @@
 #
 #   benches/syscalls.sh [REQUESTS]   # default 20000, with the session cookie, HTTP/1.1
 #
-# It starts the benchmark's rig (`benches/versus.sh --hold`), warms both peers up, then for each
-# first splits its CPU time per GET into user and system time (/proc/<pid>/stat, over
-# 10 × REQUESTS GETs without strace: clock ticks are coarse), then attaches strace to the process
-# (the gateway with its threads; nginx's one worker), sends REQUESTS GETs over 32 keep-alive TLS
-# connections with oha, and prints strace's table divided by REQUESTS. strace slows both a great
-# deal: the rates it prints are not the proxies' speed.
+# It starts the benchmark's rig (`benches/versus.sh --hold`) and the floor beside it, then for each
+# of the three warms it up, splits its CPU time per GET into user and system time
+# (/proc/<pid>/stat, over 10 × REQUESTS GETs without strace: clock ticks are coarse), then attaches
+# strace to the process (the gateway with its threads; nginx's one worker; the floor's one
+# thread), sends REQUESTS GETs over 32 keep-alive TLS connections with oha, and prints strace's
+# table divided by REQUESTS. strace slows each a great deal: the rates it prints are not the
+# proxies' speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-20000}"
@@ -68,6 +69,7 @@ count() {
 }
 start_floor
 for _ in $(seq 1 50); do grep -q '^ready' "$work/floor.log" && break; sleep 0.2; done
+grep -q '^ready' "$work/floor.log" || { echo "syscalls: the floor did not start:" >&2; cat "$work/floor.log" >&2; exit 1; }
 count faspex-gate "$gateway_pid" "$gateway_port" -f
 count "nginx proxy_pass" "$worker" "$nginx_port" ""
 count "floor (versus floor)" "$floor_pid" "$floor_port" ""

@@ -498,7 +498,7 @@ mod tests {
                 Some(end) => (&v[..=end], &v[end + 1..]),
                 None => return false,
             },
-            _ => match memchr::memrchr(b':', v) {
+            _ => match v.iter().rposition(|&b| b == b':') {
                 Some(i) => (&v[..i], &v[i..]),
                 None => (v, &v[v.len()..]),
             },
@@ -536,13 +536,27 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn the_one_pass_authority_check_answers_as_the_first(
-            v in "[a-z0-9.:_%,\\-\\[\\]]{0,12}(:[0-9]{0,6})?"
+            v in "[a-zA-Z0-9.:_%,\\-\\[\\]]{0,12}(:[0-9]{0,6})?"
         ) {
             proptest::prop_assert_eq!(
                 is_authority(v.as_bytes()),
                 authority_as_first_written(v.as_bytes()),
                 "{}", v
             );
+        }
+
+        /// Any bytes at all, those past ASCII included.
+        #[test]
+        fn the_one_pass_authority_check_answers_as_the_first_for_any_bytes(
+            v in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"aZ09-.:[]".to_vec()),
+                    proptest::num::u8::ANY,
+                ],
+                0..12,
+            )
+        ) {
+            proptest::prop_assert_eq!(is_authority(&v), authority_as_first_written(&v), "{:?}", v);
         }
     }
 }
