@@ -1,6 +1,7 @@
 //! Credential checks against a real OpenLDAP `slapd` (see `slapd.rs`): both bind modes, ldaps
 //! and StartTLS with a test CA, failover when a server is down or hangs, a downed directory,
-//! hostile usernames, empty passwords, the group restriction and the global ceiling.
+//! hostile usernames, empty passwords, the group restriction and the global ceiling; and, against
+//! a hostile raw-socket directory ([`Flood`]), a search answered without end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -696,5 +697,200 @@ async fn every_refusal_costs_the_directory_the_same_operations() {
                 "{mode}: {who}"
             );
         }
+    }
+}
+
+/// A hostile "directory" on a loopback port: it answers every bind with success and every
+/// search with search entries (or referrals) for as long as the client reads them, and never
+/// with the search's result. It counts the binds, the bytes of entries it got written, and how long into
+/// a flood the client closed the connection on it.
+struct Flood {
+    url: String,
+    binds: Arc<std::sync::atomic::AtomicUsize>,
+    written: Arc<std::sync::atomic::AtomicU64>,
+    cut_off_after: Arc<std::sync::Mutex<Option<Duration>>>,
+}
+
+impl Flood {
+    async fn start(referrals: bool) -> Flood {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ldap://{}", listener.local_addr().unwrap());
+        let flood = Flood {
+            url,
+            binds: Arc::default(),
+            written: Arc::default(),
+            cut_off_after: Arc::default(),
+        };
+        let (binds, written, cut) = (
+            flood.binds.clone(),
+            flood.written.clone(),
+            flood.cut_off_after.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (binds, written, cut) = (binds.clone(), written.clone(), cut.clone());
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt as _;
+                    while let Some((id, op)) = read_message(&mut sock).await {
+                        match op {
+                            // BindRequest: BindResponse, success.
+                            0x60 => {
+                                binds.fetch_add(1, Ordering::SeqCst);
+                                let ok = [ber(0x0a, &[0]), ber(0x04, &[]), ber(0x04, &[])].concat();
+                                let reply = ber(0x30, &[ber(0x02, &id), ber(0x61, &ok)].concat());
+                                if sock.write_all(&reply).await.is_err() {
+                                    return;
+                                }
+                            }
+                            // SearchRequest: entries (SearchResultEntry, or SearchResultReference),
+                            // 64 KiB at a time, until the client goes.
+                            0x63 => {
+                                let mut batch = Vec::new();
+                                let mut n = 0u32;
+                                while batch.len() < 64 * 1024 {
+                                    let one = if referrals {
+                                        let url = format!("ldap://elsewhere{n}/dc=example,dc=org");
+                                        ber(0x73, &ber(0x04, url.as_bytes()))
+                                    } else {
+                                        let dn = format!("uid=ann{n},ou=people,dc=example,dc=org");
+                                        ber(
+                                            0x64,
+                                            &[ber(0x04, dn.as_bytes()), ber(0x30, &[])].concat(),
+                                        )
+                                    };
+                                    batch.extend(ber(0x30, &[ber(0x02, &id), one].concat()));
+                                    n += 1;
+                                }
+                                let t = Instant::now();
+                                while sock.write_all(&batch).await.is_ok() {
+                                    written.fetch_add(batch.len() as u64, Ordering::SeqCst);
+                                    if t.elapsed() > Duration::from_secs(30) {
+                                        return;
+                                    }
+                                }
+                                *cut.lock().unwrap() = Some(t.elapsed());
+                                return;
+                            }
+                            // Unbind, abandon, anything else: no answer.
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        flood
+    }
+}
+
+/// A BER element: `tag`, the definite length, `body`.
+fn ber(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    match body.len() {
+        n if n < 0x80 => v.push(n as u8),
+        n if n < 0x100 => v.extend([0x81, n as u8]),
+        n => v.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+/// One LDAPMessage from the client: its message ID's bytes and its operation's tag. `None` when
+/// the connection ends or the message is not one this server reads.
+async fn read_message(sock: &mut tokio::net::TcpStream) -> Option<(Vec<u8>, u8)> {
+    use tokio::io::AsyncReadExt as _;
+    let tag = sock.read_u8().await.ok()?;
+    let first = sock.read_u8().await.ok()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let mut n = 0usize;
+        for _ in 0..(first & 0x7f).min(4) {
+            n = (n << 8) | usize::from(sock.read_u8().await.ok()?);
+        }
+        n
+    };
+    let mut body = vec![0; len.min(1 << 20)];
+    sock.read_exact(&mut body).await.ok()?;
+    // SEQUENCE { INTEGER messageID, protocolOp, ... } (a short ID: ldap3's are small)
+    if tag != 0x30 || body.len() < 3 || body[0] != 0x02 {
+        return None;
+    }
+    let id_len = usize::from(body[1]);
+    let id = body.get(2..2 + id_len)?.to_vec();
+    let op = *body.get(2 + id_len)?;
+    Some((id, op))
+}
+
+/// A directory that answers a user search with entry after entry, and never ends it, is cut off
+/// after the entries a search may bring (the size limit of 2, and one more to know there were
+/// more): the check ends at once, refused as an ambiguous name with no bind as anyone found,
+/// and the connection is closed on the directory, instead of being read into memory until the
+/// step's timeout (11 s here).
+#[tokio::test]
+async fn a_directory_that_floods_a_search_is_cut_off() {
+    use std::sync::atomic::Ordering;
+    let flood = Flood::start(false).await;
+    let mut cfg = search(std::slice::from_ref(&flood.url));
+    cfg.timeout = Duration::from_secs(5);
+    let d = dir(&cfg);
+    let t = Instant::now();
+    assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Rejected);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(3), "the check took {took:?}");
+    // The service account's bind, then the same-cost bind of the dummy entry (an unknown or
+    // ambiguous name costs what a known one does); no bind as any of the flood's entries.
+    assert_eq!(flood.binds.load(Ordering::SeqCst), 2);
+    // The flood's connection is closed on it soon after.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let cut = loop {
+        if let Some(c) = *flood.cut_off_after.lock().unwrap() {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flood was still being read after {:?} ({} bytes)",
+            t.elapsed(),
+            flood.written.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(cut < Duration::from_secs(3), "cut off after {cut:?}");
+    let written = flood.written.load(Ordering::SeqCst);
+    assert!(
+        written < 64 << 20,
+        "{written} bytes of entries were taken in"
+    );
+}
+
+/// The same with referrals: past 64 for one search the directory is cut off, and the check is a
+/// directory failure (no verdict, no lockout counted), at once.
+#[tokio::test]
+async fn a_directory_that_floods_a_search_with_referrals_is_cut_off() {
+    use std::sync::atomic::Ordering;
+    let flood = Flood::start(true).await;
+    let mut cfg = search(std::slice::from_ref(&flood.url));
+    cfg.timeout = Duration::from_secs(5);
+    let d = dir(&cfg);
+    let t = Instant::now();
+    let e = d.verify("ann", "ann-pw").await.unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the check took {took:?}: {e}"
+    );
+    assert!(e.0.contains("referrals"), "{e}");
+    assert_eq!(
+        flood.binds.load(Ordering::SeqCst),
+        1,
+        "the service account's only"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while flood.cut_off_after.lock().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the referrals were still being read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -682,19 +682,23 @@ impl LdapDirectory {
                 let attrs = attrs.clone();
                 Box::pin(async move {
                     self.stats.searched();
-                    let r = ldap
-                        .with_search_options(SearchOptions::new().sizelimit(2))
-                        .with_timeout(self.timeout)
-                        .search(base_dn, Scope::Subtree, &filter, attrs)
-                        .await
-                        .map_err(transport)?;
-                    search_outcome(r.1.rc, &r.1.text, "auth.ldap.base_dn")?;
-                    Ok(Done::keep(
-                        r.0.into_iter()
-                            .filter(|e| !e.is_ref() && !e.is_intermediate())
+                    ldap.with_search_options(SearchOptions::new().sizelimit(2))
+                        .with_timeout(self.timeout);
+                    let found =
+                        bounded_search(&mut ldap, base_dn, Scope::Subtree, &filter, attrs, 2)
+                            .await?;
+                    if let Some(done) = &found.done {
+                        search_outcome(done.rc, &done.text, "auth.ldap.base_dn")?;
+                    }
+                    // (cut off: three entries say "more than one", and the connection goes)
+                    Ok(Done {
+                        keep: found.done.is_some(),
+                        value: found
+                            .entries
+                            .into_iter()
                             .map(SearchEntry::construct)
                             .collect::<Vec<_>>(),
-                    ))
+                    })
                 })
             })
             .await?;
@@ -772,22 +776,83 @@ impl LdapDirectory {
         key: &'static str,
     ) -> Result<Verdict, StepError> {
         self.stats.searched();
-        let r = ldap
-            .with_timeout(self.timeout)
-            .search(&q.base, Scope::Base, &q.filter, vec!["1.1"])
-            .await
-            .map_err(transport)?;
-        search_outcome(r.1.rc, &r.1.text, key)?;
-        let hits =
-            r.0.iter()
-                .filter(|e| !e.is_ref() && !e.is_intermediate())
-                .count();
-        Ok(if hits > 0 {
+        ldap.with_timeout(self.timeout);
+        let found = bounded_search(ldap, &q.base, Scope::Base, &q.filter, vec!["1.1"], 1).await?;
+        let Some(done) = &found.done else {
+            return Err(StepError::Transport(
+                "the directory sent more than one entry for a base search".into(),
+            ));
+        };
+        search_outcome(done.rc, &done.text, key)?;
+        Ok(if !found.entries.is_empty() {
             Verdict::Accepted
         } else {
             Verdict::Rejected
         })
     }
+}
+
+/// The most referrals (search result references) one search may bring: Active Directory sends a
+/// few (its DNS and configuration partitions); a directory that sends more is cut off.
+const MOST_REFERRALS: usize = 64;
+
+/// A search's entries (not its referrals or intermediate messages), and its result: `None` when
+/// the directory sent more entries than the search may bring and was cut off there.
+struct Bounded {
+    entries: Vec<ldap3::ResultEntry>,
+    done: Option<ldap3::LdapResult>,
+}
+
+/// A search (the handle's options and timeout as set) read as a stream. It can only rightly
+/// bring `most` entries (the size limit asked for, or the one entry of a base search): past
+/// that, one more is kept (so the caller sees that there were more) and the rest is not read.
+/// The connection is then closed, not pooled. More than [`MOST_REFERRALS`] referrals are a
+/// transport error. A directory that keeps sending is thus never read into memory for as long
+/// as it sends.
+async fn bounded_search<'a, S, A>(
+    ldap: &mut Ldap,
+    base: &str,
+    scope: Scope,
+    filter: &str,
+    attrs: A,
+    most: usize,
+) -> Result<Bounded, StepError>
+where
+    S: AsRef<str> + Send + Sync + 'a,
+    A: AsRef<[S]> + Send + Sync + 'a,
+{
+    let mut stream = ldap
+        .streaming_search(base, scope, filter, attrs)
+        .await
+        .map_err(transport)?;
+    let mut entries = Vec::new();
+    let mut referrals = 0usize;
+    while let Some(e) = stream.next().await.map_err(transport)? {
+        if e.is_intermediate() {
+            continue;
+        }
+        if e.is_ref() {
+            referrals += 1;
+            if referrals > MOST_REFERRALS {
+                return Err(StepError::Transport(format!(
+                    "the directory sent more than {MOST_REFERRALS} referrals for one search"
+                )));
+            }
+            continue;
+        }
+        entries.push(e);
+        if entries.len() > most {
+            return Ok(Bounded {
+                entries,
+                done: None,
+            });
+        }
+    }
+    let done = stream.finish().await;
+    Ok(Bounded {
+        entries,
+        done: Some(done),
+    })
 }
 
 /// What a bind's result code means for the check.
