@@ -684,21 +684,16 @@ impl LdapDirectory {
                     self.stats.searched();
                     ldap.with_search_options(SearchOptions::new().sizelimit(2))
                         .with_timeout(self.timeout);
-                    let found =
+                    let (entries, done) =
                         bounded_search(&mut ldap, base_dn, Scope::Subtree, &filter, attrs, 2)
                             .await?;
-                    if let Some(done) = &found.done {
-                        search_outcome(done.rc, &done.text, "auth.ldap.base_dn")?;
-                    }
-                    // (cut off: three entries say "more than one", and the connection goes)
-                    Ok(Done {
-                        keep: found.done.is_some(),
-                        value: found
-                            .entries
+                    search_outcome(done.rc, &done.text, "auth.ldap.base_dn")?;
+                    Ok(Done::keep(
+                        entries
                             .into_iter()
                             .map(SearchEntry::construct)
                             .collect::<Vec<_>>(),
-                    })
+                    ))
                 })
             })
             .await?;
@@ -777,14 +772,10 @@ impl LdapDirectory {
     ) -> Result<Verdict, StepError> {
         self.stats.searched();
         ldap.with_timeout(self.timeout);
-        let found = bounded_search(ldap, &q.base, Scope::Base, &q.filter, vec!["1.1"], 1).await?;
-        let Some(done) = &found.done else {
-            return Err(StepError::Transport(
-                "the directory sent more than one entry for a base search".into(),
-            ));
-        };
+        let (hits, done) =
+            bounded_search(ldap, &q.base, Scope::Base, &q.filter, vec!["1.1"], 1).await?;
         search_outcome(done.rc, &done.text, key)?;
-        Ok(if !found.entries.is_empty() {
+        Ok(if !hits.is_empty() {
             Verdict::Accepted
         } else {
             Verdict::Rejected
@@ -792,23 +783,20 @@ impl LdapDirectory {
     }
 }
 
-/// The most referrals (search result references) one search may bring: Active Directory sends a
-/// few (its DNS and configuration partitions); a directory that sends more is cut off.
-const MOST_REFERRALS: usize = 64;
+/// The most other messages (referrals, that is search result references, and intermediate
+/// responses) one search may bring. Active Directory sends a continuation reference for each
+/// partition or child domain in scope: a few, or a few dozen in a large forest.
+const MOST_OTHER_MESSAGES: usize = 1000;
 
-/// A search's entries (not its referrals or intermediate messages), and its result: `None` when
-/// the directory sent more entries than the search may bring and was cut off there.
-struct Bounded {
-    entries: Vec<ldap3::ResultEntry>,
-    done: Option<ldap3::LdapResult>,
-}
-
-/// A search (the handle's options and timeout as set) read as a stream. It can only rightly
-/// bring `most` entries (the size limit asked for, or the one entry of a base search): past
-/// that, one more is kept (so the caller sees that there were more) and the rest is not read.
-/// The connection is then closed, not pooled. More than [`MOST_REFERRALS`] referrals are a
-/// transport error. A directory that keeps sending is thus never read into memory for as long
-/// as it sends.
+/// A search (the handle's options and timeout as set) read as a stream: its entries (not its
+/// referrals or intermediate responses) and its result. It can only rightly bring `most`
+/// entries (the size limit asked for, or the one entry of a base search), and at most
+/// [`MOST_OTHER_MESSAGES`] other messages. A directory that sends more breaks the protocol
+/// (RFC 4511 binds a server to the size limit): it is read no further, and the step fails as
+/// the server's refusal (its connection is closed, the server marked down and the next one
+/// tried; a check that no server answers is a directory failure, counted against no one).
+/// Without this, a directory that kept sending was read into memory for the step's whole
+/// timeout.
 async fn bounded_search<'a, S, A>(
     ldap: &mut Ldap,
     base: &str,
@@ -816,7 +804,7 @@ async fn bounded_search<'a, S, A>(
     filter: &str,
     attrs: A,
     most: usize,
-) -> Result<Bounded, StepError>
+) -> Result<(Vec<ldap3::ResultEntry>, ldap3::LdapResult), StepError>
 where
     S: AsRef<str> + Send + Sync + 'a,
     A: AsRef<[S]> + Send + Sync + 'a,
@@ -826,33 +814,28 @@ where
         .await
         .map_err(transport)?;
     let mut entries = Vec::new();
-    let mut referrals = 0usize;
+    let mut others = 0usize;
     while let Some(e) = stream.next().await.map_err(transport)? {
-        if e.is_intermediate() {
-            continue;
-        }
-        if e.is_ref() {
-            referrals += 1;
-            if referrals > MOST_REFERRALS {
-                return Err(StepError::Transport(format!(
-                    "the directory sent more than {MOST_REFERRALS} referrals for one search"
+        if e.is_ref() || e.is_intermediate() {
+            others += 1;
+            if others > MOST_OTHER_MESSAGES {
+                return Err(StepError::Refused(format!(
+                    "the directory sent more than {MOST_OTHER_MESSAGES} referrals or \
+                     intermediate responses for one search"
                 )));
             }
             continue;
         }
-        entries.push(e);
-        if entries.len() > most {
-            return Ok(Bounded {
-                entries,
-                done: None,
-            });
+        if entries.len() == most {
+            return Err(StepError::Refused(format!(
+                "the directory sent more entries than the {most} the search allows (its size \
+                 limit)"
+            )));
         }
+        entries.push(e);
     }
     let done = stream.finish().await;
-    Ok(Bounded {
-        entries,
-        done: Some(done),
-    })
+    Ok((entries, done))
 }
 
 /// What a bind's result code means for the check.
@@ -1080,14 +1063,19 @@ impl Directory for LdapDirectory {
         };
         self.run(pool, |mut ldap| {
             Box::pin(async move {
-                let r = ldap
-                    .with_timeout(self.timeout)
-                    .search("", Scope::Base, "(objectClass=*)", vec!["1.1"])
-                    .await
-                    .map_err(transport)?;
-                match r.1.rc {
+                ldap.with_timeout(self.timeout);
+                let (_, done) = bounded_search(
+                    &mut ldap,
+                    "",
+                    Scope::Base,
+                    "(objectClass=*)",
+                    vec!["1.1"],
+                    1,
+                )
+                .await?;
+                match done.rc {
                     // busy, unavailable
-                    51 | 52 => Err(StepError::Refused(rc_text(r.1.rc, &r.1.text))),
+                    51 | 52 => Err(StepError::Refused(rc_text(done.rc, &done.text))),
                     _ => Ok(Done::keep(())),
                 }
             })
