@@ -50,12 +50,17 @@ const ASK: u8 = 0;
 const ON: u8 = 1;
 const OFF: u8 = 2;
 
+/// The filter without `RUST_LOG`: `info`, but the LDAP client library's own messages only from
+/// `error` up. It warns once per message it cannot place (a hostile or broken directory can send
+/// those as fast as it likes), and the gateway reports a directory's failures itself.
+const DEFAULT_FILTER: &str = "info,ldap3=error";
+
 /// Install the service log in `format`: tracing's subscriber on stderr, and the format that
 /// [`write`] uses. A second call changes nothing but [`write`]'s format.
 pub fn init(format: LogFormat) {
     JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let installed = match format {
         LogFormat::Text => {
             use std::io::IsTerminal;
@@ -611,6 +616,46 @@ fn push_timestamp(out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use tracing_subscriber::fmt::time::SystemTime;
+
+    /// The default filter: the gateway's warnings and information, the LDAP client's warnings
+    /// (one per message from a directory it cannot place) not.
+    #[test]
+    fn the_default_filter_keeps_the_ldap_clients_warnings_out() {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let writer = {
+            let out = out.clone();
+            move || Captured(out.clone())
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(DEFAULT_FILTER))
+            .with_writer(writer)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "ldap3::conn", "unmatched id: 7");
+            tracing::error!(target: "ldap3::conn", "socket receive error");
+            tracing::warn!(target: "faspex_gate::auth", "a directory warning");
+            tracing::info!(target: "faspex_gate::app", "started");
+        });
+        let out = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert!(!out.contains("unmatched id"), "{out}");
+        for kept in ["socket receive error", "a directory warning", "started"] {
+            assert!(out.contains(kept), "{kept}: {out}");
+        }
+    }
+
+    /// A writer into a shared buffer.
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     fn line(json: bool) -> String {
         let mut out = Vec::new();
