@@ -110,6 +110,9 @@ async fn search_then_bind_finds_the_entry_and_reuses_pooled_connections() {
     assert_eq!(s.binds("cn=faspex-gate-no-such-user-").len(), 1);
     // An ambiguous name (two entries with cn "Twin") is refused, even with the right password.
     assert_eq!(verdict(&d, "Twin", "twin-pw").await, Verdict::Rejected);
+    // Three: slapd sends two and sizeLimitExceeded, within what the search allows: refused the
+    // same way, not a directory failure.
+    assert_eq!(verdict(&d, "Triplet", "trip-pw").await, Verdict::Rejected);
 
     for _ in 0..40 {
         assert_eq!(verdict(&d, "ann", "ann-pw").await, Verdict::Accepted);
@@ -119,7 +122,7 @@ async fn search_then_bind_finds_the_entry_and_reuses_pooled_connections() {
         connects <= 2,
         "one service and one bind connection, reused: {connects} connects"
     );
-    assert_eq!(searches, 45);
+    assert_eq!(searches, 46);
     assert_eq!(
         s.binds(slapd::SERVICE_DN).len(),
         1,
@@ -712,8 +715,8 @@ enum Answer {
     Intermediates,
 }
 
-/// A hostile "directory" on a loopback port: it answers every bind with success and every
-/// search with one kind of message for as long as the client reads them (64 MiB at most, then
+/// A hostile "directory" on a loopback port: it answers every bind with success (or, made with
+/// `refuse_binds`, with invalidCredentials) and every search with one kind of message for as long as the client reads them (64 MiB at most, then
 /// it holds the connection in silence), never with the search's result. It counts the binds,
 /// the bytes it got written, and how long into a flood the client closed the connection on it.
 struct Flood {
@@ -725,6 +728,10 @@ struct Flood {
 
 impl Flood {
     async fn start(answer: Answer) -> Flood {
+        Flood::start_with(answer, false).await
+    }
+
+    async fn start_with(answer: Answer, refuse_binds: bool) -> Flood {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ldap://{}", listener.local_addr().unwrap());
@@ -746,10 +753,12 @@ impl Flood {
                     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
                     while let Some((id, op)) = read_message(&mut sock).await {
                         match op {
-                            // BindRequest: BindResponse, success.
+                            // BindRequest: BindResponse, success (or invalidCredentials, 49).
                             0x60 => {
                                 binds.fetch_add(1, Ordering::SeqCst);
-                                let ok = [ber(0x0a, &[0]), ber(0x04, &[]), ber(0x04, &[])].concat();
+                                let rc = if refuse_binds { 49 } else { 0 };
+                                let ok =
+                                    [ber(0x0a, &[rc]), ber(0x04, &[]), ber(0x04, &[])].concat();
                                 let reply = ber(0x30, &[ber(0x02, &id), ber(0x61, &ok)].concat());
                                 if sock.write_all(&reply).await.is_err() {
                                     return;
@@ -899,5 +908,32 @@ async fn a_directory_that_floods_a_search_is_cut_off() {
             written < 64 << 20,
             "{answer:?}: {written} bytes were taken in"
         );
+    }
+}
+
+/// The group question asked after a wrong password (direct bind with `require_group`, asked
+/// only so that a wrong password costs what a non-member's right one does): when the directory
+/// floods it, the verdict stands (the bind said 49) and the connection is closed, not pooled
+/// with the flood still coming in.
+#[tokio::test]
+async fn a_flooded_group_question_after_a_wrong_password_is_cut_off_too() {
+    use std::sync::atomic::Ordering;
+    let flood = Flood::start_with(Answer::Entries, true).await;
+    let mut cfg = direct(std::slice::from_ref(&flood.url));
+    cfg.require_group = Some(slapd::GROUP_DN.into());
+    cfg.timeout = Duration::from_secs(5);
+    let d = dir(&cfg);
+    let t = Instant::now();
+    assert_eq!(verdict(&d, "ann", "wrong").await, Verdict::Rejected);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(flood.binds.load(Ordering::SeqCst), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while flood.cut_off_after.lock().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the connection was kept, the flood still being read ({} bytes)",
+            flood.written.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

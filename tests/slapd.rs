@@ -31,6 +31,10 @@ pub const PEOPLE_ENTRIES: &[(&str, &str, &str, bool)] = &[
     // Two entries with one cn: a search for "Twin" is ambiguous.
     ("twin1", "Twin", "twin-pw", true),
     ("twin2", "Twin", "twin-pw", true),
+    // Three: the search's size limit of 2 is exceeded (two entries, then sizeLimitExceeded).
+    ("trip1", "Triplet", "trip-pw", true),
+    ("trip2", "Triplet", "trip-pw", true),
+    ("trip3", "Triplet", "trip-pw", true),
     // No password at all: the directory refuses every bind, as it does for a disabled account.
     ("nopass", "No Password", "", true),
 ];

@@ -745,11 +745,12 @@ impl LdapDirectory {
                     (Verdict::Rejected, Some(q)) => {
                         // Ask anyway (now anonymously), answer ignored, so that a wrong password
                         // costs about what a non-member's right one does. The bind answered, so
-                        // the verdict stands even if this fails; a connection that then stopped
-                        // answering is not pooled again.
-                        let keep = !matches!(
+                        // the verdict stands even if this fails; a connection that then failed
+                        // (stopped answering, broke, or sent more than the search allows and
+                        // was cut off mid-answer) is not pooled again.
+                        let keep = matches!(
                             self.member(&mut ldap, q, REQUIRE_GROUP).await,
-                            Err(StepError::Silent | StepError::Transport(_))
+                            Ok(_) | Err(StepError::Fatal(_))
                         );
                         Ok(Done {
                             value: Verdict::Rejected,
