@@ -236,12 +236,33 @@ impl Slapd {
             dir,
             child: None,
         };
-        s.run();
+        // A port `free_port` found free can be taken by another process (a test's outgoing
+        // connection, say) before slapd binds it: then new ports, a few times.
+        for attempt in 1.. {
+            s.spawn();
+            match s.ready() {
+                Ok(()) => break,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => {
+                    let _ = std::fs::remove_file(s.dir.path().join("slapd.log"));
+                    s.port = free_port();
+                    s.tls_port = free_port();
+                }
+                Err(log) => panic!("slapd exited:\n{log}"),
+            }
+        }
         s
     }
 
     /// Start the server process (again, on the same ports and data).
     pub fn run(&mut self) {
+        self.spawn();
+        if let Err(log) = self.ready() {
+            panic!("slapd exited:\n{log}");
+        }
+    }
+
+    /// Start the server process, without waiting for it.
+    fn spawn(&mut self) {
         let d = self.dir.path();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -264,10 +285,10 @@ impl Slapd {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        self.wait_ready();
     }
 
-    fn wait_ready(&mut self) {
+    /// Wait until the server answers: `Err` with its log if it exited first.
+    fn ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             // Anonymous, so that it leaves no BIND or SRCH line for the tests to trip on.
@@ -277,11 +298,12 @@ impl Slapd {
                 .output()
                 .unwrap();
             if out.status.success() {
-                return;
+                return Ok(());
             }
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("slapd exited ({status}):\n{}", self.log());
+                    self.child = None;
+                    return Err(format!("({status})\n{}", self.log()));
                 }
             }
             assert!(
