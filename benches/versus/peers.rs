@@ -212,28 +212,20 @@ async fn serve(
 pub fn upstream(args: &[String]) {
     let listen: SocketAddr = parsed(args, "--listen").expect("--listen ADDR");
     let threads: usize = parsed(args, "--threads").unwrap_or(1);
-    runtime(threads).block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
-        let stats = Arc::new(Stats::default());
-        let small = Bytes::from(vec![b'x'; SMALL]);
-        let chunk = Bytes::from(vec![b'z'; CHUNK]);
-        println!("ready");
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let (stats, small, chunk) = (stats.clone(), small.clone(), chunk.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    serve(req, stats.clone(), small.clone(), chunk.clone())
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+    let stats = Arc::new(Stats::default());
+    let small = Bytes::from(vec![b'x'; SMALL]);
+    let chunk = Bytes::from(vec![b'z'; CHUNK]);
+    runtime(threads).block_on(accept_each(listen, move |stream| {
+        let (stats, small, chunk) = (stats.clone(), small.clone(), chunk.clone());
+        async move {
+            let service = hyper::service::service_fn(move |req| {
+                serve(req, stats.clone(), small.clone(), chunk.clone())
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         }
-    });
+    }));
 }
 
 // --------------------------------------------------------------------------------------- relay
@@ -249,31 +241,22 @@ pub fn relay(args: &[String]) {
         (Some(cert), Some(key)) => Some(acceptor(&cert, &key)),
         _ => None,
     };
-    runtime(threads).block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
-        println!("ready");
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                continue;
+    runtime(threads).block_on(accept_each(listen, move |client| {
+        let tls = tls.clone();
+        async move {
+            let Some(server) = connect(upstream).await else {
+                return;
             };
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let _ = client.set_nodelay(true);
-                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let _ = server.set_nodelay(true);
-                match tls {
-                    Some(acceptor) => {
-                        if let Ok(client) = acceptor.accept(client).await {
-                            copy_both_ways(client, server).await;
-                        }
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(client) = acceptor.accept(client).await {
+                        copy_both_ways(client, server).await;
                     }
-                    None => copy_both_ways(client, server).await,
                 }
-            });
+                None => copy_both_ways(client, server).await,
+            }
         }
-    });
+    }));
 }
 
 // --------------------------------------------------------------------------------------- floor
@@ -291,44 +274,59 @@ pub fn floor(args: &[String]) {
     let cert = arg(args, "--cert").expect("--cert PEM");
     let key = arg(args, "--key").expect("--key PEM");
     let tls = acceptor(&cert, &key);
-    runtime(1).block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
-        println!("ready");
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                continue;
+    runtime(1).block_on(accept_each(listen, move |client| {
+        let tls = tls.clone();
+        async move {
+            let Ok(client) = tls.accept(client).await else {
+                return;
             };
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let _ = client.set_nodelay(true);
-                let Ok(client) = tls.accept(client).await else {
-                    return;
-                };
-                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let _ = server.set_nodelay(true);
-                let Ok((sender, conn)) =
-                    hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(server))
-                        .await
-                else {
-                    return;
-                };
-                tokio::spawn(conn);
-                let sender = Arc::new(tokio::sync::Mutex::new(sender));
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let sender = sender.clone();
-                    async move {
-                        let mut sender = sender.lock().await;
-                        sender.send_request(req).await
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(client), service)
-                    .await;
+            let Some(server) = connect(upstream).await else {
+                return;
+            };
+            let Ok((sender, conn)) =
+                hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(server)).await
+            else {
+                return;
+            };
+            tokio::spawn(conn);
+            let sender = Arc::new(tokio::sync::Mutex::new(sender));
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let sender = sender.clone();
+                async move {
+                    let mut sender = sender.lock().await;
+                    sender.send_request(req).await
+                }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(client), service)
+                .await;
         }
-    });
+    }));
+}
+
+/// Bind `listen`, say `ready`, and serve each connection accepted (without Nagle's delay) with
+/// `serve`, in a task of its own. Never returns.
+async fn accept_each<F, Fut>(listen: SocketAddr, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+    println!("ready");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve(stream));
+    }
+}
+
+/// A connection to the upstream, without Nagle's delay.
+async fn connect(upstream: SocketAddr) -> Option<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(upstream).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    Some(stream)
 }
 
 /// Copy bytes between `client` and `server` both ways, `CHUNK` at a time, until either closes.
