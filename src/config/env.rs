@@ -2,8 +2,9 @@
 //!
 //! `FASPEX_GATE__AUTH__LDAP__URLS` is the key `auth.ldap.urls`: the prefix `FASPEX_GATE` and the
 //! separator `__` (also between prefix and key), case-insensitive. `FASPEX_GATE_CONFIG`, with one
-//! underscore, is not a key and is ignored. List keys ([`list_keys`]: every key that is a list in the file) take comma-separated values;
-//! whitespace around each comma is dropped, and an empty value is an empty list.
+//! underscore, is not a key and is ignored. List keys ([`list_keys`]: every key that is a list in
+//! the file) take comma-separated values; whitespace around each comma is dropped, and an empty
+//! value is an empty list.
 //!
 //! The variables are handed to the `config` crate as two `Environment` sources: list keys with
 //! `try_parsing`, `list_separator` and `with_list_parse_key`, everything else as plain strings (so
