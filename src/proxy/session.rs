@@ -286,12 +286,7 @@ impl<'a> Iterator for Pieces<'a> {
 
     fn next(&mut self) -> Option<&'a [u8]> {
         let rest = self.rest?;
-        let at = if self.a == self.b {
-            memchr::memchr(self.a, rest)
-        } else {
-            memchr::memchr2(self.a, self.b, rest)
-        };
-        match at {
+        match memchr::memchr2(self.a, self.b, rest) {
             Some(i) => {
                 self.rest = Some(&rest[i + 1..]);
                 Some(&rest[..i])
